@@ -1,0 +1,708 @@
+//! JWT verification and minting: token -> [`Claims`], against an HS secret and/or a JWKS
+//! (RSA, EC P-256/P-384, Ed25519, oct). Owns the client-facing token error texts. Pure: no
+//! I/O; the clock is injectable (`verify_at`).
+//!
+//! Keys never cross families: the HS secret only verifies HS256/384/512, a JWKS RSA key only
+//! RS/PS, and so on, so an RSA public key can never be abused as an HMAC secret.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+
+/// base64url, with or without padding (JWK members and JWT parts).
+const B64URL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+const HMAC_ALGS: &[Algorithm] = &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+const RSA_ALGS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+/// Verified claims of a token. `raw` is the whole claims object (what RLS checks see as
+/// `request.jwt.claims`).
+#[derive(Clone, Debug)]
+pub struct Claims {
+    pub role: String,
+    pub exp: i64,
+    pub sub: Option<String>,
+    pub raw: Map<String, Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("API key is missing")]
+    Missing,
+    #[error("The token provided is not a valid JWT")]
+    Malformed,
+    #[error("Failed to validate JWT signature")]
+    Signature,
+    #[error("Fields `role` and `exp` are required in JWT")]
+    MissingClaims,
+    #[error("Token expiration time is invalid")]
+    InvalidExp,
+    #[error("Token has expired {seconds_ago} seconds ago")]
+    Expired { seconds_ago: i64 },
+    #[error("no jwt key configured: set a jwt secret and/or a jwks")]
+    NoKeySource,
+    #[error("jwt secret is empty")]
+    EmptySecret,
+    #[error("invalid jwks: {0}")]
+    InvalidJwks(String),
+    #[error("failed to sign jwt: {0}")]
+    Signing(String),
+}
+
+impl AuthError {
+    /// The bare text clients see at HTTP connect and in `system` messages.
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    /// The code part of a join error reason (PROTOCOL.md §3).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Malformed => "MalformedJWT",
+            AuthError::Signature => "JwtSignatureError",
+            AuthError::Missing
+            | AuthError::MissingClaims
+            | AuthError::InvalidExp
+            | AuthError::Expired { .. } => "InvalidJWTToken",
+            AuthError::NoKeySource
+            | AuthError::EmptySecret
+            | AuthError::InvalidJwks(_)
+            | AuthError::Signing(_) => "JwtSignerError",
+        }
+    }
+
+    /// `"<Code>: <message>"`, the `reason` of a join error reply.
+    pub fn join_reason(&self) -> String {
+        format!("{}: {}", self.code(), self.message())
+    }
+}
+
+/// One verification key and the algorithms it may verify.
+struct Key {
+    kid: Option<String>,
+    algs: Vec<Algorithm>,
+    key: DecodingKey,
+}
+
+/// Verifies tokens against the configured keys. Cheap to clone.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Arc<Vec<Key>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// `jwks_json` is the contents of a JWKS document (`{"keys":[...]}`). At least one
+    /// source is required. Keys marked `"use":"enc"` are skipped.
+    pub fn new(hs_secret: Option<&str>, jwks_json: Option<&str>) -> Result<Verifier, AuthError> {
+        if hs_secret.is_none() && jwks_json.is_none() {
+            return Err(AuthError::NoKeySource);
+        }
+        let mut keys = Vec::new();
+        if let Some(secret) = hs_secret {
+            if secret.is_empty() {
+                return Err(AuthError::EmptySecret);
+            }
+            keys.push(Key {
+                kid: None,
+                algs: HMAC_ALGS.to_vec(),
+                key: DecodingKey::from_secret(secret.as_bytes()),
+            });
+        }
+        if let Some(json) = jwks_json {
+            let doc: Value =
+                serde_json::from_str(json).map_err(|e| AuthError::InvalidJwks(e.to_string()))?;
+            let list = doc
+                .get("keys")
+                .and_then(Value::as_array)
+                .ok_or_else(|| AuthError::InvalidJwks("missing `keys` array".into()))?;
+            for (i, jwk) in list.iter().enumerate() {
+                if jwk.get("use").and_then(Value::as_str) == Some("enc") {
+                    continue;
+                }
+                let key = key_from_jwk(jwk)
+                    .map_err(|e| AuthError::InvalidJwks(format!("key {i}: {e}")))?;
+                keys.push(key);
+            }
+        }
+        if keys.is_empty() {
+            return Err(AuthError::InvalidJwks("no signing keys".into()));
+        }
+        Ok(Verifier {
+            keys: Arc::new(keys),
+        })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        self.verify_at(token, chrono::Utc::now().timestamp())
+    }
+
+    /// Checks shape, signature, required claims and expiry (no leeway) at `now_unix`.
+    pub fn verify_at(&self, token: &str, now_unix: i64) -> Result<Claims, AuthError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let header = decode_parts(token)?;
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .and_then(allowed_alg)
+            .ok_or(AuthError::Signature)?;
+        let kid = header.get("kid").and_then(Value::as_str);
+        let raw = self.verify_signature(token, alg, kid)?;
+        claims_from(raw, now_unix)
+    }
+
+    /// Tries every key allowed for `alg`: those whose kid matches the token's, plus kid-less
+    /// ones (the HS secret). Returns the claims of the first key that verifies.
+    fn verify_signature(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<Map<String, Value>, AuthError> {
+        let mut validation = Validation::new(alg);
+        validation.required_spec_claims.clear();
+        validation.leeway = 0;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let candidates = self.keys.iter().filter(|k| {
+            k.algs.contains(&alg)
+                && match (kid, k.kid.as_deref()) {
+                    (Some(want), Some(have)) => want == have,
+                    _ => true,
+                }
+        });
+        for k in candidates {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => match e.kind() {
+                    ErrorKind::InvalidToken | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                        return Err(AuthError::Malformed)
+                    }
+                    _ => continue,
+                },
+            }
+        }
+        Err(AuthError::Signature)
+    }
+}
+
+/// Three dot-separated non-empty parts; opaque `sb_...` keys are not JWTs.
+pub fn looks_like_jwt(token: &str) -> bool {
+    if token.starts_with("sb_") {
+        return false;
+    }
+    let parts: Vec<&str> = token.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty())
+}
+
+/// Signs `claims` (a JSON object) with HS256; used by `switchboard token` and tests.
+pub fn mint_hs256(secret: &str, claims: &Value) -> Result<String, AuthError> {
+    if secret.is_empty() {
+        return Err(AuthError::EmptySecret);
+    }
+    if !claims.is_object() {
+        return Err(AuthError::Signing("claims must be a JSON object".into()));
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| AuthError::Signing(e.to_string()))
+}
+
+/// Checks the JWT shape (three base64url parts, header and payload JSON objects) and
+/// returns the header.
+fn decode_parts(token: &str) -> Result<Map<String, Value>, AuthError> {
+    let parts: Vec<&str> = token.split('.').collect();
+    let [header, payload, signature] = parts[..] else {
+        return Err(AuthError::Malformed);
+    };
+    let object = |part: &str| -> Option<Map<String, Value>> {
+        let bytes = B64URL.decode(part).ok()?;
+        match serde_json::from_slice(&bytes).ok()? {
+            Value::Object(map) => Some(map),
+            _ => None,
+        }
+    };
+    let header = object(header).ok_or(AuthError::Malformed)?;
+    object(payload).ok_or(AuthError::Malformed)?;
+    B64URL.decode(signature).map_err(|_| AuthError::Malformed)?;
+    Ok(header)
+}
+
+/// The algorithms we accept in a token header (`none` is not one of them).
+fn allowed_alg(name: &str) -> Option<Algorithm> {
+    let alg = match name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    };
+    Some(alg)
+}
+
+fn claims_from(raw: Map<String, Value>, now_unix: i64) -> Result<Claims, AuthError> {
+    let (Some(role), Some(exp)) = (raw.get("role"), raw.get("exp")) else {
+        return Err(AuthError::MissingClaims);
+    };
+    let role = role.as_str().ok_or(AuthError::MissingClaims)?.to_owned();
+    let exp = match exp {
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i,
+            (None, Some(f)) if f.is_finite() && f.abs() < 9.0e15 => f.floor() as i64,
+            _ => return Err(AuthError::InvalidExp),
+        },
+        _ => return Err(AuthError::InvalidExp),
+    };
+    if exp <= now_unix {
+        return Err(AuthError::Expired {
+            seconds_ago: now_unix - exp,
+        });
+    }
+    let sub = raw.get("sub").and_then(Value::as_str).map(str::to_owned);
+    Ok(Claims {
+        role,
+        exp,
+        sub,
+        raw,
+    })
+}
+
+fn key_from_jwk(jwk: &Value) -> Result<Key, String> {
+    let field = |name: &str| jwk.get(name).and_then(Value::as_str);
+    let need = |name: &str| field(name).ok_or_else(|| format!("missing `{name}`"));
+    let kid = field("kid").map(str::to_owned);
+    let declared = match field("alg") {
+        None => None,
+        Some(name) => Some(allowed_alg(name).ok_or_else(|| format!("unsupported alg {name}"))?),
+    };
+    let bytes = |name: &str| -> Result<Vec<u8>, String> {
+        B64URL
+            .decode(need(name)?)
+            .map_err(|_| format!("`{name}` is not base64url"))
+    };
+    let bad = |e: jsonwebtoken::errors::Error| e.to_string();
+    let (family, key): (Vec<Algorithm>, DecodingKey) = match need("kty")? {
+        "RSA" => (
+            RSA_ALGS.to_vec(),
+            DecodingKey::from_rsa_components(need("n")?, need("e")?).map_err(bad)?,
+        ),
+        "EC" => {
+            let (alg, len) = match need("crv")? {
+                "P-256" => (Algorithm::ES256, 32),
+                "P-384" => (Algorithm::ES384, 48),
+                other => return Err(format!("unsupported curve {other}")),
+            };
+            if bytes("x")?.len() != len || bytes("y")?.len() != len {
+                return Err("bad EC coordinate length".into());
+            }
+            let key = DecodingKey::from_ec_components(need("x")?, need("y")?).map_err(bad)?;
+            (vec![alg], key)
+        }
+        "OKP" => {
+            if need("crv")? != "Ed25519" {
+                return Err("unsupported OKP curve".into());
+            }
+            if bytes("x")?.len() != 32 {
+                return Err("bad Ed25519 key length".into());
+            }
+            let key = DecodingKey::from_ed_components(need("x")?).map_err(bad)?;
+            (vec![Algorithm::EdDSA], key)
+        }
+        "oct" => (HMAC_ALGS.to_vec(), DecodingKey::from_secret(&bytes("k")?)),
+        other => return Err(format!("unsupported kty {other}")),
+    };
+    let algs = match declared {
+        Some(alg) if family.contains(&alg) => vec![alg],
+        Some(alg) => return Err(format!("alg {alg:?} does not fit the key type")),
+        None => family,
+    };
+    Ok(Key { kid, algs, key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters";
+    const NOW: i64 = 1_800_000_000;
+    const JWKS: &str = include_str!("../tests/fixtures/jwt/jwks.json");
+    const RSA_PRIVATE: &str = include_str!("../tests/fixtures/jwt/rsa_private.pem");
+    const RSA_PUBLIC: &str = include_str!("../tests/fixtures/jwt/rsa_public.pem");
+    const EC_PRIVATE: &str = include_str!("../tests/fixtures/jwt/ec_private.pem");
+    const ED_PRIVATE: &str = include_str!("../tests/fixtures/jwt/ed_private.pem");
+
+    fn claims() -> Value {
+        json!({"role": "authenticated", "exp": NOW + 3600, "sub": "user-1", "aud": "authenticated"})
+    }
+
+    fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    fn rsa() -> EncodingKey {
+        EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap()
+    }
+
+    fn hs_only() -> Verifier {
+        Verifier::new(Some(SECRET), None).unwrap()
+    }
+
+    fn jwks_only() -> Verifier {
+        Verifier::new(None, Some(JWKS)).unwrap()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn hs256_token_with_role_and_exp_is_accepted_with_all_its_claims() {
+        let token = mint_hs256(SECRET, &claims()).unwrap();
+        let c = hs_only().verify_at(&token, NOW).unwrap();
+        assert_eq!(c.role, "authenticated");
+        assert_eq!(c.exp, NOW + 3600);
+        assert_eq!(c.sub.as_deref(), Some("user-1"));
+        assert_eq!(c.raw.get("aud"), Some(&json!("authenticated")));
+    }
+
+    #[test]
+    fn hs384_and_hs512_tokens_are_accepted_with_the_secret() {
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        for alg in [Algorithm::HS384, Algorithm::HS512] {
+            let token = sign(alg, None, &key, &claims());
+            assert!(hs_only().verify_at(&token, NOW).is_ok(), "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn rs256_es256_and_eddsa_tokens_are_accepted_with_the_jwks() {
+        let ec = EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap();
+        let ed = EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap();
+        let both = Verifier::new(Some(SECRET), Some(JWKS)).unwrap();
+        for (alg, kid, key) in [
+            (Algorithm::RS256, "rsa-1", rsa()),
+            (Algorithm::ES256, "ec-1", ec),
+            (Algorithm::EdDSA, "ed-1", ed),
+        ] {
+            let with_kid = sign(alg, Some(kid), &key, &claims());
+            let without_kid = sign(alg, None, &key, &claims());
+            for v in [jwks_only(), both.clone()] {
+                assert_eq!(v.verify_at(&with_kid, NOW).unwrap().role, "authenticated");
+                assert!(
+                    v.verify_at(&without_kid, NOW).is_ok(),
+                    "{alg:?} without kid"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn alg_none_token_is_rejected() {
+        let payload = b64(claims().to_string().as_bytes());
+        let both = Verifier::new(Some(SECRET), Some(JWKS)).unwrap();
+        for alg in ["none", "None", "NONE"] {
+            let header = b64(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes());
+            for token in [
+                format!("{header}.{payload}."),
+                format!("{header}.{payload}.c2ln"),
+            ] {
+                let err = both.verify_at(&token, NOW).unwrap_err();
+                assert!(matches!(err, AuthError::Signature), "{token}: {err:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hs256_token_signed_with_the_rsa_public_key_is_rejected() {
+        let key = EncodingKey::from_secret(RSA_PUBLIC.as_bytes());
+        let mut tokens = vec![sign(Algorithm::HS256, None, &key, &claims())];
+        tokens.push(sign(Algorithm::HS256, Some("rsa-1"), &key, &claims()));
+        // the PEM text is the classic confusion secret; the raw modulus is another
+        let jwks: Value = serde_json::from_str(JWKS).unwrap();
+        let n = B64URL
+            .decode(jwks["keys"][0]["n"].as_str().unwrap())
+            .unwrap();
+        let n_key = EncodingKey::from_secret(&n);
+        tokens.push(sign(Algorithm::HS256, Some("rsa-1"), &n_key, &claims()));
+        let both = Verifier::new(Some(SECRET), Some(JWKS)).unwrap();
+        for token in &tokens {
+            for v in [jwks_only(), both.clone()] {
+                assert!(matches!(v.verify_at(token, NOW), Err(AuthError::Signature)));
+            }
+        }
+    }
+
+    #[test]
+    fn rs256_token_is_rejected_by_a_verifier_with_only_an_hs_secret() {
+        let token = sign(Algorithm::RS256, None, &rsa(), &claims());
+        let v = Verifier::new(Some(RSA_PUBLIC), None).unwrap();
+        assert!(matches!(
+            v.verify_at(&token, NOW),
+            Err(AuthError::Signature)
+        ));
+        assert!(matches!(
+            hs_only().verify_at(&token, NOW),
+            Err(AuthError::Signature)
+        ));
+    }
+
+    #[test]
+    fn token_signed_with_a_different_secret_is_rejected() {
+        let token = mint_hs256("another-secret-another-secret-another", &claims()).unwrap();
+        let err = hs_only().verify_at(&token, NOW).unwrap_err();
+        assert!(matches!(err, AuthError::Signature));
+        assert_eq!(
+            err.join_reason(),
+            "JwtSignatureError: Failed to validate JWT signature"
+        );
+    }
+
+    #[test]
+    fn tampered_payload_is_rejected() {
+        let token = mint_hs256(SECRET, &claims()).unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut forged = claims();
+        forged["role"] = json!("service_role");
+        let payload = b64(forged.to_string().as_bytes());
+        let token = format!("{}.{}.{}", parts[0], payload, parts[2]);
+        assert!(matches!(
+            hs_only().verify_at(&token, NOW),
+            Err(AuthError::Signature)
+        ));
+    }
+
+    #[test]
+    fn rs256_token_is_rejected_by_a_jwks_lacking_its_key() {
+        let doc: Value = serde_json::from_str(JWKS).unwrap();
+        let others: Vec<Value> = doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["kty"] != "RSA")
+            .cloned()
+            .collect();
+        let v = Verifier::new(None, Some(&json!({"keys": others}).to_string())).unwrap();
+        for kid in [Some("rsa-1"), None] {
+            let token = sign(Algorithm::RS256, kid, &rsa(), &claims());
+            assert!(matches!(
+                v.verify_at(&token, NOW),
+                Err(AuthError::Signature)
+            ));
+        }
+    }
+
+    #[test]
+    fn token_with_an_unknown_kid_is_rejected() {
+        let token = sign(Algorithm::RS256, Some("rotated-away"), &rsa(), &claims());
+        assert!(matches!(
+            jwks_only().verify_at(&token, NOW),
+            Err(AuthError::Signature)
+        ));
+    }
+
+    #[test]
+    fn token_with_a_kid_of_another_key_type_is_rejected() {
+        let token = sign(Algorithm::RS256, Some("ec-1"), &rsa(), &claims());
+        assert!(matches!(
+            jwks_only().verify_at(&token, NOW),
+            Err(AuthError::Signature)
+        ));
+    }
+
+    #[test]
+    fn missing_role_or_exp_is_rejected_with_the_required_fields_text() {
+        for drop in ["role", "exp"] {
+            let mut c = claims();
+            c.as_object_mut().unwrap().remove(drop);
+            let token = mint_hs256(SECRET, &c).unwrap();
+            let err = hs_only().verify_at(&token, NOW).unwrap_err();
+            assert!(matches!(err, AuthError::MissingClaims), "{drop}");
+            assert_eq!(
+                err.join_reason(),
+                "InvalidJWTToken: Fields `role` and `exp` are required in JWT"
+            );
+        }
+    }
+
+    #[test]
+    fn non_numeric_exp_is_rejected_as_invalid_expiration() {
+        for exp in [json!("soon"), json!(null), json!(true)] {
+            let mut c = claims();
+            c["exp"] = exp;
+            let token = mint_hs256(SECRET, &c).unwrap();
+            let err = hs_only().verify_at(&token, NOW).unwrap_err();
+            assert_eq!(err.message(), "Token expiration time is invalid");
+            assert_eq!(err.code(), "InvalidJWTToken");
+        }
+    }
+
+    #[test]
+    fn expired_token_reports_how_many_seconds_ago() {
+        let mut c = claims();
+        c["exp"] = json!(NOW - 30);
+        let token = mint_hs256(SECRET, &c).unwrap();
+        let err = hs_only().verify_at(&token, NOW).unwrap_err();
+        assert_eq!(err.message(), "Token has expired 30 seconds ago");
+        assert_eq!(
+            err.join_reason(),
+            "InvalidJWTToken: Token has expired 30 seconds ago"
+        );
+    }
+
+    #[test]
+    fn token_expires_exactly_at_exp_without_leeway() {
+        let mut c = claims();
+        c["exp"] = json!(NOW);
+        let token = mint_hs256(SECRET, &c).unwrap();
+        assert!(hs_only().verify_at(&token, NOW - 1).is_ok());
+        let err = hs_only().verify_at(&token, NOW).unwrap_err();
+        assert!(matches!(err, AuthError::Expired { seconds_ago: 0 }));
+    }
+
+    #[test]
+    fn verify_uses_the_real_clock() {
+        let mut c = claims();
+        c["exp"] = json!(chrono::Utc::now().timestamp() + 600);
+        assert!(hs_only().verify(&mint_hs256(SECRET, &c).unwrap()).is_ok());
+        c["exp"] = json!(chrono::Utc::now().timestamp() - 600);
+        assert!(matches!(
+            hs_only().verify(&mint_hs256(SECRET, &c).unwrap()),
+            Err(AuthError::Expired { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed_and_empty_is_missing() {
+        for garbage in [
+            "garbage",
+            "a.b",
+            "a.b.c",
+            "a.b.c.d",
+            "sb_publishable_abc",
+            "....",
+            "eyJ.eyJ.x",
+            "\u{0}",
+        ] {
+            let err = hs_only().verify_at(garbage, NOW).unwrap_err();
+            assert!(matches!(err, AuthError::Malformed), "{garbage}: {err:?}");
+            assert_eq!(
+                err.join_reason(),
+                "MalformedJWT: The token provided is not a valid JWT"
+            );
+        }
+        let not_object = format!("{}.{}.", b64(br#"{"alg":"HS256"}"#), b64(b"[1]"));
+        assert!(matches!(
+            hs_only().verify_at(&not_object, NOW),
+            Err(AuthError::Malformed)
+        ));
+        for empty in ["", "   "] {
+            assert_eq!(
+                hs_only().verify_at(empty, NOW).unwrap_err().message(),
+                "API key is missing"
+            );
+        }
+    }
+
+    #[test]
+    fn looks_like_jwt_wants_three_non_empty_parts() {
+        let token = mint_hs256(SECRET, &claims()).unwrap();
+        assert!(looks_like_jwt(&token));
+        assert!(looks_like_jwt("a.b.c"));
+        for not in [
+            "",
+            "a.b",
+            "a..c",
+            ".b.c",
+            "a.b.",
+            "a.b.c.d",
+            "sb_publishable_x.y.z",
+            "sb_secret_abc",
+        ] {
+            assert!(!looks_like_jwt(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn verifier_needs_a_usable_key_source() {
+        assert!(matches!(
+            Verifier::new(None, None),
+            Err(AuthError::NoKeySource)
+        ));
+        assert!(matches!(
+            Verifier::new(Some(""), None),
+            Err(AuthError::EmptySecret)
+        ));
+        for bad in [
+            "not json",
+            "{}",
+            r#"{"keys":[]}"#,
+            r#"{"keys":[{"kty":"RSA","n":"AQAB"}]}"#,
+            r#"{"keys":[{"kty":"EC","crv":"P-521","x":"AA","y":"AA"}]}"#,
+            r#"{"keys":[{"kty":"RSA","alg":"ES256","n":"AQAB","e":"AQAB"}]}"#,
+        ] {
+            assert!(
+                matches!(
+                    Verifier::new(None, Some(bad)),
+                    Err(AuthError::InvalidJwks(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn jwks_oct_key_verifies_hs_tokens_by_kid() {
+        let jwks = json!({"keys": [{"kty": "oct", "kid": "hs-1", "k": b64(b"jwks-hmac-secret")}]})
+            .to_string();
+        let v = Verifier::new(None, Some(&jwks)).unwrap();
+        let key = EncodingKey::from_secret(b"jwks-hmac-secret");
+        assert!(v
+            .verify_at(&sign(Algorithm::HS256, Some("hs-1"), &key, &claims()), NOW)
+            .is_ok());
+        let wrong = mint_hs256(SECRET, &claims()).unwrap();
+        assert!(matches!(
+            v.verify_at(&wrong, NOW),
+            Err(AuthError::Signature)
+        ));
+    }
+}

@@ -1,0 +1,138 @@
+//! The capture position: the last snapshot the log was read under (DESIGN.md
+//! invariant 1). A row is new to the reader exactly when its transaction was not yet
+//! visible in that snapshot: `xid >= xmax OR xid = ANY(xip)`.
+
+use std::fmt;
+
+/// `xmax` and the in-progress xids of a `pg_snapshot`; `xmin` is implied by them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub xmax: u64,
+    /// Sorted, every element below `xmax`.
+    pub xip: Vec<u64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("bad snapshot {0:?}")]
+pub struct CursorError(pub String);
+
+impl Cursor {
+    /// Parses Postgres's `pg_snapshot` text form, `xmin:xmax:xip1,xip2`.
+    pub fn from_pg_snapshot(text: &str) -> Result<Cursor, CursorError> {
+        let bad = || CursorError(text.to_string());
+        let mut parts = text.split(':');
+        let (Some(xmin), Some(xmax), Some(xip), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let xmin: u64 = xmin.parse().map_err(|_| bad())?;
+        let cursor = Cursor::new(
+            xmax.parse().map_err(|_| bad())?,
+            parse_xip(xip).ok_or_else(bad)?,
+        )
+        .ok_or_else(bad)?;
+        if cursor.xmin() != xmin {
+            return Err(bad());
+        }
+        Ok(cursor)
+    }
+
+    /// Parses the cursor's own text form, `xmax:xip1,xip2` (see `Display`).
+    pub fn parse(text: &str) -> Result<Cursor, CursorError> {
+        let bad = || CursorError(text.to_string());
+        let (xmax, xip) = text.split_once(':').ok_or_else(bad)?;
+        Cursor::new(
+            xmax.parse().map_err(|_| bad())?,
+            parse_xip(xip).ok_or_else(bad)?,
+        )
+        .ok_or_else(bad)
+    }
+
+    fn new(xmax: u64, mut xip: Vec<u64>) -> Option<Cursor> {
+        xip.sort_unstable();
+        xip.dedup();
+        if xip.last().is_some_and(|&x| x >= xmax) {
+            return None;
+        }
+        Some(Cursor { xmax, xip })
+    }
+
+    /// Every transaction below `xmin` had finished when this snapshot was taken.
+    pub fn xmin(&self) -> u64 {
+        self.xip.first().copied().unwrap_or(self.xmax)
+    }
+
+    /// The `pg_snapshot` text form, for `::pg_snapshot` casts.
+    pub fn to_pg_snapshot(&self) -> String {
+        format!("{}:{}:{}", self.xmin(), self.xmax, join(&self.xip))
+    }
+
+    /// The xids as text, for binding as `$n::text::xid8` / `$n::text[]::xid8[]`.
+    pub(crate) fn bind_texts(&self) -> (String, String, Vec<String>) {
+        let xip = self.xip.iter().map(u64::to_string).collect();
+        (self.xmin().to_string(), self.xmax.to_string(), xip)
+    }
+}
+
+impl fmt::Display for Cursor {
+    /// `xmax:xip1,xip2`: the form shown in status and handed back to resume.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.xmax, join(&self.xip))
+    }
+}
+
+fn parse_xip(text: &str) -> Option<Vec<u64>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(',').map(|x| x.parse().ok()).collect()
+}
+
+fn join(xids: &[u64]) -> String {
+    xids.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pg_snapshot_round_trips_through_the_cursor() {
+        let c = Cursor::from_pg_snapshot("100:105:100,102").unwrap();
+        assert_eq!(
+            c,
+            Cursor {
+                xmax: 105,
+                xip: vec![100, 102]
+            }
+        );
+        assert_eq!(c.xmin(), 100);
+        assert_eq!(c.to_pg_snapshot(), "100:105:100,102");
+        assert_eq!(c.to_string(), "105:100,102");
+        assert_eq!(Cursor::parse("105:100,102").unwrap(), c);
+    }
+
+    #[test]
+    fn an_idle_snapshot_has_xmin_equal_to_xmax() {
+        let c = Cursor::from_pg_snapshot("2779:2779:").unwrap();
+        assert_eq!((c.xmin(), c.xip.len()), (2779, 0));
+        assert_eq!(c.to_string(), "2779:");
+        assert_eq!(Cursor::parse("2779:").unwrap(), c);
+    }
+
+    #[test]
+    fn malformed_snapshots_are_rejected() {
+        for bad in [
+            "", "1", "1:2", "a:2:", "1:2:x", "1:2:3", "5:9:6", "1:2:3:4", "2:1,x",
+        ] {
+            assert!(Cursor::from_pg_snapshot(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["", "5", "5:7", "x:", "5:1,,2"] {
+            assert!(Cursor::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

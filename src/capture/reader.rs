@@ -1,0 +1,233 @@
+//! One gap-free read of `realtime.changes`: under a fresh REPEATABLE READ snapshot,
+//! every row whose transaction the cursor had not seen, in id order, page by page;
+//! then the cursor moves to that snapshot. Also the retention delete.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use super::cursor::Cursor;
+use super::status::CaptureStatus;
+use super::CaptureError;
+use crate::router::change::{Change, DbBroadcast, DbEvent, Op};
+
+/// Rows new to `cursor` ($1 xmin, $2 xmax, $3 xip), minus rows an interrupted read
+/// already delivered ($4 its snapshots, $5 the last id it sent under each).
+const READ_NEW_ROWS: &str = "\
+select c.id, c.op, c.schema_name, c.table_name, c.record, c.old_record, \
+       c.topic, c.event, c.private, c.created_at, \
+       (extract(epoch from clock_timestamp() - c.created_at) * 1000)::int8 as age_ms \
+from realtime.changes c \
+where c.xid >= $1::text::xid8 \
+  and (c.xid >= $2::text::xid8 or c.xid = any($3::text[]::xid8[])) \
+  and not exists ( \
+      select 1 from unnest($4::text[], $5::int8[]) as p(snap, last_id) \
+      where c.id <= p.last_id and pg_visible_in_snapshot(c.xid, p.snap::pg_snapshot)) \
+order by c.id";
+
+const CURRENT_SNAPSHOT: &str = "select pg_current_snapshot()::text";
+
+/// Rows older than the retention whose transactions finished before the cursor.
+const PRUNE: &str = "\
+delete from realtime.changes \
+where xid < $1::text::xid8 and created_at < clock_timestamp() - make_interval(secs => $2)";
+
+/// Where the reader is: the cursor plus what interrupted reads already delivered.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadState {
+    pub cursor: Cursor,
+    /// (snapshot, last id sent) of each read that failed after sending some pages; rows
+    /// visible in that snapshot with id <= last id were delivered. Cleared by a full read.
+    partials: Vec<(String, i64)>,
+}
+
+/// How a read ended when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ReadEnd {
+    /// Caught up; the cursor moved (or nothing was new).
+    CaughtUp,
+    /// Shutdown was requested or the receiver of events is gone.
+    Stopped,
+}
+
+impl ReadState {
+    pub fn new(cursor: Cursor) -> Self {
+        ReadState {
+            cursor,
+            partials: Vec::new(),
+        }
+    }
+
+    /// Reads everything new, sends it in pages of `batch_limit`, then moves the cursor.
+    pub async fn read_once(
+        &mut self,
+        client: &mut Client,
+        batch_limit: usize,
+        out: &mpsc::Sender<Vec<DbEvent>>,
+        status: &CaptureStatus,
+        shutdown: &CancellationToken,
+    ) -> Result<ReadEnd, CaptureError> {
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let snapshot: String = tx.query_one(CURRENT_SNAPSHOT, &[]).await?.get(0);
+        let next = Cursor::from_pg_snapshot(&snapshot)?;
+        if next == self.cursor && self.partials.is_empty() {
+            tx.commit().await?;
+            status.set_idle();
+            return Ok(ReadEnd::CaughtUp);
+        }
+        let mut sent_upto = None;
+        let result = self
+            .send_pages(&tx, batch_limit, out, status, shutdown, &mut sent_upto)
+            .await;
+        let result = match result {
+            Ok(ReadEnd::CaughtUp) => tx.commit().await.map_err(CaptureError::from),
+            Ok(ReadEnd::Stopped) => return Ok(ReadEnd::Stopped),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            if let Some(last_id) = sent_upto {
+                self.partials.push((snapshot, last_id));
+            }
+            return Err(e);
+        }
+        self.cursor = next;
+        self.partials.clear();
+        status.set_cursor(&self.cursor.to_string());
+        Ok(ReadEnd::CaughtUp)
+    }
+
+    async fn send_pages(
+        &self,
+        tx: &Transaction<'_>,
+        batch_limit: usize,
+        out: &mpsc::Sender<Vec<DbEvent>>,
+        status: &CaptureStatus,
+        shutdown: &CancellationToken,
+        sent_upto: &mut Option<i64>,
+    ) -> Result<ReadEnd, CaptureError> {
+        let (xmin, xmax, xip) = self.cursor.bind_texts();
+        let snaps: Vec<&str> = self.partials.iter().map(|(s, _)| s.as_str()).collect();
+        let last_ids: Vec<i64> = self.partials.iter().map(|(_, id)| *id).collect();
+        let statement = tx.prepare(READ_NEW_ROWS).await?;
+        let portal = tx
+            .bind(&statement, &[&xmin, &xmax, &xip, &snaps, &last_ids])
+            .await?;
+        let page_size = i32::try_from(batch_limit.max(1)).unwrap_or(i32::MAX);
+        loop {
+            let rows = tx.query_portal(&portal, page_size).await?;
+            let Some(last) = rows.last() else {
+                return Ok(ReadEnd::CaughtUp);
+            };
+            let last_id: i64 = last.get("id");
+            let age_ms: i64 = last.get("age_ms");
+            let full_page = rows.len() == page_size as usize;
+            let events: Vec<DbEvent> = rows.iter().filter_map(to_event).collect();
+            let last_ts = events.iter().rev().find_map(|e| match e {
+                DbEvent::Change(c) => Some(c.commit_timestamp.clone()),
+                DbEvent::Broadcast(_) => None,
+            });
+            let count = rows.len();
+            if !events.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(ReadEnd::Stopped),
+                    sent = out.send(events) => if sent.is_err() {
+                        return Ok(ReadEnd::Stopped);
+                    },
+                }
+            }
+            *sent_upto = Some(last_id);
+            status.record_batch(count, last_ts.as_deref(), age_ms);
+            if !full_page {
+                return Ok(ReadEnd::CaughtUp);
+            }
+        }
+    }
+}
+
+/// Takes the current snapshot as a starting cursor.
+pub(crate) async fn current_cursor(client: &Client) -> Result<Cursor, CaptureError> {
+    let snapshot: String = client.query_one(CURRENT_SNAPSHOT, &[]).await?.get(0);
+    Ok(Cursor::from_pg_snapshot(&snapshot)?)
+}
+
+/// Deletes log rows older than `retention` that `cursor` has already passed (their
+/// transactions finished before it); unread rows are never touched. Returns the count.
+pub async fn prune(
+    client: &Client,
+    cursor: &Cursor,
+    retention: Duration,
+) -> Result<u64, CaptureError> {
+    let xmin = cursor.xmin().to_string();
+    let secs = retention.as_secs_f64();
+    Ok(client.execute(PRUNE, &[&xmin, &secs]).await?)
+}
+
+/// Maps a log row; a row that cannot be mapped is logged and skipped.
+fn to_event(row: &Row) -> Option<DbEvent> {
+    let id: i64 = row.get("id");
+    let op: String = row.get("op");
+    let record: Option<Value> = row.get("record");
+    if op == "BROADCAST" {
+        return Some(DbEvent::Broadcast(DbBroadcast {
+            id,
+            topic: row.get::<_, Option<String>>("topic").unwrap_or_default(),
+            event: row.get::<_, Option<String>>("event").unwrap_or_default(),
+            payload: record.unwrap_or(Value::Object(Map::new())),
+            private: row.get::<_, Option<bool>>("private").unwrap_or(true),
+        }));
+    }
+    let Some(op) = Op::parse(&op) else {
+        tracing::warn!(id, op, "skipping log row with unknown op");
+        return None;
+    };
+    let created_at: DateTime<Utc> = row.get("created_at");
+    Some(DbEvent::Change(Change {
+        id,
+        schema: row
+            .get::<_, Option<String>>("schema_name")
+            .unwrap_or_default(),
+        table: row
+            .get::<_, Option<String>>("table_name")
+            .unwrap_or_default(),
+        op,
+        record: record.and_then(into_object),
+        old_record: row
+            .get::<_, Option<Value>>("old_record")
+            .and_then(into_object),
+        commit_timestamp: format_timestamp(created_at),
+    }))
+}
+
+fn into_object(v: Value) -> Option<Map<String, Value>> {
+    match v {
+        Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// UTC with millisecond precision: `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub(crate) fn format_timestamp(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn timestamps_are_utc_with_milliseconds() {
+        let t = Utc.with_ymd_and_hms(2024, 3, 9, 7, 5, 1).unwrap()
+            + chrono::Duration::microseconds(42_999);
+        assert_eq!(format_timestamp(t), "2024-03-09T07:05:01.042Z");
+    }
+}

@@ -1,0 +1,150 @@
+//! What the capture loop reports about itself: shared with `/api/status`, metrics and
+//! readiness. The capture task writes; everyone else reads a `snapshot()`.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::telemetry::Metrics;
+
+/// Live capture state. The capture task holds one `Arc` and writes; readers clone the Arc.
+#[derive(Debug)]
+pub struct CaptureStatus {
+    /// Sent by the capture task; `wait_connected` subscribers receive.
+    connected: watch::Sender<bool>,
+    /// A read finished since the last (re)connect: nothing committed is waiting.
+    caught_up: AtomicBool,
+    rows_read: AtomicU64,
+    batches: AtomicU64,
+    reconnects: AtomicU64,
+    /// Age in ms of the newest row at the time it was read; -1 before the first row.
+    lag_ms: AtomicI64,
+    /// Short-held, never across an await.
+    text: Mutex<TextFields>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct TextFields {
+    cursor: Option<String>,
+    last_error: Option<String>,
+    last_commit_ts: Option<String>,
+}
+
+/// A point-in-time copy of `CaptureStatus`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CaptureStatusSnapshot {
+    pub connected: bool,
+    /// `xmax:xip,xip`; `None` until the first connection.
+    pub cursor: Option<String>,
+    pub rows_read: u64,
+    pub batches: u64,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+    pub last_commit_ts: Option<String>,
+    pub lag_ms: Option<u64>,
+}
+
+impl Default for CaptureStatus {
+    fn default() -> Self {
+        CaptureStatus {
+            connected: watch::Sender::new(false),
+            caught_up: AtomicBool::new(false),
+            rows_read: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            lag_ms: AtomicI64::new(-1),
+            text: Mutex::new(TextFields::default()),
+        }
+    }
+}
+
+impl CaptureStatus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn snapshot(&self) -> CaptureStatusSnapshot {
+        let text = self.text.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        CaptureStatusSnapshot {
+            connected: *self.connected.borrow(),
+            cursor: text.cursor,
+            rows_read: self.rows_read.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            last_error: text.last_error,
+            last_commit_ts: text.last_commit_ts,
+            lag_ms: u64::try_from(self.lag_ms.load(Ordering::Relaxed)).ok(),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// Connected and caught up with the log: what `/ready` reports.
+    pub fn is_ready(&self) -> bool {
+        self.is_connected() && self.caught_up.load(Ordering::Relaxed)
+    }
+
+    /// Copies the counters into the hub's metrics registry (called on scrape).
+    pub fn export(&self, metrics: &Metrics) {
+        let rows = self.rows_read.load(Ordering::Relaxed);
+        let exported = metrics.capture_rows.get();
+        if rows > exported {
+            metrics.capture_rows.inc_by(rows - exported);
+        }
+        metrics.capture_lag_ms.set(self.lag_ms.load(Ordering::Relaxed).max(0));
+    }
+
+    /// Resolves once the listener is connected and its cursor is set: changes that
+    /// commit after this are delivered.
+    pub async fn wait_connected(&self) {
+        let mut rx = self.connected.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    pub(crate) fn set_connected(&self, cursor: &str) {
+        self.set_cursor(cursor);
+        self.connected.send_replace(true);
+    }
+
+    pub(crate) fn set_caught_up(&self) {
+        self.caught_up.store(true, Ordering::Relaxed);
+    }
+
+    /// Nothing was new at the last read.
+    pub(crate) fn set_idle(&self) {
+        self.lag_ms.store(0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_disconnected(&self, error: Option<String>) {
+        self.caught_up.store(false, Ordering::Relaxed);
+        self.connected.send_replace(false);
+        if error.is_some() {
+            self.with_text(|t| t.last_error = error);
+        }
+    }
+
+    pub(crate) fn count_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_cursor(&self, cursor: &str) {
+        self.with_text(|t| t.cursor = Some(cursor.to_string()));
+    }
+
+    pub(crate) fn record_batch(&self, rows: usize, last_commit_ts: Option<&str>, lag_ms: i64) {
+        self.rows_read.fetch_add(rows as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.lag_ms.store(lag_ms.max(0), Ordering::Relaxed);
+        if let Some(ts) = last_commit_ts {
+            self.with_text(|t| t.last_commit_ts = Some(ts.to_string()));
+        }
+    }
+
+    fn with_text(&self, f: impl FnOnce(&mut TextFields)) {
+        f(&mut self.text.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}

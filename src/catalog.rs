@@ -1,0 +1,206 @@
+//! Table metadata read from the Postgres catalog: columns in attribute order, primary
+//! key, row-level-security flags and whether change capture is on. Lookups are cached
+//! for `CACHE_TTL`, so a storm of joins costs one query per table, and a new table,
+//! `enable` or policy flag shows up within that window.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use tokio::sync::OnceCell;
+use tokio_postgres::Row;
+
+use crate::router::change::ColumnInfo;
+
+/// How long a lookup (found or not) is served from memory.
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Above this many cached keys, expired ones are dropped on the next insert.
+const CACHE_PRUNE_AT: usize = 1024;
+
+/// Name of the capture trigger that `realtime.enable` creates.
+pub const CAPTURE_TRIGGER: &str = "switchboard_capture";
+
+/// The select list shared by both lookups; `$1` is the capture trigger name.
+macro_rules! table_select {
+    () => {
+        "select n.nspname::text, c.relname::text, c.oid, c.relrowsecurity, c.relforcerowsecurity, \
+           exists (select 1 from pg_catalog.pg_trigger t \
+                    where t.tgrelid = c.oid and t.tgname = $1::text) as realtime_enabled, \
+           array(select a.attname::text from pg_catalog.pg_attribute a \
+                  where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped \
+                  order by a.attnum) as column_names, \
+           array(select ty.typname::text from pg_catalog.pg_attribute a \
+                  join pg_catalog.pg_type ty on ty.oid = a.atttypid \
+                  where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped \
+                  order by a.attnum) as column_types, \
+           array(select a.attname::text from pg_catalog.pg_index i \
+                  cross join lateral unnest(i.indkey) with ordinality as k(attnum, pos) \
+                  join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
+                  where i.indrelid = c.oid and i.indisprimary \
+                  order by k.pos) as primary_key \
+         from pg_catalog.pg_class c \
+         join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
+         where c.relkind in ('r', 'p') "
+    };
+}
+
+/// One table by exact schema and name: `$2` schema, `$3` table.
+const TABLE_BY_NAME: &str = concat!(
+    table_select!(),
+    "and n.nspname = $2::text and c.relname = $3::text"
+);
+
+/// Tables with the capture trigger (partition children excluded), optionally in schema `$2`.
+const ENABLED_TABLES: &str = concat!(
+    table_select!(),
+    "and exists (select 1 from pg_catalog.pg_trigger t \
+                  where t.tgrelid = c.oid and t.tgname = $1::text and t.tgparentid = 0) \
+     and ($2::text is null or n.nspname = $2::text) \
+     order by n.nspname, c.relname"
+);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("catalog query: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// What the hub needs to know about one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub schema: String,
+    pub name: String,
+    pub oid: u32,
+    /// Attribute order, dropped columns left out.
+    pub columns: Vec<ColumnInfo>,
+    /// Column names in key order; empty when the table has no primary key.
+    pub primary_key: Vec<String>,
+    pub rls_enabled: bool,
+    pub rls_forced: bool,
+    /// Has the `switchboard_capture` trigger.
+    pub realtime_enabled: bool,
+}
+
+/// Cached catalog lookups; cheap to clone (shared state behind an `Arc`).
+#[derive(Clone)]
+pub struct Catalog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    tables: Mutex<HashMap<(String, String), Entry<Option<Arc<TableInfo>>>>>,
+    enabled: Mutex<HashMap<Option<String>, Entry<Vec<Arc<TableInfo>>>>>,
+}
+
+/// One cached lookup: concurrent askers share the cell, so one query answers them all.
+struct Entry<T> {
+    created: Instant,
+    cell: Arc<OnceCell<T>>,
+}
+
+impl Catalog {
+    pub fn new(pool: Pool) -> Catalog {
+        Catalog {
+            inner: Arc::new(Inner {
+                pool,
+                tables: Mutex::new(HashMap::new()),
+                enabled: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The table `schema.table` (exact, case-sensitive names), or `None` if there is no
+    /// such table.
+    pub async fn table(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<Arc<TableInfo>>, CatalogError> {
+        let key = (schema.to_owned(), table.to_owned());
+        cached(&self.inner.tables, key, async {
+            let client = self.inner.pool.get().await?;
+            let stmt = client.prepare_cached(TABLE_BY_NAME).await?;
+            let row = client
+                .query_opt(&stmt, &[&CAPTURE_TRIGGER, &schema, &table])
+                .await?;
+            Ok(row.map(|r| Arc::new(table_info(&r))))
+        })
+        .await
+    }
+
+    /// Tables with change capture on, in `schema` or in every schema.
+    pub async fn enabled_tables(
+        &self,
+        schema: Option<&str>,
+    ) -> Result<Vec<Arc<TableInfo>>, CatalogError> {
+        cached(&self.inner.enabled, schema.map(str::to_owned), async {
+            let client = self.inner.pool.get().await?;
+            let stmt = client.prepare_cached(ENABLED_TABLES).await?;
+            let rows = client.query(&stmt, &[&CAPTURE_TRIGGER, &schema]).await?;
+            Ok(rows.iter().map(|r| Arc::new(table_info(r))).collect())
+        })
+        .await
+    }
+}
+
+/// Serves `key` from `map` while fresh, else runs `fetch` once for all concurrent
+/// askers. A failed fetch is not cached.
+async fn cached<K, T, F>(
+    map: &Mutex<HashMap<K, Entry<T>>>,
+    key: K,
+    fetch: F,
+) -> Result<T, CatalogError>
+where
+    K: Eq + Hash,
+    T: Clone,
+    F: Future<Output = Result<T, CatalogError>>,
+{
+    let cell = {
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match map.get(&key) {
+            Some(entry) if now.duration_since(entry.created) < CACHE_TTL => entry.cell.clone(),
+            _ => {
+                if map.len() >= CACHE_PRUNE_AT {
+                    map.retain(|_, e| now.duration_since(e.created) < CACHE_TTL);
+                }
+                let cell = Arc::new(OnceCell::new());
+                map.insert(
+                    key,
+                    Entry {
+                        created: now,
+                        cell: cell.clone(),
+                    },
+                );
+                cell
+            }
+        }
+    };
+    cell.get_or_try_init(|| fetch).await.cloned()
+}
+
+fn table_info(row: &Row) -> TableInfo {
+    let names: Vec<String> = row.get("column_names");
+    let types: Vec<String> = row.get("column_types");
+    TableInfo {
+        schema: row.get(0),
+        name: row.get(1),
+        oid: row.get("oid"),
+        columns: names
+            .into_iter()
+            .zip(types)
+            .map(|(name, type_name)| ColumnInfo { name, type_name })
+            .collect(),
+        primary_key: row.get("primary_key"),
+        rls_enabled: row.get("relrowsecurity"),
+        rls_forced: row.get("relforcerowsecurity"),
+        realtime_enabled: row.get("realtime_enabled"),
+    }
+}

@@ -1,0 +1,289 @@
+//! Settings from a TOML file, the environment and flags, merged in that order of
+//! precedence (file < env < flag) and validated once into a `Config`. Nothing else in
+//! the crate reads the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Declares the settings once: each becomes an optional TOML key, an environment variable
+/// and a `--flag`, plus a typed field of `Config` with its default.
+macro_rules! settings {
+    ($( $(#[$doc:meta])* $key:ident : $ty:ty = $default:expr, env $env:literal; )*) => {
+        /// Raw, unvalidated settings; every key optional. Flags and env come from clap,
+        /// the file from serde; `merge` layers them.
+        #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $( $(#[$doc])* #[arg(long, env = $env)] pub $key: Option<$ty>, )*
+        }
+
+        impl Settings {
+            /// Fills every unset key of `self` from `lower`.
+            pub fn merge(self, lower: Settings) -> Settings {
+                Settings { $( $key: self.$key.or(lower.$key), )* }
+            }
+        }
+
+        /// Every setting with its default applied (before validation).
+        #[derive(Debug, Clone)]
+        struct Resolved { $( $key: $ty, )* }
+
+        impl Resolved {
+            fn from(s: Settings) -> Resolved {
+                Resolved { $( $key: s.$key.unwrap_or_else(|| $default), )* }
+            }
+        }
+
+        /// One row per setting: (key, env var, default), for the README table and `--help`.
+        pub const SETTINGS_TABLE: &[(&str, &str, &str)] = &[
+            $( (stringify!($key), $env, stringify!($default)), )*
+        ];
+    };
+}
+
+settings! {
+    /// Address the HTTP/WebSocket server binds.
+    listen: String = "0.0.0.0:4000".into(), env "SWITCHBOARD_LISTEN";
+    /// Postgres connection string; without it postgres_changes is unavailable.
+    database_url: String = String::new(), env "DATABASE_URL";
+    /// HS256/384/512 secret for client JWTs.
+    jwt_secret: String = String::new(), env "SWITCHBOARD_JWT_SECRET";
+    /// Path to a JWKS file (RS256, ES256, EdDSA keys).
+    jwks: String = String::new(), env "SWITCHBOARD_JWKS";
+    /// Maximum concurrent WebSocket connections.
+    max_connections: usize = 18_000, env "SWITCHBOARD_MAX_CONNECTIONS";
+    /// Largest inbound WebSocket message, in bytes.
+    max_frame_bytes: usize = 5_000_000, env "SWITCHBOARD_MAX_FRAME_BYTES";
+    /// Channels one connection may join.
+    max_channels_per_connection: usize = 100, env "SWITCHBOARD_MAX_CHANNELS_PER_CONNECTION";
+    /// Joins per second per connection (burst of the same size).
+    max_joins_per_second: u32 = 100, env "SWITCHBOARD_MAX_JOINS_PER_SECOND";
+    /// Client messages per second per connection (heartbeats excluded).
+    max_messages_per_second: u32 = 100, env "SWITCHBOARD_MAX_MESSAGES_PER_SECOND";
+    /// Largest broadcast payload, in bytes.
+    max_broadcast_bytes: usize = 256 * 1024, env "SWITCHBOARD_MAX_BROADCAST_BYTES";
+    /// Largest presence track payload, in bytes.
+    max_presence_bytes: usize = 64 * 1024, env "SWITCHBOARD_MAX_PRESENCE_BYTES";
+    /// Frames queued for one connection before it is cut off as a slow consumer.
+    outbox_frames: usize = 4096, env "SWITCHBOARD_OUTBOX_FRAMES";
+    /// Bytes queued for one connection before it is cut off as a slow consumer.
+    outbox_bytes: usize = 8 * 1024 * 1024, env "SWITCHBOARD_OUTBOX_BYTES";
+    /// Seconds without any inbound frame before a socket is closed.
+    idle_timeout_secs: u64 = 60, env "SWITCHBOARD_IDLE_TIMEOUT_SECS";
+    /// Seconds to drain connections on SIGTERM/SIGINT.
+    shutdown_deadline_secs: u64 = 10, env "SWITCHBOARD_SHUTDOWN_DEADLINE_SECS";
+    /// Milliseconds between log polls when no wake-up arrives.
+    capture_poll_ms: u64 = 1000, env "SWITCHBOARD_CAPTURE_POLL_MS";
+    /// Rows per page when reading the change log.
+    capture_batch_rows: usize = 1000, env "SWITCHBOARD_CAPTURE_BATCH_ROWS";
+    /// Seconds change-log rows are kept before pruning.
+    retention_secs: u64 = 3600, env "SWITCHBOARD_RETENTION_SECS";
+    /// Postgres connections for catalog and row-scope checks.
+    db_pool_size: usize = 8, env "SWITCHBOARD_DB_POOL_SIZE";
+    /// Run pending migrations when `serve` starts.
+    auto_migrate: bool = true, env "SWITCHBOARD_AUTO_MIGRATE";
+    /// Log format: `pretty` or `json`.
+    log_format: String = "pretty".into(), env "SWITCHBOARD_LOG_FORMAT";
+}
+
+/// Connection-level limits, each answered with the reason text a client surfaces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_frame_bytes: usize,
+    pub max_channels_per_connection: usize,
+    pub max_joins_per_second: u32,
+    pub max_messages_per_second: u32,
+    pub max_broadcast_bytes: usize,
+    pub max_presence_bytes: usize,
+    pub outbox_frames: usize,
+    pub outbox_bytes: usize,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The validated configuration the hub runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: Option<String>,
+    pub jwt_secret: Option<String>,
+    /// Contents of the JWKS file (read at load time).
+    pub jwks: Option<String>,
+    pub limits: Limits,
+    pub shutdown_deadline: Duration,
+    pub capture_poll: Duration,
+    pub capture_batch_rows: usize,
+    pub retention: Duration,
+    pub db_pool_size: usize,
+    pub auto_migrate: bool,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Reads a TOML settings file; unknown keys are errors that name the key.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+}
+
+fn positive<T: PartialOrd + Default>(key: &'static str, v: T) -> Result<T, ConfigError> {
+    if v > T::default() {
+        Ok(v)
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            message: "must be greater than 0".into(),
+        })
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.trim().is_empty()).then_some(s)
+}
+
+impl Config {
+    /// Applies defaults and validates; errors name the offending key.
+    pub fn from_settings(settings: Settings) -> Result<Config, ConfigError> {
+        let r = Resolved::from(settings);
+        let listen = r.listen.parse().map_err(|_| ConfigError::Invalid {
+            key: "listen",
+            message: format!("{:?} is not a socket address like 0.0.0.0:4000", r.listen),
+        })?;
+        let jwks = match non_empty(r.jwks) {
+            None => None,
+            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "jwks",
+                    message: format!("cannot read {path}: {e}"),
+                }
+            })?),
+        };
+        let log_format = match r.log_format.as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "log_format",
+                    message: format!("{other:?} is not one of pretty, json"),
+                })
+            }
+        };
+        let limits = Limits {
+            max_connections: positive("max_connections", r.max_connections)?,
+            max_frame_bytes: positive("max_frame_bytes", r.max_frame_bytes)?,
+            max_channels_per_connection: positive(
+                "max_channels_per_connection",
+                r.max_channels_per_connection,
+            )?,
+            max_joins_per_second: positive("max_joins_per_second", r.max_joins_per_second)?,
+            max_messages_per_second: positive(
+                "max_messages_per_second",
+                r.max_messages_per_second,
+            )?,
+            max_broadcast_bytes: positive("max_broadcast_bytes", r.max_broadcast_bytes)?,
+            max_presence_bytes: positive("max_presence_bytes", r.max_presence_bytes)?,
+            outbox_frames: positive("outbox_frames", r.outbox_frames)?,
+            outbox_bytes: positive("outbox_bytes", r.outbox_bytes)?,
+            idle_timeout: Duration::from_secs(positive("idle_timeout_secs", r.idle_timeout_secs)?),
+        };
+        Ok(Config {
+            listen,
+            database_url: non_empty(r.database_url),
+            jwt_secret: non_empty(r.jwt_secret),
+            jwks,
+            limits,
+            shutdown_deadline: Duration::from_secs(r.shutdown_deadline_secs),
+            capture_poll: Duration::from_millis(positive("capture_poll_ms", r.capture_poll_ms)?),
+            capture_batch_rows: positive("capture_batch_rows", r.capture_batch_rows)?,
+            retention: Duration::from_secs(positive("retention_secs", r.retention_secs)?),
+            db_pool_size: positive("db_pool_size", r.db_pool_size)?,
+            auto_migrate: r.auto_migrate,
+            log_format,
+        })
+    }
+
+    /// A configuration for tests and embedding: defaults plus an HS256 secret.
+    pub fn for_tests(jwt_secret: &str) -> Config {
+        let settings = Settings {
+            jwt_secret: Some(jwt_secret.to_owned()),
+            listen: Some("127.0.0.1:0".into()),
+            ..Settings::default()
+        };
+        Config::from_settings(settings).expect("default settings are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let file = Settings {
+            max_channels_per_connection: Some(5),
+            max_joins_per_second: Some(7),
+            outbox_frames: Some(9),
+            ..Settings::default()
+        };
+        let env_and_flags = Settings {
+            max_channels_per_connection: Some(6),
+            ..Settings::default()
+        };
+        let c = Config::from_settings(env_and_flags.merge(file)).unwrap();
+        assert_eq!(c.limits.max_channels_per_connection, 6);
+        assert_eq!(c.limits.max_joins_per_second, 7);
+        assert_eq!(c.limits.outbox_frames, 9);
+        assert_eq!(c.limits.max_broadcast_bytes, 256 * 1024);
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let s = Settings {
+            listen: Some("nonsense".into()),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(s).unwrap_err().to_string();
+        assert!(err.contains("`listen`"), "{err}");
+        let s = Settings {
+            outbox_bytes: Some(0),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(s).unwrap_err().to_string();
+        assert!(err.contains("`outbox_bytes`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_rejected_by_name() {
+        let err = toml::from_str::<Settings>("max_chanels = 3").unwrap_err();
+        assert!(err.message().contains("max_chanels"), "{}", err.message());
+    }
+}

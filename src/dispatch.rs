@@ -1,0 +1,283 @@
+//! From captured log rows to client frames: match each change against the subscription
+//! index in-process, check row scope for the matched subscribers only (one round trip per
+//! batch), then encode once per visibility shape and queue for each member.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Catalog, TableInfo};
+use crate::protocol::{self, Broadcast, BroadcastPayload};
+use crate::rls::{RlsChecker, Viewer, Visibility};
+use crate::router::change::{Change, DbBroadcast, DbEvent, Op};
+use crate::router::postgres::{Matched, ViewerClaims};
+use crate::router::{Router, TopicKey};
+
+/// Records larger than this are cut down (PROTOCOL.md §4, "Error 413").
+const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Under the 413 rule, fields whose JSON is longer than this are dropped.
+const MAX_FIELD_BYTES_WHEN_TOO_LARGE: usize = 64;
+const PAYLOAD_TOO_LARGE: &str = "Error 413: Payload Too Large";
+
+/// One change with its matched members and their distinct viewers.
+struct Planned {
+    change: Change,
+    table: Arc<TableInfo>,
+    matched: Vec<Matched>,
+    /// Index into `viewers` for each matched member.
+    viewer_of: Vec<usize>,
+    viewers: Vec<Viewer>,
+}
+
+enum Step {
+    Broadcast(DbBroadcast),
+    Change(Planned),
+}
+
+pub struct Dispatcher {
+    pub router: Arc<Router>,
+    pub catalog: Catalog,
+    pub rls: RlsChecker,
+}
+
+/// Consumes captured batches until the capture side hangs up or the hub shuts down.
+pub async fn run_dispatch(d: Dispatcher, mut rx: mpsc::Receiver<Vec<DbEvent>>, shutdown: CancellationToken) {
+    loop {
+        let batch = tokio::select! {
+            b = rx.recv() => match b { Some(b) => b, None => return },
+            _ = shutdown.cancelled() => return,
+        };
+        let steps = d.plan(batch).await;
+        let visibility = d.check(&steps, &shutdown).await;
+        let mut vis = visibility.into_iter();
+        for step in steps {
+            match step {
+                Step::Broadcast(b) => d.deliver_broadcast(b),
+                Step::Change(p) => {
+                    let v = vis.next().unwrap_or_default();
+                    d.deliver_change(&p, &v);
+                }
+            }
+        }
+    }
+}
+
+fn to_viewer(v: &ViewerClaims) -> Viewer {
+    Viewer {
+        role: v.role.to_string(),
+        claims: v.claims.clone(),
+    }
+}
+
+impl Dispatcher {
+    async fn plan(&self, batch: Vec<DbEvent>) -> Vec<Step> {
+        let mut steps = Vec::with_capacity(batch.len());
+        for event in batch {
+            let change = match event {
+                DbEvent::Broadcast(b) => {
+                    steps.push(Step::Broadcast(b));
+                    continue;
+                }
+                DbEvent::Change(c) => c,
+            };
+            self.router.metrics().capture_rows.inc();
+            let matched = self.router.postgres.matching(&change);
+            if matched.is_empty() {
+                continue;
+            }
+            let table = match self.catalog.table(&change.schema, &change.table).await {
+                Ok(Some(t)) => t,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, table = %change.table, "catalog lookup failed; change not delivered");
+                    continue;
+                }
+            };
+            let mut distinct: HashMap<ViewerClaims, usize> = HashMap::new();
+            let mut viewers = Vec::new();
+            let viewer_of = matched
+                .iter()
+                .map(|m| {
+                    let v = m.member.viewer();
+                    *distinct.entry(v.clone()).or_insert_with(|| {
+                        viewers.push(to_viewer(&v));
+                        viewers.len() - 1
+                    })
+                })
+                .collect();
+            steps.push(Step::Change(Planned {
+                change,
+                table,
+                matched,
+                viewer_of,
+                viewers,
+            }));
+        }
+        steps
+    }
+
+    /// Row-scope checks for every planned change in one round trip; retried while the
+    /// database is unreachable (the capture side waits meanwhile, nothing is lost).
+    async fn check(&self, steps: &[Step], shutdown: &CancellationToken) -> Vec<Vec<Visibility>> {
+        let items: Vec<(&Change, &TableInfo, &[Viewer])> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Change(p) => Some((&p.change, p.table.as_ref(), p.viewers.as_slice())),
+                Step::Broadcast(_) => None,
+            })
+            .collect();
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.rls.check(&items).await {
+                Ok(v) => return v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "row-scope check failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return Vec::new(),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn deliver_broadcast(&self, b: DbBroadcast) {
+        let key = TopicKey {
+            private: b.private,
+            topic: format!("realtime:{}", b.topic).into(),
+        };
+        let msg = Broadcast {
+            event: b.event,
+            payload: BroadcastPayload::Json(b.payload),
+            meta: Some(serde_json::json!({ "id": b.id })),
+            binary_origin: true,
+        };
+        self.router.broadcast(&key, &msg, None);
+    }
+
+    fn deliver_change(&self, p: &Planned, vis: &[Visibility]) {
+        let metrics = self.router.metrics();
+        let mut shapes: HashMap<(Option<usize>, bool), Option<Box<RawValue>>> = HashMap::new();
+        for (m, &vi) in p.matched.iter().zip(&p.viewer_of) {
+            let Some(v) = vis.get(vi).filter(|v| v.visible) else {
+                metrics.dropped("row_scope", 1);
+                continue;
+            };
+            let shape_key = (v.columns.as_ref().map(|c| Arc::as_ptr(c) as *const u8 as usize), v.old_visible);
+            let data = shapes
+                .entry(shape_key)
+                .or_insert_with(|| change_data(&p.change, &p.table, v));
+            let Some(data) = data else { continue };
+            let payload = ChangePayload { ids: &m.ids, data };
+            let frame = protocol::encode(m.member.vsn, None, None, &m.member.topic, "postgres_changes", &payload);
+            self.router.deliver(&m.member.outbox, m.member.conn_id, frame, "postgres_changes");
+        }
+        if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(&p.change.commit_timestamp) {
+            let lag = chrono::Utc::now().signed_duration_since(ts);
+            metrics.fanout_latency.observe(lag.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ChangePayload<'a> {
+    ids: &'a [u32],
+    data: &'a RawValue,
+}
+
+/// The `data` object of a `postgres_changes` frame for one visibility shape.
+#[derive(Serialize)]
+struct ChangeData<'a> {
+    schema: &'a str,
+    table: &'a str,
+    commit_timestamp: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    columns: Vec<ColumnOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_record: Option<Map<String, Value>>,
+    errors: Option<Vec<&'static str>>,
+}
+
+#[derive(Serialize)]
+struct ColumnOut<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    type_name: &'a str,
+}
+
+fn allowed(columns: &Option<Arc<[String]>>, name: &str) -> bool {
+    columns.as_ref().is_none_or(|c| c.iter().any(|n| n == name))
+}
+
+fn project(row: &Map<String, Value>, keep: impl Fn(&str) -> bool) -> Map<String, Value> {
+    row.iter()
+        .filter(|(k, _)| keep(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn json_size(row: &Map<String, Value>) -> usize {
+    row.iter().map(|(k, v)| k.len() + v.to_string().len() + 4).sum()
+}
+
+fn change_data(change: &Change, table: &TableInfo, v: &Visibility) -> Option<Box<RawValue>> {
+    let cols = &v.columns;
+    let mut record = change.record.as_ref().map(|r| project(r, |k| allowed(cols, k)));
+    let mut old_record = change.old_record.as_ref().map(|r| {
+        if v.old_visible {
+            project(r, |k| allowed(cols, k))
+        } else {
+            project(r, |k| table.primary_key.iter().any(|pk| pk == k))
+        }
+    });
+    if change.op == Op::Insert {
+        old_record = None;
+    }
+    if change.op == Op::Delete {
+        record = None;
+    }
+    let mut errors = None;
+    let too_large = |r: &Option<Map<String, Value>>| r.as_ref().is_some_and(|r| json_size(r) > MAX_RECORD_BYTES);
+    if too_large(&record) || too_large(&old_record) {
+        let shrink = |r: &mut Option<Map<String, Value>>| {
+            if let Some(r) = r {
+                r.retain(|_, v| v.to_string().len() <= MAX_FIELD_BYTES_WHEN_TOO_LARGE);
+            }
+        };
+        shrink(&mut record);
+        shrink(&mut old_record);
+        errors = Some(vec![PAYLOAD_TOO_LARGE]);
+    }
+    let data = ChangeData {
+        schema: &change.schema,
+        table: &change.table,
+        commit_timestamp: &change.commit_timestamp,
+        kind: change.op.as_str(),
+        columns: table
+            .columns
+            .iter()
+            .filter(|c| allowed(cols, &c.name))
+            .map(|c| ColumnOut {
+                name: &c.name,
+                type_name: &c.type_name,
+            })
+            .collect(),
+        record,
+        old_record,
+        errors,
+    };
+    serde_json::value::to_raw_value(&data).ok()
+}

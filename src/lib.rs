@@ -1,0 +1,108 @@
+//! Switchboard: a realtime hub for Postgres-backed apps speaking the Supabase Realtime
+//! protocol. This file lists the modules and wires them together; it holds no logic.
+
+pub mod auth;
+pub mod capture;
+pub mod catalog;
+pub mod channel;
+pub mod config;
+pub mod db;
+pub mod dispatch;
+pub mod protocol;
+pub mod rls;
+pub mod router;
+pub mod server;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use config::Config;
+
+/// Why the hub could not start (or stopped with an error).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("auth: {0}")]
+    Auth(#[from] auth::AuthError),
+    #[error("database: {0}")]
+    Db(#[from] db::DbError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Captured batches waiting for dispatch (the capture side waits when this is full).
+const CAPTURE_QUEUE_BATCHES: usize = 16;
+
+/// Runs a hub on `listener` until `shutdown` is cancelled, then drains connections
+/// within the configured deadline.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    let verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?;
+    let metrics = Arc::new(telemetry::Metrics::new());
+    let router = Arc::new(router::Router::new(metrics.clone()));
+    let background = TaskTracker::new();
+    let stop_background = CancellationToken::new();
+
+    let (catalog, capture_status) = match &config.database_url {
+        None => (None, None),
+        Some(url) => {
+            if config.auto_migrate {
+                let (client, conn) = db::connect(url).await?;
+                db::migrate(&client).await?;
+                drop(client);
+                conn.abort();
+            }
+            let pool = db::pool(url, config.db_pool_size)?;
+            let catalog = catalog::Catalog::new(pool.clone());
+            let status = Arc::new(capture::CaptureStatus::new());
+            let (tx, rx) = mpsc::channel(CAPTURE_QUEUE_BATCHES);
+            let capture_config = capture::CaptureConfig {
+                poll_interval: config.capture_poll,
+                batch_limit: config.capture_batch_rows,
+                retention: config.retention,
+                ..capture::CaptureConfig::new(url.clone())
+            };
+            background.spawn(capture::run_capture(capture_config, tx, status.clone(), stop_background.clone()));
+            let dispatcher = dispatch::Dispatcher {
+                router: router.clone(),
+                catalog: catalog.clone(),
+                rls: rls::RlsChecker::new(pool),
+            };
+            background.spawn(dispatch::run_dispatch(dispatcher, rx, stop_background.clone()));
+            (Some(catalog), Some(status))
+        }
+    };
+
+    let services = Arc::new(channel::Services {
+        router,
+        verifier,
+        limits: config.limits.clone(),
+        metrics,
+        catalog,
+    });
+    let hub = Arc::new(server::Hub {
+        services,
+        shutdown: shutdown.clone(),
+        connections: TaskTracker::new(),
+        connection_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
+        capture: capture_status,
+    });
+    tracing::info!(addr = %listener.local_addr()?, "switchboard listening");
+    axum::serve(listener, server::routes(hub.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
+
+    // Upgraded sockets are not awaited by axum: the hub tracks and drains its own.
+    hub.connections.close();
+    if tokio::time::timeout(config.shutdown_deadline, hub.connections.wait()).await.is_err() {
+        tracing::warn!("shutdown deadline passed with connections still open");
+    }
+    stop_background.cancel();
+    background.close();
+    background.wait().await;
+    tracing::info!("switchboard stopped");
+    Ok(())
+}

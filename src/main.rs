@@ -1,0 +1,148 @@
+//! The `switchboard` command: serve, migrate, enable, disable, token, dev.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use switchboard::config::{Config, Settings};
+use switchboard::{auth, db, telemetry};
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "Realtime hub for Postgres-backed apps (Supabase Realtime protocol)")]
+struct Cli {
+    /// TOML settings file (keys as in the README's configuration table).
+    #[arg(long, global = true, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve,
+    /// Apply pending SQL migrations (schema `realtime`).
+    Migrate,
+    /// Capture changes of a table: `switchboard enable public.deals`.
+    Enable { table: String },
+    /// Stop capturing changes of a table.
+    Disable { table: String },
+    /// Print a JWT signed with the configured secret.
+    Token {
+        #[arg(long, default_value = "authenticated")]
+        role: String,
+        #[arg(long)]
+        sub: Option<String>,
+        /// Extra claims as a JSON object, merged in.
+        #[arg(long)]
+        claims: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        exp: i64,
+    },
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let file = match &cli.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    Ok(Config::from_settings(cli.settings.clone().merge(file))?)
+}
+
+fn database_url(config: &Config) -> Result<&str> {
+    config
+        .database_url
+        .as_deref()
+        .context("DATABASE_URL is not set (or database_url in the config file)")
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received; draining connections");
+        signal_token.cancel();
+    });
+    switchboard::run(config, listener, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn mint(config: &Config, role: &str, sub: Option<&str>, claims: Option<&str>, exp: i64) -> Result<String> {
+    let secret = config
+        .jwt_secret
+        .as_deref()
+        .context("SWITCHBOARD_JWT_SECRET is not set (or jwt_secret in the config file)")?;
+    let mut body = serde_json::Map::new();
+    if let Some(extra) = claims {
+        let extra: serde_json::Value = serde_json::from_str(extra).context("--claims must be a JSON object")?;
+        let Some(extra) = extra.as_object() else {
+            bail!("--claims must be a JSON object");
+        };
+        body.extend(extra.clone());
+    }
+    body.insert("role".into(), role.into());
+    if let Some(sub) = sub {
+        body.insert("sub".into(), sub.into());
+    }
+    let now = chrono::Utc::now().timestamp();
+    body.insert("iat".into(), now.into());
+    body.insert("exp".into(), (now + exp).into());
+    Ok(auth::mint_hs256(secret, &serde_json::Value::Object(body))?)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let config = load_config(&cli)?;
+    telemetry::init_logging(config.log_format);
+    match &cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let (client, _conn) = db::connect(database_url(&config)?).await?;
+            let applied = db::migrate(&client).await?;
+            println!("applied migrations: {applied:?}");
+            Ok(())
+        }
+        Command::Enable { table } => {
+            let (client, _conn) = db::connect(database_url(&config)?).await?;
+            db::migrate(&client).await?;
+            db::enable(&client, table).await?;
+            println!("realtime enabled for {table}");
+            Ok(())
+        }
+        Command::Disable { table } => {
+            let (client, _conn) = db::connect(database_url(&config)?).await?;
+            db::disable(&client, table).await?;
+            println!("realtime disabled for {table}");
+            Ok(())
+        }
+        Command::Token { role, sub, claims, exp } => {
+            println!("{}", mint(&config, role, sub.as_deref(), claims.as_deref(), *exp)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Encoding and decoding of frames for both serializers: v1 (JSON object), v2 (JSON array)
+//! and the v2 binary broadcast frames (kind 3 in, kind 4 out). Encoders write straight into
+//! one buffer with `serde_json::to_writer`; decoders never panic, whatever the input.
+
+use super::{Broadcast, BroadcastPayload, Inbound, InboundPayload, Vsn, WireFrame};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Why a client frame (or the `vsn` query parameter) was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unsupported vsn {0:?}")]
+    UnsupportedVsn(String),
+    #[error("invalid json")]
+    InvalidJson,
+    #[error("expected a json object")]
+    ExpectedObject,
+    #[error("expected a 5-element array")]
+    ExpectedArray,
+    #[error("missing {0}")]
+    Missing(&'static str),
+    #[error("{0} must be a string")]
+    NotAString(&'static str),
+    #[error("{0} must be a string or null")]
+    InvalidRef(&'static str),
+    #[error("binary frame too short")]
+    BinaryTooShort,
+    #[error("unsupported binary kind {0}")]
+    UnsupportedKind(u8),
+    #[error("unsupported payload encoding {0}")]
+    UnsupportedEncoding(u8),
+    #[error("{0} is not valid utf-8")]
+    NotUtf8(&'static str),
+    #[error("invalid metadata json")]
+    InvalidMetadata,
+    #[error("metadata must be a json object")]
+    MetadataNotObject,
+    #[error("invalid json payload")]
+    InvalidPayloadJson,
+}
+
+/// Binary frame kind of a user broadcast push, client -> server.
+const KIND_USER_BROADCAST_PUSH: u8 = 3;
+/// Binary frame kind of a user broadcast, server -> client.
+const KIND_USER_BROADCAST: u8 = 4;
+/// `encoding` byte: payload is opaque bytes.
+const ENCODING_BINARY: u8 = 0;
+/// `encoding` byte: payload is JSON text.
+const ENCODING_JSON: u8 = 1;
+/// Header of a kind-3 frame: kind, five lengths (join_ref, ref, topic, event, metadata), encoding.
+const KIND3_HEADER: usize = 7;
+/// Header of a kind-4 frame: kind, len(topic), len(event), len(metadata), encoding.
+const KIND4_HEADER: usize = 5;
+
+impl Vsn {
+    /// Serializer for the `vsn` query parameter: absent or `1.x` is v1, `2.x` is v2.
+    pub fn from_query(v: Option<&str>) -> Result<Vsn, DecodeError> {
+        let Some(v) = v else { return Ok(Vsn::V1) };
+        let major = v.split('.').next().unwrap_or_default();
+        match major {
+            "1" => Ok(Vsn::V1),
+            "2" => Ok(Vsn::V2),
+            _ => Err(DecodeError::UnsupportedVsn(v.chars().take(32).collect())),
+        }
+    }
+}
+
+/// Decodes a text frame in the connection's serializer.
+pub fn decode_text(vsn: Vsn, text: &str) -> Result<Inbound, DecodeError> {
+    let value: Value = serde_json::from_str(text).map_err(|_| DecodeError::InvalidJson)?;
+    match vsn {
+        Vsn::V1 => decode_v1(value),
+        Vsn::V2 => decode_v2(value),
+    }
+}
+
+fn decode_v1(value: Value) -> Result<Inbound, DecodeError> {
+    let Value::Object(mut map) = value else {
+        return Err(DecodeError::ExpectedObject);
+    };
+    let topic = required_string(map.remove("topic"), "topic")?;
+    let event = required_string(map.remove("event"), "event")?;
+    let payload = map
+        .remove("payload")
+        .ok_or(DecodeError::Missing("payload"))?;
+    Ok(Inbound {
+        join_ref: optional_ref(map.remove("join_ref"), "join_ref")?,
+        ref_: optional_ref(map.remove("ref"), "ref")?,
+        topic,
+        event,
+        payload: InboundPayload::Json(payload),
+    })
+}
+
+fn decode_v2(value: Value) -> Result<Inbound, DecodeError> {
+    let Value::Array(items) = value else {
+        return Err(DecodeError::ExpectedArray);
+    };
+    let Ok([join_ref, ref_, topic, event, payload]) = <[Value; 5]>::try_from(items) else {
+        return Err(DecodeError::ExpectedArray);
+    };
+    Ok(Inbound {
+        join_ref: optional_ref(Some(join_ref), "join_ref")?,
+        ref_: optional_ref(Some(ref_), "ref")?,
+        topic: required_string(Some(topic), "topic")?,
+        event: required_string(Some(event), "event")?,
+        payload: InboundPayload::Json(payload),
+    })
+}
+
+fn required_string(value: Option<Value>, field: &'static str) -> Result<String, DecodeError> {
+    match value {
+        None => Err(DecodeError::Missing(field)),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(DecodeError::NotAString(field)),
+    }
+}
+
+/// A ref may be absent, null, a string, or (from lenient clients) a number.
+fn optional_ref(value: Option<Value>, field: &'static str) -> Result<Option<String>, DecodeError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(DecodeError::InvalidRef(field)),
+    }
+}
+
+/// Decodes a binary frame; only kind 3 (user broadcast push) is accepted.
+pub fn decode_binary(frame: &[u8]) -> Result<Inbound, DecodeError> {
+    let kind = *frame.first().ok_or(DecodeError::BinaryTooShort)?;
+    if kind != KIND_USER_BROADCAST_PUSH {
+        return Err(DecodeError::UnsupportedKind(kind));
+    }
+    let header = frame
+        .get(..KIND3_HEADER)
+        .ok_or(DecodeError::BinaryTooShort)?;
+    let encoding = header[6];
+    if encoding != ENCODING_BINARY && encoding != ENCODING_JSON {
+        return Err(DecodeError::UnsupportedEncoding(encoding));
+    }
+    let mut rest = &frame[KIND3_HEADER..];
+    let mut field = |len: u8| -> Result<&[u8], DecodeError> {
+        let (head, tail) = rest
+            .split_at_checked(usize::from(len))
+            .ok_or(DecodeError::BinaryTooShort)?;
+        rest = tail;
+        Ok(head)
+    };
+    let join_ref = utf8(field(header[1])?, "join_ref")?;
+    let ref_ = utf8(field(header[2])?, "ref")?;
+    let topic = utf8(field(header[3])?, "topic")?;
+    let event = utf8(field(header[4])?, "event")?;
+    let meta = decode_metadata(field(header[5])?)?;
+    let payload = if encoding == ENCODING_JSON {
+        let value = serde_json::from_slice(rest).map_err(|_| DecodeError::InvalidPayloadJson)?;
+        BroadcastPayload::Json(value)
+    } else {
+        BroadcastPayload::Binary(Bytes::copy_from_slice(rest))
+    };
+    Ok(Inbound {
+        join_ref: non_empty(join_ref),
+        ref_: non_empty(ref_),
+        topic: topic.to_owned(),
+        event: "broadcast".to_owned(),
+        payload: InboundPayload::Broadcast(Broadcast {
+            event: event.to_owned(),
+            payload,
+            meta,
+            binary_origin: true,
+        }),
+    })
+}
+
+fn utf8<'a>(bytes: &'a [u8], field: &'static str) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8(field))
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// Metadata is empty or a JSON object; an empty object counts as no metadata.
+fn decode_metadata(bytes: &[u8]) -> Result<Option<Value>, DecodeError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_slice(bytes).map_err(|_| DecodeError::InvalidMetadata)? {
+        Value::Object(map) if map.is_empty() => Ok(None),
+        obj @ Value::Object(_) => Ok(Some(obj)),
+        _ => Err(DecodeError::MetadataNotObject),
+    }
+}
+
+/// v1 frame, server -> client: Phoenix's V1 serializer never emits `join_ref`.
+#[derive(Serialize)]
+struct V1Frame<'a, P: ?Sized> {
+    topic: &'a str,
+    event: &'a str,
+    payload: &'a P,
+    #[serde(rename = "ref")]
+    ref_: Option<&'a str>,
+}
+
+/// Encodes a server -> client message as a text frame.
+///
+/// A payload whose `Serialize` impl fails (a bug: e.g. a map with non-string keys) is sent
+/// as `null` rather than taking the connection down.
+pub fn encode(
+    vsn: Vsn,
+    join_ref: Option<&str>,
+    ref_: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload: &impl Serialize,
+) -> WireFrame {
+    let mut buf = Vec::with_capacity(64 + topic.len() + event.len());
+    if write_frame(&mut buf, vsn, join_ref, ref_, topic, event, payload).is_err() {
+        debug_assert!(false, "payload for {event} on {topic} failed to serialize");
+        buf.clear();
+        write_frame(&mut buf, vsn, join_ref, ref_, topic, event, &Value::Null)
+            .expect("frames of strings and null always serialize");
+    }
+    WireFrame::Text(Bytes::from(buf))
+}
+
+fn write_frame<P: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    vsn: Vsn,
+    join_ref: Option<&str>,
+    ref_: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload: &P,
+) -> serde_json::Result<()> {
+    match vsn {
+        Vsn::V1 => serde_json::to_writer(
+            buf,
+            &V1Frame {
+                topic,
+                event,
+                payload,
+                ref_,
+            },
+        ),
+        Vsn::V2 => serde_json::to_writer(buf, &(join_ref, ref_, topic, event, payload)),
+    }
+}
+
+/// `phx_reply` payload.
+#[derive(Serialize)]
+struct Reply<'a, R: ?Sized> {
+    status: &'a str,
+    response: &'a R,
+}
+
+/// Encodes a `phx_reply` with payload `{"status": status, "response": response}`.
+pub fn encode_reply(
+    vsn: Vsn,
+    join_ref: Option<&str>,
+    ref_: Option<&str>,
+    topic: &str,
+    status: &str,
+    response: &impl Serialize,
+) -> WireFrame {
+    let reply = Reply { status, response };
+    encode(vsn, join_ref, ref_, topic, "phx_reply", &reply)
+}
+
+/// Text-form broadcast payload: `{"type":"broadcast","event":E,"payload":P[,"meta":M]}`.
+#[derive(Serialize)]
+struct BroadcastBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    event: &'a str,
+    payload: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<&'a Value>,
+}
+
+/// Encodes a broadcast for one serializer, or `None` when it cannot be delivered to it
+/// (binary payload to v1, or a binary payload whose header fields exceed 255 bytes).
+///
+/// v2 receivers get a kind-4 binary frame when the broadcast is of binary origin; everyone
+/// else gets the text form `[null,null,topic,"broadcast",{..}]` / its v1 object.
+pub fn encode_broadcast(vsn: Vsn, topic: &str, b: &Broadcast) -> Option<WireFrame> {
+    if vsn == Vsn::V2 && b.binary_origin {
+        if let Some(frame) = encode_kind4(topic, b) {
+            return Some(WireFrame::Binary(Bytes::from(frame)));
+        }
+    }
+    let BroadcastPayload::Json(payload) = &b.payload else {
+        return None;
+    };
+    let body = BroadcastBody {
+        kind: "broadcast",
+        event: &b.event,
+        payload,
+        meta: b.meta.as_ref(),
+    };
+    Some(encode(vsn, None, None, topic, "broadcast", &body))
+}
+
+/// `u8 4 | len(topic) | len(event) | len(metadata) | encoding | topic | event | metadata |
+/// payload`; `None` when a header field exceeds 255 bytes.
+fn encode_kind4(topic: &str, b: &Broadcast) -> Option<Vec<u8>> {
+    let topic_len = u8::try_from(topic.len()).ok()?;
+    let event_len = u8::try_from(b.event.len()).ok()?;
+    let (encoding, payload_len) = match &b.payload {
+        BroadcastPayload::Json(_) => (ENCODING_JSON, 64),
+        BroadcastPayload::Binary(bytes) => (ENCODING_BINARY, bytes.len()),
+    };
+    let mut buf = Vec::with_capacity(KIND4_HEADER + topic.len() + b.event.len() + payload_len);
+    buf.extend_from_slice(&[KIND_USER_BROADCAST, topic_len, event_len, 0, encoding]);
+    buf.extend_from_slice(topic.as_bytes());
+    buf.extend_from_slice(b.event.as_bytes());
+    if let Some(meta) = &b.meta {
+        let start = buf.len();
+        serde_json::to_writer(&mut buf, meta).ok()?;
+        buf[3] = u8::try_from(buf.len() - start).ok()?;
+    }
+    match &b.payload {
+        BroadcastPayload::Json(value) => serde_json::to_writer(&mut buf, value).ok()?,
+        BroadcastPayload::Binary(bytes) => buf.extend_from_slice(bytes),
+    }
+    Some(buf)
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,227 @@
+//! Topic -> members, presence per topic, the postgres_changes subscription index, and
+//! fan-out. Fan-out never awaits a client: frames are encoded once per serializer and
+//! pushed into each member's bounded outbox. No sockets, no Postgres here.
+
+pub mod change;
+pub mod filter;
+pub mod outbox;
+pub mod postgres;
+pub mod presence;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use serde_json::{Map, Value};
+
+use crate::protocol::{self, Broadcast, Vsn, WireFrame};
+use crate::telemetry::Metrics;
+use outbox::{OutboxTx, PushError};
+use presence::{Diff, PresenceState};
+
+/// One join of one topic by one connection (a new id for every join).
+pub type MemberId = u64;
+
+/// A topic and its namespace: private and public channels of one name are distinct.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopicKey {
+    pub private: bool,
+    /// Full topic, `realtime:<name>`.
+    pub topic: Arc<str>,
+}
+
+/// What fan-out needs to reach one member.
+#[derive(Clone)]
+pub struct Member {
+    pub id: MemberId,
+    pub conn_id: u64,
+    pub join_ref: Arc<str>,
+    pub vsn: Vsn,
+    pub outbox: OutboxTx,
+    /// `config.broadcast.self`: receive my own broadcasts.
+    pub broadcast_self: bool,
+    /// Receives presence diffs (presence enabled at join, or after a first track).
+    pub presence: bool,
+}
+
+#[derive(Default)]
+struct Topic {
+    members: HashMap<MemberId, Member>,
+    presence: PresenceState,
+}
+
+/// Frames for one message, encoded at most once per serializer.
+struct Encoded<F: Fn(Vsn) -> Option<WireFrame>> {
+    encode: F,
+    v1: Option<Option<WireFrame>>,
+    v2: Option<Option<WireFrame>>,
+}
+
+impl<F: Fn(Vsn) -> Option<WireFrame>> Encoded<F> {
+    fn new(encode: F) -> Self {
+        Encoded {
+            encode,
+            v1: None,
+            v2: None,
+        }
+    }
+
+    fn get(&mut self, vsn: Vsn) -> Option<WireFrame> {
+        let slot = match vsn {
+            Vsn::V1 => &mut self.v1,
+            Vsn::V2 => &mut self.v2,
+        };
+        slot.get_or_insert_with(|| (self.encode)(vsn)).clone()
+    }
+}
+
+/// The in-process pub/sub at the centre of the hub.
+pub struct Router {
+    /// Topics with at least one member; an emptied topic is removed under its shard lock.
+    topics: DashMap<TopicKey, Arc<Mutex<Topic>>>,
+    pub postgres: postgres::PgIndex,
+    metrics: Arc<Metrics>,
+}
+
+fn lock(topic: &Mutex<Topic>) -> std::sync::MutexGuard<'_, Topic> {
+    topic.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Router {
+    pub fn new(metrics: Arc<Metrics>) -> Router {
+        Router {
+            topics: DashMap::new(),
+            postgres: postgres::PgIndex::default(),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Queues `frame` for `member`, counting a slow consumer it cuts off.
+    pub fn deliver(&self, outbox: &OutboxTx, conn_id: u64, frame: WireFrame, kind: &'static str) -> bool {
+        match outbox.push(frame) {
+            Ok(()) => {
+                self.metrics.message_out(kind, 1);
+                true
+            }
+            Err(PushError::Overflow) => {
+                self.metrics.slow_consumer(conn_id);
+                false
+            }
+            Err(PushError::Closed) => false,
+        }
+    }
+
+    fn topic(&self, key: &TopicKey) -> Option<Arc<Mutex<Topic>>> {
+        self.topics.get(key).map(|t| t.value().clone())
+    }
+
+    /// Adds a member. If it wants presence, its `presence_state` is queued first, under
+    /// the same lock as its registration, so no diff can overtake the snapshot.
+    pub fn join(&self, key: &TopicKey, member: Member) {
+        let entry = self.topics.entry(key.clone()).or_default();
+        let mut topic = lock(entry.value());
+        if member.presence {
+            self.push_presence_state(&key.topic, &topic.presence, &member);
+        }
+        topic.members.insert(member.id, member);
+    }
+
+    fn push_presence_state(&self, topic: &str, presence: &PresenceState, member: &Member) {
+        let state = presence.state_json();
+        let frame = protocol::encode(member.vsn, Some(&member.join_ref), None, topic, "presence_state", &state);
+        self.deliver(&member.outbox, member.conn_id, frame, "presence_state");
+    }
+
+    /// Removes a member and its presence (leave, close, disconnect: every path).
+    pub fn leave(&self, key: &TopicKey, member: MemberId) {
+        if let Some(topic) = self.topic(key) {
+            let mut t = lock(&topic);
+            t.members.remove(&member);
+            if let Some(diff) = t.presence.untrack(member) {
+                self.fan_out_diff(&key.topic, &t, &diff);
+            }
+        }
+        self.topics.remove_if(key, |_, t| lock(t).members.is_empty());
+        self.postgres.remove_member(member);
+    }
+
+    /// Fans a broadcast out to the topic's members (skipping the sender unless it asked
+    /// for `self`). Returns how many members it was queued for.
+    pub fn broadcast(&self, key: &TopicKey, msg: &Broadcast, sender: Option<MemberId>) -> usize {
+        let Some(topic) = self.topic(key) else {
+            return 0;
+        };
+        let started = std::time::Instant::now();
+        let mut frames = Encoded::new(|vsn| protocol::encode_broadcast(vsn, &key.topic, msg));
+        let t = lock(&topic);
+        let mut sent = 0;
+        for m in t.members.values() {
+            if Some(m.id) == sender && !m.broadcast_self {
+                continue;
+            }
+            match frames.get(m.vsn) {
+                Some(frame) => {
+                    if self.deliver(&m.outbox, m.conn_id, frame, "broadcast") {
+                        sent += 1;
+                    }
+                }
+                None => self.metrics.dropped("undeliverable_to_v1", 1),
+            }
+        }
+        drop(t);
+        self.metrics.fanout_latency.observe(started.elapsed().as_secs_f64());
+        sent
+    }
+
+    /// Tracks or updates a member's presence and fans the diff out. The member starts
+    /// receiving presence (with a `presence_state` first) if it did not already.
+    pub fn track(&self, key: &TopicKey, member: MemberId, presence_key: &str, payload: Map<String, Value>) {
+        let Some(topic) = self.topic(key) else {
+            return;
+        };
+        let mut t = lock(&topic);
+        let newly_enabled = match t.members.get_mut(&member) {
+            Some(m) if !m.presence => {
+                m.presence = true;
+                Some(m.clone())
+            }
+            Some(_) => None,
+            None => return,
+        };
+        if let Some(m) = newly_enabled {
+            self.push_presence_state(&key.topic, &t.presence, &m);
+        }
+        if let Some(diff) = t.presence.track(member, presence_key, payload) {
+            self.fan_out_diff(&key.topic, &t, &diff);
+        }
+    }
+
+    pub fn untrack(&self, key: &TopicKey, member: MemberId) {
+        let Some(topic) = self.topic(key) else {
+            return;
+        };
+        let mut t = lock(&topic);
+        if let Some(diff) = t.presence.untrack(member) {
+            self.fan_out_diff(&key.topic, &t, &diff);
+        }
+    }
+
+    fn fan_out_diff(&self, topic: &str, t: &Topic, diff: &Diff) {
+        let payload = diff.to_json();
+        let mut frames = Encoded::new(|vsn| Some(protocol::encode(vsn, None, None, topic, "presence_diff", &payload)));
+        for m in t.members.values().filter(|m| m.presence) {
+            if let Some(frame) = frames.get(m.vsn) {
+                self.deliver(&m.outbox, m.conn_id, frame, "presence_diff");
+            }
+        }
+    }
+
+    /// Number of topics with members (for status).
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+}

@@ -1,0 +1,153 @@
+//! One WebSocket connection: a reader loop (decode, hand to the session, idle timeout,
+//! token expiry, shutdown) and a writer task draining the bounded outbox to the socket.
+//! One cleanup path: whatever ends the loop, the session is dropped (members leave) and
+//! the writer sends a close frame with the reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::time::{sleep_until, Instant};
+
+use super::Hub;
+use crate::auth::Claims;
+use crate::channel::Session;
+use crate::protocol::{self, Vsn, WireFrame};
+use crate::router::outbox::{outbox, CloseReason, OutboxRx};
+use crate::telemetry::next_id;
+
+/// How long the writer may take to flush queued frames once a close is requested.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn to_message(frame: WireFrame) -> Message {
+    match frame {
+        WireFrame::Text(bytes) => match Utf8Bytes::try_from(bytes) {
+            Ok(text) => Message::Text(text),
+            Err(_) => Message::Text(Utf8Bytes::from_static("")),
+        },
+        WireFrame::Binary(bytes) => Message::Binary(bytes),
+    }
+}
+
+/// Runs a connection to completion.
+pub async fn run_connection(hub: Arc<Hub>, socket: WebSocket, vsn: Vsn, claims: Claims) {
+    let conn_id = next_id();
+    let limits = &hub.services.limits;
+    let (tx, rx) = outbox(limits.outbox_frames, limits.outbox_bytes);
+    let (sink, mut stream) = socket.split();
+    let writer = tokio::spawn(run_writer(sink, rx));
+    let metrics = hub.services.metrics.clone();
+    metrics.connections.inc();
+    tracing::debug!(conn_id, ?vsn, "connection open");
+
+    let closed = tx.close_token();
+    let mut session = Session::new(hub.services.clone(), conn_id, vsn, tx.clone(), claims);
+    let idle = limits.idle_timeout;
+    let mut idle_deadline = Instant::now() + idle;
+    loop {
+        let expiry = session.next_expiry().map(|exp| {
+            let secs = (exp - chrono::Utc::now().timestamp()).max(0) as u64;
+            Instant::now() + Duration::from_secs(secs)
+        });
+        tokio::select! {
+            _ = closed.cancelled() => break,
+            _ = hub.shutdown.cancelled() => {
+                session.notify_shutdown();
+                tx.close(CloseReason::Shutdown);
+                break;
+            }
+            _ = sleep_until(idle_deadline) => {
+                tx.close(CloseReason::IdleTimeout);
+                break;
+            }
+            _ = sleep_until(expiry.unwrap_or(idle_deadline)), if expiry.is_some() => {
+                session.expire_tokens(chrono::Utc::now().timestamp());
+            }
+            msg = stream.next() => {
+                let Some(Ok(msg)) = msg else {
+                    let mut reason = CloseReason::Gone;
+                    if let Some(Err(e)) = msg {
+                        let text = e.to_string();
+                        if text.contains("too long") || text.contains("Space limit") {
+                            metrics.limit_hit(conn_id, "frame_too_large");
+                            reason = CloseReason::FrameTooLarge;
+                        }
+                        tracing::debug!(conn_id, error = %text, "socket read failed");
+                    }
+                    tx.close(reason);
+                    break;
+                };
+                idle_deadline = Instant::now() + idle;
+                let decoded = match msg {
+                    Message::Text(text) => protocol::decode_text(vsn, text.as_str()),
+                    Message::Binary(bytes) => protocol::decode_binary(&bytes),
+                    Message::Close(_) => {
+                        tx.close(CloseReason::Gone);
+                        break;
+                    }
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                match decoded {
+                    Ok(inbound) => session.handle(inbound).await,
+                    Err(e) => {
+                        metrics.dropped("malformed_frame", 1);
+                        let response = json!({ "reason": format!("malformed message: {e}") });
+                        let frame = protocol::encode_reply(vsn, None, None, "phoenix", "error", &response);
+                        hub.services.router.deliver(&tx, conn_id, frame, "reply");
+                    }
+                }
+            }
+        }
+    }
+    drop(session);
+    drop(tx);
+    metrics.connections.dec();
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT * 2, writer).await;
+    tracing::debug!(conn_id, "connection closed");
+}
+
+/// Writes queued frames until a close is requested, then (unless the client is too slow
+/// to read at all) flushes what is queued and sends a close frame with the reason.
+async fn run_writer<S>(mut sink: S, mut rx: OutboxRx)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let closed = rx.close_token();
+    loop {
+        tokio::select! {
+            biased;
+            frame = rx.recv() => match frame {
+                Some(frame) => {
+                    if sink.send(to_message(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            _ = closed.cancelled() => break,
+        }
+    }
+    let reason = rx.close_reason().unwrap_or(CloseReason::Gone);
+    if reason == CloseReason::Gone && rx.queued_bytes() == 0 {
+        let _ = sink.close().await;
+        return;
+    }
+    let flush = async {
+        if reason != CloseReason::SlowConsumer {
+            while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_millis(1), rx.recv()).await {
+                if sink.send(to_message(frame)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let close = CloseFrame {
+            code: reason.code(),
+            reason: Utf8Bytes::from_static(reason.text()),
+        };
+        let _ = sink.send(Message::Close(Some(close))).await;
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await;
+}

@@ -1,0 +1,145 @@
+//! HTTP and WebSocket: routes, the upgrade (auth, serializer, connection cap), health,
+//! readiness, metrics and status. Holds no business rules: sessions and the router do.
+
+mod conn;
+mod rest;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router as HttpRouter};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::capture::CaptureStatus;
+use crate::channel::Services;
+use crate::protocol::{reason, Vsn};
+
+/// Shared state of a running hub.
+pub struct Hub {
+    pub services: Arc<Services>,
+    /// Cancelled when the hub starts shutting down; every connection watches it.
+    pub shutdown: CancellationToken,
+    /// Connection tasks, awaited (with a deadline) on shutdown.
+    pub connections: TaskTracker,
+    /// One permit per open connection (`max_connections`).
+    pub connection_permits: Arc<Semaphore>,
+    /// `None` when the hub runs without a database.
+    pub capture: Option<Arc<CaptureStatus>>,
+}
+
+fn error_json(status: StatusCode, text: &str) -> Response {
+    (status, Json(json!({ "error": text }))).into_response()
+}
+
+/// All HTTP routes of the hub.
+pub fn routes(hub: Arc<Hub>) -> HttpRouter {
+    HttpRouter::new()
+        .route("/realtime/v1/websocket", get(websocket))
+        .route("/socket/websocket", get(websocket))
+        .route("/realtime/v1/api/broadcast", post(rest::broadcast_batch))
+        .route("/api/broadcast", post(rest::broadcast_batch))
+        .route(
+            "/realtime/v1/api/broadcast/{topic}/events/{event}",
+            post(rest::broadcast_one),
+        )
+        .route("/api/broadcast/{topic}/events/{event}", post(rest::broadcast_one))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/status", get(status))
+        .with_state(hub)
+}
+
+async fn websocket(
+    State(hub): State<Arc<Hub>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let apikey = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or(params.get("apikey").map(String::as_str));
+    let Some(apikey) = apikey.filter(|k| !k.is_empty()) else {
+        return error_json(StatusCode::UNAUTHORIZED, reason::API_KEY_MISSING);
+    };
+    let claims = match hub.services.verifier.verify(apikey) {
+        Ok(c) => c,
+        Err(e) => return error_json(StatusCode::UNAUTHORIZED, &e.message()),
+    };
+    let vsn = match Vsn::from_query(params.get("vsn").map(String::as_str)) {
+        Ok(v) => v,
+        Err(e) => return error_json(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    if hub.shutdown.is_cancelled() {
+        return error_json(StatusCode::SERVICE_UNAVAILABLE, "Realtime is restarting, please standby");
+    }
+    let Ok(permit) = hub.connection_permits.clone().try_acquire_owned() else {
+        hub.services.metrics.dropped("max_connections", 1);
+        return error_json(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
+    };
+    let max = hub.services.limits.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tracker = hub.connections.clone();
+            tracker.track_future(async move {
+                conn::run_connection(hub, socket, vsn, claims).await;
+                drop(permit);
+            })
+        })
+}
+
+async fn health() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Ready when not shutting down and, with a database, the listener is connected and
+/// caught up.
+async fn ready(State(hub): State<Arc<Hub>>) -> Response {
+    let capture_ready = hub.capture.as_ref().is_none_or(|c| c.is_ready());
+    if capture_ready && !hub.shutdown.is_cancelled() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        let why = if hub.shutdown.is_cancelled() {
+            "shutting down"
+        } else {
+            "change listener not connected or not caught up"
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "reason": why }))).into_response()
+    }
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    if let Some(c) = &hub.capture {
+        let snap = c.snapshot();
+        let m = &hub.services.metrics;
+        m.capture_lag_ms.set(snap.lag_ms.unwrap_or(0) as i64);
+        m.capture_reconnects.set(snap.reconnects as i64);
+        m.capture_connected.set(i64::from(snap.connected));
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        hub.services.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn status(State(hub): State<Arc<Hub>>) -> Response {
+    let m = &hub.services.metrics;
+    Json(json!({
+        "connections": m.connections.get(),
+        "channels": m.channels.get(),
+        "topics": hub.services.router.topic_count(),
+        "capture": hub.capture.as_ref().map(|c| c.snapshot()),
+    }))
+    .into_response()
+}

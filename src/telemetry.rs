@@ -1,0 +1,137 @@
+//! Logging setup, the hub's metrics registry (one per hub, no globals, so several hubs can
+//! run in one test process), and one named function per notable event that writes the
+//! log line and bumps the metric together.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::config::LogFormat;
+
+/// Label set with a single `kind` (or `reason`) label.
+pub type KindLabel = [(&'static str, &'static str); 1];
+
+/// Every metric the hub exports.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub channels: Gauge,
+    pub joins: Counter,
+    pub messages_in: Family<KindLabel, Counter>,
+    pub messages_out: Family<KindLabel, Counter>,
+    pub drops: Family<KindLabel, Counter>,
+    /// Seconds from a change's commit (or a broadcast's arrival) to queueing for clients.
+    pub fanout_latency: Histogram,
+    pub capture_lag_ms: Gauge<i64, AtomicI64Wrap>,
+    pub capture_rows: Counter,
+    pub capture_reconnects: Gauge,
+    pub capture_connected: Gauge,
+}
+
+/// prometheus-client wants an atomic type for gauges; plain i64 on AtomicI64.
+pub type AtomicI64Wrap = std::sync::atomic::AtomicI64;
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("switchboard");
+        let connections = Gauge::default();
+        let channels = Gauge::default();
+        let joins = Counter::default();
+        let messages_in = Family::<KindLabel, Counter>::default();
+        let messages_out = Family::<KindLabel, Counter>::default();
+        let drops = Family::<KindLabel, Counter>::default();
+        let fanout_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let capture_lag_ms = Gauge::<i64, AtomicI64Wrap>::default();
+        let capture_rows = Counter::default();
+        let capture_reconnects = Gauge::default();
+        let capture_connected = Gauge::default();
+        registry.register("connections", "Open WebSocket connections", connections.clone());
+        registry.register("channels", "Joined channels", channels.clone());
+        registry.register("joins", "Channel joins accepted", joins.clone());
+        registry.register("messages_in", "Client messages by kind", messages_in.clone());
+        registry.register("messages_out", "Frames queued to clients by kind", messages_out.clone());
+        registry.register("drops", "Messages dropped or clients cut off, by reason", drops.clone());
+        registry.register(
+            "fanout_latency_seconds",
+            "Commit (or arrival) to queued-for-client latency",
+            fanout_latency.clone(),
+        );
+        registry.register("capture_lag_ms", "Now minus the oldest undelivered commit", capture_lag_ms.clone());
+        registry.register("capture_rows", "Change-log rows dispatched", capture_rows.clone());
+        registry.register("capture_reconnects", "Listener reconnects since start", capture_reconnects.clone());
+        registry.register("capture_connected", "1 while the change listener is connected", capture_connected.clone());
+        Metrics {
+            registry,
+            connections,
+            channels,
+            joins,
+            messages_in,
+            messages_out,
+            drops,
+            fanout_latency,
+            capture_lag_ms,
+            capture_rows,
+            capture_reconnects,
+            capture_connected,
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn message_in(&self, kind: &'static str) {
+        self.messages_in.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn message_out(&self, kind: &'static str, n: u64) {
+        self.messages_out.get_or_create(&[("kind", kind)]).inc_by(n);
+    }
+
+    pub fn dropped(&self, reason: &'static str, n: u64) {
+        self.drops.get_or_create(&[("reason", reason)]).inc_by(n);
+    }
+
+    /// A client's outbound queue overflowed; it is being disconnected.
+    pub fn slow_consumer(&self, conn_id: u64) {
+        tracing::warn!(conn_id, "slow consumer: outbound queue full, disconnecting");
+        self.dropped("slow_consumer", 1);
+    }
+
+    /// A client hit a configured limit.
+    pub fn limit_hit(&self, conn_id: u64, reason: &'static str) {
+        tracing::info!(conn_id, reason, "client limit reached");
+        self.dropped(reason, 1);
+    }
+}
+
+/// A process-wide unique id (connections, joins).
+pub fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Installs the global tracing subscriber (binary only; tests keep the default).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}

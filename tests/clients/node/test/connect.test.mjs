@@ -1,0 +1,49 @@
+// Connecting, heartbeats, joining and leaving with realtime-js on both serializers.
+
+import assert from 'node:assert/strict'
+import { scenario, subscribe, uniqueTopic, Inbox } from '../lib/harness.mjs'
+
+for (const vsn of ['2.0.0', '1.0.0']) {
+  scenario(`a vsn ${vsn} client joins a channel and reports SUBSCRIBED`, async (s) => {
+    const client = s.client('A', vsn === '2.0.0' ? {} : { vsn })
+    assert.match(client.endpointURL(), new RegExp(`vsn=${vsn.replaceAll('.', '\\.')}`))
+    const channel = client.channel(uniqueTopic('join'))
+    await subscribe(channel)
+    assert.equal(channel.state, 'joined')
+  })
+
+  scenario(`a vsn ${vsn} client gets an ok reply to its heartbeat`, async (s) => {
+    const beats = new Inbox('heartbeat statuses')
+    const client = s.client('A', {
+      ...(vsn === '2.0.0' ? {} : { vsn }),
+      heartbeatCallback: (status) => beats.push(status),
+    })
+    await subscribe(client.channel(uniqueTopic('heartbeat')))
+    await client.sendHeartbeat()
+    await beats.next((st) => st === 'sent', 'heartbeat sent')
+    const outcome = await beats.next((st) => st !== 'sent', 'heartbeat outcome')
+    assert.equal(outcome, 'ok')
+  })
+
+  scenario(`a vsn ${vsn} client leaving gets ok and reports CLOSED`, async (s) => {
+    const client = s.client('A', vsn === '2.0.0' ? {} : { vsn })
+    const channel = client.channel(uniqueTopic('leave'))
+    const statuses = await subscribe(channel)
+    assert.equal(await channel.unsubscribe(), 'ok')
+    await statuses.next((x) => x.status === 'CLOSED', 'CLOSED after leave')
+    assert.equal(channel.state, 'closed')
+  })
+}
+
+scenario('one client joins several channels on one socket', async (s) => {
+  const client = s.client('A')
+  const a = client.channel(uniqueTopic('multi-a'))
+  const b = client.channel(uniqueTopic('multi-b'))
+  await Promise.all([subscribe(a), subscribe(b)])
+  assert.equal(await a.unsubscribe(), 'ok')
+  // The other channel keeps working after its sibling left.
+  const c = client.channel(uniqueTopic('multi-c'), { config: { broadcast: { ack: true } } })
+  await subscribe(c)
+  assert.equal(await c.send({ type: 'broadcast', event: 'e', payload: {} }), 'ok')
+  assert.equal(b.state, 'joined')
+})
