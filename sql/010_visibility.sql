@@ -113,6 +113,8 @@ as $fn$
 declare
     saved_role text := current_setting('role');
     saved_claims text := coalesce(current_setting('request.jwt.claims', true), '');
+    saved_sub text := coalesce(current_setting('request.jwt.claim.sub', true), '');
+    saved_claim_role text := coalesce(current_setting('request.jwt.claim.role', true), '');
     c record;
     stmt text;
     ready text[] := '{}';
@@ -158,7 +160,7 @@ begin
                 -- changes the text, hence the name), so repeated checks skip planning.
                 stmt := 'switchboard_rls_' || md5(c.check_sql);
                 if not stmt = any(ready) then
-                    if not exists (select 1 from pg_prepared_statements p where p.name = stmt) then
+                    if not exists (select 1 from pg_catalog.pg_prepared_statements p where p.name = stmt) then
                         execute format('prepare %I(jsonb, jsonb) as %s', stmt, c.check_sql);
                     end if;
                     ready := ready || stmt;
@@ -180,7 +182,9 @@ begin
         return next;
     end loop;
     perform set_config('role', saved_role, true),
-            set_config('request.jwt.claims', saved_claims, true);
+            set_config('request.jwt.claims', saved_claims, true),
+            set_config('request.jwt.claim.sub', saved_sub, true),
+            set_config('request.jwt.claim.role', saved_claim_role, true);
 end
 $fn$;
 

@@ -95,9 +95,13 @@ pub struct Catalog {
 
 struct Inner {
     pool: Pool,
-    tables: Mutex<HashMap<(String, String), Entry<Option<Arc<TableInfo>>>>>,
-    enabled: Mutex<HashMap<Option<String>, Entry<Vec<Arc<TableInfo>>>>>,
+    /// By (schema, table); `None` caches "no such table".
+    tables: Cache<(String, String), Option<Arc<TableInfo>>>,
+    /// By schema; `None` means every schema.
+    enabled: Cache<Option<String>, Vec<Arc<TableInfo>>>,
 }
+
+type Cache<K, T> = Mutex<HashMap<K, Entry<T>>>;
 
 /// One cached lookup: concurrent askers share the cell, so one query answers them all.
 struct Entry<T> {
@@ -152,11 +156,7 @@ impl Catalog {
 
 /// Serves `key` from `map` while fresh, else runs `fetch` once for all concurrent
 /// askers. A failed fetch is not cached.
-async fn cached<K, T, F>(
-    map: &Mutex<HashMap<K, Entry<T>>>,
-    key: K,
-    fetch: F,
-) -> Result<T, CatalogError>
+async fn cached<K, T, F>(map: &Cache<K, T>, key: K, fetch: F) -> Result<T, CatalogError>
 where
     K: Eq + Hash,
     T: Clone,

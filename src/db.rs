@@ -173,7 +173,11 @@ async fn call_on_table(client: &Client, sql: &str, oid: u32) -> Result<(), DbErr
 
 fn not_migrated(e: tokio_postgres::Error) -> DbError {
     match e.code() {
-        Some(c) if *c == SqlState::UNDEFINED_FUNCTION || *c == SqlState::UNDEFINED_TABLE => {
+        Some(c)
+            if *c == SqlState::UNDEFINED_FUNCTION
+                || *c == SqlState::UNDEFINED_TABLE
+                || *c == SqlState::INVALID_SCHEMA_NAME =>
+        {
             DbError::NotMigrated
         }
         _ => DbError::Postgres(e),

@@ -88,6 +88,7 @@ impl Dispatcher {
             };
             self.router.metrics().capture_rows.inc();
             let matched = self.router.postgres.matching(&change);
+            tracing::debug!(table = %change.table, op = change.op.as_str(), matched = matched.len(), "change read");
             if matched.is_empty() {
                 continue;
             }
@@ -169,6 +170,7 @@ impl Dispatcher {
         let metrics = self.router.metrics();
         let mut shapes: HashMap<(Option<usize>, bool), Option<Box<RawValue>>> = HashMap::new();
         for (m, &vi) in p.matched.iter().zip(&p.viewer_of) {
+            tracing::debug!(member = m.member.member, visibility = ?vis.get(vi), "row scope");
             let Some(v) = vis.get(vi).filter(|v| v.visible) else {
                 metrics.dropped("row_scope", 1);
                 continue;

@@ -1,5 +1,7 @@
 //! The `switchboard` command: serve, migrate, enable, disable, token, dev.
 
+mod dev;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -25,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run the hub.
     Serve,
+    /// Local Postgres in ./.switchboard, demo CRM with row-level security, and the hub.
+    Dev,
     /// Apply pending SQL migrations (schema `realtime`).
     Migrate,
     /// Capture changes of a table: `switchboard enable public.deals`.
@@ -76,7 +80,8 @@ async fn serve(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -121,6 +126,7 @@ async fn main() -> Result<()> {
     telemetry::init_logging(config.log_format);
     match &cli.command {
         Command::Serve => serve(config).await,
+        Command::Dev => dev::run(config).await,
         Command::Migrate => {
             let (client, _conn) = db::connect(database_url(&config)?).await?;
             let applied = db::migrate(&client).await?;

@@ -159,7 +159,9 @@ impl<'a> Batch<'a> {
             let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
             for (viewer_idx, viewer) in viewers.iter().enumerate() {
                 let claims: &str = &viewer.claims;
-                let valid = *claims_ok.entry(claims).or_insert_with(|| is_json_object(claims));
+                let valid = *claims_ok
+                    .entry(claims)
+                    .or_insert_with(|| is_json_object(claims));
                 if !valid {
                     continue;
                 }

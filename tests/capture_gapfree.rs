@@ -8,7 +8,8 @@ mod load;
 
 use std::time::Duration;
 
-use load::{assert_exactly_committed, run_load, setup, start_capture, LoadOpts};
+use load::{assert_exactly_committed, run_load, setup, start_capture, write_marker, LoadOpts};
+use switchboard::capture::{prune, Cursor};
 use switchboard::router::change::{DbEvent, Op};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,10 +22,16 @@ async fn every_committed_change_arrives_exactly_once_in_row_order() {
         duration: Duration::from_secs(4),
         long_tx: Some(Duration::from_secs(3)),
     };
-    let load = run_load(&db.url, &opts).await;
-    let events = capture
-        .collect_until_marker(&db.url, Duration::from_secs(60))
-        .await;
+    // The consumer keeps up here; capture_faults also has a slow one.
+    let marker = 1;
+    let (load, events) = tokio::join!(
+        async {
+            let load = run_load(&db.url, &opts).await;
+            write_marker(&db.url, marker).await;
+            load
+        },
+        capture.collect_until(marker, Duration::from_secs(90), Duration::ZERO),
+    );
     assert!(
         load.committed.len() > 300,
         "too little load: {}",
@@ -149,11 +156,19 @@ async fn migrations_apply_once_and_rerunning_every_file_changes_nothing() {
     let (a, b) = (db.client().await, db.client().await);
     let (ra, rb) = tokio::join!(switchboard::db::migrate(&a), switchboard::db::migrate(&b));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
-    assert!(!ra.is_empty() || !rb.is_empty());
-    assert!(
-        ra.is_empty() || rb.is_empty(),
-        "both hubs applied migrations: {ra:?} {rb:?}"
-    );
+    let mut all = [ra.clone(), rb.clone()].concat();
+    all.sort();
+    let recorded: Vec<i32> = a
+        .query(
+            "select version from realtime.schema_migrations order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(all, recorded, "each migration applied once: {ra:?} {rb:?}");
     assert!(switchboard::db::migrate(&a).await.unwrap().is_empty());
     for file in [
         "001_changes_log.sql",
@@ -193,4 +208,88 @@ async fn realtime_send_is_delivered_as_a_broadcast() {
         ("room:1", "ping", false, &serde_json::json!({"n": 1}))
     );
     capture.stop().await;
+}
+
+#[tokio::test]
+async fn changes_committed_before_the_capture_started_are_not_delivered() {
+    let db = common::pg::test_db().await;
+    let client = db.client().await;
+    switchboard::db::migrate(&client).await.unwrap();
+    client
+        .batch_execute("create table notes (id int primary key)")
+        .await
+        .unwrap();
+    switchboard::db::enable(&client, "notes").await.unwrap();
+    client
+        .batch_execute("insert into notes values (1)")
+        .await
+        .unwrap();
+    let mut capture = start_capture(&db.url, 1000).await;
+    client
+        .batch_execute("insert into notes values (2)")
+        .await
+        .unwrap();
+    let page = tokio::time::timeout(Duration::from_secs(30), capture.rx.recv())
+        .await
+        .expect("delivered")
+        .unwrap();
+    let ids: Vec<_> = page
+        .iter()
+        .map(|e| match e {
+            DbEvent::Change(c) => c.record.as_ref().unwrap()["id"].clone(),
+            DbEvent::Broadcast(_) => serde_json::Value::Null,
+        })
+        .collect();
+    assert_eq!(ids, vec![serde_json::json!(2)]);
+    capture.stop().await;
+}
+
+#[tokio::test]
+async fn retention_deletes_only_old_rows_the_cursor_has_passed() {
+    let db = common::pg::test_db().await;
+    let (client, open_tx) = (db.client().await, db.client().await);
+    switchboard::db::migrate(&client).await.unwrap();
+    client
+        .batch_execute("create table notes (id int primary key)")
+        .await
+        .unwrap();
+    switchboard::db::enable(&client, "notes").await.unwrap();
+    client
+        .batch_execute("insert into notes values (1); insert into notes values (2)")
+        .await
+        .unwrap();
+    // Still running when the cursor is taken: its row is unread and must survive.
+    open_tx
+        .batch_execute("begin; insert into notes values (3)")
+        .await
+        .unwrap();
+    let snapshot: String = client
+        .query_one("select pg_current_snapshot()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let cursor = Cursor::from_pg_snapshot(&snapshot).unwrap();
+    client
+        .batch_execute("insert into notes values (4)")
+        .await
+        .unwrap();
+    open_tx.batch_execute("commit").await.unwrap();
+
+    let kept = prune(&client, &cursor, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(kept, 0, "rows younger than the retention are kept");
+    let deleted = prune(&client, &cursor, Duration::ZERO).await.unwrap();
+    assert_eq!(deleted, 2);
+    let left: Vec<i32> = client
+        .query(
+            "select (record->>'id')::int from realtime.changes order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, vec![3, 4]);
 }

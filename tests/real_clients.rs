@@ -4,7 +4,9 @@
 //!
 //! Each test starts its own hub, runs one suite as a subprocess with `SWITCHBOARD_URL` and
 //! `SWITCHBOARD_JWT_SECRET` set, and asserts its exit status; on failure it prints the
-//! suite's output, which includes the raw frames of every failing client test. A missing
+//! suite's output, which includes the raw frames of every failing client test. Suites that
+//! write rows get a fresh database (migrated, plus `tests/clients/fixture.sql`) whose URL
+//! is passed as `SWITCHBOARD_DATABASE_URL`; the others run the hub without a database. A missing
 //! `node`, `npm` or `python3` is a failure, never a skip. Missing `node_modules` or Python
 //! venv are installed first (once per test binary).
 
@@ -17,6 +19,8 @@ use switchboard::config::Config;
 use tokio::net::TcpListener;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
+
+mod common;
 
 /// Longest one client suite may run before it is killed and the test fails.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -31,14 +35,30 @@ fn clients_dir() -> PathBuf {
 struct Hub {
     url: String,
     jwt_secret: String,
+    database_url: Option<String>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<String>,
 }
 
+/// A fresh database with the hub's migrations and the client fixture tables.
+async fn fixture_database() -> String {
+    let db = common::pg::test_db().await;
+    let client = db.client().await;
+    switchboard::db::migrate(&client)
+        .await
+        .expect("hub migrations apply");
+    client
+        .batch_execute(include_str!("clients/fixture.sql"))
+        .await
+        .expect("tests/clients/fixture.sql applies");
+    db.url
+}
+
 impl Hub {
-    async fn start() -> Hub {
+    async fn start(database_url: Option<String>) -> Hub {
         let jwt_secret = format!("conformance-{}", uuid::Uuid::new_v4());
-        let config = Config::for_tests(&jwt_secret);
+        let mut config = Config::for_tests(&jwt_secret);
+        config.database_url = database_url.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
@@ -47,6 +67,7 @@ impl Hub {
         Hub {
             url: format!("http://{addr}/realtime/v1"),
             jwt_secret,
+            database_url,
             shutdown,
             task,
         }
@@ -70,7 +91,10 @@ fn tool(program: &str, dir: &Path) -> std::process::Command {
 }
 
 fn require_tool(program: &str, hint: &str) {
-    match std::process::Command::new(program).arg("--version").output() {
+    match std::process::Command::new(program)
+        .arg("--version")
+        .output()
+    {
         Ok(out) if out.status.success() => {}
         Ok(out) => panic!(
             "`{program} --version` failed ({}): {hint}\n{}",
@@ -125,7 +149,10 @@ fn ensure_python_venv() -> PathBuf {
     let venv = dir.join(".venv");
     let python = venv.join("bin/python");
     let result = DONE.get_or_init(|| {
-        require_tool("python3", "install Python 3.10+ with venv (.ci/run does this)");
+        require_tool(
+            "python3",
+            "install Python 3.10+ with venv (.ci/run does this)",
+        );
         let requirements = std::fs::read_to_string(dir.join("requirements.txt"))
             .map_err(|e| format!("read requirements.txt: {e}"))?;
         let marker = venv.join(".installed-requirements");
@@ -157,9 +184,11 @@ fn ensure_python_venv() -> PathBuf {
 }
 
 /// Runs one client suite against a fresh hub and fails the test unless it exits 0.
-async fn run_suite(name: &str, dir: PathBuf, program: PathBuf, args: &[&str]) {
-    let hub = Hub::start().await;
+async fn run_suite(name: &str, hub: Hub, dir: PathBuf, program: PathBuf, args: &[&str]) {
     let mut cmd = Command::new(&program);
+    if let Some(url) = &hub.database_url {
+        cmd.env("SWITCHBOARD_DATABASE_URL", url);
+    }
     cmd.args(args)
         .current_dir(&dir)
         .env("SWITCHBOARD_URL", &hub.url)
@@ -178,18 +207,39 @@ async fn run_suite(name: &str, dir: PathBuf, program: PathBuf, args: &[&str]) {
         Err(_) => panic!("{name}: suite did not finish within {SUITE_TIMEOUT:?}"),
     };
     hub.stop().await;
-    if !out.status.success() {
-        panic!(
-            "{name} failed ({}) against the hub.\n===== stdout =====\n{}\n===== stderr =====\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Shown by libtest on failure or with --nocapture.
+    println!("===== {name} stdout =====\n{stdout}\n===== stderr =====\n{stderr}");
+    assert!(
+        out.status.success(),
+        "{name} failed ({}) against the hub; its output is above",
+        out.status
+    );
+    assert!(
+        ran_some_tests(&stdout),
+        "{name} ran no test; its output is above"
+    );
+}
+
+/// Whether a suite's summary shows at least one executed test (node's spec reporter
+/// prints `ℹ tests N`, pytest `N passed`).
+fn ran_some_tests(stdout: &str) -> bool {
+    stdout.lines().any(|line| {
+        let line = line.trim();
+        let count = line.strip_prefix("ℹ tests ").or_else(|| {
+            line.split(" passed")
+                .next()
+                .filter(|_| line.contains(" passed"))
+        });
+        count
+            .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u32>().ok())
+            .is_some_and(|n| n > 0)
+    })
 }
 
 /// One node test file (tests/clients/node/test/<file>) against a fresh hub.
-async fn run_node_file(file: &str) {
+async fn run_node_file(file: &str, database_url: Option<String>) {
     tokio::task::spawn_blocking(ensure_node_modules)
         .await
         .expect("npm setup panicked");
@@ -197,46 +247,52 @@ async fn run_node_file(file: &str) {
     let test_file = format!("test/{file}");
     run_suite(
         &format!("realtime-js suite {file}"),
+        Hub::start(database_url).await,
         dir,
         PathBuf::from("node"),
-        &["--test", "--test-reporter=spec", &test_file],
+        &[
+            "--test",
+            "--test-force-exit",
+            "--test-reporter=spec",
+            &test_file,
+        ],
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_connects_heartbeats_joins_and_leaves() {
-    run_node_file("connect.test.mjs").await;
+    run_node_file("connect.test.mjs", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_broadcast_acks_echoes_and_fans_out_text_and_binary() {
-    run_node_file("broadcast.test.mjs").await;
+    run_node_file("broadcast.test.mjs", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_presence_tracks_untracks_and_sees_disconnects() {
-    run_node_file("presence.test.mjs").await;
+    run_node_file("presence.test.mjs", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_token_refresh_and_expiry_behave_like_supabase() {
-    run_node_file("auth.test.mjs").await;
+    run_node_file("auth.test.mjs", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_postgres_changes_join_binds_server_ids() {
-    run_node_file("postgres_changes.test.mjs").await;
+    run_node_file("postgres_changes.test.mjs", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_rest_broadcast_reaches_subscribers() {
-    run_node_file("rest.test.mjs").await;
+    run_node_file("rest.test.mjs", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supabase_js_channels_broadcast_and_presence_work() {
-    run_node_file("supabase_js.test.mjs").await;
+    run_node_file("supabase_js.test.mjs", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,11 +302,18 @@ async fn python_realtime_client_suite_passes() {
         .expect("venv setup panicked");
     run_suite(
         "python realtime suite",
+        Hub::start(Some(fixture_database().await)).await,
         clients_dir().join("python"),
         python,
         &["-m", "pytest", "-q"],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_js_receives_row_changes_with_filters_and_row_level_security() {
+    let database_url = fixture_database().await;
+    run_node_file("postgres_rows.test.mjs", Some(database_url)).await;
 }
 
 #[test]
@@ -260,15 +323,24 @@ fn every_node_test_file_has_a_rust_test() {
         "broadcast.test.mjs",
         "connect.test.mjs",
         "postgres_changes.test.mjs",
+        "postgres_rows.test.mjs",
         "presence.test.mjs",
         "rest.test.mjs",
         "supabase_js.test.mjs",
     ];
     let mut found: Vec<String> = std::fs::read_dir(clients_dir().join("node/test"))
         .expect("tests/clients/node/test exists")
-        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|n| n.ends_with(".test.mjs"))
         .collect();
     found.sort();
-    assert_eq!(found, listed, "add a #[tokio::test] for each node test file");
+    assert_eq!(
+        found, listed,
+        "add a #[tokio::test] for each node test file"
+    );
 }

@@ -118,7 +118,10 @@ fn viewer(role: &str, claims: Value) -> Viewer {
 }
 
 fn customer(sub: &str) -> Viewer {
-    viewer("authenticated", json!({"sub": sub, "role": "authenticated"}))
+    viewer(
+        "authenticated",
+        json!({"sub": sub, "role": "authenticated"}),
+    )
 }
 
 fn staff() -> Viewer {
@@ -162,7 +165,9 @@ async fn customer_sees_own_insert_update_delete_and_never_another_customers() {
     let a = job(1, ALICE, "open");
     let a2 = job(1, ALICE, "closed");
 
-    let insert = p.check(change("jobs", Op::Insert, Some(a.clone()), None), &viewers).await;
+    let insert = p
+        .check(change("jobs", Op::Insert, Some(a.clone()), None), &viewers)
+        .await;
     assert_eq!(visible(&insert), [true, false]);
     assert!(!insert[0].old_visible);
 
@@ -171,15 +176,16 @@ async fn customer_sees_own_insert_update_delete_and_never_another_customers() {
     assert_eq!(visible(&update), [true, false]);
     assert!(update[0].old_visible);
 
-    let delete = p.check(change("jobs", Op::Delete, None, Some(a2)), &viewers).await;
+    let delete = p
+        .check(change("jobs", Op::Delete, None, Some(a2)), &viewers)
+        .await;
     assert_eq!(visible(&delete), [true, false]);
     assert!(delete[0].old_visible && !delete[1].old_visible);
     assert_eq!(delete[0].columns, None);
 }
 
 #[tokio::test]
-async fn update_moving_a_row_between_customers_is_shown_only_to_the_new_owner_without_old_row()
-{
+async fn update_moving_a_row_between_customers_is_shown_only_to_the_new_owner_without_old_row() {
     let p = portal().await;
     let viewers = [customer(ALICE), customer(BOB)];
     let moved = change(
@@ -191,17 +197,26 @@ async fn update_moving_a_row_between_customers_is_shown_only_to_the_new_owner_wi
     let v = p.check(&moved, &viewers).await;
     assert!(!v[0].visible, "alice no longer owns the job");
     assert!(v[1].visible, "bob owns it now");
-    assert!(!v[1].old_visible, "bob may not see alice's version of the row");
+    assert!(
+        !v[1].old_visible,
+        "bob may not see alice's version of the row"
+    );
 }
 
 #[tokio::test]
 async fn staff_claim_sees_every_job_and_restrictive_policy_hides_archived_from_customers() {
     let p = portal().await;
     let viewers = [customer(ALICE), staff(), customer(BOB)];
-    let open = p.check(change("jobs", Op::Insert, Some(job(1, ALICE, "open")), None), &viewers);
+    let open = p.check(
+        change("jobs", Op::Insert, Some(job(1, ALICE, "open")), None),
+        &viewers,
+    );
     assert_eq!(visible(&open.await), [true, true, false]);
     let archived = change("jobs", Op::Insert, Some(job(2, ALICE, "archived")), None);
-    assert_eq!(visible(&p.check(&archived, &viewers).await), [false, true, false]);
+    assert_eq!(
+        visible(&p.check(&archived, &viewers).await),
+        [false, true, false]
+    );
 }
 
 #[tokio::test]
@@ -227,13 +242,19 @@ async fn invoice_policy_with_a_subquery_follows_the_jobs_the_viewer_can_see() {
 async fn column_privileges_limit_the_columns_and_a_hidden_primary_key_hides_the_row() {
     let p = portal().await;
     let anon = [viewer("anon", json!({"role": "anon"}))];
-    let v = p.check(change("jobs", Op::Insert, Some(job(3, BOB, "open")), None), &anon);
+    let v = p.check(
+        change("jobs", Op::Insert, Some(job(3, BOB, "open")), None),
+        &anon,
+    );
     let v = &v.await[0];
     assert!(v.visible);
     let expected: Vec<String> = vec!["id".into(), "title".into(), "status".into()];
     assert_eq!(v.columns.as_deref(), Some(&expected[..]));
 
-    let closed = p.check(change("jobs", Op::Insert, Some(job(4, BOB, "closed")), None), &anon);
+    let closed = p.check(
+        change("jobs", Op::Insert, Some(job(4, BOB, "closed")), None),
+        &anon,
+    );
     assert!(!closed.await[0].visible, "anon policy shows open jobs only");
 
     let invoice = json!({"id": 1, "job_id": 3, "amount": 1, "paid": false});
@@ -258,9 +279,15 @@ async fn service_role_bypasses_rls_and_bad_viewers_are_hidden_without_failing_th
         viewer("authenticated", json!({"sub": "not-a-uuid"})),
         customer(ALICE),
     ];
-    let v = p.check(change("jobs", Op::Insert, Some(job(1, BOB, "archived")), None), &viewers);
+    let v = p.check(
+        change("jobs", Op::Insert, Some(job(1, BOB, "archived")), None),
+        &viewers,
+    );
     assert_eq!(visible(&v.await), [true, false, false, false, false, false]);
-    let v = p.check(change("jobs", Op::Insert, Some(job(1, ALICE, "open")), None), &viewers);
+    let v = p.check(
+        change("jobs", Op::Insert, Some(job(1, ALICE, "open")), None),
+        &viewers,
+    );
     assert_eq!(visible(&v.await), [true, false, false, false, false, true]);
 }
 
@@ -299,7 +326,11 @@ async fn table_owner_sees_every_row_unless_row_security_is_forced() {
         ))
         .await
         .unwrap();
-    assert_eq!(visible(&forced), [false, false], "no policy applies to the owner role");
+    assert_eq!(
+        visible(&forced),
+        [false, false],
+        "no policy applies to the owner role"
+    );
 }
 
 #[tokio::test]
@@ -330,10 +361,19 @@ async fn quoted_schema_and_table_names_work_in_correlated_policies() {
     let order = Change {
         schema: "Portal Ops".into(),
         table: "Work Orders".into(),
-        ..change("x", Op::Insert, Some(json!({"id": 1, "Customer": ALICE})), None)
+        ..change(
+            "x",
+            Op::Insert,
+            Some(json!({"id": 1, "Customer": ALICE})),
+            None,
+        )
     };
     let viewers = [customer(ALICE), customer(BOB)];
-    let v = p.rls.check(&[(&order, &table, &viewers[..])]).await.unwrap();
+    let v = p
+        .rls
+        .check(&[(&order, &table, &viewers[..])])
+        .await
+        .unwrap();
     assert_eq!(visible(&v[0]), [true, false]);
 }
 
@@ -373,7 +413,10 @@ async fn catalog_reports_columns_key_rls_and_capture() {
         .unwrap();
     let jobs = p.table("jobs").await;
     let names: Vec<&str> = jobs.columns.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["id", "customer_id", "title", "status", "secret_note"]);
+    assert_eq!(
+        names,
+        ["id", "customer_id", "title", "status", "secret_note"]
+    );
     assert_eq!(jobs.columns[1].type_name, "uuid");
     assert_eq!(jobs.primary_key, ["id"]);
     assert!(jobs.rls_enabled && !jobs.rls_forced && jobs.realtime_enabled);
@@ -381,7 +424,12 @@ async fn catalog_reports_columns_key_rls_and_capture() {
     let enabled = p.catalog.enabled_tables(Some("public")).await.unwrap();
     let names: Vec<&str> = enabled.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["jobs"]);
-    assert!(p.catalog.enabled_tables(Some("other")).await.unwrap().is_empty());
+    assert!(p
+        .catalog
+        .enabled_tables(Some("other"))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// Ids of `table` that `SELECT` shows to `viewer`; an error (no such role, no privilege,
@@ -410,7 +458,10 @@ async fn selectable_columns(client: &mut Client, table: &TableInfo, role: &str) 
     let mut cols = Vec::new();
     for col in &table.columns {
         let tx = client.transaction().await.unwrap();
-        let ok = match tx.query("select set_config('role', $1, true)", &[&role]).await {
+        let ok = match tx
+            .query("select set_config('role', $1, true)", &[&role])
+            .await
+        {
             Ok(_) => {
                 let sql = format!("select \"{}\" from public.{} limit 0", col.name, table.name);
                 tx.query(&sql, &[]).await.is_ok()
@@ -470,7 +521,11 @@ async fn fill_random_portal(client: &Client, rng: &mut StdRng, customers: &[Stri
     }
     for id in 1..=150i64 {
         let job_id: i64 = rng.random_range(1..=200);
-        let amount = format!("{}.{:02}", rng.random_range(1..1000), rng.random_range(0..100));
+        let amount = format!(
+            "{}.{:02}",
+            rng.random_range(1..1000),
+            rng.random_range(0..100)
+        );
         client
             .execute(
                 "insert into public.invoices values ($1, $2, $3::text::numeric, $4)",
@@ -501,7 +556,9 @@ async fn random_rows_and_viewers_get_exactly_what_select_would_show() {
     let mut customers = vec![ALICE.to_owned(), BOB.to_owned()];
     customers.extend((0..4).map(|_| uuid::Uuid::new_v4().to_string()));
     fill_random_portal(&p.client, &mut rng, &customers).await;
-    let viewers: Vec<Viewer> = (0..10).map(|_| random_viewer(&mut rng, &customers)).collect();
+    let viewers: Vec<Viewer> = (0..10)
+        .map(|_| random_viewer(&mut rng, &customers))
+        .collect();
 
     for table_name in ["jobs", "invoices", "notices"] {
         let table = p.table(table_name).await;
@@ -522,12 +579,18 @@ async fn random_rows_and_viewers_get_exactly_what_select_would_show() {
         for (i, (id, rec)) in rows.iter().enumerate() {
             let (old_id, old) = rows[rng.random_range(0..rows.len())].clone();
             let c = match i % 3 {
-                0 => (change(table_name, Op::Insert, Some(rec.clone()), None), None),
+                0 => (
+                    change(table_name, Op::Insert, Some(rec.clone()), None),
+                    None,
+                ),
                 1 => (
                     change(table_name, Op::Update, Some(rec.clone()), Some(old)),
                     Some(old_id),
                 ),
-                _ => (change(table_name, Op::Delete, None, Some(rec.clone())), None),
+                _ => (
+                    change(table_name, Op::Delete, None, Some(rec.clone())),
+                    None,
+                ),
             };
             changes.push((*id, c.0, c.1));
         }
@@ -547,7 +610,10 @@ async fn random_rows_and_viewers_get_exactly_what_select_would_show() {
                     Op::Update => want_visible && old_id.as_ref().is_some_and(sees),
                     Op::Delete => want_visible,
                 };
-                let ctx = format!("{table_name} {:?} id {id} viewer {:?}", c.op, viewers[v_idx]);
+                let ctx = format!(
+                    "{table_name} {:?} id {id} viewer {:?}",
+                    c.op, viewers[v_idx]
+                );
                 assert_eq!(got.visible, want_visible, "visible: {ctx}");
                 assert_eq!(got.old_visible, want_old, "old_visible: {ctx}");
                 if got.visible {
@@ -557,8 +623,14 @@ async fn random_rows_and_viewers_get_exactly_what_select_would_show() {
                 }
             }
         }
-        println!("{table_name}: {shown} of {} (change, viewer) pairs visible", changes.len() * viewers.len());
-        assert!(shown > 0, "the random data should show something to someone");
+        println!(
+            "{table_name}: {shown} of {} (change, viewer) pairs visible",
+            changes.len() * viewers.len()
+        );
+        assert!(
+            shown > 0,
+            "the random data should show something to someone"
+        );
     }
 }
 

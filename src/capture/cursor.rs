@@ -69,9 +69,9 @@ impl Cursor {
     }
 
     /// The xids as text, for binding as `$n::text::xid8` / `$n::text[]::xid8[]`.
-    pub(crate) fn bind_texts(&self) -> (String, String, Vec<String>) {
+    pub(crate) fn bind_texts(&self) -> (String, Vec<String>) {
         let xip = self.xip.iter().map(u64::to_string).collect();
-        (self.xmin().to_string(), self.xmax.to_string(), xip)
+        (self.xmax.to_string(), xip)
     }
 }
 

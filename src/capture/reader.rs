@@ -15,26 +15,29 @@ use super::status::CaptureStatus;
 use super::CaptureError;
 use crate::router::change::{Change, DbBroadcast, DbEvent, Op};
 
-/// Rows new to `cursor` ($1 xmin, $2 xmax, $3 xip), minus rows an interrupted read
-/// already delivered ($4 its snapshots, $5 the last id it sent under each).
+/// Rows new to `cursor` ($1 xmax, $2 xip), minus rows an interrupted read already
+/// delivered ($3 its snapshots, $4 the last id it sent under each). Both arms of the OR
+/// use the xid index (a BitmapOr), so the read costs what is new, not the whole log.
 const READ_NEW_ROWS: &str = "\
 select c.id, c.op, c.schema_name, c.table_name, c.record, c.old_record, \
        c.topic, c.event, c.private, c.created_at, \
        (extract(epoch from clock_timestamp() - c.created_at) * 1000)::int8 as age_ms \
 from realtime.changes c \
-where c.xid >= $1::text::xid8 \
-  and (c.xid >= $2::text::xid8 or c.xid = any($3::text[]::xid8[])) \
+where (c.xid >= $1::text::xid8 or c.xid = any($2::text[]::xid8[])) \
   and not exists ( \
-      select 1 from unnest($4::text[], $5::int8[]) as p(snap, last_id) \
+      select 1 from unnest($3::text[], $4::int8[]) as p(snap, last_id) \
       where c.id <= p.last_id and pg_visible_in_snapshot(c.xid, p.snap::pg_snapshot)) \
 order by c.id";
 
 const CURRENT_SNAPSHOT: &str = "select pg_current_snapshot()::text";
 
-/// Rows older than the retention whose transactions finished before the cursor.
+/// Rows older than the retention ($3 seconds) that the cursor ($1 xmax, $2 snapshot)
+/// has read: their transactions committed before it. Precise even while some
+/// unrelated transaction stays open.
 const PRUNE: &str = "\
 delete from realtime.changes \
-where xid < $1::text::xid8 and created_at < clock_timestamp() - make_interval(secs => $2)";
+where xid < $1::text::xid8 and pg_visible_in_snapshot(xid, $2::text::pg_snapshot) \
+  and created_at < clock_timestamp() - make_interval(secs => $3)";
 
 /// Where the reader is: the cursor plus what interrupted reads already delivered.
 #[derive(Debug, Clone)]
@@ -114,12 +117,12 @@ impl ReadState {
         shutdown: &CancellationToken,
         sent_upto: &mut Option<i64>,
     ) -> Result<ReadEnd, CaptureError> {
-        let (xmin, xmax, xip) = self.cursor.bind_texts();
+        let (xmax, xip) = self.cursor.bind_texts();
         let snaps: Vec<&str> = self.partials.iter().map(|(s, _)| s.as_str()).collect();
         let last_ids: Vec<i64> = self.partials.iter().map(|(_, id)| *id).collect();
         let statement = tx.prepare(READ_NEW_ROWS).await?;
         let portal = tx
-            .bind(&statement, &[&xmin, &xmax, &xip, &snaps, &last_ids])
+            .bind(&statement, &[&xmax, &xip, &snaps, &last_ids])
             .await?;
         let page_size = i32::try_from(batch_limit.max(1)).unwrap_or(i32::MAX);
         loop {
@@ -159,16 +162,17 @@ pub(crate) async fn current_cursor(client: &Client) -> Result<Cursor, CaptureErr
     Ok(Cursor::from_pg_snapshot(&snapshot)?)
 }
 
-/// Deletes log rows older than `retention` that `cursor` has already passed (their
-/// transactions finished before it); unread rows are never touched. Returns the count.
+/// Deletes log rows older than `retention` that `cursor` has already read (their
+/// transactions committed before it); unread rows are never touched. Returns the count.
 pub async fn prune(
     client: &Client,
     cursor: &Cursor,
     retention: Duration,
 ) -> Result<u64, CaptureError> {
-    let xmin = cursor.xmin().to_string();
+    let xmax = cursor.xmax.to_string();
     let secs = retention.as_secs_f64();
-    Ok(client.execute(PRUNE, &[&xmin, &secs]).await?)
+    let snapshot = cursor.to_pg_snapshot();
+    Ok(client.execute(PRUNE, &[&xmax, &snapshot, &secs]).await?)
 }
 
 /// Maps a log row; a row that cannot be mapped is logged and skipped.

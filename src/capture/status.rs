@@ -95,7 +95,9 @@ impl CaptureStatus {
         if rows > exported {
             metrics.capture_rows.inc_by(rows - exported);
         }
-        metrics.capture_lag_ms.set(self.lag_ms.load(Ordering::Relaxed).max(0));
+        metrics
+            .capture_lag_ms
+            .set(self.lag_ms.load(Ordering::Relaxed).max(0));
     }
 
     /// Resolves once the listener is connected and its cursor is set: changes that

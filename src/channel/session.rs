@@ -183,6 +183,7 @@ impl Session {
             };
             return self.reply_error(&msg, &e.join_reason());
         }
+        tracing::debug!(conn_id = self.conn_id, topic = %msg.topic, role = %claims.role, user_token = user_token.is_some(), "join");
         let name = channel_name(&msg.topic).to_owned();
         if config.private && claims.role != "service_role" {
             // Private-channel authorization (realtime.messages policies) is not built yet:
@@ -295,6 +296,7 @@ impl Session {
         }
         match self.svc.verifier.verify(token) {
             Ok(claims) => {
+                tracing::debug!(conn_id = self.conn_id, topic = %msg.topic, role = %claims.role, "token refreshed");
                 let member = ch.member;
                 self.svc.router.postgres.update_viewer(member, viewer(&claims));
                 if let Some(ch) = self.channels.get_mut(&msg.topic) {

@@ -73,18 +73,14 @@ pub async fn start_capture(url: &str, batch_limit: usize) -> Capture {
 }
 
 impl Capture {
-    /// Writes a marker row (committed after everything before it) and collects every
-    /// change until the marker arrives; panics after `within`.
-    pub async fn collect_until_marker(&mut self, url: &str, within: Duration) -> Vec<DbEvent> {
-        let client = connect_retrying(url, within).await;
-        let marker: i64 = rand::random::<u32>().into();
-        client
-            .execute(
-                &format!("insert into {MARKER_TABLE} values ($1, 0, 0, 0, null)"),
-                &[&marker],
-            )
-            .await
-            .unwrap();
+    /// Collects every change until marker row `marker` arrives, taking `page_delay`
+    /// over each page (a slow consumer); panics after `within`.
+    pub async fn collect_until(
+        &mut self,
+        marker: i64,
+        within: Duration,
+        page_delay: Duration,
+    ) -> Vec<DbEvent> {
         let deadline = tokio::time::Instant::now() + within;
         let mut events = Vec::new();
         loop {
@@ -106,6 +102,7 @@ impl Capture {
             if done {
                 return events;
             }
+            tokio::time::sleep(page_delay).await;
         }
     }
 
@@ -157,6 +154,18 @@ pub async fn run_load(url: &str, opts: &LoadOpts) -> LoadResult {
         total.failed_txs += r.failed_txs;
     }
     total
+}
+
+/// Inserts marker row `marker`; it commits after everything before it.
+pub async fn write_marker(url: &str, marker: i64) {
+    let client = connect_retrying(url, Duration::from_secs(30)).await;
+    client
+        .execute(
+            &format!("insert into {MARKER_TABLE} values ($1, 0, 0, 0, null)"),
+            &[&marker],
+        )
+        .await
+        .unwrap();
 }
 
 /// A row this writer owns: (table index, id) -> (version, stamp).

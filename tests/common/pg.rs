@@ -171,7 +171,9 @@ fn shared_cluster() -> &'static Cluster {
     CLUSTER.get_or_init(Cluster::start_new)
 }
 
-/// Stops Postgres and removes `dir` once this test process has exited.
+/// Stops Postgres and removes `dir` once this test process has exited. Never waited
+/// for: it outlives this process by design.
+#[allow(clippy::zombie_processes)]
 fn spawn_watchdog(dir: &Path) {
     use std::os::unix::process::CommandExt;
     let script = format!(

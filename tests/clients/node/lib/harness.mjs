@@ -126,6 +126,8 @@ export class Trace {
   constructor() {
     this.start = Date.now()
     this.lines = []
+    /** The latest socket opened under each label, so a test can cut it abruptly. */
+    this.sockets = {}
   }
 
   note(label, dir, text) {
@@ -139,6 +141,7 @@ export class Trace {
     return class TracedWebSocket extends WebSocket {
       constructor(url, protocols, options) {
         super(url, protocols, options)
+        trace.sockets[label] = this
         trace.note(label, '**', `connect ${url}`)
         this.addEventListener('message', (ev) => trace.note(label, '<-', showFrame(ev.data)))
         this.addEventListener('close', (ev) =>

@@ -113,3 +113,17 @@ scenario('a broadcast is delivered to every subscriber of the topic and no other
   }
   assert.deepEqual(otherInbox.pending(), [])
 })
+
+scenario('an oversized broadcast with ack resolves error and the channel keeps working', async (s) => {
+  const topic = uniqueTopic('too-big')
+  const a = s.client('A').channel(topic, { config: { broadcast: { ack: true } } })
+  const b = s.client('B').channel(topic)
+  const atB = collect(b, 'broadcast', { event: '*' })
+  await Promise.all([subscribe(a), subscribe(b)])
+  const big = 'x'.repeat(300 * 1024) // over the hub's default 256 KiB broadcast limit
+  assert.equal(await a.send({ type: 'broadcast', event: 'big', payload: { big } }), 'error')
+  assert.equal(await a.send({ type: 'broadcast', event: 'small', payload: { n: 1 } }), 'ok')
+  const got = await atB.next(() => true, 'the small broadcast')
+  assert.equal(got.event, 'small', 'the oversized message was not delivered')
+  assert.equal(a.state, 'joined')
+})

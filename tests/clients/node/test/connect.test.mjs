@@ -1,7 +1,7 @@
 // Connecting, heartbeats, joining and leaving with realtime-js on both serializers.
 
 import assert from 'node:assert/strict'
-import { scenario, subscribe, uniqueTopic, Inbox } from '../lib/harness.mjs'
+import { scenario, subscribe, collect, uniqueTopic, Inbox } from '../lib/harness.mjs'
 
 for (const vsn of ['2.0.0', '1.0.0']) {
   scenario(`a vsn ${vsn} client joins a channel and reports SUBSCRIBED`, async (s) => {
@@ -46,4 +46,20 @@ scenario('one client joins several channels on one socket', async (s) => {
   await subscribe(c)
   assert.equal(await c.send({ type: 'broadcast', event: 'e', payload: {} }), 'ok')
   assert.equal(b.state, 'joined')
+})
+
+scenario('after its socket drops, realtime-js reconnects, rejoins and receives again', async (s) => {
+  const topic = uniqueTopic('reconnect')
+  const a = s.client('A').channel(topic)
+  const b = s.client('B').channel(topic)
+  const atA = collect(a, 'broadcast', { event: '*' })
+  const statuses = await subscribe(a)
+  await subscribe(b)
+  const firstJoinRef = a.joinPush.ref
+  s.trace.sockets.A.terminate() // abrupt loss, as on a network failure
+  await statuses.next((x) => x.status === 'CHANNEL_ERROR', 'CHANNEL_ERROR after the drop')
+  await statuses.next((x) => x.status === 'SUBSCRIBED', 'SUBSCRIBED again after reconnect', 8000)
+  assert.notEqual(a.joinPush.ref, firstJoinRef, 'the rejoin uses a new join_ref')
+  await b.send({ type: 'broadcast', event: 'again', payload: { n: 2 } })
+  assert.deepEqual((await atA.next(() => true, 'broadcast after rejoin')).payload, { n: 2 })
 })

@@ -1,0 +1,218 @@
+//! `switchboard dev`: a local Postgres in `./.switchboard/` (initdb on first run), the
+//! migrations and the demo CRM, then the hub; Ctrl-C stops both. Binary-only module.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use switchboard::config::Config;
+use switchboard::{auth, db};
+
+const DEMO_SQL: &str = include_str!("../sql/demo/crm.sql");
+const DEV_PORT: u16 = 54329;
+const STAFF_ID: &str = "00000000-0000-4000-8000-000000000001";
+const CUSTOMERS: [(&str, &str); 2] = [
+    ("Ada", "11111111-1111-4111-8111-111111111111"),
+    ("Bo", "22222222-2222-4222-8222-222222222222"),
+];
+
+/// The installed Postgres server binaries: `pg_ctl` on PATH, else the newest
+/// `/usr/lib/postgresql/<v>/bin` (Debian/Ubuntu), else Homebrew's.
+fn find_postgres_bin() -> Result<PathBuf> {
+    if let Ok(path) = std::env::var("SWITCHBOARD_PG_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| dir.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    candidates.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    candidates.reverse();
+    if let Ok(path) = std::env::var("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    candidates.push("/opt/homebrew/bin".into());
+    candidates.push("/usr/local/bin".into());
+    candidates
+        .into_iter()
+        .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
+        .context(
+            "Postgres server binaries (initdb, postgres) not found. Install them, e.g.\n  \
+             Debian/Ubuntu: sudo apt-get install postgresql\n  \
+             macOS: brew install postgresql@16\n\
+             or point SWITCHBOARD_PG_BIN at the folder that holds them.",
+        )
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A command for a Postgres binary; as root it runs as the `postgres` user (initdb and
+/// postgres refuse root).
+fn pg_command(bin: &Path, program: &str, as_postgres: bool) -> Command {
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+        c
+    } else {
+        Command::new(bin.join(program))
+    }
+}
+
+/// Runs the local Postgres cluster of `dir` and stops it when dropped.
+struct LocalPostgres {
+    child: Child,
+}
+
+impl LocalPostgres {
+    fn start(dir: &Path, port: u16) -> Result<LocalPostgres> {
+        let bin = find_postgres_bin()?;
+        let as_postgres = running_as_root();
+        let data = dir.join("pgdata");
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        if as_postgres {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status()?;
+            if !status.success() {
+                bail!("cannot give {} to the postgres user", dir.display());
+            }
+        }
+        if !data.join("PG_VERSION").exists() {
+            eprintln!("initializing a local Postgres in {}", data.display());
+            let out = pg_command(&bin, "initdb", as_postgres)
+                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D"])
+                .arg(&data)
+                .output()
+                .context("running initdb")?;
+            if !out.status.success() {
+                bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let log = std::fs::File::create(dir.join("postgres.log"))?;
+        let child = pg_command(&bin, "postgres", as_postgres)
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting postgres")?;
+        Ok(LocalPostgres { child })
+    }
+
+    fn stop(&mut self) {
+        // SIGINT = Postgres "fast" shutdown: disconnect clients, checkpoint, exit.
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn wait_for_postgres(url: &str) -> Result<()> {
+    for _ in 0..100 {
+        if db::connect(url).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the local Postgres did not accept connections (see .switchboard/postgres.log)")
+}
+
+fn dev_secret(dir: &Path, config: &Config) -> Result<String> {
+    if let Some(s) = &config.jwt_secret {
+        return Ok(s.clone());
+    }
+    let path = dir.join("jwt_secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().to_owned());
+    }
+    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    std::fs::write(&path, &secret)?;
+    Ok(secret)
+}
+
+fn token(secret: &str, claims: serde_json::Value) -> Result<String> {
+    let mut claims = claims;
+    let exp = chrono::Utc::now().timestamp() + 24 * 3600;
+    claims["exp"] = exp.into();
+    Ok(auth::mint_hs256(secret, &claims)?)
+}
+
+/// Sets up the local database and demo data, then serves until Ctrl-C.
+pub async fn run(mut config: Config) -> Result<()> {
+    let dir = PathBuf::from(".switchboard");
+    let mut pg = LocalPostgres::start(&dir, DEV_PORT)?;
+    let admin_url = format!("postgres://postgres@127.0.0.1:{DEV_PORT}/postgres");
+    wait_for_postgres(&admin_url).await?;
+    let (admin, _conn) = db::connect(&admin_url).await?;
+    let exists = admin
+        .query_opt("select 1 from pg_database where datname = 'switchboard'", &[])
+        .await?
+        .is_some();
+    if !exists {
+        admin.batch_execute("create database switchboard").await?;
+    }
+    let url = format!("postgres://postgres@127.0.0.1:{DEV_PORT}/switchboard");
+    let (client, _conn) = db::connect(&url).await?;
+    db::migrate(&client).await?;
+    client.batch_execute(DEMO_SQL).await.context("loading the demo CRM")?;
+
+    let secret = dev_secret(&dir, &config)?;
+    config.jwt_secret = Some(secret.clone());
+    config.database_url = Some(url.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let anon = token(&secret, json!({ "role": "anon" }))?;
+    let staff = token(&secret, json!({ "role": "authenticated", "sub": STAFF_ID, "app_role": "staff" }))?;
+    println!("\nSwitchboard dev is running.\n");
+    println!("  WebSocket   ws://{host}:{}/realtime/v1/websocket", addr.port());
+    println!("  Database    {url}");
+    println!("  anon key    {anon}");
+    println!("  staff token {staff}");
+    for (name, id) in CUSTOMERS {
+        let t = token(&secret, json!({ "role": "authenticated", "sub": id }))?;
+        println!("  customer {name} ({id})\n              {t}");
+    }
+    println!(
+        "\nsupabase-js (a customer's portal):\n\n  \
+         import {{ createClient }} from '@supabase/supabase-js'\n  \
+         const supabase = createClient('http://{host}:{port}', '{anon}', {{ accessToken: async () => '<a customer token above>' }})\n  \
+         await supabase.realtime.setAuth()   // send the token with the first join\n  \
+         supabase.channel('portal')\n    \
+         .on('postgres_changes', {{ event: '*', schema: 'public', table: 'jobs' }}, (p) => console.log(p))\n    \
+         .subscribe()\n\n\
+         Then change a row: psql {url} -c \"update jobs set status = 'done'\"\n\
+         Ctrl-C stops the hub and Postgres.\n",
+        port = addr.port()
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        crate::wait_for_signal().await;
+        signal.cancel();
+    });
+    let result = switchboard::run(config, listener, shutdown).await;
+    drop(client);
+    drop(admin);
+    pg.stop();
+    result.map_err(Into::into)
+}

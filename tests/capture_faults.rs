@@ -1,0 +1,92 @@
+//! The capture loses nothing and repeats nothing when its backend is killed or
+//! Postgres restarts mid-load: it reconnects and catches up from its cursor.
+
+mod common;
+#[path = "capture/load.rs"]
+mod load;
+
+use std::time::Duration;
+
+use load::{
+    assert_exactly_committed, connect_retrying, run_load, setup, start_capture, write_marker,
+    LoadOpts,
+};
+use switchboard::capture::APPLICATION_NAME;
+
+const KILL_LISTENER: &str = "select count(pg_terminate_backend(pid))::int8 from pg_stat_activity \
+     where application_name = $1 and datname = current_database()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_listener_backend_mid_load_loses_and_repeats_nothing() {
+    let db = common::pg::test_db().await;
+    let admin = db.client().await;
+    setup(&admin).await;
+    // Small pages and a slow consumer, so kills land mid-read as well as while idle.
+    let mut capture = start_capture(&db.url, 20).await;
+    let opts = LoadOpts {
+        writers: 8,
+        duration: Duration::from_secs(4),
+        long_tx: Some(Duration::from_secs(3)),
+    };
+    let marker = 1;
+    let ((load, kills), events) = tokio::join!(
+        async {
+            let killer = async {
+                let mut kills = 0;
+                for _ in 0..7 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let row = admin.query_one(KILL_LISTENER, &[&APPLICATION_NAME]).await;
+                    kills += row.unwrap().get::<_, i64>(0);
+                }
+                kills
+            };
+            let (load, kills) = tokio::join!(run_load(&db.url, &opts), killer);
+            write_marker(&db.url, marker).await;
+            (load, kills)
+        },
+        capture.collect_until(marker, Duration::from_secs(120), Duration::from_millis(5)),
+    );
+    assert!(kills >= 3, "only {kills} listener backends were killed");
+    assert!(capture.status.snapshot().reconnects >= 3);
+    assert_exactly_committed(&load.committed, &events);
+    capture.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_postgres_mid_load_loses_and_repeats_nothing() {
+    let cluster = common::pg::dedicated_cluster().await;
+    let url = cluster.create_db().await;
+    setup(&connect_retrying(&url, Duration::from_secs(10)).await).await;
+    let mut capture = start_capture(&url, 50).await;
+    let opts = LoadOpts {
+        writers: 8,
+        duration: Duration::from_secs(5),
+        long_tx: None,
+    };
+    let marker = 1;
+    let ((load, ()), events) = tokio::join!(
+        async {
+            let restart = async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                tokio::task::block_in_place(|| cluster.stop());
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                tokio::task::block_in_place(|| cluster.start());
+            };
+            let out = tokio::join!(run_load(&url, &opts), restart);
+            write_marker(&url, marker).await;
+            out
+        },
+        capture.collect_until(marker, Duration::from_secs(120), Duration::ZERO),
+    );
+    assert!(
+        load.failed_txs > 0,
+        "the restart interrupted no transaction"
+    );
+    let status = capture.status.snapshot();
+    assert!(
+        status.reconnects >= 1 && status.last_error.is_some(),
+        "{status:?}"
+    );
+    assert_exactly_committed(&load.committed, &events);
+    capture.stop().await;
+}

@@ -1,0 +1,161 @@
+//! Configured limits and bad input: each gets its specific answer and nothing else breaks
+//! (PROTOCOL.md §3, §5, §6, §9; DESIGN.md invariant 4).
+
+mod common;
+
+use common::hub::*;
+use serde_json::json;
+
+const TOPIC: &str = "realtime:room1";
+
+#[tokio::test]
+async fn joining_more_channels_than_allowed_is_refused_as_too_many_channels() {
+    let mut config = test_config();
+    config.limits.max_channels_per_connection = 2;
+    let hub = TestHub::start(config).await;
+    let mut c = hub.connect_v2().await;
+    c.join_ok("realtime:a", json!({})).await;
+    c.join_ok("realtime:b", json!({})).await;
+    let (_, reply) = c.join("realtime:c", json!({"config":{}})).await;
+    assert_eq!(
+        reply.payload(),
+        &json!({"status":"error","response":{"reason":"ChannelRateLimitReached: Too many channels"}})
+    );
+    // Rejoining an already joined topic is not a new channel.
+    c.join_ok("realtime:a", json!({})).await;
+}
+
+#[tokio::test]
+async fn joining_faster_than_allowed_is_refused_as_too_many_joins_per_second() {
+    let mut config = test_config();
+    config.limits.max_joins_per_second = 2;
+    let hub = TestHub::start(config).await;
+    let mut c = hub.connect_v2().await;
+    c.join_ok("realtime:a", json!({})).await;
+    c.join_ok("realtime:b", json!({})).await;
+    let (_, reply) = c.join("realtime:c", json!({"config":{}})).await;
+    assert_eq!(
+        reply.payload(),
+        &json!({"status":"error","response":{"reason":"ClientJoinRateLimitReached: Too many joins per second"}})
+    );
+}
+
+#[tokio::test]
+async fn too_many_joins_per_second_also_disconnects_the_socket() {
+    let mut config = test_config();
+    config.limits.max_joins_per_second = 1;
+    let hub = TestHub::start(config).await;
+    let mut c = hub.connect_v2().await;
+    c.join_ok("realtime:a", json!({})).await;
+    let (_, reply) = c.join("realtime:b", json!({"config":{}})).await;
+    assert_eq!(reply.payload()["status"], "error");
+    // Fails the test unless the hub ends the connection (with or without a close frame).
+    c.recv_close().await;
+}
+
+#[tokio::test]
+async fn too_many_messages_per_second_shuts_the_channel_and_spares_other_connections() {
+    let mut config = test_config();
+    config.limits.max_messages_per_second = 3;
+    let hub = TestHub::start(config).await;
+    let mut flooder = hub.connect_v2().await;
+    let mut calm = hub.connect_v2().await;
+    let jf = flooder.join_ok(TOPIC, json!({})).await;
+    let jc = calm.join_ok(TOPIC, json!({"broadcast":{"self":true}})).await;
+    for i in 0..6 {
+        flooder.broadcast(&jf, TOPIC, "flood", json!({"i": i})).await;
+    }
+    let system = flooder.recv_until(|f| f.is_event("system")).await;
+    assert_eq!(system.join_ref(), Some(jf.as_str()));
+    assert_eq!(
+        system.payload(),
+        &json!({"extension":"system","status":"error","message":"Too many messages per second","channel":"room1"})
+    );
+    assert_eq!(flooder.recv().await.json(), &json!([jf, jf, TOPIC, "phx_close", {}]));
+
+    calm.broadcast(&jc, TOPIC, "calm", json!({})).await;
+    let f = calm.recv_until(|f| f.is_event("broadcast") && f.payload()["event"] == "calm").await;
+    assert_eq!(f.payload()["payload"], json!({}));
+}
+
+#[tokio::test]
+async fn oversized_broadcast_with_ack_is_answered_payload_size_exceeded_and_not_delivered() {
+    let mut config = test_config();
+    config.limits.max_broadcast_bytes = 1000;
+    let hub = TestHub::start(config).await;
+    let mut sender = hub.connect_v2().await;
+    let mut other = hub.connect_v2().await;
+    let j = sender.join_ok(TOPIC, json!({"broadcast":{"ack":true}})).await;
+    other.join_ok(TOPIC, json!({})).await;
+    let r = sender.broadcast(&j, TOPIC, "big", json!({"blob": "x".repeat(2000)})).await;
+    assert_eq!(
+        sender.recv().await.json(),
+        &json!([j, r, TOPIC, "phx_reply", {"status":"error","response":{"error":"payload_size_exceeded"}}])
+    );
+    other.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn oversized_broadcast_without_ack_is_dropped_silently() {
+    let mut config = test_config();
+    config.limits.max_broadcast_bytes = 1000;
+    let hub = TestHub::start(config).await;
+    let mut sender = hub.connect_v2().await;
+    let mut other = hub.connect_v2().await;
+    let j = sender.join_ok(TOPIC, json!({})).await;
+    other.join_ok(TOPIC, json!({})).await;
+    sender.broadcast(&j, TOPIC, "big", json!({"blob": "x".repeat(2000)})).await;
+    sender.assert_quiet().await;
+    other.assert_quiet().await;
+    sender.broadcast(&j, TOPIC, "small", json!({})).await;
+    assert_eq!(other.recv().await.payload()["event"], "small");
+}
+
+#[tokio::test]
+async fn oversized_presence_track_shuts_the_channel_with_track_message_size_exceeded() {
+    let mut config = test_config();
+    config.limits.max_presence_bytes = 500;
+    let hub = TestHub::start(config).await;
+    let mut c = hub.connect_v2().await;
+    let j = c.join_ok(TOPIC, json!({"presence":{"key":"u1","enabled":true}})).await;
+    c.presence(&j, TOPIC, "track", json!({"blob": "y".repeat(1000)})).await;
+    let system = c.recv_until(|f| f.is_event("system")).await;
+    assert_eq!(
+        system.payload(),
+        &json!({"extension":"system","status":"error","message":"Track message size exceeded","channel":"room1"})
+    );
+    assert_eq!(c.recv().await.json(), &json!([j, j, TOPIC, "phx_close", {}]));
+}
+
+#[tokio::test]
+async fn frame_over_max_frame_bytes_closes_that_socket_with_1009_only() {
+    let mut config = test_config();
+    config.limits.max_frame_bytes = 10_000;
+    let hub = TestHub::start(config).await;
+    let mut big = hub.connect_v2().await;
+    let mut bystander = hub.connect_v2().await;
+    let payload = json!({"type":"broadcast","event":"e","payload":{"blob":"z".repeat(20_000)}});
+    big.send_v2(None, Some("1"), TOPIC, "broadcast", payload).await;
+    let (code, _) = big.recv_close().await;
+    assert_eq!(code, Some(1009));
+    assert_eq!(bystander.heartbeat().await.payload()["status"], "ok");
+}
+
+#[tokio::test]
+async fn malformed_frames_do_not_kill_the_socket() {
+    let hub = TestHub::start_default().await;
+    let mut c = hub.connect_v2().await;
+    let j = c.join_ok(TOPIC, json!({"broadcast":{"self":true}})).await;
+    c.send_text("this is not json").await;
+    c.send_text(r#"["1","2","realtime:room1","phx_join"]"#).await;
+    c.send_text(r#"{"topic":"phoenix","event":"heartbeat"}"#).await;
+    c.send_text(r#"[null,null,42,"heartbeat",{}]"#).await;
+    c.send_binary(vec![3, 1, 1, 14, 6, 0]).await;
+    c.send_binary(vec![3, 1, 1, 200, 6, 0, 1, b'6', b'7']).await;
+    c.send_binary(vec![9]).await;
+    c.send_binary(Vec::new()).await;
+    assert_eq!(c.heartbeat().await.payload()["status"], "ok");
+    c.broadcast(&j, TOPIC, "alive", json!({})).await;
+    let f = c.recv_until(|f| f.is_event("broadcast")).await;
+    assert_eq!(f.payload()["event"], "alive");
+}
