@@ -86,7 +86,6 @@ impl Dispatcher {
                 }
                 DbEvent::Change(c) => c,
             };
-            self.router.metrics().capture_rows.inc();
             let matched = self.router.postgres.matching(&change);
             tracing::debug!(table = %change.table, op = change.op.as_str(), matched = matched.len(), "change read");
             if matched.is_empty() {

@@ -35,6 +35,11 @@ enum Command {
     Enable { table: String },
     /// Stop capturing changes of a table.
     Disable { table: String },
+    /// Exit 0 if `GET <url>` answers 2xx (a health check for images without curl).
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:4000/ready")]
+        url: String,
+    },
     /// Print a JWT signed with the configured secret.
     Token {
         #[arg(long, default_value = "authenticated")]
@@ -119,6 +124,29 @@ fn mint(config: &Config, role: &str, sub: Option<&str>, claims: Option<&str>, ex
     Ok(auth::mint_hs256(secret, &serde_json::Value::Object(body))?)
 }
 
+/// A bare HTTP/1.0 GET of `http://host:port/path`, enough for a container health check.
+async fn probe(url: &str) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("probe takes an http:// URL")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let mut stream = tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(authority))
+        .await
+        .context("probe timed out")??;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = vec![0u8; 64];
+    let n = stream.read(&mut head).await?;
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    let code = status_line.split_whitespace().nth(1).unwrap_or("");
+    if code.starts_with('2') {
+        println!("{url}: {code}");
+        Ok(())
+    } else {
+        bail!("{url}: {}", status_line.lines().next().unwrap_or("no answer"))
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -146,6 +174,7 @@ async fn main() -> Result<()> {
             println!("realtime disabled for {table}");
             Ok(())
         }
+        Command::Probe { url } => probe(url).await,
         Command::Token { role, sub, claims, exp } => {
             println!("{}", mint(&config, role, sub.as_deref(), claims.as_deref(), *exp)?);
             Ok(())

@@ -68,7 +68,7 @@ impl Metrics {
             fanout_latency.clone(),
         );
         registry.register("capture_lag_ms", "Now minus the oldest undelivered commit", capture_lag_ms.clone());
-        registry.register("capture_rows", "Change-log rows dispatched", capture_rows.clone());
+        registry.register("capture_rows", "Change-log rows read", capture_rows.clone());
         registry.register("capture_reconnects", "Listener reconnects since start", capture_reconnects.clone());
         registry.register("capture_connected", "1 while the change listener is connected", capture_connected.clone());
         Metrics {

@@ -21,8 +21,13 @@ async fn v2_text_push_reaches_v2_and_v1_members() {
     let j = sender.join_ok(TOPIC, json!({})).await;
     v2.join_ok(TOPIC, json!({})).await;
     v1.join_ok(TOPIC, json!({})).await;
-    sender.broadcast(&j, TOPIC, "cursor", json!({"x":1,"y":2})).await;
-    assert_eq!(v2.recv().await.json(), &text_broadcast("cursor", json!({"x":1,"y":2})));
+    sender
+        .broadcast(&j, TOPIC, "cursor", json!({"x":1,"y":2}))
+        .await;
+    assert_eq!(
+        v2.recv().await.json(),
+        &text_broadcast("cursor", json!({"x":1,"y":2}))
+    );
     assert_eq!(
         v1.recv().await.json(),
         &json!({"topic":TOPIC,"event":"broadcast","payload":{"type":"broadcast","event":"cursor","payload":{"x":1,"y":2}},"ref":null})
@@ -35,7 +40,15 @@ async fn v1_object_push_reaches_other_members() {
     let mut sender = hub.connect_v1().await;
     let mut v2 = hub.connect_v2().await;
     let mut v1 = hub.connect_v1().await;
-    sender.send_v1(Some("1"), Some("1"), "realtime:room3", "phx_join", json!({"config":{}})).await;
+    sender
+        .send_v1(
+            Some("1"),
+            Some("1"),
+            "realtime:room3",
+            "phx_join",
+            json!({"config":{}}),
+        )
+        .await;
     sender.recv().await;
     v2.join_ok("realtime:room3", json!({})).await;
     v1.join_ok("realtime:room3", json!({})).await;
@@ -46,7 +59,10 @@ async fn v1_object_push_reaches_other_members() {
         v2.recv().await.json(),
         &json!([null,null,"realtime:room3","broadcast",{"type":"broadcast","event":"cursor","payload":{"x":1}}])
     );
-    assert_eq!(v1.recv().await.payload(), &json!({"type":"broadcast","event":"cursor","payload":{"x":1}}));
+    assert_eq!(
+        v1.recv().await.payload(),
+        &json!({"type":"broadcast","event":"cursor","payload":{"x":1}})
+    );
     sender.assert_quiet().await;
 }
 
@@ -55,7 +71,9 @@ async fn self_false_excludes_the_sender() {
     let hub = TestHub::start_default().await;
     let mut sender = hub.connect_v2().await;
     let mut other = hub.connect_v2().await;
-    let j = sender.join_ok(TOPIC, json!({"broadcast":{"self":false}})).await;
+    let j = sender
+        .join_ok(TOPIC, json!({"broadcast":{"self":false}}))
+        .await;
     other.join_ok(TOPIC, json!({})).await;
     sender.broadcast(&j, TOPIC, "e", json!({"n":1})).await;
     assert_eq!(other.recv().await.payload()["event"], "e");
@@ -66,9 +84,14 @@ async fn self_false_excludes_the_sender() {
 async fn self_true_includes_the_sender() {
     let hub = TestHub::start_default().await;
     let mut sender = hub.connect_v2().await;
-    let j = sender.join_ok(TOPIC, json!({"broadcast":{"self":true}})).await;
+    let j = sender
+        .join_ok(TOPIC, json!({"broadcast":{"self":true}}))
+        .await;
     sender.broadcast(&j, TOPIC, "e", json!({"n":1})).await;
-    assert_eq!(sender.recv().await.json(), &text_broadcast("e", json!({"n":1})));
+    assert_eq!(
+        sender.recv().await.json(),
+        &text_broadcast("e", json!({"n":1}))
+    );
 }
 
 #[tokio::test]
@@ -77,7 +100,10 @@ async fn ack_true_replies_ok_with_the_push_ref() {
     let mut c = hub.connect_v2().await;
     let j = c.join_ok(TOPIC, json!({"broadcast":{"ack":true}})).await;
     let r = c.broadcast(&j, TOPIC, "e", json!({})).await;
-    assert_eq!(c.recv().await.json(), &json!([j, r, TOPIC, "phx_reply", {"status":"ok","response":{}}]));
+    assert_eq!(
+        c.recv().await.json(),
+        &json!([j, r, TOPIC, "phx_reply", {"status":"ok","response":{}}])
+    );
 }
 
 #[tokio::test]
@@ -95,17 +121,29 @@ async fn kind3_json_push_goes_to_v2_as_kind4_and_to_v1_as_text() {
     let mut sender = hub.connect_v2().await;
     let mut v2 = hub.connect_v2().await;
     let mut v1 = hub.connect_v1().await;
-    let j = sender.join_ok(TOPIC, json!({"broadcast":{"ack":true}})).await;
+    let j = sender
+        .join_ok(TOPIC, json!({"broadcast":{"ack":true}}))
+        .await;
     v2.join_ok(TOPIC, json!({})).await;
     v1.join_ok(TOPIC, json!({})).await;
-    sender.send_binary(kind3(&j, "7", TOPIC, "cursor", "", 1, br#"{"x":1,"y":2}"#)).await;
-    assert_eq!(sender.recv().await.json(), &json!([j, "7", TOPIC, "phx_reply", {"status":"ok","response":{}}]));
+    sender
+        .send_binary(kind3(&j, "7", TOPIC, "cursor", "", 1, br#"{"x":1,"y":2}"#))
+        .await;
+    assert_eq!(
+        sender.recv().await.json(),
+        &json!([j, "7", TOPIC, "phx_reply", {"status":"ok","response":{}}])
+    );
 
     let frame = v2.recv().await;
-    let Frame::Binary(bytes) = &frame else { panic!("v2 expected binary, got {frame:?}") };
+    let Frame::Binary(bytes) = &frame else {
+        panic!("v2 expected binary, got {frame:?}")
+    };
     assert_eq!(&bytes[..5], &[4, 14, 6, 0, 1], "kind-4 header");
     let k = kind4(&frame);
-    assert_eq!((k.topic.as_str(), k.event.as_str(), k.meta.len()), (TOPIC, "cursor", 0));
+    assert_eq!(
+        (k.topic.as_str(), k.event.as_str(), k.meta.len()),
+        (TOPIC, "cursor", 0)
+    );
     let payload: Value = serde_json::from_slice(&k.payload).expect("JSON payload");
     assert_eq!(payload, json!({"x":1,"y":2}));
 
@@ -125,10 +163,15 @@ async fn kind3_binary_payload_goes_to_v2_as_kind4_and_not_to_v1() {
     v2.join_ok(TOPIC, json!({})).await;
     v1.join_ok(TOPIC, json!({})).await;
     let blob = [0u8, 159, 146, 150, 255];
-    sender.send_binary(kind3(&j, "8", TOPIC, "blob", "", 0, &blob)).await;
+    sender
+        .send_binary(kind3(&j, "8", TOPIC, "blob", "", 0, &blob))
+        .await;
     sender.assert_quiet().await;
     let k = kind4(&v2.recv().await);
-    assert_eq!((k.topic.as_str(), k.event.as_str(), k.encoding), (TOPIC, "blob", 0));
+    assert_eq!(
+        (k.topic.as_str(), k.event.as_str(), k.encoding),
+        (TOPIC, "blob", 0)
+    );
     assert_eq!(k.payload, blob);
     v1.assert_quiet().await;
 }
@@ -140,8 +183,34 @@ async fn json_origin_broadcast_goes_to_v2_as_a_text_array() {
     let mut v2 = hub.connect_v2().await;
     let j = sender.join_ok(TOPIC, json!({})).await;
     v2.join_ok(TOPIC, json!({})).await;
-    sender.broadcast(&j, TOPIC, "typing", json!({"who":"ann"})).await;
+    sender
+        .broadcast(&j, TOPIC, "typing", json!({"who":"ann"}))
+        .await;
     let f = v2.recv().await;
-    assert!(matches!(f, Frame::Text(_)), "JSON-origin must be text for v2, got {f:?}");
+    assert!(
+        matches!(f, Frame::Text(_)),
+        "JSON-origin must be text for v2, got {f:?}"
+    );
     assert_eq!(f.json(), &text_broadcast("typing", json!({"who":"ann"})));
+}
+
+#[tokio::test]
+async fn string_booleans_in_the_join_config_are_honoured() {
+    let hub = TestHub::start_default().await;
+    let mut c = hub.connect_v2().await;
+    let j = c
+        .join_ok(
+            TOPIC,
+            json!({"broadcast":{"self":"true","ack":"TRUE"},"version":"realtime-js/2.119.1"}),
+        )
+        .await;
+    let r = c.broadcast(&j, TOPIC, "e", json!({})).await;
+    let (first, second) = (c.recv().await, c.recv().await);
+    let (reply, echo) = if first.is_reply_to(&r) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(reply.payload(), &json!({"status":"ok","response":{}}));
+    assert_eq!(echo.json(), &text_broadcast("e", json!({})));
 }

@@ -12,7 +12,14 @@ const TOPIC: &str = "realtime:room1";
 async fn v2_join_reply_has_join_ref_and_ref_of_the_join_and_empty_postgres_changes() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
-    c.send_v2(Some("6"), Some("6"), TOPIC, "phx_join", json!({"config":{}})).await;
+    c.send_v2(
+        Some("6"),
+        Some("6"),
+        TOPIC,
+        "phx_join",
+        json!({"config":{}}),
+    )
+    .await;
     let reply = c.recv().await;
     assert_eq!(
         reply.json(),
@@ -24,7 +31,14 @@ async fn v2_join_reply_has_join_ref_and_ref_of_the_join_and_empty_postgres_chang
 async fn v1_join_reply_is_an_object_with_ref_and_no_join_ref() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v1().await;
-    c.send_v1(Some("1"), Some("1"), "realtime:room3", "phx_join", json!({"config":{}})).await;
+    c.send_v1(
+        Some("1"),
+        Some("1"),
+        "realtime:room3",
+        "phx_join",
+        json!({"config":{}}),
+    )
+    .await;
     let reply = c.recv().await;
     assert_eq!(
         reply.json(),
@@ -42,18 +56,29 @@ async fn postgres_changes_entries_are_echoed_verbatim_in_order_with_integer_ids(
         {"event":"INSERT","schema":"public","table":"todos","filter":"id=eq.1"},
         {"event":"delete","schema":"Other","table":"Mixed Case","extra":"kept"}
     ]);
-    let (join_ref, reply) = c.join(TOPIC, json!({"config":{"postgres_changes": entries}})).await;
+    let (join_ref, reply) = c
+        .join(TOPIC, json!({"config":{"postgres_changes": entries}}))
+        .await;
     assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
-    let echoed = reply.payload()["response"]["postgres_changes"].as_array().expect("postgres_changes array").clone();
+    let echoed = reply.payload()["response"]["postgres_changes"]
+        .as_array()
+        .expect("postgres_changes array")
+        .clone();
     let sent = entries.as_array().unwrap();
     assert_eq!(echoed.len(), sent.len());
     for (got, want) in echoed.iter().zip(sent) {
         let mut got = got.as_object().unwrap().clone();
         let id = got.remove("id").expect("id");
-        assert!(id.is_u64() || id.is_i64(), "id must be a JSON integer, got {id}");
+        assert!(
+            id.is_u64() || id.is_i64(),
+            "id must be a JSON integer, got {id}"
+        );
         assert_eq!(&Value::Object(got), want, "entry not echoed verbatim");
     }
-    assert_eq!(echoed[0]["id"], echoed[2]["id"], "identical entries get identical ids");
+    assert_eq!(
+        echoed[0]["id"], echoed[2]["id"],
+        "identical entries get identical ids"
+    );
     assert_ne!(echoed[0]["id"], echoed[1]["id"]);
 
     // No database configured: the hub says so in a postgres_changes system message.
@@ -73,11 +98,25 @@ async fn postgres_changes_entries_are_echoed_verbatim_in_order_with_integer_ids(
 async fn leave_replies_ok_then_closes_with_the_join_ref_in_both_slots() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
-    c.send_v2(Some("6"), Some("6"), TOPIC, "phx_join", json!({"config":{}})).await;
+    c.send_v2(
+        Some("6"),
+        Some("6"),
+        TOPIC,
+        "phx_join",
+        json!({"config":{}}),
+    )
+    .await;
     c.recv().await;
-    c.send_v2(Some("6"), Some("11"), TOPIC, "phx_leave", json!({})).await;
-    assert_eq!(c.recv().await.json(), &json!(["6","11",TOPIC,"phx_reply",{"status":"ok","response":{}}]));
-    assert_eq!(c.recv().await.json(), &json!(["6","6",TOPIC,"phx_close",{}]));
+    c.send_v2(Some("6"), Some("11"), TOPIC, "phx_leave", json!({}))
+        .await;
+    assert_eq!(
+        c.recv().await.json(),
+        &json!(["6","11",TOPIC,"phx_reply",{"status":"ok","response":{}}])
+    );
+    assert_eq!(
+        c.recv().await.json(),
+        &json!(["6", "6", TOPIC, "phx_close", {}])
+    );
     c.assert_quiet().await;
 }
 
@@ -85,7 +124,14 @@ async fn leave_replies_ok_then_closes_with_the_join_ref_in_both_slots() {
 async fn leave_of_an_unjoined_topic_replies_ok_and_closes_nothing() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
-    c.send_v2(None, Some("3"), "realtime:never-joined", "phx_leave", json!({})).await;
+    c.send_v2(
+        None,
+        Some("3"),
+        "realtime:never-joined",
+        "phx_leave",
+        json!({}),
+    )
+    .await;
     assert_eq!(
         c.recv().await.json(),
         &json!([null,"3","realtime:never-joined","phx_reply",{"status":"ok","response":{}}])
@@ -97,10 +143,27 @@ async fn leave_of_an_unjoined_topic_replies_ok_and_closes_nothing() {
 async fn second_join_of_a_topic_closes_the_old_join_ref_before_replying_to_the_new_one() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
-    c.send_v2(Some("6"), Some("6"), TOPIC, "phx_join", json!({"config":{}})).await;
+    c.send_v2(
+        Some("6"),
+        Some("6"),
+        TOPIC,
+        "phx_join",
+        json!({"config":{}}),
+    )
+    .await;
     assert_eq!(c.recv().await.payload()["status"], "ok");
-    c.send_v2(Some("11"), Some("11"), TOPIC, "phx_join", json!({"config":{}})).await;
-    assert_eq!(c.recv().await.json(), &json!(["6","6",TOPIC,"phx_close",{}]));
+    c.send_v2(
+        Some("11"),
+        Some("11"),
+        TOPIC,
+        "phx_join",
+        json!({"config":{}}),
+    )
+    .await;
+    assert_eq!(
+        c.recv().await.json(),
+        &json!(["6", "6", TOPIC, "phx_close", {}])
+    );
     assert_eq!(
         c.recv().await.json(),
         &json!(["11","11",TOPIC,"phx_reply",{"status":"ok","response":{"postgres_changes":[]}}])
@@ -111,7 +174,14 @@ async fn second_join_of_a_topic_closes_the_old_join_ref_before_replying_to_the_n
 async fn join_of_a_topic_without_realtime_prefix_is_an_unmatched_topic() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
-    c.send_v2(Some("6"), Some("6"), "room1", "phx_join", json!({"config":{}})).await;
+    c.send_v2(
+        Some("6"),
+        Some("6"),
+        "room1",
+        "phx_join",
+        json!({"config":{}}),
+    )
+    .await;
     assert_eq!(
         c.recv().await.json(),
         &json!(["6","6","room1","phx_reply",{"status":"error","response":{"reason":"unmatched topic"}}])
@@ -123,17 +193,26 @@ async fn broadcast_to_an_unjoined_topic_is_an_unmatched_topic() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
     let body = json!({"type":"broadcast","event":"e","payload":{}});
-    c.send_v2(Some("6"), Some("7"), TOPIC, "broadcast", body).await;
+    c.send_v2(Some("6"), Some("7"), TOPIC, "broadcast", body)
+        .await;
     let reply = c.recv().await;
     assert!(reply.is_reply_to("7"), "{reply:?}");
-    assert_eq!(reply.payload(), &json!({"status":"error","response":{"reason":"unmatched topic"}}));
+    assert_eq!(
+        reply.payload(),
+        &json!({"status":"error","response":{"reason":"unmatched topic"}})
+    );
 }
 
 async fn join_error_reason(hub: &TestHub, access_token: Value) -> String {
     let mut c = hub.connect_v2().await;
-    let (_, reply) = c.join(TOPIC, json!({"config":{}, "access_token": access_token})).await;
+    let (_, reply) = c
+        .join(TOPIC, json!({"config":{}, "access_token": access_token}))
+        .await;
     assert_eq!(reply.payload()["status"], "error", "{reply:?}");
-    reply.payload()["response"]["reason"].as_str().expect("reason").to_owned()
+    reply.payload()["response"]["reason"]
+        .as_str()
+        .expect("reason")
+        .to_owned()
 }
 
 #[tokio::test]
@@ -152,15 +231,25 @@ async fn join_with_an_expired_access_token_is_refused_with_seconds_ago() {
 async fn join_with_a_malformed_access_token_is_refused_as_malformed_jwt() {
     let hub = TestHub::start_default().await;
     let reason = join_error_reason(&hub, json!("aaa.bbb.ccc")).await;
-    assert_eq!(reason, "MalformedJWT: The token provided is not a valid JWT");
+    assert_eq!(
+        reason,
+        "MalformedJWT: The token provided is not a valid JWT"
+    );
 }
 
 #[tokio::test]
 async fn join_with_a_foreign_signed_access_token_is_refused_as_signature_error() {
     let hub = TestHub::start_default().await;
-    let foreign = switchboard::auth::mint_hs256("not-the-hub-secret", &json!({"role":"authenticated","exp": now() + 600})).unwrap();
+    let foreign = switchboard::auth::mint_hs256(
+        "not-the-hub-secret",
+        &json!({"role":"authenticated","exp": now() + 600}),
+    )
+    .unwrap();
     let reason = join_error_reason(&hub, json!(foreign)).await;
-    assert_eq!(reason, "JwtSignatureError: Failed to validate JWT signature");
+    assert_eq!(
+        reason,
+        "JwtSignatureError: Failed to validate JWT signature"
+    );
 }
 
 #[tokio::test]
@@ -171,11 +260,17 @@ async fn join_with_null_or_opaque_sb_access_token_uses_the_apikey_claims() {
         ("realtime:a", json!(null)),
         ("realtime:b", json!("sb_publishable_abc123")),
     ] {
-        let (_, reply) = c.join(topic, json!({"config":{}, "access_token": token})).await;
+        let (_, reply) = c
+            .join(topic, json!({"config":{}, "access_token": token}))
+            .await;
         assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
     }
     let (_, reply) = c.join("realtime:c", json!({"config":{}})).await;
-    assert_eq!(reply.payload()["status"], "ok", "absent access_token: {reply:?}");
+    assert_eq!(
+        reply.payload()["status"],
+        "ok",
+        "absent access_token: {reply:?}"
+    );
 }
 
 #[tokio::test]
@@ -184,7 +279,14 @@ async fn access_token_push_with_a_valid_token_gets_no_reply_and_the_channel_keep
     let mut c = hub.connect_v2().await;
     let j = c.join_ok(TOPIC, json!({"broadcast":{"self":true}})).await;
     let fresh = hub.token("authenticated", "u1", 3600);
-    c.send_v2(Some(&j), Some("9"), TOPIC, "access_token", json!({"access_token": fresh})).await;
+    c.send_v2(
+        Some(&j),
+        Some("9"),
+        TOPIC,
+        "access_token",
+        json!({"access_token": fresh}),
+    )
+    .await;
     c.assert_quiet().await;
     c.broadcast(&j, TOPIC, "still", json!({"n":1})).await;
     let f = c.recv_until(|f| f.is_event("broadcast")).await;
@@ -196,7 +298,14 @@ async fn access_token_push_with_an_invalid_token_shuts_the_channel_with_a_system
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
     let j = c.join_ok(TOPIC, json!({})).await;
-    c.send_v2(Some(&j), Some("9"), TOPIC, "access_token", json!({"access_token": "aaa.bbb.ccc"})).await;
+    c.send_v2(
+        Some(&j),
+        Some("9"),
+        TOPIC,
+        "access_token",
+        json!({"access_token": "aaa.bbb.ccc"}),
+    )
+    .await;
     let system = c.recv().await;
     assert_eq!(system.event(), Some("system"), "{system:?}");
     assert_eq!(system.join_ref(), Some(j.as_str()));
@@ -205,7 +314,10 @@ async fn access_token_push_with_an_invalid_token_shuts_the_channel_with_a_system
         system.payload(),
         &json!({"extension":"system","status":"error","message":"The token provided is not a valid JWT","channel":"room1"})
     );
-    assert_eq!(c.recv().await.json(), &json!([j, j, TOPIC, "phx_close", {}]));
+    assert_eq!(
+        c.recv().await.json(),
+        &json!([j, j, TOPIC, "phx_close", {}])
+    );
 }
 
 #[tokio::test]
@@ -213,7 +325,9 @@ async fn channel_is_shut_when_its_join_token_expires_without_any_client_action()
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
     let short = hub.token("authenticated", "u1", 2);
-    let (j, reply) = c.join(TOPIC, json!({"config":{}, "access_token": short})).await;
+    let (j, reply) = c
+        .join(TOPIC, json!({"config":{}, "access_token": short}))
+        .await;
     assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
     let system = c.recv().await;
     assert_eq!(system.event(), Some("system"), "{system:?}");
@@ -228,5 +342,117 @@ async fn channel_is_shut_when_its_join_token_expires_without_any_client_action()
         .and_then(|m| m.strip_suffix(" seconds ago"))
         .unwrap_or_else(|| panic!("unexpected message {message:?}"));
     assert!(n.parse::<u64>().is_ok(), "{message}");
-    assert_eq!(c.recv().await.json(), &json!([j, j, TOPIC, "phx_close", {}]));
+    assert_eq!(
+        c.recv().await.json(),
+        &json!([j, j, TOPIC, "phx_close", {}])
+    );
+}
+
+#[tokio::test]
+async fn leave_stops_delivery_for_that_join() {
+    let hub = TestHub::start_default().await;
+    let mut leaver = hub.connect_v2().await;
+    let mut sender = hub.connect_v2().await;
+    let jl = leaver.join_ok(TOPIC, json!({})).await;
+    let js = sender.join_ok(TOPIC, json!({})).await;
+    leaver
+        .send_v2(Some(&jl), Some("50"), TOPIC, "phx_leave", json!({}))
+        .await;
+    leaver.recv_until(|f| f.is_event("phx_close")).await;
+    sender.broadcast(&js, TOPIC, "after-leave", json!({})).await;
+    sender.assert_quiet().await;
+    leaver.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn access_token_push_of_null_or_opaque_key_is_ignored() {
+    let hub = TestHub::start_default().await;
+    let mut c = hub.connect_v2().await;
+    let j = c.join_ok(TOPIC, json!({"broadcast":{"self":true}})).await;
+    c.send_v2(
+        Some(&j),
+        Some("9"),
+        TOPIC,
+        "access_token",
+        json!({"access_token": null}),
+    )
+    .await;
+    c.send_v2(
+        Some(&j),
+        Some("10"),
+        TOPIC,
+        "access_token",
+        json!({"access_token": "sb_publishable_x"}),
+    )
+    .await;
+    c.assert_quiet().await;
+    c.broadcast(&j, TOPIC, "still", json!({})).await;
+    assert_eq!(c.recv().await.payload()["event"], "still");
+}
+
+#[tokio::test]
+async fn access_token_push_with_an_expired_token_shuts_the_channel() {
+    let hub = TestHub::start_default().await;
+    let mut c = hub.connect_v2().await;
+    let j = c.join_ok(TOPIC, json!({})).await;
+    let stale = hub.token("authenticated", "u1", -5);
+    c.send_v2(
+        Some(&j),
+        Some("9"),
+        TOPIC,
+        "access_token",
+        json!({"access_token": stale}),
+    )
+    .await;
+    let system = c.recv().await;
+    assert_eq!(system.event(), Some("system"), "{system:?}");
+    let p = system.payload();
+    assert_eq!(
+        (&p["extension"], &p["status"]),
+        (&json!("system"), &json!("error"))
+    );
+    let message = p["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("Token has expired ") && message.ends_with(" seconds ago"),
+        "{message:?}"
+    );
+    assert_eq!(
+        c.recv().await.json(),
+        &json!([j, j, TOPIC, "phx_close", {}])
+    );
+}
+
+#[tokio::test]
+async fn refreshed_token_outlives_the_join_tokens_expiry() {
+    let hub = TestHub::start_default().await;
+    let mut c = hub.connect_v2().await;
+    let short = hub.token("authenticated", "u1", 2);
+    let (j, reply) = c
+        .join(TOPIC, json!({"config":{}, "access_token": short}))
+        .await;
+    assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
+    let fresh = hub.token("authenticated", "u1", 3600);
+    c.send_v2(
+        Some(&j),
+        Some("9"),
+        TOPIC,
+        "access_token",
+        json!({"access_token": fresh}),
+    )
+    .await;
+    // Past the first token's exp (whole seconds), nothing may arrive.
+    c.expect_no_frame(std::time::Duration::from_millis(3100))
+        .await;
+    c.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn join_of_the_bare_realtime_prefix_requires_a_topic_name() {
+    let hub = TestHub::start_default().await;
+    let mut c = hub.connect_v2().await;
+    let (_, reply) = c.join("realtime:", json!({"config":{}})).await;
+    assert_eq!(
+        reply.payload(),
+        &json!({"status":"error","response":{"reason":"TopicNameRequired: You must provide a topic name"}})
+    );
 }

@@ -19,8 +19,12 @@ async fn rejected(hub: &TestHub, apikey: Option<&str>) -> Rejected {
 }
 
 fn error_text(r: &Rejected) -> String {
-    let body: Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("401 body is not JSON ({e}): {}", r.body));
-    body["error"].as_str().unwrap_or_else(|| panic!("no `error` string in {}", r.body)).to_owned()
+    let body: Value = serde_json::from_str(&r.body)
+        .unwrap_or_else(|e| panic!("401 body is not JSON ({e}): {}", r.body));
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no `error` string in {}", r.body))
+        .to_owned()
 }
 
 #[tokio::test]
@@ -29,7 +33,11 @@ async fn both_socket_paths_accept_a_valid_apikey() {
     for path in ["/realtime/v1/websocket", "/socket/websocket"] {
         let mut c = WsClient::connect(&hub.ws_url_at(path, Some("2.0.0"), Some(&hub.anon()))).await;
         let reply = c.heartbeat().await;
-        assert_eq!(reply.payload(), &json!({"status":"ok","response":{}}), "{path}");
+        assert_eq!(
+            reply.payload(),
+            &json!({"status":"ok","response":{}}),
+            "{path}"
+        );
     }
 }
 
@@ -37,7 +45,8 @@ async fn both_socket_paths_accept_a_valid_apikey() {
 async fn absent_vsn_speaks_v1_json_objects() {
     let hub = TestHub::start_default().await;
     let mut c = WsClient::connect(&hub.ws_url(None, Some(&hub.anon()))).await;
-    c.send_v1(None, Some("1"), "phoenix", "heartbeat", json!({})).await;
+    c.send_v1(None, Some("1"), "phoenix", "heartbeat", json!({}))
+        .await;
     let f = c.recv().await;
     assert_eq!(
         f.json(),
@@ -49,9 +58,13 @@ async fn absent_vsn_speaks_v1_json_objects() {
 async fn vsn_2_speaks_json_arrays() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
-    c.send_v2(None, Some("10"), "phoenix", "heartbeat", json!({})).await;
+    c.send_v2(None, Some("10"), "phoenix", "heartbeat", json!({}))
+        .await;
     let f = c.recv().await;
-    assert_eq!(f.json(), &json!([null,"10","phoenix","phx_reply",{"status":"ok","response":{}}]));
+    assert_eq!(
+        f.json(),
+        &json!([null,"10","phoenix","phx_reply",{"status":"ok","response":{}}])
+    );
 }
 
 #[tokio::test]
@@ -81,7 +94,11 @@ async fn expired_apikey_is_rejected_with_401_token_has_expired() {
 #[tokio::test]
 async fn apikey_signed_with_another_secret_is_rejected_with_401_signature_error() {
     let hub = TestHub::start_default().await;
-    let foreign = switchboard::auth::mint_hs256("some-other-secret", &json!({"role":"anon","exp": now() + 600})).unwrap();
+    let foreign = switchboard::auth::mint_hs256(
+        "some-other-secret",
+        &json!({"role":"anon","exp": now() + 600}),
+    )
+    .unwrap();
     let r = rejected(&hub, Some(&foreign)).await;
     assert_eq!(r.status, 401, "{r:?}");
     assert_eq!(error_text(&r), "Failed to validate JWT signature");
@@ -91,13 +108,18 @@ async fn apikey_signed_with_another_secret_is_rejected_with_401_signature_error(
 async fn apikey_with_alg_none_is_rejected_with_401() {
     let hub = TestHub::start_default().await;
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-    let claims = URL_SAFE_NO_PAD.encode(json!({"role":"service_role","exp": now() + 600}).to_string());
-    for token in [format!("{header}.{claims}."), format!("{header}.{claims}.c2ln")] {
+    let claims =
+        URL_SAFE_NO_PAD.encode(json!({"role":"service_role","exp": now() + 600}).to_string());
+    for token in [
+        format!("{header}.{claims}."),
+        format!("{header}.{claims}.c2ln"),
+    ] {
         let r = rejected(&hub, Some(&token)).await;
         assert_eq!(r.status, 401, "{r:?}");
         let text = error_text(&r);
         assert!(
-            text == "Failed to validate JWT signature" || text == "The token provided is not a valid JWT",
+            text == "Failed to validate JWT signature"
+                || text == "The token provided is not a valid JWT",
             "alg none answered with {text:?}"
         );
     }
@@ -109,7 +131,10 @@ async fn apikey_without_role_is_rejected_with_401_role_and_exp_required() {
     let token = hub.mint(&json!({"sub":"u","exp": now() + 600}));
     let r = rejected(&hub, Some(&token)).await;
     assert_eq!(r.status, 401, "{r:?}");
-    assert_eq!(error_text(&r), "Fields `role` and `exp` are required in JWT");
+    assert_eq!(
+        error_text(&r),
+        "Fields `role` and `exp` are required in JWT"
+    );
 }
 
 #[tokio::test]
@@ -117,8 +142,12 @@ async fn heartbeat_reply_echoes_the_ref_in_v2() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
     for r in ["7", "8"] {
-        c.send_v2(None, Some(r), "phoenix", "heartbeat", json!({})).await;
-        assert_eq!(c.recv().await.json(), &json!([null, r, "phoenix", "phx_reply", {"status":"ok","response":{}}]));
+        c.send_v2(None, Some(r), "phoenix", "heartbeat", json!({}))
+            .await;
+        assert_eq!(
+            c.recv().await.json(),
+            &json!([null, r, "phoenix", "phx_reply", {"status":"ok","response":{}}])
+        );
     }
 }
 
@@ -126,14 +155,21 @@ async fn heartbeat_reply_echoes_the_ref_in_v2() {
 async fn heartbeat_reply_echoes_a_null_ref_in_v1() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v1().await;
-    c.send_text(r#"{"event":"heartbeat","payload":{},"topic":"phoenix","ref":null,"join_ref":null}"#).await;
+    c.send_text(
+        r#"{"event":"heartbeat","payload":{},"topic":"phoenix","ref":null,"join_ref":null}"#,
+    )
+    .await;
     let f = c.recv().await;
     assert_eq!(
         f.json(),
         &json!({"topic":"phoenix","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":null})
     );
-    assert!(f.json().as_object().unwrap().contains_key("ref"), "v1 reply must carry `ref: null`");
-    c.send_v1(None, Some("5"), "phoenix", "heartbeat", json!({})).await;
+    assert!(
+        f.json().as_object().unwrap().contains_key("ref"),
+        "v1 reply must carry `ref: null`"
+    );
+    c.send_v1(None, Some("5"), "phoenix", "heartbeat", json!({}))
+        .await;
     assert_eq!(c.recv().await.ref_(), Some("5"));
 }
 
@@ -147,8 +183,14 @@ async fn idle_socket_is_closed_after_the_idle_timeout() {
     let (_code, data_frames) = c.recv_close().await;
     assert_eq!(data_frames, 0);
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(900), "closed too early: {waited:?}");
-    assert!(waited < Duration::from_secs(4), "closed too late: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(4),
+        "closed too late: {waited:?}"
+    );
 }
 
 #[tokio::test]

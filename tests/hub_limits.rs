@@ -61,9 +61,13 @@ async fn too_many_messages_per_second_shuts_the_channel_and_spares_other_connect
     let mut flooder = hub.connect_v2().await;
     let mut calm = hub.connect_v2().await;
     let jf = flooder.join_ok(TOPIC, json!({})).await;
-    let jc = calm.join_ok(TOPIC, json!({"broadcast":{"self":true}})).await;
+    let jc = calm
+        .join_ok(TOPIC, json!({"broadcast":{"self":true}}))
+        .await;
     for i in 0..6 {
-        flooder.broadcast(&jf, TOPIC, "flood", json!({"i": i})).await;
+        flooder
+            .broadcast(&jf, TOPIC, "flood", json!({"i": i}))
+            .await;
     }
     let system = flooder.recv_until(|f| f.is_event("system")).await;
     assert_eq!(system.join_ref(), Some(jf.as_str()));
@@ -71,11 +75,30 @@ async fn too_many_messages_per_second_shuts_the_channel_and_spares_other_connect
         system.payload(),
         &json!({"extension":"system","status":"error","message":"Too many messages per second","channel":"room1"})
     );
-    assert_eq!(flooder.recv().await.json(), &json!([jf, jf, TOPIC, "phx_close", {}]));
+    assert_eq!(
+        flooder.recv().await.json(),
+        &json!([jf, jf, TOPIC, "phx_close", {}])
+    );
 
     calm.broadcast(&jc, TOPIC, "calm", json!({})).await;
-    let f = calm.recv_until(|f| f.is_event("broadcast") && f.payload()["event"] == "calm").await;
+    let f = calm
+        .recv_until(|f| f.is_event("broadcast") && f.payload()["event"] == "calm")
+        .await;
     assert_eq!(f.payload()["payload"], json!({}));
+}
+
+#[tokio::test]
+async fn heartbeats_do_not_count_against_the_message_rate() {
+    let mut config = test_config();
+    config.limits.max_messages_per_second = 2;
+    let hub = TestHub::start(config).await;
+    let mut c = hub.connect_v2().await;
+    let j = c.join_ok(TOPIC, json!({"broadcast":{"self":true}})).await;
+    for _ in 0..10 {
+        assert_eq!(c.heartbeat().await.payload()["status"], "ok");
+    }
+    c.broadcast(&j, TOPIC, "ok", json!({})).await;
+    assert_eq!(c.recv().await.payload()["event"], "ok");
 }
 
 #[tokio::test]
@@ -85,9 +108,13 @@ async fn oversized_broadcast_with_ack_is_answered_payload_size_exceeded_and_not_
     let hub = TestHub::start(config).await;
     let mut sender = hub.connect_v2().await;
     let mut other = hub.connect_v2().await;
-    let j = sender.join_ok(TOPIC, json!({"broadcast":{"ack":true}})).await;
+    let j = sender
+        .join_ok(TOPIC, json!({"broadcast":{"ack":true}}))
+        .await;
     other.join_ok(TOPIC, json!({})).await;
-    let r = sender.broadcast(&j, TOPIC, "big", json!({"blob": "x".repeat(2000)})).await;
+    let r = sender
+        .broadcast(&j, TOPIC, "big", json!({"blob": "x".repeat(2000)}))
+        .await;
     assert_eq!(
         sender.recv().await.json(),
         &json!([j, r, TOPIC, "phx_reply", {"status":"error","response":{"error":"payload_size_exceeded"}}])
@@ -104,7 +131,9 @@ async fn oversized_broadcast_without_ack_is_dropped_silently() {
     let mut other = hub.connect_v2().await;
     let j = sender.join_ok(TOPIC, json!({})).await;
     other.join_ok(TOPIC, json!({})).await;
-    sender.broadcast(&j, TOPIC, "big", json!({"blob": "x".repeat(2000)})).await;
+    sender
+        .broadcast(&j, TOPIC, "big", json!({"blob": "x".repeat(2000)}))
+        .await;
     sender.assert_quiet().await;
     other.assert_quiet().await;
     sender.broadcast(&j, TOPIC, "small", json!({})).await;
@@ -117,14 +146,20 @@ async fn oversized_presence_track_shuts_the_channel_with_track_message_size_exce
     config.limits.max_presence_bytes = 500;
     let hub = TestHub::start(config).await;
     let mut c = hub.connect_v2().await;
-    let j = c.join_ok(TOPIC, json!({"presence":{"key":"u1","enabled":true}})).await;
-    c.presence(&j, TOPIC, "track", json!({"blob": "y".repeat(1000)})).await;
+    let j = c
+        .join_ok(TOPIC, json!({"presence":{"key":"u1","enabled":true}}))
+        .await;
+    c.presence(&j, TOPIC, "track", json!({"blob": "y".repeat(1000)}))
+        .await;
     let system = c.recv_until(|f| f.is_event("system")).await;
     assert_eq!(
         system.payload(),
         &json!({"extension":"system","status":"error","message":"Track message size exceeded","channel":"room1"})
     );
-    assert_eq!(c.recv().await.json(), &json!([j, j, TOPIC, "phx_close", {}]));
+    assert_eq!(
+        c.recv().await.json(),
+        &json!([j, j, TOPIC, "phx_close", {}])
+    );
 }
 
 #[tokio::test]
@@ -135,7 +170,8 @@ async fn frame_over_max_frame_bytes_closes_that_socket_with_1009_only() {
     let mut big = hub.connect_v2().await;
     let mut bystander = hub.connect_v2().await;
     let payload = json!({"type":"broadcast","event":"e","payload":{"blob":"z".repeat(20_000)}});
-    big.send_v2(None, Some("1"), TOPIC, "broadcast", payload).await;
+    big.send_v2(None, Some("1"), TOPIC, "broadcast", payload)
+        .await;
     let (code, _) = big.recv_close().await;
     assert_eq!(code, Some(1009));
     assert_eq!(bystander.heartbeat().await.payload()["status"], "ok");
@@ -147,8 +183,10 @@ async fn malformed_frames_do_not_kill_the_socket() {
     let mut c = hub.connect_v2().await;
     let j = c.join_ok(TOPIC, json!({"broadcast":{"self":true}})).await;
     c.send_text("this is not json").await;
-    c.send_text(r#"["1","2","realtime:room1","phx_join"]"#).await;
-    c.send_text(r#"{"topic":"phoenix","event":"heartbeat"}"#).await;
+    c.send_text(r#"["1","2","realtime:room1","phx_join"]"#)
+        .await;
+    c.send_text(r#"{"topic":"phoenix","event":"heartbeat"}"#)
+        .await;
     c.send_text(r#"[null,null,42,"heartbeat",{}]"#).await;
     c.send_binary(vec![3, 1, 1, 14, 6, 0]).await;
     c.send_binary(vec![3, 1, 1, 200, 6, 0, 1, b'6', b'7']).await;

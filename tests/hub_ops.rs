@@ -24,13 +24,22 @@ async fn metrics_are_prometheus_text_with_the_connection_gauge() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
     c.join_ok("realtime:m", json!({})).await;
-    let resp = reqwest::get(hub.http_url("/metrics")).await.expect("GET /metrics");
+    let resp = reqwest::get(hub.http_url("/metrics"))
+        .await
+        .expect("GET /metrics");
     assert_eq!(resp.status().as_u16(), 200);
     let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     let text = resp.text().await.unwrap();
-    assert!(text.contains("# TYPE switchboard_connections gauge"), "{text}");
-    assert_eq!(hub.metric("switchboard_connections").await, Some(1.0), "{text}");
+    assert!(
+        text.contains("# TYPE switchboard_connections gauge"),
+        "{text}"
+    );
+    assert_eq!(
+        hub.metric("switchboard_connections").await,
+        Some(1.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]

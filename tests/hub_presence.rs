@@ -28,7 +28,9 @@ async fn next_diff(c: &mut WsClient) -> Frame {
 }
 
 fn only_meta<'a>(side: &'a Value, key: &str) -> &'a Value {
-    let metas = side[key]["metas"].as_array().unwrap_or_else(|| panic!("no metas for {key} in {side}"));
+    let metas = side[key]["metas"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no metas for {key} in {side}"));
     assert_eq!(metas.len(), 1, "{side}");
     &metas[0]
 }
@@ -37,9 +39,19 @@ fn only_meta<'a>(side: &'a Value, key: &str) -> &'a Value {
 async fn join_with_presence_pushes_an_empty_presence_state_first() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
-    c.send_v2(Some("6"), Some("6"), TOPIC, "phx_join", presence_config("user-1")).await;
+    c.send_v2(
+        Some("6"),
+        Some("6"),
+        TOPIC,
+        "phx_join",
+        presence_config("user-1"),
+    )
+    .await;
     assert_eq!(c.recv().await.payload()["status"], "ok");
-    assert_eq!(c.recv().await.json(), &json!(["6", null, TOPIC, "presence_state", {}]));
+    assert_eq!(
+        c.recv().await.json(),
+        &json!(["6", null, TOPIC, "presence_state", {}])
+    );
 }
 
 #[tokio::test]
@@ -49,11 +61,20 @@ async fn track_replies_ok_and_every_presence_member_gets_the_join_diff() {
     let mut b = hub.connect_v2().await;
     let ja = join_presence(&mut a, "user-1").await;
     join_presence(&mut b, "user-2").await;
-    let r = a.presence(&ja, TOPIC, "track", json!({"online_at":"now"})).await;
+    let r = a
+        .presence(&ja, TOPIC, "track", json!({"online_at":"now"}))
+        .await;
     // The tracker gets both the ok reply and the diff (in either order).
     let (first, second) = (a.recv().await, a.recv().await);
-    let (reply, own_diff) = if first.is_reply_to(&r) { (first, second) } else { (second, first) };
-    assert_eq!(reply.json(), &json!([ja, r, TOPIC, "phx_reply", {"status":"ok","response":{}}]));
+    let (reply, own_diff) = if first.is_reply_to(&r) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(
+        reply.json(),
+        &json!([ja, r, TOPIC, "phx_reply", {"status":"ok","response":{}}])
+    );
     let other_diff = next_diff(&mut b).await;
     for diff in [own_diff, other_diff] {
         assert_eq!(diff.event(), Some("presence_diff"), "{diff:?}");
@@ -72,7 +93,9 @@ async fn later_joiner_sees_existing_presence_in_its_state() {
     let hub = TestHub::start_default().await;
     let mut a = hub.connect_v2().await;
     let ja = join_presence(&mut a, "user-1").await;
-    let r = a.presence(&ja, TOPIC, "track", json!({"online_at":"now"})).await;
+    let r = a
+        .presence(&ja, TOPIC, "track", json!({"online_at":"now"}))
+        .await;
     a.recv_until(|f| f.is_reply_to(&r)).await;
     let mut b = hub.connect_v2().await;
     let (_, reply) = b.join(TOPIC, presence_config("user-2")).await;
@@ -89,10 +112,12 @@ async fn update_with_a_different_payload_diffs_a_join_with_prev_ref_and_a_leave(
     let mut b = hub.connect_v2().await;
     let ja = join_presence(&mut a, "user-1").await;
     join_presence(&mut b, "user-2").await;
-    a.presence(&ja, TOPIC, "track", json!({"status":"online"})).await;
+    a.presence(&ja, TOPIC, "track", json!({"status":"online"}))
+        .await;
     let first = next_diff(&mut b).await;
     let old_ref = only_meta(&first.payload()["joins"], "user-1")["phx_ref"].clone();
-    a.presence(&ja, TOPIC, "track", json!({"status":"away"})).await;
+    a.presence(&ja, TOPIC, "track", json!({"status":"away"}))
+        .await;
     let diff = next_diff(&mut b).await;
     let join = only_meta(&diff.payload()["joins"], "user-1");
     let leave = only_meta(&diff.payload()["leaves"], "user-1");
@@ -114,7 +139,14 @@ async fn untrack_diffs_a_leave() {
     let joined = next_diff(&mut b).await;
     let r = only_meta(&joined.payload()["joins"], "user-1")["phx_ref"].clone();
     let u = a.next_ref();
-    a.send_v2(Some(&ja), Some(&u), TOPIC, "presence", json!({"type":"presence","event":"untrack"})).await;
+    a.send_v2(
+        Some(&ja),
+        Some(&u),
+        TOPIC,
+        "presence",
+        json!({"type":"presence","event":"untrack"}),
+    )
+    .await;
     let diff = next_diff(&mut b).await;
     assert_eq!(diff.payload()["joins"], json!({}));
     assert_eq!(only_meta(&diff.payload()["leaves"], "user-1")["phx_ref"], r);
@@ -131,7 +163,8 @@ async fn leaving_the_channel_diffs_a_leave_to_the_others() {
     join_presence(&mut b, "user-2").await;
     a.presence(&ja, TOPIC, "track", json!({"n":1})).await;
     next_diff(&mut b).await;
-    a.send_v2(Some(&ja), Some("99"), TOPIC, "phx_leave", json!({})).await;
+    a.send_v2(Some(&ja), Some("99"), TOPIC, "phx_leave", json!({}))
+        .await;
     let diff = next_diff(&mut b).await;
     assert_eq!(only_meta(&diff.payload()["leaves"], "user-1")["n"], 1);
 }
@@ -155,11 +188,28 @@ async fn track_with_a_non_object_payload_is_refused_as_not_a_map() {
     let hub = TestHub::start_default().await;
     let mut a = hub.connect_v2().await;
     let ja = join_presence(&mut a, "user-1").await;
-    let r = a.presence(&ja, TOPIC, "track", json!(["not", "a", "map"])).await;
+    let r = a
+        .presence(&ja, TOPIC, "track", json!(["not", "a", "map"]))
+        .await;
     let reply = a.recv().await;
     assert!(reply.is_reply_to(&r), "{reply:?}");
     assert_eq!(
         reply.payload(),
         &json!({"status":"error","response":{"reason":"Presence track payload must be a map"}})
     );
+}
+
+#[tokio::test]
+async fn tracking_the_same_payload_again_is_a_no_op() {
+    let hub = TestHub::start_default().await;
+    let mut a = hub.connect_v2().await;
+    let mut b = hub.connect_v2().await;
+    let ja = join_presence(&mut a, "user-1").await;
+    join_presence(&mut b, "user-2").await;
+    a.presence(&ja, TOPIC, "track", json!({"n":1})).await;
+    next_diff(&mut b).await;
+    let r = a.presence(&ja, TOPIC, "track", json!({"n":1})).await;
+    let reply = a.recv_until(|f| f.is_reply_to(&r)).await;
+    assert_eq!(reply.payload()["status"], "ok");
+    b.assert_quiet().await;
 }

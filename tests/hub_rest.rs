@@ -8,7 +8,12 @@ use serde_json::{json, Value};
 
 const BATCH: &str = "/realtime/v1/api/broadcast";
 
-async fn post(hub: &TestHub, path: &str, auth: Option<(&str, String)>, body: &Value) -> (u16, String) {
+async fn post(
+    hub: &TestHub,
+    path: &str,
+    auth: Option<(&str, String)>,
+    body: &Value,
+) -> (u16, String) {
     let mut req = reqwest::Client::new().post(hub.http_url(path)).json(body);
     if let Some((name, value)) = auth {
         req = req.header(name, value);
@@ -18,8 +23,18 @@ async fn post(hub: &TestHub, path: &str, auth: Option<(&str, String)>, body: &Va
     (status, resp.text().await.expect("body"))
 }
 
+/// 422 bodies are `{"errors": {...}}`.
+fn assert_errors_body(text: &str) {
+    let body: Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("422 body is not JSON ({e}): {text}"));
+    assert!(body["errors"].is_object(), "{body}");
+}
+
 fn bearer(hub: &TestHub) -> Option<(&'static str, String)> {
-    Some(("authorization", format!("Bearer {}", hub.token("service_role", "svc", 600))))
+    Some((
+        "authorization",
+        format!("Bearer {}", hub.token("service_role", "svc", 600)),
+    ))
 }
 
 #[tokio::test]
@@ -45,7 +60,10 @@ async fn batch_with_apikey_header_is_accepted_and_delivered() {
     let (status, text) = post(&hub, BATCH, Some(("apikey", hub.anon())), &body).await;
     assert_eq!(status, 202, "{text}");
     let f = member.recv().await;
-    assert_eq!(f.payload(), &json!({"type":"broadcast","event":"hello","payload":{"a":1}}));
+    assert_eq!(
+        f.payload(),
+        &json!({"type":"broadcast","event":"hello","payload":{"a":1}})
+    );
 }
 
 #[tokio::test]
@@ -54,7 +72,8 @@ async fn batch_without_or_with_an_invalid_token_is_unauthorized() {
     let mut member = hub.connect_v2().await;
     member.join_ok("realtime:lobby", json!({})).await;
     let body = json!({"messages":[{"topic":"lobby","event":"e","payload":{}}]});
-    let foreign = switchboard::auth::mint_hs256("other", &json!({"role":"anon","exp": now() + 60})).unwrap();
+    let foreign =
+        switchboard::auth::mint_hs256("other", &json!({"role":"anon","exp": now() + 60})).unwrap();
     for auth in [
         None,
         Some(("authorization", "Bearer not.a.jwt".to_owned())),
@@ -63,7 +82,10 @@ async fn batch_without_or_with_an_invalid_token_is_unauthorized() {
     ] {
         let (status, text) = post(&hub, BATCH, auth.clone(), &body).await;
         assert_eq!(status, 401, "{auth:?}: {text}");
-        assert_eq!(serde_json::from_str::<Value>(&text).ok(), Some(json!({"message":"Unauthorized"})));
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).ok(),
+            Some(json!({"message":"Unauthorized"}))
+        );
     }
     member.assert_quiet().await;
 }
@@ -82,6 +104,7 @@ async fn batch_with_an_invalid_message_is_422_and_delivers_nothing() {
         let body = json!({"messages":[good.clone(), bad.clone()]});
         let (status, text) = post(&hub, BATCH, bearer(&hub), &body).await;
         assert_eq!(status, 422, "{bad}: {text}");
+        assert_errors_body(&text);
         member.assert_quiet().await;
     }
 }
@@ -93,9 +116,11 @@ async fn batch_with_an_oversized_payload_is_422() {
     let hub = TestHub::start(config).await;
     let mut member = hub.connect_v2().await;
     member.join_ok("realtime:lobby", json!({})).await;
-    let body = json!({"messages":[{"topic":"lobby","event":"e","payload":{"blob":"x".repeat(2000)}}]});
+    let body =
+        json!({"messages":[{"topic":"lobby","event":"e","payload":{"blob":"x".repeat(2000)}}]});
     let (status, text) = post(&hub, BATCH, bearer(&hub), &body).await;
     assert_eq!(status, 422, "{text}");
+    assert_errors_body(&text);
     member.assert_quiet().await;
 }
 

@@ -28,8 +28,19 @@ async fn shutdown_tells_each_joined_channel_then_closes_with_1001_and_run_return
         assert_eq!(f.event(), Some("system"), "{f:?}");
         assert_eq!(f.ref_(), None);
         let p = f.payload();
-        assert_eq!((&p["extension"], &p["status"], &p["message"]), (&json!("system"), &json!("ok"), &json!("Server requested disconnect")));
-        told.push((f.topic().unwrap().to_owned(), f.join_ref().unwrap().to_owned(), p["channel"].to_string()));
+        assert_eq!(
+            (&p["extension"], &p["status"], &p["message"]),
+            (
+                &json!("system"),
+                &json!("ok"),
+                &json!("Server requested disconnect")
+            )
+        );
+        told.push((
+            f.topic().unwrap().to_owned(),
+            f.join_ref().unwrap().to_owned(),
+            p["channel"].to_string(),
+        ));
     }
     told.sort();
     assert_eq!(
@@ -48,7 +59,11 @@ async fn shutdown_tells_each_joined_channel_then_closes_with_1001_and_run_return
 
     let result = stop.await.expect("stop task");
     assert!(result.is_ok(), "run returned {result:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "shutdown took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -56,5 +71,9 @@ async fn shutdown_with_no_clients_returns_ok_promptly() {
     let hub = TestHub::start_default().await;
     let started = Instant::now();
     hub.stop().await.expect("run returns Ok");
-    assert!(started.elapsed() < Duration::from_secs(1), "shutdown took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
 }

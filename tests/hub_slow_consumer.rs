@@ -33,17 +33,25 @@ async fn member_that_stops_reading_is_cut_off_while_the_others_get_everything() 
     for i in 0..ROUNDS {
         let mut blob = vec![i as u8; CHUNK];
         blob[0] = 0xff;
-        sender.send_binary(kind3(&j, "", TOPIC, "chunk", "", 0, &blob)).await;
+        sender
+            .send_binary(kind3(&j, "", TOPIC, "chunk", "", 0, &blob))
+            .await;
         let k = kind4(&fast.recv().await);
         assert_eq!(k.event, "chunk");
         assert_eq!(k.payload.len(), CHUNK);
-        assert_eq!(k.payload[1], i as u8, "fast member got broadcasts out of order");
+        assert_eq!(
+            k.payload[1], i as u8,
+            "fast member got broadcasts out of order"
+        );
     }
 
     // The hub counts the cut-off (poll /metrics rather than sleeping a guessed time).
     let deadline = Instant::now() + RECV_TIMEOUT;
     let drops = loop {
-        let n = hub.metric("switchboard_drops_total{reason=\"slow_consumer\"}").await.unwrap_or(0.0);
+        let n = hub
+            .metric("switchboard_drops_total{reason=\"slow_consumer\"}")
+            .await
+            .unwrap_or(0.0);
         if n >= 1.0 || Instant::now() > deadline {
             break n;
         }
@@ -54,7 +62,11 @@ async fn member_that_stops_reading_is_cut_off_while_the_others_get_everything() 
     let started = Instant::now();
     let (status, body) = hub.get("/api/status").await;
     assert_eq!(status, 200);
-    assert!(started.elapsed() < Duration::from_secs(1), "/api/status took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "/api/status took {:?}",
+        started.elapsed()
+    );
     let status: Value = serde_json::from_str(&body).expect("status JSON");
     assert!(status["connections"].is_number(), "{status}");
 
@@ -62,10 +74,15 @@ async fn member_that_stops_reading_is_cut_off_while_the_others_get_everything() 
     // and never the whole flood.
     let (code, frames) = slow.recv_close().await;
     assert!(code.is_none() || code == Some(1008), "close code {code:?}");
-    assert!(frames < ROUNDS, "slow member received all {frames} broadcasts: it was not cut off");
+    assert!(
+        frames < ROUNDS,
+        "slow member received all {frames} broadcasts: it was not cut off"
+    );
 
     // The others are unaffected.
     assert_eq!(fast.heartbeat().await.payload()["status"], "ok");
-    sender.send_binary(kind3(&j, "", TOPIC, "after", "", 1, b"{}")).await;
+    sender
+        .send_binary(kind3(&j, "", TOPIC, "after", "", 1, b"{}"))
+        .await;
     assert_eq!(kind4(&fast.recv().await).event, "after");
 }

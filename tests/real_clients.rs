@@ -133,7 +133,7 @@ fn ensure_node_modules() {
             return Ok(());
         }
         let mut cmd = tool("npm", &dir);
-        cmd.args(["ci", "--no-audit", "--no-fund"]);
+        cmd.args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
         run_setup(cmd, "npm ci in tests/clients/node")
     });
     if let Err(e) = result {

@@ -122,7 +122,7 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     if let Some(c) = &hub.capture {
         let snap = c.snapshot();
         let m = &hub.services.metrics;
-        m.capture_lag_ms.set(snap.lag_ms.unwrap_or(0) as i64);
+        c.export(m);
         m.capture_reconnects.set(snap.reconnects as i64);
         m.capture_connected.set(i64::from(snap.connected));
     }
