@@ -3,7 +3,7 @@
 
 create schema if not exists realtime;
 
-create table if not exists realtime.schema_migrations (
+create table if not exists realtime.switchboard_migrations (
     version    int primary key,
     applied_at timestamptz not null default now()
 );

@@ -18,7 +18,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
 const MIGRATION_LOCK: i64 = 0x7362_6d69_6772_6174;
 
 const BOOTSTRAP: &str = "create schema if not exists realtime; \
-     create table if not exists realtime.schema_migrations ( \
+     create table if not exists realtime.switchboard_migrations ( \
          version int primary key, applied_at timestamptz not null default now())";
 
 const RESOLVE_TABLE: &str = "select c.oid from pg_catalog.pg_class c \
@@ -79,7 +79,7 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Pool(e.to_string()))
 }
 
-/// Applies every migration not yet recorded in `realtime.schema_migrations`, each in
+/// Applies every migration not yet recorded in `realtime.switchboard_migrations`, each in
 /// its own transaction under an advisory lock; returns the versions applied now.
 pub async fn migrate(client: &Client) -> Result<Vec<i32>, DbError> {
     let mut applied = Vec::new();
@@ -109,7 +109,7 @@ async fn apply_one(client: &Client, version: i32, sql: &str) -> Result<bool, DbE
     client.batch_execute(BOOTSTRAP).await?;
     let done = client
         .query_opt(
-            "select 1 from realtime.schema_migrations where version = $1",
+            "select 1 from realtime.switchboard_migrations where version = $1",
             &[&version],
         )
         .await?
@@ -126,7 +126,7 @@ async fn apply_one(client: &Client, version: i32, sql: &str) -> Result<bool, DbE
         })?;
     client
         .execute(
-            "insert into realtime.schema_migrations (version) values ($1)",
+            "insert into realtime.switchboard_migrations (version) values ($1)",
             &[&version],
         )
         .await?;

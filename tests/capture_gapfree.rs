@@ -160,7 +160,7 @@ async fn migrations_apply_once_and_rerunning_every_file_changes_nothing() {
     all.sort();
     let recorded: Vec<i32> = a
         .query(
-            "select version from realtime.schema_migrations order by 1",
+            "select version from realtime.switchboard_migrations order by 1",
             &[],
         )
         .await
