@@ -70,6 +70,15 @@ impl AuthError {
         self.to_string()
     }
 
+    /// The text of an HTTP 401 at connect (PROTOCOL.md §1): like `message`, but an
+    /// expired token is just "Token has expired".
+    pub fn http_message(&self) -> String {
+        match self {
+            AuthError::Expired { .. } => "Token has expired".to_owned(),
+            other => other.message(),
+        }
+    }
+
     /// The code part of a join error reason (PROTOCOL.md §3).
     pub fn code(&self) -> &'static str {
         match self {

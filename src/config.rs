@@ -27,16 +27,21 @@ macro_rules! settings {
     ($( $(#[$doc:meta])* $key:ident : $ty:ty = $default:expr, env $env:literal; )*) => {
         /// Raw, unvalidated settings; every key optional. Flags and env come from clap,
         /// the file from serde; `merge` layers them.
-        #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+        #[derive(Debug, Default, Clone, Deserialize, serde::Serialize, clap::Args)]
         #[serde(deny_unknown_fields)]
         pub struct Settings {
-            $( $(#[$doc])* #[arg(long, env = $env)] pub $key: Option<$ty>, )*
+            $( $(#[$doc])* #[arg(long, env = $env)] #[serde(skip_serializing_if = "Option::is_none")] pub $key: Option<$ty>, )*
         }
 
         impl Settings {
             /// Fills every unset key of `self` from `lower`.
             pub fn merge(self, lower: Settings) -> Settings {
                 Settings { $( $key: self.$key.or(lower.$key), )* }
+            }
+
+            /// Every key set: unset ones get their defaults.
+            pub fn with_defaults(self) -> Settings {
+                Settings { $( $key: Some(self.$key.unwrap_or_else(|| $default)), )* }
             }
         }
 
@@ -100,6 +105,8 @@ settings! {
     auto_migrate: bool = true, env "SWITCHBOARD_AUTO_MIGRATE";
     /// Log format: `pretty` or `json`.
     log_format: String = "pretty".into(), env "SWITCHBOARD_LOG_FORMAT";
+    /// Port of the local Postgres that `switchboard dev` runs.
+    dev_pg_port: u16 = 54329, env "SWITCHBOARD_DEV_PG_PORT";
 }
 
 /// Connection-level limits, each answered with the reason text a client surfaces.
@@ -139,9 +146,28 @@ pub struct Config {
     pub db_pool_size: usize,
     pub auto_migrate: bool,
     pub log_format: LogFormat,
+    pub dev_pg_port: u16,
 }
 
 impl Settings {
+    /// The effective settings as TOML, secrets redacted (`switchboard config`).
+    pub fn effective_toml(&self) -> String {
+        let mut s = self.clone().with_defaults();
+        if s.jwt_secret.as_deref().is_some_and(|v| !v.is_empty()) {
+            s.jwt_secret = Some("<redacted>".into());
+        }
+        if let Some(url) = s.database_url.as_mut() {
+            if let Some((creds, host)) = url.rsplit_once('@') {
+                if let Some((user, _password)) =
+                    creds.rsplit_once(':').filter(|(u, _)| u.contains("//"))
+                {
+                    *url = format!("{user}:<redacted>@{host}");
+                }
+            }
+        }
+        toml::to_string(&s).unwrap_or_default()
+    }
+
     /// Reads a TOML settings file; unknown keys are errors that name the key.
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -180,12 +206,14 @@ impl Config {
         })?;
         let jwks = match non_empty(r.jwks) {
             None => None,
-            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::Invalid {
-                    key: "jwks",
-                    message: format!("cannot read {path}: {e}"),
-                }
-            })?),
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                        key: "jwks",
+                        message: format!("cannot read {path}: {e}"),
+                    })?,
+                )
+            }
         };
         let log_format = match r.log_format.as_str() {
             "pretty" => LogFormat::Pretty,
@@ -228,6 +256,7 @@ impl Config {
             db_pool_size: positive("db_pool_size", r.db_pool_size)?,
             auto_migrate: r.auto_migrate,
             log_format,
+            dev_pg_port: r.dev_pg_port,
         })
     }
 

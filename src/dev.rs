@@ -11,7 +11,6 @@ use switchboard::config::Config;
 use switchboard::{auth, db};
 
 const DEMO_SQL: &str = include_str!("../sql/demo/crm.sql");
-const DEV_PORT: u16 = 54329;
 const STAFF_ID: &str = "00000000-0000-4000-8000-000000000001";
 const CUSTOMERS: [(&str, &str); 2] = [
     ("Ada", "11111111-1111-4111-8111-111111111111"),
@@ -84,7 +83,10 @@ impl LocalPostgres {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let dir = dir.canonicalize()?;
         if as_postgres {
-            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status()?;
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()?;
             if !status.success() {
                 bail!("cannot give {} to the postgres user", dir.display());
             }
@@ -104,7 +106,13 @@ impl LocalPostgres {
         let child = pg_command(&bin, "postgres", as_postgres)
             .arg("-D")
             .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-k",
+            ])
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(log)
@@ -115,7 +123,9 @@ impl LocalPostgres {
 
     fn stop(&mut self) {
         // SIGINT = Postgres "fast" shutdown: disconnect clients, checkpoint, exit.
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -144,7 +154,11 @@ fn dev_secret(dir: &Path, config: &Config) -> Result<String> {
     if let Ok(s) = std::fs::read_to_string(&path) {
         return Ok(s.trim().to_owned());
     }
-    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     std::fs::write(&path, &secret)?;
     Ok(secret)
 }
@@ -159,32 +173,49 @@ fn token(secret: &str, claims: serde_json::Value) -> Result<String> {
 /// Sets up the local database and demo data, then serves until Ctrl-C.
 pub async fn run(mut config: Config) -> Result<()> {
     let dir = PathBuf::from(".switchboard");
-    let mut pg = LocalPostgres::start(&dir, DEV_PORT)?;
-    let admin_url = format!("postgres://postgres@127.0.0.1:{DEV_PORT}/postgres");
+    let pg_port = config.dev_pg_port;
+    let mut pg = LocalPostgres::start(&dir, pg_port)?;
+    let admin_url = format!("postgres://postgres@127.0.0.1:{pg_port}/postgres");
     wait_for_postgres(&admin_url).await?;
     let (admin, _conn) = db::connect(&admin_url).await?;
     let exists = admin
-        .query_opt("select 1 from pg_database where datname = 'switchboard'", &[])
+        .query_opt(
+            "select 1 from pg_database where datname = 'switchboard'",
+            &[],
+        )
         .await?
         .is_some();
     if !exists {
         admin.batch_execute("create database switchboard").await?;
     }
-    let url = format!("postgres://postgres@127.0.0.1:{DEV_PORT}/switchboard");
+    let url = format!("postgres://postgres@127.0.0.1:{pg_port}/switchboard");
     let (client, _conn) = db::connect(&url).await?;
     db::migrate(&client).await?;
-    client.batch_execute(DEMO_SQL).await.context("loading the demo CRM")?;
+    client
+        .batch_execute(DEMO_SQL)
+        .await
+        .context("loading the demo CRM")?;
 
     let secret = dev_secret(&dir, &config)?;
     config.jwt_secret = Some(secret.clone());
     config.database_url = Some(url.clone());
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
     let anon = token(&secret, json!({ "role": "anon" }))?;
-    let staff = token(&secret, json!({ "role": "authenticated", "sub": STAFF_ID, "app_role": "staff" }))?;
+    let staff = token(
+        &secret,
+        json!({ "role": "authenticated", "sub": STAFF_ID, "app_role": "staff" }),
+    )?;
     println!("\nSwitchboard dev is running.\n");
-    println!("  WebSocket   ws://{host}:{}/realtime/v1/websocket", addr.port());
+    println!(
+        "  WebSocket   ws://{host}:{}/realtime/v1/websocket",
+        addr.port()
+    );
     println!("  Database    {url}");
     println!("  anon key    {anon}");
     println!("  staff token {staff}");

@@ -47,7 +47,11 @@ pub struct Dispatcher {
 }
 
 /// Consumes captured batches until the capture side hangs up or the hub shuts down.
-pub async fn run_dispatch(d: Dispatcher, mut rx: mpsc::Receiver<Vec<DbEvent>>, shutdown: CancellationToken) {
+pub async fn run_dispatch(
+    d: Dispatcher,
+    mut rx: mpsc::Receiver<Vec<DbEvent>>,
+    shutdown: CancellationToken,
+) {
     loop {
         let batch = tokio::select! {
             b = rx.recv() => match b { Some(b) => b, None => return },
@@ -174,18 +178,37 @@ impl Dispatcher {
                 metrics.dropped("row_scope", 1);
                 continue;
             };
-            let shape_key = (v.columns.as_ref().map(|c| Arc::as_ptr(c) as *const u8 as usize), v.old_visible);
+            let shape_key = (
+                v.columns
+                    .as_ref()
+                    .map(|c| Arc::as_ptr(c) as *const u8 as usize),
+                v.old_visible,
+            );
             let data = shapes
                 .entry(shape_key)
                 .or_insert_with(|| change_data(&p.change, &p.table, v));
             let Some(data) = data else { continue };
             let payload = ChangePayload { ids: &m.ids, data };
-            let frame = protocol::encode(m.member.vsn, None, None, &m.member.topic, "postgres_changes", &payload);
-            self.router.deliver(&m.member.outbox, m.member.conn_id, frame, "postgres_changes");
+            let frame = protocol::encode(
+                m.member.vsn,
+                None,
+                None,
+                &m.member.topic,
+                "postgres_changes",
+                &payload,
+            );
+            self.router.deliver(
+                &m.member.outbox,
+                m.member.conn_id,
+                frame,
+                "postgres_changes",
+            );
         }
         if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(&p.change.commit_timestamp) {
             let lag = chrono::Utc::now().signed_duration_since(ts);
-            metrics.fanout_latency.observe(lag.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+            metrics
+                .fanout_latency
+                .observe(lag.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
         }
     }
 }
@@ -231,12 +254,17 @@ fn project(row: &Map<String, Value>, keep: impl Fn(&str) -> bool) -> Map<String,
 }
 
 fn json_size(row: &Map<String, Value>) -> usize {
-    row.iter().map(|(k, v)| k.len() + v.to_string().len() + 4).sum()
+    row.iter()
+        .map(|(k, v)| k.len() + v.to_string().len() + 4)
+        .sum()
 }
 
 fn change_data(change: &Change, table: &TableInfo, v: &Visibility) -> Option<Box<RawValue>> {
     let cols = &v.columns;
-    let mut record = change.record.as_ref().map(|r| project(r, |k| allowed(cols, k)));
+    let mut record = change
+        .record
+        .as_ref()
+        .map(|r| project(r, |k| allowed(cols, k)));
     let mut old_record = change.old_record.as_ref().map(|r| {
         if v.old_visible {
             project(r, |k| allowed(cols, k))
@@ -251,7 +279,9 @@ fn change_data(change: &Change, table: &TableInfo, v: &Visibility) -> Option<Box
         record = None;
     }
     let mut errors = None;
-    let too_large = |r: &Option<Map<String, Value>>| r.as_ref().is_some_and(|r| json_size(r) > MAX_RECORD_BYTES);
+    let too_large = |r: &Option<Map<String, Value>>| {
+        r.as_ref().is_some_and(|r| json_size(r) > MAX_RECORD_BYTES)
+    };
     if too_large(&record) || too_large(&old_record) {
         let shrink = |r: &mut Option<Map<String, Value>>| {
             if let Some(r) = r {

@@ -39,7 +39,11 @@ const CAPTURE_QUEUE_BATCHES: usize = 16;
 
 /// Runs a hub on `listener` until `shutdown` is cancelled, then drains connections
 /// within the configured deadline.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?;
     let metrics = Arc::new(telemetry::Metrics::new());
     let router = Arc::new(router::Router::new(metrics.clone()));
@@ -65,13 +69,22 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
                 retention: config.retention,
                 ..capture::CaptureConfig::new(url.clone())
             };
-            background.spawn(capture::run_capture(capture_config, tx, status.clone(), stop_background.clone()));
+            background.spawn(capture::run_capture(
+                capture_config,
+                tx,
+                status.clone(),
+                stop_background.clone(),
+            ));
             let dispatcher = dispatch::Dispatcher {
                 router: router.clone(),
                 catalog: catalog.clone(),
                 rls: rls::RlsChecker::new(pool),
             };
-            background.spawn(dispatch::run_dispatch(dispatcher, rx, stop_background.clone()));
+            background.spawn(dispatch::run_dispatch(
+                dispatcher,
+                rx,
+                stop_background.clone(),
+            ));
             (Some(catalog), Some(status))
         }
     };
@@ -91,13 +104,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         capture: capture_status,
     });
     tracing::info!(addr = %listener.local_addr()?, "switchboard listening");
+    // Frames are small and latency matters: no Nagle delay on client sockets.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, server::routes(hub.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;
 
     // Upgraded sockets are not awaited by axum: the hub tracks and drains its own.
     hub.connections.close();
-    if tokio::time::timeout(config.shutdown_deadline, hub.connections.wait()).await.is_err() {
+    if tokio::time::timeout(config.shutdown_deadline, hub.connections.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown deadline passed with connections still open");
     }
     stop_background.cancel();

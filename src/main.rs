@@ -12,7 +12,11 @@ use switchboard::config::{Config, Settings};
 use switchboard::{auth, db, telemetry};
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "Realtime hub for Postgres-backed apps (Supabase Realtime protocol)")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Realtime hub for Postgres-backed apps (Supabase Realtime protocol)"
+)]
 struct Cli {
     /// TOML settings file (keys as in the README's configuration table).
     #[arg(long, global = true, env = "SWITCHBOARD_CONFIG")]
@@ -35,6 +39,8 @@ enum Command {
     Enable { table: String },
     /// Stop capturing changes of a table.
     Disable { table: String },
+    /// Print the effective configuration (file < env < flags, defaults filled in).
+    Config,
     /// Exit 0 if `GET <url>` answers 2xx (a health check for images without curl).
     Probe {
         #[arg(default_value = "http://127.0.0.1:4000/ready")]
@@ -101,14 +107,21 @@ pub(crate) async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-fn mint(config: &Config, role: &str, sub: Option<&str>, claims: Option<&str>, exp: i64) -> Result<String> {
+fn mint(
+    config: &Config,
+    role: &str,
+    sub: Option<&str>,
+    claims: Option<&str>,
+    exp: i64,
+) -> Result<String> {
     let secret = config
         .jwt_secret
         .as_deref()
         .context("SWITCHBOARD_JWT_SECRET is not set (or jwt_secret in the config file)")?;
     let mut body = serde_json::Map::new();
     if let Some(extra) = claims {
-        let extra: serde_json::Value = serde_json::from_str(extra).context("--claims must be a JSON object")?;
+        let extra: serde_json::Value =
+            serde_json::from_str(extra).context("--claims must be a JSON object")?;
         let Some(extra) = extra.as_object() else {
             bail!("--claims must be a JSON object");
         };
@@ -127,11 +140,18 @@ fn mint(config: &Config, role: &str, sub: Option<&str>, claims: Option<&str>, ex
 /// A bare HTTP/1.0 GET of `http://host:port/path`, enough for a container health check.
 async fn probe(url: &str) -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").context("probe takes an http:// URL")?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-    let mut stream = tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(authority))
-        .await
-        .context("probe timed out")??;
+    let rest = url
+        .strip_prefix("http://")
+        .context("probe takes an http:// URL")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let mut stream = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        tokio::net::TcpStream::connect(authority),
+    )
+    .await
+    .context("probe timed out")??;
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").as_bytes())
         .await?;
@@ -143,7 +163,10 @@ async fn probe(url: &str) -> Result<()> {
         println!("{url}: {code}");
         Ok(())
     } else {
-        bail!("{url}: {}", status_line.lines().next().unwrap_or("no answer"))
+        bail!(
+            "{url}: {}",
+            status_line.lines().next().unwrap_or("no answer")
+        )
     }
 }
 
@@ -175,8 +198,24 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Probe { url } => probe(url).await,
-        Command::Token { role, sub, claims, exp } => {
-            println!("{}", mint(&config, role, sub.as_deref(), claims.as_deref(), *exp)?);
+        Command::Config => {
+            let file = match &cli.config {
+                Some(path) => Settings::from_file(path)?,
+                None => Settings::default(),
+            };
+            print!("{}", cli.settings.clone().merge(file).effective_toml());
+            Ok(())
+        }
+        Command::Token {
+            role,
+            sub,
+            claims,
+            exp,
+        } => {
+            println!(
+                "{}",
+                mint(&config, role, sub.as_deref(), claims.as_deref(), *exp)?
+            );
             Ok(())
         }
     }

@@ -56,21 +56,49 @@ impl Metrics {
         let capture_rows = Counter::default();
         let capture_reconnects = Gauge::default();
         let capture_connected = Gauge::default();
-        registry.register("connections", "Open WebSocket connections", connections.clone());
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
         registry.register("channels", "Joined channels", channels.clone());
         registry.register("joins", "Channel joins accepted", joins.clone());
-        registry.register("messages_in", "Client messages by kind", messages_in.clone());
-        registry.register("messages_out", "Frames queued to clients by kind", messages_out.clone());
-        registry.register("drops", "Messages dropped or clients cut off, by reason", drops.clone());
+        registry.register(
+            "messages_in",
+            "Client messages by kind",
+            messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Frames queued to clients by kind",
+            messages_out.clone(),
+        );
+        registry.register(
+            "drops",
+            "Messages dropped or clients cut off, by reason",
+            drops.clone(),
+        );
         registry.register(
             "fanout_latency_seconds",
             "Commit (or arrival) to queued-for-client latency",
             fanout_latency.clone(),
         );
-        registry.register("capture_lag_ms", "Now minus the oldest undelivered commit", capture_lag_ms.clone());
+        registry.register(
+            "capture_lag_ms",
+            "Now minus the oldest undelivered commit",
+            capture_lag_ms.clone(),
+        );
         registry.register("capture_rows", "Change-log rows read", capture_rows.clone());
-        registry.register("capture_reconnects", "Listener reconnects since start", capture_reconnects.clone());
-        registry.register("capture_connected", "1 while the change listener is connected", capture_connected.clone());
+        registry.register(
+            "capture_reconnects",
+            "Listener reconnects since start",
+            capture_reconnects.clone(),
+        );
+        registry.register(
+            "capture_connected",
+            "1 while the change listener is connected",
+            capture_connected.clone(),
+        );
         Metrics {
             registry,
             connections,
@@ -128,7 +156,8 @@ pub fn next_id() -> u64 {
 /// Installs the global tracing subscriber (binary only; tests keep the default).
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),

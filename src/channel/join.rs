@@ -29,7 +29,8 @@ pub fn truthy(v: Option<&Value>) -> bool {
 impl JoinConfig {
     pub fn parse(payload: &Value) -> JoinConfig {
         let config = payload.get("config");
-        let get = |section: &str, key: &str| config.and_then(|c| c.get(section)).and_then(|s| s.get(key));
+        let get =
+            |section: &str, key: &str| config.and_then(|c| c.get(section)).and_then(|s| s.get(key));
         let token = payload
             .get("access_token")
             .or_else(|| payload.get("user_token"))
@@ -61,13 +62,17 @@ mod tests {
 
     #[test]
     fn defaults_sent_by_realtime_js_parse_to_all_off() {
-        let c = JoinConfig::parse(&json!({"config":{"broadcast":{"ack":false,"self":false},"presence":{"key":"","enabled":false},"postgres_changes":[],"private":false}}));
+        let c = JoinConfig::parse(
+            &json!({"config":{"broadcast":{"ack":false,"self":false},"presence":{"key":"","enabled":false},"postgres_changes":[],"private":false}}),
+        );
         assert_eq!(c, JoinConfig::default());
     }
 
     #[test]
     fn string_booleans_unknown_keys_and_null_token_are_tolerated() {
-        let c = JoinConfig::parse(&json!({"config":{"broadcast":{"self":"TRUE","ack":"true"},"presence":{"key":"u1","enabled":true},"version":"realtime-js/2.1"},"access_token":null}));
+        let c = JoinConfig::parse(
+            &json!({"config":{"broadcast":{"self":"TRUE","ack":"true"},"presence":{"key":"u1","enabled":true},"version":"realtime-js/2.1"},"access_token":null}),
+        );
         assert!(c.broadcast_self && c.broadcast_ack && c.presence_enabled);
         assert_eq!(c.presence_key, "u1");
         assert_eq!(c.access_token, None);
@@ -76,7 +81,9 @@ mod tests {
     #[test]
     fn postgres_changes_entries_are_kept_verbatim() {
         let entry = json!({"event":"INSERT","schema":"public","table":"todos","filter":"id=eq.1"});
-        let c = JoinConfig::parse(&json!({"config":{"postgres_changes":[entry.clone()]},"user_token":"t"}));
+        let c = JoinConfig::parse(
+            &json!({"config":{"postgres_changes":[entry.clone()]},"user_token":"t"}),
+        );
         assert_eq!(c.postgres_changes, vec![entry]);
         assert_eq!(c.access_token.as_deref(), Some("t"));
     }

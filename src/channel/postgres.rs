@@ -76,7 +76,9 @@ async fn subscription(catalog: &Catalog, entry: &Value, id: u32) -> Result<PgSub
     if !entry.is_object() {
         return Err("Unable to subscribe to changes with given parameters: each postgres_changes entry must be an object".into());
     }
-    let event = str_field(entry, "event").unwrap_or("*").to_ascii_uppercase();
+    let event = str_field(entry, "event")
+        .unwrap_or("*")
+        .to_ascii_uppercase();
     let event = Op::parse(&event);
     let schema = str_field(entry, "schema").unwrap_or("public");
     let table = str_field(entry, "table").unwrap_or("*");
@@ -94,7 +96,12 @@ async fn subscription(catalog: &Catalog, entry: &Value, id: u32) -> Result<PgSub
             TableScope::Schema(schema.into())
         };
         let filter = parsed.bind(&[]).map_err(|e| e.to_string())?;
-        return Ok(PgSubscription { id, event, scope, filter });
+        return Ok(PgSubscription {
+            id,
+            event,
+            scope,
+            filter,
+        });
     }
     let name = qualified(schema, table);
     let info = catalog
@@ -102,7 +109,9 @@ async fn subscription(catalog: &Catalog, entry: &Value, id: u32) -> Result<PgSub
         .await
         .map_err(|e| format!("Unable to subscribe to changes with given parameters: {e}"))?
         .ok_or_else(|| {
-            format!("Unable to subscribe to changes with given parameters: table {name} does not exist")
+            format!(
+                "Unable to subscribe to changes with given parameters: table {name} does not exist"
+            )
         })?;
     if !info.realtime_enabled {
         return Err(format!(

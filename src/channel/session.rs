@@ -13,7 +13,7 @@ use super::join::JoinConfig;
 use super::{channel_name, postgres, Services};
 use crate::auth::{looks_like_jwt, Claims};
 use crate::protocol::{self, reason, Broadcast, BroadcastPayload, Inbound, InboundPayload, Vsn};
-use crate::router::outbox::OutboxTx;
+use crate::router::outbox::{CloseReason, OutboxTx};
 use crate::router::postgres::ViewerClaims;
 use crate::router::{Member, MemberId, TopicKey};
 use crate::telemetry::next_id;
@@ -44,13 +44,17 @@ pub struct Session {
 }
 
 fn limiter(per_second: u32) -> DefaultDirectRateLimiter {
-    RateLimiter::direct(Quota::per_second(NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN)))
+    RateLimiter::direct(Quota::per_second(
+        NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN),
+    ))
 }
 
 fn viewer(claims: &Claims) -> ViewerClaims {
     ViewerClaims {
         role: claims.role.as_str().into(),
-        claims: serde_json::to_string(&claims.raw).unwrap_or_default().into(),
+        claims: serde_json::to_string(&claims.raw)
+            .unwrap_or_default()
+            .into(),
     }
 }
 
@@ -76,7 +80,13 @@ fn now_unix() -> i64 {
 }
 
 impl Session {
-    pub fn new(svc: Arc<Services>, conn_id: u64, vsn: Vsn, outbox: OutboxTx, conn_claims: Claims) -> Session {
+    pub fn new(
+        svc: Arc<Services>,
+        conn_id: u64,
+        vsn: Vsn,
+        outbox: OutboxTx,
+        conn_claims: Claims,
+    ) -> Session {
         let joins = limiter(svc.limits.max_joins_per_second);
         let messages = limiter(svc.limits.max_messages_per_second);
         Session {
@@ -92,7 +102,9 @@ impl Session {
     }
 
     fn send(&self, frame: protocol::WireFrame, kind: &'static str) {
-        self.svc.router.deliver(&self.outbox, self.conn_id, frame, kind);
+        self.svc
+            .router
+            .deliver(&self.outbox, self.conn_id, frame, kind);
     }
 
     fn reply(&self, msg: &Inbound, status: &str, response: &Value) {
@@ -156,12 +168,16 @@ impl Session {
         }
         if self.joins.check().is_err() {
             self.svc.metrics.limit_hit(self.conn_id, "joins_per_second");
-            return self.reply_error(&msg, reason::TOO_MANY_JOINS);
+            self.reply_error(&msg, reason::TOO_MANY_JOINS);
+            self.outbox.close(CloseReason::TooManyJoins);
+            return;
         }
         if self.channels.contains_key(&msg.topic) {
             self.close_channel(&msg.topic);
         } else if self.channels.len() >= self.svc.limits.max_channels_per_connection {
-            self.svc.metrics.limit_hit(self.conn_id, "channels_per_connection");
+            self.svc
+                .metrics
+                .limit_hit(self.conn_id, "channels_per_connection");
             return self.reply_error(&msg, reason::TOO_MANY_CHANNELS);
         }
         let payload = match &msg.payload {
@@ -198,13 +214,21 @@ impl Session {
         } else {
             Some(postgres::validate(self.svc.catalog.as_ref(), &config.postgres_changes).await)
         };
-        let join_ref: Arc<str> = msg.join_ref.clone().or_else(|| msg.ref_.clone()).unwrap_or_default().into();
+        let join_ref: Arc<str> = msg
+            .join_ref
+            .clone()
+            .or_else(|| msg.ref_.clone())
+            .unwrap_or_default()
+            .into();
         let key = TopicKey {
             private: config.private,
             topic: msg.topic.as_str().into(),
         };
         let member = next_id();
-        let reply_entries = validated.as_ref().map(|v| v.reply.clone()).unwrap_or_default();
+        let reply_entries = validated
+            .as_ref()
+            .map(|v| v.reply.clone())
+            .unwrap_or_default();
         self.reply(&msg, "ok", &json!({ "postgres_changes": reply_entries }));
         self.svc.router.join(
             &key,
@@ -229,7 +253,13 @@ impl Session {
                     viewer(&claims),
                     v.subscriptions,
                 );
-                self.system(&msg.topic, &join_ref, "postgres_changes", "ok", reason::SUBSCRIBED_TO_POSTGRES);
+                self.system(
+                    &msg.topic,
+                    &join_ref,
+                    "postgres_changes",
+                    "ok",
+                    reason::SUBSCRIBED_TO_POSTGRES,
+                );
             }
             for e in &v.errors {
                 self.system(&msg.topic, &join_ref, "postgres_changes", "error", e);
@@ -261,7 +291,14 @@ impl Session {
         if let Some(ch) = self.channels.remove(topic) {
             self.svc.router.leave(&ch.key, ch.member);
             self.svc.metrics.channels.dec();
-            let frame = protocol::encode(self.vsn, Some(&ch.join_ref), Some(&ch.join_ref), topic, "phx_close", &json!({}));
+            let frame = protocol::encode(
+                self.vsn,
+                Some(&ch.join_ref),
+                Some(&ch.join_ref),
+                topic,
+                "phx_close",
+                &json!({}),
+            );
             self.send(frame, "phx_close");
         }
     }
@@ -298,7 +335,10 @@ impl Session {
             Ok(claims) => {
                 tracing::debug!(conn_id = self.conn_id, topic = %msg.topic, role = %claims.role, "token refreshed");
                 let member = ch.member;
-                self.svc.router.postgres.update_viewer(member, viewer(&claims));
+                self.svc
+                    .router
+                    .postgres
+                    .update_viewer(member, viewer(&claims));
                 if let Some(ch) = self.channels.get_mut(&msg.topic) {
                     ch.exp = claims.exp;
                     ch.token = Some(token.to_owned());
@@ -313,7 +353,9 @@ impl Session {
         if self.messages.check().is_ok() {
             return true;
         }
-        self.svc.metrics.limit_hit(self.conn_id, "messages_per_second");
+        self.svc
+            .metrics
+            .limit_hit(self.conn_id, "messages_per_second");
         self.shut(topic, reason::TOO_MANY_MESSAGES);
         false
     }
@@ -328,8 +370,14 @@ impl Session {
         let b = match &msg.payload {
             InboundPayload::Broadcast(b) => b.clone(),
             InboundPayload::Json(v) => Broadcast {
-                event: v.get("event").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                payload: BroadcastPayload::Json(v.get("payload").cloned().unwrap_or_else(|| json!({}))),
+                event: v
+                    .get("event")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                payload: BroadcastPayload::Json(
+                    v.get("payload").cloned().unwrap_or_else(|| json!({})),
+                ),
                 meta: None,
                 binary_origin: false,
             },
@@ -341,9 +389,15 @@ impl Session {
         let ch = &self.channels[&msg.topic];
         let ack = ch.ack;
         if size > self.svc.limits.max_broadcast_bytes {
-            self.svc.metrics.limit_hit(self.conn_id, "broadcast_too_large");
+            self.svc
+                .metrics
+                .limit_hit(self.conn_id, "broadcast_too_large");
             if ack {
-                self.reply(&msg, "error", &json!({ "error": reason::PAYLOAD_TOO_LARGE }));
+                self.reply(
+                    &msg,
+                    "error",
+                    &json!({ "error": reason::PAYLOAD_TOO_LARGE }),
+                );
             }
             return;
         }
@@ -363,22 +417,29 @@ impl Session {
         let InboundPayload::Json(payload) = &msg.payload else {
             return self.reply_error(msg, reason::PRESENCE_NOT_MAP);
         };
-        let event = payload.get("event").and_then(Value::as_str).unwrap_or_default();
+        let event = payload
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let ch = &self.channels[&msg.topic];
         if event.eq_ignore_ascii_case("track") {
             let Some(meta) = payload.get("payload").and_then(Value::as_object) else {
                 return self.reply_error(msg, reason::PRESENCE_NOT_MAP);
             };
             if json_len(&Value::Object(meta.clone())) > self.svc.limits.max_presence_bytes {
-                self.svc.metrics.limit_hit(self.conn_id, "presence_too_large");
+                self.svc
+                    .metrics
+                    .limit_hit(self.conn_id, "presence_too_large");
                 return self.shut(&msg.topic, reason::TRACK_TOO_LARGE);
             }
             let meta: Map<String, Value> = meta.clone();
-            self.svc.router.track(&ch.key, ch.member, &ch.presence_key, meta);
+            let (key, member, presence_key) = (ch.key.clone(), ch.member, ch.presence_key.clone());
             self.reply(msg, "ok", &json!({}));
+            self.svc.router.track(&key, member, &presence_key, meta);
         } else if event.eq_ignore_ascii_case("untrack") {
-            self.svc.router.untrack(&ch.key, ch.member);
+            let (key, member) = (ch.key.clone(), ch.member);
             self.reply(msg, "ok", &json!({}));
+            self.svc.router.untrack(&key, member);
         } else {
             self.reply_error(msg, &format!("unknown presence event {event:?}"));
         }
@@ -398,14 +459,23 @@ impl Session {
             .map(|(t, c)| (t.clone(), c.exp))
             .collect();
         for (topic, exp) in expired {
-            self.shut(&topic, &format!("Token has expired {} seconds ago", now - exp));
+            self.shut(
+                &topic,
+                &format!("Token has expired {} seconds ago", now - exp),
+            );
         }
     }
 
     /// Tells every channel the server is going away (realtime-js then reconnects).
     pub fn notify_shutdown(&self) {
         for (topic, ch) in &self.channels {
-            self.system(topic, &ch.join_ref, "system", "ok", "Server requested disconnect");
+            self.system(
+                topic,
+                &ch.join_ref,
+                "system",
+                "ok",
+                "Server requested disconnect",
+            );
         }
     }
 

@@ -64,6 +64,4 @@ pub enum InboundPayload {
 mod codec;
 pub mod reason;
 
-pub use codec::{
-    decode_binary, decode_text, encode, encode_broadcast, encode_reply, DecodeError,
-};
+pub use codec::{decode_binary, decode_text, encode, encode_broadcast, encode_reply, DecodeError};

@@ -101,7 +101,13 @@ impl Router {
     }
 
     /// Queues `frame` for `member`, counting a slow consumer it cuts off.
-    pub fn deliver(&self, outbox: &OutboxTx, conn_id: u64, frame: WireFrame, kind: &'static str) -> bool {
+    pub fn deliver(
+        &self,
+        outbox: &OutboxTx,
+        conn_id: u64,
+        frame: WireFrame,
+        kind: &'static str,
+    ) -> bool {
         match outbox.push(frame) {
             Ok(()) => {
                 self.metrics.message_out(kind, 1);
@@ -132,7 +138,14 @@ impl Router {
 
     fn push_presence_state(&self, topic: &str, presence: &PresenceState, member: &Member) {
         let state = presence.state_json();
-        let frame = protocol::encode(member.vsn, Some(&member.join_ref), None, topic, "presence_state", &state);
+        let frame = protocol::encode(
+            member.vsn,
+            Some(&member.join_ref),
+            None,
+            topic,
+            "presence_state",
+            &state,
+        );
         self.deliver(&member.outbox, member.conn_id, frame, "presence_state");
     }
 
@@ -145,7 +158,8 @@ impl Router {
                 self.fan_out_diff(&key.topic, &t, &diff);
             }
         }
-        self.topics.remove_if(key, |_, t| lock(t).members.is_empty());
+        self.topics
+            .remove_if(key, |_, t| lock(t).members.is_empty());
         self.postgres.remove_member(member);
     }
 
@@ -173,13 +187,21 @@ impl Router {
             }
         }
         drop(t);
-        self.metrics.fanout_latency.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .fanout_latency
+            .observe(started.elapsed().as_secs_f64());
         sent
     }
 
     /// Tracks or updates a member's presence and fans the diff out. The member starts
     /// receiving presence (with a `presence_state` first) if it did not already.
-    pub fn track(&self, key: &TopicKey, member: MemberId, presence_key: &str, payload: Map<String, Value>) {
+    pub fn track(
+        &self,
+        key: &TopicKey,
+        member: MemberId,
+        presence_key: &str,
+        payload: Map<String, Value>,
+    ) {
         let Some(topic) = self.topic(key) else {
             return;
         };
@@ -212,7 +234,16 @@ impl Router {
 
     fn fan_out_diff(&self, topic: &str, t: &Topic, diff: &Diff) {
         let payload = diff.to_json();
-        let mut frames = Encoded::new(|vsn| Some(protocol::encode(vsn, None, None, topic, "presence_diff", &payload)));
+        let mut frames = Encoded::new(|vsn| {
+            Some(protocol::encode(
+                vsn,
+                None,
+                None,
+                topic,
+                "presence_diff",
+                &payload,
+            ))
+        });
         for m in t.members.values().filter(|m| m.presence) {
             if let Some(frame) = frames.get(m.vsn) {
                 self.deliver(&m.outbox, m.conn_id, frame, "presence_diff");

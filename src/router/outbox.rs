@@ -22,6 +22,8 @@ pub enum CloseReason {
     Shutdown,
     /// The client sent a message larger than the configured maximum.
     FrameTooLarge,
+    /// The client joined channels faster than allowed (Supabase disconnects too).
+    TooManyJoins,
     /// The client closed or the socket failed.
     Gone,
 }
@@ -33,6 +35,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => 1000,
             CloseReason::Shutdown => 1001,
             CloseReason::FrameTooLarge => 1009,
+            CloseReason::TooManyJoins => 1008,
             CloseReason::Gone => 1000,
         }
     }
@@ -43,6 +46,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle timeout: no frame received",
             CloseReason::Shutdown => "server shutting down",
             CloseReason::FrameTooLarge => "message too large",
+            CloseReason::TooManyJoins => "Too many joins per second",
             CloseReason::Gone => "closed",
         }
     }

@@ -58,7 +58,10 @@ pub struct PgMember {
 
 impl PgMember {
     pub fn viewer(&self) -> ViewerClaims {
-        self.viewer.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.viewer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

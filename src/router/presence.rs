@@ -66,7 +66,12 @@ fn new_ref() -> String {
 
 impl PresenceState {
     /// Tracks (or updates) `member`'s presence. `None` when nothing changed.
-    pub fn track(&mut self, member: MemberId, key: &str, payload: Map<String, Value>) -> Option<Diff> {
+    pub fn track(
+        &mut self,
+        member: MemberId,
+        key: &str,
+        payload: Map<String, Value>,
+    ) -> Option<Diff> {
         let mut diff = Diff::default();
         let mut prev_ref = None;
         if let Some(old_key) = self.keys.get(&member).cloned() {
@@ -158,7 +163,10 @@ mod tests {
         p.track(2, "shared", payload(json!({"d": 2})));
         let d = p.untrack(1).unwrap();
         assert_eq!(d.leaves["shared"]["metas"][0]["d"], 1);
-        assert_eq!(p.state_json()["shared"]["metas"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            p.state_json()["shared"]["metas"].as_array().unwrap().len(),
+            1
+        );
         assert!(p.untrack(1).is_none());
         p.untrack(2);
         assert!(p.is_empty());

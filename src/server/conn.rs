@@ -104,7 +104,14 @@ pub async fn run_connection(hub: Arc<Hub>, socket: WebSocket, vsn: Vsn, claims: 
     drop(session);
     drop(tx);
     metrics.connections.dec();
-    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT * 2, writer).await;
+    // A client that stopped reading can keep the writer blocked in `send`: give up on it.
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT * 2, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     tracing::debug!(conn_id, "connection closed");
 }
 
@@ -118,6 +125,7 @@ where
     loop {
         tokio::select! {
             biased;
+            _ = closed.cancelled() => break,
             frame = rx.recv() => match frame {
                 Some(frame) => {
                     if sink.send(to_message(frame)).await.is_err() {
@@ -126,7 +134,6 @@ where
                 }
                 None => break,
             },
-            _ = closed.cancelled() => break,
         }
     }
     let reason = rx.close_reason().unwrap_or(CloseReason::Gone);
@@ -136,7 +143,9 @@ where
     }
     let flush = async {
         if reason != CloseReason::SlowConsumer {
-            while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_millis(1), rx.recv()).await {
+            while let Ok(Some(frame)) =
+                tokio::time::timeout(Duration::from_millis(1), rx.recv()).await
+            {
                 if sink.send(to_message(frame)).await.is_err() {
                     return;
                 }

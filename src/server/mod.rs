@@ -50,7 +50,10 @@ pub fn routes(hub: Arc<Hub>) -> HttpRouter {
             "/realtime/v1/api/broadcast/{topic}/events/{event}",
             post(rest::broadcast_one),
         )
-        .route("/api/broadcast/{topic}/events/{event}", post(rest::broadcast_one))
+        .route(
+            "/api/broadcast/{topic}/events/{event}",
+            post(rest::broadcast_one),
+        )
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -73,14 +76,17 @@ async fn websocket(
     };
     let claims = match hub.services.verifier.verify(apikey) {
         Ok(c) => c,
-        Err(e) => return error_json(StatusCode::UNAUTHORIZED, &e.message()),
+        Err(e) => return error_json(StatusCode::UNAUTHORIZED, &e.http_message()),
     };
     let vsn = match Vsn::from_query(params.get("vsn").map(String::as_str)) {
         Ok(v) => v,
         Err(e) => return error_json(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     if hub.shutdown.is_cancelled() {
-        return error_json(StatusCode::SERVICE_UNAVAILABLE, "Realtime is restarting, please standby");
+        return error_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Realtime is restarting, please standby",
+        );
     }
     let Ok(permit) = hub.connection_permits.clone().try_acquire_owned() else {
         hub.services.metrics.dropped("max_connections", 1);
@@ -114,7 +120,11 @@ async fn ready(State(hub): State<Arc<Hub>>) -> Response {
         } else {
             "change listener not connected or not caught up"
         };
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "reason": why }))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "reason": why })),
+        )
+            .into_response()
     }
 }
 
@@ -127,7 +137,10 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         m.capture_connected.set(i64::from(snap.connected));
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         hub.services.metrics.render(),
     )
         .into_response()

@@ -25,7 +25,11 @@ fn message(status: StatusCode, text: &str) -> Response {
 }
 
 fn unprocessable(errors: Value) -> Response {
-    (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "errors": errors }))).into_response()
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({ "errors": errors })),
+    )
+        .into_response()
 }
 
 /// `Authorization: Bearer <jwt>`, else an `apikey` header.
@@ -33,7 +37,10 @@ fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Claims, Box<Response>> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     let token = bearer.or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()));
     let unauthorized = || Box::new(message(StatusCode::UNAUTHORIZED, "Unauthorized"));
     let token = token.ok_or_else(unauthorized)?;
@@ -58,7 +65,11 @@ fn send(hub: &Hub, topic: &str, private: bool, msg: Broadcast) {
     hub.services.router.broadcast(&key, &msg, None);
 }
 
-pub async fn broadcast_batch(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn broadcast_batch(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let claims = match authorize(&hub, &headers) {
         Ok(c) => c,
         Err(r) => return *r,
@@ -78,23 +89,34 @@ pub async fn broadcast_batch(State(hub): State<Arc<Hub>>, headers: HeaderMap, bo
     let max = hub.services.limits.max_broadcast_bytes;
     let mut ready = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
-        let topic = m.get("topic").and_then(Value::as_str).filter(|t| !t.is_empty());
+        let topic = m
+            .get("topic")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty());
         let event = m.get("event").and_then(Value::as_str);
         let payload = m.get("payload").filter(|p| p.is_object());
         let (Some(topic), Some(event), Some(payload)) = (topic, event, payload) else {
-            return unprocessable(json!({ format!("messages[{i}]"): ["needs a topic, an event and an object payload"] }));
+            return unprocessable(
+                json!({ format!("messages[{i}]"): ["needs a topic, an event and an object payload"] }),
+            );
         };
         if payload.to_string().len() > max {
-            return unprocessable(json!({ format!("messages[{i}]"): ["Payload size exceeds tenant limit"] }));
+            return unprocessable(
+                json!({ format!("messages[{i}]"): ["Payload size exceeds tenant limit"] }),
+            );
         }
         let private = crate::channel::truthy(m.get("private"));
         let meta = m.get("id").map(|id| json!({ "id": id }));
-        ready.push((topic, private, Broadcast {
-            event: event.to_owned(),
-            payload: BroadcastPayload::Json(payload.clone()),
-            meta,
-            binary_origin: false,
-        }));
+        ready.push((
+            topic,
+            private,
+            Broadcast {
+                event: event.to_owned(),
+                payload: BroadcastPayload::Json(payload.clone()),
+                meta,
+                binary_origin: false,
+            },
+        ));
     }
     for (topic, private, msg) in ready {
         if may_write(&claims, private) {
@@ -130,7 +152,9 @@ pub async fn broadcast_one(
             Err(_) => return unprocessable(json!({ "payload": ["must be valid JSON"] })),
         }
     };
-    let private = params.get("private").is_some_and(|p| p.eq_ignore_ascii_case("true"));
+    let private = params
+        .get("private")
+        .is_some_and(|p| p.eq_ignore_ascii_case("true"));
     let msg = Broadcast {
         event,
         payload,

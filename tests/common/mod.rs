@@ -1,3 +1,4 @@
 #![allow(dead_code)]
+pub mod e2e;
 pub mod hub;
 pub mod pg;

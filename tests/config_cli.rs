@@ -1,0 +1,99 @@
+//! Configuration precedence through the real binary: file < environment < flag, defaults
+//! for the rest, and invalid values rejected at start with the key named.
+
+use std::process::Command;
+
+fn switchboard() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SWITCHBOARD_") || k == "DATABASE_URL" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn value(toml_text: &str, key: &str) -> String {
+    let table: toml::Table = toml::from_str(toml_text).unwrap();
+    table[key].to_string()
+}
+
+#[test]
+fn flag_beats_env_beats_file_beats_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &file,
+        "max_channels_per_connection = 5\nmax_joins_per_second = 5\noutbox_frames = 5\n",
+    )
+    .unwrap();
+    let out = switchboard()
+        .arg("--config")
+        .arg(&file)
+        .args(["--max-joins-per-second", "7", "config"])
+        .env("SWITCHBOARD_MAX_CHANNELS_PER_CONNECTION", "6")
+        .env("SWITCHBOARD_MAX_JOINS_PER_SECOND", "6")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(value(&text, "max_joins_per_second"), "7", "flag wins");
+    assert_eq!(
+        value(&text, "max_channels_per_connection"),
+        "6",
+        "env beats file"
+    );
+    assert_eq!(value(&text, "outbox_frames"), "5", "file beats default");
+    assert_eq!(value(&text, "max_broadcast_bytes"), "262144", "default");
+}
+
+#[test]
+fn invalid_values_fail_at_start_naming_the_key() {
+    let out = switchboard()
+        .args(["serve"])
+        .env("SWITCHBOARD_LISTEN", "not-an-address")
+        .env("SWITCHBOARD_JWT_SECRET", "s")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`listen`"), "{err}");
+
+    let out = switchboard()
+        .args(["serve"])
+        .env("SWITCHBOARD_OUTBOX_BYTES", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`outbox_bytes`"));
+}
+
+#[test]
+fn unknown_key_in_the_file_is_rejected_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switchboard.toml");
+    std::fs::write(&file, "max_chanels_per_connection = 5\n").unwrap();
+    let out = switchboard()
+        .arg("--config")
+        .arg(&file)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_chanels_per_connection"), "{err}");
+}
+
+#[test]
+fn a_flag_value_of_the_wrong_type_is_rejected_by_name() {
+    let out = switchboard()
+        .args(["--max-connections", "lots", "config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-connections"));
+}
