@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../sql/001_changes_log.sql")),
     (2, include_str!("../sql/002_capture.sql")),
     (3, include_str!("../sql/003_roles_auth.sql")),
+    (4, include_str!("../sql/004_commit_time.sql")),
     (10, include_str!("../sql/010_visibility.sql")),
 ];
 

@@ -70,18 +70,50 @@ fn pg_command(bin: &Path, program: &str, as_postgres: bool) -> Command {
     }
 }
 
+/// Can the `postgres` user reach `dir` (every ancestor searchable)?
+fn postgres_can_enter(dir: &Path) -> bool {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A stable, dependency-free hash of a path (FNV-1a), for naming a folder.
+fn path_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
 /// Runs the local Postgres cluster of `dir` and stops it when dropped.
 struct LocalPostgres {
+    /// `postgres`, or `runuser` running it (as root).
     child: Child,
+    data: PathBuf,
 }
 
 impl LocalPostgres {
     fn start(dir: &Path, port: u16) -> Result<LocalPostgres> {
         let bin = find_postgres_bin()?;
         let as_postgres = running_as_root();
-        let data = dir.join("pgdata");
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let dir = dir.canonicalize()?;
+        let mut dir = dir.canonicalize()?;
+        if as_postgres && !postgres_can_enter(&dir) {
+            // As root in a private folder (e.g. /root/app) the postgres user cannot reach
+            // ./.switchboard; keep the cluster where it can, one per project folder.
+            let id = format!("{:x}", path_hash(&dir.to_string_lossy()));
+            let alt = PathBuf::from("/var/lib/postgresql/switchboard-dev").join(id);
+            std::fs::create_dir_all(&alt)?;
+            eprintln!(
+                "note: the postgres user cannot enter {}; keeping the dev cluster in {}",
+                dir.display(),
+                alt.display()
+            );
+            dir = alt;
+        }
+        let data = dir.join("pgdata");
         if as_postgres {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -118,14 +150,20 @@ impl LocalPostgres {
             .stderr(log)
             .spawn()
             .context("starting postgres")?;
-        Ok(LocalPostgres { child })
+        Ok(LocalPostgres { child, data })
     }
 
     fn stop(&mut self) {
-        // SIGINT = Postgres "fast" shutdown: disconnect clients, checkpoint, exit.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SIGINT = Postgres "fast" shutdown: disconnect clients, checkpoint, exit. Signal
+        // the postmaster itself (from postmaster.pid): runuser does not forward SIGINT.
+        let pid = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_owned))
+            .unwrap_or_else(|| self.child.id().to_string());
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
         let _ = self.child.wait();
     }
 }

@@ -24,6 +24,7 @@ const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Under the 413 rule, fields whose JSON is longer than this are dropped.
 const MAX_FIELD_BYTES_WHEN_TOO_LARGE: usize = 64;
 const PAYLOAD_TOO_LARGE: &str = "Error 413: Payload Too Large";
+const NO_PRIMARY_KEY: &str = "Error 400: Bad Request, no primary key";
 
 /// One change with its matched members and their distinct viewers.
 struct Planned {
@@ -46,19 +47,36 @@ pub struct Dispatcher {
     pub rls: RlsChecker,
 }
 
+/// Batches whose row-scope checks may be in flight at once (over the pool); delivery
+/// still happens strictly in capture order.
+const PIPELINE_DEPTH: usize = 4;
+
 /// Consumes captured batches until the capture side hangs up or the hub shuts down.
 pub async fn run_dispatch(
     d: Dispatcher,
-    mut rx: mpsc::Receiver<Vec<DbEvent>>,
+    rx: mpsc::Receiver<Vec<DbEvent>>,
     shutdown: CancellationToken,
 ) {
+    use futures_util::StreamExt;
+    let d = Arc::new(d);
+    let batches =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    let checked = batches
+        .map(|batch| {
+            let (d, shutdown) = (d.clone(), shutdown.clone());
+            async move {
+                let steps = d.plan(batch).await;
+                let visibility = d.check(&steps, &shutdown).await;
+                (steps, visibility)
+            }
+        })
+        .buffered(PIPELINE_DEPTH);
+    let mut checked = std::pin::pin!(checked);
     loop {
-        let batch = tokio::select! {
-            b = rx.recv() => match b { Some(b) => b, None => return },
+        let (steps, visibility) = tokio::select! {
+            next = checked.next() => match next { Some(n) => n, None => return },
             _ = shutdown.cancelled() => return,
         };
-        let steps = d.plan(batch).await;
-        let visibility = d.check(&steps, &shutdown).await;
         let mut vis = visibility.into_iter();
         for step in steps {
             match step {
@@ -259,7 +277,26 @@ fn json_size(row: &Map<String, Value>) -> usize {
         .sum()
 }
 
+/// Supabase's answer for INSERT/UPDATE on a table without a primary key: no row data.
+#[derive(Serialize)]
+struct NoPrimaryKey<'a> {
+    schema: &'a str,
+    table: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    errors: [&'static str; 1],
+}
+
 fn change_data(change: &Change, table: &TableInfo, v: &Visibility) -> Option<Box<RawValue>> {
+    if table.primary_key.is_empty() && change.op != Op::Delete {
+        let data = NoPrimaryKey {
+            schema: &change.schema,
+            table: &change.table,
+            kind: change.op.as_str(),
+            errors: [NO_PRIMARY_KEY],
+        };
+        return serde_json::value::to_raw_value(&data).ok();
+    }
     let cols = &v.columns;
     let mut record = change
         .record

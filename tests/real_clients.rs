@@ -344,3 +344,147 @@ fn every_node_test_file_has_a_rust_test() {
         "add a #[tokio::test] for each node test file"
     );
 }
+
+/// `switchboard dev` boots from an empty folder (initdb, migrations, demo CRM), a
+/// supabase-js portal client with a customer token receives that customer's job change
+/// (and not another customer's), Ctrl-C stops hub and Postgres with exit 0, and a second
+/// run reuses the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchboard_dev_boots_from_an_empty_folder_and_serves_the_demo_crm() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+
+    require_tool("node", "install Node.js 20+");
+    ensure_node_modules();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (http_port, pg_port) = (free_port(), free_port());
+
+    let start_dev = || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("dev")
+            .current_dir(dir.path())
+            .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{http_port}"))
+            .env("SWITCHBOARD_DEV_PG_PORT", pg_port.to_string())
+            .env_remove("DATABASE_URL")
+            .env_remove("SWITCHBOARD_JWT_SECRET")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("switchboard dev starts");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        for line in stdout.by_ref() {
+            let line = line.unwrap();
+            let done = line.starts_with("Ctrl-C stops");
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+        // Keep draining both pipes so the child never blocks on a full pipe.
+        std::thread::spawn(move || stdout.for_each(drop));
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || BufReader::new(stderr).lines().for_each(drop));
+        (child, banner)
+    };
+    let stop_dev = |child: &mut std::process::Child| {
+        std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "switchboard dev exited with {status}");
+    };
+
+    let (mut dev, banner) = start_dev();
+    let field = |prefix: &str| -> String {
+        banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("banner lacks {prefix:?}:\n{}", banner.join("\n")))
+    };
+    let anon = field("anon key");
+    let database = field("Database");
+    let ada_line = banner
+        .iter()
+        .position(|l| l.contains("customer Ada"))
+        .expect("Ada's token");
+    let ada_token = banner[ada_line + 1].trim().to_owned();
+    assert!(dir.path().join(".switchboard/pgdata/PG_VERSION").exists());
+
+    let mut portal = tokio::process::Command::new("node")
+        .arg("scripts/dev_portal.mjs")
+        .current_dir(clients_dir().join("node"))
+        .env("SB_URL", format!("http://127.0.0.1:{http_port}"))
+        .env("SB_ANON", &anon)
+        .env("SB_TOKEN", &ada_token)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(portal.stdout.take().unwrap());
+    let first = read_json_line(&mut lines).await;
+    assert_eq!(first["status"], "SUBSCRIBED", "{first}");
+
+    let (db, conn) = switchboard::db::connect(&database).await.unwrap();
+    db.batch_execute(
+        "insert into jobs (customer_id, title) values ('22222222-2222-4222-8222-222222222222', 'not for Ada');
+         insert into jobs (customer_id, title) values ('11111111-1111-4111-8111-111111111111', 'Window cleaning');",
+    )
+    .await
+    .unwrap();
+    let change = read_json_line(&mut lines).await;
+    assert_eq!(change["change"]["eventType"], "INSERT", "{change}");
+    assert_eq!(
+        change["change"]["new"]["title"], "Window cleaning",
+        "Ada must not get Bo's job first: {change}"
+    );
+    drop(db);
+    conn.abort();
+    let _ = portal.kill().await;
+    stop_dev(&mut dev);
+
+    let (mut again, banner) = start_dev();
+    assert!(
+        banner
+            .iter()
+            .any(|l| l.contains("Switchboard dev is running")),
+        "{}",
+        banner.join("\n")
+    );
+    let (db, conn) = switchboard::db::connect(&database).await.unwrap();
+    let n: i64 = db
+        .query_one(
+            "select count(*) from jobs where title = 'Window cleaning'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the second run reuses the data");
+    drop(db);
+    conn.abort();
+    stop_dev(&mut again);
+}
+
+/// The next line a child printed, parsed as JSON (20 s at most).
+async fn read_json_line(
+    reader: &mut tokio::io::BufReader<tokio::process::ChildStdout>,
+) -> serde_json::Value {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(20), reader.read_line(&mut line))
+        .await
+        .expect("output in time")
+        .expect("readable output");
+    serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line:?}"))
+}

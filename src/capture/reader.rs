@@ -20,7 +20,7 @@ use crate::router::change::{Change, DbBroadcast, DbEvent, Op};
 /// use the xid index (a BitmapOr), so the read costs what is new, not the whole log.
 const READ_NEW_ROWS: &str = "\
 select c.id, c.op, c.schema_name, c.table_name, c.record, c.old_record, \
-       c.topic, c.event, c.private, c.created_at, \
+       c.topic, c.event, c.private, realtime.commit_time(c.xid, c.created_at) as created_at, \
        (extract(epoch from clock_timestamp() - c.created_at) * 1000)::int8 as age_ms \
 from realtime.changes c \
 where (c.xid >= $1::text::xid8 or c.xid = any($2::text[]::xid8[])) \

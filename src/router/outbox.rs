@@ -169,6 +169,15 @@ impl OutboxRx {
         Some(frame)
     }
 
+    /// The next frame if one is already queued (for batching writes).
+    pub fn try_recv(&mut self) -> Option<WireFrame> {
+        let frame = self.rx.try_recv().ok()?;
+        self.shared
+            .queued_bytes
+            .fetch_sub(frame_len(&frame), Ordering::AcqRel);
+        Some(frame)
+    }
+
     /// A handle that resolves when the connection has been asked to close.
     pub fn close_token(&self) -> CancellationToken {
         self.shared.close.clone()

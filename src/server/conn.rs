@@ -18,6 +18,9 @@ use crate::protocol::{self, Vsn, WireFrame};
 use crate::router::outbox::{outbox, CloseReason, OutboxRx};
 use crate::telemetry::next_id;
 
+/// Most frames written to the socket before one flush.
+const WRITE_BATCH: usize = 64;
+
 /// How long the writer may take to flush queued frames once a close is requested.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -128,7 +131,18 @@ where
             _ = closed.cancelled() => break,
             frame = rx.recv() => match frame {
                 Some(frame) => {
-                    if sink.send(to_message(frame)).await.is_err() {
+                    // Write what is already queued too, then flush once: one syscall
+                    // for a burst instead of one per frame.
+                    if sink.feed(to_message(frame)).await.is_err() {
+                        return;
+                    }
+                    for _ in 1..WRITE_BATCH {
+                        let Some(frame) = rx.try_recv() else { break };
+                        if sink.feed(to_message(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if sink.flush().await.is_err() {
                         return;
                     }
                 }

@@ -22,6 +22,11 @@ use crate::capture::CaptureStatus;
 use crate::channel::Services;
 use crate::protocol::{reason, Vsn};
 
+/// Initial per-socket read buffer.
+const SOCKET_READ_BUFFER: usize = 4 * 1024;
+/// Writes are flushed once this much is buffered (or when the writer flushes a batch).
+const SOCKET_WRITE_BUFFER: usize = 64 * 1024;
+
 /// Shared state of a running hub.
 pub struct Hub {
     pub services: Arc<Services>,
@@ -93,7 +98,11 @@ async fn websocket(
         return error_json(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
     };
     let max = hub.services.limits.max_frame_bytes;
-    ws.max_message_size(max)
+    // Small initial buffers (they grow for large messages): tungstenite's 128 KiB
+    // default read buffer per socket dominates the memory of idle connections.
+    ws.read_buffer_size(SOCKET_READ_BUFFER)
+        .write_buffer_size(SOCKET_WRITE_BUFFER)
+        .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let tracker = hub.connections.clone();

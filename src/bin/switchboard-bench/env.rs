@@ -1,0 +1,214 @@
+//! What a scenario runs against: a throwaway Postgres cluster (or `--database-url`), the
+//! hub as a separate release process (or `--hub-url`), and tokens signed for it.
+//! Everything started here is stopped when its guard drops.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::BenchError;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The HS256 secret of a hub this program starts.
+pub const SECRET: &str = "switchboard-bench-secret-0123456789abcdef";
+
+/// A Postgres cluster in a temp dir, owned by user `postgres`; stopped and removed on drop.
+pub struct PgCluster {
+    dir: PathBuf,
+    pub url: String,
+}
+
+impl PgCluster {
+    pub fn start() -> Result<PgCluster, BenchError> {
+        let dir = std::env::temp_dir().join(format!("switchboard-bench-pg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir))?;
+        let data = dir.join("data");
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data))?;
+        let port = free_port()?;
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=200 -c shared_buffers=256MB",
+            dir.display()
+        );
+        let log = dir.join("postgres.log");
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["start", "-w", "-t", "60", "-l"])
+            .arg(&log)
+            .args(["-o", &opts]))?;
+        Ok(PgCluster {
+            dir,
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        })
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["stop", "-m", "immediate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<(), BenchError> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BenchError::Setup(format!(
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+pub fn free_port() -> Result<u16, BenchError> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The hub under test: its address, secret, and pid when this program started it.
+pub struct Hub {
+    pub addr: SocketAddr,
+    pub secret: String,
+    pub pid: Option<u32>,
+    child: Option<Child>,
+}
+
+/// Settings for a hub this program starts (all via the hub's environment variables).
+pub struct HubSpec<'a> {
+    pub bin: &'a Path,
+    pub database_url: Option<&'a str>,
+    /// Extra `SWITCHBOARD_*` variables, e.g. larger outboxes.
+    pub env: Vec<(String, String)>,
+}
+
+impl Hub {
+    /// Starts `switchboard serve` on a free loopback port and waits until `/ready` answers.
+    pub async fn start(spec: HubSpec<'_>) -> Result<Hub, BenchError> {
+        let port = free_port()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid address");
+        let mut cmd = Command::new(spec.bin);
+        cmd.arg("serve")
+            .env("SWITCHBOARD_LISTEN", addr.to_string())
+            .env("SWITCHBOARD_JWT_SECRET", SECRET)
+            .env("SWITCHBOARD_MAX_CONNECTIONS", "19000")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Some(url) = spec.database_url {
+            cmd.env("DATABASE_URL", url);
+        } else {
+            cmd.env_remove("DATABASE_URL");
+        }
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| BenchError::Setup(format!("cannot start {}: {e}", spec.bin.display())))?;
+        let hub = Hub {
+            addr,
+            secret: SECRET.to_owned(),
+            pid: Some(child.id()),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(addr, "/ready").await.ok().map(|(c, _)| c) != Some(200) {
+            if Instant::now() > deadline {
+                return Err(BenchError::Setup("hub not ready within 30 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(hub)
+    }
+
+    /// A hub already running at `url` (`ws://host:port` or `http://host:port`).
+    pub fn external(url: &str, secret: &str) -> Result<Hub, BenchError> {
+        let hostport = url
+            .trim_start_matches("ws://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let addr = hostport.parse().map_err(|_| {
+            BenchError::Setup(format!("--hub-url needs host:port with an IP: {url}"))
+        })?;
+        Ok(Hub {
+            addr,
+            secret: secret.to_owned(),
+            pid: None,
+            child: None,
+        })
+    }
+
+    /// An `authenticated` token for user `sub`, valid for an hour.
+    pub fn token(&self, sub: &str) -> String {
+        let exp = chrono::Utc::now().timestamp() + 3600;
+        switchboard::auth::mint_hs256(
+            &self.secret,
+            &json!({"role": "authenticated", "sub": sub, "exp": exp}),
+        )
+        .expect("mint token")
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A bare HTTP/1.0 GET; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), std::io::Error> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((code, body))
+}

@@ -1,0 +1,175 @@
+//! `switchboard-bench`: load scenarios against a running (or self-started) hub, each
+//! printing a one-line summary and a JSON record. See BENCHMARKS.md.
+
+mod changes;
+mod env;
+mod fanout;
+mod idle;
+mod nullhub;
+mod pgload;
+mod run;
+mod stats;
+mod ws;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Why a scenario could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("setup: {0}")]
+    Setup(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("websocket: {0}")]
+    Ws(String),
+    #[error("postgres: {0}")]
+    Pg(#[from] tokio_postgres::Error),
+    #[error("database: {0}")]
+    Db(#[from] switchboard::db::DbError),
+}
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard-bench",
+    about = "Load scenarios for the switchboard hub"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// Options every scenario shares.
+#[derive(Args, Clone)]
+pub struct Common {
+    /// The hub binary to start (default: `switchboard` next to this program).
+    #[arg(long)]
+    pub hub_bin: Option<PathBuf>,
+    /// Use a hub that is already running (`ws://127.0.0.1:4000`) instead of starting one.
+    #[arg(long)]
+    pub hub_url: Option<String>,
+    /// HS256 secret of the `--hub-url` hub.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", default_value = env::SECRET)]
+    pub secret: String,
+    /// Postgres to use (superuser); default: a throwaway cluster.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Length of each measured window, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Sockets opened concurrently during setup.
+    #[arg(long, default_value_t = 200)]
+    pub parallel: usize,
+    /// Extra hub settings for a hub this program starts, `NAME=value` (repeatable).
+    #[arg(long = "hub-env", value_parser = parse_kv)]
+    pub hub_env: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected NAME=value, got {s}"))
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// One writer table, N subscribers: latency at a fixed rate, saturation, null hub ratio.
+    Fanout(fanout::FanoutArgs),
+    /// Portal customers each filtered to their own rows with RLS on; random updates.
+    Rowscoped(changes::RowscopedArgs),
+    /// C channels x M members, each member broadcasting R messages per second.
+    Broadcast(fanout::BroadcastArgs),
+    /// N idle sockets: hub RSS and kernel socket memory per connection.
+    Idle(idle::IdleArgs),
+    /// Writers at the maximum commit rate: committed/s, delivered/s and lag.
+    Capture(changes::CaptureArgs),
+    /// The null hub (started by fanout and broadcast; can be run by hand).
+    Nullhub {
+        #[arg(long, default_value = "127.0.0.1:4999")]
+        listen: std::net::SocketAddr,
+    },
+    /// A share of the idle sockets, in a child process (used by `idle --procs`).
+    #[command(hide = true)]
+    IdleChild(idle::ChildArgs),
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Fanout(a) => fanout::fanout(a).await,
+        Scenario::Rowscoped(a) => changes::rowscoped(a).await,
+        Scenario::Broadcast(a) => fanout::broadcast(a).await,
+        Scenario::Idle(a) => idle::idle(a).await,
+        Scenario::Capture(a) => changes::capture(a).await,
+        Scenario::Nullhub { listen } => nullhub::serve(listen).await,
+        Scenario::IdleChild(a) => idle::child(a).await,
+    };
+    if let Err(e) = result {
+        eprintln!("switchboard-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The database and hub a scenario runs against; both are stopped on drop.
+pub struct Setup {
+    pub hub: env::Hub,
+    pub database_url: Option<String>,
+    _pg: Option<env::PgCluster>,
+}
+
+impl Common {
+    pub fn window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.duration)
+    }
+
+    /// Starts (or reaches) Postgres when `with_db`, prepares the bench schema with
+    /// `customers` portal customers, then starts (or reaches) the hub with `hub_env`.
+    pub async fn setup(
+        &self,
+        with_db: bool,
+        customers: usize,
+        hub_env: Vec<(&'static str, String)>,
+    ) -> Result<Setup, BenchError> {
+        let (pg, database_url) = match (with_db, &self.database_url) {
+            (false, _) => (None, None),
+            (true, Some(url)) => (None, Some(url.clone())),
+            (true, None) => {
+                let pg = tokio::task::spawn_blocking(env::PgCluster::start)
+                    .await
+                    .map_err(|e| BenchError::Setup(e.to_string()))??;
+                let url = pg.url.clone();
+                (Some(pg), Some(url))
+            }
+        };
+        if let Some(url) = &database_url {
+            pgload::setup(url, customers).await?;
+        }
+        let hub = match &self.hub_url {
+            Some(url) => env::Hub::external(url, &self.secret)?,
+            None => {
+                let bin = match &self.hub_bin {
+                    Some(b) => b.clone(),
+                    None => std::env::current_exe()?.with_file_name("switchboard"),
+                };
+                let mut all_env: Vec<(String, String)> = hub_env
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect();
+                all_env.extend(self.hub_env.iter().cloned());
+                env::Hub::start(env::HubSpec {
+                    bin: &bin,
+                    database_url: database_url.as_deref(),
+                    env: all_env,
+                })
+                .await?
+            }
+        };
+        Ok(Setup {
+            hub,
+            database_url,
+            _pg: pg,
+        })
+    }
+}

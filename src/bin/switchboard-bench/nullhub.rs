@@ -1,0 +1,199 @@
+//! The null hub: accepts the same vsn 2.0.0 clients as the hub, answers their joins, and
+//! on a `start` command writes one pre-encoded frame per message to every member of each
+//! topic as fast as the sockets take them. No routing, no Postgres, no JSON per
+//! receiver: the physical limit of this machine for a given frame and client count.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::stats::now_us;
+use crate::ws::MARKER;
+use crate::BenchError;
+
+/// Frames queued per connection before the writer of the null hub waits.
+const QUEUE: usize = 1024;
+
+type Members = Arc<Mutex<HashMap<String, Vec<mpsc::Sender<Message>>>>>;
+
+/// Serves until the process is killed.
+pub async fn serve(listen: SocketAddr) -> Result<(), BenchError> {
+    let listener = TcpListener::bind(listen).await?;
+    let members: Members = Arc::default();
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        let members = members.clone();
+        tokio::spawn(async move {
+            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                connection(ws, members).await;
+            }
+        });
+    }
+}
+
+async fn connection(
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    members: Members,
+) {
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(QUEUE);
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.feed(m).await.is_err() {
+                return;
+            }
+            while let Ok(m) = rx.try_recv() {
+                if sink.feed(m).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(Ok(msg)) = stream.next().await {
+        let Message::Text(text) = msg else { continue };
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let topic = v[2].as_str().unwrap_or("").to_owned();
+        match v[3].as_str() {
+            Some("phx_join") => {
+                let reply = json!(["1", v[1], topic, "phx_reply", {"status": "ok", "response": {"postgres_changes": []}}]);
+                let _ = tx.send(Message::text(reply.to_string())).await;
+                if v[4]["config"]["postgres_changes"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+                {
+                    let sys = json!(["1", null, topic, "system", {"message": "Subscribed to PostgreSQL", "status": "ok", "extension": "postgres_changes", "channel": topic}]);
+                    let _ = tx.send(Message::text(sys.to_string())).await;
+                }
+                members
+                    .lock()
+                    .expect("members lock")
+                    .entry(topic)
+                    .or_default()
+                    .push(tx.clone());
+            }
+            Some("start") => {
+                let seconds = v[4]["seconds"].as_f64().unwrap_or(10.0);
+                let template = v[4]["template"].as_str().unwrap_or("").to_owned();
+                let binary = v[4]["binary"].as_bool().unwrap_or(false);
+                tokio::spawn(blast(
+                    members.clone(),
+                    Duration::from_secs_f64(seconds),
+                    template,
+                    binary,
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Members one blasting task writes to; several tasks let the runtime use every core.
+const MEMBERS_PER_BLASTER: usize = 250;
+
+/// Writes frames made from `template` (its `sent_at_us` set to now) to every member of
+/// each topic until `length` has passed, one task per [`MEMBERS_PER_BLASTER`] members.
+async fn blast(members: Members, length: Duration, template: String, binary: bool) {
+    let Some(at) = template.find(MARKER).map(|i| i + MARKER.len()) else {
+        return;
+    };
+    let digits_end = template[at..]
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or(template.len(), |i| at + i);
+    let prefix: Arc<str> = template[..at].into();
+    let suffix: Arc<str> = template[digits_end..].into();
+    let groups: Vec<Vec<mpsc::Sender<Message>>> = members
+        .lock()
+        .expect("members lock")
+        .values()
+        .flat_map(|g| {
+            g.chunks(MEMBERS_PER_BLASTER)
+                .map(<[_]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let end = Instant::now() + length;
+    for group in groups {
+        let (prefix, suffix) = (prefix.clone(), suffix.clone());
+        tokio::spawn(async move {
+            while Instant::now() < end {
+                let text = format!("{prefix}{}{suffix}", now_us());
+                let msg = if binary {
+                    Message::binary(text.into_bytes())
+                } else {
+                    Message::text(text)
+                };
+                for member in &group {
+                    let _ = member.send(msg.clone()).await;
+                }
+            }
+        });
+    }
+}
+
+/// A null hub in a child process of this program; killed on drop.
+pub struct NullHub {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl NullHub {
+    pub async fn start() -> Result<NullHub, BenchError> {
+        let port = crate::env::free_port()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid address");
+        let child = Command::new(std::env::current_exe()?)
+            .args(["nullhub", "--listen", &addr.to_string()])
+            .stdin(Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if Instant::now() > deadline {
+                return Err(BenchError::Setup("null hub did not start".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(NullHub { addr, child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Tells the null hub to write `sample`-shaped frames for `length`.
+    pub async fn start_blast(&self, sample: &Message, length: Duration) -> Result<(), BenchError> {
+        let (template, binary) = match sample {
+            Message::Text(t) => (t.as_str().to_owned(), false),
+            Message::Binary(b) => (String::from_utf8_lossy(b).into_owned(), true),
+            _ => return Err(BenchError::Setup("no sample frame to replay".into())),
+        };
+        let mut ctl = crate::ws::connect(self.addr, 0, "control").await?;
+        let start = json!([null, "1", "bench", "start", {"seconds": length.as_secs_f64(), "template": template, "binary": binary}]);
+        ctl.send(Message::text(start.to_string()))
+            .await
+            .map_err(|e| BenchError::Ws(e.to_string()))?;
+        // Keep the control socket open until the blast is over.
+        tokio::spawn(async move {
+            tokio::time::sleep(length + Duration::from_secs(1)).await;
+            drop(ctl);
+        });
+        Ok(())
+    }
+}
+
+impl Drop for NullHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,264 @@
+//! postgres_changes `filter` strings through the running hub (PROTOCOL.md §4 "Filter
+//! syntax"): each operator gets a change that matches and changes that do not. The
+//! non-matching rows are written first; the matching row written after them must be
+//! the next frame, which proves the others were not delivered. Filter values are data:
+//! quotes, semicolons and unicode never reach SQL as code.
+
+mod common;
+
+use common::e2e::*;
+use common::hub::Vsn;
+use serde_json::json;
+
+const SETUP: &str = r#"
+create table public.items (
+    id    bigserial primary key,
+    n     int4,
+    title text,
+    note  text,
+    tag   text,
+    at    timestamptz,
+    who   uuid
+);
+grant select on public.items to authenticated;
+select realtime.enable('public.items');
+create table public.sentinel (id bigserial primary key);
+"#;
+
+const USER: &str = "1f0c8d2e-3b4a-4c5d-8e9f-a0b1c2d3e4f5";
+
+/// One row of `items` (NULL where `None`).
+#[derive(Clone, Copy, Default)]
+struct Row<'a> {
+    n: Option<i32>,
+    title: Option<&'a str>,
+    note: Option<&'a str>,
+    tag: Option<&'a str>,
+}
+
+fn n(v: i32) -> Row<'static> {
+    Row {
+        n: Some(v),
+        ..Row::default()
+    }
+}
+
+fn title(v: &str) -> Row<'_> {
+    Row {
+        title: Some(v),
+        ..Row::default()
+    }
+}
+
+fn tag(v: &str) -> Row<'_> {
+    Row {
+        tag: Some(v),
+        ..Row::default()
+    }
+}
+
+fn note(v: Option<&str>) -> Row<'_> {
+    Row {
+        note: v,
+        ..Row::default()
+    }
+}
+
+async fn insert(pg: &PgHub, r: Row<'_>) -> i64 {
+    pg.id(
+        "insert into public.items (n, title, note, tag) values ($1, $2, $3, $4) returning id",
+        &[&r.n, &r.title, &r.note, &r.tag],
+    )
+    .await
+}
+
+/// Subscribes with `filter` on a fresh socket, writes every `misses` row and then `hit`;
+/// the first frame must be `hit`'s INSERT.
+async fn assert_filter(pg: &PgHub, filter: &str, hit: Row<'_>, misses: &[Row<'_>]) {
+    let mut c = pg.connect(Vsn::V2).await;
+    let entry = json!({"event": "INSERT", "schema": "public", "table": "items", "filter": filter});
+    let sub = subscribe(&mut c, "realtime:f", json!([entry]), Some(&pg.user(USER))).await;
+    assert_eq!(sub.entries[0]["filter"], filter, "filter echoed verbatim");
+    for m in misses {
+        insert(pg, *m).await;
+    }
+    let id = insert(pg, hit).await;
+    let ch = next_change(&mut c).await;
+    assert_eq!(
+        ch.row_id(),
+        Some(id),
+        "filter {filter:?}: expected only the matching row {id}, got {:?}",
+        ch.frame
+    );
+    assert_eq!(ch.ids, sub.ids, "filter {filter:?}");
+    c.close().await;
+}
+
+#[tokio::test]
+async fn comparison_filters_deliver_only_matching_changes() {
+    let pg = PgHub::start(SETUP).await;
+    assert_filter(&pg, "n=eq.5", n(5), &[n(6), n(4), Row::default()]).await;
+    assert_filter(&pg, "n=neq.5", n(6), &[n(5)]).await;
+    assert_filter(&pg, "n=lt.5", n(4), &[n(5), n(6)]).await;
+    assert_filter(&pg, "n=lte.5", n(5), &[n(6)]).await;
+    assert_filter(&pg, "n=gt.5", n(6), &[n(5), n(4)]).await;
+    assert_filter(&pg, "n=gte.5", n(5), &[n(4)]).await;
+    assert_filter(&pg, "n=gt.-3", n(-2), &[n(-3), n(-4)]).await;
+    assert_filter(
+        &pg,
+        "title=eq.hello",
+        title("hello"),
+        &[title("Hello"), title("hello ")],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_null_value_never_matches_a_comparison_not_even_neq() {
+    let pg = PgHub::start(SETUP).await;
+    assert_filter(&pg, "n=neq.5", n(1), &[Row::default()]).await;
+    assert_filter(
+        &pg,
+        "tag=neq.red",
+        tag("blue"),
+        &[Row::default(), tag("red")],
+    )
+    .await;
+    assert_filter(&pg, "n=lt.5", n(1), &[Row::default()]).await;
+}
+
+#[tokio::test]
+async fn in_like_ilike_and_is_null_filters_deliver_only_matching_changes() {
+    let pg = PgHub::start(SETUP).await;
+    assert_filter(
+        &pg,
+        "tag=in.(red,blue)",
+        tag("blue"),
+        &[tag("green"), tag("re"), Row::default()],
+    )
+    .await;
+    assert_filter(&pg, "n=in.(1,2,3)", n(2), &[n(4), n(0)]).await;
+    assert_filter(
+        &pg,
+        "title=like.%ring%",
+        title("a ring here"),
+        &[title("a Ring here"), title("rang")],
+    )
+    .await;
+    assert_filter(
+        &pg,
+        "title=ilike.%RING%",
+        title("a Ring"),
+        &[title("rang"), Row::default()],
+    )
+    .await;
+    assert_filter(
+        &pg,
+        "note=is.null",
+        note(None),
+        &[note(Some("x")), note(Some(""))],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn not_and_comma_and_filters_deliver_only_matching_changes() {
+    let pg = PgHub::start(SETUP).await;
+    assert_filter(&pg, "tag=not.eq.red", tag("blue"), &[tag("red")]).await;
+    assert_filter(
+        &pg,
+        "tag=not.in.(red,green)",
+        tag("blue"),
+        &[tag("red"), tag("green")],
+    )
+    .await;
+    assert_filter(&pg, "n=gt.1,n=lt.5", n(3), &[n(7), n(1), n(5)]).await;
+    let both = Row {
+        n: Some(2),
+        tag: Some("red"),
+        ..Row::default()
+    };
+    let wrong_tag = Row {
+        n: Some(2),
+        tag: Some("blue"),
+        ..Row::default()
+    };
+    assert_filter(
+        &pg,
+        "n=eq.2,tag=eq.red",
+        both,
+        &[wrong_tag, n(2), tag("red")],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn filter_values_with_quotes_semicolons_and_unicode_are_data() {
+    let pg = PgHub::start(SETUP).await;
+    let evil = "O'Brien; drop table items;--";
+    assert_filter(
+        &pg,
+        &format!("title=eq.{evil}"),
+        title(evil),
+        &[title("O'Brien")],
+    )
+    .await;
+    assert_filter(
+        &pg,
+        "title=eq.\"a,b\"",
+        title("a,b"),
+        &[title("a"), title("\"a,b\"")],
+    )
+    .await;
+    assert_filter(
+        &pg,
+        "title=eq.✓ café",
+        title("✓ café"),
+        &[title("cafe"), title("✓ cafe")],
+    )
+    .await;
+    assert_filter(&pg, "title=eq.a.b=c", title("a.b=c"), &[title("a")]).await;
+    assert_filter(
+        &pg,
+        "title=in.(\"x,y\",z)",
+        title("x,y"),
+        &[title("x"), title("y")],
+    )
+    .await;
+    assert_filter(
+        &pg,
+        "title=eq.'); select pg_sleep(10); --",
+        title("'); select pg_sleep(10); --"),
+        &[],
+    )
+    .await;
+    // The tables are all still there.
+    pg.exec("select 1 from public.items; select 1 from public.sentinel")
+        .await;
+}
+
+#[tokio::test]
+async fn an_update_is_filtered_on_its_new_row_and_a_delete_on_its_old_row() {
+    let pg = PgHub::start(SETUP).await;
+    let mut c = pg.connect(Vsn::V2).await;
+    let entry = json!({"event": "*", "schema": "public", "table": "items", "filter": "tag=eq.red"});
+    subscribe(&mut c, "realtime:f", json!([entry]), Some(&pg.user(USER))).await;
+    let id = insert(&pg, tag("blue")).await;
+    pg.run("update public.items set tag = 'red' where id = $1", &[&id])
+        .await;
+    let up = expect_row(&mut c, "UPDATE", "items", id).await;
+    assert_eq!(up.data["old_record"]["tag"], "blue", "{:?}", up.frame);
+    pg.run(
+        "update public.items set tag = 'green' where id = $1",
+        &[&id],
+    )
+    .await;
+    pg.run("delete from public.items where id = $1", &[&id])
+        .await;
+    let red = insert(&pg, tag("red")).await;
+    pg.run("delete from public.items where id = $1", &[&red])
+        .await;
+    expect_row(&mut c, "INSERT", "items", red).await;
+    let del = expect_row(&mut c, "DELETE", "items", red).await;
+    assert_eq!(del.data["old_record"]["tag"], "red");
+}

@@ -1,0 +1,106 @@
+//! Large rows through postgres_changes (PROTOCOL.md §4, §9): records up to 1 MB arrive
+//! intact; a bigger record arrives with `errors: ["Error 413: Payload Too Large"]` and
+//! its fields over 64 bytes dropped.
+
+mod common;
+
+use common::e2e::*;
+use common::hub::Vsn;
+use serde_json::json;
+
+const SETUP: &str = r#"
+create table public.blobs (id bigserial primary key, small text, body text);
+grant select on public.blobs to authenticated;
+select realtime.enable('public.blobs');
+"#;
+
+const USER: &str = "3c2b1a09-8f7e-4d6c-9b5a-413121110f0e";
+
+/// `len` bytes of varied text (ASCII plus a few multi-byte characters, quotes and
+/// backslashes), so truncation or mangling shows.
+fn text_of(len: usize) -> String {
+    let unit = "abcdefghij0123456789\"\\ café ✓ ";
+    let mut s = String::with_capacity(len + unit.len());
+    let mut i = 0u64;
+    while s.len() < len {
+        s.push_str(unit);
+        s.push_str(&i.to_string());
+        i += 1;
+    }
+    while s.len() > len {
+        s.pop();
+    }
+    s
+}
+
+async fn insert_blob(pg: &PgHub, body: &str) -> i64 {
+    pg.id(
+        "insert into public.blobs (small, body) values ('tiny', $1) returning id",
+        &[&body],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn rows_of_100_kb_and_900_kb_arrive_intact() {
+    let pg = PgHub::start(SETUP).await;
+    let mut c = pg.connect(Vsn::V2).await;
+    let entry = json!({"event": "*", "schema": "public", "table": "blobs"});
+    subscribe(
+        &mut c,
+        "realtime:blobs",
+        json!([entry]),
+        Some(&pg.user(USER)),
+    )
+    .await;
+    for size in [100 * 1024, 900 * 1024] {
+        let body = text_of(size);
+        let id = insert_blob(&pg, &body).await;
+        let ch = expect_row(&mut c, "INSERT", "blobs", id).await;
+        assert_eq!(ch.data["errors"], serde_json::Value::Null, "{size} bytes");
+        let got = ch.data["record"]["body"].as_str().unwrap_or_default();
+        assert_eq!(got.len(), body.len(), "{size} bytes: length");
+        assert!(got == body, "{size} bytes: content differs");
+    }
+}
+
+#[tokio::test]
+async fn a_row_over_1_mb_arrives_with_error_413_and_its_large_field_dropped() {
+    let pg = PgHub::start(SETUP).await;
+    let mut c = pg.connect(Vsn::V2).await;
+    let entry = json!({"event": "*", "schema": "public", "table": "blobs"});
+    let sub = subscribe(
+        &mut c,
+        "realtime:blobs",
+        json!([entry]),
+        Some(&pg.user(USER)),
+    )
+    .await;
+    let body = text_of(1536 * 1024);
+    let id = insert_blob(&pg, &body).await;
+    let ch = expect_row(&mut c, "INSERT", "blobs", id).await;
+    assert_eq!(ch.ids, sub.ids);
+    assert_eq!(ch.data["errors"], json!(["Error 413: Payload Too Large"]));
+    assert_eq!(
+        ch.data["record"],
+        json!({"id": id, "small": "tiny"}),
+        "small fields kept, the large one dropped"
+    );
+
+    // An UPDATE of the large row: both record and old_record are cut down.
+    pg.run(
+        "update public.blobs set small = 'still' where id = $1",
+        &[&id],
+    )
+    .await;
+    let up = expect_row(&mut c, "UPDATE", "blobs", id).await;
+    assert_eq!(up.data["errors"], json!(["Error 413: Payload Too Large"]));
+    assert_eq!(up.data["record"], json!({"id": id, "small": "still"}));
+    assert_eq!(up.data["old_record"], json!({"id": id, "small": "tiny"}));
+
+    // A small row afterwards is whole again.
+    let small = insert_blob(&pg, "short").await;
+    let ch = expect_row(&mut c, "INSERT", "blobs", small).await;
+    assert_eq!(ch.data["errors"], serde_json::Value::Null);
+    assert_eq!(ch.data["record"]["body"], "short");
+}

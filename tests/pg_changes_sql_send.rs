@@ -1,0 +1,78 @@
+//! Broadcasts sent from SQL (`realtime.send`, PROTOCOL.md §8) travel through the change
+//! log and reach the members of `realtime:<topic>`: a binary kind-4 frame on v2 sockets,
+//! the text broadcast object on v1; public and private topics stay apart.
+
+mod common;
+
+use common::e2e::*;
+use common::hub::{kind4, Vsn};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn realtime_send_reaches_members_of_the_topic_as_a_broadcast() {
+    let pg = PgHub::start("").await;
+    let mut v2 = pg.connect(Vsn::V2).await;
+    let mut v1 = pg.connect(Vsn::V1).await;
+    let mut elsewhere = pg.connect(Vsn::V2).await;
+    v2.join_ok("realtime:room", json!({})).await;
+    v1.join_ok("realtime:room", json!({})).await;
+    elsewhere.join_ok("realtime:other", json!({})).await;
+
+    pg.exec(r#"select realtime.send('{"a":1}'::jsonb, 'ev', 'room', false)"#)
+        .await;
+    pg.exec(r#"select realtime.send('{"b":2}'::jsonb, 'ev2', 'other', false)"#)
+        .await;
+
+    let k = kind4(&v2.recv().await);
+    assert_eq!(
+        (k.topic.as_str(), k.event.as_str(), k.encoding),
+        ("realtime:room", "ev", 1)
+    );
+    let payload: Value = serde_json::from_slice(&k.payload).expect("JSON payload");
+    assert_eq!(payload["a"], 1, "{payload}");
+
+    let f = v1.recv().await;
+    assert_eq!(f.topic(), Some("realtime:room"), "{f:?}");
+    assert!(f.is_event("broadcast"), "{f:?}");
+    assert_eq!(f.ref_(), None, "{f:?}");
+    let p = f.payload();
+    assert_eq!(p["type"], "broadcast", "{f:?}");
+    assert_eq!(p["event"], "ev", "{f:?}");
+    assert_eq!(p["payload"]["a"], 1, "{f:?}");
+
+    // The member of another topic gets only its own message.
+    let k = kind4(&elsewhere.recv().await);
+    assert_eq!(
+        (k.topic.as_str(), k.event.as_str()),
+        ("realtime:other", "ev2")
+    );
+}
+
+#[tokio::test]
+async fn a_private_realtime_send_does_not_reach_the_public_topic() {
+    let pg = PgHub::start("").await;
+    let mut c = pg.connect(Vsn::V2).await;
+    c.join_ok("realtime:room", json!({"private": false})).await;
+    pg.exec(r#"select realtime.send('{"secret":true}'::jsonb, 'hidden', 'room', true)"#)
+        .await;
+    pg.exec(r#"select realtime.send('{"a":1}'::jsonb, 'shown', 'room', false)"#)
+        .await;
+    let k = kind4(&c.recv().await);
+    assert_eq!(
+        k.event, "shown",
+        "the private message must not reach a public member"
+    );
+}
+
+#[tokio::test]
+async fn realtime_send_in_a_rolled_back_transaction_is_never_delivered() {
+    let pg = PgHub::start("").await;
+    let mut c = pg.connect(Vsn::V2).await;
+    c.join_ok("realtime:room", json!({})).await;
+    pg.exec(r#"begin; select realtime.send('{"n":1}'::jsonb, 'rolled', 'room', false); rollback"#)
+        .await;
+    pg.exec(r#"select realtime.send('{"n":2}'::jsonb, 'kept', 'room', false)"#)
+        .await;
+    let k = kind4(&c.recv().await);
+    assert_eq!(k.event, "kept");
+}
