@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../sql/003_roles_auth.sql")),
     (4, include_str!("../sql/004_commit_time.sql")),
     (10, include_str!("../sql/010_visibility.sql")),
+    (11, include_str!("../sql/011_rule_cache.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

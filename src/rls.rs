@@ -3,9 +3,13 @@
 //! in one call to `realtime.visible_to` (sql/010_visibility.sql), which evaluates the
 //! table's SELECT policies against the row as it was in the change, as each viewer.
 //! Anything uncertain (unknown role, bad claims, a policy that errors) is "not visible".
+//!
+//! Per (table, role) rules are cached until `realtime.rules_version()` changes (any DDL):
+//! "nothing", "every row" and the usual portal policy `<uuid column> = auth.uid()` are
+//! then decided in-process; only other policies go to Postgres.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::Pool;
 use serde_json::{Map, Value};
@@ -16,6 +20,13 @@ use crate::router::change::{Change, Op};
 
 const VISIBLE_TO: &str = "select check_no, visible, old_visible, columns \
      from realtime.visible_to($1::oid[], $2::jsonb[], $3::jsonb[], $4::int[], $5::text[], $6::text[])";
+
+const RULES_VERSION: &str = "select realtime.rules_version()";
+
+const RULES: &str = "select u.rel, u.role_name, r.mode, r.columns, \
+       case when r.mode = 'rls' then realtime.own_rows_column(u.rel, u.role_name) end \
+     from unnest($1::oid[], $2::text[]) as u(rel, role_name) \
+     cross join lateral realtime.visibility_rule(u.rel, u.role_name) r";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RlsError {
@@ -55,10 +66,70 @@ impl Visibility {
     };
 }
 
+/// How one role sees one table (from `realtime.visibility_rule`).
+#[derive(Debug, Clone)]
+enum Rule {
+    /// Nothing (unknown role, no privilege, no applicable policy, hidden primary key).
+    Deny,
+    /// Every row (no RLS, BYPASSRLS, owner), these columns.
+    All(Option<Arc<[String]>>),
+    /// Rows whose `column` equals the viewer's `sub` claim as a uuid.
+    OwnRows {
+        column: String,
+        columns: Option<Arc<[String]>>,
+    },
+    /// Anything else: evaluate the policies in Postgres.
+    Policies,
+}
+
+#[derive(Default)]
+struct RuleCache {
+    version: Option<i64>,
+    rules: HashMap<(u32, String), Rule>,
+}
+
 /// Runs visibility checks on pooled connections; cheap to clone.
 #[derive(Clone)]
 pub struct RlsChecker {
     pool: Pool,
+    /// Held only between awaits, never across one.
+    cache: Arc<Mutex<RuleCache>>,
+}
+
+/// The row a change is judged by, and the old row of an UPDATE.
+fn judged_rows(change: &Change) -> (Option<&Map<String, Value>>, Option<&Map<String, Value>>) {
+    match change.op {
+        Op::Insert => (change.record.as_ref(), None),
+        Op::Update => (change.record.as_ref(), change.old_record.as_ref()),
+        Op::Delete => (change.old_record.as_ref(), None),
+    }
+}
+
+/// `auth.uid()` for these claims: the `sub` claim as a uuid.
+fn claims_uid(claims: &str) -> Option<uuid::Uuid> {
+    let claims: Map<String, Value> = serde_json::from_str(claims).ok()?;
+    let sub = claims.get("sub")?.as_str()?;
+    // Only the hyphenated form, which Postgres's uuid input surely reads the same way.
+    (sub.len() == 36)
+        .then(|| uuid::Uuid::parse_str(sub).ok())
+        .flatten()
+}
+
+fn row_owned_by(row: Option<&Map<String, Value>>, column: &str, uid: Option<uuid::Uuid>) -> bool {
+    let value = row.and_then(|r| r.get(column)).and_then(Value::as_str);
+    match (value.and_then(|v| uuid::Uuid::parse_str(v).ok()), uid) {
+        (Some(v), Some(u)) => v == u,
+        _ => false,
+    }
+}
+
+/// `old_visible` as the caller means it, from the two row checks.
+fn old_visible(op: Op, visible: bool, old_row_visible: bool) -> bool {
+    match op {
+        Op::Insert => false,
+        Op::Update => visible && old_row_visible,
+        Op::Delete => visible,
+    }
 }
 
 /// The flattened batch sent to `realtime.visible_to` (arrays aligned per item / check).
@@ -76,7 +147,77 @@ struct Batch<'a> {
 
 impl RlsChecker {
     pub fn new(pool: Pool) -> Self {
-        RlsChecker { pool }
+        RlsChecker {
+            pool,
+            cache: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RuleCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rules for every (table, role) pair in `items`, fetching the ones not cached
+    /// under the current rules version in one query.
+    async fn rules(
+        &self,
+        client: &deadpool_postgres::Client,
+        items: &[(&Change, &TableInfo, &[Viewer])],
+    ) -> Result<HashMap<(u32, String), Rule>, RlsError> {
+        let stmt = client.prepare_cached(RULES_VERSION).await?;
+        let version: i64 = client.query_one(&stmt, &[]).await?.get(0);
+        let wanted: HashSet<(u32, &str)> = items
+            .iter()
+            .flat_map(|(_, table, viewers)| viewers.iter().map(|v| (table.oid, v.role.as_str())))
+            .collect();
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let mut cache = self.lock();
+            if cache.version != Some(version) {
+                cache.rules.clear();
+                cache.version = Some(version);
+            }
+            for &(rel, role) in &wanted {
+                match cache.rules.get(&(rel, role.to_owned())) {
+                    Some(rule) => {
+                        found.insert((rel, role.to_owned()), rule.clone());
+                    }
+                    None => missing.push((rel, role)),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let rels: Vec<u32> = missing.iter().map(|m| m.0).collect();
+        let roles: Vec<&str> = missing.iter().map(|m| m.1).collect();
+        let stmt = client.prepare_cached(RULES).await?;
+        let rows = client.query(&stmt, &[&rels, &roles]).await?;
+        let mut fetched = Vec::with_capacity(rows.len());
+        for row in rows {
+            let rel: u32 = row.get(0);
+            let role: String = row.get(1);
+            let mode: String = row.get(2);
+            let columns: Option<Vec<String>> = row.get(3);
+            let columns: Option<Arc<[String]>> = columns.map(Into::into);
+            let own: Option<String> = row.get(4);
+            let rule = match (mode.as_str(), own) {
+                ("all", _) => Rule::All(columns),
+                ("rls", Some(column)) => Rule::OwnRows { column, columns },
+                ("rls", None) => Rule::Policies,
+                _ => Rule::Deny,
+            };
+            fetched.push(((rel, role), rule));
+        }
+        let mut cache = self.lock();
+        for (key, rule) in fetched {
+            if cache.version == Some(version) {
+                cache.rules.insert(key.clone(), rule.clone());
+            }
+            found.insert(key, rule);
+        }
+        Ok(found)
     }
 
     /// Visibility of each change for each of its viewers, in one round trip for the
@@ -89,11 +230,47 @@ impl RlsChecker {
             .iter()
             .map(|(_, _, viewers)| vec![Visibility::HIDDEN; viewers.len()])
             .collect();
-        let batch = Batch::build(items);
-        if batch.targets.is_empty() {
+        if items.iter().all(|(_, _, viewers)| viewers.is_empty()) {
             return Ok(result);
         }
         let client = self.pool.get().await?;
+        let rules = self.rules(&client, items).await?;
+        let mut needs_db: HashSet<(usize, usize)> = HashSet::new();
+        for (i, &(change, table, viewers)) in items.iter().enumerate() {
+            let (row, old) = judged_rows(change);
+            if row.is_none() {
+                continue;
+            }
+            for (v, viewer) in viewers.iter().enumerate() {
+                let rule = rules.get(&(table.oid, viewer.role.clone()));
+                result[i][v] = match rule {
+                    None | Some(Rule::Deny) => Visibility::HIDDEN,
+                    Some(Rule::All(columns)) => Visibility {
+                        visible: true,
+                        old_visible: old_visible(change.op, true, old.is_some()),
+                        columns: columns.clone(),
+                    },
+                    Some(Rule::OwnRows { column, columns }) => {
+                        let uid = claims_uid(&viewer.claims);
+                        let visible = row_owned_by(row, column, uid);
+                        let old_ok = row_owned_by(old, column, uid);
+                        Visibility {
+                            visible,
+                            old_visible: old_visible(change.op, visible, old_ok),
+                            columns: columns.clone(),
+                        }
+                    }
+                    Some(Rule::Policies) => {
+                        needs_db.insert((i, v));
+                        Visibility::HIDDEN
+                    }
+                };
+            }
+        }
+        let batch = Batch::build(items, &needs_db);
+        if batch.targets.is_empty() {
+            return Ok(result);
+        }
         let stmt = client.prepare_cached(VISIBLE_TO).await?;
         let rows = client
             .query(
@@ -115,18 +292,13 @@ impl RlsChecker {
                 .and_then(|i| batch.targets.get(i))
                 .ok_or(RlsError::BadResult(check_no))?;
             let visible: bool = row.get(1);
-            let old_visible: bool = row.get(2);
+            let old_row_visible: bool = row.get(2);
             let columns: Option<Vec<String>> = row.get(3);
             let columns: Option<Arc<[String]>> = columns.map(Into::into);
             for &(item, viewer) in targets {
-                let old_visible = match items[item].0.op {
-                    Op::Insert => false,
-                    Op::Update => visible && old_visible,
-                    Op::Delete => visible,
-                };
                 result[item][viewer] = Visibility {
                     visible,
-                    old_visible,
+                    old_visible: old_visible(items[item].0.op, visible, old_row_visible),
                     columns: columns.clone(),
                 };
             }
@@ -139,17 +311,16 @@ impl<'a> Batch<'a> {
     /// Items without a row to judge and viewers with claims that are not a JSON object
     /// get no check (they stay hidden); identical (role, claims) pairs of one item share
     /// one check.
-    fn build(items: &'a [(&'a Change, &'a TableInfo, &'a [Viewer])]) -> Batch<'a> {
+    fn build(
+        items: &'a [(&'a Change, &'a TableInfo, &'a [Viewer])],
+        needs_db: &HashSet<(usize, usize)>,
+    ) -> Batch<'a> {
         let mut batch = Batch::default();
         let mut claims_ok: HashMap<&str, bool> = HashMap::new();
         for (item_idx, &(change, table, viewers)) in items.iter().enumerate() {
-            let (row, old) = match change.op {
-                Op::Insert => (change.record.as_ref(), None),
-                Op::Update => (change.record.as_ref(), change.old_record.as_ref()),
-                Op::Delete => (change.old_record.as_ref(), None),
-            };
+            let (row, old) = judged_rows(change);
             let Some(row) = row else { continue };
-            if viewers.is_empty() {
+            if !(0..viewers.len()).any(|v| needs_db.contains(&(item_idx, v))) {
                 continue;
             }
             batch.item_rel.push(table.oid);
@@ -158,6 +329,9 @@ impl<'a> Batch<'a> {
             let item_no = i32::try_from(batch.item_rel.len()).unwrap_or(i32::MAX);
             let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
             for (viewer_idx, viewer) in viewers.iter().enumerate() {
+                if !needs_db.contains(&(item_idx, viewer_idx)) {
+                    continue;
+                }
                 let claims: &str = &viewer.claims;
                 let valid = *claims_ok
                     .entry(claims)

@@ -664,3 +664,59 @@ async fn prints_checks_per_second_for_one_batch() {
         );
     }
 }
+
+/// The in-process path for the usual portal policy (`owner = auth.uid()`, decided
+/// without a query) gives exactly what SELECT gives, odd `sub` claims included.
+#[tokio::test]
+async fn own_rows_policy_decided_in_process_agrees_with_select() {
+    let mut p = portal().await;
+    p.client
+        .batch_execute(
+            "create table public.tickets (id bigint primary key, owner uuid, body text);
+             alter table public.tickets enable row level security;
+             create policy own_tickets on public.tickets for select to authenticated
+                 using (owner = auth.uid());
+             grant select on public.tickets to authenticated;
+             insert into public.tickets values
+                 (1, 'aaaaaaaa-0000-0000-0000-000000000001', 'a'),
+                 (2, 'bbbbbbbb-0000-0000-0000-000000000002', 'b'),
+                 (3, null, 'nobody');",
+        )
+        .await
+        .unwrap();
+    let viewers = [
+        customer("aaaaaaaa-0000-0000-0000-000000000001"),
+        customer("AAAAAAAA-0000-0000-0000-000000000001"),
+        customer("bbbbbbbb-0000-0000-0000-000000000002"),
+        customer("not-a-uuid"),
+        viewer("authenticated", json!({"role": "authenticated"})),
+        viewer(
+            "anon",
+            json!({"sub": "aaaaaaaa-0000-0000-0000-000000000001", "role": "anon"}),
+        ),
+    ];
+    let table = p.table("tickets").await;
+    let rows = [
+        json!({"id": 1, "owner": "aaaaaaaa-0000-0000-0000-000000000001", "body": "a"}),
+        json!({"id": 2, "owner": "bbbbbbbb-0000-0000-0000-000000000002", "body": "b"}),
+        json!({"id": 3, "owner": null, "body": "nobody"}),
+    ];
+    for v in &viewers {
+        let expected = selectable_ids(&mut p.client, "tickets", v).await;
+        for r in &rows {
+            let id = r["id"].as_i64().unwrap();
+            let c = change("tickets", Op::Insert, Some(r.clone()), None);
+            let got = p
+                .rls
+                .check(&[(&c, &table, std::slice::from_ref(v))])
+                .await
+                .unwrap();
+            assert_eq!(
+                got[0][0].visible,
+                expected.contains(&id),
+                "viewer {:?}, row {id}",
+                v.claims
+            );
+        }
+    }
+}

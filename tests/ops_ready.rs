@@ -1,0 +1,61 @@
+//! `/ready` follows the change listener: 200 when connected and caught up, 503 while
+//! Postgres is down, 200 again after it comes back (and `/api/status` counts the
+//! reconnect and shows the error). `/health` stays 200 throughout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::hub::{test_config, TestHub};
+use common::pg::dedicated_cluster;
+
+/// Waits (bounded) until `GET path` answers `status`; returns the last body.
+async fn wait_for_status(hub: &TestHub, path: &str, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = hub.get(path).await;
+        if code == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} stayed {code} ({body}), wanted {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_goes_false_while_the_listener_is_down_and_recovers() {
+    let cluster = dedicated_cluster().await;
+    let mut config = test_config();
+    config.database_url = Some(cluster.create_db().await);
+    config.capture_poll = Duration::from_millis(100);
+    let hub = TestHub::start(config).await;
+
+    wait_for_status(&hub, "/ready", 200).await;
+
+    tokio::task::block_in_place(|| cluster.stop());
+    let body = wait_for_status(&hub, "/ready", 503).await;
+    assert!(body.contains("not ready"), "{body}");
+    assert_eq!(hub.get("/health").await.0, 200);
+    let (_, status) = hub.get("/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["capture"]["connected"], false, "{status}");
+    assert!(status["capture"]["last_error"].is_string(), "{status}");
+
+    tokio::task::block_in_place(|| cluster.start());
+    wait_for_status(&hub, "/ready", 200).await;
+    let (_, status) = hub.get("/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["capture"]["connected"], true, "{status}");
+    assert!(
+        status["capture"]["reconnects"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    let (_, metrics) = hub.get("/metrics").await;
+    assert!(
+        metrics.contains("switchboard_capture_connected 1"),
+        "{metrics}"
+    );
+}
