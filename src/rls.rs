@@ -96,8 +96,10 @@ pub struct RlsChecker {
     cache: Arc<Mutex<RuleCache>>,
 }
 
+type Row = Map<String, Value>;
+
 /// The row a change is judged by, and the old row of an UPDATE.
-fn judged_rows(change: &Change) -> (Option<&Map<String, Value>>, Option<&Map<String, Value>>) {
+fn judged_rows(change: &Change) -> (Option<&Row>, Option<&Row>) {
     match change.op {
         Op::Insert => (change.record.as_ref(), None),
         Op::Update => (change.record.as_ref(), change.old_record.as_ref()),
@@ -115,7 +117,7 @@ fn claims_uid(claims: &str) -> Option<uuid::Uuid> {
         .flatten()
 }
 
-fn row_owned_by(row: Option<&Map<String, Value>>, column: &str, uid: Option<uuid::Uuid>) -> bool {
+fn row_owned_by(row: Option<&Row>, column: &str, uid: Option<uuid::Uuid>) -> bool {
     let value = row.and_then(|r| r.get(column)).and_then(Value::as_str);
     match (value.and_then(|v| uuid::Uuid::parse_str(v).ok()), uid) {
         (Some(v), Some(u)) => v == u,
