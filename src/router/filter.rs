@@ -160,6 +160,22 @@ impl Filter {
     }
 }
 
+/// A column (and how its values compare) that subscriptions can be indexed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IndexColumn {
+    column: String,
+    kind: Kind,
+}
+
+impl IndexColumn {
+    /// The key of `record`'s value in this column, as `BoundFilter::eq_index` keys
+    /// filter values; `None` when the value is NULL, missing or unreadable.
+    pub fn key_of(&self, record: &Map<String, Value>) -> Option<String> {
+        let value = record.get(&self.column).filter(|v| !v.is_null())?;
+        self.kind.read_record(value)?.index_key()
+    }
+}
+
 /// A filter checked against a table, ready to match records.
 #[derive(Debug, Clone, Default)]
 pub struct BoundFilter {
@@ -174,6 +190,24 @@ impl BoundFilter {
 
     pub fn is_empty(&self) -> bool {
         self.conditions.is_empty()
+    }
+
+    /// An `eq` condition on a text or uuid column: a record can only match if its key
+    /// in that column equals this key, so subscriptions can be looked up by it.
+    pub fn eq_index(&self) -> Option<(IndexColumn, String)> {
+        self.conditions
+            .iter()
+            .find_map(|c| match (&c.test, c.negate) {
+                (Test::Cmp(Op::Eq, want), false) => {
+                    let key = want.index_key()?;
+                    let column = IndexColumn {
+                        column: c.column.clone(),
+                        kind: c.kind,
+                    };
+                    Some((column, key))
+                }
+                _ => None,
+            })
     }
 }
 

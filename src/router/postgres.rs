@@ -7,10 +7,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::change::{Change, Op};
-use super::filter::BoundFilter;
+use super::filter::{BoundFilter, IndexColumn};
 use super::outbox::OutboxTx;
 use super::MemberId;
 use crate::protocol::Vsn;
@@ -71,10 +71,81 @@ pub struct Matched {
     pub ids: Vec<u32>,
 }
 
+type Entry = (Arc<PgMember>, PgSubscription);
+/// Where a subscription sits inside its scope: scanned, or under an index key.
+type Slot = Option<(IndexColumn, String)>;
+/// Every (scope, slot) a member's subscriptions occupy.
+type Places = Vec<(TableScope, Slot)>;
+
+/// The subscriptions of one scope: those with an `eq` filter on a text/uuid column are
+/// found by hash lookup (the usual portal case, `customer_id=eq.<uuid>`), the rest are
+/// scanned. Either way the whole filter is then checked.
+#[derive(Default)]
+struct ScopeSubs {
+    scanned: Vec<Entry>,
+    by_eq: HashMap<IndexColumn, HashMap<String, Vec<Entry>>>,
+}
+
+impl ScopeSubs {
+    fn add(&mut self, entry: Entry) {
+        match entry.1.filter.eq_index() {
+            Some((column, key)) => self
+                .by_eq
+                .entry(column)
+                .or_default()
+                .entry(key)
+                .or_default()
+                .push(entry),
+            None => self.scanned.push(entry),
+        }
+    }
+
+    /// Removes `member`'s entries from where `slot` says they are.
+    fn remove_member(&mut self, member: MemberId, slot: &Slot) {
+        match slot {
+            None => self.scanned.retain(|(m, _)| m.member != member),
+            Some((column, key)) => {
+                if let Some(keys) = self.by_eq.get_mut(column) {
+                    if let Some(subs) = keys.get_mut(key) {
+                        subs.retain(|(m, _)| m.member != member);
+                        if subs.is_empty() {
+                            keys.remove(key);
+                        }
+                    }
+                    if keys.is_empty() {
+                        self.by_eq.remove(column);
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.scanned.is_empty() && self.by_eq.is_empty()
+    }
+
+    /// Entries that may match `row`: every scanned one, plus the indexed ones under
+    /// the row's key.
+    fn candidates<'a>(
+        &'a self,
+        row: &'a Map<String, Value>,
+    ) -> impl Iterator<Item = &'a Entry> + 'a {
+        let indexed = self.by_eq.iter().flat_map(move |(column, keys)| {
+            column
+                .key_of(row)
+                .and_then(|key| keys.get(&key))
+                .into_iter()
+                .flatten()
+        });
+        self.scanned.iter().chain(indexed)
+    }
+}
+
 #[derive(Default)]
 pub struct PgIndex {
-    by_scope: DashMap<TableScope, Vec<(Arc<PgMember>, PgSubscription)>>,
-    members: DashMap<MemberId, (Arc<PgMember>, Vec<TableScope>)>,
+    by_scope: DashMap<TableScope, ScopeSubs>,
+    /// Each member's subscriptions' places, so leaving touches only those buckets.
+    members: DashMap<MemberId, (Arc<PgMember>, Places)>,
 }
 
 /// The stable id of a requested entry: identical entries get identical ids (so frames
@@ -125,26 +196,27 @@ impl PgIndex {
             outbox,
             viewer: RwLock::new(viewer),
         });
-        let mut scopes = Vec::new();
+        let mut places = Vec::new();
         for sub in subs {
-            scopes.push(sub.scope.clone());
+            let place = (sub.scope.clone(), sub.filter.eq_index());
+            if !places.contains(&place) {
+                places.push(place);
+            }
             self.by_scope
                 .entry(sub.scope.clone())
                 .or_default()
-                .push((pm.clone(), sub));
+                .add((pm.clone(), sub));
         }
-        scopes.sort_by_key(|s| format!("{s:?}"));
-        scopes.dedup();
-        self.members.insert(member, (pm, scopes));
+        self.members.insert(member, (pm, places));
     }
 
     pub fn remove_member(&self, member: MemberId) {
-        let Some((_, (_, scopes))) = self.members.remove(&member) else {
+        let Some((_, (_, places))) = self.members.remove(&member) else {
             return;
         };
-        for scope in scopes {
+        for (scope, slot) in places {
             if let Some(mut subs) = self.by_scope.get_mut(&scope) {
-                subs.retain(|(m, _)| m.member != member);
+                subs.remove_member(member, &slot);
             }
             self.by_scope.remove_if(&scope, |_, subs| subs.is_empty());
         }
@@ -184,7 +256,7 @@ impl PgIndex {
             let Some(subs) = self.by_scope.get(scope) else {
                 continue;
             };
-            for (pm, sub) in subs.iter() {
+            for (pm, sub) in subs.candidates(row) {
                 if sub.event.is_some_and(|e| e != change.op) || !sub.filter.matches(row) {
                     continue;
                 }
@@ -198,5 +270,102 @@ impl PgIndex {
             }
         }
         by_member.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::change::ColumnInfo;
+    use crate::router::filter;
+    use crate::router::outbox::outbox;
+    use serde_json::json;
+
+    fn columns() -> Vec<ColumnInfo> {
+        [("id", "int8"), ("customer_id", "uuid"), ("status", "text")]
+            .into_iter()
+            .map(|(name, type_name)| ColumnInfo {
+                name: name.into(),
+                type_name: type_name.into(),
+            })
+            .collect()
+    }
+
+    fn subscribe(index: &PgIndex, member: MemberId, filter_text: &str) {
+        let filter = filter::parse(filter_text)
+            .unwrap()
+            .bind(&columns())
+            .unwrap();
+        let sub = PgSubscription {
+            id: member as u32,
+            event: None,
+            scope: TableScope::Table {
+                schema: "public".into(),
+                table: "jobs".into(),
+            },
+            filter,
+        };
+        let viewer = ViewerClaims {
+            role: "authenticated".into(),
+            claims: "{}".into(),
+        };
+        let (tx, _rx) = outbox(8, 1024);
+        index.add_member(
+            member,
+            member,
+            "realtime:t".into(),
+            Vsn::V2,
+            tx,
+            viewer,
+            vec![sub],
+        );
+    }
+
+    fn change(customer: &str, status: &str) -> Change {
+        Change {
+            id: 1,
+            schema: "public".into(),
+            table: "jobs".into(),
+            op: Op::Insert,
+            record: json!({"id": 1, "customer_id": customer, "status": status})
+                .as_object()
+                .cloned(),
+            old_record: None,
+            commit_timestamp: String::new(),
+        }
+    }
+
+    fn matched(index: &PgIndex, c: &Change) -> Vec<MemberId> {
+        let mut m: Vec<_> = index.matching(c).iter().map(|m| m.member.member).collect();
+        m.sort();
+        m
+    }
+
+    const A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+    const B: &str = "bbbbbbbb-0000-0000-0000-000000000002";
+
+    #[test]
+    fn indexed_and_scanned_subscriptions_match_exactly_their_rows() {
+        let index = PgIndex::default();
+        subscribe(&index, 1, &format!("customer_id=eq.{A}"));
+        subscribe(&index, 2, &format!("customer_id=eq.{}", B.to_uppercase()));
+        subscribe(&index, 3, &format!("customer_id=eq.{A},status=eq.open"));
+        subscribe(&index, 4, "status=neq.open");
+        subscribe(&index, 5, "");
+        assert_eq!(matched(&index, &change(A, "open")), vec![1, 3, 5]);
+        assert_eq!(matched(&index, &change(A, "done")), vec![1, 4, 5]);
+        assert_eq!(matched(&index, &change(B, "open")), vec![2, 5]);
+    }
+
+    #[test]
+    fn removed_members_leave_no_entries_behind() {
+        let index = PgIndex::default();
+        subscribe(&index, 1, &format!("customer_id=eq.{A}"));
+        subscribe(&index, 2, "status=eq.open");
+        index.remove_member(1);
+        assert_eq!(matched(&index, &change(A, "open")), vec![2]);
+        index.remove_member(2);
+        assert!(index.is_empty());
+        assert!(index.by_scope.is_empty());
     }
 }

@@ -93,7 +93,9 @@ pub async fn run_connection(hub: Arc<Hub>, socket: WebSocket, vsn: Vsn, claims: 
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
                 match decoded {
-                    Ok(inbound) => session.handle(inbound).await,
+                    // Boxed: a join awaits database lookups whose large state would otherwise be
+                    // reserved inside every idle connection's task.
+                    Ok(inbound) => Box::pin(session.handle(inbound)).await,
                     Err(e) => {
                         metrics.dropped("malformed_frame", 1);
                         let response = json!({ "reason": format!("malformed message: {e}") });

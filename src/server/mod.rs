@@ -23,7 +23,7 @@ use crate::channel::Services;
 use crate::protocol::{reason, Vsn};
 
 /// Initial per-socket read buffer.
-const SOCKET_READ_BUFFER: usize = 4 * 1024;
+const SOCKET_READ_BUFFER: usize = 1024;
 /// Writes are flushed once this much is buffered (or when the writer flushes a batch).
 const SOCKET_WRITE_BUFFER: usize = 64 * 1024;
 

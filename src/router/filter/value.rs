@@ -9,7 +9,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 /// How a Postgres type (`typname`) is compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Kind {
     /// int2/int4/int8 with the type's range; compared as exact decimals.
     Int {
@@ -177,6 +177,16 @@ impl Scalar {
             (Scalar::Uuid(a), Scalar::Uuid(b)) => Some(a.cmp(b)),
             (Scalar::Stamp(a), Scalar::Stamp(b)) => Some(a.cmp(b)),
             (Scalar::Time(a), Scalar::Time(b)) => Some(a.cmp(b)),
+            _ => None,
+        }
+    }
+
+    /// A hash key equal for exactly the values `equals` calls equal; only for text and
+    /// uuid values (the ones subscriptions are indexed by).
+    pub(super) fn index_key(&self) -> Option<String> {
+        match self {
+            Scalar::Text(t) => Some(t.clone()),
+            Scalar::Uuid(u) => Some(u.to_string()),
             _ => None,
         }
     }
