@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, TableInfo};
-use crate::protocol::{self, Broadcast, BroadcastPayload};
+use crate::protocol::{self, Broadcast, BroadcastPayload, Vsn, WireFrame};
 use crate::rls::{RlsChecker, Viewer, Visibility};
 use crate::router::change::{Change, DbBroadcast, DbEvent, Op};
 use crate::router::postgres::{Matched, ViewerClaims};
@@ -109,7 +109,6 @@ impl Dispatcher {
                 DbEvent::Change(c) => c,
             };
             let matched = self.router.postgres.matching(&change);
-            tracing::debug!(table = %change.table, op = change.op.as_str(), matched = matched.len(), "change read");
             if matched.is_empty() {
                 continue;
             }
@@ -189,9 +188,11 @@ impl Dispatcher {
 
     fn deliver_change(&self, p: &Planned, vis: &[Visibility]) {
         let metrics = self.router.metrics();
-        let mut shapes: HashMap<(Option<usize>, bool), Option<Box<RawValue>>> = HashMap::new();
+        let mut shapes: HashMap<ShapeKey, Option<Box<RawValue>>> = HashMap::new();
+        // Encode once per distinct frame: members of one topic with the same ids, serializer
+        // and visibility shape share the bytes.
+        let mut frames: HashMap<(ShapeKey, Vsn, &str, &[u32]), WireFrame> = HashMap::new();
         for (m, &vi) in p.matched.iter().zip(&p.viewer_of) {
-            tracing::debug!(member = m.member.member, visibility = ?vis.get(vi), "row scope");
             let Some(v) = vis.get(vi).filter(|v| v.visible) else {
                 metrics.dropped("row_scope", 1);
                 continue;
@@ -202,19 +203,27 @@ impl Dispatcher {
                     .map(|c| Arc::as_ptr(c) as *const u8 as usize),
                 v.old_visible,
             );
-            let data = shapes
-                .entry(shape_key)
-                .or_insert_with(|| change_data(&p.change, &p.table, v));
-            let Some(data) = data else { continue };
-            let payload = ChangePayload { ids: &m.ids, data };
-            let frame = protocol::encode(
-                m.member.vsn,
-                None,
-                None,
-                &m.member.topic,
-                "postgres_changes",
-                &payload,
-            );
+            let frame_key = (shape_key, m.member.vsn, &*m.member.topic, m.ids.as_slice());
+            let frame = match frames.get(&frame_key) {
+                Some(frame) => frame.clone(),
+                None => {
+                    let data = shapes
+                        .entry(shape_key)
+                        .or_insert_with(|| change_data(&p.change, &p.table, v));
+                    let Some(data) = data else { continue };
+                    let payload = ChangePayload { ids: &m.ids, data };
+                    let frame = protocol::encode(
+                        m.member.vsn,
+                        None,
+                        None,
+                        &m.member.topic,
+                        "postgres_changes",
+                        &payload,
+                    );
+                    frames.insert(frame_key, frame.clone());
+                    frame
+                }
+            };
             self.router.deliver(
                 &m.member.outbox,
                 m.member.conn_id,
@@ -230,6 +239,9 @@ impl Dispatcher {
         }
     }
 }
+
+/// Which columns (by identity of the allowed list) and whether the old row is shown.
+type ShapeKey = (Option<usize>, bool);
 
 #[derive(Serialize)]
 struct ChangePayload<'a> {
