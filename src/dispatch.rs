@@ -90,13 +90,6 @@ pub async fn run_dispatch(
     }
 }
 
-fn to_viewer(v: &ViewerClaims) -> Viewer {
-    Viewer {
-        role: v.role.to_string(),
-        claims: v.claims.clone(),
-    }
-}
-
 impl Dispatcher {
     async fn plan(&self, batch: Vec<DbEvent>) -> Vec<Step> {
         let mut steps = Vec::with_capacity(batch.len());
@@ -127,7 +120,7 @@ impl Dispatcher {
                 .map(|m| {
                     let v = m.member.viewer();
                     *distinct.entry(v.clone()).or_insert_with(|| {
-                        viewers.push(to_viewer(&v));
+                        viewers.push(v.clone());
                         viewers.len() - 1
                     })
                 })

@@ -40,11 +40,7 @@ pub enum RlsError {
 
 /// Who is looking: the Postgres role and the JWT claims (JSON object text) that
 /// `auth.uid()`, `auth.jwt()` and policies read from `request.jwt.claims`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Viewer {
-    pub role: String,
-    pub claims: Arc<str>,
-}
+pub use crate::router::postgres::ViewerClaims as Viewer;
 
 /// What one viewer may receive of one change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +166,7 @@ impl RlsChecker {
         let version: i64 = client.query_one(&stmt, &[]).await?.get(0);
         let wanted: HashSet<(u32, &str)> = items
             .iter()
-            .flat_map(|(_, table, viewers)| viewers.iter().map(|v| (table.oid, v.role.as_str())))
+            .flat_map(|(_, table, viewers)| viewers.iter().map(|v| (table.oid, &*v.role)))
             .collect();
         let mut found = HashMap::new();
         let mut missing = Vec::new();
@@ -236,7 +232,13 @@ impl RlsChecker {
             return Ok(result);
         }
         let client = self.pool.get().await?;
-        let rules = self.rules(&client, items).await?;
+        let fetched = self.rules(&client, items).await?;
+        let rules: HashMap<(u32, &str), &Rule> = fetched
+            .iter()
+            .map(|((rel, role), rule)| ((*rel, role.as_str()), rule))
+            .collect();
+        // `auth.uid()` of each distinct claims text, parsed once per batch.
+        let mut uids: HashMap<&str, Option<uuid::Uuid>> = HashMap::new();
         let mut needs_db: HashSet<(usize, usize)> = HashSet::new();
         for (i, &(change, table, viewers)) in items.iter().enumerate() {
             let (row, old) = judged_rows(change);
@@ -244,7 +246,7 @@ impl RlsChecker {
                 continue;
             }
             for (v, viewer) in viewers.iter().enumerate() {
-                let rule = rules.get(&(table.oid, viewer.role.clone()));
+                let rule = rules.get(&(table.oid, &*viewer.role)).copied();
                 result[i][v] = match rule {
                     None | Some(Rule::Deny) => Visibility::HIDDEN,
                     Some(Rule::All(columns)) => Visibility {
@@ -253,7 +255,9 @@ impl RlsChecker {
                         columns: columns.clone(),
                     },
                     Some(Rule::OwnRows { column, columns }) => {
-                        let uid = claims_uid(&viewer.claims);
+                        let uid = *uids
+                            .entry(&viewer.claims)
+                            .or_insert_with(|| claims_uid(&viewer.claims));
                         let visible = row_owned_by(row, column, uid);
                         let old_ok = row_owned_by(old, column, uid);
                         Visibility {

@@ -112,7 +112,7 @@ impl Portal {
 
 fn viewer(role: &str, claims: Value) -> Viewer {
     Viewer {
-        role: role.to_owned(),
+        role: role.into(),
         claims: claims.to_string().into(),
     }
 }
@@ -439,7 +439,7 @@ async fn selectable_ids(client: &mut Client, table: &str, viewer: &Viewer) -> BT
     let set = tx
         .query(
             "select set_config('role', $1, true), set_config('request.jwt.claims', $2, true)",
-            &[&viewer.role, &&*viewer.claims],
+            &[&&*viewer.role, &&*viewer.claims],
         )
         .await;
     let rows = match set {
