@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use switchboard::config::Config;
-use switchboard::{auth, db};
+use switchboard::{auth, db, localpg};
 
 const DEMO_SQL: &str = include_str!("../sql/demo/crm.sql");
 const STAFF_ID: &str = "00000000-0000-4000-8000-000000000001";
@@ -16,59 +16,6 @@ const CUSTOMERS: [(&str, &str); 2] = [
     ("Ada", "11111111-1111-4111-8111-111111111111"),
     ("Bo", "22222222-2222-4222-8222-222222222222"),
 ];
-
-/// The installed Postgres server binaries: `pg_ctl` on PATH, else the newest
-/// `/usr/lib/postgresql/<v>/bin` (Debian/Ubuntu), else Homebrew's.
-fn find_postgres_bin() -> Result<PathBuf> {
-    if let Ok(path) = std::env::var("SWITCHBOARD_PG_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|dir| dir.flatten().map(|e| e.path().join("bin")).collect())
-        .unwrap_or_default();
-    candidates.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    candidates.reverse();
-    if let Ok(path) = std::env::var("PATH") {
-        candidates.extend(std::env::split_paths(&path));
-    }
-    candidates.push("/opt/homebrew/bin".into());
-    candidates.push("/usr/local/bin".into());
-    candidates
-        .into_iter()
-        .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
-        .context(
-            "Postgres server binaries (initdb, postgres) not found. Install them, e.g.\n  \
-             Debian/Ubuntu: sudo apt-get install postgresql\n  \
-             macOS: brew install postgresql@16\n\
-             or point SWITCHBOARD_PG_BIN at the folder that holds them.",
-        )
-}
-
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// A command for a Postgres binary; as root it runs as the `postgres` user (initdb and
-/// postgres refuse root).
-fn pg_command(bin: &Path, program: &str, as_postgres: bool) -> Command {
-    if as_postgres {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin.join(program));
-        c
-    } else {
-        Command::new(bin.join(program))
-    }
-}
 
 /// Can the `postgres` user reach `dir` (every ancestor searchable)?
 fn postgres_can_enter(dir: &Path) -> bool {
@@ -96,8 +43,8 @@ struct LocalPostgres {
 
 impl LocalPostgres {
     fn start(dir: &Path, port: u16) -> Result<LocalPostgres> {
-        let bin = find_postgres_bin()?;
-        let as_postgres = running_as_root();
+        let bin = localpg::find_bin(None)?;
+        let as_postgres = localpg::running_as_root();
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut dir = dir.canonicalize()?;
         if as_postgres && !postgres_can_enter(&dir) {
@@ -115,27 +62,14 @@ impl LocalPostgres {
         }
         let data = dir.join("pgdata");
         if as_postgres {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()?;
-            if !status.success() {
-                bail!("cannot give {} to the postgres user", dir.display());
-            }
+            localpg::give_to_postgres(&dir)?;
         }
         if !data.join("PG_VERSION").exists() {
             eprintln!("initializing a local Postgres in {}", data.display());
-            let out = pg_command(&bin, "initdb", as_postgres)
-                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D"])
-                .arg(&data)
-                .output()
-                .context("running initdb")?;
-            if !out.status.success() {
-                bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
+            localpg::initdb(&bin, &data, as_postgres, false)?;
         }
         let log = std::fs::File::create(dir.join("postgres.log"))?;
-        let child = pg_command(&bin, "postgres", as_postgres)
+        let child = localpg::command(&bin, "postgres", as_postgres)
             .arg("-D")
             .arg(&data)
             .args([

@@ -8,6 +8,7 @@ pub mod channel;
 pub mod config;
 pub mod db;
 pub mod dispatch;
+pub mod localpg;
 pub mod protocol;
 pub mod rls;
 pub mod router;

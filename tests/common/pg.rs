@@ -8,15 +8,22 @@
 //! down first) that stops Postgres and removes the data directory once the test process
 //! is gone.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use switchboard::localpg;
 use tokio_postgres::{Client, NoTls};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The installed server binaries and whether they must run as `postgres` (we are root).
+fn pg() -> &'static (PathBuf, bool) {
+    static PG: OnceLock<(PathBuf, bool)> = OnceLock::new();
+    PG.get_or_init(|| {
+        let bin = localpg::find_bin(None).expect("Postgres server binaries");
+        (bin, localpg::running_as_root())
+    })
+}
 
 /// One fresh, empty database (no migrations applied).
 pub struct TestDb {
@@ -91,19 +98,11 @@ impl Cluster {
 
     /// Starts the (stopped) cluster again on the same port.
     pub fn start(&self) {
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=300",
-            self.port,
+        assert!(
+            self.pg_ctl_start(),
+            "pg_ctl start failed; see {}/postgres.log",
             self.dir.display()
         );
-        let log = self.dir.join("postgres.log");
-        let log = log.to_str().expect("utf-8 temp path");
-        let ok = pg_ctl(
-            &self.data_dir(),
-            &["start", "-w", "-t", "60", "-l", log, "-o", &opts],
-        );
-        assert!(ok, "pg_ctl start failed; see {log}");
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -111,58 +110,36 @@ impl Cluster {
     }
 
     fn start_new() -> Cluster {
+        let (bin, as_postgres) = pg();
         let dir = std::env::temp_dir().join(unique_name("switchboard-pg"));
         std::fs::create_dir_all(&dir).expect("create cluster dir");
-        run(Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&dir));
+        if *as_postgres {
+            localpg::give_to_postgres(&dir).expect("chown cluster dir");
+        }
         let data = dir.join("data");
-        run(Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/initdb"))
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "-D",
-            ])
-            .arg(&data));
+        localpg::initdb(bin, &data, *as_postgres, true).expect("initdb");
         spawn_watchdog(&dir);
         // A port found free can be taken before Postgres binds it: retry a few times.
         for _ in 0..5 {
             let cluster = Cluster {
                 dir: dir.clone(),
-                port: free_port(),
+                port: localpg::free_port().expect("bind port 0"),
             };
-            let log = dir.join("postgres.log");
-            let opts = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections=300",
-                cluster.port,
-                dir.display()
-            );
-            if pg_ctl(
-                &data,
-                &[
-                    "start",
-                    "-w",
-                    "-t",
-                    "60",
-                    "-l",
-                    log.to_str().unwrap(),
-                    "-o",
-                    &opts,
-                ],
-            ) {
+            if cluster.pg_ctl_start() {
                 return cluster;
             }
         }
         panic!("could not start postgres in {}", dir.display());
+    }
+
+    fn pg_ctl_start(&self) -> bool {
+        let opts = localpg::server_options(self.port, &self.dir, true, 300);
+        let log = self.dir.join("postgres.log");
+        let log = log.to_str().expect("utf-8 temp path");
+        pg_ctl(
+            &self.data_dir(),
+            &["start", "-w", "-t", "60", "-l", log, "-o", &opts],
+        )
     }
 }
 
@@ -176,11 +153,18 @@ fn shared_cluster() -> &'static Cluster {
 #[allow(clippy::zombie_processes)]
 fn spawn_watchdog(dir: &Path) {
     use std::os::unix::process::CommandExt;
+    let (bin, as_postgres) = pg();
+    let as_user = if *as_postgres {
+        "runuser -u postgres -- "
+    } else {
+        ""
+    };
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-         runuser -u postgres -- {PG_BIN}/pg_ctl -D '{data}' stop -m immediate >/dev/null 2>&1; \
+         {as_user}'{pg_ctl}' -D '{data}' stop -m immediate >/dev/null 2>&1; \
          rm -rf '{dir}'",
         pid = std::process::id(),
+        pg_ctl = bin.join("pg_ctl").display(),
         data = dir.join("data").display(),
         dir = dir.display(),
     );
@@ -195,33 +179,8 @@ fn spawn_watchdog(dir: &Path) {
 }
 
 fn pg_ctl(data: &Path, args: &[&str]) -> bool {
-    Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(format!("{PG_BIN}/pg_ctl"))
-        .arg("-D")
-        .arg(data)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .expect("run pg_ctl")
-        .success()
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.stdin(Stdio::null()).output().expect("spawn command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
+    let (bin, as_postgres) = pg();
+    localpg::pg_ctl(bin, data, *as_postgres, args).is_ok()
 }
 
 fn unique_name(prefix: &str) -> String {

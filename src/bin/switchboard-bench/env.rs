@@ -2,7 +2,7 @@
 //! hub as a separate release process (or `--hub-url`), and tokens signed for it.
 //! Everything started here is stopped when its guard drops.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,58 +10,55 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use switchboard::localpg;
+
 use crate::BenchError;
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// The HS256 secret of a hub this program starts.
 pub const SECRET: &str = "switchboard-bench-secret-0123456789abcdef";
 
-/// A Postgres cluster in a temp dir, owned by user `postgres`; stopped and removed on drop.
+/// A Postgres cluster in a temp dir (owned by user `postgres` when we are root);
+/// stopped and removed on drop.
 pub struct PgCluster {
     dir: PathBuf,
+    bin: PathBuf,
+    as_postgres: bool,
     pub url: String,
+}
+
+fn setup(e: localpg::LocalPgError) -> BenchError {
+    BenchError::Setup(e.to_string())
 }
 
 impl PgCluster {
     pub fn start() -> Result<PgCluster, BenchError> {
+        let bin = localpg::find_bin(None).map_err(setup)?;
+        let as_postgres = localpg::running_as_root();
         let dir = std::env::temp_dir().join(format!("switchboard-bench-pg-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        run(Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&dir))?;
+        if as_postgres {
+            localpg::give_to_postgres(&dir).map_err(setup)?;
+        }
         let data = dir.join("data");
-        run(Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/initdb"))
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "-D",
-            ])
-            .arg(&data))?;
+        localpg::initdb(&bin, &data, as_postgres, true).map_err(setup)?;
         let port = free_port()?;
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=200 -c shared_buffers=256MB",
-            dir.display()
+            "{} -c shared_buffers=256MB",
+            localpg::server_options(port, &dir, true, 200)
         );
         let log = dir.join("postgres.log");
-        run(Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .args(["start", "-w", "-t", "60", "-l"])
-            .arg(&log)
-            .args(["-o", &opts]))?;
+        let log = log.to_string_lossy();
+        localpg::pg_ctl(
+            &bin,
+            &data,
+            as_postgres,
+            &["start", "-w", "-t", "60", "-l", &log, "-o", &opts],
+        )
+        .map_err(setup)?;
         Ok(PgCluster {
             dir,
+            bin,
+            as_postgres,
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         })
     }
@@ -69,33 +66,19 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["stop", "-m", "immediate"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let data = self.dir.join("data");
+        let _ = localpg::pg_ctl(
+            &self.bin,
+            &data,
+            self.as_postgres,
+            &["stop", "-m", "immediate"],
+        );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn run(cmd: &mut Command) -> Result<(), BenchError> {
-    let out = cmd.stdin(Stdio::null()).output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(BenchError::Setup(format!(
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )))
-    }
-}
-
 pub fn free_port() -> Result<u16, BenchError> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(localpg::free_port()?)
 }
 
 /// The hub under test: its address, secret, and pid when this program started it.
