@@ -185,9 +185,11 @@ impl Dispatcher {
         // Encode once per distinct frame: members of one topic with the same ids, serializer
         // and visibility shape share the bytes.
         let mut frames: HashMap<(ShapeKey, Vsn, &str, &[u32]), WireFrame> = HashMap::new();
+        // Counted once per change, not per receiver.
+        let (mut sent, mut hidden) = (0u64, 0u64);
         for (m, &vi) in p.matched.iter().zip(&p.viewer_of) {
             let Some(v) = vis.get(vi).filter(|v| v.visible) else {
-                metrics.dropped("row_scope", 1);
+                hidden += 1;
                 continue;
             };
             let shape_key = (
@@ -217,13 +219,10 @@ impl Dispatcher {
                     frame
                 }
             };
-            self.router.deliver(
-                &m.member.outbox,
-                m.member.conn_id,
-                frame,
-                "postgres_changes",
-            );
+            sent += u64::from(self.router.push(&m.member.outbox, m.member.conn_id, frame));
         }
+        metrics.message_out("postgres_changes", sent);
+        metrics.dropped("row_scope", hidden);
         if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(&p.change.commit_timestamp) {
             let lag = chrono::Utc::now().signed_duration_since(ts);
             metrics

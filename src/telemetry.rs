@@ -127,11 +127,15 @@ impl Metrics {
     }
 
     pub fn message_out(&self, kind: &'static str, n: u64) {
-        self.messages_out.get_or_create(&[("kind", kind)]).inc_by(n);
+        if n > 0 {
+            self.messages_out.get_or_create(&[("kind", kind)]).inc_by(n);
+        }
     }
 
     pub fn dropped(&self, reason: &'static str, n: u64) {
-        self.drops.get_or_create(&[("reason", reason)]).inc_by(n);
+        if n > 0 {
+            self.drops.get_or_create(&[("reason", reason)]).inc_by(n);
+        }
     }
 
     /// A client's outbound queue overflowed; it is being disconnected.

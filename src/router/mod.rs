@@ -100,7 +100,7 @@ impl Router {
         &self.metrics
     }
 
-    /// Queues `frame` for `member`, counting a slow consumer it cuts off.
+    /// Queues one `frame` and counts it under `kind` (replies, system messages).
     pub fn deliver(
         &self,
         outbox: &OutboxTx,
@@ -108,11 +108,19 @@ impl Router {
         frame: WireFrame,
         kind: &'static str,
     ) -> bool {
+        let queued = self.push(outbox, conn_id, frame);
+        if queued {
+            self.metrics.message_out(kind, 1);
+        }
+        queued
+    }
+
+    /// Queues `frame` without counting it: fan-out loops count once per message, not once
+    /// per receiver (the metric lookup would otherwise sit on the hot path). Counts a slow
+    /// consumer it cuts off.
+    pub fn push(&self, outbox: &OutboxTx, conn_id: u64, frame: WireFrame) -> bool {
         match outbox.push(frame) {
-            Ok(()) => {
-                self.metrics.message_out(kind, 1);
-                true
-            }
+            Ok(()) => true,
             Err(PushError::Overflow) => {
                 self.metrics.slow_consumer(conn_id);
                 false
@@ -179,7 +187,7 @@ impl Router {
             }
             match frames.get(m.vsn) {
                 Some(frame) => {
-                    if self.deliver(&m.outbox, m.conn_id, frame, "broadcast") {
+                    if self.push(&m.outbox, m.conn_id, frame) {
                         sent += 1;
                     }
                 }
@@ -187,6 +195,7 @@ impl Router {
             }
         }
         drop(t);
+        self.metrics.message_out("broadcast", sent as u64);
         self.metrics
             .fanout_latency
             .observe(started.elapsed().as_secs_f64());
@@ -244,11 +253,13 @@ impl Router {
                 &payload,
             ))
         });
+        let mut sent = 0;
         for m in t.members.values().filter(|m| m.presence) {
             if let Some(frame) = frames.get(m.vsn) {
-                self.deliver(&m.outbox, m.conn_id, frame, "presence_diff");
+                sent += u64::from(self.push(&m.outbox, m.conn_id, frame));
             }
         }
+        self.metrics.message_out("presence_diff", sent);
     }
 
     /// Number of topics with members (for status).
