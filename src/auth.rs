@@ -1,5 +1,6 @@
 //! JWT verification and minting: token -> [`Claims`], against an HS secret and/or a JWKS
-//! (RSA, EC P-256/P-384, Ed25519, oct). Owns the client-facing token error texts. Pure: no
+//! (RSA, EC P-256/P-384, Ed25519, oct). A token a client brings either verifies into typed
+//! claims or fails with a [`TokenError`] (whose wire texts live in `protocol`). Pure: no
 //! I/O; the clock is injectable (`verify_at`).
 //!
 //! Keys never cross families: the HS secret only verifies HS256/384/512, a JWKS RSA key only
@@ -13,6 +14,8 @@ use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
+
+pub use crate::protocol::TokenError;
 
 /// base64url, with or without padding (JWK members and JWT parts).
 const B64URL: GeneralPurpose = GeneralPurpose::new(
@@ -30,30 +33,20 @@ const RSA_ALGS: &[Algorithm] = &[
     Algorithm::PS512,
 ];
 
-/// Verified claims of a token. `raw` is the whole claims object (what RLS checks see as
-/// `request.jwt.claims`).
-#[derive(Clone, Debug)]
+/// Verified claims of a token, parsed once. `json` is the claims object exactly as the
+/// token carried it: what row-scope checks hand Postgres as `request.jwt.claims`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claims {
-    pub role: String,
+    pub role: Arc<str>,
     pub exp: i64,
-    pub sub: Option<String>,
-    pub raw: Map<String, Value>,
+    pub sub: Option<Arc<str>>,
+    pub json: Arc<str>,
 }
 
+/// Why a verifier cannot be built or a token cannot be minted (operator errors, never
+/// sent to clients).
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("API key is missing")]
-    Missing,
-    #[error("The token provided is not a valid JWT")]
-    Malformed,
-    #[error("Failed to validate JWT signature")]
-    Signature,
-    #[error("Fields `role` and `exp` are required in JWT")]
-    MissingClaims,
-    #[error("Token expiration time is invalid")]
-    InvalidExp,
-    #[error("Token has expired {seconds_ago} seconds ago")]
-    Expired { seconds_ago: i64 },
     #[error("no jwt key configured: set a jwt secret and/or a jwks")]
     NoKeySource,
     #[error("jwt secret is empty")]
@@ -62,43 +55,6 @@ pub enum AuthError {
     InvalidJwks(String),
     #[error("failed to sign jwt: {0}")]
     Signing(String),
-}
-
-impl AuthError {
-    /// The bare text clients see at HTTP connect and in `system` messages.
-    pub fn message(&self) -> String {
-        self.to_string()
-    }
-
-    /// The text of an HTTP 401 at connect (PROTOCOL.md §1): like `message`, but an
-    /// expired token is just "Token has expired".
-    pub fn http_message(&self) -> String {
-        match self {
-            AuthError::Expired { .. } => "Token has expired".to_owned(),
-            other => other.message(),
-        }
-    }
-
-    /// The code part of a join error reason (PROTOCOL.md §3).
-    pub fn code(&self) -> &'static str {
-        match self {
-            AuthError::Malformed => "MalformedJWT",
-            AuthError::Signature => "JwtSignatureError",
-            AuthError::Missing
-            | AuthError::MissingClaims
-            | AuthError::InvalidExp
-            | AuthError::Expired { .. } => "InvalidJWTToken",
-            AuthError::NoKeySource
-            | AuthError::EmptySecret
-            | AuthError::InvalidJwks(_)
-            | AuthError::Signing(_) => "JwtSignerError",
-        }
-    }
-
-    /// `"<Code>: <message>"`, the `reason` of a join error reply.
-    pub fn join_reason(&self) -> String {
-        format!("{}: {}", self.code(), self.message())
-    }
 }
 
 /// One verification key and the algorithms it may verify.
@@ -164,25 +120,25 @@ impl Verifier {
         })
     }
 
-    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         self.verify_at(token, chrono::Utc::now().timestamp())
     }
 
     /// Checks shape, signature, required claims and expiry (no leeway) at `now_unix`.
-    pub fn verify_at(&self, token: &str, now_unix: i64) -> Result<Claims, AuthError> {
+    pub fn verify_at(&self, token: &str, now_unix: i64) -> Result<Claims, TokenError> {
         let token = token.trim();
         if token.is_empty() {
-            return Err(AuthError::Missing);
+            return Err(TokenError::Missing);
         }
-        let header = decode_parts(token)?;
+        let (header, payload) = decode_parts(token)?;
         let alg = header
             .get("alg")
             .and_then(Value::as_str)
             .and_then(allowed_alg)
-            .ok_or(AuthError::Signature)?;
+            .ok_or(TokenError::Signature)?;
         let kid = header.get("kid").and_then(Value::as_str);
         let raw = self.verify_signature(token, alg, kid)?;
-        claims_from(raw, now_unix)
+        claims_from(&raw, payload, now_unix)
     }
 
     /// Tries every key allowed for `alg`: those whose kid matches the token's, plus kid-less
@@ -192,7 +148,7 @@ impl Verifier {
         token: &str,
         alg: Algorithm,
         kid: Option<&str>,
-    ) -> Result<Map<String, Value>, AuthError> {
+    ) -> Result<Map<String, Value>, TokenError> {
         let mut validation = Validation::new(alg);
         validation.required_spec_claims.clear();
         validation.leeway = 0;
@@ -211,13 +167,13 @@ impl Verifier {
                 Ok(data) => return Ok(data.claims),
                 Err(e) => match e.kind() {
                     ErrorKind::InvalidToken | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-                        return Err(AuthError::Malformed)
+                        return Err(TokenError::Malformed)
                     }
                     _ => continue,
                 },
             }
         }
-        Err(AuthError::Signature)
+        Err(TokenError::Signature)
     }
 }
 
@@ -247,23 +203,26 @@ pub fn mint_hs256(secret: &str, claims: &Value) -> Result<String, AuthError> {
 }
 
 /// Checks the JWT shape (three base64url parts, header and payload JSON objects) and
-/// returns the header.
-fn decode_parts(token: &str) -> Result<Map<String, Value>, AuthError> {
+/// returns the header and the payload's JSON text.
+fn decode_parts(token: &str) -> Result<(Map<String, Value>, String), TokenError> {
     let parts: Vec<&str> = token.split('.').collect();
     let [header, payload, signature] = parts[..] else {
-        return Err(AuthError::Malformed);
+        return Err(TokenError::Malformed);
     };
-    let object = |part: &str| -> Option<Map<String, Value>> {
+    let object = |part: &str| -> Option<(Map<String, Value>, Vec<u8>)> {
         let bytes = B64URL.decode(part).ok()?;
         match serde_json::from_slice(&bytes).ok()? {
-            Value::Object(map) => Some(map),
+            Value::Object(map) => Some((map, bytes)),
             _ => None,
         }
     };
-    let header = object(header).ok_or(AuthError::Malformed)?;
-    object(payload).ok_or(AuthError::Malformed)?;
-    B64URL.decode(signature).map_err(|_| AuthError::Malformed)?;
-    Ok(header)
+    let (header, _) = object(header).ok_or(TokenError::Malformed)?;
+    let (_, payload) = object(payload).ok_or(TokenError::Malformed)?;
+    let payload = String::from_utf8(payload).map_err(|_| TokenError::Malformed)?;
+    B64URL
+        .decode(signature)
+        .map_err(|_| TokenError::Malformed)?;
+    Ok((header, payload))
 }
 
 /// The algorithms we accept in a token header (`none` is not one of them).
@@ -286,30 +245,34 @@ fn allowed_alg(name: &str) -> Option<Algorithm> {
     Some(alg)
 }
 
-fn claims_from(raw: Map<String, Value>, now_unix: i64) -> Result<Claims, AuthError> {
+/// Typed claims from the verified payload (`raw`, parsed) and its JSON text.
+fn claims_from(
+    raw: &Map<String, Value>,
+    json: String,
+    now_unix: i64,
+) -> Result<Claims, TokenError> {
     let (Some(role), Some(exp)) = (raw.get("role"), raw.get("exp")) else {
-        return Err(AuthError::MissingClaims);
+        return Err(TokenError::MissingClaims);
     };
-    let role = role.as_str().ok_or(AuthError::MissingClaims)?.to_owned();
+    let role = role.as_str().ok_or(TokenError::MissingClaims)?;
     let exp = match exp {
         Value::Number(n) => match (n.as_i64(), n.as_f64()) {
             (Some(i), _) => i,
             (None, Some(f)) if f.is_finite() && f.abs() < 9.0e15 => f.floor() as i64,
-            _ => return Err(AuthError::InvalidExp),
+            _ => return Err(TokenError::InvalidExp),
         },
-        _ => return Err(AuthError::InvalidExp),
+        _ => return Err(TokenError::InvalidExp),
     };
     if exp <= now_unix {
-        return Err(AuthError::Expired {
+        return Err(TokenError::Expired {
             seconds_ago: now_unix - exp,
         });
     }
-    let sub = raw.get("sub").and_then(Value::as_str).map(str::to_owned);
     Ok(Claims {
-        role,
+        role: role.into(),
         exp,
-        sub,
-        raw,
+        sub: raw.get("sub").and_then(Value::as_str).map(Arc::from),
+        json: json.into(),
     })
 }
 
@@ -408,10 +371,11 @@ mod tests {
     fn hs256_token_with_role_and_exp_is_accepted_with_all_its_claims() {
         let token = mint_hs256(SECRET, &claims()).unwrap();
         let c = hs_only().verify_at(&token, NOW).unwrap();
-        assert_eq!(c.role, "authenticated");
+        assert_eq!(&*c.role, "authenticated");
         assert_eq!(c.exp, NOW + 3600);
         assert_eq!(c.sub.as_deref(), Some("user-1"));
-        assert_eq!(c.raw.get("aud"), Some(&json!("authenticated")));
+        let carried: Value = serde_json::from_str(&c.json).unwrap();
+        assert_eq!(carried, claims());
     }
 
     #[test]
@@ -436,7 +400,7 @@ mod tests {
             let with_kid = sign(alg, Some(kid), &key, &claims());
             let without_kid = sign(alg, None, &key, &claims());
             for v in [jwks_only(), both.clone()] {
-                assert_eq!(v.verify_at(&with_kid, NOW).unwrap().role, "authenticated");
+                assert_eq!(&*v.verify_at(&with_kid, NOW).unwrap().role, "authenticated");
                 assert!(
                     v.verify_at(&without_kid, NOW).is_ok(),
                     "{alg:?} without kid"
@@ -456,7 +420,7 @@ mod tests {
                 format!("{header}.{payload}.c2ln"),
             ] {
                 let err = both.verify_at(&token, NOW).unwrap_err();
-                assert!(matches!(err, AuthError::Signature), "{token}: {err:?}");
+                assert!(matches!(err, TokenError::Signature), "{token}: {err:?}");
             }
         }
     }
@@ -476,7 +440,10 @@ mod tests {
         let both = Verifier::new(Some(SECRET), Some(JWKS)).unwrap();
         for token in &tokens {
             for v in [jwks_only(), both.clone()] {
-                assert!(matches!(v.verify_at(token, NOW), Err(AuthError::Signature)));
+                assert!(matches!(
+                    v.verify_at(token, NOW),
+                    Err(TokenError::Signature)
+                ));
             }
         }
     }
@@ -487,11 +454,11 @@ mod tests {
         let v = Verifier::new(Some(RSA_PUBLIC), None).unwrap();
         assert!(matches!(
             v.verify_at(&token, NOW),
-            Err(AuthError::Signature)
+            Err(TokenError::Signature)
         ));
         assert!(matches!(
             hs_only().verify_at(&token, NOW),
-            Err(AuthError::Signature)
+            Err(TokenError::Signature)
         ));
     }
 
@@ -499,11 +466,8 @@ mod tests {
     fn token_signed_with_a_different_secret_is_rejected() {
         let token = mint_hs256("another-secret-another-secret-another", &claims()).unwrap();
         let err = hs_only().verify_at(&token, NOW).unwrap_err();
-        assert!(matches!(err, AuthError::Signature));
-        assert_eq!(
-            err.join_reason(),
-            "JwtSignatureError: Failed to validate JWT signature"
-        );
+        assert!(matches!(err, TokenError::Signature));
+        assert_eq!(err.to_string(), "Failed to validate JWT signature");
     }
 
     #[test]
@@ -516,7 +480,7 @@ mod tests {
         let token = format!("{}.{}.{}", parts[0], payload, parts[2]);
         assert!(matches!(
             hs_only().verify_at(&token, NOW),
-            Err(AuthError::Signature)
+            Err(TokenError::Signature)
         ));
     }
 
@@ -535,7 +499,7 @@ mod tests {
             let token = sign(Algorithm::RS256, kid, &rsa(), &claims());
             assert!(matches!(
                 v.verify_at(&token, NOW),
-                Err(AuthError::Signature)
+                Err(TokenError::Signature)
             ));
         }
     }
@@ -545,7 +509,7 @@ mod tests {
         let token = sign(Algorithm::RS256, Some("rotated-away"), &rsa(), &claims());
         assert!(matches!(
             jwks_only().verify_at(&token, NOW),
-            Err(AuthError::Signature)
+            Err(TokenError::Signature)
         ));
     }
 
@@ -554,7 +518,7 @@ mod tests {
         let token = sign(Algorithm::RS256, Some("ec-1"), &rsa(), &claims());
         assert!(matches!(
             jwks_only().verify_at(&token, NOW),
-            Err(AuthError::Signature)
+            Err(TokenError::Signature)
         ));
     }
 
@@ -565,11 +529,12 @@ mod tests {
             c.as_object_mut().unwrap().remove(drop);
             let token = mint_hs256(SECRET, &c).unwrap();
             let err = hs_only().verify_at(&token, NOW).unwrap_err();
-            assert!(matches!(err, AuthError::MissingClaims), "{drop}");
+            assert!(matches!(err, TokenError::MissingClaims), "{drop}");
             assert_eq!(
-                err.join_reason(),
-                "InvalidJWTToken: Fields `role` and `exp` are required in JWT"
+                err.to_string(),
+                "Fields `role` and `exp` are required in JWT"
             );
+            assert_eq!(err.code(), "InvalidJWTToken");
         }
     }
 
@@ -580,7 +545,7 @@ mod tests {
             c["exp"] = exp;
             let token = mint_hs256(SECRET, &c).unwrap();
             let err = hs_only().verify_at(&token, NOW).unwrap_err();
-            assert_eq!(err.message(), "Token expiration time is invalid");
+            assert_eq!(err.to_string(), "Token expiration time is invalid");
             assert_eq!(err.code(), "InvalidJWTToken");
         }
     }
@@ -591,11 +556,7 @@ mod tests {
         c["exp"] = json!(NOW - 30);
         let token = mint_hs256(SECRET, &c).unwrap();
         let err = hs_only().verify_at(&token, NOW).unwrap_err();
-        assert_eq!(err.message(), "Token has expired 30 seconds ago");
-        assert_eq!(
-            err.join_reason(),
-            "InvalidJWTToken: Token has expired 30 seconds ago"
-        );
+        assert_eq!(err, TokenError::Expired { seconds_ago: 30 });
     }
 
     #[test]
@@ -605,7 +566,7 @@ mod tests {
         let token = mint_hs256(SECRET, &c).unwrap();
         assert!(hs_only().verify_at(&token, NOW - 1).is_ok());
         let err = hs_only().verify_at(&token, NOW).unwrap_err();
-        assert!(matches!(err, AuthError::Expired { seconds_ago: 0 }));
+        assert!(matches!(err, TokenError::Expired { seconds_ago: 0 }));
     }
 
     #[test]
@@ -616,7 +577,7 @@ mod tests {
         c["exp"] = json!(chrono::Utc::now().timestamp() - 600);
         assert!(matches!(
             hs_only().verify(&mint_hs256(SECRET, &c).unwrap()),
-            Err(AuthError::Expired { .. })
+            Err(TokenError::Expired { .. })
         ));
     }
 
@@ -633,21 +594,17 @@ mod tests {
             "\u{0}",
         ] {
             let err = hs_only().verify_at(garbage, NOW).unwrap_err();
-            assert!(matches!(err, AuthError::Malformed), "{garbage}: {err:?}");
-            assert_eq!(
-                err.join_reason(),
-                "MalformedJWT: The token provided is not a valid JWT"
-            );
+            assert!(matches!(err, TokenError::Malformed), "{garbage}: {err:?}");
         }
         let not_object = format!("{}.{}.", b64(br#"{"alg":"HS256"}"#), b64(b"[1]"));
         assert!(matches!(
             hs_only().verify_at(&not_object, NOW),
-            Err(AuthError::Malformed)
+            Err(TokenError::Malformed)
         ));
         for empty in ["", "   "] {
             assert_eq!(
-                hs_only().verify_at(empty, NOW).unwrap_err().message(),
-                "API key is missing"
+                hs_only().verify_at(empty, NOW).unwrap_err(),
+                TokenError::Missing
             );
         }
     }
@@ -711,7 +668,7 @@ mod tests {
         let wrong = mint_hs256(SECRET, &claims()).unwrap();
         assert!(matches!(
             v.verify_at(&wrong, NOW),
-            Err(AuthError::Signature)
+            Err(TokenError::Signature)
         ));
     }
 }

@@ -147,18 +147,6 @@ pub async fn disable(client: &Client, qualified: &str) -> Result<(), DbError> {
     call_on_table(client, "select realtime.disable($1::oid::regclass)", oid).await
 }
 
-/// (schema, table) of every table with the capture trigger.
-pub async fn enabled_tables(client: &Client) -> Result<Vec<(String, String)>, DbError> {
-    let rows = client
-        .query(
-            "select schema_name, table_name from realtime.enabled_tables order by 1, 2",
-            &[],
-        )
-        .await
-        .map_err(not_migrated)?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
 async fn resolve(client: &Client, qualified: &str) -> Result<u32, DbError> {
     let (schema, table) = parse_qualified(qualified)?;
     let row = client.query_opt(RESOLVE_TABLE, &[&schema, &table]).await?;

@@ -3,14 +3,12 @@
 
 pub mod auth;
 pub mod capture;
-pub mod catalog;
+pub mod changes;
 pub mod channel;
 pub mod config;
 pub mod db;
-pub mod dispatch;
 pub mod localpg;
 pub mod protocol;
-pub mod rls;
 pub mod router;
 pub mod server;
 pub mod telemetry;
@@ -51,8 +49,8 @@ pub async fn run(
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
 
-    let (catalog, capture_status) = match &config.database_url {
-        None => (None, None),
+    let (changes, capture_status) = match &config.database_url {
+        None => (changes::Changes::new(None), None),
         Some(url) => {
             if config.auto_migrate {
                 let (client, conn) = db::connect(url).await?;
@@ -61,7 +59,7 @@ pub async fn run(
                 conn.abort();
             }
             let pool = db::pool(url, config.db_pool_size)?;
-            let catalog = catalog::Catalog::new(pool.clone());
+            let changes = changes::Changes::new(Some(changes::Catalog::new(pool.clone())));
             let status = Arc::new(capture::CaptureStatus::new());
             let (tx, rx) = mpsc::channel(CAPTURE_QUEUE_BATCHES);
             let capture_config = capture::CaptureConfig {
@@ -76,26 +74,22 @@ pub async fn run(
                 status.clone(),
                 stop_background.clone(),
             ));
-            let dispatcher = dispatch::Dispatcher {
-                router: router.clone(),
-                catalog: catalog.clone(),
-                rls: rls::RlsChecker::new(pool),
-            };
-            background.spawn(dispatch::run_dispatch(
-                dispatcher,
-                rx,
-                stop_background.clone(),
-            ));
-            (Some(catalog), Some(status))
+            let dispatch = changes.clone();
+            let (router, stop) = (router.clone(), stop_background.clone());
+            background.spawn(async move {
+                let rls = changes::RlsChecker::new(pool);
+                dispatch.run_dispatch(router, rls, rx, stop).await;
+            });
+            (changes, Some(status))
         }
     };
 
     let services = Arc::new(channel::Services {
         router,
+        changes,
         verifier,
         limits: config.limits.clone(),
         metrics,
-        catalog,
     });
     let hub = Arc::new(server::Hub {
         services,

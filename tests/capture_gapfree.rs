@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use load::{assert_exactly_committed, run_load, setup, start_capture, write_marker, LoadOpts};
 use switchboard::capture::{prune, Cursor};
-use switchboard::router::change::{DbEvent, Op};
+use switchboard::changes::{DbEvent, Op};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_committed_change_arrives_exactly_once_in_row_order() {
@@ -91,9 +91,8 @@ async fn tables_with_quotes_semicolons_and_unicode_in_their_names_are_captured()
     let name = r#""sch ✓;""x"."we""ird; tbl ✓""#;
     switchboard::db::enable(&client, name).await.unwrap();
     switchboard::db::enable(&client, name).await.unwrap();
-    let enabled = switchboard::db::enabled_tables(&client).await.unwrap();
     assert_eq!(
-        enabled,
+        enabled_tables(&client).await,
         vec![("sch ✓;\"x".to_string(), "we\"ird; tbl ✓".to_string())]
     );
 
@@ -117,10 +116,7 @@ async fn tables_with_quotes_semicolons_and_unicode_in_their_names_are_captured()
 
     switchboard::db::disable(&client, name).await.unwrap();
     switchboard::db::disable(&client, name).await.unwrap();
-    assert!(switchboard::db::enabled_tables(&client)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(enabled_tables(&client).await.is_empty());
     capture.stop().await;
 }
 
@@ -292,4 +288,18 @@ async fn retention_deletes_only_old_rows_the_cursor_has_passed() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(left, vec![3, 4]);
+}
+
+/// (schema, table) of every row of the `realtime.enabled_tables` view.
+async fn enabled_tables(client: &tokio_postgres::Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "select schema_name, table_name from realtime.enabled_tables order by 1, 2",
+            &[],
+        )
+        .await
+        .expect("realtime.enabled_tables")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }

@@ -12,9 +12,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
-use switchboard::catalog::{Catalog, TableInfo};
-use switchboard::rls::{RlsChecker, Viewer, Visibility};
-use switchboard::router::change::{Change, Op};
+use switchboard::changes::{Catalog, Change, Op, RlsChecker, TableInfo, Viewer, Visibility};
 use tokio_postgres::Client;
 
 const ALICE: &str = "aaaaaaaa-0000-0000-0000-000000000001";
@@ -98,7 +96,7 @@ impl Portal {
     }
 
     /// Visibility of one change for each viewer.
-    async fn check(&self, change: impl Borrow<Change>, viewers: &[Viewer]) -> Vec<Visibility> {
+    async fn check(&self, change: impl Borrow<Change>, viewers: &[Arc<Viewer>]) -> Vec<Visibility> {
         let change = change.borrow();
         let table = self.table(&change.table).await;
         let mut out = self
@@ -110,21 +108,25 @@ impl Portal {
     }
 }
 
-fn viewer(role: &str, claims: Value) -> Viewer {
-    Viewer {
-        role: role.into(),
-        claims: claims.to_string().into(),
-    }
+fn viewer(role: &str, claims: Value) -> Arc<Viewer> {
+    raw_viewer(role, &claims.to_string())
 }
 
-fn customer(sub: &str) -> Viewer {
+/// A viewer with claims text as given (`sub` read from it when it is JSON).
+fn raw_viewer(role: &str, claims: &str) -> Arc<Viewer> {
+    let parsed: Option<Value> = serde_json::from_str(claims).ok();
+    let sub = parsed.as_ref().and_then(|c| c["sub"].as_str());
+    Arc::new(Viewer::new(role, claims, sub))
+}
+
+fn customer(sub: &str) -> Arc<Viewer> {
     viewer(
         "authenticated",
         json!({"sub": sub, "role": "authenticated"}),
     )
 }
 
-fn staff() -> Viewer {
+fn staff() -> Arc<Viewer> {
     viewer(
         "authenticated",
         json!({"sub": "cccccccc-0000-0000-0000-000000000003", "role": "authenticated", "app_role": "staff"}),
@@ -146,7 +148,7 @@ fn change(table: &str, op: Op, record: Option<Value>, old_record: Option<Value>)
         op,
         record: record.map(row),
         old_record: old_record.map(row),
-        commit_timestamp: "2026-01-01T00:00:00.000Z".into(),
+        commit_time: "2026-01-01T00:00:00Z".parse().unwrap(),
     }
 }
 
@@ -268,14 +270,11 @@ async fn service_role_bypasses_rls_and_bad_viewers_are_hidden_without_failing_th
     let viewers = [
         viewer("service_role", json!({"role": "service_role"})),
         viewer("no_such_role", json!({"sub": ALICE})),
-        Viewer {
-            role: "authenticated".into(),
-            claims: "{not json".into(),
-        },
-        Viewer {
-            role: "authenticated".into(),
-            claims: format!("{{\"sub\": \"{ALICE}\", \"bad\": \"\\u0000\"}}").into(),
-        },
+        raw_viewer("authenticated", "{not json"),
+        raw_viewer(
+            "authenticated",
+            &format!("{{\"sub\": \"{ALICE}\", \"bad\": \"\\u0000\"}}"),
+        ),
         viewer("authenticated", json!({"sub": "not-a-uuid"})),
         customer(ALICE),
     ];
@@ -421,15 +420,18 @@ async fn catalog_reports_columns_key_rls_and_capture() {
     assert_eq!(jobs.primary_key, ["id"]);
     assert!(jobs.rls_enabled && !jobs.rls_forced && jobs.realtime_enabled);
     assert!(p.catalog.table("public", "JOBS").await.unwrap().is_none());
-    let enabled = p.catalog.enabled_tables(Some("public")).await.unwrap();
-    let names: Vec<&str> = enabled.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["jobs"]);
-    assert!(p
-        .catalog
-        .enabled_tables(Some("other"))
+    let enabled: Vec<String> = p
+        .client
+        .query(
+            "select table_name from realtime.enabled_tables where schema_name = 'public'",
+            &[],
+        )
         .await
         .unwrap()
-        .is_empty());
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(enabled, ["jobs"]);
 }
 
 /// Ids of `table` that `SELECT` shows to `viewer`; an error (no such role, no privilege,
@@ -476,7 +478,7 @@ async fn selectable_columns(client: &mut Client, table: &TableInfo, role: &str) 
     cols
 }
 
-fn random_viewer(rng: &mut StdRng, customers: &[String]) -> Viewer {
+fn random_viewer(rng: &mut StdRng, customers: &[String]) -> Arc<Viewer> {
     let role = match rng.random_range(0..10) {
         0 => "anon",
         1 => "service_role",
@@ -492,10 +494,7 @@ fn random_viewer(rng: &mut StdRng, customers: &[String]) -> Viewer {
     if rng.random_bool(0.2) {
         claims.insert("app_role".into(), json!("staff"));
     }
-    Viewer {
-        role: role.into(),
-        claims: Value::Object(claims).to_string().into(),
-    }
+    raw_viewer(role, &Value::Object(claims).to_string())
 }
 
 async fn fill_random_portal(client: &Client, rng: &mut StdRng, customers: &[String]) {
@@ -556,7 +555,7 @@ async fn random_rows_and_viewers_get_exactly_what_select_would_show() {
     let mut customers = vec![ALICE.to_owned(), BOB.to_owned()];
     customers.extend((0..4).map(|_| uuid::Uuid::new_v4().to_string()));
     fill_random_portal(&p.client, &mut rng, &customers).await;
-    let viewers: Vec<Viewer> = (0..10)
+    let viewers: Vec<Arc<Viewer>> = (0..10)
         .map(|_| random_viewer(&mut rng, &customers))
         .collect();
 
@@ -594,7 +593,7 @@ async fn random_rows_and_viewers_get_exactly_what_select_would_show() {
             };
             changes.push((*id, c.0, c.1));
         }
-        let items: Vec<(&Change, &TableInfo, &[Viewer])> = changes
+        let items: Vec<(&Change, &TableInfo, &[Arc<Viewer>])> = changes
             .iter()
             .map(|(_, c, _)| (c, &*table, &viewers[..]))
             .collect();
@@ -639,7 +638,7 @@ async fn prints_checks_per_second_for_one_batch() {
     let p = portal().await;
     let table = p.table("jobs").await;
     // Distinct claims, so no two viewers share a check; every fourth one is staff.
-    let viewers: Vec<Viewer> = (0..20)
+    let viewers: Vec<Arc<Viewer>> = (0..20)
         .map(|i| {
             let sub = uuid::Uuid::new_v4().to_string();
             let app_role = if i % 4 == 0 { "staff" } else { "customer" };
@@ -649,7 +648,7 @@ async fn prints_checks_per_second_for_one_batch() {
     let changes: Vec<Change> = (0..100)
         .map(|i| change("jobs", Op::Insert, Some(job(i, ALICE, "open")), None))
         .collect();
-    let items: Vec<(&Change, &TableInfo, &[Viewer])> =
+    let items: Vec<(&Change, &TableInfo, &[Arc<Viewer>])> =
         changes.iter().map(|c| (c, &*table, &viewers[..])).collect();
     for round in 0..3 {
         let start = Instant::now();

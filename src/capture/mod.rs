@@ -21,8 +21,8 @@ pub use cursor::{Cursor, CursorError};
 pub use reader::prune;
 pub use status::{CaptureStatus, CaptureStatusSnapshot};
 
+use crate::changes::DbEvent;
 use crate::db::pg_message;
-use crate::router::change::DbEvent;
 use reader::{ReadEnd, ReadState};
 
 /// The NOTIFY channel the capture trigger and `realtime.send` signal.

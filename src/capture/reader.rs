@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::cursor::Cursor;
 use super::status::CaptureStatus;
 use super::CaptureError;
-use crate::router::change::{Change, DbBroadcast, DbEvent, Op};
+use crate::changes::{format_commit_time, Change, DbBroadcast, DbEvent, Op};
 
 /// Rows new to `cursor` ($1 xmax, $2 xip), minus rows an interrupted read already
 /// delivered ($3 its snapshots, $4 the last id it sent under each). Both arms of the OR
@@ -135,7 +135,7 @@ impl ReadState {
             let full_page = rows.len() == page_size as usize;
             let events: Vec<DbEvent> = rows.iter().filter_map(to_event).collect();
             let last_ts = events.iter().rev().find_map(|e| match e {
-                DbEvent::Change(c) => Some(c.commit_timestamp.clone()),
+                DbEvent::Change(c) => Some(format_commit_time(c.commit_time)),
                 DbEvent::Broadcast(_) => None,
             });
             let count = rows.len();
@@ -207,7 +207,7 @@ fn to_event(row: &Row) -> Option<DbEvent> {
         old_record: row
             .get::<_, Option<Value>>("old_record")
             .and_then(into_object),
-        commit_timestamp: format_timestamp(created_at),
+        commit_time: created_at,
     }))
 }
 
@@ -215,23 +215,5 @@ fn into_object(v: Value) -> Option<Map<String, Value>> {
     match v {
         Value::Object(m) => Some(m),
         _ => None,
-    }
-}
-
-/// UTC with millisecond precision: `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-pub(crate) fn format_timestamp(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn timestamps_are_utc_with_milliseconds() {
-        let t = Utc.with_ymd_and_hms(2024, 3, 9, 7, 5, 1).unwrap()
-            + chrono::Duration::microseconds(42_999);
-        assert_eq!(format_timestamp(t), "2024-03-09T07:05:01.042Z");
     }
 }

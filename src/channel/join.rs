@@ -1,90 +1,185 @@
-//! The `phx_join` payload, read tolerantly: string booleans, unknown keys, absent or null
-//! tokens (PROTOCOL.md §3).
+//! `phx_join`, in named steps: admit (topic, join rate, channel count, rejoin),
+//! authorize (token -> claims), validate (postgres_changes entries), then reply and
+//! register (router membership, presence state, subscriptions) and report.
 
-use serde_json::Value;
+use std::sync::Arc;
 
-/// A join's `config` plus its token.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct JoinConfig {
-    pub broadcast_self: bool,
-    pub broadcast_ack: bool,
-    pub presence_key: String,
-    pub presence_enabled: bool,
-    pub private: bool,
-    /// The requested `postgres_changes` entries, verbatim (echoed in the reply).
-    pub postgres_changes: Vec<Value>,
-    /// `access_token` (or legacy `user_token`) when it is a string.
-    pub access_token: Option<String>,
+use serde_json::{json, Value};
+
+use super::join_config::JoinConfig;
+use super::session::{now_unix, Channel, Session};
+use crate::auth::{looks_like_jwt, Claims};
+use crate::changes::{Subscriber, Validated, Viewer};
+use crate::protocol::{Close, Inbound, InboundPayload, ReplyError, SystemMessage, TokenError};
+use crate::router::{Member, TopicKey};
+use crate::telemetry::next_id;
+
+/// A join that passed admission and authorization.
+struct Admitted {
+    config: JoinConfig,
+    /// The user token the join brought, if it brought a JWT.
+    token: Option<String>,
+    claims: Claims,
 }
 
-/// `true`, `"true"`, `"TRUE"` -> true; anything else false.
-pub fn truthy(v: Option<&Value>) -> bool {
-    match v {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
-        _ => false,
+impl Session {
+    pub(super) async fn join(&mut self, msg: Inbound) {
+        let admitted = match self
+            .admit(&msg)
+            .and_then(|config| self.authorize(&msg.topic, config))
+        {
+            Ok(a) => a,
+            Err(e) => {
+                let disconnect = e == ReplyError::TooManyJoins;
+                self.reply_error(&msg, e);
+                if disconnect {
+                    // Supabase disconnects a client that joins too fast, after the reply.
+                    self.outbox.close(Close::TooManyJoins);
+                }
+                return;
+            }
+        };
+        tracing::debug!(conn_id = self.conn_id, topic = %msg.topic, role = %admitted.claims.role, user_token = admitted.token.is_some(), "join");
+        let validated = if admitted.config.postgres_changes.is_empty() {
+            None
+        } else {
+            Some(
+                self.svc
+                    .changes
+                    .validate(&admitted.config.postgres_changes)
+                    .await,
+            )
+        };
+        self.register(&msg, admitted, validated);
     }
-}
 
-impl JoinConfig {
-    pub fn parse(payload: &Value) -> JoinConfig {
-        let config = payload.get("config");
-        let get =
-            |section: &str, key: &str| config.and_then(|c| c.get(section)).and_then(|s| s.get(key));
-        let token = payload
-            .get("access_token")
-            .or_else(|| payload.get("user_token"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        JoinConfig {
-            broadcast_self: truthy(get("broadcast", "self")),
-            broadcast_ack: truthy(get("broadcast", "ack")),
-            presence_key: get("presence", "key")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            presence_enabled: truthy(get("presence", "enabled")),
-            private: truthy(config.and_then(|c| c.get("private"))),
-            postgres_changes: config
-                .and_then(|c| c.get("postgres_changes"))
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
-            access_token: token,
+    /// Checks the topic and the per-connection limits. A join of a topic this session
+    /// already joined closes the old channel first (Phoenix does the same).
+    fn admit(&mut self, msg: &Inbound) -> Result<JoinConfig, ReplyError> {
+        if !msg.topic.starts_with("realtime:") {
+            return Err(ReplyError::UnmatchedTopic);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn defaults_sent_by_realtime_js_parse_to_all_off() {
-        let c = JoinConfig::parse(
-            &json!({"config":{"broadcast":{"ack":false,"self":false},"presence":{"key":"","enabled":false},"postgres_changes":[],"private":false}}),
-        );
-        assert_eq!(c, JoinConfig::default());
-    }
-
-    #[test]
-    fn string_booleans_unknown_keys_and_null_token_are_tolerated() {
-        let c = JoinConfig::parse(
-            &json!({"config":{"broadcast":{"self":"TRUE","ack":"true"},"presence":{"key":"u1","enabled":true},"version":"realtime-js/2.1"},"access_token":null}),
-        );
-        assert!(c.broadcast_self && c.broadcast_ack && c.presence_enabled);
-        assert_eq!(c.presence_key, "u1");
-        assert_eq!(c.access_token, None);
+        if msg.topic == "realtime:" {
+            return Err(ReplyError::TopicRequired);
+        }
+        if self.joins.check().is_err() {
+            self.svc.metrics.limit_hit(self.conn_id, "joins_per_second");
+            return Err(ReplyError::TooManyJoins);
+        }
+        if self.channels.contains_key(&msg.topic) {
+            self.close_channel(&msg.topic);
+        } else if self.channels.len() >= self.svc.limits.max_channels_per_connection {
+            self.svc
+                .metrics
+                .limit_hit(self.conn_id, "channels_per_connection");
+            return Err(ReplyError::TooManyChannels);
+        }
+        let payload = match &msg.payload {
+            InboundPayload::Json(v) => v,
+            InboundPayload::Broadcast(_) => &Value::Null,
+        };
+        Ok(JoinConfig::parse(payload))
     }
 
-    #[test]
-    fn postgres_changes_entries_are_kept_verbatim() {
-        let entry = json!({"event":"INSERT","schema":"public","table":"todos","filter":"id=eq.1"});
-        let c = JoinConfig::parse(
-            &json!({"config":{"postgres_changes":[entry.clone()]},"user_token":"t"}),
+    /// The claims the channel runs with: the join's user token when it brings a JWT,
+    /// else the connection's apikey (PROTOCOL.md §7, the realtime-js token race).
+    fn authorize(&self, topic: &str, config: JoinConfig) -> Result<Admitted, ReplyError> {
+        let token = config.access_token.clone().filter(|t| looks_like_jwt(t));
+        let claims = match &token {
+            Some(t) => self.svc.verifier.verify(t).map_err(ReplyError::Token)?,
+            None => self.conn_claims.clone(),
+        };
+        let now = now_unix();
+        if claims.exp <= now {
+            return Err(ReplyError::Token(TokenError::Expired {
+                seconds_ago: now - claims.exp,
+            }));
+        }
+        if config.private && &*claims.role != "service_role" {
+            // Private-channel authorization (realtime.messages policies) is not built yet:
+            // refuse rather than serve a private topic without its policies.
+            return Err(ReplyError::ReadDenied {
+                channel: super::channel_name(topic).to_owned(),
+            });
+        }
+        Ok(Admitted {
+            config,
+            token,
+            claims,
+        })
+    }
+
+    /// Replies ok, makes the channel a member of its topic (queueing `presence_state`),
+    /// subscribes its valid postgres_changes entries and reports each entry's outcome.
+    fn register(&mut self, msg: &Inbound, admitted: Admitted, validated: Option<Validated>) {
+        let Admitted {
+            config,
+            token,
+            claims,
+        } = admitted;
+        let join_ref: Arc<str> = msg
+            .join_ref
+            .clone()
+            .or_else(|| msg.ref_.clone())
+            .unwrap_or_default()
+            .into();
+        let key = TopicKey {
+            private: config.private,
+            topic: msg.topic.as_str().into(),
+        };
+        let member = next_id();
+        let reply_entries = validated
+            .as_ref()
+            .map(|v| v.reply.clone())
+            .unwrap_or_default();
+        self.reply(msg, "ok", &json!({ "postgres_changes": reply_entries }));
+        self.svc.router.join(
+            &key,
+            Member {
+                id: member,
+                conn_id: self.conn_id,
+                join_ref: join_ref.clone(),
+                vsn: self.vsn,
+                outbox: self.outbox.clone(),
+                broadcast_self: config.broadcast_self,
+                presence: config.presence_enabled,
+            },
         );
-        assert_eq!(c.postgres_changes, vec![entry]);
-        assert_eq!(c.access_token.as_deref(), Some("t"));
+        if let Some(v) = validated {
+            if !v.subscriptions.is_empty() {
+                let subscriber = Subscriber {
+                    member,
+                    conn_id: self.conn_id,
+                    topic: key.topic.clone(),
+                    vsn: self.vsn,
+                    outbox: self.outbox.clone(),
+                    viewer: Arc::new(Viewer::from_claims(&claims)),
+                };
+                self.svc.changes.subscribe(subscriber, v.subscriptions);
+                self.system(&msg.topic, &join_ref, &SystemMessage::SubscribedToPostgres);
+            }
+            for e in v.errors {
+                self.system(&msg.topic, &join_ref, &SystemMessage::Changes(e));
+            }
+        }
+        let presence_key = if config.presence_key.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            config.presence_key
+        };
+        self.svc.metrics.joins.inc();
+        self.svc.metrics.channels.inc();
+        self.channels.insert(
+            msg.topic.clone(),
+            Channel {
+                key,
+                join_ref,
+                member,
+                ack: config.broadcast_ack,
+                presence_key,
+                token,
+                exp: claims.exp,
+            },
+        );
     }
 }

@@ -1,18 +1,22 @@
-//! One connection's joined channels: the join / leave / token-refresh state machine,
-//! broadcast and presence pushes, limits, and the replies each of them gets. Socket-free:
-//! it reads decoded `Inbound` messages and writes frames into the connection's outbox.
+//! One connection's session: its joined channels and what each client message does to
+//! them (join, leave, token refresh and expiry, broadcast, presence, limits), and the
+//! reply each gets. A state machine over decoded `Inbound` messages that writes frames
+//! into the connection's outbox; it never touches the socket, so tests drive it directly.
 
 mod join;
-mod postgres;
+mod join_config;
+mod messages;
 mod session;
+#[cfg(test)]
+mod tests;
 
-pub use join::{truthy, JoinConfig};
+pub use join_config::{truthy, JoinConfig};
 pub use session::Session;
 
 use std::sync::Arc;
 
 use crate::auth::Verifier;
-use crate::catalog::Catalog;
+use crate::changes::Changes;
 use crate::config::Limits;
 use crate::router::Router;
 use crate::telemetry::Metrics;
@@ -20,11 +24,25 @@ use crate::telemetry::Metrics;
 /// What every session needs from the hub; built once in `lib.rs`.
 pub struct Services {
     pub router: Arc<Router>,
+    pub changes: Changes,
     pub verifier: Verifier,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
-    /// `None` when the hub runs without a database.
-    pub catalog: Option<Catalog>,
+}
+
+impl Services {
+    /// A hub's services without a database, verifying tokens with `config`'s secret.
+    #[cfg(test)]
+    pub(crate) fn for_tests(config: &crate::config::Config) -> Arc<Services> {
+        let metrics = Arc::new(Metrics::new());
+        Arc::new(Services {
+            router: Arc::new(Router::new(metrics.clone())),
+            changes: Changes::new(None),
+            verifier: Verifier::new(config.jwt_secret.as_deref(), None).expect("test secret"),
+            limits: config.limits.clone(),
+            metrics,
+        })
+    }
 }
 
 /// `realtime:<name>` -> `<name>`.

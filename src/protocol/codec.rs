@@ -193,6 +193,23 @@ fn decode_metadata(bytes: &[u8]) -> Result<Option<Value>, DecodeError> {
     }
 }
 
+/// Serialized length of a JSON value, without building the text (size limits).
+pub fn encoded_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 /// v1 frame, server -> client: Phoenix's V1 serializer never emits `join_ref`.
 #[derive(Serialize)]
 struct V1Frame<'a, P: ?Sized> {

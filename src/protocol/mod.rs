@@ -1,6 +1,6 @@
 //! The Phoenix / Supabase Realtime wire protocol: frame types, the v1 (JSON object) and
-//! v2 (JSON array + binary broadcast) serializers, and the reason texts clients surface.
-//! Pure: no sockets, no tokio, no Postgres. See ../shared/PROTOCOL.md.
+//! v2 (JSON array + binary broadcast) serializers, and every text a client can see
+//! (`texts`). Pure: no sockets, no tokio, no Postgres.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -62,6 +62,12 @@ pub enum InboundPayload {
 }
 
 mod codec;
-pub mod reason;
+mod texts;
 
-pub use codec::{decode_binary, decode_text, encode, encode_broadcast, encode_reply, DecodeError};
+pub use codec::{
+    decode_binary, decode_text, encode, encode_broadcast, encode_reply, encoded_len, DecodeError,
+};
+pub use texts::{
+    AckError, BodyProblem, ChangesError, ChannelError, Close, FilterError, HttpError, ReplyError,
+    RowError, SystemMessage, TokenError,
+};

@@ -1,7 +1,7 @@
 //! Table-driven tests of the codec against the real frames in PROTOCOL.md.
 
 use super::*;
-use crate::protocol::reason;
+use crate::protocol::{AckError, ReplyError};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
 
@@ -429,7 +429,7 @@ fn heartbeat_replies_echo_the_ref_even_when_null() {
 
 #[test]
 fn join_error_reply_carries_the_reason() {
-    let response = reason::error_response(reason::TOO_MANY_CHANNELS);
+    let response = ReplyError::TooManyChannels.response();
     assert_eq!(
         text(encode_reply(
             Vsn::V2,
@@ -444,14 +444,7 @@ fn join_error_reply_carries_the_reason() {
 }
 
 #[test]
-fn typed_payloads_serialize_without_building_a_value() {
-    #[derive(serde::Serialize)]
-    struct Ack<'a> {
-        error: &'a str,
-    }
-    let ack = Ack {
-        error: reason::PAYLOAD_TOO_LARGE,
-    };
+fn an_oversized_acked_broadcast_gets_the_payload_size_error() {
     assert_eq!(
         text(encode_reply(
             Vsn::V2,
@@ -459,7 +452,7 @@ fn typed_payloads_serialize_without_building_a_value() {
             Some("7"),
             "realtime:r",
             "error",
-            &ack
+            &AckError::PayloadTooLarge.response()
         )),
         r#"["6","7","realtime:r","phx_reply",{"status":"error","response":{"error":"payload_size_exceeded"}}]"#
     );

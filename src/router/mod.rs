@@ -1,11 +1,9 @@
-//! Topic -> members, presence per topic, the postgres_changes subscription index, and
-//! fan-out. Fan-out never awaits a client: frames are encoded once per serializer and
-//! pushed into each member's bounded outbox. No sockets, no Postgres here.
+//! Topics and their members, presence per topic, broadcast fan-out, and the bounded
+//! per-connection outboxes everything is delivered through. Fan-out never awaits a
+//! client: frames are encoded once per serializer and pushed into each member's outbox.
+//! Knows nothing of tables or rows; no sockets, no Postgres here.
 
-pub mod change;
-pub mod filter;
 pub mod outbox;
-pub mod postgres;
 pub mod presence;
 
 use std::collections::HashMap;
@@ -79,7 +77,6 @@ impl<F: Fn(Vsn) -> Option<WireFrame>> Encoded<F> {
 pub struct Router {
     /// Topics with at least one member; an emptied topic is removed under its shard lock.
     topics: DashMap<TopicKey, Arc<Mutex<Topic>>>,
-    pub postgres: postgres::PgIndex,
     metrics: Arc<Metrics>,
 }
 
@@ -91,7 +88,6 @@ impl Router {
     pub fn new(metrics: Arc<Metrics>) -> Router {
         Router {
             topics: DashMap::new(),
-            postgres: postgres::PgIndex::default(),
             metrics,
         }
     }
@@ -168,7 +164,6 @@ impl Router {
         }
         self.topics
             .remove_if(key, |_, t| lock(t).members.is_empty());
-        self.postgres.remove_member(member);
     }
 
     /// Fans a broadcast out to the topic's members (skipping the sender unless it asked

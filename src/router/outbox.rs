@@ -11,52 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::WireFrame;
 
-/// Why a connection is being closed; each maps to a WebSocket close code and reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Outbound queue full: the client does not read fast enough.
-    SlowConsumer,
-    /// No inbound frame within the idle timeout.
-    IdleTimeout,
-    /// The hub is shutting down; clients should reconnect (elsewhere).
-    Shutdown,
-    /// The client sent a message larger than the configured maximum.
-    FrameTooLarge,
-    /// The client joined channels faster than allowed (Supabase disconnects too).
-    TooManyJoins,
-    /// The client closed or the socket failed.
-    Gone,
-}
-
-impl CloseReason {
-    pub fn code(self) -> u16 {
-        match self {
-            CloseReason::SlowConsumer => 1008,
-            CloseReason::IdleTimeout => 1000,
-            CloseReason::Shutdown => 1001,
-            CloseReason::FrameTooLarge => 1009,
-            CloseReason::TooManyJoins => 1008,
-            CloseReason::Gone => 1000,
-        }
-    }
-
-    pub fn text(self) -> &'static str {
-        match self {
-            CloseReason::SlowConsumer => "slow consumer: outbound queue full",
-            CloseReason::IdleTimeout => "idle timeout: no frame received",
-            CloseReason::Shutdown => "server shutting down",
-            CloseReason::FrameTooLarge => "message too large",
-            CloseReason::TooManyJoins => "Too many joins per second",
-            CloseReason::Gone => "closed",
-        }
-    }
-}
+pub use crate::protocol::Close;
 
 struct Shared {
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     close: CancellationToken,
-    reason: OnceLock<CloseReason>,
+    reason: OnceLock<Close>,
 }
 
 /// Sending side: cheap to clone, never blocks.
@@ -115,7 +76,7 @@ impl OutboxTx {
         let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
         if before + len > self.shared.max_bytes && before > 0 {
             self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            self.close(CloseReason::SlowConsumer);
+            self.close(Close::SlowConsumer);
             return Err(PushError::Overflow);
         }
         match self.tx.try_send(frame) {
@@ -124,7 +85,7 @@ impl OutboxTx {
                 self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                 match e {
                     mpsc::error::TrySendError::Full(_) => {
-                        self.close(CloseReason::SlowConsumer);
+                        self.close(Close::SlowConsumer);
                         Err(PushError::Overflow)
                     }
                     mpsc::error::TrySendError::Closed(_) => Err(PushError::Closed),
@@ -134,7 +95,7 @@ impl OutboxTx {
     }
 
     /// Asks the connection to close; the first reason given wins.
-    pub fn close(&self, reason: CloseReason) {
+    pub fn close(&self, reason: Close) {
         let _ = self.shared.reason.set(reason);
         self.shared.close.cancel();
     }
@@ -151,11 +112,6 @@ impl OutboxTx {
     /// Bytes currently queued and not yet written to the socket.
     pub fn queued_bytes(&self) -> usize {
         self.shared.queued_bytes.load(Ordering::Acquire)
-    }
-
-    /// Same outbox (same connection)?
-    pub fn same(&self, other: &OutboxTx) -> bool {
-        Arc::ptr_eq(&self.shared, &other.shared)
     }
 }
 
@@ -183,12 +139,12 @@ impl OutboxRx {
         self.shared.close.clone()
     }
 
-    pub fn close_reason(&self) -> Option<CloseReason> {
+    pub fn close_reason(&self) -> Option<Close> {
         self.shared.reason.get().copied()
     }
 
     /// Asks the connection to close (from the connection task itself).
-    pub fn close(&self, reason: CloseReason) {
+    pub fn close(&self, reason: Close) {
         let _ = self.shared.reason.set(reason);
         self.shared.close.cancel();
     }
@@ -214,7 +170,7 @@ mod tests {
         assert!(tx.push(text(1)).is_ok());
         assert_eq!(tx.push(text(1)), Err(PushError::Overflow));
         assert!(tx.is_closed());
-        assert_eq!(rx.close_reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(rx.close_reason(), Some(Close::SlowConsumer));
         assert_eq!(tx.push(text(1)), Err(PushError::Closed));
     }
 

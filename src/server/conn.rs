@@ -1,21 +1,22 @@
-//! One WebSocket connection: a reader loop (decode, hand to the session, idle timeout,
-//! token expiry, shutdown) and a writer task draining the bounded outbox to the socket.
-//! One cleanup path: whatever ends the loop, the session is dropped (members leave) and
-//! the writer sends a close frame with the reason.
+//! One WebSocket connection, written against `Sink`/`Stream` so tests can drive it with
+//! channel pairs: a reader loop (decode, hand to the session, idle timeout, token expiry,
+//! shutdown) and a writer task draining the bounded outbox to the socket. One cleanup
+//! path: whatever ends the loop, the session is dropped (members leave) and the writer
+//! sends a close frame with the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite;
 
 use super::Hub;
 use crate::auth::Claims;
 use crate::channel::Session;
-use crate::protocol::{self, Vsn, WireFrame};
-use crate::router::outbox::{outbox, CloseReason, OutboxRx};
+use crate::protocol::{self, Close, ReplyError, Vsn, WireFrame};
+use crate::router::outbox::{outbox, OutboxRx};
 use crate::telemetry::next_id;
 
 /// Most frames written to the socket before one flush.
@@ -34,12 +35,23 @@ fn to_message(frame: WireFrame) -> Message {
     }
 }
 
-/// Runs a connection to completion.
-pub async fn run_connection(hub: Arc<Hub>, socket: WebSocket, vsn: Vsn, claims: Claims) {
+/// Whether a read error is an inbound message over the configured size.
+fn is_too_large(e: axum::Error) -> bool {
+    matches!(
+        e.into_inner().downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}
+
+/// Runs a connection to completion: `sink` and `stream` are the two halves of the socket.
+pub async fn run_connection<W, R>(hub: Arc<Hub>, sink: W, mut stream: R, vsn: Vsn, claims: Claims)
+where
+    W: Sink<Message> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
     let conn_id = next_id();
     let limits = &hub.services.limits;
     let (tx, rx) = outbox(limits.outbox_frames, limits.outbox_bytes);
-    let (sink, mut stream) = socket.split();
     let writer = tokio::spawn(run_writer(sink, rx));
     let metrics = hub.services.metrics.clone();
     metrics.connections.inc();
@@ -58,36 +70,41 @@ pub async fn run_connection(hub: Arc<Hub>, socket: WebSocket, vsn: Vsn, claims: 
             _ = closed.cancelled() => break,
             _ = hub.shutdown.cancelled() => {
                 session.notify_shutdown();
-                tx.close(CloseReason::Shutdown);
+                tx.close(Close::Shutdown);
                 break;
             }
             _ = sleep_until(idle_deadline) => {
-                tx.close(CloseReason::IdleTimeout);
+                tx.close(Close::IdleTimeout);
                 break;
             }
             _ = sleep_until(expiry.unwrap_or(idle_deadline)), if expiry.is_some() => {
                 session.expire_tokens(chrono::Utc::now().timestamp());
             }
             msg = stream.next() => {
-                let Some(Ok(msg)) = msg else {
-                    let mut reason = CloseReason::Gone;
-                    if let Some(Err(e)) = msg {
-                        let text = e.to_string();
-                        if text.contains("too long") || text.contains("Space limit") {
+                let msg = match msg {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => {
+                        tracing::debug!(conn_id, error = %e, "socket read failed");
+                        let reason = if is_too_large(e) {
                             metrics.limit_hit(conn_id, "frame_too_large");
-                            reason = CloseReason::FrameTooLarge;
-                        }
-                        tracing::debug!(conn_id, error = %text, "socket read failed");
+                            Close::FrameTooLarge
+                        } else {
+                            Close::Gone
+                        };
+                        tx.close(reason);
+                        break;
                     }
-                    tx.close(reason);
-                    break;
+                    None => {
+                        tx.close(Close::Gone);
+                        break;
+                    }
                 };
                 idle_deadline = Instant::now() + idle;
                 let decoded = match msg {
                     Message::Text(text) => protocol::decode_text(vsn, text.as_str()),
                     Message::Binary(bytes) => protocol::decode_binary(&bytes),
                     Message::Close(_) => {
-                        tx.close(CloseReason::Gone);
+                        tx.close(Close::Gone);
                         break;
                     }
                     Message::Ping(_) | Message::Pong(_) => continue,
@@ -98,7 +115,7 @@ pub async fn run_connection(hub: Arc<Hub>, socket: WebSocket, vsn: Vsn, claims: 
                     Ok(inbound) => Box::pin(session.handle(inbound)).await,
                     Err(e) => {
                         metrics.dropped("malformed_frame", 1);
-                        let response = json!({ "reason": format!("malformed message: {e}") });
+                        let response = ReplyError::Malformed(e).response();
                         let frame = protocol::encode_reply(vsn, None, None, "phoenix", "error", &response);
                         hub.services.router.deliver(&tx, conn_id, frame, "reply");
                     }
@@ -124,7 +141,7 @@ pub async fn run_connection(hub: Arc<Hub>, socket: WebSocket, vsn: Vsn, claims: 
 /// to read at all) flushes what is queued and sends a close frame with the reason.
 async fn run_writer<S>(mut sink: S, mut rx: OutboxRx)
 where
-    S: futures_util::Sink<Message> + Unpin,
+    S: Sink<Message> + Unpin,
 {
     let closed = rx.close_token();
     loop {
@@ -152,13 +169,13 @@ where
             },
         }
     }
-    let reason = rx.close_reason().unwrap_or(CloseReason::Gone);
-    if reason == CloseReason::Gone && rx.queued_bytes() == 0 {
+    let reason = rx.close_reason().unwrap_or(Close::Gone);
+    if reason == Close::Gone && rx.queued_bytes() == 0 {
         let _ = sink.close().await;
         return;
     }
     let flush = async {
-        if reason != CloseReason::SlowConsumer {
+        if reason != Close::SlowConsumer {
             while let Ok(Some(frame)) =
                 tokio::time::timeout(Duration::from_millis(1), rx.recv()).await
             {
@@ -176,3 +193,6 @@ where
     };
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await;
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
+use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::capture::CaptureStatus;
 use crate::channel::Services;
-use crate::protocol::{reason, Vsn};
+use crate::protocol::{HttpError, TokenError, Vsn};
 
 /// Initial per-socket read buffer.
 const SOCKET_READ_BUFFER: usize = 1024;
@@ -40,8 +41,10 @@ pub struct Hub {
     pub capture: Option<Arc<CaptureStatus>>,
 }
 
-fn error_json(status: StatusCode, text: &str) -> Response {
-    (status, Json(json!({ "error": text }))).into_response()
+/// An HTTP error answer with its status and body.
+pub(crate) fn http_error(e: HttpError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, Json(e.body())).into_response()
 }
 
 /// All HTTP routes of the hub.
@@ -77,25 +80,22 @@ async fn websocket(
         .and_then(|v| v.to_str().ok())
         .or(params.get("apikey").map(String::as_str));
     let Some(apikey) = apikey.filter(|k| !k.is_empty()) else {
-        return error_json(StatusCode::UNAUTHORIZED, reason::API_KEY_MISSING);
+        return http_error(HttpError::Token(TokenError::Missing));
     };
     let claims = match hub.services.verifier.verify(apikey) {
         Ok(c) => c,
-        Err(e) => return error_json(StatusCode::UNAUTHORIZED, &e.http_message()),
+        Err(e) => return http_error(HttpError::Token(e)),
     };
     let vsn = match Vsn::from_query(params.get("vsn").map(String::as_str)) {
         Ok(v) => v,
-        Err(e) => return error_json(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => return http_error(HttpError::BadVsn(e)),
     };
     if hub.shutdown.is_cancelled() {
-        return error_json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Realtime is restarting, please standby",
-        );
+        return http_error(HttpError::Restarting);
     }
     let Ok(permit) = hub.connection_permits.clone().try_acquire_owned() else {
         hub.services.metrics.dropped("max_connections", 1);
-        return error_json(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
+        return http_error(HttpError::TooManyConnections);
     };
     let max = hub.services.limits.max_frame_bytes;
     // Small initial buffers (they grow for large messages): tungstenite's 128 KiB
@@ -107,7 +107,8 @@ async fn websocket(
         .on_upgrade(move |socket| {
             let tracker = hub.connections.clone();
             tracker.track_future(async move {
-                conn::run_connection(hub, socket, vsn, claims).await;
+                let (sink, stream) = socket.split();
+                conn::run_connection(hub, sink, stream, vsn, claims).await;
                 drop(permit);
             })
         })

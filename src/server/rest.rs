@@ -9,27 +9,21 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::{json, Value};
 
-use super::Hub;
+use super::{http_error, Hub};
 use crate::auth::Claims;
-use crate::protocol::{Broadcast, BroadcastPayload};
+use crate::protocol::{encoded_len, BodyProblem, Broadcast, BroadcastPayload, HttpError};
 use crate::router::TopicKey;
 
 /// Most messages one batch may carry.
 const MAX_BATCH: usize = 1000;
 
-fn message(status: StatusCode, text: &str) -> Response {
-    (status, Json(json!({ "message": text }))).into_response()
-}
-
-fn unprocessable(errors: Value) -> Response {
-    (
-        StatusCode::UNPROCESSABLE_ENTITY,
-        Json(json!({ "errors": errors })),
-    )
-        .into_response()
+fn unprocessable(field: impl Into<String>, problem: BodyProblem) -> Response {
+    http_error(HttpError::Unprocessable {
+        field: field.into(),
+        problem,
+    })
 }
 
 /// `Authorization: Bearer <jwt>`, else an `apikey` header.
@@ -42,7 +36,7 @@ fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Claims, Box<Response>> {
                 .or_else(|| v.strip_prefix("bearer "))
         });
     let token = bearer.or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()));
-    let unauthorized = || Box::new(message(StatusCode::UNAUTHORIZED, "Unauthorized"));
+    let unauthorized = || Box::new(http_error(HttpError::Unauthorized));
     let token = token.ok_or_else(unauthorized)?;
     hub.services
         .verifier
@@ -53,7 +47,7 @@ fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Claims, Box<Response>> {
 /// Private topics are writable only by `service_role` until private-channel policies
 /// exist; other callers' private messages are dropped silently (still 202), as Supabase does.
 fn may_write(claims: &Claims, private: bool) -> bool {
-    !private || claims.role == "service_role"
+    !private || &*claims.role == "service_role"
 }
 
 fn send(hub: &Hub, topic: &str, private: bool, msg: Broadcast) {
@@ -75,16 +69,13 @@ pub async fn broadcast_batch(
         Err(r) => return *r,
     };
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return unprocessable(json!({ "body": ["must be a JSON object with a messages array"] }));
+        return unprocessable("body", BodyProblem::NotJsonObject);
     };
     let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        return unprocessable(json!({ "messages": ["is required and must be an array"] }));
+        return unprocessable("messages", BodyProblem::MessagesMissing);
     };
     if messages.len() > MAX_BATCH {
-        return message(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many messages to broadcast, please reduce the batch size",
-        );
+        return http_error(HttpError::BatchTooLarge);
     }
     let max = hub.services.limits.max_broadcast_bytes;
     let mut ready = Vec::with_capacity(messages.len());
@@ -96,14 +87,10 @@ pub async fn broadcast_batch(
         let event = m.get("event").and_then(Value::as_str);
         let payload = m.get("payload").filter(|p| p.is_object());
         let (Some(topic), Some(event), Some(payload)) = (topic, event, payload) else {
-            return unprocessable(
-                json!({ format!("messages[{i}]"): ["needs a topic, an event and an object payload"] }),
-            );
+            return unprocessable(format!("messages[{i}]"), BodyProblem::MessageIncomplete);
         };
-        if payload.to_string().len() > max {
-            return unprocessable(
-                json!({ format!("messages[{i}]"): ["Payload size exceeds tenant limit"] }),
-            );
+        if encoded_len(payload) > max {
+            return unprocessable(format!("messages[{i}]"), BodyProblem::PayloadTooLarge);
         }
         let private = crate::channel::truthy(m.get("private"));
         let meta = m.get("id").map(|id| json!({ "id": id }));
@@ -138,7 +125,7 @@ pub async fn broadcast_one(
         Err(r) => return *r,
     };
     if body.len() > hub.services.limits.max_broadcast_bytes {
-        return unprocessable(json!({ "payload": ["Payload size exceeds tenant limit"] }));
+        return unprocessable("payload", BodyProblem::PayloadTooLarge);
     }
     let binary = headers
         .get(header::CONTENT_TYPE)
@@ -149,7 +136,7 @@ pub async fn broadcast_one(
     } else {
         match serde_json::from_slice::<Value>(&body) {
             Ok(v) => BroadcastPayload::Json(v),
-            Err(_) => return unprocessable(json!({ "payload": ["must be valid JSON"] })),
+            Err(_) => return unprocessable("payload", BodyProblem::PayloadNotJson),
         }
     };
     let private = params

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
 use switchboard::capture::{run_capture, CaptureConfig, CaptureStatus};
-use switchboard::router::change::{DbEvent, Op};
+use switchboard::changes::{DbEvent, Op};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;

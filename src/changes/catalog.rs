@@ -13,7 +13,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::OnceCell;
 use tokio_postgres::Row;
 
-use crate::router::change::ColumnInfo;
+use super::row::ColumnInfo;
 
 /// How long a lookup (found or not) is served from memory.
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
@@ -24,10 +24,9 @@ const CACHE_PRUNE_AT: usize = 1024;
 /// Name of the capture trigger that `realtime.enable` creates.
 pub const CAPTURE_TRIGGER: &str = "switchboard_capture";
 
-/// The select list shared by both lookups; `$1` is the capture trigger name.
-macro_rules! table_select {
-    () => {
-        "select n.nspname::text, c.relname::text, c.oid, c.relrowsecurity, c.relforcerowsecurity, \
+/// One table by exact schema and name: `$1` the capture trigger name, `$2` schema,
+/// `$3` table.
+const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.relrowsecurity, c.relforcerowsecurity, \
            exists (select 1 from pg_catalog.pg_trigger t \
                     where t.tgrelid = c.oid and t.tgname = $1::text) as realtime_enabled, \
            array(select a.attname::text from pg_catalog.pg_attribute a \
@@ -44,24 +43,8 @@ macro_rules! table_select {
                   order by k.pos) as primary_key \
          from pg_catalog.pg_class c \
          join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
-         where c.relkind in ('r', 'p') "
-    };
-}
-
-/// One table by exact schema and name: `$2` schema, `$3` table.
-const TABLE_BY_NAME: &str = concat!(
-    table_select!(),
-    "and n.nspname = $2::text and c.relname = $3::text"
-);
-
-/// Tables with the capture trigger (partition children excluded), optionally in schema `$2`.
-const ENABLED_TABLES: &str = concat!(
-    table_select!(),
-    "and exists (select 1 from pg_catalog.pg_trigger t \
-                  where t.tgrelid = c.oid and t.tgname = $1::text and t.tgparentid = 0) \
-     and ($2::text is null or n.nspname = $2::text) \
-     order by n.nspname, c.relname"
-);
+         where c.relkind in ('r', 'p') \
+           and n.nspname = $2::text and c.relname = $3::text";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -97,8 +80,6 @@ struct Inner {
     pool: Pool,
     /// By (schema, table); `None` caches "no such table".
     tables: Cache<(String, String), Option<Arc<TableInfo>>>,
-    /// By schema; `None` means every schema.
-    enabled: Cache<Option<String>, Vec<Arc<TableInfo>>>,
 }
 
 type Cache<K, T> = Mutex<HashMap<K, Entry<T>>>;
@@ -115,7 +96,6 @@ impl Catalog {
             inner: Arc::new(Inner {
                 pool,
                 tables: Mutex::new(HashMap::new()),
-                enabled: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -135,20 +115,6 @@ impl Catalog {
                 .query_opt(&stmt, &[&CAPTURE_TRIGGER, &schema, &table])
                 .await?;
             Ok(row.map(|r| Arc::new(table_info(&r))))
-        })
-        .await
-    }
-
-    /// Tables with change capture on, in `schema` or in every schema.
-    pub async fn enabled_tables(
-        &self,
-        schema: Option<&str>,
-    ) -> Result<Vec<Arc<TableInfo>>, CatalogError> {
-        cached(&self.inner.enabled, schema.map(str::to_owned), async {
-            let client = self.inner.pool.get().await?;
-            let stmt = client.prepare_cached(ENABLED_TABLES).await?;
-            let rows = client.query(&stmt, &[&CAPTURE_TRIGGER, &schema]).await?;
-            Ok(rows.iter().map(|r| Arc::new(table_info(r))).collect())
         })
         .await
     }

@@ -6,18 +6,19 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::catalog::Catalog;
-use crate::router::change::Op;
-use crate::router::filter;
-use crate::router::postgres::{subscription_id, PgSubscription, TableScope};
+use super::catalog::Catalog;
+use super::filter;
+use super::index::{subscription_id, Subscription, TableScope};
+use super::row::Op;
+use crate::protocol::ChangesError;
 
 /// The outcome of validating a join's entries.
 pub struct Validated {
     /// The reply's `postgres_changes` array.
     pub reply: Vec<Value>,
-    pub subscriptions: Vec<PgSubscription>,
-    /// One message per entry that could not be subscribed.
-    pub errors: Vec<String>,
+    pub subscriptions: Vec<Subscription>,
+    /// One error per entry that could not be subscribed.
+    pub errors: Vec<ChangesError>,
 }
 
 /// `deals` -> `deals`; `My Table` -> `"My Table"` (Postgres identifier quoting).
@@ -60,21 +61,24 @@ pub async fn validate(catalog: Option<&Catalog>, entries: &[Value]) -> Validated
         }
         out.reply.push(echoed);
         let Some(catalog) = catalog else {
-            out.errors
-                .push("postgres_changes is unavailable: the hub runs without a database (set DATABASE_URL)".into());
+            out.errors.push(ChangesError::NoDatabase);
             continue;
         };
         match subscription(catalog, entry, id).await {
             Ok(sub) => out.subscriptions.push(sub),
-            Err(message) => out.errors.push(message),
+            Err(e) => out.errors.push(e),
         }
     }
     out
 }
 
-async fn subscription(catalog: &Catalog, entry: &Value, id: u32) -> Result<PgSubscription, String> {
+async fn subscription(
+    catalog: &Catalog,
+    entry: &Value,
+    id: u32,
+) -> Result<Subscription, ChangesError> {
     if !entry.is_object() {
-        return Err("Unable to subscribe to changes with given parameters: each postgres_changes entry must be an object".into());
+        return Err(ChangesError::EntryNotObject);
     }
     let event = str_field(entry, "event")
         .unwrap_or("*")
@@ -83,51 +87,44 @@ async fn subscription(catalog: &Catalog, entry: &Value, id: u32) -> Result<PgSub
     let schema = str_field(entry, "schema").unwrap_or("public");
     let table = str_field(entry, "table").unwrap_or("*");
     let filter_text = str_field(entry, "filter").unwrap_or("");
-    let parsed = filter::parse(filter_text).map_err(|e| e.to_string())?;
+    let parsed = filter::parse(filter_text)?;
     if schema == "*" || table == "*" {
         if !parsed.columns().is_empty() {
-            return Err(format!(
-                "Unable to subscribe to changes with given parameters: a filter needs a single table, not `{schema}.{table}`"
-            ));
+            return Err(ChangesError::FilterNeedsTable {
+                scope: format!("{schema}.{table}"),
+            });
         }
         let scope = if schema == "*" {
             TableScope::All
         } else {
             TableScope::Schema(schema.into())
         };
-        let filter = parsed.bind(&[]).map_err(|e| e.to_string())?;
-        return Ok(PgSubscription {
+        return Ok(Subscription {
             id,
             event,
             scope,
-            filter,
+            filter: parsed.bind(&[])?,
         });
     }
     let name = qualified(schema, table);
     let info = catalog
         .table(schema, table)
         .await
-        .map_err(|e| format!("Unable to subscribe to changes with given parameters: {e}"))?
-        .ok_or_else(|| {
-            format!(
-                "Unable to subscribe to changes with given parameters: table {name} does not exist"
-            )
+        .map_err(|e| ChangesError::Unavailable(e.to_string()))?
+        .ok_or_else(|| ChangesError::NoSuchTable {
+            table: name.clone(),
         })?;
     if !info.realtime_enabled {
-        return Err(format!(
-            "table {name} is not enabled for realtime; enable it with: select realtime.enable('{}')",
-            name.replace('\'', "''")
-        ));
+        return Err(ChangesError::NotEnabled { table: name });
     }
-    let filter = parsed.bind(&info.columns).map_err(|e| e.to_string())?;
-    Ok(PgSubscription {
+    Ok(Subscription {
         id,
         event,
         scope: TableScope::Table {
             schema: Arc::from(schema),
             table: Arc::from(table),
         },
-        filter,
+        filter: parsed.bind(&info.columns)?,
     })
 }
 

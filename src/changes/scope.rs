@@ -12,11 +12,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::Pool;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio_postgres::types::Json;
 
-use crate::catalog::TableInfo;
-use crate::router::change::{Change, Op};
+use super::catalog::TableInfo;
+use super::row::{Change, Op, Row};
+use crate::auth::Claims;
 
 const VISIBLE_TO: &str = "select check_no, visible, old_visible, columns \
      from realtime.visible_to($1::oid[], $2::jsonb[], $3::jsonb[], $4::int[], $5::text[], $6::text[])";
@@ -39,8 +40,56 @@ pub enum RlsError {
 }
 
 /// Who is looking: the Postgres role and the JWT claims (JSON object text) that
-/// `auth.uid()`, `auth.jwt()` and policies read from `request.jwt.claims`.
-pub use crate::router::postgres::ViewerClaims as Viewer;
+/// `auth.uid()`, `auth.jwt()` and policies read from `request.jwt.claims`, plus
+/// `auth.uid()` itself, read once from the `sub` claim. Equal when role and claims are.
+#[derive(Debug)]
+pub struct Viewer {
+    pub role: Arc<str>,
+    pub claims: Arc<str>,
+    /// The `sub` claim as a uuid, as the standard `auth.uid()` reads it.
+    pub uid: Option<uuid::Uuid>,
+}
+
+impl Viewer {
+    pub fn new(role: &str, claims: &str, sub: Option<&str>) -> Viewer {
+        Viewer {
+            role: role.into(),
+            claims: claims.into(),
+            uid: sub.and_then(uid_of),
+        }
+    }
+
+    pub fn from_claims(c: &Claims) -> Viewer {
+        Viewer {
+            role: c.role.clone(),
+            claims: c.json.clone(),
+            uid: c.sub.as_deref().and_then(uid_of),
+        }
+    }
+}
+
+impl PartialEq for Viewer {
+    fn eq(&self, other: &Self) -> bool {
+        self.role == other.role && self.claims == other.claims
+    }
+}
+
+impl Eq for Viewer {}
+
+impl std::hash::Hash for Viewer {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.role.hash(state);
+        self.claims.hash(state);
+    }
+}
+
+/// `auth.uid()` of a `sub` claim: only the hyphenated form, which Postgres's uuid input
+/// surely reads the same way.
+fn uid_of(sub: &str) -> Option<uuid::Uuid> {
+    (sub.len() == 36)
+        .then(|| uuid::Uuid::parse_str(sub).ok())
+        .flatten()
+}
 
 /// What one viewer may receive of one change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,26 +141,8 @@ pub struct RlsChecker {
     cache: Arc<Mutex<RuleCache>>,
 }
 
-type Row = Map<String, Value>;
-
-/// The row a change is judged by, and the old row of an UPDATE.
-fn judged_rows(change: &Change) -> (Option<&Row>, Option<&Row>) {
-    match change.op {
-        Op::Insert => (change.record.as_ref(), None),
-        Op::Update => (change.record.as_ref(), change.old_record.as_ref()),
-        Op::Delete => (change.old_record.as_ref(), None),
-    }
-}
-
-/// `auth.uid()` for these claims: the `sub` claim as a uuid.
-fn claims_uid(claims: &str) -> Option<uuid::Uuid> {
-    let claims: Map<String, Value> = serde_json::from_str(claims).ok()?;
-    let sub = claims.get("sub")?.as_str()?;
-    // Only the hyphenated form, which Postgres's uuid input surely reads the same way.
-    (sub.len() == 36)
-        .then(|| uuid::Uuid::parse_str(sub).ok())
-        .flatten()
-}
+/// One change with the distinct viewers whose subscriptions matched it.
+pub type Item<'a> = (&'a Change, &'a TableInfo, &'a [Arc<Viewer>]);
 
 fn row_owned_by(row: Option<&Row>, column: &str, uid: Option<uuid::Uuid>) -> bool {
     let value = row.and_then(|r| r.get(column)).and_then(Value::as_str);
@@ -134,8 +165,8 @@ fn old_visible(op: Op, visible: bool, old_row_visible: bool) -> bool {
 #[derive(Default)]
 struct Batch<'a> {
     item_rel: Vec<u32>,
-    item_row: Vec<Json<&'a Map<String, Value>>>,
-    item_old: Vec<Option<Json<&'a Map<String, Value>>>>,
+    item_row: Vec<Json<&'a Row>>,
+    item_old: Vec<Option<Json<&'a Row>>>,
     check_item: Vec<i32>,
     check_role: Vec<&'a str>,
     check_claims: Vec<&'a str>,
@@ -160,7 +191,7 @@ impl RlsChecker {
     async fn rules(
         &self,
         client: &deadpool_postgres::Client,
-        items: &[(&Change, &TableInfo, &[Viewer])],
+        items: &[Item<'_>],
     ) -> Result<HashMap<(u32, String), Rule>, RlsError> {
         let stmt = client.prepare_cached(RULES_VERSION).await?;
         let version: i64 = client.query_one(&stmt, &[]).await?.get(0);
@@ -220,10 +251,7 @@ impl RlsChecker {
 
     /// Visibility of each change for each of its viewers, in one round trip for the
     /// whole batch; the result is aligned with `items` and each item's viewers.
-    pub async fn check(
-        &self,
-        items: &[(&Change, &TableInfo, &[Viewer])],
-    ) -> Result<Vec<Vec<Visibility>>, RlsError> {
+    pub async fn check(&self, items: &[Item<'_>]) -> Result<Vec<Vec<Visibility>>, RlsError> {
         let mut result: Vec<Vec<Visibility>> = items
             .iter()
             .map(|(_, _, viewers)| vec![Visibility::HIDDEN; viewers.len()])
@@ -237,11 +265,9 @@ impl RlsChecker {
             .iter()
             .map(|((rel, role), rule)| ((*rel, role.as_str()), rule))
             .collect();
-        // `auth.uid()` of each distinct claims text, parsed once per batch.
-        let mut uids: HashMap<&str, Option<uuid::Uuid>> = HashMap::new();
         let mut needs_db: HashSet<(usize, usize)> = HashSet::new();
         for (i, &(change, table, viewers)) in items.iter().enumerate() {
-            let (row, old) = judged_rows(change);
+            let (row, old) = (change.judged_row(), change.judged_old_row());
             if row.is_none() {
                 continue;
             }
@@ -255,11 +281,8 @@ impl RlsChecker {
                         columns: columns.clone(),
                     },
                     Some(Rule::OwnRows { column, columns }) => {
-                        let uid = *uids
-                            .entry(&viewer.claims)
-                            .or_insert_with(|| claims_uid(&viewer.claims));
-                        let visible = row_owned_by(row, column, uid);
-                        let old_ok = row_owned_by(old, column, uid);
+                        let visible = row_owned_by(row, column, viewer.uid);
+                        let old_ok = row_owned_by(old, column, viewer.uid);
                         Visibility {
                             visible,
                             old_visible: old_visible(change.op, visible, old_ok),
@@ -314,17 +337,12 @@ impl RlsChecker {
 }
 
 impl<'a> Batch<'a> {
-    /// Items without a row to judge and viewers with claims that are not a JSON object
-    /// get no check (they stay hidden); identical (role, claims) pairs of one item share
-    /// one check.
-    fn build(
-        items: &'a [(&'a Change, &'a TableInfo, &'a [Viewer])],
-        needs_db: &HashSet<(usize, usize)>,
-    ) -> Batch<'a> {
+    /// Items without a row to judge get no check (they stay hidden); identical
+    /// (role, claims) pairs of one item share one check.
+    fn build(items: &'a [Item<'a>], needs_db: &HashSet<(usize, usize)>) -> Batch<'a> {
         let mut batch = Batch::default();
-        let mut claims_ok: HashMap<&str, bool> = HashMap::new();
         for (item_idx, &(change, table, viewers)) in items.iter().enumerate() {
-            let (row, old) = judged_rows(change);
+            let (row, old) = (change.judged_row(), change.judged_old_row());
             let Some(row) = row else { continue };
             if !(0..viewers.len()).any(|v| needs_db.contains(&(item_idx, v))) {
                 continue;
@@ -339,12 +357,6 @@ impl<'a> Batch<'a> {
                     continue;
                 }
                 let claims: &str = &viewer.claims;
-                let valid = *claims_ok
-                    .entry(claims)
-                    .or_insert_with(|| is_json_object(claims));
-                if !valid {
-                    continue;
-                }
                 let check = *seen.entry((&viewer.role, claims)).or_insert_with(|| {
                     batch.check_item.push(item_no);
                     batch.check_role.push(&viewer.role);
@@ -357,8 +369,4 @@ impl<'a> Batch<'a> {
         }
         batch
     }
-}
-
-fn is_json_object(text: &str) -> bool {
-    serde_json::from_str::<Map<String, Value>>(text).is_ok()
 }

@@ -6,25 +6,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{Catalog, TableInfo};
+use super::catalog::{Catalog, TableInfo};
+use super::index::{Matched, SubscriptionIndex};
+use super::payload::{change_data, shape_key, ChangePayload, FieldSizes, ShapeKey};
+use super::row::{Change, DbBroadcast, DbEvent};
+use super::scope::{RlsChecker, Viewer, Visibility};
 use crate::protocol::{self, Broadcast, BroadcastPayload, Vsn, WireFrame};
-use crate::rls::{RlsChecker, Viewer, Visibility};
-use crate::router::change::{Change, DbBroadcast, DbEvent, Op};
-use crate::router::postgres::{Matched, ViewerClaims};
 use crate::router::{Router, TopicKey};
-
-/// Records larger than this are cut down (PROTOCOL.md §4, "Error 413").
-const MAX_RECORD_BYTES: usize = 1024 * 1024;
-/// Under the 413 rule, fields whose JSON is longer than this are dropped.
-const MAX_FIELD_BYTES_WHEN_TOO_LARGE: usize = 64;
-const PAYLOAD_TOO_LARGE: &str = "Error 413: Payload Too Large";
-const NO_PRIMARY_KEY: &str = "Error 400: Bad Request, no primary key";
 
 /// One change with its matched members and their distinct viewers.
 struct Planned {
@@ -33,7 +25,7 @@ struct Planned {
     matched: Vec<Matched>,
     /// Index into `viewers` for each matched member.
     viewer_of: Vec<usize>,
-    viewers: Vec<Viewer>,
+    viewers: Vec<Arc<Viewer>>,
 }
 
 enum Step {
@@ -41,10 +33,12 @@ enum Step {
     Change(Planned),
 }
 
+/// What dispatch reads from and writes to.
 pub struct Dispatcher {
-    pub router: Arc<Router>,
-    pub catalog: Catalog,
-    pub rls: RlsChecker,
+    pub(super) index: Arc<SubscriptionIndex>,
+    pub(super) router: Arc<Router>,
+    pub(super) catalog: Catalog,
+    pub(super) rls: RlsChecker,
 }
 
 /// Batches whose row-scope checks may be in flight at once (over the pool); delivery
@@ -101,7 +95,7 @@ impl Dispatcher {
                 }
                 DbEvent::Change(c) => c,
             };
-            let matched = self.router.postgres.matching(&change);
+            let matched = self.index.matching(&change);
             if matched.is_empty() {
                 continue;
             }
@@ -113,7 +107,7 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let mut distinct: HashMap<ViewerClaims, usize> = HashMap::new();
+            let mut distinct: HashMap<Arc<Viewer>, usize> = HashMap::new();
             let mut viewers = Vec::new();
             let viewer_of = matched
                 .iter()
@@ -139,7 +133,7 @@ impl Dispatcher {
     /// Row-scope checks for every planned change in one round trip; retried while the
     /// database is unreachable (the capture side waits meanwhile, nothing is lost).
     async fn check(&self, steps: &[Step], shutdown: &CancellationToken) -> Vec<Vec<Visibility>> {
-        let items: Vec<(&Change, &TableInfo, &[Viewer])> = steps
+        let items: Vec<super::scope::Item<'_>> = steps
             .iter()
             .filter_map(|s| match s {
                 Step::Change(p) => Some((&p.change, p.table.as_ref(), p.viewers.as_slice())),
@@ -182,6 +176,7 @@ impl Dispatcher {
     fn deliver_change(&self, p: &Planned, vis: &[Visibility]) {
         let metrics = self.router.metrics();
         let mut shapes: HashMap<ShapeKey, Option<Box<RawValue>>> = HashMap::new();
+        let mut sizes: Option<FieldSizes> = None;
         // Encode once per distinct frame: members of one topic with the same ids, serializer
         // and visibility shape share the bytes.
         let mut frames: HashMap<(ShapeKey, Vsn, &str, &[u32]), WireFrame> = HashMap::new();
@@ -192,19 +187,15 @@ impl Dispatcher {
                 hidden += 1;
                 continue;
             };
-            let shape_key = (
-                v.columns
-                    .as_ref()
-                    .map(|c| Arc::as_ptr(c) as *const u8 as usize),
-                v.old_visible,
-            );
+            let shape_key = shape_key(v);
             let frame_key = (shape_key, m.member.vsn, &*m.member.topic, m.ids.as_slice());
             let frame = match frames.get(&frame_key) {
                 Some(frame) => frame.clone(),
                 None => {
-                    let data = shapes
-                        .entry(shape_key)
-                        .or_insert_with(|| change_data(&p.change, &p.table, v));
+                    let data = shapes.entry(shape_key).or_insert_with(|| {
+                        let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change));
+                        change_data(&p.change, sizes, &p.table, v)
+                    });
                     let Some(data) = data else { continue };
                     let payload = ChangePayload { ids: &m.ids, data };
                     let frame = protocol::encode(
@@ -223,133 +214,9 @@ impl Dispatcher {
         }
         metrics.message_out("postgres_changes", sent);
         metrics.dropped("row_scope", hidden);
-        if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(&p.change.commit_timestamp) {
-            let lag = chrono::Utc::now().signed_duration_since(ts);
-            metrics
-                .fanout_latency
-                .observe(lag.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
-        }
+        let lag = chrono::Utc::now().signed_duration_since(p.change.commit_time);
+        metrics
+            .fanout_latency
+            .observe(lag.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
     }
-}
-
-/// Which columns (by identity of the allowed list) and whether the old row is shown.
-type ShapeKey = (Option<usize>, bool);
-
-#[derive(Serialize)]
-struct ChangePayload<'a> {
-    ids: &'a [u32],
-    data: &'a RawValue,
-}
-
-/// The `data` object of a `postgres_changes` frame for one visibility shape.
-#[derive(Serialize)]
-struct ChangeData<'a> {
-    schema: &'a str,
-    table: &'a str,
-    commit_timestamp: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    columns: Vec<ColumnOut<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    record: Option<Map<String, Value>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    old_record: Option<Map<String, Value>>,
-    errors: Option<Vec<&'static str>>,
-}
-
-#[derive(Serialize)]
-struct ColumnOut<'a> {
-    name: &'a str,
-    #[serde(rename = "type")]
-    type_name: &'a str,
-}
-
-fn allowed(columns: &Option<Arc<[String]>>, name: &str) -> bool {
-    columns.as_ref().is_none_or(|c| c.iter().any(|n| n == name))
-}
-
-fn project(row: &Map<String, Value>, keep: impl Fn(&str) -> bool) -> Map<String, Value> {
-    row.iter()
-        .filter(|(k, _)| keep(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-fn json_size(row: &Map<String, Value>) -> usize {
-    row.iter()
-        .map(|(k, v)| k.len() + v.to_string().len() + 4)
-        .sum()
-}
-
-/// Supabase's answer for INSERT/UPDATE on a table without a primary key: no row data.
-#[derive(Serialize)]
-struct NoPrimaryKey<'a> {
-    schema: &'a str,
-    table: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    errors: [&'static str; 1],
-}
-
-fn change_data(change: &Change, table: &TableInfo, v: &Visibility) -> Option<Box<RawValue>> {
-    if table.primary_key.is_empty() && change.op != Op::Delete {
-        let data = NoPrimaryKey {
-            schema: &change.schema,
-            table: &change.table,
-            kind: change.op.as_str(),
-            errors: [NO_PRIMARY_KEY],
-        };
-        return serde_json::value::to_raw_value(&data).ok();
-    }
-    let cols = &v.columns;
-    let mut record = change
-        .record
-        .as_ref()
-        .map(|r| project(r, |k| allowed(cols, k)));
-    let mut old_record = change.old_record.as_ref().map(|r| {
-        if v.old_visible {
-            project(r, |k| allowed(cols, k))
-        } else {
-            project(r, |k| table.primary_key.iter().any(|pk| pk == k))
-        }
-    });
-    if change.op == Op::Insert {
-        old_record = None;
-    }
-    if change.op == Op::Delete {
-        record = None;
-    }
-    let mut errors = None;
-    let too_large = |r: &Option<Map<String, Value>>| {
-        r.as_ref().is_some_and(|r| json_size(r) > MAX_RECORD_BYTES)
-    };
-    if too_large(&record) || too_large(&old_record) {
-        let shrink = |r: &mut Option<Map<String, Value>>| {
-            if let Some(r) = r {
-                r.retain(|_, v| v.to_string().len() <= MAX_FIELD_BYTES_WHEN_TOO_LARGE);
-            }
-        };
-        shrink(&mut record);
-        shrink(&mut old_record);
-        errors = Some(vec![PAYLOAD_TOO_LARGE]);
-    }
-    let data = ChangeData {
-        schema: &change.schema,
-        table: &change.table,
-        commit_timestamp: &change.commit_timestamp,
-        kind: change.op.as_str(),
-        columns: table
-            .columns
-            .iter()
-            .filter(|c| allowed(cols, &c.name))
-            .map(|c| ColumnOut {
-                name: &c.name,
-                type_name: &c.type_name,
-            })
-            .collect(),
-        record,
-        old_record,
-        errors,
-    };
-    serde_json::value::to_raw_value(&data).ok()
 }

@@ -18,33 +18,12 @@ mod value;
 
 use std::cmp::Ordering;
 
-use serde_json::{Map, Value};
-
-use super::change::ColumnInfo;
+use super::row::{ColumnInfo, Row};
+pub use crate::protocol::FilterError;
 use value::{Kind, LikePattern, Scalar};
 
 /// Most values an `in.(...)` list may hold.
 pub const MAX_IN_VALUES: usize = 100;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FilterError {
-    #[error("Error parsing `filter` params: {0}")]
-    Syntax(String),
-    #[error("Error parsing `filter` params: unknown operator {0}")]
-    UnknownOperator(String),
-    #[error("too many values for `in` filter. Maximum 100")]
-    TooManyInValues,
-    #[error("invalid column for filter {0}")]
-    InvalidColumn(String),
-    #[error("Error parsing `filter` params: invalid input for type {type_name}: \"{value}\"")]
-    InvalidValue { type_name: String, value: String },
-    #[error("Error parsing `filter` params: operator {op} is not supported for column {column} of type {type_name}")]
-    UnsupportedOperator {
-        op: &'static str,
-        column: String,
-        type_name: String,
-    },
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -170,7 +149,7 @@ pub struct IndexColumn {
 impl IndexColumn {
     /// The key of `record`'s value in this column, as `BoundFilter::eq_index` keys
     /// filter values; `None` when the value is NULL, missing or unreadable.
-    pub fn key_of(&self, record: &Map<String, Value>) -> Option<String> {
+    pub fn key_of(&self, record: &Row) -> Option<String> {
         let value = record.get(&self.column).filter(|v| !v.is_null())?;
         self.kind.read_record(value)?.index_key()
     }
@@ -184,7 +163,7 @@ pub struct BoundFilter {
 
 impl BoundFilter {
     /// Whether `record` (to_jsonb output of a row) satisfies every condition.
-    pub fn matches(&self, record: &Map<String, Value>) -> bool {
+    pub fn matches(&self, record: &Row) -> bool {
         self.conditions.iter().all(|c| c.matches(record))
     }
 
@@ -229,7 +208,7 @@ struct BoundCondition {
 }
 
 impl BoundCondition {
-    fn matches(&self, record: &Map<String, Value>) -> bool {
+    fn matches(&self, record: &Row) -> bool {
         let value = record.get(&self.column).filter(|v| !v.is_null());
         // Two-valued tests: defined on NULL too, so `not.` simply flips them.
         let two_valued = match &self.test {
@@ -477,7 +456,7 @@ fn split_top_level(s: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Map, Value};
 
     fn table() -> Vec<ColumnInfo> {
         [
@@ -539,7 +518,7 @@ mod tests {
         .clone()
     }
 
-    fn matches(filter: &str, record: &Map<String, Value>) -> bool {
+    fn matches(filter: &str, record: &Row) -> bool {
         let mut cols = table();
         cols.push(ColumnInfo {
             name: "nothing".into(),

@@ -7,21 +7,14 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::change::{Change, Op};
 use super::filter::{BoundFilter, IndexColumn};
-use super::outbox::OutboxTx;
-use super::MemberId;
+use super::row::{Change, Op, Row};
+use super::scope::Viewer;
 use crate::protocol::Vsn;
-
-/// Whose eyes a subscription sees through: the role and JWT claims of the subscriber.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ViewerClaims {
-    pub role: Arc<str>,
-    /// The claims object as JSON text.
-    pub claims: Arc<str>,
-}
+use crate::router::outbox::OutboxTx;
+use crate::router::MemberId;
 
 /// Where a subscription sits in the index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -36,7 +29,7 @@ pub enum TableScope {
 
 /// One `config.postgres_changes` entry of a join, validated.
 #[derive(Debug, Clone)]
-pub struct PgSubscription {
+pub struct Subscription {
     /// The integer id echoed in the join reply and carried in `ids`.
     pub id: u32,
     /// `None` means `*`.
@@ -45,19 +38,29 @@ pub struct PgSubscription {
     pub filter: BoundFilter,
 }
 
-/// A member's delivery details, shared by its subscriptions.
-pub struct PgMember {
+/// Who receives a channel's changes, and how: one per joined channel with subscriptions.
+pub struct Subscriber {
     pub member: MemberId,
     pub conn_id: u64,
     pub topic: Arc<str>,
     pub vsn: Vsn,
     pub outbox: OutboxTx,
-    /// Replaced on `access_token` refresh; readers copy it out.
-    viewer: RwLock<ViewerClaims>,
+    pub viewer: Arc<Viewer>,
 }
 
-impl PgMember {
-    pub fn viewer(&self) -> ViewerClaims {
+/// A subscriber as the index holds it: its viewer is replaced on `access_token` refresh.
+pub(super) struct Member {
+    pub member: MemberId,
+    pub conn_id: u64,
+    pub topic: Arc<str>,
+    pub vsn: Vsn,
+    pub outbox: OutboxTx,
+    /// Written on refresh, read (and copied out) by dispatch.
+    viewer: RwLock<Arc<Viewer>>,
+}
+
+impl Member {
+    pub fn viewer(&self) -> Arc<Viewer> {
         self.viewer
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -66,12 +69,12 @@ impl PgMember {
 }
 
 /// A member matched by a change, with the ids of its matching subscriptions.
-pub struct Matched {
-    pub member: Arc<PgMember>,
+pub(super) struct Matched {
+    pub member: Arc<Member>,
     pub ids: Vec<u32>,
 }
 
-type Entry = (Arc<PgMember>, PgSubscription);
+type Entry = (Arc<Member>, Subscription);
 /// Where a subscription sits inside its scope: scanned, or under an index key.
 type Slot = Option<(IndexColumn, String)>;
 /// Every (scope, slot) a member's subscriptions occupy.
@@ -126,10 +129,7 @@ impl ScopeSubs {
 
     /// Entries that may match `row`: every scanned one, plus the indexed ones under
     /// the row's key.
-    fn candidates<'a>(
-        &'a self,
-        row: &'a Map<String, Value>,
-    ) -> impl Iterator<Item = &'a Entry> + 'a {
+    fn candidates<'a>(&'a self, row: &'a Row) -> impl Iterator<Item = &'a Entry> + 'a {
         let indexed = self.by_eq.iter().flat_map(move |(column, keys)| {
             column
                 .key_of(row)
@@ -141,11 +141,12 @@ impl ScopeSubs {
     }
 }
 
+/// Every live subscription, by scope.
 #[derive(Default)]
-pub struct PgIndex {
+pub(super) struct SubscriptionIndex {
     by_scope: DashMap<TableScope, ScopeSubs>,
     /// Each member's subscriptions' places, so leaving touches only those buckets.
-    members: DashMap<MemberId, (Arc<PgMember>, Places)>,
+    members: DashMap<MemberId, (Arc<Member>, Places)>,
 }
 
 /// The stable id of a requested entry: identical entries get identical ids (so frames
@@ -171,30 +172,21 @@ fn canonical(v: &Value) -> String {
     }
 }
 
-impl PgIndex {
-    /// Registers a member's subscriptions (replacing any it had).
-    #[allow(clippy::too_many_arguments)]
-    pub fn add_member(
-        &self,
-        member: MemberId,
-        conn_id: u64,
-        topic: Arc<str>,
-        vsn: Vsn,
-        outbox: OutboxTx,
-        viewer: ViewerClaims,
-        subs: Vec<PgSubscription>,
-    ) {
-        self.remove_member(member);
+impl SubscriptionIndex {
+    /// Registers a subscriber's subscriptions (replacing any it had).
+    pub fn add(&self, s: Subscriber, subs: Vec<Subscription>) {
+        let member = s.member;
+        self.remove(member);
         if subs.is_empty() {
             return;
         }
-        let pm = Arc::new(PgMember {
+        let pm = Arc::new(Member {
             member,
-            conn_id,
-            topic,
-            vsn,
-            outbox,
-            viewer: RwLock::new(viewer),
+            conn_id: s.conn_id,
+            topic: s.topic,
+            vsn: s.vsn,
+            outbox: s.outbox,
+            viewer: RwLock::new(s.viewer),
         });
         let mut places = Vec::new();
         for sub in subs {
@@ -210,7 +202,7 @@ impl PgIndex {
         self.members.insert(member, (pm, places));
     }
 
-    pub fn remove_member(&self, member: MemberId) {
+    pub fn remove(&self, member: MemberId) {
         let Some((_, (_, places))) = self.members.remove(&member) else {
             return;
         };
@@ -223,24 +215,21 @@ impl PgIndex {
     }
 
     /// Applies a refreshed token to a member's subscriptions.
-    pub fn update_viewer(&self, member: MemberId, viewer: ViewerClaims) {
+    pub fn set_viewer(&self, member: MemberId, viewer: Arc<Viewer>) {
         if let Some(entry) = self.members.get(&member) {
             *entry.0.viewer.write().unwrap_or_else(|p| p.into_inner()) = viewer;
         }
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 
     /// Members whose subscriptions match `change` by table, event and filter, one entry per
-    /// member with all its matching ids. Filters see the new row, or the old one for DELETE.
+    /// member with all its matching ids. Filters see the change's judged row.
     pub fn matching(&self, change: &Change) -> Vec<Matched> {
-        let row = match change.op {
-            Op::Delete => change.old_record.as_ref(),
-            _ => change.record.as_ref(),
-        };
-        let Some(row) = row else {
+        let Some(row) = change.judged_row() else {
             return Vec::new();
         };
         let scopes = [
@@ -276,8 +265,8 @@ impl PgIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::change::ColumnInfo;
-    use crate::router::filter;
+    use crate::changes::filter;
+    use crate::changes::row::ColumnInfo;
     use crate::router::outbox::outbox;
     use serde_json::json;
 
@@ -291,12 +280,12 @@ mod tests {
             .collect()
     }
 
-    fn subscribe(index: &PgIndex, member: MemberId, filter_text: &str) {
+    fn subscribe(index: &SubscriptionIndex, member: MemberId, filter_text: &str) {
         let filter = filter::parse(filter_text)
             .unwrap()
             .bind(&columns())
             .unwrap();
-        let sub = PgSubscription {
+        let sub = Subscription {
             id: member as u32,
             event: None,
             scope: TableScope::Table {
@@ -305,20 +294,16 @@ mod tests {
             },
             filter,
         };
-        let viewer = ViewerClaims {
-            role: "authenticated".into(),
-            claims: "{}".into(),
+        let (outbox, _rx) = outbox(8, 1024);
+        let subscriber = Subscriber {
+            member,
+            conn_id: member,
+            topic: "realtime:t".into(),
+            vsn: Vsn::V2,
+            outbox,
+            viewer: Arc::new(Viewer::new("authenticated", "{}", None)),
         };
-        let (tx, _rx) = outbox(8, 1024);
-        index.add_member(
-            member,
-            member,
-            "realtime:t".into(),
-            Vsn::V2,
-            tx,
-            viewer,
-            vec![sub],
-        );
+        index.add(subscriber, vec![sub]);
     }
 
     fn change(customer: &str, status: &str) -> Change {
@@ -331,11 +316,11 @@ mod tests {
                 .as_object()
                 .cloned(),
             old_record: None,
-            commit_timestamp: String::new(),
+            commit_time: chrono::Utc::now(),
         }
     }
 
-    fn matched(index: &PgIndex, c: &Change) -> Vec<MemberId> {
+    fn matched(index: &SubscriptionIndex, c: &Change) -> Vec<MemberId> {
         let mut m: Vec<_> = index.matching(c).iter().map(|m| m.member.member).collect();
         m.sort();
         m
@@ -346,7 +331,7 @@ mod tests {
 
     #[test]
     fn indexed_and_scanned_subscriptions_match_exactly_their_rows() {
-        let index = PgIndex::default();
+        let index = SubscriptionIndex::default();
         subscribe(&index, 1, &format!("customer_id=eq.{A}"));
         subscribe(&index, 2, &format!("customer_id=eq.{}", B.to_uppercase()));
         subscribe(&index, 3, &format!("customer_id=eq.{A},status=eq.open"));
@@ -359,12 +344,12 @@ mod tests {
 
     #[test]
     fn removed_members_leave_no_entries_behind() {
-        let index = PgIndex::default();
+        let index = SubscriptionIndex::default();
         subscribe(&index, 1, &format!("customer_id=eq.{A}"));
         subscribe(&index, 2, "status=eq.open");
-        index.remove_member(1);
+        index.remove(1);
         assert_eq!(matched(&index, &change(A, "open")), vec![2]);
-        index.remove_member(2);
+        index.remove(2);
         assert!(index.is_empty());
         assert!(index.by_scope.is_empty());
     }

@@ -1,0 +1,108 @@
+//! Client broadcasts and presence pushes on a joined channel: the message rate, size
+//! limits, and the replies (ack, errors) each gets.
+
+use serde_json::{json, Map, Value};
+
+use super::session::Session;
+use crate::protocol::{
+    encoded_len, AckError, Broadcast, BroadcastPayload, ChannelError, Inbound, InboundPayload,
+    ReplyError,
+};
+
+/// A text-form broadcast push's payload, `{"type":"broadcast","event":E,"payload":P}`.
+fn text_broadcast(v: &Value) -> Broadcast {
+    Broadcast {
+        event: v
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        payload: BroadcastPayload::Json(v.get("payload").cloned().unwrap_or_else(|| json!({}))),
+        meta: None,
+        binary_origin: false,
+    }
+}
+
+impl Session {
+    /// Applies the per-connection message rate; over it, the channel is shut.
+    fn within_rate(&mut self, topic: &str) -> bool {
+        if self.messages.check().is_ok() {
+            return true;
+        }
+        self.svc
+            .metrics
+            .limit_hit(self.conn_id, "messages_per_second");
+        self.shut(topic, ChannelError::TooManyMessages);
+        false
+    }
+
+    pub(super) fn broadcast(&mut self, msg: Inbound) {
+        if !self.channels.contains_key(&msg.topic) {
+            return self.reply_error(&msg, ReplyError::UnmatchedTopic);
+        }
+        if !self.within_rate(&msg.topic) {
+            return;
+        }
+        let b = match &msg.payload {
+            InboundPayload::Broadcast(b) => b.clone(),
+            InboundPayload::Json(v) => text_broadcast(v),
+        };
+        let size = match &b.payload {
+            BroadcastPayload::Json(v) => encoded_len(v),
+            BroadcastPayload::Binary(bytes) => bytes.len(),
+        };
+        let ch = &self.channels[&msg.topic];
+        let ack = ch.ack;
+        if size > self.svc.limits.max_broadcast_bytes {
+            self.svc
+                .metrics
+                .limit_hit(self.conn_id, "broadcast_too_large");
+            if ack {
+                self.reply(&msg, "error", &AckError::PayloadTooLarge.response());
+            }
+            return;
+        }
+        self.svc.router.broadcast(&ch.key, &b, Some(ch.member));
+        if ack {
+            self.reply_ok(&msg);
+        }
+    }
+
+    pub(super) fn presence(&mut self, msg: &Inbound) {
+        if !self.channels.contains_key(&msg.topic) {
+            return self.reply_error(msg, ReplyError::UnmatchedTopic);
+        }
+        if !self.within_rate(&msg.topic) {
+            return;
+        }
+        let InboundPayload::Json(payload) = &msg.payload else {
+            return self.reply_error(msg, ReplyError::PresenceNotMap);
+        };
+        let event = payload
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let ch = &self.channels[&msg.topic];
+        if event.eq_ignore_ascii_case("track") {
+            let Some(meta) = payload.get("payload").and_then(Value::as_object) else {
+                return self.reply_error(msg, ReplyError::PresenceNotMap);
+            };
+            if encoded_len(&payload["payload"]) > self.svc.limits.max_presence_bytes {
+                self.svc
+                    .metrics
+                    .limit_hit(self.conn_id, "presence_too_large");
+                return self.shut(&msg.topic, ChannelError::TrackTooLarge);
+            }
+            let meta: Map<String, Value> = meta.clone();
+            let (key, member, presence_key) = (ch.key.clone(), ch.member, ch.presence_key.clone());
+            self.reply_ok(msg);
+            self.svc.router.track(&key, member, &presence_key, meta);
+        } else if event.eq_ignore_ascii_case("untrack") {
+            let (key, member) = (ch.key.clone(), ch.member);
+            self.reply_ok(msg);
+            self.svc.router.untrack(&key, member);
+        } else {
+            self.reply_error(msg, ReplyError::UnknownPresenceEvent(event.to_owned()));
+        }
+    }
+}

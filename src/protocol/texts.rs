@@ -1,0 +1,390 @@
+//! Every text a client can see, as enums whose variants know their wire text (and status
+//! or close code where there is one): reply reasons, `system` messages, postgres_changes
+//! errors, HTTP bodies and WebSocket close reasons (PROTOCOL.md §1, §3–§9). Clients match
+//! on some of these (Python retries slower on `*RateLimitReached`), so they must not be
+//! reworded. No other module writes a client-visible string literal.
+
+use serde_json::{json, Value};
+
+/// A token that cannot be used: at connect (HTTP 401), at join (reply reason with a
+/// code) and on a joined channel (`system` error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("API key is missing")]
+    Missing,
+    #[error("The token provided is not a valid JWT")]
+    Malformed,
+    #[error("Failed to validate JWT signature")]
+    Signature,
+    #[error("Fields `role` and `exp` are required in JWT")]
+    MissingClaims,
+    #[error("Token expiration time is invalid")]
+    InvalidExp,
+    #[error("Token has expired {seconds_ago} seconds ago")]
+    Expired { seconds_ago: i64 },
+}
+
+impl TokenError {
+    /// The code part of a join error reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Malformed => "MalformedJWT",
+            TokenError::Signature => "JwtSignatureError",
+            TokenError::Missing
+            | TokenError::MissingClaims
+            | TokenError::InvalidExp
+            | TokenError::Expired { .. } => "InvalidJWTToken",
+        }
+    }
+
+    /// The text of an HTTP 401 at connect: an expired token is just "Token has expired".
+    fn http_text(&self) -> String {
+        match self {
+            TokenError::Expired { .. } => "Token has expired".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The `reason` of an error `phx_reply`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// A topic not starting with `realtime:`, or a message for a topic not joined here.
+    #[error("unmatched topic")]
+    UnmatchedTopic,
+    /// The topic is exactly `realtime:`.
+    #[error("TopicNameRequired: You must provide a topic name")]
+    TopicRequired,
+    #[error("ChannelRateLimitReached: Too many channels")]
+    TooManyChannels,
+    /// Also closes the socket.
+    #[error("ClientJoinRateLimitReached: Too many joins per second")]
+    TooManyJoins,
+    #[error("{code}: {0}", code = .0.code())]
+    Token(TokenError),
+    #[error("unknown event {0:?}")]
+    UnknownEvent(String),
+    #[error("unknown presence event {0:?}")]
+    UnknownPresenceEvent(String),
+    #[error("Presence track payload must be a map")]
+    PresenceNotMap,
+    #[error("malformed message: {0}")]
+    Malformed(super::DecodeError),
+    /// A private channel the token may not read; `channel` is the topic without `realtime:`.
+    #[error(
+        "Unauthorized: You do not have permissions to read from this Channel topic: {channel}"
+    )]
+    ReadDenied { channel: String },
+}
+
+impl ReplyError {
+    /// `{"reason": ...}`, the `response` of the error reply.
+    pub fn response(&self) -> Value {
+        json!({ "reason": self.to_string() })
+    }
+}
+
+/// The `response` of an error reply to a broadcast sent with `ack: true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckError {
+    PayloadTooLarge,
+}
+
+impl AckError {
+    pub fn response(self) -> Value {
+        match self {
+            AckError::PayloadTooLarge => json!({ "error": "payload_size_exceeded" }),
+        }
+    }
+}
+
+/// Why a channel is ended with a `system` error (always followed by `phx_close`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    #[error("Too many messages per second")]
+    TooManyMessages,
+    #[error("Track message size exceeded")]
+    TrackTooLarge,
+    #[error("{0}")]
+    Token(TokenError),
+}
+
+/// Why one `postgres_changes` entry of a join cannot be served. Sent as a
+/// `postgres_changes` `system` error; the channel stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangesError {
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("postgres_changes is unavailable: the hub runs without a database (set DATABASE_URL)")]
+    NoDatabase,
+    #[error("Unable to subscribe to changes with given parameters: each postgres_changes entry must be an object")]
+    EntryNotObject,
+    #[error("Unable to subscribe to changes with given parameters: a filter needs a single table, not `{scope}`")]
+    FilterNeedsTable { scope: String },
+    #[error("Unable to subscribe to changes with given parameters: table {table} does not exist")]
+    NoSuchTable { table: String },
+    #[error("table {table} is not enabled for realtime; enable it with: select realtime.enable('{}')", .table.replace('\'', "''"))]
+    NotEnabled { table: String },
+    /// The catalog could not be read (database unreachable).
+    #[error("Unable to subscribe to changes with given parameters: {0}")]
+    Unavailable(String),
+}
+
+/// A `filter` string that cannot be parsed or bound to its table's columns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("Error parsing `filter` params: {0}")]
+    Syntax(String),
+    #[error("Error parsing `filter` params: unknown operator {0}")]
+    UnknownOperator(String),
+    #[error("too many values for `in` filter. Maximum 100")]
+    TooManyInValues,
+    #[error("invalid column for filter {0}")]
+    InvalidColumn(String),
+    #[error("Error parsing `filter` params: invalid input for type {type_name}: \"{value}\"")]
+    InvalidValue { type_name: String, value: String },
+    #[error("Error parsing `filter` params: operator {op} is not supported for column {column} of type {type_name}")]
+    UnsupportedOperator {
+        op: &'static str,
+        column: String,
+        type_name: String,
+    },
+}
+
+/// A `system` message on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemMessage {
+    /// The channel's postgres_changes subscriptions are live.
+    SubscribedToPostgres,
+    /// One postgres_changes entry failed; the channel stays open.
+    Changes(ChangesError),
+    /// The hub is going away; the socket closes next (clients reconnect).
+    ServerDisconnect,
+    /// The channel is ended; `phx_close` follows.
+    Closed(ChannelError),
+}
+
+impl SystemMessage {
+    /// The payload: all four keys, as Python's model requires. `channel` is the topic
+    /// without `realtime:`.
+    pub fn payload(&self, channel: &str) -> Value {
+        let (extension, status, message) = match self {
+            SystemMessage::SubscribedToPostgres => (
+                "postgres_changes",
+                "ok",
+                "Subscribed to PostgreSQL".to_owned(),
+            ),
+            SystemMessage::Changes(e) => ("postgres_changes", "error", e.to_string()),
+            SystemMessage::ServerDisconnect => {
+                ("system", "ok", "Server requested disconnect".into())
+            }
+            SystemMessage::Closed(e) => ("system", "error", e.to_string()),
+        };
+        json!({
+            "extension": extension,
+            "status": status,
+            "message": message,
+            "channel": channel,
+        })
+    }
+}
+
+/// An entry of a postgres_changes frame's `data.errors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowError {
+    /// INSERT/UPDATE on a table without a primary key (no row data is sent).
+    NoPrimaryKey,
+    /// The record is over 1 MB: fields longer than 64 bytes were dropped.
+    TooLarge,
+}
+
+impl RowError {
+    pub fn text(self) -> &'static str {
+        match self {
+            RowError::NoPrimaryKey => "Error 400: Bad Request, no primary key",
+            RowError::TooLarge => "Error 413: Payload Too Large",
+        }
+    }
+}
+
+impl serde::Serialize for RowError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.text())
+    }
+}
+
+/// An HTTP error answer: the WebSocket upgrade's `{"error": ...}` bodies and the REST
+/// endpoints' `{"message": ...}` / `{"errors": {...}}` bodies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// Upgrade without a usable apikey.
+    Token(TokenError),
+    /// Upgrade with an unknown `vsn`.
+    BadVsn(super::DecodeError),
+    TooManyConnections,
+    Restarting,
+    /// REST call without a valid token.
+    Unauthorized,
+    /// REST batch over the size allowed in one request.
+    BatchTooLarge,
+    /// REST body that cannot be used; `field` names the part (`messages[3]`, `payload`).
+    Unprocessable {
+        field: String,
+        problem: BodyProblem,
+    },
+}
+
+/// What is wrong with part of a REST body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyProblem {
+    NotJsonObject,
+    MessagesMissing,
+    MessageIncomplete,
+    PayloadTooLarge,
+    PayloadNotJson,
+}
+
+impl BodyProblem {
+    fn text(self) -> &'static str {
+        match self {
+            BodyProblem::NotJsonObject => "must be a JSON object with a messages array",
+            BodyProblem::MessagesMissing => "is required and must be an array",
+            BodyProblem::MessageIncomplete => "needs a topic, an event and an object payload",
+            BodyProblem::PayloadTooLarge => "Payload size exceeds tenant limit",
+            BodyProblem::PayloadNotJson => "must be valid JSON",
+        }
+    }
+}
+
+impl HttpError {
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpError::Token(_) | HttpError::Unauthorized => 401,
+            HttpError::BadVsn(_) => 400,
+            HttpError::TooManyConnections | HttpError::BatchTooLarge => 429,
+            HttpError::Restarting => 503,
+            HttpError::Unprocessable { .. } => 422,
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        match self {
+            HttpError::Token(e) => json!({ "error": e.http_text() }),
+            HttpError::BadVsn(e) => json!({ "error": e.to_string() }),
+            HttpError::TooManyConnections => json!({ "error": "Too many connected users" }),
+            HttpError::Restarting => json!({ "error": "Realtime is restarting, please standby" }),
+            HttpError::Unauthorized => json!({ "message": "Unauthorized" }),
+            HttpError::BatchTooLarge => {
+                json!({ "message": "Too many messages to broadcast, please reduce the batch size" })
+            }
+            HttpError::Unprocessable { field, problem } => {
+                json!({ "errors": { field.as_str(): [problem.text()] } })
+            }
+        }
+    }
+}
+
+/// Why the hub closes a socket; each has a WebSocket close code and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Outbound queue full: the client does not read fast enough.
+    SlowConsumer,
+    /// No inbound frame within the idle timeout.
+    IdleTimeout,
+    /// The hub is shutting down; clients should reconnect (elsewhere).
+    Shutdown,
+    /// The client sent a message larger than the configured maximum.
+    FrameTooLarge,
+    /// The client joined channels faster than allowed (Supabase disconnects too).
+    TooManyJoins,
+    /// The client closed or the socket failed.
+    Gone,
+}
+
+impl Close {
+    pub fn code(self) -> u16 {
+        match self {
+            Close::SlowConsumer | Close::TooManyJoins => 1008,
+            Close::IdleTimeout | Close::Gone => 1000,
+            Close::Shutdown => 1001,
+            Close::FrameTooLarge => 1009,
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        match self {
+            Close::SlowConsumer => "slow consumer: outbound queue full",
+            Close::IdleTimeout => "idle timeout: no frame received",
+            Close::Shutdown => "server shutting down",
+            Close::FrameTooLarge => "message too large",
+            Close::TooManyJoins => "Too many joins per second",
+            Close::Gone => "closed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_errors_read_as_code_colon_message_in_join_replies() {
+        assert_eq!(
+            ReplyError::Token(TokenError::Expired { seconds_ago: 3 }).to_string(),
+            "InvalidJWTToken: Token has expired 3 seconds ago"
+        );
+        assert_eq!(
+            ReplyError::Token(TokenError::Malformed).to_string(),
+            "MalformedJWT: The token provided is not a valid JWT"
+        );
+        assert_eq!(
+            ReplyError::Token(TokenError::Signature).to_string(),
+            "JwtSignatureError: Failed to validate JWT signature"
+        );
+    }
+
+    #[test]
+    fn rate_limit_reasons_start_with_the_codes_python_backs_off_on() {
+        assert!(ReplyError::TooManyChannels
+            .to_string()
+            .starts_with("ChannelRateLimitReached: "));
+        assert!(ReplyError::TooManyJoins
+            .to_string()
+            .starts_with("ClientJoinRateLimitReached: "));
+    }
+
+    #[test]
+    fn an_expired_apikey_gets_the_short_http_text() {
+        let e = HttpError::Token(TokenError::Expired { seconds_ago: 9 });
+        assert_eq!(
+            (e.status(), e.body()),
+            (401, json!({"error": "Token has expired"}))
+        );
+    }
+
+    #[test]
+    fn system_payloads_have_all_four_keys() {
+        assert_eq!(
+            SystemMessage::SubscribedToPostgres.payload("room1"),
+            json!({"message":"Subscribed to PostgreSQL","status":"ok",
+                   "extension":"postgres_changes","channel":"room1"})
+        );
+        assert_eq!(
+            SystemMessage::Closed(ChannelError::Token(TokenError::Expired { seconds_ago: 3 }))
+                .payload("room1"),
+            json!({"message":"Token has expired 3 seconds ago","status":"error",
+                   "extension":"system","channel":"room1"})
+        );
+    }
+
+    #[test]
+    fn not_enabled_names_the_sql_that_fixes_it() {
+        let e = ChangesError::NotEnabled {
+            table: "public.\"it's\"".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "table public.\"it's\" is not enabled for realtime; enable it with: select realtime.enable('public.\"it''s\"')"
+        );
+    }
+}
