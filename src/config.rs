@@ -97,8 +97,12 @@ settings! {
     capture_poll_ms: u64 = 1000, env "SWITCHBOARD_CAPTURE_POLL_MS";
     /// Rows per page when reading the change log.
     capture_batch_rows: usize = 1000, env "SWITCHBOARD_CAPTURE_BATCH_ROWS";
-    /// Seconds change-log rows are kept before pruning.
+    /// Seconds change-log rows are kept before pruning (once every hub and durable reader has read them).
     retention_secs: u64 = 3600, env "SWITCHBOARD_RETENTION_SECS";
+    /// Seconds after which rows are pruned even if a durable reader (parked subscription, webhook) has not read them; that reader is marked as having lost data.
+    retention_max_secs: u64 = 24 * 3600, env "SWITCHBOARD_RETENTION_MAX_SECS";
+    /// Seconds after a hub's last checkpoint before its unread rows stop holding the log back.
+    node_expiry_secs: u64 = 300, env "SWITCHBOARD_NODE_EXPIRY_SECS";
     /// Postgres connections for catalog and row-scope checks.
     db_pool_size: usize = 8, env "SWITCHBOARD_DB_POOL_SIZE";
     /// Run pending migrations when `serve` starts.
@@ -143,6 +147,8 @@ pub struct Config {
     pub capture_poll: Duration,
     pub capture_batch_rows: usize,
     pub retention: Duration,
+    pub retention_max: Duration,
+    pub node_expiry: Duration,
     pub db_pool_size: usize,
     pub auto_migrate: bool,
     pub log_format: LogFormat,
@@ -253,6 +259,11 @@ impl Config {
             capture_poll: Duration::from_millis(positive("capture_poll_ms", r.capture_poll_ms)?),
             capture_batch_rows: positive("capture_batch_rows", r.capture_batch_rows)?,
             retention: Duration::from_secs(positive("retention_secs", r.retention_secs)?),
+            retention_max: Duration::from_secs(positive(
+                "retention_max_secs",
+                r.retention_max_secs,
+            )?),
+            node_expiry: Duration::from_secs(positive("node_expiry_secs", r.node_expiry_secs)?),
             db_pool_size: positive("db_pool_size", r.db_pool_size)?,
             auto_migrate: r.auto_migrate,
             log_format,

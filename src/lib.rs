@@ -65,7 +65,11 @@ pub async fn run(
             let capture_config = capture::CaptureConfig {
                 poll_interval: config.capture_poll,
                 batch_limit: config.capture_batch_rows,
-                retention: config.retention,
+                retention: capture::Retention {
+                    keep: config.retention,
+                    cap: config.retention_max.max(config.retention),
+                    node_expiry: config.node_expiry,
+                },
                 ..capture::CaptureConfig::new(url.clone())
             };
             background.spawn(capture::run_capture(

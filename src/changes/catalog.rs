@@ -21,8 +21,8 @@ pub const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Above this many cached keys, expired ones are dropped on the next insert.
 const CACHE_PRUNE_AT: usize = 1024;
 
-/// Name of the capture trigger that `realtime.enable` creates.
-pub const CAPTURE_TRIGGER: &str = "switchboard_capture";
+/// Name of one of the capture triggers that `realtime.enable` creates (its INSERT trigger).
+pub const CAPTURE_TRIGGER: &str = "switchboard_capture_insert";
 
 /// One table by exact schema and name: `$1` the capture trigger name, `$2` schema,
 /// `$3` table.
@@ -66,7 +66,7 @@ pub struct TableInfo {
     pub primary_key: Vec<String>,
     pub rls_enabled: bool,
     pub rls_forced: bool,
-    /// Has the `switchboard_capture` trigger.
+    /// Has the capture triggers.
     pub realtime_enabled: bool,
 }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::{Catalog, TableInfo};
 use super::index::{Matched, SubscriptionIndex};
 use super::payload::{change_data, shape_key, ChangePayload, FieldSizes, ShapeKey};
-use super::row::{Change, DbBroadcast, DbEvent};
+use super::row::{Change, DbBroadcast, DbEvent, LogBatch};
 use super::scope::{RlsChecker, Viewer, Visibility};
 use crate::protocol::{self, Broadcast, BroadcastPayload, Vsn, WireFrame};
 use crate::router::{Router, TopicKey};
@@ -48,7 +48,7 @@ const PIPELINE_DEPTH: usize = 4;
 /// Consumes captured batches until the capture side hangs up or the hub shuts down.
 pub async fn run_dispatch(
     d: Dispatcher,
-    rx: mpsc::Receiver<Vec<DbEvent>>,
+    rx: mpsc::Receiver<LogBatch>,
     shutdown: CancellationToken,
 ) {
     use futures_util::StreamExt;
@@ -59,7 +59,7 @@ pub async fn run_dispatch(
         .map(|batch| {
             let (d, shutdown) = (d.clone(), shutdown.clone());
             async move {
-                let steps = d.plan(batch).await;
+                let steps = d.plan(batch.events).await;
                 let visibility = d.check(&steps, &shutdown).await;
                 (steps, visibility)
             }

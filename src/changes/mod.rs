@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use catalog::{Catalog, CatalogError, TableInfo, CAPTURE_TRIGGER};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};
 pub use index::{Subscriber, Subscription, TableScope};
-pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, Op, Row};
+pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, LogBatch, Op, Row};
 pub use scope::{RlsChecker, RlsError, Viewer, Visibility};
 pub use subscribe::{quote_ident, Validated};
 
@@ -74,7 +74,7 @@ impl Changes {
         &self,
         router: Arc<Router>,
         rls: RlsChecker,
-        events: mpsc::Receiver<Vec<DbEvent>>,
+        events: mpsc::Receiver<LogBatch>,
         shutdown: CancellationToken,
     ) {
         let Some(catalog) = self.catalog.clone() else {

@@ -94,6 +94,14 @@ pub enum DbEvent {
     Broadcast(DbBroadcast),
 }
 
+/// What capture hands dispatch: events in log order and the log position right after
+/// them (opaque here; `capture::Position` text).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogBatch {
+    pub events: Vec<DbEvent>,
+    pub position: std::sync::Arc<str>,
+}
+
 /// UTC with millisecond precision, `YYYY-MM-DDTHH:MM:SS.mmmZ`: the wire form of
 /// `commit_timestamp`.
 pub fn format_commit_time(t: DateTime<Utc>) -> String {
