@@ -13,6 +13,16 @@
 
 create sequence if not exists realtime.wake_until minvalue 0;
 
+-- A statement's rows travel as JSON arrays, up to 100 rows per log row: `rows` holds the
+-- new rows (INSERT, UPDATE), `old_rows` the old ones (UPDATE, DELETE), aligned by
+-- position. Single `record`/`old_record` values remain for `realtime.send` and for rows
+-- logged before this migration. Rows up to a page stay inline and uncompressed.
+alter table realtime.changes add column if not exists rows json;
+alter table realtime.changes add column if not exists old_rows json;
+alter table realtime.changes alter column rows set storage main;
+alter table realtime.changes alter column old_rows set storage main;
+alter table realtime.changes set (toast_tuple_target = 8160);
+
 -- Sends the wake-up when a hub holds a lease.
 create or replace function realtime.wake() returns void
 language plpgsql security definer set search_path = '' as $fn$
@@ -24,21 +34,43 @@ begin
 end
 $fn$;
 
--- A hub waiting for wake-ups for the next `lease_ms` milliseconds.
-create or replace function realtime.want_wake(lease_ms bigint) returns void
-language sql security definer set search_path = '' as $fn$
-    select pg_catalog.setval('realtime.wake_until',
-        (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint + lease_ms)
+drop function if exists realtime.want_wake(bigint);
+
+-- A hub waiting for wake-ups for the next `lease_ms` milliseconds. Returns whether a
+-- lease was still held just before (if not, writers may have skipped the wake-up).
+create or replace function realtime.want_wake(lease_ms bigint) returns boolean
+language plpgsql security definer set search_path = '' as $fn$
+declare
+    now_ms bigint := (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint;
+    held boolean := (select last_value from realtime.wake_until) > now_ms;
+begin
+    perform pg_catalog.setval('realtime.wake_until', now_ms + lease_ms);
+    return held;
+end
 $fn$;
 
+-- A hub that polls because writes are frequent: writers stop sending wake-ups at once.
+-- (Any other idle hub notices at its next renewal and reads what it missed.)
+create or replace function realtime.drop_wake() returns void
+language sql security definer set search_path = '' as $fn$
+    select pg_catalog.setval('realtime.wake_until', 1)
+$fn$;
+
+-- The capture triggers run once per statement on the writer's path, so they stay lean:
+-- SECURITY DEFINER (writers need no rights on the log) but no SET clause, with every
+-- relation and function schema-qualified instead; the wake-up check is inlined.
 create or replace function realtime.capture_insert() returns trigger
-language plpgsql security definer set search_path = '' as $fn$
+language plpgsql security definer as $fn$
 begin
-    insert into realtime.changes (schema_name, table_name, op, record)
-    select tg_table_schema, tg_table_name, 'INSERT', pg_catalog.to_jsonb(n.*)
-    from switchboard_new n;
-    if found then
-        perform realtime.wake();
+    insert into realtime.changes (schema_name, table_name, op, rows)
+    select tg_table_schema, tg_table_name, 'INSERT', pg_catalog.json_agg(r.j order by r.i)
+    from (select pg_catalog.row_to_json(n.*) as j, pg_catalog.row_number() over () as i
+            from switchboard_new n) r
+    group by (r.i - 1) / 100
+    order by (r.i - 1) / 100;
+    if found and (select w.last_value from realtime.wake_until w)
+           > (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint then
+        perform pg_catalog.pg_notify('switchboard_changes', '');
     end if;
     return null;
 end
@@ -47,30 +79,37 @@ $fn$;
 -- Old and new rows of one UPDATE are paired by position: Postgres appends both
 -- transition tables row by row in the order the statement updates them.
 create or replace function realtime.capture_update() returns trigger
-language plpgsql security definer set search_path = '' as $fn$
+language plpgsql security definer as $fn$
 begin
-    insert into realtime.changes (schema_name, table_name, op, record, old_record)
-    select tg_table_schema, tg_table_name, 'UPDATE', n.r, o.r
-    from (select pg_catalog.to_jsonb(x.*) as r, pg_catalog.row_number() over () as i
+    insert into realtime.changes (schema_name, table_name, op, rows, old_rows)
+    select tg_table_schema, tg_table_name, 'UPDATE',
+           pg_catalog.json_agg(n.j order by n.i), pg_catalog.json_agg(o.j order by n.i)
+    from (select pg_catalog.row_to_json(x.*) as j, pg_catalog.row_number() over () as i
             from switchboard_new x) n
-    join (select pg_catalog.to_jsonb(x.*) as r, pg_catalog.row_number() over () as i
-            from switchboard_old x) o using (i)
-    order by i;
-    if found then
-        perform realtime.wake();
+    join (select pg_catalog.row_to_json(x.*) as j, pg_catalog.row_number() over () as i
+            from switchboard_old x) o on o.i = n.i
+    group by (n.i - 1) / 100
+    order by (n.i - 1) / 100;
+    if found and (select w.last_value from realtime.wake_until w)
+           > (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint then
+        perform pg_catalog.pg_notify('switchboard_changes', '');
     end if;
     return null;
 end
 $fn$;
 
 create or replace function realtime.capture_delete() returns trigger
-language plpgsql security definer set search_path = '' as $fn$
+language plpgsql security definer as $fn$
 begin
-    insert into realtime.changes (schema_name, table_name, op, old_record)
-    select tg_table_schema, tg_table_name, 'DELETE', pg_catalog.to_jsonb(o.*)
-    from switchboard_old o;
-    if found then
-        perform realtime.wake();
+    insert into realtime.changes (schema_name, table_name, op, old_rows)
+    select tg_table_schema, tg_table_name, 'DELETE', pg_catalog.json_agg(r.j order by r.i)
+    from (select pg_catalog.row_to_json(o.*) as j, pg_catalog.row_number() over () as i
+            from switchboard_old o) r
+    group by (r.i - 1) / 100
+    order by (r.i - 1) / 100;
+    if found and (select w.last_value from realtime.wake_until w)
+           > (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint then
+        perform pg_catalog.pg_notify('switchboard_changes', '');
     end if;
     return null;
 end
@@ -182,6 +221,7 @@ drop function if exists realtime.capture();
 
 revoke all on function realtime.wake() from public;
 revoke all on function realtime.want_wake(bigint) from public;
+revoke all on function realtime.drop_wake() from public;
 revoke all on function realtime.capture_insert() from public;
 revoke all on function realtime.capture_update() from public;
 revoke all on function realtime.capture_delete() from public;

@@ -285,7 +285,7 @@ async fn retention_deletes_only_old_rows_the_cursor_has_passed() {
     assert_eq!(deleted.deleted, 2);
     let left: Vec<i32> = client
         .query(
-            "select (record->>'id')::int from realtime.changes order by 1",
+            "select (rows->0->>'id')::int from realtime.changes order by 1",
             &[],
         )
         .await

@@ -40,6 +40,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 const WANT_WAKE: &str = "select realtime.want_wake($1)";
+const DROP_WAKE: &str = "select realtime.drop_wake()";
 
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
@@ -193,9 +194,12 @@ impl Session<'_> {
             match wake.after_read(got_rows, &position.cursor, now) {
                 Next::ReadNow => {}
                 Next::Lease => {
-                    let lease_ms = wake::LEASE.as_millis() as i64;
-                    client.execute(WANT_WAKE, &[&lease_ms]).await?;
-                    wake.leased(now);
+                    let held = want_wake(&client).await?;
+                    wake.leased(now, held);
+                }
+                Next::Drop => {
+                    client.execute(DROP_WAKE, &[]).await?;
+                    wake.dropped();
                 }
                 Next::Poll(delay) => tokio::select! {
                     _ = self.shutdown.cancelled() => return self.stop(&client).await,
@@ -220,10 +224,12 @@ impl Session<'_> {
                             self.upkeep(&client, position, &mut upkeep).await?;
                         }
                         _ = tokio::time::sleep_until(renew_at) => {
-                            let lease_ms = wake::LEASE.as_millis() as i64;
-                            client.execute(WANT_WAKE, &[&lease_ms]).await?;
+                            let held = want_wake(&client).await?;
                             let renewed = Instant::now();
-                            wake.leased(renewed);
+                            wake.leased(renewed, held);
+                            if wake.needs_read() {
+                                break;
+                            }
                             renew_at = renewed + wake::LEASE / 2;
                         }
                     }
@@ -274,8 +280,11 @@ impl Session<'_> {
             }
             crate::changes::DbEvent::Broadcast(_) => None,
         });
-        self.status
-            .record_batch(page.rows, last_ts.as_deref(), page.age_ms.unwrap_or(0));
+        self.status.record_batch(
+            page.events.len(),
+            last_ts.as_deref(),
+            page.age_ms.unwrap_or(0),
+        );
         if page.events.is_empty() {
             return true;
         }
@@ -325,6 +334,12 @@ impl Session<'_> {
         }
         Ok(())
     }
+}
+
+/// Takes (or renews) the wake-up lease; whether one was still held just before.
+async fn want_wake(client: &Client) -> Result<bool, CaptureError> {
+    let lease_ms = wake::LEASE.as_millis() as i64;
+    Ok(client.query_one(WANT_WAKE, &[&lease_ms]).await?.get(0))
 }
 
 /// Opens the capture connection; its messages are driven by a task that turns each

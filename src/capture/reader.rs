@@ -14,7 +14,7 @@ use crate::changes::{Change, DbBroadcast, DbEvent, Op};
 /// The selected columns of a log row, as `to_event` reads them.
 macro_rules! log_columns {
     () => {
-        "c.id, c.op, c.schema_name, c.table_name, c.record, c.old_record, \
+        "c.id, c.op, c.schema_name, c.table_name, c.record, c.old_record, c.rows, c.old_rows, \
          c.topic, c.event, c.private, realtime.commit_time(c.xid, c.created_at) as created_at, \
          (extract(epoch from clock_timestamp() - c.created_at) * 1000)::int8 as age_ms"
     };
@@ -87,9 +87,13 @@ impl Page {
             .iter()
             .filter(|r| r.get::<_, Option<i64>>("id").is_some())
             .collect();
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            to_events(row, &mut events);
+        }
         Page {
             snapshot,
-            events: rows.iter().copied().filter_map(to_event).collect(),
+            events,
             rows: rows.len(),
             last_id: rows.last().map(|r| r.get("id")),
             age_ms: rows.last().map(|r| r.get("age_ms")),
@@ -185,40 +189,61 @@ pub(crate) async fn current_cursor(client: &Client) -> Result<Cursor, CaptureErr
     Ok(Cursor::from_pg_snapshot(&snapshot)?)
 }
 
-/// Maps a log row; a row that cannot be mapped is logged and skipped.
-fn to_event(row: &Row) -> Option<DbEvent> {
+/// Maps a log row to its events: one per row of a captured statement (`rows` and
+/// `old_rows`, aligned by position), one for a single-row entry (`record`/`old_record`)
+/// or a broadcast. A row that cannot be mapped is logged and skipped.
+fn to_events(row: &Row, out: &mut Vec<DbEvent>) {
     let id: i64 = row.get("id");
     let op: String = row.get("op");
     let record: Option<Value> = row.get("record");
     if op == "BROADCAST" {
-        return Some(DbEvent::Broadcast(DbBroadcast {
+        out.push(DbEvent::Broadcast(DbBroadcast {
             id,
             topic: row.get::<_, Option<String>>("topic").unwrap_or_default(),
             event: row.get::<_, Option<String>>("event").unwrap_or_default(),
             payload: record.unwrap_or(Value::Object(Map::new())),
             private: row.get::<_, Option<bool>>("private").unwrap_or(true),
         }));
+        return;
     }
     let Some(op) = Op::parse(&op) else {
         tracing::warn!(id, op, "skipping log row with unknown op");
-        return None;
+        return;
     };
-    let created_at: DateTime<Utc> = row.get("created_at");
-    Some(DbEvent::Change(Change {
-        id,
-        schema: row
-            .get::<_, Option<String>>("schema_name")
-            .unwrap_or_default(),
-        table: row
-            .get::<_, Option<String>>("table_name")
-            .unwrap_or_default(),
-        op,
-        record: record.and_then(into_object),
-        old_record: row
-            .get::<_, Option<Value>>("old_record")
-            .and_then(into_object),
-        commit_time: created_at,
-    }))
+    let change = |record: Option<Value>, old_record: Option<Value>| {
+        DbEvent::Change(Change {
+            id,
+            schema: row
+                .get::<_, Option<String>>("schema_name")
+                .unwrap_or_default(),
+            table: row
+                .get::<_, Option<String>>("table_name")
+                .unwrap_or_default(),
+            op,
+            record: record.and_then(into_object),
+            old_record: old_record.and_then(into_object),
+            commit_time: row.get::<_, DateTime<Utc>>("created_at"),
+        })
+    };
+    let rows = row.get::<_, Option<Value>>("rows").map(into_array);
+    let old_rows = row.get::<_, Option<Value>>("old_rows").map(into_array);
+    if rows.is_none() && old_rows.is_none() {
+        out.push(change(record, row.get("old_record")));
+        return;
+    }
+    let (rows, old_rows) = (rows.unwrap_or_default(), old_rows.unwrap_or_default());
+    let n = rows.len().max(old_rows.len());
+    let (mut rows, mut old_rows) = (rows.into_iter(), old_rows.into_iter());
+    for _ in 0..n {
+        out.push(change(rows.next(), old_rows.next()));
+    }
+}
+
+fn into_array(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a,
+        _ => Vec::new(),
+    }
 }
 
 fn into_object(v: Value) -> Option<Map<String, Value>> {

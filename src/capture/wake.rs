@@ -1,5 +1,6 @@
-//! When the capture loop reads next: at once while rows keep coming, on a short poll
-//! while the write rate is high, or on a NOTIFY while it is low. Writers send that NOTIFY
+//! When the capture loop reads next: at once while rows keep coming and writes are rare,
+//! on a short poll while the write rate is high (so each read takes what a millisecond
+//! brought instead of hammering Postgres), or on a NOTIFY while it is low. Writers send that NOTIFY
 //! only while a hub holds a lease (`sql/012_statement_capture.sql`): a notifying commit
 //! serializes on a database-wide lock, so a busy hub lets its lease lapse and polls.
 //!
@@ -29,10 +30,12 @@ const BUSY_WINDOW: Duration = Duration::from_millis(100);
 /// What the capture loop does after a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    /// Rows came: read again at once.
+    /// Rows came while writes are rare: read again at once.
     ReadNow,
     /// Read again after this long (or on a NOTIFY, if one comes first).
     Poll(Duration),
+    /// Writes are frequent: give up the lease (writers stop notifying), then poll.
+    Drop,
     /// Take (or renew) the lease, then read again.
     Lease,
     /// Wait for a NOTIFY or the poll interval; renew the lease by `renew_at`.
@@ -58,12 +61,23 @@ impl Wake {
         Wake::default()
     }
 
-    /// The lease was taken (or renewed) at `now`.
-    pub fn leased(&mut self, now: Instant) {
-        if self.lease_until.is_none_or(|until| until <= now) {
+    /// The lease was taken (or renewed) at `now`; `was_held`: Postgres says a lease was
+    /// in force just before (another hub may have dropped it, or it lapsed).
+    pub fn leased(&mut self, now: Instant, was_held: bool) {
+        if !was_held || self.lease_until.is_none_or(|until| until <= now) {
             self.fresh_lease = true;
         }
         self.lease_until = Some(now + LEASE);
+    }
+
+    /// The next read must be the first since taking the lease (it was not held).
+    pub fn needs_read(&self) -> bool {
+        self.fresh_lease
+    }
+
+    /// The lease was given up.
+    pub fn dropped(&mut self) {
+        self.lease_until = None;
     }
 
     /// Decides what follows a read that found rows (`got_rows`) and left the reader at
@@ -85,9 +99,15 @@ impl Wake {
         }
         if got_rows {
             self.busy_reads.push_back(now);
+        }
+        let busy = self.busy_reads.len() >= BUSY_READS;
+        if got_rows && !busy {
             return Next::ReadNow;
         }
-        if self.busy_reads.len() >= BUSY_READS {
+        if busy {
+            if self.lease_until.is_some() {
+                return Next::Drop;
+            }
             return Next::Poll(BUSY_POLL);
         }
         let renew_at = match self.lease_until {
@@ -120,7 +140,7 @@ mod tests {
         let mut w = Wake::new();
         let t0 = Instant::now();
         assert_eq!(w.after_read(false, &cursor(&[]), t0), Next::Lease);
-        w.leased(t0);
+        w.leased(t0, false);
         assert_eq!(
             w.after_read(false, &cursor(&[]), t0),
             Next::Wait {
@@ -139,7 +159,7 @@ mod tests {
         let mut w = Wake::new();
         let t0 = Instant::now();
         assert_eq!(w.after_read(false, &cursor(&[]), t0), Next::Lease);
-        w.leased(t0);
+        w.leased(t0, false);
         assert_eq!(
             w.after_read(false, &cursor(&[90, 95]), t0),
             Next::Poll(BUSY_POLL)
@@ -156,15 +176,32 @@ mod tests {
     }
 
     #[test]
-    fn a_renewed_lease_has_no_suspects() {
+    fn a_renewal_that_finds_the_lease_gone_counts_as_a_fresh_lease() {
         let mut w = Wake::new();
         let t0 = Instant::now();
-        w.leased(t0);
+        w.leased(t0, false);
         assert!(matches!(
             w.after_read(false, &cursor(&[]), t0),
             Next::Wait { .. }
         ));
-        w.leased(t0 + LEASE / 2);
+        w.leased(t0 + LEASE / 2, false);
+        assert!(w.needs_read());
+        assert_eq!(
+            w.after_read(false, &cursor(&[8]), t0 + LEASE / 2),
+            Next::Poll(BUSY_POLL)
+        );
+    }
+
+    #[test]
+    fn a_renewed_lease_has_no_suspects() {
+        let mut w = Wake::new();
+        let t0 = Instant::now();
+        w.leased(t0, false);
+        assert!(matches!(
+            w.after_read(false, &cursor(&[]), t0),
+            Next::Wait { .. }
+        ));
+        w.leased(t0 + LEASE / 2, true);
         assert!(matches!(
             w.after_read(false, &cursor(&[7]), t0 + LEASE / 2),
             Next::Wait { .. }
@@ -175,12 +212,25 @@ mod tests {
     fn a_high_write_rate_polls_instead_of_taking_the_lease() {
         let mut w = Wake::new();
         let t0 = Instant::now();
-        for i in 0..BUSY_READS as u64 {
+        for i in 0..BUSY_READS as u64 - 1 {
             let t = t0 + Duration::from_millis(i);
             assert_eq!(w.after_read(true, &cursor(&[]), t), Next::ReadNow);
         }
+        let t = t0 + Duration::from_millis(10);
+        assert_eq!(
+            w.after_read(true, &cursor(&[]), t),
+            Next::Poll(BUSY_POLL),
+            "once writes are frequent, reads wait for what a millisecond brings"
+        );
         let t = t0 + Duration::from_millis(20);
         assert_eq!(w.after_read(false, &cursor(&[]), t), Next::Poll(BUSY_POLL));
+        w.leased(t, false);
+        assert_eq!(
+            w.after_read(true, &cursor(&[]), t),
+            Next::Drop,
+            "a lease taken meanwhile is dropped while writes are frequent"
+        );
+        w.dropped();
         let later = t0 + BUSY_WINDOW + Duration::from_millis(30);
         assert_eq!(w.after_read(false, &cursor(&[]), later), Next::Lease);
     }
