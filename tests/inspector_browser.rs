@@ -3,8 +3,8 @@
 //! through playwright-core against a hub started here on the client fixture database.
 //!
 //! A missing `node`, `npm` or Chromium is a failure, never a skip; no browser is ever
-//! downloaded. With `INSPECTOR_SCREENSHOT=<path>` the suite also saves a screenshot of the
-//! page with data on it (how `docs/inspector.png` was made).
+//! downloaded. With `INSPECTOR_SCREENSHOT=<path>` (relative to the repository) the suite
+//! also saves a screenshot of the page with data on it (how `docs/inspector.png` was made).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -111,7 +111,11 @@ async fn the_inspector_works_in_headless_chromium() {
 
     let mut cmd = Command::new("node");
     if let Ok(path) = std::env::var("INSPECTOR_SCREENSHOT") {
-        cmd.env("INSPECTOR_SCREENSHOT", path);
+        // Relative to the repository, not to the node suite's folder.
+        cmd.env(
+            "INSPECTOR_SCREENSHOT",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(path),
+        );
     }
     let child = cmd
         .args([
