@@ -385,3 +385,43 @@ async fn the_stream_sends_a_snapshot_every_second_and_ends_on_shutdown() {
     .await;
     assert!(rest.is_ok(), "the stream ended with the hub");
 }
+
+#[tokio::test]
+async fn without_an_hs_secret_the_hub_says_it_cannot_mint_and_refuses_to() {
+    let mut config = test_config();
+    config.jwt_secret = None;
+    config.jwks = Some(include_str!("fixtures/jwt/jwks.json").to_owned());
+    config.admin_secret = Some(ADMIN.into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(switchboard::run(config, listener, shutdown.clone()));
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    let (code, _, snap) = request(
+        reqwest::Method::GET,
+        url("/inspector/api/snapshot"),
+        bearer(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{snap}");
+    assert_eq!(
+        snap["hub"]["can_mint"], false,
+        "the page says only pasting works"
+    );
+    let (code, _, body) = request(
+        reqwest::Method::POST,
+        url("/inspector/api/token"),
+        bearer(ADMIN),
+        Some(json!({"role": "authenticated"})),
+    )
+    .await;
+    assert_eq!(code, 409);
+    assert_eq!(
+        body["error"],
+        "This hub has no HS256 secret (jwt_secret), so it cannot mint tokens; paste a token instead"
+    );
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
