@@ -111,7 +111,14 @@ settings! {
     log_format: String = "pretty".into(), env "SWITCHBOARD_LOG_FORMAT";
     /// Port of the local Postgres that `switchboard dev` runs.
     dev_pg_port: u16 = 54329, env "SWITCHBOARD_DEV_PG_PORT";
+    /// Secret that signs in to the inspector page (at least 16 characters); a service_role token works too.
+    admin_secret: String = String::new(), env "SWITCHBOARD_ADMIN_SECRET";
+    /// Serve the inspector page at `/inspector` (`false`: it answers 404).
+    inspector: bool = true, env "SWITCHBOARD_INSPECTOR";
 }
+
+/// Shortest admin secret accepted: the inspector can mint tokens for any role.
+pub const MIN_ADMIN_SECRET_LEN: usize = 16;
 
 /// Connection-level limits, each answered with the reason text a client surfaces.
 #[derive(Debug, Clone)]
@@ -153,14 +160,20 @@ pub struct Config {
     pub auto_migrate: bool,
     pub log_format: LogFormat,
     pub dev_pg_port: u16,
+    /// Signs in to the inspector; `None` leaves service_role tokens as the only way in.
+    pub admin_secret: Option<String>,
+    /// Serve `/inspector`.
+    pub inspector: bool,
 }
 
 impl Settings {
     /// The effective settings as TOML, secrets redacted (`switchboard config`).
     pub fn effective_toml(&self) -> String {
         let mut s = self.clone().with_defaults();
-        if s.jwt_secret.as_deref().is_some_and(|v| !v.is_empty()) {
-            s.jwt_secret = Some("<redacted>".into());
+        for secret in [&mut s.jwt_secret, &mut s.admin_secret] {
+            if secret.as_deref().is_some_and(|v| !v.is_empty()) {
+                *secret = Some("<redacted>".into());
+            }
         }
         if let Some(url) = s.database_url.as_mut() {
             if let Some((creds, host)) = url.rsplit_once('@') {
@@ -249,6 +262,16 @@ impl Config {
             outbox_bytes: positive("outbox_bytes", r.outbox_bytes)?,
             idle_timeout: Duration::from_secs(positive("idle_timeout_secs", r.idle_timeout_secs)?),
         };
+        let admin_secret = non_empty(r.admin_secret);
+        if admin_secret
+            .as_ref()
+            .is_some_and(|s| s.chars().count() < MIN_ADMIN_SECRET_LEN)
+        {
+            return Err(ConfigError::Invalid {
+                key: "admin_secret",
+                message: format!("must be at least {MIN_ADMIN_SECRET_LEN} characters"),
+            });
+        }
         Ok(Config {
             listen,
             database_url: non_empty(r.database_url),
@@ -268,6 +291,8 @@ impl Config {
             auto_migrate: r.auto_migrate,
             log_format,
             dev_pg_port: r.dev_pg_port,
+            admin_secret,
+            inspector: r.inspector,
         })
     }
 
@@ -319,6 +344,27 @@ mod tests {
         };
         let err = Config::from_settings(s).unwrap_err().to_string();
         assert!(err.contains("`outbox_bytes`"), "{err}");
+    }
+
+    #[test]
+    fn a_short_admin_secret_is_refused_and_redacted_when_printed() {
+        let s = Settings {
+            admin_secret: Some("short".into()),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(s).unwrap_err().to_string();
+        assert!(err.contains("`admin_secret`"), "{err}");
+        let s = Settings {
+            admin_secret: Some("a-long-enough-admin-secret".into()),
+            ..Settings::default()
+        };
+        assert!(!s.effective_toml().contains("a-long-enough"));
+        let c = Config::from_settings(s).unwrap();
+        assert_eq!(
+            c.admin_secret.as_deref(),
+            Some("a-long-enough-admin-secret")
+        );
+        assert!(c.inspector, "the inspector is on by default");
     }
 
     #[test]

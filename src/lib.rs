@@ -95,12 +95,22 @@ pub async fn run(
         limits: config.limits.clone(),
         metrics,
     });
+    let inspector = config.inspector.then(|| {
+        let inspector = server::inspector::Inspector::new(&config);
+        background.spawn(inspector.history().run_sampler(
+            capture_status.clone(),
+            services.changes.clone(),
+            stop_background.clone(),
+        ));
+        inspector
+    });
     let hub = Arc::new(server::Hub {
         services,
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
         connection_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
         capture: capture_status,
+        inspector,
     });
     tracing::info!(addr = %listener.local_addr()?, "switchboard listening");
     // Frames are small and latency matters: no Nagle delay on client sockets.

@@ -15,6 +15,7 @@ use super::index::{Matched, SubscriptionIndex};
 use super::payload::{change_data, shape_key, ChangePayload, FieldSizes, ShapeKey};
 use super::row::{Change, DbBroadcast, DbEvent, LogBatch};
 use super::scope::{RlsChecker, Viewer, Visibility};
+use super::stats::ChangeStats;
 use crate::protocol::{self, Broadcast, BroadcastPayload, Vsn, WireFrame};
 use crate::router::{Router, TopicKey};
 
@@ -39,6 +40,7 @@ pub struct Dispatcher {
     pub(super) router: Arc<Router>,
     pub(super) catalog: Catalog,
     pub(super) rls: RlsChecker,
+    pub(super) stats: Arc<ChangeStats>,
 }
 
 /// Batches whose row-scope checks may be in flight at once (over the pool); delivery
@@ -86,6 +88,11 @@ pub async fn run_dispatch(
 
 impl Dispatcher {
     async fn plan(&self, batch: Vec<DbEvent>) -> Vec<Step> {
+        self.stats
+            .count_changes(batch.iter().filter_map(|e| match e {
+                DbEvent::Change(c) => Some((c.schema.as_str(), c.table.as_str())),
+                DbEvent::Broadcast(_) => None,
+            }));
         let mut steps = Vec::with_capacity(batch.len());
         for event in batch {
             let change = match event {

@@ -38,6 +38,7 @@ impl Conn {
             connections: TaskTracker::new(),
             connection_permits: Arc::new(Semaphore::new(10)),
             capture: None,
+            inspector: None,
         });
         let (input, in_rx) = mpsc::channel(16);
         let (out_tx, output) = mpsc::unbounded_channel();
