@@ -102,11 +102,11 @@ impl Position {
     }
 
     /// Records that rows visible in `snapshot` with ids up to `last_id` were read.
+    /// `snapshot` must be no older than any page already recorded: a later snapshot sees
+    /// everything an earlier one saw, so pages with lower last ids are covered by it.
     pub fn read_through(&mut self, snapshot: &Cursor, last_id: i64) {
-        match self.pages.last_mut() {
-            Some((snap, id)) if snap == snapshot => *id = (*id).max(last_id),
-            _ => self.pages.push((snapshot.clone(), last_id)),
-        }
+        self.pages.retain(|(_, id)| *id > last_id);
+        self.pages.push((snapshot.clone(), last_id));
     }
 
     /// Parses the `Display` form: `xmax:xip`, then `/xmax:xip@last_id` per page.
@@ -199,6 +199,20 @@ mod tests {
         for bad in ["", "7", "7:/8:", "7:/8:@x", "7:/x@1"] {
             assert!(Position::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_later_page_reaching_further_covers_earlier_pages() {
+        let mut p = Position::at(Cursor::parse("100:").unwrap());
+        p.read_through(&Cursor::parse("110:105").unwrap(), 40);
+        p.read_through(&Cursor::parse("112:").unwrap(), 30);
+        assert_eq!(
+            p.pages.len(),
+            2,
+            "a late page with lower ids covers nothing"
+        );
+        p.read_through(&Cursor::parse("120:").unwrap(), 90);
+        assert_eq!(p.to_string(), "100:/120:@90");
     }
 
     #[test]

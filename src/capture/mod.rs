@@ -22,12 +22,13 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 pub use cursor::{Cursor, CursorError, Position};
+pub use reader::{current_cursor, next_events, Statements, READ_PAGE_SQL};
 pub use retention::{prune, Pruned, Retention};
 pub use status::{CaptureStatus, CaptureStatusSnapshot};
 
 use crate::changes::LogBatch;
 use crate::db::pg_message;
-use reader::{Page, Statements};
+use reader::Page;
 use wake::{Next, Wake};
 
 /// The NOTIFY channel the capture triggers and `realtime.send` signal.

@@ -56,8 +56,11 @@ const READ_BACKLOG: &str = concat!(
 
 const CURRENT_SNAPSHOT: &str = "select pg_current_snapshot()::text";
 
+/// The page read, for readers that prepare it on their own (pooled) connections.
+pub const READ_PAGE_SQL: &str = READ_PAGE;
+
 /// Statements prepared once per connection.
-pub(crate) struct Statements {
+pub struct Statements {
     page: Statement,
 }
 
@@ -67,6 +70,26 @@ impl Statements {
             page: client.prepare(READ_PAGE).await?,
         })
     }
+
+    /// `READ_PAGE_SQL` prepared by the caller (e.g. a pool's statement cache).
+    pub fn from_page(page: Statement) -> Statements {
+        Statements { page }
+    }
+}
+
+/// The next events after `position` (at most `limit` log rows, so a statement's rows are
+/// never split), advancing it: what every reader of the log other than the live capture
+/// uses (resumed subscriptions, webhooks, the change feed). An empty result means the
+/// reader is caught up.
+pub async fn next_events(
+    client: &Client,
+    stmts: &Statements,
+    position: &mut Position,
+    limit: usize,
+) -> Result<Vec<DbEvent>, CaptureError> {
+    let page = read_page(client, stmts, position, limit).await?;
+    advance(position, &page, limit);
+    Ok(page.events)
 }
 
 /// What one page read found.
@@ -184,7 +207,7 @@ where
 }
 
 /// Takes the current snapshot as a starting cursor.
-pub(crate) async fn current_cursor(client: &Client) -> Result<Cursor, CaptureError> {
+pub async fn current_cursor(client: &Client) -> Result<Cursor, CaptureError> {
     let snapshot: String = client.query_one(CURRENT_SNAPSHOT, &[]).await?.get(0);
     Ok(Cursor::from_pg_snapshot(&snapshot)?)
 }
@@ -210,9 +233,10 @@ fn to_events(row: &Row, out: &mut Vec<DbEvent>) {
         tracing::warn!(id, op, "skipping log row with unknown op");
         return;
     };
-    let change = |record: Option<Value>, old_record: Option<Value>| {
+    let change = |seq: usize, record: Option<Value>, old_record: Option<Value>| {
         DbEvent::Change(Change {
             id,
+            seq: u32::try_from(seq).unwrap_or(u32::MAX),
             schema: row
                 .get::<_, Option<String>>("schema_name")
                 .unwrap_or_default(),
@@ -228,14 +252,14 @@ fn to_events(row: &Row, out: &mut Vec<DbEvent>) {
     let rows = row.get::<_, Option<Value>>("rows").map(into_array);
     let old_rows = row.get::<_, Option<Value>>("old_rows").map(into_array);
     if rows.is_none() && old_rows.is_none() {
-        out.push(change(record, row.get("old_record")));
+        out.push(change(0, record, row.get("old_record")));
         return;
     }
     let (rows, old_rows) = (rows.unwrap_or_default(), old_rows.unwrap_or_default());
     let n = rows.len().max(old_rows.len());
     let (mut rows, mut old_rows) = (rows.into_iter(), old_rows.into_iter());
-    for _ in 0..n {
-        out.push(change(rows.next(), old_rows.next()));
+    for seq in 0..n {
+        out.push(change(seq, rows.next(), old_rows.next()));
     }
 }
 

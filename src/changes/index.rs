@@ -328,6 +328,7 @@ mod tests {
     fn change(customer: &str, status: &str) -> Change {
         Change {
             id: 1,
+            seq: 0,
             schema: "public".into(),
             table: "jobs".into(),
             op: Op::Insert,

@@ -46,6 +46,9 @@ pub struct ColumnInfo {
 pub struct Change {
     /// The log row's id (unique, not commit-ordered).
     pub id: i64,
+    /// The change's place among the rows of its log row (one statement's rows share a log
+    /// row): `(id, seq)` names a change for good, e.g. as a webhook event id.
+    pub seq: u32,
     pub schema: String,
     pub table: String,
     pub op: Op,
@@ -125,6 +128,7 @@ mod tests {
         let row = |n: i64| serde_json::json!({ "id": n }).as_object().cloned();
         let mut c = Change {
             id: 1,
+            seq: 0,
             schema: "public".into(),
             table: "t".into(),
             op: Op::Delete,
