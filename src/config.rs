@@ -103,6 +103,10 @@ settings! {
     retention_max_secs: u64 = 24 * 3600, env "SWITCHBOARD_RETENTION_MAX_SECS";
     /// Seconds after a hub's last checkpoint before its unread rows stop holding the log back.
     node_expiry_secs: u64 = 300, env "SWITCHBOARD_NODE_EXPIRY_SECS";
+    /// Seconds a parked resumable subscription waits for its client (capped at `retention_max_secs`).
+    resume_grace_secs: u64 = 300, env "SWITCHBOARD_RESUME_GRACE_SECS";
+    /// Most changes one resume replays; beyond it the client is told to refetch (`recovered: false`).
+    resume_max_replay: usize = 10_000, env "SWITCHBOARD_RESUME_MAX_REPLAY";
     /// Postgres connections for catalog and row-scope checks.
     db_pool_size: usize = 8, env "SWITCHBOARD_DB_POOL_SIZE";
     /// Run pending migrations when `serve` starts.
@@ -156,6 +160,8 @@ pub struct Config {
     pub retention: Duration,
     pub retention_max: Duration,
     pub node_expiry: Duration,
+    pub resume_grace: Duration,
+    pub resume_max_replay: usize,
     pub db_pool_size: usize,
     pub auto_migrate: bool,
     pub log_format: LogFormat,
@@ -287,6 +293,10 @@ impl Config {
                 r.retention_max_secs,
             )?),
             node_expiry: Duration::from_secs(positive("node_expiry_secs", r.node_expiry_secs)?),
+            resume_grace: Duration::from_secs(
+                positive("resume_grace_secs", r.resume_grace_secs)?.min(r.retention_max_secs),
+            ),
+            resume_max_replay: positive("resume_max_replay", r.resume_max_replay)?,
             db_pool_size: positive("db_pool_size", r.db_pool_size)?,
             auto_migrate: r.auto_migrate,
             log_format,

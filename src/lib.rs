@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod localpg;
 pub mod protocol;
+pub mod resume;
 pub mod router;
 pub mod server;
 pub mod telemetry;
@@ -49,8 +50,9 @@ pub async fn run(
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
 
-    let (changes, capture_status) = match &config.database_url {
-        None => (changes::Changes::new(None), None),
+    let node_id = uuid::Uuid::new_v4().to_string();
+    let (changes, capture_status, resume) = match &config.database_url {
+        None => (changes::Changes::new(None), None, None),
         Some(url) => {
             if config.auto_migrate {
                 let (client, conn) = db::connect(url).await?;
@@ -70,6 +72,7 @@ pub async fn run(
                     cap: config.retention_max.max(config.retention),
                     node_expiry: config.node_expiry,
                 },
+                node_id: node_id.clone(),
                 ..capture::CaptureConfig::new(url.clone())
             };
             background.spawn(capture::run_capture(
@@ -81,10 +84,20 @@ pub async fn run(
             let dispatch = changes.clone();
             let (router, stop) = (router.clone(), stop_background.clone());
             background.spawn(async move {
-                let rls = changes::RlsChecker::new(pool);
-                dispatch.run_dispatch(router, rls, rx, stop).await;
+                dispatch.run_dispatch(router, rx, stop).await;
             });
-            (changes, Some(status))
+            let resume = resume::ResumeHandle::new(
+                pool,
+                changes.clone(),
+                node_id.clone(),
+                resume::ResumeConfig {
+                    grace: config.resume_grace,
+                    max_replay: config.resume_max_replay,
+                },
+                metrics.clone(),
+            );
+            background.spawn(resume.clone().run_writer(stop_background.clone()));
+            (changes, Some(status), Some(resume))
         }
     };
 
@@ -94,6 +107,7 @@ pub async fn run(
         verifier,
         limits: config.limits.clone(),
         metrics,
+        resume,
     });
     let inspector = config.inspector.then(|| {
         let inspector = server::inspector::Inspector::new(&config);

@@ -107,6 +107,11 @@ async fn websocket(
         hub.services.metrics.dropped("max_connections", 1);
         return http_error(HttpError::TooManyConnections);
     };
+    let resume = match params.get("resume").map(String::as_str) {
+        None => None,
+        Some(key) if valid_resume_key(key) => Some(Arc::<str>::from(key)),
+        Some(_) => return http_error(HttpError::BadResumeKey),
+    };
     let max = hub.services.limits.max_frame_bytes;
     // Small initial buffers (they grow for large messages): tungstenite's 128 KiB
     // default read buffer per socket dominates the memory of idle connections.
@@ -118,10 +123,18 @@ async fn websocket(
             let tracker = hub.connections.clone();
             tracker.track_future(async move {
                 let (sink, stream) = socket.split();
-                conn::run_connection(hub, sink, stream, vsn, claims).await;
+                conn::run_connection(hub, sink, stream, vsn, claims, resume).await;
                 drop(permit);
             })
         })
+}
+
+/// A `resume=` key: 1 to 128 of letters, digits, `-`, `_`, `.`, `:`.
+fn valid_resume_key(key: &str) -> bool {
+    (1..=crate::resume::MAX_KEY_LEN).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 async fn health() -> Response {
