@@ -276,6 +276,27 @@ impl ResumeHandle {
         Ok(Some(count))
     }
 
+    /// For `/api/status`: live and parked subscriptions, resumes by outcome, replayed.
+    pub fn status(&self) -> Value {
+        let m = &self.inner.metrics;
+        let outcomes = ["true", "unknown", "expired", "pruned", "too_many", "failed"];
+        let resumes: serde_json::Map<String, Value> = outcomes
+            .iter()
+            .map(|o| {
+                let n = m.resumes.get_or_create(&[("recovered", *o)]).get();
+                let key = if *o == "true" { "recovered" } else { o };
+                (key.to_owned(), Value::from(n))
+            })
+            .collect();
+        json!({
+            "live": self.inner.live.len(),
+            "parked": m.resume_parked.get(),
+            "resumes": resumes,
+            "replayed": m.resume_replayed.get(),
+            "grace_secs": self.inner.config.grace.as_secs(),
+        })
+    }
+
     /// Counts a resuming join's outcome.
     pub fn count(&self, outcome: &Outcome) {
         let m = &self.inner.metrics;

@@ -186,6 +186,7 @@ async fn status(State(hub): State<Arc<Hub>>) -> Response {
         "channels": m.channels.get(),
         "topics": hub.services.router.topic_count(),
         "capture": hub.capture.as_ref().map(|c| c.snapshot()),
+        "resume": hub.services.resume.as_ref().map(|r| r.status()),
     }))
     .into_response()
 }
