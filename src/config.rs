@@ -71,6 +71,10 @@ settings! {
     jwt_secret: String = String::new(), env "SWITCHBOARD_JWT_SECRET";
     /// Path to a JWKS file (RS256, ES256, EdDSA keys).
     jwks: String = String::new(), env "SWITCHBOARD_JWKS";
+    /// Postgres roles a token may name, comma-separated; any other role is refused at connect and at join.
+    allowed_roles: String = "anon,authenticated,service_role".into(), env "SWITCHBOARD_ALLOWED_ROLES";
+    /// Seconds a token's `nbf` (not before) may lie in the future, for clock skew.
+    jwt_nbf_leeway_secs: u64 = 30, env "SWITCHBOARD_JWT_NBF_LEEWAY_SECS";
     /// Maximum concurrent WebSocket connections.
     max_connections: usize = 18_000, env "SWITCHBOARD_MAX_CONNECTIONS";
     /// Largest inbound WebSocket message, in bytes.
@@ -91,6 +95,8 @@ settings! {
     outbox_bytes: usize = 8 * 1024 * 1024, env "SWITCHBOARD_OUTBOX_BYTES";
     /// Seconds without any inbound frame before a socket is closed.
     idle_timeout_secs: u64 = 60, env "SWITCHBOARD_IDLE_TIMEOUT_SECS";
+    /// Seconds a client has to send its HTTP request headers (the WebSocket upgrade included) before the connection is closed.
+    http_header_timeout_secs: u64 = 10, env "SWITCHBOARD_HTTP_HEADER_TIMEOUT_SECS";
     /// Seconds to drain connections on SIGTERM/SIGINT.
     shutdown_deadline_secs: u64 = 10, env "SWITCHBOARD_SHUTDOWN_DEADLINE_SECS";
     /// Milliseconds between log polls when no wake-up arrives.
@@ -153,8 +159,12 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// Contents of the JWKS file (read at load time).
     pub jwks: Option<String>,
+    /// Roles tokens may name.
+    pub allowed_roles: Vec<String>,
+    pub jwt_nbf_leeway_secs: u64,
     pub limits: Limits,
     pub shutdown_deadline: Duration,
+    pub http_header_timeout: Duration,
     pub capture_poll: Duration,
     pub capture_batch_rows: usize,
     pub retention: Duration,
@@ -278,13 +288,31 @@ impl Config {
                 message: format!("must be at least {MIN_ADMIN_SECRET_LEN} characters"),
             });
         }
+        let allowed_roles: Vec<String> = r
+            .allowed_roles
+            .split(',')
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect();
+        if allowed_roles.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "allowed_roles",
+                message: "name at least one role".into(),
+            });
+        }
         Ok(Config {
             listen,
+            allowed_roles,
+            jwt_nbf_leeway_secs: r.jwt_nbf_leeway_secs,
             database_url: non_empty(r.database_url),
             jwt_secret: non_empty(r.jwt_secret),
             jwks,
             limits,
             shutdown_deadline: Duration::from_secs(r.shutdown_deadline_secs),
+            http_header_timeout: Duration::from_secs(positive(
+                "http_header_timeout_secs",
+                r.http_header_timeout_secs,
+            )?),
             capture_poll: Duration::from_millis(positive("capture_poll_ms", r.capture_poll_ms)?),
             capture_batch_rows: positive("capture_batch_rows", r.capture_batch_rows)?,
             retention: Duration::from_secs(positive("retention_secs", r.retention_secs)?),

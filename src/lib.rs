@@ -44,7 +44,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?;
+    let verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?
+        .allow_roles(&config.allowed_roles)
+        .nbf_leeway(config.jwt_nbf_leeway_secs as i64);
     let metrics = Arc::new(telemetry::Metrics::new());
     let router = Arc::new(router::Router::new(metrics.clone()));
     let background = TaskTracker::new();
@@ -126,14 +128,17 @@ pub async fn run(
         capture: capture_status,
         inspector,
     });
-    tracing::info!(addr = %listener.local_addr()?, "switchboard listening");
-    // Frames are small and latency matters: no Nagle delay on client sockets.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, server::routes(hub.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    let cap = server::listen::connection_cap(config.limits.max_connections);
+    tracing::info!(addr = %listener.local_addr()?, connection_cap = cap, "switchboard listening");
+    server::listen::serve(
+        listener,
+        server::routes(hub.clone()),
+        cap,
+        config.http_header_timeout,
+        hub.services.metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
 
     // Upgraded sockets are not awaited by axum: the hub tracks and drains its own.
     hub.connections.close();

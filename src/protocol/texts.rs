@@ -22,6 +22,13 @@ pub enum TokenError {
     InvalidExp,
     #[error("Token has expired {seconds_ago} seconds ago")]
     Expired { seconds_ago: i64 },
+    #[error("Token is not valid yet (nbf is in the future)")]
+    NotYetValid,
+    #[error("Token not-before time is invalid")]
+    InvalidNbf,
+    /// The token names a Postgres role outside `allowed_roles`.
+    #[error("Token role {role:?} is not allowed")]
+    RoleNotAllowed { role: String },
 }
 
 impl TokenError {
@@ -33,7 +40,10 @@ impl TokenError {
             TokenError::Missing
             | TokenError::MissingClaims
             | TokenError::InvalidExp
-            | TokenError::Expired { .. } => "InvalidJWTToken",
+            | TokenError::Expired { .. }
+            | TokenError::NotYetValid
+            | TokenError::InvalidNbf
+            | TokenError::RoleNotAllowed { .. } => "InvalidJWTToken",
         }
     }
 
@@ -149,6 +159,8 @@ pub enum FilterError {
     UnknownOperator(String),
     #[error("too many values for `in` filter. Maximum 100")]
     TooManyInValues,
+    #[error("Error parsing `filter` params: like pattern longer than {max} characters")]
+    PatternTooLong { max: usize },
     #[error("invalid column for filter {0}")]
     InvalidColumn(String),
     #[error("Error parsing `filter` params: invalid input for type {type_name}: \"{value}\"")]

@@ -4,6 +4,7 @@
 
 mod conn;
 pub mod inspector;
+pub mod listen;
 mod rest;
 
 use std::collections::HashMap;
@@ -81,6 +82,7 @@ pub fn routes(hub: Arc<Hub>) -> HttpRouter {
 
 async fn websocket(
     State(hub): State<Arc<Hub>>,
+    slot: Option<axum::Extension<listen::ConnSlot>>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -125,6 +127,7 @@ async fn websocket(
                 let (sink, stream) = socket.split();
                 conn::run_connection(hub, sink, stream, vsn, claims, resume).await;
                 drop(permit);
+                drop(slot);
             })
         })
 }
