@@ -63,8 +63,10 @@ macro_rules! settings {
 }
 
 settings! {
-    /// Address the HTTP/WebSocket server binds.
+    /// Address the HTTP/WebSocket server binds (`switchboard dev`: `127.0.0.1:4000` unless set, since it prints tokens signed with its dev secret).
     listen: String = "0.0.0.0:4000".into(), env "SWITCHBOARD_LISTEN";
+    /// Address for `/metrics` alone (e.g. `127.0.0.1:9400`); empty serves it on `listen`.
+    metrics_listen: String = String::new(), env "SWITCHBOARD_METRICS_LISTEN";
     /// Postgres connection string; without it postgres_changes is unavailable.
     database_url: String = String::new(), env "DATABASE_URL";
     /// HS256/384/512 secret for client JWTs.
@@ -155,6 +157,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `None`: `/metrics` is served on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     pub database_url: Option<String>,
     pub jwt_secret: Option<String>,
     /// Contents of the JWKS file (read at load time).
@@ -300,8 +304,16 @@ impl Config {
                 message: "name at least one role".into(),
             });
         }
+        let metrics_listen = match non_empty(r.metrics_listen) {
+            None => None,
+            Some(addr) => Some(addr.parse().map_err(|_| ConfigError::Invalid {
+                key: "metrics_listen",
+                message: format!("{addr:?} is not a socket address like 127.0.0.1:9400"),
+            })?),
+        };
         Ok(Config {
             listen,
+            metrics_listen,
             allowed_roles,
             jwt_nbf_leeway_secs: r.jwt_nbf_leeway_secs,
             database_url: non_empty(r.database_url),

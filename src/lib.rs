@@ -127,12 +127,26 @@ pub async fn run(
         connection_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
         capture: capture_status,
         inspector,
+        admin: server::admin::Gate::new(config.admin_secret.clone()),
     });
+    if let Some(addr) = config.metrics_listen {
+        let metrics_listener = TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "metrics listening");
+        let (app, stop) = (server::metrics_routes(hub.clone()), shutdown.clone());
+        background.spawn(async move {
+            let served = axum::serve(metrics_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let cap = server::listen::connection_cap(config.limits.max_connections);
     tracing::info!(addr = %listener.local_addr()?, connection_cap = cap, "switchboard listening");
     server::listen::serve(
         listener,
-        server::routes(hub.clone()),
+        server::routes(hub.clone(), config.metrics_listen.is_none()),
         cap,
         config.http_header_timeout,
         hub.services.metrics.clone(),

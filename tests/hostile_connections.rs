@@ -110,3 +110,53 @@ async fn a_token_valid_only_from_tomorrow_is_refused_today() {
         "InvalidJWTToken: Token is not valid yet (nbf is in the future)"
     );
 }
+
+#[tokio::test]
+async fn status_needs_a_service_role_token_or_the_admin_secret() {
+    let mut config = test_config();
+    config.admin_secret = Some("an-admin-secret-of-some-length".into());
+    let hub = TestHub::start(config).await;
+    assert_eq!(hub.get("/api/status").await.0, 401, "anonymous");
+    let get = |token: String| {
+        let url = hub.http_url("/api/status");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get(hub.anon()).await, 401, "an anon token");
+    assert_eq!(get(hub.token("service_role", "ops", 60)).await, 200);
+    assert_eq!(get("an-admin-secret-of-some-length".into()).await, 200);
+}
+
+#[tokio::test]
+async fn metrics_can_live_on_their_own_address() {
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = test_config();
+    config.metrics_listen = Some(metrics_addr);
+    let hub = TestHub::start(config).await;
+    assert_eq!(
+        hub.get("/metrics").await.0,
+        404,
+        "not on the public listener"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{metrics_addr}/metrics")).await {
+            assert_eq!(r.status().as_u16(), 200);
+            assert!(r.text().await.unwrap().contains("switchboard_connections"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "metrics listener not up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -379,7 +379,7 @@ pub enum InspectorError {
     /// The token does not verify (its text as at connect).
     #[error("{}", .0.http_text())]
     Token(TokenError),
-    #[error("This token's role is {role:?}; the inspector needs a service_role token")]
+    #[error("This token's role is {role:?}; admin access needs a service_role token")]
     NotServiceRole { role: String },
     #[error("That is not the admin secret")]
     WrongSecret,

@@ -2,6 +2,7 @@
 //! readiness, metrics and status, and the inspector page (`inspector/`). Holds no
 //! business rules: sessions and the router do.
 
+pub mod admin;
 mod conn;
 pub mod inspector;
 pub mod listen;
@@ -44,6 +45,8 @@ pub struct Hub {
     pub capture: Option<Arc<CaptureStatus>>,
     /// `None` when the inspector is switched off (`/inspector` answers 404).
     pub inspector: Option<inspector::Inspector>,
+    /// Who may use `/api/status`, the inspector and operations endpoints.
+    pub admin: admin::Gate,
 }
 
 /// An HTTP error answer with its status and body.
@@ -52,8 +55,16 @@ pub(crate) fn http_error(e: HttpError) -> Response {
     (status, Json(e.body())).into_response()
 }
 
-/// All HTTP routes of the hub.
-pub fn routes(hub: Arc<Hub>) -> HttpRouter {
+/// `/metrics` alone, for a separate listener (`metrics_listen`).
+pub fn metrics_routes(hub: Arc<Hub>) -> HttpRouter {
+    HttpRouter::new()
+        .route("/metrics", get(metrics))
+        .with_state(hub)
+}
+
+/// All HTTP routes of the hub; `/metrics` only when `with_metrics` (it is served on its
+/// own address otherwise).
+pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
     let inspector = if hub.inspector.is_some() {
         inspector::routes()
     } else {
@@ -74,9 +85,13 @@ pub fn routes(hub: Arc<Hub>) -> HttpRouter {
         )
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
         .route("/api/status", get(status))
         .merge(inspector)
+        .merge(if with_metrics {
+            HttpRouter::new().route("/metrics", get(metrics))
+        } else {
+            HttpRouter::new()
+        })
         .with_state(hub)
 }
 
@@ -182,7 +197,23 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         .into_response()
 }
 
-async fn status(State(hub): State<Arc<Hub>>) -> Response {
+/// Admin routes need a service_role token or the admin secret (bearer, or the
+/// inspector's session); `Err` is the refusal to send.
+pub(crate) fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let now = chrono::Utc::now().timestamp();
+    hub.admin
+        .authorize(&hub.services.verifier, headers, now)
+        .map(|_| ())
+        .map_err(|e| {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            Box::new((status, Json(e.body())).into_response())
+        })
+}
+
+async fn status(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = require_admin(&hub, &headers) {
+        return *refused;
+    }
     let m = &hub.services.metrics;
     Json(json!({
         "connections": m.connections.get(),

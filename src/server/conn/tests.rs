@@ -39,6 +39,7 @@ impl Conn {
             connection_permits: Arc::new(Semaphore::new(10)),
             capture: None,
             inspector: None,
+            admin: crate::server::admin::Gate::new(None),
         });
         let (input, in_rx) = mpsc::channel(16);
         let (out_tx, output) = mpsc::unbounded_channel();
