@@ -103,6 +103,8 @@ settings! {
     retention_max_secs: u64 = 24 * 3600, env "SWITCHBOARD_RETENTION_MAX_SECS";
     /// Seconds after a hub's last checkpoint before its unread rows stop holding the log back.
     node_expiry_secs: u64 = 300, env "SWITCHBOARD_NODE_EXPIRY_SECS";
+    /// Seconds `realtime.messages` rows (database broadcasts, Broadcast Replay's store) are kept.
+    messages_retention_secs: u64 = 3 * 24 * 3600, env "SWITCHBOARD_MESSAGES_RETENTION_SECS";
     /// Postgres connections for catalog and row-scope checks.
     db_pool_size: usize = 8, env "SWITCHBOARD_DB_POOL_SIZE";
     /// Run pending migrations when `serve` starts.
@@ -156,6 +158,8 @@ pub struct Config {
     pub retention: Duration,
     pub retention_max: Duration,
     pub node_expiry: Duration,
+    /// How long `realtime.messages` rows are kept.
+    pub messages_retention: Duration,
     pub db_pool_size: usize,
     pub auto_migrate: bool,
     pub log_format: LogFormat,
@@ -287,6 +291,10 @@ impl Config {
                 r.retention_max_secs,
             )?),
             node_expiry: Duration::from_secs(positive("node_expiry_secs", r.node_expiry_secs)?),
+            messages_retention: Duration::from_secs(positive(
+                "messages_retention_secs",
+                r.messages_retention_secs,
+            )?),
             db_pool_size: positive("db_pool_size", r.db_pool_size)?,
             auto_migrate: r.auto_migrate,
             log_format,

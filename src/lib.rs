@@ -2,6 +2,7 @@
 //! protocol. This file lists the modules and wires them together; it holds no logic.
 
 pub mod auth;
+pub mod authz;
 pub mod capture;
 pub mod changes;
 pub mod channel;
@@ -49,8 +50,8 @@ pub async fn run(
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
 
-    let (changes, capture_status) = match &config.database_url {
-        None => (changes::Changes::new(None), None),
+    let (changes, authz, capture_status) = match &config.database_url {
+        None => (changes::Changes::new(None), authz::Authz::new(None), None),
         Some(url) => {
             if config.auto_migrate {
                 let (client, conn) = db::connect(url).await?;
@@ -78,19 +79,28 @@ pub async fn run(
                 status.clone(),
                 stop_background.clone(),
             ));
+            background.spawn(capture::run_maintenance(
+                pool.clone(),
+                capture::Maintenance {
+                    messages_retention: config.messages_retention,
+                },
+                stop_background.clone(),
+            ));
             let dispatch = changes.clone();
-            let (router, stop) = (router.clone(), stop_background.clone());
+            let (router, stop, rls_pool) = (router.clone(), stop_background.clone(), pool.clone());
             background.spawn(async move {
-                let rls = changes::RlsChecker::new(pool);
+                let rls = changes::RlsChecker::new(rls_pool);
                 dispatch.run_dispatch(router, rls, rx, stop).await;
             });
-            (changes, Some(status))
+            (changes, authz::Authz::new(Some(pool)), Some(status))
         }
     };
 
     let services = Arc::new(channel::Services {
         router,
         changes,
+        authz,
+        capture: capture_status.clone(),
         verifier,
         limits: config.limits.clone(),
         metrics,

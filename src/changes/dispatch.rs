@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog::{Catalog, TableInfo};
 use super::index::{Matched, SubscriptionIndex};
-use super::payload::{change_data, shape_key, ChangePayload, FieldSizes, ShapeKey};
+use super::payload::{change_data, shape_key, ChangePayload, Conversions, FieldSizes, ShapeKey};
 use super::row::{Change, DbBroadcast, DbEvent, LogBatch};
 use super::scope::{RlsChecker, Viewer, Visibility};
 use super::stats::ChangeStats;
-use crate::protocol::{self, Broadcast, BroadcastPayload, Vsn, WireFrame};
+use crate::protocol::{self, Broadcast, BroadcastPayload, SystemMessage, Vsn, WireFrame};
 use crate::router::{Router, TopicKey};
 
 /// One change with its matched members and their distinct viewers.
@@ -166,42 +166,91 @@ impl Dispatcher {
         }
     }
 
+    /// A message from `realtime.messages`, with `meta: {"id": <uuid>}` (Supabase sends a
+    /// binary kind-4 frame to v2 sockets, the text object to v1).
     fn deliver_broadcast(&self, b: DbBroadcast) {
         let key = TopicKey {
             private: b.private,
             topic: format!("realtime:{}", b.topic).into(),
         };
+        let payload = match b.binary {
+            Some(bytes) => BroadcastPayload::Binary(bytes),
+            None => BroadcastPayload::Json(b.payload),
+        };
         let msg = Broadcast {
             event: b.event,
-            payload: BroadcastPayload::Json(b.payload),
+            payload,
             meta: Some(serde_json::json!({ "id": b.id })),
             binary_origin: true,
         };
-        self.router.broadcast(&key, &msg, None);
+        self.router.broadcast_logged(&key, &msg, None, Some(b.xid));
+    }
+
+    /// Tells a subscriber, once per viewer, that a row-scope policy raised for it.
+    fn tell_problem(&self, m: &Matched, change: &Change, problem: &str) {
+        if !m.member.first_problem() {
+            return;
+        }
+        let message = SystemMessage::RowScopeProblem {
+            table: format!(
+                "{}.{}",
+                super::quote_ident(&change.schema),
+                super::quote_ident(&change.table)
+            ),
+            problem: problem.to_owned(),
+        };
+        let channel = m
+            .member
+            .topic
+            .strip_prefix("realtime:")
+            .unwrap_or(&m.member.topic);
+        let frame = protocol::encode(
+            m.member.vsn,
+            Some(&m.member.join_ref),
+            None,
+            &m.member.topic,
+            "system",
+            &message.payload(channel),
+        );
+        self.router
+            .deliver(&m.member.outbox, m.member.conn_id, frame, "system");
     }
 
     fn deliver_change(&self, p: &Planned, vis: &[Visibility]) {
         let metrics = self.router.metrics();
         let mut shapes: HashMap<ShapeKey, Option<Box<RawValue>>> = HashMap::new();
         let mut sizes: Option<FieldSizes> = None;
+        let mut conversions: Option<Conversions> = None;
         // Encode once per distinct frame: members of one topic with the same ids, serializer
         // and visibility shape share the bytes.
         let mut frames: HashMap<(ShapeKey, Vsn, &str, &[u32]), WireFrame> = HashMap::new();
         // Counted once per change, not per receiver.
         let (mut sent, mut hidden) = (0u64, 0u64);
         for (m, &vi) in p.matched.iter().zip(&p.viewer_of) {
+            if let Some(problem) = vis.get(vi).and_then(|v| v.problem.as_deref()) {
+                self.tell_problem(m, &p.change, problem);
+            }
             let Some(v) = vis.get(vi).filter(|v| v.visible) else {
                 hidden += 1;
                 continue;
             };
-            let shape_key = shape_key(v);
+            let shape_key = shape_key(v, m.select.as_ref());
             let frame_key = (shape_key, m.member.vsn, &*m.member.topic, m.ids.as_slice());
             let frame = match frames.get(&frame_key) {
                 Some(frame) => frame.clone(),
                 None => {
                     let data = shapes.entry(shape_key).or_insert_with(|| {
                         let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change));
-                        change_data(&p.change, sizes, &p.table, v)
+                        let conversions =
+                            conversions.get_or_insert_with(|| Conversions::of(&p.table));
+                        change_data(
+                            &p.change,
+                            sizes,
+                            &p.table,
+                            conversions,
+                            v,
+                            m.select.as_ref(),
+                        )
                     });
                     let Some(data) = data else { continue };
                     let payload = ChangePayload { ids: &m.ids, data };

@@ -24,7 +24,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use catalog::{Catalog, CatalogError, EnabledTable, TableInfo, CAPTURE_TRIGGER};
+pub use catalog::{
+    Catalog, CatalogError, EnabledTable, ReplicaIdentity, TableInfo, CAPTURE_TRIGGER,
+};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};
 pub use index::{Subscriber, Subscription, TableScope};
 pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, LogBatch, Op, Row};
@@ -54,9 +56,10 @@ impl Changes {
         }
     }
 
-    /// Validates a join's `postgres_changes` entries against the catalog.
-    pub async fn validate(&self, entries: &[Value]) -> Validated {
-        subscribe::validate(self.catalog.as_ref(), entries, &self.stats).await
+    /// Validates a join's `postgres_changes` entries against the catalog, for a
+    /// subscriber with Postgres role `role` (its `select` columns must be readable).
+    pub async fn validate(&self, entries: &[Value], role: &str) -> Validated {
+        subscribe::validate(self.catalog.as_ref(), entries, role, &self.stats).await
     }
 
     /// Starts delivering `subscriptions` to `subscriber` (replacing what its member had).

@@ -1,17 +1,24 @@
 //! `phx_join`, in named steps: admit (topic, join rate, channel count, rejoin),
-//! authorize (token -> claims), validate (postgres_changes entries), then reply and
-//! register (router membership, presence state, subscriptions) and report.
+//! authorize (token -> claims; a private channel's read policies), validate (replay
+//! parameters, postgres_changes entries, and with `postgres_changes_options.wait` capture
+//! being live), then register (router membership, a replay with live frames held back
+//! until it is sent, presence state, subscriptions) and report.
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::channel_name;
 use super::join_config::JoinConfig;
-use super::session::{now_unix, Channel, Session};
+use super::session::{now_unix, Channel, PrivateAccess, Session};
 use crate::auth::{looks_like_jwt, Claims};
+use crate::authz::{self, AuthzError, Replay, ReplayRequest, Replayed};
 use crate::changes::{Subscriber, Validated, Viewer};
-use crate::protocol::{Close, Inbound, InboundPayload, ReplyError, SystemMessage, TokenError};
-use crate::router::{Member, TopicKey};
+use crate::protocol::{
+    self, Broadcast, BroadcastPayload, Close, Inbound, InboundPayload, ReplyError, SystemMessage,
+    TokenError,
+};
+use crate::router::{Access, Member, TopicKey};
 use crate::telemetry::next_id;
 
 /// A join that passed admission and authorization.
@@ -20,14 +27,13 @@ struct Admitted {
     /// The user token the join brought, if it brought a JWT.
     token: Option<String>,
     claims: Claims,
+    /// `Some` for a private channel: what its token may do there.
+    private: Option<PrivateAccess>,
 }
 
 impl Session {
     pub(super) async fn join(&mut self, msg: Inbound) {
-        let admitted = match self
-            .admit(&msg)
-            .and_then(|config| self.authorize(&msg.topic, config))
-        {
+        let admitted = match self.admit(&msg).and_then(|c| self.authenticate(c)) {
             Ok(a) => a,
             Err(e) => {
                 let disconnect = e == ReplyError::TooManyJoins;
@@ -39,18 +45,31 @@ impl Session {
                 return;
             }
         };
-        tracing::debug!(conn_id = self.conn_id, topic = %msg.topic, role = %admitted.claims.role, user_token = admitted.token.is_some(), "join");
+        let admitted = match self.authorize(&msg.topic, admitted).await {
+            Ok(a) => a,
+            Err(e) => return self.reply_error(&msg, e),
+        };
+        tracing::debug!(conn_id = self.conn_id, topic = %msg.topic, role = %admitted.claims.role, user_token = admitted.token.is_some(), private = admitted.private.is_some(), "join");
+        let replay = match check_replay(&msg.topic, &admitted) {
+            Ok(r) => r,
+            Err(e) => return self.reply_error(&msg, e),
+        };
         let validated = if admitted.config.postgres_changes.is_empty() {
             None
         } else {
             Some(
                 self.svc
                     .changes
-                    .validate(&admitted.config.postgres_changes)
+                    .validate(&admitted.config.postgres_changes, &admitted.claims.role)
                     .await,
             )
         };
-        self.register(&msg, admitted, validated);
+        if let (Some(wait), Some(v)) = (admitted.config.changes_wait, &validated) {
+            if let Err(e) = self.wait_for_changes(wait, v).await {
+                return self.reply_error(&msg, e);
+            }
+        }
+        self.register(&msg, admitted, replay, validated).await;
     }
 
     /// Checks the topic and the per-connection limits. A join of a topic this session
@@ -83,7 +102,7 @@ impl Session {
 
     /// The claims the channel runs with: the join's user token when it brings a JWT,
     /// else the connection's apikey (PROTOCOL.md §7, the realtime-js token race).
-    fn authorize(&self, topic: &str, config: JoinConfig) -> Result<Admitted, ReplyError> {
+    fn authenticate(&self, config: JoinConfig) -> Result<Admitted, ReplyError> {
         let token = config.access_token.clone().filter(|t| looks_like_jwt(t));
         let claims = match &token {
             Some(t) => self.svc.verifier.verify(t).map_err(ReplyError::Token)?,
@@ -95,27 +114,73 @@ impl Session {
                 seconds_ago: now - claims.exp,
             }));
         }
-        if config.private && &*claims.role != "service_role" {
-            // Private-channel authorization (realtime.messages policies) is not built yet:
-            // refuse rather than serve a private topic without its policies.
-            return Err(ReplyError::ReadDenied {
-                channel: super::channel_name(topic).to_owned(),
-            });
-        }
         Ok(Admitted {
             config,
             token,
             claims,
+            private: None,
         })
     }
 
-    /// Replies ok, makes the channel a member of its topic (queueing `presence_state`),
-    /// subscribes its valid postgres_changes entries and reports each entry's outcome.
-    fn register(&mut self, msg: &Inbound, admitted: Admitted, validated: Option<Validated>) {
+    /// A private channel needs read on broadcast or presence (presence is probed only
+    /// when enabled at join), decided by the `realtime.messages` policies.
+    async fn authorize(&self, topic: &str, mut a: Admitted) -> Result<Admitted, ReplyError> {
+        if !a.config.private {
+            return Ok(a);
+        }
+        let channel = channel_name(topic);
+        let ctx = authz::Context::new(channel, &a.claims, self.request_headers.clone());
+        let read = self
+            .svc
+            .authz
+            .read(&ctx, a.config.presence_enabled)
+            .await
+            .map_err(|e| read_error(channel, e))?;
+        if !read.any() {
+            return Err(ReplyError::ReadDenied {
+                channel: channel.to_owned(),
+            });
+        }
+        a.private = Some(PrivateAccess::new(ctx, read));
+        Ok(a)
+    }
+
+    /// `postgres_changes_options.wait`: every entry must be subscribable and capture
+    /// connected within `wait`.
+    async fn wait_for_changes(
+        &self,
+        wait: std::time::Duration,
+        validated: &Validated,
+    ) -> Result<(), ReplyError> {
+        if let Some(e) = validated.errors.first() {
+            return Err(ReplyError::ChangesRefused(e.clone()));
+        }
+        let timeout = ReplyError::ChangesWaitTimeout {
+            ms: wait.as_millis() as u64,
+        };
+        let Some(capture) = &self.svc.capture else {
+            return Err(timeout);
+        };
+        tokio::time::timeout(wait, capture.wait_connected())
+            .await
+            .map_err(|_| timeout)
+    }
+
+    /// Makes the channel a member of its topic, replays stored broadcasts if asked (live
+    /// frames for it are held meanwhile), replies ok, subscribes its valid
+    /// postgres_changes entries and reports each entry's outcome.
+    async fn register(
+        &mut self,
+        msg: &Inbound,
+        admitted: Admitted,
+        replay: Option<ReplayRequest>,
+        validated: Option<Validated>,
+    ) {
         let Admitted {
             config,
             token,
             claims,
+            private,
         } = admitted;
         let join_ref: Arc<str> = msg
             .join_ref
@@ -128,11 +193,6 @@ impl Session {
             topic: msg.topic.as_str().into(),
         };
         let member = next_id();
-        let reply_entries = validated
-            .as_ref()
-            .map(|v| v.reply.clone())
-            .unwrap_or_default();
-        self.reply(msg, "ok", &json!({ "postgres_changes": reply_entries }));
         self.svc.router.join(
             &key,
             Member {
@@ -143,14 +203,43 @@ impl Session {
                 outbox: self.outbox.clone(),
                 broadcast_self: config.broadcast_self,
                 presence: config.presence_enabled,
+                access: private
+                    .as_ref()
+                    .map_or(Access::ALL, PrivateAccess::router_access),
+                held: replay.is_some().then(Vec::new),
             },
         );
+        let replayed = match replay {
+            None => None,
+            Some(request) => match self
+                .svc
+                .authz
+                .replay(channel_name(&msg.topic), request)
+                .await
+            {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(conn_id = self.conn_id, topic = %msg.topic, error = %e, "replay failed");
+                    self.svc.router.leave(&key, member);
+                    return self.reply_error(msg, ReplyError::ReplayFailed);
+                }
+            },
+        };
+        let reply_entries = validated
+            .as_ref()
+            .map(|v| v.reply.clone())
+            .unwrap_or_default();
+        self.reply(msg, "ok", &json!({ "postgres_changes": reply_entries }));
+        if let Some(r) = &replayed {
+            self.send_replay(&msg.topic, &join_ref, r);
+        }
         if let Some(v) = validated {
             if !v.subscriptions.is_empty() {
                 let subscriber = Subscriber {
                     member,
                     conn_id: self.conn_id,
                     topic: key.topic.clone(),
+                    join_ref: join_ref.clone(),
                     vsn: self.vsn,
                     outbox: self.outbox.clone(),
                     viewer: Arc::new(Viewer::from_claims(&claims)),
@@ -161,6 +250,9 @@ impl Session {
             for e in v.errors {
                 self.system(&msg.topic, &join_ref, &SystemMessage::Changes(e));
             }
+        }
+        if let Some(r) = &replayed {
+            self.svc.router.release(&key, member, |xid| r.covers(xid));
         }
         let presence_key = if config.presence_key.is_empty() {
             uuid::Uuid::new_v4().to_string()
@@ -179,7 +271,66 @@ impl Session {
                 presence_key,
                 token,
                 exp: claims.exp,
+                private,
             },
         );
+    }
+
+    /// The replayed messages, oldest first, each with `meta: {id, replayed: true}`, and a
+    /// note when the limit left older ones out. Binary messages reach v2 sockets only.
+    fn send_replay(&self, topic: &str, join_ref: &str, r: &Replayed) {
+        for m in &r.messages {
+            let (payload, binary) = match &m.binary {
+                Some(bytes) => (BroadcastPayload::Binary(bytes.clone()), true),
+                None => (BroadcastPayload::Json(m.payload.clone()), false),
+            };
+            let b = Broadcast {
+                event: m.event.clone(),
+                payload,
+                meta: Some(json!({ "id": m.id, "replayed": true })),
+                binary_origin: binary,
+            };
+            match protocol::encode_channel_broadcast(self.vsn, Some(join_ref), topic, &b) {
+                Some(frame) => self.send(frame, "broadcast"),
+                None => self.svc.metrics.dropped("undeliverable_to_v1", 1),
+            }
+        }
+        if r.stored > r.messages.len() as u64 {
+            let note = SystemMessage::ReplayLeftOut {
+                sent: r.messages.len(),
+                stored: r.stored,
+            };
+            self.system(topic, join_ref, &note);
+        }
+    }
+}
+
+/// The join's replay request: refused on public channels, checked on private ones (which
+/// need broadcast read for it).
+fn check_replay(topic: &str, a: &Admitted) -> Result<Option<ReplayRequest>, ReplyError> {
+    let Some(private) = &a.private else {
+        return match a.config.replay_asked {
+            true => Err(ReplyError::ReplayOnPublicChannel),
+            false => Ok(None),
+        };
+    };
+    match a.config.replay {
+        Replay::None => Ok(None),
+        Replay::Invalid => Err(ReplyError::ReplayParamsInvalid),
+        Replay::Requested(_) if !private.read.broadcast => Err(ReplyError::ReadDenied {
+            channel: channel_name(topic).to_owned(),
+        }),
+        Replay::Requested(r) => Ok(Some(r)),
+    }
+}
+
+/// A failed read decision at join.
+fn read_error(channel: &str, e: AuthzError) -> ReplyError {
+    match e {
+        AuthzError::Policy(problem) => ReplyError::ReadCheckFailed {
+            channel: channel.to_owned(),
+            problem,
+        },
+        AuthzError::Unavailable(_) => ReplyError::DatabaseUnavailable,
     }
 }

@@ -40,6 +40,48 @@ pub struct Member {
     pub broadcast_self: bool,
     /// Receives presence diffs (presence enabled at join, or after a first track).
     pub presence: bool,
+    /// May receive broadcasts and presence (always on public channels; a private
+    /// channel's read policies decide).
+    pub access: Access,
+    /// `Some` while the member's channel sends a replay: frames for it wait here, with the
+    /// transaction id of database broadcasts, until `release`.
+    pub held: Option<Vec<(WireFrame, Option<u64>)>>,
+}
+
+/// What a member may receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub broadcast: bool,
+    pub presence: bool,
+}
+
+impl Access {
+    pub const ALL: Access = Access {
+        broadcast: true,
+        presence: true,
+    };
+}
+
+/// Most frames held for one member while its replay is sent; beyond, it is cut off as a
+/// slow consumer (the replay itself is at most 25 messages and one query).
+const MAX_HELD: usize = 1024;
+
+impl Member {
+    /// Queues `frame` for this member (or holds it), without counting it.
+    fn push(&mut self, router: &Router, frame: WireFrame, xid: Option<u64>) -> bool {
+        match &mut self.held {
+            Some(held) if held.len() < MAX_HELD => {
+                held.push((frame, xid));
+                true
+            }
+            Some(_) => {
+                self.outbox.close(crate::protocol::Close::SlowConsumer);
+                router.metrics.slow_consumer(self.conn_id);
+                false
+            }
+            None => router.push(&self.outbox, self.conn_id, frame),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -142,16 +184,16 @@ impl Router {
 
     /// Adds a member. If it wants presence, its `presence_state` is queued first, under
     /// the same lock as its registration, so no diff can overtake the snapshot.
-    pub fn join(&self, key: &TopicKey, member: Member) {
+    pub fn join(&self, key: &TopicKey, mut member: Member) {
         let entry = self.topics.entry(key.clone()).or_default();
         let mut topic = lock(entry.value());
-        if member.presence {
-            self.push_presence_state(&key.topic, &topic.presence, &member);
+        if member.presence && member.access.presence {
+            self.push_presence_state(&key.topic, &topic.presence, &mut member);
         }
         topic.members.insert(member.id, member);
     }
 
-    fn push_presence_state(&self, topic: &str, presence: &PresenceState, member: &Member) {
+    fn push_presence_state(&self, topic: &str, presence: &PresenceState, member: &mut Member) {
         let state = presence.state_json();
         let frame = protocol::encode(
             member.vsn,
@@ -161,7 +203,37 @@ impl Router {
             "presence_state",
             &state,
         );
-        self.deliver(&member.outbox, member.conn_id, frame, "presence_state");
+        if member.push(self, frame, None) {
+            self.metrics.message_out("presence_state", 1);
+        }
+    }
+
+    /// Ends a member's hold: queues what was held for it in order, except database
+    /// broadcasts whose transaction `covered` says were already sent (by a replay).
+    pub fn release(&self, key: &TopicKey, member: MemberId, covered: impl Fn(u64) -> bool) {
+        let Some(topic) = self.topic(key) else {
+            return;
+        };
+        let mut t = lock(&topic);
+        let Some(m) = t.members.get_mut(&member) else {
+            return;
+        };
+        for (frame, xid) in m.held.take().unwrap_or_default() {
+            if xid.is_some_and(&covered) {
+                continue;
+            }
+            self.push(&m.outbox, m.conn_id, frame);
+        }
+    }
+
+    /// Applies new read permissions to a member (a private channel's refreshed token, or
+    /// presence read decided at its first track).
+    pub fn set_access(&self, key: &TopicKey, member: MemberId, access: Access) {
+        if let Some(topic) = self.topic(key) {
+            if let Some(m) = lock(&topic).members.get_mut(&member) {
+                m.access = access;
+            }
+        }
     }
 
     /// Removes a member and its presence (leave, close, disconnect: every path).
@@ -170,7 +242,7 @@ impl Router {
             let mut t = lock(&topic);
             t.members.remove(&member);
             if let Some(diff) = t.presence.untrack(member) {
-                self.fan_out_diff(&key.topic, &t, &diff);
+                self.fan_out_diff(&key.topic, &mut t, &diff);
             }
         }
         self.topics
@@ -180,20 +252,32 @@ impl Router {
     /// Fans a broadcast out to the topic's members (skipping the sender unless it asked
     /// for `self`). Returns how many members it was queued for.
     pub fn broadcast(&self, key: &TopicKey, msg: &Broadcast, sender: Option<MemberId>) -> usize {
+        self.broadcast_logged(key, msg, sender, None)
+    }
+
+    /// [`Router::broadcast`] for a message read from the change log, written by
+    /// transaction `xid` (a replaying member may already have it).
+    pub fn broadcast_logged(
+        &self,
+        key: &TopicKey,
+        msg: &Broadcast,
+        sender: Option<MemberId>,
+        xid: Option<u64>,
+    ) -> usize {
         let Some(topic) = self.topic(key) else {
             return 0;
         };
         let started = std::time::Instant::now();
         let mut frames = Encoded::new(|vsn| protocol::encode_broadcast(vsn, &key.topic, msg));
-        let t = lock(&topic);
+        let mut t = lock(&topic);
         let mut sent = 0;
-        for m in t.members.values() {
-            if Some(m.id) == sender && !m.broadcast_self {
+        for m in t.members.values_mut() {
+            if (Some(m.id) == sender && !m.broadcast_self) || !m.access.broadcast {
                 continue;
             }
             match frames.get(m.vsn) {
                 Some(frame) => {
-                    if self.push(&m.outbox, m.conn_id, frame) {
+                    if m.push(self, frame, xid) {
                         sent += 1;
                     }
                 }
@@ -221,19 +305,19 @@ impl Router {
             return;
         };
         let mut t = lock(&topic);
-        let newly_enabled = match t.members.get_mut(&member) {
+        let t = &mut *t;
+        match t.members.get_mut(&member) {
             Some(m) if !m.presence => {
                 m.presence = true;
-                Some(m.clone())
+                if m.access.presence {
+                    self.push_presence_state(&key.topic, &t.presence, m);
+                }
             }
-            Some(_) => None,
+            Some(_) => {}
             None => return,
-        };
-        if let Some(m) = newly_enabled {
-            self.push_presence_state(&key.topic, &t.presence, &m);
         }
         if let Some(diff) = t.presence.track(member, presence_key, payload) {
-            self.fan_out_diff(&key.topic, &t, &diff);
+            self.fan_out_diff(&key.topic, t, &diff);
         }
     }
 
@@ -243,11 +327,11 @@ impl Router {
         };
         let mut t = lock(&topic);
         if let Some(diff) = t.presence.untrack(member) {
-            self.fan_out_diff(&key.topic, &t, &diff);
+            self.fan_out_diff(&key.topic, &mut t, &diff);
         }
     }
 
-    fn fan_out_diff(&self, topic: &str, t: &Topic, diff: &Diff) {
+    fn fan_out_diff(&self, topic: &str, t: &mut Topic, diff: &Diff) {
         let payload = diff.to_json();
         let mut frames = Encoded::new(|vsn| {
             Some(protocol::encode(
@@ -260,9 +344,13 @@ impl Router {
             ))
         });
         let mut sent = 0;
-        for m in t.members.values().filter(|m| m.presence) {
+        for m in t
+            .members
+            .values_mut()
+            .filter(|m| m.presence && m.access.presence)
+        {
             if let Some(frame) = frames.get(m.vsn) {
-                sent += u64::from(self.push(&m.outbox, m.conn_id, frame));
+                sent += u64::from(m.push(self, frame, None));
             }
         }
         self.metrics.message_out("presence_diff", sent);
@@ -315,6 +403,8 @@ mod tests {
             outbox: tx,
             broadcast_self: false,
             presence,
+            access: Access::ALL,
+            held: None,
         };
         (m, rx)
     }

@@ -44,8 +44,14 @@ fn is_too_large(e: axum::Error) -> bool {
 }
 
 /// Runs a connection to completion: `sink` and `stream` are the two halves of the socket.
-pub async fn run_connection<W, R>(hub: Arc<Hub>, sink: W, mut stream: R, vsn: Vsn, claims: Claims)
-where
+pub async fn run_connection<W, R>(
+    hub: Arc<Hub>,
+    sink: W,
+    mut stream: R,
+    vsn: Vsn,
+    claims: Claims,
+    request_headers: Arc<str>,
+) where
     W: Sink<Message> + Unpin + Send + 'static,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -58,7 +64,8 @@ where
     tracing::debug!(conn_id, ?vsn, "connection open");
 
     let closed = tx.close_token();
-    let mut session = Session::new(hub.services.clone(), conn_id, vsn, tx.clone(), claims);
+    let mut session = Session::new(hub.services.clone(), conn_id, vsn, tx.clone(), claims)
+        .with_request_headers(request_headers);
     let idle = limits.idle_timeout;
     let mut idle_deadline = Instant::now() + idle;
     loop {

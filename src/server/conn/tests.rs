@@ -59,6 +59,7 @@ impl Conn {
             Box::pin(stream),
             Vsn::V2,
             claims,
+            "{}".into(),
         ));
         Conn {
             hub,
