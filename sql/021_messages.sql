@@ -5,7 +5,9 @@
 --
 -- Differences from Supabase's own schema: the table is not partitioned by day (the hub
 -- prunes it with a DELETE, `realtime.prune_messages`), and the timestamps default to UTC
--- explicitly (Supabase relies on the database's time zone being UTC).
+-- explicitly (Supabase relies on the database's time zone being UTC) and to the clock
+-- rather than the transaction start, so messages sent in one transaction replay in the
+-- order they were sent.
 --
 -- A message reaches subscribers through the same change log and cursor as row changes:
 -- an AFTER INSERT trigger copies each broadcastable row into `realtime.changes`, in the
@@ -18,8 +20,8 @@ create table if not exists realtime.messages (
     payload        jsonb,
     event          text,
     private        boolean default false,
-    updated_at     timestamp without time zone not null default pg_catalog.timezone('utc', pg_catalog.now()),
-    inserted_at    timestamp without time zone not null default pg_catalog.timezone('utc', pg_catalog.now()),
+    updated_at     timestamp without time zone not null default pg_catalog.timezone('utc', pg_catalog.clock_timestamp()),
+    inserted_at    timestamp without time zone not null default pg_catalog.timezone('utc', pg_catalog.clock_timestamp()),
     id             uuid not null default pg_catalog.gen_random_uuid(),
     binary_payload bytea,
     constraint messages_pkey primary key (id, inserted_at),

@@ -16,7 +16,7 @@
 
 mod replay;
 
-pub use replay::{Replay, ReplayRequest, Replayed, StoredMessage};
+pub use replay::{Replay, ReplayRequest, Replayed, Seam, StoredMessage};
 
 use std::sync::Arc;
 

@@ -93,14 +93,20 @@ pub struct Replayed {
     pub messages: Vec<StoredMessage>,
     /// How many stored messages matched (more than `messages.len()` when the limit cut).
     pub stored: u64,
-    /// `xmax` and in-progress xids of the snapshot the messages were read under.
+    pub seam: Seam,
+}
+
+/// The snapshot a replay read under: `xmax` and the xids in progress then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seam {
     xmax: u64,
     xip: Vec<u64>,
 }
 
-impl Replayed {
-    /// Whether the transaction `xid` had committed (or aborted) when the replay read: a
-    /// live message it wrote was covered by the replay.
+impl Seam {
+    /// Whether the transaction `xid` had finished when the replay read: a message it
+    /// wrote was replayed (or left out as older than the replayed ones), so the live path
+    /// must not deliver it to this channel, however late capture reads it.
     pub fn covers(&self, xid: u64) -> bool {
         xid < self.xmax && !self.xip.contains(&xid)
     }
@@ -141,8 +147,7 @@ pub(super) async fn load(
     Ok(Replayed {
         messages,
         stored: u64::try_from(stored).unwrap_or(0),
-        xmax,
-        xip,
+        seam: Seam { xmax, xip },
     })
 }
 
@@ -205,12 +210,7 @@ mod tests {
     #[test]
     fn a_replay_covers_transactions_finished_before_its_snapshot() {
         let (xmax, xip) = parse_snapshot("100:105:101,103").unwrap();
-        let r = Replayed {
-            messages: Vec::new(),
-            stored: 0,
-            xmax,
-            xip,
-        };
+        let r = Seam { xmax, xip };
         assert!(r.covers(99) && r.covers(100) && r.covers(102) && r.covers(104));
         assert!(!r.covers(101) && !r.covers(103) && !r.covers(105) && !r.covers(200));
     }

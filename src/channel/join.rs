@@ -193,43 +193,45 @@ impl Session {
             topic: msg.topic.as_str().into(),
         };
         let member = next_id();
-        self.svc.router.join(
-            &key,
-            Member {
-                id: member,
-                conn_id: self.conn_id,
-                join_ref: join_ref.clone(),
-                vsn: self.vsn,
-                outbox: self.outbox.clone(),
-                broadcast_self: config.broadcast_self,
-                presence: config.presence_enabled,
-                access: private
-                    .as_ref()
-                    .map_or(Access::ALL, PrivateAccess::router_access),
-                held: replay.is_some().then(Vec::new),
-            },
-        );
+        let router_member = Member {
+            id: member,
+            conn_id: self.conn_id,
+            join_ref: join_ref.clone(),
+            vsn: self.vsn,
+            outbox: self.outbox.clone(),
+            broadcast_self: config.broadcast_self,
+            presence: config.presence_enabled,
+            access: private
+                .as_ref()
+                .map_or(Access::ALL, PrivateAccess::router_access),
+            held: replay.is_some().then(Vec::new),
+            covered: None,
+        };
+        // A replaying channel is a member before the replay reads (held, so nothing
+        // overtakes the reply); any other joins right after its reply.
         let replayed = match replay {
             None => None,
-            Some(request) => match self
-                .svc
-                .authz
-                .replay(channel_name(&msg.topic), request)
-                .await
-            {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!(conn_id = self.conn_id, topic = %msg.topic, error = %e, "replay failed");
-                    self.svc.router.leave(&key, member);
-                    return self.reply_error(msg, ReplyError::ReplayFailed);
+            Some(request) => {
+                self.svc.router.join(&key, router_member.clone());
+                let channel = channel_name(&msg.topic);
+                match self.svc.authz.replay(channel, request).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(conn_id = self.conn_id, topic = %msg.topic, error = %e, "replay failed");
+                        self.svc.router.leave(&key, member);
+                        return self.reply_error(msg, ReplyError::ReplayFailed);
+                    }
                 }
-            },
+            }
         };
         let reply_entries = validated
             .as_ref()
             .map(|v| v.reply.clone())
             .unwrap_or_default();
         self.reply(msg, "ok", &json!({ "postgres_changes": reply_entries }));
+        if replayed.is_none() {
+            self.svc.router.join(&key, router_member);
+        }
         if let Some(r) = &replayed {
             self.send_replay(&msg.topic, &join_ref, r);
         }
@@ -251,8 +253,11 @@ impl Session {
                 self.system(&msg.topic, &join_ref, &SystemMessage::Changes(e));
             }
         }
-        if let Some(r) = &replayed {
-            self.svc.router.release(&key, member, |xid| r.covers(xid));
+        if let Some(r) = replayed {
+            let seam = r.seam;
+            self.svc
+                .router
+                .release(&key, member, Arc::new(move |xid| seam.covers(xid)));
         }
         let presence_key = if config.presence_key.is_empty() {
             uuid::Uuid::new_v4().to_string()

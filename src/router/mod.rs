@@ -46,7 +46,13 @@ pub struct Member {
     /// `Some` while the member's channel sends a replay: frames for it wait here, with the
     /// transaction id of database broadcasts, until `release`.
     pub held: Option<Vec<(WireFrame, Option<u64>)>>,
+    /// After a replay: database broadcasts written by transactions it covered are not
+    /// delivered to this member (capture may read them long after the replay).
+    pub covered: Option<Covered>,
 }
+
+/// Which log transactions a replay already covered.
+pub type Covered = Arc<dyn Fn(u64) -> bool + Send + Sync>;
 
 /// What a member may receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +75,11 @@ const MAX_HELD: usize = 1024;
 impl Member {
     /// Queues `frame` for this member (or holds it), without counting it.
     fn push(&mut self, router: &Router, frame: WireFrame, xid: Option<u64>) -> bool {
+        if let (Some(xid), Some(covered)) = (xid, &self.covered) {
+            if covered(xid) {
+                return false;
+            }
+        }
         match &mut self.held {
             Some(held) if held.len() < MAX_HELD => {
                 held.push((frame, xid));
@@ -209,8 +220,9 @@ impl Router {
     }
 
     /// Ends a member's hold: queues what was held for it in order, except database
-    /// broadcasts whose transaction `covered` says were already sent (by a replay).
-    pub fn release(&self, key: &TopicKey, member: MemberId, covered: impl Fn(u64) -> bool) {
+    /// broadcasts whose transaction `covered` says a replay already sent; from now on such
+    /// broadcasts are skipped for it whenever they come.
+    pub fn release(&self, key: &TopicKey, member: MemberId, covered: Covered) {
         let Some(topic) = self.topic(key) else {
             return;
         };
@@ -219,11 +231,12 @@ impl Router {
             return;
         };
         for (frame, xid) in m.held.take().unwrap_or_default() {
-            if xid.is_some_and(&covered) {
+            if xid.is_some_and(|x| covered(x)) {
                 continue;
             }
             self.push(&m.outbox, m.conn_id, frame);
         }
+        m.covered = Some(covered);
     }
 
     /// Applies new read permissions to a member (a private channel's refreshed token, or
@@ -405,6 +418,7 @@ mod tests {
             presence,
             access: Access::ALL,
             held: None,
+            covered: None,
         };
         (m, rx)
     }
