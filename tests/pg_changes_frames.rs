@@ -280,3 +280,33 @@ async fn a_select_column_the_role_cannot_read_is_refused_at_join() {
         ]
     );
 }
+
+#[tokio::test]
+async fn filters_judge_the_whole_old_row_even_when_old_record_shows_only_the_key() {
+    // Supabase filters a DELETE on the identity columns only (REPLICA IDENTITY FULL is
+    // needed to filter on anything else); the hub captured the whole old row.
+    let pg = PgHub::start(
+        "create table public.tasks (id bigint primary key, tag text); \
+         grant select on public.tasks to authenticated; \
+         alter publication supabase_realtime add table public.tasks;",
+    )
+    .await;
+    let mut c = pg.connect(Vsn::V2).await;
+    let entry =
+        json!({"event": "DELETE", "schema": "public", "table": "tasks", "filter": "tag=eq.red"});
+    subscribe(
+        &mut c,
+        "realtime:room",
+        json!([entry]),
+        Some(&pg.user(USER)),
+    )
+    .await;
+    pg.exec(
+        "insert into public.tasks values (1, 'blue'), (2, 'red'); \
+         delete from public.tasks where id = 1; delete from public.tasks where id = 2;",
+    )
+    .await;
+    let del = next_change(&mut c).await;
+    assert_eq!(del.data["old_record"], json!({"id": 2}), "{:?}", del.frame);
+    c.assert_quiet().await;
+}
