@@ -42,17 +42,22 @@ end
 $do$;
 
 -- Brings capture in line with the publication; returns how many tables started or stopped
--- being captured. Tables in schema `realtime` are never captured (a FOR ALL TABLES
--- publication lists the hub's own log). A table whose triggers cannot be changed is
+-- being captured, or -1 when another reconcile is under way (the next one catches up).
+-- Tables in schema `realtime` are never captured (a FOR ALL TABLES publication lists the
+-- hub's own log). A table whose triggers cannot be changed (or whose lock is not granted
+-- within the lock_timeout, which stays below the default deadlock_timeout so that a
+-- reconcile running inside someone's DDL gives up before it could deadlock with them) is
 -- reported with a WARNING and retried at the next call; the others proceed.
 create or replace function realtime.sync_publication() returns integer
-language plpgsql security definer set search_path = '' as $fn$
+language plpgsql security definer set search_path = '' set lock_timeout = '500ms' as $fn$
 declare
     changed integer := 0;
     r record;
 begin
-    -- One reconcile at a time per database ("sbpubsyn").
-    perform pg_catalog.pg_advisory_xact_lock(8314037285011469678);
+    -- One reconcile at a time per database ("sbpubsyn"); never wait for another.
+    if not pg_catalog.pg_try_advisory_xact_lock(8314037285011469678) then
+        return -1;
+    end if;
     delete from realtime.capture_sources s
     where not exists (select 1 from pg_catalog.pg_class c
                       where c.oid = s.relid and c.relkind in ('r', 'p'));

@@ -10,15 +10,13 @@ use deadpool_postgres::Pool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How often the publication is reconciled while the event trigger does it anyway.
-const SYNC_EVERY: Duration = Duration::from_secs(30);
+/// How often the publication is reconciled while the event trigger does it anyway (it
+/// skips a reconcile while another DDL transaction's is under way).
+const SYNC_EVERY: Duration = Duration::from_secs(5);
 /// How often it is reconciled without the event trigger.
 const SYNC_EVERY_WITHOUT_TRIGGER: Duration = Duration::from_secs(1);
 /// How often old messages are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-/// A reconcile waits at most this long for a table's lock, then tries again later.
-const SYNC_LOCK_TIMEOUT: &str = "set local lock_timeout = '5s'";
-
 const SYNC: &str = "select realtime.sync_publication(), realtime.publication_sync_is_automatic()";
 const PRUNE_MESSAGES: &str = "select realtime.prune_messages($1)";
 
@@ -77,11 +75,8 @@ enum UpkeepError {
 
 /// (tables started or stopped, whether the event trigger keeps them in line).
 async fn sync_publication(pool: &Pool) -> Result<(i32, bool), UpkeepError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    tx.batch_execute(SYNC_LOCK_TIMEOUT).await?;
-    let row = tx.query_one(SYNC, &[]).await?;
-    tx.commit().await?;
+    let client = pool.get().await?;
+    let row = client.query_one(SYNC, &[]).await?;
     Ok((row.get(0), row.get(1)))
 }
 
