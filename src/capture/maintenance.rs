@@ -29,7 +29,7 @@ pub struct Maintenance {
 
 /// Runs until `shutdown`: reconciles at once, then periodically.
 pub async fn run_maintenance(pool: Pool, cfg: Maintenance, shutdown: CancellationToken) {
-    let mut next_prune = Instant::now() + PRUNE_EVERY;
+    let mut next_prune = Instant::now();
     loop {
         let every = match sync_publication(&pool).await {
             Ok((changed, automatic)) => {
