@@ -11,11 +11,13 @@
 //!   savepoint; success means write is allowed, an RLS refusal (42501) means it is not.
 //!
 //! A policy that raises (a cast that fails for one user's claims, a role that does not
-//! exist) is an error naming the problem, for that decision only. Decisions are not cached
-//! here: the channel keeps them per (channel, token) and asks again after a refresh.
+//! exist) is an error naming the problem, for that decision only. `ChannelAccess`
+//! (`access.rs`) keeps one channel's decisions per token; a refreshed token decides again.
 
+mod access;
 mod replay;
 
+pub use access::{ChannelAccess, Refused};
 pub use replay::{Replay, ReplayRequest, Replayed, Seam, StoredMessage};
 
 use std::sync::Arc;

@@ -10,9 +10,10 @@ use serde_json::{json, Value};
 
 use super::channel_name;
 use super::join_config::JoinConfig;
-use super::session::{now_unix, Channel, PrivateAccess, Session};
+use super::private::router_access;
+use super::session::{now_unix, Channel, Session};
 use crate::auth::{looks_like_jwt, Claims};
-use crate::authz::{self, AuthzError, Replay, ReplayRequest, Replayed};
+use crate::authz::{self, AuthzError, ChannelAccess, Replay, ReplayRequest, Replayed};
 use crate::changes::{Subscriber, Validated, Viewer};
 use crate::protocol::{
     self, Broadcast, BroadcastPayload, Close, Inbound, InboundPayload, ReplyError, SystemMessage,
@@ -28,7 +29,7 @@ struct Admitted {
     token: Option<String>,
     claims: Claims,
     /// `Some` for a private channel: what its token may do there.
-    private: Option<PrivateAccess>,
+    private: Option<ChannelAccess>,
 }
 
 impl Session {
@@ -130,18 +131,15 @@ impl Session {
         }
         let channel = channel_name(topic);
         let ctx = authz::Context::new(channel, &a.claims, self.request_headers.clone());
-        let read = self
-            .svc
-            .authz
-            .read(&ctx, a.config.presence_enabled)
+        let access = ChannelAccess::decide(&self.svc.authz, ctx, a.config.presence_enabled)
             .await
             .map_err(|e| read_error(channel, e))?;
-        if !read.any() {
+        if !access.read().any() {
             return Err(ReplyError::ReadDenied {
                 channel: channel.to_owned(),
             });
         }
-        a.private = Some(PrivateAccess::new(ctx, read));
+        a.private = Some(access);
         Ok(a)
     }
 
@@ -201,9 +199,7 @@ impl Session {
             outbox: self.outbox.clone(),
             broadcast_self: config.broadcast_self,
             presence: config.presence_enabled,
-            access: private
-                .as_ref()
-                .map_or(Access::ALL, PrivateAccess::router_access),
+            access: private.as_ref().map_or(Access::ALL, router_access),
             held: replay.is_some().then(Vec::new),
             covered: None,
         };
@@ -322,7 +318,7 @@ fn check_replay(topic: &str, a: &Admitted) -> Result<Option<ReplayRequest>, Repl
     match a.config.replay {
         Replay::None => Ok(None),
         Replay::Invalid => Err(ReplyError::ReplayParamsInvalid),
-        Replay::Requested(_) if !private.read.broadcast => Err(ReplyError::ReadDenied {
+        Replay::Requested(_) if !private.read().broadcast => Err(ReplyError::ReadDenied {
             channel: channel_name(topic).to_owned(),
         }),
         Replay::Requested(r) => Ok(Some(r)),

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 
-pub(super) use super::private::PrivateAccess;
 use super::{channel_name, Services};
 use crate::auth::{looks_like_jwt, Claims};
+use crate::authz::ChannelAccess;
 use crate::changes::Viewer;
 use crate::protocol::{
     self, ChannelError, Inbound, InboundPayload, ReplyError, SystemMessage, TokenError, Vsn,
@@ -33,7 +33,7 @@ pub(super) struct Channel {
     /// `exp` (unix seconds) of the claims in force.
     pub exp: i64,
     /// `Some` on a private channel: what the token in force may do there.
-    pub private: Option<PrivateAccess>,
+    pub private: Option<ChannelAccess>,
 }
 
 /// What a client message asks for, by its `event`.
