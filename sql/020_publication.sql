@@ -41,45 +41,60 @@ begin
 end
 $do$;
 
+-- Where capture and the publication disagree: tables to start capturing (`adding`) and
+-- tables the publication no longer lists. Tables in schema `realtime` are never captured
+-- (a FOR ALL TABLES publication lists the hub's own log).
+create or replace function realtime.publication_drift()
+returns table (relid oid, adding boolean)
+language sql stable set search_path = '' as $fn$
+    with published as (
+        select distinct c.oid as relid
+        from pg_catalog.pg_publication_tables p
+        join pg_catalog.pg_namespace n on n.nspname = p.schemaname
+        join pg_catalog.pg_class c on c.relnamespace = n.oid and c.relname = p.tablename
+        where p.pubname = 'supabase_realtime' and p.schemaname <> 'realtime'
+          and c.relkind in ('r', 'p')
+    )
+    select p.relid, true
+    from published p
+    where not exists (select 1 from realtime.capture_sources s
+                      where s.relid = p.relid and s.via = 'publication')
+    union all
+    select s.relid, false
+    from realtime.capture_sources s
+    where s.via = 'publication'
+      and not exists (select 1 from published p where p.relid = s.relid)
+$fn$;
+
 -- Brings capture in line with the publication; returns how many tables started or stopped
--- being captured, or -1 when another reconcile is under way (the next one catches up).
--- Tables in schema `realtime` are never captured (a FOR ALL TABLES publication lists the
--- hub's own log). A table whose triggers cannot be changed (or whose lock is not granted
--- within the lock_timeout, which stays below the default deadlock_timeout so that a
--- reconcile running inside someone's DDL gives up before it could deadlock with them) is
--- reported with a WARNING and retried at the next call; the others proceed.
+-- being captured, or -1 when another reconcile held the lock too long (the next one
+-- catches up). Nothing is locked while nothing drifted, so the hub's periodic check never
+-- gets in the way of the event trigger. Lock waits stay below the default
+-- deadlock_timeout, so a reconcile running inside someone's DDL gives up (with a WARNING)
+-- before it could deadlock with them; a table whose triggers cannot be changed is
+-- reported with a WARNING and retried at the next call, the others proceed.
 create or replace function realtime.sync_publication() returns integer
 language plpgsql security definer set search_path = '' set lock_timeout = '500ms' as $fn$
 declare
     changed integer := 0;
     r record;
 begin
-    -- One reconcile at a time per database ("sbpubsyn"); never wait for another.
-    if not pg_catalog.pg_try_advisory_xact_lock(8314037285011469678) then
-        return -1;
+    if not exists (select 1 from realtime.publication_drift())
+       and not exists (select 1 from realtime.capture_sources s
+                       where not exists (select 1 from pg_catalog.pg_class c
+                                         where c.oid = s.relid and c.relkind in ('r', 'p'))) then
+        return 0;
     end if;
+    -- One reconcile at a time per database ("sbpubsyn").
+    begin
+        perform pg_catalog.pg_advisory_xact_lock(8314037285011469678);
+    exception when lock_not_available then
+        return -1;
+    end;
     delete from realtime.capture_sources s
     where not exists (select 1 from pg_catalog.pg_class c
                       where c.oid = s.relid and c.relkind in ('r', 'p'));
-    for r in
-        with published as (
-            select distinct c.oid as relid
-            from pg_catalog.pg_publication_tables p
-            join pg_catalog.pg_namespace n on n.nspname = p.schemaname
-            join pg_catalog.pg_class c on c.relnamespace = n.oid and c.relname = p.tablename
-            where p.pubname = 'supabase_realtime' and p.schemaname <> 'realtime'
-              and c.relkind in ('r', 'p')
-        )
-        select p.relid, true as adding
-        from published p
-        where not exists (select 1 from realtime.capture_sources s
-                          where s.relid = p.relid and s.via = 'publication')
-        union all
-        select s.relid, false
-        from realtime.capture_sources s
-        where s.via = 'publication'
-          and not exists (select 1 from published p where p.relid = s.relid)
-    loop
+    for r in select d.relid, d.adding from realtime.publication_drift() d loop
         begin
             if r.adding then
                 insert into realtime.capture_sources (relid, via) values (r.relid, 'publication');
@@ -237,6 +252,7 @@ where t.tgname = 'switchboard_capture_insert' and t.tgparentid = 0;
 
 revoke all on function realtime.capture_on(regclass) from public;
 revoke all on function realtime.capture_off(regclass) from public;
+revoke all on function realtime.publication_drift() from public;
 revoke all on function realtime.sync_publication() from public;
 revoke all on function realtime.publication_changed() from public;
 revoke all on function realtime.enable(regclass) from public;
