@@ -115,6 +115,8 @@ settings! {
     resume_grace_secs: u64 = 300, env "SWITCHBOARD_RESUME_GRACE_SECS";
     /// Most changes one resume replays; beyond it the client is told to refetch (`recovered: false`).
     resume_max_replay: usize = 10_000, env "SWITCHBOARD_RESUME_MAX_REPLAY";
+    /// Seconds `realtime.messages` rows (database broadcasts, Broadcast Replay's store) are kept.
+    messages_retention_secs: u64 = 3 * 24 * 3600, env "SWITCHBOARD_MESSAGES_RETENTION_SECS";
     /// Postgres connections for catalog and row-scope checks.
     db_pool_size: usize = 8, env "SWITCHBOARD_DB_POOL_SIZE";
     /// Run pending migrations when `serve` starts.
@@ -176,6 +178,8 @@ pub struct Config {
     pub node_expiry: Duration,
     pub resume_grace: Duration,
     pub resume_max_replay: usize,
+    /// How long `realtime.messages` rows are kept.
+    pub messages_retention: Duration,
     pub db_pool_size: usize,
     pub auto_migrate: bool,
     pub log_format: LogFormat,
@@ -337,6 +341,10 @@ impl Config {
                 positive("resume_grace_secs", r.resume_grace_secs)?.min(r.retention_max_secs),
             ),
             resume_max_replay: positive("resume_max_replay", r.resume_max_replay)?,
+            messages_retention: Duration::from_secs(positive(
+                "messages_retention_secs",
+                r.messages_retention_secs,
+            )?),
             db_pool_size: positive("db_pool_size", r.db_pool_size)?,
             auto_migrate: r.auto_migrate,
             log_format,

@@ -17,6 +17,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("../sql/012_statement_capture.sql")),
     (13, include_str!("../sql/013_log_holds.sql")),
     (14, include_str!("../sql/014_resume.sql")),
+    (20, include_str!("../sql/020_publication.sql")),
+    (21, include_str!("../sql/021_messages.sql")),
+    (22, include_str!("../sql/022_row_scope_problems.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -2,6 +2,7 @@
 //! protocol. This file lists the modules and wires them together; it holds no logic.
 
 pub mod auth;
+pub mod authz;
 pub mod capture;
 pub mod changes;
 pub mod channel;
@@ -53,8 +54,13 @@ pub async fn run(
     let stop_background = CancellationToken::new();
 
     let node_id = uuid::Uuid::new_v4().to_string();
-    let (changes, capture_status, resume) = match &config.database_url {
-        None => (changes::Changes::new(None), None, None),
+    let (changes, authz, capture_status, resume) = match &config.database_url {
+        None => (
+            changes::Changes::new(None),
+            authz::Authz::new(None),
+            None,
+            None,
+        ),
         Some(url) => {
             if config.auto_migrate {
                 let (client, conn) = db::connect(url).await?;
@@ -83,13 +89,20 @@ pub async fn run(
                 status.clone(),
                 stop_background.clone(),
             ));
+            background.spawn(capture::run_maintenance(
+                pool.clone(),
+                capture::Maintenance {
+                    messages_retention: config.messages_retention,
+                },
+                stop_background.clone(),
+            ));
             let dispatch = changes.clone();
             let (router, stop) = (router.clone(), stop_background.clone());
             background.spawn(async move {
                 dispatch.run_dispatch(router, rx, stop).await;
             });
             let resume = resume::ResumeHandle::new(
-                pool,
+                pool.clone(),
                 changes.clone(),
                 node_id.clone(),
                 resume::ResumeConfig {
@@ -99,13 +112,20 @@ pub async fn run(
                 metrics.clone(),
             );
             background.spawn(resume.clone().run_writer(stop_background.clone()));
-            (changes, Some(status), Some(resume))
+            (
+                changes,
+                authz::Authz::new(Some(pool)),
+                Some(status),
+                Some(resume),
+            )
         }
     };
 
     let services = Arc::new(channel::Services {
         router,
         changes,
+        authz,
+        capture: capture_status.clone(),
         verifier,
         limits: config.limits.clone(),
         metrics,

@@ -160,10 +160,15 @@ async fn migrations_apply_once_and_rerunning_every_file_changes_nothing() {
         .collect();
     assert_eq!(all, recorded, "each migration applied once: {ra:?} {rb:?}");
     assert!(switchboard::db::migrate(&a).await.unwrap().is_empty());
+    // Files whose objects later migrations reshape (002 and 012 define the two-column
+    // `enabled_tables` view that 020 extends, 010 the `visible_to` that 022 extends)
+    // cannot be replayed over a newer schema; they never are (each version runs once).
     for file in [
         "001_changes_log.sql",
-        "002_capture.sql",
         "003_roles_auth.sql",
+        "020_publication.sql",
+        "021_messages.sql",
+        "022_row_scope_problems.sql",
     ] {
         let sql =
             std::fs::read_to_string(format!("{}/sql/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
@@ -191,9 +196,16 @@ async fn realtime_send_is_delivered_as_a_broadcast() {
         panic!("expected a broadcast, got {page:?}")
     };
     assert_eq!(
-        (b.topic.as_str(), b.event.as_str(), b.private, &b.payload),
-        ("room:1", "ping", false, &serde_json::json!({"n": 1}))
+        (
+            b.topic.as_str(),
+            b.event.as_str(),
+            b.private,
+            &b.payload["n"]
+        ),
+        ("room:1", "ping", false, &serde_json::json!(1))
     );
+    // realtime.send adds the message id to the payload, as Supabase's does.
+    assert_eq!(b.payload["id"].as_str(), Some(b.id.as_str()));
     capture.stop().await;
 }
 

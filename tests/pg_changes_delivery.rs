@@ -20,6 +20,8 @@ create table public.jobs (
     tags  int4[]
 );
 grant select on public.jobs to anon, authenticated;
+-- old_record follows REPLICA IDENTITY (only the key by default): these tests want it whole.
+alter table public.jobs replica identity full;
 select realtime.enable('public.jobs');
 create table public.notes (id bigserial primary key, body text);
 grant select on public.notes to anon, authenticated;

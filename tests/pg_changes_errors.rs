@@ -326,18 +326,27 @@ async fn a_table_without_a_primary_key_gets_error_400_frames() {
         .await;
     let ch = next_change(&mut c).await;
     assert_eq!(ch.ids, sub.ids);
-    // PROTOCOL.md §4: for 400 the data holds only schema, table, type and errors.
+    // Supabase's 400 frame (notes/dropin.md §5.3): no row data, but the keys clients
+    // require are there, empty (Python rejects a frame without `columns`).
     assert_eq!(
         ch.data,
         json!({
             "schema": "public",
             "table": "logs",
+            "commit_timestamp": null,
             "type": "INSERT",
+            "columns": [],
+            "record": {},
             "errors": ["Error 400: Bad Request, no primary key"]
         }),
         "{:?}",
         ch.frame
     );
+    pg.exec("update public.logs set msg = 'again'").await;
+    let ch = next_change(&mut c).await;
+    assert_eq!(ch.data["type"], "UPDATE", "{:?}", ch.frame);
+    assert_eq!(ch.data["old_record"], json!({}), "{:?}", ch.frame);
+    assert_eq!(ch.data["record"], json!({}), "{:?}", ch.frame);
 }
 
 #[tokio::test]

@@ -21,6 +21,9 @@ create table public.items (
     who   uuid
 );
 grant select on public.items to authenticated;
+-- Deletes are filtered on the whole captured old row whatever the identity; FULL makes
+-- old_record show it too.
+alter table public.items replica identity full;
 select realtime.enable('public.items');
 create table public.sentinel (id bigserial primary key);
 "#;

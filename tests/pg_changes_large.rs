@@ -11,6 +11,8 @@ use serde_json::json;
 const SETUP: &str = r#"
 create table public.blobs (id bigserial primary key, small text, body text);
 grant select on public.blobs to authenticated;
+-- old_record follows REPLICA IDENTITY: FULL, so an UPDATE's old row is large too.
+alter table public.blobs replica identity full;
 select realtime.enable('public.blobs');
 "#;
 

@@ -26,6 +26,8 @@ alter table public.jobs enable row level security;
 create policy jobs_own on public.jobs for select to authenticated
     using (customer_id = auth.uid());
 grant select on public.jobs to anon, authenticated, service_role;
+-- old_record follows REPLICA IDENTITY: FULL, so old rows are judged and shown whole.
+alter table public.jobs replica identity full;
 select realtime.enable('public.jobs');
 create table public.marks (id bigserial primary key, note text);
 grant select on public.marks to anon, authenticated, service_role;

@@ -76,3 +76,55 @@ async fn realtime_send_in_a_rolled_back_transaction_is_never_delivered() {
     let k = kind4(&c.recv().await);
     assert_eq!(k.event, "kept");
 }
+
+#[tokio::test]
+async fn send_binary_reaches_v2_sockets_as_binary_with_the_message_id() {
+    let pg = PgHub::start("").await;
+    let mut v2 = pg.connect(Vsn::V2).await;
+    let mut v1 = pg.connect(Vsn::V1).await;
+    v2.join_ok("realtime:room", json!({})).await;
+    v1.join_ok("realtime:room", json!({})).await;
+    pg.exec(r"select realtime.send_binary('\xdeadbeef'::bytea, 'bin', 'room', false)")
+        .await;
+    pg.exec(r#"select realtime.send('{"after":true}'::jsonb, 'json', 'room', false)"#)
+        .await;
+    let k = kind4(&v2.recv().await);
+    assert_eq!((k.event.as_str(), k.encoding), ("bin", 0));
+    assert_eq!(k.payload, [0xde, 0xad, 0xbe, 0xef]);
+    let meta: Value = serde_json::from_slice(&k.meta).expect("metadata JSON");
+    assert!(meta["id"].is_string(), "{meta}");
+    // v1 sockets cannot carry binary payloads: the next message is the JSON one.
+    let f = v1.recv().await;
+    assert_eq!(f.payload()["event"], "json", "{f:?}");
+}
+
+#[tokio::test]
+async fn messages_older_than_their_retention_are_pruned() {
+    let pg = PgHub::start_with(
+        "insert into realtime.messages (topic, extension, event, payload, private, inserted_at) \
+         values ('room', 'broadcast', 'old', '{}', true, now() at time zone 'utc' - interval '2 hours'), \
+                ('room', 'broadcast', 'new', '{}', true, now() at time zone 'utc');",
+        |c| c.messages_retention = std::time::Duration::from_secs(3600),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let events: Vec<String> = pg
+            .sql
+            .query("select event from realtime.messages order by event", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if events == ["new"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not pruned: {events:?}"
+        );
+        // Polling a condition: the hub prunes at start, on its own task.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

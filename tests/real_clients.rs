@@ -37,17 +37,27 @@ struct Hub {
     task: tokio::task::JoinHandle<String>,
 }
 
-/// A fresh database with the hub's migrations and the client fixture tables.
-async fn fixture_database() -> String {
+/// The client fixture tables (`realtime.enable` the Switchboard way).
+const FIXTURE: (&str, &str) = ("fixture.sql", include_str!("clients/fixture.sql"));
+/// A project set up the Supabase way (publication, realtime.messages policies, ...).
+const SUPABASE_PROJECT: (&str, &str) = (
+    "supabase_project.sql",
+    include_str!("clients/supabase_project.sql"),
+);
+
+/// A fresh database with the hub's migrations and `fixtures` applied, in order.
+async fn fixture_database(fixtures: &[(&str, &str)]) -> String {
     let db = common::pg::test_db().await;
     let client = db.client().await;
     switchboard::db::migrate(&client)
         .await
         .expect("hub migrations apply");
-    client
-        .batch_execute(include_str!("clients/fixture.sql"))
-        .await
-        .expect("tests/clients/fixture.sql applies");
+    for (name, sql) in fixtures {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("tests/clients/{name} applies: {e}"));
+    }
     db.url
 }
 
@@ -199,7 +209,7 @@ async fn python_realtime_client_suite_passes() {
         .expect("venv setup panicked");
     run_suite(
         "python realtime suite",
-        Hub::start(Some(fixture_database().await)).await,
+        Hub::start(Some(fixture_database(&[FIXTURE, SUPABASE_PROJECT]).await)).await,
         clients_dir().join("python"),
         python,
         &["-m", "pytest", "-q"],
@@ -209,8 +219,14 @@ async fn python_realtime_client_suite_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_receives_row_changes_with_filters_and_row_level_security() {
-    let database_url = fixture_database().await;
+    let database_url = fixture_database(&[FIXTURE]).await;
     run_node_file("postgres_rows.test.mjs", Some(database_url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_set_up_the_supabase_way_works_with_realtime_js_and_supabase_js() {
+    let database_url = fixture_database(&[SUPABASE_PROJECT]).await;
+    run_node_file("supabase_project.test.mjs", Some(database_url)).await;
 }
 
 #[test]
@@ -224,6 +240,7 @@ fn every_node_test_file_has_a_rust_test() {
         "presence.test.mjs",
         "rest.test.mjs",
         "supabase_js.test.mjs",
+        "supabase_project.test.mjs",
     ];
     let mut found: Vec<String> = std::fs::read_dir(clients_dir().join("node/test"))
         .expect("tests/clients/node/test exists")

@@ -418,8 +418,15 @@ async fn run(client: Client, fault: Fault, key: &str) -> Outcome {
         }
         Fault::SecondHub => {
             let b = HubProcess::start(&db_url, Vec::new()).await;
+            // Frames stop reaching the client (so its acknowledgements stop) while the
+            // second hub's capture moves past them: the resume must replay that stretch.
+            // Without it the client can be back before anything it missed was read by
+            // the second hub, which then delivers it live and the test proves nothing.
+            proxy.set_mode(Mode::BlackHole);
+            tokio::time::sleep(Duration::from_secs(2)).await;
             proxy.retarget(b.addr);
             proxy.cut();
+            proxy.set_mode(Mode::Forward);
             second = Some(b);
         }
     }

@@ -2,10 +2,13 @@
 //! gap-free by transaction visibility (ARCHITECTURE.md, "Gap-free capture"), wakes on a
 //! NOTIFY while writes are rare and polls while they are frequent (`wake`), reconnects
 //! with backoff and catches up from the same position. It checkpoints this hub's position
-//! as a hold on the log and prunes what every hold has read (`retention`). Produces
-//! `LogBatch`es for `changes`; knows nothing of clients.
+//! as a hold on the log and prunes what every hold has read (`retention`). Beside it, on
+//! the pool, `maintenance` keeps capture in line with the `supabase_realtime`
+//! publication and prunes `realtime.messages`. Produces `LogBatch`es for `changes`;
+//! knows nothing of clients.
 
 mod cursor;
+mod maintenance;
 mod reader;
 mod retention;
 mod status;
@@ -22,6 +25,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 pub use cursor::{Cursor, CursorError, Position};
+pub use maintenance::{run_maintenance, Maintenance};
 pub use reader::{
     count_between, current_cursor, events_between, next_events, Statements, READ_PAGE_SQL,
     READ_RANGE_SQL,

@@ -15,7 +15,8 @@ use crate::changes::{Change, DbBroadcast, DbEvent, Op};
 macro_rules! log_columns {
     () => {
         "c.id, c.op, c.schema_name, c.table_name, c.record, c.old_record, c.rows, c.old_rows, \
-         c.topic, c.event, c.private, realtime.commit_time(c.xid, c.created_at) as created_at, \
+         c.topic, c.event, c.private, c.message_id::text as message_id, c.binary_payload, \
+         c.xid::text as xid, realtime.commit_time(c.xid, c.created_at) as created_at, \
          (extract(epoch from clock_timestamp() - c.created_at) * 1000)::int8 as age_ms"
     };
 }
@@ -305,12 +306,27 @@ fn to_events(row: &Row, out: &mut Vec<DbEvent>) {
     let op: String = row.get("op");
     let record: Option<Value> = row.get("record");
     if op == "BROADCAST" {
+        let binary = row
+            .get::<_, Option<Vec<u8>>>("binary_payload")
+            .map(bytes::Bytes::from);
+        let payload = match (&binary, record) {
+            (Some(_), _) => Value::Null,
+            (None, record) => record.unwrap_or(Value::Object(Map::new())),
+        };
         out.push(DbEvent::Broadcast(DbBroadcast {
-            id,
+            // Rows logged before realtime.messages existed have no message id.
+            id: row
+                .get::<_, Option<String>>("message_id")
+                .unwrap_or_else(|| id.to_string()),
             topic: row.get::<_, Option<String>>("topic").unwrap_or_default(),
             event: row.get::<_, Option<String>>("event").unwrap_or_default(),
-            payload: record.unwrap_or(Value::Object(Map::new())),
+            payload,
+            binary,
             private: row.get::<_, Option<bool>>("private").unwrap_or(true),
+            xid: row
+                .get::<_, Option<String>>("xid")
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0),
         }));
         return;
     }

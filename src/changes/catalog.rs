@@ -1,7 +1,10 @@
 //! Table metadata read from the Postgres catalog: columns in attribute order, primary
-//! key, row-level-security flags and whether change capture is on. Lookups are cached
-//! for `CACHE_TTL`, so a storm of joins costs one query per table, and a new table,
-//! `enable` or policy flag shows up within that window.
+//! key, REPLICA IDENTITY, row-level-security flags, whether change capture is on, and
+//! which columns a role may select. Lookups are cached for `CACHE_TTL`, so a storm of
+//! joins costs one query per table; every cached answer is dropped as soon as
+//! `realtime.rules_version()` moves (any DDL: a publication change, `enable`, a new
+//! replica identity), checked at most every `VERSION_CHECK`. "Not enabled" and "no such
+//! table" are never cached: a table enabled a moment ago is served at once.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +21,9 @@ use super::row::ColumnInfo;
 /// How long a lookup (found or not) is served from memory.
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
 
+/// How often the rules version is read to decide whether cached answers are stale.
+pub const VERSION_CHECK: Duration = Duration::from_millis(250);
+
 /// Above this many cached keys, expired ones are dropped on the next insert.
 const CACHE_PRUNE_AT: usize = 1024;
 
@@ -29,6 +35,12 @@ pub const CAPTURE_TRIGGER: &str = "switchboard_capture_insert";
 const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.relrowsecurity, c.relforcerowsecurity, \
            exists (select 1 from pg_catalog.pg_trigger t \
                     where t.tgrelid = c.oid and t.tgname = $1::text) as realtime_enabled, \
+           c.relreplident::text as replica_identity, \
+           array(select a.attname::text from pg_catalog.pg_index i \
+                  cross join lateral unnest(i.indkey) with ordinality as k(attnum, pos) \
+                  join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
+                  where i.indrelid = c.oid and i.indisreplident \
+                  order by k.pos) as identity_index, \
            array(select a.attname::text from pg_catalog.pg_attribute a \
                   where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped \
                   order by a.attnum) as column_names, \
@@ -45,6 +57,17 @@ const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.r
          join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
          where c.relkind in ('r', 'p') \
            and n.nspname = $2::text and c.relname = $3::text";
+
+/// The columns of table `$1` (oid) that role `$2` may select, in attribute order; no row
+/// when the role does not exist.
+const SELECTABLE_COLUMNS: &str =
+    "select array(select a.attname::text from pg_catalog.pg_attribute a \
+           where a.attrelid = $1::oid and a.attnum > 0 and not a.attisdropped \
+             and pg_catalog.has_column_privilege(r.oid, $1::oid, a.attnum, 'SELECT') \
+           order by a.attnum) \
+         from pg_catalog.pg_roles r where r.rolname = $2::text";
+
+const RULES_VERSION: &str = "select realtime.rules_version()";
 
 /// Every table with realtime enabled: each row of `realtime.enabled_tables` as JSON, so
 /// columns the view gains later (how a table was enabled) arrive without a code change.
@@ -73,6 +96,33 @@ pub struct TableInfo {
     pub rls_forced: bool,
     /// Has the capture triggers.
     pub realtime_enabled: bool,
+    pub replica_identity: ReplicaIdentity,
+}
+
+/// `ALTER TABLE ... REPLICA IDENTITY`: which columns of the old row an UPDATE or DELETE
+/// shows (`old_record`), as Supabase's wal2json decoding does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaIdentity {
+    /// The primary key.
+    Default,
+    /// The whole old row.
+    Full,
+    /// The columns of the replica identity index.
+    Index(Vec<String>),
+    /// Nothing is logged by Postgres; the hub still sends the primary key (Supabase sends
+    /// no UPDATE or DELETE event at all for such a table).
+    Nothing,
+}
+
+impl TableInfo {
+    /// The old-row columns an UPDATE or DELETE shows; `None` means every column.
+    pub fn identity_columns(&self) -> Option<&[String]> {
+        match &self.replica_identity {
+            ReplicaIdentity::Full => None,
+            ReplicaIdentity::Index(cols) => Some(cols),
+            ReplicaIdentity::Default | ReplicaIdentity::Nothing => Some(&self.primary_key),
+        }
+    }
 }
 
 /// One row of `realtime.enabled_tables`.
@@ -104,10 +154,16 @@ pub struct Catalog {
 
 struct Inner {
     pool: Pool,
-    /// By (schema, table); `None` caches "no such table".
+    /// By (schema, table); only enabled tables stay cached.
     tables: Cache<(String, String), Option<Arc<TableInfo>>>,
     /// The enabled-tables list (one key).
     enabled: Cache<(), Arc<Vec<EnabledTable>>>,
+    /// By (table oid, role): the columns the role may select; `None`: no such role.
+    selectable: Cache<(u32, String), Option<Arc<[String]>>>,
+    /// The rules version (one key, read at most every `VERSION_CHECK`).
+    version: Cache<(), i64>,
+    /// The version the cached answers were read under. Short-held, never across an await.
+    seen_version: Mutex<Option<i64>>,
 }
 
 type Cache<K, T> = Mutex<HashMap<K, Entry<T>>>;
@@ -130,6 +186,9 @@ impl Catalog {
                 pool,
                 tables: Mutex::new(HashMap::new()),
                 enabled: Mutex::new(HashMap::new()),
+                selectable: Mutex::new(HashMap::new()),
+                version: Mutex::new(HashMap::new()),
+                seen_version: Mutex::new(None),
             }),
         }
     }
@@ -141,23 +200,77 @@ impl Catalog {
         schema: &str,
         table: &str,
     ) -> Result<Option<Arc<TableInfo>>, CatalogError> {
+        self.drop_stale().await;
         let key = (schema.to_owned(), table.to_owned());
-        cached(&self.inner.tables, key, async {
+        let fetch = async {
             let client = self.inner.pool.get().await?;
             let stmt = client.prepare_cached(TABLE_BY_NAME).await?;
             let row = client
                 .query_opt(&stmt, &[&CAPTURE_TRIGGER, &schema, &table])
                 .await?;
             Ok(row.map(|r| Arc::new(table_info(&r))))
-        })
-        .await
+        };
+        let enabled = |t: &Option<Arc<TableInfo>>| t.as_ref().is_some_and(|t| t.realtime_enabled);
+        cached(&self.inner.tables, key, CACHE_TTL, enabled, fetch).await
     }
+
+    /// The columns of `table` that `role` may select, in attribute order; `None` when
+    /// there is no such role.
+    pub async fn selectable_columns(
+        &self,
+        table: &TableInfo,
+        role: &str,
+    ) -> Result<Option<Arc<[String]>>, CatalogError> {
+        self.drop_stale().await;
+        let key = (table.oid, role.to_owned());
+        let fetch = async {
+            let client = self.inner.pool.get().await?;
+            let stmt = client.prepare_cached(SELECTABLE_COLUMNS).await?;
+            let row = client.query_opt(&stmt, &[&table.oid, &role]).await?;
+            Ok(row.map(|r| r.get::<_, Vec<String>>(0).into()))
+        };
+        cached(&self.inner.selectable, key, CACHE_TTL, |_| true, fetch).await
+    }
+
+    /// Drops every cached answer when `realtime.rules_version()` moved since they were
+    /// read (checked at most every `VERSION_CHECK`). A failed check keeps them.
+    async fn drop_stale(&self) {
+        let fetch = async {
+            let client = self.inner.pool.get().await?;
+            let stmt = client.prepare_cached(RULES_VERSION).await?;
+            Ok(client.query_one(&stmt, &[]).await?.get::<_, i64>(0))
+        };
+        let Ok(version) = cached(&self.inner.version, (), VERSION_CHECK, |_| true, fetch).await
+        else {
+            return;
+        };
+        let changed = {
+            let mut seen = self
+                .inner
+                .seen_version
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let changed = seen.is_some_and(|v| v != version);
+            *seen = Some(version);
+            changed
+        };
+        if changed {
+            clear(&self.inner.tables);
+            clear(&self.inner.enabled);
+            clear(&self.inner.selectable);
+        }
+    }
+}
+
+fn clear<K, T>(map: &Cache<K, T>) {
+    map.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
 impl Catalog {
     /// The tables `realtime.enabled_tables` lists, by schema and name.
     pub async fn enabled_tables(&self) -> Result<Arc<Vec<EnabledTable>>, CatalogError> {
-        cached(&self.inner.enabled, (), async {
+        self.drop_stale().await;
+        cached(&self.inner.enabled, (), CACHE_TTL, |_| true, async {
             let client = self.inner.pool.get().await?;
             let rows = client.query(ENABLED_TABLES, &[]).await?;
             Ok(Arc::new(
@@ -170,11 +283,18 @@ impl Catalog {
     }
 }
 
-/// Serves `key` from `map` while fresh, else runs `fetch` once for all concurrent
-/// askers. A failed fetch is not cached.
-async fn cached<K, T, F>(map: &Cache<K, T>, key: K, fetch: F) -> Result<T, CatalogError>
+/// Serves `key` from `map` while younger than `ttl`, else runs `fetch` once for all
+/// concurrent askers. A failed fetch is not cached, nor an answer `keep` refuses (it still
+/// answers the askers that shared it).
+async fn cached<K, T, F>(
+    map: &Cache<K, T>,
+    key: K,
+    ttl: Duration,
+    keep: impl Fn(&T) -> bool,
+    fetch: F,
+) -> Result<T, CatalogError>
 where
-    K: Eq + Hash,
+    K: Eq + Hash + Clone,
     T: Clone,
     F: Future<Output = Result<T, CatalogError>>,
 {
@@ -182,14 +302,14 @@ where
         let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         match map.get(&key) {
-            Some(entry) if now.duration_since(entry.created) < CACHE_TTL => entry.cell.clone(),
+            Some(entry) if now.duration_since(entry.created) < ttl => entry.cell.clone(),
             _ => {
                 if map.len() >= CACHE_PRUNE_AT {
-                    map.retain(|_, e| now.duration_since(e.created) < CACHE_TTL);
+                    map.retain(|_, e| now.duration_since(e.created) < ttl);
                 }
                 let cell = Arc::new(OnceCell::new());
                 map.insert(
-                    key,
+                    key.clone(),
                     Entry {
                         created: now,
                         cell: cell.clone(),
@@ -199,7 +319,14 @@ where
             }
         }
     };
-    cell.get_or_try_init(|| fetch).await.cloned()
+    let value = cell.get_or_try_init(|| fetch).await.cloned()?;
+    if !keep(&value) {
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&key).is_some_and(|e| Arc::ptr_eq(&e.cell, &cell)) {
+            map.remove(&key);
+        }
+    }
+    Ok(value)
 }
 
 fn table_info(row: &Row) -> TableInfo {
@@ -218,6 +345,12 @@ fn table_info(row: &Row) -> TableInfo {
         rls_enabled: row.get("relrowsecurity"),
         rls_forced: row.get("relforcerowsecurity"),
         realtime_enabled: row.get("realtime_enabled"),
+        replica_identity: match row.get::<_, String>("replica_identity").as_str() {
+            "f" => ReplicaIdentity::Full,
+            "n" => ReplicaIdentity::Nothing,
+            "i" => ReplicaIdentity::Index(row.get("identity_index")),
+            _ => ReplicaIdentity::Default,
+        },
     }
 }
 

@@ -20,12 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog::{Catalog, TableInfo};
 use super::index::{Matched, SubscriptionIndex};
-use super::payload::{change_data, shape_key, ChangePayload, FieldSizes, ShapeKey};
+use super::payload::{change_data, shape_key, ChangePayload, Conversions, FieldSizes, ShapeKey};
 use super::row::{Change, DbBroadcast, DbEvent, LogBatch};
 use super::scope::{RlsChecker, Viewer, Visibility};
 use super::stats::ChangeStats;
-use crate::protocol::{self, Broadcast, BroadcastPayload, Vsn, WireFrame};
-use crate::router::{Member, Router, TopicKey};
+use crate::protocol::{self, Broadcast, BroadcastPayload, SystemMessage, Vsn, WireFrame};
+use crate::router::{MemberId, Router, TopicKey};
 
 /// A point in the stream of batches: how many have passed and the log position after
 /// the last one.
@@ -83,7 +83,7 @@ struct Planned {
 
 enum Step {
     /// A database broadcast and the topic's members when it was matched.
-    Broadcast(DbBroadcast, Vec<Member>),
+    Broadcast(DbBroadcast, Vec<MemberId>),
     Change(Planned),
 }
 
@@ -94,7 +94,7 @@ struct MatchedBatch {
 }
 
 enum MatchedEvent {
-    Broadcast(DbBroadcast, Vec<Member>),
+    Broadcast(DbBroadcast, Vec<MemberId>),
     Change(Change, Vec<Matched>),
 }
 
@@ -197,7 +197,7 @@ impl Dispatcher {
         for event in batch.events {
             match event {
                 DbEvent::Broadcast(b) => {
-                    let members = self.router.members(&broadcast_key(&b));
+                    let members = self.router.member_ids(&broadcast_key(&b));
                     events.push(MatchedEvent::Broadcast(b, members));
                 }
                 DbEvent::Change(c) => {
@@ -280,34 +280,80 @@ impl Dispatcher {
             .unwrap_or_default()
     }
 
-    fn deliver_broadcast(&self, b: DbBroadcast, members: &[Member]) {
-        let key = broadcast_key(&b);
+    /// A message from `realtime.messages` to the members it was matched for, with
+    /// `meta: {"id": <uuid>}` (Supabase sends a binary kind-4 frame to v2 sockets, the
+    /// text object to v1).
+    fn deliver_broadcast(&self, b: DbBroadcast, members: &[MemberId]) {
+        let (key, xid) = (broadcast_key(&b), b.xid);
         self.router
-            .broadcast_to(&key.topic, members, &db_broadcast(b), None);
+            .broadcast_logged_to(&key, &db_broadcast(b), Some(xid), members);
+    }
+
+    /// Tells a subscriber, once per viewer, that a row-scope policy raised for it.
+    fn tell_problem(&self, m: &Matched, change: &Change, problem: &str) {
+        if !m.member.first_problem() {
+            return;
+        }
+        let message = SystemMessage::RowScopeProblem {
+            table: format!(
+                "{}.{}",
+                super::quote_ident(&change.schema),
+                super::quote_ident(&change.table)
+            ),
+            problem: problem.to_owned(),
+        };
+        let channel = m
+            .member
+            .topic
+            .strip_prefix("realtime:")
+            .unwrap_or(&m.member.topic);
+        let frame = protocol::encode(
+            m.member.vsn,
+            Some(&m.member.join_ref),
+            None,
+            &m.member.topic,
+            "system",
+            &message.payload(channel),
+        );
+        self.router
+            .deliver(&m.member.outbox, m.member.conn_id, frame, "system");
     }
 
     fn deliver_change(&self, p: &Planned, vis: &[Visibility]) {
         let metrics = self.router.metrics();
         let mut shapes: HashMap<ShapeKey, Option<Box<RawValue>>> = HashMap::new();
         let mut sizes: Option<FieldSizes> = None;
+        let mut conversions: Option<Conversions> = None;
         // Encode once per distinct frame: members of one topic with the same ids, serializer
         // and visibility shape share the bytes.
         let mut frames: HashMap<(ShapeKey, Vsn, &str, &[u32]), WireFrame> = HashMap::new();
         // Counted once per change, not per receiver.
         let (mut sent, mut hidden) = (0u64, 0u64);
         for (m, &vi) in p.matched.iter().zip(&p.viewer_of) {
+            if let Some(problem) = vis.get(vi).and_then(|v| v.problem.as_deref()) {
+                self.tell_problem(m, &p.change, problem);
+            }
             let Some(v) = vis.get(vi).filter(|v| v.visible) else {
                 hidden += 1;
                 continue;
             };
-            let shape_key = shape_key(v);
+            let shape_key = shape_key(v, m.select.as_ref());
             let frame_key = (shape_key, m.member.vsn, &*m.member.topic, m.ids.as_slice());
             let frame = match frames.get(&frame_key) {
                 Some(frame) => frame.clone(),
                 None => {
                     let data = shapes.entry(shape_key).or_insert_with(|| {
                         let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change));
-                        change_data(&p.change, sizes, &p.table, v)
+                        let conversions =
+                            conversions.get_or_insert_with(|| Conversions::of(&p.table));
+                        change_data(
+                            &p.change,
+                            sizes,
+                            &p.table,
+                            conversions,
+                            v,
+                            m.select.as_ref(),
+                        )
                     });
                     let Some(data) = data else { continue };
                     let frame = change_frame(m.member.vsn, &m.member.topic, &m.ids, data);
@@ -336,9 +382,13 @@ pub(super) fn broadcast_key(b: &DbBroadcast) -> TopicKey {
 
 /// A database broadcast as clients receive it: `meta: {id}`, binary to v2 sockets.
 pub(super) fn db_broadcast(b: DbBroadcast) -> Broadcast {
+    let payload = match b.binary {
+        Some(bytes) => BroadcastPayload::Binary(bytes),
+        None => BroadcastPayload::Json(b.payload),
+    };
     Broadcast {
         event: b.event,
-        payload: BroadcastPayload::Json(b.payload),
+        payload,
         meta: Some(serde_json::json!({ "id": b.id })),
         binary_origin: true,
     }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -36,6 +37,8 @@ pub struct Subscription {
     pub event: Option<Op>,
     pub scope: TableScope,
     pub filter: BoundFilter,
+    /// The entry's `select`: only these columns (plus the primary key) are sent.
+    pub select: Option<Arc<[String]>>,
 }
 
 impl Subscription {
@@ -62,6 +65,8 @@ pub struct Subscriber {
     pub member: MemberId,
     pub conn_id: u64,
     pub topic: Arc<str>,
+    /// For the `system` messages dispatch sends this channel.
+    pub join_ref: Arc<str>,
     pub vsn: Vsn,
     pub outbox: ChannelOutbox,
     pub viewer: Arc<Viewer>,
@@ -72,10 +77,14 @@ pub(super) struct Member {
     pub member: MemberId,
     pub conn_id: u64,
     pub topic: Arc<str>,
+    pub join_ref: Arc<str>,
     pub vsn: Vsn,
     pub outbox: ChannelOutbox,
     /// Written on refresh, read (and copied out) by dispatch.
     viewer: RwLock<Arc<Viewer>>,
+    /// Whether this member was told that a row-scope policy failed for its viewer (once
+    /// per viewer: a refresh clears it).
+    told_problem: AtomicBool,
 }
 
 impl Member {
@@ -85,11 +94,18 @@ impl Member {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// True the first time it is called for the current viewer.
+    pub fn first_problem(&self) -> bool {
+        !self.told_problem.swap(true, Ordering::Relaxed)
+    }
 }
 
-/// A member matched by a change, with the ids of its matching subscriptions.
+/// A member matched by a change, with the ids of its matching subscriptions that share
+/// one `select` (a member whose bindings select differently gets one `Matched` each).
 pub(super) struct Matched {
     pub member: Arc<Member>,
+    pub select: Option<Arc<[String]>>,
     pub ids: Vec<u32>,
 }
 
@@ -213,9 +229,11 @@ impl SubscriptionIndex {
             member,
             conn_id: s.conn_id,
             topic: s.topic,
+            join_ref: s.join_ref,
             vsn: s.vsn,
             outbox: s.outbox,
             viewer: RwLock::new(s.viewer),
+            told_problem: AtomicBool::new(false),
         });
         let mut places = Vec::new();
         for sub in subs {
@@ -247,6 +265,7 @@ impl SubscriptionIndex {
     pub fn set_viewer(&self, member: MemberId, viewer: Arc<Viewer>) {
         if let Some(entry) = self.members.get(&member) {
             *entry.0.viewer.write().unwrap_or_else(|p| p.into_inner()) = viewer;
+            entry.0.told_problem.store(false, Ordering::Relaxed);
         }
     }
 
@@ -278,7 +297,7 @@ impl SubscriptionIndex {
             TableScope::Schema(change.schema.as_str().into()),
             TableScope::All,
         ];
-        let mut by_member: HashMap<MemberId, Matched> = HashMap::new();
+        let mut by_member: HashMap<(MemberId, Option<usize>), Matched> = HashMap::new();
         for scope in &scopes {
             let Some(subs) = self.by_scope.get(scope) else {
                 continue;
@@ -287,10 +306,17 @@ impl SubscriptionIndex {
                 if sub.event.is_some_and(|e| e != change.op) || !sub.filter.matches(row) {
                     continue;
                 }
-                let m = by_member.entry(pm.member).or_insert_with(|| Matched {
-                    member: pm.clone(),
-                    ids: Vec::new(),
-                });
+                let select_id = sub
+                    .select
+                    .as_ref()
+                    .map(|s| Arc::as_ptr(s) as *const u8 as usize);
+                let m = by_member
+                    .entry((pm.member, select_id))
+                    .or_insert_with(|| Matched {
+                        member: pm.clone(),
+                        select: sub.select.clone(),
+                        ids: Vec::new(),
+                    });
                 if !m.ids.contains(&sub.id) {
                     m.ids.push(sub.id);
                 }
@@ -331,6 +357,7 @@ mod tests {
                 table: "jobs".into(),
             },
             filter,
+            select: None,
         };
         let (tx, _rx) = outbox(8, 1024);
         let outbox = ChannelOutbox::direct(tx);
@@ -338,6 +365,7 @@ mod tests {
             member,
             conn_id: member,
             topic: "realtime:t".into(),
+            join_ref: "1".into(),
             vsn: Vsn::V2,
             outbox,
             viewer: Arc::new(Viewer::new("authenticated", "{}", None)),

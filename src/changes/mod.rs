@@ -25,7 +25,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use catalog::{Catalog, CatalogError, EnabledTable, TableInfo, CAPTURE_TRIGGER};
+pub use catalog::{
+    Catalog, CatalogError, EnabledTable, ReplicaIdentity, TableInfo, CAPTURE_TRIGGER,
+};
 pub use dispatch::{Mark, Progress};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};
 pub use index::{Subscriber, Subscription, TableScope};
@@ -68,9 +70,10 @@ impl Changes {
         &self.progress
     }
 
-    /// Validates a join's `postgres_changes` entries against the catalog.
-    pub async fn validate(&self, entries: &[Value]) -> Validated {
-        subscribe::validate(self.catalog.as_ref(), entries, &self.stats).await
+    /// Validates a join's `postgres_changes` entries against the catalog, for a
+    /// subscriber with Postgres role `role` (its `select` columns must be readable).
+    pub async fn validate(&self, entries: &[Value], role: &str) -> Validated {
+        subscribe::validate(self.catalog.as_ref(), entries, role, &self.stats).await
     }
 
     /// Starts delivering `subscriptions` to `subscriber` (replacing what its member had).

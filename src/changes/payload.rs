@@ -1,7 +1,11 @@
 //! The `data` object of a `postgres_changes` frame for one visibility shape (PROTOCOL.md
-//! §4): which columns and rows a subscriber is shown, the 400 and 413 rules, and the exact
-//! keys Supabase sends for INSERT, UPDATE and DELETE. Rows are serialized straight from
-//! the captured record, never copied.
+//! §4): which columns and rows a subscriber is shown (column privileges, the binding's
+//! `select`, the table's REPLICA IDENTITY for `old_record`), the 400 and 413 rules, the
+//! exact keys Supabase sends for INSERT, UPDATE and DELETE, and the few values whose
+//! encoding differs between `row_to_json` (what the capture trigger logs) and Supabase's
+//! `to_jsonb` of the decoded value: `bytea` without its `\x` prefix, and a float or
+//! numeric NaN or infinity as `null`. Rows are serialized straight from the captured
+//! record, never copied.
 
 use std::sync::Arc;
 
@@ -20,17 +24,18 @@ const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Under the 413 rule, fields whose JSON is longer than this are dropped.
 const MAX_FIELD_BYTES_WHEN_TOO_LARGE: usize = 64;
 
-/// Which columns (by identity of the allowed list) and whether the old row is shown.
-pub(super) type ShapeKey = (Option<usize>, bool);
+/// Which columns (by identity of the allowed list and of the binding's selection) and
+/// whether the old row is shown.
+pub(super) type ShapeKey = (Option<usize>, Option<usize>, bool);
 
-/// The shape key of a visibility: subscribers with equal keys get the same `data`.
-pub(super) fn shape_key(v: &Visibility) -> ShapeKey {
-    (
-        v.columns
-            .as_ref()
-            .map(|c| Arc::as_ptr(c) as *const u8 as usize),
-        v.old_visible,
-    )
+fn list_id(list: Option<&Arc<[String]>>) -> Option<usize> {
+    list.map(|c| Arc::as_ptr(c) as *const u8 as usize)
+}
+
+/// The shape key of a visibility and a selection: subscribers with equal keys get the
+/// same `data`.
+pub(super) fn shape_key(v: &Visibility, select: Option<&Arc<[String]>>) -> ShapeKey {
+    (list_id(v.columns.as_ref()), list_id(select), v.old_visible)
 }
 
 #[derive(Serialize)]
@@ -60,20 +65,76 @@ impl FieldSizes {
     }
 }
 
+fn listed(list: Option<&[String]>, name: &str) -> bool {
+    list.is_none_or(|l| l.iter().any(|n| n == name))
+}
+
 /// Which fields of a row are shown.
 #[derive(Clone, Copy)]
-enum Keep<'a> {
+struct Keep<'a> {
     /// Columns the subscriber may select (`None`: all).
-    Allowed(&'a Option<Arc<[String]>>),
-    /// Only the primary key.
-    PrimaryKey(&'a [String]),
+    allowed: Option<&'a [String]>,
+    /// The binding's `select` (`None`: all); the primary key is always kept.
+    select: Option<&'a [String]>,
+    primary_key: &'a [String],
+    /// For an old row: the columns its REPLICA IDENTITY shows (`None`: all).
+    identity: Option<&'a [String]>,
 }
 
 impl Keep<'_> {
     fn keeps(&self, name: &str) -> bool {
-        match self {
-            Keep::Allowed(cols) => cols.as_ref().is_none_or(|c| c.iter().any(|n| n == name)),
-            Keep::PrimaryKey(pk) => pk.iter().any(|n| n == name),
+        listed(self.allowed, name)
+            && (listed(self.select, name) || self.primary_key.iter().any(|n| n == name))
+            && listed(self.identity, name)
+    }
+}
+
+/// How a captured value is turned into the value Supabase sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Convert {
+    /// `bytea`: `"\\xdeadbeef"` becomes `"deadbeef"`.
+    Bytea,
+    /// float4, float8, numeric: `"NaN"`, `"Infinity"`, `"-Infinity"` become `null`.
+    NonFinite,
+}
+
+/// The columns of a table whose values need a `Convert` (usually none).
+pub(super) struct Conversions(Vec<(String, Convert)>);
+
+impl Conversions {
+    pub fn of(table: &TableInfo) -> Conversions {
+        Conversions(
+            table
+                .columns
+                .iter()
+                .filter_map(|c| {
+                    let convert = match c.type_name.as_str() {
+                        "bytea" => Convert::Bytea,
+                        "float4" | "float8" | "numeric" => Convert::NonFinite,
+                        _ => return None,
+                    };
+                    Some((c.name.clone(), convert))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, column: &str) -> Option<Convert> {
+        self.0.iter().find(|(n, _)| n == column).map(|(_, c)| *c)
+    }
+}
+
+/// `value` as Supabase sends it for a column needing `convert`.
+fn converted(convert: Convert, value: &Value) -> Option<Value> {
+    let Value::String(s) = value else {
+        return None;
+    };
+    match convert {
+        Convert::Bytea => s
+            .strip_prefix("\\x")
+            .map(|hex| Value::String(hex.to_owned())),
+        Convert::NonFinite => {
+            matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity").then_some(Value::Null)
         }
     }
 }
@@ -83,6 +144,7 @@ struct Projected<'a> {
     row: &'a Row,
     sizes: &'a [usize],
     keep: Keep<'a>,
+    conversions: &'a Conversions,
     drop_large: bool,
 }
 
@@ -106,7 +168,10 @@ impl Serialize for Projected<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
         for ((k, v), _) in self.fields() {
-            map.serialize_entry(k, v)?;
+            match self.conversions.get(k).and_then(|c| converted(c, v)) {
+                Some(v) => map.serialize_entry(k, &v)?,
+                None => map.serialize_entry(k, v)?,
+            }
         }
         map.end()
     }
@@ -135,40 +200,83 @@ struct ColumnOut<'a> {
     type_name: &'a str,
 }
 
-/// Supabase's answer for INSERT/UPDATE on a table without a primary key: no row data.
+/// Supabase's answer for INSERT/UPDATE on a table without a primary key: no row data,
+/// but every key its clients require (`columns: []`, `commit_timestamp: null`, empty
+/// records; `old_record` only for UPDATE).
 #[derive(Serialize)]
 struct NoPrimaryKey<'a> {
     schema: &'a str,
     table: &'a str,
+    commit_timestamp: Option<()>,
     #[serde(rename = "type")]
     kind: &'static str,
+    columns: [(); 0],
+    record: EmptyObject,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_record: Option<EmptyObject>,
     errors: [RowError; 1],
 }
 
-/// The `data` of `change` as `v` lets a subscriber see it; `None` only if serializing
-/// fails (it cannot for JSON rows).
+/// `{}`.
+struct EmptyObject;
+
+impl Serialize for EmptyObject {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_map(Some(0))?.end()
+    }
+}
+
+/// The `data` of `change` as `v` and the binding's `select` let a subscriber see it;
+/// `None` only if serializing fails (it cannot for JSON rows).
+///
+/// `old_record` shows the columns the table's REPLICA IDENTITY names (the primary key by
+/// default, every column under FULL), and only the primary key when the subscriber could
+/// not see the old row.
 pub(super) fn change_data(
     change: &Change,
     sizes: &FieldSizes,
     table: &TableInfo,
+    conversions: &Conversions,
     v: &Visibility,
+    select: Option<&Arc<[String]>>,
 ) -> Option<Box<RawValue>> {
     if table.primary_key.is_empty() && change.op != Op::Delete {
         let data = NoPrimaryKey {
             schema: &change.schema,
             table: &change.table,
+            commit_timestamp: None,
             kind: change.op.as_str(),
+            columns: [],
+            record: EmptyObject,
+            old_record: (change.op == Op::Update).then_some(EmptyObject),
             errors: [RowError::NoPrimaryKey],
         };
         return serde_json::value::to_raw_value(&data).ok();
     }
-    let allowed = Keep::Allowed(&v.columns);
+    let allowed = Keep {
+        allowed: v.columns.as_deref(),
+        select: select.map(|s| &s[..]),
+        primary_key: &table.primary_key,
+        identity: None,
+    };
+    let old_keep = if v.old_visible {
+        Keep {
+            identity: table.identity_columns(),
+            ..allowed
+        }
+    } else {
+        Keep {
+            identity: Some(&table.primary_key),
+            ..allowed
+        }
+    };
     let mut record = match change.op {
         Op::Delete => None,
         Op::Insert | Op::Update => change.record.as_ref().map(|row| Projected {
             row,
             sizes: &sizes.record,
             keep: allowed,
+            conversions,
             drop_large: false,
         }),
     };
@@ -177,11 +285,8 @@ pub(super) fn change_data(
         Op::Update | Op::Delete => change.old_record.as_ref().map(|row| Projected {
             row,
             sizes: &sizes.old_record,
-            keep: if v.old_visible {
-                allowed
-            } else {
-                Keep::PrimaryKey(&table.primary_key)
-            },
+            keep: old_keep,
+            conversions,
             drop_large: false,
         }),
     };

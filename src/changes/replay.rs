@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::dispatch::{broadcast_key, change_frame, db_broadcast};
 use super::index::Subscription;
-use super::payload::{change_data, FieldSizes};
+use super::payload::{change_data, Conversions, FieldSizes};
 use super::row::{DbBroadcast, DbEvent};
 use super::scope::{RlsError, Viewer};
 use super::Changes;
@@ -51,17 +51,19 @@ impl Changes {
                 }
                 DbEvent::Broadcast(_) => {}
                 DbEvent::Change(c) => {
-                    let ids: Vec<u32> = target
-                        .subscriptions
-                        .iter()
-                        .filter(|s| s.matches(&c))
-                        .map(|s| s.id)
-                        .collect();
-                    if ids.is_empty() {
+                    // One frame per distinct `select`, as live dispatch sends them.
+                    let mut groups: Vec<Group> = Vec::new();
+                    for s in target.subscriptions.iter().filter(|s| s.matches(&c)) {
+                        match groups.iter_mut().find(|(select, _)| *select == s.select) {
+                            Some((_, ids)) => ids.push(s.id),
+                            None => groups.push((s.select.clone(), vec![s.id])),
+                        }
+                    }
+                    if groups.is_empty() {
                         continue;
                     }
                     if let Some(table) = catalog.table(&c.schema, &c.table).await? {
-                        picked.push(Picked::Change(c, table, ids));
+                        picked.push(Picked::Change(c, table, groups));
                     }
                 }
             }
@@ -88,18 +90,22 @@ impl Changes {
                         out.count += 1;
                     }
                 }
-                Picked::Change(c, table, ids) => {
+                Picked::Change(c, table, groups) => {
                     let v = vis.next().unwrap_or_default();
                     let Some(v) = v.first().filter(|v| v.visible) else {
                         continue;
                     };
                     let sizes = FieldSizes::of(&c);
-                    if let Some(data) = change_data(&c, &sizes, &table, v) {
-                        let topic = &target.key.topic;
-                        out.frames
-                            .push(change_frame(target.vsn, topic, &ids, &data));
-                        out.count += 1;
+                    let conversions = Conversions::of(&table);
+                    for (select, ids) in &groups {
+                        let data =
+                            change_data(&c, &sizes, &table, &conversions, v, select.as_ref());
+                        if let Some(data) = data {
+                            let topic = &target.key.topic;
+                            out.frames.push(change_frame(target.vsn, topic, ids, &data));
+                        }
                     }
+                    out.count += 1;
                 }
             }
         }
@@ -107,9 +113,16 @@ impl Changes {
     }
 }
 
+/// Subscription ids of one channel that share a `select`.
+type Group = (Option<Arc<[String]>>, Vec<u32>);
+
 enum Picked {
     Broadcast(DbBroadcast),
-    Change(super::row::Change, Arc<super::catalog::TableInfo>, Vec<u32>),
+    Change(
+        super::row::Change,
+        Arc<super::catalog::TableInfo>,
+        Vec<Group>,
+    ),
 }
 
 fn replayed_broadcast(target: &ReplayTarget, b: DbBroadcast) -> Option<WireFrame> {

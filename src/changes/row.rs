@@ -79,15 +79,23 @@ impl Change {
     }
 }
 
-/// A broadcast sent from SQL with `realtime.send(payload, event, topic, private)`.
+/// A broadcast sent from SQL: a row inserted into `realtime.messages` (by `realtime.send`,
+/// `send_binary`, `broadcast_changes` or the project's own code).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DbBroadcast {
-    pub id: i64,
+    /// The message's id (`realtime.messages.id`, a uuid), sent as `meta.id`.
+    pub id: String,
     /// Topic name without the `realtime:` prefix.
     pub topic: String,
     pub event: String,
+    /// The JSON payload (`Null` when the message is binary).
     pub payload: Value,
+    /// The payload of `realtime.send_binary`.
+    pub binary: Option<bytes::Bytes>,
     pub private: bool,
+    /// The inserting transaction's id: Broadcast Replay uses it to tell which live
+    /// messages its stored ones already covered.
+    pub xid: u64,
 }
 
 /// One item read from the log, in commit-visibility order.

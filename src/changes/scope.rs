@@ -2,7 +2,9 @@
 //! each with the viewers (role + JWT claims) whose subscriptions matched it, is judged
 //! in one call to `realtime.visible_to` (sql/010_visibility.sql), which evaluates the
 //! table's SELECT policies against the row as it was in the change, as each viewer.
-//! Anything uncertain (unknown role, bad claims, a policy that errors) is "not visible".
+//! Anything uncertain (unknown role, bad claims, a policy that errors) is "not visible";
+//! a policy that raises for one viewer comes back with the problem named, for that viewer
+//! only, so dispatch can tell that subscriber.
 //!
 //! Per (table, role) rules are cached until `realtime.rules_version()` changes (any DDL):
 //! "nothing", "every row" and the usual portal policy `<uuid column> = auth.uid()` are
@@ -19,7 +21,7 @@ use super::catalog::TableInfo;
 use super::row::{Change, Op, Row};
 use crate::auth::Claims;
 
-const VISIBLE_TO: &str = "select check_no, visible, old_visible, columns \
+const VISIBLE_TO: &str = "select check_no, visible, old_visible, columns, problem \
      from realtime.visible_to($1::oid[], $2::jsonb[], $3::jsonb[], $4::int[], $5::text[], $6::text[])";
 
 const RULES_VERSION: &str = "select realtime.rules_version()";
@@ -103,6 +105,9 @@ pub struct Visibility {
     pub old_visible: bool,
     /// `None`: every column; `Some`: only these columns may be sent.
     pub columns: Option<Arc<[String]>>,
+    /// Why the check failed for this viewer (a policy that raised with its claims), e.g.
+    /// `policy by_team on public.jobs: invalid input syntax for type uuid: "x"`.
+    pub problem: Option<Arc<str>>,
 }
 
 impl Visibility {
@@ -110,6 +115,7 @@ impl Visibility {
         visible: false,
         old_visible: false,
         columns: None,
+        problem: None,
     };
 }
 
@@ -281,6 +287,7 @@ impl RlsChecker {
                         visible: true,
                         old_visible: old_visible(change.op, true, old.is_some()),
                         columns: columns.clone(),
+                        problem: None,
                     },
                     Some(Rule::OwnRows { column, columns }) => {
                         let visible = row_owned_by(row, column, viewer.uid);
@@ -289,6 +296,7 @@ impl RlsChecker {
                             visible,
                             old_visible: old_visible(change.op, visible, old_ok),
                             columns: columns.clone(),
+                            problem: None,
                         }
                     }
                     Some(Rule::Policies) => {
@@ -326,11 +334,14 @@ impl RlsChecker {
             let old_row_visible: bool = row.get(2);
             let columns: Option<Vec<String>> = row.get(3);
             let columns: Option<Arc<[String]>> = columns.map(Into::into);
+            let problem: Option<String> = row.get(4);
+            let problem: Option<Arc<str>> = problem.map(Into::into);
             for &(item, viewer) in targets {
                 result[item][viewer] = Visibility {
                     visible,
                     old_visible: old_visible(items[item].0.op, visible, old_row_visible),
                     columns: columns.clone(),
+                    problem: problem.clone(),
                 };
             }
         }

@@ -1,6 +1,7 @@
 //! Turning a join's `postgres_changes` entries into validated subscriptions: the reply
 //! entries (echoed verbatim plus an integer `id`), and a clear error for each entry that
-//! cannot be served (missing table, table not enabled, bad filter, unknown column).
+//! cannot be served (missing table, table not enabled, bad filter, unknown column, a
+//! `select` column the role may not read).
 
 use std::sync::Arc;
 
@@ -52,6 +53,7 @@ fn str_field<'a>(entry: &'a Value, key: &str) -> Option<&'a str> {
 pub async fn validate(
     catalog: Option<&Catalog>,
     entries: &[Value],
+    role: &str,
     stats: &ChangeStats,
 ) -> Validated {
     let mut out = Validated {
@@ -59,6 +61,7 @@ pub async fn validate(
         subscriptions: Vec::new(),
         errors: Vec::new(),
     };
+    let mut selections: Vec<Arc<[String]>> = Vec::new();
     for entry in entries {
         let id = subscription_id(entry);
         let mut echoed = entry.clone();
@@ -70,23 +73,87 @@ pub async fn validate(
             out.errors.push(ChangesError::NoDatabase);
             continue;
         };
-        match subscription(catalog, entry, id, stats).await {
-            Ok(sub) => out.subscriptions.push(sub),
+        match subscription(catalog, entry, id, role, stats).await {
+            Ok(mut sub) => {
+                // Bindings selecting the same columns share one list, so one frame
+                // carries all their ids.
+                if let Some(select) = &sub.select {
+                    match selections.iter().find(|s| s[..] == select[..]) {
+                        Some(same) => sub.select = Some(same.clone()),
+                        None => selections.push(select.clone()),
+                    }
+                }
+                out.subscriptions.push(sub)
+            }
             Err(e) => out.errors.push(e),
         }
     }
     out
 }
 
+/// The entry's `select`: a list of column names (non-strings ignored, empty means all
+/// columns, as Supabase reads it).
+fn parse_select(entry: &Value) -> Result<Option<Vec<String>>, ChangesError> {
+    match entry.get("select") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => {
+            let mut names: Vec<String> = items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect();
+            names.sort();
+            names.dedup();
+            Ok((!names.is_empty()).then_some(names))
+        }
+        Some(_) => Err(ChangesError::SelectNotList),
+    }
+}
+
+/// Checks every selected column exists and `role` may select it.
+async fn check_select(
+    catalog: &Catalog,
+    table: &super::TableInfo,
+    role: &str,
+    select: Vec<String>,
+) -> Result<Arc<[String]>, ChangesError> {
+    if let Some(unknown) = select
+        .iter()
+        .find(|c| !table.columns.iter().any(|t| &t.name == *c))
+    {
+        return Err(ChangesError::SelectUnknownColumn {
+            column: unknown.clone(),
+        });
+    }
+    let selectable = catalog
+        .selectable_columns(table, role)
+        .await
+        .map_err(|e| ChangesError::Unavailable(e.to_string()))?;
+    let denied = select.iter().find(|c| {
+        selectable
+            .as_ref()
+            .is_none_or(|ok| !ok.iter().any(|s| &s == c))
+    });
+    if let Some(column) = denied {
+        return Err(ChangesError::SelectNotPermitted {
+            column: column.clone(),
+            role: role.to_owned(),
+        });
+    }
+    Ok(select.into())
+}
+
 async fn subscription(
     catalog: &Catalog,
     entry: &Value,
     id: u32,
+    role: &str,
     stats: &ChangeStats,
 ) -> Result<Subscription, ChangesError> {
     if !entry.is_object() {
         return Err(ChangesError::EntryNotObject);
     }
+    let select = parse_select(entry)?;
     let event = str_field(entry, "event")
         .unwrap_or("*")
         .to_ascii_uppercase();
@@ -96,6 +163,9 @@ async fn subscription(
     let filter_text = str_field(entry, "filter").unwrap_or("");
     let parsed = filter::parse(filter_text)?;
     if schema == "*" || table == "*" {
+        if select.is_some() {
+            return Err(ChangesError::SelectWithWildcard);
+        }
         if !parsed.columns().is_empty() {
             return Err(ChangesError::FilterNeedsTable {
                 scope: format!("{schema}.{table}"),
@@ -111,6 +181,7 @@ async fn subscription(
             event,
             scope,
             filter: parsed.bind(&[])?,
+            select: None,
         });
     }
     let name = qualified(schema, table);
@@ -125,6 +196,11 @@ async fn subscription(
         stats.refused(schema, table, chrono::Utc::now());
         return Err(ChangesError::NotEnabled { table: name });
     }
+    let filter = parsed.bind(&info.columns)?;
+    let select = match select {
+        Some(cols) => Some(check_select(catalog, &info, role, cols).await?),
+        None => None,
+    };
     Ok(Subscription {
         id,
         event,
@@ -132,13 +208,29 @@ async fn subscription(
             schema: Arc::from(schema),
             table: Arc::from(table),
         },
-        filter: parsed.bind(&info.columns)?,
+        filter,
+        select,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn select_is_a_list_of_names_and_an_empty_list_means_every_column() {
+        use serde_json::json;
+        assert_eq!(
+            parse_select(&json!({"select": ["b", "a", 3, "a"]})).unwrap(),
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert_eq!(parse_select(&json!({"select": []})).unwrap(), None);
+        assert_eq!(parse_select(&json!({})).unwrap(), None);
+        assert_eq!(
+            parse_select(&json!({"select": "a,b"})),
+            Err(ChangesError::SelectNotList)
+        );
+    }
 
     #[test]
     fn identifiers_are_quoted_only_when_needed() {

@@ -1,20 +1,28 @@
 //! `phx_join`, in named steps: admit (topic, join rate, channel count, rejoin),
-//! authorize (token -> claims), validate (postgres_changes entries), claim the parked row
-//! when the connection resumes, then reply and register (router membership, presence
-//! state, subscriptions, at dispatch's cut) and report.
+//! authorize (token -> claims; a private channel's read policies), validate (replay
+//! parameters, postgres_changes entries, and with `postgres_changes_options.wait` capture
+//! being live), claim the parked row when the connection resumes, then register (router
+//! membership and subscriptions at dispatch's cut, a broadcast replay with live frames
+//! held back until it is sent, presence state, a resume's catch-up) and report.
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::channel_name;
 use super::join_config::JoinConfig;
+use super::private::router_access;
 use super::resume::Claim;
 use super::session::{now_unix, Channel, End, Session};
 use crate::auth::{looks_like_jwt, Claims};
+use crate::authz::{self, AuthzError, ChannelAccess, Replay, ReplayRequest, Replayed};
 use crate::changes::{Subscriber, Validated, Viewer};
-use crate::protocol::{Close, Inbound, InboundPayload, ReplyError, SystemMessage, TokenError};
+use crate::protocol::{
+    self, Broadcast, BroadcastPayload, Close, Inbound, InboundPayload, ReplyError, SystemMessage,
+    TokenError,
+};
 use crate::router::outbox::ChannelOutbox;
-use crate::router::{Member, TopicKey};
+use crate::router::{Access, Member, TopicKey};
 use crate::telemetry::next_id;
 
 /// A join that passed admission and authorization.
@@ -23,14 +31,13 @@ struct Admitted {
     /// The user token the join brought, if it brought a JWT.
     token: Option<String>,
     claims: Claims,
+    /// `Some` for a private channel: what its token may do there.
+    private: Option<ChannelAccess>,
 }
 
 impl Session {
     pub(super) async fn join(&mut self, msg: Inbound) {
-        let admitted = match self
-            .admit(&msg)
-            .and_then(|config| self.authorize(&msg.topic, config))
-        {
+        let admitted = match self.admit(&msg).and_then(|c| self.authenticate(c)) {
             Ok(a) => a,
             Err(e) => {
                 let disconnect = e == ReplyError::TooManyJoins;
@@ -42,19 +49,33 @@ impl Session {
                 return;
             }
         };
-        tracing::debug!(conn_id = self.conn_id, topic = %msg.topic, role = %admitted.claims.role, user_token = admitted.token.is_some(), "join");
+        let admitted = match self.authorize(&msg.topic, admitted).await {
+            Ok(a) => a,
+            Err(e) => return self.reply_error(&msg, e),
+        };
+        tracing::debug!(conn_id = self.conn_id, topic = %msg.topic, role = %admitted.claims.role, user_token = admitted.token.is_some(), private = admitted.private.is_some(), "join");
+        let replay = match check_replay(&msg.topic, &admitted) {
+            Ok(r) => r,
+            Err(e) => return self.reply_error(&msg, e),
+        };
         let validated = if admitted.config.postgres_changes.is_empty() {
             None
         } else {
             Some(
                 self.svc
                     .changes
-                    .validate(&admitted.config.postgres_changes)
+                    .validate(&admitted.config.postgres_changes, &admitted.claims.role)
                     .await,
             )
         };
+        if let (Some(wait), Some(v)) = (admitted.config.changes_wait, &validated) {
+            if let Err(e) = self.wait_for_changes(wait, v).await {
+                return self.reply_error(&msg, e);
+            }
+        }
         let claim = self.claim(&msg.topic, &admitted.config).await;
-        self.register(&msg, admitted, validated, claim);
+        self.register(&msg, admitted, replay, validated, claim)
+            .await;
     }
 
     /// Checks the topic and the per-connection limits. A join of a topic this session
@@ -87,7 +108,7 @@ impl Session {
 
     /// The claims the channel runs with: the join's user token when it brings a JWT,
     /// else the connection's apikey (PROTOCOL.md §7, the realtime-js token race).
-    fn authorize(&self, topic: &str, config: JoinConfig) -> Result<Admitted, ReplyError> {
+    fn authenticate(&self, config: JoinConfig) -> Result<Admitted, ReplyError> {
         let token = config.access_token.clone().filter(|t| looks_like_jwt(t));
         let claims = match &token {
             Some(t) => self.svc.verifier.verify(t).map_err(ReplyError::Token)?,
@@ -99,28 +120,65 @@ impl Session {
                 seconds_ago: now - claims.exp,
             }));
         }
-        if config.private && &*claims.role != "service_role" {
-            // Private-channel authorization (realtime.messages policies) is not built yet:
-            // refuse rather than serve a private topic without its policies.
-            return Err(ReplyError::ReadDenied {
-                channel: super::channel_name(topic).to_owned(),
-            });
-        }
         Ok(Admitted {
             config,
             token,
             claims,
+            private: None,
         })
+    }
+
+    /// A private channel needs read on broadcast or presence (presence is probed only
+    /// when enabled at join), decided by the `realtime.messages` policies.
+    async fn authorize(&self, topic: &str, mut a: Admitted) -> Result<Admitted, ReplyError> {
+        if !a.config.private {
+            return Ok(a);
+        }
+        let channel = channel_name(topic);
+        let ctx = authz::Context::new(channel, &a.claims, self.request_headers.clone());
+        let access = ChannelAccess::decide(&self.svc.authz, ctx, a.config.presence_enabled)
+            .await
+            .map_err(|e| read_error(channel, e))?;
+        if !access.read().any() {
+            return Err(ReplyError::ReadDenied {
+                channel: channel.to_owned(),
+            });
+        }
+        a.private = Some(access);
+        Ok(a)
+    }
+
+    /// `postgres_changes_options.wait`: every entry must be subscribable and capture
+    /// connected within `wait`.
+    async fn wait_for_changes(
+        &self,
+        wait: std::time::Duration,
+        validated: &Validated,
+    ) -> Result<(), ReplyError> {
+        if let Some(e) = validated.errors.first() {
+            return Err(ReplyError::ChangesRefused(e.clone()));
+        }
+        let timeout = ReplyError::ChangesWaitTimeout {
+            ms: wait.as_millis() as u64,
+        };
+        let Some(capture) = &self.svc.capture else {
+            return Err(timeout);
+        };
+        tokio::time::timeout(wait, capture.wait_connected())
+            .await
+            .map_err(|_| timeout)
     }
 
     /// Replies ok, makes the channel a member of its topic (queueing `presence_state`) and
     /// subscribes its valid postgres_changes entries, both at dispatch's cut, and reports
-    /// each entry's outcome. A resuming channel's live frames wait behind a gate until its
-    /// catch-up is queued.
-    fn register(
+    /// each entry's outcome. A broadcast replay is read before the reply, with live frames
+    /// for the member held until it is sent; a resuming channel's live frames wait behind
+    /// a gate until its catch-up is queued.
+    async fn register(
         &mut self,
         msg: &Inbound,
         admitted: Admitted,
+        replay: Option<ReplayRequest>,
         validated: Option<Validated>,
         claim: Option<Claim>,
     ) {
@@ -128,6 +186,7 @@ impl Session {
             config,
             token,
             claims,
+            private,
         } = admitted;
         let join_ref: Arc<str> = msg
             .join_ref
@@ -140,11 +199,6 @@ impl Session {
             topic: msg.topic.as_str().into(),
         };
         let member = next_id();
-        let reply_entries = validated
-            .as_ref()
-            .map(|v| v.reply.clone())
-            .unwrap_or_default();
-        self.reply(msg, "ok", &json!({ "postgres_changes": reply_entries }));
         let viewer = Arc::new(Viewer::from_claims(&claims));
         let (outbox, gate) = match &claim {
             Some(_) => {
@@ -153,11 +207,7 @@ impl Session {
             }
             None => (ChannelOutbox::direct(self.outbox.clone()), None),
         };
-        let (subscriptions, errors) = validated
-            .map(|v| (v.subscriptions, v.errors))
-            .unwrap_or_default();
-        let replayed = claim.as_ref().map(|_| subscriptions.clone());
-        let member_of = Member {
+        let router_member = Member {
             id: member,
             conn_id: self.conn_id,
             join_ref: join_ref.clone(),
@@ -165,28 +215,69 @@ impl Session {
             outbox: outbox.clone(),
             broadcast_self: config.broadcast_self,
             presence: config.presence_enabled,
+            access: private.as_ref().map_or(Access::ALL, router_access),
+            held: replay.is_some().then(Vec::new),
+            covered: None,
         };
+        // A replaying channel is a member before the replay reads (held, so nothing
+        // overtakes the reply); any other joins at dispatch's cut, right after its reply.
+        let (replayed, mut pending) = match replay {
+            None => (None, Some(router_member)),
+            Some(request) => {
+                self.svc.router.join(&key, router_member);
+                let channel = channel_name(&msg.topic);
+                match self.svc.authz.replay(channel, request).await {
+                    Ok(r) => (Some(r), None),
+                    Err(e) => {
+                        tracing::warn!(conn_id = self.conn_id, topic = %msg.topic, error = %e, "replay failed");
+                        self.svc.router.leave(&key, member);
+                        return self.reply_error(msg, ReplyError::ReplayFailed);
+                    }
+                }
+            }
+        };
+        let reply_entries = validated
+            .as_ref()
+            .map(|v| v.reply.clone())
+            .unwrap_or_default();
+        self.reply(msg, "ok", &json!({ "postgres_changes": reply_entries }));
+        let (subscriptions, errors) = validated
+            .map(|v| (v.subscriptions, v.errors))
+            .unwrap_or_default();
+        let resumed_subscriptions = claim.as_ref().map(|_| subscriptions.clone());
         let subscribed = !subscriptions.is_empty();
         let subscriber = Subscriber {
             member,
             conn_id: self.conn_id,
             topic: key.topic.clone(),
+            join_ref: join_ref.clone(),
             vsn: self.vsn,
             outbox,
             viewer: viewer.clone(),
         };
         let (router, changes) = (&self.svc.router, &self.svc.changes);
         let (cut, ()) = changes.progress().at_cut(|| {
-            router.join(&key, member_of);
+            if let Some(m) = pending.take() {
+                router.join(&key, m);
+            }
             if subscribed {
                 changes.subscribe(subscriber, subscriptions);
             }
         });
+        if let Some(r) = &replayed {
+            self.send_replay(&msg.topic, &join_ref, r);
+        }
         if subscribed {
             self.system(&msg.topic, &join_ref, &SystemMessage::SubscribedToPostgres);
         }
         for e in errors {
             self.system(&msg.topic, &join_ref, &SystemMessage::Changes(e));
+        }
+        if let Some(r) = replayed {
+            let seam = r.seam;
+            self.svc
+                .router
+                .release(&key, member, Arc::new(move |xid| seam.covers(xid)));
         }
         let live = match (claim, gate) {
             (Some(claim), Some(gate)) => {
@@ -194,7 +285,7 @@ impl Session {
                     key: key.clone(),
                     vsn: self.vsn,
                     viewer,
-                    subscriptions: replayed.unwrap_or_default(),
+                    subscriptions: resumed_subscriptions.unwrap_or_default(),
                 };
                 self.catch_up(claim, cut, gate, target, join_ref.clone())
             }
@@ -218,7 +309,66 @@ impl Session {
                 token,
                 exp: claims.exp,
                 live,
+                private,
             },
         );
+    }
+
+    /// The replayed messages, oldest first, each with `meta: {id, replayed: true}`, and a
+    /// note when the limit left older ones out. Binary messages reach v2 sockets only.
+    fn send_replay(&self, topic: &str, join_ref: &str, r: &Replayed) {
+        for m in &r.messages {
+            let (payload, binary) = match &m.binary {
+                Some(bytes) => (BroadcastPayload::Binary(bytes.clone()), true),
+                None => (BroadcastPayload::Json(m.payload.clone()), false),
+            };
+            let b = Broadcast {
+                event: m.event.clone(),
+                payload,
+                meta: Some(json!({ "id": m.id, "replayed": true })),
+                binary_origin: binary,
+            };
+            match protocol::encode_channel_broadcast(self.vsn, Some(join_ref), topic, &b) {
+                Some(frame) => self.send(frame, "broadcast"),
+                None => self.svc.metrics.dropped("undeliverable_to_v1", 1),
+            }
+        }
+        if r.stored > r.messages.len() as u64 {
+            let note = SystemMessage::ReplayLeftOut {
+                sent: r.messages.len(),
+                stored: r.stored,
+            };
+            self.system(topic, join_ref, &note);
+        }
+    }
+}
+
+/// The join's replay request: refused on public channels, checked on private ones (which
+/// need broadcast read for it).
+fn check_replay(topic: &str, a: &Admitted) -> Result<Option<ReplayRequest>, ReplyError> {
+    let Some(private) = &a.private else {
+        return match a.config.replay_asked {
+            true => Err(ReplyError::ReplayOnPublicChannel),
+            false => Ok(None),
+        };
+    };
+    match a.config.replay {
+        Replay::None => Ok(None),
+        Replay::Invalid => Err(ReplyError::ReplayParamsInvalid),
+        Replay::Requested(_) if !private.read().broadcast => Err(ReplyError::ReadDenied {
+            channel: channel_name(topic).to_owned(),
+        }),
+        Replay::Requested(r) => Ok(Some(r)),
+    }
+}
+
+/// A failed read decision at join.
+fn read_error(channel: &str, e: AuthzError) -> ReplyError {
+    match e {
+        AuthzError::Policy(problem) => ReplyError::ReadCheckFailed {
+            channel: channel.to_owned(),
+            problem,
+        },
+        AuthzError::Unavailable(_) => ReplyError::DatabaseUnavailable,
     }
 }

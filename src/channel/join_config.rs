@@ -1,10 +1,19 @@
 //! The `phx_join` payload, read tolerantly: string booleans, unknown keys, absent or null
 //! tokens (PROTOCOL.md §3).
 
+use std::time::Duration;
+
 use serde_json::Value;
 
+use crate::authz::Replay;
+
+/// `postgres_changes_options.timeout` when absent (the Supabase branch's default).
+pub const DEFAULT_CHANGES_WAIT: Duration = Duration::from_millis(15_000);
+/// The longest `postgres_changes_options.timeout` honoured.
+pub const MAX_CHANGES_WAIT: Duration = Duration::from_millis(20_000);
+
 /// A join's `config` plus its token.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JoinConfig {
     pub broadcast_self: bool,
     pub broadcast_ack: bool,
@@ -15,6 +24,45 @@ pub struct JoinConfig {
     pub postgres_changes: Vec<Value>,
     /// `access_token` (or legacy `user_token`) when it is a string.
     pub access_token: Option<String>,
+    /// Whether `config.broadcast.replay` is present at all (refused on public channels).
+    pub replay_asked: bool,
+    /// `config.broadcast.replay`, read.
+    pub replay: Replay,
+    /// `postgres_changes_options: {wait: true, timeout}`: how long the join may wait for
+    /// capture to be live before it fails.
+    pub changes_wait: Option<Duration>,
+}
+
+impl Default for JoinConfig {
+    fn default() -> Self {
+        JoinConfig {
+            broadcast_self: false,
+            broadcast_ack: false,
+            presence_key: String::new(),
+            presence_enabled: false,
+            private: false,
+            postgres_changes: Vec::new(),
+            access_token: None,
+            replay_asked: false,
+            replay: Replay::None,
+            changes_wait: None,
+        }
+    }
+}
+
+/// `{wait, timeout}`: `None` unless `wait` is true; the timeout (ms, positive) defaults
+/// to 15 s and is capped at 20 s.
+fn changes_wait(options: Option<&Value>) -> Option<Duration> {
+    let options = options?;
+    if !truthy(options.get("wait")) {
+        return None;
+    }
+    let timeout = options
+        .get("timeout")
+        .and_then(Value::as_u64)
+        .filter(|ms| *ms > 0)
+        .map_or(DEFAULT_CHANGES_WAIT, Duration::from_millis);
+    Some(timeout.min(MAX_CHANGES_WAIT))
 }
 
 /// `true`, `"true"`, `"TRUE"` -> true; anything else false.
@@ -51,6 +99,9 @@ impl JoinConfig {
                 .cloned()
                 .unwrap_or_default(),
             access_token: token,
+            replay_asked: get("broadcast", "replay").is_some_and(|v| !v.is_null()),
+            replay: Replay::parse(get("broadcast", "replay")),
+            changes_wait: changes_wait(config.and_then(|c| c.get("postgres_changes_options"))),
         }
     }
 }
@@ -76,6 +127,33 @@ mod tests {
         assert!(c.broadcast_self && c.broadcast_ack && c.presence_enabled);
         assert_eq!(c.presence_key, "u1");
         assert_eq!(c.access_token, None);
+    }
+
+    #[test]
+    fn postgres_changes_options_wait_up_to_twenty_seconds() {
+        let wait = |v: Value| {
+            JoinConfig::parse(&json!({"config": {"postgres_changes_options": v}})).changes_wait
+        };
+        assert_eq!(wait(json!({"wait": true})), Some(DEFAULT_CHANGES_WAIT));
+        assert_eq!(
+            wait(json!({"wait": "true", "timeout": 500})),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            wait(json!({"wait": true, "timeout": 60_000})),
+            Some(MAX_CHANGES_WAIT)
+        );
+        assert_eq!(wait(json!({"wait": false, "timeout": 500})), None);
+        assert_eq!(JoinConfig::parse(&json!({"config": {}})).changes_wait, None);
+    }
+
+    #[test]
+    fn a_replay_key_is_noticed_even_when_its_value_is_unusable() {
+        let c = JoinConfig::parse(&json!({"config": {"broadcast": {"replay": "soon"}}}));
+        assert!(c.replay_asked);
+        assert_eq!(c.replay, Replay::None);
+        let c = JoinConfig::parse(&json!({"config": {"broadcast": {"replay": {"since": 5}}}}));
+        assert!(matches!(c.replay, Replay::Requested(_)));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Client broadcasts and presence pushes on a joined channel: the message rate, size
-//! limits, and the replies (ack, errors) each gets.
+//! limits, private channels' write permissions, and the replies (ack, errors) each gets.
 
 use serde_json::{json, Map, Value};
 
 use super::session::Session;
+use crate::authz::Extension;
 use crate::protocol::{
     encoded_len, AckError, Broadcast, BroadcastPayload, ChannelError, Inbound, InboundPayload,
     ReplyError,
@@ -36,7 +37,7 @@ impl Session {
         false
     }
 
-    pub(super) fn broadcast(&mut self, msg: Inbound) {
+    pub(super) async fn broadcast(&mut self, msg: Inbound) {
         if !self.channels.contains_key(&msg.topic) {
             return self.reply_error(&msg, ReplyError::UnmatchedTopic);
         }
@@ -51,8 +52,7 @@ impl Session {
             BroadcastPayload::Json(v) => encoded_len(v),
             BroadcastPayload::Binary(bytes) => bytes.len(),
         };
-        let ch = &self.channels[&msg.topic];
-        let ack = ch.ack;
+        let ack = self.channels[&msg.topic].ack;
         if size > self.svc.limits.max_broadcast_bytes {
             self.svc
                 .metrics
@@ -62,13 +62,21 @@ impl Session {
             }
             return;
         }
+        if !self.may_write(&msg.topic, Extension::Broadcast).await {
+            // Supabase drops it without a reply, even with ack.
+            self.svc.metrics.dropped("write_denied", 1);
+            return;
+        }
+        let Some(ch) = self.channels.get(&msg.topic) else {
+            return;
+        };
         self.svc.router.broadcast(&ch.key, &b, Some(ch.member));
         if ack {
             self.reply_ok(&msg);
         }
     }
 
-    pub(super) fn presence(&mut self, msg: &Inbound) {
+    pub(super) async fn presence(&mut self, msg: &Inbound) {
         if !self.channels.contains_key(&msg.topic) {
             return self.reply_error(msg, ReplyError::UnmatchedTopic);
         }
@@ -82,7 +90,6 @@ impl Session {
             .get("event")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let ch = &self.channels[&msg.topic];
         if event.eq_ignore_ascii_case("track") {
             let Some(meta) = payload.get("payload").and_then(Value::as_object) else {
                 return self.reply_error(msg, ReplyError::PresenceNotMap);
@@ -94,10 +101,19 @@ impl Session {
                 return self.shut(&msg.topic, ChannelError::TrackTooLarge);
             }
             let meta: Map<String, Value> = meta.clone();
+            self.decide_presence_read(&msg.topic).await;
+            if !self.may_write(&msg.topic, Extension::Presence).await {
+                // Supabase answers a track without write with a bare error reply.
+                return self.reply(msg, "error", &serde_json::json!({}));
+            }
+            let Some(ch) = self.channels.get(&msg.topic) else {
+                return;
+            };
             let (key, member, presence_key) = (ch.key.clone(), ch.member, ch.presence_key.clone());
             self.reply_ok(msg);
             self.svc.router.track(&key, member, &presence_key, meta);
         } else if event.eq_ignore_ascii_case("untrack") {
+            let ch = &self.channels[&msg.topic];
             let (key, member) = (ch.key.clone(), ch.member);
             self.reply_ok(msg);
             self.svc.router.untrack(&key, member);

@@ -6,6 +6,7 @@
 mod join;
 mod join_config;
 mod messages;
+mod private;
 mod resume;
 mod session;
 #[cfg(test)]
@@ -17,6 +18,8 @@ pub use session::{ConnResume, Session};
 use std::sync::Arc;
 
 use crate::auth::Verifier;
+use crate::authz::Authz;
+use crate::capture::CaptureStatus;
 use crate::changes::Changes;
 use crate::config::Limits;
 use crate::resume::ResumeHandle;
@@ -27,6 +30,10 @@ use crate::telemetry::Metrics;
 pub struct Services {
     pub router: Arc<Router>,
     pub changes: Changes,
+    /// Private-channel decisions and Broadcast Replay.
+    pub authz: Authz,
+    /// `None` without a database: what `postgres_changes_options.wait` waits for.
+    pub capture: Option<Arc<CaptureStatus>>,
     pub verifier: Verifier,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
@@ -42,6 +49,8 @@ impl Services {
         Arc::new(Services {
             router: Arc::new(Router::new(metrics.clone())),
             changes: Changes::new(None),
+            authz: Authz::new(None),
+            capture: None,
             verifier: Verifier::new(config.jwt_secret.as_deref(), None).expect("test secret"),
             limits: config.limits.clone(),
             metrics,

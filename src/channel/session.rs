@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::{channel_name, Services};
 use crate::auth::{looks_like_jwt, Claims};
+use crate::authz::ChannelAccess;
 use crate::changes::Viewer;
 use crate::protocol::{
     self, ChannelError, Inbound, InboundPayload, ReplyError, SystemMessage, TokenError, Vsn,
@@ -34,6 +35,8 @@ pub(super) struct Channel {
     pub exp: i64,
     /// Its resumable row, when the connection opted in.
     pub live: Option<Arc<LiveChannel>>,
+    /// `Some` on a private channel: what the token in force may do there.
+    pub private: Option<ChannelAccess>,
 }
 
 /// A connection that opted in to resume with `resume=<key>`.
@@ -98,6 +101,9 @@ pub struct Session {
     pub(super) outbox: OutboxTx,
     /// Claims of the connection's `apikey`, used by joins that bring no user token.
     pub(super) conn_claims: Claims,
+    /// The upgrade request's `x-` headers as a JSON object: `request.headers` for private
+    /// channel policies.
+    pub(super) request_headers: Arc<str>,
     pub(super) channels: HashMap<String, Channel>,
     pub(super) joins: DefaultDirectRateLimiter,
     pub(super) messages: DefaultDirectRateLimiter,
@@ -133,11 +139,18 @@ impl Session {
             vsn,
             outbox,
             conn_claims,
+            request_headers: "{}".into(),
             channels: HashMap::new(),
             joins,
             messages,
             resume,
         }
+    }
+
+    /// The `x-` headers of the connection's upgrade request, as a JSON object.
+    pub fn with_request_headers(mut self, headers: Arc<str>) -> Session {
+        self.request_headers = headers;
+        self
     }
 
     pub(super) fn send(&self, frame: WireFrame, kind: &'static str) {
@@ -183,9 +196,9 @@ impl Session {
         match event {
             Event::Join => self.join(msg).await,
             Event::Leave => self.leave(&msg),
-            Event::AccessToken => self.refresh_token(&msg),
-            Event::Broadcast => self.broadcast(msg),
-            Event::Presence => self.presence(&msg),
+            Event::AccessToken => self.refresh_token(&msg).await,
+            Event::Broadcast => self.broadcast(msg).await,
+            Event::Presence => self.presence(&msg).await,
             Event::Heartbeat | Event::Other if self.channels.contains_key(&msg.topic) => {
                 self.reply_error(&msg, ReplyError::UnknownEvent(msg.event.clone()))
             }
@@ -238,8 +251,9 @@ impl Session {
     }
 
     /// `access_token`: never replied to. A new valid token replaces the channel's claims
-    /// (and row scope from then on); an invalid one ends the channel.
-    fn refresh_token(&mut self, msg: &Inbound) {
+    /// (and row scope from then on; a private channel's permissions are decided again);
+    /// an invalid one, or one that may no longer read the private channel, ends it.
+    async fn refresh_token(&mut self, msg: &Inbound) {
         let Some(ch) = self.channels.get(&msg.topic) else {
             return;
         };
@@ -253,18 +267,21 @@ impl Session {
         if ch.token.as_deref() == Some(token) {
             return;
         }
-        match self.svc.verifier.verify(token) {
-            Ok(claims) => {
-                tracing::debug!(conn_id = self.conn_id, topic = %msg.topic, role = %claims.role, "token refreshed");
-                self.svc
-                    .changes
-                    .set_viewer(ch.member, Arc::new(Viewer::from_claims(&claims)));
-                if let Some(ch) = self.channels.get_mut(&msg.topic) {
-                    ch.exp = claims.exp;
-                    ch.token = Some(token.to_owned());
-                }
-            }
-            Err(e) => self.shut(&msg.topic, ChannelError::Token(e)),
+        let token = token.to_owned();
+        let claims = match self.svc.verifier.verify(&token) {
+            Ok(claims) => claims,
+            Err(e) => return self.shut(&msg.topic, ChannelError::Token(e)),
+        };
+        tracing::debug!(conn_id = self.conn_id, topic = %msg.topic, role = %claims.role, "token refreshed");
+        if let Err(e) = self.redecide(&msg.topic, &claims).await {
+            return self.shut(&msg.topic, e);
+        }
+        if let Some(ch) = self.channels.get_mut(&msg.topic) {
+            self.svc
+                .changes
+                .set_viewer(ch.member, Arc::new(Viewer::from_claims(&claims)));
+            ch.exp = claims.exp;
+            ch.token = Some(token);
         }
     }
 

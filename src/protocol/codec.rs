@@ -302,6 +302,17 @@ struct BroadcastBody<'a> {
 /// v2 receivers get a kind-4 binary frame when the broadcast is of binary origin; everyone
 /// else gets the text form `[null,null,topic,"broadcast",{..}]` / its v1 object.
 pub fn encode_broadcast(vsn: Vsn, topic: &str, b: &Broadcast) -> Option<WireFrame> {
+    encode_channel_broadcast(vsn, None, topic, b)
+}
+
+/// [`encode_broadcast`] for a broadcast the channel itself pushes (a replayed message):
+/// text frames carry the channel's `join_ref`.
+pub fn encode_channel_broadcast(
+    vsn: Vsn,
+    join_ref: Option<&str>,
+    topic: &str,
+    b: &Broadcast,
+) -> Option<WireFrame> {
     if vsn == Vsn::V2 && b.binary_origin {
         if let Some(frame) = encode_kind4(topic, b) {
             return Some(WireFrame::Binary(Bytes::from(frame)));
@@ -316,7 +327,7 @@ pub fn encode_broadcast(vsn: Vsn, topic: &str, b: &Broadcast) -> Option<WireFram
         payload,
         meta: b.meta.as_ref(),
     };
-    Some(encode(vsn, None, None, topic, "broadcast", &body))
+    Some(encode(vsn, join_ref, None, topic, "broadcast", &body))
 }
 
 /// `u8 4 | len(topic) | len(event) | len(metadata) | encoding | topic | event | metadata |

@@ -65,10 +65,11 @@ mod codec;
 mod texts;
 
 pub use codec::{
-    decode_binary, decode_text, encode, encode_broadcast, encode_reply, encoded_len, DecodeError,
+    decode_binary, decode_text, encode, encode_broadcast, encode_channel_broadcast, encode_reply,
+    encoded_len, DecodeError,
 };
 pub use texts::{
-    enable_sql, enable_statement, AckError, BodyProblem, ChangesError, ChannelError, Close,
-    FilterError, HttpError, InspectorBadRequest, InspectorError, NotRecovered, ReplyError, Resumed,
-    RowError, SystemMessage, TokenError,
+    enable_sql, enable_statement, publication_sql, AckError, BodyProblem, ChangesError,
+    ChannelError, Close, FilterError, HttpError, InspectorBadRequest, InspectorError, NotRecovered,
+    ReplyError, Resumed, RowError, SystemMessage, TokenError,
 };

@@ -85,6 +85,25 @@ pub enum ReplyError {
         "Unauthorized: You do not have permissions to read from this Channel topic: {channel}"
     )]
     ReadDenied { channel: String },
+    /// A `realtime.messages` policy (or the token's role) raised while deciding read
+    /// access: the join is refused and the problem named.
+    #[error("Unauthorized: You do not have permissions to read from this Channel topic: {channel} (the realtime.messages policy check failed: {problem})")]
+    ReadCheckFailed { channel: String, problem: String },
+    /// The database could not be reached to decide a private channel.
+    #[error("UnableToConnectToProject: Realtime was unable to connect to the project database")]
+    DatabaseUnavailable,
+    #[error("UnableToReplayMessages: Replay is not allowed for public channels")]
+    ReplayOnPublicChannel,
+    #[error("UnableToReplayMessages: Replay params are not valid")]
+    ReplayParamsInvalid,
+    #[error("UnableToReplayMessages: Realtime was unable to replay messages")]
+    ReplayFailed,
+    /// `postgres_changes_options.wait`: capture did not come up in time.
+    #[error("PostgresChangesSubscribeTimeout: Timed out after {ms}ms waiting for the postgres_changes subscription")]
+    ChangesWaitTimeout { ms: u64 },
+    /// `postgres_changes_options.wait`: an entry cannot be subscribed.
+    #[error("RealtimeDisabledForConfiguration: {0}")]
+    ChangesRefused(ChangesError),
 }
 
 impl ReplyError {
@@ -117,6 +136,17 @@ pub enum ChannelError {
     TrackTooLarge,
     #[error("{0}")]
     Token(TokenError),
+    /// A refreshed token lost one of the read permissions the channel had.
+    #[error("You no longer have permission to read from this Channel topic: {channel}")]
+    ReadLost { channel: String },
+    /// A refreshed token may read neither broadcast nor presence.
+    #[error("You do not have permissions to read from this Channel topic: {channel}")]
+    ReadDenied { channel: String },
+    /// A policy raised while re-deciding read access for a refreshed token.
+    #[error("You do not have permissions to read from this Channel topic: {channel} (the realtime.messages policy check failed: {problem})")]
+    ReadCheckFailed { channel: String, problem: String },
+    #[error("Realtime was unable to connect to the project database")]
+    DatabaseUnavailable,
 }
 
 /// Why one `postgres_changes` entry of a join cannot be served. Sent as a
@@ -133,8 +163,16 @@ pub enum ChangesError {
     FilterNeedsTable { scope: String },
     #[error("Unable to subscribe to changes with given parameters: table {table} does not exist")]
     NoSuchTable { table: String },
-    #[error("table {table} is not enabled for realtime; enable it with: {}", enable_sql(.table))]
+    #[error("table {table} is not enabled for realtime; add it to the publication with: {} or enable it with: {}", publication_sql(.table), enable_sql(.table))]
     NotEnabled { table: String },
+    #[error("Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]")]
+    SelectNotList,
+    #[error("Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name.")]
+    SelectWithWildcard,
+    #[error("invalid column for select {column}")]
+    SelectUnknownColumn { column: String },
+    #[error("invalid column for select {column}: role {role} may not select it")]
+    SelectNotPermitted { column: String, role: String },
     /// The catalog could not be read (database unreachable).
     #[error("Unable to subscribe to changes with given parameters: {0}")]
     Unavailable(String),
@@ -143,6 +181,11 @@ pub enum ChangesError {
 /// The SQL that enables realtime on `table` (already quoted: `public."My Table"`).
 pub fn enable_sql(table: &str) -> String {
     format!("select realtime.enable('{}')", table.replace('\'', "''"))
+}
+
+/// The statement that adds `table` to the `supabase_realtime` publication.
+pub fn publication_sql(table: &str) -> String {
+    format!("alter publication supabase_realtime add table {table};")
 }
 
 /// [`enable_sql`] as a statement to paste into psql.
@@ -227,6 +270,13 @@ pub enum SystemMessage {
     Closed(ChannelError),
     /// A resuming join: what was replayed (status ok either way; the channel stays).
     Resume(Resumed),
+    /// A row-scope policy raised for this subscriber's claims on `table`: its changes of
+    /// that table are not delivered (others' are). Status `ok`: Python turns any `error`
+    /// into a channel error and rejoins, losing events meanwhile.
+    RowScopeProblem { table: String, problem: String },
+    /// Broadcast Replay sent the newest `sent` of `stored` messages; the older ones were
+    /// left out by the limit. Status `ok` for the same reason.
+    ReplayLeftOut { sent: usize, stored: u64 },
 }
 
 impl SystemMessage {
@@ -258,6 +308,19 @@ impl SystemMessage {
                     "channel": channel,
                 });
             }
+            SystemMessage::RowScopeProblem { table, problem } => (
+                "postgres_changes",
+                "ok",
+                format!("Changes of {table} are not delivered to this subscriber: its row-level security check failed: {problem}"),
+            ),
+            SystemMessage::ReplayLeftOut { sent, stored } => (
+                "broadcast",
+                "ok",
+                format!(
+                    "Replay sent the newest {sent} of {stored} stored messages; {} older messages were left out by the limit",
+                    stored.saturating_sub(*sent as u64)
+                ),
+            ),
         };
         json!({
             "extension": extension,
@@ -308,6 +371,12 @@ pub enum HttpError {
     Unauthorized,
     /// REST batch over the size allowed in one request.
     BatchTooLarge,
+    /// REST single broadcast to a private topic the token may not write.
+    WriteDenied,
+    /// A `realtime.messages` policy raised while deciding a REST private broadcast.
+    RlsPolicyError,
+    /// The database could not be reached to decide a REST private broadcast.
+    DatabaseUnavailable,
     /// REST body that cannot be used; `field` names the part (`messages[3]`, `payload`).
     Unprocessable {
         field: String,
@@ -344,7 +413,10 @@ impl HttpError {
             HttpError::BadVsn(_) | HttpError::BadResumeKey => 400,
             HttpError::TooManyConnections | HttpError::BatchTooLarge => 429,
             HttpError::Restarting => 503,
-            HttpError::Unprocessable { .. } => 422,
+            HttpError::WriteDenied => 403,
+            HttpError::Unprocessable { .. }
+            | HttpError::RlsPolicyError
+            | HttpError::DatabaseUnavailable => 422,
         }
     }
 
@@ -357,7 +429,11 @@ impl HttpError {
             }),
             HttpError::TooManyConnections => json!({ "error": "Too many connected users" }),
             HttpError::Restarting => json!({ "error": "Realtime is restarting, please standby" }),
-            HttpError::Unauthorized => json!({ "message": "Unauthorized" }),
+            HttpError::Unauthorized | HttpError::WriteDenied => {
+                json!({ "message": "Unauthorized" })
+            }
+            HttpError::RlsPolicyError => json!({ "message": "RLS policy error" }),
+            HttpError::DatabaseUnavailable => json!({ "message": "Tenant database unavailable" }),
             HttpError::BatchTooLarge => {
                 json!({ "message": "Too many messages to broadcast, please reduce the batch size" })
             }
@@ -558,13 +634,62 @@ mod tests {
     }
 
     #[test]
-    fn not_enabled_names_the_sql_that_fixes_it() {
+    fn not_enabled_names_both_ways_to_fix_it() {
         let e = ChangesError::NotEnabled {
             table: "public.\"it's\"".into(),
         };
         assert_eq!(
             e.to_string(),
-            "table public.\"it's\" is not enabled for realtime; enable it with: select realtime.enable('public.\"it''s\"')"
+            "table public.\"it's\" is not enabled for realtime; add it to the publication with: \
+             alter publication supabase_realtime add table public.\"it's\"; \
+             or enable it with: select realtime.enable('public.\"it''s\"')"
+        );
+    }
+
+    #[test]
+    fn private_channel_and_replay_texts_are_supabases() {
+        assert_eq!(
+            ReplyError::ReplayOnPublicChannel.to_string(),
+            "UnableToReplayMessages: Replay is not allowed for public channels"
+        );
+        assert_eq!(
+            ChannelError::ReadLost {
+                channel: "room:1".into()
+            }
+            .to_string(),
+            "You no longer have permission to read from this Channel topic: room:1"
+        );
+        assert_eq!(
+            ReplyError::ChangesWaitTimeout { ms: 1500 }.to_string(),
+            "PostgresChangesSubscribeTimeout: Timed out after 1500ms waiting for the postgres_changes subscription"
+        );
+        assert_eq!(
+            (
+                HttpError::WriteDenied.status(),
+                HttpError::WriteDenied.body()
+            ),
+            (403, json!({"message": "Unauthorized"}))
+        );
+    }
+
+    #[test]
+    fn informational_system_messages_never_carry_status_error() {
+        // Python turns any status "error" into a channel error and a rejoin.
+        for m in [
+            SystemMessage::RowScopeProblem {
+                table: "public.t".into(),
+                problem: "boom".into(),
+            },
+            SystemMessage::ReplayLeftOut {
+                sent: 25,
+                stored: 40,
+            },
+        ] {
+            assert_eq!(m.payload("room")["status"], "ok", "{m:?}");
+        }
+        assert_eq!(
+            SystemMessage::ReplayLeftOut { sent: 25, stored: 40 }.payload("room")["message"],
+            "Replay sent the newest 25 of 40 stored messages; 15 older messages were left out by the limit"
         );
     }
 }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::protocol::{self, Broadcast, Vsn, WireFrame};
 use crate::telemetry::Metrics;
-use outbox::{ChannelOutbox, FrameSink, OutboxTx, PushError};
+use outbox::{ChannelOutbox, FrameSink, PushError};
 use presence::{Diff, PresenceState};
 
 /// One join of one topic by one connection (a new id for every join).
@@ -40,6 +40,59 @@ pub struct Member {
     pub broadcast_self: bool,
     /// Receives presence diffs (presence enabled at join, or after a first track).
     pub presence: bool,
+    /// May receive broadcasts and presence (always on public channels; a private
+    /// channel's read policies decide).
+    pub access: Access,
+    /// `Some` while the member's channel sends a replay: frames for it wait here, with the
+    /// transaction id of database broadcasts, until `release`.
+    pub held: Option<Vec<(WireFrame, Option<u64>)>>,
+    /// After a replay: database broadcasts written by transactions it covered are not
+    /// delivered to this member (capture may read them long after the replay).
+    pub covered: Option<Covered>,
+}
+
+/// Which log transactions a replay already covered.
+pub type Covered = Arc<dyn Fn(u64) -> bool + Send + Sync>;
+
+/// What a member may receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub broadcast: bool,
+    pub presence: bool,
+}
+
+impl Access {
+    pub const ALL: Access = Access {
+        broadcast: true,
+        presence: true,
+    };
+}
+
+/// Most frames held for one member while its replay is sent; beyond, it is cut off as a
+/// slow consumer (the replay itself is at most 25 messages and one query).
+const MAX_HELD: usize = 1024;
+
+impl Member {
+    /// Queues `frame` for this member (or holds it), without counting it.
+    fn push(&mut self, router: &Router, frame: WireFrame, xid: Option<u64>) -> bool {
+        if let (Some(xid), Some(covered)) = (xid, &self.covered) {
+            if covered(xid) {
+                return false;
+            }
+        }
+        match &mut self.held {
+            Some(held) if held.len() < MAX_HELD => {
+                held.push((frame, xid));
+                true
+            }
+            Some(_) => {
+                self.outbox.tx().close(crate::protocol::Close::SlowConsumer);
+                router.metrics.slow_consumer(self.conn_id);
+                false
+            }
+            None => router.push(&self.outbox, self.conn_id, frame),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -110,7 +163,7 @@ impl Router {
     /// Queues one `frame` and counts it under `kind` (replies, system messages).
     pub fn deliver(
         &self,
-        outbox: &OutboxTx,
+        outbox: &impl FrameSink,
         conn_id: u64,
         frame: WireFrame,
         kind: &'static str,
@@ -142,16 +195,16 @@ impl Router {
 
     /// Adds a member. If it wants presence, its `presence_state` is queued first, under
     /// the same lock as its registration, so no diff can overtake the snapshot.
-    pub fn join(&self, key: &TopicKey, member: Member) {
+    pub fn join(&self, key: &TopicKey, mut member: Member) {
         let entry = self.topics.entry(key.clone()).or_default();
         let mut topic = lock(entry.value());
-        if member.presence {
-            self.push_presence_state(&key.topic, &topic.presence, &member);
+        if member.presence && member.access.presence {
+            self.push_presence_state(&key.topic, &topic.presence, &mut member);
         }
         topic.members.insert(member.id, member);
     }
 
-    fn push_presence_state(&self, topic: &str, presence: &PresenceState, member: &Member) {
+    fn push_presence_state(&self, topic: &str, presence: &PresenceState, member: &mut Member) {
         let state = presence.state_json();
         let frame = protocol::encode(
             member.vsn,
@@ -161,8 +214,38 @@ impl Router {
             "presence_state",
             &state,
         );
-        if self.push(&member.outbox, member.conn_id, frame) {
+        if member.push(self, frame, None) {
             self.metrics.message_out("presence_state", 1);
+        }
+    }
+
+    /// Ends a member's hold: queues what was held for it in order, except database
+    /// broadcasts whose transaction `covered` says a replay already sent; from now on such
+    /// broadcasts are skipped for it whenever they come.
+    pub fn release(&self, key: &TopicKey, member: MemberId, covered: Covered) {
+        let Some(topic) = self.topic(key) else {
+            return;
+        };
+        let mut t = lock(&topic);
+        let Some(m) = t.members.get_mut(&member) else {
+            return;
+        };
+        for (frame, xid) in m.held.take().unwrap_or_default() {
+            if xid.is_some_and(|x| covered(x)) {
+                continue;
+            }
+            self.push(&m.outbox, m.conn_id, frame);
+        }
+        m.covered = Some(covered);
+    }
+
+    /// Applies new read permissions to a member (a private channel's refreshed token, or
+    /// presence read decided at its first track).
+    pub fn set_access(&self, key: &TopicKey, member: MemberId, access: Access) {
+        if let Some(topic) = self.topic(key) {
+            if let Some(m) = lock(&topic).members.get_mut(&member) {
+                m.access = access;
+            }
         }
     }
 
@@ -172,7 +255,7 @@ impl Router {
             let mut t = lock(&topic);
             t.members.remove(&member);
             if let Some(diff) = t.presence.untrack(member) {
-                self.fan_out_diff(&key.topic, &t, &diff);
+                self.fan_out_diff(&key.topic, &mut t, &diff);
             }
         }
         self.topics
@@ -185,36 +268,61 @@ impl Router {
         let Some(topic) = self.topic(key) else {
             return 0;
         };
-        let t = lock(&topic);
-        self.broadcast_to(&key.topic, t.members.values(), msg, sender)
+        let mut t = lock(&topic);
+        self.fan_out_broadcast(&key.topic, t.members.values_mut(), msg, sender, None)
     }
 
-    /// The topic's members right now, for a broadcast whose receivers must be fixed
-    /// before it is sent (database broadcasts, decided in log order).
-    pub fn members(&self, key: &TopicKey) -> Vec<Member> {
-        self.topic(key)
-            .map(|t| lock(&t).members.values().cloned().collect())
-            .unwrap_or_default()
+    /// The ids of the topic's members right now, for a broadcast whose receivers must be
+    /// fixed before it is sent (database broadcasts, decided in log order). Sorted.
+    pub fn member_ids(&self, key: &TopicKey) -> Vec<MemberId> {
+        let mut ids: Vec<MemberId> = self
+            .topic(key)
+            .map(|t| lock(&t).members.keys().copied().collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// A broadcast read from the change log, written by transaction `xid` (a replaying
+    /// member may already have it), to those of `recipients` (sorted, from
+    /// [`Router::member_ids`]) that are still members.
+    pub fn broadcast_logged_to(
+        &self,
+        key: &TopicKey,
+        msg: &Broadcast,
+        xid: Option<u64>,
+        recipients: &[MemberId],
+    ) -> usize {
+        let Some(topic) = self.topic(key) else {
+            return 0;
+        };
+        let mut t = lock(&topic);
+        let members = t
+            .members
+            .values_mut()
+            .filter(|m| recipients.binary_search(&m.id).is_ok());
+        self.fan_out_broadcast(&key.topic, members, msg, None, xid)
     }
 
     /// Fans a broadcast out to `members` of `topic`, encoding once per serializer.
-    pub fn broadcast_to<'a>(
+    fn fan_out_broadcast<'a>(
         &self,
         topic: &str,
-        members: impl IntoIterator<Item = &'a Member>,
+        members: impl Iterator<Item = &'a mut Member>,
         msg: &Broadcast,
         sender: Option<MemberId>,
+        xid: Option<u64>,
     ) -> usize {
         let started = std::time::Instant::now();
         let mut frames = Encoded::new(|vsn| protocol::encode_broadcast(vsn, topic, msg));
         let mut sent = 0;
         for m in members {
-            if Some(m.id) == sender && !m.broadcast_self {
+            if (Some(m.id) == sender && !m.broadcast_self) || !m.access.broadcast {
                 continue;
             }
             match frames.get(m.vsn) {
                 Some(frame) => {
-                    if self.push(&m.outbox, m.conn_id, frame) {
+                    if m.push(self, frame, xid) {
                         sent += 1;
                     }
                 }
@@ -241,19 +349,19 @@ impl Router {
             return;
         };
         let mut t = lock(&topic);
-        let newly_enabled = match t.members.get_mut(&member) {
+        let t = &mut *t;
+        match t.members.get_mut(&member) {
             Some(m) if !m.presence => {
                 m.presence = true;
-                Some(m.clone())
+                if m.access.presence {
+                    self.push_presence_state(&key.topic, &t.presence, m);
+                }
             }
-            Some(_) => None,
+            Some(_) => {}
             None => return,
-        };
-        if let Some(m) = newly_enabled {
-            self.push_presence_state(&key.topic, &t.presence, &m);
         }
         if let Some(diff) = t.presence.track(member, presence_key, payload) {
-            self.fan_out_diff(&key.topic, &t, &diff);
+            self.fan_out_diff(&key.topic, t, &diff);
         }
     }
 
@@ -263,11 +371,11 @@ impl Router {
         };
         let mut t = lock(&topic);
         if let Some(diff) = t.presence.untrack(member) {
-            self.fan_out_diff(&key.topic, &t, &diff);
+            self.fan_out_diff(&key.topic, &mut t, &diff);
         }
     }
 
-    fn fan_out_diff(&self, topic: &str, t: &Topic, diff: &Diff) {
+    fn fan_out_diff(&self, topic: &str, t: &mut Topic, diff: &Diff) {
         let payload = diff.to_json();
         let mut frames = Encoded::new(|vsn| {
             Some(protocol::encode(
@@ -280,9 +388,13 @@ impl Router {
             ))
         });
         let mut sent = 0;
-        for m in t.members.values().filter(|m| m.presence) {
+        for m in t
+            .members
+            .values_mut()
+            .filter(|m| m.presence && m.access.presence)
+        {
             if let Some(frame) = frames.get(m.vsn) {
-                sent += u64::from(self.push(&m.outbox, m.conn_id, frame));
+                sent += u64::from(m.push(self, frame, None));
             }
         }
         self.metrics.message_out("presence_diff", sent);
@@ -335,6 +447,9 @@ mod tests {
             outbox: ChannelOutbox::direct(tx),
             broadcast_self: false,
             presence,
+            access: Access::ALL,
+            held: None,
+            covered: None,
         };
         (m, rx)
     }

@@ -53,7 +53,8 @@ fn is_too_large(e: axum::Error) -> bool {
 }
 
 /// Runs a connection to completion: `sink` and `stream` are the two halves of the socket;
-/// `resume` is the connection's `resume=` key, if it opted in.
+/// `resume` is the connection's `resume=` key, if it opted in; `request_headers` are the
+/// upgrade's `x-` headers as JSON (private channel policies read them).
 pub async fn run_connection<W, R>(
     hub: Arc<Hub>,
     sink: W,
@@ -61,6 +62,7 @@ pub async fn run_connection<W, R>(
     vsn: Vsn,
     claims: Claims,
     resume: Option<Arc<str>>,
+    request_headers: Arc<str>,
 ) where
     W: Sink<Message> + Unpin + Send + 'static,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -92,7 +94,8 @@ pub async fn run_connection<W, R>(
         tx.clone(),
         claims,
         resume,
-    );
+    )
+    .with_request_headers(request_headers);
     let idle = limits.idle_timeout;
     let mut idle_deadline = Instant::now() + idle;
     loop {

@@ -129,6 +129,12 @@ async fn websocket(
         Some(key) if valid_resume_key(key) => Some(Arc::<str>::from(key)),
         Some(_) => return http_error(HttpError::BadResumeKey),
     };
+    // Private channel policies read the upgrade's `x-` headers (as Supabase passes them).
+    let x_headers = crate::authz::headers_json(headers.iter().filter_map(|(name, value)| {
+        let name = name.as_str();
+        let value = value.to_str().ok()?;
+        name.starts_with("x-").then_some((name, value))
+    }));
     let max = hub.services.limits.max_frame_bytes;
     // Small initial buffers (they grow for large messages): tungstenite's 128 KiB
     // default read buffer per socket dominates the memory of idle connections.
@@ -140,7 +146,7 @@ async fn websocket(
             let tracker = hub.connections.clone();
             tracker.track_future(async move {
                 let (sink, stream) = socket.split();
-                conn::run_connection(hub, sink, stream, vsn, claims, resume).await;
+                conn::run_connection(hub, sink, stream, vsn, claims, resume, x_headers).await;
                 drop(permit);
                 drop(slot);
             })

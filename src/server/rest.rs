@@ -1,6 +1,9 @@
 //! REST broadcast: `POST /api/broadcast` (batch) and
 //! `POST /api/broadcast/{topic}/events/{event}` (single), under `/realtime/v1` too.
 //! A batch is validated whole before anything is sent (bad input changes nothing).
+//! Private messages are authorized by the `realtime.messages` write policies for the
+//! caller's token and headers, as Supabase does: the batch drops refused topics and still
+//! answers 202, the single endpoint answers 403.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use serde_json::{json, Value};
 
 use super::{http_error, Hub};
 use crate::auth::Claims;
+use crate::authz::{self, AuthzError, Extension};
 use crate::protocol::{encoded_len, BodyProblem, Broadcast, BroadcastPayload, HttpError};
 use crate::router::TopicKey;
 
@@ -44,10 +48,20 @@ fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Claims, Box<Response>> {
         .map_err(|_| unauthorized())
 }
 
-/// Private topics are writable only by `service_role` until private-channel policies
-/// exist; other callers' private messages are dropped silently (still 202), as Supabase does.
-fn may_write(claims: &Claims, private: bool) -> bool {
-    !private || &*claims.role == "service_role"
+/// Whether the caller may broadcast to private `topic` (one write probe).
+async fn may_write(
+    hub: &Hub,
+    claims: &Claims,
+    headers: &HeaderMap,
+    topic: &str,
+) -> Result<bool, AuthzError> {
+    let headers = authz::headers_json(
+        headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+    );
+    let ctx = authz::Context::new(topic, claims, headers);
+    hub.services.authz.write(&ctx, Extension::Broadcast).await
 }
 
 fn send(hub: &Hub, topic: &str, private: bool, msg: Broadcast) {
@@ -105,10 +119,29 @@ pub async fn broadcast_batch(
             },
         ));
     }
+    // One write decision per private topic; refused (or undecidable) topics are dropped.
+    let mut decided: HashMap<&str, bool> = HashMap::new();
     for (topic, private, msg) in ready {
-        if may_write(&claims, private) {
-            send(&hub, topic, private, msg);
+        if private {
+            let allowed = match decided.get(topic) {
+                Some(&allowed) => allowed,
+                None => {
+                    let allowed = may_write(&hub, &claims, &headers, topic)
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(topic, error = %e, "REST broadcast write check failed");
+                            false
+                        });
+                    decided.insert(topic, allowed);
+                    allowed
+                }
+            };
+            if !allowed {
+                hub.services.metrics.dropped("write_denied", 1);
+                continue;
+            }
         }
+        send(&hub, topic, private, msg);
     }
     StatusCode::ACCEPTED.into_response()
 }
@@ -148,8 +181,17 @@ pub async fn broadcast_one(
         meta: None,
         binary_origin: binary,
     };
-    if may_write(&claims, private) {
-        send(&hub, &topic, private, msg);
+    if private {
+        match may_write(&hub, &claims, &headers, &topic).await {
+            Ok(true) => {}
+            Ok(false) => return http_error(HttpError::WriteDenied),
+            Err(AuthzError::Policy(problem)) => {
+                tracing::warn!(topic, problem, "REST broadcast write check failed");
+                return http_error(HttpError::RlsPolicyError);
+            }
+            Err(AuthzError::Unavailable(_)) => return http_error(HttpError::DatabaseUnavailable),
+        }
     }
+    send(&hub, &topic, private, msg);
     StatusCode::ACCEPTED.into_response()
 }

@@ -61,6 +61,7 @@ impl Conn {
             Vsn::V2,
             claims,
             None,
+            "{}".into(),
         ));
         Conn {
             hub,

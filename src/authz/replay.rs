@@ -1,0 +1,217 @@
+//! Broadcast Replay (`config.broadcast.replay: {since, limit}` on a private channel): the
+//! stored broadcasts of a topic since `since` (ms since the epoch), newest `limit` of
+//! them (1..=25, default 25) sent oldest first, as Supabase does; plus how many were
+//! stored in all, so the channel can say how many the limit left out.
+//!
+//! The seam with live delivery: the query also returns the snapshot it read under. The
+//! channel holds live frames back while it replays; afterwards a held database broadcast
+//! whose transaction that snapshot already saw is dropped (it was replayed, or left out as
+//! older than the replayed ones), every other one is delivered. Nothing is sent twice and
+//! nothing committed after the snapshot is lost.
+
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use serde_json::Value;
+
+use super::AuthzError;
+
+/// Supabase's hard limit on replayed messages.
+pub const MAX_REPLAY: i64 = 25;
+
+/// One statement, one snapshot: the snapshot, how many messages match, and the newest
+/// `$3` of them (`$1` topic, `$2` since in ms). The snapshot row comes back even when
+/// nothing matches.
+const REPLAY: &str =
+    "with snap as materialized (select pg_catalog.pg_current_snapshot()::text as s), \
+     matching as ( \
+         select m.id, m.event, m.payload, m.binary_payload, m.inserted_at from realtime.messages m \
+         where m.topic = $1::text and m.private is true and m.extension = 'broadcast' \
+           and m.inserted_at >= (pg_catalog.to_timestamp($2::int8 / 1000.0) at time zone 'utc') \
+           and m.inserted_at < pg_catalog.timezone('utc', pg_catalog.now()) + interval '1 minute' \
+           and m.event is not null and (m.payload is not null or m.binary_payload is not null)) \
+     select snap.s, (select pg_catalog.count(*) from matching) as stored, \
+            n.id::text as id, n.event, n.payload, n.binary_payload \
+     from snap left join lateral ( \
+         select * from matching order by inserted_at desc limit $3::int8) n on true";
+
+/// `config.broadcast.replay`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayRequest {
+    /// Milliseconds since the Unix epoch.
+    pub since_ms: i64,
+    /// 1..=25.
+    pub limit: i64,
+}
+
+/// What a join's `replay` value asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// No `replay` key, or (as Supabase ignores it) a value that is not an object.
+    None,
+    Requested(ReplayRequest),
+    /// `since` missing, out of range or not an integer, or `limit` not an integer.
+    Invalid,
+}
+
+impl Replay {
+    /// Reads `config.broadcast.replay` (`None` when absent).
+    pub fn parse(value: Option<&Value>) -> Replay {
+        let Some(Value::Object(map)) = value else {
+            return Replay::None;
+        };
+        let since = map.get("since").and_then(Value::as_i64);
+        let limit = match map.get("limit") {
+            None | Some(Value::Null) => Some(MAX_REPLAY),
+            Some(v) => v.as_i64(),
+        };
+        match (since, limit) {
+            (Some(since_ms), Some(limit))
+                if chrono::DateTime::from_timestamp_millis(since_ms).is_some() =>
+            {
+                Replay::Requested(ReplayRequest {
+                    since_ms,
+                    limit: limit.clamp(1, MAX_REPLAY),
+                })
+            }
+            _ => Replay::Invalid,
+        }
+    }
+}
+
+/// One stored broadcast.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub id: String,
+    pub event: String,
+    pub payload: Value,
+    pub binary: Option<Bytes>,
+}
+
+/// The replayed messages (oldest first) and where the seam lies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replayed {
+    pub messages: Vec<StoredMessage>,
+    /// How many stored messages matched (more than `messages.len()` when the limit cut).
+    pub stored: u64,
+    pub seam: Seam,
+}
+
+/// The snapshot a replay read under: `xmax` and the xids in progress then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seam {
+    xmax: u64,
+    xip: Vec<u64>,
+}
+
+impl Seam {
+    /// Whether the transaction `xid` had finished when the replay read: a message it
+    /// wrote was replayed (or left out as older than the replayed ones), so the live path
+    /// must not deliver it to this channel, however late capture reads it.
+    pub fn covers(&self, xid: u64) -> bool {
+        xid < self.xmax && !self.xip.contains(&xid)
+    }
+}
+
+pub(super) async fn load(
+    pool: &Pool,
+    topic: &str,
+    request: ReplayRequest,
+) -> Result<Replayed, AuthzError> {
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(REPLAY).await?;
+    let rows = client
+        .query(&stmt, &[&topic, &request.since_ms, &request.limit])
+        .await?;
+    let snapshot: String = rows
+        .first()
+        .map(|r| r.get(0))
+        .ok_or_else(|| AuthzError::Unavailable("replay returned no snapshot".into()))?;
+    let stored: i64 = rows.first().map(|r| r.get(1)).unwrap_or(0);
+    let (xmax, xip) = parse_snapshot(&snapshot)
+        .ok_or_else(|| AuthzError::Unavailable(format!("bad snapshot {snapshot:?}")))?;
+    let mut messages: Vec<StoredMessage> = rows
+        .iter()
+        .filter_map(|r| {
+            let id: Option<String> = r.get("id");
+            Some(StoredMessage {
+                id: id?,
+                event: r.get("event"),
+                payload: r.get::<_, Option<Value>>("payload").unwrap_or(Value::Null),
+                binary: r
+                    .get::<_, Option<Vec<u8>>>("binary_payload")
+                    .map(Bytes::from),
+            })
+        })
+        .collect();
+    messages.reverse();
+    Ok(Replayed {
+        messages,
+        stored: u64::try_from(stored).unwrap_or(0),
+        seam: Seam { xmax, xip },
+    })
+}
+
+/// `xmin:xmax:xip1,xip2` -> (xmax, xip).
+fn parse_snapshot(text: &str) -> Option<(u64, Vec<u64>)> {
+    let mut parts = text.split(':');
+    let (_xmin, xmax, xip) = (parts.next()?, parts.next()?, parts.next()?);
+    let xip = xip
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().ok())
+        .collect::<Option<Vec<u64>>>()?;
+    Some((xmax.parse().ok()?, xip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn replay_params_follow_supabase() {
+        let req = |v: Value| Replay::parse(Some(&v));
+        assert_eq!(
+            req(json!({"since": 1000, "limit": 5})),
+            Replay::Requested(ReplayRequest {
+                since_ms: 1000,
+                limit: 5
+            })
+        );
+        assert_eq!(
+            req(json!({"since": 1000})),
+            Replay::Requested(ReplayRequest {
+                since_ms: 1000,
+                limit: 25
+            })
+        );
+        assert_eq!(
+            req(json!({"since": 1000, "limit": 500})),
+            Replay::Requested(ReplayRequest {
+                since_ms: 1000,
+                limit: 25
+            })
+        );
+        assert_eq!(
+            req(json!({"since": 1000, "limit": 0})),
+            Replay::Requested(ReplayRequest {
+                since_ms: 1000,
+                limit: 1
+            })
+        );
+        assert_eq!(req(json!({"limit": 5})), Replay::Invalid);
+        assert_eq!(req(json!({"since": "yesterday"})), Replay::Invalid);
+        assert_eq!(req(json!({"since": 1000, "limit": "ten"})), Replay::Invalid);
+        assert_eq!(req(json!({"since": i64::MAX})), Replay::Invalid);
+        assert_eq!(req(json!(true)), Replay::None);
+        assert_eq!(Replay::parse(None), Replay::None);
+    }
+
+    #[test]
+    fn a_replay_covers_transactions_finished_before_its_snapshot() {
+        let (xmax, xip) = parse_snapshot("100:105:101,103").unwrap();
+        let r = Seam { xmax, xip };
+        assert!(r.covers(99) && r.covers(100) && r.covers(102) && r.covers(104));
+        assert!(!r.covers(101) && !r.covers(103) && !r.covers(105) && !r.covers(200));
+    }
+}
