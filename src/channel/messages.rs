@@ -62,7 +62,7 @@ impl Session {
             }
             return;
         }
-        self.svc.router.broadcast(&ch.key, &b, Some(ch.member));
+        self.svc.router.publish(&ch.key, &b, Some(ch.member));
         if ack {
             self.reply_ok(&msg);
         }
