@@ -107,6 +107,12 @@ settings! {
     log_format: String = "pretty".into(), env "SWITCHBOARD_LOG_FORMAT";
     /// Port of the local Postgres that `switchboard dev` runs.
     dev_pg_port: u16 = 54329, env "SWITCHBOARD_DEV_PG_PORT";
+    /// Redis URL (`redis://[:password@]host:port[/db]`); set, it turns cluster mode on.
+    redis_url: String = String::new(), env "SWITCHBOARD_REDIS_URL";
+    /// Nodes with the same Redis and cluster name form one cluster.
+    cluster_name: String = "switchboard".into(), env "SWITCHBOARD_CLUSTER_NAME";
+    /// Seconds a node may be silent before the others drop its members' presence.
+    node_timeout_secs: u64 = 10, env "SWITCHBOARD_NODE_TIMEOUT_SECS";
 }
 
 /// Connection-level limits, each answered with the reason text a client surfaces.
@@ -147,6 +153,10 @@ pub struct Config {
     pub auto_migrate: bool,
     pub log_format: LogFormat,
     pub dev_pg_port: u16,
+    /// Cluster mode when set.
+    pub redis_url: Option<String>,
+    pub cluster_name: String,
+    pub node_timeout: Duration,
 }
 
 impl Settings {
@@ -156,7 +166,10 @@ impl Settings {
         if s.jwt_secret.as_deref().is_some_and(|v| !v.is_empty()) {
             s.jwt_secret = Some("<redacted>".into());
         }
-        if let Some(url) = s.database_url.as_mut() {
+        for url in [s.database_url.as_mut(), s.redis_url.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             if let Some((creds, host)) = url.rsplit_once('@') {
                 if let Some((user, _password)) =
                     creds.rsplit_once(':').filter(|(u, _)| u.contains("//"))
@@ -225,6 +238,24 @@ impl Config {
                 })
             }
         };
+        let redis_url = non_empty(r.redis_url);
+        if let Some(url) = &redis_url {
+            if !["redis://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                return Err(ConfigError::Invalid {
+                    key: "redis_url",
+                    message: "must start with redis://, unix:// or redis+unix://".into(),
+                });
+            }
+        }
+        if r.cluster_name.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "cluster_name",
+                message: "must not be empty".into(),
+            });
+        }
         let limits = Limits {
             max_connections: positive("max_connections", r.max_connections)?,
             max_frame_bytes: positive("max_frame_bytes", r.max_frame_bytes)?,
@@ -257,6 +288,9 @@ impl Config {
             auto_migrate: r.auto_migrate,
             log_format,
             dev_pg_port: r.dev_pg_port,
+            redis_url,
+            cluster_name: r.cluster_name,
+            node_timeout: Duration::from_secs(positive("node_timeout_secs", r.node_timeout_secs)?),
         })
     }
 

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::capture::CaptureStatus;
 use crate::channel::Services;
+use crate::cluster::ClusterStatus;
 use crate::protocol::{HttpError, TokenError, Vsn};
 
 /// Initial per-socket read buffer.
@@ -39,6 +40,8 @@ pub struct Hub {
     pub connection_permits: Arc<Semaphore>,
     /// `None` when the hub runs without a database.
     pub capture: Option<Arc<CaptureStatus>>,
+    /// Node id and, in cluster mode, Redis state and peers.
+    pub cluster: Arc<ClusterStatus>,
 }
 
 /// An HTTP error answer with its status and body.
@@ -163,6 +166,7 @@ async fn status(State(hub): State<Arc<Hub>>) -> Response {
         "channels": m.channels.get(),
         "topics": hub.services.router.topic_count(),
         "capture": hub.capture.as_ref().map(|c| c.snapshot()),
+        "cluster": hub.cluster.snapshot(),
     }))
     .into_response()
 }
