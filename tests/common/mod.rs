@@ -1,4 +1,6 @@
 #![allow(dead_code)]
+pub mod cluster;
 pub mod e2e;
 pub mod hub;
+pub mod node_suite;
 pub mod pg;
