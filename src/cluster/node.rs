@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handle::{Outgoing, Shared};
 use super::peers::Peers;
-use super::wire::{Msg, Presence, Topic};
+use super::wire::{self, Msg, Presence, Topic};
 use super::ClusterError;
 use crate::router::Router;
 
@@ -78,6 +78,7 @@ pub(super) struct Node {
     peers: Mutex<Peers>,
     /// When this node's own heartbeat last came back through Redis.
     pub self_heard: Mutex<Instant>,
+    pub own: wire::Own,
     syncs: AtomicU64,
 }
 
@@ -98,6 +99,7 @@ pub async fn run_cluster(task: ClusterTask, router: Arc<Router>, shutdown: Cance
         timing,
     } = task;
     let node = Node {
+        own: wire::Own::of(shared.node),
         shared,
         router,
         timing,

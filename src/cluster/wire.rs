@@ -221,6 +221,23 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<Msg<'_>>, WireError> {
     Ok(serde_json::from_slice(bytes)?)
 }
 
+/// How this node's own messages start, to skip them unparsed when they come back.
+pub struct Own {
+    /// `{"node":<id>,`
+    pub prefix: Vec<u8>,
+    /// This node's heartbeat, exactly as encoded.
+    pub heartbeat: Vec<u8>,
+}
+
+impl Own {
+    pub fn of(node: NodeId) -> Own {
+        Own {
+            prefix: format!("{{\"node\":{},", node.0).into_bytes(),
+            heartbeat: encode(node, &Msg::Heartbeat),
+        }
+    }
+}
+
 impl Msg<'_> {
     /// Its label in the cluster metrics.
     pub fn kind(&self) -> &'static str {
@@ -318,6 +335,23 @@ mod tests {
             assert_eq!(env.node, NodeId(u64::MAX));
             assert_eq!(format!("{:?}", env.msg), format!("{msg:?}"));
         }
+    }
+
+    #[test]
+    fn own_messages_are_recognised_by_their_first_bytes() {
+        let own = Own::of(NodeId(12));
+        let b = Broadcast {
+            event: "e".into(),
+            payload: BroadcastPayload::Json(json!({})),
+            meta: None,
+            binary_origin: false,
+        };
+        let mine = encode_broadcast(NodeId(12), &key("realtime:x", false), &b);
+        assert!(mine.starts_with(&own.prefix));
+        let theirs = encode_broadcast(NodeId(123), &key("realtime:x", false), &b);
+        assert!(!theirs.starts_with(&own.prefix));
+        assert_eq!(own.heartbeat, encode(NodeId(12), &Msg::Heartbeat));
+        assert!(own.heartbeat.starts_with(&own.prefix));
     }
 
     #[test]
