@@ -55,14 +55,20 @@ async fn join_presence(c: &mut WsClient, topic: &str, key: &str) -> (String, Vec
     (join_ref, state_keys(&state))
 }
 
-/// [`join_presence`], then tracks `{"who": key}`; returns the join ref and the state keys.
-async fn join_and_track(c: &mut WsClient, topic: &str, key: &str) -> (String, Vec<String>) {
-    let (join_ref, state) = join_presence(c, topic, key).await;
+/// Tracks `{"who": key}` on a joined channel; returns once the client has its own join.
+async fn track(c: &mut WsClient, join_ref: &str, topic: &str, key: &'static str) {
     let r = c
-        .presence(&join_ref, topic, "track", json!({"who": key}))
+        .presence(join_ref, topic, "track", json!({"who": key}))
         .await;
     c.recv_until(|f| f.is_reply_to(&r)).await;
-    (join_ref, state)
+    c.recv_until(is_diff_with("joins", key)).await;
+}
+
+/// [`join_presence`], then [`track`]; returns the join ref.
+async fn join_and_track(c: &mut WsClient, topic: &str, key: &'static str) -> String {
+    let (join_ref, _) = join_presence(c, topic, key).await;
+    track(c, &join_ref, topic, key).await;
+    join_ref
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,11 +99,13 @@ async fn a_killed_nodes_members_leave_on_every_other_node_within_the_node_timeou
     let mut c2 = cluster.nodes[2].client().await;
     join_and_track(&mut a, topic, "a").await;
     join_and_track(&mut b, topic, "b").await;
-    let (_, state) = join_and_track(&mut c, topic, "c").await;
+    let (c_ref, state) = join_presence(&mut c, topic, "c").await;
     // Once node 2 has a's and b's presences, a joiner there gets them in its first state.
-    wait_keys(&mut c, state, &["a", "b", "c"]).await;
-    let (_, state) = join_and_track(&mut c2, topic, "c2").await;
+    wait_keys(&mut c, state, &["a", "b"]).await;
+    track(&mut c, &c_ref, topic, "c").await;
+    let (c2_ref, state) = join_presence(&mut c2, topic, "c2").await;
     assert_eq!(state, ["a", "b", "c"], "c2's first presence_state");
+    track(&mut c2, &c2_ref, topic, "c2").await;
     for (who, client) in [("a", &mut a), ("b", &mut b)] {
         for key in ["c", "c2"] {
             let f = client.recv_until(is_diff_with("joins", key)).await;
@@ -149,13 +157,10 @@ async fn a_redis_outage_keeps_local_traffic_and_cross_node_traffic_and_presence_
     let mut a2 = cluster.nodes[0].client().await;
     let mut b1 = cluster.nodes[1].client().await;
     let (b1_ref, _) = join_presence(&mut b1, topic, "b1").await;
-    let (a1_ref, _) = join_and_track(&mut a1, topic, "a1").await;
+    let a1_ref = join_and_track(&mut a1, topic, "a1").await;
     let (a2_ref, _) = join_presence(&mut a2, topic, "a2").await;
     b1.recv_until(is_diff_with("joins", "a1")).await;
-    let r = b1
-        .presence(&b1_ref, topic, "track", json!({"who": "b1"}))
-        .await;
-    b1.recv_until(|f| f.is_reply_to(&r)).await;
+    track(&mut b1, &b1_ref, topic, "b1").await;
     a1.recv_until(is_diff_with("joins", "b1")).await;
     a2.recv_until(is_diff_with("joins", "b1")).await;
 
@@ -178,10 +183,7 @@ async fn a_redis_outage_keeps_local_traffic_and_cross_node_traffic_and_presence_
     a1.recv_until(|f| f.is_reply_to(&r)).await;
     let f = a2.recv_until(|f| f.is_event("broadcast")).await;
     assert_eq!(f.payload()["event"], "during");
-    let r = a2
-        .presence(&a2_ref, topic, "track", json!({"who": "a2"}))
-        .await;
-    a2.recv_until(|f| f.is_reply_to(&r)).await;
+    track(&mut a2, &a2_ref, topic, "a2").await;
     a1.recv_until(is_diff_with("joins", "a2")).await;
     // ...and on node 1: b1 leaves presence while the nodes cannot talk.
     let r = b1.presence(&b1_ref, topic, "untrack", json!({})).await;
