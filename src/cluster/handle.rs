@@ -135,3 +135,93 @@ impl ClusterLink for ClusterHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::protocol::BroadcastPayload;
+
+    fn handle(capacity: usize) -> (ClusterHandle, mpsc::Receiver<Outgoing>) {
+        let metrics = Arc::new(Metrics::new());
+        let (tx, rx) = mpsc::channel(capacity);
+        let shared = Arc::new(Shared {
+            node: NodeId(1),
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            status: Arc::new(ClusterStatus::clustered(NodeId(1), metrics.clone())),
+            metrics,
+            resync: Notify::new(),
+        });
+        (ClusterHandle { shared }, rx)
+    }
+
+    fn key() -> TopicKey {
+        TopicKey {
+            private: false,
+            topic: "realtime:t".into(),
+        }
+    }
+
+    fn msg() -> Broadcast {
+        Broadcast {
+            event: "e".into(),
+            payload: BroadcastPayload::Json(json!({"n": 1})),
+            meta: None,
+            binary_origin: false,
+        }
+    }
+
+    fn tracked() -> Tracked {
+        Tracked {
+            key: "k".into(),
+            phx_ref: "R".into(),
+            phx_ref_prev: None,
+            payload: Default::default(),
+        }
+    }
+
+    async fn resync_asked(h: &ClusterHandle) -> bool {
+        tokio::time::timeout(Duration::ZERO, h.shared.resync.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn nothing_is_queued_while_degraded_and_no_snapshot_is_asked_for() {
+        let (h, mut rx) = handle(8);
+        h.broadcast(&key(), &msg());
+        h.presence(&key(), 1, Some(&tracked()));
+        assert!(rx.try_recv().is_err());
+        assert!(!resync_asked(&h).await, "the reconnect snapshot covers it");
+    }
+
+    #[tokio::test]
+    async fn queued_messages_count_their_bytes_until_taken() {
+        let (h, mut rx) = handle(8);
+        h.shared.status.session_started();
+        h.broadcast(&key(), &msg());
+        let m = rx.try_recv().expect("queued");
+        assert_eq!(m.kind, "broadcast");
+        assert_eq!(h.shared.queued_bytes.load(Ordering::Acquire), m.bytes.len());
+        h.shared.taken(&m);
+        assert_eq!(h.shared.queued_bytes.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_presence_change_that_does_not_fit_asks_for_a_full_snapshot() {
+        let (h, _rx) = handle(1);
+        h.shared.status.session_started();
+        h.broadcast(&key(), &msg());
+        h.broadcast(&key(), &msg());
+        assert!(
+            !resync_asked(&h).await,
+            "a dropped broadcast is only counted"
+        );
+        h.presence(&key(), 1, None);
+        assert!(resync_asked(&h).await);
+    }
+}
