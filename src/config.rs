@@ -345,6 +345,44 @@ mod tests {
     }
 
     #[test]
+    fn redis_url_turns_cluster_mode_on_and_must_be_a_redis_url() {
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(c.redis_url, None);
+        assert_eq!(c.node_timeout, Duration::from_secs(10));
+        let s = Settings {
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            node_timeout_secs: Some(3),
+            ..Settings::default()
+        };
+        let c = Config::from_settings(s).unwrap();
+        assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(c.node_timeout, Duration::from_secs(3));
+        let s = Settings {
+            redis_url: Some("127.0.0.1:6379".into()),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(s).unwrap_err().to_string();
+        assert!(err.contains("`redis_url`"), "{err}");
+        let s = Settings {
+            node_timeout_secs: Some(0),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(s).unwrap_err().to_string();
+        assert!(err.contains("`node_timeout_secs`"), "{err}");
+    }
+
+    #[test]
+    fn the_redis_password_is_redacted() {
+        let s = Settings {
+            redis_url: Some("redis://:hunter2@redis:6379".into()),
+            ..Settings::default()
+        };
+        let text = s.effective_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("redis://:<redacted>@redis:6379"), "{text}");
+    }
+
+    #[test]
     fn unknown_file_key_is_rejected_by_name() {
         let err = toml::from_str::<Settings>("max_chanels = 3").unwrap_err();
         assert!(err.message().contains("max_chanels"), "{}", err.message());
