@@ -97,8 +97,12 @@ settings! {
     capture_poll_ms: u64 = 1000, env "SWITCHBOARD_CAPTURE_POLL_MS";
     /// Rows per page when reading the change log.
     capture_batch_rows: usize = 1000, env "SWITCHBOARD_CAPTURE_BATCH_ROWS";
-    /// Seconds change-log rows are kept before pruning.
+    /// Seconds change-log rows are kept before pruning (once every hub and durable reader has read them).
     retention_secs: u64 = 3600, env "SWITCHBOARD_RETENTION_SECS";
+    /// Seconds after which rows are pruned even if a durable reader (parked subscription, webhook) has not read them; that reader is marked as having lost data.
+    retention_max_secs: u64 = 24 * 3600, env "SWITCHBOARD_RETENTION_MAX_SECS";
+    /// Seconds after a hub's last checkpoint before its unread rows stop holding the log back.
+    node_expiry_secs: u64 = 300, env "SWITCHBOARD_NODE_EXPIRY_SECS";
     /// Postgres connections for catalog and row-scope checks.
     db_pool_size: usize = 8, env "SWITCHBOARD_DB_POOL_SIZE";
     /// Run pending migrations when `serve` starts.
@@ -113,7 +117,14 @@ settings! {
     cluster_name: String = "switchboard".into(), env "SWITCHBOARD_CLUSTER_NAME";
     /// Seconds a node may be silent before the others drop its members' presence.
     node_timeout_secs: u64 = 10, env "SWITCHBOARD_NODE_TIMEOUT_SECS";
+    /// Secret that signs in to the inspector page (at least 16 characters); a service_role token works too.
+    admin_secret: String = String::new(), env "SWITCHBOARD_ADMIN_SECRET";
+    /// Serve the inspector page at `/inspector` (`false`: it answers 404).
+    inspector: bool = true, env "SWITCHBOARD_INSPECTOR";
 }
+
+/// Shortest admin secret accepted: the inspector can mint tokens for any role.
+pub const MIN_ADMIN_SECRET_LEN: usize = 16;
 
 /// Connection-level limits, each answered with the reason text a client surfaces.
 #[derive(Debug, Clone)]
@@ -149,6 +160,8 @@ pub struct Config {
     pub capture_poll: Duration,
     pub capture_batch_rows: usize,
     pub retention: Duration,
+    pub retention_max: Duration,
+    pub node_expiry: Duration,
     pub db_pool_size: usize,
     pub auto_migrate: bool,
     pub log_format: LogFormat,
@@ -157,14 +170,20 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub cluster_name: String,
     pub node_timeout: Duration,
+    /// Signs in to the inspector; `None` leaves service_role tokens as the only way in.
+    pub admin_secret: Option<String>,
+    /// Serve `/inspector`.
+    pub inspector: bool,
 }
 
 impl Settings {
     /// The effective settings as TOML, secrets redacted (`switchboard config`).
     pub fn effective_toml(&self) -> String {
         let mut s = self.clone().with_defaults();
-        if s.jwt_secret.as_deref().is_some_and(|v| !v.is_empty()) {
-            s.jwt_secret = Some("<redacted>".into());
+        for secret in [&mut s.jwt_secret, &mut s.admin_secret] {
+            if secret.as_deref().is_some_and(|v| !v.is_empty()) {
+                *secret = Some("<redacted>".into());
+            }
         }
         for url in [s.database_url.as_mut(), s.redis_url.as_mut()]
             .into_iter()
@@ -274,6 +293,16 @@ impl Config {
             outbox_bytes: positive("outbox_bytes", r.outbox_bytes)?,
             idle_timeout: Duration::from_secs(positive("idle_timeout_secs", r.idle_timeout_secs)?),
         };
+        let admin_secret = non_empty(r.admin_secret);
+        if admin_secret
+            .as_ref()
+            .is_some_and(|s| s.chars().count() < MIN_ADMIN_SECRET_LEN)
+        {
+            return Err(ConfigError::Invalid {
+                key: "admin_secret",
+                message: format!("must be at least {MIN_ADMIN_SECRET_LEN} characters"),
+            });
+        }
         Ok(Config {
             listen,
             database_url: non_empty(r.database_url),
@@ -284,6 +313,11 @@ impl Config {
             capture_poll: Duration::from_millis(positive("capture_poll_ms", r.capture_poll_ms)?),
             capture_batch_rows: positive("capture_batch_rows", r.capture_batch_rows)?,
             retention: Duration::from_secs(positive("retention_secs", r.retention_secs)?),
+            retention_max: Duration::from_secs(positive(
+                "retention_max_secs",
+                r.retention_max_secs,
+            )?),
+            node_expiry: Duration::from_secs(positive("node_expiry_secs", r.node_expiry_secs)?),
             db_pool_size: positive("db_pool_size", r.db_pool_size)?,
             auto_migrate: r.auto_migrate,
             log_format,
@@ -291,6 +325,8 @@ impl Config {
             redis_url,
             cluster_name: r.cluster_name,
             node_timeout: Duration::from_secs(positive("node_timeout_secs", r.node_timeout_secs)?),
+            admin_secret,
+            inspector: r.inspector,
         })
     }
 
@@ -380,6 +416,27 @@ mod tests {
         let text = s.effective_toml();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("redis://:<redacted>@redis:6379"), "{text}");
+    }
+
+    #[test]
+    fn a_short_admin_secret_is_refused_and_redacted_when_printed() {
+        let s = Settings {
+            admin_secret: Some("short".into()),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(s).unwrap_err().to_string();
+        assert!(err.contains("`admin_secret`"), "{err}");
+        let s = Settings {
+            admin_secret: Some("a-long-enough-admin-secret".into()),
+            ..Settings::default()
+        };
+        assert!(!s.effective_toml().contains("a-long-enough"));
+        let c = Config::from_settings(s).unwrap();
+        assert_eq!(
+            c.admin_secret.as_deref(),
+            Some("a-long-enough-admin-secret")
+        );
+        assert!(c.inspector, "the inspector is on by default");
     }
 
     #[test]

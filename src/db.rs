@@ -14,6 +14,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../sql/004_commit_time.sql")),
     (10, include_str!("../sql/010_visibility.sql")),
     (11, include_str!("../sql/011_rule_cache.sql")),
+    (12, include_str!("../sql/012_statement_capture.sql")),
+    (13, include_str!("../sql/013_log_holds.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -95,7 +95,11 @@ pub async fn run(
             let capture_config = capture::CaptureConfig {
                 poll_interval: config.capture_poll,
                 batch_limit: config.capture_batch_rows,
-                retention: config.retention,
+                retention: capture::Retention {
+                    keep: config.retention,
+                    cap: config.retention_max.max(config.retention),
+                    node_expiry: config.node_expiry,
+                },
                 ..capture::CaptureConfig::new(url.clone())
             };
             background.spawn(capture::run_capture(
@@ -121,6 +125,15 @@ pub async fn run(
         limits: config.limits.clone(),
         metrics,
     });
+    let inspector = config.inspector.then(|| {
+        let inspector = server::inspector::Inspector::new(&config);
+        background.spawn(inspector.history().run_sampler(
+            capture_status.clone(),
+            services.changes.clone(),
+            stop_background.clone(),
+        ));
+        inspector
+    });
     let hub = Arc::new(server::Hub {
         services,
         shutdown: shutdown.clone(),
@@ -128,6 +141,7 @@ pub async fn run(
         connection_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
         capture: capture_status,
         cluster: cluster_status,
+        inspector,
     });
     tracing::info!(addr = %listener.local_addr()?, "switchboard listening");
     // Frames are small and latency matters: no Nagle delay on client sockets.

@@ -99,7 +99,11 @@ impl Metrics {
             "Now minus the oldest undelivered commit",
             capture_lag_ms.clone(),
         );
-        registry.register("capture_rows", "Change-log rows read", capture_rows.clone());
+        registry.register(
+            "capture_rows",
+            "Changes and database broadcasts read from the change log",
+            capture_rows.clone(),
+        );
         registry.register(
             "capture_reconnects",
             "Listener reconnects since start",

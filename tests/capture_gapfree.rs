@@ -9,7 +9,7 @@ mod load;
 use std::time::Duration;
 
 use load::{assert_exactly_committed, run_load, setup, start_capture, write_marker, LoadOpts};
-use switchboard::capture::{prune, Cursor};
+use switchboard::capture::{prune, Cursor, Retention};
 use switchboard::changes::{DbEvent, Op};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +67,8 @@ async fn a_one_megabyte_row_arrives_intact() {
     let page = tokio::time::timeout(Duration::from_secs(30), capture.rx.recv())
         .await
         .expect("delivered")
-        .unwrap();
+        .unwrap()
+        .events;
     let DbEvent::Change(change) = &page[0] else {
         panic!("expected a change, got {page:?}")
     };
@@ -104,7 +105,8 @@ async fn tables_with_quotes_semicolons_and_unicode_in_their_names_are_captured()
     let page = tokio::time::timeout(Duration::from_secs(30), capture.rx.recv())
         .await
         .expect("delivered")
-        .unwrap();
+        .unwrap()
+        .events;
     let DbEvent::Change(change) = &page[0] else {
         panic!("expected a change, got {page:?}")
     };
@@ -195,7 +197,8 @@ async fn realtime_send_is_delivered_as_a_broadcast() {
     let page = tokio::time::timeout(Duration::from_secs(30), capture.rx.recv())
         .await
         .expect("delivered")
-        .unwrap();
+        .unwrap()
+        .events;
     let DbEvent::Broadcast(b) = &page[0] else {
         panic!("expected a broadcast, got {page:?}")
     };
@@ -228,7 +231,8 @@ async fn changes_committed_before_the_capture_started_are_not_delivered() {
     let page = tokio::time::timeout(Duration::from_secs(30), capture.rx.recv())
         .await
         .expect("delivered")
-        .unwrap();
+        .unwrap()
+        .events;
     let ids: Vec<_> = page
         .iter()
         .map(|e| match e {
@@ -271,15 +275,17 @@ async fn retention_deletes_only_old_rows_the_cursor_has_passed() {
         .unwrap();
     open_tx.batch_execute("commit").await.unwrap();
 
-    let kept = prune(&client, &cursor, Duration::from_secs(3600))
-        .await
-        .unwrap();
-    assert_eq!(kept, 0, "rows younger than the retention are kept");
-    let deleted = prune(&client, &cursor, Duration::ZERO).await.unwrap();
-    assert_eq!(deleted, 2);
+    let keep = |secs| Retention {
+        keep: Duration::from_secs(secs),
+        ..Retention::default()
+    };
+    let kept = prune(&client, &cursor, &keep(3600)).await.unwrap();
+    assert_eq!(kept.deleted, 0, "rows younger than the retention are kept");
+    let deleted = prune(&client, &cursor, &keep(0)).await.unwrap();
+    assert_eq!(deleted.deleted, 2);
     let left: Vec<i32> = client
         .query(
-            "select (record->>'id')::int from realtime.changes order by 1",
+            "select (rows->0->>'id')::int from realtime.changes order by 1",
             &[],
         )
         .await

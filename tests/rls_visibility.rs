@@ -143,6 +143,7 @@ fn row(value: Value) -> Map<String, Value> {
 fn change(table: &str, op: Op, record: Option<Value>, old_record: Option<Value>) -> Change {
     Change {
         id: 1,
+        seq: 0,
         schema: "public".into(),
         table: table.into(),
         op,

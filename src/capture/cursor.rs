@@ -1,6 +1,9 @@
-//! The capture position: the last snapshot the log was read under (DESIGN.md
-//! invariant 1). A row is new to the reader exactly when its transaction was not yet
-//! visible in that snapshot: `xid >= xmax OR xid = ANY(xip)`.
+//! Positions in the change log (ARCHITECTURE.md, "Gap-free capture"). A `Cursor` is the
+//! last snapshot the log was read under: a row is new to the reader exactly when its
+//! transaction was not yet visible in that snapshot, `xid >= xmax OR xid = ANY(xip)`. A
+//! `Position` adds the pages already read past the cursor: rows visible in a page's
+//! snapshot with an id up to the page's last id. Every reader of the log (the live
+//! capture, resumed subscriptions, webhooks, the pull feed) keeps one.
 
 use std::fmt;
 
@@ -82,6 +85,63 @@ impl fmt::Display for Cursor {
     }
 }
 
+/// A cursor plus the pages read beyond it (each a snapshot and the last id read under
+/// it). Rows new to `cursor` are read except those covered by a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub cursor: Cursor,
+    pub pages: Vec<(Cursor, i64)>,
+}
+
+impl Position {
+    pub fn at(cursor: Cursor) -> Position {
+        Position {
+            cursor,
+            pages: Vec::new(),
+        }
+    }
+
+    /// Records that rows visible in `snapshot` with ids up to `last_id` were read.
+    /// `snapshot` must be no older than any page already recorded: a later snapshot sees
+    /// everything an earlier one saw, so pages with lower last ids are covered by it.
+    pub fn read_through(&mut self, snapshot: &Cursor, last_id: i64) {
+        self.pages.retain(|(_, id)| *id > last_id);
+        self.pages.push((snapshot.clone(), last_id));
+    }
+
+    /// Parses the `Display` form: `xmax:xip`, then `/xmax:xip@last_id` per page.
+    pub fn parse(text: &str) -> Result<Position, CursorError> {
+        let bad = || CursorError(text.to_string());
+        let mut parts = text.split('/');
+        let cursor = Cursor::parse(parts.next().ok_or_else(bad)?)?;
+        let pages = parts
+            .map(|p| {
+                let (snap, id) = p.rsplit_once('@').ok_or_else(bad)?;
+                Ok((Cursor::parse(snap)?, id.parse().map_err(|_| bad())?))
+            })
+            .collect::<Result<_, CursorError>>()?;
+        Ok(Position { cursor, pages })
+    }
+
+    /// The bind values of a read: xmax, xip, page snapshots, page last ids.
+    pub(crate) fn bind_values(&self) -> (String, Vec<String>, Vec<String>, Vec<i64>) {
+        let (xmax, xip) = self.cursor.bind_texts();
+        let snaps = self.pages.iter().map(|(c, _)| c.to_pg_snapshot()).collect();
+        let ids = self.pages.iter().map(|(_, id)| *id).collect();
+        (xmax, xip, snaps, ids)
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.cursor)?;
+        for (snap, id) in &self.pages {
+            write!(f, "/{snap}@{id}")?;
+        }
+        Ok(())
+    }
+}
+
 fn parse_xip(text: &str) -> Option<Vec<u64>> {
     if text.is_empty() {
         return Some(Vec::new());
@@ -122,6 +182,37 @@ mod tests {
         assert_eq!((c.xmin(), c.xip.len()), (2779, 0));
         assert_eq!(c.to_string(), "2779:");
         assert_eq!(Cursor::parse("2779:").unwrap(), c);
+    }
+
+    #[test]
+    fn a_position_with_pages_round_trips_through_text() {
+        let p = Position {
+            cursor: Cursor::parse("105:100,102").unwrap(),
+            pages: vec![(Cursor::parse("110:").unwrap(), 42)],
+        };
+        assert_eq!(p.to_string(), "105:100,102/110:@42");
+        assert_eq!(Position::parse(&p.to_string()).unwrap(), p);
+        assert_eq!(
+            Position::parse("7:").unwrap(),
+            Position::at(Cursor::parse("7:").unwrap())
+        );
+        for bad in ["", "7", "7:/8:", "7:/8:@x", "7:/x@1"] {
+            assert!(Position::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_later_page_reaching_further_covers_earlier_pages() {
+        let mut p = Position::at(Cursor::parse("100:").unwrap());
+        p.read_through(&Cursor::parse("110:105").unwrap(), 40);
+        p.read_through(&Cursor::parse("112:").unwrap(), 30);
+        assert_eq!(
+            p.pages.len(),
+            2,
+            "a late page with lower ids covers nothing"
+        );
+        p.read_through(&Cursor::parse("120:").unwrap(), 90);
+        assert_eq!(p.to_string(), "100:/120:@90");
     }
 
     #[test]

@@ -1,214 +1,273 @@
-//! One gap-free read of `realtime.changes`: under a fresh REPEATABLE READ snapshot,
-//! every row whose transaction the cursor had not seen, in id order, page by page;
-//! then the cursor moves to that snapshot. Also the retention delete.
-
-use std::time::Duration;
+//! Reading `realtime.changes` gap-free from a `Position`. The usual read is one statement
+//! (one round trip): the rows new to the position under that statement's own snapshot,
+//! returned with the snapshot. A backlog larger than a page is read inside one REPEATABLE
+//! READ transaction, page by page, so the position stays exact however long it is.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
-use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
-use tokio_util::sync::CancellationToken;
+use tokio_postgres::{Client, IsolationLevel, Row, Statement};
 
-use super::cursor::Cursor;
-use super::status::CaptureStatus;
+use super::cursor::{Cursor, Position};
 use super::CaptureError;
-use crate::changes::{format_commit_time, Change, DbBroadcast, DbEvent, Op};
+use crate::changes::{Change, DbBroadcast, DbEvent, Op};
 
-/// Rows new to `cursor` ($1 xmax, $2 xip), minus rows an interrupted read already
-/// delivered ($3 its snapshots, $4 the last id it sent under each). Both arms of the OR
-/// use the xid index (a BitmapOr), so the read costs what is new, not the whole log.
-const READ_NEW_ROWS: &str = "\
-select c.id, c.op, c.schema_name, c.table_name, c.record, c.old_record, \
-       c.topic, c.event, c.private, realtime.commit_time(c.xid, c.created_at) as created_at, \
-       (extract(epoch from clock_timestamp() - c.created_at) * 1000)::int8 as age_ms \
-from realtime.changes c \
-where (c.xid >= $1::text::xid8 or c.xid = any($2::text[]::xid8[])) \
-  and not exists ( \
-      select 1 from unnest($3::text[], $4::int8[]) as p(snap, last_id) \
-      where c.id <= p.last_id and pg_visible_in_snapshot(c.xid, p.snap::pg_snapshot)) \
-order by c.id";
+/// The selected columns of a log row, as `to_event` reads them.
+macro_rules! log_columns {
+    () => {
+        "c.id, c.op, c.schema_name, c.table_name, c.record, c.old_record, c.rows, c.old_rows, \
+         c.topic, c.event, c.private, realtime.commit_time(c.xid, c.created_at) as created_at, \
+         (extract(epoch from clock_timestamp() - c.created_at) * 1000)::int8 as age_ms"
+    };
+}
+
+/// Rows new to a position ($1 xmax, $2 xip of its cursor, $3 its page snapshots, $4 the
+/// last id of each page). Both arms of the OR use the xid index (a BitmapOr), so a read
+/// costs what is new, not the whole log.
+macro_rules! new_rows {
+    () => {
+        "(c.xid >= $1::text::xid8 or c.xid = any($2::text[]::xid8[])) \
+         and not exists ( \
+             select 1 from unnest($3::text[], $4::int8[]) as p(snap, last_id) \
+             where c.id <= p.last_id and pg_visible_in_snapshot(c.xid, p.snap::pg_snapshot))"
+    };
+}
+
+/// One page ($5 rows at most) in one statement, with the statement's snapshot: the rows
+/// it returns are exactly those new to the position and visible in that snapshot. Always
+/// returns at least one row (columns null when nothing is new) to carry the snapshot.
+const READ_PAGE: &str = concat!(
+    "with snap as materialized (select pg_current_snapshot() as s) \
+     select snap.s::text as snapshot, c.* from snap left join lateral (select ",
+    log_columns!(),
+    " from realtime.changes c where ",
+    new_rows!(),
+    " order by c.id limit $5) c on true"
+);
+
+/// Every row new to the position, in id order, for paging through a backlog inside a
+/// REPEATABLE READ transaction.
+const READ_BACKLOG: &str = concat!(
+    "select ",
+    log_columns!(),
+    " from realtime.changes c where ",
+    new_rows!(),
+    " order by c.id"
+);
 
 const CURRENT_SNAPSHOT: &str = "select pg_current_snapshot()::text";
 
-/// Rows older than the retention ($3 seconds) that the cursor ($1 xmax, $2 snapshot)
-/// has read: their transactions committed before it. Precise even while some
-/// unrelated transaction stays open.
-const PRUNE: &str = "\
-delete from realtime.changes \
-where xid < $1::text::xid8 and pg_visible_in_snapshot(xid, $2::text::pg_snapshot) \
-  and created_at < clock_timestamp() - make_interval(secs => $3)";
+/// The page read, for readers that prepare it on their own (pooled) connections.
+pub const READ_PAGE_SQL: &str = READ_PAGE;
 
-/// Where the reader is: the cursor plus what interrupted reads already delivered.
-#[derive(Debug, Clone)]
-pub(crate) struct ReadState {
-    pub cursor: Cursor,
-    /// (snapshot, last id sent) of each read that failed after sending some pages; rows
-    /// visible in that snapshot with id <= last id were delivered. Cleared by a full read.
-    partials: Vec<(String, i64)>,
+/// Statements prepared once per connection.
+pub struct Statements {
+    page: Statement,
 }
 
-/// How a read ended when it did not fail.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum ReadEnd {
-    /// Caught up; the cursor moved (or nothing was new).
-    CaughtUp,
-    /// Shutdown was requested or the receiver of events is gone.
-    Stopped,
+impl Statements {
+    pub async fn prepare(client: &Client) -> Result<Statements, CaptureError> {
+        Ok(Statements {
+            page: client.prepare(READ_PAGE).await?,
+        })
+    }
+
+    /// `READ_PAGE_SQL` prepared by the caller (e.g. a pool's statement cache).
+    pub fn from_page(page: Statement) -> Statements {
+        Statements { page }
+    }
 }
 
-impl ReadState {
-    pub fn new(cursor: Cursor) -> Self {
-        ReadState {
-            cursor,
-            partials: Vec::new(),
+/// The next events after `position` (at most `limit` log rows, so a statement's rows are
+/// never split), advancing it: what every reader of the log other than the live capture
+/// uses (resumed subscriptions, webhooks, the change feed). An empty result means the
+/// reader is caught up.
+pub async fn next_events(
+    client: &Client,
+    stmts: &Statements,
+    position: &mut Position,
+    limit: usize,
+) -> Result<Vec<DbEvent>, CaptureError> {
+    let page = read_page(client, stmts, position, limit).await?;
+    advance(position, &page, limit);
+    Ok(page.events)
+}
+
+/// What one page read found.
+pub(crate) struct Page {
+    /// The snapshot the page was read under.
+    pub snapshot: Cursor,
+    pub events: Vec<DbEvent>,
+    /// Rows read (including any that could not be mapped).
+    pub rows: usize,
+    pub last_id: Option<i64>,
+    /// Age in ms of the newest row when it was read.
+    pub age_ms: Option<i64>,
+}
+
+impl Page {
+    fn from_rows(snapshot: Cursor, rows: &[Row]) -> Page {
+        let rows: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<i64>>("id").is_some())
+            .collect();
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            to_events(row, &mut events);
+        }
+        Page {
+            snapshot,
+            events,
+            rows: rows.len(),
+            last_id: rows.last().map(|r| r.get("id")),
+            age_ms: rows.last().map(|r| r.get("age_ms")),
         }
     }
+}
 
-    /// Reads everything new, sends it in pages of `batch_limit`, then moves the cursor.
-    pub async fn read_once(
-        &mut self,
-        client: &mut Client,
-        batch_limit: usize,
-        out: &mpsc::Sender<Vec<DbEvent>>,
-        status: &CaptureStatus,
-        shutdown: &CancellationToken,
-    ) -> Result<ReadEnd, CaptureError> {
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let snapshot: String = tx.query_one(CURRENT_SNAPSHOT, &[]).await?.get(0);
-        let next = Cursor::from_pg_snapshot(&snapshot)?;
-        if next == self.cursor && self.partials.is_empty() {
-            tx.commit().await?;
-            status.set_idle();
-            return Ok(ReadEnd::CaughtUp);
-        }
-        let mut sent_upto = None;
-        let result = self
-            .send_pages(&tx, batch_limit, out, status, shutdown, &mut sent_upto)
-            .await;
-        let result = match result {
-            Ok(ReadEnd::CaughtUp) => tx.commit().await.map_err(CaptureError::from),
-            Ok(ReadEnd::Stopped) => return Ok(ReadEnd::Stopped),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            if let Some(last_id) = sent_upto {
-                self.partials.push((snapshot, last_id));
-            }
-            return Err(e);
-        }
-        self.cursor = next;
-        self.partials.clear();
-        status.set_cursor(&self.cursor.to_string());
-        Ok(ReadEnd::CaughtUp)
+/// Reads the next page after `position` in one round trip. The caller moves the
+/// position with `advance`.
+pub(crate) async fn read_page(
+    client: &Client,
+    stmts: &Statements,
+    position: &Position,
+    limit: usize,
+) -> Result<Page, CaptureError> {
+    let (xmax, xip, snaps, ids) = position.bind_values();
+    let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+    let rows = client
+        .query(&stmts.page, &[&xmax, &xip, &snaps, &ids, &limit])
+        .await?;
+    let snapshot: String = rows
+        .first()
+        .map(|r| r.get("snapshot"))
+        .ok_or_else(|| CaptureError::ConnectionClosed("read returned no snapshot".into()))?;
+    Ok(Page::from_rows(Cursor::from_pg_snapshot(&snapshot)?, &rows))
+}
+
+/// Moves `position` past a page read with `limit`: a short page means everything new was
+/// read (the position collapses to the page's snapshot); a full page is remembered.
+pub(crate) fn advance(position: &mut Position, page: &Page, limit: usize) {
+    match page.last_id {
+        Some(last) if page.rows >= limit.max(1) => position.read_through(&page.snapshot, last),
+        _ => *position = Position::at(page.snapshot.clone()),
     }
+}
 
-    async fn send_pages(
-        &self,
-        tx: &Transaction<'_>,
-        batch_limit: usize,
-        out: &mpsc::Sender<Vec<DbEvent>>,
-        status: &CaptureStatus,
-        shutdown: &CancellationToken,
-        sent_upto: &mut Option<i64>,
-    ) -> Result<ReadEnd, CaptureError> {
-        let (xmax, xip) = self.cursor.bind_texts();
-        let snaps: Vec<&str> = self.partials.iter().map(|(s, _)| s.as_str()).collect();
-        let last_ids: Vec<i64> = self.partials.iter().map(|(_, id)| *id).collect();
-        let statement = tx.prepare(READ_NEW_ROWS).await?;
-        let portal = tx
-            .bind(&statement, &[&xmax, &xip, &snaps, &last_ids])
-            .await?;
-        let page_size = i32::try_from(batch_limit.max(1)).unwrap_or(i32::MAX);
-        loop {
-            let rows = tx.query_portal(&portal, page_size).await?;
-            let Some(last) = rows.last() else {
-                return Ok(ReadEnd::CaughtUp);
+/// Reads a backlog: every row new to `position` under one REPEATABLE READ snapshot, handed
+/// to `each` page by page with the position after it (`each` returns false to stop). The
+/// position advances page by page, so a failure part-way loses nothing and repeats
+/// nothing; at the end it is the transaction's snapshot.
+pub(crate) async fn read_backlog<F, Fut>(
+    client: &mut Client,
+    position: &mut Position,
+    limit: usize,
+    mut each: F,
+) -> Result<bool, CaptureError>
+where
+    F: FnMut(Page, String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let snapshot: String = tx.query_one(CURRENT_SNAPSHOT, &[]).await?.get(0);
+    let snapshot = Cursor::from_pg_snapshot(&snapshot)?;
+    let (xmax, xip, snaps, ids) = position.bind_values();
+    let statement = tx.prepare(READ_BACKLOG).await?;
+    let portal = tx.bind(&statement, &[&xmax, &xip, &snaps, &ids]).await?;
+    let page_size = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+    loop {
+        let rows = tx.query_portal(&portal, page_size).await?;
+        let page = Page::from_rows(snapshot.clone(), &rows);
+        let done = rows.len() < page_size as usize;
+        if let Some(last) = page.last_id {
+            // Recorded before handing the page on: if the read fails later, these rows
+            // count as read.
+            position.read_through(&snapshot, last);
+            let at = if done {
+                Position::at(snapshot.clone())
+            } else {
+                position.clone()
             };
-            let last_id: i64 = last.get("id");
-            let age_ms: i64 = last.get("age_ms");
-            let full_page = rows.len() == page_size as usize;
-            let events: Vec<DbEvent> = rows.iter().filter_map(to_event).collect();
-            let last_ts = events.iter().rev().find_map(|e| match e {
-                DbEvent::Change(c) => Some(format_commit_time(c.commit_time)),
-                DbEvent::Broadcast(_) => None,
-            });
-            let count = rows.len();
-            if !events.is_empty() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(ReadEnd::Stopped),
-                    sent = out.send(events) => if sent.is_err() {
-                        return Ok(ReadEnd::Stopped);
-                    },
-                }
-            }
-            *sent_upto = Some(last_id);
-            status.record_batch(count, last_ts.as_deref(), age_ms);
-            if !full_page {
-                return Ok(ReadEnd::CaughtUp);
+            if !each(page, at.to_string()).await {
+                tx.commit().await?;
+                return Ok(false);
             }
         }
+        if done {
+            break;
+        }
     }
+    tx.commit().await?;
+    *position = Position::at(snapshot);
+    Ok(true)
 }
 
 /// Takes the current snapshot as a starting cursor.
-pub(crate) async fn current_cursor(client: &Client) -> Result<Cursor, CaptureError> {
+pub async fn current_cursor(client: &Client) -> Result<Cursor, CaptureError> {
     let snapshot: String = client.query_one(CURRENT_SNAPSHOT, &[]).await?.get(0);
     Ok(Cursor::from_pg_snapshot(&snapshot)?)
 }
 
-/// Deletes log rows older than `retention` that `cursor` has already read (their
-/// transactions committed before it); unread rows are never touched. Returns the count.
-pub async fn prune(
-    client: &Client,
-    cursor: &Cursor,
-    retention: Duration,
-) -> Result<u64, CaptureError> {
-    let xmax = cursor.xmax.to_string();
-    let secs = retention.as_secs_f64();
-    let snapshot = cursor.to_pg_snapshot();
-    Ok(client.execute(PRUNE, &[&xmax, &snapshot, &secs]).await?)
-}
-
-/// Maps a log row; a row that cannot be mapped is logged and skipped.
-fn to_event(row: &Row) -> Option<DbEvent> {
+/// Maps a log row to its events: one per row of a captured statement (`rows` and
+/// `old_rows`, aligned by position), one for a single-row entry (`record`/`old_record`)
+/// or a broadcast. A row that cannot be mapped is logged and skipped.
+fn to_events(row: &Row, out: &mut Vec<DbEvent>) {
     let id: i64 = row.get("id");
     let op: String = row.get("op");
     let record: Option<Value> = row.get("record");
     if op == "BROADCAST" {
-        return Some(DbEvent::Broadcast(DbBroadcast {
+        out.push(DbEvent::Broadcast(DbBroadcast {
             id,
             topic: row.get::<_, Option<String>>("topic").unwrap_or_default(),
             event: row.get::<_, Option<String>>("event").unwrap_or_default(),
             payload: record.unwrap_or(Value::Object(Map::new())),
             private: row.get::<_, Option<bool>>("private").unwrap_or(true),
         }));
+        return;
     }
     let Some(op) = Op::parse(&op) else {
         tracing::warn!(id, op, "skipping log row with unknown op");
-        return None;
+        return;
     };
-    let created_at: DateTime<Utc> = row.get("created_at");
-    Some(DbEvent::Change(Change {
-        id,
-        schema: row
-            .get::<_, Option<String>>("schema_name")
-            .unwrap_or_default(),
-        table: row
-            .get::<_, Option<String>>("table_name")
-            .unwrap_or_default(),
-        op,
-        record: record.and_then(into_object),
-        old_record: row
-            .get::<_, Option<Value>>("old_record")
-            .and_then(into_object),
-        commit_time: created_at,
-    }))
+    let change = |seq: usize, record: Option<Value>, old_record: Option<Value>| {
+        DbEvent::Change(Change {
+            id,
+            seq: u32::try_from(seq).unwrap_or(u32::MAX),
+            schema: row
+                .get::<_, Option<String>>("schema_name")
+                .unwrap_or_default(),
+            table: row
+                .get::<_, Option<String>>("table_name")
+                .unwrap_or_default(),
+            op,
+            record: record.and_then(into_object),
+            old_record: old_record.and_then(into_object),
+            commit_time: row.get::<_, DateTime<Utc>>("created_at"),
+        })
+    };
+    let rows = row.get::<_, Option<Value>>("rows").map(into_array);
+    let old_rows = row.get::<_, Option<Value>>("old_rows").map(into_array);
+    if rows.is_none() && old_rows.is_none() {
+        out.push(change(0, record, row.get("old_record")));
+        return;
+    }
+    let (rows, old_rows) = (rows.unwrap_or_default(), old_rows.unwrap_or_default());
+    let n = rows.len().max(old_rows.len());
+    let (mut rows, mut old_rows) = (rows.into_iter(), old_rows.into_iter());
+    for seq in 0..n {
+        out.push(change(seq, rows.next(), old_rows.next()));
+    }
+}
+
+fn into_array(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a,
+        _ => Vec::new(),
+    }
 }
 
 fn into_object(v: Value) -> Option<Map<String, Value>> {

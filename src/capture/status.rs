@@ -16,6 +16,7 @@ pub struct CaptureStatus {
     connected: watch::Sender<bool>,
     /// A read finished since the last (re)connect: nothing committed is waiting.
     caught_up: AtomicBool,
+    /// Changes (and database broadcasts) read from the log.
     rows_read: AtomicU64,
     batches: AtomicU64,
     reconnects: AtomicU64,

@@ -21,8 +21,8 @@ pub const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Above this many cached keys, expired ones are dropped on the next insert.
 const CACHE_PRUNE_AT: usize = 1024;
 
-/// Name of the capture trigger that `realtime.enable` creates.
-pub const CAPTURE_TRIGGER: &str = "switchboard_capture";
+/// Name of one of the capture triggers that `realtime.enable` creates (its INSERT trigger).
+pub const CAPTURE_TRIGGER: &str = "switchboard_capture_insert";
 
 /// One table by exact schema and name: `$1` the capture trigger name, `$2` schema,
 /// `$3` table.
@@ -46,6 +46,11 @@ const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.r
          where c.relkind in ('r', 'p') \
            and n.nspname = $2::text and c.relname = $3::text";
 
+/// Every table with realtime enabled: each row of `realtime.enabled_tables` as JSON, so
+/// columns the view gains later (how a table was enabled) arrive without a code change.
+const ENABLED_TABLES: &str = "select to_jsonb(e) from realtime.enabled_tables e \
+         order by e.schema_name, e.table_name";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("connection pool: {0}")]
@@ -66,8 +71,29 @@ pub struct TableInfo {
     pub primary_key: Vec<String>,
     pub rls_enabled: bool,
     pub rls_forced: bool,
-    /// Has the `switchboard_capture` trigger.
+    /// Has the capture triggers.
     pub realtime_enabled: bool,
+}
+
+/// One row of `realtime.enabled_tables`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EnabledTable {
+    pub schema: String,
+    pub table: String,
+    /// How it was enabled (`publication` or `realtime.enable`), from the view's
+    /// `enabled_via` column; `None` while the view has no such column.
+    pub via: Option<String>,
+}
+
+impl EnabledTable {
+    fn from_json(row: &serde_json::Value) -> Option<EnabledTable> {
+        let text = |key: &str| row.get(key).and_then(serde_json::Value::as_str);
+        Some(EnabledTable {
+            schema: text("schema_name")?.to_owned(),
+            table: text("table_name")?.to_owned(),
+            via: text("enabled_via").map(str::to_owned),
+        })
+    }
 }
 
 /// Cached catalog lookups; cheap to clone (shared state behind an `Arc`).
@@ -80,6 +106,8 @@ struct Inner {
     pool: Pool,
     /// By (schema, table); `None` caches "no such table".
     tables: Cache<(String, String), Option<Arc<TableInfo>>>,
+    /// The enabled-tables list (one key).
+    enabled: Cache<(), Arc<Vec<EnabledTable>>>,
 }
 
 type Cache<K, T> = Mutex<HashMap<K, Entry<T>>>;
@@ -96,6 +124,7 @@ impl Catalog {
             inner: Arc::new(Inner {
                 pool,
                 tables: Mutex::new(HashMap::new()),
+                enabled: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -115,6 +144,22 @@ impl Catalog {
                 .query_opt(&stmt, &[&CAPTURE_TRIGGER, &schema, &table])
                 .await?;
             Ok(row.map(|r| Arc::new(table_info(&r))))
+        })
+        .await
+    }
+}
+
+impl Catalog {
+    /// The tables `realtime.enabled_tables` lists, by schema and name.
+    pub async fn enabled_tables(&self) -> Result<Arc<Vec<EnabledTable>>, CatalogError> {
+        cached(&self.inner.enabled, (), async {
+            let client = self.inner.pool.get().await?;
+            let rows = client.query(ENABLED_TABLES, &[]).await?;
+            Ok(Arc::new(
+                rows.iter()
+                    .filter_map(|r| EnabledTable::from_json(&r.get::<_, serde_json::Value>(0)))
+                    .collect(),
+            ))
         })
         .await
     }
@@ -168,5 +213,28 @@ fn table_info(row: &Row) -> TableInfo {
         rls_enabled: row.get("relrowsecurity"),
         rls_forced: row.get("relforcerowsecurity"),
         realtime_enabled: row.get("realtime_enabled"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_enabled_tables_row_reads_its_names_and_how_it_was_enabled() {
+        let row = json!({"schema_name": "public", "table_name": "jobs"});
+        let t = EnabledTable::from_json(&row).unwrap();
+        assert_eq!(
+            (t.schema.as_str(), t.table.as_str(), t.via),
+            ("public", "jobs", None)
+        );
+        let row =
+            json!({"schema_name": "public", "table_name": "jobs", "enabled_via": "publication"});
+        assert_eq!(
+            EnabledTable::from_json(&row).unwrap().via.as_deref(),
+            Some("publication")
+        );
+        assert!(EnabledTable::from_json(&json!({"table_name": "x"})).is_none());
     }
 }

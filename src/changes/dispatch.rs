@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::{Catalog, TableInfo};
 use super::index::{Matched, SubscriptionIndex};
 use super::payload::{change_data, shape_key, ChangePayload, FieldSizes, ShapeKey};
-use super::row::{Change, DbBroadcast, DbEvent};
+use super::row::{Change, DbBroadcast, DbEvent, LogBatch};
 use super::scope::{RlsChecker, Viewer, Visibility};
+use super::stats::ChangeStats;
 use crate::protocol::{self, Broadcast, BroadcastPayload, Vsn, WireFrame};
 use crate::router::{Router, TopicKey};
 
@@ -39,6 +40,7 @@ pub struct Dispatcher {
     pub(super) router: Arc<Router>,
     pub(super) catalog: Catalog,
     pub(super) rls: RlsChecker,
+    pub(super) stats: Arc<ChangeStats>,
 }
 
 /// Batches whose row-scope checks may be in flight at once (over the pool); delivery
@@ -48,7 +50,7 @@ const PIPELINE_DEPTH: usize = 4;
 /// Consumes captured batches until the capture side hangs up or the hub shuts down.
 pub async fn run_dispatch(
     d: Dispatcher,
-    rx: mpsc::Receiver<Vec<DbEvent>>,
+    rx: mpsc::Receiver<LogBatch>,
     shutdown: CancellationToken,
 ) {
     use futures_util::StreamExt;
@@ -59,7 +61,7 @@ pub async fn run_dispatch(
         .map(|batch| {
             let (d, shutdown) = (d.clone(), shutdown.clone());
             async move {
-                let steps = d.plan(batch).await;
+                let steps = d.plan(batch.events).await;
                 let visibility = d.check(&steps, &shutdown).await;
                 (steps, visibility)
             }
@@ -86,6 +88,11 @@ pub async fn run_dispatch(
 
 impl Dispatcher {
     async fn plan(&self, batch: Vec<DbEvent>) -> Vec<Step> {
+        self.stats
+            .count_changes(batch.iter().filter_map(|e| match e {
+                DbEvent::Change(c) => Some((c.schema.as_str(), c.table.as_str())),
+                DbEvent::Broadcast(_) => None,
+            }));
         let mut steps = Vec::with_capacity(batch.len());
         for event in batch {
             let change = match event {

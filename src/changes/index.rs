@@ -127,6 +127,16 @@ impl ScopeSubs {
         self.scanned.is_empty() && self.by_eq.is_empty()
     }
 
+    fn len(&self) -> usize {
+        self.scanned.len()
+            + self
+                .by_eq
+                .values()
+                .flat_map(|keys| keys.values())
+                .map(Vec::len)
+                .sum::<usize>()
+    }
+
     /// Entries that may match `row`: every scanned one, plus the indexed ones under
     /// the row's key.
     fn candidates<'a>(&'a self, row: &'a Row) -> impl Iterator<Item = &'a Entry> + 'a {
@@ -226,6 +236,15 @@ impl SubscriptionIndex {
         self.members.is_empty()
     }
 
+    /// Live subscriptions per scope (for the inspector): counted under each scope's
+    /// shard lock, one scope at a time.
+    pub fn counts(&self) -> Vec<(TableScope, usize)> {
+        self.by_scope
+            .iter()
+            .map(|e| (e.key().clone(), e.value().len()))
+            .collect()
+    }
+
     /// Members whose subscriptions match `change` by table, event and filter, one entry per
     /// member with all its matching ids. Filters see the change's judged row.
     pub fn matching(&self, change: &Change) -> Vec<Matched> {
@@ -309,6 +328,7 @@ mod tests {
     fn change(customer: &str, status: &str) -> Change {
         Change {
             id: 1,
+            seq: 0,
             schema: "public".into(),
             table: "jobs".into(),
             op: Op::Insert,
@@ -352,5 +372,18 @@ mod tests {
         index.remove(2);
         assert!(index.is_empty());
         assert!(index.by_scope.is_empty());
+    }
+
+    #[test]
+    fn counts_include_indexed_and_scanned_subscriptions() {
+        let index = SubscriptionIndex::default();
+        subscribe(&index, 1, &format!("customer_id=eq.{A}"));
+        subscribe(&index, 2, &format!("customer_id=eq.{A}"));
+        subscribe(&index, 3, "status=eq.open");
+        let jobs = TableScope::Table {
+            schema: "public".into(),
+            table: "jobs".into(),
+        };
+        assert_eq!(index.counts(), vec![(jobs, 3)]);
     }
 }

@@ -14,19 +14,22 @@ mod index;
 mod payload;
 mod row;
 mod scope;
+mod stats;
 mod subscribe;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use catalog::{Catalog, CatalogError, TableInfo, CAPTURE_TRIGGER};
+pub use catalog::{Catalog, CatalogError, EnabledTable, TableInfo, CAPTURE_TRIGGER};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};
 pub use index::{Subscriber, Subscription, TableScope};
-pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, Op, Row};
+pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, LogBatch, Op, Row};
 pub use scope::{RlsChecker, RlsError, Viewer, Visibility};
+pub use stats::{ChangeStats, Refused, TableName};
 pub use subscribe::{quote_ident, Validated};
 
 use crate::router::{MemberId, Router};
@@ -37,6 +40,8 @@ pub struct Changes {
     index: Arc<index::SubscriptionIndex>,
     /// `None` when the hub runs without a database.
     catalog: Option<Catalog>,
+    /// Written by dispatch and validation, read by the inspector.
+    stats: Arc<ChangeStats>,
 }
 
 impl Changes {
@@ -45,12 +50,13 @@ impl Changes {
         Changes {
             index: Arc::default(),
             catalog,
+            stats: Arc::default(),
         }
     }
 
     /// Validates a join's `postgres_changes` entries against the catalog.
     pub async fn validate(&self, entries: &[Value]) -> Validated {
-        subscribe::validate(self.catalog.as_ref(), entries).await
+        subscribe::validate(self.catalog.as_ref(), entries, &self.stats).await
     }
 
     /// Starts delivering `subscriptions` to `subscriber` (replacing what its member had).
@@ -68,13 +74,38 @@ impl Changes {
         self.index.set_viewer(member, viewer);
     }
 
+    /// Changes read per table and joins refused as not enabled.
+    pub fn stats(&self) -> &ChangeStats {
+        &self.stats
+    }
+
+    /// Live subscriptions per table (subscriptions to a schema or to every table are
+    /// left out: they name no table).
+    pub fn subscriptions_per_table(&self) -> HashMap<TableName, usize> {
+        let mut out = HashMap::new();
+        for (scope, n) in self.index.counts() {
+            if let TableScope::Table { schema, table } = scope {
+                *out.entry((schema, table)).or_default() += n;
+            }
+        }
+        out
+    }
+
+    /// The tables `realtime.enabled_tables` lists; `None` without a database.
+    pub async fn enabled_tables(&self) -> Option<Result<Arc<Vec<EnabledTable>>, CatalogError>> {
+        match &self.catalog {
+            Some(c) => Some(c.enabled_tables().await),
+            None => None,
+        }
+    }
+
     /// The dispatch loop: matches each captured batch, checks row scope and queues frames
     /// (and routes database broadcasts to `router`) until `events` closes or `shutdown`.
     pub async fn run_dispatch(
         &self,
         router: Arc<Router>,
         rls: RlsChecker,
-        events: mpsc::Receiver<Vec<DbEvent>>,
+        events: mpsc::Receiver<LogBatch>,
         shutdown: CancellationToken,
     ) {
         let Some(catalog) = self.catalog.clone() else {
@@ -85,6 +116,7 @@ impl Changes {
             router,
             catalog,
             rls,
+            stats: self.stats.clone(),
         };
         dispatch::run_dispatch(d, events, shutdown).await;
     }

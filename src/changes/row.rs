@@ -46,6 +46,9 @@ pub struct ColumnInfo {
 pub struct Change {
     /// The log row's id (unique, not commit-ordered).
     pub id: i64,
+    /// The change's place among the rows of its log row (one statement's rows share a log
+    /// row): `(id, seq)` names a change for good, e.g. as a webhook event id.
+    pub seq: u32,
     pub schema: String,
     pub table: String,
     pub op: Op,
@@ -94,6 +97,14 @@ pub enum DbEvent {
     Broadcast(DbBroadcast),
 }
 
+/// What capture hands dispatch: events in log order and the log position right after
+/// them (opaque here; `capture::Position` text).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogBatch {
+    pub events: Vec<DbEvent>,
+    pub position: std::sync::Arc<str>,
+}
+
 /// UTC with millisecond precision, `YYYY-MM-DDTHH:MM:SS.mmmZ`: the wire form of
 /// `commit_timestamp`.
 pub fn format_commit_time(t: DateTime<Utc>) -> String {
@@ -117,6 +128,7 @@ mod tests {
         let row = |n: i64| serde_json::json!({ "id": n }).as_object().cloned();
         let mut c = Change {
             id: 1,
+            seq: 0,
             schema: "public".into(),
             table: "t".into(),
             op: Op::Delete,

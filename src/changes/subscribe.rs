@@ -10,6 +10,7 @@ use super::catalog::Catalog;
 use super::filter;
 use super::index::{subscription_id, Subscription, TableScope};
 use super::row::Op;
+use super::stats::ChangeStats;
 use crate::protocol::ChangesError;
 
 /// The outcome of validating a join's entries.
@@ -46,8 +47,13 @@ fn str_field<'a>(entry: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// Validates each entry against the catalog. Without a catalog (no database configured)
-/// every entry is echoed and reported as unavailable.
-pub async fn validate(catalog: Option<&Catalog>, entries: &[Value]) -> Validated {
+/// every entry is echoed and reported as unavailable. Entries refused because their
+/// table is not enabled are counted in `stats`.
+pub async fn validate(
+    catalog: Option<&Catalog>,
+    entries: &[Value],
+    stats: &ChangeStats,
+) -> Validated {
     let mut out = Validated {
         reply: Vec::with_capacity(entries.len()),
         subscriptions: Vec::new(),
@@ -64,7 +70,7 @@ pub async fn validate(catalog: Option<&Catalog>, entries: &[Value]) -> Validated
             out.errors.push(ChangesError::NoDatabase);
             continue;
         };
-        match subscription(catalog, entry, id).await {
+        match subscription(catalog, entry, id, stats).await {
             Ok(sub) => out.subscriptions.push(sub),
             Err(e) => out.errors.push(e),
         }
@@ -76,6 +82,7 @@ async fn subscription(
     catalog: &Catalog,
     entry: &Value,
     id: u32,
+    stats: &ChangeStats,
 ) -> Result<Subscription, ChangesError> {
     if !entry.is_object() {
         return Err(ChangesError::EntryNotObject);
@@ -115,6 +122,7 @@ async fn subscription(
             table: name.clone(),
         })?;
     if !info.realtime_enabled {
+        stats.refused(schema, table, chrono::Utc::now());
         return Err(ChangesError::NotEnabled { table: name });
     }
     Ok(Subscription {

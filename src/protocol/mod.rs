@@ -68,6 +68,7 @@ pub use codec::{
     decode_binary, decode_text, encode, encode_broadcast, encode_reply, encoded_len, DecodeError,
 };
 pub use texts::{
-    AckError, BodyProblem, ChangesError, ChannelError, Close, FilterError, HttpError, ReplyError,
-    RowError, SystemMessage, TokenError,
+    enable_sql, enable_statement, AckError, BodyProblem, ChangesError, ChannelError, Close,
+    FilterError, HttpError, InspectorBadRequest, InspectorError, ReplyError, RowError,
+    SystemMessage, TokenError,
 };

@@ -123,11 +123,21 @@ pub enum ChangesError {
     FilterNeedsTable { scope: String },
     #[error("Unable to subscribe to changes with given parameters: table {table} does not exist")]
     NoSuchTable { table: String },
-    #[error("table {table} is not enabled for realtime; enable it with: select realtime.enable('{}')", .table.replace('\'', "''"))]
+    #[error("table {table} is not enabled for realtime; enable it with: {}", enable_sql(.table))]
     NotEnabled { table: String },
     /// The catalog could not be read (database unreachable).
     #[error("Unable to subscribe to changes with given parameters: {0}")]
     Unavailable(String),
+}
+
+/// The SQL that enables realtime on `table` (already quoted: `public."My Table"`).
+pub fn enable_sql(table: &str) -> String {
+    format!("select realtime.enable('{}')", table.replace('\'', "''"))
+}
+
+/// [`enable_sql`] as a statement to paste into psql.
+pub fn enable_statement(table: &str) -> String {
+    format!("{};", enable_sql(table))
 }
 
 /// A `filter` string that cannot be parsed or bound to its table's columns.
@@ -284,6 +294,70 @@ impl HttpError {
     }
 }
 
+/// An inspector API answer that is not data: the body is `{"error": <text>}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InspectorError {
+    /// No session, or it expired: the page shows the sign-in form.
+    #[error("Sign in with a service_role token or the admin secret")]
+    SignInRequired,
+    #[error("Enter a service_role token or the admin secret")]
+    NoCredentials,
+    /// The token does not verify (its text as at connect).
+    #[error("{}", .0.http_text())]
+    Token(TokenError),
+    #[error("This token's role is {role:?}; the inspector needs a service_role token")]
+    NotServiceRole { role: String },
+    #[error("That is not the admin secret")]
+    WrongSecret,
+    #[error("This hub has no admin secret; sign in with a service_role token")]
+    NoAdminSecret,
+    #[error("Too many sign-in attempts; wait a few seconds")]
+    TooManyAttempts,
+    /// A state-changing request from another origin.
+    #[error("Cross-origin request refused")]
+    CrossOrigin,
+    #[error("This hub has no HS256 secret (jwt_secret), so it cannot mint tokens; paste a token instead")]
+    CannotMint,
+    #[error("{0}")]
+    BadRequest(InspectorBadRequest),
+    /// Signing failed (an operator problem, not the visitor's).
+    #[error("Could not sign the token: {0}")]
+    MintFailed(String),
+}
+
+/// What is wrong with an inspector request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InspectorBadRequest {
+    #[error("The body must be a JSON object")]
+    NotJsonObject,
+    #[error("`role` must be a non-empty string")]
+    RoleMissing,
+    #[error("`claims` must be a JSON object")]
+    ClaimsNotObject,
+}
+
+impl InspectorError {
+    pub fn status(&self) -> u16 {
+        match self {
+            InspectorError::SignInRequired
+            | InspectorError::NoCredentials
+            | InspectorError::Token(_)
+            | InspectorError::NotServiceRole { .. }
+            | InspectorError::WrongSecret
+            | InspectorError::NoAdminSecret => 401,
+            InspectorError::TooManyAttempts => 429,
+            InspectorError::CrossOrigin => 403,
+            InspectorError::CannotMint => 409,
+            InspectorError::BadRequest(_) => 422,
+            InspectorError::MintFailed(_) => 500,
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        json!({ "error": self.to_string() })
+    }
+}
+
 /// Why the hub closes a socket; each has a WebSocket close code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
@@ -374,6 +448,24 @@ mod tests {
                 .payload("room1"),
             json!({"message":"Token has expired 3 seconds ago","status":"error",
                    "extension":"system","channel":"room1"})
+        );
+    }
+
+    #[test]
+    fn inspector_errors_carry_their_status_and_an_error_body() {
+        let e = InspectorError::Token(TokenError::Expired { seconds_ago: 4 });
+        assert_eq!(
+            (e.status(), e.body()),
+            (401, json!({"error": "Token has expired"}))
+        );
+        assert_eq!(InspectorError::TooManyAttempts.status(), 429);
+        assert_eq!(
+            InspectorError::BadRequest(InspectorBadRequest::RoleMissing).body(),
+            json!({"error": "`role` must be a non-empty string"})
+        );
+        assert_eq!(
+            enable_statement("public.jobs"),
+            "select realtime.enable('public.jobs');"
         );
     }
 

@@ -53,6 +53,17 @@ struct Topic {
     presence: PresenceState,
 }
 
+/// One topic as the inspector shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TopicSummary {
+    pub topic: String,
+    pub private: bool,
+    /// Joined channels (members).
+    pub channels: usize,
+    /// Members with a tracked presence.
+    pub presence: usize,
+}
+
 /// Frames for one message, encoded at most once per serializer.
 struct Encoded<F: Fn(Vsn) -> Option<WireFrame>> {
     encode: F,
@@ -307,5 +318,91 @@ impl Router {
     /// Number of topics with members (for status).
     pub fn topic_count(&self) -> usize {
         self.topics.len()
+    }
+
+    /// Topics with their channel and presence counts, most channels first, at most
+    /// `limit`. Read-only: each topic's lock is held only to count.
+    pub fn summary(&self, limit: usize) -> Vec<TopicSummary> {
+        let topics: Vec<(TopicKey, Arc<Mutex<Topic>>)> = self
+            .topics
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        let mut out: Vec<TopicSummary> = topics
+            .into_iter()
+            .map(|(key, topic)| {
+                let t = lock(&topic);
+                TopicSummary {
+                    topic: key.topic.to_string(),
+                    private: key.private,
+                    channels: t.members.len(),
+                    presence: t.presence.tracked(),
+                }
+            })
+            .filter(|s| s.channels > 0)
+            .collect();
+        out.sort_by(|a, b| b.channels.cmp(&a.channels).then(a.topic.cmp(&b.topic)));
+        out.truncate(limit);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outbox::outbox;
+
+    fn member(id: MemberId, presence: bool) -> (Member, outbox::OutboxRx) {
+        let (tx, rx) = outbox(16, 64 * 1024);
+        let m = Member {
+            id,
+            conn_id: id,
+            join_ref: "1".into(),
+            vsn: Vsn::V1,
+            outbox: tx,
+            broadcast_self: false,
+            presence,
+        };
+        (m, rx)
+    }
+
+    fn key(topic: &str) -> TopicKey {
+        TopicKey {
+            private: false,
+            topic: format!("realtime:{topic}").into(),
+        }
+    }
+
+    #[test]
+    fn summary_counts_channels_and_tracked_presences_per_topic() {
+        let router = Router::new(Arc::new(Metrics::new()));
+        let mut keep = Vec::new();
+        for (id, topic) in [(1, "lobby"), (2, "lobby"), (3, "room")] {
+            let (m, rx) = member(id, true);
+            keep.push(rx);
+            router.join(&key(topic), m);
+        }
+        router.track(&key("lobby"), 1, "ada", Map::new());
+        let summary = router.summary(10);
+        assert_eq!(
+            summary,
+            vec![
+                TopicSummary {
+                    topic: "realtime:lobby".into(),
+                    private: false,
+                    channels: 2,
+                    presence: 1
+                },
+                TopicSummary {
+                    topic: "realtime:room".into(),
+                    private: false,
+                    channels: 1,
+                    presence: 0
+                },
+            ]
+        );
+        assert_eq!(router.summary(1).len(), 1);
+        router.leave(&key("room"), 3);
+        assert_eq!(router.summary(10).len(), 1);
     }
 }

@@ -250,6 +250,11 @@ impl PresenceState {
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
+
+    /// Members with a tracked presence.
+    pub fn tracked(&self) -> usize {
+        self.keys.len()
+    }
 }
 
 /// Folds `more` into `diff` (metas under the same key are appended).
@@ -320,8 +325,10 @@ mod tests {
             1
         );
         assert!(p.untrack(1).is_none());
+        assert_eq!(p.tracked(), 1);
         p.untrack(2);
         assert!(p.is_empty());
+        assert_eq!(p.tracked(), 0);
         assert_eq!(p.state_json(), json!({}));
     }
 

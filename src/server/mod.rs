@@ -1,7 +1,9 @@
 //! HTTP and WebSocket: routes, the upgrade (auth, serializer, connection cap), health,
-//! readiness, metrics and status. Holds no business rules: sessions and the router do.
+//! readiness, metrics and status, and the inspector page (`inspector/`). Holds no
+//! business rules: sessions and the router do.
 
 mod conn;
+pub mod inspector;
 mod rest;
 
 use std::collections::HashMap;
@@ -42,6 +44,8 @@ pub struct Hub {
     pub capture: Option<Arc<CaptureStatus>>,
     /// Node id and, in cluster mode, Redis state and peers.
     pub cluster: Arc<ClusterStatus>,
+    /// `None` when the inspector is switched off (`/inspector` answers 404).
+    pub inspector: Option<inspector::Inspector>,
 }
 
 /// An HTTP error answer with its status and body.
@@ -52,6 +56,11 @@ pub(crate) fn http_error(e: HttpError) -> Response {
 
 /// All HTTP routes of the hub.
 pub fn routes(hub: Arc<Hub>) -> HttpRouter {
+    let inspector = if hub.inspector.is_some() {
+        inspector::routes()
+    } else {
+        HttpRouter::new()
+    };
     HttpRouter::new()
         .route("/realtime/v1/websocket", get(websocket))
         .route("/socket/websocket", get(websocket))
@@ -69,6 +78,7 @@ pub fn routes(hub: Arc<Hub>) -> HttpRouter {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/api/status", get(status))
+        .merge(inspector)
         .with_state(hub)
 }
 

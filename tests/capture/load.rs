@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Concurrent write load for the capture tests, and the check that what the capture
 //! delivered is exactly what committed. Each writer owns its rows; every write stamps
 //! the row with a number never used again (not even by a rolled-back write), so a
@@ -11,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
 use switchboard::capture::{run_capture, CaptureConfig, CaptureStatus};
-use switchboard::changes::{DbEvent, Op};
+use switchboard::changes::{DbEvent, LogBatch, Op};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -43,7 +44,7 @@ pub async fn setup(client: &Client) {
 
 /// A running capture and the receiving end of its pages.
 pub struct Capture {
-    pub rx: mpsc::Receiver<Vec<DbEvent>>,
+    pub rx: mpsc::Receiver<LogBatch>,
     pub status: Arc<CaptureStatus>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
@@ -51,8 +52,17 @@ pub struct Capture {
 
 /// Starts the capture and waits until its cursor is set.
 pub async fn start_capture(url: &str, batch_limit: usize) -> Capture {
+    start_capture_polling(url, batch_limit, Duration::from_millis(250)).await
+}
+
+/// Same, reading the log every `poll_interval` when no wake-up comes.
+pub async fn start_capture_polling(
+    url: &str,
+    batch_limit: usize,
+    poll_interval: Duration,
+) -> Capture {
     let cfg = CaptureConfig {
-        poll_interval: Duration::from_millis(250),
+        poll_interval,
         batch_limit,
         reconnect_max_backoff: Duration::from_millis(400),
         ..CaptureConfig::new(url)
@@ -93,7 +103,8 @@ impl Capture {
                         self.status.snapshot()
                     )
                 })
-                .expect("capture stopped");
+                .expect("capture stopped")
+                .events;
             let done = page.iter().any(|e| match e {
                 DbEvent::Change(c) => c.table == MARKER_TABLE && field(&c.record, "id") == marker,
                 DbEvent::Broadcast(_) => false,
@@ -104,6 +115,15 @@ impl Capture {
             }
             tokio::time::sleep(page_delay).await;
         }
+    }
+
+    /// The next page's events; fails the test after `within`.
+    pub async fn next_events(&mut self, within: Duration) -> Vec<DbEvent> {
+        tokio::time::timeout(within, self.rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("nothing captured within {within:?}"))
+            .expect("capture stopped")
+            .events
     }
 
     pub async fn stop(self) {
@@ -185,13 +205,17 @@ impl Writer {
         self.id * 1_000_000_000 + self.next_stamp
     }
 
-    /// One random write on `rows`; returns the change it makes.
-    async fn write(&mut self, rows: &mut Rows) -> Result<ChangeKey, tokio_postgres::Error> {
+    /// One random write on `rows`: a single-row statement, or now and then one statement
+    /// touching several rows. Returns the changes it makes, in the statement's row order.
+    async fn write(&mut self, rows: &mut Rows) -> Result<Vec<ChangeKey>, tokio_postgres::Error> {
         let table_ix = self.rng.random_range(0..TABLES.len());
         let t = TABLES[table_ix];
-        let stamp = self.stamp();
         let existing: Vec<_> = rows.keys().filter(|k| k.0 == table_ix).copied().collect();
         let roll: f64 = self.rng.random();
+        if self.rng.random_bool(0.25) {
+            return self.write_many(table_ix, &existing, roll, rows).await;
+        }
+        let stamp = self.stamp();
         if existing.is_empty() || roll < 0.35 {
             self.next_row += 1;
             let id = self.id * 10_000_000 + self.next_row;
@@ -207,7 +231,7 @@ impl Writer {
                 )
                 .await?;
             rows.insert((table_ix, id), (0, stamp));
-            return Ok((t.to_string(), "INSERT", stamp));
+            return Ok(vec![(t.to_string(), "INSERT", stamp)]);
         }
         let key = existing[self.rng.random_range(0..existing.len())];
         let (version, old_stamp) = rows[&key];
@@ -219,13 +243,83 @@ impl Writer {
                 )
                 .await?;
             rows.insert(key, (version + 1, stamp));
-            Ok((t.to_string(), "UPDATE", stamp))
+            Ok(vec![(t.to_string(), "UPDATE", stamp)])
         } else {
             self.client
                 .execute(&format!("delete from {t} where id = $1"), &[&key.1])
                 .await?;
             rows.remove(&key);
-            Ok((t.to_string(), "DELETE", old_stamp))
+            Ok(vec![(t.to_string(), "DELETE", old_stamp)])
+        }
+    }
+
+    /// One statement inserting, updating or deleting 2 to 6 rows.
+    async fn write_many(
+        &mut self,
+        table_ix: usize,
+        existing: &[(usize, i64)],
+        roll: f64,
+        rows: &mut Rows,
+    ) -> Result<Vec<ChangeKey>, tokio_postgres::Error> {
+        let t = TABLES[table_ix];
+        let n = self.rng.random_range(2..=6);
+        if existing.len() < n || roll < 0.35 {
+            let mut ids = Vec::new();
+            let mut stamps = Vec::new();
+            for _ in 0..n {
+                self.next_row += 1;
+                ids.push(self.id * 10_000_000 + self.next_row);
+                stamps.push(self.stamp());
+            }
+            let writer = vec![self.id as i32; n];
+            self.client
+                .execute(
+                    &format!(
+                        "insert into {t} (id, writer, version, stamp) \
+                         select i, w, 0, s from unnest($1::int8[], $2::int4[], $3::int8[]) as u(i, w, s)"
+                    ),
+                    &[&ids, &writer, &stamps],
+                )
+                .await?;
+            let mut out = Vec::new();
+            for (id, stamp) in ids.into_iter().zip(stamps) {
+                rows.insert((table_ix, id), (0, stamp));
+                out.push((t.to_string(), "INSERT", stamp));
+            }
+            return Ok(out);
+        }
+        let start = self.rng.random_range(0..=existing.len() - n);
+        let keys = &existing[start..start + n];
+        let ids: Vec<i64> = keys.iter().map(|k| k.1).collect();
+        if roll < 0.85 {
+            let stamps: Vec<i64> = keys.iter().map(|_| self.stamp()).collect();
+            self.client
+                .execute(
+                    &format!(
+                        "update {t} set version = {t}.version + 1, stamp = u.s \
+                         from unnest($1::int8[], $2::int8[]) as u(i, s) where {t}.id = u.i"
+                    ),
+                    &[&ids, &stamps],
+                )
+                .await?;
+            let mut out = Vec::new();
+            for (key, stamp) in keys.iter().zip(stamps) {
+                let version = rows[key].0;
+                rows.insert(*key, (version + 1, stamp));
+                out.push((t.to_string(), "UPDATE", stamp));
+            }
+            Ok(out)
+        } else {
+            self.client
+                .execute(&format!("delete from {t} where id = any($1)"), &[&ids])
+                .await?;
+            Ok(keys
+                .iter()
+                .map(|k| {
+                    let (_, stamp) = rows.remove(k).expect("owned row");
+                    (t.to_string(), "DELETE", stamp)
+                })
+                .collect())
         }
     }
 
@@ -256,7 +350,7 @@ impl Writer {
                 let mut sp_rows = rows.clone();
                 let mut sp_changes = Vec::new();
                 for _ in 0..self.rng.random_range(1..=3) {
-                    sp_changes.push(self.write(&mut sp_rows).await?);
+                    sp_changes.extend(self.write(&mut sp_rows).await?);
                     self.pause().await;
                 }
                 if self.rng.random_bool(0.5) {
@@ -270,7 +364,7 @@ impl Writer {
                     changes.extend(sp_changes);
                 }
             } else {
-                changes.push(self.write(&mut rows).await?);
+                changes.extend(self.write(&mut rows).await?);
             }
             self.pause().await;
         }
@@ -401,8 +495,9 @@ fn field(record: &Option<Map<String, Value>>, name: &str) -> i64 {
         .unwrap_or(i64::MIN)
 }
 
-/// Asserts the delivered events are exactly the committed changes, each once, and that
-/// every row's changes arrived in version order.
+/// Asserts the delivered events are exactly the committed changes, each once, that
+/// every row's changes arrived in version order, and that each UPDATE carries its own
+/// row's previous version as `old_record`.
 pub fn assert_exactly_committed(committed: &[ChangeKey], events: &[DbEvent]) {
     let mut expected: HashMap<ChangeKey, usize> = HashMap::new();
     for k in committed {
@@ -423,6 +518,16 @@ pub fn assert_exactly_committed(committed: &[ChangeKey], events: &[DbEvent]) {
             Op::Delete => (&c.old_record, field(&c.old_record, "version") + 1),
             _ => (&c.record, field(&c.record, "version")),
         };
+        if c.op == Op::Update {
+            assert_eq!(
+                (
+                    field(&c.old_record, "id"),
+                    field(&c.old_record, "version") + 1
+                ),
+                (field(&c.record, "id"), field(&c.record, "version")),
+                "an UPDATE's old_record is not its row's previous version"
+            );
+        }
         let key = (c.table.clone(), c.op.as_str(), field(row, "stamp"));
         *delivered.entry(key).or_default() += 1;
         versions

@@ -32,6 +32,14 @@ impl PgHub {
     /// A fresh database with the hub's migrations and `setup` applied, and a hub on it
     /// whose change listener is connected (changes committed from now on are delivered).
     pub async fn start(setup: &str) -> PgHub {
+        PgHub::start_with(setup, |_| {}).await
+    }
+
+    /// [`PgHub::start`] with the hub's config adjusted by `tune` first.
+    pub async fn start_with(
+        setup: &str,
+        tune: impl FnOnce(&mut switchboard::config::Config),
+    ) -> PgHub {
         let db = test_db().await;
         let sql = db.client().await;
         switchboard::db::migrate(&sql)
@@ -43,6 +51,7 @@ impl PgHub {
         let mut config = test_config();
         config.database_url = Some(db.url.clone());
         config.capture_poll = CAPTURE_POLL;
+        tune(&mut config);
         let hub = TestHub::start(config).await;
         let pg = PgHub { hub, db, sql };
         pg.wait_capture_connected().await;

@@ -31,7 +31,9 @@ fn setup(e: localpg::LocalPgError) -> BenchError {
 }
 
 impl PgCluster {
-    pub fn start() -> Result<PgCluster, BenchError> {
+    /// A throwaway cluster without fsync (`durable`: with fsync and synchronous commit,
+    /// for measuring what writers pay).
+    pub fn start(durable: bool) -> Result<PgCluster, BenchError> {
         let bin = localpg::find_bin(None).map_err(setup)?;
         let as_postgres = localpg::running_as_root();
         let dir = std::env::temp_dir().join(format!("switchboard-bench-pg-{}", std::process::id()));
@@ -44,7 +46,7 @@ impl PgCluster {
         let port = free_port()?;
         let opts = format!(
             "{} -c shared_buffers=256MB",
-            localpg::server_options(port, &dir, true, 200)
+            localpg::server_options(port, &dir, !durable, 200)
         );
         let log = dir.join("postgres.log");
         let log = log.to_string_lossy();

@@ -10,6 +10,7 @@ mod nullhub;
 mod pgload;
 mod run;
 mod stats;
+mod writeload;
 mod ws;
 
 use std::path::PathBuf;
@@ -87,6 +88,8 @@ enum Scenario {
     Idle(idle::IdleArgs),
     /// Writers at the maximum commit rate: committed/s, delivered/s and lag.
     Capture(changes::CaptureArgs),
+    /// What capture costs writers: plain vs captured vs notify-trigger tables, fsync on.
+    Writeload(writeload::WriteloadArgs),
     /// The null hub (started by fanout and broadcast; can be run by hand).
     Nullhub {
         #[arg(long, default_value = "127.0.0.1:4999")]
@@ -107,6 +110,7 @@ async fn main() {
         Scenario::Cluster(a) => cluster::cluster(a).await,
         Scenario::Idle(a) => idle::idle(a).await,
         Scenario::Capture(a) => changes::capture(a).await,
+        Scenario::Writeload(a) => writeload::writeload(a).await,
         Scenario::Nullhub { listen } => nullhub::serve(listen).await,
         Scenario::IdleChild(a) => idle::child(a).await,
     };
@@ -128,30 +132,34 @@ impl Common {
         std::time::Duration::from_secs_f64(self.duration)
     }
 
-    /// Starts (or reaches) Postgres when `with_db`, prepares the bench schema with
-    /// `customers` portal customers, then starts (or reaches) the hub with `hub_env`.
-    pub async fn setup(
-        &self,
-        with_db: bool,
-        customers: usize,
-        hub_env: Vec<(&'static str, String)>,
-    ) -> Result<Setup, BenchError> {
-        let (pg, database_url) = match (with_db, &self.database_url) {
-            (false, _) => (None, None),
-            (true, Some(url)) => (None, Some(url.clone())),
-            (true, None) => {
-                let pg = tokio::task::spawn_blocking(env::PgCluster::start)
+    /// A durable Postgres (fsync on; or `--database-url`), migrated, and the hub on it.
+    pub async fn setup_durable(&self) -> Result<Setup, BenchError> {
+        let (pg, url) = match &self.database_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let pg = tokio::task::spawn_blocking(|| env::PgCluster::start(true))
                     .await
                     .map_err(|e| BenchError::Setup(e.to_string()))??;
                 let url = pg.url.clone();
-                (Some(pg), Some(url))
+                (Some(pg), url)
             }
         };
-        if let Some(url) = &database_url {
-            pgload::setup(url, customers).await?;
-        }
-        let hub = match &self.hub_url {
-            Some(url) => env::Hub::external(url, &self.secret)?,
+        switchboard::db::migrate(&pgload::connect(&url).await?).await?;
+        let hub = self.start_hub(Some(&url), Vec::new()).await?;
+        Ok(Setup {
+            hub,
+            database_url: Some(url),
+            _pg: pg,
+        })
+    }
+
+    async fn start_hub(
+        &self,
+        database_url: Option<&str>,
+        hub_env: Vec<(&'static str, String)>,
+    ) -> Result<env::Hub, BenchError> {
+        match &self.hub_url {
+            Some(url) => env::Hub::external(url, &self.secret),
             None => {
                 let bin = match &self.hub_bin {
                     Some(b) => b.clone(),
@@ -164,12 +172,37 @@ impl Common {
                 all_env.extend(self.hub_env.iter().cloned());
                 env::Hub::start(env::HubSpec {
                     bin: &bin,
-                    database_url: database_url.as_deref(),
+                    database_url,
                     env: all_env,
                 })
-                .await?
+                .await
+            }
+        }
+    }
+
+    /// Starts (or reaches) Postgres when `with_db`, prepares the bench schema with
+    /// `customers` portal customers, then starts (or reaches) the hub with `hub_env`.
+    pub async fn setup(
+        &self,
+        with_db: bool,
+        customers: usize,
+        hub_env: Vec<(&'static str, String)>,
+    ) -> Result<Setup, BenchError> {
+        let (pg, database_url) = match (with_db, &self.database_url) {
+            (false, _) => (None, None),
+            (true, Some(url)) => (None, Some(url.clone())),
+            (true, None) => {
+                let pg = tokio::task::spawn_blocking(|| env::PgCluster::start(false))
+                    .await
+                    .map_err(|e| BenchError::Setup(e.to_string()))??;
+                let url = pg.url.clone();
+                (Some(pg), Some(url))
             }
         };
+        if let Some(url) = &database_url {
+            pgload::setup(url, customers).await?;
+        }
+        let hub = self.start_hub(database_url.as_deref(), hub_env).await?;
         Ok(Setup {
             hub,
             database_url,

@@ -41,6 +41,7 @@ impl Conn {
             cluster: Arc::new(crate::cluster::ClusterStatus::single(
                 crate::router::NodeId::random(),
             )),
+            inspector: None,
         });
         let (input, in_rx) = mpsc::channel(16);
         let (out_tx, output) = mpsc::unbounded_channel();

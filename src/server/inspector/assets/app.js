@@ -1,0 +1,169 @@
+// The inspector page: sign-in, the live stream of snapshots (server-sent events, one a
+// second), the theme toggle, and wiring for the "try it" panel.
+
+import { $, render, copyText } from './views.js'
+import { WINDOW_MS } from './chart.js'
+import { closeAll, initTryIt, setCanMint, setTables } from './tryit.js'
+
+const THEME_KEY = 'switchboard-inspector-theme'
+/** A snapshot older than this marks the page as stale. */
+const STALE_MS = 3500
+
+let stream = null
+let samples = []
+let replaceSamples = true
+let lastSnapshotAt = 0
+let lastSnapshot = null
+
+function live(state, text) {
+  const node = $('live')
+  node.dataset.state = state
+  node.textContent = text
+}
+
+function showSignIn(message) {
+  stopStream()
+  closeAll()
+  $('dashboard').hidden = true
+  $('sign-out').hidden = true
+  $('sign-in').hidden = false
+  const err = $('sign-in-error')
+  err.hidden = !message
+  err.textContent = message ?? ''
+  live('off', 'signed out')
+  $('credential').focus()
+}
+
+function showDashboard() {
+  $('sign-in').hidden = true
+  $('dashboard').hidden = false
+  $('sign-out').hidden = false
+  $('credential').value = ''
+  startStream()
+}
+
+function stopStream() {
+  if (stream) stream.close()
+  stream = null
+}
+
+function onSnapshot(snap) {
+  if (replaceSamples) samples = []
+  replaceSamples = false
+  const lastSeq = samples.length ? samples[samples.length - 1].seq : 0
+  for (const s of snap.samples) if (s.seq > lastSeq) samples.push(s)
+  const oldest = snap.at - WINDOW_MS - 5000
+  while (samples.length && samples[0].t < oldest) samples.shift()
+  lastSnapshot = snap
+  lastSnapshotAt = Date.now()
+  live('ok', 'live')
+  render(snap, samples, { onCopy })
+  setTables(snap.tables.enabled)
+  setCanMint(snap.hub.can_mint)
+}
+
+async function onCopy(text, button) {
+  const ok = await copyText(text)
+  const label = button.textContent
+  button.textContent = ok ? 'Copied' : 'Copy failed'
+  button.dataset.copied = ok ? 'yes' : 'no'
+  setTimeout(() => {
+    button.textContent = label === 'Copied' || label === 'Copy failed' ? 'Copy' : label
+  }, 1500)
+}
+
+function startStream() {
+  stopStream()
+  replaceSamples = true
+  live('warn', 'connecting')
+  const es = new EventSource('/inspector/api/stream')
+  stream = es
+  es.addEventListener('open', () => {
+    replaceSamples = true
+  })
+  es.addEventListener('snapshot', (ev) => {
+    try {
+      onSnapshot(JSON.parse(ev.data))
+    } catch (err) {
+      console.warn('bad snapshot', err)
+    }
+  })
+  es.addEventListener('signed_out', () => showSignIn('Your session ended. Sign in again.'))
+  es.addEventListener('error', async () => {
+    if (stream !== es) return
+    live('warn', 'reconnecting')
+    if (es.readyState === EventSource.CLOSED) {
+      // The hub refused the stream (signed out, or restarted): ask why.
+      stopStream()
+      const session = await signedIn()
+      if (session === false) showSignIn('Your session ended. Sign in again.')
+      else setTimeout(() => !$('dashboard').hidden && startStream(), 2000)
+    }
+  })
+}
+
+async function signIn(event) {
+  event.preventDefault()
+  const button = $('sign-in-button')
+  button.disabled = true
+  try {
+    const res = await fetch('/inspector/api/session', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ credential: $('credential').value }),
+    })
+    const body = await res.json().catch(() => ({}))
+    if (res.ok) showDashboard()
+    else showSignIn(body.error ?? `The hub answered ${res.status}.`)
+  } catch {
+    showSignIn('The hub cannot be reached.')
+  } finally {
+    button.disabled = false
+  }
+}
+
+async function signOut() {
+  await fetch('/inspector/api/session', { method: 'DELETE' }).catch(() => {})
+  showSignIn(null)
+}
+
+function effectiveTheme() {
+  const set = document.documentElement.dataset.theme
+  if (set) return set
+  return matchMedia('(prefers-color-scheme: dark)').matches ? 'dark' : 'light'
+}
+
+function toggleTheme() {
+  const next = effectiveTheme() === 'dark' ? 'light' : 'dark'
+  document.documentElement.dataset.theme = next
+  try {
+    localStorage.setItem(THEME_KEY, next)
+  } catch {}
+  if (lastSnapshot) render(lastSnapshot, samples, { onCopy })
+}
+
+async function boot() {
+  $('sign-in-form').addEventListener('submit', signIn)
+  $('sign-out').addEventListener('click', signOut)
+  $('theme-toggle').addEventListener('click', toggleTheme)
+  initTryIt()
+  new ResizeObserver(() => lastSnapshot && render(lastSnapshot, samples, { onCopy })).observe($('lag-chart'))
+  setInterval(() => {
+    if (stream && lastSnapshotAt && Date.now() - lastSnapshotAt > STALE_MS) live('warn', 'stale')
+  }, 1000)
+  if (await signedIn()) showDashboard()
+  else showSignIn(null)
+}
+
+/** true / false, or null when the hub cannot be reached. */
+async function signedIn() {
+  try {
+    const res = await fetch('/inspector/api/session')
+    const body = await res.json()
+    return body.signed_in === true
+  } catch {
+    return null
+  }
+}
+
+boot()

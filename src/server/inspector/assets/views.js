@@ -1,0 +1,198 @@
+// Renders one snapshot of the hub into the dashboard's cards. Every value goes in through
+// textContent, never as HTML.
+
+import { drawChart, formatMs } from './chart.js'
+
+export const $ = (id) => document.getElementById(id)
+
+/** An element with attributes and children (strings become text). */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag)
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v == null || v === false) continue
+    if (k === 'class') node.className = v
+    else if (k === 'dataset') Object.assign(node.dataset, v)
+    else if (k === 'text') node.textContent = v
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v)
+    else node.setAttribute(k, v === true ? '' : v)
+  }
+  for (const c of children.flat()) {
+    if (c == null) continue
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)))
+  }
+  return node
+}
+
+function setText(id, text) {
+  const node = $(id)
+  if (node.textContent !== text) node.textContent = text
+}
+
+function pill(id, state, text) {
+  const node = $(id)
+  node.dataset.state = state
+  node.textContent = text
+}
+
+const number = new Intl.NumberFormat()
+export const fmtInt = (n) => (n == null ? '–' : number.format(n))
+export function fmtRate(r) {
+  if (r == null) return '–'
+  if (r === 0) return '0'
+  if (r < 10) return r.toFixed(1)
+  return number.format(Math.round(r))
+}
+
+export function ago(date, now = Date.now()) {
+  const secs = Math.max(0, Math.round((now - new Date(date).getTime()) / 1000))
+  if (secs < 60) return `${secs} s ago`
+  if (secs < 3600) return `${Math.round(secs / 60)} min ago`
+  if (secs < 86400) return `${Math.round(secs / 3600)} h ago`
+  return new Date(date).toLocaleString()
+}
+
+function duration(secs) {
+  if (secs < 60) return `${secs} s`
+  if (secs < 3600) return `${Math.floor(secs / 60)} min`
+  if (secs < 86400) return `${Math.floor(secs / 3600)} h ${Math.floor((secs % 3600) / 60)} min`
+  return `${Math.floor(secs / 86400)} d ${Math.floor((secs % 86400) / 3600)} h`
+}
+
+/** Copies `text`, with a fallback for pages not served over https or localhost. */
+export async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text)
+    return true
+  } catch {
+    const area = el('textarea', { readonly: true, class: 'offscreen' })
+    area.value = text
+    document.body.append(area)
+    area.select()
+    let ok = false
+    try {
+      ok = document.execCommand('copy')
+    } catch {}
+    area.remove()
+    return ok
+  }
+}
+
+function renderCapture(snap, samples) {
+  const c = snap.capture
+  if (!c) {
+    pill('capture-state', 'off', 'no database')
+    for (const id of ['capture-lag', 'capture-rate', 'capture-rows', 'capture-reconnects']) setText(id, '–')
+    setText('capture-cursor', '–')
+    setText('capture-commit', 'the hub runs without DATABASE_URL')
+  } else {
+    if (!c.connected) pill('capture-state', 'err', 'disconnected')
+    else if (!c.ready) pill('capture-state', 'warn', 'catching up')
+    else pill('capture-state', 'ok', 'live')
+    setText('capture-lag', formatMs(c.lag_ms))
+    setText('capture-rate', fmtRate(c.rows_per_sec))
+    setText('capture-rows', fmtInt(c.rows_read))
+    setText('capture-reconnects', fmtInt(c.reconnects))
+    setText('capture-cursor', c.cursor ?? '–')
+    setText('capture-commit', c.last_commit_ts ? ago(c.last_commit_ts, snap.at) : 'none yet')
+  }
+  const err = $('capture-error')
+  err.hidden = !c?.last_error
+  if (c?.last_error) err.textContent = `Last error: ${c.last_error}`
+  drawChart($('lag-chart'), samples, snap.at)
+}
+
+function renderTables(snap, onCopy) {
+  const t = snap.tables
+  const body = $('tables-enabled')
+  const showVia = t.enabled.some((row) => row.via)
+  $('tables-via-head').hidden = !showVia
+  body.replaceChildren(
+    ...t.enabled.map((row) =>
+      el(
+        'tr',
+        { dataset: { table: `${row.schema}.${row.table}` } },
+        el('td', { class: 'mono' }, `${row.schema}.${row.table}`),
+        showVia ? el('td', {}, row.via ?? '–') : null,
+        el('td', { class: row.changes_per_sec > 0 ? 'num rate-hot' : 'num' }, fmtRate(row.changes_per_sec)),
+        el('td', { class: 'num' }, fmtInt(row.changes_total)),
+        el('td', { class: 'num' }, fmtInt(row.subscriptions))
+      )
+    )
+  )
+  setText('tables-count', snap.hub.database ? `${t.enabled.length} enabled` : '')
+  $('tables-empty').hidden = !snap.hub.database || t.enabled.length > 0 || !!t.error
+  const err = $('tables-error')
+  err.hidden = snap.hub.database && !t.error
+  err.textContent = !snap.hub.database
+    ? 'The hub runs without a database (DATABASE_URL), so postgres_changes is off.'
+    : `Could not list enabled tables: ${t.error}`
+
+  $('not-enabled').hidden = t.not_enabled.length === 0
+  const list = $('not-enabled-list')
+  // Rebuilt only when the set changes, so a click on "Copy" is not lost mid-render.
+  const key = JSON.stringify(t.not_enabled.map((r) => [r.schema, r.table, r.refused_joins]))
+  if (list.dataset.key === key) {
+    for (const li of list.children) {
+      const r = t.not_enabled.find((x) => `${x.schema}.${x.table}` === li.dataset.table)
+      if (r) li.querySelector('.seen').textContent = `last ${ago(r.last_seen, snap.at)}`
+    }
+    return
+  }
+  list.dataset.key = key
+  list.replaceChildren(
+    ...t.not_enabled.map((r) => {
+      const button = el('button', { class: 'button small', type: 'button' }, 'Copy')
+      button.addEventListener('click', () => onCopy(r.enable_sql, button))
+      return el(
+        'li',
+        { dataset: { table: `${r.schema}.${r.table}` } },
+        el(
+          'div',
+          { class: 'fix-head' },
+          el('strong', { class: 'mono' }, `${r.schema}.${r.table}`),
+          el(
+            'span',
+            { class: 'muted small' },
+            `${fmtInt(r.refused_joins)} refused join${r.refused_joins === 1 ? '' : 's'} · `,
+            el('span', { class: 'seen' }, `last ${ago(r.last_seen, snap.at)}`)
+          )
+        ),
+        el('div', { class: 'sql-row' }, el('code', { class: 'sql' }, r.enable_sql), button)
+      )
+    })
+  )
+}
+
+function renderConnections(snap) {
+  const c = snap.connections
+  setText('conn-open', `${fmtInt(c.open)}`)
+  setText('conn-channels', fmtInt(c.channels))
+  setText('conn-topics', fmtInt(c.topics))
+  $('conn-open').title = `of ${fmtInt(c.max)} allowed`
+  $('topics-empty').hidden = snap.topics.length > 0
+  $('topics-body').replaceChildren(
+    ...snap.topics.map((t) =>
+      el(
+        'tr',
+        { dataset: { topic: t.topic } },
+        el(
+          'td',
+          { class: 'mono' },
+          t.topic.replace(/^realtime:/, ''),
+          t.private ? el('span', { class: 'tag' }, 'private') : null
+        ),
+        el('td', { class: 'num' }, fmtInt(t.channels)),
+        el('td', { class: 'num' }, fmtInt(t.presence))
+      )
+    )
+  )
+}
+
+/** Updates every card from `snap`; `samples` is the accumulated capture history. */
+export function render(snap, samples, { onCopy }) {
+  renderCapture(snap, samples)
+  renderTables(snap, onCopy)
+  renderConnections(snap)
+  setText('hub-version', `Switchboard ${snap.hub.version}`)
+  setText('hub-uptime', `up ${duration(snap.hub.uptime_secs)}`)
+}
