@@ -251,7 +251,7 @@ impl PresenceState {
         self.by_key.is_empty()
     }
 
-    /// Members with a tracked presence.
+    /// Tracked presences (in cluster mode, those of every node).
     pub fn tracked(&self) -> usize {
         self.keys.len()
     }
