@@ -37,7 +37,9 @@ impl Node {
             .cluster_received
             .get_or_create(&[("kind", env.msg.kind())])
             .inc();
-        self.peers().heard(from, now_std);
+        if self.peers().heard(from, now_std) {
+            self.show_peers(now);
+        }
         match env.msg {
             Msg::Heartbeat => {
                 let ask = self
@@ -51,6 +53,7 @@ impl Node {
                 self.peers().forget(from);
                 self.router.drop_remote_node(from, |_| false);
                 self.shared.status.peer_gone(from, "shut down");
+                self.show_peers(now);
             }
             Msg::SyncRequest { to } => {
                 if to.is_none_or(|n| n == self.shared.node) {
@@ -69,6 +72,7 @@ impl Node {
                 if let Some(covered) = covered {
                     self.router
                         .drop_remote_node(from, |key| covered.contains(key));
+                    self.show_peers(now);
                 }
             }
             Msg::Presence { topic, member, now } => {

@@ -174,6 +174,7 @@ impl Node {
         // Changes may have been missed both ways: ask everyone for their presences and
         // send ours (the snapshot loop starts with it).
         self.peers().asked_everyone(Instant::now().into_std());
+        self.show_peers(Instant::now());
         self.shared.push_msg(&Msg::SyncRequest { to: None });
         self.shared.resync.notify_one();
         let broken = tokio::select! {
@@ -265,18 +266,20 @@ impl Node {
 
     /// Expires silent peers (their members leave here) and refreshes the status.
     pub fn sweep(&self, now: Instant) {
-        let now = now.into_std();
-        let (dead, view) = {
-            let mut peers = self.peers();
-            let dead = peers.expire(now, self.timing.dead_after);
-            (dead, peers.view(now))
-        };
+        let dead = self.peers().expire(now.into_std(), self.timing.dead_after);
         for node in dead {
             self.router.drop_remote_node(node, |_| false);
             self.shared
                 .status
                 .peer_gone(node, "silent past node_timeout_secs");
         }
+        self.show_peers(now);
+    }
+
+    /// Puts the peers as they are now into the status (each sweep, and at once when a
+    /// peer appears, finishes a snapshot, leaves, or all snapshots are owed again).
+    pub fn show_peers(&self, now: Instant) {
+        let view = self.peers().view(now.into_std());
         self.shared.status.set_peers(view);
     }
 

@@ -36,17 +36,24 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Records that `node` said something at `now`.
-    pub fn heard(&mut self, node: NodeId, now: Instant) {
-        self.peers
-            .entry(node)
-            .and_modify(|p| p.last_heard = now)
-            .or_insert(Peer {
-                last_heard: now,
-                synced: false,
-                asked: None,
-                sync: None,
-            });
+    /// Records that `node` said something at `now`; true when it is a new peer.
+    pub fn heard(&mut self, node: NodeId, now: Instant) -> bool {
+        match self.peers.get_mut(&node) {
+            Some(p) => {
+                p.last_heard = now;
+                false
+            }
+            None => {
+                let peer = Peer {
+                    last_heard: now,
+                    synced: false,
+                    asked: None,
+                    sync: None,
+                };
+                self.peers.insert(node, peer);
+                true
+            }
+        }
     }
 
     /// Removes and returns the peers silent for longer than `silence`.
@@ -160,9 +167,9 @@ mod tests {
     fn a_peer_silent_past_the_limit_expires_once() {
         let t0 = Instant::now();
         let mut p = Peers::default();
-        p.heard(A, t0);
-        p.heard(B, t0);
-        p.heard(B, t0 + 5 * SECOND);
+        assert!(p.heard(A, t0));
+        assert!(p.heard(B, t0));
+        assert!(!p.heard(B, t0 + 5 * SECOND));
         assert!(p.expire(t0 + 9 * SECOND, 9 * SECOND).is_empty());
         assert_eq!(p.expire(t0 + 10 * SECOND, 9 * SECOND), vec![A]);
         assert!(p.expire(t0 + 10 * SECOND, 9 * SECOND).is_empty());
