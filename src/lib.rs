@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod localpg;
 pub mod protocol;
+pub mod resume;
 pub mod router;
 pub mod server;
 pub mod telemetry;
@@ -46,7 +47,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?;
+    let verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?
+        .allow_roles(&config.allowed_roles)
+        .nbf_leeway(config.jwt_nbf_leeway_secs as i64);
     let metrics = Arc::new(telemetry::Metrics::new());
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
@@ -79,8 +82,9 @@ pub async fn run(
         }
     };
 
-    let (changes, capture_status) = match &config.database_url {
-        None => (changes::Changes::new(None), None),
+    let node_id = uuid::Uuid::new_v4().to_string();
+    let (changes, capture_status, resume) = match &config.database_url {
+        None => (changes::Changes::new(None), None, None),
         Some(url) => {
             if config.auto_migrate {
                 let (client, conn) = db::connect(url).await?;
@@ -100,6 +104,7 @@ pub async fn run(
                     cap: config.retention_max.max(config.retention),
                     node_expiry: config.node_expiry,
                 },
+                node_id: node_id.clone(),
                 ..capture::CaptureConfig::new(url.clone())
             };
             background.spawn(capture::run_capture(
@@ -111,10 +116,20 @@ pub async fn run(
             let dispatch = changes.clone();
             let (router, stop) = (router.clone(), stop_background.clone());
             background.spawn(async move {
-                let rls = changes::RlsChecker::new(pool);
-                dispatch.run_dispatch(router, rls, rx, stop).await;
+                dispatch.run_dispatch(router, rx, stop).await;
             });
-            (changes, Some(status))
+            let resume = resume::ResumeHandle::new(
+                pool,
+                changes.clone(),
+                node_id.clone(),
+                resume::ResumeConfig {
+                    grace: config.resume_grace,
+                    max_replay: config.resume_max_replay,
+                },
+                metrics.clone(),
+            );
+            background.spawn(resume.clone().run_writer(stop_background.clone()));
+            (changes, Some(status), Some(resume))
         }
     };
 
@@ -124,6 +139,7 @@ pub async fn run(
         verifier,
         limits: config.limits.clone(),
         metrics,
+        resume,
     });
     let inspector = config.inspector.then(|| {
         let inspector = server::inspector::Inspector::new(&config);
@@ -142,15 +158,32 @@ pub async fn run(
         capture: capture_status,
         cluster: cluster_status,
         inspector,
+        admin: server::admin::Gate::new(config.admin_secret.clone()),
     });
-    tracing::info!(addr = %listener.local_addr()?, "switchboard listening");
-    // Frames are small and latency matters: no Nagle delay on client sockets.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, server::routes(hub.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    if let Some(addr) = config.metrics_listen {
+        let metrics_listener = TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "metrics listening");
+        let (app, stop) = (server::metrics_routes(hub.clone()), shutdown.clone());
+        background.spawn(async move {
+            let served = axum::serve(metrics_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+    let cap = server::listen::connection_cap(config.limits.max_connections);
+    tracing::info!(addr = %listener.local_addr()?, connection_cap = cap, "switchboard listening");
+    server::listen::serve(
+        listener,
+        server::routes(hub.clone(), config.metrics_listen.is_none()),
+        cap,
+        config.http_header_timeout,
+        hub.services.metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
 
     // Upgraded sockets are not awaited by axum: the hub tracks and drains its own.
     hub.connections.close();

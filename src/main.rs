@@ -61,12 +61,20 @@ enum Command {
     },
 }
 
+/// Where `switchboard dev` listens unless told otherwise: loopback only, because it
+/// prints tokens signed with its development secret.
+const DEV_LISTEN: &str = "127.0.0.1:4000";
+
 fn load_config(cli: &Cli) -> Result<Config> {
     let file = match &cli.config {
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),
     };
-    Ok(Config::from_settings(cli.settings.clone().merge(file))?)
+    let mut settings = cli.settings.clone().merge(file);
+    if matches!(cli.command, Command::Dev) && settings.listen.is_none() {
+        settings.listen = Some(DEV_LISTEN.into());
+    }
+    Ok(Config::from_settings(settings)?)
 }
 
 fn database_url(config: &Config) -> Result<&str> {

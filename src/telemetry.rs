@@ -37,6 +37,12 @@ pub struct Metrics {
     pub cluster_reconnects: Counter,
     pub cluster_published: Family<KindLabel, Counter>,
     pub cluster_received: Family<KindLabel, Counter>,
+    /// Resumable subscriptions parked in Postgres (all hubs), refreshed every few seconds.
+    pub resume_parked: Gauge,
+    /// Resuming joins by outcome (`recovered` = "true" or the reason it was not).
+    pub resumes: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Changes and database broadcasts replayed to resumed subscriptions.
+    pub resume_replayed: Counter,
 }
 
 /// prometheus-client wants an atomic type for gauges; plain i64 on AtomicI64.
@@ -67,6 +73,9 @@ impl Metrics {
         let cluster_reconnects = Counter::default();
         let cluster_published = Family::<KindLabel, Counter>::default();
         let cluster_received = Family::<KindLabel, Counter>::default();
+        let resume_parked = Gauge::default();
+        let resumes = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        let resume_replayed = Counter::default();
         registry.register(
             "connections",
             "Open WebSocket connections",
@@ -139,6 +148,17 @@ impl Metrics {
             "Messages received from other nodes, by kind",
             cluster_received.clone(),
         );
+        registry.register(
+            "resume_parked",
+            "Resumable subscriptions parked in Postgres",
+            resume_parked.clone(),
+        );
+        registry.register("resumes", "Resuming joins by outcome", resumes.clone());
+        registry.register(
+            "resume_replayed",
+            "Changes and database broadcasts replayed to resumed subscriptions",
+            resume_replayed.clone(),
+        );
         Metrics {
             registry,
             connections,
@@ -157,6 +177,9 @@ impl Metrics {
             cluster_reconnects,
             cluster_published,
             cluster_received,
+            resume_parked,
+            resumes,
+            resume_replayed,
         }
     }
 

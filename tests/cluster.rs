@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{synced_peers, TestCluster};
 use common::hub::{Frame, WsClient, SECRET};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Presence keys of a `presence_diff`'s `side` ("joins" or "leaves").
 fn diff_keys(f: &Frame, side: &str) -> Vec<String> {
@@ -254,7 +254,7 @@ async fn a_row_change_and_a_database_broadcast_reach_every_nodes_subscribers_exa
     let mut join_refs = Vec::new();
     for node in &cluster.nodes {
         let mut c = node.client().await;
-        wait_capture(node.addr).await;
+        wait_capture(node).await;
         let joined = common::e2e::subscribe(
             &mut c,
             topic,
@@ -310,11 +310,10 @@ async fn a_row_change_and_a_database_broadcast_reach_every_nodes_subscribers_exa
 }
 
 /// Waits until the node's change listener is connected.
-async fn wait_capture(addr: std::net::SocketAddr) {
+async fn wait_capture(node: &common::cluster::Node) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (_, body) = get(addr, "/api/status").await;
-        let s: Value = serde_json::from_str(&body).expect("status JSON");
+        let s = node.status().await;
         if s["capture"]["connected"] == true {
             return;
         }

@@ -187,7 +187,7 @@ mod tests {
             conn_id: id,
             join_ref: "1".into(),
             vsn: Vsn::V1,
-            outbox: tx,
+            outbox: crate::router::outbox::ChannelOutbox::direct(tx),
             broadcast_self: false,
             presence: true,
         };

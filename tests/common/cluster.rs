@@ -225,12 +225,28 @@ impl Node {
         Ok((status, resp.text().await?))
     }
 
+    /// `/api/status` (an admin endpoint: asked with a service_role token).
+    pub async fn status(&self) -> Value {
+        let admin = switchboard::auth::mint_hs256(
+            SECRET,
+            &json!({"role": "service_role", "sub": "test-admin", "exp": now() + 3600}),
+        )
+        .expect("mint token");
+        let resp = reqwest::Client::new()
+            .get(format!("http://{}/api/status", self.addr))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .expect("GET /api/status");
+        let code = resp.status().as_u16();
+        let body = resp.text().await.expect("status body");
+        assert_eq!(code, 200, "{}: /api/status: {body}", self.name);
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
     /// `/api/status` → `cluster`.
     pub async fn cluster_status(&self) -> Value {
-        let (code, body) = self.try_get("/api/status").await.expect("GET /api/status");
-        assert_eq!(code, 200, "{}: /api/status: {body}", self.name);
-        let v: Value = serde_json::from_str(&body).expect("status JSON");
-        v["cluster"].clone()
+        self.status().await["cluster"].clone()
     }
 
     /// Polls `/api/status` until `pred(cluster)` holds; fails the test after

@@ -109,11 +109,12 @@ async fn start_hub(c: &Common, redis_url: Option<&str>) -> Result<Hub, BenchErro
     .await
 }
 
-/// Waits until the hub at `addr` has `peers` synced cluster peers.
-async fn wait_peers(addr: SocketAddr, peers: usize) -> Result<(), BenchError> {
+/// Waits until `hub` has `peers` synced cluster peers.
+async fn wait_peers(hub: &Hub, peers: usize) -> Result<(), BenchError> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let admin = hub.admin_token();
     loop {
-        let (_, body) = env::http_get(addr, "/api/status").await?;
+        let (_, body) = env::http_get_as(hub.addr, "/api/status", Some(&admin)).await?;
         let s: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         let synced = s["cluster"]["peers"]
             .as_array()
@@ -141,7 +142,7 @@ pub async fn cluster(a: ClusterArgs) -> Result<(), BenchError> {
         start_hub(c, Some(&redis.url)).await?,
     ];
     for h in &hubs {
-        wait_peers(h.addr, 1).await?;
+        wait_peers(h, 1).await?;
     }
     let spread = window(&a, &hubs, Some(redis.child.id())).await?;
     drop(hubs);

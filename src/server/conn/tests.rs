@@ -42,6 +42,7 @@ impl Conn {
                 crate::router::NodeId::random(),
             )),
             inspector: None,
+            admin: crate::server::admin::Gate::new(None),
         });
         let (input, in_rx) = mpsc::channel(16);
         let (out_tx, output) = mpsc::unbounded_channel();
@@ -62,6 +63,7 @@ impl Conn {
             Box::pin(stream),
             Vsn::V2,
             claims,
+            None,
         ));
         Conn {
             hub,
