@@ -3,7 +3,7 @@
 //! Clients on different nodes see each other's broadcasts and presence; a killed node's
 //! members leave everywhere else within the node timeout; a Redis outage keeps local
 //! traffic going and converges afterwards; a row change reaches every node's subscribers
-//! exactly once.
+//! exactly once; a client parked on one node resumes on another.
 
 mod common;
 
@@ -320,4 +320,85 @@ async fn wait_capture(node: &common::cluster::Node) {
         assert!(Instant::now() < deadline, "capture not connected: {s}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `n` resumable subscriptions are parked in Postgres.
+async fn wait_parked(sql: &tokio_postgres::Client, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let parked: i64 = sql
+            .query_one(
+                "select count(*) from realtime.log_holds \
+                 where kind = 'resume' and (detail->>'parked')::boolean",
+                &[],
+            )
+            .await
+            .expect("count parked")
+            .get(0);
+        if parked >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no subscription parked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_parked_on_one_node_resumes_on_another_with_what_it_missed() {
+    let db = common::pg::test_db().await;
+    let sql = db.client().await;
+    switchboard::db::migrate(&sql).await.expect("migrations");
+    sql.batch_execute(
+        "create table public.notes (id bigint primary key, body text);
+         grant select on public.notes to anon;
+         select realtime.enable('public.notes');",
+    )
+    .await
+    .expect("setup");
+    let cluster = TestCluster::start(2, 10, Some(db.url.clone())).await;
+    let entries = json!([{"event": "INSERT", "schema": "public", "table": "notes"}]);
+    let resumable =
+        |node: &common::cluster::Node| format!("{}&resume=laptop-1", node.ws_url("2.0.0"));
+    let mut observer = cluster.nodes[1].client().await;
+    wait_capture(&cluster.nodes[1]).await;
+    common::e2e::subscribe(&mut observer, "realtime:watch", entries.clone(), None).await;
+
+    wait_capture(&cluster.nodes[0]).await;
+    let mut c = WsClient::connect(&resumable(&cluster.nodes[0])).await;
+    common::e2e::subscribe(&mut c, "realtime:notes", entries.clone(), None).await;
+    let first = common::e2e::next_system(&mut c).await;
+    assert_eq!(first["recovered"], false, "{first}");
+    sql.batch_execute("insert into notes values (1, 'seen')")
+        .await
+        .unwrap();
+    common::e2e::expect_row(&mut c, "INSERT", "notes", 1).await;
+    common::e2e::expect_row(&mut observer, "INSERT", "notes", 1).await;
+    // Reading a while lets the hub's ping come back, so row 1 counts as acknowledged.
+    c.expect_no_frame(Duration::from_millis(400)).await;
+    drop(c);
+    wait_parked(&sql, 1).await;
+
+    sql.batch_execute(
+        "insert into notes values (2, 'missed'); insert into notes values (3, 'missed too');",
+    )
+    .await
+    .unwrap();
+    common::e2e::expect_row(&mut observer, "INSERT", "notes", 2).await;
+    common::e2e::expect_row(&mut observer, "INSERT", "notes", 3).await;
+
+    // The load balancer sends the client back to the other node.
+    let mut c = WsClient::connect(&resumable(&cluster.nodes[1])).await;
+    common::e2e::subscribe(&mut c, "realtime:notes", entries, None).await;
+    common::e2e::expect_row(&mut c, "INSERT", "notes", 2).await;
+    common::e2e::expect_row(&mut c, "INSERT", "notes", 3).await;
+    let sys = common::e2e::next_system(&mut c).await;
+    assert_eq!(
+        (&sys["recovered"], &sys["count"]),
+        (&json!(true), &json!(2)),
+        "{sys}"
+    );
+    sql.batch_execute("insert into notes values (4, 'live')")
+        .await
+        .unwrap();
+    common::e2e::expect_row(&mut c, "INSERT", "notes", 4).await;
 }
