@@ -125,6 +125,12 @@ settings! {
     log_format: String = "pretty".into(), env "SWITCHBOARD_LOG_FORMAT";
     /// Port of the local Postgres that `switchboard dev` runs.
     dev_pg_port: u16 = 54329, env "SWITCHBOARD_DEV_PG_PORT";
+    /// Redis URL (`redis://[:password@]host:port[/db]`); set, it turns cluster mode on.
+    redis_url: String = String::new(), env "SWITCHBOARD_REDIS_URL";
+    /// Nodes with the same Redis and cluster name form one cluster.
+    cluster_name: String = "switchboard".into(), env "SWITCHBOARD_CLUSTER_NAME";
+    /// Seconds a node may be silent before the others drop its members' presence.
+    node_timeout_secs: u64 = 10, env "SWITCHBOARD_NODE_TIMEOUT_SECS";
     /// Secret that signs in to the inspector page (at least 16 characters); a service_role token works too.
     admin_secret: String = String::new(), env "SWITCHBOARD_ADMIN_SECRET";
     /// Serve the inspector page at `/inspector` (`false`: it answers 404).
@@ -184,6 +190,10 @@ pub struct Config {
     pub auto_migrate: bool,
     pub log_format: LogFormat,
     pub dev_pg_port: u16,
+    /// Cluster mode when set.
+    pub redis_url: Option<String>,
+    pub cluster_name: String,
+    pub node_timeout: Duration,
     /// Signs in to the inspector; `None` leaves service_role tokens as the only way in.
     pub admin_secret: Option<String>,
     /// Serve `/inspector`.
@@ -199,7 +209,10 @@ impl Settings {
                 *secret = Some("<redacted>".into());
             }
         }
-        if let Some(url) = s.database_url.as_mut() {
+        for url in [s.database_url.as_mut(), s.redis_url.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             if let Some((creds, host)) = url.rsplit_once('@') {
                 if let Some((user, _password)) =
                     creds.rsplit_once(':').filter(|(u, _)| u.contains("//"))
@@ -268,6 +281,24 @@ impl Config {
                 })
             }
         };
+        let redis_url = non_empty(r.redis_url);
+        if let Some(url) = &redis_url {
+            if !["redis://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                return Err(ConfigError::Invalid {
+                    key: "redis_url",
+                    message: "must start with redis://, unix:// or redis+unix://".into(),
+                });
+            }
+        }
+        if r.cluster_name.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "cluster_name",
+                message: "must not be empty".into(),
+            });
+        }
         let limits = Limits {
             max_connections: positive("max_connections", r.max_connections)?,
             max_frame_bytes: positive("max_frame_bytes", r.max_frame_bytes)?,
@@ -349,6 +380,9 @@ impl Config {
             auto_migrate: r.auto_migrate,
             log_format,
             dev_pg_port: r.dev_pg_port,
+            redis_url,
+            cluster_name: r.cluster_name,
+            node_timeout: Duration::from_secs(positive("node_timeout_secs", r.node_timeout_secs)?),
             admin_secret,
             inspector: r.inspector,
         })
@@ -402,6 +436,44 @@ mod tests {
         };
         let err = Config::from_settings(s).unwrap_err().to_string();
         assert!(err.contains("`outbox_bytes`"), "{err}");
+    }
+
+    #[test]
+    fn redis_url_turns_cluster_mode_on_and_must_be_a_redis_url() {
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(c.redis_url, None);
+        assert_eq!(c.node_timeout, Duration::from_secs(10));
+        let s = Settings {
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            node_timeout_secs: Some(3),
+            ..Settings::default()
+        };
+        let c = Config::from_settings(s).unwrap();
+        assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(c.node_timeout, Duration::from_secs(3));
+        let s = Settings {
+            redis_url: Some("127.0.0.1:6379".into()),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(s).unwrap_err().to_string();
+        assert!(err.contains("`redis_url`"), "{err}");
+        let s = Settings {
+            node_timeout_secs: Some(0),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(s).unwrap_err().to_string();
+        assert!(err.contains("`node_timeout_secs`"), "{err}");
+    }
+
+    #[test]
+    fn the_redis_password_is_redacted() {
+        let s = Settings {
+            redis_url: Some("redis://:hunter2@redis:6379".into()),
+            ..Settings::default()
+        };
+        let text = s.effective_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("redis://:<redacted>@redis:6379"), "{text}");
     }
 
     #[test]

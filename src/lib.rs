@@ -6,6 +6,7 @@ pub mod authz;
 pub mod capture;
 pub mod changes;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod localpg;
@@ -29,6 +30,8 @@ use config::Config;
 pub enum RunError {
     #[error("auth: {0}")]
     Auth(#[from] auth::AuthError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
     #[error("database: {0}")]
     Db(#[from] db::DbError),
     #[error("server: {0}")]
@@ -49,9 +52,36 @@ pub async fn run(
         .allow_roles(&config.allowed_roles)
         .nbf_leeway(config.jwt_nbf_leeway_secs as i64);
     let metrics = Arc::new(telemetry::Metrics::new());
-    let router = Arc::new(router::Router::new(metrics.clone()));
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
+    let node = router::NodeId::random();
+
+    let (router, cluster_status) = match &config.redis_url {
+        None => {
+            tracing::info!(%node, "node id (single node: no redis_url)");
+            let status = Arc::new(cluster::ClusterStatus::single(node));
+            (Arc::new(router::Router::new(metrics.clone())), status)
+        }
+        Some(url) => {
+            tracing::info!(%node, cluster = %config.cluster_name, "node id (cluster mode over Redis)");
+            let cluster_config = cluster::ClusterConfig {
+                redis_url: url.clone(),
+                name: config.cluster_name.clone(),
+                node_timeout: config.node_timeout,
+            };
+            let (handle, task) = cluster::start(cluster_config, node, metrics.clone())?;
+            let router = Arc::new(router::Router::with_cluster(
+                metrics.clone(),
+                Arc::new(handle.clone()),
+            ));
+            background.spawn(cluster::run_cluster(
+                task,
+                router.clone(),
+                stop_background.clone(),
+            ));
+            (router, handle.status())
+        }
+    };
 
     let node_id = uuid::Uuid::new_v4().to_string();
     let (changes, authz, capture_status, resume) = match &config.database_url {
@@ -146,6 +176,7 @@ pub async fn run(
         connections: TaskTracker::new(),
         connection_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
         capture: capture_status,
+        cluster: cluster_status,
         inspector,
         admin: server::admin::Gate::new(config.admin_secret.clone()),
     });

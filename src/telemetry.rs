@@ -31,6 +31,12 @@ pub struct Metrics {
     pub capture_rows: Counter,
     pub capture_reconnects: Gauge,
     pub capture_connected: Gauge,
+    /// 1 while cluster mode is on and Redis is unreachable (traffic is node-local).
+    pub cluster_degraded: Gauge,
+    pub cluster_peers: Gauge,
+    pub cluster_reconnects: Counter,
+    pub cluster_published: Family<KindLabel, Counter>,
+    pub cluster_received: Family<KindLabel, Counter>,
     /// Resumable subscriptions parked in Postgres (all hubs), refreshed every few seconds.
     pub resume_parked: Gauge,
     /// Resuming joins by outcome (`recovered` = "true" or the reason it was not).
@@ -62,6 +68,11 @@ impl Metrics {
         let capture_rows = Counter::default();
         let capture_reconnects = Gauge::default();
         let capture_connected = Gauge::default();
+        let cluster_degraded = Gauge::default();
+        let cluster_peers = Gauge::default();
+        let cluster_reconnects = Counter::default();
+        let cluster_published = Family::<KindLabel, Counter>::default();
+        let cluster_received = Family::<KindLabel, Counter>::default();
         let resume_parked = Gauge::default();
         let resumes = Family::<[(&'static str, &'static str); 1], Counter>::default();
         let resume_replayed = Counter::default();
@@ -113,6 +124,31 @@ impl Metrics {
             capture_connected.clone(),
         );
         registry.register(
+            "cluster_degraded",
+            "1 while Redis is unreachable and broadcast/presence are node-local",
+            cluster_degraded.clone(),
+        );
+        registry.register(
+            "cluster_peers",
+            "Other hub nodes heard from within node_timeout_secs",
+            cluster_peers.clone(),
+        );
+        registry.register(
+            "cluster_reconnects",
+            "Redis sessions started after the first",
+            cluster_reconnects.clone(),
+        );
+        registry.register(
+            "cluster_published",
+            "Messages published to other nodes, by kind",
+            cluster_published.clone(),
+        );
+        registry.register(
+            "cluster_received",
+            "Messages received from other nodes, by kind",
+            cluster_received.clone(),
+        );
+        registry.register(
             "resume_parked",
             "Resumable subscriptions parked in Postgres",
             resume_parked.clone(),
@@ -136,6 +172,11 @@ impl Metrics {
             capture_rows,
             capture_reconnects,
             capture_connected,
+            cluster_degraded,
+            cluster_peers,
+            cluster_reconnects,
+            cluster_published,
+            cluster_received,
             resume_parked,
             resumes,
             resume_replayed,

@@ -56,3 +56,20 @@ async fn status_counts_connections_and_channels() {
     assert_eq!(s["connections"], 2, "{s}");
     assert_eq!(s["channels"], 3, "{s}");
 }
+
+#[tokio::test]
+async fn status_names_the_node_and_says_single_without_redis() {
+    let hub = TestHub::start_default().await;
+    let (_, body) = hub.get_admin("/api/status").await;
+    let s: Value = serde_json::from_str(&body).expect("status is JSON");
+    let c = &s["cluster"];
+    assert_eq!(c["mode"], "single", "{s}");
+    assert_eq!(c["state"], "ok", "{s}");
+    assert_eq!(c["peers"], json!([]), "{s}");
+    let id = c["node_id"].as_str().expect("node id");
+    assert!(
+        id.len() == 16 && id.chars().all(|ch| ch.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert_eq!(hub.metric("switchboard_cluster_degraded").await, Some(0.0));
+}

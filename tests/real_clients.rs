@@ -234,6 +234,7 @@ fn every_node_test_file_has_a_rust_test() {
     let listed = [
         "auth.test.mjs",
         "broadcast.test.mjs",
+        "cluster.test.mjs", // run by tests/cluster.rs against three nodes
         "connect.test.mjs",
         "postgres_changes.test.mjs",
         "postgres_rows.test.mjs",

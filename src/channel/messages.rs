@@ -70,7 +70,7 @@ impl Session {
         let Some(ch) = self.channels.get(&msg.topic) else {
             return;
         };
-        self.svc.router.broadcast(&ch.key, &b, Some(ch.member));
+        self.svc.router.publish(&ch.key, &b, Some(ch.member));
         if ack {
             self.reply_ok(&msg);
         }

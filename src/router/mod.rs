@@ -1,10 +1,15 @@
 //! Topics and their members, presence per topic, broadcast fan-out, and the bounded
 //! per-connection outboxes everything is delivered through. Fan-out never awaits a
 //! client: frames are encoded once per serializer and pushed into each member's outbox.
-//! Knows nothing of tables or rows; no sockets, no Postgres here.
+//! Knows nothing of tables or rows; no sockets, no Postgres, no Redis here: in cluster
+//! mode it tells a [`ClusterLink`] what other nodes must learn, and `remote.rs` applies
+//! what they report.
 
 pub mod outbox;
 pub mod presence;
+mod remote;
+
+pub use remote::{ClusterLink, NodeId};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -139,9 +144,12 @@ impl<F: Fn(Vsn) -> Option<WireFrame>> Encoded<F> {
 
 /// The in-process pub/sub at the centre of the hub.
 pub struct Router {
-    /// Topics with at least one member; an emptied topic is removed under its shard lock.
+    /// Topics with at least one member or presence (local or remote); an emptied topic
+    /// is removed under its shard lock.
     topics: DashMap<TopicKey, Arc<Mutex<Topic>>>,
     metrics: Arc<Metrics>,
+    /// Cluster mode: where local broadcasts and presence changes go for other nodes.
+    cluster: Option<Arc<dyn ClusterLink>>,
 }
 
 fn lock(topic: &Mutex<Topic>) -> std::sync::MutexGuard<'_, Topic> {
@@ -153,6 +161,16 @@ impl Router {
         Router {
             topics: DashMap::new(),
             metrics,
+            cluster: None,
+        }
+    }
+
+    /// A router of one cluster node: client broadcasts and local presence changes also
+    /// go to `link`.
+    pub fn with_cluster(metrics: Arc<Metrics>, link: Arc<dyn ClusterLink>) -> Router {
+        Router {
+            cluster: Some(link),
+            ..Router::new(metrics)
         }
     }
 
@@ -256,14 +274,41 @@ impl Router {
             t.members.remove(&member);
             if let Some(diff) = t.presence.untrack(member) {
                 self.fan_out_diff(&key.topic, &mut t, &diff);
+                self.tell_cluster(key, member, None);
             }
         }
-        self.topics
-            .remove_if(key, |_, t| lock(t).members.is_empty());
+        self.remove_if_empty(key);
     }
 
-    /// Fans a broadcast out to the topic's members (skipping the sender unless it asked
-    /// for `self`). Returns how many members it was queued for.
+    /// Drops `key` when it has neither members nor presence (local or remote).
+    fn remove_if_empty(&self, key: &TopicKey) {
+        self.topics.remove_if(key, |_, t| {
+            let t = lock(t);
+            t.members.is_empty() && t.presence.is_empty()
+        });
+    }
+
+    /// A local presence change for other nodes; called under the topic lock, so the
+    /// changes of one topic reach the link in the order they happened.
+    fn tell_cluster(&self, key: &TopicKey, member: MemberId, now: Option<presence::Tracked>) {
+        if let Some(link) = &self.cluster {
+            link.presence(key, member, now.as_ref());
+        }
+    }
+
+    /// A client's broadcast (WebSocket or REST): fans out here and, in cluster mode, is
+    /// handed to the other nodes. Returns how many local members it was queued for.
+    pub fn publish(&self, key: &TopicKey, msg: &Broadcast, sender: Option<MemberId>) -> usize {
+        let sent = self.broadcast(key, msg, sender);
+        if let Some(link) = &self.cluster {
+            link.broadcast(key, msg);
+        }
+        sent
+    }
+
+    /// Fans a broadcast out to this node's members of the topic (skipping the sender
+    /// unless it asked for `self`). Database and remote broadcasts come this way, never
+    /// crossing nodes. Returns how many members it was queued for.
     pub fn broadcast(&self, key: &TopicKey, msg: &Broadcast, sender: Option<MemberId>) -> usize {
         let Some(topic) = self.topic(key) else {
             return 0;
@@ -362,6 +407,7 @@ impl Router {
         }
         if let Some(diff) = t.presence.track(member, presence_key, payload) {
             self.fan_out_diff(&key.topic, t, &diff);
+            self.tell_cluster(key, member, t.presence.local(member));
         }
     }
 
@@ -372,6 +418,7 @@ impl Router {
         let mut t = lock(&topic);
         if let Some(diff) = t.presence.untrack(member) {
             self.fan_out_diff(&key.topic, &mut t, &diff);
+            self.tell_cluster(key, member, None);
         }
     }
 

@@ -1,17 +1,38 @@
 //! Per-topic presence: who is tracked under which key, and the join/leave diffs that
 //! changes produce. Pure state; the router holds one per topic and fans diffs out.
-//! Metas are kept per source (`member`), so state from several nodes can merge later.
+//! Metas are kept per source: a member of this node, or a member of another node
+//! (cluster mode), so one `presence_state` holds the whole cluster's presence and a
+//! dead node's metas can be dropped together.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use serde_json::{json, Map, Value};
 
-use super::MemberId;
+use super::{MemberId, NodeId};
+
+/// Whose presence a meta is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// A member on this node.
+    Local(MemberId),
+    /// A member on another node of the cluster.
+    Remote(NodeId, MemberId),
+}
+
+/// One tracked presence as it crosses nodes: its key, its refs and its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked {
+    pub key: String,
+    pub phx_ref: String,
+    pub phx_ref_prev: Option<String>,
+    pub payload: Map<String, Value>,
+}
 
 #[derive(Debug, Clone)]
 struct Meta {
-    member: MemberId,
+    source: Source,
     phx_ref: String,
     phx_ref_prev: Option<String>,
     payload: Map<String, Value>,
@@ -26,6 +47,15 @@ impl Meta {
         }
         Value::Object(m)
     }
+
+    fn tracked(&self, key: &str) -> Tracked {
+        Tracked {
+            key: key.to_owned(),
+            phx_ref: self.phx_ref.clone(),
+            phx_ref_prev: self.phx_ref_prev.clone(),
+            payload: self.payload.clone(),
+        }
+    }
 }
 
 /// A `presence_diff` payload: `{"joins": {...}, "leaves": {...}}`.
@@ -38,6 +68,10 @@ pub struct Diff {
 impl Diff {
     pub fn to_json(&self) -> Value {
         json!({ "joins": self.joins, "leaves": self.leaves })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.joins.is_empty() && self.leaves.is_empty()
     }
 
     fn add(side: &mut Map<String, Value>, key: &str, meta: &Meta) {
@@ -54,63 +88,153 @@ impl Diff {
 #[derive(Debug, Default)]
 pub struct PresenceState {
     by_key: BTreeMap<String, Vec<Meta>>,
-    /// Which key each member tracks under (one presence per member).
-    keys: BTreeMap<MemberId, String>,
+    /// Which key each source tracks under (one presence per source).
+    keys: BTreeMap<Source, String>,
 }
 
+/// A `phx_ref` unique across nodes: a random per-process prefix and a counter.
 fn new_ref() -> String {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(rand::random);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("F{:x}{:x}", std::process::id(), n)
+    format!("F{prefix:08x}{n:x}")
 }
 
 impl PresenceState {
-    /// Tracks (or updates) `member`'s presence. `None` when nothing changed.
+    /// Tracks (or updates) local `member`'s presence. `None` when nothing changed.
     pub fn track(
         &mut self,
         member: MemberId,
         key: &str,
         payload: Map<String, Value>,
     ) -> Option<Diff> {
-        let mut diff = Diff::default();
-        let mut prev_ref = None;
-        if let Some(old_key) = self.keys.get(&member).cloned() {
-            let metas = self.by_key.get_mut(&old_key)?;
-            let pos = metas.iter().position(|m| m.member == member)?;
-            if old_key == key && metas[pos].payload == payload {
+        let source = Source::Local(member);
+        if let Some(old) = self.meta(source) {
+            if self.keys[&source] == key && old.payload == payload {
                 return None;
             }
-            let old = metas.remove(pos);
-            if metas.is_empty() {
-                self.by_key.remove(&old_key);
-            }
-            Diff::add(&mut diff.leaves, &old_key, &old);
-            prev_ref = Some(old.phx_ref);
         }
+        let prev = self.meta(source).map(|m| m.phx_ref.clone());
         let meta = Meta {
-            member,
+            source,
             phx_ref: new_ref(),
-            phx_ref_prev: prev_ref,
+            phx_ref_prev: prev,
             payload,
         };
-        Diff::add(&mut diff.joins, key, &meta);
-        self.by_key.entry(key.to_owned()).or_default().push(meta);
-        self.keys.insert(member, key.to_owned());
-        Some(diff)
+        Some(self.put(key, meta))
     }
 
-    /// Removes `member`'s presence, if any (untrack, leave, disconnect).
-    pub fn untrack(&mut self, member: MemberId) -> Option<Diff> {
-        let key = self.keys.remove(&member)?;
+    /// Sets a remote member's presence as its node reported it. `None` when this very
+    /// presence (same `phx_ref`) is already there.
+    pub fn put_remote(&mut self, node: NodeId, member: MemberId, t: Tracked) -> Option<Diff> {
+        let source = Source::Remote(node, member);
+        if self.meta(source).is_some_and(|m| m.phx_ref == t.phx_ref) {
+            return None;
+        }
+        let meta = Meta {
+            source,
+            phx_ref: t.phx_ref,
+            phx_ref_prev: t.phx_ref_prev,
+            payload: t.payload,
+        };
+        Some(self.put(&t.key, meta))
+    }
+
+    /// Replaces whatever `meta.source` had with `meta` under `key`.
+    fn put(&mut self, key: &str, meta: Meta) -> Diff {
+        let mut diff = Diff::default();
+        if let Some((old_key, old)) = self.take(meta.source) {
+            Diff::add(&mut diff.leaves, &old_key, &old);
+        }
+        Diff::add(&mut diff.joins, key, &meta);
+        self.keys.insert(meta.source, key.to_owned());
+        self.by_key.entry(key.to_owned()).or_default().push(meta);
+        diff
+    }
+
+    fn meta(&self, source: Source) -> Option<&Meta> {
+        let key = self.keys.get(&source)?;
+        self.by_key.get(key)?.iter().find(|m| m.source == source)
+    }
+
+    /// Removes `source`'s meta; returns it with its key.
+    fn take(&mut self, source: Source) -> Option<(String, Meta)> {
+        let key = self.keys.remove(&source)?;
         let metas = self.by_key.get_mut(&key)?;
-        let pos = metas.iter().position(|m| m.member == member)?;
+        let pos = metas.iter().position(|m| m.source == source)?;
         let old = metas.remove(pos);
         if metas.is_empty() {
             self.by_key.remove(&key);
         }
+        Some((key, old))
+    }
+
+    /// Removes local `member`'s presence, if any (untrack, leave, disconnect).
+    pub fn untrack(&mut self, member: MemberId) -> Option<Diff> {
+        self.remove(Source::Local(member))
+    }
+
+    /// Removes `source`'s presence, if any.
+    pub fn remove(&mut self, source: Source) -> Option<Diff> {
+        let (key, old) = self.take(source)?;
         let mut diff = Diff::default();
         Diff::add(&mut diff.leaves, &key, &old);
         Some(diff)
+    }
+
+    /// Makes `node`'s presences exactly `entries` (a node's snapshot of this topic):
+    /// unchanged ones (same `phx_ref`) produce nothing, the rest joins and leaves.
+    pub fn replace_node(&mut self, node: NodeId, entries: Vec<(MemberId, Tracked)>) -> Diff {
+        let mut diff = Diff::default();
+        let wanted: HashMap<MemberId, &Tracked> = entries.iter().map(|(m, t)| (*m, t)).collect();
+        let stale: Vec<Source> = self
+            .keys
+            .keys()
+            .filter(|s| matches!(s, Source::Remote(n, m) if *n == node && !wanted.contains_key(m)))
+            .copied()
+            .collect();
+        for source in stale {
+            merge(&mut diff, self.remove(source));
+        }
+        for (member, t) in entries {
+            merge(&mut diff, self.put_remote(node, member, t));
+        }
+        diff
+    }
+
+    /// Removes every presence of `node` (it died, left, or was found stale).
+    pub fn drop_node(&mut self, node: NodeId) -> Option<Diff> {
+        let gone: Vec<Source> = self
+            .keys
+            .keys()
+            .filter(|s| matches!(s, Source::Remote(n, _) if *n == node))
+            .copied()
+            .collect();
+        let mut diff = Diff::default();
+        for source in gone {
+            merge(&mut diff, self.remove(source));
+        }
+        (!diff.is_empty()).then_some(diff)
+    }
+
+    /// Local `member`'s presence, as other nodes should learn it.
+    pub fn local(&self, member: MemberId) -> Option<Tracked> {
+        let source = Source::Local(member);
+        self.meta(source).map(|m| m.tracked(&self.keys[&source]))
+    }
+
+    /// Every local presence of this topic (a node's snapshot).
+    pub fn locals(&self) -> Vec<(MemberId, Tracked)> {
+        let mut out = Vec::new();
+        for (key, metas) in &self.by_key {
+            for m in metas {
+                if let Source::Local(member) = m.source {
+                    out.push((member, m.tracked(key)));
+                }
+            }
+        }
+        out
     }
 
     /// The `presence_state` payload: `{key: {"metas": [...]}}`.
@@ -127,9 +251,26 @@ impl PresenceState {
         self.by_key.is_empty()
     }
 
-    /// Members with a tracked presence.
+    /// Tracked presences (in cluster mode, those of every node).
     pub fn tracked(&self) -> usize {
         self.keys.len()
+    }
+}
+
+/// Folds `more` into `diff` (metas under the same key are appended).
+fn merge(diff: &mut Diff, more: Option<Diff>) {
+    let Some(more) = more else { return };
+    for (side, from) in [
+        (&mut diff.joins, more.joins),
+        (&mut diff.leaves, more.leaves),
+    ] {
+        for (key, entry) in from {
+            let metas = entry["metas"].as_array().cloned().unwrap_or_default();
+            let slot = side.entry(key).or_insert_with(|| json!({ "metas": [] }));
+            if let Some(Value::Array(all)) = slot.get_mut("metas") {
+                all.extend(metas);
+            }
+        }
     }
 }
 
@@ -140,6 +281,17 @@ mod tests {
     fn payload(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
     }
+
+    fn remote(key: &str, phx_ref: &str, v: Value) -> Tracked {
+        Tracked {
+            key: key.into(),
+            phx_ref: phx_ref.into(),
+            phx_ref_prev: None,
+            payload: payload(v),
+        }
+    }
+
+    const N: NodeId = NodeId(7);
 
     #[test]
     fn track_then_identical_track_is_a_no_op() {
@@ -178,5 +330,62 @@ mod tests {
         assert!(p.is_empty());
         assert_eq!(p.tracked(), 0);
         assert_eq!(p.state_json(), json!({}));
+    }
+
+    #[test]
+    fn a_local_and_a_remote_member_with_the_same_id_are_distinct() {
+        let mut p = PresenceState::default();
+        p.track(1, "k", payload(json!({"here": true})));
+        p.put_remote(N, 1, remote("k", "R1", json!({"there": true})));
+        assert_eq!(p.state_json()["k"]["metas"].as_array().unwrap().len(), 2);
+        assert_eq!(p.locals().len(), 1);
+        p.untrack(1);
+        assert_eq!(p.state_json()["k"]["metas"][0]["phx_ref"], "R1");
+    }
+
+    #[test]
+    fn a_remote_presence_seen_again_with_the_same_ref_changes_nothing() {
+        let mut p = PresenceState::default();
+        let d = p.put_remote(N, 3, remote("k", "R1", json!({}))).unwrap();
+        assert_eq!(d.joins["k"]["metas"][0]["phx_ref"], "R1");
+        assert!(p.put_remote(N, 3, remote("k", "R1", json!({}))).is_none());
+        let d = p.put_remote(N, 3, remote("k", "R2", json!({}))).unwrap();
+        assert_eq!(d.leaves["k"]["metas"][0]["phx_ref"], "R1");
+        assert_eq!(d.joins["k"]["metas"][0]["phx_ref"], "R2");
+    }
+
+    #[test]
+    fn replacing_a_nodes_presences_reports_only_what_changed() {
+        let mut p = PresenceState::default();
+        p.put_remote(N, 1, remote("a", "R1", json!({})));
+        p.put_remote(N, 2, remote("b", "R2", json!({})));
+        p.put_remote(NodeId(8), 1, remote("c", "R3", json!({})));
+        let d = p.replace_node(
+            N,
+            vec![
+                (1, remote("a", "R1", json!({}))),
+                (4, remote("d", "R4", json!({}))),
+            ],
+        );
+        assert_eq!(d.leaves.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(d.joins.keys().collect::<Vec<_>>(), ["d"]);
+        let state = p.state_json();
+        assert_eq!(
+            state.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["a", "c", "d"]
+        );
+    }
+
+    #[test]
+    fn dropping_a_node_leaves_all_its_metas_once() {
+        let mut p = PresenceState::default();
+        p.put_remote(N, 1, remote("same", "R1", json!({})));
+        p.put_remote(N, 2, remote("same", "R2", json!({})));
+        p.track(9, "mine", payload(json!({})));
+        let d = p.drop_node(N).unwrap();
+        assert_eq!(d.leaves["same"]["metas"].as_array().unwrap().len(), 2);
+        assert!(d.joins.is_empty());
+        assert!(p.drop_node(N).is_none());
+        assert_eq!(p.locals().len(), 1);
     }
 }

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::capture::CaptureStatus;
 use crate::channel::Services;
+use crate::cluster::ClusterStatus;
 use crate::protocol::{HttpError, TokenError, Vsn};
 
 /// Initial per-socket read buffer.
@@ -43,6 +44,8 @@ pub struct Hub {
     pub connection_permits: Arc<Semaphore>,
     /// `None` when the hub runs without a database.
     pub capture: Option<Arc<CaptureStatus>>,
+    /// Node id and, in cluster mode, Redis state and peers.
+    pub cluster: Arc<ClusterStatus>,
     /// `None` when the inspector is switched off (`/inspector` answers 404).
     pub inspector: Option<inspector::Inspector>,
     /// Who may use `/api/status`, the inspector and operations endpoints.
@@ -226,6 +229,7 @@ async fn status(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
         "channels": m.channels.get(),
         "topics": hub.services.router.topic_count(),
         "capture": hub.capture.as_ref().map(|c| c.snapshot()),
+        "cluster": hub.cluster.snapshot(),
         "resume": hub.services.resume.as_ref().map(|r| r.status()),
     }))
     .into_response()

@@ -70,7 +70,7 @@ fn send(hub: &Hub, topic: &str, private: bool, msg: Broadcast) {
         topic: format!("realtime:{topic}").into(),
     };
     hub.services.metrics.message_in("rest_broadcast");
-    hub.services.router.broadcast(&key, &msg, None);
+    hub.services.router.publish(&key, &msg, None);
 }
 
 pub async fn broadcast_batch(

@@ -2,6 +2,7 @@
 //! printing a one-line summary and a JSON record. See BENCHMARKS.md.
 
 mod changes;
+mod cluster;
 mod env;
 mod fanout;
 mod idle;
@@ -81,6 +82,8 @@ enum Scenario {
     Rowscoped(changes::RowscopedArgs),
     /// C channels x M members, each member broadcasting R messages per second.
     Broadcast(fanout::BroadcastArgs),
+    /// Broadcast with members spread over two nodes (Redis) vs all on one node.
+    Cluster(cluster::ClusterArgs),
     /// N idle sockets: hub RSS and kernel socket memory per connection.
     Idle(idle::IdleArgs),
     /// Writers at the maximum commit rate: committed/s, delivered/s and lag.
@@ -104,6 +107,7 @@ async fn main() {
         Scenario::Fanout(a) => fanout::fanout(a).await,
         Scenario::Rowscoped(a) => changes::rowscoped(a).await,
         Scenario::Broadcast(a) => fanout::broadcast(a).await,
+        Scenario::Cluster(a) => cluster::cluster(a).await,
         Scenario::Idle(a) => idle::idle(a).await,
         Scenario::Capture(a) => changes::capture(a).await,
         Scenario::Writeload(a) => writeload::writeload(a).await,

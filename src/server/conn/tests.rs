@@ -38,6 +38,9 @@ impl Conn {
             connections: TaskTracker::new(),
             connection_permits: Arc::new(Semaphore::new(10)),
             capture: None,
+            cluster: Arc::new(crate::cluster::ClusterStatus::single(
+                crate::router::NodeId::random(),
+            )),
             inspector: None,
             admin: crate::server::admin::Gate::new(None),
         });

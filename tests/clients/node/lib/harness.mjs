@@ -174,9 +174,12 @@ export class Session {
     this.clients = []
   }
 
-  /** A realtime-js client (not yet connected; `subscribe` connects it). */
-  client(label, { vsn, apikey = ANON_KEY, token, ...options } = {}) {
-    const client = new RealtimeClient(WS_ENDPOINT, {
+  /**
+   * A realtime-js client (not yet connected; `subscribe` connects it). `endpoint` picks
+   * another hub (cluster tests); the default is `SWITCHBOARD_URL`'s.
+   */
+  client(label, { vsn, apikey = ANON_KEY, token, endpoint = WS_ENDPOINT, ...options } = {}) {
+    const client = new RealtimeClient(endpoint, {
       transport: this.trace.transport(label),
       params: { apikey },
       ...(vsn ? { vsn } : {}),

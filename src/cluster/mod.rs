@@ -1,0 +1,88 @@
+//! Several hub nodes over Redis (cluster mode, on when `redis_url` is set): client
+//! broadcasts and presence cross nodes through one Redis pub/sub channel, each message
+//! tagged with its origin node, which ignores it when it comes back. Each node owns its
+//! members' presences and publishes their changes; every node holds the whole cluster's
+//! presence, so a join anywhere gets it all in its first `presence_state`. Nodes
+//! heartbeat on the channel; a node silent for `node_timeout_secs` is dead and its
+//! members leave on every other node. While Redis is unreachable each node serves its own
+//! clients (degraded), reconnects with backoff, and then every node re-sends a full
+//! snapshot of its presences so all converge.
+//!
+//! Does not carry postgres_changes or database broadcasts: every node reads the global
+//! change log itself, so each already delivers those to its own clients exactly once.
+//! The router never sees Redis: it talks to [`ClusterHandle`] through its
+//! `ClusterLink` trait, and the cluster task applies what others report through
+//! the router's methods.
+
+mod handle;
+mod inbound;
+mod node;
+mod peers;
+mod status;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+
+pub use handle::ClusterHandle;
+pub use node::{run_cluster, ClusterTask};
+pub use peers::PeerView;
+pub use status::{ClusterSnapshot, ClusterStatus};
+
+use crate::router::NodeId;
+use crate::telemetry::Metrics;
+
+/// Why a Redis session failed or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("invalid redis_url: {0}")]
+    BadUrl(redis::RedisError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis closed the subscription")]
+    SubscriptionClosed,
+    #[error("own heartbeat not seen back for {0:?}")]
+    Stalled(Duration),
+    #[error("cluster queue closed")]
+    QueueClosed,
+}
+
+/// Cluster settings from the hub's configuration.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub redis_url: String,
+    /// Nodes with the same Redis and name form one cluster (the channel's prefix).
+    pub name: String,
+    /// A node silent this long is dead; its members leave everywhere else within it.
+    pub node_timeout: Duration,
+}
+
+/// The handle for the router and status, and the task to spawn with [`run_cluster`].
+pub fn start(
+    config: ClusterConfig,
+    node: NodeId,
+    metrics: Arc<Metrics>,
+) -> Result<(ClusterHandle, ClusterTask), ClusterError> {
+    let client = redis::Client::open(config.redis_url.as_str()).map_err(ClusterError::BadUrl)?;
+    let (tx, rx) = mpsc::channel(handle::QUEUE_MESSAGES);
+    let shared = Arc::new(handle::Shared {
+        node,
+        tx,
+        queued_bytes: Default::default(),
+        status: Arc::new(ClusterStatus::clustered(node, metrics.clone())),
+        metrics,
+        resync: Notify::new(),
+    });
+    let task = ClusterTask {
+        shared: shared.clone(),
+        rx,
+        client,
+        channel: format!("{}:cluster", config.name),
+        timing: node::Timing::new(config.node_timeout),
+    };
+    Ok((ClusterHandle { shared }, task))
+}
