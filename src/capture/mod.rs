@@ -22,7 +22,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 pub use cursor::{Cursor, CursorError, Position};
-pub use reader::{current_cursor, next_events, Statements, READ_PAGE_SQL};
+pub use reader::{current_cursor, next_events, next_page, PageRead, Statements, READ_PAGE_SQL};
 pub use retention::{prune, Pruned, Retention};
 pub use status::{CaptureStatus, CaptureStatusSnapshot};
 
