@@ -12,6 +12,7 @@ mod dispatch;
 mod filter;
 mod index;
 mod payload;
+mod render;
 mod row;
 mod scope;
 mod stats;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use catalog::{Catalog, CatalogError, EnabledTable, TableInfo, CAPTURE_TRIGGER};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};
 pub use index::{Subscriber, Subscription, TableScope};
+pub use render::{RenderError, Scope};
 pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, LogBatch, Op, Row};
 pub use scope::{RlsChecker, RlsError, Viewer, Visibility};
 pub use stats::{ChangeStats, Refused, TableName};
@@ -89,6 +91,11 @@ impl Changes {
             }
         }
         out
+    }
+
+    /// The catalog; `None` without a database.
+    pub fn catalog(&self) -> Option<&Catalog> {
+        self.catalog.as_ref()
     }
 
     /// The tables `realtime.enabled_tables` lists; `None` without a database.

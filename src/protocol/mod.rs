@@ -72,3 +72,4 @@ pub use texts::{
     FilterError, HttpError, InspectorBadRequest, InspectorError, ReplyError, RowError,
     SystemMessage, TokenError,
 };
+pub use texts::{FeedError, WebhookApiError};
