@@ -6,6 +6,7 @@ pub mod capture;
 pub mod changes;
 pub mod channel;
 pub mod config;
+pub mod consumers;
 pub mod db;
 pub mod localpg;
 pub mod protocol;
@@ -49,8 +50,10 @@ pub async fn run(
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
 
-    let (changes, capture_status) = match &config.database_url {
-        None => (changes::Changes::new(None), None),
+    // This hub's name in the log holds and the webhook leases.
+    let node_id = uuid::Uuid::new_v4().to_string();
+    let (changes, capture_status, consumers) = match &config.database_url {
+        None => (changes::Changes::new(None), None, None),
         Some(url) => {
             if config.auto_migrate {
                 let (client, conn) = db::connect(url).await?;
@@ -70,6 +73,7 @@ pub async fn run(
                     cap: config.retention_max.max(config.retention),
                     node_expiry: config.node_expiry,
                 },
+                node_id: node_id.clone(),
                 ..capture::CaptureConfig::new(url.clone())
             };
             background.spawn(capture::run_capture(
@@ -78,13 +82,26 @@ pub async fn run(
                 status.clone(),
                 stop_background.clone(),
             ));
+            let consumers = consumers::ConsumersHandle::new(consumers::ConsumersParts {
+                pool: pool.clone(),
+                changes: changes.clone(),
+                rls: changes::RlsChecker::new(pool.clone()),
+                progress: status.progress(),
+                settings: config.consumers.clone(),
+                poll: config.capture_poll,
+                node_id,
+                declared: config.webhooks.clone(),
+            });
+            let webhooks = consumers.clone();
+            let stop = stop_background.clone();
+            background.spawn(async move { webhooks.run_webhooks(stop).await });
             let dispatch = changes.clone();
             let (router, stop) = (router.clone(), stop_background.clone());
             background.spawn(async move {
                 let rls = changes::RlsChecker::new(pool);
                 dispatch.run_dispatch(router, rls, rx, stop).await;
             });
-            (changes, Some(status))
+            (changes, Some(status), Some(consumers))
         }
     };
 
@@ -110,6 +127,7 @@ pub async fn run(
         connections: TaskTracker::new(),
         connection_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
         capture: capture_status,
+        consumers,
         inspector,
     });
     tracing::info!(addr = %listener.local_addr()?, "switchboard listening");

@@ -2,3 +2,4 @@
 pub mod e2e;
 pub mod hub;
 pub mod pg;
+pub mod receiver;

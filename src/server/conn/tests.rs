@@ -38,6 +38,7 @@ impl Conn {
             connections: TaskTracker::new(),
             connection_permits: Arc::new(Semaphore::new(10)),
             capture: None,
+            consumers: None,
             inspector: None,
         });
         let (input, in_rx) = mpsc::channel(16);
