@@ -127,7 +127,7 @@ settings! {
     webhook_retry_max_secs: u64 = 300, env "SWITCHBOARD_WEBHOOK_RETRY_MAX_SECS";
     /// Failed attempts in a row after which a webhook endpoint is paused (nothing is dropped: resume it and it goes on from its cursor).
     webhook_pause_after_failures: u32 = 50, env "SWITCHBOARD_WEBHOOK_PAUSE_AFTER_FAILURES";
-    /// Seconds a hub's lease on a webhook endpoint lasts unrenewed; another hub takes the endpoint over after that. More than twice `webhook_timeout_ms`.
+    /// Seconds a hub's lease on a webhook endpoint lasts unrenewed; another hub takes the endpoint over after that. At least three times `webhook_timeout_ms`.
     webhook_lease_secs: u64 = 30, env "SWITCHBOARD_WEBHOOK_LEASE_SECS";
     /// Longest long-poll (`wait`) of the change feed, in seconds.
     feed_max_wait_secs: u64 = 60, env "SWITCHBOARD_FEED_MAX_WAIT_SECS";
@@ -340,10 +340,10 @@ fn non_empty(s: String) -> Option<String> {
 fn consumer_settings(r: &Resolved) -> Result<ConsumerSettings, ConfigError> {
     let timeout = Duration::from_millis(positive("webhook_timeout_ms", r.webhook_timeout_ms)?);
     let lease = Duration::from_secs(positive("webhook_lease_secs", r.webhook_lease_secs)?);
-    if lease <= timeout * 2 {
+    if lease < timeout * 3 {
         return Err(ConfigError::Invalid {
             key: "webhook_lease_secs",
-            message: "must be more than twice webhook_timeout_ms".into(),
+            message: "must be at least three times webhook_timeout_ms".into(),
         });
     }
     Ok(ConsumerSettings {
@@ -555,9 +555,9 @@ mod tests {
     }
 
     #[test]
-    fn a_webhook_lease_must_outlast_two_request_timeouts() {
+    fn a_webhook_lease_must_outlast_three_request_timeouts() {
         let s = Settings {
-            webhook_timeout_ms: Some(20_000),
+            webhook_timeout_ms: Some(10_001),
             ..Settings::default()
         };
         let err = Config::from_settings(s).unwrap_err().to_string();

@@ -1,7 +1,9 @@
-//! Which endpoints this hub delivers. Once a second it reads which endpoints it holds
-//! and whether any lease is free (a new endpoint, or a hub that died); every third of the
-//! lease, or at once when one is free, it renews and claims in one statement
-//! (`realtime.claim_webhooks`). It runs one `webhook::run_endpoint` task per endpoint
+//! Which endpoints this hub delivers. Once a tick (a second, or a sixth of the lease if
+//! shorter) it reads which endpoints it holds and whether any lease is free (a new
+//! endpoint, or a hub that died); every third of the lease, or at once when one is free,
+//! it renews and claims in one statement (`realtime.claim_webhooks`). A lease so renewed
+//! always has more than half its length left, which with a lease of at least three
+//! request timeouts leaves every attempt time to finish inside it. It runs one `webhook::run_endpoint` task per endpoint
 //! held, tells each its lease and its row's version, and stops the ones it lost. It also
 //! upserts the endpoints the config file declares, and moves lost-data marks from the
 //! log holds onto the endpoints, loudly.
@@ -18,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::webhook::{run_endpoint, Lease};
 use super::{admin, store, ConsumersError, Inner};
 
-const TICK: Duration = Duration::from_secs(1);
+const MAX_TICK: Duration = Duration::from_secs(1);
 /// How often pruning's lost-data marks are looked for.
 const LOST_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// How long stopping endpoint tasks may take at shutdown.
@@ -44,7 +46,8 @@ pub(super) async fn run_webhooks(inner: Arc<Inner>, shutdown: CancellationToken)
     } else {
         0
     };
-    let mut tick = tokio::time::interval(TICK);
+    let tick_every = MAX_TICK.min(lease / 6);
+    let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -86,7 +89,7 @@ pub(super) async fn run_webhooks(inner: Arc<Inner>, shutdown: CancellationToken)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "webhook leases could not be renewed; retrying");
-                next_claim = next_claim.min(started + TICK);
+                next_claim = next_claim.min(started + tick_every);
             }
         }
         if started >= next_lost_check {

@@ -23,8 +23,9 @@ use super::store::{self, EndpointDef};
 use super::{ConsumersError, Inner};
 use crate::changes::Change;
 
-/// An attempt starts only if the lease outlasts its timeout by this much.
-const LEASE_MARGIN: Duration = Duration::from_secs(1);
+/// An attempt starts only if the lease outlasts its timeout by a quarter more (the
+/// supervisor renews well before that: see `supervisor`).
+const LEASE_MARGIN_DIVISOR: u32 = 4;
 /// While nothing is selected, the stored cursor (and the hold) moves at most this often.
 const STORE_IDLE_EVERY: Duration = Duration::from_secs(1);
 /// Wait between tries while the database is unreachable.
@@ -227,7 +228,8 @@ impl Endpoint {
         let msg_id = deliver::message_id(batch);
         let after_text = after.to_string();
         loop {
-            if let Some(next) = self.wait_for_lease(settings.timeout + LEASE_MARGIN).await {
+            let needed = settings.timeout + settings.timeout / LEASE_MARGIN_DIVISOR;
+            if let Some(next) = self.wait_for_lease(needed).await {
                 return Delivery::Not(next);
             }
             // An operator's change since the endpoint was loaded wins over this batch.

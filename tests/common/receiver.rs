@@ -131,21 +131,58 @@ impl Receiver {
         &self,
         within: Duration,
         what: &str,
-        mut done: impl FnMut(&[Request]) -> bool,
+        done: impl FnMut(&[Request]) -> bool,
     ) {
+        if !self.wait_for(within, done).await {
+            let n = self.requests().len();
+            panic!("receiver: {what} not within {within:?} ({n} requests so far)");
+        }
+    }
+
+    /// Waits until a request arrives for which `hit` holds (each request is looked at
+    /// once, so long runs stay cheap); false after `within`.
+    pub async fn wait_for_request(
+        &self,
+        within: Duration,
+        mut hit: impl FnMut(&Request) -> bool,
+    ) -> bool {
         let mut seen = self.seen.clone();
         let deadline = tokio::time::Instant::now() + within;
+        let mut checked = 0;
         loop {
             seen.borrow_and_update();
-            if done(&self.requests()) {
-                return;
+            let new: Vec<Request> = self.requests.lock().unwrap()[checked..].to_vec();
+            checked += new.len();
+            if new.iter().any(&mut hit) {
+                return true;
             }
             if tokio::time::timeout_at(deadline, seen.changed())
                 .await
                 .is_err()
             {
-                let n = self.requests().len();
-                panic!("receiver: {what} not within {within:?} ({n} requests so far)");
+                return false;
+            }
+        }
+    }
+
+    /// Waits until `done(requests)` holds; false after `within`.
+    pub async fn wait_for(
+        &self,
+        within: Duration,
+        mut done: impl FnMut(&[Request]) -> bool,
+    ) -> bool {
+        let mut seen = self.seen.clone();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            seen.borrow_and_update();
+            if done(&self.requests()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, seen.changed())
+                .await
+                .is_err()
+            {
+                return false;
             }
         }
     }
