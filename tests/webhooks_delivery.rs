@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::e2e::PgHub;
+use common::hub::{test_config, TestHub};
 use common::receiver::{verify_signatures, Mode, Receiver};
 use serde_json::{json, Value};
 
@@ -17,17 +18,21 @@ const SETUP: &str = "
     grant select on contacts to service_role;
 ";
 
+/// Webhook settings for quick tests.
+fn pg_consumer_settings() -> switchboard::config::ConsumerSettings {
+    let mut s = test_config().consumers;
+    s.batch_wait = Duration::from_millis(100);
+    s.retry_initial = Duration::from_millis(50);
+    s.retry_max = Duration::from_millis(200);
+    s.timeout = Duration::from_secs(1);
+    s.lease = Duration::from_secs(3);
+    s.pause_after_failures = 3;
+    s
+}
+
 /// A hub tuned for quick webhook tests.
 async fn hub() -> PgHub {
-    PgHub::start_with(SETUP, |c| {
-        c.consumers.batch_wait = Duration::from_millis(100);
-        c.consumers.retry_initial = Duration::from_millis(50);
-        c.consumers.retry_max = Duration::from_millis(200);
-        c.consumers.timeout = Duration::from_secs(2);
-        c.consumers.lease = Duration::from_secs(5);
-        c.consumers.pause_after_failures = 3;
-    })
-    .await
+    PgHub::start_with(SETUP, |c| c.consumers = pg_consumer_settings()).await
 }
 
 async fn create(pg: &PgHub, name: &str, url: &str, extra: &str) -> String {
@@ -463,4 +468,66 @@ async fn the_sql_api_creates_alters_lists_and_drops_endpoints_with_clear_errors(
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_hubs_one_delivers_and_the_other_takes_over_when_it_stops() {
+    let pg = hub().await;
+    let mut config = test_config();
+    config.database_url = Some(pg.db.url.clone());
+    config.capture_poll = Duration::from_millis(200);
+    config.consumers = pg_consumer_settings();
+    let other = TestHub::start(config).await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    for id in 1..=20 {
+        pg.exec(&format!(
+            "insert into contacts (id, name) values ({id}, 'x')"
+        ))
+        .await;
+    }
+    rx.wait_until(Duration::from_secs(20), "20 events", |r| {
+        r.iter().map(|r| r.events().len()).sum::<usize>() >= 20
+    })
+    .await;
+    // One hub delivered: each change once, in order.
+    assert_eq!(ids(&rx.processed_events()), (1..=20).collect::<Vec<_>>());
+    let node = |body: Value| body["node_id"].as_str().unwrap().to_owned();
+    let first = node(pg.status().await);
+    let second = node(serde_json::from_str(&other.get("/api/status").await.1).unwrap());
+    let s = wait_status(&pg, "crm", "leased", |s| s["lease_owner"].is_string()).await;
+    let owner = s["lease_owner"].as_str().unwrap().to_owned();
+    assert!(owner == first || owner == second, "{owner} is neither hub");
+
+    // Stop whichever delivers; the other takes over and nothing is lost.
+    let PgHub { hub, db: _db, sql } = pg;
+    let (survivor, successor) = if owner == first {
+        hub.stop().await.unwrap();
+        (other, second)
+    } else {
+        other.stop().await.unwrap();
+        (hub, first)
+    };
+    for id in 21..=30 {
+        sql.batch_execute(&format!(
+            "insert into contacts (id, name) values ({id}, 'y')"
+        ))
+        .await
+        .unwrap();
+    }
+    rx.wait_until(Duration::from_secs(20), "30 events", |r| {
+        r.iter().map(|r| r.events().len()).sum::<usize>() >= 30
+    })
+    .await;
+    assert_eq!(ids(&rx.processed_events()), (1..=30).collect::<Vec<_>>());
+    // (Status is cached for a second: poll.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: Value = serde_json::from_str(&survivor.get("/api/status").await.1).unwrap();
+        if status["webhooks"][0]["lease_owner"] == successor.as_str() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

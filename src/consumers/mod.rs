@@ -131,6 +131,11 @@ impl ConsumersHandle {
         }
     }
 
+    /// This hub's name as a webhook lease owner (and in the log holds).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
     /// Delivers the endpoints this hub holds leases on until `shutdown`, then releases
     /// them.
     pub async fn run_webhooks(&self, shutdown: CancellationToken) {

@@ -209,6 +209,7 @@ async fn status(State(hub): State<Arc<Hub>>) -> Response {
         "channels": m.channels.get(),
         "topics": hub.services.router.topic_count(),
         "capture": hub.capture.as_ref().map(|c| c.snapshot()),
+        "node_id": hub.consumers.as_ref().map(|c| c.node_id()),
         "webhooks": webhooks,
     }))
     .into_response()
