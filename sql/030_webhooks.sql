@@ -107,14 +107,21 @@ language sql volatile set search_path = '' as $fn$
         updated_at = pg_catalog.now()
 $fn$;
 
--- Capture on for every table of an endpoint (realtime.enable is idempotent).
+-- Capture on for every table of an endpoint that does not have it yet.
 create or replace function realtime.enable_webhook_tables(tbls regclass[]) returns void
 language plpgsql volatile set search_path = '' as $fn$
 declare
     t regclass;
 begin
     foreach t in array tbls loop
-        perform realtime.enable(t);
+        if not exists (
+            select 1 from realtime.enabled_tables e
+            join pg_catalog.pg_namespace n on n.nspname = e.schema_name
+            join pg_catalog.pg_class c on c.relnamespace = n.oid and c.relname = e.table_name
+            where c.oid = t
+        ) then
+            perform realtime.enable(t);
+        end if;
     end loop;
 end
 $fn$;

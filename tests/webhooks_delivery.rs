@@ -531,3 +531,84 @@ async fn with_two_hubs_one_delivers_and_the_other_takes_over_when_it_stops() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inspector_lists_endpoints_and_its_buttons_pause_and_resume_them() {
+    let pg = PgHub::start_with(SETUP, |c| {
+        c.consumers = pg_consumer_settings();
+        c.admin_secret = Some("webhooks-inspector-admin-secret".into());
+    })
+    .await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    let client = reqwest::Client::new();
+    let admin = "Bearer webhooks-inspector-admin-secret";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let snap = loop {
+        let snap: Value = client
+            .get(pg.hub.http_url("/inspector/api/snapshot"))
+            .header("authorization", admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if snap["webhooks"]["endpoints"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+        {
+            break snap;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{snap}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let crm = &snap["webhooks"]["endpoints"][0];
+    assert_eq!(
+        (crm["name"].as_str(), crm["state"].as_str()),
+        (Some("crm"), Some("active"))
+    );
+
+    let action = |path: &'static str, origin: Option<&'static str>| {
+        let mut req = client
+            .post(pg.hub.http_url(path))
+            .header("authorization", admin)
+            .body("{}");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (code, body) = action(
+        "/inspector/api/webhooks/crm/pause",
+        Some("https://evil.example"),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = action("/inspector/api/webhooks/crm/pause", None).await;
+    assert_eq!(
+        (code, body["webhook"]["state"].as_str()),
+        (200, Some("paused")),
+        "{body}"
+    );
+    let (code, body) = action("/inspector/api/webhooks/nope/pause", None).await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = action("/inspector/api/webhooks/crm/explode", None).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("pause, resume, retry"),
+        "{body}"
+    );
+    let (code, body) = action("/inspector/api/webhooks/crm/resume", None).await;
+    assert_eq!(
+        (code, body["webhook"]["state"].as_str()),
+        (200, Some("active")),
+        "{body}"
+    );
+}
