@@ -375,17 +375,21 @@ language sql volatile set search_path = '' as $fn$
 $fn$;
 
 -- Moves lost-data marks from the holds (set when pruning at the cap passed an endpoint's
--- cursor) onto the endpoints, and re-arms the holds; returns the endpoints newly marked.
+-- cursor) onto the endpoints, and re-arms the holds (so they go on holding from the
+-- cursor); returns the endpoints newly marked.
 create or replace function realtime.mark_lost_webhooks() returns setof text
 language sql volatile set search_path = '' as $fn$
     with lost as (
-        update realtime.log_holds h set lost_at = null, updated_at = pg_catalog.now()
+        select h.holder, h.lost_at from realtime.log_holds h
         where h.kind = 'webhook' and h.lost_at is not null
-        returning h.holder, h.lost_at
+        for update
+    ), rearmed as (
+        update realtime.log_holds h set lost_at = null, updated_at = pg_catalog.now()
+        from lost where h.kind = 'webhook' and h.holder = lost.holder
     )
     update realtime.webhook_endpoints e
-    set data_lost_at = coalesce(e.data_lost_at, lost.lost_at)
-    from lost where e.name = lost.holder
+    set data_lost_at = lost.lost_at
+    from lost where e.name = lost.holder and e.data_lost_at is null
     returning e.name
 $fn$;
 

@@ -612,3 +612,36 @@ async fn the_inspector_lists_endpoints_and_its_buttons_pause_and_resume_them() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_the_log_was_pruned_past_says_it_lost_data_until_a_replay() {
+    let pg = PgHub::start_with(SETUP, |c| {
+        c.consumers = pg_consumer_settings();
+        c.retention = Duration::from_secs(1);
+        c.retention_max = Duration::from_secs(1);
+    })
+    .await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    pg.exec("select realtime.pause_webhook('crm')").await;
+    pg.exec("insert into contacts (id, name) values (1, 'kept only a second')")
+        .await;
+    let s = wait_status(&pg, "crm", "marked as having lost data", |s| {
+        s["data_lost"] == true
+    })
+    .await;
+    assert!(s["data_lost_at"].is_string(), "{s}");
+    let metrics = pg.hub.get("/metrics").await.1;
+    assert!(
+        metrics.contains("switchboard_webhook_lost_data{endpoint=\"crm\"} 1"),
+        "{metrics}"
+    );
+    assert!(rx.requests().is_empty());
+    let from = chrono::Utc::now().to_rfc3339();
+    pg.exec(&format!("select realtime.replay_webhook('crm', '{from}')"))
+        .await;
+    wait_status(&pg, "crm", "lost-data mark cleared", |s| {
+        s["data_lost"] == false
+    })
+    .await;
+}

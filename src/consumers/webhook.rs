@@ -26,8 +26,9 @@ use crate::changes::Change;
 /// An attempt starts only if the lease outlasts its timeout by a quarter more (the
 /// supervisor renews well before that: see `supervisor`).
 const LEASE_MARGIN_DIVISOR: u32 = 4;
-/// While nothing is selected, the stored cursor (and the hold) moves at most this often.
-const STORE_IDLE_EVERY: Duration = Duration::from_secs(1);
+/// While nothing is selected, the stored cursor (and the hold) moves at most this often:
+/// enough for retention, without a write per read on a busy database.
+const STORE_IDLE_EVERY: Duration = Duration::from_secs(10);
 /// Wait between tries while the database is unreachable.
 const DB_RETRY: Duration = Duration::from_secs(1);
 
@@ -245,11 +246,11 @@ impl Endpoint {
                 Some(Some(v)) if v > def.version => return Delivery::Not(Next::Reload),
                 Some(Some(_)) => {}
             }
-            let outcome = self
-                .inner
-                .sender
-                .post(&def.url, &def.secret, &msg_id, body.clone())
-                .await;
+            // A stopping hub does not wait for the answer: the batch is sent again later.
+            let outcome = tokio::select! {
+                _ = self.stop.cancelled() => return Delivery::Not(Next::Stop),
+                o = self.inner.sender.post(&def.url, &def.secret, &msg_id, body.clone()) => o,
+            };
             match outcome {
                 Outcome::Delivered => {
                     let events = i32::try_from(batch.len()).unwrap_or(i32::MAX);
