@@ -68,7 +68,14 @@ struct Key {
 #[derive(Clone)]
 pub struct Verifier {
     keys: Arc<Vec<Key>>,
+    /// Roles a token may name; `None` accepts any.
+    roles: Option<Arc<[String]>>,
+    /// Seconds a token's `nbf` may lie in the future (clock skew).
+    nbf_leeway: i64,
 }
+
+/// Leeway for `nbf` unless configured.
+pub const DEFAULT_NBF_LEEWAY_SECS: i64 = 30;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,7 +124,21 @@ impl Verifier {
         }
         Ok(Verifier {
             keys: Arc::new(keys),
+            roles: None,
+            nbf_leeway: DEFAULT_NBF_LEEWAY_SECS,
         })
+    }
+
+    /// Only tokens naming one of `roles` verify (others fail with `RoleNotAllowed`).
+    pub fn allow_roles(mut self, roles: &[String]) -> Verifier {
+        self.roles = Some(roles.into());
+        self
+    }
+
+    /// How far in the future a token's `nbf` may lie.
+    pub fn nbf_leeway(mut self, secs: i64) -> Verifier {
+        self.nbf_leeway = secs.max(0);
+        self
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
@@ -138,7 +159,21 @@ impl Verifier {
             .ok_or(TokenError::Signature)?;
         let kid = header.get("kid").and_then(Value::as_str);
         let raw = self.verify_signature(token, alg, kid)?;
-        claims_from(&raw, payload, now_unix)
+        let claims = claims_from(&raw, payload, now_unix)?;
+        if let Some(nbf) = raw.get("nbf") {
+            let nbf = nbf.as_f64().ok_or(TokenError::InvalidNbf)?;
+            if nbf > (now_unix + self.nbf_leeway) as f64 {
+                return Err(TokenError::NotYetValid);
+            }
+        }
+        if let Some(roles) = &self.roles {
+            if !roles.iter().any(|r| **r == *claims.role) {
+                return Err(TokenError::RoleNotAllowed {
+                    role: claims.role.to_string(),
+                });
+            }
+        }
+        Ok(claims)
     }
 
     /// Tries every key allowed for `alg`: those whose kid matches the token's, plus kid-less
@@ -567,6 +602,47 @@ mod tests {
         assert!(hs_only().verify_at(&token, NOW - 1).is_ok());
         let err = hs_only().verify_at(&token, NOW).unwrap_err();
         assert!(matches!(err, TokenError::Expired { seconds_ago: 0 }));
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused_beyond_the_leeway() {
+        let v = hs_only().nbf_leeway(30);
+        let with_nbf = |nbf: Value| {
+            let mut c = claims();
+            c["nbf"] = nbf;
+            mint_hs256(SECRET, &c).unwrap()
+        };
+        assert!(
+            v.verify_at(&with_nbf(json!(NOW + 30)), NOW).is_ok(),
+            "within the leeway"
+        );
+        assert_eq!(
+            v.verify_at(&with_nbf(json!(NOW + 86_400)), NOW)
+                .unwrap_err(),
+            TokenError::NotYetValid
+        );
+        assert_eq!(
+            v.verify_at(&with_nbf(json!("tomorrow")), NOW).unwrap_err(),
+            TokenError::InvalidNbf
+        );
+        assert!(v.verify_at(&with_nbf(json!(NOW - 5)), NOW).is_ok());
+    }
+
+    #[test]
+    fn roles_outside_the_allow_list_are_refused() {
+        let v = hs_only().allow_roles(&["anon".into(), "authenticated".into()]);
+        assert!(v
+            .verify_at(&mint_hs256(SECRET, &claims()).unwrap(), NOW)
+            .is_ok());
+        let mut c = claims();
+        c["role"] = json!("postgres");
+        assert_eq!(
+            v.verify_at(&mint_hs256(SECRET, &c).unwrap(), NOW)
+                .unwrap_err(),
+            TokenError::RoleNotAllowed {
+                role: "postgres".into()
+            }
+        );
     }
 
     #[test]

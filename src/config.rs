@@ -63,14 +63,20 @@ macro_rules! settings {
 }
 
 settings! {
-    /// Address the HTTP/WebSocket server binds.
+    /// Address the HTTP/WebSocket server binds (`switchboard dev`: `127.0.0.1:4000` unless set, since it prints tokens signed with its dev secret).
     listen: String = "0.0.0.0:4000".into(), env "SWITCHBOARD_LISTEN";
+    /// Address for `/metrics` alone (e.g. `127.0.0.1:9400`); empty serves it on `listen`.
+    metrics_listen: String = String::new(), env "SWITCHBOARD_METRICS_LISTEN";
     /// Postgres connection string; without it postgres_changes is unavailable.
     database_url: String = String::new(), env "DATABASE_URL";
     /// HS256/384/512 secret for client JWTs.
     jwt_secret: String = String::new(), env "SWITCHBOARD_JWT_SECRET";
     /// Path to a JWKS file (RS256, ES256, EdDSA keys).
     jwks: String = String::new(), env "SWITCHBOARD_JWKS";
+    /// Postgres roles a token may name, comma-separated; any other role is refused at connect and at join.
+    allowed_roles: String = "anon,authenticated,service_role".into(), env "SWITCHBOARD_ALLOWED_ROLES";
+    /// Seconds a token's `nbf` (not before) may lie in the future, for clock skew.
+    jwt_nbf_leeway_secs: u64 = 30, env "SWITCHBOARD_JWT_NBF_LEEWAY_SECS";
     /// Maximum concurrent WebSocket connections.
     max_connections: usize = 18_000, env "SWITCHBOARD_MAX_CONNECTIONS";
     /// Largest inbound WebSocket message, in bytes.
@@ -91,6 +97,8 @@ settings! {
     outbox_bytes: usize = 8 * 1024 * 1024, env "SWITCHBOARD_OUTBOX_BYTES";
     /// Seconds without any inbound frame before a socket is closed.
     idle_timeout_secs: u64 = 60, env "SWITCHBOARD_IDLE_TIMEOUT_SECS";
+    /// Seconds a client has to send its HTTP request headers (the WebSocket upgrade included) before the connection is closed.
+    http_header_timeout_secs: u64 = 10, env "SWITCHBOARD_HTTP_HEADER_TIMEOUT_SECS";
     /// Seconds to drain connections on SIGTERM/SIGINT.
     shutdown_deadline_secs: u64 = 10, env "SWITCHBOARD_SHUTDOWN_DEADLINE_SECS";
     /// Milliseconds between log polls when no wake-up arrives.
@@ -103,6 +111,10 @@ settings! {
     retention_max_secs: u64 = 24 * 3600, env "SWITCHBOARD_RETENTION_MAX_SECS";
     /// Seconds after a hub's last checkpoint before its unread rows stop holding the log back.
     node_expiry_secs: u64 = 300, env "SWITCHBOARD_NODE_EXPIRY_SECS";
+    /// Seconds a parked resumable subscription waits for its client (capped at `retention_max_secs`).
+    resume_grace_secs: u64 = 300, env "SWITCHBOARD_RESUME_GRACE_SECS";
+    /// Most changes one resume replays; beyond it the client is told to refetch (`recovered: false`).
+    resume_max_replay: usize = 10_000, env "SWITCHBOARD_RESUME_MAX_REPLAY";
     /// Postgres connections for catalog and row-scope checks.
     db_pool_size: usize = 8, env "SWITCHBOARD_DB_POOL_SIZE";
     /// Run pending migrations when `serve` starts.
@@ -207,17 +219,25 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `None`: `/metrics` is served on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     pub database_url: Option<String>,
     pub jwt_secret: Option<String>,
     /// Contents of the JWKS file (read at load time).
     pub jwks: Option<String>,
+    /// Roles tokens may name.
+    pub allowed_roles: Vec<String>,
+    pub jwt_nbf_leeway_secs: u64,
     pub limits: Limits,
     pub shutdown_deadline: Duration,
+    pub http_header_timeout: Duration,
     pub capture_poll: Duration,
     pub capture_batch_rows: usize,
     pub retention: Duration,
     pub retention_max: Duration,
     pub node_expiry: Duration,
+    pub resume_grace: Duration,
+    pub resume_max_replay: usize,
     pub db_pool_size: usize,
     pub auto_migrate: bool,
     pub log_format: LogFormat,
@@ -426,13 +446,39 @@ impl Config {
                 message: format!("must be at least {MIN_ADMIN_SECRET_LEN} characters"),
             });
         }
+        let allowed_roles: Vec<String> = r
+            .allowed_roles
+            .split(',')
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect();
+        if allowed_roles.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "allowed_roles",
+                message: "name at least one role".into(),
+            });
+        }
+        let metrics_listen = match non_empty(r.metrics_listen) {
+            None => None,
+            Some(addr) => Some(addr.parse().map_err(|_| ConfigError::Invalid {
+                key: "metrics_listen",
+                message: format!("{addr:?} is not a socket address like 127.0.0.1:9400"),
+            })?),
+        };
         Ok(Config {
             listen,
+            metrics_listen,
+            allowed_roles,
+            jwt_nbf_leeway_secs: r.jwt_nbf_leeway_secs,
             database_url: non_empty(r.database_url),
             jwt_secret: non_empty(r.jwt_secret),
             jwks,
             limits,
             shutdown_deadline: Duration::from_secs(r.shutdown_deadline_secs),
+            http_header_timeout: Duration::from_secs(positive(
+                "http_header_timeout_secs",
+                r.http_header_timeout_secs,
+            )?),
             capture_poll: Duration::from_millis(positive("capture_poll_ms", r.capture_poll_ms)?),
             capture_batch_rows: positive("capture_batch_rows", r.capture_batch_rows)?,
             retention: Duration::from_secs(positive("retention_secs", r.retention_secs)?),
@@ -441,6 +487,10 @@ impl Config {
                 r.retention_max_secs,
             )?),
             node_expiry: Duration::from_secs(positive("node_expiry_secs", r.node_expiry_secs)?),
+            resume_grace: Duration::from_secs(
+                positive("resume_grace_secs", r.resume_grace_secs)?.min(r.retention_max_secs),
+            ),
+            resume_max_replay: positive("resume_max_replay", r.resume_max_replay)?,
             db_pool_size: positive("db_pool_size", r.db_pool_size)?,
             auto_migrate: r.auto_migrate,
             log_format,

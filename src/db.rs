@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (11, include_str!("../sql/011_rule_cache.sql")),
     (12, include_str!("../sql/012_statement_capture.sql")),
     (13, include_str!("../sql/013_log_holds.sql")),
+    (14, include_str!("../sql/014_resume.sql")),
     (30, include_str!("../sql/030_webhooks.sql")),
     (31, include_str!("../sql/031_log_pruned.sql")),
 ];

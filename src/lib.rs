@@ -10,6 +10,7 @@ pub mod consumers;
 pub mod db;
 pub mod localpg;
 pub mod protocol;
+pub mod resume;
 pub mod router;
 pub mod server;
 pub mod telemetry;
@@ -44,16 +45,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?;
+    let verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?
+        .allow_roles(&config.allowed_roles)
+        .nbf_leeway(config.jwt_nbf_leeway_secs as i64);
     let metrics = Arc::new(telemetry::Metrics::new());
     let router = Arc::new(router::Router::new(metrics.clone()));
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
 
-    // This hub's name in the log holds and the webhook leases.
+    // This hub's name in the log holds, resume state and webhook leases.
     let node_id = uuid::Uuid::new_v4().to_string();
-    let (changes, capture_status, consumers) = match &config.database_url {
-        None => (changes::Changes::new(None), None, None),
+    let (changes, capture_status, resume, consumers) = match &config.database_url {
+        None => (changes::Changes::new(None), None, None, None),
         Some(url) => {
             if config.auto_migrate {
                 let (client, conn) = db::connect(url).await?;
@@ -89,7 +92,7 @@ pub async fn run(
                 progress: status.progress(),
                 settings: config.consumers.clone(),
                 poll: config.capture_poll,
-                node_id,
+                node_id: node_id.clone(),
                 declared: config.webhooks.clone(),
             });
             let webhooks = consumers.clone();
@@ -98,10 +101,20 @@ pub async fn run(
             let dispatch = changes.clone();
             let (router, stop) = (router.clone(), stop_background.clone());
             background.spawn(async move {
-                let rls = changes::RlsChecker::new(pool);
-                dispatch.run_dispatch(router, rls, rx, stop).await;
+                dispatch.run_dispatch(router, rx, stop).await;
             });
-            (changes, Some(status), Some(consumers))
+            let resume = resume::ResumeHandle::new(
+                pool,
+                changes.clone(),
+                node_id.clone(),
+                resume::ResumeConfig {
+                    grace: config.resume_grace,
+                    max_replay: config.resume_max_replay,
+                },
+                metrics.clone(),
+            );
+            background.spawn(resume.clone().run_writer(stop_background.clone()));
+            (changes, Some(status), Some(resume), Some(consumers))
         }
     };
 
@@ -111,6 +124,7 @@ pub async fn run(
         verifier,
         limits: config.limits.clone(),
         metrics,
+        resume,
     });
     let inspector = config.inspector.then(|| {
         let inspector = server::inspector::Inspector::new(&config);
@@ -129,15 +143,32 @@ pub async fn run(
         capture: capture_status,
         consumers,
         inspector,
+        admin: server::admin::Gate::new(config.admin_secret.clone()),
     });
-    tracing::info!(addr = %listener.local_addr()?, "switchboard listening");
-    // Frames are small and latency matters: no Nagle delay on client sockets.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, server::routes(hub.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    if let Some(addr) = config.metrics_listen {
+        let metrics_listener = TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "metrics listening");
+        let (app, stop) = (server::metrics_routes(hub.clone()), shutdown.clone());
+        background.spawn(async move {
+            let served = axum::serve(metrics_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+    let cap = server::listen::connection_cap(config.limits.max_connections);
+    tracing::info!(addr = %listener.local_addr()?, connection_cap = cap, "switchboard listening");
+    server::listen::serve(
+        listener,
+        server::routes(hub.clone(), config.metrics_listen.is_none()),
+        cap,
+        config.http_header_timeout,
+        hub.services.metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
 
     // Upgraded sockets are not awaited by axum: the hub tracks and drains its own.
     hub.connections.close();

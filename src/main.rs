@@ -93,13 +93,20 @@ enum WebhooksCommand {
     /// Print the endpoint's signing secret (whsec_...).
     Secret { name: String },
 }
+/// Where `switchboard dev` listens unless told otherwise: loopback only, because it
+/// prints tokens signed with its development secret.
+const DEV_LISTEN: &str = "127.0.0.1:4000";
 
 fn load_config(cli: &Cli) -> Result<Config> {
     let file = match &cli.config {
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),
     };
-    let mut config = Config::from_settings(cli.settings.clone().merge(file))?;
+    let mut settings = cli.settings.clone().merge(file);
+    if matches!(cli.command, Command::Dev) && settings.listen.is_none() {
+        settings.listen = Some(DEV_LISTEN.into());
+    }
+    let mut config = Config::from_settings(settings)?;
     if let Some(path) = &cli.config {
         config.webhooks = webhooks_from_file(path)?;
     }

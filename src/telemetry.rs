@@ -31,6 +31,12 @@ pub struct Metrics {
     pub capture_rows: Counter,
     pub capture_reconnects: Gauge,
     pub capture_connected: Gauge,
+    /// Resumable subscriptions parked in Postgres (all hubs), refreshed every few seconds.
+    pub resume_parked: Gauge,
+    /// Resuming joins by outcome (`recovered` = "true" or the reason it was not).
+    pub resumes: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Changes and database broadcasts replayed to resumed subscriptions.
+    pub resume_replayed: Counter,
     /// Per webhook endpoint, refreshed from `consumers` on each scrape.
     pub webhooks: WebhookMetrics,
 }
@@ -150,6 +156,9 @@ impl Metrics {
         let capture_rows = Counter::default();
         let capture_reconnects = Gauge::default();
         let capture_connected = Gauge::default();
+        let resume_parked = Gauge::default();
+        let resumes = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        let resume_replayed = Counter::default();
         registry.register(
             "connections",
             "Open WebSocket connections",
@@ -197,6 +206,17 @@ impl Metrics {
             "1 while the change listener is connected",
             capture_connected.clone(),
         );
+        registry.register(
+            "resume_parked",
+            "Resumable subscriptions parked in Postgres",
+            resume_parked.clone(),
+        );
+        registry.register("resumes", "Resuming joins by outcome", resumes.clone());
+        registry.register(
+            "resume_replayed",
+            "Changes and database broadcasts replayed to resumed subscriptions",
+            resume_replayed.clone(),
+        );
         let webhooks = WebhookMetrics::default();
         webhooks.register(&mut registry);
         Metrics {
@@ -212,6 +232,9 @@ impl Metrics {
             capture_rows,
             capture_reconnects,
             capture_connected,
+            resume_parked,
+            resumes,
+            resume_replayed,
             webhooks,
         }
     }

@@ -64,11 +64,7 @@ async fn a_one_megabyte_row_arrives_intact() {
         .execute("insert into docs values (1, $1)", &[&body])
         .await
         .unwrap();
-    let page = tokio::time::timeout(Duration::from_secs(30), capture.rx.recv())
-        .await
-        .expect("delivered")
-        .unwrap()
-        .events;
+    let page = capture.next_events(Duration::from_secs(30)).await;
     let DbEvent::Change(change) = &page[0] else {
         panic!("expected a change, got {page:?}")
     };
@@ -102,11 +98,7 @@ async fn tables_with_quotes_semicolons_and_unicode_in_their_names_are_captured()
         .batch_execute(r#"insert into "sch ✓;""x"."we""ird; tbl ✓" values (7, 'ok')"#)
         .await
         .unwrap();
-    let page = tokio::time::timeout(Duration::from_secs(30), capture.rx.recv())
-        .await
-        .expect("delivered")
-        .unwrap()
-        .events;
+    let page = capture.next_events(Duration::from_secs(30)).await;
     let DbEvent::Change(change) = &page[0] else {
         panic!("expected a change, got {page:?}")
     };
@@ -194,11 +186,7 @@ async fn realtime_send_is_delivered_as_a_broadcast() {
         )
         .await
         .unwrap();
-    let page = tokio::time::timeout(Duration::from_secs(30), capture.rx.recv())
-        .await
-        .expect("delivered")
-        .unwrap()
-        .events;
+    let page = capture.next_events(Duration::from_secs(30)).await;
     let DbEvent::Broadcast(b) = &page[0] else {
         panic!("expected a broadcast, got {page:?}")
     };
@@ -228,11 +216,7 @@ async fn changes_committed_before_the_capture_started_are_not_delivered() {
         .batch_execute("insert into notes values (2)")
         .await
         .unwrap();
-    let page = tokio::time::timeout(Duration::from_secs(30), capture.rx.recv())
-        .await
-        .expect("delivered")
-        .unwrap()
-        .events;
+    let page = capture.next_events(Duration::from_secs(30)).await;
     let ids: Vec<_> = page
         .iter()
         .map(|e| match e {

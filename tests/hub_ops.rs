@@ -50,7 +50,7 @@ async fn status_counts_connections_and_channels() {
     a.join_ok("realtime:x", json!({})).await;
     a.join_ok("realtime:y", json!({})).await;
     b.join_ok("realtime:x", json!({})).await;
-    let (status, body) = hub.get("/api/status").await;
+    let (status, body) = hub.get_admin("/api/status").await;
     assert_eq!(status, 200);
     let s: Value = serde_json::from_str(&body).expect("status is JSON");
     assert_eq!(s["connections"], 2, "{s}");

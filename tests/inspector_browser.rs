@@ -6,7 +6,6 @@
 //! downloaded. With `INSPECTOR_SCREENSHOT=<path>` (relative to the repository) the suite
 //! also saves a screenshot of the page with data on it (how `docs/inspector.png` was made).
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,56 +16,15 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 
+use common::clients::{ensure_node_modules, require_tool};
+
 const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 const ADMIN_SECRET: &str = "inspector-browser-admin-secret";
 const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
 
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node")
-}
-
-fn require(program: &str, hint: &str) {
-    match std::process::Command::new(program)
-        .arg("--version")
-        .output()
-    {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "`{program} --version` failed ({}): {hint}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!("`{program}` is not available ({e}): {hint}"),
-    }
-}
-
-/// `npm ci` unless playwright-core (the newest dependency) is installed.
-fn ensure_node_modules() {
-    require("node", "install Node.js 20 or newer (.ci/run does this)");
-    require("npm", "install npm (.ci/run does this)");
-    let dir = node_dir();
-    if dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        return;
-    }
-    let out = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(&dir)
-        .output()
-        .expect("npm ci starts");
-    assert!(
-        out.status.success(),
-        "npm ci in tests/clients/node failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn chromium() -> String {
     let path = std::env::var("SWITCHBOARD_CHROMIUM").unwrap_or_else(|_| DEFAULT_CHROMIUM.into());
-    require(
+    require_tool(
         &path,
         "install Debian's chromium package (apt-get install chromium; .ci/run does this) \
          or set SWITCHBOARD_CHROMIUM",
@@ -87,7 +45,7 @@ fn ran_some_tests(stdout: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inspector_works_in_headless_chromium() {
     let chromium = chromium();
-    tokio::task::spawn_blocking(ensure_node_modules)
+    let node_dir = tokio::task::spawn_blocking(ensure_node_modules)
         .await
         .expect("npm setup");
 
@@ -114,7 +72,7 @@ async fn the_inspector_works_in_headless_chromium() {
         // Relative to the repository, not to the node suite's folder.
         cmd.env(
             "INSPECTOR_SCREENSHOT",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(path),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path),
         );
     }
     let child = cmd
@@ -124,7 +82,7 @@ async fn the_inspector_works_in_headless_chromium() {
             "--test-reporter=spec",
             "browser/inspector.test.mjs",
         ])
-        .current_dir(node_dir())
+        .current_dir(&node_dir)
         .env("SWITCHBOARD_HTTP_URL", format!("http://{addr}"))
         .env("SWITCHBOARD_JWT_SECRET", &jwt_secret)
         .env("SWITCHBOARD_DATABASE_URL", &db.url)

@@ -141,7 +141,7 @@ async fn without_credentials_the_page_is_a_sign_in_form_and_data_answers_401() {
     assert_eq!(code, 401);
     assert_eq!(
         body["error"],
-        "This token's role is \"anon\"; the inspector needs a service_role token"
+        "This token's role is \"anon\"; admin access needs a service_role token"
     );
     let expired = hub.token("service_role", "ops", -5);
     let (code, _, body) = get(&hub, "/inspector/api/snapshot", bearer(&expired)).await;

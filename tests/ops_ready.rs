@@ -39,14 +39,14 @@ async fn ready_goes_false_while_the_listener_is_down_and_recovers() {
     let body = wait_for_status(&hub, "/ready", 503).await;
     assert!(body.contains("not ready"), "{body}");
     assert_eq!(hub.get("/health").await.0, 200);
-    let (_, status) = hub.get("/api/status").await;
+    let (_, status) = hub.get_admin("/api/status").await;
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["capture"]["connected"], false, "{status}");
     assert!(status["capture"]["last_error"].is_string(), "{status}");
 
     tokio::task::block_in_place(|| cluster.start());
     wait_for_status(&hub, "/ready", 200).await;
-    let (_, status) = hub.get("/api/status").await;
+    let (_, status) = hub.get_admin("/api/status").await;
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["capture"]["connected"], true, "{status}");
     assert!(

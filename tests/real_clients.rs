@@ -10,9 +10,8 @@
 //! `node`, `npm` or `python3` is a failure, never a skip. Missing `node_modules` or Python
 //! venv are installed first (once per test binary).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use switchboard::config::Config;
@@ -22,14 +21,12 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 
+use common::clients::{clients_dir, ensure_node_modules, ensure_python_venv, require_tool};
+
 /// Longest one client suite may run before it is killed and the test fails.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the hub may take to stop after the suite is done.
 const HUB_STOP_TIMEOUT: Duration = Duration::from_secs(15);
-
-fn clients_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
-}
 
 /// A hub serving on an ephemeral port until `stop`.
 struct Hub {
@@ -81,106 +78,6 @@ impl Hub {
             .expect("hub task panicked");
         assert!(outcome.starts_with("Ok"), "hub ended with {outcome}");
     }
-}
-
-/// A setup command run in `dir`.
-fn tool(program: &str, dir: &Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(program);
-    cmd.current_dir(dir);
-    cmd
-}
-
-fn require_tool(program: &str, hint: &str) {
-    match std::process::Command::new(program)
-        .arg("--version")
-        .output()
-    {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "`{program} --version` failed ({}): {hint}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!("`{program}` is not available ({e}): {hint}"),
-    }
-}
-
-fn run_setup(mut cmd: std::process::Command, what: &str) -> Result<(), String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{what}: cannot start: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// `npm ci` in tests/clients/node unless node_modules is complete; once per binary.
-fn ensure_node_modules() {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = DONE.get_or_init(|| {
-        require_tool("node", "install Node.js 20 or newer (.ci/run does this)");
-        require_tool("npm", "install npm (.ci/run does this)");
-        let dir = clients_dir().join("node");
-        // npm writes this file last, so its presence means a finished install.
-        if dir.join("node_modules/.package-lock.json").exists() {
-            return Ok(());
-        }
-        let mut cmd = tool("npm", &dir);
-        cmd.args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
-        run_setup(cmd, "npm ci in tests/clients/node")
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
-}
-
-/// Creates tests/clients/python/.venv and installs requirements.txt unless done; once
-/// per binary. A marker holding the requirements text records a finished install.
-fn ensure_python_venv() -> PathBuf {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    let dir = clients_dir().join("python");
-    let venv = dir.join(".venv");
-    let python = venv.join("bin/python");
-    let result = DONE.get_or_init(|| {
-        require_tool(
-            "python3",
-            "install Python 3.10+ with venv (.ci/run does this)",
-        );
-        let requirements = std::fs::read_to_string(dir.join("requirements.txt"))
-            .map_err(|e| format!("read requirements.txt: {e}"))?;
-        let marker = venv.join(".installed-requirements");
-        if std::fs::read_to_string(&marker).ok().as_deref() == Some(requirements.as_str()) {
-            return Ok(());
-        }
-        if !python.exists() {
-            let mut cmd = tool("python3", &dir);
-            cmd.args(["-m", "venv", ".venv"]);
-            run_setup(cmd, "python3 -m venv tests/clients/python/.venv")?;
-        }
-        let mut cmd = tool(python.to_str().expect("utf-8 path"), &dir);
-        cmd.args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "-q",
-            "-r",
-            "requirements.txt",
-        ]);
-        run_setup(cmd, "pip install -r tests/clients/python/requirements.txt")?;
-        std::fs::write(&marker, requirements).map_err(|e| format!("write marker: {e}"))
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
-    python
 }
 
 /// Runs one client suite against a fresh hub and fails the test unless it exits 0.

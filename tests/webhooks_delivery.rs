@@ -196,7 +196,7 @@ async fn a_paused_endpoint_that_resumes_gets_everything_it_missed() {
         json!({}),
     )
     .await;
-    assert_eq!(code, 403, "{body}");
+    assert_eq!(code, 401, "{body}");
     let (code, body) = post(
         &pg,
         "/realtime/v1/api/webhooks/crm/pause",
@@ -494,7 +494,7 @@ async fn with_two_hubs_one_delivers_and_the_other_takes_over_when_it_stops() {
     assert_eq!(ids(&rx.processed_events()), (1..=20).collect::<Vec<_>>());
     let node = |body: Value| body["node_id"].as_str().unwrap().to_owned();
     let first = node(pg.status().await);
-    let second = node(serde_json::from_str(&other.get("/api/status").await.1).unwrap());
+    let second = node(serde_json::from_str(&other.get_admin("/api/status").await.1).unwrap());
     let s = wait_status(&pg, "crm", "leased", |s| s["lease_owner"].is_string()).await;
     let owner = s["lease_owner"].as_str().unwrap().to_owned();
     assert!(owner == first || owner == second, "{owner} is neither hub");
@@ -523,7 +523,8 @@ async fn with_two_hubs_one_delivers_and_the_other_takes_over_when_it_stops() {
     // (Status is cached for a second: poll.)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let status: Value = serde_json::from_str(&survivor.get("/api/status").await.1).unwrap();
+        let status: Value =
+            serde_json::from_str(&survivor.get_admin("/api/status").await.1).unwrap();
         if status["webhooks"][0]["lease_owner"] == successor.as_str() {
             break;
         }

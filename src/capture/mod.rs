@@ -22,7 +22,10 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 pub use cursor::{Cursor, CursorError, Position};
-pub use reader::{current_cursor, next_events, next_page, PageRead, Statements, READ_PAGE_SQL};
+pub use reader::{
+    count_between, current_cursor, events_between, next_events, next_page, PageRead, Statements,
+    READ_PAGE_SQL, READ_RANGE_SQL,
+};
 pub use retention::{prune, Pruned, Retention};
 pub use status::{CaptureStatus, CaptureStatusSnapshot};
 
@@ -145,6 +148,15 @@ struct Upkeep {
     prune_every: Duration,
 }
 
+/// An empty batch that only moves dispatch's position (at start, and about once a
+/// second while the log is quiet, so positions handed to readers stay recent).
+fn position_only(position: &Position) -> LogBatch {
+    LogBatch {
+        events: Vec::new(),
+        position: position.to_string().into(),
+    }
+}
+
 impl Session<'_> {
     /// Ok on shutdown; Err when the connection failed (the caller reconnects).
     async fn run(
@@ -177,6 +189,9 @@ impl Session<'_> {
         *backoff = FIRST_BACKOFF;
         self.status.set_connected(&text);
 
+        if !self.announce(position).await {
+            return self.stop(&client).await;
+        }
         let retention = &self.cfg.retention;
         let now = Instant::now();
         let mut upkeep = Upkeep {
@@ -299,7 +314,16 @@ impl Session<'_> {
         }
     }
 
-    /// Checkpoints this hub's hold about once a second and prunes the log periodically.
+    /// Tells dispatch where the reader is without events.
+    async fn announce(&self, position: &Position) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            sent = self.out.send(position_only(position)) => sent.is_ok(),
+        }
+    }
+
+    /// Checkpoints this hub's hold about once a second (and tells dispatch the position
+    /// then), and prunes the log periodically.
     async fn upkeep(
         &self,
         client: &Client,
@@ -311,6 +335,9 @@ impl Session<'_> {
         if now >= upkeep.next_checkpoint {
             retention::checkpoint(client, &self.cfg.node_id, &position.cursor, retention).await?;
             upkeep.next_checkpoint = now + CHECKPOINT_EVERY;
+            // Never waits long: dispatch takes batches as fast as it can, and a full
+            // queue means the position is about to be announced anyway.
+            let _ = self.out.try_send(position_only(position));
         }
         if now >= upkeep.next_prune {
             let pruned = prune(client, &position.cursor, retention).await?;

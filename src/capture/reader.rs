@@ -54,6 +54,61 @@ const READ_BACKLOG: &str = concat!(
     " order by c.id"
 );
 
+/// Rows a reader at position A ($1..$4) has not read but one at position B ($5..$8) has,
+/// after id $9, in id order, $10 at most: a fixed set (everything B has read is
+/// committed), so paging by id is exact.
+const READ_RANGE: &str = concat!(
+    "select ",
+    log_columns!(),
+    " from realtime.changes c where ",
+    new_rows!(),
+    " and not ((c.xid >= $5::text::xid8 or c.xid = any($6::text[]::xid8[])) \
+         and not exists ( \
+             select 1 from unnest($7::text[], $8::int8[]) as p(snap, last_id) \
+             where c.id <= p.last_id and pg_visible_in_snapshot(c.xid, p.snap::pg_snapshot))) \
+     and c.id > $9 order by c.id limit $10"
+);
+
+/// The range read, for readers that prepare it on their own (pooled) connections.
+pub const READ_RANGE_SQL: &str = READ_RANGE;
+
+/// How many events the range ($1..$8 as in `READ_RANGE`) holds, counting at most $9 + 1
+/// log rows (a statement's rows count one each).
+pub const COUNT_RANGE_SQL: &str = concat!(
+    "select coalesce(sum(greatest(coalesce(json_array_length(c.rows), 0), \
+                                  coalesce(json_array_length(c.old_rows), 0), 1)), 0)::int8 \
+     from (select c.rows, c.old_rows from realtime.changes c where ",
+    new_rows!(),
+    " and not ((c.xid >= $5::text::xid8 or c.xid = any($6::text[]::xid8[])) \
+         and not exists ( \
+             select 1 from unnest($7::text[], $8::int8[]) as p(snap, last_id) \
+             where c.id <= p.last_id and pg_visible_in_snapshot(c.xid, p.snap::pg_snapshot))) \
+     limit $9::int8 + 1) c"
+);
+
+/// How many events lie between two positions (as `events_between` reads them), counting
+/// no further than a little past `at_most`.
+pub async fn count_between(
+    client: &Client,
+    from: &Position,
+    until: &Position,
+    at_most: usize,
+) -> Result<usize, CaptureError> {
+    let (xmax, xip, snaps, ids) = from.bind_values();
+    let (uxmax, uxip, usnaps, uids) = until.bind_values();
+    let at_most = i64::try_from(at_most).unwrap_or(i64::MAX - 1);
+    let n: i64 = client
+        .query_one(
+            COUNT_RANGE_SQL,
+            &[
+                &xmax, &xip, &snaps, &ids, &uxmax, &uxip, &usnaps, &uids, &at_most,
+            ],
+        )
+        .await?
+        .get(0);
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
 const CURRENT_SNAPSHOT: &str = "select pg_current_snapshot()::text";
 
 /// The page read, for readers that prepare it on their own (pooled) connections.
@@ -234,6 +289,36 @@ where
     tx.commit().await?;
     *position = Position::at(snapshot);
     Ok(true)
+}
+
+/// The events a reader at `from` has not read and one at `until` has (a resumed
+/// subscription's gap), after log id `after_id`, at most `limit` log rows; with the last
+/// log id returned (pass it as `after_id` for the next page; an empty result ends it).
+/// `stmt` is `READ_RANGE_SQL` prepared.
+pub async fn events_between(
+    client: &Client,
+    stmt: &Statement,
+    from: &Position,
+    until: &Position,
+    after_id: i64,
+    limit: usize,
+) -> Result<(Vec<DbEvent>, Option<i64>), CaptureError> {
+    let (xmax, xip, snaps, ids) = from.bind_values();
+    let (uxmax, uxip, usnaps, uids) = until.bind_values();
+    let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            stmt,
+            &[
+                &xmax, &xip, &snaps, &ids, &uxmax, &uxip, &usnaps, &uids, &after_id, &limit,
+            ],
+        )
+        .await?;
+    let mut events = Vec::new();
+    for row in &rows {
+        to_events(row, &mut events);
+    }
+    Ok((events, rows.last().map(|r| r.get("id"))))
 }
 
 /// Takes the current snapshot as a starting cursor.

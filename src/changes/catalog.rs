@@ -119,6 +119,11 @@ struct Entry<T> {
 }
 
 impl Catalog {
+    /// The pool lookups run on (row-scope checks share it).
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
     pub fn new(pool: Pool) -> Catalog {
         Catalog {
             inner: Arc::new(Inner {

@@ -1,13 +1,21 @@
-//! From captured log rows to client frames: match each change against the subscription
-//! index in-process, check row scope for the matched subscribers only (one round trip per
-//! batch), then encode once per visibility shape and queue for each member.
+//! From captured log batches to client frames, strictly in log order: match each change
+//! against the subscription index in-process (and fix each database broadcast's
+//! receivers), check row scope for the matched subscribers only (one round trip per
+//! batch, a few batches in flight), then encode once per visibility shape and queue for
+//! each member.
+//!
+//! Matching happens under `Progress::cut`, the same lock a join registers under, so every
+//! batch is cleanly "before" or "after" a new channel: a resumed channel replays from the
+//! log exactly the batches matched before it and receives the rest live. After each batch
+//! is queued, `Progress::delivered` moves on (connections turn it into acknowledged
+//! positions).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::{Catalog, TableInfo};
@@ -17,7 +25,51 @@ use super::row::{Change, DbBroadcast, DbEvent, LogBatch};
 use super::scope::{RlsChecker, Viewer, Visibility};
 use super::stats::ChangeStats;
 use crate::protocol::{self, Broadcast, BroadcastPayload, Vsn, WireFrame};
-use crate::router::{Router, TopicKey};
+use crate::router::{Member, Router, TopicKey};
+
+/// A point in the stream of batches: how many have passed and the log position after
+/// the last one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub seq: u64,
+    pub position: Arc<str>,
+}
+
+/// How far dispatch has got; shared with joins and connections.
+#[derive(Debug)]
+pub struct Progress {
+    /// The last batch matched. Joins register under this lock.
+    cut: Mutex<Option<Mark>>,
+    /// The last batch whose frames are all queued; connections read it for their acks.
+    delivered: watch::Sender<Option<Mark>>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            cut: Mutex::new(None),
+            delivered: watch::Sender::new(None),
+        }
+    }
+}
+
+impl Progress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Mark>> {
+        self.cut.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `register` between two batches' matching and returns the mark of the last
+    /// batch matched before it (`None` before the first batch).
+    pub fn at_cut<T>(&self, register: impl FnOnce() -> T) -> (Option<Mark>, T) {
+        let cut = self.lock();
+        let out = register();
+        (cut.clone(), out)
+    }
+
+    pub fn delivered(&self) -> watch::Receiver<Option<Mark>> {
+        self.delivered.subscribe()
+    }
+}
 
 /// One change with its matched members and their distinct viewers.
 struct Planned {
@@ -30,8 +82,20 @@ struct Planned {
 }
 
 enum Step {
-    Broadcast(DbBroadcast),
+    /// A database broadcast and the topic's members when it was matched.
+    Broadcast(DbBroadcast, Vec<Member>),
     Change(Planned),
+}
+
+/// A batch matched against the index, before its catalog lookups and row-scope checks.
+struct MatchedBatch {
+    mark: Mark,
+    events: Vec<MatchedEvent>,
+}
+
+enum MatchedEvent {
+    Broadcast(DbBroadcast, Vec<Member>),
+    Change(Change, Vec<Matched>),
 }
 
 /// What dispatch reads from and writes to.
@@ -41,6 +105,7 @@ pub struct Dispatcher {
     pub(super) catalog: Catalog,
     pub(super) rls: RlsChecker,
     pub(super) stats: Arc<ChangeStats>,
+    pub(super) progress: Arc<Progress>,
 }
 
 /// Batches whose row-scope checks may be in flight at once (over the pool); delivery
@@ -59,60 +124,120 @@ pub async fn run_dispatch(
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     let checked = batches
         .map(|batch| {
+            // Matching runs here, in order, as each batch is taken from the channel.
+            let matched = d.match_batch(batch);
             let (d, shutdown) = (d.clone(), shutdown.clone());
             async move {
-                let steps = d.plan(batch.events).await;
+                let mark = matched.mark.clone();
+                let steps = d.plan(matched, &shutdown).await;
                 let visibility = d.check(&steps, &shutdown).await;
-                (steps, visibility)
+                (mark, steps, visibility)
             }
         })
         .buffered(PIPELINE_DEPTH);
     let mut checked = std::pin::pin!(checked);
     loop {
-        let (steps, visibility) = tokio::select! {
+        let (mark, steps, visibility) = tokio::select! {
             next = checked.next() => match next { Some(n) => n, None => return },
             _ = shutdown.cancelled() => return,
         };
+        if shutdown.is_cancelled() {
+            return;
+        }
         let mut vis = visibility.into_iter();
         for step in steps {
             match step {
-                Step::Broadcast(b) => d.deliver_broadcast(b),
+                Step::Broadcast(b, members) => d.deliver_broadcast(b, &members),
                 Step::Change(p) => {
                     let v = vis.next().unwrap_or_default();
                     d.deliver_change(&p, &v);
                 }
             }
         }
+        d.progress.delivered.send_replace(Some(mark));
+    }
+}
+
+/// Retries `f` with backoff while the database is unreachable; `None` on shutdown.
+async fn retrying<T, E: std::fmt::Display, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut f: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 
 impl Dispatcher {
-    async fn plan(&self, batch: Vec<DbEvent>) -> Vec<Step> {
+    /// Matches a batch under the cut lock and moves the cut past it.
+    fn match_batch(&self, batch: LogBatch) -> MatchedBatch {
         self.stats
-            .count_changes(batch.iter().filter_map(|e| match e {
+            .count_changes(batch.events.iter().filter_map(|e| match e {
                 DbEvent::Change(c) => Some((c.schema.as_str(), c.table.as_str())),
                 DbEvent::Broadcast(_) => None,
             }));
-        let mut steps = Vec::with_capacity(batch.len());
-        for event in batch {
-            let change = match event {
+        let mut cut = self.progress.lock();
+        let mut events = Vec::with_capacity(batch.events.len());
+        for event in batch.events {
+            match event {
                 DbEvent::Broadcast(b) => {
-                    steps.push(Step::Broadcast(b));
-                    continue;
+                    let members = self.router.members(&broadcast_key(&b));
+                    events.push(MatchedEvent::Broadcast(b, members));
                 }
-                DbEvent::Change(c) => c,
-            };
-            let matched = self.index.matching(&change);
-            if matched.is_empty() {
-                continue;
+                DbEvent::Change(c) => {
+                    let matched = self.index.matching(&c);
+                    if !matched.is_empty() {
+                        events.push(MatchedEvent::Change(c, matched));
+                    }
+                }
             }
-            let table = match self.catalog.table(&change.schema, &change.table).await {
-                Ok(Some(t)) => t,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, table = %change.table, "catalog lookup failed; change not delivered");
+        }
+        let seq = cut.as_ref().map_or(1, |m| m.seq + 1);
+        let mark = Mark {
+            seq,
+            position: batch.position,
+        };
+        *cut = Some(mark.clone());
+        MatchedBatch { mark, events }
+    }
+
+    /// Looks up each matched change's table (waiting out a database outage: nothing is
+    /// dropped) and collects its distinct viewers.
+    async fn plan(&self, batch: MatchedBatch, shutdown: &CancellationToken) -> Vec<Step> {
+        let mut steps = Vec::with_capacity(batch.events.len());
+        for event in batch.events {
+            let (change, matched) = match event {
+                MatchedEvent::Broadcast(b, members) => {
+                    steps.push(Step::Broadcast(b, members));
                     continue;
                 }
+                MatchedEvent::Change(c, m) => (c, m),
+            };
+            let lookup = retrying("catalog lookup", shutdown, || {
+                self.catalog.table(&change.schema, &change.table)
+            })
+            .await;
+            let table: Arc<TableInfo> = match lookup {
+                None => return steps,
+                Some(Some(t)) => t,
+                // Dropped since: nobody can be shown a row of a table that is gone.
+                Some(None) => continue,
             };
             let mut distinct: HashMap<Arc<Viewer>, usize> = HashMap::new();
             let mut viewers = Vec::new();
@@ -144,40 +269,21 @@ impl Dispatcher {
             .iter()
             .filter_map(|s| match s {
                 Step::Change(p) => Some((&p.change, p.table.as_ref(), p.viewers.as_slice())),
-                Step::Broadcast(_) => None,
+                Step::Broadcast(..) => None,
             })
             .collect();
         if items.is_empty() {
             return Vec::new();
         }
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.rls.check(&items).await {
-                Ok(v) => return v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "row-scope check failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return Vec::new(),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        retrying("row-scope check", shutdown, || self.rls.check(&items))
+            .await
+            .unwrap_or_default()
     }
 
-    fn deliver_broadcast(&self, b: DbBroadcast) {
-        let key = TopicKey {
-            private: b.private,
-            topic: format!("realtime:{}", b.topic).into(),
-        };
-        let msg = Broadcast {
-            event: b.event,
-            payload: BroadcastPayload::Json(b.payload),
-            meta: Some(serde_json::json!({ "id": b.id })),
-            binary_origin: true,
-        };
-        self.router.broadcast(&key, &msg, None);
+    fn deliver_broadcast(&self, b: DbBroadcast, members: &[Member]) {
+        let key = broadcast_key(&b);
+        self.router
+            .broadcast_to(&key.topic, members, &db_broadcast(b), None);
     }
 
     fn deliver_change(&self, p: &Planned, vis: &[Visibility]) {
@@ -204,15 +310,7 @@ impl Dispatcher {
                         change_data(&p.change, sizes, &p.table, v)
                     });
                     let Some(data) = data else { continue };
-                    let payload = ChangePayload { ids: &m.ids, data };
-                    let frame = protocol::encode(
-                        m.member.vsn,
-                        None,
-                        None,
-                        &m.member.topic,
-                        "postgres_changes",
-                        &payload,
-                    );
+                    let frame = change_frame(m.member.vsn, &m.member.topic, &m.ids, data);
                     frames.insert(frame_key, frame.clone());
                     frame
                 }
@@ -226,4 +324,28 @@ impl Dispatcher {
             .fanout_latency
             .observe(lag.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
     }
+}
+
+/// The topic a database broadcast goes to.
+pub(super) fn broadcast_key(b: &DbBroadcast) -> TopicKey {
+    TopicKey {
+        private: b.private,
+        topic: format!("realtime:{}", b.topic).into(),
+    }
+}
+
+/// A database broadcast as clients receive it: `meta: {id}`, binary to v2 sockets.
+pub(super) fn db_broadcast(b: DbBroadcast) -> Broadcast {
+    Broadcast {
+        event: b.event,
+        payload: BroadcastPayload::Json(b.payload),
+        meta: Some(serde_json::json!({ "id": b.id })),
+        binary_origin: true,
+    }
+}
+
+/// A `postgres_changes` frame for one channel.
+pub(super) fn change_frame(vsn: Vsn, topic: &str, ids: &[u32], data: &RawValue) -> WireFrame {
+    let payload = ChangePayload { ids, data };
+    protocol::encode(vsn, None, None, topic, "postgres_changes", &payload)
 }

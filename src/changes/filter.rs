@@ -293,7 +293,11 @@ fn bind_condition(c: &Condition, columns: &[ColumnInfo]) -> Result<BoundConditio
             if !kind.textual() {
                 return Err(unsupported());
             }
-            Test::Like(LikePattern::new(s, c.op == Op::Ilike))
+            Test::Like(LikePattern::new(s, c.op == Op::Ilike).ok_or(
+                FilterError::PatternTooLong {
+                    max: value::MAX_LIKE_PATTERN,
+                },
+            )?)
         }
         (Operand::One(s), Op::IsDistinct) => Test::IsDistinct(read(s)?),
         (Operand::One(s), op @ (Op::Lt | Op::Lte | Op::Gt | Op::Gte)) => {
@@ -848,5 +852,28 @@ mod tests {
         fn assert_traits<T: Send + Sync + Clone + std::fmt::Debug>() {}
         assert_traits::<BoundFilter>();
         assert_traits::<Filter>();
+    }
+
+    #[test]
+    fn like_patterns_are_bounded_and_matched_by_an_automaton() {
+        let long = format!("name=like.%{}b", "a".repeat(value::MAX_LIKE_PATTERN));
+        assert_eq!(
+            bind_error(&long),
+            "Error parsing `filter` params: like pattern longer than 256 characters"
+        );
+        // The longest pattern allowed against a long text that almost matches everywhere:
+        // a backtracking matcher would try every start; the automaton reads the text once.
+        let worst = format!("%{}b", "a".repeat(value::MAX_LIKE_PATTERN - 2));
+        let cols = table();
+        let f = parse(&format!("name=like.{worst}"))
+            .unwrap()
+            .bind(&cols)
+            .unwrap();
+        let text = "a".repeat(200_000);
+        let mut r = record();
+        r.insert("name".into(), Value::String(text.clone()));
+        assert!(!f.matches(&r));
+        r.insert("name".into(), Value::String(text + "b"));
+        assert!(f.matches(&r));
     }
 }

@@ -13,7 +13,7 @@ use super::filter::{BoundFilter, IndexColumn};
 use super::row::{Change, Op, Row};
 use super::scope::Viewer;
 use crate::protocol::Vsn;
-use crate::router::outbox::OutboxTx;
+use crate::router::outbox::ChannelOutbox;
 use crate::router::MemberId;
 
 /// Where a subscription sits in the index.
@@ -38,13 +38,32 @@ pub struct Subscription {
     pub filter: BoundFilter,
 }
 
+impl Subscription {
+    /// Whether `change` is for this subscription: its table (or schema, or any), its
+    /// event, and its filter on the change's judged row.
+    pub fn matches(&self, change: &Change) -> bool {
+        let in_scope = match &self.scope {
+            TableScope::Table { schema, table } => {
+                **schema == change.schema && **table == change.table
+            }
+            TableScope::Schema(schema) => **schema == change.schema,
+            TableScope::All => true,
+        };
+        in_scope
+            && self.event.is_none_or(|e| e == change.op)
+            && change
+                .judged_row()
+                .is_some_and(|row| self.filter.matches(row))
+    }
+}
+
 /// Who receives a channel's changes, and how: one per joined channel with subscriptions.
 pub struct Subscriber {
     pub member: MemberId,
     pub conn_id: u64,
     pub topic: Arc<str>,
     pub vsn: Vsn,
-    pub outbox: OutboxTx,
+    pub outbox: ChannelOutbox,
     pub viewer: Arc<Viewer>,
 }
 
@@ -54,7 +73,7 @@ pub(super) struct Member {
     pub conn_id: u64,
     pub topic: Arc<str>,
     pub vsn: Vsn,
-    pub outbox: OutboxTx,
+    pub outbox: ChannelOutbox,
     /// Written on refresh, read (and copied out) by dispatch.
     viewer: RwLock<Arc<Viewer>>,
 }
@@ -313,7 +332,8 @@ mod tests {
             },
             filter,
         };
-        let (outbox, _rx) = outbox(8, 1024);
+        let (tx, _rx) = outbox(8, 1024);
+        let outbox = ChannelOutbox::direct(tx);
         let subscriber = Subscriber {
             member,
             conn_id: member,

@@ -13,6 +13,7 @@ mod filter;
 mod index;
 mod payload;
 mod render;
+mod replay;
 mod row;
 mod scope;
 mod stats;
@@ -26,9 +27,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use catalog::{Catalog, CatalogError, EnabledTable, TableInfo, CAPTURE_TRIGGER};
+pub use dispatch::{Mark, Progress};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};
 pub use index::{Subscriber, Subscription, TableScope};
 pub use render::{RenderError, Scope};
+pub use replay::{ReplayTarget, Replayed};
 pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, LogBatch, Op, Row};
 pub use scope::{RlsChecker, RlsError, Viewer, Visibility};
 pub use stats::{ChangeStats, Refused, TableName};
@@ -42,8 +45,12 @@ pub struct Changes {
     index: Arc<index::SubscriptionIndex>,
     /// `None` when the hub runs without a database.
     catalog: Option<Catalog>,
+    /// Row-scope checks on the catalog's pool; `None` without a database.
+    rls: Option<RlsChecker>,
     /// Written by dispatch and validation, read by the inspector.
     stats: Arc<ChangeStats>,
+    /// Dispatch's place in the log; joins register at its cut.
+    progress: Arc<Progress>,
 }
 
 impl Changes {
@@ -51,9 +58,16 @@ impl Changes {
     pub fn new(catalog: Option<Catalog>) -> Changes {
         Changes {
             index: Arc::default(),
+            rls: catalog.as_ref().map(|c| RlsChecker::new(c.pool().clone())),
             catalog,
             stats: Arc::default(),
+            progress: Arc::default(),
         }
+    }
+
+    /// Dispatch's place in the log: the cut joins register at, and the last batch queued.
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
     }
 
     /// Validates a join's `postgres_changes` entries against the catalog.
@@ -111,11 +125,10 @@ impl Changes {
     pub async fn run_dispatch(
         &self,
         router: Arc<Router>,
-        rls: RlsChecker,
         events: mpsc::Receiver<LogBatch>,
         shutdown: CancellationToken,
     ) {
-        let Some(catalog) = self.catalog.clone() else {
+        let (Some(catalog), Some(rls)) = (self.catalog.clone(), self.rls.clone()) else {
             return;
         };
         let d = dispatch::Dispatcher {
@@ -124,6 +137,7 @@ impl Changes {
             catalog,
             rls,
             stats: self.stats.clone(),
+            progress: self.progress.clone(),
         };
         dispatch::run_dispatch(d, events, shutdown).await;
     }

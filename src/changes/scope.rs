@@ -37,6 +37,8 @@ pub enum RlsError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("visibility check returned an unknown check number {0}")]
     BadResult(i32),
+    #[error(transparent)]
+    Catalog(#[from] super::catalog::CatalogError),
 }
 
 /// Who is looking: the Postgres role and the JWT claims (JSON object text) that

@@ -1,16 +1,19 @@
 //! `phx_join`, in named steps: admit (topic, join rate, channel count, rejoin),
-//! authorize (token -> claims), validate (postgres_changes entries), then reply and
-//! register (router membership, presence state, subscriptions) and report.
+//! authorize (token -> claims), validate (postgres_changes entries), claim the parked row
+//! when the connection resumes, then reply and register (router membership, presence
+//! state, subscriptions, at dispatch's cut) and report.
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use super::join_config::JoinConfig;
-use super::session::{now_unix, Channel, Session};
+use super::resume::Claim;
+use super::session::{now_unix, Channel, End, Session};
 use crate::auth::{looks_like_jwt, Claims};
 use crate::changes::{Subscriber, Validated, Viewer};
 use crate::protocol::{Close, Inbound, InboundPayload, ReplyError, SystemMessage, TokenError};
+use crate::router::outbox::ChannelOutbox;
 use crate::router::{Member, TopicKey};
 use crate::telemetry::next_id;
 
@@ -50,7 +53,8 @@ impl Session {
                     .await,
             )
         };
-        self.register(&msg, admitted, validated);
+        let claim = self.claim(&msg.topic, &admitted.config).await;
+        self.register(&msg, admitted, validated, claim);
     }
 
     /// Checks the topic and the per-connection limits. A join of a topic this session
@@ -67,7 +71,7 @@ impl Session {
             return Err(ReplyError::TooManyJoins);
         }
         if self.channels.contains_key(&msg.topic) {
-            self.close_channel(&msg.topic);
+            self.close_channel(&msg.topic, End::Dropped);
         } else if self.channels.len() >= self.svc.limits.max_channels_per_connection {
             self.svc
                 .metrics
@@ -109,9 +113,17 @@ impl Session {
         })
     }
 
-    /// Replies ok, makes the channel a member of its topic (queueing `presence_state`),
-    /// subscribes its valid postgres_changes entries and reports each entry's outcome.
-    fn register(&mut self, msg: &Inbound, admitted: Admitted, validated: Option<Validated>) {
+    /// Replies ok, makes the channel a member of its topic (queueing `presence_state`) and
+    /// subscribes its valid postgres_changes entries, both at dispatch's cut, and reports
+    /// each entry's outcome. A resuming channel's live frames wait behind a gate until its
+    /// catch-up is queued.
+    fn register(
+        &mut self,
+        msg: &Inbound,
+        admitted: Admitted,
+        validated: Option<Validated>,
+        claim: Option<Claim>,
+    ) {
         let Admitted {
             config,
             token,
@@ -133,35 +145,61 @@ impl Session {
             .map(|v| v.reply.clone())
             .unwrap_or_default();
         self.reply(msg, "ok", &json!({ "postgres_changes": reply_entries }));
-        self.svc.router.join(
-            &key,
-            Member {
-                id: member,
-                conn_id: self.conn_id,
-                join_ref: join_ref.clone(),
-                vsn: self.vsn,
-                outbox: self.outbox.clone(),
-                broadcast_self: config.broadcast_self,
-                presence: config.presence_enabled,
-            },
-        );
-        if let Some(v) = validated {
-            if !v.subscriptions.is_empty() {
-                let subscriber = Subscriber {
-                    member,
-                    conn_id: self.conn_id,
-                    topic: key.topic.clone(),
-                    vsn: self.vsn,
-                    outbox: self.outbox.clone(),
-                    viewer: Arc::new(Viewer::from_claims(&claims)),
-                };
-                self.svc.changes.subscribe(subscriber, v.subscriptions);
-                self.system(&msg.topic, &join_ref, &SystemMessage::SubscribedToPostgres);
+        let viewer = Arc::new(Viewer::from_claims(&claims));
+        let (outbox, gate) = match &claim {
+            Some(_) => {
+                let (outbox, gate) = ChannelOutbox::gated(self.outbox.clone());
+                (outbox, Some(gate))
             }
-            for e in v.errors {
-                self.system(&msg.topic, &join_ref, &SystemMessage::Changes(e));
+            None => (ChannelOutbox::direct(self.outbox.clone()), None),
+        };
+        let (subscriptions, errors) = validated
+            .map(|v| (v.subscriptions, v.errors))
+            .unwrap_or_default();
+        let replayed = claim.as_ref().map(|_| subscriptions.clone());
+        let member_of = Member {
+            id: member,
+            conn_id: self.conn_id,
+            join_ref: join_ref.clone(),
+            vsn: self.vsn,
+            outbox: outbox.clone(),
+            broadcast_self: config.broadcast_self,
+            presence: config.presence_enabled,
+        };
+        let subscribed = !subscriptions.is_empty();
+        let subscriber = Subscriber {
+            member,
+            conn_id: self.conn_id,
+            topic: key.topic.clone(),
+            vsn: self.vsn,
+            outbox,
+            viewer: viewer.clone(),
+        };
+        let (router, changes) = (&self.svc.router, &self.svc.changes);
+        let (cut, ()) = changes.progress().at_cut(|| {
+            router.join(&key, member_of);
+            if subscribed {
+                changes.subscribe(subscriber, subscriptions);
             }
+        });
+        if subscribed {
+            self.system(&msg.topic, &join_ref, &SystemMessage::SubscribedToPostgres);
         }
+        for e in errors {
+            self.system(&msg.topic, &join_ref, &SystemMessage::Changes(e));
+        }
+        let live = match (claim, gate) {
+            (Some(claim), Some(gate)) => {
+                let target = crate::changes::ReplayTarget {
+                    key: key.clone(),
+                    vsn: self.vsn,
+                    viewer,
+                    subscriptions: replayed.unwrap_or_default(),
+                };
+                self.catch_up(claim, cut, gate, target, join_ref.clone())
+            }
+            _ => None,
+        };
         let presence_key = if config.presence_key.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
@@ -179,6 +217,7 @@ impl Session {
                 presence_key,
                 token,
                 exp: claims.exp,
+                live,
             },
         );
     }

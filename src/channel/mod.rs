@@ -6,18 +6,20 @@
 mod join;
 mod join_config;
 mod messages;
+mod resume;
 mod session;
 #[cfg(test)]
 mod tests;
 
 pub use join_config::{truthy, JoinConfig};
-pub use session::Session;
+pub use session::{ConnResume, Session};
 
 use std::sync::Arc;
 
 use crate::auth::Verifier;
 use crate::changes::Changes;
 use crate::config::Limits;
+use crate::resume::ResumeHandle;
 use crate::router::Router;
 use crate::telemetry::Metrics;
 
@@ -28,6 +30,8 @@ pub struct Services {
     pub verifier: Verifier,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// `None` without a database: `resume=` keys are then ignored.
+    pub resume: Option<ResumeHandle>,
 }
 
 impl Services {
@@ -41,6 +45,7 @@ impl Services {
             verifier: Verifier::new(config.jwt_secret.as_deref(), None).expect("test secret"),
             limits: config.limits.clone(),
             metrics,
+            resume: None,
         })
     }
 }

@@ -17,6 +17,7 @@ use crate::protocol::{
     self, ChannelError, Inbound, InboundPayload, ReplyError, SystemMessage, TokenError, Vsn,
     WireFrame,
 };
+use crate::resume::{ConnAcks, LiveChannel};
 use crate::router::outbox::OutboxTx;
 use crate::router::{MemberId, TopicKey};
 
@@ -31,6 +32,24 @@ pub(super) struct Channel {
     pub token: Option<String>,
     /// `exp` (unix seconds) of the claims in force.
     pub exp: i64,
+    /// Its resumable row, when the connection opted in.
+    pub live: Option<Arc<LiveChannel>>,
+}
+
+/// A connection that opted in to resume with `resume=<key>`.
+pub struct ConnResume {
+    pub key: Arc<str>,
+    /// Its pings in flight and latest acknowledgement (shared with the writer task).
+    pub acks: Arc<ConnAcks>,
+}
+
+/// How a channel ends, for its resumable row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// Left by the client, or closed by the hub: nothing to resume.
+    Closed,
+    /// The connection dropped, or the channel is being rejoined: park it.
+    Dropped,
 }
 
 /// What a client message asks for, by its `event`.
@@ -82,6 +101,7 @@ pub struct Session {
     pub(super) channels: HashMap<String, Channel>,
     pub(super) joins: DefaultDirectRateLimiter,
     pub(super) messages: DefaultDirectRateLimiter,
+    pub(super) resume: Option<ConnResume>,
 }
 
 fn limiter(per_second: u32) -> DefaultDirectRateLimiter {
@@ -101,9 +121,12 @@ impl Session {
         vsn: Vsn,
         outbox: OutboxTx,
         conn_claims: Claims,
+        resume: Option<ConnResume>,
     ) -> Session {
         let joins = limiter(svc.limits.max_joins_per_second);
         let messages = limiter(svc.limits.max_messages_per_second);
+        // Without a database there is nothing to resume from.
+        let resume = resume.filter(|_| svc.resume.is_some());
         Session {
             svc,
             conn_id,
@@ -113,6 +136,7 @@ impl Session {
             channels: HashMap::new(),
             joins,
             messages,
+            resume,
         }
     }
 
@@ -169,17 +193,24 @@ impl Session {
         }
     }
 
-    /// Removes a channel from the router and from postgres_changes: the one way out.
-    fn teardown(&self, ch: &Channel) {
+    /// Removes a channel from the router and from postgres_changes, and parks or releases
+    /// its resumable row: the one way out.
+    fn teardown(&self, ch: &Channel, end: End) {
         self.svc.router.leave(&ch.key, ch.member);
         self.svc.changes.unsubscribe(ch.member);
         self.svc.metrics.channels.dec();
+        if let (Some(live), Some(resume)) = (&ch.live, &self.svc.resume) {
+            match end {
+                End::Dropped => resume.park(&live.holder, &live.owner),
+                End::Closed => resume.release(&live.holder, &live.owner),
+            }
+        }
     }
 
     /// Ends a channel and tells the client it closed (`phx_close` with the join ref).
-    pub(super) fn close_channel(&mut self, topic: &str) {
+    pub(super) fn close_channel(&mut self, topic: &str, end: End) {
         if let Some(ch) = self.channels.remove(topic) {
-            self.teardown(&ch);
+            self.teardown(&ch, end);
             let frame = protocol::encode(
                 self.vsn,
                 Some(&ch.join_ref),
@@ -197,13 +228,13 @@ impl Session {
         if let Some(ch) = self.channels.get(topic) {
             let join_ref = ch.join_ref.clone();
             self.system(topic, &join_ref, &SystemMessage::Closed(error));
-            self.close_channel(topic);
+            self.close_channel(topic, End::Closed);
         }
     }
 
     fn leave(&mut self, msg: &Inbound) {
         self.reply_ok(msg);
-        self.close_channel(&msg.topic);
+        self.close_channel(&msg.topic, End::Closed);
     }
 
     /// `access_token`: never replied to. A new valid token replaces the channel's claims
@@ -270,7 +301,7 @@ impl Drop for Session {
     /// Whatever ends the connection, its members leave (no ghost presence).
     fn drop(&mut self) {
         for (_, ch) in std::mem::take(&mut self.channels) {
-            self.teardown(&ch);
+            self.teardown(&ch, End::Dropped);
         }
     }
 }

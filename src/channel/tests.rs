@@ -52,6 +52,7 @@ impl Harness {
             Vsn::V2,
             tx,
             claims,
+            None,
         );
         Harness { session, rx, svc }
     }

@@ -69,7 +69,7 @@ pub use codec::{
 };
 pub use texts::{
     enable_sql, enable_statement, AckError, BodyProblem, ChangesError, ChannelError, Close,
-    FilterError, HttpError, InspectorBadRequest, InspectorError, ReplyError, RowError,
-    SystemMessage, TokenError,
+    FilterError, HttpError, InspectorBadRequest, InspectorError, NotRecovered, ReplyError, Resumed,
+    RowError, SystemMessage, TokenError,
 };
 pub use texts::{FeedError, WebhookApiError};

@@ -22,6 +22,13 @@ pub enum TokenError {
     InvalidExp,
     #[error("Token has expired {seconds_ago} seconds ago")]
     Expired { seconds_ago: i64 },
+    #[error("Token is not valid yet (nbf is in the future)")]
+    NotYetValid,
+    #[error("Token not-before time is invalid")]
+    InvalidNbf,
+    /// The token names a Postgres role outside `allowed_roles`.
+    #[error("Token role {role:?} is not allowed")]
+    RoleNotAllowed { role: String },
 }
 
 impl TokenError {
@@ -33,7 +40,10 @@ impl TokenError {
             TokenError::Missing
             | TokenError::MissingClaims
             | TokenError::InvalidExp
-            | TokenError::Expired { .. } => "InvalidJWTToken",
+            | TokenError::Expired { .. }
+            | TokenError::NotYetValid
+            | TokenError::InvalidNbf
+            | TokenError::RoleNotAllowed { .. } => "InvalidJWTToken",
         }
     }
 
@@ -149,6 +159,8 @@ pub enum FilterError {
     UnknownOperator(String),
     #[error("too many values for `in` filter. Maximum 100")]
     TooManyInValues,
+    #[error("Error parsing `filter` params: like pattern longer than {max} characters")]
+    PatternTooLong { max: usize },
     #[error("invalid column for filter {0}")]
     InvalidColumn(String),
     #[error("Error parsing `filter` params: invalid input for type {type_name}: \"{value}\"")]
@@ -159,6 +171,47 @@ pub enum FilterError {
         column: String,
         type_name: String,
     },
+}
+
+/// How a resuming join went (channels of connections with `resume=<key>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// The gap was replayed: `count` changes and database broadcasts.
+    Recovered {
+        count: usize,
+    },
+    NotRecovered(NotRecovered),
+}
+
+/// Why a resuming join could not cover the gap: the app should refetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotRecovered {
+    /// No earlier subscription under this key, topic and bindings (a first join, or its
+    /// record is gone).
+    Unknown,
+    /// Parked longer than the grace.
+    Expired,
+    /// The change log was pruned past where it stopped.
+    Pruned,
+    /// More changes were missed than the hub replays.
+    TooMany { max: usize },
+    /// The missed changes could not be read (database trouble).
+    Failed,
+}
+
+impl Resumed {
+    fn message(self) -> String {
+        match self {
+            Resumed::Recovered { count } => format!("Resumed: {count} missed changes replayed"),
+            Resumed::NotRecovered(why) => match why {
+                NotRecovered::Unknown => "Not resumed: no earlier subscription under this resume key for this topic and bindings; refetch".into(),
+                NotRecovered::Expired => "Not resumed: the subscription was parked longer than the resume grace period; refetch".into(),
+                NotRecovered::Pruned => "Not resumed: the change log no longer reaches back to where this subscription stopped; refetch".into(),
+                NotRecovered::TooMany { max } => format!("Not resumed: more than {max} changes were missed; refetch"),
+                NotRecovered::Failed => "Not resumed: the missed changes could not be read; refetch".into(),
+            },
+        }
+    }
 }
 
 /// A `system` message on a channel.
@@ -172,6 +225,8 @@ pub enum SystemMessage {
     ServerDisconnect,
     /// The channel is ended; `phx_close` follows.
     Closed(ChannelError),
+    /// A resuming join: what was replayed (status ok either way; the channel stays).
+    Resume(Resumed),
 }
 
 impl SystemMessage {
@@ -189,6 +244,20 @@ impl SystemMessage {
                 ("system", "ok", "Server requested disconnect".into())
             }
             SystemMessage::Closed(e) => ("system", "error", e.to_string()),
+            SystemMessage::Resume(r) => {
+                let (recovered, count) = match r {
+                    Resumed::Recovered { count } => (true, *count),
+                    Resumed::NotRecovered(_) => (false, 0),
+                };
+                return json!({
+                    "extension": "postgres_changes",
+                    "status": "ok",
+                    "recovered": recovered,
+                    "count": count,
+                    "message": r.message(),
+                    "channel": channel,
+                });
+            }
         };
         json!({
             "extension": extension,
@@ -231,6 +300,8 @@ pub enum HttpError {
     Token(TokenError),
     /// Upgrade with an unknown `vsn`.
     BadVsn(super::DecodeError),
+    /// Upgrade with a `resume` key that is empty, too long or has odd characters.
+    BadResumeKey,
     TooManyConnections,
     Restarting,
     /// REST call without a valid token.
@@ -270,7 +341,7 @@ impl HttpError {
     pub fn status(&self) -> u16 {
         match self {
             HttpError::Token(_) | HttpError::Unauthorized => 401,
-            HttpError::BadVsn(_) => 400,
+            HttpError::BadVsn(_) | HttpError::BadResumeKey => 400,
             HttpError::TooManyConnections | HttpError::BatchTooLarge => 429,
             HttpError::Restarting => 503,
             HttpError::Unprocessable { .. } => 422,
@@ -281,6 +352,9 @@ impl HttpError {
         match self {
             HttpError::Token(e) => json!({ "error": e.http_text() }),
             HttpError::BadVsn(e) => json!({ "error": e.to_string() }),
+            HttpError::BadResumeKey => json!({
+                "error": "resume must be 1 to 128 characters: letters, digits, '-', '_', '.' or ':'"
+            }),
             HttpError::TooManyConnections => json!({ "error": "Too many connected users" }),
             HttpError::Restarting => json!({ "error": "Realtime is restarting, please standby" }),
             HttpError::Unauthorized => json!({ "message": "Unauthorized" }),
@@ -305,7 +379,7 @@ pub enum InspectorError {
     /// The token does not verify (its text as at connect).
     #[error("{}", .0.http_text())]
     Token(TokenError),
-    #[error("This token's role is {role:?}; the inspector needs a service_role token")]
+    #[error("This token's role is {role:?}; admin access needs a service_role token")]
     NotServiceRole { role: String },
     #[error("That is not the admin secret")]
     WrongSecret,
@@ -445,13 +519,10 @@ impl FeedError {
 }
 
 /// An answer of the webhooks API (`/realtime/v1/api/webhooks`, the inspector's buttons)
-/// that is not data: the body is `{"message": <text>}`.
+/// that is not data: the body is `{"message": <text>}`. (Refused credentials answer as
+/// every admin surface does: `InspectorError`.)
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookApiError {
-    #[error("Unauthorized")]
-    Unauthorized,
-    #[error("this token's role is {role:?}; managing webhooks needs a service_role token")]
-    NotServiceRole { role: String },
     #[error("no webhook named {0:?}")]
     NotFound(String),
     #[error("unknown webhook action {0:?}: use pause, resume, retry or replay")]
@@ -467,8 +538,6 @@ pub enum WebhookApiError {
 impl WebhookApiError {
     pub fn status(&self) -> u16 {
         match self {
-            WebhookApiError::Unauthorized => 401,
-            WebhookApiError::NotServiceRole { .. } => 403,
             WebhookApiError::NotFound(_) | WebhookApiError::UnknownAction(_) => 404,
             WebhookApiError::BadFrom => 422,
             WebhookApiError::NoDatabase | WebhookApiError::Unavailable(_) => 503,
@@ -553,6 +622,20 @@ mod tests {
     }
 
     #[test]
+    fn resume_outcomes_are_ok_system_messages_with_recovered_and_count() {
+        assert_eq!(
+            SystemMessage::Resume(Resumed::Recovered { count: 3 }).payload("room"),
+            json!({"extension":"postgres_changes","status":"ok","recovered":true,"count":3,
+                   "message":"Resumed: 3 missed changes replayed","channel":"room"})
+        );
+        let p = SystemMessage::Resume(Resumed::NotRecovered(NotRecovered::Expired)).payload("room");
+        assert_eq!(
+            (&p["recovered"], &p["count"], &p["status"]),
+            (&json!(false), &json!(0), &json!("ok"))
+        );
+    }
+
+    #[test]
     fn not_enabled_names_the_sql_that_fixes_it() {
         let e = ChangesError::NotEnabled {
             table: "public.\"it's\"".into(),
@@ -574,12 +657,6 @@ mod tests {
             e.body(),
             json!({"message": "table public.jobs is not enabled for realtime; enable it with: select realtime.enable('public.jobs')"})
         );
-        assert_eq!(
-            WebhookApiError::NotServiceRole {
-                role: "anon".into()
-            }
-            .status(),
-            403
-        );
+        assert_eq!(WebhookApiError::BadFrom.status(), 422);
     }
 }

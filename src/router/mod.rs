@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::protocol::{self, Broadcast, Vsn, WireFrame};
 use crate::telemetry::Metrics;
-use outbox::{OutboxTx, PushError};
+use outbox::{ChannelOutbox, FrameSink, OutboxTx, PushError};
 use presence::{Diff, PresenceState};
 
 /// One join of one topic by one connection (a new id for every join).
@@ -35,7 +35,7 @@ pub struct Member {
     pub conn_id: u64,
     pub join_ref: Arc<str>,
     pub vsn: Vsn,
-    pub outbox: OutboxTx,
+    pub outbox: ChannelOutbox,
     /// `config.broadcast.self`: receive my own broadcasts.
     pub broadcast_self: bool,
     /// Receives presence diffs (presence enabled at join, or after a first track).
@@ -125,8 +125,8 @@ impl Router {
     /// Queues `frame` without counting it: fan-out loops count once per message, not once
     /// per receiver (the metric lookup would otherwise sit on the hot path). Counts a slow
     /// consumer it cuts off.
-    pub fn push(&self, outbox: &OutboxTx, conn_id: u64, frame: WireFrame) -> bool {
-        match outbox.push(frame) {
+    pub fn push(&self, outbox: &impl FrameSink, conn_id: u64, frame: WireFrame) -> bool {
+        match outbox.push_frame(frame) {
             Ok(()) => true,
             Err(PushError::Overflow) => {
                 self.metrics.slow_consumer(conn_id);
@@ -161,7 +161,9 @@ impl Router {
             "presence_state",
             &state,
         );
-        self.deliver(&member.outbox, member.conn_id, frame, "presence_state");
+        if self.push(&member.outbox, member.conn_id, frame) {
+            self.metrics.message_out("presence_state", 1);
+        }
     }
 
     /// Removes a member and its presence (leave, close, disconnect: every path).
@@ -183,11 +185,30 @@ impl Router {
         let Some(topic) = self.topic(key) else {
             return 0;
         };
-        let started = std::time::Instant::now();
-        let mut frames = Encoded::new(|vsn| protocol::encode_broadcast(vsn, &key.topic, msg));
         let t = lock(&topic);
+        self.broadcast_to(&key.topic, t.members.values(), msg, sender)
+    }
+
+    /// The topic's members right now, for a broadcast whose receivers must be fixed
+    /// before it is sent (database broadcasts, decided in log order).
+    pub fn members(&self, key: &TopicKey) -> Vec<Member> {
+        self.topic(key)
+            .map(|t| lock(&t).members.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Fans a broadcast out to `members` of `topic`, encoding once per serializer.
+    pub fn broadcast_to<'a>(
+        &self,
+        topic: &str,
+        members: impl IntoIterator<Item = &'a Member>,
+        msg: &Broadcast,
+        sender: Option<MemberId>,
+    ) -> usize {
+        let started = std::time::Instant::now();
+        let mut frames = Encoded::new(|vsn| protocol::encode_broadcast(vsn, topic, msg));
         let mut sent = 0;
-        for m in t.members.values() {
+        for m in members {
             if Some(m.id) == sender && !m.broadcast_self {
                 continue;
             }
@@ -200,7 +221,6 @@ impl Router {
                 None => self.metrics.dropped("undeliverable_to_v1", 1),
             }
         }
-        drop(t);
         self.metrics.message_out("broadcast", sent as u64);
         self.metrics
             .fanout_latency
@@ -312,7 +332,7 @@ mod tests {
             conn_id: id,
             join_ref: "1".into(),
             vsn: Vsn::V1,
-            outbox: tx,
+            outbox: ChannelOutbox::direct(tx),
             broadcast_self: false,
             presence,
         };

@@ -2,9 +2,13 @@
 //! count and by bytes; a push that does not fit closes that one connection as a slow
 //! consumer instead of waiting or growing. The connection's writer task holds `OutboxRx`;
 //! the router, channels and REST handlers hold clones of `OutboxTx`.
+//!
+//! A channel reaches the outbox through a `ChannelOutbox`: directly, or, while a resumed
+//! channel replays what it missed, behind a `Gate` that holds its live frames and releases
+//! them in order once the replay is queued.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -109,9 +113,114 @@ impl OutboxTx {
         self.shared.close.clone()
     }
 
+    /// Queues a frame once there is room, waiting for the writer to drain (a catch-up that
+    /// may be larger than the queue). False when the connection closed meanwhile.
+    pub async fn push_patiently(&self, frame: WireFrame) -> bool {
+        let len = frame_len(&frame);
+        loop {
+            if self.is_closed() {
+                return false;
+            }
+            let bytes = self.queued_bytes();
+            if self.tx.capacity() > 0 && (bytes == 0 || bytes + len <= self.shared.max_bytes) {
+                return self.push(frame).is_ok();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
     /// Bytes currently queued and not yet written to the socket.
     pub fn queued_bytes(&self) -> usize {
         self.shared.queued_bytes.load(Ordering::Acquire)
+    }
+}
+
+/// Anything fan-out can push a frame into.
+pub trait FrameSink {
+    fn push_frame(&self, frame: WireFrame) -> Result<(), PushError>;
+}
+
+impl FrameSink for OutboxTx {
+    fn push_frame(&self, frame: WireFrame) -> Result<(), PushError> {
+        self.push(frame)
+    }
+}
+
+/// Holds a channel's live frames while it catches up; see `ChannelOutbox::gated`.
+pub struct Gate {
+    /// `Some` while closed: the frames held, and their bytes. Pushers and `open` take it.
+    held: Mutex<Option<(Vec<WireFrame>, usize)>>,
+    tx: OutboxTx,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Vec<WireFrame>, usize)>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `first` (the catch-up's last frames), then everything held, then lets live
+    /// frames through: nothing pushed meanwhile can overtake them.
+    pub fn open(&self, first: impl IntoIterator<Item = WireFrame>) {
+        let mut held = self.lock();
+        for frame in first {
+            let _ = self.tx.push(frame);
+        }
+        for frame in held.take().map(|(frames, _)| frames).unwrap_or_default() {
+            let _ = self.tx.push(frame);
+        }
+    }
+}
+
+/// One channel's way into its connection's outbox (cheap to clone).
+#[derive(Clone)]
+pub struct ChannelOutbox {
+    tx: OutboxTx,
+    /// Only resumed channels have one; it stays (open) after the catch-up.
+    gate: Option<Arc<Gate>>,
+}
+
+impl ChannelOutbox {
+    pub fn direct(tx: OutboxTx) -> ChannelOutbox {
+        ChannelOutbox { tx, gate: None }
+    }
+
+    /// An outbox whose frames are held until the returned gate opens. Held frames count
+    /// against the connection's byte bound: past it the connection is a slow consumer.
+    pub fn gated(tx: OutboxTx) -> (ChannelOutbox, Arc<Gate>) {
+        let gate = Arc::new(Gate {
+            held: Mutex::new(Some((Vec::new(), 0))),
+            tx: tx.clone(),
+        });
+        let outbox = ChannelOutbox {
+            tx,
+            gate: Some(gate.clone()),
+        };
+        (outbox, gate)
+    }
+
+    pub fn tx(&self) -> &OutboxTx {
+        &self.tx
+    }
+}
+
+impl FrameSink for ChannelOutbox {
+    fn push_frame(&self, frame: WireFrame) -> Result<(), PushError> {
+        if let Some(gate) = &self.gate {
+            let mut held = gate.lock();
+            if let Some((frames, bytes)) = held.as_mut() {
+                if self.tx.is_closed() {
+                    return Err(PushError::Closed);
+                }
+                *bytes += frame_len(&frame);
+                if *bytes > self.tx.shared.max_bytes {
+                    self.tx.close(Close::SlowConsumer);
+                    return Err(PushError::Overflow);
+                }
+                frames.push(frame);
+                return Ok(());
+            }
+        }
+        self.tx.push(frame)
     }
 }
 
@@ -184,6 +293,30 @@ mod tests {
         assert!(tx.push(text(6)).is_ok());
         assert_eq!(tx.push(text(6)), Err(PushError::Overflow));
         assert_eq!(tx.queued_bytes(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_gate_releases_held_frames_after_the_catch_up_and_before_later_ones() {
+        let (tx, mut rx) = outbox(100, 1 << 20);
+        let (channel, gate) = ChannelOutbox::gated(tx.clone());
+        channel.push_frame(text(1)).unwrap();
+        channel.push_frame(text(2)).unwrap();
+        assert!(rx.try_recv().is_none(), "held while the gate is closed");
+        gate.open([text(10), text(11)]);
+        channel.push_frame(text(3)).unwrap();
+        let lens: Vec<usize> = std::iter::from_fn(|| rx.try_recv())
+            .map(|f| frame_len(&f))
+            .collect();
+        assert_eq!(lens, [10, 11, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn frames_held_past_the_byte_bound_close_the_connection() {
+        let (tx, rx) = outbox(100, 10);
+        let (channel, _gate) = ChannelOutbox::gated(tx);
+        channel.push_frame(text(6)).unwrap();
+        assert_eq!(channel.push_frame(text(6)), Err(PushError::Overflow));
+        assert_eq!(rx.close_reason(), Some(Close::SlowConsumer));
     }
 
     #[tokio::test]

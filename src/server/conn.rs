@@ -8,14 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite;
 
 use super::Hub;
 use crate::auth::Claims;
-use crate::channel::Session;
+use crate::changes::Mark;
+use crate::channel::{ConnResume, Session};
 use crate::protocol::{self, Close, ReplyError, Vsn, WireFrame};
+use crate::resume::ConnAcks;
 use crate::router::outbox::{outbox, OutboxRx};
 use crate::telemetry::next_id;
 
@@ -24,6 +28,11 @@ const WRITE_BATCH: usize = 64;
 
 /// How long the writer may take to flush queued frames once a close is requested.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Resumable connections: a ping at most this often while frames flow to the client...
+const PING_EVERY: Duration = Duration::from_millis(100);
+/// ...and about this often while only dispatch moves on (so parked positions stay recent).
+const PING_IDLE: Duration = Duration::from_secs(1);
 
 fn to_message(frame: WireFrame) -> Message {
     match frame {
@@ -43,22 +52,47 @@ fn is_too_large(e: axum::Error) -> bool {
     )
 }
 
-/// Runs a connection to completion: `sink` and `stream` are the two halves of the socket.
-pub async fn run_connection<W, R>(hub: Arc<Hub>, sink: W, mut stream: R, vsn: Vsn, claims: Claims)
-where
+/// Runs a connection to completion: `sink` and `stream` are the two halves of the socket;
+/// `resume` is the connection's `resume=` key, if it opted in.
+pub async fn run_connection<W, R>(
+    hub: Arc<Hub>,
+    sink: W,
+    mut stream: R,
+    vsn: Vsn,
+    claims: Claims,
+    resume: Option<Arc<str>>,
+) where
     W: Sink<Message> + Unpin + Send + 'static,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let conn_id = next_id();
     let limits = &hub.services.limits;
     let (tx, rx) = outbox(limits.outbox_frames, limits.outbox_bytes);
-    let writer = tokio::spawn(run_writer(sink, rx));
+    let resume = resume
+        .filter(|_| hub.services.resume.is_some())
+        .map(|key| ConnResume {
+            key,
+            acks: Arc::new(ConnAcks::default()),
+        });
+    let pinger = resume.as_ref().map(|r| Pinger {
+        acks: r.acks.clone(),
+        delivered: hub.services.changes.progress().delivered(),
+    });
+    let acks = resume.as_ref().map(|r| r.acks.clone());
+    let writer = tokio::spawn(run_writer(sink, rx, pinger));
     let metrics = hub.services.metrics.clone();
     metrics.connections.inc();
     tracing::debug!(conn_id, ?vsn, "connection open");
 
     let closed = tx.close_token();
-    let mut session = Session::new(hub.services.clone(), conn_id, vsn, tx.clone(), claims);
+    let mut session = Session::new(
+        hub.services.clone(),
+        conn_id,
+        vsn,
+        tx.clone(),
+        claims,
+        resume,
+    );
     let idle = limits.idle_timeout;
     let mut idle_deadline = Instant::now() + idle;
     loop {
@@ -107,7 +141,13 @@ where
                         tx.close(Close::Gone);
                         break;
                     }
-                    Message::Ping(_) | Message::Pong(_) => continue,
+                    Message::Pong(data) => {
+                        if let (Some(acks), Ok(id)) = (&acks, <[u8; 8]>::try_from(&data[..])) {
+                            acks.pong(u64::from_be_bytes(id));
+                        }
+                        continue;
+                    }
+                    Message::Ping(_) => continue,
                 };
                 match decoded {
                     // Boxed: a join awaits database lookups whose large state would otherwise be
@@ -137,13 +177,66 @@ where
     tracing::debug!(conn_id, "connection closed");
 }
 
+/// A resumable connection's pings: each proves the frames queued before it arrived.
+struct Pinger {
+    acks: Arc<ConnAcks>,
+    /// The last batch dispatch has fully queued (for every connection).
+    delivered: watch::Receiver<Option<Mark>>,
+}
+
+/// When the writer last pinged.
+#[derive(Default)]
+struct Pinged {
+    at: Option<Instant>,
+    seq: u64,
+    wrote: bool,
+}
+
+impl Pinger {
+    /// Pings if due: first reads how far dispatch has queued, then writes everything
+    /// queued (which includes all of that), then the ping; its pong proves that far.
+    async fn maybe_ping<S>(&self, sink: &mut S, rx: &mut OutboxRx, last: &mut Pinged) -> bool
+    where
+        S: Sink<Message> + Unpin,
+    {
+        let Some(mark) = self.delivered.borrow().clone() else {
+            return true;
+        };
+        let since = last.at.map_or(Duration::MAX, |at| at.elapsed());
+        let due =
+            (last.wrote && since >= PING_EVERY) || (mark.seq != last.seq && since >= PING_IDLE);
+        if !due {
+            return true;
+        }
+        while let Some(frame) = rx.try_recv() {
+            if sink.feed(to_message(frame)).await.is_err() {
+                return false;
+            }
+        }
+        let id = self.acks.ping(mark.clone());
+        let ping = Message::Ping(Bytes::copy_from_slice(&id.to_be_bytes()));
+        if sink.feed(ping).await.is_err() || sink.flush().await.is_err() {
+            return false;
+        }
+        *last = Pinged {
+            at: Some(Instant::now()),
+            seq: mark.seq,
+            wrote: false,
+        };
+        true
+    }
+}
+
 /// Writes queued frames until a close is requested, then (unless the client is too slow
 /// to read at all) flushes what is queued and sends a close frame with the reason.
-async fn run_writer<S>(mut sink: S, mut rx: OutboxRx)
+/// Resumable connections also ping (see `Pinger`).
+async fn run_writer<S>(mut sink: S, mut rx: OutboxRx, pinger: Option<Pinger>)
 where
     S: Sink<Message> + Unpin,
 {
     let closed = rx.close_token();
+    let mut tick = pinger.as_ref().map(|_| tokio::time::interval(PING_EVERY));
+    let mut pinged = Pinged::default();
     loop {
         tokio::select! {
             biased;
@@ -164,9 +257,16 @@ where
                     if sink.flush().await.is_err() {
                         return;
                     }
+                    pinged.wrote = true;
                 }
                 None => break,
             },
+            _ = async { tick.as_mut().expect("guarded").tick().await }, if tick.is_some() => {}
+        }
+        if let Some(p) = &pinger {
+            if !p.maybe_ping(&mut sink, &mut rx, &mut pinged).await {
+                return;
+            }
         }
     }
     let reason = rx.close_reason().unwrap_or(Close::Gone);

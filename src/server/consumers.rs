@@ -1,6 +1,6 @@
 //! HTTP for the durable consumers: the change feed (`GET /realtime/v1/api/changes`) for
 //! any valid token, and the webhooks API (`/realtime/v1/api/webhooks`: list, one,
-//! pause, resume, retry, replay) for service_role tokens. Rules live in `consumers`.
+//! pause, resume, retry, replay) for admins (`require_admin`). Rules live in `consumers`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,15 +45,10 @@ pub async fn changes_feed(
     }
 }
 
-/// The consumers, for a service_role token.
+/// The consumers, for an admin (a service_role token or the admin secret, as for every
+/// operations endpoint).
 fn admin(hub: &Hub, headers: &HeaderMap) -> Result<ConsumersHandle, Box<Response>> {
-    let claims = token_claims(hub, headers)
-        .ok_or_else(|| Box::new(webhook_error(WebhookApiError::Unauthorized)))?;
-    if &*claims.role != "service_role" {
-        return Err(Box::new(webhook_error(WebhookApiError::NotServiceRole {
-            role: claims.role.to_string(),
-        })));
-    }
+    super::require_admin(hub, headers)?;
     hub.consumers
         .clone()
         .ok_or_else(|| Box::new(webhook_error(WebhookApiError::NoDatabase)))

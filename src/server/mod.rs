@@ -2,9 +2,11 @@
 //! readiness, metrics and status, and the inspector page (`inspector/`). Holds no
 //! business rules: sessions and the router do.
 
+pub mod admin;
 mod conn;
 mod consumers;
 pub mod inspector;
+pub mod listen;
 mod rest;
 
 use std::collections::HashMap;
@@ -49,6 +51,8 @@ pub struct Hub {
     pub consumers: Option<ConsumersHandle>,
     /// `None` when the inspector is switched off (`/inspector` answers 404).
     pub inspector: Option<inspector::Inspector>,
+    /// Who may use `/api/status`, the inspector and operations endpoints.
+    pub admin: admin::Gate,
 }
 
 /// An HTTP error answer with its status and body.
@@ -57,8 +61,16 @@ pub(crate) fn http_error(e: HttpError) -> Response {
     (status, Json(e.body())).into_response()
 }
 
-/// All HTTP routes of the hub.
-pub fn routes(hub: Arc<Hub>) -> HttpRouter {
+/// `/metrics` alone, for a separate listener (`metrics_listen`).
+pub fn metrics_routes(hub: Arc<Hub>) -> HttpRouter {
+    HttpRouter::new()
+        .route("/metrics", get(metrics))
+        .with_state(hub)
+}
+
+/// All HTTP routes of the hub; `/metrics` only when `with_metrics` (it is served on its
+/// own address otherwise).
+pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
     let inspector = if hub.inspector.is_some() {
         inspector::routes()
     } else {
@@ -96,14 +108,19 @@ pub fn routes(hub: Arc<Hub>) -> HttpRouter {
         )
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
         .route("/api/status", get(status))
         .merge(inspector)
+        .merge(if with_metrics {
+            HttpRouter::new().route("/metrics", get(metrics))
+        } else {
+            HttpRouter::new()
+        })
         .with_state(hub)
 }
 
 async fn websocket(
     State(hub): State<Arc<Hub>>,
+    slot: Option<axum::Extension<listen::ConnSlot>>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -130,6 +147,11 @@ async fn websocket(
         hub.services.metrics.dropped("max_connections", 1);
         return http_error(HttpError::TooManyConnections);
     };
+    let resume = match params.get("resume").map(String::as_str) {
+        None => None,
+        Some(key) if valid_resume_key(key) => Some(Arc::<str>::from(key)),
+        Some(_) => return http_error(HttpError::BadResumeKey),
+    };
     let max = hub.services.limits.max_frame_bytes;
     // Small initial buffers (they grow for large messages): tungstenite's 128 KiB
     // default read buffer per socket dominates the memory of idle connections.
@@ -141,10 +163,19 @@ async fn websocket(
             let tracker = hub.connections.clone();
             tracker.track_future(async move {
                 let (sink, stream) = socket.split();
-                conn::run_connection(hub, sink, stream, vsn, claims).await;
+                conn::run_connection(hub, sink, stream, vsn, claims, resume).await;
                 drop(permit);
+                drop(slot);
             })
         })
+}
+
+/// A `resume=` key: 1 to 128 of letters, digits, `-`, `_`, `.`, `:`.
+fn valid_resume_key(key: &str) -> bool {
+    (1..=crate::resume::MAX_KEY_LEN).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 async fn health() -> Response {
@@ -194,7 +225,23 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         .into_response()
 }
 
-async fn status(State(hub): State<Arc<Hub>>) -> Response {
+/// Admin routes need a service_role token or the admin secret (bearer, or the
+/// inspector's session); `Err` is the refusal to send.
+pub(crate) fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let now = chrono::Utc::now().timestamp();
+    hub.admin
+        .authorize(&hub.services.verifier, headers, now)
+        .map(|_| ())
+        .map_err(|e| {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            Box::new((status, Json(e.body())).into_response())
+        })
+}
+
+async fn status(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = require_admin(&hub, &headers) {
+        return *refused;
+    }
     let m = &hub.services.metrics;
     let webhooks = match &hub.consumers {
         None => Value::Null,
@@ -209,6 +256,7 @@ async fn status(State(hub): State<Arc<Hub>>) -> Response {
         "channels": m.channels.get(),
         "topics": hub.services.router.topic_count(),
         "capture": hub.capture.as_ref().map(|c| c.snapshot()),
+        "resume": hub.services.resume.as_ref().map(|r| r.status()),
         "node_id": hub.consumers.as_ref().map(|c| c.node_id()),
         "webhooks": webhooks,
     }))

@@ -117,13 +117,19 @@ impl Capture {
         }
     }
 
-    /// The next page's events; fails the test after `within`.
+    /// The next page's events (position-only batches skipped); fails the test after
+    /// `within`.
     pub async fn next_events(&mut self, within: Duration) -> Vec<DbEvent> {
-        tokio::time::timeout(within, self.rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("nothing captured within {within:?}"))
-            .expect("capture stopped")
-            .events
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let batch = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("nothing captured within {within:?}"))
+                .expect("capture stopped");
+            if !batch.events.is_empty() {
+                return batch.events;
+            }
+        }
     }
 
     pub async fn stop(self) {

@@ -76,7 +76,7 @@ impl PgHub {
 
     /// `/api/status` as JSON.
     pub async fn status(&self) -> Value {
-        let (code, body) = self.hub.get("/api/status").await;
+        let (code, body) = self.hub.get_admin("/api/status").await;
         assert_eq!(code, 200, "/api/status: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/status not JSON ({e}): {body}"))
     }

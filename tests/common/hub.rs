@@ -135,6 +135,19 @@ impl TestHub {
         (status, resp.text().await.expect("body"))
     }
 
+    /// GETs an admin `path` (e.g. `/api/status`) with a service_role token.
+    pub async fn get_admin(&self, path: &str) -> (u16, String) {
+        let token = self.token("service_role", "test-admin", 3600);
+        let resp = reqwest::Client::new()
+            .get(self.http_url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+
     /// The value of one sample line of `/metrics` (e.g. `switchboard_connections`), if any.
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics").await;

@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::env::http_get;
+use crate::env::http_get_as;
 use crate::pgload::{self, Write, WriteCounts};
 use crate::run::{Clients, Window};
 use crate::stats::{rate, report};
@@ -141,7 +141,8 @@ pub async fn capture(a: CaptureArgs) -> Result<(), BenchError> {
         a.subscribers as u64,
     )
     .await?;
-    if let Ok((200, body)) = http_get(hub.addr, "/api/status").await {
+    let admin = hub.admin_token();
+    if let Ok((200, body)) = http_get_as(hub.addr, "/api/status", Some(&admin)).await {
         out["hub_status"] =
             serde_json::from_str::<Value>(&body).map_or(Value::Null, |v| v["capture"].clone());
     }

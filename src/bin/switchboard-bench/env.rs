@@ -158,6 +158,13 @@ impl Hub {
         })
     }
 
+    /// A service_role token (for admin endpoints such as `/api/status`).
+    pub fn admin_token(&self) -> String {
+        let exp = chrono::Utc::now().timestamp() + 3600;
+        switchboard::auth::mint_hs256(&self.secret, &json!({"role": "service_role", "exp": exp}))
+            .expect("mint token")
+    }
+
     /// An `authenticated` token for user `sub`, valid for an hour.
     pub fn token(&self, sub: &str) -> String {
         let exp = chrono::Utc::now().timestamp() + 3600;
@@ -180,8 +187,18 @@ impl Drop for Hub {
 
 /// A bare HTTP/1.0 GET; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), std::io::Error> {
+    http_get_as(addr, path, None).await
+}
+
+/// GET `path`, with `Authorization: Bearer <token>` when given.
+pub async fn http_get_as(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), std::io::Error> {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
         .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;

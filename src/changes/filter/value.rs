@@ -399,76 +399,42 @@ fn parse_offset(t: &str) -> Option<Option<i32>> {
     (secs <= 16 * 3600).then_some(Some(sign * secs))
 }
 
-/// A compiled LIKE pattern: `%` any run, `_` one character, `\` escapes the next one.
+/// Longest LIKE pattern a filter may hold, in characters.
+pub const MAX_LIKE_PATTERN: usize = 256;
+
+/// A compiled LIKE pattern (`%` any run, `_` one character, `\` escapes the next one),
+/// matched by a finite automaton: time linear in the text, whatever the pattern.
 #[derive(Debug, Clone)]
 pub(super) struct LikePattern {
-    tokens: Vec<LikeToken>,
-    case_insensitive: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum LikeToken {
-    AnyRun,
-    AnyOne,
-    Literal(char),
+    re: regex::Regex,
 }
 
 impl LikePattern {
-    pub(super) fn new(pattern: &str, case_insensitive: bool) -> LikePattern {
-        let pattern = if case_insensitive {
-            pattern.to_lowercase()
-        } else {
-            pattern.to_owned()
-        };
-        let mut tokens = Vec::new();
+    /// `None` when the pattern is longer than [`MAX_LIKE_PATTERN`].
+    pub(super) fn new(pattern: &str, case_insensitive: bool) -> Option<LikePattern> {
+        if pattern.chars().count() > MAX_LIKE_PATTERN {
+            return None;
+        }
+        let mut re = String::from("(?s)^");
         let mut chars = pattern.chars();
         while let Some(c) = chars.next() {
-            tokens.push(match c {
-                '%' => LikeToken::AnyRun,
-                '_' => LikeToken::AnyOne,
-                '\\' => LikeToken::Literal(chars.next().unwrap_or('\\')),
-                c => LikeToken::Literal(c),
-            });
-        }
-        LikePattern {
-            tokens,
-            case_insensitive,
-        }
-    }
-
-    /// Greedy wildcard match with backtracking to the last `%` (linear-ish, no recursion).
-    pub(super) fn matches(&self, text: &str) -> bool {
-        let text: Vec<char> = if self.case_insensitive {
-            text.to_lowercase().chars().collect()
-        } else {
-            text.chars().collect()
-        };
-        let (mut t, mut p) = (0, 0);
-        let mut backtrack: Option<(usize, usize)> = None;
-        while t < text.len() {
-            match self.tokens.get(p) {
-                Some(LikeToken::AnyRun) => {
-                    backtrack = Some((p, t));
-                    p += 1;
-                }
-                Some(LikeToken::AnyOne) => {
-                    t += 1;
-                    p += 1;
-                }
-                Some(LikeToken::Literal(c)) if *c == text[t] => {
-                    t += 1;
-                    p += 1;
-                }
-                _ => match backtrack {
-                    Some((bp, bt)) => {
-                        backtrack = Some((bp, bt + 1));
-                        p = bp + 1;
-                        t = bt + 1;
-                    }
-                    None => return false,
-                },
+            match c {
+                '%' => re.push_str(".*"),
+                '_' => re.push('.'),
+                '\\' => re.push_str(&regex::escape(&chars.next().unwrap_or('\\').to_string())),
+                c => re.push_str(&regex::escape(&c.to_string())),
             }
         }
-        self.tokens[p..].iter().all(|tok| *tok == LikeToken::AnyRun)
+        re.push('$');
+        let re = regex::RegexBuilder::new(&re)
+            .case_insensitive(case_insensitive)
+            .size_limit(1 << 20)
+            .build()
+            .ok()?;
+        Some(LikePattern { re })
+    }
+
+    pub(super) fn matches(&self, text: &str) -> bool {
+        self.re.is_match(text)
     }
 }

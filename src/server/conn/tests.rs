@@ -40,6 +40,7 @@ impl Conn {
             capture: None,
             consumers: None,
             inspector: None,
+            admin: crate::server::admin::Gate::new(None),
         });
         let (input, in_rx) = mpsc::channel(16);
         let (out_tx, output) = mpsc::unbounded_channel();
@@ -60,6 +61,7 @@ impl Conn {
             Box::pin(stream),
             Vsn::V2,
             claims,
+            None,
         ));
         Conn {
             hub,

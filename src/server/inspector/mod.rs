@@ -10,7 +10,6 @@
 //! Off with `inspector = false`: the routes are then not mounted and answer 404.
 
 mod assets;
-mod auth;
 mod history;
 mod snapshot;
 
@@ -29,10 +28,10 @@ use serde_json::{json, Map, Value};
 
 pub use history::History;
 
+use super::admin::{self, Gate, Grant};
 use super::Hub;
 use crate::config::Config;
 use crate::protocol::{InspectorBadRequest, InspectorError};
-use auth::{Gate, Grant};
 
 /// How often the stream sends a snapshot.
 const STREAM_EVERY: Duration = Duration::from_secs(1);
@@ -41,7 +40,6 @@ pub const MINTED_TOKEN_TTL_SECS: i64 = 15 * 60;
 
 /// The inspector's state, held by the hub.
 pub struct Inspector {
-    gate: Gate,
     /// Written by the sampler task (`History::run_sampler`), read by requests.
     history: Arc<History>,
     /// The hub's HS256 secret, for minting "try it" tokens; `None` with a JWKS only.
@@ -52,7 +50,6 @@ pub struct Inspector {
 impl Inspector {
     pub fn new(config: &Config) -> Inspector {
         Inspector {
-            gate: Gate::new(config.admin_secret.clone()),
             history: Arc::default(),
             mint_secret: config.jwt_secret.clone(),
             started: Instant::now(),
@@ -101,9 +98,7 @@ fn inspector(hub: &Hub) -> &Inspector {
 }
 
 fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Grant, InspectorError> {
-    inspector(hub)
-        .gate
-        .authorize(&hub.services.verifier, headers, now())
+    hub.admin.authorize(&hub.services.verifier, headers, now())
 }
 
 fn grant_json(g: Grant) -> Value {
@@ -122,7 +117,7 @@ fn json_object(body: &[u8]) -> Result<Map<String, Value>, InspectorError> {
 
 /// Whether the visitor is signed in (never an error: the page asks before showing data).
 async fn session_info(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
-    match inspector(&hub).gate.session(&headers, now()) {
+    match hub.admin.session(&headers, now()) {
         Some(g) => Json(grant_json(g)).into_response(),
         None => Json(json!({ "signed_in": false })).into_response(),
     }
@@ -130,7 +125,7 @@ async fn session_info(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Respon
 
 /// `{"credential": <service_role token or admin secret>}` -> a session cookie.
 async fn sign_in(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !auth::same_origin(&headers) {
+    if !admin::same_origin(&headers) {
         return error(InspectorError::CrossOrigin);
     }
     let body = match json_object(&body) {
@@ -138,12 +133,11 @@ async fn sign_in(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -
         Err(e) => return error(e),
     };
     let credential = body.get("credential").and_then(Value::as_str).unwrap_or("");
-    let ins = inspector(&hub);
     let now = now();
-    match ins.gate.check(&hub.services.verifier, credential, now) {
+    match hub.admin.check(&hub.services.verifier, credential, now) {
         Ok(g) => {
-            let id = ins.gate.open_session(g, now);
-            let cookie = auth::session_cookie(&id, g.expires_at - now, auth::is_https(&headers));
+            let id = hub.admin.open_session(g, now);
+            let cookie = admin::session_cookie(&id, g.expires_at - now, admin::is_https(&headers));
             ([(header::SET_COOKIE, cookie)], Json(grant_json(g))).into_response()
         }
         Err(e) => error(e),
@@ -151,13 +145,13 @@ async fn sign_in(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -
 }
 
 async fn sign_out(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
-    if !auth::same_origin(&headers) {
+    if !admin::same_origin(&headers) {
         return error(InspectorError::CrossOrigin);
     }
-    inspector(&hub).gate.close_session(&headers);
+    hub.admin.close_session(&headers);
     (
         StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, auth::cleared_cookie())],
+        [(header::SET_COOKIE, admin::cleared_cookie())],
     )
         .into_response()
 }
@@ -188,7 +182,7 @@ async fn stream(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
         Err(e) => return error(e),
     };
     let session = Gate::session_id(&headers)
-        .filter(|id| inspector(&hub).gate.is_live(id, now()))
+        .filter(|id| hub.admin.is_live(id, now()))
         .map(str::to_owned);
     let mut tick = tokio::time::interval(STREAM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -207,7 +201,7 @@ async fn stream(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
         s.tick.tick().await;
         let now = now();
         let live = match &s.session {
-            Some(id) => inspector(&s.hub).gate.is_live(id, now),
+            Some(id) => s.hub.admin.is_live(id, now),
             None => now < s.expires_at,
         };
         if !live {
@@ -244,7 +238,7 @@ async fn webhook_action(
     if let Err(e) = authorize(&hub, &headers) {
         return error(e);
     }
-    if !auth::same_origin(&headers) {
+    if !admin::same_origin(&headers) {
         return error(InspectorError::CrossOrigin);
     }
     let Some(consumers) = &hub.consumers else {
@@ -261,7 +255,7 @@ async fn mint(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> R
     if let Err(e) = authorize(&hub, &headers) {
         return error(e);
     }
-    if !auth::same_origin(&headers) {
+    if !admin::same_origin(&headers) {
         return error(InspectorError::CrossOrigin);
     }
     let Some(secret) = &inspector(&hub).mint_secret else {

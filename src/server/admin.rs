@@ -1,9 +1,10 @@
-//! Who may see the inspector: a service_role token (verified by the hub's verifier) or
-//! the admin secret. A browser signs in once by POSTing the credential and gets a random
-//! session id in an `HttpOnly; SameSite=Strict` cookie scoped to `/inspector`, so no
-//! long-lived secret ever sits in a URL, in page script or in storage; scripts and tests
-//! may send `Authorization: Bearer <credential>` instead. Failed attempts draw on a small
-//! budget that refills slowly, so the admin secret cannot be guessed at speed.
+//! Who may use the admin surfaces (`/api/status`, the inspector, operations endpoints):
+//! a service_role token (verified by the hub's verifier) or the admin secret. Scripts send
+//! `Authorization: Bearer <credential>`; the inspector's browser signs in once by POSTing
+//! the credential and gets a random session id in an `HttpOnly; SameSite=Strict` cookie
+//! scoped to `/inspector`, so no long-lived secret ever sits in a URL, in page script or
+//! in storage. Failed attempts draw on a small budget that refills slowly, so the admin
+//! secret cannot be guessed at speed.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

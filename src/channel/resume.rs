@@ -1,0 +1,107 @@
+//! A join on a connection that opted in to resume: claim the channel's parked row before
+//! registering, then (in the background, so the connection keeps answering) replay the
+//! gap from where it left off to dispatch's cut, tell the client how it went, and open
+//! the gate for live frames. See `resume` for positions and parked rows.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::join_config::JoinConfig;
+use super::session::Session;
+use crate::changes::{Mark, ReplayTarget};
+use crate::protocol::{self, NotRecovered, Resumed, SystemMessage};
+use crate::resume::{ChannelAck, ChannelIdent, Found, LiveChannel, ResumeError, ResumeHandle};
+use crate::router::outbox::Gate;
+
+/// A parked row claimed for a joining channel.
+pub(super) struct Claim {
+    ident: ChannelIdent,
+    owner: String,
+    found: Result<Found, ResumeError>,
+}
+
+impl Session {
+    /// Claims the parked row of this channel, if the connection resumes.
+    pub(super) async fn claim(&self, topic: &str, config: &JoinConfig) -> Option<Claim> {
+        let (conn, handle) = (self.resume.as_ref()?, self.svc.resume.as_ref()?);
+        let ident = ChannelIdent {
+            key: conn.key.clone(),
+            topic: topic.into(),
+            private: config.private,
+            bindings: Value::Array(config.postgres_changes.clone()),
+        };
+        let owner = ResumeHandle::new_owner();
+        let found = handle.take(&ident.holder(), &owner).await;
+        if let Err(e) = &found {
+            tracing::warn!(conn_id = self.conn_id, topic, error = %e, "could not read the parked subscription");
+        }
+        Some(Claim {
+            ident,
+            owner,
+            found,
+        })
+    }
+
+    /// Tracks the channel's position from `cut` on and spawns its catch-up; `None` when
+    /// dispatch has no position yet (the gate opens at once, nothing recovered).
+    pub(super) fn catch_up(
+        &self,
+        claim: Claim,
+        cut: Option<Mark>,
+        gate: Arc<Gate>,
+        target: ReplayTarget,
+        join_ref: Arc<str>,
+    ) -> Option<Arc<LiveChannel>> {
+        let (conn, handle) = (self.resume.as_ref()?, self.svc.resume.clone()?);
+        let topic = target.key.topic.clone();
+        let vsn = self.vsn;
+        let tell = move |outcome: Resumed| {
+            let payload = SystemMessage::Resume(outcome).payload(super::channel_name(&topic));
+            protocol::encode(vsn, Some(&join_ref), None, &topic, "system", &payload)
+        };
+        let Some(cut) = cut else {
+            gate.open([tell(Resumed::NotRecovered(NotRecovered::Failed))]);
+            return None;
+        };
+        let from = match &claim.found {
+            Ok(Found::At(position)) => Some(position.clone()),
+            _ => None,
+        };
+        let unconfirmed = from.clone().unwrap_or_else(|| cut.position.to_string());
+        let ack = Arc::new(ChannelAck::new(cut.clone(), unconfirmed, u64::MAX));
+        let live = Arc::new(LiveChannel::new(
+            claim.ident,
+            claim.owner,
+            conn.acks.clone(),
+            ack.clone(),
+        ));
+        handle.track(live.clone());
+        let (acks, out) = (conn.acks.clone(), self.outbox.clone());
+        let conn_id = self.conn_id;
+        tokio::spawn(async move {
+            let outcome = match (claim.found, from) {
+                (Ok(_), Some(from)) => {
+                    match handle.replay(&target, &from, &cut.position, &out).await {
+                        Ok(Some(count)) => Resumed::Recovered { count },
+                        Ok(None) => Resumed::NotRecovered(NotRecovered::TooMany {
+                            max: handle.config().max_replay,
+                        }),
+                        Err(e) => {
+                            tracing::warn!(conn_id, error = %e, "could not replay a resumed subscription");
+                            Resumed::NotRecovered(NotRecovered::Failed)
+                        }
+                    }
+                }
+                (Ok(Found::Expired), _) => Resumed::NotRecovered(NotRecovered::Expired),
+                (Ok(Found::Pruned), _) => Resumed::NotRecovered(NotRecovered::Pruned),
+                (Ok(_), _) => Resumed::NotRecovered(NotRecovered::Unknown),
+                (Err(_), _) => Resumed::NotRecovered(NotRecovered::Failed),
+            };
+            handle.count(&outcome);
+            gate.open([tell(outcome)]);
+            ack.caught_up(acks.next_ping_id());
+        });
+        Some(live)
+    }
+}

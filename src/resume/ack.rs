@@ -1,0 +1,151 @@
+//! Acknowledged positions. A connection's writer sends a WebSocket ping after it has
+//! queued everything dispatch had delivered up to some batch; the pong proves every frame
+//! of that batch and before arrived (TCP keeps order, every client answers pings). Each
+//! channel turns the connection's latest proof into its own position, never earlier than
+//! where the channel started.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::changes::Mark;
+
+/// Pings never answered are forgotten beyond this many.
+const MAX_IN_FLIGHT: usize = 64;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One connection's pings in flight and its latest acknowledged batch. The writer task
+/// records pings, the reader loop records pongs, channels read.
+#[derive(Debug, Default)]
+pub struct ConnAcks {
+    next_ping: AtomicU64,
+    in_flight: Mutex<VecDeque<(u64, Mark)>>,
+    acked: Mutex<Option<(u64, Mark)>>,
+}
+
+impl ConnAcks {
+    /// The id the next ping will carry: a channel whose frames are all queued from now on
+    /// counts acknowledgements of pings from this id.
+    pub fn next_ping_id(&self) -> u64 {
+        self.next_ping.load(Ordering::Acquire)
+    }
+
+    /// A ping is about to be sent after everything delivered up to `mark` was queued
+    /// ahead of it; returns its id (its payload).
+    pub fn ping(&self, mark: Mark) -> u64 {
+        let id = self.next_ping.fetch_add(1, Ordering::AcqRel);
+        let mut in_flight = lock(&self.in_flight);
+        if in_flight.len() >= MAX_IN_FLIGHT {
+            in_flight.pop_front();
+        }
+        in_flight.push_back((id, mark));
+        id
+    }
+
+    /// The pong for ping `id` came back.
+    pub fn pong(&self, id: u64) {
+        let mut in_flight = lock(&self.in_flight);
+        while let Some((first, mark)) = in_flight.pop_front() {
+            if first == id {
+                *lock(&self.acked) = Some((id, mark));
+                return;
+            }
+            if first > id {
+                in_flight.push_front((first, mark));
+                return;
+            }
+        }
+    }
+
+    pub fn acked(&self) -> Option<(u64, Mark)> {
+        lock(&self.acked).clone()
+    }
+}
+
+/// Where one channel is acknowledged.
+#[derive(Debug)]
+pub struct ChannelAck {
+    /// The batch from which live frames flow straight to the connection.
+    floor: Mark,
+    /// The position to resume from until a valid acknowledgement arrives: where the
+    /// channel resumed from, or (fresh) where it started.
+    unconfirmed: String,
+    /// Acknowledgements of pings from this id on count (`u64::MAX` while catching up).
+    valid_from: AtomicU64,
+}
+
+impl ChannelAck {
+    pub fn new(floor: Mark, unconfirmed: String, valid_from: u64) -> ChannelAck {
+        ChannelAck {
+            floor,
+            unconfirmed,
+            valid_from: AtomicU64::new(valid_from),
+        }
+    }
+
+    /// The catch-up is queued: pings from `ping_id` on prove it.
+    pub fn caught_up(&self, ping_id: u64) {
+        self.valid_from.store(ping_id, Ordering::Release);
+    }
+
+    /// The channel's acknowledged log position (text form of `capture::Position`).
+    pub fn position(&self, conn: &ConnAcks) -> String {
+        match conn.acked() {
+            Some((id, mark)) if id >= self.valid_from.load(Ordering::Acquire) => {
+                if mark.seq >= self.floor.seq {
+                    mark.position.to_string()
+                } else {
+                    self.floor.position.to_string()
+                }
+            }
+            _ => self.unconfirmed.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(seq: u64) -> Mark {
+        Mark {
+            seq,
+            position: format!("{seq}:").into(),
+        }
+    }
+
+    #[test]
+    fn a_channel_counts_only_pongs_of_pings_sent_once_it_was_caught_up() {
+        let conn = ConnAcks::default();
+        let early = conn.ping(mark(5));
+        let ch = ChannelAck::new(mark(7), "3:".into(), u64::MAX);
+        conn.pong(early);
+        assert_eq!(ch.position(&conn), "3:", "still catching up");
+        ch.caught_up(conn.next_ping_id());
+        assert_eq!(ch.position(&conn), "3:", "that pong came before");
+        let later = conn.ping(mark(6));
+        conn.pong(later);
+        assert_eq!(ch.position(&conn), "7:", "never before the floor");
+        let last = conn.ping(mark(9));
+        conn.pong(last);
+        assert_eq!(ch.position(&conn), "9:");
+    }
+
+    #[test]
+    fn a_lost_pong_is_covered_by_a_later_one() {
+        let conn = ConnAcks::default();
+        let a = conn.ping(mark(1));
+        let b = conn.ping(mark(2));
+        conn.pong(b);
+        assert_eq!(conn.acked().map(|(id, m)| (id, m.seq)), Some((b, 2)));
+        conn.pong(a);
+        assert_eq!(
+            conn.acked().map(|(_, m)| m.seq),
+            Some(2),
+            "a stale pong changes nothing"
+        );
+    }
+}

@@ -1,0 +1,443 @@
+//! Resumable subscriptions: nothing committed is lost across reconnects and hub restarts.
+//! A connection opts in with `resume=<key>`. Each of its channels keeps an acknowledged
+//! log position (`ack`: WebSocket pings and pongs), checkpointed to Postgres about once a
+//! second and parked there when the socket drops or the hub stops (`store`). A join with
+//! the same key, topic and bindings, on any hub within the grace, takes the row over and
+//! replays the gap from the log (judged by `changes` with the new join's claims) before
+//! anything live. Owns positions and parked rows; decides no row scope itself.
+
+mod ack;
+mod store;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use deadpool_postgres::Pool;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use ack::{ChannelAck, ConnAcks};
+pub use store::Found;
+
+use crate::capture::{count_between, events_between, Position, READ_RANGE_SQL};
+use crate::changes::{Changes, ReplayTarget};
+use crate::router::outbox::OutboxTx;
+use crate::telemetry::Metrics;
+
+/// How often live channels' positions are written.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How often the parked count (a metric) is refreshed.
+const COUNT_EVERY: Duration = Duration::from_secs(5);
+/// Log rows read per replay page.
+const REPLAY_PAGE: usize = 500;
+/// Longest resume key accepted.
+pub const MAX_KEY_LEN: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("resume store: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("replay: {0}")]
+    Capture(#[from] crate::capture::CaptureError),
+    #[error("replay: {0}")]
+    RowScope(#[from] crate::changes::RlsError),
+    #[error("bad stored position {0:?}")]
+    Position(String),
+}
+
+/// Resume settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeConfig {
+    /// How long a parked subscription waits for its client.
+    pub grace: Duration,
+    /// Most changes one resume replays; beyond it the client is told to refetch.
+    pub max_replay: usize,
+}
+
+/// Which channel a row is for: the connection's resume key, the topic (and namespace)
+/// and the join's postgres_changes bindings.
+#[derive(Debug, Clone)]
+pub struct ChannelIdent {
+    pub key: Arc<str>,
+    pub topic: Arc<str>,
+    pub private: bool,
+    pub bindings: Value,
+}
+
+impl ChannelIdent {
+    /// The row's key: equal for the same key, topic, namespace and bindings.
+    pub fn holder(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.bindings.to_string().hash(&mut h);
+        let ns = if self.private { "private" } else { "public" };
+        format!("{}|{ns}|{}|{:016x}", self.key, self.topic, h.finish())
+    }
+}
+
+/// A channel of a resume-enabled connection, while it is live on this hub.
+pub struct LiveChannel {
+    pub ident: ChannelIdent,
+    pub holder: String,
+    /// This channel's claim on its row (a later resume of the same channel takes it over).
+    pub owner: String,
+    pub conn: Arc<ConnAcks>,
+    pub ack: Arc<ChannelAck>,
+    /// The position last written, and when.
+    written: Mutex<Option<(String, Instant)>>,
+}
+
+impl LiveChannel {
+    /// `owner` is the claim `ResumeHandle::take` made for it.
+    pub fn new(
+        ident: ChannelIdent,
+        owner: String,
+        conn: Arc<ConnAcks>,
+        ack: Arc<ChannelAck>,
+    ) -> LiveChannel {
+        LiveChannel {
+            holder: ident.holder(),
+            ident,
+            owner,
+            conn,
+            ack,
+            written: Mutex::new(None),
+        }
+    }
+
+    /// The row to write for this channel now (`None` if its position is unreadable).
+    fn row(&self, parked: bool, node: &str) -> Option<store::Row> {
+        let position = self.ack.position(&self.conn);
+        let snapshot = Position::parse(&position).ok()?.cursor.to_pg_snapshot();
+        Some(store::Row {
+            holder: self.holder.clone(),
+            snapshot,
+            detail: json!({
+                "key": &*self.ident.key,
+                "topic": &*self.ident.topic,
+                "private": self.ident.private,
+                "bindings": self.ident.bindings,
+                "position": position,
+                "parked": parked,
+                "owner": self.owner,
+                "node": node,
+            }),
+        })
+    }
+}
+
+enum Cmd {
+    Park(Arc<LiveChannel>),
+    Release { holder: String, owner: String },
+    Flush(oneshot::Sender<()>),
+}
+
+/// The resume side of the hub; cheap to clone.
+#[derive(Clone)]
+pub struct ResumeHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    changes: Changes,
+    node: String,
+    config: ResumeConfig,
+    metrics: Arc<Metrics>,
+    /// Live channels by holder; the writer checkpoints them.
+    live: DashMap<String, Arc<LiveChannel>>,
+    /// Parks, releases and flush requests for the writer, in order.
+    cmds: mpsc::UnboundedSender<Cmd>,
+    /// The writer's end, until `run_writer` takes it.
+    commands: Mutex<Option<mpsc::UnboundedReceiver<Cmd>>>,
+}
+
+/// How a resuming join went (told to the client as a `system` message).
+pub use crate::protocol::{NotRecovered, Resumed as Outcome};
+
+impl ResumeHandle {
+    pub fn new(
+        pool: Pool,
+        changes: Changes,
+        node: String,
+        config: ResumeConfig,
+        metrics: Arc<Metrics>,
+    ) -> ResumeHandle {
+        let (cmds, rx) = mpsc::unbounded_channel();
+        ResumeHandle {
+            inner: Arc::new(Inner {
+                pool,
+                changes,
+                node,
+                config,
+                metrics,
+                live: DashMap::new(),
+                cmds,
+                commands: Mutex::new(Some(rx)),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> ResumeConfig {
+        self.inner.config
+    }
+
+    /// A fresh claim for a channel about to join.
+    pub fn new_owner() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    /// Takes over `holder`'s row for `owner` (so a stale writer cannot overwrite it) and
+    /// says where it left off. Parks and releases queued before are written first.
+    pub async fn take(&self, holder: &str, owner: &str) -> Result<Found, ResumeError> {
+        let (done, flushed) = oneshot::channel();
+        if self.inner.cmds.send(Cmd::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
+        // A channel of this very key still live here (a reconnect while the old socket is
+        // half open): its in-memory position is the freshest; it is retired.
+        let local = self
+            .inner
+            .live
+            .remove(holder)
+            .map(|(_, old)| old.ack.position(&old.conn));
+        let client = self.inner.pool.get().await?;
+        let found = store::take(&client, holder, owner).await?;
+        Ok(match (local, found) {
+            (Some(position), Found::At(_) | Found::Unknown) => Found::At(position),
+            (_, found) => found,
+        })
+    }
+
+    /// `live` is running on this hub: its position is checkpointed from now on.
+    pub fn track(&self, live: Arc<LiveChannel>) {
+        self.inner.live.insert(live.holder.clone(), live);
+    }
+
+    /// The connection of `holder`'s channel dropped (or the hub is stopping): park it
+    /// for the grace. A channel taken over since is left alone.
+    pub fn park(&self, holder: &str, owner: &str) {
+        if let Some((_, live)) = self
+            .inner
+            .live
+            .remove_if(holder, |_, live| live.owner == owner)
+        {
+            let _ = self.inner.cmds.send(Cmd::Park(live));
+        }
+    }
+
+    /// The channel left on purpose (or was closed by the hub): nothing to resume.
+    pub fn release(&self, holder: &str, owner: &str) {
+        self.inner
+            .live
+            .remove_if(holder, |_, live| live.owner == owner);
+        let _ = self.inner.cmds.send(Cmd::Release {
+            holder: holder.to_owned(),
+            owner: owner.to_owned(),
+        });
+    }
+
+    /// Queues into `out`, page by page, the frames `target` missed between `from` and
+    /// `until` (log positions); how many it sent, or `None` when the gap holds more changes
+    /// than the configured maximum (then nothing is sent).
+    pub async fn replay(
+        &self,
+        target: &ReplayTarget,
+        from: &str,
+        until: &str,
+        out: &OutboxTx,
+    ) -> Result<Option<usize>, ResumeError> {
+        let from = Position::parse(from).map_err(|_| ResumeError::Position(from.to_owned()))?;
+        let until = Position::parse(until).map_err(|_| ResumeError::Position(until.to_owned()))?;
+        let client = self.inner.pool.get().await?;
+        let max = self.inner.config.max_replay;
+        if count_between(&client, &from, &until, max).await? > max {
+            return Ok(None);
+        }
+        let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
+        let (mut count, mut after) = (0usize, 0i64);
+        loop {
+            let (events, last) =
+                events_between(&client, &stmt, &from, &until, after, REPLAY_PAGE).await?;
+            let Some(last) = last else { break };
+            after = last;
+            let replayed = self.inner.changes.replay(target, events).await?;
+            count += replayed.count;
+            for frame in replayed.frames {
+                if !out.push_patiently(frame).await {
+                    return Ok(Some(count));
+                }
+            }
+        }
+        Ok(Some(count))
+    }
+
+    /// For `/api/status`: live and parked subscriptions, resumes by outcome, replayed.
+    pub fn status(&self) -> Value {
+        let m = &self.inner.metrics;
+        let outcomes = ["true", "unknown", "expired", "pruned", "too_many", "failed"];
+        let resumes: serde_json::Map<String, Value> = outcomes
+            .iter()
+            .map(|o| {
+                let n = m.resumes.get_or_create(&[("recovered", *o)]).get();
+                let key = if *o == "true" { "recovered" } else { o };
+                (key.to_owned(), Value::from(n))
+            })
+            .collect();
+        json!({
+            "live": self.inner.live.len(),
+            "parked": m.resume_parked.get(),
+            "resumes": resumes,
+            "replayed": m.resume_replayed.get(),
+            "grace_secs": self.inner.config.grace.as_secs(),
+        })
+    }
+
+    /// Counts a resuming join's outcome.
+    pub fn count(&self, outcome: &Outcome) {
+        let m = &self.inner.metrics;
+        let label = match outcome {
+            Outcome::Recovered { count } => {
+                m.resume_replayed.inc_by(*count as u64);
+                "true"
+            }
+            Outcome::NotRecovered(NotRecovered::Unknown) => "unknown",
+            Outcome::NotRecovered(NotRecovered::Expired) => "expired",
+            Outcome::NotRecovered(NotRecovered::Pruned) => "pruned",
+            Outcome::NotRecovered(NotRecovered::TooMany { .. }) => "too_many",
+            Outcome::NotRecovered(NotRecovered::Failed) => "failed",
+        };
+        m.resumes.get_or_create(&[("recovered", label)]).inc();
+    }
+
+    /// Writes parks and releases as they come and live positions about once a second;
+    /// on `stop`, writes what is queued and parks every channel still live.
+    pub async fn run_writer(self, stop: CancellationToken) {
+        let Some(mut rx) = self
+            .inner
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
+        let mut count = tokio::time::interval(COUNT_EVERY);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => {
+                        let mut cmds = vec![cmd];
+                        while let Ok(more) = rx.try_recv() {
+                            cmds.push(more);
+                        }
+                        self.write(cmds).await;
+                    }
+                    None => return,
+                },
+                _ = checkpoint.tick() => self.checkpoint().await,
+                _ = count.tick() => self.count_parked().await,
+                _ = stop.cancelled() => break,
+            }
+        }
+        let mut cmds = Vec::new();
+        while let Ok(cmd) = rx.try_recv() {
+            cmds.push(cmd);
+        }
+        let live: Vec<Arc<LiveChannel>> =
+            self.inner.live.iter().map(|e| e.value().clone()).collect();
+        self.inner.live.clear();
+        cmds.extend(live.into_iter().map(Cmd::Park));
+        self.write(cmds).await;
+    }
+
+    async fn write(&self, cmds: Vec<Cmd>) {
+        let node = &self.inner.node;
+        let mut rows = Vec::new();
+        let mut releases = Vec::new();
+        let mut flushed = Vec::new();
+        for cmd in cmds {
+            match cmd {
+                Cmd::Park(live) => rows.extend(live.row(true, node)),
+                Cmd::Release { holder, owner } => releases.push((holder, owner)),
+                Cmd::Flush(done) => flushed.push(done),
+            }
+        }
+        if let Err(e) = self.write_rows(&rows, &releases).await {
+            tracing::warn!(error = %e, "could not park resumable subscriptions");
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+
+    async fn write_rows(
+        &self,
+        rows: &[store::Row],
+        releases: &[(String, String)],
+    ) -> Result<(), ResumeError> {
+        if rows.is_empty() && releases.is_empty() {
+            return Ok(());
+        }
+        let client = self.inner.pool.get().await?;
+        store::upsert(&client, rows, self.inner.config.grace).await?;
+        for (holder, owner) in releases {
+            store::release(&client, holder, owner).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes each live channel whose position moved, or whose row is half-way to
+    /// expiring.
+    async fn checkpoint(&self) {
+        let now = Instant::now();
+        let refresh = self.inner.config.grace / 2;
+        let mut rows = Vec::new();
+        let mut written = Vec::new();
+        for entry in self.inner.live.iter() {
+            let live = entry.value();
+            let Some(row) = live.row(false, &self.inner.node) else {
+                continue;
+            };
+            let position = row.detail["position"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let last = live
+                .written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let due = match last {
+                None => true,
+                Some((p, at)) => p != position || now.duration_since(at) >= refresh,
+            };
+            if due {
+                rows.push(row);
+                written.push((live.clone(), position));
+            }
+        }
+        match self.write_rows(&rows, &[]).await {
+            Ok(()) => {
+                for (live, position) in written {
+                    *live.written.lock().unwrap_or_else(|p| p.into_inner()) = Some((position, now));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not checkpoint resumable subscriptions"),
+        }
+    }
+
+    async fn count_parked(&self) {
+        let Ok(client) = self.inner.pool.get().await else {
+            return;
+        };
+        if let Ok(n) = store::count_parked(&client).await {
+            self.inner.metrics.resume_parked.set(n);
+        }
+    }
+}

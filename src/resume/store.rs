@@ -1,0 +1,111 @@
+//! Resumable subscriptions in Postgres (`realtime.log_holds`, kind `resume`; see
+//! `sql/014_resume.sql`): writing live and parked rows, and taking one over on resume.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_postgres::Client;
+
+/// One row to write: its holder key, the cursor snapshot it holds the log from, detail.
+pub struct Row {
+    pub holder: String,
+    pub snapshot: String,
+    pub detail: Value,
+}
+
+/// Writes rows (live checkpoints and parks) in one statement; a row owned by another
+/// channel (it was taken over) is left alone.
+const UPSERT: &str = "\
+insert into realtime.log_holds (kind, holder, snapshot, expires_at, detail) \
+select 'resume', u.h, u.s::pg_snapshot, now() + make_interval(secs => $4), u.d \
+from unnest($1::text[], $2::text[], $3::jsonb[]) as u(h, s, d) \
+on conflict (kind, holder) do update \
+set snapshot = excluded.snapshot, expires_at = excluded.expires_at, updated_at = now(), \
+    lost_at = case when log_holds.detail->>'position' = excluded.detail->>'position' \
+                   then log_holds.lost_at end, \
+    detail = excluded.detail \
+where log_holds.detail->>'owner' = excluded.detail->>'owner'";
+
+/// A channel left for good: its row goes (if it still owns it).
+const RELEASE: &str = "\
+delete from realtime.log_holds \
+where kind = 'resume' and holder = $1 and detail->>'owner' = $2";
+
+/// Claims a row for a new owner and reports what it held (expired rows are kept a day,
+/// so an expired grace can be told from an unknown key).
+const TAKE: &str = "\
+with old as ( \
+    select expires_at > now() as alive, lost_at is not null as lost, detail->>'position' as position \
+    from realtime.log_holds where kind = 'resume' and holder = $1 for update), \
+claimed as ( \
+    update realtime.log_holds set detail = detail || jsonb_build_object('owner', $2::text) \
+    where kind = 'resume' and holder = $1) \
+select alive, lost, position from old";
+
+const COUNT_PARKED: &str = "\
+select count(*) from realtime.log_holds \
+where kind = 'resume' and expires_at > now() and (detail->>'parked')::boolean";
+
+pub async fn upsert(
+    client: &Client,
+    rows: &[Row],
+    grace: Duration,
+) -> Result<(), tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let holders: Vec<&str> = rows.iter().map(|r| r.holder.as_str()).collect();
+    let snaps: Vec<&str> = rows.iter().map(|r| r.snapshot.as_str()).collect();
+    let details: Vec<&Value> = rows.iter().map(|r| &r.detail).collect();
+    client
+        .execute(UPSERT, &[&holders, &snaps, &details, &grace.as_secs_f64()])
+        .await?;
+    Ok(())
+}
+
+pub async fn release(
+    client: &Client,
+    holder: &str,
+    owner: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client.execute(RELEASE, &[&holder, &owner]).await?;
+    Ok(())
+}
+
+/// What a resuming channel found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// A position to replay from.
+    At(String),
+    /// The row is past its grace.
+    Expired,
+    /// The log was pruned past the position (the retention cap).
+    Pruned,
+    /// No row for this key, topic and bindings.
+    Unknown,
+}
+
+pub async fn take(
+    client: &Client,
+    holder: &str,
+    owner: &str,
+) -> Result<Found, tokio_postgres::Error> {
+    let row = client.query_opt(TAKE, &[&holder, &owner]).await?;
+    Ok(match row {
+        None => Found::Unknown,
+        Some(r) => {
+            let (alive, lost, position): (bool, bool, Option<String>) =
+                (r.get(0), r.get(1), r.get(2));
+            match (alive, lost, position) {
+                (_, true, _) => Found::Pruned,
+                (false, _, _) => Found::Expired,
+                (true, false, Some(p)) => Found::At(p),
+                (true, false, None) => Found::Unknown,
+            }
+        }
+    })
+}
+
+pub async fn count_parked(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    Ok(client.query_one(COUNT_PARKED, &[]).await?.get(0))
+}

@@ -1,0 +1,114 @@
+//! The accept loop: every TCP connection counts against one cap (WebSocket upgrades still
+//! pending included), headers must arrive within a deadline (slowloris), and the cap
+//! leaves file descriptors in reserve under the process limit so the hub's own Postgres
+//! connections, `/health` and new clients keep working under a flood.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::telemetry::Metrics;
+
+/// File descriptors kept free under the process limit (Postgres, files, accept itself).
+const FD_RESERVE: usize = 512;
+/// Connections beyond `max_connections` for plain HTTP (health checks, REST, status).
+pub const HTTP_RESERVE: usize = 256;
+
+/// How many TCP connections the hub holds at most: `max_connections` WebSockets plus the
+/// HTTP reserve, never more than the descriptor limit allows.
+pub fn connection_cap(max_connections: usize) -> usize {
+    let wanted = max_connections + HTTP_RESERVE;
+    match fd_limit() {
+        Some(limit) if limit > FD_RESERVE => wanted.min(limit - FD_RESERVE),
+        _ => wanted,
+    }
+}
+
+/// The process's open-file limit (RLIMIT_NOFILE), if it can be read.
+fn fd_limit() -> Option<usize> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; RLIMIT_NOFILE is a valid resource.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0;
+    ok.then(|| usize::try_from(rl.rlim_cur).unwrap_or(usize::MAX))
+}
+
+/// One TCP connection's place under the cap, held by the HTTP connection and, after a
+/// WebSocket upgrade, by the socket's task: freed when both are done.
+#[derive(Clone)]
+pub struct ConnSlot(#[allow(dead_code)] Arc<Slot>);
+
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown`: at most `cap` connections at once
+/// (further ones are closed at once), request headers within `header_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    cap: usize,
+    header_timeout: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let builder = Arc::new(builder);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or a transient error: wait a moment, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if open.fetch_add(1, Ordering::AcqRel) >= cap {
+            open.fetch_sub(1, Ordering::AcqRel);
+            metrics.dropped("connection_cap", 1);
+            drop(tcp);
+            continue;
+        }
+        let slot = ConnSlot(Arc::new(Slot(open.clone())));
+        // Frames are small and latency matters: no Nagle delay on client sockets.
+        let _ = tcp.set_nodelay(true);
+        let (router, builder) = (router.clone(), builder.clone());
+        tokio::spawn(async move {
+            let held = slot.clone();
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(held.clone());
+                router.clone().oneshot(req)
+            });
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .await
+            {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+            drop(slot);
+        });
+    }
+}

@@ -1,0 +1,319 @@
+//! Resumable subscriptions at the frame level: a client that reconnects with the same
+//! `resume=` key gets, after its join reply, exactly the changes it missed, then a
+//! `recovered` system message, then live changes; and `recovered: false` with the reason
+//! whenever the gap cannot be covered.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::e2e::*;
+use common::hub::{WsClient, RECV_TIMEOUT};
+use serde_json::{json, Value};
+
+const SETUP: &str = "
+create table public.items (id bigserial primary key, owner uuid not null, n int4 not null default 0);
+grant select on public.items to authenticated, service_role;
+alter table public.items enable row level security;
+create policy own on public.items for select to authenticated using (owner = auth.uid());
+select realtime.enable('public.items');
+";
+
+const ALICE: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+const BOB: &str = "bbbbbbbb-0000-4000-8000-000000000002";
+
+fn entries() -> Value {
+    json!([{"event": "INSERT", "schema": "public", "table": "items"}])
+}
+
+/// A client on `key`, v2, anon apikey.
+async fn connect(pg: &PgHub, key: &str) -> WsClient {
+    let url = format!(
+        "{}&resume={key}",
+        pg.hub.ws_url(Some("2.0.0"), Some(&pg.hub.anon()))
+    );
+    WsClient::connect(&url).await
+}
+
+async fn insert(pg: &PgHub, owner: &str) -> i64 {
+    pg.id(
+        "insert into public.items (owner) values ($1::text::uuid) returning id",
+        &[&owner],
+    )
+    .await
+}
+
+/// Reads for a while with nothing expected, so the hub's pings get their pongs.
+async fn settle(c: &mut WsClient) {
+    c.expect_no_frame(Duration::from_millis(400)).await;
+}
+
+/// Waits until the hub has parked a subscription (the client's socket is gone).
+async fn wait_parked(pg: &PgHub, n: i64) {
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    loop {
+        let parked: i64 = pg
+            .sql
+            .query_one(
+                "select count(*) from realtime.log_holds \
+                 where kind = 'resume' and (detail->>'parked')::boolean",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if parked >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no subscription parked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A second client (without a resume key) that sees every row: once it has received a
+/// row, the hub has dispatched it, so a reconnect after that finds it in the gap.
+struct Observer(WsClient);
+
+impl Observer {
+    async fn start(pg: &PgHub) -> Observer {
+        let mut c = pg.connect(common::hub::Vsn::V1).await;
+        let entries = json!([{"event": "*", "schema": "public", "table": "items"}]);
+        let token = pg.token("service_role", "observer");
+        subscribe(&mut c, "realtime:observer", entries, Some(&token)).await;
+        c.join_ok("realtime:news", json!({})).await;
+        Observer(c)
+    }
+
+    /// Waits until the row `id` has been dispatched.
+    async fn saw(&mut self, id: i64) {
+        self.0
+            .recv_until(|f| {
+                f.is_event("postgres_changes") && f.payload()["data"]["record"]["id"] == id
+            })
+            .await;
+    }
+
+    /// Waits until a database broadcast has been dispatched.
+    async fn saw_broadcast(&mut self) {
+        self.0.recv_until(|f| f.is_event("broadcast")).await;
+    }
+}
+
+/// The system message about the resume, skipping nothing else.
+async fn resume_message(c: &mut WsClient) -> Value {
+    let sys = next_system(c).await;
+    assert!(
+        sys.get("recovered").is_some(),
+        "expected the resume message, got {sys}"
+    );
+    sys
+}
+
+#[tokio::test]
+async fn a_reconnect_replays_exactly_what_was_missed_then_goes_live() {
+    let pg = PgHub::start(SETUP).await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-1").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    let first = resume_message(&mut c).await;
+    assert_eq!(
+        (&first["recovered"], &first["count"]),
+        (&json!(false), &json!(0)),
+        "a first join has nothing to recover: {first}"
+    );
+    for _ in 0..3 {
+        let id = insert(&pg, ALICE).await;
+        expect_row(&mut c, "INSERT", "items", id).await;
+    }
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+
+    let mut missed = Vec::new();
+    for _ in 0..4 {
+        missed.push(insert(&pg, ALICE).await);
+        let bobs = insert(&pg, BOB).await; // never Alice's to see
+        observer.saw(bobs).await;
+    }
+    let mut c = connect(&pg, "client-1").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    for id in &missed {
+        expect_row(&mut c, "INSERT", "items", *id).await;
+    }
+    let sys = resume_message(&mut c).await;
+    assert_eq!(
+        sys,
+        json!({"extension": "postgres_changes", "status": "ok", "recovered": true, "count": 4,
+               "message": "Resumed: 4 missed changes replayed", "channel": "items"})
+    );
+    let live = insert(&pg, ALICE).await;
+    expect_row(&mut c, "INSERT", "items", live).await;
+}
+
+#[tokio::test]
+async fn rows_the_new_token_may_not_see_are_not_replayed() {
+    let pg = PgHub::start(SETUP).await;
+    let mut observer = Observer::start(&pg).await;
+    let mut c = connect(&pg, "client-2").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&pg.user(ALICE))).await;
+    resume_message(&mut c).await;
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    let alices = insert(&pg, ALICE).await;
+    let bobs = insert(&pg, BOB).await;
+    observer.saw(bobs).await;
+    // The client comes back as Bob (say, another user on the same device).
+    let mut c = connect(&pg, "client-2").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&pg.user(BOB))).await;
+    expect_row(&mut c, "INSERT", "items", bobs).await;
+    let sys = resume_message(&mut c).await;
+    assert_eq!(
+        (&sys["recovered"], &sys["count"]),
+        (&json!(true), &json!(1)),
+        "{sys}; Alice's row {alices} must not be replayed"
+    );
+}
+
+#[tokio::test]
+async fn a_channel_left_on_purpose_is_not_resumed() {
+    let pg = PgHub::start(SETUP).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-3").await;
+    let joined = subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    let r = c.next_ref();
+    c.send(
+        Some(&joined.join_ref),
+        Some(&r),
+        "realtime:items",
+        "phx_leave",
+        json!({}),
+    )
+    .await;
+    c.recv_until(|f| f.is_event("phx_close")).await;
+    insert(&pg, ALICE).await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    let sys = resume_message(&mut c).await;
+    assert_eq!(sys["recovered"], false, "{sys}");
+    assert!(
+        sys["message"]
+            .as_str()
+            .unwrap()
+            .contains("no earlier subscription"),
+        "{sys}"
+    );
+}
+
+#[tokio::test]
+async fn a_resume_after_the_grace_says_it_expired() {
+    let pg = PgHub::start_with(SETUP, |c| c.resume_grace = Duration::from_secs(1)).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-4").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    insert(&pg, ALICE).await;
+    // Past the grace: the parked row has expired (expiry is Postgres's clock).
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    loop {
+        let expired: bool = pg
+            .sql
+            .query_one(
+                "select bool_and(expires_at < now()) from realtime.log_holds where kind = 'resume'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if expired {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the parked row never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = connect(&pg, "client-4").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    let sys = resume_message(&mut c).await;
+    assert_eq!(sys["recovered"], false, "{sys}");
+    assert!(sys["message"].as_str().unwrap().contains("grace"), "{sys}");
+}
+
+#[tokio::test]
+async fn a_gap_larger_than_the_replay_limit_asks_the_app_to_refetch() {
+    let pg = PgHub::start_with(SETUP, |c| c.resume_max_replay = 5).await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-5").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    pg.exec(&format!(
+        "insert into public.items (owner) select '{ALICE}' from generate_series(1, 10)"
+    ))
+    .await;
+    let last = insert(&pg, BOB).await;
+    observer.saw(last).await;
+    let mut c = connect(&pg, "client-5").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    let sys = resume_message(&mut c).await;
+    assert_eq!(sys["recovered"], false, "{sys}");
+    assert!(
+        sys["message"].as_str().unwrap().contains("more than 5"),
+        "{sys}"
+    );
+    let live = insert(&pg, ALICE).await;
+    expect_row(&mut c, "INSERT", "items", live).await;
+}
+
+#[tokio::test]
+async fn database_broadcasts_are_resumed_too() {
+    let pg = PgHub::start(SETUP).await;
+    let mut observer = Observer::start(&pg).await;
+    let mut c = connect(&pg, "client-6").await;
+    c.join_ok("realtime:news", json!({})).await;
+    let sys = resume_message(&mut c).await;
+    assert_eq!(sys["recovered"], false);
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    pg.exec("select realtime.send('{\"n\": 1}'::jsonb, 'ev', 'news', false)")
+        .await;
+    observer.saw_broadcast().await;
+    let mut c = connect(&pg, "client-6").await;
+    c.join_ok("realtime:news", json!({})).await;
+    // Database broadcasts reach v2 sockets as binary kind-4 frames.
+    let b = common::hub::kind4(&c.recv().await);
+    assert_eq!(
+        (b.topic.as_str(), b.event.as_str()),
+        ("realtime:news", "ev")
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b.payload).unwrap(),
+        json!({"n": 1})
+    );
+    let meta: Value = serde_json::from_slice(&b.meta).unwrap();
+    assert_eq!(meta["replayed"], true, "{meta}");
+    let sys = resume_message(&mut c).await;
+    assert_eq!(
+        (&sys["recovered"], &sys["count"]),
+        (&json!(true), &json!(1)),
+        "{sys}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_resume_key_is_refused_at_connect() {
+    let pg = PgHub::start(SETUP).await;
+    let url = format!(
+        "{}&resume=has%20space",
+        pg.hub.ws_url(Some("2.0.0"), Some(&pg.hub.anon()))
+    );
+    let rejected = WsClient::try_connect(&url).await.err().expect("refused");
+    assert_eq!(rejected.status, 400);
+}
