@@ -29,6 +29,9 @@ const LEASE_MARGIN_DIVISOR: u32 = 4;
 /// While nothing is selected, the stored cursor (and the hold) moves at most this often:
 /// enough for retention, without a write per read on a busy database.
 const STORE_IDLE_EVERY: Duration = Duration::from_secs(10);
+/// Log rows read at a time at least (batches may be smaller): an endpoint with tiny
+/// batches still passes over other tables' rows quickly.
+const READ_ROWS_MIN: usize = 100;
 /// Wait between tries while the database is unreachable.
 const DB_RETRY: Duration = Duration::from_secs(1);
 
@@ -98,6 +101,11 @@ impl Endpoint {
         if def.paused {
             return self.wait_for_change(def.version).await;
         }
+        if def.tables.is_empty() {
+            return self
+                .unusable(&def, "none of its tables exists any more")
+                .await;
+        }
         let catalog = self.inner.changes.catalog().cloned();
         let selection = match catalog {
             None => return Next::Stop,
@@ -141,7 +149,9 @@ impl Endpoint {
             let mut more = false;
             if pending.len() < max {
                 self.progress.borrow_and_update();
-                let read = log::read(&self.inner.pool, &tail, max, |c| selection.selects(c)).await;
+                let limit = max.max(READ_ROWS_MIN);
+                let read =
+                    log::read(&self.inner.pool, &tail, limit, |c| selection.selects(c)).await;
                 let read = match read {
                     Ok(r) => r,
                     Err(e) => {
