@@ -135,7 +135,69 @@ settings! {
     admin_secret: String = String::new(), env "SWITCHBOARD_ADMIN_SECRET";
     /// Serve the inspector page at `/inspector` (`false`: it answers 404).
     inspector: bool = true, env "SWITCHBOARD_INSPECTOR";
+    /// Most events in one webhook request.
+    webhook_batch_events: usize = 100, env "SWITCHBOARD_WEBHOOK_BATCH_EVENTS";
+    /// Milliseconds a webhook batch may wait to fill up before it is sent.
+    webhook_batch_ms: u64 = 1000, env "SWITCHBOARD_WEBHOOK_BATCH_MS";
+    /// Milliseconds one webhook request may take before it counts as failed.
+    webhook_timeout_ms: u64 = 10_000, env "SWITCHBOARD_WEBHOOK_TIMEOUT_MS";
+    /// Milliseconds before the first retry of a failed webhook request; each further retry waits about twice as long (with jitter).
+    webhook_retry_initial_ms: u64 = 1000, env "SWITCHBOARD_WEBHOOK_RETRY_INITIAL_MS";
+    /// Longest wait between two webhook attempts, in seconds.
+    webhook_retry_max_secs: u64 = 300, env "SWITCHBOARD_WEBHOOK_RETRY_MAX_SECS";
+    /// Failed attempts in a row after which a webhook endpoint is paused (nothing is dropped: resume it and it goes on from its cursor).
+    webhook_pause_after_failures: u32 = 50, env "SWITCHBOARD_WEBHOOK_PAUSE_AFTER_FAILURES";
+    /// Seconds a hub's lease on a webhook endpoint lasts unrenewed; another hub takes the endpoint over after that. At least three times `webhook_timeout_ms`.
+    webhook_lease_secs: u64 = 30, env "SWITCHBOARD_WEBHOOK_LEASE_SECS";
+    /// Longest long-poll (`wait`) of the change feed, in seconds.
+    feed_max_wait_secs: u64 = 60, env "SWITCHBOARD_FEED_MAX_WAIT_SECS";
+    /// Most changes one change-feed response may hold (`limit`).
+    feed_max_limit: usize = 1000, env "SWITCHBOARD_FEED_MAX_LIMIT";
 }
+
+/// How webhooks are delivered and the change feed answers.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub batch_events: usize,
+    pub batch_wait: Duration,
+    pub timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub pause_after_failures: u32,
+    pub lease: Duration,
+    pub feed_max_wait: Duration,
+    pub feed_max_limit: usize,
+}
+
+/// A webhook endpoint declared in the config file (`[[webhooks]]`): upserted into
+/// `realtime.webhook_endpoints` at every start, so for the fields it names the file wins
+/// over changes made in SQL.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDecl {
+    pub name: String,
+    pub url: String,
+    /// `schema.table` names.
+    pub tables: Vec<String>,
+    /// `INSERT`, `UPDATE`, `DELETE`; all three when left out.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// `whsec_...`; generated once (and kept) when left out.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// The parts of the config file that are not settings.
+#[derive(Debug, Default, Deserialize)]
+struct FileExtras {
+    #[serde(default)]
+    webhooks: Vec<WebhookDecl>,
+}
+
+/// Keys of the config file that hold declarations rather than settings.
+const EXTRA_KEYS: &[&str] = &["webhooks"];
 
 /// Shortest admin secret accepted: the inspector can mint tokens for any role.
 pub const MIN_ADMIN_SECRET_LEN: usize = 16;
@@ -198,6 +260,9 @@ pub struct Config {
     pub admin_secret: Option<String>,
     /// Serve `/inspector`.
     pub inspector: bool,
+    pub consumers: ConsumerSettings,
+    /// Webhook endpoints declared in the config file.
+    pub webhooks: Vec<WebhookDecl>,
 }
 
 impl Settings {
@@ -225,16 +290,73 @@ impl Settings {
     }
 
     /// Reads a TOML settings file; unknown keys are errors that name the key.
+    /// Declarations (`[[webhooks]]`) are read by `webhooks_from_file`.
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.message().to_owned(),
-        })
+        let mut table = read_table(path)?;
+        for key in EXTRA_KEYS {
+            table.remove(*key);
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_error(path, e))
     }
+}
+
+/// The webhook endpoints a TOML config file declares (`[[webhooks]]`).
+pub fn webhooks_from_file(path: &Path) -> Result<Vec<WebhookDecl>, ConfigError> {
+    let mut table = read_table(path)?;
+    table.retain(|k, _| EXTRA_KEYS.contains(&k));
+    let extras: FileExtras = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| parse_error(path, e))?;
+    for w in &extras.webhooks {
+        check_webhook(w)?;
+    }
+    Ok(extras.webhooks)
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.parse::<toml::Table>()
+        .map_err(|e| parse_error(path, e))
+}
+
+fn parse_error(path: &Path, e: toml::de::Error) -> ConfigError {
+    ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.message().to_owned(),
+    }
+}
+
+/// What can be checked of a declaration without a database.
+fn check_webhook(w: &WebhookDecl) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: "webhooks",
+        message: format!("{:?}: {message}", w.name),
+    };
+    if w.name.trim().is_empty() {
+        return Err(invalid("name must not be empty".into()));
+    }
+    if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+        return Err(invalid(format!(
+            "url {:?} must start with http:// or https://",
+            w.url
+        )));
+    }
+    if w.tables.is_empty() {
+        return Err(invalid("tables must name at least one table".into()));
+    }
+    for e in w.events.iter().flatten() {
+        if !["INSERT", "UPDATE", "DELETE"].contains(&e.to_ascii_uppercase().as_str()) {
+            return Err(invalid(format!(
+                "event {e:?} is not one of INSERT, UPDATE, DELETE"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn positive<T: PartialOrd + Default>(key: &'static str, v: T) -> Result<T, ConfigError> {
@@ -252,10 +374,42 @@ fn non_empty(s: String) -> Option<String> {
     (!s.trim().is_empty()).then_some(s)
 }
 
+fn consumer_settings(r: &Resolved) -> Result<ConsumerSettings, ConfigError> {
+    let timeout = Duration::from_millis(positive("webhook_timeout_ms", r.webhook_timeout_ms)?);
+    let lease = Duration::from_secs(positive("webhook_lease_secs", r.webhook_lease_secs)?);
+    if lease < timeout * 3 {
+        return Err(ConfigError::Invalid {
+            key: "webhook_lease_secs",
+            message: "must be at least three times webhook_timeout_ms".into(),
+        });
+    }
+    Ok(ConsumerSettings {
+        batch_events: positive("webhook_batch_events", r.webhook_batch_events)?,
+        batch_wait: Duration::from_millis(r.webhook_batch_ms),
+        timeout,
+        retry_initial: Duration::from_millis(positive(
+            "webhook_retry_initial_ms",
+            r.webhook_retry_initial_ms,
+        )?),
+        retry_max: Duration::from_secs(positive(
+            "webhook_retry_max_secs",
+            r.webhook_retry_max_secs,
+        )?),
+        pause_after_failures: positive(
+            "webhook_pause_after_failures",
+            r.webhook_pause_after_failures,
+        )?,
+        lease,
+        feed_max_wait: Duration::from_secs(r.feed_max_wait_secs),
+        feed_max_limit: positive("feed_max_limit", r.feed_max_limit)?,
+    })
+}
+
 impl Config {
     /// Applies defaults and validates; errors name the offending key.
     pub fn from_settings(settings: Settings) -> Result<Config, ConfigError> {
         let r = Resolved::from(settings);
+        let consumers = consumer_settings(&r)?;
         let listen = r.listen.parse().map_err(|_| ConfigError::Invalid {
             key: "listen",
             message: format!("{:?} is not a socket address like 0.0.0.0:4000", r.listen),
@@ -385,6 +539,8 @@ impl Config {
             node_timeout: Duration::from_secs(positive("node_timeout_secs", r.node_timeout_secs)?),
             admin_secret,
             inspector: r.inspector,
+            consumers,
+            webhooks: Vec::new(),
         })
     }
 
@@ -495,6 +651,47 @@ mod tests {
             Some("a-long-enough-admin-secret")
         );
         assert!(c.inspector, "the inspector is on by default");
+    }
+
+    #[test]
+    fn webhooks_are_declared_in_the_file_beside_the_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchboard.toml");
+        std::fs::write(
+            &path,
+            "webhook_batch_events = 10\n\
+             [[webhooks]]\nname = \"crm\"\nurl = \"https://crm.example/hook\"\n\
+             tables = [\"public.contacts\"]\nevents = [\"INSERT\"]\n",
+        )
+        .unwrap();
+        let settings = Settings::from_file(&path).unwrap();
+        assert_eq!(settings.webhook_batch_events, Some(10));
+        let hooks = webhooks_from_file(&path).unwrap();
+        assert_eq!(hooks.len(), 1);
+        assert_eq!(
+            hooks[0].events.as_deref(),
+            Some(&["INSERT".to_string()][..])
+        );
+        std::fs::write(
+            &path,
+            "[[webhooks]]\nname = \"x\"\nurl = \"ftp://x\"\ntables = [\"t\"]\n",
+        )
+        .unwrap();
+        let err = webhooks_from_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("`webhooks`") && err.contains("ftp://x"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_webhook_lease_must_outlast_three_request_timeouts() {
+        let s = Settings {
+            webhook_timeout_ms: Some(10_001),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(s).unwrap_err().to_string();
+        assert!(err.contains("`webhook_lease_secs`"), "{err}");
     }
 
     #[test]

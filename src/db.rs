@@ -20,6 +20,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (20, include_str!("../sql/020_publication.sql")),
     (21, include_str!("../sql/021_messages.sql")),
     (22, include_str!("../sql/022_row_scope_problems.sql")),
+    (30, include_str!("../sql/030_webhooks.sql")),
+    (31, include_str!("../sql/031_log_pruned.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

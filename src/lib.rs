@@ -8,6 +8,7 @@ pub mod changes;
 pub mod channel;
 pub mod cluster;
 pub mod config;
+pub mod consumers;
 pub mod db;
 pub mod localpg;
 pub mod protocol;
@@ -83,11 +84,13 @@ pub async fn run(
         }
     };
 
-    let node_id = uuid::Uuid::new_v4().to_string();
-    let (changes, authz, capture_status, resume) = match &config.database_url {
+    // This hub's name in the log holds, resume state and webhook leases.
+    let node_id = node.to_string();
+    let (changes, authz, capture_status, resume, consumers) = match &config.database_url {
         None => (
             changes::Changes::new(None),
             authz::Authz::new(None),
+            None,
             None,
             None,
         ),
@@ -126,6 +129,19 @@ pub async fn run(
                 },
                 stop_background.clone(),
             ));
+            let consumers = consumers::ConsumersHandle::new(consumers::ConsumersParts {
+                pool: pool.clone(),
+                changes: changes.clone(),
+                rls: changes::RlsChecker::new(pool.clone()),
+                progress: status.progress(),
+                settings: config.consumers.clone(),
+                poll: config.capture_poll,
+                node_id: node_id.clone(),
+                declared: config.webhooks.clone(),
+            });
+            let webhooks = consumers.clone();
+            let stop = stop_background.clone();
+            background.spawn(async move { webhooks.run_webhooks(stop).await });
             let dispatch = changes.clone();
             let (router, stop) = (router.clone(), stop_background.clone());
             background.spawn(async move {
@@ -147,6 +163,7 @@ pub async fn run(
                 authz::Authz::new(Some(pool)),
                 Some(status),
                 Some(resume),
+                Some(consumers),
             )
         }
     };
@@ -177,6 +194,7 @@ pub async fn run(
         connection_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
         capture: capture_status,
         cluster: cluster_status,
+        consumers,
         inspector,
         admin: server::admin::Gate::new(config.admin_secret.clone()),
     });

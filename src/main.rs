@@ -1,4 +1,4 @@
-//! The `switchboard` command: serve, migrate, enable, disable, token, dev.
+//! The `switchboard` command: serve, migrate, enable, disable, token, dev, webhooks.
 
 mod dev;
 
@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use switchboard::config::{Config, Settings};
+use switchboard::config::{webhooks_from_file, Config, Settings};
+use switchboard::consumers::{admin, EndpointStatus, Operation};
 use switchboard::{auth, db, telemetry};
 
 #[derive(Parser)]
@@ -46,6 +47,12 @@ enum Command {
         #[arg(default_value = "http://127.0.0.1:4000/ready")]
         url: String,
     },
+    /// Operate webhook endpoints (defined with realtime.create_webhook or in the config
+    /// file); a running hub notices within a second.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksCommand,
+    },
     /// Print a JWT signed with the configured secret.
     Token {
         #[arg(long, default_value = "authenticated")]
@@ -61,6 +68,31 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// Every endpoint: state, cursor, lag, last success, last error, lost data.
+    List {
+        /// Print JSON (the same fields as /api/status).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop delivering; nothing is dropped (the cursor stays where it is).
+    Pause { name: String },
+    /// Deliver again from the stored cursor.
+    Resume { name: String },
+    /// Try the pending batch now instead of after the backoff (resumes a paused endpoint).
+    Retry { name: String },
+    /// Deliver again every change committed at or after a time still in the log (also
+    /// clears the lost-data mark). Receivers see those events with their original ids.
+    Replay {
+        name: String,
+        /// RFC 3339, e.g. 2024-05-01T12:00:00Z.
+        #[arg(long)]
+        from: String,
+    },
+    /// Print the endpoint's signing secret (whsec_...).
+    Secret { name: String },
+}
 /// Where `switchboard dev` listens unless told otherwise: loopback only, because it
 /// prints tokens signed with its development secret.
 const DEV_LISTEN: &str = "127.0.0.1:4000";
@@ -74,7 +106,98 @@ fn load_config(cli: &Cli) -> Result<Config> {
     if matches!(cli.command, Command::Dev) && settings.listen.is_none() {
         settings.listen = Some(DEV_LISTEN.into());
     }
-    Ok(Config::from_settings(settings)?)
+    let mut config = Config::from_settings(settings)?;
+    if let Some(path) = &cli.config {
+        config.webhooks = webhooks_from_file(path)?;
+    }
+    Ok(config)
+}
+
+async fn webhooks(config: &Config, action: &WebhooksCommand) -> Result<()> {
+    let (client, _conn) = db::connect(database_url(config)?).await?;
+    let (name, op) = match action {
+        WebhooksCommand::List { json } => {
+            let list = admin::list(&client, None).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!(
+                    "no webhook endpoints (create one with select realtime.create_webhook(...))"
+                );
+            } else {
+                for s in &list {
+                    print_endpoint(s);
+                }
+            }
+            return Ok(());
+        }
+        WebhooksCommand::Secret { name } => {
+            println!("{}", admin::secret(&client, name).await?);
+            return Ok(());
+        }
+        WebhooksCommand::Pause { name } => (name, Operation::Pause),
+        WebhooksCommand::Resume { name } => (name, Operation::Resume),
+        WebhooksCommand::Retry { name } => (name, Operation::Retry),
+        WebhooksCommand::Replay { name, from } => {
+            let from = chrono::DateTime::parse_from_rfc3339(from.trim())
+                .with_context(|| {
+                    format!("--from {from:?} is not a time like 2024-05-01T12:00:00Z")
+                })?
+                .with_timezone(&chrono::Utc);
+            (name, Operation::Replay { from })
+        }
+    };
+    let position = admin::apply(&client, name, &op).await?;
+    match position {
+        Some(p) => println!("{name}: replaying from position {p}"),
+        None => println!("{name}: {}", op.name()),
+    }
+    if let Some(s) = admin::list(&client, Some(name)).await?.first() {
+        print_endpoint(s);
+    }
+    Ok(())
+}
+
+fn print_endpoint(s: &EndpointStatus) {
+    let time = |t: &Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or("never".to_owned(), |t| {
+            t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+        })
+    };
+    println!(
+        "{}  [{}]  {}  {}  ({})",
+        s.name,
+        s.state,
+        s.url,
+        s.tables.join(","),
+        s.events.join(",")
+    );
+    if let Some(reason) = &s.paused_reason {
+        println!("  paused: {reason}");
+    }
+    if s.data_lost {
+        println!(
+            "  DATA LOST at {}: the log was pruned past this endpoint's cursor",
+            time(&s.data_lost_at)
+        );
+    }
+    println!(
+        "  lag {} events, {:.1} s  delivered {}  attempts {}  failures in a row {}",
+        s.lag_events, s.lag_seconds, s.delivered, s.attempts, s.failures
+    );
+    println!(
+        "  last success {}  delivered by {}",
+        time(&s.last_success_at),
+        s.lease_owner.as_deref().unwrap_or("no hub")
+    );
+    if let Some(e) = &s.last_error {
+        let status = s
+            .last_status
+            .map(|c| format!(" (HTTP {c})"))
+            .unwrap_or_default();
+        println!("  last error{status} at {}: {e}", time(&s.last_error_at));
+    }
+    println!("  cursor {}", s.cursor);
 }
 
 fn database_url(config: &Config) -> Result<&str> {
@@ -206,6 +329,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Probe { url } => probe(url).await,
+        Command::Webhooks { action } => webhooks(&config, action).await,
         Command::Config => {
             let file = match &cli.config {
                 Some(path) => Settings::from_file(path)?,

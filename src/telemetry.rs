@@ -43,6 +43,100 @@ pub struct Metrics {
     pub resumes: Family<[(&'static str, &'static str); 1], Counter>,
     /// Changes and database broadcasts replayed to resumed subscriptions.
     pub resume_replayed: Counter,
+    /// Per webhook endpoint, refreshed from `consumers` on each scrape.
+    pub webhooks: WebhookMetrics,
+}
+
+/// Label set naming one webhook endpoint.
+pub type EndpointLabel = [(&'static str, String); 1];
+
+/// Per-endpoint webhook gauges (`switchboard_webhook_*{endpoint="..."}`). Values come
+/// from the database, so every hub reports every endpoint the same way.
+#[derive(Default)]
+pub struct WebhookMetrics {
+    pub lag_events: Family<EndpointLabel, Gauge>,
+    pub lag_seconds: Family<EndpointLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub pending_events: Family<EndpointLabel, Gauge>,
+    pub failures: Family<EndpointLabel, Gauge>,
+    pub attempts: Family<EndpointLabel, Gauge>,
+    pub delivered_events: Family<EndpointLabel, Gauge>,
+    pub last_success: Family<EndpointLabel, Gauge>,
+    pub last_status: Family<EndpointLabel, Gauge>,
+    pub paused: Family<EndpointLabel, Gauge>,
+    pub lost_data: Family<EndpointLabel, Gauge>,
+}
+
+impl WebhookMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "webhook_lag_events",
+            "Events of the endpoint's tables after its cursor (counting at most 100,000 log rows)",
+            self.lag_events.clone(),
+        );
+        r.register(
+            "webhook_lag_seconds",
+            "Seconds since the oldest change the endpoint has not acknowledged committed",
+            self.lag_seconds.clone(),
+        );
+        r.register(
+            "webhook_pending_events",
+            "Events read and waiting for a 2xx on the hub delivering the endpoint",
+            self.pending_events.clone(),
+        );
+        r.register(
+            "webhook_failures",
+            "Failed attempts in a row (0 after a success)",
+            self.failures.clone(),
+        );
+        r.register(
+            "webhook_attempts",
+            "Delivery attempts since the endpoint was created",
+            self.attempts.clone(),
+        );
+        r.register(
+            "webhook_delivered_events",
+            "Events acknowledged with a 2xx since the endpoint was created",
+            self.delivered_events.clone(),
+        );
+        r.register(
+            "webhook_last_success_timestamp_seconds",
+            "Unix time of the last 2xx (0: none yet)",
+            self.last_success.clone(),
+        );
+        r.register(
+            "webhook_last_error_status",
+            "HTTP status of the last failed attempt (0: none, or no answer)",
+            self.last_status.clone(),
+        );
+        r.register(
+            "webhook_paused",
+            "1 while the endpoint is paused",
+            self.paused.clone(),
+        );
+        r.register(
+            "webhook_lost_data",
+            "1 once the log was pruned past the endpoint's cursor (changes lost; replay clears it)",
+            self.lost_data.clone(),
+        );
+    }
+
+    /// Forgets every endpoint (before the current ones are set again).
+    pub fn clear(&self) {
+        for family in [
+            &self.lag_events,
+            &self.pending_events,
+            &self.failures,
+            &self.attempts,
+            &self.delivered_events,
+            &self.last_success,
+            &self.last_status,
+            &self.paused,
+            &self.lost_data,
+        ] {
+            family.clear();
+        }
+        self.lag_seconds.clear();
+    }
 }
 
 /// prometheus-client wants an atomic type for gauges; plain i64 on AtomicI64.
@@ -159,6 +253,8 @@ impl Metrics {
             "Changes and database broadcasts replayed to resumed subscriptions",
             resume_replayed.clone(),
         );
+        let webhooks = WebhookMetrics::default();
+        webhooks.register(&mut registry);
         Metrics {
             registry,
             connections,
@@ -180,6 +276,7 @@ impl Metrics {
             resume_parked,
             resumes,
             resume_replayed,
+            webhooks,
         }
     }
 

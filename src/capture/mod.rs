@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 pub use cursor::{Cursor, CursorError, Position};
 pub use maintenance::{run_maintenance, Maintenance};
 pub use reader::{
-    count_between, current_cursor, events_between, next_events, Statements, READ_PAGE_SQL,
-    READ_RANGE_SQL,
+    count_between, current_cursor, events_between, next_events, next_page, PageRead, Statements,
+    READ_PAGE_SQL, READ_RANGE_SQL,
 };
 pub use retention::{prune, Pruned, Retention};
 pub use status::{CaptureStatus, CaptureStatusSnapshot};

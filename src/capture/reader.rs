@@ -148,6 +148,36 @@ pub async fn next_events(
     Ok(page.events)
 }
 
+/// One page read by `next_page`.
+pub struct PageRead {
+    pub events: Vec<DbEvent>,
+    /// The snapshot the page was read under.
+    pub snapshot: Cursor,
+    /// The page held `limit` log rows: more may follow at once.
+    pub full: bool,
+    /// The id of the page's last log row.
+    pub last_id: Option<i64>,
+}
+
+/// `next_events`, also telling the page's snapshot and whether it was full: for readers
+/// that hand out positions inside a page (webhooks, the change feed), which need the
+/// snapshot to say "rows up to this id were read".
+pub async fn next_page(
+    client: &Client,
+    stmts: &Statements,
+    position: &mut Position,
+    limit: usize,
+) -> Result<PageRead, CaptureError> {
+    let page = read_page(client, stmts, position, limit).await?;
+    advance(position, &page, limit);
+    Ok(PageRead {
+        full: page.last_id.is_some() && page.rows >= limit.max(1),
+        last_id: page.last_id,
+        snapshot: page.snapshot,
+        events: page.events,
+    })
+}
+
 /// What one page read found.
 pub(crate) struct Page {
     /// The snapshot the page was read under.
@@ -314,6 +344,7 @@ fn to_events(row: &Row, out: &mut Vec<DbEvent>) {
             (None, record) => record.unwrap_or(Value::Object(Map::new())),
         };
         out.push(DbEvent::Broadcast(DbBroadcast {
+            log_id: id,
             // Rows logged before realtime.messages existed have no message id.
             id: row
                 .get::<_, Option<String>>("message_id")

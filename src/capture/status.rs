@@ -24,6 +24,9 @@ pub struct CaptureStatus {
     lag_ms: AtomicI64,
     /// Short-held, never across an await.
     text: Mutex<TextFields>,
+    /// Rows read so far, sent after each read that found rows: readers of the log with
+    /// positions of their own (webhooks, the change feed) wait on it instead of polling.
+    progress: watch::Sender<u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -57,6 +60,7 @@ impl Default for CaptureStatus {
             reconnects: AtomicU64::new(0),
             lag_ms: AtomicI64::new(-1),
             text: Mutex::new(TextFields::default()),
+            progress: watch::Sender::new(0),
         }
     }
 }
@@ -108,6 +112,11 @@ impl CaptureStatus {
         let _ = rx.wait_for(|c| *c).await;
     }
 
+    /// Changes each time the capture has read new rows from the log.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
     pub(crate) fn set_connected(&self, cursor: &str) {
         self.set_cursor(cursor);
         self.connected.send_replace(true);
@@ -139,12 +148,13 @@ impl CaptureStatus {
     }
 
     pub(crate) fn record_batch(&self, rows: usize, last_commit_ts: Option<&str>, lag_ms: i64) {
-        self.rows_read.fetch_add(rows as u64, Ordering::Relaxed);
+        let total = self.rows_read.fetch_add(rows as u64, Ordering::Relaxed) + rows as u64;
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.lag_ms.store(lag_ms.max(0), Ordering::Relaxed);
         if let Some(ts) = last_commit_ts {
             self.with_text(|t| t.last_commit_ts = Some(ts.to_string()));
         }
+        self.progress.send_replace(total);
     }
 
     fn with_text(&self, f: impl FnOnce(&mut TextFields)) {

@@ -12,6 +12,7 @@ mod dispatch;
 mod filter;
 mod index;
 mod payload;
+mod render;
 mod replay;
 mod row;
 mod scope;
@@ -31,6 +32,7 @@ pub use catalog::{
 pub use dispatch::{Mark, Progress};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};
 pub use index::{Subscriber, Subscription, TableScope};
+pub use render::{RenderError, Scope};
 pub use replay::{ReplayTarget, Replayed};
 pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, LogBatch, Op, Row};
 pub use scope::{RlsChecker, RlsError, Viewer, Visibility};
@@ -106,6 +108,11 @@ impl Changes {
             }
         }
         out
+    }
+
+    /// The catalog; `None` without a database.
+    pub fn catalog(&self) -> Option<&Catalog> {
+        self.catalog.as_ref()
     }
 
     /// The tables `realtime.enabled_tables` lists; `None` without a database.

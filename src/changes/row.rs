@@ -83,6 +83,8 @@ impl Change {
 /// `send_binary`, `broadcast_changes` or the project's own code).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DbBroadcast {
+    /// Its `realtime.changes` row (log readers' positions count these).
+    pub log_id: i64,
     /// The message's id (`realtime.messages.id`, a uuid), sent as `meta.id`.
     pub id: String,
     /// Topic name without the `realtime:` prefix.

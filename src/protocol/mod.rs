@@ -73,3 +73,4 @@ pub use texts::{
     ChannelError, Close, FilterError, HttpError, InspectorBadRequest, InspectorError, NotRecovered,
     ReplyError, Resumed, RowError, SystemMessage, TokenError,
 };
+pub use texts::{FeedError, WebhookApiError};

@@ -547,6 +547,84 @@ impl Close {
     }
 }
 
+/// An answer of the change feed (`GET /realtime/v1/api/changes`) that is not changes:
+/// the body is `{"message": <text>}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedError {
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("`tables` must be schema.table names separated by commas: {0}")]
+    BadTables(String),
+    #[error("table {0} does not exist")]
+    NoSuchTable(String),
+    #[error("table {table} is not enabled for realtime; enable it with: {}", enable_sql(.table))]
+    NotEnabled { table: String },
+    #[error("`limit` must be a whole number from 1 to {max}")]
+    BadLimit { max: usize },
+    #[error("`wait` must be a whole number of seconds from 0 to {max}")]
+    BadWait { max: u64 },
+    #[error("`cursor` is not a cursor this hub handed out; start without one")]
+    BadCursor,
+    /// The log was pruned past the cursor: changes after it are gone.
+    #[error("the change log was pruned past this cursor, so changes after it are gone; resync the tables and start again without a cursor")]
+    CursorGone,
+    #[error("the hub has no database")]
+    NoDatabase,
+    #[error("the database is unavailable; try again")]
+    Unavailable,
+}
+
+impl FeedError {
+    pub fn status(&self) -> u16 {
+        match self {
+            FeedError::Unauthorized => 401,
+            FeedError::BadTables(_)
+            | FeedError::NoSuchTable(_)
+            | FeedError::NotEnabled { .. }
+            | FeedError::BadLimit { .. }
+            | FeedError::BadWait { .. }
+            | FeedError::BadCursor => 400,
+            FeedError::CursorGone => 410,
+            FeedError::NoDatabase | FeedError::Unavailable => 503,
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        json!({ "message": self.to_string() })
+    }
+}
+
+/// An answer of the webhooks API (`/realtime/v1/api/webhooks`, the inspector's buttons)
+/// that is not data: the body is `{"message": <text>}`. (Refused credentials answer as
+/// every admin surface does: `InspectorError`.)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookApiError {
+    #[error("no webhook named {0:?}")]
+    NotFound(String),
+    #[error("unknown webhook action {0:?}: use pause, resume, retry or replay")]
+    UnknownAction(String),
+    #[error("`from` must be a timestamp like 2024-05-01T12:00:00Z")]
+    BadFrom,
+    #[error("the hub has no database")]
+    NoDatabase,
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl WebhookApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            WebhookApiError::NotFound(_) | WebhookApiError::UnknownAction(_) => 404,
+            WebhookApiError::BadFrom => 422,
+            WebhookApiError::NoDatabase | WebhookApiError::Unavailable(_) => 503,
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        json!({ "message": self.to_string() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,5 +769,19 @@ mod tests {
             SystemMessage::ReplayLeftOut { sent: 25, stored: 40 }.payload("room")["message"],
             "Replay sent the newest 25 of 40 stored messages; 15 older messages were left out by the limit"
         );
+    }
+    #[test]
+    fn feed_errors_say_what_to_do_and_a_pruned_cursor_is_gone() {
+        assert_eq!(FeedError::CursorGone.status(), 410);
+        assert!(FeedError::CursorGone.to_string().contains("resync"));
+        let e = FeedError::NotEnabled {
+            table: "public.jobs".into(),
+        };
+        assert_eq!(e.status(), 400);
+        assert_eq!(
+            e.body(),
+            json!({"message": "table public.jobs is not enabled for realtime; enable it with: select realtime.enable('public.jobs')"})
+        );
+        assert_eq!(WebhookApiError::BadFrom.status(), 422);
     }
 }

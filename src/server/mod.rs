@@ -4,6 +4,7 @@
 
 pub mod admin;
 mod conn;
+mod consumers;
 pub mod inspector;
 pub mod listen;
 mod rest;
@@ -18,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,12 +27,15 @@ use tokio_util::task::TaskTracker;
 use crate::capture::CaptureStatus;
 use crate::channel::Services;
 use crate::cluster::ClusterStatus;
+use crate::consumers::ConsumersHandle;
 use crate::protocol::{HttpError, TokenError, Vsn};
 
 /// Initial per-socket read buffer.
 const SOCKET_READ_BUFFER: usize = 1024;
 /// Writes are flushed once this much is buffered (or when the writer flushes a batch).
 const SOCKET_WRITE_BUFFER: usize = 64 * 1024;
+/// How long `/metrics` and `/api/status` wait for webhook state from the database.
+const STATUS_DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Shared state of a running hub.
 pub struct Hub {
@@ -46,6 +50,8 @@ pub struct Hub {
     pub capture: Option<Arc<CaptureStatus>>,
     /// Node id and, in cluster mode, Redis state and peers.
     pub cluster: Arc<ClusterStatus>,
+    /// Webhooks and the change feed; `None` without a database.
+    pub consumers: Option<ConsumersHandle>,
     /// `None` when the inspector is switched off (`/inspector` answers 404).
     pub inspector: Option<inspector::Inspector>,
     /// Who may use `/api/status`, the inspector and operations endpoints.
@@ -85,6 +91,23 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
         .route(
             "/api/broadcast/{topic}/events/{event}",
             post(rest::broadcast_one),
+        )
+        .route("/realtime/v1/api/changes", get(consumers::changes_feed))
+        .route("/api/changes", get(consumers::changes_feed))
+        .route("/realtime/v1/api/webhooks", get(consumers::list_webhooks))
+        .route("/api/webhooks", get(consumers::list_webhooks))
+        .route(
+            "/realtime/v1/api/webhooks/{name}",
+            get(consumers::get_webhook),
+        )
+        .route("/api/webhooks/{name}", get(consumers::get_webhook))
+        .route(
+            "/realtime/v1/api/webhooks/{name}/{action}",
+            post(consumers::operate_webhook),
+        )
+        .route(
+            "/api/webhooks/{name}/{action}",
+            post(consumers::operate_webhook),
         )
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -196,6 +219,11 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         m.capture_reconnects.set(snap.reconnects as i64);
         m.capture_connected.set(i64::from(snap.connected));
     }
+    if let Some(consumers) = &hub.consumers {
+        // A database that does not answer must not hold the scrape up.
+        let export = consumers.export(&hub.services.metrics);
+        let _ = tokio::time::timeout(STATUS_DB_TIMEOUT, export).await;
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -224,6 +252,14 @@ async fn status(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
         return *refused;
     }
     let m = &hub.services.metrics;
+    let webhooks = match &hub.consumers {
+        None => Value::Null,
+        Some(c) => match tokio::time::timeout(STATUS_DB_TIMEOUT, c.status()).await {
+            Ok(Ok(list)) => json!(&*list),
+            Ok(Err(e)) => json!({ "error": e.to_string() }),
+            Err(_) => json!({ "error": "the database did not answer in time" }),
+        },
+    };
     Json(json!({
         "connections": m.connections.get(),
         "channels": m.channels.get(),
@@ -231,6 +267,8 @@ async fn status(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
         "capture": hub.capture.as_ref().map(|c| c.snapshot()),
         "cluster": hub.cluster.snapshot(),
         "resume": hub.services.resume.as_ref().map(|r| r.status()),
+        "node_id": hub.consumers.as_ref().map(|c| c.node_id()),
+        "webhooks": webhooks,
     }))
     .into_response()
 }

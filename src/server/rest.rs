@@ -32,6 +32,11 @@ fn unprocessable(field: impl Into<String>, problem: BodyProblem) -> Response {
 
 /// `Authorization: Bearer <jwt>`, else an `apikey` header.
 fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Claims, Box<Response>> {
+    token_claims(hub, headers).ok_or_else(|| Box::new(http_error(HttpError::Unauthorized)))
+}
+
+/// The verified claims of the request's token (`Authorization: Bearer`, else `apikey`).
+pub(super) fn token_claims(hub: &Hub, headers: &HeaderMap) -> Option<Claims> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -39,13 +44,8 @@ fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Claims, Box<Response>> {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         });
-    let token = bearer.or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()));
-    let unauthorized = || Box::new(http_error(HttpError::Unauthorized));
-    let token = token.ok_or_else(unauthorized)?;
-    hub.services
-        .verifier
-        .verify(token.trim())
-        .map_err(|_| unauthorized())
+    let token = bearer.or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()))?;
+    hub.services.verifier.verify(token.trim()).ok()
 }
 
 /// Whether the caller may broadcast to private `topic` (one write probe).

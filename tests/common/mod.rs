@@ -6,3 +6,4 @@ pub mod hub;
 pub mod node_suite;
 pub mod pg;
 pub mod proxy;
+pub mod receiver;

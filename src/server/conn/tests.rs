@@ -41,6 +41,7 @@ impl Conn {
             cluster: Arc::new(crate::cluster::ClusterStatus::single(
                 crate::router::NodeId::random(),
             )),
+            consumers: None,
             inspector: None,
             admin: crate::server::admin::Gate::new(None),
         });

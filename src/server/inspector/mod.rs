@@ -1,7 +1,8 @@
 //! The inspector: a single-page app at `/inspector` that shows capture status and lag,
 //! enabled tables and their change rates, tables joins asked for that are not enabled,
 //! connections, channels and presence, live once a second over server-sent events; and a
-//! "try it" panel that connects to the hub's own WebSocket as a real client would.
+//! "try it" panel that connects to the hub's own WebSocket as a real client would; and
+//! the webhook endpoints with pause, resume and retry buttons.
 //!
 //! Assets are embedded in the binary and served under a strict Content-Security-Policy.
 //! Nothing but the sign-in form is shown without a service_role token or the admin
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -74,6 +75,10 @@ pub fn routes() -> HttpRouter<Arc<Hub>> {
         .route("/inspector/api/snapshot", get(snapshot))
         .route("/inspector/api/stream", get(stream))
         .route("/inspector/api/token", post(mint))
+        .route(
+            "/inspector/api/webhooks/{name}/{action}",
+            post(webhook_action),
+        )
         .layer(middleware::map_response(assets::security_headers))
 }
 
@@ -220,6 +225,29 @@ async fn stream(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
         Sse::new(events).keep_alive(KeepAlive::default()),
     )
         .into_response()
+}
+
+/// A webhook button (pause, resume, retry): the same operation as the REST API's, for
+/// the signed-in page.
+async fn webhook_action(
+    State(hub): State<Arc<Hub>>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = authorize(&hub, &headers) {
+        return error(e);
+    }
+    if !admin::same_origin(&headers) {
+        return error(InspectorError::CrossOrigin);
+    }
+    let Some(consumers) = &hub.consumers else {
+        return super::consumers::webhook_error(crate::protocol::WebhookApiError::NoDatabase);
+    };
+    match super::consumers::parse_operation(&action, None, &body) {
+        Ok(op) => super::consumers::run_operation(consumers, &name, &op).await,
+        Err(e) => super::consumers::webhook_error(e),
+    }
 }
 
 /// `{"role": ..., "claims": {...}}` -> a short-lived HS256 token for the "try it" panel.

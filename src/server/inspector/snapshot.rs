@@ -1,8 +1,9 @@
 //! What the page shows, as one JSON document: the hub, capture with its recent samples,
 //! enabled tables with their change rates, tables joins asked for that are not enabled
-//! (with the SQL that enables them), connections, and topics with channels and presence.
-//! Built from the hub's handles (`CaptureStatus`, `Changes`, `Router`, metrics); reads
-//! only, and at most one cached catalog query.
+//! (with the SQL that enables them), connections, topics with channels and presence, and
+//! webhook endpoints. Built from the hub's handles (`CaptureStatus`, `Changes`, `Router`,
+//! `ConsumersHandle`, metrics); reads only: at most one cached catalog query and one
+//! cached webhook status query.
 
 use std::collections::HashSet;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 use super::history::Sample;
 use crate::capture::CaptureStatusSnapshot;
 use crate::changes::{quote_ident, TableName};
+use crate::consumers::EndpointStatus;
 use crate::protocol::enable_statement;
 use crate::router::TopicSummary;
 use crate::server::Hub;
@@ -31,6 +33,15 @@ pub struct Snapshot {
     pub tables: Tables,
     pub connections: Connections,
     pub topics: Vec<TopicSummary>,
+    /// `None` when the hub runs without a database.
+    pub webhooks: Option<Webhooks>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Webhooks {
+    pub endpoints: Vec<EndpointStatus>,
+    /// Why the endpoints could not be read, if they could not.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,7 +134,22 @@ pub async fn build(hub: &Hub, after_seq: u64) -> Snapshot {
             topics: svc.router.topic_count(),
         },
         topics: svc.router.summary(MAX_TOPICS),
+        webhooks: webhooks(hub).await,
     }
+}
+
+async fn webhooks(hub: &Hub) -> Option<Webhooks> {
+    let consumers = hub.consumers.as_ref()?;
+    Some(match consumers.status().await {
+        Ok(list) => Webhooks {
+            endpoints: list.to_vec(),
+            error: None,
+        },
+        Err(e) => Webhooks {
+            endpoints: Vec::new(),
+            error: Some(e.to_string()),
+        },
+    })
 }
 
 async fn tables(hub: &Hub) -> Tables {

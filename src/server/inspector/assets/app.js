@@ -57,7 +57,7 @@ function onSnapshot(snap) {
   lastSnapshot = snap
   lastSnapshotAt = Date.now()
   live('ok', 'live')
-  render(snap, samples, { onCopy })
+  render(snap, samples, { onCopy, onWebhook })
   setTables(snap.tables.enabled)
   setCanMint(snap.hub.can_mint)
 }
@@ -70,6 +70,29 @@ async function onCopy(text, button) {
   setTimeout(() => {
     button.textContent = label === 'Copied' || label === 'Copy failed' ? 'Copy' : label
   }, 1500)
+}
+
+/** A webhook button: pause, resume or retry; the next snapshot shows the new state. */
+async function onWebhook(name, action, button) {
+  const note = $('webhooks-note')
+  button.disabled = true
+  try {
+    const res = await fetch(`/inspector/api/webhooks/${encodeURIComponent(name)}/${action}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{}',
+    })
+    const body = await res.json().catch(() => ({}))
+    note.hidden = false
+    note.dataset.state = res.ok ? 'ok' : 'error'
+    note.textContent = res.ok ? `${name}: ${action} done.` : `${name}: ${body.message ?? body.error ?? `the hub answered ${res.status}`}`
+  } catch {
+    note.hidden = false
+    note.dataset.state = 'error'
+    note.textContent = 'The hub cannot be reached.'
+  } finally {
+    button.disabled = false
+  }
 }
 
 function startStream() {
@@ -139,7 +162,7 @@ function toggleTheme() {
   try {
     localStorage.setItem(THEME_KEY, next)
   } catch {}
-  if (lastSnapshot) render(lastSnapshot, samples, { onCopy })
+  if (lastSnapshot) render(lastSnapshot, samples, { onCopy, onWebhook })
 }
 
 async function boot() {
@@ -147,7 +170,7 @@ async function boot() {
   $('sign-out').addEventListener('click', signOut)
   $('theme-toggle').addEventListener('click', toggleTheme)
   initTryIt()
-  new ResizeObserver(() => lastSnapshot && render(lastSnapshot, samples, { onCopy })).observe($('lag-chart'))
+  new ResizeObserver(() => lastSnapshot && render(lastSnapshot, samples, { onCopy, onWebhook })).observe($('lag-chart'))
   setInterval(() => {
     if (stream && lastSnapshotAt && Date.now() - lastSnapshotAt > STALE_MS) live('warn', 'stale')
   }, 1000)

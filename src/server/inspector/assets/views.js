@@ -188,11 +188,82 @@ function renderConnections(snap) {
   )
 }
 
+/** The state pill of an endpoint: paused, failing (retrying), active; lost data wins. */
+function webhookState(w) {
+  if (w.data_lost) return ['err', 'data lost']
+  if (w.state === 'paused') return ['err', 'paused']
+  if (w.state === 'failing') return ['warn', `failing ×${w.failures}`]
+  return ['ok', 'active']
+}
+
+/** The buttons an endpoint offers in its state. */
+function webhookActions(w) {
+  if (w.state === 'paused') return ['resume', 'retry']
+  if (w.state === 'failing') return ['retry', 'pause']
+  return ['pause']
+}
+
+function renderWebhooks(snap, onWebhook) {
+  const card = $('webhooks')
+  const hooks = snap.webhooks
+  card.hidden = !hooks
+  if (!hooks) return
+  const err = $('webhooks-error')
+  err.hidden = !hooks.error
+  if (hooks.error) err.textContent = `Could not read webhook endpoints: ${hooks.error}`
+  $('webhooks-empty').hidden = hooks.endpoints.length > 0 || !!hooks.error
+  setText('webhooks-count', hooks.endpoints.length ? `${hooks.endpoints.length} endpoint${hooks.endpoints.length === 1 ? '' : 's'}` : '')
+  const body = $('webhooks-body')
+  const rows = new Map([...body.children].map((tr) => [tr.dataset.endpoint, tr]))
+  // Rows are updated in place and buttons rebuilt only when the state changes, so a
+  // click is never lost to a re-render.
+  const ordered = hooks.endpoints.map((w) => {
+    let tr = rows.get(w.name)
+    if (!tr) {
+      tr = el('tr', { dataset: { endpoint: w.name } },
+        el('td', { class: 'mono' }), el('td'), el('td', { class: 'num' }), el('td', { class: 'num' }),
+        el('td'), el('td', { class: 'wrap' }), el('td', { class: 'num' }), el('td', { class: 'actions' }))
+    }
+    const [name, state, lag, behind, success, error, attempts, actions] = tr.children
+    name.replaceChildren(w.name, el('div', { class: 'muted small' }, w.tables.join(', ')))
+    name.title = w.url
+    const [pillState, pillText] = webhookState(w)
+    if (state.dataset.key !== `${pillState}:${pillText}`) {
+      state.dataset.key = `${pillState}:${pillText}`
+      state.replaceChildren(el('span', { class: 'pill', dataset: { state: pillState } }, pillText))
+    }
+    state.title = w.paused_reason ?? (w.data_lost ? `The log was pruned past this endpoint's cursor at ${w.data_lost_at}` : '')
+    lag.textContent = `${fmtInt(w.lag_events)} events`
+    behind.textContent = formatMs(Math.round(w.lag_seconds * 1000))
+    success.textContent = w.last_success_at ? ago(w.last_success_at, snap.at) : 'never'
+    error.textContent = w.last_error
+      ? `${w.last_status ? `HTTP ${w.last_status} · ` : ''}${w.last_error}${w.last_error_at ? ` (${ago(w.last_error_at, snap.at)})` : ''}`
+      : '–'
+    attempts.textContent = fmtInt(w.attempts)
+    const wanted = webhookActions(w).join(',')
+    if (actions.dataset.key !== wanted) {
+      actions.dataset.key = wanted
+      actions.replaceChildren(
+        ...webhookActions(w).map((a) => {
+          const b = el('button', { class: 'button small', type: 'button', dataset: { action: a } }, a[0].toUpperCase() + a.slice(1))
+          b.addEventListener('click', () => onWebhook(w.name, a, b))
+          return b
+        })
+      )
+    }
+    return tr
+  })
+  if (ordered.length !== body.children.length || ordered.some((tr, i) => body.children[i] !== tr)) {
+    body.replaceChildren(...ordered)
+  }
+}
+
 /** Updates every card from `snap`; `samples` is the accumulated capture history. */
-export function render(snap, samples, { onCopy }) {
+export function render(snap, samples, { onCopy, onWebhook }) {
   renderCapture(snap, samples)
   renderTables(snap, onCopy)
   renderConnections(snap)
+  renderWebhooks(snap, onWebhook)
   setText('hub-version', `Switchboard ${snap.hub.version}`)
   setText('hub-uptime', `up ${duration(snap.hub.uptime_secs)}`)
 }

@@ -1,0 +1,96 @@
+//! Rendering changes for one reader outside the live path (the change feed): row scope
+//! judged as for a WebSocket subscriber with the same claims (`RlsChecker`), and the
+//! postgres_changes `data` built by `payload::change_data`, so both see the same rows
+//! and columns. Thin on purpose: the rules live in `scope` and `payload`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::catalog::{CatalogError, TableInfo};
+use super::payload::{change_data, Conversions, FieldSizes};
+use super::row::Change;
+use super::scope::{Item, RlsChecker, RlsError, Viewer, Visibility};
+use super::Changes;
+
+/// Whose view of the rows.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// Every row and column (a service_role reader).
+    Everything,
+    /// As row-level security and column privileges let this viewer see them.
+    Viewer(Arc<Viewer>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Rls(#[from] RlsError),
+    #[error("the hub has no database")]
+    NoDatabase,
+}
+
+impl Changes {
+    /// The postgres_changes `data` of each change as `scope` may see it (`None`: hidden,
+    /// or its table is gone), aligned with `changes`; one row-scope round trip.
+    pub async fn render(
+        &self,
+        rls: &RlsChecker,
+        scope: &Scope,
+        changes: &[Change],
+    ) -> Result<Vec<Option<Box<RawValue>>>, RenderError> {
+        let catalog = self.catalog.as_ref().ok_or(RenderError::NoDatabase)?;
+        let mut tables: HashMap<(&str, &str), Option<Arc<TableInfo>>> = HashMap::new();
+        for c in changes {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                tables.entry((c.schema.as_str(), c.table.as_str()))
+            {
+                slot.insert(catalog.table(&c.schema, &c.table).await?);
+            }
+        }
+        let table_of = |c: &Change| tables[&(c.schema.as_str(), c.table.as_str())].clone();
+        let visibility: Vec<Visibility> = match scope {
+            Scope::Everything => changes
+                .iter()
+                .map(|c| Visibility {
+                    visible: c.judged_row().is_some(),
+                    old_visible: true,
+                    columns: None,
+                    problem: None,
+                })
+                .collect(),
+            Scope::Viewer(viewer) => {
+                let viewers = std::slice::from_ref(viewer);
+                let owned: Vec<(usize, Arc<TableInfo>)> = changes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| table_of(c).map(|t| (i, t)))
+                    .collect();
+                let items: Vec<Item<'_>> = owned
+                    .iter()
+                    .map(|(i, t)| (&changes[*i], t.as_ref(), viewers))
+                    .collect();
+                let checked = rls.check(&items).await?;
+                let mut out = vec![Visibility::HIDDEN; changes.len()];
+                for ((i, _), v) in owned.iter().zip(checked) {
+                    out[*i] = v.into_iter().next().unwrap_or(Visibility::HIDDEN);
+                }
+                out
+            }
+        };
+        Ok(changes
+            .iter()
+            .zip(&visibility)
+            .map(|(c, v)| {
+                let table = table_of(c)?;
+                let conversions = Conversions::of(&table);
+                v.visible
+                    .then(|| change_data(c, &FieldSizes::of(c), &table, &conversions, v, None))
+                    .flatten()
+            })
+            .collect())
+    }
+}

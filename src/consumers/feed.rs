@@ -1,0 +1,267 @@
+//! The change feed for sync jobs: `GET /realtime/v1/api/changes?tables=..&cursor=..`
+//! answers the changes of those tables after the cursor that the token's viewer may see
+//! (row scope as for a WebSocket subscriber with the same claims; service_role sees
+//! everything), and `next_cursor`. No cursor starts at "now". When nothing is new it
+//! waits (long-polls) up to `wait` seconds, woken by the capture's progress.
+//!
+//! The cursor is an opaque log position (`FeedCursor`): a consumer that always passes
+//! back the last `next_cursor` gets every committed change exactly once, across hub and
+//! Postgres restarts. A cursor the log was pruned past is refused (410), never skipped.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::deliver::event_id;
+use super::log;
+use super::mark::{FeedCursor, Mark};
+use super::select::Selection;
+use super::{ConsumersError, ConsumersHandle};
+use crate::auth::Claims;
+use crate::capture::current_cursor;
+use crate::changes::{quote_ident, Change, Scope, Viewer};
+use crate::protocol::FeedError;
+
+/// `limit` when the request names none (capped by `feed_max_limit`).
+const DEFAULT_LIMIT: usize = 500;
+
+const LOST_SINCE: &str = "select realtime.log_lost_since($1::text::xid8, $2::text[]::xid8[])";
+
+/// The query string, as sent.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct FeedQuery {
+    pub tables: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<String>,
+    pub wait: Option<String>,
+}
+
+/// The answer: changes in log order (each the postgres_changes `data` object plus its
+/// event `id`), and the cursor to pass next time.
+#[derive(Debug, Serialize)]
+pub struct FeedPage {
+    pub changes: Vec<Box<RawValue>>,
+    pub next_cursor: String,
+}
+
+/// A parsed request.
+struct Request {
+    selection: Selection,
+    start: Option<Mark>,
+    limit: usize,
+    wait: Duration,
+}
+
+impl ConsumersHandle {
+    /// Answers one feed request for `claims`; gives up waiting when `shutdown` fires.
+    pub async fn feed(
+        &self,
+        claims: &Claims,
+        query: &FeedQuery,
+        shutdown: &CancellationToken,
+    ) -> Result<FeedPage, FeedError> {
+        let req = self.parse(query).await?;
+        let scope = if &*claims.role == "service_role" {
+            Scope::Everything
+        } else {
+            Scope::Viewer(std::sync::Arc::new(Viewer::from_claims(claims)))
+        };
+        self.answer(req, &scope, shutdown)
+            .await
+            .map_err(|e| match e {
+                Answer::Feed(e) => e,
+                Answer::Internal(e) => {
+                    tracing::warn!(error = %e, "change feed request failed");
+                    FeedError::Unavailable
+                }
+            })
+    }
+
+    async fn parse(&self, q: &FeedQuery) -> Result<Request, FeedError> {
+        let settings = &self.inner.settings;
+        let max_limit = settings.feed_max_limit;
+        let limit = match q.limit.as_deref() {
+            None => DEFAULT_LIMIT.min(max_limit),
+            Some(l) => l
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max_limit).contains(n))
+                .ok_or(FeedError::BadLimit { max: max_limit })?,
+        };
+        let max_wait = settings.feed_max_wait.as_secs();
+        let wait = match q.wait.as_deref() {
+            None => 0,
+            Some(w) => w
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= max_wait)
+                .ok_or(FeedError::BadWait { max: max_wait })?,
+        };
+        let start = match q.cursor.as_deref().filter(|c| !c.trim().is_empty()) {
+            None => None,
+            Some(c) => Some(FeedCursor::decode(c).map_err(|_| FeedError::BadCursor)?),
+        };
+        let tables = self.tables(q.tables.as_deref().unwrap_or("")).await?;
+        Ok(Request {
+            selection: Selection::tables(&tables),
+            start,
+            limit,
+            wait: Duration::from_secs(wait),
+        })
+    }
+
+    /// The `tables` parameter: existing tables with realtime enabled.
+    async fn tables(&self, text: &str) -> Result<Vec<(String, String)>, FeedError> {
+        let catalog = self.inner.changes.catalog().ok_or(FeedError::NoDatabase)?;
+        let mut out = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            if part.is_empty() {
+                return Err(FeedError::BadTables(text.to_owned()));
+            }
+            let (schema, table) = crate::db::parse_qualified(part)
+                .map_err(|_| FeedError::BadTables(text.to_owned()))?;
+            let name = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
+            let info = catalog
+                .table(&schema, &table)
+                .await
+                .map_err(|_| FeedError::Unavailable)?
+                .ok_or_else(|| FeedError::NoSuchTable(name.clone()))?;
+            if !info.realtime_enabled {
+                return Err(FeedError::NotEnabled { table: name });
+            }
+            out.push((schema, table));
+        }
+        Ok(out)
+    }
+
+    async fn answer(
+        &self,
+        req: Request,
+        scope: &Scope,
+        shutdown: &CancellationToken,
+    ) -> Result<FeedPage, Answer> {
+        let inner = &self.inner;
+        let mut progress = inner.progress.clone();
+        progress.borrow_and_update();
+        let mut mark = match req.start {
+            Some(m) => m,
+            None => {
+                let client = inner.pool.get().await.map_err(ConsumersError::from)?;
+                Mark::at(
+                    current_cursor(&client)
+                        .await
+                        .map_err(ConsumersError::from)?,
+                )
+            }
+        };
+        let deadline = Instant::now() + req.wait;
+        loop {
+            progress.borrow_and_update();
+            let read =
+                log::read(&inner.pool, &mark, req.limit, |c| req.selection.selects(c)).await?;
+            // Rows new to `mark` deleted before this read would be missing from it.
+            self.check_not_pruned(&mark).await?;
+            let (changes, marks): (Vec<Change>, Vec<Mark>) = read.items.into_iter().unzip();
+            let rendered = inner
+                .changes
+                .render(&inner.rls, scope, &changes)
+                .await
+                .map_err(ConsumersError::from)?;
+            let mut out = Vec::new();
+            let mut next = read.tail;
+            for ((change, after), data) in changes.iter().zip(marks).zip(rendered) {
+                let Some(data) = data else { continue };
+                out.push(with_id(&event_id(change), &data));
+                if out.len() >= req.limit {
+                    next = after;
+                    break;
+                }
+            }
+            mark = next;
+            if !out.is_empty() {
+                return Ok(page(out, &mark));
+            }
+            if read.full {
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline || shutdown.is_cancelled() {
+                return Ok(page(out, &mark));
+            }
+            let wake_at = deadline.min(now + inner.poll);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                r = progress.changed() => if r.is_err() {
+                    tokio::time::sleep_until(wake_at).await;
+                },
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    async fn check_not_pruned(&self, mark: &Mark) -> Result<(), Answer> {
+        let (xmax, xip) = mark.position.cursor.bind_texts();
+        let client = self.inner.pool.get().await.map_err(ConsumersError::from)?;
+        let lost: bool = client
+            .query_one(LOST_SINCE, &[&xmax, &xip])
+            .await
+            .map_err(ConsumersError::from)?
+            .get(0);
+        if lost {
+            return Err(Answer::Feed(FeedError::CursorGone));
+        }
+        Ok(())
+    }
+}
+
+/// Why an answer is not changes.
+enum Answer {
+    Feed(FeedError),
+    Internal(ConsumersError),
+}
+
+impl From<ConsumersError> for Answer {
+    fn from(e: ConsumersError) -> Self {
+        Answer::Internal(e)
+    }
+}
+
+fn page(changes: Vec<Box<RawValue>>, mark: &Mark) -> FeedPage {
+    FeedPage {
+        changes,
+        next_cursor: FeedCursor::encode(mark),
+    }
+}
+
+/// `data` (a JSON object) with `"id"` first.
+fn with_id(id: &str, data: &RawValue) -> Box<RawValue> {
+    let text = data.get();
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
+    let joined = match text.strip_prefix('{').map(str::trim_start) {
+        Some(rest) if rest.starts_with('}') => format!("{{\"id\":{id}}}"),
+        Some(rest) => format!("{{\"id\":{id},{rest}"),
+        None => format!("{{\"id\":{id},\"data\":{text}}}"),
+    };
+    RawValue::from_string(joined).unwrap_or_else(|_| data.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_feed_change_is_its_data_with_the_event_id_first() {
+        let data = RawValue::from_string(r#"{"schema":"public","type":"INSERT"}"#.into()).unwrap();
+        assert_eq!(
+            with_id("7-0", &data).get(),
+            r#"{"id":"7-0","schema":"public","type":"INSERT"}"#
+        );
+        let empty = RawValue::from_string("{}".into()).unwrap();
+        assert_eq!(with_id("7-1", &empty).get(), r#"{"id":"7-1"}"#);
+    }
+}

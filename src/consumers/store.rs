@@ -1,0 +1,152 @@
+//! The webhook endpoints' rows in Postgres (`sql/030_webhooks.sql`): what the delivering
+//! hub loads, the lease it holds, and every write about delivery, each fenced by that
+//! lease. SQL here only calls the functions that migration defines.
+
+use tokio_postgres::Client;
+
+use super::ConsumersError;
+
+const LOAD: &str = "\
+select e.url, e.events, e.filter, e.secret, e.paused, e.version, e.position, e.failures, \
+       array(select n.nspname::text from unnest(e.tables) with ordinality as t(rel, i) \
+              join pg_catalog.pg_class c on c.oid = t.rel \
+              join pg_catalog.pg_namespace n on n.oid = c.relnamespace order by t.i) as schemas, \
+       array(select c.relname::text from unnest(e.tables) with ordinality as t(rel, i) \
+              join pg_catalog.pg_class c on c.oid = t.rel order by t.i) as names \
+from realtime.webhook_endpoints e where e.name = $1 and e.lease_owner = $2";
+
+const CLAIM: &str = "select name, version from realtime.claim_webhooks($1, $2)";
+const RELEASE: &str = "select realtime.release_webhooks($1)";
+const HELD: &str = "select name, version, lease_owner is not distinct from $1 \
+     from realtime.webhook_endpoints \
+     where lease_owner = $1 or lease_owner is null or lease_expires_at < now()";
+const STATE: &str =
+    "select version from realtime.webhook_endpoints where name = $1 and lease_owner = $2";
+const DELIVERED: &str = "select realtime.webhook_delivered($1, $2, $3, $4)";
+const FAILED: &str = "select held, paused from realtime.webhook_failed($1, $2, $3, $4, $5)";
+const MARK_LOST: &str = "select realtime.mark_lost_webhooks()";
+
+/// An endpoint as its delivering hub reads it.
+#[derive(Debug, Clone)]
+pub struct EndpointDef {
+    pub url: String,
+    /// (schema, table) of each table that still exists.
+    pub tables: Vec<(String, String)>,
+    pub events: Vec<String>,
+    pub filter: Option<String>,
+    pub secret: String,
+    pub paused: bool,
+    pub version: i64,
+    pub position: String,
+    /// Failed attempts in a row so far.
+    pub failures: i32,
+}
+
+/// The endpoint if `owner` holds its lease.
+pub async fn load(
+    client: &Client,
+    name: &str,
+    owner: &str,
+) -> Result<Option<EndpointDef>, ConsumersError> {
+    let Some(row) = client.query_opt(LOAD, &[&name, &owner]).await? else {
+        return Ok(None);
+    };
+    let schemas: Vec<String> = row.get("schemas");
+    let names: Vec<String> = row.get("names");
+    Ok(Some(EndpointDef {
+        url: row.get("url"),
+        tables: schemas.into_iter().zip(names).collect(),
+        events: row.get("events"),
+        filter: row.get("filter"),
+        secret: row.get("secret"),
+        paused: row.get("paused"),
+        version: row.get("version"),
+        position: row.get("position"),
+        failures: row.get("failures"),
+    }))
+}
+
+/// Renews `owner`'s leases and takes free ones: every (endpoint, version) it now holds.
+pub async fn claim(
+    client: &Client,
+    owner: &str,
+    lease_secs: f64,
+) -> Result<Vec<(String, i64)>, ConsumersError> {
+    let rows = client.query(CLAIM, &[&owner, &lease_secs]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Without renewing anything: the endpoints `owner` holds and those free to claim, as
+/// (endpoint, version, held by `owner`).
+pub async fn held(
+    client: &Client,
+    owner: &str,
+) -> Result<Vec<(String, i64, bool)>, ConsumersError> {
+    let rows = client.query(HELD, &[&owner]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+pub async fn release(client: &Client, owner: &str) -> Result<(), ConsumersError> {
+    client.execute(RELEASE, &[&owner]).await?;
+    Ok(())
+}
+
+/// The endpoint's version if `owner` still holds it.
+pub async fn version(
+    client: &Client,
+    name: &str,
+    owner: &str,
+) -> Result<Option<i64>, ConsumersError> {
+    Ok(client
+        .query_opt(STATE, &[&name, &owner])
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// Records a 2xx for `events` events (0: only the cursor moves); false when `owner` lost
+/// the lease.
+pub async fn delivered(
+    client: &Client,
+    name: &str,
+    owner: &str,
+    position: &str,
+    events: i32,
+) -> Result<bool, ConsumersError> {
+    Ok(client
+        .query_one(DELIVERED, &[&name, &owner, &position, &events])
+        .await?
+        .get(0))
+}
+
+/// What recording a failed attempt found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failed {
+    pub held: bool,
+    pub paused: bool,
+}
+
+pub async fn failed(
+    client: &Client,
+    name: &str,
+    owner: &str,
+    error: &str,
+    status: Option<i32>,
+    pause_after: i32,
+) -> Result<Failed, ConsumersError> {
+    let row = client
+        .query_one(FAILED, &[&name, &owner, &error, &status, &pause_after])
+        .await?;
+    Ok(Failed {
+        held: row.get(0),
+        paused: row.get(1),
+    })
+}
+
+/// Endpoints newly marked as having lost data.
+pub async fn mark_lost(client: &Client) -> Result<Vec<String>, ConsumersError> {
+    let rows = client.query(MARK_LOST, &[]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

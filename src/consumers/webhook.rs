@@ -1,0 +1,446 @@
+//! One endpoint's delivery loop, run while this hub holds its lease: read the log from
+//! the stored cursor, gather a batch (at most `batch_events`, waiting at most
+//! `batch_wait` for it to fill), POST it until a 2xx (backing off between failures,
+//! pausing after a run of them), then move the stored cursor past it. One batch at a
+//! time, so the endpoint sees changes in log order. Every database write is fenced by the
+//! lease; an operator's change (pause, resume, retry, replay, alter) makes the loop
+//! reload the endpoint and start again from its stored cursor.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::deliver::{self, Outcome};
+use super::log;
+use super::mark::Mark;
+use super::select::{Selection, SelectionError};
+use super::store::{self, EndpointDef};
+use super::{ConsumersError, Inner};
+use crate::changes::Change;
+
+/// An attempt starts only if the lease outlasts its timeout by a quarter more (the
+/// supervisor renews well before that: see `supervisor`).
+const LEASE_MARGIN_DIVISOR: u32 = 4;
+/// While nothing is selected, the stored cursor (and the hold) moves at most this often:
+/// enough for retention, without a write per read on a busy database.
+const STORE_IDLE_EVERY: Duration = Duration::from_secs(10);
+/// Log rows read at a time at least (batches may be smaller): an endpoint with tiny
+/// batches still passes over other tables' rows quickly.
+const READ_ROWS_MIN: usize = 100;
+/// Wait between tries while the database is unreachable.
+const DB_RETRY: Duration = Duration::from_secs(1);
+
+/// The lease as the supervisor last saw it: valid until `until`; `version` is the
+/// endpoint's row version (bumped by every operator change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Lease {
+    pub until: Instant,
+    pub version: i64,
+}
+
+/// How a stretch of delivery ended.
+enum Next {
+    /// Load the endpoint again and go on from its stored cursor.
+    Reload,
+    /// The lease is gone or the hub is stopping.
+    Stop,
+}
+
+/// Runs until the lease is lost or `stop` is cancelled.
+pub(super) async fn run_endpoint(
+    inner: Arc<Inner>,
+    name: String,
+    lease: watch::Receiver<Lease>,
+    stop: CancellationToken,
+) {
+    let mut ep = Endpoint {
+        progress: inner.progress.clone(),
+        inner,
+        name,
+        lease,
+        stop,
+    };
+    tracing::info!(endpoint = %ep.name, "delivering webhook endpoint");
+    while let Next::Reload = ep.session().await {}
+    ep.inner.forget_local(&ep.name);
+    tracing::info!(endpoint = %ep.name, "stopped delivering webhook endpoint");
+}
+
+struct Endpoint {
+    inner: Arc<Inner>,
+    name: String,
+    /// Sent by the supervisor on renewal and when the row's version changes; closed when
+    /// the supervisor drops this endpoint.
+    lease: watch::Receiver<Lease>,
+    /// The capture's progress: new rows may be waiting.
+    progress: watch::Receiver<u64>,
+    stop: CancellationToken,
+}
+
+impl Endpoint {
+    /// Loads the endpoint and delivers until something makes it reload or stop.
+    async fn session(&mut self) -> Next {
+        let (name, node) = (self.name.clone(), self.inner.node_id.clone());
+        let Some(def) = self
+            .db(|c| {
+                let (name, node) = (name.clone(), node.clone());
+                async move { store::load(&c, &name, &node).await }
+            })
+            .await
+            .flatten()
+        else {
+            return Next::Stop;
+        };
+        self.inner
+            .set_local(&self.name, |l| *l = Default::default());
+        if def.paused {
+            return self.wait_for_change(def.version).await;
+        }
+        if def.tables.is_empty() {
+            return self
+                .unusable(&def, "none of its tables exists any more")
+                .await;
+        }
+        let catalog = self.inner.changes.catalog().cloned();
+        let selection = match catalog {
+            None => return Next::Stop,
+            Some(catalog) => {
+                Selection::bind(&catalog, &def.tables, &def.events, def.filter.as_deref()).await
+            }
+        };
+        let selection = match selection {
+            Ok(s) => s,
+            Err(SelectionError::Catalog(e)) => {
+                tracing::warn!(endpoint = %self.name, error = %e, "catalog unavailable; retrying");
+                return self.pause_for(DB_RETRY).await;
+            }
+            Err(problem) => return self.unusable(&def, &problem.to_string()).await,
+        };
+        let mark = match Mark::parse(&def.position) {
+            Ok(m) => m,
+            Err(e) => return self.unusable(&def, &e.to_string()).await,
+        };
+        self.deliver_all(&def, &selection, mark).await
+    }
+
+    /// The delivery loop proper.
+    async fn deliver_all(&mut self, def: &EndpointDef, selection: &Selection, from: Mark) -> Next {
+        let settings = self.inner.settings.clone();
+        let max = settings.batch_events.max(1);
+        let mut pending: VecDeque<(Change, Mark)> = VecDeque::new();
+        let mut tail = from.clone();
+        let mut stored = from.to_string();
+        let mut last_store = Instant::now();
+        // When the oldest pending change was read (the batch window runs from there).
+        let mut since: Option<Instant> = None;
+        let mut failures = u32::try_from(def.failures).unwrap_or(0);
+        loop {
+            if self.stop.is_cancelled() {
+                return Next::Stop;
+            }
+            if self.newer_version(def.version) {
+                return Next::Reload;
+            }
+            let mut more = false;
+            if pending.len() < max {
+                self.progress.borrow_and_update();
+                let limit = max.max(READ_ROWS_MIN);
+                let read =
+                    log::read(&self.inner.pool, &tail, limit, |c| selection.selects(c)).await;
+                let read = match read {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(endpoint = %self.name, error = %e, "reading the change log failed; retrying");
+                        if let Next::Stop = self.pause_for(DB_RETRY).await {
+                            return Next::Stop;
+                        }
+                        continue;
+                    }
+                };
+                more = read.full;
+                if !read.items.is_empty() && since.is_none() {
+                    since = Some(Instant::now());
+                }
+                pending.extend(read.items);
+                tail = read.tail;
+                let tail_text = tail.to_string();
+                if pending.is_empty()
+                    && tail_text != stored
+                    && last_store.elapsed() >= STORE_IDLE_EVERY
+                {
+                    match self.store_delivered(&tail_text, 0).await {
+                        Some(true) => {
+                            stored = tail_text;
+                            last_store = Instant::now();
+                        }
+                        Some(false) | None => return Next::Stop,
+                    }
+                }
+                let n = pending.len();
+                self.inner.set_local(&self.name, |l| l.pending = n);
+            }
+            let due =
+                pending.len() >= max || since.is_some_and(|t| t.elapsed() >= settings.batch_wait);
+            if !due {
+                if more {
+                    continue;
+                }
+                let wake_at = since.map_or(Instant::now() + self.inner.poll, |t| {
+                    (t + settings.batch_wait).min(Instant::now() + self.inner.poll)
+                });
+                tokio::select! {
+                    _ = self.stop.cancelled() => return Next::Stop,
+                    r = self.progress.changed() => if r.is_err() {
+                        tokio::time::sleep_until(wake_at).await;
+                    },
+                    _ = tokio::time::sleep_until(wake_at) => {}
+                    r = self.lease.changed() => if r.is_err() {
+                        return Next::Stop;
+                    },
+                }
+                continue;
+            }
+            let n = pending.len().min(max);
+            let after = if n == pending.len() {
+                tail.clone()
+            } else {
+                pending[n - 1].1.clone()
+            };
+            let batch: Vec<Change> = pending.iter().take(n).map(|(c, _)| c.clone()).collect();
+            match self.deliver(def, &batch, &after, &mut failures).await {
+                Delivery::Not(next) => return next,
+                Delivery::Sent => {
+                    pending.drain(..n);
+                    stored = after.to_string();
+                    last_store = Instant::now();
+                    since = (!pending.is_empty()).then(Instant::now);
+                    let left = pending.len();
+                    self.inner.set_local(&self.name, |l| l.pending = left);
+                }
+            }
+        }
+    }
+
+    /// POSTs one batch until it is acknowledged. `Sent` when the cursor moved past it.
+    async fn deliver(
+        &mut self,
+        def: &EndpointDef,
+        batch: &[Change],
+        after: &Mark,
+        failures: &mut u32,
+    ) -> Delivery {
+        let settings = self.inner.settings.clone();
+        let body = deliver::body(batch);
+        let msg_id = deliver::message_id(batch);
+        let after_text = after.to_string();
+        loop {
+            let needed = settings.timeout + settings.timeout / LEASE_MARGIN_DIVISOR;
+            if let Some(next) = self.wait_for_lease(needed).await {
+                return Delivery::Not(next);
+            }
+            // An operator's change since the endpoint was loaded wins over this batch.
+            let (name, node) = (self.name.clone(), self.inner.node_id.clone());
+            let version = self
+                .db(|c| {
+                    let (name, node) = (name.clone(), node.clone());
+                    async move { store::version(&c, &name, &node).await }
+                })
+                .await;
+            match version {
+                None | Some(None) => return Delivery::Not(Next::Stop),
+                Some(Some(v)) if v > def.version => return Delivery::Not(Next::Reload),
+                Some(Some(_)) => {}
+            }
+            // A stopping hub does not wait for the answer: the batch is sent again later.
+            let outcome = tokio::select! {
+                _ = self.stop.cancelled() => return Delivery::Not(Next::Stop),
+                o = self.inner.sender.post(&def.url, &def.secret, &msg_id, body.clone()) => o,
+            };
+            match outcome {
+                Outcome::Delivered => {
+                    let events = i32::try_from(batch.len()).unwrap_or(i32::MAX);
+                    return match self.store_delivered(&after_text, events).await {
+                        Some(true) => {
+                            if *failures > 0 {
+                                tracing::info!(endpoint = %self.name, after_failures = *failures,
+                                    "webhook endpoint delivers again");
+                            }
+                            *failures = 0;
+                            self.inner
+                                .set_local(&self.name, |l| l.next_attempt_at = None);
+                            Delivery::Sent
+                        }
+                        Some(false) | None => Delivery::Not(Next::Stop),
+                    };
+                }
+                Outcome::Failed {
+                    status,
+                    error,
+                    retry_after,
+                } => {
+                    *failures += 1;
+                    tracing::warn!(endpoint = %self.name, status = ?status, error = %error,
+                        failures = *failures, events = batch.len(), "webhook delivery failed");
+                    let recorded = self.record_failure(&error, status.map(i32::from)).await;
+                    let Some(recorded) = recorded else {
+                        return Delivery::Not(Next::Stop);
+                    };
+                    if !recorded.held {
+                        return Delivery::Not(Next::Stop);
+                    }
+                    if recorded.paused {
+                        tracing::error!(endpoint = %self.name, failures = *failures,
+                            "webhook endpoint paused after failed attempts in a row; nothing is \
+                             dropped: resume or retry it once the receiver works");
+                        return Delivery::Not(Next::Reload);
+                    }
+                    let delay = deliver::backoff(
+                        *failures,
+                        settings.retry_initial,
+                        settings.retry_max,
+                        retry_after,
+                        rand::random::<f64>(),
+                    );
+                    let at =
+                        chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                    self.inner
+                        .set_local(&self.name, |l| l.next_attempt_at = Some(at));
+                    if let Some(next) = self.sleep_unless_changed(delay, def.version).await {
+                        return Delivery::Not(next);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the lease is valid for at least `needed` more; `Some` when delivery
+    /// must end instead.
+    async fn wait_for_lease(&mut self, needed: Duration) -> Option<Next> {
+        loop {
+            let until = self.lease.borrow().until;
+            if until > Instant::now() + needed {
+                return None;
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return Some(Next::Stop),
+                r = self.lease.changed() => if r.is_err() {
+                    return Some(Next::Stop);
+                },
+                _ = tokio::time::sleep(DB_RETRY) => {}
+            }
+        }
+    }
+
+    /// Sleeps `delay` (the backoff); `Some(Reload)` early when an operator changed the
+    /// endpoint (e.g. `retry`), `Some(Stop)` when stopping.
+    async fn sleep_unless_changed(&mut self, delay: Duration, version: i64) -> Option<Next> {
+        let deadline = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return Some(Next::Stop),
+                _ = tokio::time::sleep_until(deadline) => return None,
+                r = self.lease.changed() => {
+                    if r.is_err() {
+                        return Some(Next::Stop);
+                    }
+                    if self.newer_version(version) {
+                        return Some(Next::Reload);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for an operator's change (a paused or unusable endpoint).
+    async fn wait_for_change(&mut self, version: i64) -> Next {
+        loop {
+            if self.newer_version(version) {
+                return Next::Reload;
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return Next::Stop,
+                r = self.lease.changed() => if r.is_err() {
+                    return Next::Stop;
+                },
+            }
+        }
+    }
+
+    /// An endpoint that cannot be delivered as defined (a bad filter, a dropped table):
+    /// said once in its row and the log, then nothing until it is changed.
+    async fn unusable(&mut self, def: &EndpointDef, problem: &str) -> Next {
+        tracing::error!(endpoint = %self.name, problem, "webhook endpoint cannot be delivered");
+        if self.record_failure(problem, None).await.is_none() {
+            return Next::Stop;
+        }
+        self.wait_for_change(def.version).await
+    }
+
+    async fn pause_for(&mut self, delay: Duration) -> Next {
+        tokio::select! {
+            _ = self.stop.cancelled() => Next::Stop,
+            _ = tokio::time::sleep(delay) => Next::Reload,
+        }
+    }
+
+    fn newer_version(&self, version: i64) -> bool {
+        self.lease.borrow().version > version
+    }
+
+    async fn store_delivered(&self, position: &str, events: i32) -> Option<bool> {
+        let (name, node) = (self.name.clone(), self.inner.node_id.clone());
+        self.db(|c| {
+            let (name, node, position) = (name.clone(), node.clone(), position.to_owned());
+            async move { store::delivered(&c, &name, &node, &position, events).await }
+        })
+        .await
+    }
+
+    async fn record_failure(&self, error: &str, status: Option<i32>) -> Option<store::Failed> {
+        let (name, node) = (self.name.clone(), self.inner.node_id.clone());
+        let pause_after =
+            i32::try_from(self.inner.settings.pause_after_failures).unwrap_or(i32::MAX);
+        self.db(|c| {
+            let (name, node, error) = (name.clone(), node.clone(), error.to_owned());
+            async move { store::failed(&c, &name, &node, &error, status, pause_after).await }
+        })
+        .await
+    }
+
+    /// Runs `op` on a pooled connection, trying again every second while the database
+    /// is unreachable; `None` when stopping.
+    async fn db<T, F, Fut>(&self, op: F) -> Option<T>
+    where
+        F: Fn(deadpool_postgres::Client) -> Fut,
+        Fut: Future<Output = Result<T, ConsumersError>>,
+    {
+        loop {
+            let result = match self.inner.pool.get().await {
+                Ok(client) => op(client).await,
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.name, error = %e, "webhook bookkeeping failed; retrying");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return None,
+                        _ = tokio::time::sleep(DB_RETRY) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How delivering one batch ended.
+enum Delivery {
+    /// Acknowledged and recorded.
+    Sent,
+    Not(Next),
+}

@@ -1,0 +1,648 @@
+//! Webhook endpoints end to end against a real receiver: created in SQL, they receive
+//! committed changes of their tables (never rolled-back ones) as signed JSON batches;
+//! `events` and `filter` select; pause and resume lose nothing; a run of failures pauses
+//! an endpoint and `retry` delivers what it missed; the SQL API and the REST API answer
+//! clearly; status and metrics show each endpoint.
+
+mod common;
+
+use std::time::Duration;
+
+use common::e2e::PgHub;
+use common::hub::{test_config, TestHub};
+use common::receiver::{verify_signatures, Mode, Receiver};
+use serde_json::{json, Value};
+
+const SETUP: &str = "
+    create table contacts (id bigint primary key, name text not null, status text not null default 'open');
+    grant select on contacts to service_role;
+";
+
+/// Webhook settings for quick tests.
+fn pg_consumer_settings() -> switchboard::config::ConsumerSettings {
+    let mut s = test_config().consumers;
+    s.batch_wait = Duration::from_millis(100);
+    s.retry_initial = Duration::from_millis(50);
+    s.retry_max = Duration::from_millis(200);
+    s.timeout = Duration::from_secs(1);
+    s.lease = Duration::from_secs(3);
+    s.pause_after_failures = 3;
+    s
+}
+
+/// A hub tuned for quick webhook tests.
+async fn hub() -> PgHub {
+    PgHub::start_with(SETUP, |c| c.consumers = pg_consumer_settings()).await
+}
+
+async fn create(pg: &PgHub, name: &str, url: &str, extra: &str) -> String {
+    pg.sql
+        .query_one(
+            &format!("select realtime.create_webhook($1, $2, '{{public.contacts}}'{extra})"),
+            &[&name, &url],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create_webhook: {}", common::e2e::pg_err(&e)))
+        .get(0)
+}
+
+fn ids(events: &[Value]) -> Vec<i64> {
+    events
+        .iter()
+        .map(|e| {
+            let row = if e["type"] == "DELETE" {
+                &e["old_record"]
+            } else {
+                &e["record"]
+            };
+            row["id"].as_i64().unwrap()
+        })
+        .collect()
+}
+
+/// The endpoint in `/api/status`, once it is listed.
+async fn webhook_status(pg: &PgHub, name: &str) -> Option<Value> {
+    let status = pg.status().await;
+    status["webhooks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no webhooks in status: {status}"))
+        .iter()
+        .find(|w| w["name"] == name)
+        .cloned()
+}
+
+/// Polls `/api/status` until the endpoint's entry satisfies `ok`.
+async fn wait_status(pg: &PgHub, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = webhook_status(pg, name).await;
+        if let Some(s) = s.as_ref().filter(|s| ok(s)) {
+            return s.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn post(pg: &PgHub, path: &str, token: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(pg.hub.http_url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_changes_arrive_signed_in_order_and_rolled_back_ones_never() {
+    let pg = hub().await;
+    let rx = Receiver::start(Mode::Ok).await;
+    let secret = create(&pg, "crm", &rx.url, "").await;
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    pg.exec(
+        "begin; insert into contacts (id, name) values (1, 'Ada'), (2, 'Bob'); commit;
+         begin; insert into contacts (id, name) values (3, 'Never'); rollback;
+         begin; update contacts set name = 'Ada L.' where id = 1;
+                savepoint s; delete from contacts where id = 2; rollback to savepoint s;
+         commit;
+         delete from contacts where id = 2;",
+    )
+    .await;
+    rx.wait_until(Duration::from_secs(20), "4 events", |r| {
+        r.iter().map(|r| r.events().len()).sum::<usize>() >= 4
+    })
+    .await;
+    let events = rx.processed_events();
+    assert_eq!(ids(&events), vec![1, 2, 1, 2], "{events:#?}");
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["INSERT", "INSERT", "UPDATE", "DELETE"]);
+    let update = &events[2];
+    assert_eq!(update["schema"], "public");
+    assert_eq!(update["table"], "contacts");
+    assert_eq!(update["record"]["name"], "Ada L.");
+    assert_eq!(update["old_record"]["name"], "Ada");
+    assert!(update["commit_timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(events[3]["record"], Value::Null);
+    let mut seen = std::collections::HashSet::new();
+    assert!(events
+        .iter()
+        .all(|e| seen.insert(e["id"].as_str().unwrap().to_owned())));
+    // Standard Webhooks signatures, checked by the standardwebhooks npm package.
+    let requests = rx.requests();
+    for r in &requests {
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert!(r.header("webhook-id").unwrap().starts_with("msg_"));
+    }
+    verify_signatures(&requests, &secret);
+    let s = wait_status(&pg, "crm", "caught up", |s| s["lag_events"] == 0).await;
+    assert_eq!(s["state"], "active", "{s}");
+    assert_eq!(s["delivered"], 4, "{s}");
+    assert_eq!(s["data_lost"], false, "{s}");
+    assert!(s["last_success_at"].is_string(), "{s}");
+    let metrics = pg.hub.get("/metrics").await.1;
+    assert!(
+        metrics.contains("switchboard_webhook_delivered_events{endpoint=\"crm\"} 4"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_filter_choose_what_an_endpoint_receives() {
+    let pg = hub().await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(
+        &pg,
+        "open-inserts",
+        &rx.url,
+        ", '{INSERT}', 'status=eq.open'",
+    )
+    .await;
+    pg.exec(
+        "insert into contacts values (1, 'Closed', 'closed');
+         insert into contacts values (2, 'Open', 'open');
+         update contacts set name = 'Still open' where id = 2;
+         delete from contacts where id = 1;
+         insert into contacts values (3, 'Last', 'open');",
+    )
+    .await;
+    // Row 3 commits last: once it is in, anything else selected would be in before it.
+    rx.wait_until(Duration::from_secs(20), "row 3", |r| {
+        r.iter()
+            .flat_map(|r| r.events())
+            .any(|e| e["record"]["id"] == 3)
+    })
+    .await;
+    assert_eq!(ids(&rx.processed_events()), vec![2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_endpoint_that_resumes_gets_everything_it_missed() {
+    let pg = hub().await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    let admin = pg.token("service_role", "ops");
+    pg.exec("insert into contacts (id, name) values (1, 'before')")
+        .await;
+    rx.wait_until(Duration::from_secs(20), "row 1", |r| !r.is_empty())
+        .await;
+
+    let (code, body) = post(
+        &pg,
+        "/realtime/v1/api/webhooks/crm/pause",
+        &pg.user("u1"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = post(
+        &pg,
+        "/realtime/v1/api/webhooks/crm/pause",
+        &admin,
+        json!({}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["webhook"]["state"], "paused", "{body}");
+    for id in 2..=31 {
+        pg.exec(&format!(
+            "insert into contacts (id, name) values ({id}, 'while paused')"
+        ))
+        .await;
+    }
+    let s = wait_status(&pg, "crm", "30 events waiting", |s| s["lag_events"] == 30).await;
+    assert_eq!(s["state"], "paused", "{s}");
+    assert_eq!(rx.requests().len(), 1, "a paused endpoint got a request");
+
+    let (code, body) = post(
+        &pg,
+        "/realtime/v1/api/webhooks/crm/resume",
+        &admin,
+        json!({}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    rx.wait_until(Duration::from_secs(20), "31 events", |r| {
+        r.iter().map(|r| r.events().len()).sum::<usize>() >= 31
+    })
+    .await;
+    assert_eq!(ids(&rx.processed_events()), (1..=31).collect::<Vec<_>>());
+    wait_status(&pg, "crm", "caught up", |s| {
+        s["lag_events"] == 0 && s["state"] == "active"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_failures_pauses_the_endpoint_and_retry_delivers_what_it_missed() {
+    let pg = hub().await;
+    let rx = Receiver::start(Mode::Fail).await;
+    create(&pg, "crm", &rx.url, "").await;
+    pg.exec("insert into contacts (id, name) values (1, 'a'), (2, 'b')")
+        .await;
+    let s = wait_status(&pg, "crm", "paused after 3 failures", |s| {
+        s["state"] == "paused"
+    })
+    .await;
+    assert_eq!(s["failures"], 3, "{s}");
+    assert_eq!(s["last_status"], 500, "{s}");
+    assert!(
+        s["last_error"].as_str().unwrap().contains("HTTP 500"),
+        "{s}"
+    );
+    assert!(
+        s["paused_reason"]
+            .as_str()
+            .unwrap()
+            .contains("3 failed attempts"),
+        "{s}"
+    );
+    let metrics = pg.hub.get("/metrics").await.1;
+    assert!(
+        metrics.contains("switchboard_webhook_paused{endpoint=\"crm\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchboard_webhook_last_error_status{endpoint=\"crm\"} 500"),
+        "{metrics}"
+    );
+    // The three failed attempts carried the same batch under the same webhook-id.
+    let requests = rx.requests();
+    assert_eq!(requests.len(), 3);
+    assert!(requests
+        .iter()
+        .all(|r| r.header("webhook-id") == requests[0].header("webhook-id")));
+
+    pg.exec("insert into contacts (id, name) values (3, 'c')")
+        .await;
+    rx.set_mode(Mode::Ok);
+    let admin = pg.token("service_role", "ops");
+    let (code, body) = post(&pg, "/api/webhooks/crm/retry", &admin, json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    rx.wait_until(Duration::from_secs(20), "3 events processed", |r| {
+        r.iter()
+            .filter(|r| r.processed())
+            .map(|r| r.events().len())
+            .sum::<usize>()
+            >= 3
+    })
+    .await;
+    assert_eq!(ids(&rx.processed_events()), vec![1, 2, 3]);
+    let s = wait_status(&pg, "crm", "active again", |s| {
+        s["state"] == "active" && s["lag_events"] == 0
+    })
+    .await;
+    assert_eq!(s["failures"], 0, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_delivers_again_from_a_time_with_the_same_event_ids() {
+    let pg = hub().await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    pg.exec("insert into contacts (id, name) values (1, 'old')")
+        .await;
+    rx.wait_until(Duration::from_secs(20), "row 1", |r| !r.is_empty())
+        .await;
+    let from: chrono::DateTime<chrono::Utc> = pg
+        .sql
+        .query_one("select clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.exec("insert into contacts (id, name) values (2, 'new')")
+        .await;
+    rx.wait_until(Duration::from_secs(20), "row 2", |r| r.len() >= 2)
+        .await;
+    let first_ids: Vec<String> = rx
+        .processed_events()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    let admin = pg.token("service_role", "ops");
+    let (code, body) = post(
+        &pg,
+        "/realtime/v1/api/webhooks/crm/replay",
+        &admin,
+        json!({"from": "yesterday"}),
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    let (code, body) = post(
+        &pg,
+        "/realtime/v1/api/webhooks/crm/replay",
+        &admin,
+        json!({"from": from.to_rfc3339()}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body["replay_from_position"].is_string(), "{body}");
+    rx.wait_until(Duration::from_secs(20), "row 2 again", |r| r.len() >= 3)
+        .await;
+    let events = rx.processed_events();
+    assert_eq!(
+        ids(&events),
+        vec![1, 2, 2],
+        "only changes from `from` on come again"
+    );
+    assert_eq!(
+        events[2]["id"],
+        first_ids[1].as_str(),
+        "a replayed change keeps its id"
+    );
+}
+
+#[tokio::test]
+async fn the_sql_api_creates_alters_lists_and_drops_endpoints_with_clear_errors() {
+    let pg = hub().await;
+    let secret = create(
+        &pg,
+        "crm",
+        "https://crm.example/hook",
+        ", '{insert,UPDATE}'",
+    )
+    .await;
+    let err = |sql: &str| {
+        let sql = sql.to_owned();
+        let client = &pg.sql;
+        async move { common::e2e::pg_err(&client.batch_execute(&sql).await.expect_err(&sql)) }
+    };
+    assert!(
+        err("select realtime.create_webhook('crm', 'https://x', '{public.contacts}')")
+            .await
+            .contains("already exists")
+    );
+    assert!(err(
+        "select realtime.create_webhook('x', 'https://x', '{public.contacts}', secret => 'nope')"
+    )
+    .await
+    .contains("whsec_"));
+    assert!(
+        err("select realtime.create_webhook('y', 'ftp://x', '{public.contacts}')")
+            .await
+            .contains("check")
+    );
+    assert!(err(
+        "select realtime.create_webhook('z', 'https://x', '{public.contacts}', '{TRUNCATE}')"
+    )
+    .await
+    .contains("check"));
+    assert!(err("select realtime.pause_webhook('nope')")
+        .await
+        .contains("no webhook named"));
+
+    let row = pg
+        .sql
+        .query_one(
+            "select tables, events, state, filter from realtime.webhooks where name = 'crm'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Vec<String>>(0),
+        vec!["public.contacts".to_owned()]
+    );
+    assert_eq!(
+        row.get::<_, Vec<String>>(1),
+        vec!["INSERT".to_owned(), "UPDATE".to_owned()]
+    );
+    assert_eq!(row.get::<_, String>(2), "active");
+    pg.exec(
+        "select realtime.alter_webhook('crm', filter => 'status=eq.open', events => '{DELETE}')",
+    )
+    .await;
+    let row = pg
+        .sql
+        .query_one(
+            "select events, filter from realtime.webhooks where name = 'crm'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Vec<String>>(0), vec!["DELETE".to_owned()]);
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some("status=eq.open")
+    );
+    pg.exec("select realtime.alter_webhook('crm', filter => '')")
+        .await;
+    let stored: String = pg
+        .sql
+        .query_one(
+            "select secret from realtime.webhook_endpoints where name = 'crm'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, secret);
+    let holds: i64 = pg
+        .sql
+        .query_one(
+            "select count(*) from realtime.log_holds where kind = 'webhook'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(holds, 1, "an endpoint holds the log");
+    let dropped: bool = pg
+        .sql
+        .query_one("select realtime.drop_webhook('crm')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(dropped);
+    let left: i64 = pg
+        .sql
+        .query_one(
+            "select (select count(*) from realtime.webhooks) + \
+             (select count(*) from realtime.log_holds where kind = 'webhook')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_hubs_one_delivers_and_the_other_takes_over_when_it_stops() {
+    let pg = hub().await;
+    let mut config = test_config();
+    config.database_url = Some(pg.db.url.clone());
+    config.capture_poll = Duration::from_millis(200);
+    config.consumers = pg_consumer_settings();
+    let other = TestHub::start(config).await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    for id in 1..=20 {
+        pg.exec(&format!(
+            "insert into contacts (id, name) values ({id}, 'x')"
+        ))
+        .await;
+    }
+    rx.wait_until(Duration::from_secs(20), "20 events", |r| {
+        r.iter().map(|r| r.events().len()).sum::<usize>() >= 20
+    })
+    .await;
+    // One hub delivered: each change once, in order.
+    assert_eq!(ids(&rx.processed_events()), (1..=20).collect::<Vec<_>>());
+    let node = |body: Value| body["node_id"].as_str().unwrap().to_owned();
+    let first = node(pg.status().await);
+    let second = node(serde_json::from_str(&other.get_admin("/api/status").await.1).unwrap());
+    let s = wait_status(&pg, "crm", "leased", |s| s["lease_owner"].is_string()).await;
+    let owner = s["lease_owner"].as_str().unwrap().to_owned();
+    assert!(owner == first || owner == second, "{owner} is neither hub");
+
+    // Stop whichever delivers; the other takes over and nothing is lost.
+    let PgHub { hub, db: _db, sql } = pg;
+    let (survivor, successor) = if owner == first {
+        hub.stop().await.unwrap();
+        (other, second)
+    } else {
+        other.stop().await.unwrap();
+        (hub, first)
+    };
+    for id in 21..=30 {
+        sql.batch_execute(&format!(
+            "insert into contacts (id, name) values ({id}, 'y')"
+        ))
+        .await
+        .unwrap();
+    }
+    rx.wait_until(Duration::from_secs(20), "30 events", |r| {
+        r.iter().map(|r| r.events().len()).sum::<usize>() >= 30
+    })
+    .await;
+    assert_eq!(ids(&rx.processed_events()), (1..=30).collect::<Vec<_>>());
+    // (Status is cached for a second: poll.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: Value =
+            serde_json::from_str(&survivor.get_admin("/api/status").await.1).unwrap();
+        if status["webhooks"][0]["lease_owner"] == successor.as_str() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inspector_lists_endpoints_and_its_buttons_pause_and_resume_them() {
+    let pg = PgHub::start_with(SETUP, |c| {
+        c.consumers = pg_consumer_settings();
+        c.admin_secret = Some("webhooks-inspector-admin-secret".into());
+    })
+    .await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    let client = reqwest::Client::new();
+    let admin = "Bearer webhooks-inspector-admin-secret";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let snap = loop {
+        let snap: Value = client
+            .get(pg.hub.http_url("/inspector/api/snapshot"))
+            .header("authorization", admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if snap["webhooks"]["endpoints"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+        {
+            break snap;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{snap}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let crm = &snap["webhooks"]["endpoints"][0];
+    assert_eq!(
+        (crm["name"].as_str(), crm["state"].as_str()),
+        (Some("crm"), Some("active"))
+    );
+
+    let action = |path: &'static str, origin: Option<&'static str>| {
+        let mut req = client
+            .post(pg.hub.http_url(path))
+            .header("authorization", admin)
+            .body("{}");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (code, body) = action(
+        "/inspector/api/webhooks/crm/pause",
+        Some("https://evil.example"),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = action("/inspector/api/webhooks/crm/pause", None).await;
+    assert_eq!(
+        (code, body["webhook"]["state"].as_str()),
+        (200, Some("paused")),
+        "{body}"
+    );
+    let (code, body) = action("/inspector/api/webhooks/nope/pause", None).await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = action("/inspector/api/webhooks/crm/explode", None).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("pause, resume, retry"),
+        "{body}"
+    );
+    let (code, body) = action("/inspector/api/webhooks/crm/resume", None).await;
+    assert_eq!(
+        (code, body["webhook"]["state"].as_str()),
+        (200, Some("active")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_the_log_was_pruned_past_says_it_lost_data_until_a_replay() {
+    let pg = PgHub::start_with(SETUP, |c| {
+        c.consumers = pg_consumer_settings();
+        c.retention = Duration::from_secs(1);
+        c.retention_max = Duration::from_secs(1);
+    })
+    .await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    pg.exec("select realtime.pause_webhook('crm')").await;
+    pg.exec("insert into contacts (id, name) values (1, 'kept only a second')")
+        .await;
+    let s = wait_status(&pg, "crm", "marked as having lost data", |s| {
+        s["data_lost"] == true
+    })
+    .await;
+    assert!(s["data_lost_at"].is_string(), "{s}");
+    let metrics = pg.hub.get("/metrics").await.1;
+    assert!(
+        metrics.contains("switchboard_webhook_lost_data{endpoint=\"crm\"} 1"),
+        "{metrics}"
+    );
+    assert!(rx.requests().is_empty());
+    let from = chrono::Utc::now().to_rfc3339();
+    pg.exec(&format!("select realtime.replay_webhook('crm', '{from}')"))
+        .await;
+    wait_status(&pg, "crm", "lost-data mark cleared", |s| {
+        s["data_lost"] == false
+    })
+    .await;
+}
