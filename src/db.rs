@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (22, include_str!("../sql/022_row_scope_problems.sql")),
     (30, include_str!("../sql/030_webhooks.sql")),
     (31, include_str!("../sql/031_log_pruned.sql")),
+    (41, include_str!("../sql/041_row_keys.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

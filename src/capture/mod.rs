@@ -158,6 +158,7 @@ fn position_only(position: &Position) -> LogBatch {
     LogBatch {
         events: Vec::new(),
         position: position.to_string().into(),
+        rules_version: None,
     }
 }
 
@@ -311,6 +312,7 @@ impl Session<'_> {
         let batch = LogBatch {
             events: page.events,
             position: position.into(),
+            rules_version: page.rules_version,
         };
         tokio::select! {
             _ = self.shutdown.cancelled() => false,

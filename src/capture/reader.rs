@@ -35,10 +35,13 @@ macro_rules! new_rows {
 
 /// One page ($5 rows at most) in one statement, with the statement's snapshot: the rows
 /// it returns are exactly those new to the position and visible in that snapshot. Always
-/// returns at least one row (columns null when nothing is new) to carry the snapshot.
+/// returns at least one row (columns null when nothing is new) to carry the snapshot, and
+/// the rules version row scope's cache follows.
 const READ_PAGE: &str = concat!(
-    "with snap as materialized (select pg_current_snapshot() as s) \
-     select snap.s::text as snapshot, c.* from snap left join lateral (select ",
+    "with snap as materialized (select pg_current_snapshot() as s, \
+                                       realtime.rules_version() as rv) \
+     select snap.s::text as snapshot, snap.rv as rules_version, c.* \
+     from snap left join lateral (select ",
     log_columns!(),
     " from realtime.changes c where ",
     new_rows!(),
@@ -111,6 +114,7 @@ pub async fn count_between(
 }
 
 const CURRENT_SNAPSHOT: &str = "select pg_current_snapshot()::text";
+const BACKLOG_START: &str = "select pg_current_snapshot()::text, realtime.rules_version()";
 
 /// The page read, for readers that prepare it on their own (pooled) connections.
 pub const READ_PAGE_SQL: &str = READ_PAGE;
@@ -188,10 +192,12 @@ pub(crate) struct Page {
     pub last_id: Option<i64>,
     /// Age in ms of the newest row when it was read.
     pub age_ms: Option<i64>,
+    /// `realtime.rules_version()` at the read.
+    pub rules_version: Option<i64>,
 }
 
 impl Page {
-    fn from_rows(snapshot: Cursor, rows: &[Row]) -> Page {
+    fn from_rows(snapshot: Cursor, rules_version: Option<i64>, rows: &[Row]) -> Page {
         let rows: Vec<&Row> = rows
             .iter()
             .filter(|r| r.get::<_, Option<i64>>("id").is_some())
@@ -206,6 +212,7 @@ impl Page {
             rows: rows.len(),
             last_id: rows.last().map(|r| r.get("id")),
             age_ms: rows.last().map(|r| r.get("age_ms")),
+            rules_version,
         }
     }
 }
@@ -223,11 +230,16 @@ pub(crate) async fn read_page(
     let rows = client
         .query(&stmts.page, &[&xmax, &xip, &snaps, &ids, &limit])
         .await?;
-    let snapshot: String = rows
+    let first = rows
         .first()
-        .map(|r| r.get("snapshot"))
         .ok_or_else(|| CaptureError::ConnectionClosed("read returned no snapshot".into()))?;
-    Ok(Page::from_rows(Cursor::from_pg_snapshot(&snapshot)?, &rows))
+    let snapshot: String = first.get("snapshot");
+    let version: Option<i64> = first.get("rules_version");
+    Ok(Page::from_rows(
+        Cursor::from_pg_snapshot(&snapshot)?,
+        version,
+        &rows,
+    ))
 }
 
 /// Moves `position` past a page read with `limit`: a short page means everything new was
@@ -259,15 +271,16 @@ where
         .read_only(true)
         .start()
         .await?;
-    let snapshot: String = tx.query_one(CURRENT_SNAPSHOT, &[]).await?.get(0);
-    let snapshot = Cursor::from_pg_snapshot(&snapshot)?;
+    let start = tx.query_one(BACKLOG_START, &[]).await?;
+    let snapshot = Cursor::from_pg_snapshot(&start.get::<_, String>(0))?;
+    let version: Option<i64> = start.get(1);
     let (xmax, xip, snaps, ids) = position.bind_values();
     let statement = tx.prepare(READ_BACKLOG).await?;
     let portal = tx.bind(&statement, &[&xmax, &xip, &snaps, &ids]).await?;
     let page_size = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
     loop {
         let rows = tx.query_portal(&portal, page_size).await?;
-        let page = Page::from_rows(snapshot.clone(), &rows);
+        let page = Page::from_rows(snapshot.clone(), version, &rows);
         let done = rows.len() < page_size as usize;
         if let Some(last) = page.last_id {
             // Recorded before handing the page on: if the read fails later, these rows

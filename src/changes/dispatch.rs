@@ -91,6 +91,9 @@ enum Step {
 struct MatchedBatch {
     mark: Mark,
     events: Vec<MatchedEvent>,
+    /// The rules version the log read carried (checks use the rules of that version or
+    /// later); `None`: ask Postgres.
+    rules_version: Option<i64>,
 }
 
 enum MatchedEvent {
@@ -129,8 +132,9 @@ pub async fn run_dispatch(
             let (d, shutdown) = (d.clone(), shutdown.clone());
             async move {
                 let mark = matched.mark.clone();
+                let observed = matched.rules_version.is_some();
                 let steps = d.plan(matched, &shutdown).await;
-                let visibility = d.check(&steps, &shutdown).await;
+                let visibility = d.check(&steps, observed, &shutdown).await;
                 (mark, steps, visibility)
             }
         })
@@ -185,13 +189,22 @@ where
 }
 
 impl Dispatcher {
-    /// Matches a batch under the cut lock and moves the cut past it.
+    /// Matches a batch under the cut lock and moves the cut past it. Row scope's gates
+    /// are those of the rules version the read carried.
     fn match_batch(&self, batch: LogBatch) -> MatchedBatch {
         self.stats
             .count_changes(batch.events.iter().filter_map(|e| match e {
                 DbEvent::Change(c) => Some((c.schema.as_str(), c.table.as_str())),
                 DbEvent::Broadcast(_) => None,
             }));
+        let gates = match batch.rules_version {
+            Some(version) => {
+                self.rls.observe(version);
+                self.rls.gates()
+            }
+            None => Arc::default(),
+        };
+        let gate_of = |schema: &str, table: &str, role: &str| gates.get(schema, table, role);
         let mut cut = self.progress.lock();
         let mut events = Vec::with_capacity(batch.events.len());
         for event in batch.events {
@@ -201,7 +214,7 @@ impl Dispatcher {
                     events.push(MatchedEvent::Broadcast(b, members));
                 }
                 DbEvent::Change(c) => {
-                    let matched = self.index.matching(&c);
+                    let matched = self.index.matching_gated(&c, &gate_of);
                     if !matched.is_empty() {
                         events.push(MatchedEvent::Change(c, matched));
                     }
@@ -214,7 +227,11 @@ impl Dispatcher {
             position: batch.position,
         };
         *cut = Some(mark.clone());
-        MatchedBatch { mark, events }
+        MatchedBatch {
+            mark,
+            events,
+            rules_version: batch.rules_version,
+        }
     }
 
     /// Looks up each matched change's table (waiting out a database outage: nothing is
@@ -262,9 +279,16 @@ impl Dispatcher {
         steps
     }
 
-    /// Row-scope checks for every planned change in one round trip; retried while the
-    /// database is unreachable (the capture side waits meanwhile, nothing is lost).
-    async fn check(&self, steps: &[Step], shutdown: &CancellationToken) -> Vec<Vec<Visibility>> {
+    /// Row-scope checks for every planned change in at most one round trip (none when
+    /// the rules are cached and decided in-process; `observed`: the batch's rules version
+    /// was observed); retried while the database is unreachable (the capture side waits
+    /// meanwhile, nothing is lost).
+    async fn check(
+        &self,
+        steps: &[Step],
+        observed: bool,
+        shutdown: &CancellationToken,
+    ) -> Vec<Vec<Visibility>> {
         let items: Vec<super::scope::Item<'_>> = steps
             .iter()
             .filter_map(|s| match s {
@@ -275,9 +299,15 @@ impl Dispatcher {
         if items.is_empty() {
             return Vec::new();
         }
-        retrying("row-scope check", shutdown, || self.rls.check(&items))
-            .await
-            .unwrap_or_default()
+        retrying("row-scope check", shutdown, || async {
+            if observed {
+                self.rls.check_observed(&items).await
+            } else {
+                self.rls.check(&items).await
+            }
+        })
+        .await
+        .unwrap_or_default()
     }
 
     /// A message from `realtime.messages` to the members it was matched for, with

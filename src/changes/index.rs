@@ -1,6 +1,11 @@
 //! The postgres_changes subscription index: (schema, table) -> subscriptions, and the
 //! in-process match of a change against event and filter. Row-scope checks happen after
-//! matching (see `dispatch`), only for the subscriptions this returns.
+//! matching (see `dispatch`), only for the subscriptions this returns; row scope's gates
+//! (`scope::Gates`) narrow them first, per role (`roles`): nobody of a role that sees
+//! nothing of the table, and only the viewers whose claim value is the row's key when
+//! the role's policies compare a column with a claim.
+
+mod roles;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -11,11 +16,13 @@ use dashmap::DashMap;
 use serde_json::Value;
 
 use super::filter::{BoundFilter, IndexColumn};
+use super::keys::Gate;
 use super::row::{Change, Op, Row};
 use super::scope::Viewer;
 use crate::protocol::Vsn;
 use crate::router::outbox::ChannelOutbox;
 use crate::router::MemberId;
+use roles::RoleGroups;
 
 /// Where a subscription sits in the index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -109,7 +116,10 @@ pub(super) struct Matched {
     pub ids: Vec<u32>,
 }
 
-type Entry = (Arc<Member>, Subscription);
+/// Row scope's gate for a role of the scope being matched.
+type GateOf<'a> = &'a dyn Fn(&str) -> Gate;
+/// A subscription and its member, shared by every place that finds it.
+type Entry = Arc<(Arc<Member>, Subscription)>;
 /// Where a subscription sits inside its scope: scanned, or under an index key.
 type Slot = Option<(IndexColumn, String)>;
 /// Every (scope, slot) a member's subscriptions occupy.
@@ -117,10 +127,11 @@ type Places = Vec<(TableScope, Slot)>;
 
 /// The subscriptions of one scope: those with an `eq` filter on a text/uuid column are
 /// found by hash lookup (the usual portal case, `customer_id=eq.<uuid>`), the rest are
-/// scanned. Either way the whole filter is then checked.
+/// scanned, grouped by role so that row scope can narrow them. Either way the whole
+/// filter is then checked.
 #[derive(Default)]
 struct ScopeSubs {
-    scanned: Vec<Entry>,
+    scanned: RoleGroups,
     by_eq: HashMap<IndexColumn, HashMap<String, Vec<Entry>>>,
 }
 
@@ -134,18 +145,20 @@ impl ScopeSubs {
                 .entry(key)
                 .or_default()
                 .push(entry),
-            None => self.scanned.push(entry),
+            None => self.scanned.add(entry),
         }
     }
 
     /// Removes `member`'s entries from where `slot` says they are.
     fn remove_member(&mut self, member: MemberId, slot: &Slot) {
         match slot {
-            None => self.scanned.retain(|(m, _)| m.member != member),
+            None => {
+                self.scanned.take_member(member);
+            }
             Some((column, key)) => {
                 if let Some(keys) = self.by_eq.get_mut(column) {
                     if let Some(subs) = keys.get_mut(key) {
-                        subs.retain(|(m, _)| m.member != member);
+                        subs.retain(|e| e.0.member != member);
                         if subs.is_empty() {
                             keys.remove(key);
                         }
@@ -172,17 +185,15 @@ impl ScopeSubs {
                 .sum::<usize>()
     }
 
-    /// Entries that may match `row`: every scanned one, plus the indexed ones under
-    /// the row's key.
-    fn candidates<'a>(&'a self, row: &'a Row) -> impl Iterator<Item = &'a Entry> + 'a {
-        let indexed = self.by_eq.iter().flat_map(move |(column, keys)| {
-            column
-                .key_of(row)
-                .and_then(|key| keys.get(&key))
-                .into_iter()
-                .flatten()
-        });
-        self.scanned.iter().chain(indexed)
+    /// Calls `f` with every entry that may match `row`: the scanned ones row scope lets
+    /// through (`gate_of` a role), plus the indexed ones under the row's key.
+    fn candidates(&mut self, row: &Row, gate_of: &dyn Fn(&str) -> Gate, f: &mut dyn FnMut(&Entry)) {
+        self.scanned.candidates(row, gate_of, f);
+        for (column, keys) in &self.by_eq {
+            if let Some(subs) = column.key_of(row).and_then(|key| keys.get(&key)) {
+                subs.iter().for_each(&mut *f);
+            }
+        }
     }
 }
 
@@ -244,7 +255,7 @@ impl SubscriptionIndex {
             self.by_scope
                 .entry(sub.scope.clone())
                 .or_default()
-                .add((pm.clone(), sub));
+                .add(Arc::new((pm.clone(), sub)));
         }
         self.members.insert(member, (pm, places));
     }
@@ -261,11 +272,31 @@ impl SubscriptionIndex {
         }
     }
 
-    /// Applies a refreshed token to a member's subscriptions.
+    /// Applies a refreshed token to a member's subscriptions, moving its scanned ones to
+    /// the new viewer's role and claim keys. The caller keeps matching out meanwhile.
     pub fn set_viewer(&self, member: MemberId, viewer: Arc<Viewer>) {
-        if let Some(entry) = self.members.get(&member) {
-            *entry.0.viewer.write().unwrap_or_else(|p| p.into_inner()) = viewer;
-            entry.0.told_problem.store(false, Ordering::Relaxed);
+        let Some((pm, places)) = self
+            .members
+            .get(&member)
+            .map(|e| (e.0.clone(), e.1.clone()))
+        else {
+            return;
+        };
+        let mut moved = Vec::new();
+        for (scope, slot) in &places {
+            if slot.is_none() {
+                if let Some(mut subs) = self.by_scope.get_mut(scope) {
+                    moved.push((scope.clone(), subs.scanned.take_member(member)));
+                }
+            }
+        }
+        *pm.viewer.write().unwrap_or_else(|p| p.into_inner()) = viewer;
+        pm.told_problem.store(false, Ordering::Relaxed);
+        for (scope, entries) in moved {
+            let mut subs = self.by_scope.entry(scope).or_default();
+            for e in entries {
+                subs.scanned.add(e);
+            }
         }
     }
 
@@ -285,26 +316,44 @@ impl SubscriptionIndex {
 
     /// Members whose subscriptions match `change` by table, event and filter, one entry per
     /// member with all its matching ids. Filters see the change's judged row.
+    #[cfg(test)]
     pub fn matching(&self, change: &Change) -> Vec<Matched> {
+        self.matching_gated(change, &|_, _, _| Gate::Open)
+    }
+
+    /// [`SubscriptionIndex::matching`], leaving out whom row scope's gates (by schema,
+    /// table and role) show nothing of the change's table.
+    pub fn matching_gated(
+        &self,
+        change: &Change,
+        gates: &dyn Fn(&str, &str, &str) -> Gate,
+    ) -> Vec<Matched> {
         let Some(row) = change.judged_row() else {
             return Vec::new();
         };
-        let scopes = [
-            TableScope::Table {
-                schema: change.schema.as_str().into(),
-                table: change.table.as_str().into(),
-            },
-            TableScope::Schema(change.schema.as_str().into()),
-            TableScope::All,
+        let table_gate = |role: &str| gates(&change.schema, &change.table, role);
+        let open = |_: &str| Gate::Open;
+        let scopes: [(TableScope, GateOf<'_>); 3] = [
+            (
+                TableScope::Table {
+                    schema: change.schema.as_str().into(),
+                    table: change.table.as_str().into(),
+                },
+                &table_gate,
+            ),
+            // Their gates would change with every table: scanned as they are.
+            (TableScope::Schema(change.schema.as_str().into()), &open),
+            (TableScope::All, &open),
         ];
         let mut by_member: HashMap<(MemberId, Option<usize>), Matched> = HashMap::new();
-        for scope in &scopes {
-            let Some(subs) = self.by_scope.get(scope) else {
+        for (scope, gate_of) in &scopes {
+            let Some(mut subs) = self.by_scope.get_mut(scope) else {
                 continue;
             };
-            for (pm, sub) in subs.candidates(row) {
+            subs.candidates(row, *gate_of, &mut |entry| {
+                let (pm, sub) = &**entry;
                 if sub.event.is_some_and(|e| e != change.op) || !sub.filter.matches(row) {
-                    continue;
+                    return;
                 }
                 let select_id = sub
                     .select
@@ -320,7 +369,7 @@ impl SubscriptionIndex {
                 if !m.ids.contains(&sub.id) {
                     m.ids.push(sub.id);
                 }
-            }
+            });
         }
         by_member.into_values().collect()
     }
@@ -330,6 +379,7 @@ impl SubscriptionIndex {
 mod tests {
     use super::*;
     use crate::changes::filter;
+    use crate::changes::keys::RowKey;
     use crate::changes::row::ColumnInfo;
     use crate::router::outbox::outbox;
     use serde_json::json;
@@ -345,6 +395,20 @@ mod tests {
     }
 
     fn subscribe(index: &SubscriptionIndex, member: MemberId, filter_text: &str) {
+        subscribe_as(
+            index,
+            member,
+            filter_text,
+            Viewer::new("authenticated", "{}", None),
+        );
+    }
+
+    fn subscribe_as(
+        index: &SubscriptionIndex,
+        member: MemberId,
+        filter_text: &str,
+        viewer: Viewer,
+    ) {
         let filter = filter::parse(filter_text)
             .unwrap()
             .bind(&columns())
@@ -368,7 +432,7 @@ mod tests {
             join_ref: "1".into(),
             vsn: Vsn::V2,
             outbox,
-            viewer: Arc::new(Viewer::new("authenticated", "{}", None)),
+            viewer: Arc::new(viewer),
         };
         index.add(subscriber, vec![sub]);
     }
@@ -433,5 +497,57 @@ mod tests {
             table: "jobs".into(),
         };
         assert_eq!(index.counts(), vec![(jobs, 3)]);
+    }
+
+    fn user(role: &str, sub: Option<&str>) -> Viewer {
+        let claims = json!({"role": role, "sub": sub}).to_string();
+        Viewer::new(role, &claims, sub)
+    }
+
+    #[test]
+    fn keyed_gates_find_unfiltered_viewers_by_claim_and_follow_token_refreshes() {
+        let index = SubscriptionIndex::default();
+        subscribe_as(&index, 1, "", user("authenticated", Some(A)));
+        subscribe_as(&index, 2, "", user("authenticated", Some(B)));
+        // Postgres must judge a `sub` that is not a uuid: a candidate for every row.
+        subscribe_as(&index, 3, "", user("authenticated", Some("not-a-uuid")));
+        subscribe_as(&index, 4, "", user("authenticated", None));
+        subscribe_as(&index, 5, "", user("anon", Some(A)));
+        subscribe_as(&index, 6, "status=eq.open", user("authenticated", Some(B)));
+        let keys =
+            RowKey::parse_all(&json!([{"column": "customer_id", "claim": null, "type": "uuid"}]))
+                .unwrap();
+        let keyed = Gate::Keyed(keys.into());
+        let gates = |role: &str| match role {
+            "authenticated" => keyed.clone(),
+            _ => Gate::Nobody,
+        };
+        let gated = |c: &Change| {
+            let mut m: Vec<_> = index
+                .matching_gated(c, &|_, _, role| gates(role))
+                .iter()
+                .map(|m| m.member.member)
+                .collect();
+            m.sort();
+            m
+        };
+        // 6 is found by its `eq` filter's index, the gate aside (checked afterwards).
+        assert_eq!(gated(&change(A, "open")), vec![1, 3, 6]);
+        assert_eq!(gated(&change(B, "open")), vec![2, 3, 6]);
+        assert_eq!(gated(&change(B, "done")), vec![2, 3]);
+
+        index.set_viewer(1, Arc::new(user("authenticated", Some(B))));
+        assert_eq!(gated(&change(A, "done")), vec![3]);
+        assert_eq!(gated(&change(B, "done")), vec![1, 2, 3]);
+        index.set_viewer(5, Arc::new(user("authenticated", Some(A))));
+        assert_eq!(gated(&change(A, "done")), vec![3, 5]);
+
+        // Rules changed (no longer known): every subscriber is a candidate again.
+        assert_eq!(matched(&index, &change(A, "done")), vec![1, 2, 3, 4, 5]);
+        assert_eq!(gated(&change(A, "done")), vec![3, 5]);
+        for m in 1..=6 {
+            index.remove(m);
+        }
+        assert!(index.by_scope.is_empty());
     }
 }

@@ -11,6 +11,7 @@ mod catalog;
 mod dispatch;
 mod filter;
 mod index;
+mod keys;
 mod payload;
 mod render;
 mod replay;
@@ -88,9 +89,11 @@ impl Changes {
         self.index.remove(member);
     }
 
-    /// A refreshed token: row scope is judged with `viewer` from now on.
+    /// A refreshed token: row scope is judged with `viewer` from the next batch on (the
+    /// index may move the member to another role or claim key, between two batches).
     pub fn set_viewer(&self, member: MemberId, viewer: Arc<Viewer>) {
-        self.index.set_viewer(member, viewer);
+        self.progress
+            .at_cut(|| self.index.set_viewer(member, viewer));
     }
 
     /// Changes read per table and joins refused as not enabled.

@@ -113,6 +113,9 @@ pub enum DbEvent {
 pub struct LogBatch {
     pub events: Vec<DbEvent>,
     pub position: std::sync::Arc<str>,
+    /// `realtime.rules_version()` as the read saw it (row scope's cached rules follow
+    /// it); `None` when not read.
+    pub rules_version: Option<i64>,
 }
 
 /// UTC with millisecond precision, `YYYY-MM-DDTHH:MM:SS.mmmZ`: the wire form of

@@ -7,17 +7,21 @@
 //! only, so dispatch can tell that subscriber.
 //!
 //! Per (table, role) rules are cached until `realtime.rules_version()` changes (any DDL):
-//! "nothing", "every row" and the usual portal policy `<uuid column> = auth.uid()` are
-//! then decided in-process; only other policies go to Postgres.
+//! "nothing", "every row" and policies that compare a column with a claim (`keys`:
+//! `customer_id = auth.uid()`, `org_id = (auth.jwt() ->> 'org_id')::bigint`, ...) are
+//! then decided in-process; only other policies go to Postgres. The same rules, as
+//! [`Gates`] by table name, let the subscription index skip whom a rule hides and look
+//! keyed viewers up by their claim value.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::Pool;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio_postgres::types::Json;
 
 use super::catalog::TableInfo;
+use super::keys::{self, ClaimKey, Gate, RowKey};
 use super::row::{Change, Op, Row};
 use crate::auth::Claims;
 
@@ -27,7 +31,7 @@ const VISIBLE_TO: &str = "select check_no, visible, old_visible, columns, proble
 const RULES_VERSION: &str = "select realtime.rules_version()";
 
 const RULES: &str = "select u.rel, u.role_name, r.mode, r.columns, \
-       case when r.mode = 'rls' then realtime.own_rows_column(u.rel, u.role_name) end \
+       case when r.mode = 'rls' then realtime.row_keys(u.rel, u.role_name) end \
      from unnest($1::oid[], $2::text[]) as u(rel, role_name) \
      cross join lateral realtime.visibility_rule(u.rel, u.role_name) r";
 
@@ -52,6 +56,8 @@ pub struct Viewer {
     pub claims: Arc<str>,
     /// The `sub` claim as a uuid, as the standard `auth.uid()` reads it.
     pub uid: Option<uuid::Uuid>,
+    /// `claims` parsed (`None`: Postgres would not read them as an object either).
+    parsed: Option<Map<String, Value>>,
 }
 
 impl Viewer {
@@ -60,6 +66,7 @@ impl Viewer {
             role: role.into(),
             claims: claims.into(),
             uid: sub.and_then(uid_of),
+            parsed: claims_object(claims),
         }
     }
 
@@ -68,7 +75,32 @@ impl Viewer {
             role: c.role.clone(),
             claims: c.json.clone(),
             uid: c.sub.as_deref().and_then(uid_of),
+            parsed: claims_object(&c.json),
         }
+    }
+
+    /// The claims as a JSON object, as `request.jwt.claims::jsonb` reads them.
+    pub fn claims_object(&self) -> Option<&Map<String, Value>> {
+        self.parsed.as_ref()
+    }
+
+    /// This viewer's keys under `keys`, or `None` when Postgres must judge it.
+    fn keys_under(&self, keys: &[RowKey]) -> Option<Vec<ClaimKey>> {
+        let claims = self.claims_object();
+        let mine: Vec<ClaimKey> = keys.iter().map(|k| k.of_claims(claims)).collect();
+        (!mine.contains(&ClaimKey::Unsure)).then_some(mine)
+    }
+}
+
+/// `claims` as a JSON object, as `request.jwt.claims::jsonb` reads them; `None` when
+/// Postgres would not read them (not an object, or a `\u0000` jsonb refuses).
+fn claims_object(claims: &str) -> Option<Map<String, Value>> {
+    if claims.contains("\\u0000") {
+        return None;
+    }
+    match serde_json::from_str(claims) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
     }
 }
 
@@ -119,26 +151,65 @@ impl Visibility {
     };
 }
 
-/// How one role sees one table (from `realtime.visibility_rule`).
+/// How one role sees one table (from `realtime.visibility_rule` and `realtime.row_keys`).
 #[derive(Debug, Clone)]
 enum Rule {
     /// Nothing (unknown role, no privilege, no applicable policy, hidden primary key).
     Deny,
     /// Every row (no RLS, BYPASSRLS, owner), these columns.
     All(Option<Arc<[String]>>),
-    /// Rows whose `column` equals the viewer's `sub` claim as a uuid.
-    OwnRows {
-        column: String,
+    /// Rows whose key equals the viewer's under any of `keys` (one per policy).
+    Keyed {
+        keys: Arc<[RowKey]>,
         columns: Option<Arc<[String]>>,
     },
     /// Anything else: evaluate the policies in Postgres.
     Policies,
 }
 
+impl Rule {
+    fn gate(&self) -> Gate {
+        match self {
+            Rule::Deny => Gate::Nobody,
+            Rule::All(_) | Rule::Policies => Gate::Open,
+            Rule::Keyed { keys, .. } => Gate::Keyed(keys.clone()),
+        }
+    }
+}
+
+/// The cached rules as gates, by schema, table and role; unknown ones are open.
+#[derive(Debug, Default, Clone)]
+pub struct Gates(HashMap<String, HashMap<String, HashMap<String, Gate>>>);
+
+impl Gates {
+    pub fn get(&self, schema: &str, table: &str, role: &str) -> Gate {
+        self.0
+            .get(schema)
+            .and_then(|t| t.get(table))
+            .and_then(|r| r.get(role))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Default)]
 struct RuleCache {
     version: Option<i64>,
     rules: HashMap<(u32, String), Rule>,
+    /// The same rules by name, shared with matching (replaced, never changed in place,
+    /// while a batch holds it).
+    gates: Arc<Gates>,
+}
+
+impl RuleCache {
+    /// Forgets every rule when the rules version is not `version`.
+    fn observe(&mut self, version: i64) {
+        if self.version != Some(version) {
+            self.rules.clear();
+            self.gates = Arc::default();
+            self.version = Some(version);
+        }
+    }
 }
 
 /// Runs visibility checks on pooled connections; cheap to clone.
@@ -151,14 +222,6 @@ pub struct RlsChecker {
 
 /// One change with the distinct viewers whose subscriptions matched it.
 pub type Item<'a> = (&'a Change, &'a TableInfo, &'a [Arc<Viewer>]);
-
-fn row_owned_by(row: Option<&Row>, column: &str, uid: Option<uuid::Uuid>) -> bool {
-    let value = row.and_then(|r| r.get(column)).and_then(Value::as_str);
-    match (value.and_then(|v| uuid::Uuid::parse_str(v).ok()), uid) {
-        (Some(v), Some(u)) => v == u,
-        _ => false,
-    }
-}
 
 /// `old_visible` as the caller means it, from the two row checks.
 fn old_visible(op: Op, visible: bool, old_row_visible: bool) -> bool {
@@ -194,27 +257,32 @@ impl RlsChecker {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Tells the cache the current rules version (each log read carries it): rules
+    /// cached under another version are forgotten.
+    pub fn observe(&self, version: i64) {
+        self.lock().observe(version);
+    }
+
+    /// The cached rules as gates for matching (open where not known yet).
+    pub fn gates(&self) -> Arc<Gates> {
+        self.lock().gates.clone()
+    }
+
     /// The rules for every (table, role) pair in `items`, fetching the ones not cached
-    /// under the current rules version in one query.
+    /// in one query (on `client`, opened if need be).
     async fn rules(
         &self,
-        client: &deadpool_postgres::Client,
+        client: &mut Option<deadpool_postgres::Client>,
         items: &[Item<'_>],
     ) -> Result<HashMap<(u32, String), Rule>, RlsError> {
-        let stmt = client.prepare_cached(RULES_VERSION).await?;
-        let version: i64 = client.query_one(&stmt, &[]).await?.get(0);
         let wanted: HashSet<(u32, &str)> = items
             .iter()
             .flat_map(|(_, table, viewers)| viewers.iter().map(|v| (table.oid, &*v.role)))
             .collect();
         let mut found = HashMap::new();
         let mut missing = Vec::new();
-        {
-            let mut cache = self.lock();
-            if cache.version != Some(version) {
-                cache.rules.clear();
-                cache.version = Some(version);
-            }
+        let version = {
+            let cache = self.lock();
             for &(rel, role) in &wanted {
                 match cache.rules.get(&(rel, role.to_owned())) {
                     Some(rule) => {
@@ -223,12 +291,18 @@ impl RlsChecker {
                     None => missing.push((rel, role)),
                 }
             }
-        }
+            cache.version
+        };
         if missing.is_empty() {
             return Ok(found);
         }
+        let names: HashMap<u32, (&str, &str)> = items
+            .iter()
+            .map(|(_, t, _)| (t.oid, (t.schema.as_str(), t.name.as_str())))
+            .collect();
         let rels: Vec<u32> = missing.iter().map(|m| m.0).collect();
         let roles: Vec<&str> = missing.iter().map(|m| m.1).collect();
+        let client = self.connection(client).await?;
         let stmt = client.prepare_cached(RULES).await?;
         let rows = client.query(&stmt, &[&rels, &roles]).await?;
         let mut fetched = Vec::with_capacity(rows.len());
@@ -238,37 +312,86 @@ impl RlsChecker {
             let mode: String = row.get(2);
             let columns: Option<Vec<String>> = row.get(3);
             let columns: Option<Arc<[String]>> = columns.map(Into::into);
-            let own: Option<String> = row.get(4);
-            let rule = match (mode.as_str(), own) {
+            let keys: Option<Json<Value>> = row.get(4);
+            let keys = keys.and_then(|Json(k)| RowKey::parse_all(&k));
+            let rule = match (mode.as_str(), keys) {
                 ("all", _) => Rule::All(columns),
-                ("rls", Some(column)) => Rule::OwnRows { column, columns },
+                ("rls", Some(keys)) => Rule::Keyed {
+                    keys: keys.into(),
+                    columns,
+                },
                 ("rls", None) => Rule::Policies,
                 _ => Rule::Deny,
             };
             fetched.push(((rel, role), rule));
         }
         let mut cache = self.lock();
-        for (key, rule) in fetched {
-            if cache.version == Some(version) {
-                cache.rules.insert(key.clone(), rule.clone());
+        // Rules fetched under an older version are used for this batch only.
+        let current = version.is_some() && cache.version == version;
+        for ((rel, role), rule) in fetched {
+            if current {
+                if let Some((schema, table)) = names.get(&rel) {
+                    Arc::make_mut(&mut cache.gates)
+                        .0
+                        .entry((*schema).to_owned())
+                        .or_default()
+                        .entry((*table).to_owned())
+                        .or_default()
+                        .insert(role.clone(), rule.gate());
+                }
+                cache.rules.insert((rel, role.clone()), rule.clone());
             }
-            found.insert(key, rule);
+            found.insert((rel, role), rule);
         }
         Ok(found)
     }
 
-    /// Visibility of each change for each of its viewers, in one round trip for the
-    /// whole batch; the result is aligned with `items` and each item's viewers.
+    /// The pooled connection in `slot`, opening one if there is none yet.
+    async fn connection<'s>(
+        &self,
+        slot: &'s mut Option<deadpool_postgres::Client>,
+    ) -> Result<&'s deadpool_postgres::Client, RlsError> {
+        let client = match slot.take() {
+            Some(c) => c,
+            None => self.pool.get().await?,
+        };
+        Ok(slot.insert(client))
+    }
+
+    /// Visibility of each change for each of its viewers, under the rules of the current
+    /// version (asked of Postgres first), in one round trip for the whole batch; the
+    /// result is aligned with `items` and each item's viewers.
     pub async fn check(&self, items: &[Item<'_>]) -> Result<Vec<Vec<Visibility>>, RlsError> {
-        let mut result: Vec<Vec<Visibility>> = items
-            .iter()
-            .map(|(_, _, viewers)| vec![Visibility::HIDDEN; viewers.len()])
-            .collect();
         if items.iter().all(|(_, _, viewers)| viewers.is_empty()) {
-            return Ok(result);
+            return Ok(hidden(items));
         }
         let client = self.pool.get().await?;
-        let fetched = self.rules(&client, items).await?;
+        let stmt = client.prepare_cached(RULES_VERSION).await?;
+        let version: i64 = client.query_one(&stmt, &[]).await?.get(0);
+        self.observe(version);
+        self.judge(items, Some(client)).await
+    }
+
+    /// [`RlsChecker::check`] under the rules of the version last observed (dispatch
+    /// observes the version each log read carries): no round trip at all when every
+    /// rule is cached and decided in-process.
+    pub async fn check_observed(
+        &self,
+        items: &[Item<'_>],
+    ) -> Result<Vec<Vec<Visibility>>, RlsError> {
+        if items.iter().all(|(_, _, viewers)| viewers.is_empty()) {
+            return Ok(hidden(items));
+        }
+        self.judge(items, None).await
+    }
+
+    async fn judge(
+        &self,
+        items: &[Item<'_>],
+        mut client: Option<deadpool_postgres::Client>,
+    ) -> Result<Vec<Vec<Visibility>>, RlsError> {
+        let mut result = hidden(items);
+        let fetched = self.rules(&mut client, items).await?;
         let rules: HashMap<(u32, &str), &Rule> = fetched
             .iter()
             .map(|((rel, role), rule)| ((*rel, role.as_str()), rule))
@@ -276,9 +399,9 @@ impl RlsChecker {
         let mut needs_db: HashSet<(usize, usize)> = HashSet::new();
         for (i, &(change, table, viewers)) in items.iter().enumerate() {
             let (row, old) = (change.judged_row(), change.judged_old_row());
-            if row.is_none() {
+            let Some(row) = row else {
                 continue;
-            }
+            };
             for (v, viewer) in viewers.iter().enumerate() {
                 let rule = rules.get(&(table.oid, &*viewer.role)).copied();
                 result[i][v] = match rule {
@@ -289,16 +412,22 @@ impl RlsChecker {
                         columns: columns.clone(),
                         problem: None,
                     },
-                    Some(Rule::OwnRows { column, columns }) => {
-                        let visible = row_owned_by(row, column, viewer.uid);
-                        let old_ok = row_owned_by(old, column, viewer.uid);
-                        Visibility {
-                            visible,
-                            old_visible: old_visible(change.op, visible, old_ok),
-                            columns: columns.clone(),
-                            problem: None,
+                    Some(Rule::Keyed { keys, columns }) => match viewer.keys_under(keys) {
+                        Some(mine) => {
+                            let visible = keys::sees(keys, &mine, row);
+                            let old_ok = old.is_some_and(|o| keys::sees(keys, &mine, o));
+                            Visibility {
+                                visible,
+                                old_visible: old_visible(change.op, visible, old_ok),
+                                columns: columns.clone(),
+                                problem: None,
+                            }
                         }
-                    }
+                        None => {
+                            needs_db.insert((i, v));
+                            Visibility::HIDDEN
+                        }
+                    },
                     Some(Rule::Policies) => {
                         needs_db.insert((i, v));
                         Visibility::HIDDEN
@@ -310,6 +439,7 @@ impl RlsChecker {
         if batch.targets.is_empty() {
             return Ok(result);
         }
+        let client = self.connection(&mut client).await?;
         let stmt = client.prepare_cached(VISIBLE_TO).await?;
         let rows = client
             .query(
@@ -347,6 +477,14 @@ impl RlsChecker {
         }
         Ok(result)
     }
+}
+
+/// Every viewer of every item hidden: where each check starts.
+fn hidden(items: &[Item<'_>]) -> Vec<Vec<Visibility>> {
+    items
+        .iter()
+        .map(|(_, _, viewers)| vec![Visibility::HIDDEN; viewers.len()])
+        .collect()
 }
 
 impl<'a> Batch<'a> {

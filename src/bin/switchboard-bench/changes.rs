@@ -34,10 +34,14 @@ pub struct RowscopedArgs {
     /// Transactions per second (0: as fast as the writers go).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
-    /// Subscribe to the whole table (RLS alone scopes rows; every change is checked
-    /// for every customer) instead of `customer_id=eq.<own id>`.
-    #[arg(long)]
+    /// Only the window where customers subscribe to the whole table (RLS alone scopes
+    /// rows) instead of `customer_id=eq.<own id>`; by default both windows run, filtered
+    /// first, and the ratio unfiltered/filtered is printed.
+    #[arg(long, conflicts_with = "filtered")]
     pub unfiltered: bool,
+    /// Only the filtered window.
+    #[arg(long)]
+    pub filtered: bool,
 }
 
 pub async fn rowscoped(a: RowscopedArgs) -> Result<(), BenchError> {
@@ -48,56 +52,66 @@ pub async fn rowscoped(a: RowscopedArgs) -> Result<(), BenchError> {
         .clone()
         .expect("rowscoped has a database");
     let hub = &setup.hub;
-    let unfiltered = a.unfiltered;
-    let sockets = ws::open_many(hub.addr, 0, a.customers, c.parallel, |i| {
-        let id = pgload::customer_id(i);
-        let token = hub.token(&id);
-        let mut entry = json!({"event": "UPDATE", "schema": "public", "table": "portal_jobs"});
-        if !unfiltered {
-            entry["filter"] = json!(format!("customer_id=eq.{id}"));
-        }
-        let spec = JoinSpec {
-            topic: format!("realtime:portal:{i}"),
-            changes: vec![entry],
-            presence_key: None,
-            access_token: token.clone(),
-        };
-        (token, Some(spec))
-    })
-    .await?;
-    let clients = Clients::spawn(sockets, |_| None);
-    let what = Write::UpdatePortal {
-        customers: a.customers,
-        rows: a.rows_per_tx,
+    let modes: &[bool] = match (a.filtered, a.unfiltered) {
+        (true, _) => &[false],
+        (_, true) => &[true],
+        _ => &[false, true],
     };
-    let out = write_window(
-        &clients,
-        hub.pid,
-        &url,
-        a.writers,
-        a.rate,
-        what,
-        c.window(),
-        1,
-    )
-    .await?;
-    let checks = if unfiltered { a.customers as u64 } else { 1 };
-    let summary = format!(
-        "{} customers ({}), {} rows changed/s -> {} RLS-checked deliveries/s ({} checks/s), delivered/changed {:.4}, {}",
-        a.customers,
-        if unfiltered { "unfiltered" } else { "filtered" },
-        out["rows_per_s"],
-        out["delivered_per_s"],
-        out["rows_per_s"].as_f64().unwrap_or(0.0) * checks as f64,
-        out["delivered_ratio"].as_f64().unwrap_or(0.0),
-        out["latency_line"].as_str().unwrap_or(""),
-    );
-    clients.stop().await;
-    report(
-        "rowscoped",
-        &summary,
-        json!({"customers": a.customers, "unfiltered": unfiltered, "writers": a.writers, "rows_per_tx": a.rows_per_tx, "rate": a.rate, "window": out}),
-    );
+    let mut record = json!({"customers": a.customers, "writers": a.writers, "rows_per_tx": a.rows_per_tx, "rate": a.rate});
+    let mut lines = Vec::new();
+    for &unfiltered in modes {
+        let sockets = ws::open_many(hub.addr, 0, a.customers, c.parallel, |i| {
+            let id = pgload::customer_id(i);
+            let token = hub.token(&id);
+            let mut entry = json!({"event": "UPDATE", "schema": "public", "table": "portal_jobs"});
+            if !unfiltered {
+                entry["filter"] = json!(format!("customer_id=eq.{id}"));
+            }
+            let spec = JoinSpec {
+                topic: format!("realtime:portal:{i}"),
+                changes: vec![entry],
+                presence_key: None,
+                access_token: token.clone(),
+            };
+            (token, Some(spec))
+        })
+        .await?;
+        let clients = Clients::spawn(sockets, |_| None);
+        let what = Write::UpdatePortal {
+            customers: a.customers,
+            rows: a.rows_per_tx,
+        };
+        let out = write_window(
+            &clients,
+            hub.pid,
+            &url,
+            a.writers,
+            a.rate,
+            what,
+            c.window(),
+            1,
+        )
+        .await?;
+        clients.stop().await;
+        let name = if unfiltered { "unfiltered" } else { "filtered" };
+        lines.push(format!(
+            "{name}: {} rows changed/s -> {} RLS-checked deliveries/s, delivered/changed {:.4}, {}, hub {} CPU µs/delivery",
+            out["rows_per_s"],
+            out["delivered_per_s"],
+            out["delivered_ratio"].as_f64().unwrap_or(0.0),
+            out["latency_line"].as_str().unwrap_or(""),
+            out["hub_cpu_us_per_delivery"],
+        ));
+        record[name] = out;
+    }
+    let rate = |name: &str| record[name]["delivered_per_s"].as_f64();
+    if let (Some(f), Some(u)) = (rate("filtered"), rate("unfiltered")) {
+        let ratio = u / f.max(1.0);
+        lines.push(format!("unfiltered/filtered {ratio:.3}"));
+        record["unfiltered_to_filtered"] = json!((ratio * 1000.0).round() / 1000.0);
+    }
+    let summary = format!("{} customers; {}", a.customers, lines.join("; "));
+    report("rowscoped", &summary, record);
     Ok(())
 }
 
@@ -147,7 +161,7 @@ pub async fn capture(a: CaptureArgs) -> Result<(), BenchError> {
             serde_json::from_str::<Value>(&body).map_or(Value::Null, |v| v["capture"].clone());
     }
     let summary = format!(
-        "{} writers: committed {}/s, delivered {}/s per subscriber ({} subscribers), delivered/committed {:.4}, lag {}, drain {} ms",
+        "{} writers: committed {}/s, delivered {}/s per subscriber ({} subscribers), delivered/committed {:.4}, lag {}, drain {} ms, hub {} CPU µs/delivery",
         a.writers,
         out["committed_per_s"],
         (out["delivered_per_s"].as_f64().unwrap_or(0.0) / a.subscribers as f64).round(),
@@ -155,6 +169,7 @@ pub async fn capture(a: CaptureArgs) -> Result<(), BenchError> {
         out["delivered_ratio"].as_f64().unwrap_or(0.0),
         out["latency_line"].as_str().unwrap_or(""),
         out["drain_ms"],
+        out["hub_cpu_us_per_delivery"],
     );
     clients.stop().await;
     report(

@@ -54,6 +54,7 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| BenchError::Setup(format!("cannot run redis-server: {e}")))?;
+        crate::pin::hub_side(child.id())?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
@@ -154,14 +155,16 @@ pub async fn cluster(a: ClusterArgs) -> Result<(), BenchError> {
     let rate = |w: &Value| w["delivered_per_s"].as_f64().unwrap_or(0.0);
     let ratio = rate(&spread) / rate(&single).max(1.0);
     let summary = format!(
-        "{} x {} members at {}/s: two nodes {} deliveries/s ({}), one node {} deliveries/s ({}); two/one {ratio:.3}",
+        "{} x {} members at {}/s: two nodes {} deliveries/s ({}, hubs {} CPU µs/delivery), one node {} deliveries/s ({}, hub {} CPU µs/delivery); two/one {ratio:.3}",
         a.channels,
         a.members,
         a.rate,
         spread["delivered_per_s"],
         spread["latency_line"].as_str().unwrap_or(""),
+        spread["hub_cpu_us_per_delivery"],
         single["delivered_per_s"],
         single["latency_line"].as_str().unwrap_or(""),
+        single["hub_cpu_us_per_delivery"],
     );
     let record = json!({
         "channels": a.channels, "members": a.members, "rate": a.rate,
@@ -232,6 +235,8 @@ async fn window(
         .map(|(p, c0)| ((stats::cpu_seconds(*p) - c0) / secs * 100.0).round() / 100.0)
         .collect();
     let (hub_cores, redis_cores) = cores.split_at(hubs.len());
+    let hub_cpu: f64 = hub_cores.iter().sum::<f64>() * secs;
+    out["hub_cpu_us_per_delivery"] = stats::us_per(hub_cpu, out["delivered"].as_u64().unwrap_or(0));
     out["hub_cpu_cores"] = json!(hub_cores);
     out["redis_cpu_cores"] = json!(redis_cores.first());
     out["sent_per_s"] = json!(stats::rate(sent, c.window()));

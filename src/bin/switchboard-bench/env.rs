@@ -57,12 +57,14 @@ impl PgCluster {
             &["start", "-w", "-t", "60", "-l", &log, "-o", &opts],
         )
         .map_err(setup)?;
-        Ok(PgCluster {
+        let cluster = PgCluster {
             dir,
             bin,
             as_postgres,
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-        })
+        };
+        crate::pin::postgres(&data)?;
+        Ok(cluster)
     }
 }
 
@@ -129,6 +131,9 @@ impl Hub {
             pid: Some(child.id()),
             child: Some(child),
         };
+        if let Some(pid) = hub.pid {
+            crate::pin::hub_side(pid)?;
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_get(addr, "/ready").await.ok().map(|(c, _)| c) != Some(200) {
             if Instant::now() > deadline {

@@ -83,10 +83,11 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), BenchError> {
     let mut record =
         json!({"subscribers": n, "writers": a.writers, "rate": a.rate, "fixed": fixed});
     let mut summary = format!(
-        "{n} subscribers, {} changes/s -> {} deliveries/s, {}",
+        "{n} subscribers, {} changes/s -> {} deliveries/s, {}, hub {} CPU µs/delivery",
         fixed["committed_per_s"],
         fixed["delivered_per_s"],
-        fixed["latency_line"].as_str().unwrap_or("")
+        fixed["latency_line"].as_str().unwrap_or(""),
+        fixed["hub_cpu_us_per_delivery"],
     );
     if !a.no_saturation {
         let sat = changes_window(
@@ -101,8 +102,10 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), BenchError> {
         )
         .await?;
         summary += &format!(
-            "; saturation: {} changes/s offered -> {} deliveries/s",
-            sat["committed_per_s"], sat["delivered_per_s_while_writing"]
+            "; saturation: {} changes/s offered -> {} deliveries/s, hub {} CPU µs/delivery",
+            sat["committed_per_s"],
+            sat["delivered_per_s_while_writing"],
+            sat["hub_cpu_us_per_delivery"],
         );
         record["saturation"] = sat;
     }
@@ -128,8 +131,8 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), BenchError> {
                 .unwrap_or(0.0);
             let ratio = hub_rate / null["delivered_per_s"].as_f64().unwrap_or(1.0).max(1.0);
             summary += &format!(
-                "; null hub {} deliveries/s, hub/null {ratio:.3}",
-                null["delivered_per_s"]
+                "; null hub {} deliveries/s ({} CPU µs/delivery), hub/null {ratio:.3}",
+                null["delivered_per_s"], null["hub_cpu_us_per_delivery"]
             );
             record["nullhub"] = null;
             record["hub_to_nullhub"] = json!((ratio * 1000.0).round() / 1000.0);
@@ -142,7 +145,7 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), BenchError> {
 /// Writers at `rate` (0: flat out) for `length`, then waits up to `drain_max` for
 /// stragglers.
 #[allow(clippy::too_many_arguments)]
-async fn changes_window(
+pub(crate) async fn changes_window(
     clients: &Clients,
     hub_pid: Option<u32>,
     url: &str,
@@ -191,6 +194,7 @@ async fn null_window(
     spec_of: impl Fn(usize) -> (String, Option<JoinSpec>),
 ) -> Result<Value, BenchError> {
     let null = NullHub::start().await?;
+    crate::pin::hub_side(null.pid())?;
     let sockets = ws::open_many(null.addr, 0, n, c.parallel, spec_of).await?;
     let clients = Clients::spawn(sockets, |_| None);
     let w = Window::open(&clients, Some(null.pid()));
@@ -272,14 +276,15 @@ pub async fn broadcast(a: BroadcastArgs) -> Result<(), BenchError> {
         c.window()
     ));
     let mut summary = format!(
-        "{} x {} members at {}/s: sent {}/s -> {} deliveries/s (expected {}), {}",
+        "{} x {} members at {}/s: sent {}/s -> {} deliveries/s (expected {}), {}, hub {} CPU µs/delivery",
         a.channels,
         a.members,
         a.rate,
         hubw["sent_per_s"],
         hubw["delivered_per_s"],
         hubw["expected_per_s"],
-        hubw["latency_line"].as_str().unwrap_or("")
+        hubw["latency_line"].as_str().unwrap_or(""),
+        hubw["hub_cpu_us_per_delivery"],
     );
     let mut record = json!({"channels": a.channels, "members": a.members, "rate": a.rate, "presence": presence, "hub": hubw});
     let sample = clients.shared.sample.get().cloned();
@@ -301,8 +306,8 @@ pub async fn broadcast(a: BroadcastArgs) -> Result<(), BenchError> {
         let ratio = record["hub"]["delivered_per_s"].as_f64().unwrap_or(0.0)
             / null["delivered_per_s"].as_f64().unwrap_or(1.0).max(1.0);
         summary += &format!(
-            "; null hub {} deliveries/s, hub/null {ratio:.3}",
-            null["delivered_per_s"]
+            "; null hub {} deliveries/s ({} CPU µs/delivery), hub/null {ratio:.3}",
+            null["delivered_per_s"], null["hub_cpu_us_per_delivery"]
         );
         record["nullhub"] = null;
         record["hub_to_nullhub"] = json!((ratio * 1000.0).round() / 1000.0);

@@ -61,6 +61,7 @@ pub async fn idle(a: IdleArgs) -> Result<(), BenchError> {
         .ok_or_else(|| BenchError::Setup("idle needs a hub this program starts (RSS)".into()))?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rss0, sock0) = (rss_kib(pid), tcp_mem_bytes());
+    let cpu0 = crate::stats::cpu_seconds(pid);
     let started = Instant::now();
     let share = a.connections.div_ceil(a.procs);
     let mut children = Vec::new();
@@ -109,6 +110,8 @@ pub async fn idle(a: IdleArgs) -> Result<(), BenchError> {
         }
     }
     let setup_secs = started.elapsed().as_secs_f64();
+    // No deliveries here: what the hub spent per connection opened (and joined).
+    let setup_us = crate::stats::us_per(crate::stats::cpu_seconds(pid) - cpu0, opened as u64);
     // Let the hub's allocator settle before reading.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (rss1, sock1) = (rss_kib(pid), tcp_mem_bytes());
@@ -120,7 +123,7 @@ pub async fn idle(a: IdleArgs) -> Result<(), BenchError> {
         let _ = tokio::task::spawn_blocking(move || child.wait()).await;
     }
     let summary = format!(
-        "{opened} idle sockets (setup {setup_secs:.1} s): hub RSS {} -> {} KiB, {:.0} B ({:.2} KiB) per connection; kernel TCP mem {:.0} B per connection (both ends)",
+        "{opened} idle sockets (setup {setup_secs:.1} s, hub {setup_us} CPU µs per connection): hub RSS {} -> {} KiB, {:.0} B ({:.2} KiB) per connection; kernel TCP mem {:.0} B per connection (both ends)",
         rss0,
         rss1,
         per_conn_rss,
@@ -136,6 +139,8 @@ pub async fn idle(a: IdleArgs) -> Result<(), BenchError> {
             "hub_rss_bytes_per_conn": per_conn_rss.round(),
             "tcp_mem_bytes_before": sock0, "tcp_mem_bytes_after": sock1,
             "tcp_mem_bytes_per_conn": per_conn_sock.round(),
+            "hub_cpu_us_per_connection_setup": setup_us,
+            "pinned": crate::pin::describe(),
         }),
     );
     Ok(())

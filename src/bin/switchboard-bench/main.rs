@@ -5,9 +5,11 @@ mod changes;
 mod cluster;
 mod env;
 mod fanout;
+mod floor;
 mod idle;
 mod nullhub;
 mod pgload;
+mod pin;
 mod run;
 mod stats;
 mod writeload;
@@ -66,6 +68,10 @@ pub struct Common {
     /// Extra hub settings for a hub this program starts, `NAME=value` (repeatable).
     #[arg(long = "hub-env", value_parser = parse_kv)]
     pub hub_env: Vec<(String, String)>,
+    /// Run the hub and Postgres (and the null hub, floor or Redis) on one half of the
+    /// CPUs and this load generator on the other (with 2 CPUs: 0 and 1).
+    #[arg(long)]
+    pub pin: bool,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -90,19 +96,51 @@ enum Scenario {
     Capture(changes::CaptureArgs),
     /// What capture costs writers: plain vs captured vs notify-trigger tables, fsync on.
     Writeload(writeload::WriteloadArgs),
+    /// Commit-to-client latency: the hub against a minimal LISTEN/NOTIFY forwarder.
+    Floor(floor::FloorArgs),
     /// The null hub (started by fanout and broadcast; can be run by hand).
     Nullhub {
         #[arg(long, default_value = "127.0.0.1:4999")]
         listen: std::net::SocketAddr,
+    },
+    /// The floor's LISTEN/NOTIFY forwarder (started by `floor`).
+    #[command(hide = true)]
+    FloorServe {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        database_url: String,
     },
     /// A share of the idle sockets, in a child process (used by `idle --procs`).
     #[command(hide = true)]
     IdleChild(idle::ChildArgs),
 }
 
+impl Scenario {
+    fn common(&self) -> Option<&Common> {
+        match self {
+            Scenario::Fanout(a) => Some(&a.common),
+            Scenario::Rowscoped(a) => Some(&a.common),
+            Scenario::Broadcast(a) => Some(&a.common),
+            Scenario::Cluster(a) => Some(&a.common),
+            Scenario::Idle(a) => Some(&a.common),
+            Scenario::Capture(a) => Some(&a.common),
+            Scenario::Writeload(a) => Some(&a.common),
+            Scenario::Floor(a) => Some(&a.common),
+            Scenario::Nullhub { .. } | Scenario::FloorServe { .. } | Scenario::IdleChild(_) => None,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    if cli.scenario.common().is_some_and(|c| c.pin) {
+        if let Err(e) = pin::enable() {
+            eprintln!("switchboard-bench: {e}");
+            std::process::exit(1);
+        }
+    }
     let result = match cli.scenario {
         Scenario::Fanout(a) => fanout::fanout(a).await,
         Scenario::Rowscoped(a) => changes::rowscoped(a).await,
@@ -111,7 +149,12 @@ async fn main() {
         Scenario::Idle(a) => idle::idle(a).await,
         Scenario::Capture(a) => changes::capture(a).await,
         Scenario::Writeload(a) => writeload::writeload(a).await,
+        Scenario::Floor(a) => floor::floor(a).await,
         Scenario::Nullhub { listen } => nullhub::serve(listen).await,
+        Scenario::FloorServe {
+            listen,
+            database_url,
+        } => floor::serve(listen, database_url).await,
         Scenario::IdleChild(a) => idle::child(a).await,
     };
     if let Err(e) = result {
@@ -130,6 +173,28 @@ pub struct Setup {
 impl Common {
     pub fn window(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.duration)
+    }
+
+    /// The hub binary: `--hub-bin`, or `switchboard` next to this program.
+    pub fn hub_bin(&self) -> Result<PathBuf, BenchError> {
+        Ok(match &self.hub_bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?.with_file_name("switchboard"),
+        })
+    }
+
+    /// `--database-url`, or a throwaway cluster (fsync off) kept while the guard lives.
+    pub async fn database(&self) -> Result<(Option<env::PgCluster>, String), BenchError> {
+        Ok(match &self.database_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let pg = tokio::task::spawn_blocking(|| env::PgCluster::start(false))
+                    .await
+                    .map_err(|e| BenchError::Setup(e.to_string()))??;
+                let url = pg.url.clone();
+                (Some(pg), url)
+            }
+        })
     }
 
     /// A durable Postgres (fsync on; or `--database-url`), migrated, and the hub on it.
@@ -161,23 +226,30 @@ impl Common {
         match &self.hub_url {
             Some(url) => env::Hub::external(url, &self.secret),
             None => {
-                let bin = match &self.hub_bin {
-                    Some(b) => b.clone(),
-                    None => std::env::current_exe()?.with_file_name("switchboard"),
-                };
-                let mut all_env: Vec<(String, String)> = hub_env
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect();
-                all_env.extend(self.hub_env.iter().cloned());
-                env::Hub::start(env::HubSpec {
-                    bin: &bin,
-                    database_url,
-                    env: all_env,
-                })
-                .await
+                self.start_hub_bin(&self.hub_bin()?, database_url, hub_env)
+                    .await
             }
         }
+    }
+
+    /// Starts hub binary `bin` on `database_url` with `hub_env` and `--hub-env`.
+    pub async fn start_hub_bin(
+        &self,
+        bin: &std::path::Path,
+        database_url: Option<&str>,
+        hub_env: Vec<(&'static str, String)>,
+    ) -> Result<env::Hub, BenchError> {
+        let mut all_env: Vec<(String, String)> = hub_env
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        all_env.extend(self.hub_env.iter().cloned());
+        env::Hub::start(env::HubSpec {
+            bin,
+            database_url,
+            env: all_env,
+        })
+        .await
     }
 
     /// Starts (or reaches) Postgres when `with_db`, prepares the bench schema with
@@ -188,15 +260,11 @@ impl Common {
         customers: usize,
         hub_env: Vec<(&'static str, String)>,
     ) -> Result<Setup, BenchError> {
-        let (pg, database_url) = match (with_db, &self.database_url) {
-            (false, _) => (None, None),
-            (true, Some(url)) => (None, Some(url.clone())),
-            (true, None) => {
-                let pg = tokio::task::spawn_blocking(|| env::PgCluster::start(false))
-                    .await
-                    .map_err(|e| BenchError::Setup(e.to_string()))??;
-                let url = pg.url.clone();
-                (Some(pg), Some(url))
+        let (pg, database_url) = match with_db {
+            false => (None, None),
+            true => {
+                let (pg, url) = self.database().await?;
+                (pg, Some(url))
             }
         };
         if let Some(url) = &database_url {

@@ -123,6 +123,8 @@ impl Window {
             "latency": stats::latency_json(&h),
             "latency_line": stats::latency_line(&h),
             "hub_cpu_cores": ((hub_cpu / secs) * 100.0).round() / 100.0,
+            "hub_cpu_us_per_delivery": stats::us_per(hub_cpu, delivered),
+            "pinned": crate::pin::describe(),
             "bench_cpu_cores": ((self_cpu / secs) * 100.0).round() / 100.0,
             "machine_busy": (busy * 100.0).round() / 100.0,
             "clients_closed": clients.closed(),

@@ -103,6 +103,14 @@ pub fn rate(n: u64, elapsed: Duration) -> f64 {
     }
 }
 
+/// CPU microseconds per event (one decimal), `null` without events.
+pub fn us_per(cpu_seconds: f64, events: u64) -> Value {
+    if events == 0 {
+        return Value::Null;
+    }
+    json!((cpu_seconds * 1e7 / events as f64).round() / 10.0)
+}
+
 /// Prints the summary line and then the JSON record (`{"scenario": ..., ...}`).
 pub fn report(scenario: &str, summary: &str, fields: Value) {
     println!("{scenario}: {summary}");
