@@ -58,7 +58,7 @@ fn is_too_large(e: axum::Error) -> bool {
 pub async fn run_connection<W, R>(
     hub: Arc<Hub>,
     sink: W,
-    mut stream: R,
+    stream: R,
     vsn: Vsn,
     claims: Claims,
     resume: Option<Arc<str>>,
@@ -68,6 +68,8 @@ pub async fn run_connection<W, R>(
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let conn_id = next_id();
+    // Fused: after the loop it is read again until it ends (see the drain below).
+    let mut stream = stream.fuse();
     let limits = &hub.services.limits;
     let (tx, rx) = outbox(limits.outbox_frames, limits.outbox_bytes);
     let resume = resume
@@ -169,9 +171,15 @@ pub async fn run_connection<W, R>(
     drop(session);
     drop(tx);
     metrics.connections.dec();
-    // A client that stopped reading can keep the writer blocked in `send`: give up on it.
+    // While the writer flushes and closes, keep reading (and discarding) what the client
+    // still sends, until it answers the close frame: a socket closed with unread input is
+    // reset, and a reset makes the client drop what it has not read yet (a join flood's
+    // error reply and close frame were lost so). A client that stopped reading can keep
+    // the writer blocked in `send`: give up on both after a while.
     let mut writer = writer;
-    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT * 2, &mut writer)
+    let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+    let both = async { tokio::join!(&mut writer, drain) };
+    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT * 2, both)
         .await
         .is_err()
     {
