@@ -83,6 +83,10 @@ settings! {
     max_frame_bytes: usize = 5_000_000, env "SWITCHBOARD_MAX_FRAME_BYTES";
     /// Channels one connection may join.
     max_channels_per_connection: usize = 100, env "SWITCHBOARD_MAX_CHANNELS_PER_CONNECTION";
+    /// postgres_changes entries one join may carry; more refuse the join.
+    max_changes_per_join: usize = 100, env "SWITCHBOARD_MAX_CHANGES_PER_JOIN";
+    /// postgres_changes entries one connection may hold over all its channels; a join past it is refused.
+    max_changes_per_connection: usize = 500, env "SWITCHBOARD_MAX_CHANGES_PER_CONNECTION";
     /// Joins per second per connection (burst of the same size).
     max_joins_per_second: u32 = 100, env "SWITCHBOARD_MAX_JOINS_PER_SECOND";
     /// Client messages per second per connection (heartbeats excluded).
@@ -91,10 +95,20 @@ settings! {
     max_broadcast_bytes: usize = 256 * 1024, env "SWITCHBOARD_MAX_BROADCAST_BYTES";
     /// Largest presence track payload, in bytes.
     max_presence_bytes: usize = 64 * 1024, env "SWITCHBOARD_MAX_PRESENCE_BYTES";
+    /// Presences one topic may hold (over all nodes); a track of a new one past it gets an error reply.
+    max_presences_per_topic: usize = 10_000, env "SWITCHBOARD_MAX_PRESENCES_PER_TOPIC";
+    /// Bytes of presence state one topic may hold (payloads, keys and refs); a track past it gets an error reply. At most `outbox_bytes`.
+    max_presence_bytes_per_topic: usize = 4 * 1024 * 1024, env "SWITCHBOARD_MAX_PRESENCE_BYTES_PER_TOPIC";
     /// Frames queued for one connection before it is cut off as a slow consumer.
     outbox_frames: usize = 4096, env "SWITCHBOARD_OUTBOX_FRAMES";
     /// Bytes queued for one connection before it is cut off as a slow consumer.
     outbox_bytes: usize = 8 * 1024 * 1024, env "SWITCHBOARD_OUTBOX_BYTES";
+    /// REST broadcast messages per second per token (burst of the same size); past it, 429.
+    rest_broadcasts_per_second_per_token: u32 = 1000, env "SWITCHBOARD_REST_BROADCASTS_PER_SECOND_PER_TOKEN";
+    /// REST broadcast messages per second per client address (IPv6: per /64; burst of the same size); past it, 429.
+    rest_broadcasts_per_second_per_address: u32 = 1000, env "SWITCHBOARD_REST_BROADCASTS_PER_SECOND_PER_ADDRESS";
+    /// Take a REST caller's address from the last `X-Forwarded-For` entry (the one the proxy in front of the hub appended) instead of the TCP peer. Only behind such a proxy.
+    trust_x_forwarded_for: bool = false, env "SWITCHBOARD_TRUST_X_FORWARDED_FOR";
     /// Seconds without any inbound frame before a socket is closed.
     idle_timeout_secs: u64 = 60, env "SWITCHBOARD_IDLE_TIMEOUT_SECS";
     /// Seconds a client has to send its HTTP request headers (the WebSocket upgrade included) before the connection is closed.
@@ -208,13 +222,21 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_frame_bytes: usize,
     pub max_channels_per_connection: usize,
+    pub max_changes_per_join: usize,
+    pub max_changes_per_connection: usize,
     pub max_joins_per_second: u32,
     pub max_messages_per_second: u32,
     pub max_broadcast_bytes: usize,
     pub max_presence_bytes: usize,
+    pub max_presences_per_topic: usize,
+    /// At most `outbox_bytes`.
+    pub max_presence_bytes_per_topic: usize,
     pub outbox_frames: usize,
     pub outbox_bytes: usize,
     pub idle_timeout: Duration,
+    pub rest_broadcasts_per_token: u32,
+    pub rest_broadcasts_per_address: u32,
+    pub trust_x_forwarded_for: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,6 +427,22 @@ fn consumer_settings(r: &Resolved) -> Result<ConsumerSettings, ConfigError> {
     })
 }
 
+/// The per-topic presence byte bound: at most `outbox_bytes`, so a joiner's
+/// `presence_state` is never larger than the queue it goes into.
+fn presence_bytes_per_topic(max_bytes: usize, outbox_bytes: usize) -> Result<usize, ConfigError> {
+    let outbox_bytes = positive("outbox_bytes", outbox_bytes)?;
+    let max_bytes = positive("max_presence_bytes_per_topic", max_bytes)?;
+    if max_bytes > outbox_bytes {
+        return Err(ConfigError::Invalid {
+            key: "max_presence_bytes_per_topic",
+            message: format!(
+                "must be at most outbox_bytes ({outbox_bytes}), so a joiner's presence_state fits its queue"
+            ),
+        });
+    }
+    Ok(max_bytes)
+}
+
 impl Config {
     /// Applies defaults and validates; errors name the offending key.
     pub fn from_settings(settings: Settings) -> Result<Config, ConfigError> {
@@ -460,6 +498,11 @@ impl Config {
                 "max_channels_per_connection",
                 r.max_channels_per_connection,
             )?,
+            max_changes_per_join: positive("max_changes_per_join", r.max_changes_per_join)?,
+            max_changes_per_connection: positive(
+                "max_changes_per_connection",
+                r.max_changes_per_connection,
+            )?,
             max_joins_per_second: positive("max_joins_per_second", r.max_joins_per_second)?,
             max_messages_per_second: positive(
                 "max_messages_per_second",
@@ -467,9 +510,26 @@ impl Config {
             )?,
             max_broadcast_bytes: positive("max_broadcast_bytes", r.max_broadcast_bytes)?,
             max_presence_bytes: positive("max_presence_bytes", r.max_presence_bytes)?,
+            max_presences_per_topic: positive(
+                "max_presences_per_topic",
+                r.max_presences_per_topic,
+            )?,
+            max_presence_bytes_per_topic: presence_bytes_per_topic(
+                r.max_presence_bytes_per_topic,
+                r.outbox_bytes,
+            )?,
             outbox_frames: positive("outbox_frames", r.outbox_frames)?,
             outbox_bytes: positive("outbox_bytes", r.outbox_bytes)?,
             idle_timeout: Duration::from_secs(positive("idle_timeout_secs", r.idle_timeout_secs)?),
+            rest_broadcasts_per_token: positive(
+                "rest_broadcasts_per_second_per_token",
+                r.rest_broadcasts_per_second_per_token,
+            )?,
+            rest_broadcasts_per_address: positive(
+                "rest_broadcasts_per_second_per_address",
+                r.rest_broadcasts_per_second_per_address,
+            )?,
+            trust_x_forwarded_for: r.trust_x_forwarded_for,
         };
         let admin_secret = non_empty(r.admin_secret);
         if admin_secret

@@ -56,12 +56,17 @@ pub async fn run(
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
     let node = router::NodeId::random();
+    let presence_limits = router::PresenceLimits {
+        max_presences: config.limits.max_presences_per_topic,
+        max_bytes: config.limits.max_presence_bytes_per_topic,
+    };
 
     let (router, cluster_status) = match &config.redis_url {
         None => {
             tracing::info!(%node, "node id (single node: no redis_url)");
             let status = Arc::new(cluster::ClusterStatus::single(node));
-            (Arc::new(router::Router::new(metrics.clone())), status)
+            let router = router::Router::new(metrics.clone()).with_presence_limits(presence_limits);
+            (Arc::new(router), status)
         }
         Some(url) => {
             tracing::info!(%node, cluster = %config.cluster_name, "node id (cluster mode over Redis)");
@@ -71,10 +76,10 @@ pub async fn run(
                 node_timeout: config.node_timeout,
             };
             let (handle, task) = cluster::start(cluster_config, node, metrics.clone())?;
-            let router = Arc::new(router::Router::with_cluster(
-                metrics.clone(),
-                Arc::new(handle.clone()),
-            ));
+            let router = Arc::new(
+                router::Router::with_cluster(metrics.clone(), Arc::new(handle.clone()))
+                    .with_presence_limits(presence_limits),
+            );
             background.spawn(cluster::run_cluster(
                 task,
                 router.clone(),
@@ -197,6 +202,11 @@ pub async fn run(
         consumers,
         inspector,
         admin: server::admin::Gate::new(config.admin_secret.clone()),
+        rest_limits: server::rest::RestLimits::new(
+            config.limits.rest_broadcasts_per_token,
+            config.limits.rest_broadcasts_per_address,
+            config.limits.trust_x_forwarded_for,
+        ),
     });
     if let Some(addr) = config.metrics_listen {
         let metrics_listener = TcpListener::bind(addr).await?;

@@ -54,6 +54,36 @@ async fn too_many_joins_per_second_also_disconnects_the_socket() {
 }
 
 #[tokio::test]
+async fn a_join_flood_gets_its_error_reply_and_close_frame_before_the_socket_closes() {
+    // 250 joins in one burst: the first 100 or so (the default burst) are answered, the
+    // next gets the error reply and the socket closes while the rest are still unread.
+    let hub = TestHub::start(test_config()).await;
+    let mut c = hub.connect_v2().await;
+    let joins: Vec<String> = (0..250)
+        .map(|i| json!([i.to_string(), i.to_string(), format!("realtime:f{i}"), "phx_join", {"config": {}}]).to_string())
+        .collect();
+    c.send_texts(&joins).await;
+    let mut ok = 0;
+    let reply = loop {
+        let f = c.recv().await;
+        assert_eq!(f.event(), Some("phx_reply"), "{f:?}");
+        if f.payload()["status"] == "ok" {
+            ok += 1;
+            continue;
+        }
+        break f;
+    };
+    // At least the burst (the bucket refills while the joins are handled).
+    assert!((100..250).contains(&ok), "{ok} joins answered ok");
+    assert_eq!(reply.ref_(), Some(ok.to_string().as_str()), "{reply:?}");
+    assert_eq!(
+        reply.payload(),
+        &json!({"status":"error","response":{"reason":"ClientJoinRateLimitReached: Too many joins per second"}})
+    );
+    assert_eq!(c.recv_close().await, (Some(1008), 0));
+}
+
+#[tokio::test]
 async fn too_many_messages_per_second_shuts_the_channel_and_spares_other_connections() {
     let mut config = test_config();
     config.limits.max_messages_per_second = 3;

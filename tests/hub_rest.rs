@@ -137,3 +137,108 @@ async fn single_message_route_with_url_encoded_topic_and_event_is_delivered() {
         &json!([null,null,"realtime:room 1/x","broadcast",{"type":"broadcast","event":"ev 2","payload":{"c":3}}])
     );
 }
+
+/// A batch of `n` messages to `lobby`.
+fn batch(n: usize) -> Value {
+    let msg = json!({"topic":"lobby","event":"flood","payload":{}});
+    json!({ "messages": vec![msg; n] })
+}
+
+/// POSTs a batch with `apikey`; the status, `Retry-After` and body.
+async fn post_batch(hub: &TestHub, apikey: &str, n: usize) -> (u16, Option<String>, Value) {
+    let resp = reqwest::Client::new()
+        .post(hub.http_url(BATCH))
+        .header("apikey", apikey)
+        .json(&batch(n))
+        .send()
+        .await
+        .expect("POST");
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let body = resp.text().await.expect("body");
+    (
+        status,
+        retry,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn rest_broadcasts_past_the_rate_per_token_are_429_and_subscribers_stay() {
+    // The probe: 40 × 1,000-message batches in 1.5 s knocked subscribers off with 1008.
+    let mut config = test_config();
+    config.limits.rest_broadcasts_per_token = 100;
+    config.limits.rest_broadcasts_per_address = 1_000_000;
+    let hub = TestHub::start(config).await;
+    let mut member = hub.connect_v2().await;
+    member.join_ok("realtime:lobby", json!({})).await;
+    let anon = hub.anon();
+    assert_eq!(post_batch(&hub, &anon, 100).await.0, 202);
+    let mut refused = 0;
+    for _ in 0..40 {
+        let (status, retry, body) = post_batch(&hub, &anon, 100).await;
+        if status == 202 {
+            continue;
+        }
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(
+            body,
+            json!({"message": "You have exceeded your rate limit"})
+        );
+        let retry: u64 = retry
+            .and_then(|r| r.parse().ok())
+            .expect("Retry-After seconds");
+        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+        refused += 1;
+    }
+    assert!(
+        refused > 0,
+        "no 429 in 40 batches of the whole per-second rate"
+    );
+    // Another token from the same address has its own bucket.
+    let other = hub.token("anon", "other", 600);
+    assert_eq!(post_batch(&hub, &other, 100).await.0, 202);
+    // The subscriber got exactly the accepted messages and is still connected.
+    let accepted = 100 * (40 - refused + 2);
+    for _ in 0..accepted {
+        let f = member.recv().await;
+        assert_eq!(f.payload()["event"], "flood", "{f:?}");
+    }
+    assert_eq!(member.heartbeat().await.payload()["status"], "ok");
+}
+
+#[tokio::test]
+async fn rest_broadcasts_past_the_rate_per_address_are_429_whatever_the_token() {
+    let mut config = test_config();
+    config.limits.rest_broadcasts_per_address = 50;
+    let hub = TestHub::start(config).await;
+    let mut refused = 0;
+    for n in 0..20 {
+        let token = hub.token("anon", &format!("t{n}"), 600);
+        let (status, _, body) = post_batch(&hub, &token, 50).await;
+        if status == 429 {
+            assert_eq!(
+                body,
+                json!({"message": "You have exceeded your rate limit"})
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "no 429 for 20 tokens from one address");
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_the_rate_ever_admits_is_429_with_supabases_text() {
+    let mut config = test_config();
+    config.limits.rest_broadcasts_per_token = 10;
+    let hub = TestHub::start(config).await;
+    let (status, _, body) = post_batch(&hub, &hub.anon(), 11).await;
+    assert_eq!(status, 429);
+    assert_eq!(
+        body,
+        json!({"message": "Too many messages to broadcast, please reduce the batch size"})
+    );
+}

@@ -21,6 +21,7 @@ create table "we""ird ✓"."ta""b le's ✓" (id bigserial primary key, "Wert ✓
 grant select on "we""ird ✓"."ta""b le's ✓" to authenticated;
 select realtime.enable('"we""ird ✓"."ta""b le''s ✓"');
 create table "we""ird ✓"."Off; ✓" (id bigserial primary key);
+grant select on "we""ird ✓"."Off; ✓" to authenticated;
 "#;
 
 const USER: &str = "9d8c7b6a-5f4e-4d3c-8b2a-190817263544";

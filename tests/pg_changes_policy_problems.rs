@@ -71,16 +71,17 @@ async fn waiting_for_postgres_changes_replies_once_capture_is_live() {
     let mut c = pg.connect(Vsn::V2).await;
     let entries = json!([{"event": "*", "schema": "public", "table": "jobs"}]);
     let options = json!({"postgres_changes_options": {"wait": true, "timeout": 5000}});
-    let joined = subscribe_with(&mut c, "realtime:a", entries, None, options.clone()).await;
+    let user = pg.user("waiter");
+    let joined = subscribe_with(&mut c, "realtime:a", entries, Some(&user), options.clone()).await;
     assert_eq!(joined.ids.len(), 1);
 
     let missing = json!([{"event": "*", "schema": "public", "table": "nope"}]);
-    let (_, reply) = join_changes(&mut c, "realtime:b", missing, None, options).await;
+    let (_, reply) = join_changes(&mut c, "realtime:b", missing, Some(&user), options).await;
     assert_eq!(reply.payload()["status"], "error", "{reply:?}");
     assert_eq!(
         reply.payload()["response"]["reason"],
         "RealtimeDisabledForConfiguration: Unable to subscribe to changes with given parameters: \
-         table public.nope does not exist"
+         table public.nope does not exist or role authenticated may not select from it"
     );
 }
 

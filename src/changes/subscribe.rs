@@ -1,7 +1,8 @@
 //! Turning a join's `postgres_changes` entries into validated subscriptions: the reply
 //! entries (echoed verbatim plus an integer `id`), and a clear error for each entry that
-//! cannot be served (missing table, table not enabled, bad filter, unknown column, a
-//! `select` column the role may not read).
+//! cannot be served (a table missing or unreadable for the role, which get one answer;
+//! a table not enabled; a bad filter; an unknown column; a filter or `select` column the
+//! role may not read).
 
 use std::sync::Arc;
 
@@ -110,10 +111,10 @@ fn parse_select(entry: &Value) -> Result<Option<Vec<String>>, ChangesError> {
     }
 }
 
-/// Checks every selected column exists and `role` may select it.
-async fn check_select(
-    catalog: &Catalog,
+/// Checks every selected column exists and is among the role's `selectable` columns.
+fn check_select(
     table: &super::TableInfo,
+    selectable: &[String],
     role: &str,
     select: Vec<String>,
 ) -> Result<Arc<[String]>, ChangesError> {
@@ -125,22 +126,20 @@ async fn check_select(
             column: unknown.clone(),
         });
     }
-    let selectable = catalog
-        .selectable_columns(table, role)
-        .await
-        .map_err(|e| ChangesError::Unavailable(e.to_string()))?;
-    let denied = select.iter().find(|c| {
-        selectable
-            .as_ref()
-            .is_none_or(|ok| !ok.iter().any(|s| &s == c))
-    });
-    if let Some(column) = denied {
+    if let Some(column) = select.iter().find(|c| !selectable.contains(c)) {
         return Err(ChangesError::SelectNotPermitted {
             column: column.clone(),
             role: role.to_owned(),
         });
     }
     Ok(select.into())
+}
+
+/// A catalog lookup that failed: the detail goes to the log, the client gets the
+/// database-unavailable text.
+fn unavailable(e: super::catalog::CatalogError) -> ChangesError {
+    tracing::warn!(error = %e, "postgres_changes join: catalog lookup failed");
+    ChangesError::Unavailable
 }
 
 async fn subscription(
@@ -185,20 +184,43 @@ async fn subscription(
         });
     }
     let name = qualified(schema, table);
-    let info = catalog
-        .table(schema, table)
-        .await
-        .map_err(|e| ChangesError::Unavailable(e.to_string()))?
-        .ok_or_else(|| ChangesError::NoSuchTable {
-            table: name.clone(),
-        })?;
-    if !info.realtime_enabled {
+    let info = catalog.table(schema, table).await.map_err(unavailable)?;
+    let selectable = match &info {
+        Some(info) => catalog
+            .selectable_columns(info, role)
+            .await
+            .map_err(unavailable)?,
+        None => None,
+    };
+    if info.as_ref().is_some_and(|t| !t.realtime_enabled) {
+        // The inspector's count of wanted tables, whoever asked.
         stats.refused(schema, table, chrono::Utc::now());
+    }
+    // A role that may select none of the table's columns learns nothing about it: the
+    // same answer as for a table that does not exist.
+    let (Some(info), Some(selectable)) = (info, selectable.filter(|c| !c.is_empty())) else {
+        return Err(ChangesError::NoVisibleTable {
+            table: name,
+            role: role.to_owned(),
+        });
+    };
+    if !info.realtime_enabled {
         return Err(ChangesError::NotEnabled { table: name });
+    }
+    // Which rows match a filter tells its column's values: only readable columns, checked
+    // before the values are read as the column's type (a type error would tell it too).
+    let hidden = parsed.columns().into_iter().find(|c| {
+        info.columns.iter().any(|col| col.name == *c) && !selectable.iter().any(|s| s == c)
+    });
+    if let Some(hidden) = hidden {
+        return Err(ChangesError::FilterNotPermitted {
+            column: hidden.to_owned(),
+            role: role.to_owned(),
+        });
     }
     let filter = parsed.bind(&info.columns)?;
     let select = match select {
-        Some(cols) => Some(check_select(catalog, &info, role, cols).await?),
+        Some(cols) => Some(check_select(&info, &selectable, role, cols)?),
         None => None,
     };
     Ok(Subscription {

@@ -91,6 +91,12 @@ impl Session {
             self.svc.metrics.limit_hit(self.conn_id, "joins_per_second");
             return Err(ReplyError::TooManyJoins);
         }
+        let payload = match &msg.payload {
+            InboundPayload::Json(v) => v,
+            InboundPayload::Broadcast(_) => &Value::Null,
+        };
+        let config = JoinConfig::parse(payload);
+        self.check_changes_entries(&msg.topic, config.postgres_changes.len())?;
         if self.channels.contains_key(&msg.topic) {
             self.close_channel(&msg.topic, End::Dropped);
         } else if self.channels.len() >= self.svc.limits.max_channels_per_connection {
@@ -99,11 +105,35 @@ impl Session {
                 .limit_hit(self.conn_id, "channels_per_connection");
             return Err(ReplyError::TooManyChannels);
         }
-        let payload = match &msg.payload {
-            InboundPayload::Json(v) => v,
-            InboundPayload::Broadcast(_) => &Value::Null,
-        };
-        Ok(JoinConfig::parse(payload))
+        Ok(config)
+    }
+
+    /// A join's `postgres_changes` entries against the per-join limit and, with the
+    /// entries of this connection's other channels (a rejoined topic's old ones are
+    /// replaced), the per-connection limit. Checked before any entry is looked at.
+    fn check_changes_entries(&self, topic: &str, entries: usize) -> Result<(), ReplyError> {
+        let limits = &self.svc.limits;
+        if entries > limits.max_changes_per_join {
+            self.svc.metrics.limit_hit(self.conn_id, "changes_per_join");
+            return Err(ReplyError::TooManyChangesInJoin {
+                max: limits.max_changes_per_join,
+            });
+        }
+        let held: usize = self
+            .channels
+            .iter()
+            .filter(|(t, _)| t.as_str() != topic)
+            .map(|(_, ch)| ch.changes)
+            .sum();
+        if held + entries > limits.max_changes_per_connection {
+            self.svc
+                .metrics
+                .limit_hit(self.conn_id, "changes_per_connection");
+            return Err(ReplyError::TooManyChangesOnConnection {
+                max: limits.max_changes_per_connection,
+            });
+        }
+        Ok(())
     }
 
     /// The claims the channel runs with: the join's user token when it brings a JWT,
@@ -291,6 +321,7 @@ impl Session {
             }
             _ => None,
         };
+        let changes = config.postgres_changes.len();
         let presence_key = if config.presence_key.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
@@ -306,6 +337,7 @@ impl Session {
                 member,
                 ack: config.broadcast_ack,
                 presence_key,
+                changes,
                 token,
                 exp: claims.exp,
                 live,

@@ -9,6 +9,15 @@ use crate::protocol::{
     encoded_len, AckError, Broadcast, BroadcastPayload, ChannelError, Inbound, InboundPayload,
     ReplyError,
 };
+use crate::router::PresenceFull;
+
+/// The error reply to a track the topic's presence limits refused.
+fn presence_full(full: PresenceFull) -> ReplyError {
+    match full {
+        PresenceFull::TooMany { max } => ReplyError::TooManyPresences { max },
+        PresenceFull::TooLarge { max } => ReplyError::PresenceStateTooLarge { max },
+    }
+}
 
 /// A text-form broadcast push's payload, `{"type":"broadcast","event":E,"payload":P}`.
 fn text_broadcast(v: &Value) -> Broadcast {
@@ -110,8 +119,14 @@ impl Session {
                 return;
             };
             let (key, member, presence_key) = (ch.key.clone(), ch.member, ch.presence_key.clone());
-            self.reply_ok(msg);
-            self.svc.router.track(&key, member, &presence_key, meta);
+            let router = self.svc.router.clone();
+            let tracked = router.track(&key, member, &presence_key, meta, || self.reply_ok(msg));
+            if let Err(full) = tracked {
+                self.svc
+                    .metrics
+                    .limit_hit(self.conn_id, "presence_per_topic");
+                self.reply_error(msg, presence_full(full));
+            }
         } else if event.eq_ignore_ascii_case("untrack") {
             let ch = &self.channels[&msg.topic];
             let (key, member) = (ch.key.clone(), ch.member);

@@ -47,7 +47,12 @@ impl Services {
     pub(crate) fn for_tests(config: &crate::config::Config) -> Arc<Services> {
         let metrics = Arc::new(Metrics::new());
         Arc::new(Services {
-            router: Arc::new(Router::new(metrics.clone())),
+            router: Arc::new(Router::new(metrics.clone()).with_presence_limits(
+                crate::router::PresenceLimits {
+                    max_presences: config.limits.max_presences_per_topic,
+                    max_bytes: config.limits.max_presence_bytes_per_topic,
+                },
+            )),
             changes: Changes::new(None),
             authz: Authz::new(None),
             capture: None,

@@ -29,6 +29,8 @@ pub(super) struct Channel {
     pub member: MemberId,
     pub ack: bool,
     pub presence_key: String,
+    /// How many `postgres_changes` entries its join carried (per-connection limit).
+    pub changes: usize,
     /// The user token in force (a refresh with the same token is ignored).
     pub token: Option<String>,
     /// `exp` (unix seconds) of the claims in force.

@@ -194,7 +194,7 @@ fn decode_metadata(bytes: &[u8]) -> Result<Option<Value>, DecodeError> {
 }
 
 /// Serialized length of a JSON value, without building the text (size limits).
-pub fn encoded_len(v: &Value) -> usize {
+pub fn encoded_len<T: serde::Serialize + ?Sized>(v: &T) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

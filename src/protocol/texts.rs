@@ -67,6 +67,15 @@ pub enum ReplyError {
     TopicRequired,
     #[error("ChannelRateLimitReached: Too many channels")]
     TooManyChannels,
+    /// More `postgres_changes` entries in one join than allowed. Supabase has no such
+    /// limit; the code is its per-connection limit's, so Python waits 30 s to rejoin.
+    #[error(
+        "ChannelRateLimitReached: Too many postgres_changes entries in one join (at most {max})"
+    )]
+    TooManyChangesInJoin { max: usize },
+    /// The join would take the connection's `postgres_changes` entries past the limit.
+    #[error("ChannelRateLimitReached: Too many postgres_changes entries on this connection (at most {max})")]
+    TooManyChangesOnConnection { max: usize },
     /// Also closes the socket.
     #[error("ClientJoinRateLimitReached: Too many joins per second")]
     TooManyJoins,
@@ -78,6 +87,14 @@ pub enum ReplyError {
     UnknownPresenceEvent(String),
     #[error("Presence track payload must be a map")]
     PresenceNotMap,
+    /// A track of a new presence in a topic that already holds the most allowed.
+    #[error("PresenceLimitReached: This channel already has {max} presences, the most allowed")]
+    TooManyPresences { max: usize },
+    /// A track that would take the topic's presence state past its byte bound.
+    #[error(
+        "PresenceLimitReached: This track would take the channel's presence state over {max} bytes"
+    )]
+    PresenceStateTooLarge { max: usize },
     #[error("malformed message: {0}")]
     Malformed(super::DecodeError),
     /// A private channel the token may not read; `channel` is the topic without `realtime:`.
@@ -161,8 +178,11 @@ pub enum ChangesError {
     EntryNotObject,
     #[error("Unable to subscribe to changes with given parameters: a filter needs a single table, not `{scope}`")]
     FilterNeedsTable { scope: String },
-    #[error("Unable to subscribe to changes with given parameters: table {table} does not exist")]
-    NoSuchTable { table: String },
+    /// The table does not exist, or the role may select none of its columns: one answer
+    /// for both, so a token cannot learn which tables exist.
+    #[error("Unable to subscribe to changes with given parameters: table {table} does not exist or role {role} may not select from it")]
+    NoVisibleTable { table: String, role: String },
+    /// Only told to a role that may select from the table (so it leaks nothing).
     #[error("table {table} is not enabled for realtime; add it to the publication with: {} or enable it with: {}", publication_sql(.table), enable_sql(.table))]
     NotEnabled { table: String },
     #[error("Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]")]
@@ -173,9 +193,13 @@ pub enum ChangesError {
     SelectUnknownColumn { column: String },
     #[error("invalid column for select {column}: role {role} may not select it")]
     SelectNotPermitted { column: String, role: String },
-    /// The catalog could not be read (database unreachable).
-    #[error("Unable to subscribe to changes with given parameters: {0}")]
-    Unavailable(String),
+    /// A filter on a column the role may not select (its values would leak through
+    /// which rows match).
+    #[error("invalid column for filter {column}: role {role} may not select it")]
+    FilterNotPermitted { column: String, role: String },
+    /// The catalog could not be read (database unreachable); the detail is logged.
+    #[error("Unable to subscribe to changes with given parameters: Realtime was unable to connect to the project database")]
+    Unavailable,
 }
 
 /// The SQL that enables realtime on `table` (already quoted: `public."My Table"`).
@@ -369,8 +393,11 @@ pub enum HttpError {
     Restarting,
     /// REST call without a valid token.
     Unauthorized,
-    /// REST batch over the size allowed in one request.
+    /// REST batch over the size allowed in one request, or larger than the rate limit
+    /// ever admits at once.
     BatchTooLarge,
+    /// REST broadcasts over the rate allowed per token or per client address.
+    RateLimited,
     /// REST single broadcast to a private topic the token may not write.
     WriteDenied,
     /// A `realtime.messages` policy raised while deciding a REST private broadcast.
@@ -411,7 +438,9 @@ impl HttpError {
         match self {
             HttpError::Token(_) | HttpError::Unauthorized => 401,
             HttpError::BadVsn(_) | HttpError::BadResumeKey => 400,
-            HttpError::TooManyConnections | HttpError::BatchTooLarge => 429,
+            HttpError::TooManyConnections | HttpError::BatchTooLarge | HttpError::RateLimited => {
+                429
+            }
             HttpError::Restarting => 503,
             HttpError::WriteDenied => 403,
             HttpError::Unprocessable { .. }
@@ -437,6 +466,7 @@ impl HttpError {
             HttpError::BatchTooLarge => {
                 json!({ "message": "Too many messages to broadcast, please reduce the batch size" })
             }
+            HttpError::RateLimited => json!({ "message": "You have exceeded your rate limit" }),
             HttpError::Unprocessable { field, problem } => {
                 json!({ "errors": { field.as_str(): [problem.text()] } })
             }

@@ -21,6 +21,7 @@ use crate::protocol::{self, Broadcast, Vsn, WireFrame};
 use crate::telemetry::Metrics;
 use outbox::{ChannelOutbox, FrameSink, PushError};
 use presence::{Diff, PresenceState};
+pub use presence::{PresenceFull, PresenceLimits};
 
 /// One join of one topic by one connection (a new id for every join).
 pub type MemberId = u64;
@@ -80,6 +81,17 @@ const MAX_HELD: usize = 1024;
 impl Member {
     /// Queues `frame` for this member (or holds it), without counting it.
     fn push(&mut self, router: &Router, frame: WireFrame, xid: Option<u64>) -> bool {
+        self.push_as(router, frame, xid, false)
+    }
+
+    /// `push`, for a snapshot frame when `snapshot` (see `OutboxTx::push_snapshot`).
+    fn push_as(
+        &mut self,
+        router: &Router,
+        frame: WireFrame,
+        xid: Option<u64>,
+        snapshot: bool,
+    ) -> bool {
         if let (Some(xid), Some(covered)) = (xid, &self.covered) {
             if covered(xid) {
                 return false;
@@ -95,6 +107,7 @@ impl Member {
                 router.metrics.slow_consumer(self.conn_id);
                 false
             }
+            None if snapshot => router.counted(self.outbox.push_snapshot(frame), self.conn_id),
             None => router.push(&self.outbox, self.conn_id, frame),
         }
     }
@@ -150,6 +163,8 @@ pub struct Router {
     metrics: Arc<Metrics>,
     /// Cluster mode: where local broadcasts and presence changes go for other nodes.
     cluster: Option<Arc<dyn ClusterLink>>,
+    /// How much presence a topic may hold.
+    presence_limits: PresenceLimits,
 }
 
 fn lock(topic: &Mutex<Topic>) -> std::sync::MutexGuard<'_, Topic> {
@@ -162,6 +177,15 @@ impl Router {
             topics: DashMap::new(),
             metrics,
             cluster: None,
+            presence_limits: PresenceLimits::default(),
+        }
+    }
+
+    /// This router with each topic's presence bounded by `limits`.
+    pub fn with_presence_limits(self, limits: PresenceLimits) -> Router {
+        Router {
+            presence_limits: limits,
+            ..self
         }
     }
 
@@ -197,7 +221,12 @@ impl Router {
     /// per receiver (the metric lookup would otherwise sit on the hot path). Counts a slow
     /// consumer it cuts off.
     pub fn push(&self, outbox: &impl FrameSink, conn_id: u64, frame: WireFrame) -> bool {
-        match outbox.push_frame(frame) {
+        self.counted(outbox.push_frame(frame), conn_id)
+    }
+
+    /// Whether a push queued its frame; counts a slow consumer it cut off.
+    fn counted(&self, pushed: Result<(), PushError>, conn_id: u64) -> bool {
+        match pushed {
             Ok(()) => true,
             Err(PushError::Overflow) => {
                 self.metrics.slow_consumer(conn_id);
@@ -232,7 +261,8 @@ impl Router {
             "presence_state",
             &state,
         );
-        if member.push(self, frame, None) {
+        // A snapshot: a joiner gets it even when it is larger than what its queue holds.
+        if member.push_as(self, frame, None, true) {
             self.metrics.message_out("presence_state", 1);
         }
     }
@@ -382,33 +412,41 @@ impl Router {
     }
 
     /// Tracks or updates a member's presence and fans the diff out. The member starts
-    /// receiving presence (with a `presence_state` first) if it did not already.
+    /// receiving presence (with a `presence_state` first) if it did not already. A track
+    /// the topic's presence limits refuse changes nothing; one they admit calls `admitted`
+    /// before anything is sent (the tracker's ok reply goes first, as in Supabase).
     pub fn track(
         &self,
         key: &TopicKey,
         member: MemberId,
         presence_key: &str,
         payload: Map<String, Value>,
-    ) {
+        admitted: impl FnOnce(),
+    ) -> Result<(), PresenceFull> {
         let Some(topic) = self.topic(key) else {
-            return;
+            admitted();
+            return Ok(());
         };
         let mut t = lock(&topic);
         let t = &mut *t;
-        match t.members.get_mut(&member) {
-            Some(m) if !m.presence => {
-                m.presence = true;
-                if m.access.presence {
-                    self.push_presence_state(&key.topic, &t.presence, m);
-                }
-            }
-            Some(_) => {}
-            None => return,
+        if !t.members.contains_key(&member) {
+            admitted();
+            return Ok(());
         }
-        if let Some(diff) = t.presence.track(member, presence_key, payload) {
+        let limits = &self.presence_limits;
+        t.presence.admits(member, presence_key, &payload, limits)?;
+        admitted();
+        if let Some(m) = t.members.get_mut(&member).filter(|m| !m.presence) {
+            m.presence = true;
+            if m.access.presence {
+                self.push_presence_state(&key.topic, &t.presence, m);
+            }
+        }
+        if let Some(diff) = t.presence.track(member, presence_key, payload, limits)? {
             self.fan_out_diff(&key.topic, t, &diff);
             self.tell_cluster(key, member, t.presence.local(member));
         }
+        Ok(())
     }
 
     pub fn untrack(&self, key: &TopicKey, member: MemberId) {
@@ -517,7 +555,9 @@ mod tests {
             keep.push(rx);
             router.join(&key(topic), m);
         }
-        router.track(&key("lobby"), 1, "ada", Map::new());
+        router
+            .track(&key("lobby"), 1, "ada", Map::new(), || {})
+            .unwrap();
         let summary = router.summary(10);
         assert_eq!(
             summary,

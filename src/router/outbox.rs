@@ -6,6 +6,10 @@
 //! A channel reaches the outbox through a `ChannelOutbox`: directly, or, while a resumed
 //! channel replays what it missed, behind a `Gate` that holds its live frames and releases
 //! them in order once the replay is queued.
+//!
+//! A snapshot (a joiner's `presence_state`) may go past the byte bound: it is refused only
+//! when the queue is already over it, so a joiner always gets its state and the queue
+//! holds at most the bound plus one snapshot (which configuration keeps below the bound).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -73,12 +77,26 @@ pub enum PushError {
 impl OutboxTx {
     /// Queues a frame without waiting. On overflow the connection is closed.
     pub fn push(&self, frame: WireFrame) -> Result<(), PushError> {
+        self.push_within(frame, false)
+    }
+
+    /// Queues a snapshot frame: past the byte bound too, unless the queue is already
+    /// over it (see the module header). The frame count still applies.
+    pub fn push_snapshot(&self, frame: WireFrame) -> Result<(), PushError> {
+        self.push_within(frame, true)
+    }
+
+    fn push_within(&self, frame: WireFrame, snapshot: bool) -> Result<(), PushError> {
         if self.shared.close.is_cancelled() {
             return Err(PushError::Closed);
         }
         let len = frame_len(&frame);
         let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if before + len > self.shared.max_bytes && before > 0 {
+        let over = match snapshot {
+            true => before > self.shared.max_bytes,
+            false => before + len > self.shared.max_bytes && before > 0,
+        };
+        if over {
             self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             self.close(Close::SlowConsumer);
             return Err(PushError::Overflow);
@@ -138,11 +156,20 @@ impl OutboxTx {
 /// Anything fan-out can push a frame into.
 pub trait FrameSink {
     fn push_frame(&self, frame: WireFrame) -> Result<(), PushError>;
+
+    /// A snapshot frame (`OutboxTx::push_snapshot`).
+    fn push_snapshot(&self, frame: WireFrame) -> Result<(), PushError> {
+        self.push_frame(frame)
+    }
 }
 
 impl FrameSink for OutboxTx {
     fn push_frame(&self, frame: WireFrame) -> Result<(), PushError> {
         self.push(frame)
+    }
+
+    fn push_snapshot(&self, frame: WireFrame) -> Result<(), PushError> {
+        OutboxTx::push_snapshot(self, frame)
     }
 }
 
@@ -203,16 +230,18 @@ impl ChannelOutbox {
     }
 }
 
-impl FrameSink for ChannelOutbox {
-    fn push_frame(&self, frame: WireFrame) -> Result<(), PushError> {
+impl ChannelOutbox {
+    fn push_gated(&self, frame: WireFrame, snapshot: bool) -> Result<(), PushError> {
         if let Some(gate) = &self.gate {
             let mut held = gate.lock();
             if let Some((frames, bytes)) = held.as_mut() {
                 if self.tx.is_closed() {
                     return Err(PushError::Closed);
                 }
+                let before = *bytes;
                 *bytes += frame_len(&frame);
-                if *bytes > self.tx.shared.max_bytes {
+                let limit = self.tx.shared.max_bytes;
+                if (snapshot && before > limit) || (!snapshot && *bytes > limit) {
                     self.tx.close(Close::SlowConsumer);
                     return Err(PushError::Overflow);
                 }
@@ -220,7 +249,17 @@ impl FrameSink for ChannelOutbox {
                 return Ok(());
             }
         }
-        self.tx.push(frame)
+        self.tx.push_within(frame, snapshot)
+    }
+}
+
+impl FrameSink for ChannelOutbox {
+    fn push_frame(&self, frame: WireFrame) -> Result<(), PushError> {
+        self.push_gated(frame, false)
+    }
+
+    fn push_snapshot(&self, frame: WireFrame) -> Result<(), PushError> {
+        self.push_gated(frame, true)
     }
 }
 
@@ -317,6 +356,22 @@ mod tests {
         channel.push_frame(text(6)).unwrap();
         assert_eq!(channel.push_frame(text(6)), Err(PushError::Overflow));
         assert_eq!(rx.close_reason(), Some(Close::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_goes_past_the_byte_bound_unless_the_queue_is_already_over_it() {
+        let (tx, _rx) = outbox(100, 10);
+        tx.push(text(4)).unwrap();
+        assert!(
+            tx.push_snapshot(text(10)).is_ok(),
+            "4 queued, within the bound"
+        );
+        assert_eq!(tx.push_snapshot(text(1)), Err(PushError::Overflow));
+        let (tx, _rx) = outbox(100, 10);
+        let (channel, _gate) = ChannelOutbox::gated(tx);
+        channel.push_frame(text(4)).unwrap();
+        assert!(channel.push_snapshot(text(10)).is_ok());
+        assert_eq!(channel.push_snapshot(text(1)), Err(PushError::Overflow));
     }
 
     #[tokio::test]

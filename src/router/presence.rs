@@ -3,6 +3,11 @@
 //! Metas are kept per source: a member of this node, or a member of another node
 //! (cluster mode), so one `presence_state` holds the whole cluster's presence and a
 //! dead node's metas can be dropped together.
+//!
+//! A topic's presence is bounded ([`PresenceLimits`]): a local track that would take it
+//! past its presences or bytes is refused before anything changes. Remote presences are
+//! bounded by their own node, so a cluster's topic can overshoot by what nodes track at
+//! the same moment.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +16,38 @@ use std::sync::OnceLock;
 use serde_json::{json, Map, Value};
 
 use super::{MemberId, NodeId};
+use crate::protocol::encoded_len;
+
+/// Bytes a meta adds to `presence_state` beyond its key and payload: `{"metas":[..]}`,
+/// `phx_ref`, `phx_ref_prev`, separators. Generous, so the counted bytes are never fewer
+/// than the state's JSON.
+const META_OVERHEAD: usize = 96;
+
+/// How much presence one topic may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceLimits {
+    /// Tracked presences (one per member).
+    pub max_presences: usize,
+    /// Counted bytes of the state: keys, payloads and `META_OVERHEAD` per meta.
+    pub max_bytes: usize,
+}
+
+impl Default for PresenceLimits {
+    /// Unbounded (the hub sets its configured limits).
+    fn default() -> Self {
+        PresenceLimits {
+            max_presences: usize::MAX,
+            max_bytes: usize::MAX,
+        }
+    }
+}
+
+/// Why a track was refused; nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceFull {
+    TooMany { max: usize },
+    TooLarge { max: usize },
+}
 
 /// Whose presence a meta is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,6 +73,13 @@ struct Meta {
     phx_ref: String,
     phx_ref_prev: Option<String>,
     payload: Map<String, Value>,
+    /// What it counts against the topic's byte bound (see [`meta_cost`]).
+    cost: usize,
+}
+
+/// The counted bytes of a meta with `payload` under `key`: their JSON plus overhead.
+fn meta_cost(key: &str, payload: &Map<String, Value>) -> usize {
+    encoded_len(key) + encoded_len(payload) + META_OVERHEAD
 }
 
 impl Meta {
@@ -90,6 +134,8 @@ pub struct PresenceState {
     by_key: BTreeMap<String, Vec<Meta>>,
     /// Which key each source tracks under (one presence per source).
     keys: BTreeMap<Source, String>,
+    /// The sum of the metas' costs.
+    bytes: usize,
 }
 
 /// A `phx_ref` unique across nodes: a random per-process prefix and a counter.
@@ -102,27 +148,54 @@ fn new_ref() -> String {
 }
 
 impl PresenceState {
-    /// Tracks (or updates) local `member`'s presence. `None` when nothing changed.
+    /// Tracks (or updates) local `member`'s presence within `limits`: `Ok(None)` when
+    /// nothing changed, `Err` (and nothing changed) when the topic cannot take it.
     pub fn track(
         &mut self,
         member: MemberId,
         key: &str,
         payload: Map<String, Value>,
-    ) -> Option<Diff> {
+        limits: &PresenceLimits,
+    ) -> Result<Option<Diff>, PresenceFull> {
         let source = Source::Local(member);
-        if let Some(old) = self.meta(source) {
-            if self.keys[&source] == key && old.payload == payload {
-                return None;
-            }
+        let old = self.meta(source);
+        if old.is_some_and(|old| self.keys[&source] == key && old.payload == payload) {
+            return Ok(None);
         }
-        let prev = self.meta(source).map(|m| m.phx_ref.clone());
+        let cost = self.admits(member, key, &payload, limits)?;
         let meta = Meta {
             source,
             phx_ref: new_ref(),
-            phx_ref_prev: prev,
+            phx_ref_prev: old.map(|m| m.phx_ref.clone()),
             payload,
+            cost,
         };
-        Some(self.put(key, meta))
+        Ok(Some(self.put(key, meta)))
+    }
+
+    /// Whether local `member` may track `payload` under `key` within `limits`; `Ok` with
+    /// the meta's cost.
+    pub fn admits(
+        &self,
+        member: MemberId,
+        key: &str,
+        payload: &Map<String, Value>,
+        limits: &PresenceLimits,
+    ) -> Result<usize, PresenceFull> {
+        let old = self.meta(Source::Local(member));
+        if old.is_none() && self.keys.len() >= limits.max_presences {
+            return Err(PresenceFull::TooMany {
+                max: limits.max_presences,
+            });
+        }
+        let cost = meta_cost(key, payload);
+        let freed = old.map_or(0, |m| m.cost);
+        if self.bytes - freed + cost > limits.max_bytes {
+            return Err(PresenceFull::TooLarge {
+                max: limits.max_bytes,
+            });
+        }
+        Ok(cost)
     }
 
     /// Sets a remote member's presence as its node reported it. `None` when this very
@@ -136,6 +209,7 @@ impl PresenceState {
             source,
             phx_ref: t.phx_ref,
             phx_ref_prev: t.phx_ref_prev,
+            cost: meta_cost(&t.key, &t.payload),
             payload: t.payload,
         };
         Some(self.put(&t.key, meta))
@@ -148,6 +222,7 @@ impl PresenceState {
             Diff::add(&mut diff.leaves, &old_key, &old);
         }
         Diff::add(&mut diff.joins, key, &meta);
+        self.bytes += meta.cost;
         self.keys.insert(meta.source, key.to_owned());
         self.by_key.entry(key.to_owned()).or_default().push(meta);
         diff
@@ -167,6 +242,7 @@ impl PresenceState {
         if metas.is_empty() {
             self.by_key.remove(&key);
         }
+        self.bytes -= old.cost;
         Some((key, old))
     }
 
@@ -255,6 +331,11 @@ impl PresenceState {
     pub fn tracked(&self) -> usize {
         self.keys.len()
     }
+
+    /// The counted bytes of the state (never fewer than its JSON's).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 /// Folds `more` into `diff` (metas under the same key are appended).
@@ -292,22 +373,70 @@ mod tests {
     }
 
     const N: NodeId = NodeId(7);
+    const UNBOUNDED: PresenceLimits = PresenceLimits {
+        max_presences: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+
+    #[test]
+    fn a_track_past_the_topics_presences_or_bytes_is_refused_and_changes_nothing() {
+        let mut p = PresenceState::default();
+        let cost = meta_cost("u1", &payload(json!({"a": 1})));
+        let limits = PresenceLimits {
+            max_presences: 2,
+            max_bytes: 2 * cost + 10,
+        };
+        p.track(1, "u1", payload(json!({"a": 1})), &limits).unwrap();
+        p.track(2, "u2", payload(json!({"a": 2})), &limits).unwrap();
+        assert_eq!(
+            p.track(3, "u3", payload(json!({})), &limits),
+            Err(PresenceFull::TooMany { max: 2 })
+        );
+        // An update of a tracked member replaces its bytes rather than adding to them.
+        assert!(p
+            .track(1, "u1", payload(json!({"a": 3})), &limits)
+            .unwrap()
+            .is_some());
+        let big = payload(json!({"a": "x".repeat(20)}));
+        assert_eq!(
+            p.track(2, "u2", big, &limits),
+            Err(PresenceFull::TooLarge { max: 2 * cost + 10 })
+        );
+        assert_eq!(p.state_json()["u2"]["metas"][0]["a"], 2, "unchanged");
+        let counted = p.bytes();
+        assert!(counted >= p.state_json().to_string().len(), "{counted}");
+        p.untrack(1);
+        p.untrack(2);
+        assert_eq!(p.bytes(), 0);
+    }
 
     #[test]
     fn track_then_identical_track_is_a_no_op() {
         let mut p = PresenceState::default();
-        let d = p.track(1, "u1", payload(json!({"a": 1}))).unwrap();
+        let d = p
+            .track(1, "u1", payload(json!({"a": 1})), &UNBOUNDED)
+            .unwrap()
+            .unwrap();
         assert!(d.leaves.is_empty());
         assert_eq!(d.joins["u1"]["metas"][0]["a"], 1);
-        assert!(p.track(1, "u1", payload(json!({"a": 1}))).is_none());
+        assert!(p
+            .track(1, "u1", payload(json!({"a": 1})), &UNBOUNDED)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
     fn update_produces_join_with_prev_ref_and_leave_of_old_ref() {
         let mut p = PresenceState::default();
-        let first = p.track(1, "u1", payload(json!({"a": 1}))).unwrap();
+        let first = p
+            .track(1, "u1", payload(json!({"a": 1})), &UNBOUNDED)
+            .unwrap()
+            .unwrap();
         let old_ref = first.joins["u1"]["metas"][0]["phx_ref"].clone();
-        let d = p.track(1, "u1", payload(json!({"a": 2}))).unwrap();
+        let d = p
+            .track(1, "u1", payload(json!({"a": 2})), &UNBOUNDED)
+            .unwrap()
+            .unwrap();
         assert_eq!(d.leaves["u1"]["metas"][0]["phx_ref"], old_ref);
         assert_eq!(d.joins["u1"]["metas"][0]["phx_ref_prev"], old_ref);
         assert_eq!(p.state_json()["u1"]["metas"].as_array().unwrap().len(), 1);
@@ -316,8 +445,10 @@ mod tests {
     #[test]
     fn untrack_removes_only_that_members_meta() {
         let mut p = PresenceState::default();
-        p.track(1, "shared", payload(json!({"d": 1})));
-        p.track(2, "shared", payload(json!({"d": 2})));
+        p.track(1, "shared", payload(json!({"d": 1})), &UNBOUNDED)
+            .unwrap();
+        p.track(2, "shared", payload(json!({"d": 2})), &UNBOUNDED)
+            .unwrap();
         let d = p.untrack(1).unwrap();
         assert_eq!(d.leaves["shared"]["metas"][0]["d"], 1);
         assert_eq!(
@@ -335,7 +466,8 @@ mod tests {
     #[test]
     fn a_local_and_a_remote_member_with_the_same_id_are_distinct() {
         let mut p = PresenceState::default();
-        p.track(1, "k", payload(json!({"here": true})));
+        p.track(1, "k", payload(json!({"here": true})), &UNBOUNDED)
+            .unwrap();
         p.put_remote(N, 1, remote("k", "R1", json!({"there": true})));
         assert_eq!(p.state_json()["k"]["metas"].as_array().unwrap().len(), 2);
         assert_eq!(p.locals().len(), 1);
@@ -381,7 +513,7 @@ mod tests {
         let mut p = PresenceState::default();
         p.put_remote(N, 1, remote("same", "R1", json!({})));
         p.put_remote(N, 2, remote("same", "R2", json!({})));
-        p.track(9, "mine", payload(json!({})));
+        p.track(9, "mine", payload(json!({})), &UNBOUNDED).unwrap();
         let d = p.drop_node(N).unwrap();
         assert_eq!(d.leaves["same"]["metas"].as_array().unwrap().len(), 2);
         assert!(d.joins.is_empty());

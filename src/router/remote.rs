@@ -236,7 +236,15 @@ mod tests {
         let router = Router::with_cluster(Arc::new(Metrics::new()), link.clone());
         let (m, mut rx) = member(1);
         router.join(&key(), m);
-        router.track(&key(), 1, "alice", json!({}).as_object().unwrap().clone());
+        router
+            .track(
+                &key(),
+                1,
+                "alice",
+                json!({}).as_object().unwrap().clone(),
+                || {},
+            )
+            .unwrap();
         router.remote_presence(&key(), N, 5, Some(tracked("bob", "R1")));
         router.remote_presence(&key(), N, 5, Some(tracked("bob", "R1")));
         router.remote_presence(&key(), N, 5, None);

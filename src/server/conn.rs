@@ -29,6 +29,9 @@ const WRITE_BATCH: usize = 64;
 /// How long the writer may take to flush queued frames once a close is requested.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A closing connection reads what the client still sends until it is quiet this long.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+
 /// Resumable connections: a ping at most this often while frames flow to the client...
 const PING_EVERY: Duration = Duration::from_millis(100);
 /// ...and about this often while only dispatch moves on (so parked positions stay recent).
@@ -58,7 +61,7 @@ fn is_too_large(e: axum::Error) -> bool {
 pub async fn run_connection<W, R>(
     hub: Arc<Hub>,
     sink: W,
-    mut stream: R,
+    stream: R,
     vsn: Vsn,
     claims: Claims,
     resume: Option<Arc<str>>,
@@ -68,6 +71,8 @@ pub async fn run_connection<W, R>(
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let conn_id = next_id();
+    // Fused: after the loop it is read again until it ends (see the drain below).
+    let mut stream = stream.fuse();
     let limits = &hub.services.limits;
     let (tx, rx) = outbox(limits.outbox_frames, limits.outbox_bytes);
     let resume = resume
@@ -169,9 +174,17 @@ pub async fn run_connection<W, R>(
     drop(session);
     drop(tx);
     metrics.connections.dec();
-    // A client that stopped reading can keep the writer blocked in `send`: give up on it.
+    // While the writer flushes and closes, keep reading (and discarding) what the client
+    // still sends, until it answers the close frame or goes quiet: a socket closed with
+    // unread input is reset, and a reset makes the client drop what it has not read yet
+    // (a join flood's error reply and close frame were lost so). A client that stopped
+    // reading can keep the writer blocked in `send`: give up on both after a while.
     let mut writer = writer;
-    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT * 2, &mut writer)
+    let drain = async {
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(DRAIN_QUIET, stream.next()).await {}
+    };
+    let both = async { tokio::join!(&mut writer, drain) };
+    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT * 2, both)
         .await
         .is_err()
     {

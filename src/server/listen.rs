@@ -43,6 +43,10 @@ fn fd_limit() -> Option<usize> {
     ok.then(|| usize::try_from(rl.rlim_cur).unwrap_or(usize::MAX))
 }
 
+/// The TCP peer of a request (a request extension; REST rate limits read it).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// One TCP connection's place under the cap, held by the HTTP connection and, after a
 /// WebSocket upgrade, by the socket's task: freed when both are done.
 #[derive(Clone)]
@@ -74,7 +78,7 @@ pub async fn serve(
         .header_read_timeout(header_timeout);
     let builder = Arc::new(builder);
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -100,6 +104,7 @@ pub async fn serve(
             let held = slot.clone();
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(held.clone());
+                req.extensions_mut().insert(PeerAddr(peer));
                 router.clone().oneshot(req)
             });
             if let Err(e) = builder

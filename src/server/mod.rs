@@ -7,7 +7,7 @@ mod conn;
 mod consumers;
 pub mod inspector;
 pub mod listen;
-mod rest;
+pub mod rest;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,6 +56,8 @@ pub struct Hub {
     pub inspector: Option<inspector::Inspector>,
     /// Who may use `/api/status`, the inspector and operations endpoints.
     pub admin: admin::Gate,
+    /// REST broadcast rate per token and per client address.
+    pub rest_limits: rest::RestLimits,
 }
 
 /// An HTTP error answer with its status and body.

@@ -3,7 +3,12 @@
 //! A batch is validated whole before anything is sent (bad input changes nothing).
 //! Private messages are authorized by the `realtime.messages` write policies for the
 //! caller's token and headers, as Supabase does: the batch drops refused topics and still
-//! answers 202, the single endpoint answers 403.
+//! answers 202, the single endpoint answers 403. Both are rate-limited per token and per
+//! client address (`limit.rs`), counting messages, after the body is found valid.
+
+mod limit;
+
+pub use limit::RestLimits;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use super::listen::PeerAddr;
 use super::{http_error, Hub};
 use crate::auth::Claims;
 use crate::authz::{self, AuthzError, Extension};
@@ -30,13 +36,16 @@ fn unprocessable(field: impl Into<String>, problem: BodyProblem) -> Response {
     })
 }
 
-/// `Authorization: Bearer <jwt>`, else an `apikey` header.
-fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Claims, Box<Response>> {
-    token_claims(hub, headers).ok_or_else(|| Box::new(http_error(HttpError::Unauthorized)))
+/// `Authorization: Bearer <jwt>`, else an `apikey` header: the token and its claims.
+fn authorize<'h>(hub: &Hub, headers: &'h HeaderMap) -> Result<(&'h str, Claims), Box<Response>> {
+    let token = request_token(headers);
+    token
+        .and_then(|t| Some((t, hub.services.verifier.verify(t).ok()?)))
+        .ok_or_else(|| Box::new(http_error(HttpError::Unauthorized)))
 }
 
-/// The verified claims of the request's token (`Authorization: Bearer`, else `apikey`).
-pub(super) fn token_claims(hub: &Hub, headers: &HeaderMap) -> Option<Claims> {
+/// The request's token (`Authorization: Bearer`, else `apikey`), trimmed.
+fn request_token(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -45,7 +54,43 @@ pub(super) fn token_claims(hub: &Hub, headers: &HeaderMap) -> Option<Claims> {
                 .or_else(|| v.strip_prefix("bearer "))
         });
     let token = bearer.or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()))?;
-    hub.services.verifier.verify(token.trim()).ok()
+    Some(token.trim())
+}
+
+/// The verified claims of the request's token (`Authorization: Bearer`, else `apikey`).
+pub(super) fn token_claims(hub: &Hub, headers: &HeaderMap) -> Option<Claims> {
+    hub.services.verifier.verify(request_token(headers)?).ok()
+}
+
+/// Counts `messages` against the caller's token and address; the 429 answer if over.
+fn within_rate(
+    hub: &Hub,
+    token: &str,
+    peer: Option<axum::Extension<PeerAddr>>,
+    headers: &HeaderMap,
+    messages: usize,
+) -> Result<(), Box<Response>> {
+    let limits = &hub.rest_limits;
+    let address = limits.client_address(peer.map(|p| p.0 .0.ip()), headers);
+    let refused = match limits.check(token, address, messages) {
+        Ok(()) => return Ok(()),
+        Err(refused) => refused,
+    };
+    hub.services
+        .metrics
+        .dropped("rest_broadcast_rate", messages as u64);
+    tracing::debug!(?address, messages, "REST broadcast over the rate limit");
+    Err(Box::new(match refused {
+        limit::Refused::Batch => http_error(HttpError::BatchTooLarge),
+        limit::Refused::Rate { retry_after } => {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let mut response = http_error(HttpError::RateLimited);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.max(1).into());
+            response
+        }
+    }))
 }
 
 /// Whether the caller may broadcast to private `topic` (one write probe).
@@ -75,10 +120,11 @@ fn send(hub: &Hub, topic: &str, private: bool, msg: Broadcast) {
 
 pub async fn broadcast_batch(
     State(hub): State<Arc<Hub>>,
+    peer: Option<axum::Extension<PeerAddr>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let claims = match authorize(&hub, &headers) {
+    let (token, claims) = match authorize(&hub, &headers) {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -119,6 +165,9 @@ pub async fn broadcast_batch(
             },
         ));
     }
+    if let Err(r) = within_rate(&hub, token, peer, &headers, ready.len()) {
+        return *r;
+    }
     // One write decision per private topic; refused (or undecidable) topics are dropped.
     let mut decided: HashMap<&str, bool> = HashMap::new();
     for (topic, private, msg) in ready {
@@ -150,10 +199,11 @@ pub async fn broadcast_one(
     State(hub): State<Arc<Hub>>,
     Path((topic, event)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
+    peer: Option<axum::Extension<PeerAddr>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let claims = match authorize(&hub, &headers) {
+    let (token, claims) = match authorize(&hub, &headers) {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -175,6 +225,9 @@ pub async fn broadcast_one(
     let private = params
         .get("private")
         .is_some_and(|p| p.eq_ignore_ascii_case("true"));
+    if let Err(r) = within_rate(&hub, token, peer, &headers, 1) {
+        return *r;
+    }
     let msg = Broadcast {
         event,
         payload,

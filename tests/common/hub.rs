@@ -326,6 +326,17 @@ impl WsClient {
             .expect("send text frame");
     }
 
+    /// Sends `texts` as one burst: every frame is queued, then flushed once.
+    pub async fn send_texts(&mut self, texts: &[String]) {
+        for text in texts {
+            self.ws
+                .feed(Message::Text(text.as_str().into()))
+                .await
+                .expect("queue text frame");
+        }
+        self.ws.flush().await.expect("flush text frames");
+    }
+
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.ws
             .send(Message::Binary(bytes.into()))

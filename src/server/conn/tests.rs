@@ -44,6 +44,7 @@ impl Conn {
             consumers: None,
             inspector: None,
             admin: crate::server::admin::Gate::new(None),
+            rest_limits: crate::server::rest::RestLimits::new(100, 100, false),
         });
         let (input, in_rx) = mpsc::channel(16);
         let (out_tx, output) = mpsc::unbounded_channel();

@@ -1,0 +1,216 @@
+//! postgres_changes against a hostile subscriber (issue 15): a filter may not read a
+//! column the role may not select; a join cannot tell an apikey holder which tables
+//! exist; entries per join and per connection are bounded; a join during a database
+//! outage gets a clean text.
+
+mod common;
+
+use common::e2e::*;
+use common::hub::Vsn;
+use serde_json::{json, Value};
+
+const SETUP: &str = r#"
+create table public.orders (id bigserial primary key, customer_id int4, title text, ssn text);
+grant select (id, customer_id, title) on public.orders to authenticated;
+select realtime.enable('public.orders');
+create table public.secret (id bigserial primary key);
+select realtime.enable('public.secret');
+create table public.draft (id bigserial primary key);
+create table public.shared_draft (id bigserial primary key);
+grant select on public.shared_draft to authenticated, service_role;
+"#;
+
+/// Joins `[entry]` as `token` and returns the one `postgres_changes` error message.
+async fn entry_error(pg: &PgHub, token: &str, entry: Value) -> String {
+    let mut c = pg.connect(Vsn::V2).await;
+    let (join_ref, reply) = join_changes(
+        &mut c,
+        "realtime:room",
+        json!([entry]),
+        Some(token),
+        json!({}),
+    )
+    .await;
+    joined_from_reply("realtime:room", join_ref, &reply);
+    let sys = next_system(&mut c).await;
+    assert_eq!(
+        (&sys["status"], &sys["extension"]),
+        (&json!("error"), &json!("postgres_changes")),
+        "{sys}"
+    );
+    sys["message"].as_str().unwrap_or_default().to_owned()
+}
+
+fn orders(filter: &str) -> Value {
+    json!({"event": "*", "schema": "public", "table": "orders", "filter": filter})
+}
+
+#[tokio::test]
+async fn a_filter_on_a_column_the_role_may_not_select_is_refused() {
+    let pg = PgHub::start(SETUP).await;
+    let user = pg.user("8a1f6a0e-39a4-4c55-9d3e-2f1d1b7c0a11");
+    // The probe: `ssn=like.9%` delivered exactly the rows whose hidden ssn starts with 9.
+    for filter in [
+        "ssn=like.9%",
+        "ssn=lt.5",
+        "ssn=eq.123-45-6789",
+        "ssn=in.(1,2)",
+    ] {
+        assert_eq!(
+            entry_error(&pg, &user, orders(filter)).await,
+            "invalid column for filter ssn: role authenticated may not select it",
+            "{filter}"
+        );
+    }
+    // A hidden column's type is not told either (no type error before the refusal).
+    let mut c = pg.connect(Vsn::V2).await;
+    let entries = json!([orders("customer_id=eq.7"), orders("title=like.a%")]);
+    let joined = join_changes(&mut c, "realtime:ok", entries, Some(&user), json!({})).await;
+    joined_from_reply("realtime:ok", joined.0, &joined.1);
+    assert_eq!(
+        next_system(&mut c).await["message"],
+        "Subscribed to PostgreSQL"
+    );
+    let id = pg
+        .id(
+            "insert into public.orders (customer_id, title, ssn) values (7, 'x', '999') returning id",
+            &[],
+        )
+        .await;
+    let ch = expect_row(&mut c, "INSERT", "orders", id).await;
+    assert_eq!(ch.data["record"].get("ssn"), None, "{:?}", ch.frame);
+}
+
+#[tokio::test]
+async fn a_role_learns_nothing_about_tables_it_may_not_select() {
+    let pg = PgHub::start(SETUP).await;
+    let user = pg.user("2b7c61f1-6f0f-4f3b-8b5e-6f0c7e8d9a10");
+    let answer = |table: &str| {
+        format!(
+            "Unable to subscribe to changes with given parameters: table public.{table} does not \
+             exist or role authenticated may not select from it"
+        )
+    };
+    let entry = |table: &str| json!({"event": "*", "schema": "public", "table": table});
+    // Missing, enabled but not granted, and neither enabled nor granted: one answer.
+    for table in ["nope", "secret", "draft"] {
+        assert_eq!(entry_error(&pg, &user, entry(table)).await, answer(table));
+    }
+    // With the anon key alone too.
+    let anon = pg.hub.anon();
+    let anon_answer = entry_error(&pg, &anon, entry("draft")).await;
+    assert_eq!(
+        anon_answer,
+        answer("draft").replace("authenticated", "anon")
+    );
+    assert_eq!(
+        entry_error(&pg, &anon, entry("nope")).await,
+        answer("nope").replace("authenticated", "anon")
+    );
+    // A role that may select the table is told how to enable it.
+    let hint =
+        "table public.shared_draft is not enabled for realtime; add it to the publication with:";
+    let granted = entry_error(&pg, &user, entry("shared_draft")).await;
+    assert!(granted.starts_with(hint), "{granted}");
+    let service = pg.token("service_role", "ops");
+    let granted = entry_error(&pg, &service, entry("shared_draft")).await;
+    assert!(granted.starts_with(hint), "{granted}");
+}
+
+fn entries(n: usize) -> Value {
+    Value::Array(vec![orders(""); n])
+}
+
+/// The error reply's reason (the join must have been refused).
+fn refusal(reply: &common::hub::Frame) -> &str {
+    assert_eq!(reply.payload()["status"], "error", "{reply:?}");
+    reply.payload()["response"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_join_with_more_entries_than_allowed_is_refused_before_any_is_looked_at() {
+    // The probe: 10 joins × 50,000 entries added 425 MB and delayed everyone by 9.4 s.
+    let pg = PgHub::start(SETUP).await;
+    let user = pg.user("5c3d2e1f-0a9b-4c8d-8e7f-6a5b4c3d2e1f");
+    let mut c = pg.connect(Vsn::V2).await;
+    for i in 0..3 {
+        let topic = format!("realtime:flood{i}");
+        let (_, reply) =
+            join_changes(&mut c, &topic, entries(50_000), Some(&user), json!({})).await;
+        assert_eq!(
+            refusal(&reply),
+            "ChannelRateLimitReached: Too many postgres_changes entries in one join (at most 100)"
+        );
+    }
+    // The connection still works, and a join at the limit is served.
+    let (join_ref, reply) = join_changes(
+        &mut c,
+        "realtime:fine",
+        entries(100),
+        Some(&user),
+        json!({}),
+    )
+    .await;
+    let joined = joined_from_reply("realtime:fine", join_ref, &reply);
+    assert_eq!(joined.ids.len(), 100);
+}
+
+#[tokio::test]
+async fn a_connection_holds_at_most_its_entries_over_all_its_channels() {
+    let pg = PgHub::start_with(SETUP, |c| {
+        c.limits.max_changes_per_join = 3;
+        c.limits.max_changes_per_connection = 5;
+    })
+    .await;
+    let user = pg.user("0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0");
+    let mut c = pg.connect(Vsn::V2).await;
+    let (_, reply) = join_changes(&mut c, "realtime:a", entries(4), Some(&user), json!({})).await;
+    assert_eq!(
+        refusal(&reply),
+        "ChannelRateLimitReached: Too many postgres_changes entries in one join (at most 3)"
+    );
+    let (_, reply) = join_changes(&mut c, "realtime:a", entries(3), Some(&user), json!({})).await;
+    joined_from_reply("realtime:a", String::new(), &reply);
+    let (b_ref, reply) =
+        join_changes(&mut c, "realtime:b", entries(2), Some(&user), json!({})).await;
+    joined_from_reply("realtime:b", String::new(), &reply);
+    let (_, reply) = join_changes(&mut c, "realtime:c", entries(1), Some(&user), json!({})).await;
+    assert_eq!(
+        refusal(&reply),
+        "ChannelRateLimitReached: Too many postgres_changes entries on this connection (at most 5)"
+    );
+    // A rejoin replaces the topic's entries rather than adding to them.
+    let (_, reply) = join_changes(&mut c, "realtime:a", entries(3), Some(&user), json!({})).await;
+    joined_from_reply("realtime:a", String::new(), &reply);
+    // Leaving gives the entries back.
+    let r = c.next_ref();
+    c.send(Some(&b_ref), Some(&r), "realtime:b", "phx_leave", json!({}))
+        .await;
+    c.recv_until(|f| f.is_reply_to(&r)).await;
+    let (_, reply) = join_changes(&mut c, "realtime:c", entries(2), Some(&user), json!({})).await;
+    joined_from_reply("realtime:c", String::new(), &reply);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_during_a_database_outage_gets_a_clean_text() {
+    let cluster = common::pg::dedicated_cluster().await;
+    let mut config = common::hub::test_config();
+    config.database_url = Some(cluster.create_db().await);
+    let hub = common::hub::TestHub::start(config).await;
+    let url = hub.ws_url(Some("2.0.0"), Some(&hub.anon()));
+    let mut c = common::hub::WsClient::connect(&url).await;
+    tokio::task::block_in_place(|| cluster.stop());
+    let entry = json!([{"event": "*", "schema": "public", "table": "orders"}]);
+    let (join_ref, reply) = join_changes(&mut c, "realtime:room", entry, None, json!({})).await;
+    joined_from_reply("realtime:room", join_ref, &reply);
+    let sys = next_system(&mut c).await;
+    assert_eq!(
+        sys["message"],
+        "Unable to subscribe to changes with given parameters: Realtime was unable to connect to \
+         the project database",
+        "{sys}"
+    );
+    tokio::task::block_in_place(|| cluster.start());
+}
