@@ -271,6 +271,42 @@ async fn a_gap_larger_than_the_replay_limit_asks_the_app_to_refetch() {
     expect_row(&mut c, "INSERT", "items", live).await;
 }
 
+/// Found by the chaos run: a replay held its pooled connection while row scope waited for
+/// another, so as many resumes as the pool has connections stalled the hub for everyone.
+/// With a pool of one, a single resume did.
+#[tokio::test]
+async fn a_resume_does_not_hold_a_pooled_connection_while_row_scope_needs_one() {
+    let pg = PgHub::start_with(SETUP, |c| c.db_pool_size = 1).await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-pool").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    let mut missed = Vec::new();
+    for _ in 0..3 {
+        missed.push(insert(&pg, ALICE).await);
+    }
+    observer.saw(*missed.last().unwrap()).await;
+    let mut c = connect(&pg, "client-pool").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    for id in &missed {
+        expect_row(&mut c, "INSERT", "items", *id).await;
+    }
+    let sys = resume_message(&mut c).await;
+    assert_eq!(
+        (&sys["recovered"], &sys["count"]),
+        (&json!(true), &json!(3)),
+        "{sys}"
+    );
+    let live = insert(&pg, BOB).await;
+    observer.saw(live).await;
+    let mine = insert(&pg, ALICE).await;
+    expect_row(&mut c, "INSERT", "items", mine).await;
+}
+
 #[tokio::test]
 async fn database_broadcasts_are_resumed_too() {
     let pg = PgHub::start(SETUP).await;

@@ -253,16 +253,24 @@ impl ResumeHandle {
     ) -> Result<Option<usize>, ResumeError> {
         let from = Position::parse(from).map_err(|_| ResumeError::Position(from.to_owned()))?;
         let until = Position::parse(until).map_err(|_| ResumeError::Position(until.to_owned()))?;
-        let client = self.inner.pool.get().await?;
         let max = self.inner.config.max_replay;
-        if count_between(&client, &from, &until, max).await? > max {
-            return Ok(None);
+        {
+            let client = self.inner.pool.get().await?;
+            if count_between(&client, &from, &until, max).await? > max {
+                return Ok(None);
+            }
         }
-        let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
         let (mut count, mut after) = (0usize, 0i64);
         loop {
-            let (events, last) =
-                events_between(&client, &stmt, &from, &until, after, REPLAY_PAGE).await?;
+            // The pooled connection is given back before the page is judged (row scope
+            // takes one of its own) and pushed (which waits for the client): holding it
+            // meanwhile let as many resumes as the pool has connections take them all
+            // and wait forever for one more, stalling dispatch for everyone.
+            let (events, last) = {
+                let client = self.inner.pool.get().await?;
+                let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
+                events_between(&client, &stmt, &from, &until, after, REPLAY_PAGE).await?
+            };
             let Some(last) = last else { break };
             after = last;
             let replayed = self.inner.changes.replay(target, events).await?;
