@@ -2,6 +2,7 @@
 //! printing a one-line summary and a JSON record. See BENCHMARKS.md.
 
 mod changes;
+mod chaos;
 mod cluster;
 mod env;
 mod fanout;
@@ -30,6 +31,9 @@ pub enum BenchError {
     Pg(#[from] tokio_postgres::Error),
     #[error("database: {0}")]
     Db(#[from] switchboard::db::DbError),
+    /// The scenario ran and found what it checks for violated.
+    #[error("{0}")]
+    Failed(String),
 }
 
 #[derive(Parser)]
@@ -90,6 +94,8 @@ enum Scenario {
     Capture(changes::CaptureArgs),
     /// What capture costs writers: plain vs captured vs notify-trigger tables, fsync on.
     Writeload(writeload::WriteloadArgs),
+    /// The hub in a hostile world: faults, floods and a verdict on every subscriber.
+    Chaos(chaos::ChaosArgs),
     /// The null hub (started by fanout and broadcast; can be run by hand).
     Nullhub {
         #[arg(long, default_value = "127.0.0.1:4999")]
@@ -111,6 +117,7 @@ async fn main() {
         Scenario::Idle(a) => idle::idle(a).await,
         Scenario::Capture(a) => changes::capture(a).await,
         Scenario::Writeload(a) => writeload::writeload(a).await,
+        Scenario::Chaos(a) => chaos::chaos(a).await,
         Scenario::Nullhub { listen } => nullhub::serve(listen).await,
         Scenario::IdleChild(a) => idle::child(a).await,
     };
