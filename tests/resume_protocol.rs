@@ -307,6 +307,70 @@ async fn a_resume_does_not_hold_a_pooled_connection_while_row_scope_needs_one() 
     expect_row(&mut c, "INSERT", "items", mine).await;
 }
 
+/// Found by the chaos run: a resume whose replay met a database error (its pooled
+/// connection killed, Postgres restarting) told the client to refetch at once, though
+/// the database was back a moment later. The replay now waits the error out. Here the
+/// replay's first query is held on a lock, its backend terminated, then the lock freed.
+#[tokio::test]
+async fn a_replay_waits_out_a_killed_connection() {
+    let pg = PgHub::start(SETUP).await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-killed").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    let mut missed = Vec::new();
+    for _ in 0..3 {
+        missed.push(insert(&pg, ALICE).await);
+    }
+    observer.saw(*missed.last().unwrap()).await;
+
+    let locker = pg.db.client().await;
+    locker
+        .batch_execute("begin; lock table realtime.changes in access exclusive mode")
+        .await
+        .unwrap();
+    let mut c = connect(&pg, "client-killed").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    loop {
+        let killed: i64 = pg
+            .sql
+            .query_one(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+                 where datname = current_database() and wait_event_type = 'Lock' \
+                 and query like 'select coalesce(sum(greatest(%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if killed > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replay never waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    locker.batch_execute("rollback").await.unwrap();
+    for id in &missed {
+        expect_row(&mut c, "INSERT", "items", *id).await;
+    }
+    let sys = resume_message(&mut c).await;
+    assert_eq!(
+        (&sys["recovered"], &sys["count"]),
+        (&json!(true), &json!(3)),
+        "{sys}"
+    );
+    let live = insert(&pg, ALICE).await;
+    expect_row(&mut c, "INSERT", "items", live).await;
+}
+
 #[tokio::test]
 async fn database_broadcasts_are_resumed_too() {
     let pg = PgHub::start(SETUP).await;
