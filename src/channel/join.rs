@@ -74,6 +74,11 @@ impl Session {
             }
         }
         let claim = self.claim(&msg.topic, &admitted.config).await;
+        if claim.as_ref().is_some_and(Claim::unreadable) {
+            // Joining without the parked row would answer `recovered: false` for an
+            // outage of a moment; refused, the client's rejoin comes back for its gap.
+            return self.reply_error(&msg, ReplyError::DatabaseUnavailable);
+        }
         self.register(&msg, admitted, replay, validated, claim)
             .await;
     }
