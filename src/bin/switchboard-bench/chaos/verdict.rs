@@ -50,6 +50,8 @@ pub struct SubReport {
     pub breaks: Vec<String>,
     /// Joins refused, postgres_changes errors, channels closed by the hub.
     pub refusals: Vec<String>,
+    /// The first few changes lost (ticks as `Tick(k)`, writes by stamp).
+    pub lost_sample: Vec<String>,
     /// Most duplicates one resume replayed.
     pub max_dup_per_resume: u64,
     pub resumes_recovered: u32,
@@ -187,6 +189,9 @@ pub fn judge(
             r.held += 1;
             if !chain.received.contains(&Key::Tick(k)) {
                 r.lost += 1;
+                if r.lost_sample.len() < 5 {
+                    r.lost_sample.push(format!("{:?}", Key::Tick(k)));
+                }
             }
         }
         for tx in txs
@@ -203,6 +208,9 @@ pub fn judge(
                 held_anywhere.insert(c.key());
                 if !chain.received.contains(&c.key()) {
                     r.lost += 1;
+                    if r.lost_sample.len() < 5 {
+                        r.lost_sample.push(format!("{:?}", c.key()));
+                    }
                 }
             }
         }
@@ -272,6 +280,8 @@ pub struct Totals {
     /// Break texts and refusal texts with how often they came.
     pub break_reasons: BTreeMap<String, u64>,
     pub refusal_reasons: BTreeMap<String, u64>,
+    /// Lost changes with how many subscribers lost each (from the samples).
+    pub lost_changes: BTreeMap<String, u64>,
 }
 
 pub fn totals<'a>(reports: impl Iterator<Item = &'a SubReport>, final_tick: i64) -> Totals {
@@ -299,6 +309,9 @@ pub fn totals<'a>(reports: impl Iterator<Item = &'a SubReport>, final_tick: i64)
         }
         for f in &r.refusals {
             *t.refusal_reasons.entry(f.clone()).or_default() += 1;
+        }
+        for k in &r.lost_sample {
+            *t.lost_changes.entry(k.clone()).or_default() += 1;
         }
     }
     t
