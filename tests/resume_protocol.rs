@@ -434,6 +434,76 @@ async fn a_join_that_cannot_read_its_parked_row_is_refused_and_the_rejoin_resume
     );
 }
 
+/// Found by the chaos run: a resuming join on a hub just started, whose capture had no
+/// position yet (Postgres still coming back), answered `recovered: false`. Now it is
+/// refused until the capture is up. Here the second hub's capture is held on a lock.
+#[tokio::test]
+async fn a_resuming_join_before_the_capture_is_up_is_refused_and_the_rejoin_resumes() {
+    let pg = PgHub::start(SETUP).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-early").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    let mut missed = Vec::new();
+    for _ in 0..3 {
+        missed.push(insert(&pg, ALICE).await);
+    }
+
+    let locker = pg.db.client().await;
+    locker
+        .batch_execute("begin; lock table realtime.changes in access exclusive mode")
+        .await
+        .unwrap();
+    let mut config = common::hub::test_config();
+    config.database_url = Some(pg.db.url.clone());
+    config.capture_poll = CAPTURE_POLL;
+    let second = common::hub::TestHub::start(config).await;
+    let url = format!(
+        "{}&resume=client-early",
+        second.ws_url(Some("2.0.0"), Some(&second.anon()))
+    );
+    let mut c = WsClient::connect(&url).await;
+    let (_, reply) =
+        join_changes(&mut c, "realtime:items", entries(), Some(&token), json!({})).await;
+    assert_eq!(
+        (
+            &reply.payload()["status"],
+            &reply.payload()["response"]["reason"]
+        ),
+        (
+            &json!("error"),
+            &json!(
+                "UnableToConnectToProject: Realtime was unable to connect to the project database"
+            )
+        ),
+        "{reply:?}"
+    );
+    locker.batch_execute("rollback").await.unwrap();
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    loop {
+        let (_, body) = second.get_admin("/api/status").await;
+        let status: Value = serde_json::from_str(&body).unwrap();
+        if status["capture"]["connected"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "capture not connected: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    for id in &missed {
+        expect_row(&mut c, "INSERT", "items", *id).await;
+    }
+    let sys = resume_message(&mut c).await;
+    assert_eq!(
+        (&sys["recovered"], &sys["count"]),
+        (&json!(true), &json!(3)),
+        "{sys}"
+    );
+}
+
 #[tokio::test]
 async fn database_broadcasts_are_resumed_too() {
     let pg = PgHub::start(SETUP).await;
