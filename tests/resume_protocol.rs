@@ -271,6 +271,239 @@ async fn a_gap_larger_than_the_replay_limit_asks_the_app_to_refetch() {
     expect_row(&mut c, "INSERT", "items", live).await;
 }
 
+/// Found by the chaos run: a replay held its pooled connection while row scope waited for
+/// another, so as many resumes as the pool has connections stalled the hub for everyone.
+/// With a pool of one, a single resume did.
+#[tokio::test]
+async fn a_resume_does_not_hold_a_pooled_connection_while_row_scope_needs_one() {
+    let pg = PgHub::start_with(SETUP, |c| c.db_pool_size = 1).await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-pool").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    let mut missed = Vec::new();
+    for _ in 0..3 {
+        missed.push(insert(&pg, ALICE).await);
+    }
+    observer.saw(*missed.last().unwrap()).await;
+    let mut c = connect(&pg, "client-pool").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    for id in &missed {
+        expect_row(&mut c, "INSERT", "items", *id).await;
+    }
+    let sys = resume_message(&mut c).await;
+    assert_eq!(
+        (&sys["recovered"], &sys["count"]),
+        (&json!(true), &json!(3)),
+        "{sys}"
+    );
+    let live = insert(&pg, BOB).await;
+    observer.saw(live).await;
+    let mine = insert(&pg, ALICE).await;
+    expect_row(&mut c, "INSERT", "items", mine).await;
+}
+
+/// Found by the chaos run: a resume whose replay met a database error (its pooled
+/// connection killed, Postgres restarting) told the client to refetch at once, though
+/// the database was back a moment later. The replay now waits the error out. Here the
+/// replay's first query is held on a lock, its backend terminated, then the lock freed.
+#[tokio::test]
+async fn a_replay_waits_out_a_killed_connection() {
+    let pg = PgHub::start(SETUP).await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-killed").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    let mut missed = Vec::new();
+    for _ in 0..3 {
+        missed.push(insert(&pg, ALICE).await);
+    }
+    observer.saw(*missed.last().unwrap()).await;
+
+    let locker = pg.db.client().await;
+    locker
+        .batch_execute("begin; lock table realtime.changes in access exclusive mode")
+        .await
+        .unwrap();
+    let mut c = connect(&pg, "client-killed").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    kill_waiting(&pg, "select coalesce(sum(greatest(%").await;
+    locker.batch_execute("rollback").await.unwrap();
+    for id in &missed {
+        expect_row(&mut c, "INSERT", "items", *id).await;
+    }
+    let sys = resume_message(&mut c).await;
+    assert_eq!(
+        (&sys["recovered"], &sys["count"]),
+        (&json!(true), &json!(3)),
+        "{sys}"
+    );
+    let live = insert(&pg, ALICE).await;
+    expect_row(&mut c, "INSERT", "items", live).await;
+}
+
+/// Terminates the hub's backend waiting on a lock in a statement starting like `query`
+/// (a `like` pattern), once there is one.
+async fn kill_waiting(pg: &PgHub, query: &str) {
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    loop {
+        let killed: i64 = pg
+            .sql
+            .query_one(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+                 where datname = current_database() and wait_event_type = 'Lock' \
+                 and query like $1",
+                &[&query],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if killed > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing waited on the lock: {query}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Found by the chaos run: a resuming join whose parked row could not be read (Postgres
+/// restarting) went live with `recovered: false`, though the row was there a moment later.
+/// Now the join is refused (the client's rejoin comes back for the gap). Here the read of
+/// the row is held on a row lock and its backend terminated.
+#[tokio::test]
+async fn a_join_that_cannot_read_its_parked_row_is_refused_and_the_rejoin_resumes() {
+    let pg = PgHub::start(SETUP).await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-unread").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    let mut missed = Vec::new();
+    for _ in 0..3 {
+        missed.push(insert(&pg, ALICE).await);
+    }
+    observer.saw(*missed.last().unwrap()).await;
+
+    let locker = pg.db.client().await;
+    locker
+        .batch_execute("begin; select 1 from realtime.log_holds where kind = 'resume' for update")
+        .await
+        .unwrap();
+    let mut c = connect(&pg, "client-unread").await;
+    let ((_, reply), ()) = tokio::join!(
+        join_changes(&mut c, "realtime:items", entries(), Some(&token), json!({})),
+        kill_waiting(&pg, "with old as%"),
+    );
+    assert_eq!(
+        (
+            &reply.payload()["status"],
+            &reply.payload()["response"]["reason"]
+        ),
+        (
+            &json!("error"),
+            &json!(
+                "UnableToConnectToProject: Realtime was unable to connect to the project database"
+            )
+        ),
+        "{reply:?}"
+    );
+    locker.batch_execute("rollback").await.unwrap();
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    for id in &missed {
+        expect_row(&mut c, "INSERT", "items", *id).await;
+    }
+    let sys = resume_message(&mut c).await;
+    assert_eq!(
+        (&sys["recovered"], &sys["count"]),
+        (&json!(true), &json!(3)),
+        "{sys}"
+    );
+}
+
+/// Found by the chaos run: a resuming join on a hub just started, whose capture had no
+/// position yet (Postgres still coming back), answered `recovered: false`. Now it is
+/// refused until the capture is up. Here the second hub's capture is held on a lock.
+#[tokio::test]
+async fn a_resuming_join_before_the_capture_is_up_is_refused_and_the_rejoin_resumes() {
+    let pg = PgHub::start(SETUP).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-early").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    let mut missed = Vec::new();
+    for _ in 0..3 {
+        missed.push(insert(&pg, ALICE).await);
+    }
+
+    let locker = pg.db.client().await;
+    locker
+        .batch_execute("begin; lock table realtime.changes in access exclusive mode")
+        .await
+        .unwrap();
+    let mut config = common::hub::test_config();
+    config.database_url = Some(pg.db.url.clone());
+    config.capture_poll = CAPTURE_POLL;
+    let second = common::hub::TestHub::start(config).await;
+    let url = format!(
+        "{}&resume=client-early",
+        second.ws_url(Some("2.0.0"), Some(&second.anon()))
+    );
+    let mut c = WsClient::connect(&url).await;
+    let (_, reply) =
+        join_changes(&mut c, "realtime:items", entries(), Some(&token), json!({})).await;
+    assert_eq!(
+        (
+            &reply.payload()["status"],
+            &reply.payload()["response"]["reason"]
+        ),
+        (
+            &json!("error"),
+            &json!(
+                "UnableToConnectToProject: Realtime was unable to connect to the project database"
+            )
+        ),
+        "{reply:?}"
+    );
+    locker.batch_execute("rollback").await.unwrap();
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    loop {
+        let (_, body) = second.get_admin("/api/status").await;
+        let status: Value = serde_json::from_str(&body).unwrap();
+        if status["capture"]["connected"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "capture not connected: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    for id in &missed {
+        expect_row(&mut c, "INSERT", "items", *id).await;
+    }
+    let sys = resume_message(&mut c).await;
+    assert_eq!(
+        (&sys["recovered"], &sys["count"]),
+        (&json!(true), &json!(3)),
+        "{sys}"
+    );
+}
+
 #[tokio::test]
 async fn database_broadcasts_are_resumed_too() {
     let pg = PgHub::start(SETUP).await;

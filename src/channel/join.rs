@@ -74,6 +74,14 @@ impl Session {
             }
         }
         let claim = self.claim(&msg.topic, &admitted.config).await;
+        // A parked row that could not be read, or a capture that has no position yet
+        // (just started, the database not reachable): joining now would answer
+        // `recovered: false` for an outage of a moment. Refused, the client's rejoin
+        // comes back for its gap. (The cut never goes back to `None`.)
+        let no_cut = || self.svc.changes.progress().at_cut(|| ()).0.is_none();
+        if claim.as_ref().is_some_and(|c| c.unreadable() || no_cut()) {
+            return self.reply_error(&msg, ReplyError::DatabaseUnavailable);
+        }
         self.register(&msg, admitted, replay, validated, claim)
             .await;
     }

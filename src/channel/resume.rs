@@ -21,6 +21,13 @@ pub(super) struct Claim {
     found: Result<Found, ResumeError>,
 }
 
+impl Claim {
+    /// The parked row could not be read (the database is unreachable).
+    pub(super) fn unreadable(&self) -> bool {
+        self.found.is_err()
+    }
+}
+
 impl Session {
     /// Claims the parked row of this channel, if the connection resumes.
     pub(super) async fn claim(&self, topic: &str, config: &JoinConfig) -> Option<Claim> {

@@ -22,7 +22,7 @@ pub use ack::{ChannelAck, ConnAcks};
 pub use store::Found;
 
 use crate::capture::{count_between, events_between, Position, READ_RANGE_SQL};
-use crate::changes::{Changes, ReplayTarget};
+use crate::changes::{Changes, ReplayTarget, Replayed};
 use crate::router::outbox::OutboxTx;
 use crate::telemetry::Metrics;
 
@@ -32,6 +32,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Log rows read per replay page.
 const REPLAY_PAGE: usize = 500;
+/// How long a replay waits out database errors before the client is told to refetch.
+const REPLAY_RETRY_FOR: Duration = Duration::from_secs(30);
 /// Longest resume key accepted.
 pub const MAX_KEY_LEN: usize = 128;
 
@@ -253,19 +255,28 @@ impl ResumeHandle {
     ) -> Result<Option<usize>, ResumeError> {
         let from = Position::parse(from).map_err(|_| ResumeError::Position(from.to_owned()))?;
         let until = Position::parse(until).map_err(|_| ResumeError::Position(until.to_owned()))?;
-        let client = self.inner.pool.get().await?;
         let max = self.inner.config.max_replay;
-        if count_between(&client, &from, &until, max).await? > max {
-            return Ok(None);
+        let mut retry = Retry::new();
+        loop {
+            match self.gap_size(&from, &until, max).await {
+                Ok(n) if n > max => return Ok(None),
+                Ok(_) => break,
+                Err(e) => retry.wait(e).await?,
+            }
         }
-        let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
         let (mut count, mut after) = (0usize, 0i64);
         loop {
-            let (events, last) =
-                events_between(&client, &stmt, &from, &until, after, REPLAY_PAGE).await?;
+            // A database error (an outage, a killed connection) is waited out like live
+            // dispatch does, retrying the page: nothing of it was pushed yet.
+            let (replayed, last) = match self.page(target, &from, &until, after).await {
+                Ok(page) => page,
+                Err(e) => {
+                    retry.wait(e).await?;
+                    continue;
+                }
+            };
             let Some(last) = last else { break };
             after = last;
-            let replayed = self.inner.changes.replay(target, events).await?;
             count += replayed.count;
             for frame in replayed.frames {
                 if !out.push_patiently(frame).await {
@@ -276,6 +287,42 @@ impl ResumeHandle {
         Ok(Some(count))
     }
 
+    async fn gap_size(
+        &self,
+        from: &Position,
+        until: &Position,
+        max: usize,
+    ) -> Result<usize, ResumeError> {
+        let client = self.inner.pool.get().await?;
+        Ok(count_between(&client, from, until, max).await?)
+    }
+
+    /// The frames of the page after log row `after`, and its last log row (`None`: the
+    /// gap is done). The pooled connection is given back before the page is judged (row
+    /// scope takes one of its own) and pushed (which waits for the client): holding it
+    /// meanwhile let as many resumes as the pool has connections take them all and wait
+    /// forever for one more, stalling dispatch for everyone.
+    async fn page(
+        &self,
+        target: &ReplayTarget,
+        from: &Position,
+        until: &Position,
+        after: i64,
+    ) -> Result<(Replayed, Option<i64>), ResumeError> {
+        let (events, last) = {
+            let client = self.inner.pool.get().await?;
+            let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
+            events_between(&client, &stmt, from, until, after, REPLAY_PAGE).await?
+        };
+        if last.is_none() {
+            let none = Replayed {
+                frames: Vec::new(),
+                count: 0,
+            };
+            return Ok((none, None));
+        }
+        Ok((self.inner.changes.replay(target, events).await?, last))
+    }
     /// For `/api/status`: live and parked subscriptions, resumes by outcome, replayed.
     pub fn status(&self) -> Value {
         let m = &self.inner.metrics;
@@ -439,5 +486,31 @@ impl ResumeHandle {
         if let Ok(n) = store::count_parked(&client).await {
             self.inner.metrics.resume_parked.set(n);
         }
+    }
+}
+
+/// Backoff for a replay's database errors, up to `REPLAY_RETRY_FOR` in all.
+struct Retry {
+    until: Instant,
+    backoff: Duration,
+}
+
+impl Retry {
+    fn new() -> Retry {
+        Retry {
+            until: Instant::now() + REPLAY_RETRY_FOR,
+            backoff: Duration::from_millis(50),
+        }
+    }
+
+    /// Waits before the next attempt, or gives `e` back when time is up.
+    async fn wait(&mut self, e: ResumeError) -> Result<(), ResumeError> {
+        if Instant::now() + self.backoff > self.until {
+            return Err(e);
+        }
+        tracing::debug!(error = %e, "replay failed; retrying");
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+        Ok(())
     }
 }

@@ -23,6 +23,8 @@ pub struct PgCluster {
     dir: PathBuf,
     bin: PathBuf,
     as_postgres: bool,
+    /// `pg_ctl start -o` options, kept so the cluster can be started again.
+    opts: String,
     pub url: String,
 }
 
@@ -34,6 +36,17 @@ impl PgCluster {
     /// A throwaway cluster without fsync (`durable`: with fsync and synchronous commit,
     /// for measuring what writers pay).
     pub fn start(durable: bool) -> Result<PgCluster, BenchError> {
+        PgCluster::start_with(!durable, "")
+    }
+
+    /// A cluster that survives being stopped with `-m immediate`: no fsync (the machine
+    /// does not crash, only Postgres), but every commit is written before it is
+    /// acknowledged (`synchronous_commit` on), so no acknowledged commit is lost.
+    pub fn start_crashable() -> Result<PgCluster, BenchError> {
+        PgCluster::start_with(false, " -c fsync=off -c full_page_writes=off")
+    }
+
+    fn start_with(throwaway: bool, extra: &str) -> Result<PgCluster, BenchError> {
         let bin = localpg::find_bin(None).map_err(setup)?;
         let as_postgres = localpg::running_as_root();
         let dir = std::env::temp_dir().join(format!("switchboard-bench-pg-{}", std::process::id()));
@@ -45,26 +58,46 @@ impl PgCluster {
         localpg::initdb(&bin, &data, as_postgres, true).map_err(setup)?;
         let port = free_port()?;
         let opts = format!(
-            "{} -c shared_buffers=256MB",
-            localpg::server_options(port, &dir, !durable, 200)
+            "{} -c shared_buffers=256MB{extra}",
+            localpg::server_options(port, &dir, throwaway, 200)
         );
-        let log = dir.join("postgres.log");
-        let log = log.to_string_lossy();
-        localpg::pg_ctl(
-            &bin,
-            &data,
-            as_postgres,
-            &["start", "-w", "-t", "60", "-l", &log, "-o", &opts],
-        )
-        .map_err(setup)?;
         let cluster = PgCluster {
             dir,
             bin,
             as_postgres,
+            opts,
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         };
-        crate::pin::postgres(&data)?;
+        cluster.start_again()?;
+        crate::pin::postgres(&cluster.dir.join("data"))?;
         Ok(cluster)
+    }
+
+    /// `pg_ctl stop -m <mode>` (`fast`: sessions are terminated; `immediate`: a crash,
+    /// recovered from the WAL at the next start).
+    pub fn stop(&self, mode: &str) -> Result<(), BenchError> {
+        let data = self.dir.join("data");
+        localpg::pg_ctl(
+            &self.bin,
+            &data,
+            self.as_postgres,
+            &["stop", "-w", "-m", mode],
+        )
+        .map_err(setup)
+    }
+
+    /// Starts the (stopped) cluster on its port and waits until it accepts connections.
+    pub fn start_again(&self) -> Result<(), BenchError> {
+        let data = self.dir.join("data");
+        let log = self.dir.join("postgres.log");
+        let log = log.to_string_lossy();
+        localpg::pg_ctl(
+            &self.bin,
+            &data,
+            self.as_postgres,
+            &["start", "-w", "-t", "60", "-l", &log, "-o", &self.opts],
+        )
+        .map_err(setup)
     }
 }
 

@@ -2,6 +2,7 @@
 //! printing a one-line summary and a JSON record. See BENCHMARKS.md.
 
 mod changes;
+mod chaos;
 mod cluster;
 mod env;
 mod fanout;
@@ -32,6 +33,9 @@ pub enum BenchError {
     Pg(#[from] tokio_postgres::Error),
     #[error("database: {0}")]
     Db(#[from] switchboard::db::DbError),
+    /// The scenario ran and found what it checks for violated.
+    #[error("{0}")]
+    Failed(String),
 }
 
 #[derive(Parser)]
@@ -98,6 +102,8 @@ enum Scenario {
     Writeload(writeload::WriteloadArgs),
     /// Commit-to-client latency: the hub against a minimal LISTEN/NOTIFY forwarder.
     Floor(floor::FloorArgs),
+    /// The hub in a hostile world: faults, floods and a verdict on every subscriber.
+    Chaos(chaos::ChaosArgs),
     /// The null hub (started by fanout and broadcast; can be run by hand).
     Nullhub {
         #[arg(long, default_value = "127.0.0.1:4999")]
@@ -127,6 +133,7 @@ impl Scenario {
             Scenario::Capture(a) => Some(&a.common),
             Scenario::Writeload(a) => Some(&a.common),
             Scenario::Floor(a) => Some(&a.common),
+            Scenario::Chaos(a) => Some(&a.common),
             Scenario::Nullhub { .. } | Scenario::FloorServe { .. } | Scenario::IdleChild(_) => None,
         }
     }
@@ -150,6 +157,7 @@ async fn main() {
         Scenario::Capture(a) => changes::capture(a).await,
         Scenario::Writeload(a) => writeload::writeload(a).await,
         Scenario::Floor(a) => floor::floor(a).await,
+        Scenario::Chaos(a) => chaos::chaos(a).await,
         Scenario::Nullhub { listen } => nullhub::serve(listen).await,
         Scenario::FloorServe {
             listen,
