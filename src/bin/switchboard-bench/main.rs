@@ -8,6 +8,7 @@ mod fanout;
 mod idle;
 mod nullhub;
 mod pgload;
+mod rss;
 mod run;
 mod stats;
 mod writeload;
@@ -86,6 +87,8 @@ enum Scenario {
     Cluster(cluster::ClusterArgs),
     /// N idle sockets: hub RSS and kernel socket memory per connection.
     Idle(idle::IdleArgs),
+    /// A presence and broadcast flood, then RSS at rest: baseline, peak, a minute after.
+    Rss(rss::RssArgs),
     /// Writers at the maximum commit rate: committed/s, delivered/s and lag.
     Capture(changes::CaptureArgs),
     /// What capture costs writers: plain vs captured vs notify-trigger tables, fsync on.
@@ -110,6 +113,7 @@ async fn main() {
         Scenario::Cluster(a) => cluster::cluster(a).await,
         Scenario::Idle(a) => idle::idle(a).await,
         Scenario::Capture(a) => changes::capture(a).await,
+        Scenario::Rss(a) => rss::rss(a).await,
         Scenario::Writeload(a) => writeload::writeload(a).await,
         Scenario::Nullhub { listen } => nullhub::serve(listen).await,
         Scenario::IdleChild(a) => idle::child(a).await,
