@@ -209,6 +209,10 @@ pub enum FilterError {
     TooManyInValues,
     #[error("Error parsing `filter` params: like pattern longer than {max} characters")]
     PatternTooLong { max: usize },
+    #[error(
+        "Error parsing `filter` params: like pattern must not end with the escape character `\\`"
+    )]
+    PatternEndsWithEscape,
     #[error("invalid column for filter {0}")]
     InvalidColumn(String),
     #[error("Error parsing `filter` params: invalid input for type {type_name}: \"{value}\"")]
