@@ -6,7 +6,8 @@
 //! `realtime.grant_hub` grants (the README's "Running as a non-superuser"). Test targets
 //! whose name ends in `_as_authenticator` use it (`tests/*_as_authenticator.rs` load the
 //! row-scope, capture, private-channel and resume files a second time), and so does every
-//! test when `SWITCHBOARD_TEST_HUB_ROLE=authenticator` is set.
+//! hub started through `PgHub` or `TestDb::hub_url` when
+//! `SWITCHBOARD_TEST_HUB_ROLE=authenticator` is set.
 //!
 //! With `DATABASE_URL` set, databases are created on that server. Otherwise one cluster
 //! per test process is started from the Postgres 15 binaries, owned by user `postgres`,

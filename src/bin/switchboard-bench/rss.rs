@@ -39,6 +39,10 @@ pub struct RssArgs {
     /// Run the flood twice, first against a hub with `memory_trim = false`.
     #[arg(long)]
     pub compare_untrimmed: bool,
+    /// Give the hub a database (capture, catalog pool), as deployed; the flood itself
+    /// does not touch it.
+    #[arg(long)]
+    pub with_db: bool,
 }
 
 /// How often RSS is sampled (peak and the curve after the flood).
@@ -77,7 +81,7 @@ async fn run_once(a: &RssArgs, trim: bool) -> Result<serde_json::Value, BenchErr
     let c = &a.common;
     let setup = c
         .setup(
-            false,
+            a.with_db,
             0,
             vec![
                 ("SWITCHBOARD_MAX_MESSAGES_PER_SECOND", "1000".into()),
@@ -161,6 +165,7 @@ async fn run_once(a: &RssArgs, trim: bool) -> Result<serde_json::Value, BenchErr
     let mib = |k: u64| (k as f64 / 1024.0 * 10.0).round() / 10.0;
     let fields = json!({
         "memory_trim": trim,
+        "with_db": a.with_db,
         "connections": a.connections,
         "rooms": a.rooms,
         "presence_bytes": a.presence_bytes,
@@ -177,8 +182,9 @@ async fn run_once(a: &RssArgs, trim: bool) -> Result<serde_json::Value, BenchErr
     report(
         "rss",
         &format!(
-            "memory_trim={}: baseline {} MiB, peak {} MiB, after {} s {} MiB ({:.2}x baseline); {} connections, flood {:.1} s",
+            "memory_trim={}{}: baseline {} MiB, peak {} MiB, after {} s {} MiB ({:.2}x baseline); {} connections, flood {:.1} s",
             trim,
+            if a.with_db { ", with a database" } else { "" },
             mib(baseline),
             mib(peak),
             a.after,
