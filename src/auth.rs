@@ -70,6 +70,8 @@ pub struct Verifier {
     keys: Arc<Vec<Key>>,
     /// Roles a token may name; `None` accepts any.
     roles: Option<Arc<[String]>>,
+    /// Allowed roles the hub's database user may not act as.
+    unavailable: Arc<[String]>,
     /// Seconds a token's `nbf` may lie in the future (clock skew).
     nbf_leeway: i64,
 }
@@ -125,6 +127,7 @@ impl Verifier {
         Ok(Verifier {
             keys: Arc::new(keys),
             roles: None,
+            unavailable: Arc::new([]),
             nbf_leeway: DEFAULT_NBF_LEEWAY_SECS,
         })
     }
@@ -132,6 +135,13 @@ impl Verifier {
     /// Only tokens naming one of `roles` verify (others fail with `RoleNotAllowed`).
     pub fn allow_roles(mut self, roles: &[String]) -> Verifier {
         self.roles = Some(roles.into());
+        self
+    }
+
+    /// Tokens naming one of `roles` fail with `RoleUnavailable`: the hub's database user
+    /// may not act as them (checked against Postgres at start).
+    pub fn unavailable_roles(mut self, roles: &[String]) -> Verifier {
+        self.unavailable = roles.into();
         self
     }
 
@@ -172,6 +182,11 @@ impl Verifier {
                     role: claims.role.to_string(),
                 });
             }
+        }
+        if self.unavailable.iter().any(|r| **r == *claims.role) {
+            return Err(TokenError::RoleUnavailable {
+                role: claims.role.to_string(),
+            });
         }
         Ok(claims)
     }
@@ -643,6 +658,31 @@ mod tests {
                 role: "postgres".into()
             }
         );
+    }
+
+    #[test]
+    fn allowed_roles_the_database_user_cannot_act_as_are_refused_by_name() {
+        let v = hs_only()
+            .allow_roles(&["authenticated".into(), "staff".into()])
+            .unavailable_roles(&["staff".into()]);
+        let mut c = claims();
+        c["role"] = json!("staff");
+        let err = v
+            .verify_at(&mint_hs256(SECRET, &c).unwrap(), NOW)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            TokenError::RoleUnavailable {
+                role: "staff".into()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "Token role \"staff\" is not available: the hub's database user is not a member of it"
+        );
+        assert!(v
+            .verify_at(&mint_hs256(SECRET, &claims()).unwrap(), NOW)
+            .is_ok());
     }
 
     #[test]

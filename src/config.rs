@@ -69,6 +69,8 @@ settings! {
     metrics_listen: String = String::new(), env "SWITCHBOARD_METRICS_LISTEN";
     /// Postgres connection string; without it postgres_changes is unavailable.
     database_url: String = String::new(), env "DATABASE_URL";
+    /// Admin connection string for migrations (`migrate`, and `serve` when `auto_migrate`); the hub then grants its runtime rights to `database_url`'s user, which needs no other rights (see "Running as a non-superuser"). Empty: migrations use `database_url`.
+    migrate_database_url: String = String::new(), env "SWITCHBOARD_MIGRATE_DATABASE_URL";
     /// HS256/384/512 secret for client JWTs.
     jwt_secret: String = String::new(), env "SWITCHBOARD_JWT_SECRET";
     /// Path to a JWKS file (RS256, ES256, EdDSA keys).
@@ -135,6 +137,8 @@ settings! {
     db_pool_size: usize = 8, env "SWITCHBOARD_DB_POOL_SIZE";
     /// Run pending migrations when `serve` starts.
     auto_migrate: bool = true, env "SWITCHBOARD_AUTO_MIGRATE";
+    /// Return memory the allocator holds free (over 32 MiB, checked every 10 s) to the OS, so RSS comes back down after a flood (glibc only).
+    memory_trim: bool = true, env "SWITCHBOARD_MEMORY_TRIM";
     /// Log format: `pretty` or `json`.
     log_format: String = "pretty".into(), env "SWITCHBOARD_LOG_FORMAT";
     /// Port of the local Postgres that `switchboard dev` runs.
@@ -252,6 +256,8 @@ pub struct Config {
     /// `None`: `/metrics` is served on `listen`.
     pub metrics_listen: Option<SocketAddr>,
     pub database_url: Option<String>,
+    /// Runs migrations and grants the hub's rights to `database_url`'s user.
+    pub migrate_database_url: Option<String>,
     pub jwt_secret: Option<String>,
     /// Contents of the JWKS file (read at load time).
     pub jwks: Option<String>,
@@ -272,6 +278,8 @@ pub struct Config {
     pub messages_retention: Duration,
     pub db_pool_size: usize,
     pub auto_migrate: bool,
+    /// Return freed memory to the OS (`memory::run_trimmer`).
+    pub memory_trim: bool,
     pub log_format: LogFormat,
     pub dev_pg_port: u16,
     /// Cluster mode when set.
@@ -296,9 +304,13 @@ impl Settings {
                 *secret = Some("<redacted>".into());
             }
         }
-        for url in [s.database_url.as_mut(), s.redis_url.as_mut()]
-            .into_iter()
-            .flatten()
+        for url in [
+            s.database_url.as_mut(),
+            s.migrate_database_url.as_mut(),
+            s.redis_url.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if let Some((creds, host)) = url.rsplit_once('@') {
                 if let Some((user, _password)) =
@@ -566,6 +578,7 @@ impl Config {
             allowed_roles,
             jwt_nbf_leeway_secs: r.jwt_nbf_leeway_secs,
             database_url: non_empty(r.database_url),
+            migrate_database_url: non_empty(r.migrate_database_url),
             jwt_secret: non_empty(r.jwt_secret),
             jwks,
             limits,
@@ -592,6 +605,7 @@ impl Config {
             )?),
             db_pool_size: positive("db_pool_size", r.db_pool_size)?,
             auto_migrate: r.auto_migrate,
+            memory_trim: r.memory_trim,
             log_format,
             dev_pg_port: r.dev_pg_port,
             redis_url,

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (22, include_str!("../sql/022_row_scope_problems.sql")),
     (30, include_str!("../sql/030_webhooks.sql")),
     (31, include_str!("../sql/031_log_pruned.sql")),
+    (40, include_str!("../sql/040_hub_role.sql")),
     (41, include_str!("../sql/041_row_keys.sql")),
 ];
 
@@ -31,6 +32,17 @@ const MIGRATION_LOCK: i64 = 0x7362_6d69_6772_6174;
 const BOOTSTRAP: &str = "create schema if not exists realtime; \
      create table if not exists realtime.switchboard_migrations ( \
          version int primary key, applied_at timestamptz not null default now())";
+
+/// The migrations already recorded (read-only: a hub user without DDL rights can ask).
+const APPLIED: &str =
+    "select coalesce(array_agg(version), '{}') from realtime.switchboard_migrations";
+
+/// Who the hub is in Postgres, and which of the token roles it may `set role` to.
+const HUB_ACCESS: &str = "select current_user::text, r.rolsuper, r.rolbypassrls, \
+       array(select t from unnest($1::text[]) as t \
+             where not exists (select 1 from pg_catalog.pg_roles g \
+                               where g.rolname = t and pg_catalog.pg_has_role(current_user, g.oid, 'MEMBER'))) \
+     from pg_catalog.pg_roles r where r.rolname = current_user";
 
 const RESOLVE_TABLE: &str = "select c.oid from pg_catalog.pg_class c \
      join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
@@ -48,6 +60,14 @@ pub enum DbError {
     NotMigrated,
     #[error("migration {version} failed: {message}")]
     Migration { version: i32, message: String },
+    #[error(
+        "migrations are pending and database user {user:?} may not apply them ({message}): \
+         run `switchboard migrate` with an admin url (SWITCHBOARD_MIGRATE_DATABASE_URL), \
+         see the README, \"Running as a non-superuser\""
+    )]
+    NeedsAdmin { user: String, message: String },
+    #[error("granting the hub's rights to {role:?} failed: {message}")]
+    Grant { role: String, message: String },
     #[error("connection pool: {0}")]
     Pool(String),
     #[error("postgres: {}", pg_message(.0))]
@@ -91,8 +111,13 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
 }
 
 /// Applies every migration not yet recorded in `realtime.switchboard_migrations`, each in
-/// its own transaction under an advisory lock; returns the versions applied now.
+/// its own transaction under an advisory lock; returns the versions applied now. When
+/// nothing is pending it only reads, so a hub user without DDL rights passes; one that
+/// would have to apply something fails with [`DbError::NeedsAdmin`].
 pub async fn migrate(client: &Client) -> Result<Vec<i32>, DbError> {
+    if nothing_pending(client).await {
+        return Ok(Vec::new());
+    }
     let mut applied = Vec::new();
     for &(version, sql) in MIGRATIONS {
         client.batch_execute("begin").await?;
@@ -105,11 +130,119 @@ pub async fn migrate(client: &Client) -> Result<Vec<i32>, DbError> {
             Ok(false) => client.batch_execute("commit").await?,
             Err(e) => {
                 let _ = client.batch_execute("rollback").await;
-                return Err(e);
+                return Err(needs_admin(client, e).await);
             }
         }
     }
     Ok(applied)
+}
+
+/// Whether every migration is recorded; any error (no schema yet, no right to read it)
+/// means "maybe not".
+async fn nothing_pending(client: &Client) -> bool {
+    let Ok(row) = client.query_one(APPLIED, &[]).await else {
+        return false;
+    };
+    let done: Vec<i32> = row.get(0);
+    MIGRATIONS.iter().all(|(v, _)| done.contains(v))
+}
+
+/// A migration refused for lack of privileges says who should run it instead.
+async fn needs_admin(client: &Client, e: DbError) -> DbError {
+    let refused = match &e {
+        DbError::Postgres(pg) => pg.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        _ => false,
+    };
+    if !refused {
+        return e;
+    }
+    let user = match client.query_one("select current_user::text", &[]).await {
+        Ok(row) => row.get(0),
+        Err(_) => "?".to_owned(),
+    };
+    let message = match e {
+        DbError::Postgres(pg) => pg_message(&pg),
+        other => other.to_string(),
+    };
+    DbError::NeedsAdmin { user, message }
+}
+
+/// Migrates with `admin_url`, then grants the hub's runtime rights
+/// (`realtime.grant_hub`) to the user of `hub_url` when that is another user.
+/// Returns the versions applied now.
+pub async fn migrate_for_hub(admin_url: &str, hub_url: &str) -> Result<Vec<i32>, DbError> {
+    let (client, conn) = connect(admin_url).await?;
+    let result = async {
+        let applied = migrate(&client).await?;
+        if let Some(hub) = url_user(hub_url)? {
+            let admin: String = client
+                .query_one("select current_user::text", &[])
+                .await?
+                .get(0);
+            if hub != admin {
+                grant_hub(&client, &hub).await?;
+            }
+        }
+        Ok(applied)
+    }
+    .await;
+    drop(client);
+    conn.abort();
+    result
+}
+
+/// Grants `role` what the hub does at runtime (`realtime.grant_hub`, idempotent), under
+/// the migration lock: concurrent GRANTs on one object fail in Postgres.
+pub async fn grant_hub(client: &Client, role: &str) -> Result<(), DbError> {
+    let grant = async {
+        client.batch_execute("begin").await?;
+        client
+            .execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        client
+            .execute("select realtime.grant_hub($1)", &[&role])
+            .await?;
+        client.batch_execute("commit").await
+    }
+    .await;
+    grant.map_err(|e| {
+        let message = pg_message(&e);
+        DbError::Grant {
+            role: role.to_owned(),
+            message,
+        }
+    })?;
+    tracing::info!(role, "granted the hub's runtime rights");
+    Ok(())
+}
+
+/// The user a connection string names, if it names one.
+pub fn url_user(url: &str) -> Result<Option<String>, DbError> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| bad_url(&e))?;
+    Ok(config.get_user().map(str::to_owned))
+}
+
+/// Who the hub is in Postgres: what a token's role can reach through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubAccess {
+    pub user: String,
+    /// A superuser may `set role` to anything: the token's role is the only limit.
+    pub superuser: bool,
+    pub bypass_rls: bool,
+    /// Of the roles asked about, those the user may not `set role` to (or that do not
+    /// exist): tokens naming them are refused.
+    pub unavailable: Vec<String>,
+}
+
+/// Asks Postgres which of `roles` the connection's user may act as.
+pub async fn hub_access(client: &Client, roles: &[String]) -> Result<HubAccess, DbError> {
+    let row = client.query_one(HUB_ACCESS, &[&roles]).await?;
+    Ok(HubAccess {
+        user: row.get(0),
+        superuser: row.get(1),
+        bypass_rls: row.get(2),
+        unavailable: row.get(3),
+    })
 }
 
 /// Inside an open transaction: applies `sql` unless `version` is recorded already.
@@ -128,13 +261,16 @@ async fn apply_one(client: &Client, version: i32, sql: &str) -> Result<bool, DbE
     if done {
         return Ok(false);
     }
-    client
-        .batch_execute(sql)
-        .await
-        .map_err(|e| DbError::Migration {
-            version,
-            message: pg_message(&e),
-        })?;
+    client.batch_execute(sql).await.map_err(|e| {
+        if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+            DbError::Postgres(e)
+        } else {
+            DbError::Migration {
+                version,
+                message: pg_message(&e),
+            }
+        }
+    })?;
     client
         .execute(
             "insert into realtime.switchboard_migrations (version) values ($1)",

@@ -11,6 +11,7 @@ pub mod config;
 pub mod consumers;
 pub mod db;
 pub mod localpg;
+pub mod memory;
 pub mod protocol;
 pub mod resume;
 pub mod router;
@@ -42,6 +43,37 @@ pub enum RunError {
 /// Captured batches waiting for dispatch (the capture side waits when this is full).
 const CAPTURE_QUEUE_BATCHES: usize = 16;
 
+/// Refuses tokens naming an allowed role that the hub's database user may not act as
+/// (Postgres would refuse it anyway; this says so at connect and join). Best effort: an
+/// unreachable database leaves the list as configured.
+async fn limit_roles(
+    verifier: auth::Verifier,
+    pool: &deadpool_postgres::Pool,
+    allowed: &[String],
+) -> auth::Verifier {
+    let access = match pool.get().await {
+        Ok(client) => db::hub_access(&client, allowed).await,
+        Err(e) => Err(db::DbError::Pool(e.to_string())),
+    };
+    match access {
+        Ok(access) => {
+            if access.superuser {
+                tracing::warn!(user = %access.user, "the hub's database user is a superuser: a token's role is the only limit (see README, \"Running as a non-superuser\")");
+            } else {
+                tracing::info!(user = %access.user, bypass_rls = access.bypass_rls, "the hub's database user is not a superuser");
+            }
+            if !access.unavailable.is_empty() {
+                tracing::warn!(user = %access.user, roles = ?access.unavailable, "allowed roles the hub's database user is not a member of: tokens naming them are refused");
+            }
+            verifier.unavailable_roles(&access.unavailable)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check which roles the hub's database user may act as");
+            verifier
+        }
+    }
+}
+
 /// Runs a hub on `listener` until `shutdown` is cancelled, then drains connections
 /// within the configured deadline.
 pub async fn run(
@@ -49,7 +81,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?
+    let mut verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?
         .allow_roles(&config.allowed_roles)
         .nbf_leeway(config.jwt_nbf_leeway_secs as i64);
     let metrics = Arc::new(telemetry::Metrics::new());
@@ -60,6 +92,9 @@ pub async fn run(
         max_presences: config.limits.max_presences_per_topic,
         max_bytes: config.limits.max_presence_bytes_per_topic,
     };
+    if config.memory_trim {
+        background.spawn(memory::run_trimmer(stop_background.clone()));
+    }
 
     let (router, cluster_status) = match &config.redis_url {
         None => {
@@ -101,12 +136,11 @@ pub async fn run(
         ),
         Some(url) => {
             if config.auto_migrate {
-                let (client, conn) = db::connect(url).await?;
-                db::migrate(&client).await?;
-                drop(client);
-                conn.abort();
+                let admin = config.migrate_database_url.as_deref().unwrap_or(url);
+                db::migrate_for_hub(admin, url).await?;
             }
             let pool = db::pool(url, config.db_pool_size)?;
+            verifier = limit_roles(verifier, &pool, &config.allowed_roles).await;
             let changes = changes::Changes::new(Some(changes::Catalog::new(pool.clone())));
             let status = Arc::new(capture::CaptureStatus::new());
             let (tx, rx) = mpsc::channel(CAPTURE_QUEUE_BATCHES);

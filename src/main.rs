@@ -207,6 +207,42 @@ fn database_url(config: &Config) -> Result<&str> {
         .context("DATABASE_URL is not set (or database_url in the config file)")
 }
 
+/// The admin connection (`migrate_database_url`), else `database_url`.
+fn admin_url(config: &Config) -> Result<&str> {
+    match &config.migrate_database_url {
+        Some(url) => Ok(url),
+        None => database_url(config),
+    }
+}
+
+/// Applies migrations (with the admin url when one is set) and grants the hub's rights
+/// to the user of `database_url`, then says what that user can reach.
+async fn migrate(config: &Config) -> Result<()> {
+    let hub_url = database_url(config)?;
+    let applied = db::migrate_for_hub(admin_url(config)?, hub_url).await?;
+    println!("applied migrations: {applied:?}");
+    let (client, _conn) = db::connect(hub_url).await?;
+    let access = db::hub_access(&client, &config.allowed_roles).await?;
+    if access.superuser {
+        println!(
+            "the hub connects as {:?}, a superuser: a token's role is the only limit \
+             (see the README, \"Running as a non-superuser\")",
+            access.user
+        );
+    } else {
+        println!("the hub connects as {:?} (not a superuser)", access.user);
+    }
+    if !access.unavailable.is_empty() {
+        println!(
+            "{:?} is not a member of {}: tokens naming them are refused \
+             (grant them to it, or remove them from allowed_roles)",
+            access.user,
+            access.unavailable.join(", ")
+        );
+    }
+    Ok(())
+}
+
 async fn serve(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -309,21 +345,16 @@ async fn main() -> Result<()> {
     match &cli.command {
         Command::Serve => serve(config).await,
         Command::Dev => dev::run(config).await,
-        Command::Migrate => {
-            let (client, _conn) = db::connect(database_url(&config)?).await?;
-            let applied = db::migrate(&client).await?;
-            println!("applied migrations: {applied:?}");
-            Ok(())
-        }
+        Command::Migrate => migrate(&config).await,
         Command::Enable { table } => {
-            let (client, _conn) = db::connect(database_url(&config)?).await?;
+            let (client, _conn) = db::connect(admin_url(&config)?).await?;
             db::migrate(&client).await?;
             db::enable(&client, table).await?;
             println!("realtime enabled for {table}");
             Ok(())
         }
         Command::Disable { table } => {
-            let (client, _conn) = db::connect(database_url(&config)?).await?;
+            let (client, _conn) = db::connect(admin_url(&config)?).await?;
             db::disable(&client, table).await?;
             println!("realtime disabled for {table}");
             Ok(())

@@ -22,7 +22,7 @@ async fn killing_the_listener_backend_mid_load_loses_and_repeats_nothing() {
     let admin = db.client().await;
     setup(&admin).await;
     // Small pages and a slow consumer, so kills land mid-read as well as while idle.
-    let mut capture = start_capture(&db.url, 20).await;
+    let mut capture = start_capture(&db.hub_url().await, 20).await;
     let opts = LoadOpts {
         writers: 8,
         duration: Duration::from_secs(4),

@@ -16,7 +16,7 @@ use switchboard::changes::{DbEvent, Op};
 async fn every_committed_change_arrives_exactly_once_in_row_order() {
     let db = common::pg::test_db().await;
     setup(&db.client().await).await;
-    let mut capture = start_capture(&db.url, 50).await;
+    let mut capture = start_capture(&db.hub_url().await, 50).await;
     let opts = LoadOpts {
         writers: 10,
         duration: Duration::from_secs(4),
@@ -56,7 +56,7 @@ async fn a_one_megabyte_row_arrives_intact() {
     switchboard::db::enable(&client, "public.docs")
         .await
         .unwrap();
-    let mut capture = start_capture(&db.url, 1000).await;
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
     let body: String = (0..1_048_576u32)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
@@ -93,7 +93,7 @@ async fn tables_with_quotes_semicolons_and_unicode_in_their_names_are_captured()
         vec![("sch ✓;\"x".to_string(), "we\"ird; tbl ✓".to_string())]
     );
 
-    let mut capture = start_capture(&db.url, 1000).await;
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
     client
         .batch_execute(r#"insert into "sch ✓;""x"."we""ird; tbl ✓" values (7, 'ok')"#)
         .await
@@ -169,6 +169,7 @@ async fn migrations_apply_once_and_rerunning_every_file_changes_nothing() {
         "020_publication.sql",
         "021_messages.sql",
         "022_row_scope_problems.sql",
+        "040_hub_role.sql",
     ] {
         let sql =
             std::fs::read_to_string(format!("{}/sql/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
@@ -183,7 +184,7 @@ async fn realtime_send_is_delivered_as_a_broadcast() {
     let db = common::pg::test_db().await;
     let client = db.client().await;
     switchboard::db::migrate(&client).await.unwrap();
-    let mut capture = start_capture(&db.url, 1000).await;
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
     client
         .execute(
             "select realtime.send('{\"n\": 1}'::jsonb, 'ping', 'room:1', false)",
@@ -223,7 +224,7 @@ async fn changes_committed_before_the_capture_started_are_not_delivered() {
         .batch_execute("insert into notes values (1)")
         .await
         .unwrap();
-    let mut capture = start_capture(&db.url, 1000).await;
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
     client
         .batch_execute("insert into notes values (2)")
         .await
@@ -275,9 +276,11 @@ async fn retention_deletes_only_old_rows_the_cursor_has_passed() {
         keep: Duration::from_secs(secs),
         ..Retention::default()
     };
-    let kept = prune(&client, &cursor, &keep(3600)).await.unwrap();
+    // As the hub prunes: superuser or the authenticator role, whichever it runs as.
+    let hub = db.hub_client().await;
+    let kept = prune(&hub, &cursor, &keep(3600)).await.unwrap();
     assert_eq!(kept.deleted, 0, "rows younger than the retention are kept");
-    let deleted = prune(&client, &cursor, &keep(0)).await.unwrap();
+    let deleted = prune(&hub, &cursor, &keep(0)).await.unwrap();
     assert_eq!(deleted.deleted, 2);
     let left: Vec<i32> = client
         .query(

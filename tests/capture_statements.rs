@@ -49,7 +49,7 @@ async fn an_update_that_moves_primary_keys_pairs_each_old_row_with_its_new_row()
         "t",
     )
     .await;
-    let mut capture = start_capture(&db.url, 1000).await;
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
     client
         .batch_execute("update t set id = id + 100, v = v || '!' where id > 1")
         .await
@@ -74,7 +74,7 @@ async fn an_update_that_moves_primary_keys_pairs_each_old_row_with_its_new_row()
 #[tokio::test]
 async fn multi_row_statements_arrive_in_row_order_and_rolled_back_savepoints_never() {
     let (db, client) = database("create table t (id int primary key, v int)", "t").await;
-    let mut capture = start_capture(&db.url, 1000).await;
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
     client
         .batch_execute(
             "begin;
@@ -125,7 +125,7 @@ async fn a_partitioned_tables_changes_carry_the_table_name_subscribers_use() {
         "m",
     )
     .await;
-    let mut capture = start_capture(&db.url, 1000).await;
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
     client
         .batch_execute("insert into m values (1, '2026-05-01'), (2, '2026-06-01')")
         .await
@@ -141,7 +141,7 @@ async fn a_partitioned_tables_changes_carry_the_table_name_subscribers_use() {
 #[tokio::test]
 async fn tables_without_a_primary_key_are_captured_statement_by_statement() {
     let (db, client) = database("create table log (msg text)", "log").await;
-    let mut capture = start_capture(&db.url, 1000).await;
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
     client
         .batch_execute(
             "insert into log values ('a'), ('b');
@@ -163,7 +163,8 @@ async fn tables_without_a_primary_key_are_captured_statement_by_statement() {
 #[tokio::test]
 async fn a_change_arrives_at_once_when_the_hub_is_idle_even_with_a_slow_poll() {
     let (db, client) = database("create table t (id int primary key)", "t").await;
-    let mut capture = start_capture_polling(&db.url, 1000, Duration::from_secs(60)).await;
+    let mut capture =
+        start_capture_polling(&db.hub_url().await, 1000, Duration::from_secs(60)).await;
     // Once the hub holds its lease, a writer's commit wakes it.
     wait_for_lease(&client).await;
     client
@@ -185,7 +186,8 @@ async fn a_writer_that_ran_before_the_lease_is_read_without_waiting_for_the_poll
         .batch_execute("begin; insert into t values (1)")
         .await
         .unwrap();
-    let mut capture = start_capture_polling(&db.url, 1000, Duration::from_secs(60)).await;
+    let mut capture =
+        start_capture_polling(&db.hub_url().await, 1000, Duration::from_secs(60)).await;
     wait_for_lease(&client).await;
     early.batch_execute("commit").await.unwrap();
     let got = changes(&mut capture, 1).await;
@@ -221,7 +223,7 @@ async fn columns_named_like_the_triggers_aliases_do_not_hide_the_row() {
         "t",
     )
     .await;
-    let mut capture = start_capture(&db.url, 1000).await;
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
     client
         .batch_execute(
             "insert into t values (1, 2, 3, 4, 5, 6);

@@ -3,7 +3,7 @@
 //! stored messages (`replay.rs`).
 //!
 //! Each decision runs in one transaction on the hub's pool that is always rolled back:
-//! - read: probe rows (one per extension) are inserted as the hub, then the settings are
+//! - read: probe rows (one per extension) are inserted (`realtime.insert_probes`), then the settings are
 //!   made (`role`, `realtime.topic`, `request.jwt.claims`, `request.jwt.claim.sub`,
 //!   `request.jwt.claim.role`, `request.headers`) and the probes selected back as the
 //!   subscriber's role: a probe that comes back means read is allowed for its extension;
@@ -27,12 +27,11 @@ use tokio_postgres::error::SqlState;
 
 use crate::auth::Claims;
 
-/// Inserts the read probes as the hub (RLS does not apply to the table's owner): `$1`
-/// topic, `$2` extensions, `$3` ids.
-const INSERT_PROBES: &str = "insert into realtime.messages (topic, extension, id, inserted_at, updated_at) \
-     select $1::text, u.extension, u.id::uuid, \
-            pg_catalog.timezone('utc', pg_catalog.now()), pg_catalog.timezone('utc', pg_catalog.now()) \
-     from unnest($2::text[], $3::text[]) as u(extension, id)";
+/// Inserts the read probes with the migrating role's rights (`sql/040_hub_role.sql`: row
+/// level security does not apply to the table's owner, and a non-superuser hub is not it):
+/// `$1` topic, `$2` extensions, `$3` ids.
+const INSERT_PROBES: &str =
+    "select realtime.insert_probes($1::text, $2::text[], $3::text[]::uuid[])";
 
 /// The subscriber's settings, local to the transaction (Supabase's `set_conn_config`).
 const SET_CONFIG: &str = "select pg_catalog.set_config('role', $1::text, true), \
@@ -174,7 +173,7 @@ impl Authz {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
         let result = async {
-            tx.execute(INSERT_PROBES, &[&ctx.topic, &names, &ids])
+            tx.query_one(INSERT_PROBES, &[&ctx.topic, &names, &ids])
                 .await?;
             set_config(&tx, ctx).await?;
             let rows = tx.query(SELECT_PROBES, &[&ids]).await?;

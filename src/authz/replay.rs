@@ -18,21 +18,12 @@ use super::AuthzError;
 /// Supabase's hard limit on replayed messages.
 pub const MAX_REPLAY: i64 = 25;
 
-/// One statement, one snapshot: the snapshot, how many messages match, and the newest
-/// `$3` of them (`$1` topic, `$2` since in ms). The snapshot row comes back even when
-/// nothing matches.
-const REPLAY: &str =
-    "with snap as materialized (select pg_catalog.pg_current_snapshot()::text as s), \
-     matching as ( \
-         select m.id, m.event, m.payload, m.binary_payload, m.inserted_at from realtime.messages m \
-         where m.topic = $1::text and m.private is true and m.extension = 'broadcast' \
-           and m.inserted_at >= (pg_catalog.to_timestamp($2::int8 / 1000.0) at time zone 'utc') \
-           and m.inserted_at < pg_catalog.timezone('utc', pg_catalog.now()) + interval '1 minute' \
-           and m.event is not null and (m.payload is not null or m.binary_payload is not null)) \
-     select snap.s, (select pg_catalog.count(*) from matching) as stored, \
-            n.id::text as id, n.event, n.payload, n.binary_payload \
-     from snap left join lateral ( \
-         select * from matching order by inserted_at desc limit $3::int8) n on true";
+/// One statement, one snapshot (`realtime.replay_messages`, which reads with the
+/// migrating role's rights): the snapshot, how many messages match, and the newest `$3` of
+/// them (`$1` topic, `$2` since in ms). The snapshot row comes back even when nothing
+/// matches.
+const REPLAY: &str = "select snapshot, stored, id, event, payload, binary_payload \
+     from realtime.replay_messages($1::text, $2::int8, $3::int8)";
 
 /// `config.broadcast.replay`, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

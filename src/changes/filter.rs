@@ -293,6 +293,10 @@ fn bind_condition(c: &Condition, columns: &[ColumnInfo]) -> Result<BoundConditio
             if !kind.textual() {
                 return Err(unsupported());
             }
+            // Postgres refuses a pattern whose last `\\` escapes nothing.
+            if s.chars().rev().take_while(|&c| c == '\\').count() % 2 == 1 {
+                return Err(FilterError::PatternEndsWithEscape);
+            }
             Test::Like(LikePattern::new(s, c.op == Op::Ilike).ok_or(
                 FilterError::PatternTooLong {
                     max: value::MAX_LIKE_PATTERN,
@@ -852,6 +856,53 @@ mod tests {
         fn assert_traits<T: Send + Sync + Clone + std::fmt::Debug>() {}
         assert_traits::<BoundFilter>();
         assert_traits::<Filter>();
+    }
+
+    #[test]
+    fn float_filter_values_are_rounded_to_the_columns_type_as_postgres_does() {
+        // Found by tests/fuzz/filter_pg.rs: Postgres reads `'16777217'::float4` as
+        // 16777216; the hub compared the exact decimal and missed the row.
+        let r = json!({"f4": 16777216.0, "f8": 0.1})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(matches("f4=eq.16777217", &r));
+        assert!(matches("f4=lte.16777217", &r));
+        assert!(!matches("f4=lt.16777217", &r));
+        assert!(matches("f4=in.(1,16777217)", &r));
+        assert!(matches("f8=eq.0.10000000000000001", &r));
+        assert!(!matches("f8=eq.0.1000000000000001", &r));
+        assert!(matches("f4=lt.Infinity", &r));
+        for (f, v) in [
+            ("f4=eq.1e39", "1e39"),
+            ("f4=eq.1e-50", "1e-50"),
+            ("f8=eq.1e309", "1e309"),
+        ] {
+            let ty = if f.starts_with("f4") {
+                "float4"
+            } else {
+                "float8"
+            };
+            assert_eq!(
+                bind_error(f),
+                format!("Error parsing `filter` params: invalid input for type {ty}: \"{v}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn a_like_pattern_ending_in_a_lone_escape_is_refused_as_postgres_does() {
+        // Found by tests/fuzz/filter_pg.rs: Postgres raises "LIKE pattern must not end
+        // with escape character"; the hub matched a literal `\` instead.
+        for f in [r"name=like.\", r"name=ilike.ab\\\", r#"name=like."x\\""#] {
+            assert_eq!(
+                bind_error(f),
+                "Error parsing `filter` params: like pattern must not end with the escape character `\\`",
+                "{f}"
+            );
+        }
+        let r = json!({"name": "a\\"}).as_object().unwrap().clone();
+        assert!(matches(r"name=like.a\\", &r));
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub enum TokenError {
     /// The token names a Postgres role outside `allowed_roles`.
     #[error("Token role {role:?} is not allowed")]
     RoleNotAllowed { role: String },
+    /// The token's role is allowed, but the hub's database user may not act as it (not a
+    /// member, or no such role), so Postgres would refuse it.
+    #[error("Token role {role:?} is not available: the hub's database user is not a member of it")]
+    RoleUnavailable { role: String },
 }
 
 impl TokenError {
@@ -43,7 +47,8 @@ impl TokenError {
             | TokenError::Expired { .. }
             | TokenError::NotYetValid
             | TokenError::InvalidNbf
-            | TokenError::RoleNotAllowed { .. } => "InvalidJWTToken",
+            | TokenError::RoleNotAllowed { .. }
+            | TokenError::RoleUnavailable { .. } => "InvalidJWTToken",
         }
     }
 
@@ -228,6 +233,10 @@ pub enum FilterError {
     TooManyInValues,
     #[error("Error parsing `filter` params: like pattern longer than {max} characters")]
     PatternTooLong { max: usize },
+    #[error(
+        "Error parsing `filter` params: like pattern must not end with the escape character `\\`"
+    )]
+    PatternEndsWithEscape,
     #[error("invalid column for filter {0}")]
     InvalidColumn(String),
     #[error("Error parsing `filter` params: invalid input for type {type_name}: \"{value}\"")]

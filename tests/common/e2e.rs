@@ -9,14 +9,15 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::hub::{test_config, Frame, TestHub, Vsn, WsClient};
-use super::pg::{test_db, TestDb};
+use super::pg::{ensure_hub_role, hub_as_authenticator, test_db, TestDb};
 
 /// The hub's log poll interval in these tests (the NOTIFY wake-up is the fast path).
 pub const CAPTURE_POLL: Duration = Duration::from_millis(200);
 /// How long startup may take to connect the capture listener.
 const CAPTURE_CONNECT_DEADLINE: Duration = Duration::from_secs(15);
 
-/// A hub with a database: `sql` is a superuser connection for setup and writes.
+/// A hub with a database: `sql` is a superuser connection for setup and writes. The hub
+/// connects as superuser or as the test authenticator role (`pg::hub_as_authenticator`).
 pub struct PgHub {
     pub hub: TestHub,
     pub db: TestDb,
@@ -40,6 +41,15 @@ impl PgHub {
         setup: &str,
         tune: impl FnOnce(&mut switchboard::config::Config),
     ) -> PgHub {
+        PgHub::start_as(hub_as_authenticator(), setup, tune).await
+    }
+
+    /// [`PgHub::start_with`], the hub connected as the test authenticator role or not.
+    pub async fn start_as(
+        as_authenticator: bool,
+        setup: &str,
+        tune: impl FnOnce(&mut switchboard::config::Config),
+    ) -> PgHub {
         let db = test_db().await;
         let sql = db.client().await;
         switchboard::db::migrate(&sql)
@@ -49,7 +59,15 @@ impl PgHub {
             .await
             .unwrap_or_else(|e| panic!("setup SQL failed: {}\n{setup}", pg_err(&e)));
         let mut config = test_config();
-        config.database_url = Some(db.url.clone());
+        if as_authenticator {
+            // As deployed without superuser: the hub migrates (nothing is pending) and
+            // grants its rights with the admin URL, then runs as the login role.
+            ensure_hub_role(&sql).await;
+            config.database_url = Some(db.authenticator_url());
+            config.migrate_database_url = Some(db.url.clone());
+        } else {
+            config.database_url = Some(db.url.clone());
+        }
         config.capture_poll = CAPTURE_POLL;
         tune(&mut config);
         let hub = TestHub::start(config).await;

@@ -1,6 +1,14 @@
 //! Throwaway Postgres for tests: a fresh database per test on a shared cluster, or a
 //! dedicated cluster that a fault test may stop and start.
 //!
+//! The hub connects as superuser `postgres`, or as [`HUB_ROLE`], a login role that is
+//! NOINHERIT, a member of exactly anon, authenticated and service_role, and has only what
+//! `realtime.grant_hub` grants (the README's "Running as a non-superuser"). Test targets
+//! whose name ends in `_as_authenticator` use it (`tests/*_as_authenticator.rs` load the
+//! row-scope, capture, private-channel and resume files a second time), and so does every
+//! hub started through `PgHub` or `TestDb::hub_url` when
+//! `SWITCHBOARD_TEST_HUB_ROLE=authenticator` is set.
+//!
 //! With `DATABASE_URL` set, databases are created on that server. Otherwise one cluster
 //! per test process is started from the Postgres 15 binaries, owned by user `postgres`,
 //! on a free port of 127.0.0.1. Statics run no destructors, so every cluster is started
@@ -25,8 +33,25 @@ fn pg() -> &'static (PathBuf, bool) {
     })
 }
 
+/// The non-superuser login role a hub may run as in tests.
+pub const HUB_ROLE: &str = "switchboard_test_hub";
+const HUB_ROLE_PASSWORD: &str = "switchboard-test-hub";
+
+/// Whether hubs in this test process connect as [`HUB_ROLE`] rather than as superuser.
+pub fn hub_as_authenticator() -> bool {
+    match std::env::var("SWITCHBOARD_TEST_HUB_ROLE").as_deref() {
+        Ok("authenticator") => true,
+        Ok("superuser") => false,
+        Ok("") | Err(_) => env!("CARGO_CRATE_NAME").ends_with("_as_authenticator"),
+        Ok(other) => {
+            panic!("SWITCHBOARD_TEST_HUB_ROLE={other}: expected authenticator or superuser")
+        }
+    }
+}
+
 /// One fresh, empty database (no migrations applied).
 pub struct TestDb {
+    /// As superuser `postgres`: setup, writes, faults.
     pub url: String,
     pub name: String,
 }
@@ -35,6 +60,69 @@ impl TestDb {
     /// A new connection to this database; its connection task runs on the caller's runtime.
     pub async fn client(&self) -> Client {
         connect(&self.url).await
+    }
+
+    /// The URL the hub connects with: `url`, or [`HUB_ROLE`]'s (see [`hub_as_authenticator`])
+    /// once the database is migrated and the role has what `realtime.grant_hub` grants.
+    pub async fn hub_url(&self) -> String {
+        if !hub_as_authenticator() {
+            return self.url.clone();
+        }
+        self.grant_authenticator().await
+    }
+
+    /// Creates [`HUB_ROLE`] if needed, grants it the hub's rights on this (migrated)
+    /// database and returns its URL.
+    pub async fn grant_authenticator(&self) -> String {
+        let admin = self.client().await;
+        ensure_hub_role(&admin).await;
+        switchboard::db::grant_hub(&admin, HUB_ROLE)
+            .await
+            .expect("grant the hub's rights");
+        self.authenticator_url()
+    }
+
+    /// A connection as the hub connects ([`TestDb::hub_url`]).
+    pub async fn hub_client(&self) -> Client {
+        connect(&self.hub_url().await).await
+    }
+
+    /// A connection as [`HUB_ROLE`] with the hub's rights, whatever the mode.
+    pub async fn hub_client_as_authenticator(&self) -> Client {
+        connect(&self.grant_authenticator().await).await
+    }
+
+    /// This database as [`HUB_ROLE`] (the role must exist: see [`TestDb::hub_url`]).
+    pub fn authenticator_url(&self) -> String {
+        with_user(&self.url, HUB_ROLE, HUB_ROLE_PASSWORD)
+    }
+}
+
+/// Creates [`HUB_ROLE`] (cluster-wide, once) as the README says: login, NOINHERIT, member
+/// of exactly anon, authenticated and service_role. Needs the token roles, which the
+/// migrations create.
+pub async fn ensure_hub_role(admin: &Client) {
+    let sql = format!(
+        "do $do$ begin \
+           if not exists (select 1 from pg_roles where rolname = '{HUB_ROLE}') then \
+             create role {HUB_ROLE} login noinherit password '{HUB_ROLE_PASSWORD}'; \
+           end if; \
+           if not pg_has_role('{HUB_ROLE}', 'service_role', 'MEMBER') then \
+             grant anon, authenticated, service_role to {HUB_ROLE}; \
+           end if; \
+         exception when duplicate_object or unique_violation then null; \
+         end $do$"
+    );
+    // Test binaries run one at a time, tests within one in parallel: one creator per
+    // process is enough, and the block tolerates a role left by an earlier run.
+    static CREATED: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
+    let mut created = CREATED.lock().await;
+    if !*created {
+        admin
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("create {HUB_ROLE}: {e}"));
+        *created = true;
     }
 }
 
@@ -207,6 +295,14 @@ fn with_dbname(url: &str, name: &str) -> String {
         .find('/')
         .map_or(base.len(), |i| authority_start + i);
     format!("{}/{name}{query}", &base[..authority_end])
+}
+
+/// `url` with `user:password@` as its credentials (URL form only).
+pub fn with_user(url: &str, user: &str, password: &str) -> String {
+    let scheme_end = url.find("://").expect("a postgres:// URL") + 3;
+    let rest = &url[scheme_end..];
+    let host = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+    format!("{}{user}:{password}@{host}", &url[..scheme_end])
 }
 
 async fn connect(url: &str) -> Client {

@@ -11,6 +11,7 @@ mod idle;
 mod nullhub;
 mod pgload;
 mod pin;
+mod rss;
 mod run;
 mod stats;
 mod writeload;
@@ -96,6 +97,8 @@ enum Scenario {
     Cluster(cluster::ClusterArgs),
     /// N idle sockets: hub RSS and kernel socket memory per connection.
     Idle(idle::IdleArgs),
+    /// A presence and broadcast flood, then RSS at rest: baseline, peak, a minute after.
+    Rss(rss::RssArgs),
     /// Writers at the maximum commit rate: committed/s, delivered/s and lag.
     Capture(changes::CaptureArgs),
     /// What capture costs writers: plain vs captured vs notify-trigger tables, fsync on.
@@ -134,6 +137,7 @@ impl Scenario {
             Scenario::Writeload(a) => Some(&a.common),
             Scenario::Floor(a) => Some(&a.common),
             Scenario::Chaos(a) => Some(&a.common),
+            Scenario::Rss(a) => Some(&a.common),
             Scenario::Nullhub { .. } | Scenario::FloorServe { .. } | Scenario::IdleChild(_) => None,
         }
     }
@@ -155,6 +159,7 @@ async fn main() {
         Scenario::Cluster(a) => cluster::cluster(a).await,
         Scenario::Idle(a) => idle::idle(a).await,
         Scenario::Capture(a) => changes::capture(a).await,
+        Scenario::Rss(a) => rss::rss(a).await,
         Scenario::Writeload(a) => writeload::writeload(a).await,
         Scenario::Floor(a) => floor::floor(a).await,
         Scenario::Chaos(a) => chaos::chaos(a).await,

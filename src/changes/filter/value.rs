@@ -16,9 +16,14 @@ pub(super) enum Kind {
         min: i64,
         max: i64,
     },
-    /// float4/float8 and numeric: compared as exact decimals of their text form, with
-    /// Postgres's order -Infinity < numbers < Infinity < NaN (and NaN = NaN).
+    /// numeric: compared as exact decimals of their text form, with Postgres's order
+    /// -Infinity < numbers < Infinity < NaN (and NaN = NaN).
     Number,
+    /// float4 (`single`) and float8: like numeric, once a value is rounded to the type
+    /// (`'16777217'::float4` is 16777216, `'0.10000000000000001'::float8` is 0.1).
+    Float {
+        single: bool,
+    },
     /// text, varchar, name: byte order of the UTF-8 text, i.e. the "C" collation. A
     /// database with another collation may order some strings differently for lt/gt
     /// (and like/eq are unaffected, except for nondeterministic collations).
@@ -55,7 +60,9 @@ impl Kind {
                 min: i64::MIN,
                 max: i64::MAX,
             },
-            "float4" | "float8" | "numeric" => Kind::Number,
+            "float4" => Kind::Float { single: true },
+            "float8" => Kind::Float { single: false },
+            "numeric" => Kind::Number,
             "text" | "varchar" | "name" => Kind::Text,
             "bpchar" => Kind::Bpchar,
             "citext" => Kind::Citext,
@@ -93,6 +100,7 @@ impl Kind {
                 Scalar::Num(Decimal::parse(&n.to_string())?)
             }
             Kind::Number => Scalar::Num(Decimal::parse(t)?),
+            Kind::Float { single } => Scalar::Num(parse_float(t, single)?),
             Kind::Text | Kind::Other => Scalar::Text(s.to_owned()),
             Kind::Bpchar => Scalar::Text(s.trim_end_matches(' ').to_owned()),
             Kind::Citext => Scalar::Text(s.to_lowercase()),
@@ -122,11 +130,33 @@ impl Kind {
             (Kind::Int { .. } | Kind::Number, Value::Number(n)) => {
                 Decimal::parse(&n.to_string()).map(Scalar::Num)
             }
+            (Kind::Float { .. }, Value::Number(n)) => self.parse(&n.to_string()),
             (Kind::Bool, Value::Bool(b)) => Some(Scalar::Bool(*b)),
             (Kind::Text | Kind::Other, v) => Some(Scalar::Text(v.to_string())),
             _ => None,
         }
     }
+}
+
+/// A float4 (`single`) or float8 as Postgres reads it: the nearest value of the type, as
+/// its shortest decimal; `None` for bad syntax, or out of the type's range (overflow, or
+/// a non-zero value that rounds to zero), which Postgres refuses too.
+fn parse_float(t: &str, single: bool) -> Option<Decimal> {
+    let exact = Decimal::parse(t)?;
+    let Decimal::Finite { digits, .. } = &exact else {
+        return Some(exact);
+    };
+    let (shortest, zero) = if single {
+        let v: f32 = t.parse().ok()?;
+        (v.is_finite().then(|| v.to_string())?, v == 0.0)
+    } else {
+        let v: f64 = t.parse().ok()?;
+        (v.is_finite().then(|| v.to_string())?, v == 0.0)
+    };
+    if zero && !digits.is_empty() {
+        return None;
+    }
+    Decimal::parse(&shortest)
 }
 
 fn parse_bool(t: &str) -> Option<bool> {

@@ -1,0 +1,6 @@
+//! The capture tests of `capture_gapfree.rs` again, with the hub connected as a non-superuser
+//! login role: `tests/common/pg.rs` reads this target's name (`*_as_authenticator`); see
+//! the README, "Running as a non-superuser".
+
+#[path = "capture_gapfree.rs"]
+mod scenarios;
