@@ -230,6 +230,7 @@ pub async fn run(
         services,
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
+        writers: crate::server::writer::Writers::per_core(),
         connection_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
         capture: capture_status,
         cluster: cluster_status,

@@ -1,7 +1,12 @@
 //! The bounded per-connection outbound queue that fan-out writes into. Bounded by frame
 //! count and by bytes; a push that does not fit closes that one connection as a slow
-//! consumer instead of waiting or growing. The connection's writer task holds `OutboxRx`;
+//! consumer instead of waiting or growing. The connection's writer holds `OutboxRx`;
 //! the router, channels and REST handlers hold clones of `OutboxTx`.
+//!
+//! The queue is a `VecDeque` under a mutex, allocated only while frames wait (an idle
+//! connection holds no buffer), and a push wakes whatever waker the writer registered:
+//! a writer task serving many sockets registers one per socket, so a change fanned out
+//! to many connections costs each of them a queue push, not a task wake-up.
 //!
 //! A channel reaches the outbox through a `ChannelOutbox`: directly, or, while a resumed
 //! channel replays what it missed, behind a `Gate` that holds its live frames and releases
@@ -11,51 +16,74 @@
 //! when the queue is already over it, so a joiner always gets its state and the queue
 //! holds at most the bound plus one snapshot (which configuration keeps below the bound).
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::WireFrame;
 
 pub use crate::protocol::Close;
 
+/// A drained queue keeps its buffer only up to this many frames (a burst's large buffer
+/// is given back once the writer catches up).
+const KEEP_CAPACITY: usize = 16;
+
 struct Shared {
+    /// Frames not yet taken by the writer. Pushers and the writer lock it briefly.
+    queue: Mutex<VecDeque<WireFrame>>,
     queued_bytes: AtomicUsize,
+    max_frames: usize,
     max_bytes: usize,
     close: CancellationToken,
     reason: OnceLock<Close>,
+    /// Registered by the writer; woken by every push and by `close`.
+    writer: AtomicWaker,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<WireFrame>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn close(&self, reason: Close) {
+        let _ = self.reason.set(reason);
+        self.close.cancel();
+        self.writer.wake();
+    }
 }
 
 /// Sending side: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct OutboxTx {
-    tx: mpsc::Sender<WireFrame>,
     shared: Arc<Shared>,
 }
 
-/// Receiving side, owned by the connection's writer task.
+/// Receiving side, owned by the connection's writer.
 pub struct OutboxRx {
-    rx: mpsc::Receiver<WireFrame>,
     shared: Arc<Shared>,
 }
 
 /// Creates an outbox holding at most `max_frames` frames and `max_bytes` bytes.
 pub fn outbox(max_frames: usize, max_bytes: usize) -> (OutboxTx, OutboxRx) {
-    let (tx, rx) = mpsc::channel(max_frames.max(1));
     let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::new()),
         queued_bytes: AtomicUsize::new(0),
+        max_frames: max_frames.max(1),
         max_bytes,
         close: CancellationToken::new(),
         reason: OnceLock::new(),
+        writer: AtomicWaker::new(),
     });
     (
         OutboxTx {
-            tx,
             shared: shared.clone(),
         },
-        OutboxRx { rx, shared },
+        OutboxRx { shared },
     )
 }
 
@@ -87,39 +115,36 @@ impl OutboxTx {
     }
 
     fn push_within(&self, frame: WireFrame, snapshot: bool) -> Result<(), PushError> {
-        if self.shared.close.is_cancelled() {
+        let shared = &*self.shared;
+        if shared.close.is_cancelled() {
             return Err(PushError::Closed);
         }
         let len = frame_len(&frame);
-        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        let over = match snapshot {
-            true => before > self.shared.max_bytes,
-            false => before + len > self.shared.max_bytes && before > 0,
+        let before = shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        let within_bytes = match snapshot {
+            true => before <= shared.max_bytes,
+            false => before == 0 || before + len <= shared.max_bytes,
         };
-        if over {
-            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            self.close(Close::SlowConsumer);
+        let fits = {
+            let mut queue = shared.queue();
+            let fits = queue.len() < shared.max_frames && within_bytes;
+            if fits {
+                queue.push_back(frame);
+            }
+            fits
+        };
+        if !fits {
+            shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            shared.close(Close::SlowConsumer);
             return Err(PushError::Overflow);
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                match e {
-                    mpsc::error::TrySendError::Full(_) => {
-                        self.close(Close::SlowConsumer);
-                        Err(PushError::Overflow)
-                    }
-                    mpsc::error::TrySendError::Closed(_) => Err(PushError::Closed),
-                }
-            }
-        }
+        shared.writer.wake();
+        Ok(())
     }
 
     /// Asks the connection to close; the first reason given wins.
     pub fn close(&self, reason: Close) {
-        let _ = self.shared.reason.set(reason);
-        self.shared.close.cancel();
+        self.shared.close(reason);
     }
 
     pub fn is_closed(&self) -> bool {
@@ -140,7 +165,10 @@ impl OutboxTx {
                 return false;
             }
             let bytes = self.queued_bytes();
-            if self.tx.capacity() > 0 && (bytes == 0 || bytes + len <= self.shared.max_bytes) {
+            let frames = self.shared.queue().len();
+            if frames < self.shared.max_frames
+                && (bytes == 0 || bytes + len <= self.shared.max_bytes)
+            {
                 return self.push(frame).is_ok();
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
@@ -150,6 +178,11 @@ impl OutboxTx {
     /// Bytes currently queued and not yet written to the socket.
     pub fn queued_bytes(&self) -> usize {
         self.shared.queued_bytes.load(Ordering::Acquire)
+    }
+
+    /// Frames currently queued and not yet written to the socket.
+    pub fn queued_frames(&self) -> usize {
+        self.shared.queue().len()
     }
 }
 
@@ -264,22 +297,49 @@ impl FrameSink for ChannelOutbox {
 }
 
 impl OutboxRx {
-    /// Next frame to write; `None` once every sender is gone.
-    pub async fn recv(&mut self) -> Option<WireFrame> {
-        let frame = self.rx.recv().await?;
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Option<WireFrame> {
+        let frame = {
+            let mut queue = self.shared.queue();
+            let frame = queue.pop_front();
+            if queue.is_empty() && queue.capacity() > KEEP_CAPACITY {
+                *queue = VecDeque::new();
+            }
+            frame
+        }?;
         self.shared
             .queued_bytes
             .fetch_sub(frame_len(&frame), Ordering::AcqRel);
         Some(frame)
     }
 
-    /// The next frame if one is already queued (for batching writes).
-    pub fn try_recv(&mut self) -> Option<WireFrame> {
-        let frame = self.rx.try_recv().ok()?;
-        self.shared
-            .queued_bytes
-            .fetch_sub(frame_len(&frame), Ordering::AcqRel);
-        Some(frame)
+    /// Wakes `waker` on the next push or close. Register, then take what is queued: a
+    /// frame pushed in between wakes it.
+    pub fn register(&self, waker: &Waker) {
+        self.shared.writer.register(waker);
+    }
+
+    /// Forgets the registered waker (the writer is gone).
+    pub fn unregister(&self) {
+        drop(self.shared.writer.take());
+    }
+
+    /// The next frame; `None` once the connection is closing and nothing is queued.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<WireFrame>> {
+        if let Some(frame) = self.try_recv() {
+            return Poll::Ready(Some(frame));
+        }
+        self.register(cx.waker());
+        match self.try_recv() {
+            Some(frame) => Poll::Ready(Some(frame)),
+            None if self.shared.close.is_cancelled() => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Next frame to write; `None` once the connection is closing and nothing is queued.
+    pub async fn recv(&mut self) -> Option<WireFrame> {
+        poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// A handle that resolves when the connection has been asked to close.
@@ -291,14 +351,17 @@ impl OutboxRx {
         self.shared.reason.get().copied()
     }
 
-    /// Asks the connection to close (from the connection task itself).
+    /// Asks the connection to close (from the writer itself).
     pub fn close(&self, reason: Close) {
-        let _ = self.shared.reason.set(reason);
-        self.shared.close.cancel();
+        self.shared.close(reason);
     }
 
     pub fn queued_bytes(&self) -> usize {
         self.shared.queued_bytes.load(Ordering::Acquire)
+    }
+
+    pub fn queued_frames(&self) -> usize {
+        self.shared.queue().len()
     }
 }
 

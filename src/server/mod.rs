@@ -8,6 +8,7 @@ mod consumers;
 pub mod inspector;
 pub mod listen;
 pub mod rest;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,9 +32,9 @@ use crate::consumers::ConsumersHandle;
 use crate::protocol::{HttpError, TokenError, Vsn};
 
 /// Initial per-socket read buffer.
-const SOCKET_READ_BUFFER: usize = 1024;
+pub const SOCKET_READ_BUFFER: usize = 1024;
 /// Writes are flushed once this much is buffered (or when the writer flushes a batch).
-const SOCKET_WRITE_BUFFER: usize = 64 * 1024;
+pub const SOCKET_WRITE_BUFFER: usize = 64 * 1024;
 /// How long `/metrics` and `/api/status` wait for webhook state from the database.
 const STATUS_DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -44,6 +45,8 @@ pub struct Hub {
     pub shutdown: CancellationToken,
     /// Connection tasks, awaited (with a deadline) on shutdown.
     pub connections: TaskTracker,
+    /// The tasks writing to the sockets, each serving many.
+    pub writers: writer::Writers,
     /// One permit per open connection (`max_connections`).
     pub connection_permits: Arc<Semaphore>,
     /// `None` when the hub runs without a database.

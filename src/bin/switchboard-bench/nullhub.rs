@@ -1,7 +1,10 @@
 //! The null hub: accepts the same vsn 2.0.0 clients as the hub, answers their joins, and
 //! on a `start` command writes one pre-encoded frame per message to every member of each
 //! topic as fast as the sockets take them. No routing, no Postgres, no JSON per
-//! receiver: the physical limit of this machine for a given frame and client count.
+//! receiver, but the hub's own write path: the same socket settings, the same bounded
+//! outboxes and the same writer tasks (`switchboard::server::writer`). Its figure is the
+//! limit of this machine for the hub's way of writing a given frame to a given number of
+//! clients.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,74 +12,83 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::{Message as AxumMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use switchboard::protocol::{Close, WireFrame};
+use switchboard::router::outbox::{outbox, OutboxTx};
+use switchboard::server::writer::Writers;
+use switchboard::server::{SOCKET_READ_BUFFER, SOCKET_WRITE_BUFFER};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::stats::now_us;
 use crate::ws::MARKER;
 use crate::BenchError;
 
-/// Frames queued per connection before the writer of the null hub waits.
+/// Frames queued per connection before a blaster waits for that connection's writer.
 const QUEUE: usize = 1024;
+/// Bytes queued per connection (the frame count bounds first).
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
-type Members = Arc<Mutex<HashMap<String, Vec<mpsc::Sender<Message>>>>>;
+struct Null {
+    members: Mutex<HashMap<String, Vec<OutboxTx>>>,
+    writers: Writers,
+}
 
 /// Serves until the process is killed.
 pub async fn serve(listen: SocketAddr) -> Result<(), BenchError> {
-    let listener = TcpListener::bind(listen).await?;
-    let members: Members = Arc::default();
-    loop {
-        let (tcp, _) = listener.accept().await?;
+    let listener = TcpListener::bind(listen).await?.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
-        let members = members.clone();
-        tokio::spawn(async move {
-            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
-                connection(ws, members).await;
-            }
-        });
-    }
+    });
+    let null = Arc::new(Null {
+        members: Mutex::default(),
+        writers: Writers::per_core(),
+    });
+    let app = axum::Router::new()
+        .route("/realtime/v1/websocket", get(upgrade))
+        .with_state(null);
+    axum::serve(listener, app).await?;
+    Ok(())
 }
 
-async fn connection(
-    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    members: Members,
-) {
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(QUEUE);
-    tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.feed(m).await.is_err() {
-                return;
-            }
-            while let Ok(m) = rx.try_recv() {
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+async fn upgrade(State(null): State<Arc<Null>>, ws: WebSocketUpgrade) -> Response {
+    ws.read_buffer_size(SOCKET_READ_BUFFER)
+        .write_buffer_size(SOCKET_WRITE_BUFFER)
+        .on_upgrade(move |socket| connection(socket, null))
+}
+
+fn text(v: &Value) -> WireFrame {
+    WireFrame::Text(Bytes::from(v.to_string()))
+}
+
+async fn connection(socket: WebSocket, null: Arc<Null>) {
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = outbox(QUEUE, QUEUE_BYTES);
+    let writer = null.writers.attach(sink, rx, None);
     while let Some(Ok(msg)) = stream.next().await {
-        let Message::Text(text) = msg else { continue };
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let AxumMessage::Text(msg) = msg else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(msg.as_str()).unwrap_or(Value::Null);
         let topic = v[2].as_str().unwrap_or("").to_owned();
         match v[3].as_str() {
             Some("phx_join") => {
                 let reply = json!(["1", v[1], topic, "phx_reply", {"status": "ok", "response": {"postgres_changes": []}}]);
-                let _ = tx.send(Message::text(reply.to_string())).await;
+                let _ = tx.push(text(&reply));
                 if v[4]["config"]["postgres_changes"]
                     .as_array()
                     .is_some_and(|a| !a.is_empty())
                 {
                     let sys = json!(["1", null, topic, "system", {"message": "Subscribed to PostgreSQL", "status": "ok", "extension": "postgres_changes", "channel": topic}]);
-                    let _ = tx.send(Message::text(sys.to_string())).await;
+                    let _ = tx.push(text(&sys));
                 }
-                members
+                null.members
                     .lock()
                     .expect("members lock")
                     .entry(topic)
@@ -88,7 +100,7 @@ async fn connection(
                 let template = v[4]["template"].as_str().unwrap_or("").to_owned();
                 let binary = v[4]["binary"].as_bool().unwrap_or(false);
                 tokio::spawn(blast(
-                    members.clone(),
+                    null.clone(),
                     Duration::from_secs_f64(seconds),
                     template,
                     binary,
@@ -97,14 +109,24 @@ async fn connection(
             _ => {}
         }
     }
+    tx.close(Close::Gone);
+    writer.finish(Duration::from_secs(1)).await;
 }
 
 /// Members one blasting task writes to; several tasks let the runtime use every core.
 const MEMBERS_PER_BLASTER: usize = 250;
+/// Frames a blaster queues to each member before it lets the writers run: a saturated
+/// hub's writers likewise find several frames per socket (a batch of changes, or their
+/// own lag), and one frame per write would measure write calls, not the write path.
+const BLAST_BURST: usize = 16;
+/// A blaster waits while any of its members has this many frames queued: the writers
+/// always find frames to batch (as a saturated hub's do) and no push overflows.
+const BLAST_BACKLOG: usize = QUEUE / 2;
 
 /// Writes frames made from `template` (its `sent_at_us` set to now) to every member of
-/// each topic until `length` has passed, one task per [`MEMBERS_PER_BLASTER`] members.
-async fn blast(members: Members, length: Duration, template: String, binary: bool) {
+/// each topic until `length` has passed, one task per [`MEMBERS_PER_BLASTER`] members:
+/// each frame is encoded once and queued to every member, as the hub's fan-out does.
+async fn blast(null: Arc<Null>, length: Duration, template: String, binary: bool) {
     let Some(at) = template.find(MARKER).map(|i| i + MARKER.len()) else {
         return;
     };
@@ -113,7 +135,8 @@ async fn blast(members: Members, length: Duration, template: String, binary: boo
         .map_or(template.len(), |i| at + i);
     let prefix: Arc<str> = template[..at].into();
     let suffix: Arc<str> = template[digits_end..].into();
-    let groups: Vec<Vec<mpsc::Sender<Message>>> = members
+    let groups: Vec<Vec<OutboxTx>> = null
+        .members
         .lock()
         .expect("members lock")
         .values()
@@ -128,15 +151,24 @@ async fn blast(members: Members, length: Duration, template: String, binary: boo
         let (prefix, suffix) = (prefix.clone(), suffix.clone());
         tokio::spawn(async move {
             while Instant::now() < end {
-                let text = format!("{prefix}{}{suffix}", now_us());
-                let msg = if binary {
-                    Message::binary(text.into_bytes())
-                } else {
-                    Message::text(text)
-                };
-                for member in &group {
-                    let _ = member.send(msg.clone()).await;
+                let behind = |m: &OutboxTx| !m.is_closed() && m.queued_frames() >= BLAST_BACKLOG;
+                if group.iter().any(behind) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
                 }
+                for _ in 0..BLAST_BURST {
+                    let bytes = Bytes::from(format!("{prefix}{}{suffix}", now_us()));
+                    let frame = if binary {
+                        WireFrame::Binary(bytes)
+                    } else {
+                        WireFrame::Text(bytes)
+                    };
+                    for member in &group {
+                        let _ = member.push(frame.clone());
+                    }
+                }
+                // Let the writers run between rounds.
+                tokio::task::yield_now().await;
             }
         });
     }

@@ -36,6 +36,7 @@ impl Conn {
             services: Services::for_tests(&config),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
+            writers: crate::server::writer::Writers::per_core(),
             connection_permits: Arc::new(Semaphore::new(10)),
             capture: None,
             cluster: Arc::new(crate::cluster::ClusterStatus::single(

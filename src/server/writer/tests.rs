@@ -1,0 +1,242 @@
+//! Writer tasks driven with in-memory sinks that can refuse frames like a full socket.
+
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use bytes::Bytes;
+use futures_util::Sink;
+
+use super::*;
+use crate::router::outbox::{outbox, OutboxTx};
+
+/// What a test socket received, and whether it takes frames now.
+#[derive(Default)]
+struct Wire {
+    messages: Vec<Message>,
+    flushes: usize,
+    /// Refuses frames (poll_ready and poll_flush pending) while set.
+    full: bool,
+    /// Fails every write while set.
+    broken: bool,
+    waker: Option<Waker>,
+    dropped: bool,
+}
+
+#[derive(Clone, Default)]
+struct TestSocket(Arc<Mutex<Wire>>);
+
+impl TestSocket {
+    fn wire(&self) -> std::sync::MutexGuard<'_, Wire> {
+        self.0.lock().unwrap()
+    }
+
+    fn set_full(&self, full: bool) {
+        let mut w = self.wire();
+        w.full = full;
+        if let Some(waker) = w.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.wire()
+            .messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Text(t) => Some(t.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits (yielding to the writer) until `n` messages arrived.
+    async fn wait_for(&self, n: usize) {
+        let wait = async {
+            while self.wire().messages.len() < n {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("messages within 5 s");
+    }
+
+    fn poll_open(&self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let mut w = self.wire();
+        if w.broken {
+            return Poll::Ready(Err(()));
+        }
+        if w.full {
+            w.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The sink half the writer owns; its drop is recorded.
+struct SinkHalf(TestSocket);
+
+impl Drop for SinkHalf {
+    fn drop(&mut self) {
+        self.0.wire().dropped = true;
+    }
+}
+
+impl Sink<Message> for SinkHalf {
+    type Error = ();
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        self.0.poll_open(cx)
+    }
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), ()> {
+        let mut w = self.0.wire();
+        if w.broken {
+            return Err(());
+        }
+        w.messages.push(item);
+        Ok(())
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let ready = self.0.poll_open(cx);
+        if ready.is_ready() {
+            self.0.wire().flushes += 1;
+        }
+        ready
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        self.0.poll_open(cx)
+    }
+}
+
+fn text(s: &str) -> WireFrame {
+    WireFrame::Text(Bytes::from(s.to_owned()))
+}
+
+fn attach(writers: &Writers) -> (TestSocket, OutboxTx, WriterHandle) {
+    let socket = TestSocket::default();
+    let (tx, rx) = outbox(1000, 1 << 20);
+    let handle = writers.attach(SinkHalf(socket.clone()), rx, None);
+    (socket, tx, handle)
+}
+
+#[tokio::test]
+async fn one_task_writes_every_socket_in_order_with_one_flush_per_burst() {
+    let writers = Writers::new(1);
+    let conns: Vec<_> = (0..200).map(|_| attach(&writers)).collect();
+    // The writer task has not run yet (one-thread runtime): each burst is queued whole.
+    for (i, (_, tx, _)) in conns.iter().enumerate() {
+        for k in 0..10 {
+            tx.push(text(&format!("{i}.{k}"))).unwrap();
+        }
+    }
+    for (i, (socket, _, _)) in conns.iter().enumerate() {
+        socket.wait_for(10).await;
+        let want: Vec<String> = (0..10).map(|k| format!("{i}.{k}")).collect();
+        assert_eq!(socket.texts(), want);
+        assert_eq!(
+            socket.wire().flushes,
+            1,
+            "socket {i}: one flush for its burst"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_socket_that_takes_nothing_does_not_hold_up_the_others() {
+    let writers = Writers::new(1);
+    let (stuck, stuck_tx, _h1) = attach(&writers);
+    let (free, free_tx, _h2) = attach(&writers);
+    stuck.set_full(true);
+    for k in 0..5 {
+        stuck_tx.push(text(&format!("s{k}"))).unwrap();
+        free_tx.push(text(&format!("f{k}"))).unwrap();
+    }
+    free.wait_for(5).await;
+    assert_eq!(free.texts(), ["f0", "f1", "f2", "f3", "f4"]);
+    assert!(stuck.texts().is_empty());
+    free_tx.push(text("f5")).unwrap();
+    free.wait_for(6).await;
+
+    stuck.set_full(false);
+    stuck.wait_for(5).await;
+    assert_eq!(stuck.texts(), ["s0", "s1", "s2", "s3", "s4"]);
+}
+
+#[tokio::test]
+async fn a_burst_larger_than_one_batch_arrives_whole_and_in_order() {
+    let writers = Writers::new(1);
+    let (socket, tx, _h) = attach(&writers);
+    let n = WRITE_BATCH * 3 + 5;
+    for k in 0..n {
+        tx.push(text(&k.to_string())).unwrap();
+    }
+    socket.wait_for(n).await;
+    let want: Vec<String> = (0..n).map(|k| k.to_string()).collect();
+    assert_eq!(socket.texts(), want);
+}
+
+fn close_of(m: &Message) -> Option<(u16, String)> {
+    match m {
+        Message::Close(Some(f)) => Some((f.code, f.reason.to_string())),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_close_writes_what_is_queued_then_the_close_frame_with_its_reason() {
+    let writers = Writers::new(1);
+    let (socket, tx, handle) = attach(&writers);
+    tx.push(text("a")).unwrap();
+    tx.push(text("b")).unwrap();
+    tx.close(Close::Shutdown);
+    handle.finish(CLOSE_FLUSH_TIMEOUT).await;
+    let w = socket.wire();
+    assert_eq!(w.messages.len(), 3);
+    assert_eq!(
+        close_of(&w.messages[2]),
+        Some((1001, "server shutting down".into()))
+    );
+    assert!(w.dropped, "the writer let go of the socket");
+}
+
+#[tokio::test]
+async fn a_slow_consumer_gets_the_close_frame_without_its_backlog() {
+    let writers = Writers::new(1);
+    let (socket, tx, handle) = attach(&writers);
+    tx.push(text("a")).unwrap();
+    tx.close(Close::SlowConsumer);
+    handle.finish(CLOSE_FLUSH_TIMEOUT).await;
+    let w = socket.wire();
+    assert_eq!(w.messages.len(), 1);
+    assert_eq!(close_of(&w.messages[0]).map(|c| c.0), Some(1008));
+}
+
+#[tokio::test]
+async fn a_client_that_never_takes_the_close_is_let_go_at_the_deadline() {
+    let writers = Writers::new(1);
+    let (socket, tx, handle) = attach(&writers);
+    socket.set_full(true);
+    tx.push(text("a")).unwrap();
+    tx.close(Close::Shutdown);
+    handle.finish(CLOSE_FLUSH_TIMEOUT * 3).await;
+    // Dropped by the deadline, not by `finish` giving up (that drop would come later).
+    assert!(socket.wire().dropped);
+    assert!(socket.wire().messages.is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_socket_closes_the_outbox() {
+    let writers = Writers::new(1);
+    let (socket, tx, handle) = attach(&writers);
+    socket.wire().broken = true;
+    tx.push(text("a")).unwrap();
+    handle.finish(CLOSE_FLUSH_TIMEOUT).await;
+    assert!(tx.is_closed());
+    assert_eq!(
+        tx.push(text("b")),
+        Err(crate::router::outbox::PushError::Closed)
+    );
+    assert!(socket.wire().dropped);
+}
