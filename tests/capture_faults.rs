@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use load::{
     assert_exactly_committed, connect_retrying, run_load, setup, start_capture, write_marker,
-    LoadOpts,
+    LoadOpts, TABLES,
 };
-use switchboard::capture::APPLICATION_NAME;
+use switchboard::capture::{
+    current_cursor, next_events, server_start, Cursor, Position, Statements, APPLICATION_NAME,
+};
+use switchboard::changes::DbEvent;
 
 const KILL_LISTENER: &str = "select count(pg_terminate_backend(pid))::int8 from pg_stat_activity \
      where application_name = $1 and datname = current_database()";
@@ -89,4 +92,69 @@ async fn restarting_postgres_mid_load_loses_and_repeats_nothing() {
     );
     assert_exactly_committed(&load.committed, &events);
     capture.stop().await;
+}
+
+/// The ids of the rows `events` changed.
+fn ids(events: &[DbEvent]) -> Vec<i64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            DbEvent::Change(c) => c.record.as_ref()?.get("id")?.as_i64(),
+            DbEvent::Broadcast(_) => None,
+        })
+        .collect()
+}
+
+/// After a crash Postgres can hand out again the ids of transactions that rolled back
+/// after its last WAL write, ids a position may already have passed as finished. Once the
+/// capture sees the server restarted it forgets every id from the lowest one handed out
+/// since the start (`Position::forget_from` with `server_start`, as `run_capture` does on
+/// reconnecting): what committed since is read, and nothing read before the restart is
+/// read again. `ahead` stands in for a position taken just before a crash: it has passed
+/// 1,000 ids the restarted server has not handed out yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_ids_handed_out_again_are_read_and_nothing_twice() {
+    let cluster = common::pg::dedicated_cluster().await;
+    let url = cluster.create_db().await;
+    let client = connect_retrying(&url, Duration::from_secs(10)).await;
+    setup(&client).await;
+    let insert = |id: i64| format!("insert into {} values ({id}, 0, 0, 0, null)", TABLES[0]);
+    let stmts = Statements::prepare(&client).await.unwrap();
+    let mut read = Position::at(current_cursor(&client).await.unwrap());
+    client.batch_execute(&insert(1)).await.unwrap();
+    assert_eq!(
+        ids(&next_events(&client, &stmts, &mut read, 100).await.unwrap()),
+        [1]
+    );
+    let mut ahead = Position::at(Cursor::parse(&format!("{}:", read.cursor.xmax + 1000)).unwrap());
+    let before = server_start(&client).await.unwrap();
+    drop(client);
+
+    tokio::task::block_in_place(|| cluster.stop());
+    tokio::task::block_in_place(|| cluster.start());
+    let client = connect_retrying(&url, Duration::from_secs(10)).await;
+    client.batch_execute(&insert(2)).await.unwrap();
+    let stmts = Statements::prepare(&client).await.unwrap();
+    let mut unaware = ahead.clone();
+    assert_eq!(
+        ids(&next_events(&client, &stmts, &mut unaware, 100)
+            .await
+            .unwrap()),
+        Vec::<i64>::new(),
+        "a position past the new ids misses the row unless it forgets them"
+    );
+
+    let after = server_start(&client).await.unwrap();
+    assert_ne!(after.started, before.started, "the server restarted");
+    assert!(ahead.forget_from(after.lowest_xid));
+    assert_eq!(
+        ids(&next_events(&client, &stmts, &mut ahead, 100).await.unwrap()),
+        [2]
+    );
+    read.forget_from(after.lowest_xid);
+    assert_eq!(
+        ids(&next_events(&client, &stmts, &mut read, 100).await.unwrap()),
+        [2],
+        "row 1, read before the restart, is not read again"
+    );
 }

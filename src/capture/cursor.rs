@@ -78,6 +78,19 @@ impl Cursor {
     }
 }
 
+impl Cursor {
+    /// Treats every transaction from `xid` on as not yet read (see
+    /// `Position::forget_from`). True when that changed anything.
+    pub fn forget_from(&mut self, xid: u64) -> bool {
+        if xid >= self.xmax {
+            return false;
+        }
+        self.xmax = xid;
+        self.xip.retain(|&x| x < xid);
+        true
+    }
+}
+
 impl fmt::Display for Cursor {
     /// `xmax:xip1,xip2`: the form shown in status and handed back to resume.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -107,6 +120,20 @@ impl Position {
     pub fn read_through(&mut self, snapshot: &Cursor, last_id: i64) {
         self.pages.retain(|(_, id)| *id > last_id);
         self.pages.push((snapshot.clone(), last_id));
+    }
+
+    /// Treats every transaction from `xid` on as not yet read, in the cursor and in every
+    /// page. After a Postgres crash the server can hand out again the ids of transactions
+    /// that rolled back after its last WAL write, ids a position may already have passed
+    /// as finished; forgetting from the lowest id handed out since the start reads those
+    /// again (no id at or above it committed before the start, so nothing is read twice).
+    /// True when that changed anything.
+    pub fn forget_from(&mut self, xid: u64) -> bool {
+        let mut changed = self.cursor.forget_from(xid);
+        for (page, _) in &mut self.pages {
+            changed |= page.forget_from(xid);
+        }
+        changed
     }
 
     /// Parses the `Display` form: `xmax:xip`, then `/xmax:xip@last_id` per page.
@@ -159,6 +186,18 @@ fn join(xids: &[u64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forgetting_from_an_id_lowers_xmax_and_drops_later_in_progress_ids() {
+        let mut p = Position::parse("105:100,102/110:103@7").unwrap();
+        assert!(p.forget_from(102));
+        assert_eq!(
+            p.to_string(),
+            Position::parse("102:100/102:@7").unwrap().to_string()
+        );
+        assert!(!p.forget_from(102), "nothing more to forget");
+        assert!(!p.forget_from(200));
+    }
 
     #[test]
     fn a_pg_snapshot_round_trips_through_the_cursor() {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio_postgres::{Client, IsolationLevel, Row, Statement};
 
-use super::cursor::{Cursor, Position};
+use super::cursor::{Cursor, CursorError, Position};
 use super::CaptureError;
 use crate::changes::{Change, DbBroadcast, DbEvent, Op};
 
@@ -336,6 +336,34 @@ pub async fn events_between(
 }
 
 /// Takes the current snapshot as a starting cursor.
+/// When the server started, and the lowest transaction id it can have handed out since:
+/// the oldest still running, or the oldest in the log written since the start.
+const SERVER_START: &str = "select pg_postmaster_start_time()::text, \
+     least(pg_snapshot_xmin(pg_current_snapshot()), \
+           (select c.xid from realtime.changes c \
+             where c.created_at >= pg_postmaster_start_time() \
+             order by c.xid limit 1))::text";
+
+/// The server's start, for telling a restarted server (`Position::forget_from`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStart {
+    /// `pg_postmaster_start_time()` as text: equal texts, same server lifetime.
+    pub started: String,
+    /// No transaction that committed before the start has an id this high or higher.
+    pub lowest_xid: u64,
+}
+
+pub async fn server_start(client: &Client) -> Result<ServerStart, CaptureError> {
+    let row = client.query_one(SERVER_START, &[]).await?;
+    let lowest: String = row.get(1);
+    Ok(ServerStart {
+        started: row.get(0),
+        lowest_xid: lowest
+            .parse()
+            .map_err(|_| CaptureError::Cursor(CursorError(lowest.clone())))?,
+    })
+}
+
 pub async fn current_cursor(client: &Client) -> Result<Cursor, CaptureError> {
     let snapshot: String = client.query_one(CURRENT_SNAPSHOT, &[]).await?.get(0);
     Ok(Cursor::from_pg_snapshot(&snapshot)?)
