@@ -19,12 +19,12 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 /// Fault kinds injected here; each must have happened at least once. Not here:
-/// `crash-postgres` (`pg_ctl stop -m immediate`). After a crash Postgres hands out again
-/// the xids of transactions whose WAL was never flushed (ones that rolled back after the
-/// last commit); the capture's cursor has already passed them as finished, so a
-/// transaction that gets one after the restart is never captured, and every subscriber
-/// loses it. Seen in this run (one tick lost by all 300 subscribers), reproduced by hand,
-/// reported, not fixed here; `switchboard-bench chaos` injects it by default.
+/// `crash-postgres` (`pg_ctl stop -m immediate`). After a crash Postgres can hand out
+/// again the xids of transactions that rolled back after its last WAL write. The live
+/// capture reads those ids again when it reconnects to the restarted server
+/// (`tests/capture_faults.rs`), but positions stored before the crash (parked resume
+/// positions) are not corrected yet, so a resumable subscriber can miss such a
+/// transaction (README, "After a Postgres crash"); `switchboard-bench chaos` injects it.
 const KINDS: [&str; 6] = [
     "kill-capture",
     "kill-backends",
