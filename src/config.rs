@@ -633,6 +633,12 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// `settings` are refused with an error that names `key`.
+    fn refused_naming(settings: Settings, key: &str) {
+        let err = Config::from_settings(settings).unwrap_err().to_string();
+        assert!(err.contains(&format!("`{key}`")), "{err}");
+    }
+
     #[test]
     fn flag_beats_env_beats_file_beats_default() {
         let file = Settings {
@@ -654,18 +660,20 @@ mod tests {
 
     #[test]
     fn invalid_value_names_the_key() {
-        let s = Settings {
-            listen: Some("nonsense".into()),
-            ..Settings::default()
-        };
-        let err = Config::from_settings(s).unwrap_err().to_string();
-        assert!(err.contains("`listen`"), "{err}");
-        let s = Settings {
-            outbox_bytes: Some(0),
-            ..Settings::default()
-        };
-        let err = Config::from_settings(s).unwrap_err().to_string();
-        assert!(err.contains("`outbox_bytes`"), "{err}");
+        refused_naming(
+            Settings {
+                listen: Some("nonsense".into()),
+                ..Settings::default()
+            },
+            "listen",
+        );
+        refused_naming(
+            Settings {
+                outbox_bytes: Some(0),
+                ..Settings::default()
+            },
+            "outbox_bytes",
+        );
     }
 
     #[test]
@@ -681,18 +689,20 @@ mod tests {
         let c = Config::from_settings(s).unwrap();
         assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
         assert_eq!(c.node_timeout, Duration::from_secs(3));
-        let s = Settings {
-            redis_url: Some("127.0.0.1:6379".into()),
-            ..Settings::default()
-        };
-        let err = Config::from_settings(s).unwrap_err().to_string();
-        assert!(err.contains("`redis_url`"), "{err}");
-        let s = Settings {
-            node_timeout_secs: Some(0),
-            ..Settings::default()
-        };
-        let err = Config::from_settings(s).unwrap_err().to_string();
-        assert!(err.contains("`node_timeout_secs`"), "{err}");
+        refused_naming(
+            Settings {
+                redis_url: Some("127.0.0.1:6379".into()),
+                ..Settings::default()
+            },
+            "redis_url",
+        );
+        refused_naming(
+            Settings {
+                node_timeout_secs: Some(0),
+                ..Settings::default()
+            },
+            "node_timeout_secs",
+        );
     }
 
     #[test]
@@ -708,12 +718,13 @@ mod tests {
 
     #[test]
     fn a_short_admin_secret_is_refused_and_redacted_when_printed() {
-        let s = Settings {
-            admin_secret: Some("short".into()),
-            ..Settings::default()
-        };
-        let err = Config::from_settings(s).unwrap_err().to_string();
-        assert!(err.contains("`admin_secret`"), "{err}");
+        refused_naming(
+            Settings {
+                admin_secret: Some("short".into()),
+                ..Settings::default()
+            },
+            "admin_secret",
+        );
         let s = Settings {
             admin_secret: Some("a-long-enough-admin-secret".into()),
             ..Settings::default()
@@ -760,12 +771,13 @@ mod tests {
 
     #[test]
     fn a_webhook_lease_must_outlast_three_request_timeouts() {
-        let s = Settings {
-            webhook_timeout_ms: Some(10_001),
-            ..Settings::default()
-        };
-        let err = Config::from_settings(s).unwrap_err().to_string();
-        assert!(err.contains("`webhook_lease_secs`"), "{err}");
+        refused_naming(
+            Settings {
+                webhook_timeout_ms: Some(10_001),
+                ..Settings::default()
+            },
+            "webhook_lease_secs",
+        );
     }
 
     #[test]

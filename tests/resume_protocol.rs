@@ -70,6 +70,42 @@ async fn wait_parked(pg: &PgHub, n: i64) {
     }
 }
 
+/// Subscribes a client on `key` as `token`, lets its acks land, and drops it: the hub
+/// parks the subscription.
+async fn park(pg: &PgHub, key: &str, token: &str) {
+    let mut c = connect(pg, key).await;
+    subscribe(&mut c, "realtime:items", entries(), Some(token)).await;
+    resume_message(&mut c).await;
+    settle(&mut c).await;
+    drop(c);
+    wait_parked(pg, 1).await;
+}
+
+/// Inserts `n` rows of `owner`, returning their ids.
+async fn insert_n(pg: &PgHub, owner: &str, n: usize) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(insert(pg, owner).await);
+    }
+    ids
+}
+
+/// Expects exactly these inserted rows, in order.
+async fn expect_rows(c: &mut WsClient, ids: &[i64]) {
+    for id in ids {
+        expect_row(c, "INSERT", "items", *id).await;
+    }
+}
+
+/// The resume message says `count` changes were recovered.
+fn assert_recovered(sys: &Value, count: i64) {
+    assert_eq!(
+        (&sys["recovered"], &sys["count"]),
+        (&json!(true), &json!(count)),
+        "{sys}"
+    );
+}
+
 /// A second client (without a resume key) that sees every row: once it has received a
 /// row, the hub has dispatched it, so a reconnect after that finds it in the gap.
 struct Observer(WsClient);
@@ -138,9 +174,7 @@ async fn a_reconnect_replays_exactly_what_was_missed_then_goes_live() {
     }
     let mut c = connect(&pg, "client-1").await;
     subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    for id in &missed {
-        expect_row(&mut c, "INSERT", "items", *id).await;
-    }
+    expect_rows(&mut c, &missed).await;
     let sys = resume_message(&mut c).await;
     assert_eq!(
         sys,
@@ -155,12 +189,7 @@ async fn a_reconnect_replays_exactly_what_was_missed_then_goes_live() {
 async fn rows_the_new_token_may_not_see_are_not_replayed() {
     let pg = PgHub::start(SETUP).await;
     let mut observer = Observer::start(&pg).await;
-    let mut c = connect(&pg, "client-2").await;
-    subscribe(&mut c, "realtime:items", entries(), Some(&pg.user(ALICE))).await;
-    resume_message(&mut c).await;
-    settle(&mut c).await;
-    drop(c);
-    wait_parked(&pg, 1).await;
+    park(&pg, "client-2", &pg.user(ALICE)).await;
     let alices = insert(&pg, ALICE).await;
     let bobs = insert(&pg, BOB).await;
     observer.saw(bobs).await;
@@ -210,12 +239,7 @@ async fn a_channel_left_on_purpose_is_not_resumed() {
 async fn a_resume_after_the_grace_says_it_expired() {
     let pg = PgHub::start_with(SETUP, |c| c.resume_grace = Duration::from_secs(1)).await;
     let token = pg.user(ALICE);
-    let mut c = connect(&pg, "client-4").await;
-    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    resume_message(&mut c).await;
-    settle(&mut c).await;
-    drop(c);
-    wait_parked(&pg, 1).await;
+    park(&pg, "client-4", &token).await;
     insert(&pg, ALICE).await;
     // Past the grace: the parked row has expired (expiry is Postgres's clock).
     let deadline = Instant::now() + RECV_TIMEOUT;
@@ -247,12 +271,7 @@ async fn a_gap_larger_than_the_replay_limit_asks_the_app_to_refetch() {
     let pg = PgHub::start_with(SETUP, |c| c.resume_max_replay = 5).await;
     let mut observer = Observer::start(&pg).await;
     let token = pg.user(ALICE);
-    let mut c = connect(&pg, "client-5").await;
-    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    resume_message(&mut c).await;
-    settle(&mut c).await;
-    drop(c);
-    wait_parked(&pg, 1).await;
+    park(&pg, "client-5", &token).await;
     pg.exec(&format!(
         "insert into public.items (owner) select '{ALICE}' from generate_series(1, 10)"
     ))
@@ -279,28 +298,14 @@ async fn a_resume_does_not_hold_a_pooled_connection_while_row_scope_needs_one() 
     let pg = PgHub::start_with(SETUP, |c| c.db_pool_size = 1).await;
     let mut observer = Observer::start(&pg).await;
     let token = pg.user(ALICE);
-    let mut c = connect(&pg, "client-pool").await;
-    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    resume_message(&mut c).await;
-    settle(&mut c).await;
-    drop(c);
-    wait_parked(&pg, 1).await;
-    let mut missed = Vec::new();
-    for _ in 0..3 {
-        missed.push(insert(&pg, ALICE).await);
-    }
+    park(&pg, "client-pool", &token).await;
+    let missed = insert_n(&pg, ALICE, 3).await;
     observer.saw(*missed.last().unwrap()).await;
     let mut c = connect(&pg, "client-pool").await;
     subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    for id in &missed {
-        expect_row(&mut c, "INSERT", "items", *id).await;
-    }
+    expect_rows(&mut c, &missed).await;
     let sys = resume_message(&mut c).await;
-    assert_eq!(
-        (&sys["recovered"], &sys["count"]),
-        (&json!(true), &json!(3)),
-        "{sys}"
-    );
+    assert_recovered(&sys, 3);
     let live = insert(&pg, BOB).await;
     observer.saw(live).await;
     let mine = insert(&pg, ALICE).await;
@@ -316,16 +321,8 @@ async fn a_replay_waits_out_a_killed_connection() {
     let pg = PgHub::start(SETUP).await;
     let mut observer = Observer::start(&pg).await;
     let token = pg.user(ALICE);
-    let mut c = connect(&pg, "client-killed").await;
-    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    resume_message(&mut c).await;
-    settle(&mut c).await;
-    drop(c);
-    wait_parked(&pg, 1).await;
-    let mut missed = Vec::new();
-    for _ in 0..3 {
-        missed.push(insert(&pg, ALICE).await);
-    }
+    park(&pg, "client-killed", &token).await;
+    let missed = insert_n(&pg, ALICE, 3).await;
     observer.saw(*missed.last().unwrap()).await;
 
     let locker = pg.db.client().await;
@@ -337,15 +334,9 @@ async fn a_replay_waits_out_a_killed_connection() {
     subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
     kill_waiting(&pg, "select coalesce(sum(greatest(%").await;
     locker.batch_execute("rollback").await.unwrap();
-    for id in &missed {
-        expect_row(&mut c, "INSERT", "items", *id).await;
-    }
+    expect_rows(&mut c, &missed).await;
     let sys = resume_message(&mut c).await;
-    assert_eq!(
-        (&sys["recovered"], &sys["count"]),
-        (&json!(true), &json!(3)),
-        "{sys}"
-    );
+    assert_recovered(&sys, 3);
     let live = insert(&pg, ALICE).await;
     expect_row(&mut c, "INSERT", "items", live).await;
 }
@@ -386,16 +377,8 @@ async fn a_join_that_cannot_read_its_parked_row_is_refused_and_the_rejoin_resume
     let pg = PgHub::start(SETUP).await;
     let mut observer = Observer::start(&pg).await;
     let token = pg.user(ALICE);
-    let mut c = connect(&pg, "client-unread").await;
-    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    resume_message(&mut c).await;
-    settle(&mut c).await;
-    drop(c);
-    wait_parked(&pg, 1).await;
-    let mut missed = Vec::new();
-    for _ in 0..3 {
-        missed.push(insert(&pg, ALICE).await);
-    }
+    park(&pg, "client-unread", &token).await;
+    let missed = insert_n(&pg, ALICE, 3).await;
     observer.saw(*missed.last().unwrap()).await;
 
     let locker = pg.db.client().await;
@@ -423,15 +406,9 @@ async fn a_join_that_cannot_read_its_parked_row_is_refused_and_the_rejoin_resume
     );
     locker.batch_execute("rollback").await.unwrap();
     subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    for id in &missed {
-        expect_row(&mut c, "INSERT", "items", *id).await;
-    }
+    expect_rows(&mut c, &missed).await;
     let sys = resume_message(&mut c).await;
-    assert_eq!(
-        (&sys["recovered"], &sys["count"]),
-        (&json!(true), &json!(3)),
-        "{sys}"
-    );
+    assert_recovered(&sys, 3);
 }
 
 /// Found by the chaos run: a resuming join on a hub just started, whose capture had no
@@ -441,16 +418,8 @@ async fn a_join_that_cannot_read_its_parked_row_is_refused_and_the_rejoin_resume
 async fn a_resuming_join_before_the_capture_is_up_is_refused_and_the_rejoin_resumes() {
     let pg = PgHub::start(SETUP).await;
     let token = pg.user(ALICE);
-    let mut c = connect(&pg, "client-early").await;
-    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    resume_message(&mut c).await;
-    settle(&mut c).await;
-    drop(c);
-    wait_parked(&pg, 1).await;
-    let mut missed = Vec::new();
-    for _ in 0..3 {
-        missed.push(insert(&pg, ALICE).await);
-    }
+    park(&pg, "client-early", &token).await;
+    let missed = insert_n(&pg, ALICE, 3).await;
 
     let locker = pg.db.client().await;
     locker
@@ -493,15 +462,9 @@ async fn a_resuming_join_before_the_capture_is_up_is_refused_and_the_rejoin_resu
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    for id in &missed {
-        expect_row(&mut c, "INSERT", "items", *id).await;
-    }
+    expect_rows(&mut c, &missed).await;
     let sys = resume_message(&mut c).await;
-    assert_eq!(
-        (&sys["recovered"], &sys["count"]),
-        (&json!(true), &json!(3)),
-        "{sys}"
-    );
+    assert_recovered(&sys, 3);
 }
 
 #[tokio::test]
@@ -533,11 +496,7 @@ async fn database_broadcasts_are_resumed_too() {
     assert_eq!(payload["id"], meta["id"], "{payload} {meta}");
     assert_eq!(meta["replayed"], true, "{meta}");
     let sys = resume_message(&mut c).await;
-    assert_eq!(
-        (&sys["recovered"], &sys["count"]),
-        (&json!(true), &json!(1)),
-        "{sys}"
-    );
+    assert_recovered(&sys, 1);
 }
 
 #[tokio::test]
