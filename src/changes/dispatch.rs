@@ -10,7 +10,7 @@
 //! is queued, `Progress::delivered` moves on (connections turn it into acknowledged
 //! positions).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -355,7 +355,8 @@ impl Dispatcher {
         let mut sizes: Option<FieldSizes> = None;
         let mut conversions: Option<Conversions> = None;
         // Encode once per distinct frame: members of one topic with the same ids, serializer
-        // and visibility shape share the bytes.
+        // and visibility shape share the bytes. Looked up once per receiver, so the maps use
+        // a fast seeded hash (foldhash) rather than SipHash.
         let mut frames: HashMap<(ShapeKey, Vsn, &str, &[u32]), WireFrame> = HashMap::new();
         // Counted once per change, not per receiver.
         let (mut sent, mut hidden) = (0u64, 0u64);

@@ -345,7 +345,9 @@ impl SubscriptionIndex {
             (TableScope::Schema(change.schema.as_str().into()), &open),
             (TableScope::All, &open),
         ];
-        let mut by_member: HashMap<(MemberId, Option<usize>), Matched> = HashMap::new();
+        // Per change and per matched subscription: a fast seeded hash (foldhash), not SipHash.
+        let mut by_member: foldhash::HashMap<(MemberId, Option<usize>), Matched> =
+            foldhash::HashMap::default();
         for (scope, gate_of) in &scopes {
             let Some(mut subs) = self.by_scope.get_mut(scope) else {
                 continue;
