@@ -43,11 +43,6 @@ async fn insert(pg: &PgHub, owner: &str) -> i64 {
     .await
 }
 
-/// Reads for a while with nothing expected, so the hub's pings get their pongs.
-async fn settle(c: &mut WsClient) {
-    c.expect_no_frame(Duration::from_millis(400)).await;
-}
-
 /// Waits until the hub has parked a subscription (the client's socket is gone).
 async fn wait_parked(pg: &PgHub, n: i64) {
     let deadline = Instant::now() + RECV_TIMEOUT;
@@ -76,7 +71,7 @@ async fn park(pg: &PgHub, key: &str, token: &str) {
     let mut c = connect(pg, key).await;
     subscribe(&mut c, "realtime:items", entries(), Some(token)).await;
     resume_message(&mut c).await;
-    settle(&mut c).await;
+    c.acknowledge().await;
     drop(c);
     wait_parked(pg, 1).await;
 }
@@ -162,7 +157,7 @@ async fn a_reconnect_replays_exactly_what_was_missed_then_goes_live() {
         let id = insert(&pg, ALICE).await;
         expect_row(&mut c, "INSERT", "items", id).await;
     }
-    settle(&mut c).await;
+    c.acknowledge().await;
     drop(c);
     wait_parked(&pg, 1).await;
 
@@ -475,7 +470,7 @@ async fn database_broadcasts_are_resumed_too() {
     c.join_ok("realtime:news", json!({})).await;
     let sys = resume_message(&mut c).await;
     assert_eq!(sys["recovered"], false);
-    settle(&mut c).await;
+    c.acknowledge().await;
     drop(c);
     wait_parked(&pg, 1).await;
     pg.exec("select realtime.send('{\"n\": 1}'::jsonb, 'ev', 'news', false)")

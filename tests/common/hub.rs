@@ -445,6 +445,29 @@ impl WsClient {
         }
     }
 
+    /// Waits for the hub's next ping (no data frame may come first) and sends its pong.
+    /// On a resumable connection the hub pings after writing what it had queued, so once
+    /// this returns the hub has that pong on the socket ahead of anything sent later: it
+    /// acknowledges every frame received so far, even if the client drops right after.
+    pub async fn acknowledge(&mut self) {
+        let wait = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Ping(_))) => return,
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(other)) => panic!("expected a ping, got {other:?}"),
+                    Some(Err(e)) => panic!("connection failed while waiting for a ping: {e}"),
+                    None => panic!("connection ended while waiting for a ping"),
+                }
+            }
+        };
+        tokio::time::timeout(RECV_TIMEOUT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("no ping within {RECV_TIMEOUT:?}"));
+        // tungstenite queued the pong while reading the ping; flushing writes it.
+        self.ws.flush().await.expect("pong sent");
+    }
+
     /// Reads until the connection ends; returns the close frame's code, if one came.
     /// Data frames on the way are counted, not inspected.
     pub async fn recv_close(&mut self) -> (Option<u16>, usize) {
