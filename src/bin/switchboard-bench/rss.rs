@@ -3,6 +3,11 @@
 //! in waves so that every joiner gets a big `presence_state`), closes every connection,
 //! and samples RSS for `--after` seconds. Prints baseline, peak and RSS at the end, and
 //! the end as a ratio of the baseline (issue 15: within 1.2 a minute after the flood).
+//!
+//! The baseline is taken after a small warm-up flood (two members per room doing the
+//! same things), so that code pages the flood's paths touch once (file-backed RSS,
+//! which stays while the process runs) are in both figures. The cold baseline (after
+//! one connection) and the anonymous and file-backed parts are printed too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +18,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::stats::{report, rss_kib};
+use crate::env::Hub;
+use crate::stats::{report, rss_kib, status_kib};
 use crate::ws::{self, JoinSpec, Ws};
 use crate::{BenchError, Common};
 
@@ -94,10 +100,24 @@ async fn run_once(a: &RssArgs, trim: bool) -> Result<serde_json::Value, BenchErr
     let pid = hub
         .pid
         .ok_or_else(|| BenchError::Setup("rss needs a hub this program starts".into()))?;
-    // Baseline: the hub after one connection came and went, at rest.
+    // The cold baseline: the hub after one connection came and went, at rest.
     drop(ws::connect(hub.addr, 0, &hub.token("warmup")).await?);
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let cold = rss_kib(pid);
+    // The baseline: after a warm-up flood of two members per room, at rest.
+    let warmup = Flood {
+        connections: 2 * a.rooms,
+        ..Flood::from(a)
+    };
+    let sockets = warmup
+        .run(hub, c.parallel, &Arc::new(AtomicU64::new(0)))
+        .await?;
+    for mut s in sockets {
+        let _ = s.close(None).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let baseline = rss_kib(pid);
+    let baseline_split = split(pid);
 
     let peak = Arc::new(AtomicU64::new(baseline));
     let sampler = {
@@ -110,43 +130,8 @@ async fn run_once(a: &RssArgs, trim: bool) -> Result<serde_json::Value, BenchErr
         })
     };
     let started = Instant::now();
-    let payload = "x".repeat(a.presence_bytes);
-    let token = hub.token("flood");
-    let sockets = ws::open_many(hub.addr, 1, a.connections, c.parallel, |i| {
-        let spec = JoinSpec {
-            topic: format!("realtime:rss{}", i % a.rooms),
-            changes: Vec::new(),
-            presence_key: Some(format!("m{i}")),
-            access_token: token.clone(),
-        };
-        (token.clone(), Some(spec))
-    })
-    .await?;
     let closed = Arc::new(AtomicU64::new(0));
-    let flood: Vec<_> = sockets
-        .into_iter()
-        .enumerate()
-        .map(|(i, ws)| {
-            let room = i % a.rooms;
-            let members = (a.connections - room).div_ceil(a.rooms);
-            let expected = (members - 1) * a.broadcasts;
-            let topic = format!("realtime:rss{room}");
-            flood_one(
-                ws,
-                topic,
-                payload.clone(),
-                a.broadcasts,
-                expected,
-                closed.clone(),
-            )
-        })
-        .collect();
-    // Every socket tracks, broadcasts and reads what the others send, then closes.
-    let sockets: Vec<Ws> = futures_util::future::join_all(flood)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let sockets = Flood::from(a).run(hub, c.parallel, &closed).await?;
     let flood_secs = started.elapsed().as_secs_f64();
     let at_height = rss_kib(pid);
     for mut s in sockets {
@@ -160,6 +145,7 @@ async fn run_once(a: &RssArgs, trim: bool) -> Result<serde_json::Value, BenchErr
     }
     sampler.abort();
     let after = rss_kib(pid);
+    let after_split = split(pid);
     let peak = peak.load(Ordering::Relaxed).max(at_height);
     let ratio = after as f64 / baseline.max(1) as f64;
     let mib = |k: u64| (k as f64 / 1024.0 * 10.0).round() / 10.0;
@@ -177,25 +163,107 @@ async fn run_once(a: &RssArgs, trim: bool) -> Result<serde_json::Value, BenchErr
         "after_mib": mib(after),
         "after_seconds": a.after,
         "after_over_baseline": (ratio * 100.0).round() / 100.0,
+        "baseline_anon_file_kib": baseline_split,
+        "cold_baseline_mib": mib(cold),
+        "after_over_cold_baseline": (after as f64 / cold.max(1) as f64 * 100.0).round() / 100.0,
+        "after_anon_file_kib": after_split,
         "curve": curve,
     });
     report(
         "rss",
         &format!(
-            "memory_trim={}{}: baseline {} MiB, peak {} MiB, after {} s {} MiB ({:.2}x baseline); {} connections, flood {:.1} s",
+            "memory_trim={}{}: baseline {} MiB (anon {} + file {}), peak {} MiB, after {} s {} MiB (anon {} + file {}; {:.2}x baseline, {:.2}x the cold baseline of {} MiB); {} connections, flood {:.1} s",
             trim,
             if a.with_db { ", with a database" } else { "" },
             mib(baseline),
+            mib(baseline_split[0]),
+            mib(baseline_split[1]),
             mib(peak),
             a.after,
             mib(after),
+            mib(after_split[0]),
+            mib(after_split[1]),
             ratio,
+            after as f64 / cold.max(1) as f64,
+            mib(cold),
             a.connections,
             flood_secs
         ),
         fields.clone(),
     );
     Ok(fields)
+}
+
+/// Anonymous and file-backed resident KiB.
+fn split(pid: u32) -> [u64; 2] {
+    [status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:")]
+}
+
+/// A flood's shape: connections over rooms, each tracking a presence and broadcasting.
+struct Flood {
+    connections: usize,
+    rooms: usize,
+    presence_bytes: usize,
+    broadcasts: usize,
+}
+
+impl From<&RssArgs> for Flood {
+    fn from(a: &RssArgs) -> Flood {
+        Flood {
+            connections: a.connections,
+            rooms: a.rooms,
+            presence_bytes: a.presence_bytes,
+            broadcasts: a.broadcasts,
+        }
+    }
+}
+
+impl Flood {
+    /// Opens every connection, then each tracks, broadcasts and reads what the others
+    /// send. Returns the sockets still open (`closed` counts those the hub closed).
+    async fn run(
+        &self,
+        hub: &Hub,
+        parallel: usize,
+        closed: &Arc<AtomicU64>,
+    ) -> Result<Vec<Ws>, BenchError> {
+        let payload = "x".repeat(self.presence_bytes);
+        let token = hub.token("flood");
+        let rooms = self.rooms;
+        let sockets = ws::open_many(hub.addr, 1, self.connections, parallel, |i| {
+            let spec = JoinSpec {
+                topic: format!("realtime:rss{}", i % rooms),
+                changes: Vec::new(),
+                presence_key: Some(format!("m{i}")),
+                access_token: token.clone(),
+            };
+            (token.clone(), Some(spec))
+        })
+        .await?;
+        let flood: Vec<_> = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, ws)| {
+                let room = i % rooms;
+                let members = (self.connections - room).div_ceil(rooms);
+                let expected = (members - 1) * self.broadcasts;
+                let topic = format!("realtime:rss{room}");
+                flood_one(
+                    ws,
+                    topic,
+                    payload.clone(),
+                    self.broadcasts,
+                    expected,
+                    closed.clone(),
+                )
+            })
+            .collect();
+        Ok(futures_util::future::join_all(flood)
+            .await
+            .into_iter()
+            .flatten()
+            .collect())
+    }
 }
 
 /// Tracks `payload` in its room, sends `broadcasts` broadcasts and reads until the other

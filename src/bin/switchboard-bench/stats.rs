@@ -137,10 +137,15 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// A process's resident set in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// One `/proc/<pid>/status` field in KiB (`VmRSS:`, `RssAnon:`, `RssFile:` …); 0 if absent.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
