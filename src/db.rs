@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (31, include_str!("../sql/031_log_pruned.sql")),
     (40, include_str!("../sql/040_hub_role.sql")),
     (41, include_str!("../sql/041_row_keys.sql")),
+    (51, include_str!("../sql/051_capture_cost.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

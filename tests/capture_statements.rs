@@ -118,6 +118,78 @@ async fn multi_row_statements_arrive_in_row_order_and_rolled_back_savepoints_nev
 }
 
 #[tokio::test]
+async fn statements_of_every_size_are_logged_a_hundred_rows_to_a_log_row_in_row_order() {
+    // 1 and 100 rows take the single-aggregate path, 101 and 250 the chunked one; an
+    // empty statement logs nothing.
+    let (db, client) = database("create table t (id int primary key, v int)", "t").await;
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
+    let sizes = [0, 1, 100, 101, 250];
+    let mut want = Vec::new();
+    for (k, n) in sizes.iter().enumerate() {
+        let base = 1000 * k as i32;
+        client
+            .execute(
+                "insert into t select $1 + g, 0 from generate_series($2::int, 1, -1) g",
+                &[&base, n],
+            )
+            .await
+            .unwrap();
+        want.extend((1..=*n).rev().map(|g| (Op::Insert, i64::from(base + g))));
+    }
+    for statement in [
+        "update t set v = v + 1 where id > 3000",
+        "update t set v = v + 1 where id = 1001",
+        "delete from t where id between 3000 and 3101",
+        "delete from t where id < 0",
+    ] {
+        client.batch_execute(statement).await.unwrap();
+    }
+    let total = want.len() + 352 + 101;
+    let got = changes(&mut capture, total).await;
+    let inserts: Vec<(Op, i64)> = got[..want.len()]
+        .iter()
+        .map(|c| (c.op, id(&c.record).as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        inserts, want,
+        "every insert's rows in the order it wrote them"
+    );
+    for c in got[want.len()..want.len() + 352].iter() {
+        assert_eq!(c.op, Op::Update);
+        assert_eq!(id(&c.old_record), id(&c.record), "{c:?}");
+        let v = |r: &Option<serde_json::Map<String, Value>>| r.as_ref().unwrap()["v"].as_i64();
+        assert_eq!(v(&c.record), v(&c.old_record).map(|x| x + 1), "{c:?}");
+    }
+    let mut deleted: Vec<i64> = got[want.len() + 352..]
+        .iter()
+        .map(|c| id(&c.old_record).as_i64().unwrap())
+        .collect();
+    deleted.sort();
+    assert_eq!(deleted, (3001..=3101).collect::<Vec<i64>>());
+    let log: Vec<(String, i32)> = client
+        .query(
+            "select op, json_array_length(coalesce(rows, old_rows)) from realtime.changes \
+             order by id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let sizes_of = |op: &str| -> Vec<i32> {
+        log.iter()
+            .filter(|(o, _)| o == op)
+            .map(|(_, n)| *n)
+            .collect()
+    };
+    assert_eq!(sizes_of("INSERT"), [1, 100, 100, 1, 100, 100, 50]);
+    assert_eq!(sizes_of("UPDATE"), [100, 100, 100, 51, 1]);
+    assert_eq!(sizes_of("DELETE"), [100, 1]);
+    capture.stop().await;
+}
+
+#[tokio::test]
 async fn a_partitioned_tables_changes_carry_the_table_name_subscribers_use() {
     let (db, client) = database(
         "create table m (id int, day date, primary key (id, day)) partition by range (day);
