@@ -18,17 +18,16 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-/// Fault kinds injected here; each must have happened at least once. Not here:
-/// `crash-postgres` (`pg_ctl stop -m immediate`). After a crash Postgres can hand out
-/// again the xids of transactions that rolled back after its last WAL write. The live
-/// capture reads those ids again when it reconnects to the restarted server
-/// (`tests/capture_faults.rs`), but positions stored before the crash (parked resume
-/// positions) are not corrected yet, so a resumable subscriber can miss such a
-/// transaction (README, "After a Postgres crash"); `switchboard-bench chaos` injects it.
-const KINDS: [&str; 6] = [
+/// Fault kinds injected here; each must have happened at least once. `crash-postgres`
+/// (`pg_ctl stop -m immediate`) makes Postgres hand out again the xids of transactions
+/// that rolled back after its last WAL write; the capture and every position kept across
+/// the crash (parked resume positions, webhook and feed cursors) are corrected for that
+/// (README, "After a Postgres crash"; `tests/crash_positions.rs`).
+const KINDS: [&str; 7] = [
     "kill-capture",
     "kill-backends",
     "restart-postgres",
+    "crash-postgres",
     "hub-sigterm",
     "hub-sigkill",
     "black-hole",
