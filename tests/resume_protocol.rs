@@ -327,7 +327,12 @@ async fn a_replay_waits_out_a_killed_connection() {
         .unwrap();
     let mut c = connect(&pg, "client-killed").await;
     subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    kill_waiting(&pg, "select coalesce(sum(greatest(%").await;
+    // The replay's first query: correcting its positions (`capture::correct`).
+    kill_waiting(
+        &pg,
+        "with snap as materialized (select pg_current_snapshot() as s), stamp%",
+    )
+    .await;
     locker.batch_execute("rollback").await.unwrap();
     expect_rows(&mut c, &missed).await;
     let sys = resume_message(&mut c).await;

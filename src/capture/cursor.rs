@@ -3,7 +3,9 @@
 //! transaction was not yet visible in that snapshot, `xid >= xmax OR xid = ANY(xip)`. A
 //! `Position` adds the pages already read past the cursor: rows visible in a page's
 //! snapshot with an id up to the page's last id. Every reader of the log (the live
-//! capture, resumed subscriptions, webhooks, the pull feed) keeps one.
+//! capture, resumed subscriptions, webhooks, the pull feed) keeps one. A position read
+//! from the log also carries its `Origin` (which server lifetime, and when), so a position
+//! kept across a Postgres crash can be corrected (`reader::correct`).
 
 use std::fmt;
 
@@ -98,12 +100,26 @@ impl fmt::Display for Cursor {
     }
 }
 
+/// Where a position's snapshots were taken: the server lifetime
+/// (`pg_postmaster_start_time()`) and the server's clock just after the newest of them,
+/// both in microseconds since the Unix epoch. Within one lifetime a log row created
+/// (`created_at`, its transaction's start) after `at` is new to the position; so after a
+/// crash, rows created after `at` that the position counts as read are exactly those
+/// whose ids the restarted server handed out again (`reader::correct`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub server: i64,
+    pub at: i64,
+}
+
 /// A cursor plus the pages read beyond it (each a snapshot and the last id read under
 /// it). Rows new to `cursor` are read except those covered by a page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
     pub cursor: Cursor,
     pub pages: Vec<(Cursor, i64)>,
+    /// `None` for a position not read from the log (or from before origins were kept).
+    pub origin: Option<Origin>,
 }
 
 impl Position {
@@ -111,15 +127,28 @@ impl Position {
         Position {
             cursor,
             pages: Vec::new(),
+            origin: None,
         }
     }
 
-    /// Records that rows visible in `snapshot` with ids up to `last_id` were read.
-    /// `snapshot` must be no older than any page already recorded: a later snapshot sees
-    /// everything an earlier one saw, so pages with lower last ids are covered by it.
-    pub fn read_through(&mut self, snapshot: &Cursor, last_id: i64) {
+    /// A position at `cursor`, a snapshot taken at `origin`.
+    pub fn taken(cursor: Cursor, origin: Origin) -> Position {
+        Position {
+            origin: Some(origin),
+            ..Position::at(cursor)
+        }
+    }
+
+    /// Records that rows visible in `snapshot` (taken at `origin`) with ids up to
+    /// `last_id` were read. `snapshot` must be no older than any page already recorded: a
+    /// later snapshot sees everything an earlier one saw, so pages with lower last ids are
+    /// covered by it.
+    pub fn read_through(&mut self, snapshot: &Cursor, last_id: i64, origin: Option<Origin>) {
         self.pages.retain(|(_, id)| *id > last_id);
         self.pages.push((snapshot.clone(), last_id));
+        if origin.is_some() {
+            self.origin = origin;
+        }
     }
 
     /// Treats every transaction from `xid` on as not yet read, in the cursor and in every
@@ -136,10 +165,22 @@ impl Position {
         changed
     }
 
-    /// Parses the `Display` form: `xmax:xip`, then `/xmax:xip@last_id` per page.
+    /// Parses the `Display` form: `xmax:xip`, then `/xmax:xip@last_id` per page, then
+    /// `/~server.at` if the origin is known (texts without it are still read).
     pub fn parse(text: &str) -> Result<Position, CursorError> {
         let bad = || CursorError(text.to_string());
-        let mut parts = text.split('/');
+        let (text_pages, origin) = match text.rsplit_once("/~") {
+            Some((rest, origin)) => {
+                let (server, at) = origin.split_once('.').ok_or_else(bad)?;
+                let origin = Origin {
+                    server: server.parse().map_err(|_| bad())?,
+                    at: at.parse().map_err(|_| bad())?,
+                };
+                (rest, Some(origin))
+            }
+            None => (text, None),
+        };
+        let mut parts = text_pages.split('/');
         let cursor = Cursor::parse(parts.next().ok_or_else(bad)?)?;
         let pages = parts
             .map(|p| {
@@ -147,7 +188,11 @@ impl Position {
                 Ok((Cursor::parse(snap)?, id.parse().map_err(|_| bad())?))
             })
             .collect::<Result<_, CursorError>>()?;
-        Ok(Position { cursor, pages })
+        Ok(Position {
+            cursor,
+            pages,
+            origin,
+        })
     }
 
     /// The bind values of a read: xmax, xip, page snapshots, page last ids.
@@ -164,6 +209,9 @@ impl fmt::Display for Position {
         write!(f, "{}", self.cursor)?;
         for (snap, id) in &self.pages {
             write!(f, "/{snap}@{id}")?;
+        }
+        if let Some(o) = &self.origin {
+            write!(f, "/~{}.{}", o.server, o.at)?;
         }
         Ok(())
     }
@@ -225,17 +273,39 @@ mod tests {
 
     #[test]
     fn a_position_with_pages_round_trips_through_text() {
-        let p = Position {
+        let mut p = Position {
             cursor: Cursor::parse("105:100,102").unwrap(),
             pages: vec![(Cursor::parse("110:").unwrap(), 42)],
+            origin: None,
         };
         assert_eq!(p.to_string(), "105:100,102/110:@42");
         assert_eq!(Position::parse(&p.to_string()).unwrap(), p);
+        p.origin = Some(Origin {
+            server: 1_764_629_601_123_456,
+            at: 1_764_629_700_000_001,
+        });
+        assert_eq!(
+            p.to_string(),
+            "105:100,102/110:@42/~1764629601123456.1764629700000001"
+        );
+        assert_eq!(Position::parse(&p.to_string()).unwrap(), p);
+        let bare = Position::parse("7:/~1.2").unwrap();
+        assert_eq!(bare.origin, Some(Origin { server: 1, at: 2 }));
         assert_eq!(
             Position::parse("7:").unwrap(),
             Position::at(Cursor::parse("7:").unwrap())
         );
-        for bad in ["", "7", "7:/8:", "7:/8:@x", "7:/x@1"] {
+        for bad in [
+            "",
+            "7",
+            "7:/8:",
+            "7:/8:@x",
+            "7:/x@1",
+            "7:/~1",
+            "7:/~x.2",
+            "7:/~1.2/8:@1",
+            "/~1.2",
+        ] {
             assert!(Position::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -243,15 +313,16 @@ mod tests {
     #[test]
     fn a_later_page_reaching_further_covers_earlier_pages() {
         let mut p = Position::at(Cursor::parse("100:").unwrap());
-        p.read_through(&Cursor::parse("110:105").unwrap(), 40);
-        p.read_through(&Cursor::parse("112:").unwrap(), 30);
+        p.read_through(&Cursor::parse("110:105").unwrap(), 40, None);
+        p.read_through(&Cursor::parse("112:").unwrap(), 30, None);
         assert_eq!(
             p.pages.len(),
             2,
             "a late page with lower ids covers nothing"
         );
-        p.read_through(&Cursor::parse("120:").unwrap(), 90);
-        assert_eq!(p.to_string(), "100:/120:@90");
+        let origin = Origin { server: 5, at: 9 };
+        p.read_through(&Cursor::parse("120:").unwrap(), 90, Some(origin));
+        assert_eq!(p.to_string(), "100:/120:@90/~5.9");
     }
 
     #[test]

@@ -24,11 +24,11 @@ use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-pub use cursor::{Cursor, CursorError, Position};
+pub use cursor::{Cursor, CursorError, Origin, Position};
 pub use maintenance::{run_maintenance, Maintenance};
 pub use reader::{
-    count_between, current_cursor, events_between, next_events, next_page, server_start, PageRead,
-    ServerStart, Statements, READ_PAGE_SQL, READ_RANGE_SQL,
+    correct, count_between, current_cursor, current_position, events_between, next_events,
+    next_page, PageRead, Statements, READ_PAGE_SQL, READ_RANGE_SQL,
 };
 pub use retention::{prune, Pruned, Retention};
 pub use status::{CaptureStatus, CaptureStatusSnapshot};
@@ -108,7 +108,6 @@ pub async fn run_capture(
     let mut position: Option<Position> = None;
     let mut backoff = FIRST_BACKOFF;
     let mut connected_before = false;
-    let mut server: Option<String> = None;
     loop {
         let mut session = Session {
             cfg: &cfg,
@@ -117,12 +116,7 @@ pub async fn run_capture(
             shutdown: &shutdown,
         };
         let result = session
-            .run(
-                &mut position,
-                &mut server,
-                &mut connected_before,
-                &mut backoff,
-            )
+            .run(&mut position, &mut connected_before, &mut backoff)
             .await;
         match result {
             Ok(()) => break,
@@ -173,7 +167,6 @@ impl Session<'_> {
     async fn run(
         &mut self,
         position: &mut Option<Position>,
-        server: &mut Option<String>,
         connected_before: &mut bool,
         backoff: &mut Duration,
     ) -> Result<(), CaptureError> {
@@ -186,20 +179,18 @@ impl Session<'_> {
             .batch_execute(&format!("listen {WAKE_CHANNEL}"))
             .await?;
         let stmts = Statements::prepare(&client).await?;
-        let start = reader::server_start(&client).await?;
-        if let (Some(p), Some(before)) = (position.as_mut(), server.as_deref()) {
-            if before != start.started && p.forget_from(start.lowest_xid) {
+        if let Some(p) = position.as_mut() {
+            if reader::correct(&client, p).await? {
                 tracing::warn!(
-                    from_xid = start.lowest_xid,
+                    position = %p,
                     "Postgres restarted since the last read; transaction ids it may have \
                      handed out again are read again"
                 );
             }
         }
-        *server = Some(start.started);
         let position = match position {
             Some(p) => p,
-            None => position.insert(Position::at(reader::current_cursor(&client).await?)),
+            None => position.insert(reader::current_position(&client).await?),
         };
         let text = position.to_string();
         if *connected_before {

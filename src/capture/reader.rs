@@ -5,9 +5,9 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use tokio_postgres::{Client, IsolationLevel, Row, Statement};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Statement};
 
-use super::cursor::{Cursor, CursorError, Position};
+use super::cursor::{Cursor, CursorError, Origin, Position};
 use super::CaptureError;
 use crate::changes::{Change, DbBroadcast, DbEvent, Op};
 
@@ -33,15 +33,27 @@ macro_rules! new_rows {
     };
 }
 
+/// The server lifetime and the server clock after `snap.s` was taken, as an `Origin`
+/// (microseconds since the epoch; `snap` must be materialized before `stamp`).
+macro_rules! stamp {
+    () => {
+        "stamp as materialized (select snap.*, \
+             (extract(epoch from pg_postmaster_start_time()) * 1000000)::int8 as server, \
+             (extract(epoch from clock_timestamp()) * 1000000)::int8 as at from snap)"
+    };
+}
+
 /// One page ($5 rows at most) in one statement, with the statement's snapshot: the rows
 /// it returns are exactly those new to the position and visible in that snapshot. Always
-/// returns at least one row (columns null when nothing is new) to carry the snapshot, and
-/// the rules version row scope's cache follows.
+/// returns at least one row (columns null when nothing is new) to carry the snapshot, its
+/// origin, and the rules version row scope's cache follows.
 const READ_PAGE: &str = concat!(
     "with snap as materialized (select pg_current_snapshot() as s, \
-                                       realtime.rules_version() as rv) \
-     select snap.s::text as snapshot, snap.rv as rules_version, c.* \
-     from snap left join lateral (select ",
+                                       realtime.rules_version() as rv), ",
+    stamp!(),
+    " select snap.s::text as snapshot, snap.rv as rules_version, \
+             snap.server as origin_server, snap.at as origin_at, c.* \
+     from stamp snap left join lateral (select ",
     log_columns!(),
     " from realtime.changes c where ",
     new_rows!(),
@@ -113,9 +125,39 @@ pub async fn count_between(
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-const CURRENT_SNAPSHOT: &str = "select pg_current_snapshot()::text";
-const BACKLOG_START: &str = "select pg_current_snapshot()::text, realtime.rules_version()";
+const CURRENT_SNAPSHOT: &str = concat!(
+    "with snap as materialized (select pg_current_snapshot() as s), ",
+    stamp!(),
+    " select s::text, server, at from stamp"
+);
+const BACKLOG_START: &str = concat!(
+    "with snap as materialized (select pg_current_snapshot() as s, \
+                                       realtime.rules_version() as rv), ",
+    stamp!(),
+    " select s::text, rv, server, at from stamp"
+);
 
+/// Corrects a position ($1..$4 as in `new_rows!`, $5 and $6 its origin) read back in
+/// another server lifetime. Returns the current lifetime and clock, and, when the
+/// lifetime differs, the id to forget from: the least of the oldest transaction running
+/// now (every transaction from now on gets an id at least this high) and the oldest
+/// transaction of a log row created after the position's origin that the position counts
+/// as read. Within one lifetime no such row exists (a transaction still running or not yet
+/// started when the position's snapshots were taken is new to it), so each of them got
+/// an id the restarted server handed out again. Every id a lifetime hands out is above
+/// every id that committed in the lifetimes before it, so nothing the position really
+/// read is read again.
+const CORRECT: &str = concat!(
+    "with snap as materialized (select pg_current_snapshot() as s), ",
+    stamp!(),
+    " select snap.server, snap.at, case when snap.server <> $5 then least( \
+         pg_snapshot_xmin(snap.s), \
+         (select min(c.xid) from realtime.changes c \
+           where c.created_at > 'epoch'::timestamptz + $6::int8 * interval '1 microsecond' \
+             and not (",
+    new_rows!(),
+    "))) end::text as forget_from from stamp snap"
+);
 /// The page read, for readers that prepare it on their own (pooled) connections.
 pub const READ_PAGE_SQL: &str = READ_PAGE;
 
@@ -155,8 +197,12 @@ pub async fn next_events(
 /// One page read by `next_page`.
 pub struct PageRead {
     pub events: Vec<DbEvent>,
-    /// The snapshot the page was read under.
+    /// The position the page was read from: the one passed in, corrected if the server
+    /// crashed since it was taken (`correct`).
+    pub from: Position,
+    /// The snapshot the page was read under, and when it was taken.
     pub snapshot: Cursor,
+    pub origin: Origin,
     /// The page held `limit` log rows: more may follow at once.
     pub full: bool,
     /// The id of the page's last log row.
@@ -173,19 +219,23 @@ pub async fn next_page(
     limit: usize,
 ) -> Result<PageRead, CaptureError> {
     let page = read_page(client, stmts, position, limit).await?;
+    let from = position.clone();
     advance(position, &page, limit);
     Ok(PageRead {
         full: page.last_id.is_some() && page.rows >= limit.max(1),
         last_id: page.last_id,
+        from,
         snapshot: page.snapshot,
+        origin: page.origin,
         events: page.events,
     })
 }
 
 /// What one page read found.
 pub(crate) struct Page {
-    /// The snapshot the page was read under.
+    /// The snapshot the page was read under, and when it was taken.
     pub snapshot: Cursor,
+    pub origin: Origin,
     pub events: Vec<DbEvent>,
     /// Rows read (including any that could not be mapped).
     pub rows: usize,
@@ -197,7 +247,12 @@ pub(crate) struct Page {
 }
 
 impl Page {
-    fn from_rows(snapshot: Cursor, rules_version: Option<i64>, rows: &[Row]) -> Page {
+    fn from_rows(
+        snapshot: Cursor,
+        origin: Origin,
+        rules_version: Option<i64>,
+        rows: &[Row],
+    ) -> Page {
         let rows: Vec<&Row> = rows
             .iter()
             .filter(|r| r.get::<_, Option<i64>>("id").is_some())
@@ -208,6 +263,7 @@ impl Page {
         }
         Page {
             snapshot,
+            origin,
             events,
             rows: rows.len(),
             last_id: rows.last().map(|r| r.get("id")),
@@ -217,9 +273,26 @@ impl Page {
     }
 }
 
-/// Reads the next page after `position` in one round trip. The caller moves the
-/// position with `advance`.
+/// Reads the next page after `position`, in one round trip unless the server crashed
+/// since the position was taken: then the position is corrected first (`correct`) and
+/// the page read again. The caller moves the position with `advance`.
 pub(crate) async fn read_page(
+    client: &Client,
+    stmts: &Statements,
+    position: &mut Position,
+    limit: usize,
+) -> Result<Page, CaptureError> {
+    let page = read_page_once(client, stmts, position, limit).await?;
+    match position.origin {
+        Some(o) if o.server != page.origin.server => {
+            correct(client, position).await?;
+            read_page_once(client, stmts, position, limit).await
+        }
+        _ => Ok(page),
+    }
+}
+
+async fn read_page_once(
     client: &Client,
     stmts: &Statements,
     position: &Position,
@@ -235,19 +308,61 @@ pub(crate) async fn read_page(
         .ok_or_else(|| CaptureError::ConnectionClosed("read returned no snapshot".into()))?;
     let snapshot: String = first.get("snapshot");
     let version: Option<i64> = first.get("rules_version");
+    let origin = Origin {
+        server: first.get("origin_server"),
+        at: first.get("origin_at"),
+    };
     Ok(Page::from_rows(
         Cursor::from_pg_snapshot(&snapshot)?,
+        origin,
         version,
         &rows,
     ))
+}
+
+/// Corrects a position taken in an earlier server lifetime (see `Origin`): after a
+/// crash Postgres can hand out again the ids of transactions that rolled back after its
+/// last WAL write, ids the position may already count as read. Every transaction that
+/// got such an id is read again (`Position::forget_from`, see `CORRECT`), and nothing the
+/// position had read. The corrected position is stamped with the current lifetime. A
+/// position without an origin is left as it is; so is one of the current lifetime. True
+/// when the position changed.
+pub async fn correct(
+    client: &impl GenericClient,
+    position: &mut Position,
+) -> Result<bool, CaptureError> {
+    let Some(origin) = position.origin else {
+        return Ok(false);
+    };
+    let (xmax, xip, snaps, ids) = position.bind_values();
+    let row = client
+        .query_one(
+            CORRECT,
+            &[&xmax, &xip, &snaps, &ids, &origin.server, &origin.at],
+        )
+        .await?;
+    let Some(from) = row.get::<_, Option<String>>(2) else {
+        return Ok(false);
+    };
+    let from: u64 = from
+        .parse()
+        .map_err(|_| CaptureError::Cursor(CursorError(from.clone())))?;
+    let changed = position.forget_from(from);
+    position.origin = Some(Origin {
+        server: row.get(0),
+        at: row.get(1),
+    });
+    Ok(changed)
 }
 
 /// Moves `position` past a page read with `limit`: a short page means everything new was
 /// read (the position collapses to the page's snapshot); a full page is remembered.
 pub(crate) fn advance(position: &mut Position, page: &Page, limit: usize) {
     match page.last_id {
-        Some(last) if page.rows >= limit.max(1) => position.read_through(&page.snapshot, last),
-        _ => *position = Position::at(page.snapshot.clone()),
+        Some(last) if page.rows >= limit.max(1) => {
+            position.read_through(&page.snapshot, last, Some(page.origin))
+        }
+        _ => *position = Position::taken(page.snapshot.clone(), page.origin),
     }
 }
 
@@ -274,20 +389,27 @@ where
     let start = tx.query_one(BACKLOG_START, &[]).await?;
     let snapshot = Cursor::from_pg_snapshot(&start.get::<_, String>(0))?;
     let version: Option<i64> = start.get(1);
+    let origin = Origin {
+        server: start.get(2),
+        at: start.get(3),
+    };
+    if position.origin.is_some_and(|o| o.server != origin.server) {
+        correct(&tx, position).await?;
+    }
     let (xmax, xip, snaps, ids) = position.bind_values();
     let statement = tx.prepare(READ_BACKLOG).await?;
     let portal = tx.bind(&statement, &[&xmax, &xip, &snaps, &ids]).await?;
     let page_size = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
     loop {
         let rows = tx.query_portal(&portal, page_size).await?;
-        let page = Page::from_rows(snapshot.clone(), version, &rows);
+        let page = Page::from_rows(snapshot.clone(), origin, version, &rows);
         let done = rows.len() < page_size as usize;
         if let Some(last) = page.last_id {
             // Recorded before handing the page on: if the read fails later, these rows
             // count as read.
-            position.read_through(&snapshot, last);
+            position.read_through(&snapshot, last, Some(origin));
             let at = if done {
-                Position::at(snapshot.clone())
+                Position::taken(snapshot.clone(), origin)
             } else {
                 position.clone()
             };
@@ -301,7 +423,7 @@ where
         }
     }
     tx.commit().await?;
-    *position = Position::at(snapshot);
+    *position = Position::taken(snapshot, origin);
     Ok(true)
 }
 
@@ -336,37 +458,22 @@ pub async fn events_between(
 }
 
 /// Takes the current snapshot as a starting cursor.
-/// When the server started, and the lowest transaction id it can have handed out since:
-/// the oldest still running, or the oldest in the log written since the start.
-const SERVER_START: &str = "select pg_postmaster_start_time()::text, \
-     least(pg_snapshot_xmin(pg_current_snapshot()), \
-           (select c.xid from realtime.changes c \
-             where c.created_at >= pg_postmaster_start_time() \
-             order by c.xid limit 1))::text";
-
-/// The server's start, for telling a restarted server (`Position::forget_from`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerStart {
-    /// `pg_postmaster_start_time()` as text: equal texts, same server lifetime.
-    pub started: String,
-    /// No transaction that committed before the start has an id this high or higher.
-    pub lowest_xid: u64,
-}
-
-pub async fn server_start(client: &Client) -> Result<ServerStart, CaptureError> {
-    let row = client.query_one(SERVER_START, &[]).await?;
-    let lowest: String = row.get(1);
-    Ok(ServerStart {
-        started: row.get(0),
-        lowest_xid: lowest
-            .parse()
-            .map_err(|_| CaptureError::Cursor(CursorError(lowest.clone())))?,
-    })
-}
-
 pub async fn current_cursor(client: &Client) -> Result<Cursor, CaptureError> {
-    let snapshot: String = client.query_one(CURRENT_SNAPSHOT, &[]).await?.get(0);
-    Ok(Cursor::from_pg_snapshot(&snapshot)?)
+    Ok(current_position(client).await?.cursor)
+}
+
+/// The current snapshot as a starting position, with its origin.
+pub async fn current_position(client: &Client) -> Result<Position, CaptureError> {
+    let row = client.query_one(CURRENT_SNAPSHOT, &[]).await?;
+    let snapshot: String = row.get(0);
+    let origin = Origin {
+        server: row.get(1),
+        at: row.get(2),
+    };
+    Ok(Position::taken(
+        Cursor::from_pg_snapshot(&snapshot)?,
+        origin,
+    ))
 }
 
 /// Maps a log row to its events: one per row of a captured statement (`rows` and

@@ -21,7 +21,7 @@ use super::mark::{FeedCursor, Mark};
 use super::select::Selection;
 use super::{ConsumersError, ConsumersHandle};
 use crate::auth::Claims;
-use crate::capture::current_cursor;
+use crate::capture::current_position;
 use crate::changes::{quote_ident, Change, Scope, Viewer};
 use crate::protocol::FeedError;
 
@@ -152,11 +152,12 @@ impl ConsumersHandle {
             Some(m) => m,
             None => {
                 let client = inner.pool.get().await.map_err(ConsumersError::from)?;
-                Mark::at(
-                    current_cursor(&client)
+                Mark {
+                    position: current_position(&client)
                         .await
                         .map_err(ConsumersError::from)?,
-                )
+                    partial: Vec::new(),
+                }
             }
         };
         let deadline = Instant::now() + req.wait;

@@ -8,7 +8,7 @@ use deadpool_postgres::Pool;
 
 use super::mark::Mark;
 use super::ConsumersError;
-use crate::capture::{next_page, Cursor, Statements, READ_PAGE_SQL};
+use crate::capture::{next_page, Cursor, Origin, Statements, READ_PAGE_SQL};
 use crate::changes::{Change, DbEvent};
 
 /// What one read found.
@@ -35,6 +35,12 @@ pub async fn read(
     let mut after = from.position.clone();
     let page = next_page(&client, &stmts, &mut after, limit).await?;
     drop(client);
+    // Marks go on from the position the page was read from (corrected if Postgres
+    // crashed since `from` was taken).
+    let from = &Mark {
+        position: page.from.clone(),
+        partial: from.partial.clone(),
+    };
     let tail = Mark {
         position: after,
         // A short page read every row new to the position, partly read ones included.
@@ -61,7 +67,7 @@ pub async fn read(
     let mut items = Vec::with_capacity(selected.len());
     for (n, &i) in selected.iter().enumerate() {
         let through = selected.get(n + 1).map_or(keys.len() - 1, |next| next - 1);
-        let mark = mark_through(from, &page.snapshot, &keys, through, &tail);
+        let mark = mark_through(from, (&page.snapshot, page.origin), &keys, through, &tail);
         if let Some(change) = changes[i].take() {
             items.push((change, mark));
         }
@@ -82,14 +88,15 @@ fn keep_beyond(from: &Mark, id: i64) -> Vec<(i64, u32)> {
         .collect()
 }
 
-/// The mark after event `k` of a page read from `from` under `snapshot`, whose events
-/// (log row id, seq) are `keys` in log order; `tail` is the mark after the whole page.
+/// The mark after event `k` of a page read from `from` under `snapshot` (taken at its
+/// origin), whose events (log row id, seq) are `keys` in log order; `tail` is the mark
+/// after the whole page.
 /// Rows of the page with ids up to event `k`'s row were read whole (a page holds every
 /// row new to the position up to its last id, in id order), except event `k`'s own row
 /// when more of it follows.
 pub fn mark_through(
     from: &Mark,
-    snapshot: &Cursor,
+    (snapshot, origin): (&Cursor, Origin),
     keys: &[(i64, u32)],
     k: usize,
     tail: &Mark,
@@ -101,7 +108,7 @@ pub fn mark_through(
     };
     let through = if inside_row { id - 1 } else { id };
     let mut position = from.position.clone();
-    position.read_through(snapshot, through);
+    position.read_through(snapshot, through, Some(origin));
     let mut partial = keep_beyond(from, through);
     if inside_row {
         partial.retain(|&(pid, _)| pid != id);
@@ -120,6 +127,8 @@ mod tests {
         Cursor::parse(text).unwrap()
     }
 
+    const O: Origin = Origin { server: 1, at: 2 };
+
     #[test]
     fn a_mark_inside_a_log_row_names_the_row_and_covers_the_rows_before_it() {
         let from = Mark::at(cursor("100:"));
@@ -127,17 +136,17 @@ mod tests {
         let keys = [(7, 0), (9, 0), (9, 1), (9, 2), (12, 0)];
         let tail = Mark::at(snap.clone());
         // After a whole row: rows up to its id are read.
-        let m = mark_through(&from, &snap, &keys, 0, &tail);
-        assert_eq!(m.to_string(), "100:/110:104@7");
+        let m = mark_through(&from, (&snap, O), &keys, 0, &tail);
+        assert_eq!(m.to_string(), "100:/110:104@7/~1.2");
         // Inside row 9: rows before it are read, and of row 9 changes up to seq 1.
-        let m = mark_through(&from, &snap, &keys, 2, &tail);
-        assert_eq!(m.to_string(), "100:/110:104@8+9.1");
+        let m = mark_through(&from, (&snap, O), &keys, 2, &tail);
+        assert_eq!(m.to_string(), "100:/110:104@8/~1.2+9.1");
         assert!(m.covers(9, 1) && !m.covers(9, 2));
         // The last change of row 9 closes it.
-        let m = mark_through(&from, &snap, &keys, 3, &tail);
-        assert_eq!(m.to_string(), "100:/110:104@9");
+        let m = mark_through(&from, (&snap, O), &keys, 3, &tail);
+        assert_eq!(m.to_string(), "100:/110:104@9/~1.2");
         // The page's last change: the position after the page.
-        assert_eq!(mark_through(&from, &snap, &keys, 4, &tail), tail);
+        assert_eq!(mark_through(&from, (&snap, O), &keys, 4, &tail), tail);
     }
 
     #[test]
@@ -147,25 +156,25 @@ mod tests {
         let snap = cursor("120:");
         let keys = [(5, 0), (5, 1), (9, 2), (9, 3)];
         let tail = Mark::at(snap.clone());
-        let m = mark_through(&from, &snap, &keys, 0, &tail);
-        assert_eq!(m.to_string(), "100:/110:104@8/120:@4+5.0+9.1");
-        let m = mark_through(&from, &snap, &keys, 1, &tail);
-        assert_eq!(m.to_string(), "100:/110:104@8/120:@5+9.1");
-        let m = mark_through(&from, &snap, &keys, 2, &tail);
-        assert_eq!(m.to_string(), "100:/120:@8+9.2");
+        let m = mark_through(&from, (&snap, O), &keys, 0, &tail);
+        assert_eq!(m.to_string(), "100:/110:104@8/120:@4/~1.2+5.0+9.1");
+        let m = mark_through(&from, (&snap, O), &keys, 1, &tail);
+        assert_eq!(m.to_string(), "100:/110:104@8/120:@5/~1.2+9.1");
+        let m = mark_through(&from, (&snap, O), &keys, 2, &tail);
+        assert_eq!(m.to_string(), "100:/120:@8/~1.2+9.2");
     }
 
     #[test]
     fn a_mark_keeps_earlier_pages_that_reach_further() {
         let mut position = Position::at(cursor("100:"));
-        position.read_through(&cursor("105:"), 50);
+        position.read_through(&cursor("105:"), 50, None);
         let from = Mark {
             position,
             partial: Vec::new(),
         };
         let snap = cursor("110:");
         let keys = [(20, 0), (21, 0)];
-        let m = mark_through(&from, &snap, &keys, 0, &Mark::at(snap.clone()));
-        assert_eq!(m.to_string(), "100:/105:@50/110:@20");
+        let m = mark_through(&from, (&snap, O), &keys, 0, &Mark::at(snap.clone()));
+        assert_eq!(m.to_string(), "100:/105:@50/110:@20/~1.2");
     }
 }

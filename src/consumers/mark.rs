@@ -103,6 +103,7 @@ mod tests {
             "105:/110:@42+57.3",
             "7:+9.0",
             "7:+9.0+12.5",
+            "105:/110:@42/~1764629601123456.1764629700000001+57.3",
         ] {
             assert_eq!(mark(text).to_string(), text);
         }
@@ -126,7 +127,7 @@ mod tests {
 
     #[test]
     fn a_feed_cursor_is_opaque_and_round_trips() {
-        let m = mark("2779:2770,2775/2790:@311+312.4");
+        let m = mark("2779:2770,2775/2790:@311/~1764629601123456.1764629700000001+312.4");
         let c = FeedCursor::encode(&m);
         assert!(c.starts_with("c1."), "{c}");
         assert!(

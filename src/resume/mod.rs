@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub use ack::{ChannelAck, ConnAcks};
 pub use store::Found;
 
-use crate::capture::{count_between, events_between, Position, READ_RANGE_SQL};
+use crate::capture::{correct, count_between, events_between, Position, READ_RANGE_SQL};
 use crate::changes::{Changes, ReplayTarget, Replayed};
 use crate::router::outbox::OutboxTx;
 use crate::telemetry::Metrics;
@@ -253,10 +253,17 @@ impl ResumeHandle {
         until: &str,
         out: &OutboxTx,
     ) -> Result<Option<usize>, ResumeError> {
-        let from = Position::parse(from).map_err(|_| ResumeError::Position(from.to_owned()))?;
-        let until = Position::parse(until).map_err(|_| ResumeError::Position(until.to_owned()))?;
+        let mut from = Position::parse(from).map_err(|_| ResumeError::Position(from.to_owned()))?;
+        let mut until =
+            Position::parse(until).map_err(|_| ResumeError::Position(until.to_owned()))?;
         let max = self.inner.config.max_replay;
         let mut retry = Retry::new();
+        loop {
+            match self.correct(&mut from, &mut until).await {
+                Ok(()) => break,
+                Err(e) => retry.wait(e).await?,
+            }
+        }
         loop {
             match self.gap_size(&from, &until, max).await {
                 Ok(n) if n > max => return Ok(None),
@@ -285,6 +292,17 @@ impl ResumeHandle {
             }
         }
         Ok(Some(count))
+    }
+
+    /// Corrects both ends of a gap taken before a Postgres crash (`capture::correct`): a
+    /// position parked before the crash counts as read the ids the restarted server
+    /// handed out again. Both are corrected alike, so the gap holds what `until` will
+    /// still read live neither.
+    async fn correct(&self, from: &mut Position, until: &mut Position) -> Result<(), ResumeError> {
+        let client = self.inner.pool.get().await?;
+        correct(&**client, from).await?;
+        correct(&**client, until).await?;
+        Ok(())
     }
 
     async fn gap_size(

@@ -184,6 +184,12 @@ impl Cluster {
         pg_ctl(&self.data_dir(), &["stop", "-m", "fast", "-w"]);
     }
 
+    /// A crash (`-m immediate`): no shutdown checkpoint, recovery from the WAL at the next
+    /// start; the server may then hand out again transaction ids it had handed out.
+    pub fn crash(&self) {
+        pg_ctl(&self.data_dir(), &["stop", "-m", "immediate", "-w"]);
+    }
+
     /// Starts the (stopped) cluster again on the same port.
     pub fn start(&self) {
         assert!(
