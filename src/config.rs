@@ -89,6 +89,8 @@ settings! {
     max_changes_per_join: usize = 100, env "SWITCHBOARD_MAX_CHANGES_PER_JOIN";
     /// postgres_changes entries one connection may hold over all its channels; a join past it is refused.
     max_changes_per_connection: usize = 500, env "SWITCHBOARD_MAX_CHANGES_PER_CONNECTION";
+    /// `like`/`ilike` work one connection's filters may take per change on the shared dispatch path, counted as (pattern length + 1) × text bytes per filter; past it, its remaining filters for that change are judged on a separate lane and only that connection's frames wait. 0 sends every `like` to the lane.
+    filter_inline_cost: u64 = 65_536, env "SWITCHBOARD_FILTER_INLINE_COST";
     /// Joins per second per connection (burst of the same size).
     max_joins_per_second: u32 = 100, env "SWITCHBOARD_MAX_JOINS_PER_SECOND";
     /// Client messages per second per connection (heartbeats excluded).
@@ -264,6 +266,10 @@ pub struct Config {
     /// Roles tokens may name.
     pub allowed_roles: Vec<String>,
     pub jwt_nbf_leeway_secs: u64,
+    /// See the `filter_inline_cost` setting.
+    pub filter_inline_cost: u64,
+    /// Test hook, not a setting: pauses the filter lane while held.
+    pub filter_lane_hold: Option<crate::changes::LaneHold>,
     pub limits: Limits,
     pub shutdown_deadline: Duration,
     pub http_header_timeout: Duration,
@@ -577,6 +583,8 @@ impl Config {
             metrics_listen,
             allowed_roles,
             jwt_nbf_leeway_secs: r.jwt_nbf_leeway_secs,
+            filter_inline_cost: r.filter_inline_cost,
+            filter_lane_hold: None,
             database_url: non_empty(r.database_url),
             migrate_database_url: non_empty(r.migrate_database_url),
             jwt_secret: non_empty(r.jwt_secret),

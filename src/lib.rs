@@ -183,8 +183,12 @@ pub async fn run(
             background.spawn(async move { webhooks.run_webhooks(stop).await });
             let dispatch = changes.clone();
             let (router, stop) = (router.clone(), stop_background.clone());
+            let lane = changes::LaneSettings {
+                inline_cost: config.filter_inline_cost,
+                hold: config.filter_lane_hold.clone(),
+            };
             background.spawn(async move {
-                dispatch.run_dispatch(router, rx, stop).await;
+                dispatch.run_dispatch(router, rx, lane, stop).await;
             });
             let resume = resume::ResumeHandle::new(
                 pool.clone(),

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub cluster_received: Family<KindLabel, Counter>,
     /// Resumable subscriptions parked in Postgres (all hubs), refreshed every few seconds.
     pub resume_parked: Gauge,
+    /// Frames waiting for the filter lane to judge their costly filters (`changes::lane`).
+    pub filter_lane_waiting: Gauge,
     /// Resuming joins by outcome (`recovered` = "true" or the reason it was not).
     pub resumes: Family<[(&'static str, &'static str); 1], Counter>,
     /// Changes and database broadcasts replayed to resumed subscriptions.
@@ -168,6 +170,7 @@ impl Metrics {
         let cluster_published = Family::<KindLabel, Counter>::default();
         let cluster_received = Family::<KindLabel, Counter>::default();
         let resume_parked = Gauge::default();
+        let filter_lane_waiting = Gauge::default();
         let resumes = Family::<[(&'static str, &'static str); 1], Counter>::default();
         let resume_replayed = Counter::default();
         registry.register(
@@ -247,6 +250,11 @@ impl Metrics {
             "Resumable subscriptions parked in Postgres",
             resume_parked.clone(),
         );
+        registry.register(
+            "filter_lane_waiting",
+            "Frames waiting for the filter lane to judge their costly filters",
+            filter_lane_waiting.clone(),
+        );
         registry.register("resumes", "Resuming joins by outcome", resumes.clone());
         registry.register(
             "resume_replayed",
@@ -274,6 +282,7 @@ impl Metrics {
             cluster_published,
             cluster_received,
             resume_parked,
+            filter_lane_waiting,
             resumes,
             resume_replayed,
             webhooks,

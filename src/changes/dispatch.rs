@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog::{Catalog, TableInfo};
 use super::index::{Matched, SubscriptionIndex};
+use super::lane::Lane;
 use super::payload::{change_data, shape_key, ChangePayload, Conversions, FieldSizes, ShapeKey};
-use super::row::{Change, DbBroadcast, DbEvent, LogBatch};
+use super::row::{Change, DbBroadcast, DbEvent, LogBatch, Row};
 use super::scope::{RlsChecker, Viewer, Visibility};
 use super::stats::ChangeStats;
 use crate::protocol::{self, Broadcast, BroadcastPayload, SystemMessage, Vsn, WireFrame};
@@ -109,6 +110,8 @@ pub struct Dispatcher {
     pub(super) rls: RlsChecker,
     pub(super) stats: Arc<ChangeStats>,
     pub(super) progress: Arc<Progress>,
+    /// Judges the filters too costly for this path (`lane`).
+    pub(super) lane: Lane,
 }
 
 /// Batches whose row-scope checks may be in flight at once (over the pool); delivery
@@ -214,7 +217,9 @@ impl Dispatcher {
                     events.push(MatchedEvent::Broadcast(b, members));
                 }
                 DbEvent::Change(c) => {
-                    let matched = self.index.matching_gated(&c, &gate_of);
+                    let matched = self
+                        .index
+                        .matching_gated(&c, &gate_of, self.lane.inline_cost);
                     if !matched.is_empty() {
                         events.push(MatchedEvent::Change(c, matched));
                     }
@@ -354,6 +359,8 @@ impl Dispatcher {
         let mut shapes: HashMap<ShapeKey, Option<Box<RawValue>>> = HashMap::new();
         let mut sizes: Option<FieldSizes> = None;
         let mut conversions: Option<Conversions> = None;
+        // The judged row, shared by the filter lane's jobs for this change.
+        let mut lane_row: Option<Arc<Row>> = None;
         // Encode once per distinct frame: members of one topic with the same ids, serializer
         // and visibility shape share the bytes. Looked up once per receiver, so the maps use
         // a fast seeded hash (foldhash) rather than SipHash.
@@ -369,6 +376,26 @@ impl Dispatcher {
                 continue;
             };
             let shape_key = shape_key(v, m.select.as_ref());
+            if !m.deferred.is_empty() {
+                // Filters left to the lane: it fills this member's place in its queue.
+                let data = shapes.entry(shape_key).or_insert_with(|| {
+                    let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change));
+                    let conversions = conversions.get_or_insert_with(|| Conversions::of(&p.table));
+                    change_data(
+                        &p.change,
+                        sizes,
+                        &p.table,
+                        conversions,
+                        v,
+                        m.select.as_ref(),
+                    )
+                });
+                if let (Some(data), Some(row)) = (data, p.change.judged_row()) {
+                    let row = lane_row.get_or_insert_with(|| Arc::new(row.clone()));
+                    self.lane.defer(m, row, data.clone());
+                }
+                continue;
+            }
             let frame_key = (shape_key, m.member.vsn, &*m.member.topic, m.ids.as_slice());
             let frame = match frames.get(&frame_key) {
                 Some(frame) => frame.clone(),

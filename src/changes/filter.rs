@@ -171,6 +171,23 @@ impl BoundFilter {
         self.conditions.is_empty()
     }
 
+    /// An upper estimate of the work `matches(record)` does beyond a fixed amount per
+    /// condition: for each `like`/`ilike`, (pattern length + 1) × the length in bytes of the
+    /// text it reads (what a linear-time matcher may take on that text). Other tests
+    /// compare one value with one or a bounded list (`MAX_IN_VALUES`) of filter values and
+    /// count nothing here.
+    pub fn cost(&self, record: &Row) -> u64 {
+        self.conditions
+            .iter()
+            .map(|c| match (&c.test, record.get(&c.column)) {
+                (Test::Like(pattern), Some(serde_json::Value::String(text))) => {
+                    (pattern.len() as u64 + 1).saturating_mul(text.len() as u64)
+                }
+                _ => 0,
+            })
+            .fold(0, u64::saturating_add)
+    }
+
     /// An `eq` condition on a text or uuid column: a record can only match if its key
     /// in that column equals this key, so subscriptions can be looked up by it.
     pub fn eq_index(&self) -> Option<(IndexColumn, String)> {
@@ -849,6 +866,20 @@ mod tests {
         assert!(!matches("id=not.eq.1", &r));
         assert!(!matches("done=neq.true", &r));
         assert!(!matches("done=is.true", &r));
+    }
+
+    #[test]
+    fn cost_counts_like_patterns_times_the_text_they_read() {
+        let cost = |f: &str| parse(f).unwrap().bind(&table()).unwrap().cost(&record());
+        // "O'Brien, Ann" is 12 bytes; "ab.c=d" 6.
+        assert_eq!(cost("name=like.%Ann"), 5 * 12);
+        assert_eq!(cost("name=ilike.o%,code=not.like.a_"), 3 * 12 + 3 * 6);
+        assert_eq!(cost("name=eq.x,n4=lt.0,code=in.(a,b)"), 0);
+        let mut without_name = record();
+        without_name.remove("name");
+        let like = parse("name=like.x%").unwrap().bind(&table()).unwrap();
+        assert_eq!(like.cost(&without_name), 0, "a missing value reads nothing");
+        assert_eq!(cost(""), 0);
     }
 
     #[test]

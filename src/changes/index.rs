@@ -114,12 +114,15 @@ pub(super) struct Matched {
     pub member: Arc<Member>,
     pub select: Option<Arc<[String]>>,
     pub ids: Vec<u32>,
+    /// Subscriptions whose filters were too costly to judge while matching (past the
+    /// connection's inline budget): the filter lane judges them (`lane`).
+    pub deferred: Vec<Entry>,
 }
 
 /// Row scope's gate for a role of the scope being matched.
 type GateOf<'a> = &'a dyn Fn(&str) -> Gate;
 /// A subscription and its member, shared by every place that finds it.
-type Entry = Arc<(Arc<Member>, Subscription)>;
+pub(super) type Entry = Arc<(Arc<Member>, Subscription)>;
 /// Where a subscription sits inside its scope: scanned, or under an index key.
 type Slot = Option<(IndexColumn, String)>;
 /// Every (scope, slot) a member's subscriptions occupy.
@@ -318,15 +321,18 @@ impl SubscriptionIndex {
     /// member with all its matching ids. Filters see the change's judged row.
     #[cfg(test)]
     pub fn matching(&self, change: &Change) -> Vec<Matched> {
-        self.matching_gated(change, &|_, _, _| Gate::Open)
+        self.matching_gated(change, &|_, _, _| Gate::Open, u64::MAX)
     }
 
     /// [`SubscriptionIndex::matching`], leaving out whom row scope's gates (by schema,
-    /// table and role) show nothing of the change's table.
+    /// table and role) show nothing of the change's table. Each connection's filters
+    /// are judged here up to `inline_budget` of `BoundFilter::cost` for this change; the
+    /// rest are returned as `deferred` candidates, unjudged.
     pub fn matching_gated(
         &self,
         change: &Change,
         gates: &dyn Fn(&str, &str, &str) -> Gate,
+        inline_budget: u64,
     ) -> Vec<Matched> {
         let Some(row) = change.judged_row() else {
             return Vec::new();
@@ -348,13 +354,27 @@ impl SubscriptionIndex {
         // Per change and per matched subscription: a fast seeded hash (foldhash), not SipHash.
         let mut by_member: foldhash::HashMap<(MemberId, Option<usize>), Matched> =
             foldhash::HashMap::default();
+        // Filter cost judged so far per connection.
+        let mut spent: foldhash::HashMap<u64, u64> = foldhash::HashMap::default();
         for (scope, gate_of) in &scopes {
             let Some(mut subs) = self.by_scope.get_mut(scope) else {
                 continue;
             };
             subs.candidates(row, *gate_of, &mut |entry| {
                 let (pm, sub) = &**entry;
-                if sub.event.is_some_and(|e| e != change.op) || !sub.filter.matches(row) {
+                if sub.event.is_some_and(|e| e != change.op) {
+                    return;
+                }
+                let cost = sub.filter.cost(row);
+                let defer = cost > 0 && {
+                    let spent = spent.entry(pm.conn_id).or_default();
+                    let over = spent.saturating_add(cost) > inline_budget;
+                    if !over {
+                        *spent += cost;
+                    }
+                    over
+                };
+                if !defer && !sub.filter.matches(row) {
                     return;
                 }
                 let select_id = sub
@@ -367,8 +387,11 @@ impl SubscriptionIndex {
                         member: pm.clone(),
                         select: sub.select.clone(),
                         ids: Vec::new(),
+                        deferred: Vec::new(),
                     });
-                if !m.ids.contains(&sub.id) {
+                if defer {
+                    m.deferred.push(entry.clone());
+                } else if !m.ids.contains(&sub.id) {
                     m.ids.push(sub.id);
                 }
             });
@@ -501,6 +524,44 @@ mod tests {
         assert_eq!(index.counts(), vec![(jobs, 3)]);
     }
 
+    #[test]
+    fn costly_filters_past_a_connections_budget_are_deferred_unjudged() {
+        let index = SubscriptionIndex::default();
+        // "open" is 4 bytes: `status=like.o%` costs 3 × 4 = 12.
+        subscribe(&index, 1, "status=like.o%");
+        subscribe(&index, 2, "status=like.x%");
+        subscribe(&index, 3, &format!("customer_id=eq.{A}"));
+        let c = change(A, "open");
+        let mut by_member: Vec<_> = index
+            .matching_gated(&c, &|_, _, _| Gate::Open, 11)
+            .into_iter()
+            .map(|m| {
+                let deferred: Vec<u32> = m.deferred.iter().map(|e| e.1.id).collect();
+                (m.member.member, m.ids, deferred)
+            })
+            .collect();
+        by_member.sort();
+        // Each member is its own connection here: 1 and 2 are over the budget of 11 and
+        // come back unjudged (2 does not match); 3 costs nothing.
+        assert_eq!(
+            by_member,
+            vec![
+                (1, vec![], vec![1]),
+                (2, vec![], vec![2]),
+                (3, vec![3], vec![])
+            ]
+        );
+        let judged: Vec<_> = index
+            .matching_gated(&c, &|_, _, _| Gate::Open, 12)
+            .into_iter()
+            .map(|m| (m.member.member, m.deferred.len()))
+            .collect();
+        assert!(
+            judged.contains(&(1, 0)) && judged.len() == 2,
+            "within the budget"
+        );
+    }
+
     fn user(role: &str, sub: Option<&str>) -> Viewer {
         let claims = json!({"role": role, "sub": sub}).to_string();
         Viewer::new(role, &claims, sub)
@@ -526,7 +587,7 @@ mod tests {
         };
         let gated = |c: &Change| {
             let mut m: Vec<_> = index
-                .matching_gated(c, &|_, _, role| gates(role))
+                .matching_gated(c, &|_, _, role| gates(role), u64::MAX)
                 .iter()
                 .map(|m| m.member.member)
                 .collect();

@@ -12,6 +12,7 @@ mod dispatch;
 mod filter;
 mod index;
 mod keys;
+mod lane;
 mod payload;
 mod render;
 mod replay;
@@ -33,6 +34,7 @@ pub use catalog::{
 pub use dispatch::{Mark, Progress};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};
 pub use index::{Subscriber, Subscription, TableScope};
+pub use lane::{LaneHold, LaneSettings};
 pub use render::{RenderError, Scope};
 pub use replay::{ReplayTarget, Replayed};
 pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, LogBatch, Op, Row};
@@ -132,6 +134,7 @@ impl Changes {
         &self,
         router: Arc<Router>,
         events: mpsc::Receiver<LogBatch>,
+        lane: LaneSettings,
         shutdown: CancellationToken,
     ) {
         let (Some(catalog), Some(rls)) = (self.catalog.clone(), self.rls.clone()) else {
@@ -139,6 +142,7 @@ impl Changes {
         };
         let d = dispatch::Dispatcher {
             index: self.index.clone(),
+            lane: lane::Lane::start(lane, router.clone()),
             router,
             catalog,
             rls,

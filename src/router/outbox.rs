@@ -12,6 +12,10 @@
 //! channel replays what it missed, behind a `Gate` that holds its live frames and releases
 //! them in order once the replay is queued.
 //!
+//! A frame whose content is not known yet (a change still judged by the filter lane,
+//! `changes::lane`) takes its place in the queue as a `Slot`: the writer stops at it until
+//! it is filled, so later frames of the connection wait behind it and order is kept.
+//!
 //! A snapshot (a joiner's `presence_state`) may go past the byte bound: it is refused only
 //! when the queue is already over it, so a joiner always gets its state and the queue
 //! holds at most the bound plus one snapshot (which configuration keeps below the bound).
@@ -35,7 +39,7 @@ const KEEP_CAPACITY: usize = 16;
 
 struct Shared {
     /// Frames not yet taken by the writer. Pushers and the writer lock it briefly.
-    queue: Mutex<VecDeque<WireFrame>>,
+    queue: Mutex<VecDeque<Queued>>,
     queued_bytes: AtomicUsize,
     max_frames: usize,
     max_bytes: usize,
@@ -46,7 +50,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn queue(&self) -> MutexGuard<'_, VecDeque<WireFrame>> {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Queued>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -54,6 +58,46 @@ impl Shared {
         let _ = self.reason.set(reason);
         self.close.cancel();
         self.writer.wake();
+    }
+}
+
+/// What the queue holds: a frame, or the place of one still being decided.
+enum Queued {
+    Frame(WireFrame),
+    /// The place, and the bytes it counts (an estimate of its frame) until taken.
+    Slot(Arc<OnceLock<Option<WireFrame>>>, usize),
+}
+
+/// The place of a frame reserved in a connection's queue (`ChannelOutbox::reserve`):
+/// frames queued after it wait until it is filled. Dropping it unfilled leaves the place
+/// empty (the writer moves on).
+pub struct Slot {
+    shared: Arc<Shared>,
+    cell: Arc<OnceLock<Option<WireFrame>>>,
+}
+
+impl Slot {
+    /// Puts `frame` (or nothing) in the reserved place and lets the writer go on. The
+    /// place counts its reserved estimate, not the frame's own bytes, until written.
+    pub fn fill(self, frame: Option<WireFrame>) {
+        self.set(frame);
+    }
+
+    fn set(&self, frame: Option<WireFrame>) {
+        if self.cell.set(frame).is_ok() {
+            self.shared.writer.wake();
+        }
+    }
+
+    /// Whether the connection is closing (the frame would be dropped anyway).
+    pub fn is_closed(&self) -> bool {
+        self.shared.close.is_cancelled()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.set(None);
     }
 }
 
@@ -93,6 +137,14 @@ fn frame_len(frame: &WireFrame) -> usize {
     }
 }
 
+/// Bytes an item counts while queued: a slot's frame counts from when it is filled.
+fn queued_len(item: &Queued) -> usize {
+    match item {
+        Queued::Frame(frame) => frame_len(frame),
+        Queued::Slot(_, reserved) => *reserved,
+    }
+}
+
 /// Result of a push that did not queue the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
@@ -115,11 +167,26 @@ impl OutboxTx {
     }
 
     fn push_within(&self, frame: WireFrame, snapshot: bool) -> Result<(), PushError> {
+        self.push_queued(Queued::Frame(frame), snapshot)
+    }
+
+    /// Reserves a frame's place at the end of the queue: it counts as a frame, and as
+    /// `bytes` until taken.
+    fn reserve(&self, bytes: usize) -> Result<Slot, PushError> {
+        let cell = Arc::new(OnceLock::new());
+        self.push_queued(Queued::Slot(cell.clone(), bytes), false)?;
+        Ok(Slot {
+            shared: self.shared.clone(),
+            cell,
+        })
+    }
+
+    fn push_queued(&self, item: Queued, snapshot: bool) -> Result<(), PushError> {
         let shared = &*self.shared;
         if shared.close.is_cancelled() {
             return Err(PushError::Closed);
         }
-        let len = frame_len(&frame);
+        let len = queued_len(&item);
         let before = shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
         let within_bytes = match snapshot {
             true => before <= shared.max_bytes,
@@ -129,7 +196,7 @@ impl OutboxTx {
             let mut queue = shared.queue();
             let fits = queue.len() < shared.max_frames && within_bytes;
             if fits {
-                queue.push_back(frame);
+                queue.push_back(item);
             }
             fits
         };
@@ -209,12 +276,12 @@ impl FrameSink for OutboxTx {
 /// Holds a channel's live frames while it catches up; see `ChannelOutbox::gated`.
 pub struct Gate {
     /// `Some` while closed: the frames held, and their bytes. Pushers and `open` take it.
-    held: Mutex<Option<(Vec<WireFrame>, usize)>>,
+    held: Mutex<Option<(Vec<Queued>, usize)>>,
     tx: OutboxTx,
 }
 
 impl Gate {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Vec<WireFrame>, usize)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Vec<Queued>, usize)>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -225,8 +292,8 @@ impl Gate {
         for frame in first {
             let _ = self.tx.push(frame);
         }
-        for frame in held.take().map(|(frames, _)| frames).unwrap_or_default() {
-            let _ = self.tx.push(frame);
+        for item in held.take().map(|(frames, _)| frames).unwrap_or_default() {
+            let _ = self.tx.push_queued(item, false);
         }
     }
 }
@@ -264,6 +331,31 @@ impl ChannelOutbox {
 }
 
 impl ChannelOutbox {
+    /// Reserves the place of a frame to be decided later, behind everything this channel
+    /// queued (or held) so far, counting `bytes` (an estimate) until taken; see [`Slot`].
+    pub fn reserve(&self, bytes: usize) -> Result<Slot, PushError> {
+        if let Some(gate) = &self.gate {
+            let mut held = gate.lock();
+            if let Some((frames, held_bytes)) = held.as_mut() {
+                if self.tx.is_closed() {
+                    return Err(PushError::Closed);
+                }
+                *held_bytes += bytes;
+                if *held_bytes > self.tx.shared.max_bytes {
+                    self.tx.close(Close::SlowConsumer);
+                    return Err(PushError::Overflow);
+                }
+                let cell = Arc::new(OnceLock::new());
+                frames.push(Queued::Slot(cell.clone(), bytes));
+                return Ok(Slot {
+                    shared: self.tx.shared.clone(),
+                    cell,
+                });
+            }
+        }
+        self.tx.reserve(bytes)
+    }
+
     fn push_gated(&self, frame: WireFrame, snapshot: bool) -> Result<(), PushError> {
         if let Some(gate) = &self.gate {
             let mut held = gate.lock();
@@ -278,7 +370,7 @@ impl ChannelOutbox {
                     self.tx.close(Close::SlowConsumer);
                     return Err(PushError::Overflow);
                 }
-                frames.push(frame);
+                frames.push(Queued::Frame(frame));
                 return Ok(());
             }
         }
@@ -297,19 +389,33 @@ impl FrameSink for ChannelOutbox {
 }
 
 impl OutboxRx {
-    /// The next frame if one is queued.
+    /// The next frame if one is queued (and no unfilled slot is ahead of it).
     pub fn try_recv(&mut self) -> Option<WireFrame> {
-        let frame = {
-            let mut queue = self.shared.queue();
-            let frame = queue.pop_front();
-            if queue.is_empty() && queue.capacity() > KEEP_CAPACITY {
-                *queue = VecDeque::new();
+        let mut queue = self.shared.queue();
+        let frame = loop {
+            let ready = match queue.front()? {
+                Queued::Frame(_) => true,
+                Queued::Slot(cell, _) => cell.get().is_some(),
+            };
+            if !ready {
+                return None;
             }
-            frame
-        }?;
-        self.shared
-            .queued_bytes
-            .fetch_sub(frame_len(&frame), Ordering::AcqRel);
+            let item = queue.pop_front()?;
+            let bytes = &self.shared.queued_bytes;
+            bytes.fetch_sub(queued_len(&item), Ordering::AcqRel);
+            match item {
+                Queued::Frame(frame) => break frame,
+                Queued::Slot(cell, _) => {
+                    if let Some(Some(frame)) = cell.get() {
+                        break frame.clone();
+                    }
+                    // Filled with nothing: on to the next.
+                }
+            }
+        };
+        if queue.is_empty() && queue.capacity() > KEEP_CAPACITY {
+            *queue = VecDeque::new();
+        }
         Some(frame)
     }
 
@@ -435,6 +541,47 @@ mod tests {
         channel.push_frame(text(4)).unwrap();
         assert!(channel.push_snapshot(text(10)).is_ok());
         assert_eq!(channel.push_snapshot(text(1)), Err(PushError::Overflow));
+    }
+
+    fn lens(rx: &mut OutboxRx) -> Vec<usize> {
+        std::iter::from_fn(|| rx.try_recv())
+            .map(|f| frame_len(&f))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn frames_behind_an_unfilled_slot_wait_for_it_and_keep_their_order() {
+        let (tx, mut rx) = outbox(100, 1 << 20);
+        let channel = ChannelOutbox::direct(tx.clone());
+        channel.push_frame(text(1)).unwrap();
+        let first = channel.reserve(0).unwrap();
+        let second = channel.reserve(7).unwrap();
+        tx.push(text(3)).unwrap();
+        assert_eq!(lens(&mut rx), [1], "stops at the unfilled slot");
+        assert_eq!(tx.queued_frames(), 3, "the slots count as frames");
+        assert_eq!(tx.queued_bytes(), 7 + 3, "and their estimates as bytes");
+        second.fill(Some(text(20)));
+        assert_eq!(tx.queued_bytes(), 7 + 3, "the estimate counts until taken");
+        assert_eq!(lens(&mut rx), Vec::<usize>::new(), "the first still holds");
+        first.fill(None);
+        assert_eq!(lens(&mut rx), [20, 3], "an empty slot is skipped");
+        assert_eq!(tx.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_slot_lets_the_writer_on_and_a_gate_holds_slots_in_order() {
+        let (tx, mut rx) = outbox(100, 1 << 20);
+        let (channel, gate) = ChannelOutbox::gated(tx.clone());
+        channel.push_frame(text(1)).unwrap();
+        let slot = channel.reserve(0).unwrap();
+        channel.push_frame(text(2)).unwrap();
+        gate.open([text(10)]);
+        assert_eq!(lens(&mut rx), [10, 1]);
+        drop(slot);
+        assert_eq!(lens(&mut rx), [2]);
+        let (tx, _rx) = outbox(1, 1 << 20);
+        let _slot = tx.reserve(0).unwrap();
+        assert!(matches!(tx.reserve(0), Err(PushError::Overflow)));
     }
 
     #[tokio::test]

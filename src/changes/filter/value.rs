@@ -437,12 +437,15 @@ pub const MAX_LIKE_PATTERN: usize = 256;
 #[derive(Debug, Clone)]
 pub(super) struct LikePattern {
     re: regex::Regex,
+    /// The pattern's length in characters (the matcher's work per text byte grows with it).
+    len: usize,
 }
 
 impl LikePattern {
     /// `None` when the pattern is longer than [`MAX_LIKE_PATTERN`].
     pub(super) fn new(pattern: &str, case_insensitive: bool) -> Option<LikePattern> {
-        if pattern.chars().count() > MAX_LIKE_PATTERN {
+        let len = pattern.chars().count();
+        if len > MAX_LIKE_PATTERN {
             return None;
         }
         let mut re = String::from("(?s)^");
@@ -461,7 +464,12 @@ impl LikePattern {
             .size_limit(1 << 20)
             .build()
             .ok()?;
-        Some(LikePattern { re })
+        Some(LikePattern { re, len })
+    }
+
+    /// The pattern's length in characters.
+    pub(super) fn len(&self) -> usize {
+        self.len
     }
 
     pub(super) fn matches(&self, text: &str) -> bool {
