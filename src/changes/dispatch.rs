@@ -261,16 +261,26 @@ impl Dispatcher {
                 // Dropped since: nobody can be shown a row of a table that is gone.
                 Some(None) => continue,
             };
+            // Viewers hash in O(1) (their hash is kept); one member after another with the
+            // same viewer (one connection's channels) skips even that.
             let mut distinct: HashMap<Arc<Viewer>, usize> = HashMap::new();
             let mut viewers = Vec::new();
+            let mut last: Option<(Arc<Viewer>, usize)> = None;
             let viewer_of = matched
                 .iter()
                 .map(|m| {
                     let v = m.member.viewer();
-                    *distinct.entry(v.clone()).or_insert_with(|| {
+                    if let Some((prev, i)) = &last {
+                        if Arc::ptr_eq(prev, &v) {
+                            return *i;
+                        }
+                    }
+                    let i = *distinct.entry(v.clone()).or_insert_with(|| {
                         viewers.push(v.clone());
                         viewers.len() - 1
-                    })
+                    });
+                    last = Some((v, i));
+                    i
                 })
                 .collect();
             steps.push(Step::Change(Planned {
@@ -365,6 +375,9 @@ impl Dispatcher {
         // and visibility shape share the bytes. Looked up once per receiver, so the maps use
         // a fast seeded hash (foldhash) rather than SipHash.
         let mut frames: HashMap<(ShapeKey, Vsn, &str, &[u32]), WireFrame> = HashMap::new();
+        // The previous receiver's frame: the next one, mostly of the same channel and shape,
+        // takes it after comparing keys, without hashing (the topic by pointer first).
+        let mut last: Option<LastFrame<'_>> = None;
         // Counted once per change, not per receiver.
         let (mut sent, mut hidden) = (0u64, 0u64);
         for (m, &vi) in p.matched.iter().zip(&p.viewer_of) {
@@ -396,6 +409,17 @@ impl Dispatcher {
                 }
                 continue;
             }
+            if let Some(l) = &last {
+                if l.shape == shape_key
+                    && l.vsn == m.member.vsn
+                    && (Arc::ptr_eq(l.topic, &m.member.topic) || *l.topic == m.member.topic)
+                    && l.ids == m.ids.as_slice()
+                {
+                    let frame = l.frame.clone();
+                    sent += u64::from(self.router.push(&m.member.outbox, m.member.conn_id, frame));
+                    continue;
+                }
+            }
             let frame_key = (shape_key, m.member.vsn, &*m.member.topic, m.ids.as_slice());
             let frame = match frames.get(&frame_key) {
                 Some(frame) => frame.clone(),
@@ -419,6 +443,13 @@ impl Dispatcher {
                     frame
                 }
             };
+            last = Some(LastFrame {
+                shape: shape_key,
+                vsn: m.member.vsn,
+                topic: &m.member.topic,
+                ids: m.ids.as_slice(),
+                frame: frame.clone(),
+            });
             sent += u64::from(self.router.push(&m.member.outbox, m.member.conn_id, frame));
         }
         metrics.message_out("postgres_changes", sent);
@@ -428,6 +459,15 @@ impl Dispatcher {
             .fanout_latency
             .observe(lag.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
     }
+}
+
+/// The frame `deliver_change` queued last, and its key.
+struct LastFrame<'a> {
+    shape: ShapeKey,
+    vsn: Vsn,
+    topic: &'a Arc<str>,
+    ids: &'a [u32],
+    frame: WireFrame,
 }
 
 /// The topic a database broadcast goes to.

@@ -58,6 +58,16 @@ pub struct Viewer {
     pub uid: Option<uuid::Uuid>,
     /// `claims` parsed (`None`: Postgres would not read them as an object either).
     parsed: Option<Map<String, Value>>,
+    /// Of role and claims, computed once: dispatch finds a change's distinct viewers by
+    /// hashing one per receiver.
+    hash: u64,
+}
+
+/// The process's seed for [`Viewer`] hashes (random, so clients cannot aim collisions).
+fn viewer_hash(role: &str, claims: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<foldhash::quality::RandomState> = std::sync::OnceLock::new();
+    SEED.get_or_init(Default::default).hash_one((role, claims))
 }
 
 impl Viewer {
@@ -67,6 +77,7 @@ impl Viewer {
             claims: claims.into(),
             uid: sub.and_then(uid_of),
             parsed: claims_object(claims),
+            hash: viewer_hash(role, claims),
         }
     }
 
@@ -76,6 +87,7 @@ impl Viewer {
             claims: c.json.clone(),
             uid: c.sub.as_deref().and_then(uid_of),
             parsed: claims_object(&c.json),
+            hash: viewer_hash(&c.role, &c.json),
         }
     }
 
@@ -106,7 +118,8 @@ fn claims_object(claims: &str) -> Option<Map<String, Value>> {
 
 impl PartialEq for Viewer {
     fn eq(&self, other: &Self) -> bool {
-        self.role == other.role && self.claims == other.claims
+        std::ptr::eq(self, other)
+            || (self.hash == other.hash && self.role == other.role && self.claims == other.claims)
     }
 }
 
@@ -114,8 +127,7 @@ impl Eq for Viewer {}
 
 impl std::hash::Hash for Viewer {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.role.hash(state);
-        self.claims.hash(state);
+        state.write_u64(self.hash);
     }
 }
 
@@ -275,10 +287,18 @@ impl RlsChecker {
         client: &mut Option<deadpool_postgres::Client>,
         items: &[Item<'_>],
     ) -> Result<HashMap<(u32, String), Rule>, RlsError> {
-        let wanted: HashSet<(u32, &str)> = items
-            .iter()
-            .flat_map(|(_, table, viewers)| viewers.iter().map(|v| (table.oid, &*v.role)))
-            .collect();
+        // One entry per (table, role), not per viewer: a change's viewers mostly share a
+        // role, so runs of it are skipped before hashing.
+        let mut wanted: foldhash::HashSet<(u32, &str)> = foldhash::HashSet::default();
+        for (_, table, viewers) in items {
+            let mut last: Option<&str> = None;
+            for v in viewers.iter() {
+                if last != Some(&*v.role) {
+                    last = Some(&v.role);
+                    wanted.insert((table.oid, &v.role));
+                }
+            }
+        }
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         let version = {
@@ -392,7 +412,7 @@ impl RlsChecker {
     ) -> Result<Vec<Vec<Visibility>>, RlsError> {
         let mut result = hidden(items);
         let fetched = self.rules(&mut client, items).await?;
-        let rules: HashMap<(u32, &str), &Rule> = fetched
+        let rules: foldhash::HashMap<(u32, &str), &Rule> = fetched
             .iter()
             .map(|((rel, role), rule)| ((*rel, role.as_str()), rule))
             .collect();
@@ -402,8 +422,17 @@ impl RlsChecker {
             let Some(row) = row else {
                 continue;
             };
+            // The rule of the previous viewer's role: looked up again only when it changes.
+            let mut last: Option<(&str, Option<&Rule>)> = None;
             for (v, viewer) in viewers.iter().enumerate() {
-                let rule = rules.get(&(table.oid, &*viewer.role)).copied();
+                let rule = match last {
+                    Some((role, rule)) if role == &*viewer.role => rule,
+                    _ => {
+                        let rule = rules.get(&(table.oid, &*viewer.role)).copied();
+                        last = Some((&viewer.role, rule));
+                        rule
+                    }
+                };
                 result[i][v] = match rule {
                     None | Some(Rule::Deny) => Visibility::HIDDEN,
                     Some(Rule::All(columns)) => Visibility {

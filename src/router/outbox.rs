@@ -43,7 +43,10 @@ struct Shared {
     queued_bytes: AtomicUsize,
     max_frames: usize,
     max_bytes: usize,
+    /// Cancelled by `close`, for whoever waits for it (the connection's reader).
     close: CancellationToken,
+    /// Set by `close` before `close` is cancelled: pushes test this (one atomic load),
+    /// not the token, whose check takes a lock.
     reason: OnceLock<Close>,
     /// Registered by the writer; woken by every push and by `close`.
     writer: AtomicWaker,
@@ -55,9 +58,15 @@ impl Shared {
     }
 
     fn close(&self, reason: Close) {
+        // First: `is_closed` reads it.
         let _ = self.reason.set(reason);
         self.close.cancel();
         self.writer.wake();
+    }
+
+    /// Whether `close` was called (the token is cancelled right after).
+    fn is_closed(&self) -> bool {
+        self.reason.get().is_some()
     }
 }
 
@@ -183,7 +192,7 @@ impl OutboxTx {
 
     fn push_queued(&self, item: Queued, snapshot: bool) -> Result<(), PushError> {
         let shared = &*self.shared;
-        if shared.close.is_cancelled() {
+        if shared.is_closed() {
             return Err(PushError::Closed);
         }
         let len = queued_len(&item);
@@ -215,7 +224,7 @@ impl OutboxTx {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.shared.close.is_cancelled()
+        self.shared.is_closed()
     }
 
     /// A handle that resolves when the connection has been asked to close.
@@ -438,7 +447,7 @@ impl OutboxRx {
         self.register(cx.waker());
         match self.try_recv() {
             Some(frame) => Poll::Ready(Some(frame)),
-            None if self.shared.close.is_cancelled() => Poll::Ready(None),
+            None if self.shared.is_closed() => Poll::Ready(None),
             None => Poll::Pending,
         }
     }
