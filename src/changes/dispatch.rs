@@ -366,9 +366,7 @@ impl Dispatcher {
 
     fn deliver_change(&self, p: &Planned, vis: &[Visibility]) {
         let metrics = self.router.metrics();
-        let mut shapes: HashMap<ShapeKey, Option<Box<RawValue>>> = HashMap::new();
-        let mut sizes: Option<FieldSizes> = None;
-        let mut conversions: Option<Conversions> = None;
+        let mut payloads = Payloads::default();
         // The judged row, shared by the filter lane's jobs for this change.
         let mut lane_row: Option<Arc<Row>> = None;
         // Encode once per distinct frame: members of one topic with the same ids, serializer
@@ -391,21 +389,10 @@ impl Dispatcher {
             let shape_key = shape_key(v, m.select.as_ref());
             if !m.deferred.is_empty() {
                 // Filters left to the lane: it fills this member's place in its queue.
-                let data = shapes.entry(shape_key).or_insert_with(|| {
-                    let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change));
-                    let conversions = conversions.get_or_insert_with(|| Conversions::of(&p.table));
-                    change_data(
-                        &p.change,
-                        sizes,
-                        &p.table,
-                        conversions,
-                        v,
-                        m.select.as_ref(),
-                    )
-                });
+                let data = payloads.data(p, shape_key, v, m.select.as_ref());
                 if let (Some(data), Some(row)) = (data, p.change.judged_row()) {
                     let row = lane_row.get_or_insert_with(|| Arc::new(row.clone()));
-                    self.lane.defer(m, row, data.clone());
+                    self.lane.defer(m, row, data.to_owned());
                 }
                 continue;
             }
@@ -424,20 +411,9 @@ impl Dispatcher {
             let frame = match frames.get(&frame_key) {
                 Some(frame) => frame.clone(),
                 None => {
-                    let data = shapes.entry(shape_key).or_insert_with(|| {
-                        let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change));
-                        let conversions =
-                            conversions.get_or_insert_with(|| Conversions::of(&p.table));
-                        change_data(
-                            &p.change,
-                            sizes,
-                            &p.table,
-                            conversions,
-                            v,
-                            m.select.as_ref(),
-                        )
-                    });
-                    let Some(data) = data else { continue };
+                    let Some(data) = payloads.data(p, shape_key, v, m.select.as_ref()) else {
+                        continue;
+                    };
                     let frame = change_frame(m.member.vsn, &m.member.topic, &m.ids, data);
                     frames.insert(frame_key, frame.clone());
                     frame
@@ -458,6 +434,35 @@ impl Dispatcher {
         metrics
             .fanout_latency
             .observe(lag.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+    }
+}
+
+/// One change's `data` per visibility shape, built on first use (with the field sizes
+/// and column conversions it needs), for inline frames and filter-lane jobs alike.
+#[derive(Default)]
+struct Payloads {
+    by_shape: HashMap<ShapeKey, Option<Box<RawValue>>>,
+    sizes: Option<FieldSizes>,
+    conversions: Option<Conversions>,
+}
+
+impl Payloads {
+    fn data(
+        &mut self,
+        p: &Planned,
+        shape: ShapeKey,
+        v: &Visibility,
+        select: Option<&Arc<[String]>>,
+    ) -> Option<&RawValue> {
+        let (sizes, conversions) = (&mut self.sizes, &mut self.conversions);
+        self.by_shape
+            .entry(shape)
+            .or_insert_with(|| {
+                let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change));
+                let conversions = conversions.get_or_insert_with(|| Conversions::of(&p.table));
+                change_data(&p.change, sizes, &p.table, conversions, v, select)
+            })
+            .as_deref()
     }
 }
 
