@@ -24,6 +24,14 @@ pub struct Validated {
     pub errors: Vec<ChangesError>,
 }
 
+impl Validated {
+    /// Some entry could not be checked because the catalog was unreachable (a moment's
+    /// outage, unlike the other errors, which the same join meets again).
+    pub fn unavailable(&self) -> bool {
+        self.errors.contains(&ChangesError::Unavailable)
+    }
+}
+
 /// `deals` -> `deals`; `My Table` -> `"My Table"` (Postgres identifier quoting).
 pub fn quote_ident(name: &str) -> String {
     let plain = name

@@ -73,13 +73,20 @@ impl Session {
                 return self.reply_error(&msg, e);
             }
         }
+        // A resuming channel is refused, before it takes its parked row, when the
+        // database is out for a moment: joining now would answer `recovered: false`
+        // (capture has no position yet; the cut never goes back to `None`), or answer
+        // `recovered: true` without the entries the catalog could not check, whose
+        // changes would then be skipped for good as the position moves on. The
+        // client's rejoin comes back for its gap.
+        if self.resumes() {
+            let no_cut = self.svc.changes.progress().at_cut(|| ()).0.is_none();
+            if no_cut || validated.as_ref().is_some_and(Validated::unavailable) {
+                return self.reply_error(&msg, ReplyError::DatabaseUnavailable);
+            }
+        }
         let claim = self.claim(&msg.topic, &admitted.config).await;
-        // A parked row that could not be read, or a capture that has no position yet
-        // (just started, the database not reachable): joining now would answer
-        // `recovered: false` for an outage of a moment. Refused, the client's rejoin
-        // comes back for its gap. (The cut never goes back to `None`.)
-        let no_cut = || self.svc.changes.progress().at_cut(|| ()).0.is_none();
-        if claim.as_ref().is_some_and(|c| c.unreadable() || no_cut()) {
+        if claim.as_ref().is_some_and(|c| c.unreadable()) {
             return self.reply_error(&msg, ReplyError::DatabaseUnavailable);
         }
         self.register(&msg, admitted, replay, validated, claim)

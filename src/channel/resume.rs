@@ -29,6 +29,11 @@ impl Claim {
 }
 
 impl Session {
+    /// This connection resumes its channels (it brought a key and the hub keeps positions).
+    pub(super) fn resumes(&self) -> bool {
+        self.resume.is_some() && self.svc.resume.is_some()
+    }
+
     /// Claims the parked row of this channel, if the connection resumes.
     pub(super) async fn claim(&self, topic: &str, config: &JoinConfig) -> Option<Claim> {
         let (conn, handle) = (self.resume.as_ref()?, self.svc.resume.as_ref()?);

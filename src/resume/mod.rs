@@ -200,6 +200,8 @@ impl ResumeHandle {
         if self.inner.cmds.send(Cmd::Flush(done)).is_ok() {
             let _ = flushed.await;
         }
+        // Connected first: a take that fails leaves a channel still live here as it was.
+        let client = self.inner.pool.get().await?;
         // A channel of this very key still live here (a reconnect while the old socket is
         // half open): its in-memory position is the freshest; it is retired.
         let local = self
@@ -207,7 +209,6 @@ impl ResumeHandle {
             .live
             .remove(holder)
             .map(|(_, old)| old.ack.position(&old.conn));
-        let client = self.inner.pool.get().await?;
         let found = store::take(&client, holder, owner).await?;
         Ok(match (local, found) {
             (Some(position), Found::At(_) | Found::Unknown) => Found::At(position),
