@@ -171,7 +171,7 @@ pub async fn run(mut config: Config) -> Result<()> {
     let secret = dev_secret(&dir, &config)?;
     config.jwt_secret = Some(secret.clone());
     config.database_url = Some(url.clone());
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = switchboard::server::listen::bind(config.listen)?;
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_owned()

@@ -244,8 +244,7 @@ async fn migrate(config: &Config) -> Result<()> {
 }
 
 async fn serve(config: Config) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = switchboard::server::listen::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();

@@ -43,6 +43,23 @@ fn fd_limit() -> Option<usize> {
     ok.then(|| usize::try_from(rl.rlim_cur).unwrap_or(usize::MAX))
 }
 
+/// Pending connections the kernel queues for `accept` (capped by `net.core.somaxconn`).
+/// Tokio's default of 1,024 overflowed when thousands of clients reconnected at once (a
+/// restart, a network blip): the kernel dropped their handshakes and they waited out
+/// SYN retransmits of up to a minute.
+const ACCEPT_BACKLOG: u32 = 8192;
+
+/// Binds the hub's listening socket (address reuse on, as `TcpListener::bind` does).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// The TCP peer of a request (a request extension; REST rate limits read it).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);

@@ -40,12 +40,21 @@ pub fn source_ip(index: usize) -> IpAddr {
 /// Opens a vsn 2.0.0 socket to `hub` as client number `index` with `apikey`.
 pub async fn connect(hub: SocketAddr, index: usize, apikey: &str) -> Result<Ws, BenchError> {
     let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source_ip(index), 0))?;
-    let stream = socket.connect(hub).await?;
+    let source = source_ip(index);
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stuck = |step: &str| {
+        BenchError::Ws(format!(
+            "{step} of socket {index} (from {source}) to {hub} timed out"
+        ))
+    };
+    let stream = tokio::time::timeout(SETUP_TIMEOUT, socket.connect(hub))
+        .await
+        .map_err(|_| stuck("TCP connect"))??;
     stream.set_nodelay(true)?;
     let url = format!("ws://{hub}/realtime/v1/websocket?apikey={apikey}&vsn=2.0.0");
-    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+    let (ws, _) = tokio::time::timeout(SETUP_TIMEOUT, tokio_tungstenite::client_async(url, stream))
         .await
+        .map_err(|_| stuck("WebSocket upgrade"))?
         .map_err(|e| BenchError::Ws(e.to_string()))?;
     Ok(ws)
 }
@@ -73,10 +82,10 @@ pub async fn join(ws: &mut Ws, spec: &JoinSpec) -> Result<(), BenchError> {
     ws.send(Message::text(frame.to_string()))
         .await
         .map_err(|e| BenchError::Ws(e.to_string()))?;
-    let mut replied = false;
-    let mut subscribed = spec.changes.is_empty();
+    let replied = std::cell::Cell::new(false);
+    let subscribed = std::cell::Cell::new(spec.changes.is_empty());
     let wait = async {
-        while !(replied && subscribed) {
+        while !(replied.get() && subscribed.get()) {
             let msg = ws
                 .next()
                 .await
@@ -89,13 +98,13 @@ pub async fn join(ws: &mut Ws, spec: &JoinSpec) -> Result<(), BenchError> {
                     if v[4]["status"] != "ok" {
                         return Err(BenchError::Ws(format!("join refused: {text}")));
                     }
-                    replied = true;
+                    replied.set(true);
                 }
                 Some("system") if v[4]["extension"] == "postgres_changes" => {
                     if v[4]["status"] != "ok" {
                         return Err(BenchError::Ws(format!("postgres_changes refused: {text}")));
                     }
-                    subscribed = true;
+                    subscribed.set(true);
                 }
                 _ => {}
             }
@@ -104,7 +113,18 @@ pub async fn join(ws: &mut Ws, spec: &JoinSpec) -> Result<(), BenchError> {
     };
     tokio::time::timeout(SETUP_TIMEOUT, wait)
         .await
-        .map_err(|_| BenchError::Ws(format!("join of {} timed out", spec.topic)))?
+        .map_err(|_| {
+            BenchError::Ws(format!(
+                "join of {} timed out (reply {}, subscribed message {})",
+                spec.topic,
+                if replied.get() { "received" } else { "missing" },
+                if subscribed.get() {
+                    "received"
+                } else {
+                    "missing"
+                },
+            ))
+        })?
 }
 
 /// The number after [`MARKER`] in a frame, if any.
