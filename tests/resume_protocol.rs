@@ -393,10 +393,7 @@ async fn a_join_that_cannot_read_its_parked_row_is_refused_and_the_rejoin_resume
     );
     assert_unavailable(&reply);
     locker.batch_execute("rollback").await.unwrap();
-    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    expect_rows(&mut c, &missed).await;
-    let sys = resume_message(&mut c).await;
-    assert_recovered(&sys, 3);
+    rejoin_recovers(&mut c, &token, &missed).await;
 }
 
 /// Found by the chaos run: a resuming join on a hub just started, whose capture had no
@@ -421,10 +418,7 @@ async fn a_resuming_join_before_the_capture_is_up_is_refused_and_the_rejoin_resu
     assert_unavailable(&reply);
     locker.batch_execute("rollback").await.unwrap();
     wait_capture(&second).await;
-    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    expect_rows(&mut c, &missed).await;
-    let sys = resume_message(&mut c).await;
-    assert_recovered(&sys, 3);
+    rejoin_recovers(&mut c, &token, &missed).await;
 }
 
 /// Found by the chaos run under load: a resuming join whose table lookup failed (Postgres
@@ -453,12 +447,17 @@ async fn a_resuming_join_whose_table_lookup_fails_is_refused_and_the_rejoin_resu
     );
     assert_unavailable(&reply);
     locker.batch_execute("rollback").await.unwrap();
-    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    expect_rows(&mut c, &missed).await;
-    let sys = resume_message(&mut c).await;
-    assert_recovered(&sys, 3);
+    rejoin_recovers(&mut c, &token, &missed).await;
     let later = insert(&pg, ALICE).await;
     expect_row(&mut c, "INSERT", "items", later).await;
+}
+
+/// The refused client joins again: it gets the rows it missed, then `recovered: true`.
+async fn rejoin_recovers(c: &mut WsClient, token: &str, missed: &[i64]) {
+    subscribe(c, "realtime:items", entries(), Some(token)).await;
+    expect_rows(c, missed).await;
+    let sys = resume_message(c).await;
+    assert_recovered(&sys, missed.len() as i64);
 }
 
 /// Another hub on the same database (its caches empty, its capture starting).
