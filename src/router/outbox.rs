@@ -428,6 +428,16 @@ impl OutboxRx {
         Some(frame)
     }
 
+    /// Whether `try_recv` would return a frame now (one is queued and no unfilled slot is
+    /// ahead of it).
+    pub fn has_ready(&self) -> bool {
+        match self.shared.queue().front() {
+            Some(Queued::Frame(_)) => true,
+            Some(Queued::Slot(cell, _)) => cell.get().is_some(),
+            None => false,
+        }
+    }
+
     /// Wakes `waker` on the next push or close. Register, then take what is queued: a
     /// frame pushed in between wakes it.
     pub fn register(&self, waker: &Waker) {

@@ -421,6 +421,8 @@ impl Io {
 
     fn step_open(&mut self, cx: &mut Context<'_>) -> Result<Step, Failed> {
         let fed = self.feed(cx, WRITE_BATCH)?;
+        // The flush polls the socket only when something was fed since the last one.
+        let polls_socket = self.unflushed;
         let flushed = self.flush(cx)?;
         if fed > 0 {
             self.pinged.wrote = true;
@@ -428,7 +430,14 @@ impl Io {
         if flushed {
             self.maybe_ping(cx)?;
         }
-        let more = fed == WRITE_BATCH && !self.unflushed;
+        // The socket took a flush and frames are still queued: visit again. Not only after
+        // a full batch: `feed` also stops when `poll_ready` is pending, and the flush that
+        // then goes through may take back the waker that pending left (a split socket's
+        // lock keeps one waiter, and it is ours again), so waiting here could wait for a
+        // wake-up that never comes while a frame sits queued (found at 10,000 sockets: a
+        // join's "Subscribed" message left behind its reply). A socket that took nothing
+        // (no flush polled) keeps the waker of its pending `poll_ready` and waits.
+        let more = polls_socket && !self.unflushed && self.rx.has_ready();
         Ok(if more { Step::More } else { Step::Waiting })
     }
 
