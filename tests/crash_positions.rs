@@ -249,14 +249,7 @@ async fn a_webhook_cursor_stored_before_a_crash_delivers_the_ids_handed_out_agai
     insert(&sql, 2).await;
     insert(&sql, 3).await;
     let _hub = TestHub::start(config).await;
-    rx.wait_until(Duration::from_secs(20), "rows 2 and 3", |r| {
-        r.iter()
-            .filter(|r| r.processed())
-            .map(|r| r.events().len())
-            .sum::<usize>()
-            >= 3
-    })
-    .await;
+    rx.wait_processed(Duration::from_secs(20), 3).await;
     assert_eq!(webhook_ids(&rx), [1, 2, 3], "nothing missed, nothing twice");
 }
 

@@ -285,14 +285,7 @@ async fn a_run_of_failures_pauses_the_endpoint_and_retry_delivers_what_it_missed
     let admin = pg.token("service_role", "ops");
     let (code, body) = post(&pg, "/api/webhooks/crm/retry", &admin, json!({})).await;
     assert_eq!(code, 200, "{body}");
-    rx.wait_until(Duration::from_secs(20), "3 events processed", |r| {
-        r.iter()
-            .filter(|r| r.processed())
-            .map(|r| r.events().len())
-            .sum::<usize>()
-            >= 3
-    })
-    .await;
+    rx.wait_processed(Duration::from_secs(20), 3).await;
     assert_eq!(ids(&rx.processed_events()), vec![1, 2, 3]);
     let s = wait_status(&pg, "crm", "active again", |s| {
         s["state"] == "active" && s["lag_events"] == 0

@@ -355,6 +355,22 @@ struct Closing {
 /// The socket failed (or was closed by the peer).
 struct Failed;
 
+/// What one `feed` did.
+struct Fed {
+    count: usize,
+    stop: Stop,
+}
+
+/// Why a `feed` stopped.
+enum Stop {
+    /// It fed as many frames as it was allowed.
+    Batch,
+    /// The socket's `poll_ready` was pending.
+    NotReady,
+    /// Nothing more was ready in the queue.
+    Drained,
+}
+
 impl Io {
     fn step(&mut self, cx: &mut Context<'_>) -> Step {
         self.rx.register(cx.waker());
@@ -383,17 +399,26 @@ impl Io {
         self.sink.as_mut().map(|s| s.as_mut()).ok_or(Failed)
     }
 
-    /// Feeds up to `max` queued frames (fewer when the socket is full); returns how many.
-    fn feed(&mut self, cx: &mut Context<'_>, max: usize) -> Result<usize, Failed> {
+    /// Feeds up to `max` queued frames (fewer when the socket is full or the queue runs
+    /// out).
+    fn feed(&mut self, cx: &mut Context<'_>, max: usize) -> Result<Fed, Failed> {
         let mut fed = 0;
         while fed < max {
             match self.sink()?.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(())) => return Err(Failed),
-                Poll::Pending => break,
+                Poll::Pending => {
+                    return Ok(Fed {
+                        count: fed,
+                        stop: Stop::NotReady,
+                    })
+                }
             }
             let Some(frame) = self.rx.try_recv() else {
-                break;
+                return Ok(Fed {
+                    count: fed,
+                    stop: Stop::Drained,
+                });
             };
             self.sink()?
                 .start_send(to_message(frame))
@@ -401,7 +426,10 @@ impl Io {
             self.unflushed = true;
             fed += 1;
         }
-        Ok(fed)
+        Ok(Fed {
+            count: fed,
+            stop: Stop::Batch,
+        })
     }
 
     /// Flushes what was fed; `Ok(false)` while the socket is not writable.
@@ -424,7 +452,7 @@ impl Io {
         // The flush polls the socket only when something was fed since the last one.
         let polls_socket = self.unflushed;
         let flushed = self.flush(cx)?;
-        if fed > 0 {
+        if fed.count > 0 {
             self.pinged.wrote = true;
         }
         if flushed {
@@ -436,8 +464,15 @@ impl Io {
         // lock keeps one waiter, and it is ours again), so waiting here could wait for a
         // wake-up that never comes while a frame sits queued (found at 10,000 sockets: a
         // join's "Subscribed" message left behind its reply). A socket that took nothing
-        // (no flush polled) keeps the waker of its pending `poll_ready` and waits.
-        let more = polls_socket && !self.unflushed && self.rx.has_ready();
+        // (no flush polled) keeps the waker of its pending `poll_ready` and waits; a feed
+        // that drained the queue waits for the next push (the usual case: no queue check).
+        let took_flush = polls_socket && !self.unflushed;
+        let more = took_flush
+            && match fed.stop {
+                Stop::Batch => true,
+                Stop::NotReady => self.rx.has_ready(),
+                Stop::Drained => false,
+            };
         Ok(if more { Step::More } else { Step::Waiting })
     }
 

@@ -139,6 +139,19 @@ impl Receiver {
         }
     }
 
+    /// Waits until processed requests carry at least `n` events (retries counted).
+    pub async fn wait_processed(&self, within: Duration, n: usize) {
+        let what = format!("{n} events processed");
+        self.wait_until(within, &what, |r| {
+            r.iter()
+                .filter(|r| r.processed())
+                .map(|r| r.events().len())
+                .sum::<usize>()
+                >= n
+        })
+        .await
+    }
+
     /// Waits until a request arrives for which `hit` holds (each request is looked at
     /// once, so long runs stay cheap); false after `within`.
     pub async fn wait_for_request(
