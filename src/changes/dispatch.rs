@@ -263,8 +263,8 @@ impl Dispatcher {
             };
             // Viewers hash in O(1) (their hash is kept); one member after another with the
             // same viewer (one connection's channels) skips even that.
-            let mut distinct: HashMap<Arc<Viewer>, usize> = HashMap::new();
-            let mut viewers = Vec::new();
+            let mut distinct: HashMap<Arc<Viewer>, usize> = HashMap::with_capacity(matched.len());
+            let mut viewers = Vec::with_capacity(matched.len());
             let mut last: Option<(Arc<Viewer>, usize)> = None;
             let viewer_of = matched
                 .iter()

@@ -113,11 +113,15 @@ impl Member {
 pub(super) struct Matched {
     pub member: Arc<Member>,
     pub select: Option<Arc<[String]>>,
-    pub ids: Vec<u32>,
+    /// Mostly one id: kept inline, so matching allocates nothing per member.
+    pub ids: MatchedIds,
     /// Subscriptions whose filters were too costly to judge while matching (past the
     /// connection's inline budget): the filter lane judges them (`lane`).
     pub deferred: Vec<Entry>,
 }
+
+/// The ids of one member's matching subscriptions.
+pub(super) type MatchedIds = smallvec::SmallVec<[u32; 2]>;
 
 /// Row scope's gate for a role of the scope being matched.
 type GateOf<'a> = &'a dyn Fn(&str) -> Gate;
@@ -351,7 +355,9 @@ impl SubscriptionIndex {
             (TableScope::Schema(change.schema.as_str().into()), &open),
             (TableScope::All, &open),
         ];
-        // Per change and per matched subscription: a fast seeded hash (foldhash), not SipHash.
+        // Per change and per matched subscription: a fast seeded hash (foldhash), not SipHash,
+        // sized for each scope's scanned members so that a large fan-out does not rehash as
+        // it grows.
         let mut by_member: foldhash::HashMap<(MemberId, Option<usize>), Matched> =
             foldhash::HashMap::default();
         // Filter cost judged so far per connection.
@@ -360,6 +366,7 @@ impl SubscriptionIndex {
             let Some(mut subs) = self.by_scope.get_mut(scope) else {
                 continue;
             };
+            by_member.reserve(subs.scanned.members());
             subs.candidates(row, *gate_of, &mut |entry| {
                 let (pm, sub) = &**entry;
                 if sub.event.is_some_and(|e| e != change.op) {
@@ -386,7 +393,7 @@ impl SubscriptionIndex {
                     .or_insert_with(|| Matched {
                         member: pm.clone(),
                         select: sub.select.clone(),
-                        ids: Vec::new(),
+                        ids: MatchedIds::new(),
                         deferred: Vec::new(),
                     });
                 if defer {
@@ -537,7 +544,7 @@ mod tests {
             .into_iter()
             .map(|m| {
                 let deferred: Vec<u32> = m.deferred.iter().map(|e| e.1.id).collect();
-                (m.member.member, m.ids, deferred)
+                (m.member.member, m.ids.to_vec(), deferred)
             })
             .collect();
         by_member.sort();

@@ -19,7 +19,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use serde_json::value::RawValue;
 
 use super::dispatch::change_frame;
-use super::index::{Entry, Matched, Member};
+use super::index::{Entry, Matched, MatchedIds, Member};
 use super::row::Row;
 use crate::router::outbox::{PushError, Slot};
 use crate::router::Router;
@@ -66,7 +66,7 @@ struct Job {
     /// The change's judged row (shared by its jobs).
     row: Arc<Row>,
     /// Ids already judged matching on the shared path.
-    ids: Vec<u32>,
+    ids: MatchedIds,
     deferred: Vec<Entry>,
     /// The change's data as this member sees it.
     data: Box<RawValue>,

@@ -130,6 +130,11 @@ impl RoleGroups {
         self.groups.values().map(RoleGroup::len).sum()
     }
 
+    /// How many members hold entries here (one step per role).
+    pub fn members(&self) -> usize {
+        self.groups.values().map(|g| g.all.len()).sum()
+    }
+
     /// Calls `f` with every entry that may see `row`: per role, as `gate_of(role)` says
     /// (laying the group out again first when its gate changed).
     pub fn candidates(
