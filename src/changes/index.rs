@@ -123,6 +123,18 @@ pub(super) struct Matched {
 /// The ids of one member's matching subscriptions.
 pub(super) type MatchedIds = smallvec::SmallVec<[u32; 2]>;
 
+/// Where `candidates` found an entry: in a role group's by-member map, which yields each
+/// member's entries together (and no member is in two role groups), or elsewhere (an index
+/// or key bucket), where the same member may come again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Found {
+    ByMember,
+    Elsewhere,
+}
+
+/// What `candidates` calls for each entry.
+pub(super) type Visit<'a> = &'a mut dyn FnMut(&Entry, Found);
+
 /// Row scope's gate for a role of the scope being matched.
 type GateOf<'a> = &'a dyn Fn(&str) -> Gate;
 /// A subscription and its member, shared by every place that finds it.
@@ -194,11 +206,11 @@ impl ScopeSubs {
 
     /// Calls `f` with every entry that may match `row`: the scanned ones row scope lets
     /// through (`gate_of` a role), plus the indexed ones under the row's key.
-    fn candidates(&mut self, row: &Row, gate_of: &dyn Fn(&str) -> Gate, f: &mut dyn FnMut(&Entry)) {
+    fn candidates(&mut self, row: &Row, gate_of: &dyn Fn(&str) -> Gate, f: Visit<'_>) {
         self.scanned.candidates(row, gate_of, f);
         for (column, keys) in &self.by_eq {
             if let Some(subs) = column.key_of(row).and_then(|key| keys.get(&key)) {
-                subs.iter().for_each(&mut *f);
+                subs.iter().for_each(|e| f(e, Found::Elsewhere));
             }
         }
     }
@@ -355,19 +367,24 @@ impl SubscriptionIndex {
             (TableScope::Schema(change.schema.as_str().into()), &open),
             (TableScope::All, &open),
         ];
-        // Per change and per matched subscription: a fast seeded hash (foldhash), not SipHash,
-        // sized for each scope's scanned members so that a large fan-out does not rehash as
-        // it grows.
-        let mut by_member: foldhash::HashMap<(MemberId, Option<usize>), Matched> =
-            foldhash::HashMap::default();
+        // Matches in the order found. Entries found member by member (a role group's map)
+        // in one scope put each member's matches side by side, so merging a member's
+        // subscriptions looks back only over its own run; any other way (key buckets, more
+        // than one scope) may find a member again later, and `merged` then joins them.
+        let mut found: Vec<Matched> = Vec::new();
+        let mut side_by_side = true;
+        let mut scopes_found = 0;
+        // Where the current member's run starts in `found`.
+        let mut run = 0;
         // Filter cost judged so far per connection.
         let mut spent: foldhash::HashMap<u64, u64> = foldhash::HashMap::default();
         for (scope, gate_of) in &scopes {
             let Some(mut subs) = self.by_scope.get_mut(scope) else {
                 continue;
             };
-            by_member.reserve(subs.scanned.members());
-            subs.candidates(row, *gate_of, &mut |entry| {
+            found.reserve(subs.scanned.members());
+            let before = found.len();
+            subs.candidates(row, *gate_of, &mut |entry, how| {
                 let (pm, sub) = &**entry;
                 if sub.event.is_some_and(|e| e != change.op) {
                     return;
@@ -384,27 +401,73 @@ impl SubscriptionIndex {
                 if !defer && !sub.filter.matches(row) {
                     return;
                 }
-                let select_id = sub
-                    .select
-                    .as_ref()
-                    .map(|s| Arc::as_ptr(s) as *const u8 as usize);
-                let m = by_member
-                    .entry((pm.member, select_id))
-                    .or_insert_with(|| Matched {
-                        member: pm.clone(),
-                        select: sub.select.clone(),
-                        ids: MatchedIds::new(),
-                        deferred: Vec::new(),
-                    });
+                side_by_side &= how == Found::ByMember;
+                if found.get(run).is_none_or(|m| m.member.member != pm.member) {
+                    run = found.len();
+                }
+                let select = select_key(sub.select.as_ref());
+                let at = match found[run..]
+                    .iter()
+                    .position(|m| select_key(m.select.as_ref()) == select)
+                {
+                    Some(i) => run + i,
+                    None => {
+                        found.push(Matched {
+                            member: pm.clone(),
+                            select: sub.select.clone(),
+                            ids: MatchedIds::new(),
+                            deferred: Vec::new(),
+                        });
+                        found.len() - 1
+                    }
+                };
+                let m = &mut found[at];
                 if defer {
                     m.deferred.push(entry.clone());
                 } else if !m.ids.contains(&sub.id) {
                     m.ids.push(sub.id);
                 }
             });
+            scopes_found += usize::from(found.len() > before);
         }
-        by_member.into_values().collect()
+        if side_by_side && scopes_found <= 1 {
+            found
+        } else {
+            merged(found)
+        }
     }
+}
+
+/// A `select` by identity: bindings that select alike share one `Arc`.
+fn select_key(select: Option<&Arc<[String]>>) -> Option<usize> {
+    select.map(|s| Arc::as_ptr(s) as *const u8 as usize)
+}
+
+/// One `Matched` per member and `select`, joining the ids and deferred entries of every
+/// place the member was found (a fast seeded hash, foldhash, not SipHash).
+fn merged(found: Vec<Matched>) -> Vec<Matched> {
+    use std::collections::hash_map::Entry as Slot;
+    let mut at: foldhash::HashMap<(MemberId, Option<usize>), usize> =
+        foldhash::HashMap::with_capacity_and_hasher(found.len(), Default::default());
+    let mut out: Vec<Matched> = Vec::with_capacity(found.len());
+    for m in found {
+        match at.entry((m.member.member, select_key(m.select.as_ref()))) {
+            Slot::Occupied(i) => {
+                let into = &mut out[*i.get()];
+                for id in m.ids {
+                    if !into.ids.contains(&id) {
+                        into.ids.push(id);
+                    }
+                }
+                into.deferred.extend(m.deferred);
+            }
+            Slot::Vacant(v) => {
+                v.insert(out.len());
+                out.push(m);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -504,6 +567,105 @@ mod tests {
         assert_eq!(matched(&index, &change(A, "open")), vec![1, 3, 5]);
         assert_eq!(matched(&index, &change(A, "done")), vec![1, 4, 5]);
         assert_eq!(matched(&index, &change(B, "open")), vec![2, 5]);
+    }
+
+    /// Adds `member` with several subscriptions: (id, scope, filter, select).
+    fn subscribe_many(
+        index: &SubscriptionIndex,
+        member: MemberId,
+        subs: &[(u32, TableScope, &str, Option<Arc<[String]>>)],
+    ) {
+        let subs = subs
+            .iter()
+            .map(|(id, scope, filter_text, select)| Subscription {
+                id: *id,
+                event: None,
+                scope: scope.clone(),
+                filter: filter::parse(filter_text)
+                    .unwrap()
+                    .bind(&columns())
+                    .unwrap(),
+                select: select.clone(),
+            })
+            .collect();
+        let (tx, _rx) = outbox(8, 1024);
+        let subscriber = Subscriber {
+            member,
+            conn_id: member,
+            topic: "realtime:t".into(),
+            join_ref: "1".into(),
+            vsn: Vsn::V2,
+            outbox: ChannelOutbox::direct(tx),
+            viewer: Arc::new(Viewer::new("authenticated", "{}", None)),
+        };
+        index.add(subscriber, subs);
+    }
+
+    /// (member, has a select, sorted ids) of every `Matched`, sorted.
+    fn matched_ids(index: &SubscriptionIndex, c: &Change) -> Vec<(MemberId, bool, Vec<u32>)> {
+        let mut out: Vec<_> = index
+            .matching(c)
+            .into_iter()
+            .map(|m| {
+                let mut ids = m.ids.to_vec();
+                ids.sort();
+                (m.member.member, m.select.is_some(), ids)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_member_found_in_several_places_gets_one_match_per_select() {
+        let jobs = TableScope::Table {
+            schema: "public".into(),
+            table: "jobs".into(),
+        };
+        let status: Arc<[String]> = vec!["status".to_owned()].into();
+        let index = SubscriptionIndex::default();
+        // Member 2: two unfiltered subscriptions of one scope, found side by side.
+        subscribe_many(
+            &index,
+            2,
+            &[(20, jobs.clone(), "", None), (21, jobs.clone(), "", None)],
+        );
+        subscribe(&index, 3, "");
+        let c = change(A, "open");
+        assert_eq!(
+            matched_ids(&index, &c),
+            vec![(2, false, vec![20, 21]), (3, false, vec![3])]
+        );
+        // Member 1 is found scanned, under an `eq` key, in another scope, and with a
+        // `select` of its own.
+        subscribe_many(
+            &index,
+            1,
+            &[
+                (10, jobs.clone(), "", None),
+                (11, jobs.clone(), &format!("customer_id=eq.{A}"), None),
+                (12, TableScope::All, "", None),
+                (13, jobs.clone(), "", Some(status)),
+            ],
+        );
+        assert_eq!(
+            matched_ids(&index, &c),
+            vec![
+                (1, false, vec![10, 11, 12]),
+                (1, true, vec![13]),
+                (2, false, vec![20, 21]),
+                (3, false, vec![3])
+            ]
+        );
+        assert_eq!(
+            matched_ids(&index, &change(B, "open")),
+            vec![
+                (1, false, vec![10, 12]),
+                (1, true, vec![13]),
+                (2, false, vec![20, 21]),
+                (3, false, vec![3])
+            ]
+        );
     }
 
     #[test]

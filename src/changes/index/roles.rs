@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::Entry;
+use super::{Entry, Found, Visit};
 use crate::changes::keys::{ClaimKey, Gate, RowKey};
 use crate::changes::row::Row;
 use crate::router::MemberId;
@@ -137,26 +137,28 @@ impl RoleGroups {
 
     /// Calls `f` with every entry that may see `row`: per role, as `gate_of(role)` says
     /// (laying the group out again first when its gate changed).
-    pub fn candidates(
-        &mut self,
-        row: &Row,
-        gate_of: &dyn Fn(&str) -> Gate,
-        f: &mut dyn FnMut(&Entry),
-    ) {
+    pub fn candidates(&mut self, row: &Row, gate_of: &dyn Fn(&str) -> Gate, f: Visit<'_>) {
         for (role, group) in &mut self.groups {
             let gate = gate_of(role);
             if gate != group.gate {
                 group.rearrange(gate);
             }
             match &group.gate {
-                Gate::Open => group.all.values().flatten().for_each(&mut *f),
+                Gate::Open => group
+                    .all
+                    .values()
+                    .flatten()
+                    .for_each(|e| f(e, Found::ByMember)),
                 Gate::Nobody => {}
                 Gate::Keyed(keys) => {
                     for (i, key) in keys.iter().enumerate() {
                         let found = key.of_row(row).and_then(|k| group.by_key[i].get(&k));
-                        found.into_iter().flatten().for_each(&mut *f);
+                        found
+                            .into_iter()
+                            .flatten()
+                            .for_each(|e| f(e, Found::Elsewhere));
                     }
-                    group.unsure.iter().for_each(&mut *f);
+                    group.unsure.iter().for_each(|e| f(e, Found::Elsewhere));
                 }
             }
         }
