@@ -569,12 +569,10 @@ mod tests {
         assert_eq!(matched(&index, &change(B, "open")), vec![2, 5]);
     }
 
-    /// Adds `member` with several subscriptions: (id, scope, filter, select).
-    fn subscribe_many(
-        index: &SubscriptionIndex,
-        member: MemberId,
-        subs: &[(u32, TableScope, &str, Option<Arc<[String]>>)],
-    ) {
+    /// A subscription as `subscribe_many` takes it: (id, scope, filter, select).
+    type SubSpec<'a> = (u32, TableScope, &'a str, Option<Arc<[String]>>);
+
+    fn subscribe_many(index: &SubscriptionIndex, member: MemberId, subs: &[SubSpec<'_>]) {
         let subs = subs
             .iter()
             .map(|(id, scope, filter_text, select)| Subscription {

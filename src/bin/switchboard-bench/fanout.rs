@@ -32,6 +32,11 @@ pub struct FanoutArgs {
     /// deliver, low enough that Postgres leaves the CPU to the hub.
     #[arg(long, default_value_t = 1000.0)]
     pub saturation_rate: f64,
+    /// Rows per insert statement in the saturation window (one log row and one commit for
+    /// them all), so that Postgres, sharing the machine with the hub and the clients, can
+    /// offer more changes than the hub delivers.
+    #[arg(long, default_value_t = 10)]
+    pub saturation_statement_rows: i64,
     /// Skip the saturation window.
     #[arg(long)]
     pub no_saturation: bool,
@@ -74,6 +79,7 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), BenchError> {
         hub.pid,
         &url,
         a.writers,
+        Write::Insert,
         a.rate,
         c.window(),
         n as u64,
@@ -95,6 +101,7 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), BenchError> {
             hub.pid,
             &url,
             a.writers,
+            Write::InsertRows(a.saturation_statement_rows),
             a.saturation_rate,
             c.window(),
             n as u64,
@@ -102,8 +109,10 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), BenchError> {
         )
         .await?;
         summary += &format!(
-            "; saturation: {} changes/s offered -> {} deliveries/s, hub {} CPU µs/delivery",
+            "; saturation: {} changes/s offered ({} rows per statement) -> {} deliveries/s, \
+             hub {} CPU µs/delivery",
             sat["committed_per_s"],
+            a.saturation_statement_rows,
             sat["delivered_per_s_while_writing"],
             sat["hub_cpu_us_per_delivery"],
         );
@@ -142,14 +151,15 @@ pub async fn fanout(a: FanoutArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// Writers at `rate` (0: flat out) for `length`, then waits up to `drain_max` for
-/// stragglers.
+/// Writers writing `what` at `rate` changes/s (0: flat out) for `length`, then waits up
+/// to `drain_max` for stragglers.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn changes_window(
     clients: &Clients,
     hub_pid: Option<u32>,
     url: &str,
     writers: usize,
+    what: Write,
     rate: f64,
     length: Duration,
     receivers: u64,
@@ -162,14 +172,20 @@ pub(crate) async fn changes_window(
     let writing = {
         let (url, counts, stop) = (url.to_owned(), counts.clone(), stop.clone());
         tokio::spawn(async move {
-            pgload::run_writers(&url, writers, rate, Write::Insert, counts, stop).await
+            let statements = match what {
+                Write::InsertRows(rows) => rate / rows.max(1) as f64,
+                _ => rate,
+            };
+            pgload::run_writers(&url, writers, statements, what, counts, stop).await
         })
     };
     tokio::time::sleep(length).await;
     stop.cancel();
     let _ = writing.await;
     let while_writing = clients.delivered() - before;
-    let committed = counts.commits.load(std::sync::atomic::Ordering::Relaxed);
+    // Changes, not transactions: a statement of `InsertRows` commits many.
+    let committed = counts.rows.load(std::sync::atomic::Ordering::Relaxed);
+    let statements = counts.commits.load(std::sync::atomic::Ordering::Relaxed);
     let expected = before + committed * receivers;
     let drain = clients
         .drain(expected, Duration::from_secs(3), drain_max)
@@ -179,6 +195,7 @@ pub(crate) async fn changes_window(
     let got = clients.delivered() - before;
     out["delivered_per_s_while_writing"] = json!(crate::stats::rate(while_writing, length));
     out["committed"] = json!(committed);
+    out["statements"] = json!(statements);
     out["committed_per_s"] = json!(crate::stats::rate(committed, length));
     out["delivered_total"] = json!(got);
     out["delivered_ratio"] = json!(got as f64 / (committed * receivers).max(1) as f64);

@@ -25,6 +25,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::fanout::changes_window;
+use crate::pgload::Write;
 use crate::run::Clients;
 use crate::stats::report;
 use crate::ws::{self, JoinSpec};
@@ -148,6 +149,7 @@ async fn latency_window(
         pid,
         url,
         a.writers,
+        Write::Insert,
         a.rate,
         a.common.window(),
         a.subscribers as u64,

@@ -75,6 +75,9 @@ pub async fn setup(url: &str, customers: usize) -> Result<(), BenchError> {
 pub enum Write {
     /// One insert into `bench_events`.
     Insert,
+    /// One statement inserting this many rows into `bench_events` (one log row holding
+    /// them all), so writers can offer more changes than they can commit transactions.
+    InsertRows(i64),
     /// Update `rows` random portal rows (of `customers` customers) in one statement.
     UpdatePortal { customers: usize, rows: usize },
 }
@@ -114,6 +117,10 @@ pub async fn run_writers(
                 Write::Insert => {
                     "insert into public.bench_events (body, sent_at_us) values ($1, $2)"
                 }
+                Write::InsertRows(_) => {
+                    "insert into public.bench_events (body, sent_at_us) \
+                     select $1, $2 from generate_series(1, $3::int8)"
+                }
                 Write::UpdatePortal { .. } => {
                     "update public.portal_jobs set n = n + 1, sent_at_us = $2 where id = any($1)"
                 }
@@ -127,6 +134,9 @@ pub async fn run_writers(
                 }
                 let res = match what {
                     Write::Insert => client.execute(&stmt, &[&body, &now_us()]).await,
+                    Write::InsertRows(rows) => {
+                        client.execute(&stmt, &[&body, &now_us(), &rows]).await
+                    }
                     Write::UpdatePortal { customers, rows } => {
                         let ids: Vec<i64> = {
                             let mut rng = rand::rng();
