@@ -382,7 +382,8 @@ impl SubscriptionIndex {
             let Some(mut subs) = self.by_scope.get_mut(scope) else {
                 continue;
             };
-            found.reserve(subs.scanned.members());
+            // Sized up front: a large fan-out does not grow (and copy) as it goes.
+            found.reserve(subs.scanned.open_members());
             let before = found.len();
             subs.candidates(row, *gate_of, &mut |entry, how| {
                 let (pm, sub) = &**entry;

@@ -130,9 +130,14 @@ impl RoleGroups {
         self.groups.values().map(RoleGroup::len).sum()
     }
 
-    /// How many members hold entries here (one step per role).
-    pub fn members(&self) -> usize {
-        self.groups.values().map(|g| g.all.len()).sum()
+    /// How many members of roles whose gate was open last time hold entries here (one
+    /// step per role): the members a change will likely find, to size for.
+    pub fn open_members(&self) -> usize {
+        self.groups
+            .values()
+            .filter(|g| g.gate == Gate::Open)
+            .map(|g| g.all.len())
+            .sum()
     }
 
     /// Calls `f` with every entry that may see `row`: per role, as `gate_of(role)` says
