@@ -553,18 +553,21 @@ mod tests {
             filter,
             select: None,
         };
+        index.add(subscriber(member, viewer), vec![sub]);
+    }
+
+    /// A member of `realtime:t`, alone on its connection.
+    fn subscriber(member: MemberId, viewer: Viewer) -> Subscriber {
         let (tx, _rx) = outbox(8, 1024);
-        let outbox = ChannelOutbox::direct(tx);
-        let subscriber = Subscriber {
+        Subscriber {
             member,
             conn_id: member,
             topic: "realtime:t".into(),
             join_ref: "1".into(),
             vsn: Vsn::V2,
-            outbox,
+            outbox: ChannelOutbox::direct(tx),
             viewer: Arc::new(viewer),
-        };
-        index.add(subscriber, vec![sub]);
+        }
     }
 
     fn change(customer: &str, status: &str) -> Change {
@@ -621,17 +624,8 @@ mod tests {
                 select: select.clone(),
             })
             .collect();
-        let (tx, _rx) = outbox(8, 1024);
-        let subscriber = Subscriber {
-            member,
-            conn_id: member,
-            topic: "realtime:t".into(),
-            join_ref: "1".into(),
-            vsn: Vsn::V2,
-            outbox: ChannelOutbox::direct(tx),
-            viewer: Arc::new(Viewer::new("authenticated", "{}", None)),
-        };
-        index.add(subscriber, subs);
+        let viewer = Viewer::new("authenticated", "{}", None);
+        index.add(subscriber(member, viewer), subs);
     }
 
     /// (member, has a select, sorted ids) of every `Matched`, sorted.
