@@ -10,7 +10,7 @@ mod roles;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 use serde_json::Value;
@@ -222,9 +222,6 @@ pub(super) struct SubscriptionIndex {
     by_scope: DashMap<TableScope, ScopeSubs>,
     /// Each member's subscriptions' places, so leaving touches only those buckets.
     members: DashMap<MemberId, (Arc<Member>, Places)>,
-    /// One `Arc` per topic for all its members, and how many members hold it: dispatch
-    /// tells two members of one topic alike by pointer, without reading the name.
-    topics: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 /// The stable id of a requested entry: identical entries get identical ids (so frames
@@ -261,7 +258,7 @@ impl SubscriptionIndex {
         let pm = Arc::new(Member {
             member,
             conn_id: s.conn_id,
-            topic: self.intern(s.topic),
+            topic: s.topic,
             join_ref: s.join_ref,
             vsn: s.vsn,
             outbox: s.outbox,
@@ -283,45 +280,14 @@ impl SubscriptionIndex {
     }
 
     pub fn remove(&self, member: MemberId) {
-        let Some((_, (pm, places))) = self.members.remove(&member) else {
+        let Some((_, (_, places))) = self.members.remove(&member) else {
             return;
         };
-        self.release(&pm.topic);
         for (scope, slot) in places {
             if let Some(mut subs) = self.by_scope.get_mut(&scope) {
                 subs.remove_member(member, &slot);
             }
             self.by_scope.remove_if(&scope, |_, subs| subs.is_empty());
-        }
-    }
-
-    fn topics(&self) -> MutexGuard<'_, HashMap<Arc<str>, usize>> {
-        self.topics.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The topic's shared `Arc`, held once more.
-    fn intern(&self, topic: Arc<str>) -> Arc<str> {
-        match self.topics().entry(topic) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                *e.get_mut() += 1;
-                e.key().clone()
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let topic = e.key().clone();
-                e.insert(1);
-                topic
-            }
-        }
-    }
-
-    /// A member holding `topic` left.
-    fn release(&self, topic: &str) {
-        let mut topics = self.topics();
-        if let Some(held) = topics.get_mut(topic) {
-            *held -= 1;
-            if *held == 0 {
-                topics.remove(topic);
-            }
         }
     }
 
@@ -700,15 +666,11 @@ mod tests {
         let index = SubscriptionIndex::default();
         subscribe(&index, 1, &format!("customer_id=eq.{A}"));
         subscribe(&index, 2, "status=eq.open");
-        // Members of one topic share its name (dispatch compares them by pointer).
-        let both = index.matching(&change(A, "open"));
-        assert!(Arc::ptr_eq(&both[0].member.topic, &both[1].member.topic));
         index.remove(1);
         assert_eq!(matched(&index, &change(A, "open")), vec![2]);
         index.remove(2);
         assert!(index.is_empty());
         assert!(index.by_scope.is_empty());
-        assert!(index.topics().is_empty(), "no topic name kept for nobody");
     }
 
     #[test]

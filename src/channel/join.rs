@@ -291,7 +291,7 @@ impl Session {
             .unwrap_or_default();
         let resumed_subscriptions = claim.as_ref().map(|_| subscriptions.clone());
         let subscribed = !subscriptions.is_empty();
-        let subscriber = Subscriber {
+        let mut subscriber = Subscriber {
             member,
             conn_id: self.conn_id,
             topic: key.topic.clone(),
@@ -306,6 +306,7 @@ impl Session {
                 router.join(&key, m);
             }
             if subscribed {
+                subscriber.topic = router.shared_name(&key);
                 changes.subscribe(subscriber, subscriptions);
             }
         });

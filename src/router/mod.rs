@@ -236,6 +236,15 @@ impl Router {
         }
     }
 
+    /// The topic's name as the router holds it (one `Arc` for all its members, so
+    /// fan-out can tell two members of one topic alike by pointer); `key`'s own when the
+    /// topic has no member.
+    pub fn shared_name(&self, key: &TopicKey) -> Arc<str> {
+        self.topics
+            .get(key)
+            .map_or_else(|| key.topic.clone(), |t| t.key().topic.clone())
+    }
+
     fn topic(&self, key: &TopicKey) -> Option<Arc<Mutex<Topic>>> {
         self.topics.get(key).map(|t| t.value().clone())
     }
@@ -544,6 +553,25 @@ mod tests {
             private: false,
             topic: format!("realtime:{topic}").into(),
         }
+    }
+
+    #[test]
+    fn members_of_one_topic_share_its_name() {
+        let router = Router::new(Arc::new(Metrics::new()));
+        let (first, second) = (key("lobby"), key("lobby"));
+        assert!(!Arc::ptr_eq(&first.topic, &second.topic));
+        let (m, _rx) = member(1, false);
+        router.join(&first, m);
+        let shared = router.shared_name(&second);
+        assert!(
+            Arc::ptr_eq(&shared, &first.topic),
+            "the name the router holds"
+        );
+        let room = key("room");
+        assert!(
+            Arc::ptr_eq(&router.shared_name(&room), &room.topic),
+            "no member: its own"
+        );
     }
 
     #[test]
