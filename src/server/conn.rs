@@ -5,6 +5,7 @@
 //! the loop, the session is dropped (members leave) and the writer sends a close frame
 //! with the reason.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use futures_util::{Sink, Stream, StreamExt};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite;
 
-use super::writer::{Pinger, CLOSE_FLUSH_TIMEOUT};
+use super::writer::{Pinger, WriterHandle, CLOSE_FLUSH_TIMEOUT};
 use super::Hub;
 use crate::auth::Claims;
 use crate::channel::{ConnResume, Session};
@@ -36,7 +37,12 @@ fn is_too_large(e: axum::Error) -> bool {
 /// Runs a connection to completion: `sink` and `stream` are the two halves of the socket;
 /// `resume` is the connection's `resume=` key, if it opted in; `request_headers` are the
 /// upgrade's `x-` headers as JSON (private channel policies read them).
-pub async fn run_connection<W, R>(
+///
+/// The setup runs here; the returned future is the connection's life. It is what every
+/// open connection's task holds, so it keeps each value once: an `async fn` would keep
+/// its arguments a second time beside what it builds from them (rustc reserves an async
+/// fn's arguments for the whole call), about 160 bytes of every idle connection.
+pub fn run_connection<W, R>(
     hub: Arc<Hub>,
     sink: W,
     stream: R,
@@ -44,7 +50,8 @@ pub async fn run_connection<W, R>(
     claims: Claims,
     resume: Option<Arc<str>>,
     request_headers: Arc<str>,
-) where
+) -> impl Future<Output = ()>
+where
     W: Sink<Message> + Unpin + Send + 'static,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -80,89 +87,99 @@ pub async fn run_connection<W, R>(
     )
     .with_request_headers(request_headers);
     let idle = limits.idle_timeout;
-    let mut idle_deadline = Instant::now() + idle;
-    loop {
-        let expiry = session.next_expiry().map(|exp| {
-            let secs = (exp - chrono::Utc::now().timestamp()).max(0) as u64;
-            Instant::now() + Duration::from_secs(secs)
-        });
-        tokio::select! {
-            _ = closed.cancelled() => break,
-            _ = hub.shutdown.cancelled() => {
-                session.notify_shutdown();
-                tx.close(Close::Shutdown);
-                break;
-            }
-            _ = sleep_until(idle_deadline) => {
-                tx.close(Close::IdleTimeout);
-                break;
-            }
-            _ = sleep_until(expiry.unwrap_or(idle_deadline)), if expiry.is_some() => {
-                session.expire_tokens(chrono::Utc::now().timestamp());
-            }
-            msg = stream.next() => {
-                let msg = match msg {
-                    Some(Ok(msg)) => msg,
-                    Some(Err(e)) => {
-                        tracing::debug!(conn_id, error = %e, "socket read failed");
-                        let reason = if is_too_large(e) {
-                            metrics.limit_hit(conn_id, "frame_too_large");
-                            Close::FrameTooLarge
-                        } else {
-                            Close::Gone
-                        };
-                        tx.close(reason);
-                        break;
-                    }
-                    None => {
-                        tx.close(Close::Gone);
-                        break;
-                    }
-                };
-                idle_deadline = Instant::now() + idle;
-                let decoded = match msg {
-                    Message::Text(text) => protocol::decode_text(vsn, text.as_str()),
-                    Message::Binary(bytes) => protocol::decode_binary(&bytes),
-                    Message::Close(_) => {
-                        tx.close(Close::Gone);
-                        break;
-                    }
-                    Message::Pong(data) => {
-                        if let (Some(acks), Ok(id)) = (&acks, <[u8; 8]>::try_from(&data[..])) {
-                            acks.pong(u64::from_be_bytes(id));
+    async move {
+        let mut idle_deadline = Instant::now() + idle;
+        loop {
+            let expiry = session.next_expiry().map(|exp| {
+                let secs = (exp - chrono::Utc::now().timestamp()).max(0) as u64;
+                Instant::now() + Duration::from_secs(secs)
+            });
+            tokio::select! {
+                _ = closed.cancelled() => break,
+                _ = hub.shutdown.cancelled() => {
+                    session.notify_shutdown();
+                    tx.close(Close::Shutdown);
+                    break;
+                }
+                _ = sleep_until(idle_deadline) => {
+                    tx.close(Close::IdleTimeout);
+                    break;
+                }
+                _ = sleep_until(expiry.unwrap_or(idle_deadline)), if expiry.is_some() => {
+                    session.expire_tokens(chrono::Utc::now().timestamp());
+                }
+                msg = stream.next() => {
+                    let msg = match msg {
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) => {
+                            tracing::debug!(conn_id, error = %e, "socket read failed");
+                            let reason = if is_too_large(e) {
+                                metrics.limit_hit(conn_id, "frame_too_large");
+                                Close::FrameTooLarge
+                            } else {
+                                Close::Gone
+                            };
+                            tx.close(reason);
+                            break;
                         }
-                        continue;
-                    }
-                    Message::Ping(_) => continue,
-                };
-                match decoded {
-                    // Boxed: a join awaits database lookups whose large state would otherwise be
-                    // reserved inside every idle connection's task.
-                    Ok(inbound) => Box::pin(session.handle(inbound)).await,
-                    Err(e) => {
-                        metrics.dropped("malformed_frame", 1);
-                        let response = ReplyError::Malformed(e).response();
-                        let frame = protocol::encode_reply(vsn, None, None, "phoenix", "error", &response);
-                        hub.services.router.deliver(&tx, conn_id, frame, "reply");
+                        None => {
+                            tx.close(Close::Gone);
+                            break;
+                        }
+                    };
+                    idle_deadline = Instant::now() + idle;
+                    let decoded = match msg {
+                        Message::Text(text) => protocol::decode_text(vsn, text.as_str()),
+                        Message::Binary(bytes) => protocol::decode_binary(&bytes),
+                        Message::Close(_) => {
+                            tx.close(Close::Gone);
+                            break;
+                        }
+                        Message::Pong(data) => {
+                            if let (Some(acks), Ok(id)) = (&acks, <[u8; 8]>::try_from(&data[..])) {
+                                acks.pong(u64::from_be_bytes(id));
+                            }
+                            continue;
+                        }
+                        Message::Ping(_) => continue,
+                    };
+                    match decoded {
+                        // Boxed: a join awaits database lookups whose large state would otherwise be
+                        // reserved inside every idle connection's task.
+                        Ok(inbound) => Box::pin(session.handle(inbound)).await,
+                        Err(e) => {
+                            metrics.dropped("malformed_frame", 1);
+                            let response = ReplyError::Malformed(e).response();
+                            let frame = protocol::encode_reply(vsn, None, None, "phoenix", "error", &response);
+                            hub.services.router.deliver(&tx, conn_id, frame, "reply");
+                        }
                     }
                 }
             }
         }
+        drop(session);
+        drop(tx);
+        metrics.connections.dec();
+        // Boxed: its timers would otherwise be reserved inside every open connection's task.
+        Box::pin(drain_and_finish(writer, stream)).await;
+        tracing::debug!(conn_id, "connection closed");
     }
-    drop(session);
-    drop(tx);
-    metrics.connections.dec();
-    // While the writer flushes and closes, keep reading (and discarding) what the client
-    // still sends, until it answers the close frame or goes quiet: a socket closed with
-    // unread input is reset, and a reset makes the client drop what it has not read yet
-    // (a join flood's error reply and close frame were lost so). A client that stopped
-    // reading could keep its socket forever: give up on both after a while.
+}
+
+/// While the writer flushes and closes, keeps reading (and discarding) what the client
+/// still sends, until it answers the close frame or goes quiet: a socket closed with
+/// unread input is reset, and a reset makes the client drop what it has not read yet (a
+/// join flood's error reply and close frame were lost so). A client that stopped reading
+/// could keep its socket forever: gives up on both after a while.
+async fn drain_and_finish<R>(writer: WriterHandle, mut stream: R)
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
     let drain = async {
         while let Ok(Some(Ok(_))) = tokio::time::timeout(DRAIN_QUIET, stream.next()).await {}
     };
     let both = async { tokio::join!(writer.finish(CLOSE_FLUSH_TIMEOUT * 2), drain) };
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT * 2, both).await;
-    tracing::debug!(conn_id, "connection closed");
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -175,12 +175,14 @@ async fn websocket(
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let tracker = hub.connections.clone();
-            tracker.track_future(async move {
-                let (sink, stream) = socket.split();
-                conn::run_connection(hub, sink, stream, vsn, claims, resume, x_headers).await;
-                drop(permit);
-                drop(slot);
-            })
+            let (sink, stream) = socket.split();
+            let fut = conn::run_connection(hub, sink, stream, vsn, claims, resume, x_headers).map(
+                move |()| {
+                    drop(permit);
+                    drop(slot);
+                },
+            );
+            tracker.track_future(fut)
         })
 }
 
