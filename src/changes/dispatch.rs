@@ -22,6 +22,7 @@ use super::catalog::{Catalog, TableInfo};
 use super::index::{Matched, SubscriptionIndex};
 use super::lane::Lane;
 use super::payload::{change_data, shape_key, ChangePayload, Conversions, FieldSizes, ShapeKey};
+use super::recycle::Recycled;
 use super::row::{Change, DbBroadcast, DbEvent, LogBatch, Row};
 use super::scope::{RlsChecker, Viewer, Visibility};
 use super::stats::ChangeStats;
@@ -112,7 +113,22 @@ pub struct Dispatcher {
     pub(super) progress: Arc<Progress>,
     /// Judges the filters too costly for this path (`lane`).
     pub(super) lane: Lane,
+    /// Large per-change buffers kept for the next change.
+    pub(super) spare: Spare,
 }
+
+/// Large per-change buffers, given back once a change is delivered and kept (bounded,
+/// see `recycle`) so that the next one does not fault in fresh pages.
+#[derive(Default)]
+pub(super) struct Spare {
+    matched: Recycled<Vec<Matched>>,
+    viewer_of: Recycled<Vec<usize>>,
+    viewers: Recycled<Vec<Arc<Viewer>>>,
+    distinct: Recycled<HashMap<Arc<Viewer>, usize>>,
+}
+
+/// Dispatch idle this long frees the buffers it kept.
+const RELEASE_SPARE_AFTER: Duration = Duration::from_secs(2);
 
 /// Batches whose row-scope checks may be in flight at once (over the pool); delivery
 /// still happens strictly in capture order.
@@ -143,14 +159,22 @@ pub async fn run_dispatch(
         })
         .buffered(PIPELINE_DEPTH);
     let mut checked = std::pin::pin!(checked);
+    // Whether buffers may be kept since dispatch was last idle.
+    let mut kept = false;
     loop {
         let (mark, steps, visibility) = tokio::select! {
             next = checked.next() => match next { Some(n) => n, None => return },
             _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RELEASE_SPARE_AFTER), if kept => {
+                d.release_spare();
+                kept = false;
+                continue;
+            }
         };
         if shutdown.is_cancelled() {
             return;
         }
+        kept = true;
         let mut vis = visibility.into_iter();
         for step in steps {
             match step {
@@ -158,6 +182,7 @@ pub async fn run_dispatch(
                 Step::Change(p) => {
                     let v = vis.next().unwrap_or_default();
                     d.deliver_change(&p, &v);
+                    d.recycle(p, v);
                 }
             }
         }
@@ -217,10 +242,13 @@ impl Dispatcher {
                     events.push(MatchedEvent::Broadcast(b, members));
                 }
                 DbEvent::Change(c) => {
-                    let matched = self
-                        .index
-                        .matching_gated(&c, &gate_of, self.lane.inline_cost);
-                    if !matched.is_empty() {
+                    let into = self.spare.matched.take();
+                    let matched =
+                        self.index
+                            .matching_gated(&c, &gate_of, self.lane.inline_cost, into);
+                    if matched.is_empty() {
+                        self.spare.matched.give(matched);
+                    } else {
                         events.push(MatchedEvent::Change(c, matched));
                     }
                 }
@@ -263,26 +291,27 @@ impl Dispatcher {
             };
             // Viewers hash in O(1) (their hash is kept); one member after another with the
             // same viewer (one connection's channels) skips even that.
-            let mut distinct: HashMap<Arc<Viewer>, usize> = HashMap::with_capacity(matched.len());
-            let mut viewers = Vec::with_capacity(matched.len());
+            let mut distinct = self.spare.distinct.take();
+            distinct.reserve(matched.len());
+            let mut viewers = self.spare.viewers.take();
+            viewers.reserve(matched.len());
+            let mut viewer_of = self.spare.viewer_of.take();
             let mut last: Option<(Arc<Viewer>, usize)> = None;
-            let viewer_of = matched
-                .iter()
-                .map(|m| {
-                    let v = m.member.viewer();
-                    if let Some((prev, i)) = &last {
-                        if Arc::ptr_eq(prev, &v) {
-                            return *i;
-                        }
+            viewer_of.extend(matched.iter().map(|m| {
+                let v = m.member.viewer();
+                if let Some((prev, i)) = &last {
+                    if Arc::ptr_eq(prev, &v) {
+                        return *i;
                     }
-                    let i = *distinct.entry(v.clone()).or_insert_with(|| {
-                        viewers.push(v.clone());
-                        viewers.len() - 1
-                    });
-                    last = Some((v, i));
-                    i
-                })
-                .collect();
+                }
+                let i = *distinct.entry(v.clone()).or_insert_with(|| {
+                    viewers.push(v.clone());
+                    viewers.len() - 1
+                });
+                last = Some((v, i));
+                i
+            }));
+            self.spare.distinct.give(distinct);
             steps.push(Step::Change(Planned {
                 change,
                 table,
@@ -323,6 +352,23 @@ impl Dispatcher {
         })
         .await
         .unwrap_or_default()
+    }
+
+    /// Keeps a delivered change's large buffers for the next changes.
+    fn recycle(&self, p: Planned, answers: Vec<Visibility>) {
+        self.spare.matched.give(p.matched);
+        self.spare.viewer_of.give(p.viewer_of);
+        self.spare.viewers.give(p.viewers);
+        self.rls.recycle(answers);
+    }
+
+    /// Frees the buffers kept while dispatch was busy.
+    fn release_spare(&self) {
+        self.spare.matched.release();
+        self.spare.viewer_of.release();
+        self.spare.viewers.release();
+        self.spare.distinct.release();
+        self.rls.release_spare();
     }
 
     /// A message from `realtime.messages` to the members it was matched for, with

@@ -337,21 +337,24 @@ impl SubscriptionIndex {
     /// member with all its matching ids. Filters see the change's judged row.
     #[cfg(test)]
     pub fn matching(&self, change: &Change) -> Vec<Matched> {
-        self.matching_gated(change, &|_, _, _| Gate::Open, u64::MAX)
+        self.matching_gated(change, &|_, _, _| Gate::Open, u64::MAX, Vec::new())
     }
 
     /// [`SubscriptionIndex::matching`], leaving out whom row scope's gates (by schema,
     /// table and role) show nothing of the change's table. Each connection's filters
     /// are judged here up to `inline_budget` of `BoundFilter::cost` for this change; the
-    /// rest are returned as `deferred` candidates, unjudged.
+    /// rest are returned as `deferred` candidates, unjudged. Matches go into `found`, an
+    /// empty buffer (dispatch reuses large ones).
     pub fn matching_gated(
         &self,
         change: &Change,
         gates: &dyn Fn(&str, &str, &str) -> Gate,
         inline_budget: u64,
+        mut found: Vec<Matched>,
     ) -> Vec<Matched> {
+        debug_assert!(found.is_empty());
         let Some(row) = change.judged_row() else {
-            return Vec::new();
+            return found;
         };
         let table_gate = |role: &str| gates(&change.schema, &change.table, role);
         let open = |_: &str| Gate::Open;
@@ -371,7 +374,6 @@ impl SubscriptionIndex {
         // in one scope put each member's matches side by side, so merging a member's
         // subscriptions looks back only over its own run; any other way (key buckets, more
         // than one scope) may find a member again later, and `merged` then joins them.
-        let mut found: Vec<Matched> = Vec::new();
         let mut side_by_side = true;
         let mut scopes_found = 0;
         // Where the current member's run starts in `found`.
@@ -695,7 +697,7 @@ mod tests {
         subscribe(&index, 3, &format!("customer_id=eq.{A}"));
         let c = change(A, "open");
         let mut by_member: Vec<_> = index
-            .matching_gated(&c, &|_, _, _| Gate::Open, 11)
+            .matching_gated(&c, &|_, _, _| Gate::Open, 11, Vec::new())
             .into_iter()
             .map(|m| {
                 let deferred: Vec<u32> = m.deferred.iter().map(|e| e.1.id).collect();
@@ -714,7 +716,7 @@ mod tests {
             ]
         );
         let judged: Vec<_> = index
-            .matching_gated(&c, &|_, _, _| Gate::Open, 12)
+            .matching_gated(&c, &|_, _, _| Gate::Open, 12, Vec::new())
             .into_iter()
             .map(|m| (m.member.member, m.deferred.len()))
             .collect();
@@ -749,7 +751,7 @@ mod tests {
         };
         let gated = |c: &Change| {
             let mut m: Vec<_> = index
-                .matching_gated(c, &|_, _, role| gates(role), u64::MAX)
+                .matching_gated(c, &|_, _, role| gates(role), u64::MAX, Vec::new())
                 .iter()
                 .map(|m| m.member.member)
                 .collect();

@@ -14,6 +14,7 @@ mod index;
 mod keys;
 mod lane;
 mod payload;
+mod recycle;
 mod render;
 mod replay;
 mod row;
@@ -148,6 +149,7 @@ impl Changes {
             rls,
             stats: self.stats.clone(),
             progress: self.progress.clone(),
+            spare: Default::default(),
         };
         dispatch::run_dispatch(d, events, shutdown).await;
     }

@@ -22,6 +22,7 @@ use tokio_postgres::types::Json;
 
 use super::catalog::TableInfo;
 use super::keys::{self, ClaimKey, Gate, RowKey};
+use super::recycle::Recycled;
 use super::row::{Change, Op, Row};
 use crate::auth::Claims;
 
@@ -230,6 +231,8 @@ pub struct RlsChecker {
     pool: Pool,
     /// Held only between awaits, never across one.
     cache: Arc<Mutex<RuleCache>>,
+    /// Answer vectors given back after delivery (`recycle`), for the next checks.
+    spare: Arc<Recycled<Vec<Visibility>>>,
 }
 
 /// One change with the distinct viewers whose subscriptions matched it.
@@ -262,7 +265,31 @@ impl RlsChecker {
         RlsChecker {
             pool,
             cache: Arc::default(),
+            spare: Arc::default(),
         }
+    }
+
+    /// Gives back a change's answers once delivered: kept for later checks (bounded).
+    pub fn recycle(&self, answers: Vec<Visibility>) {
+        self.spare.give(answers);
+    }
+
+    /// Frees the answer vectors kept for later checks.
+    pub fn release_spare(&self) {
+        self.spare.release();
+    }
+
+    /// Every viewer of every item hidden (where each check starts), in vectors kept
+    /// from earlier changes.
+    fn hidden(&self, items: &[Item<'_>]) -> Vec<Vec<Visibility>> {
+        items
+            .iter()
+            .map(|(_, _, viewers)| {
+                let mut answers = self.spare.take();
+                answers.resize(viewers.len(), Visibility::HIDDEN);
+                answers
+            })
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RuleCache> {
@@ -383,7 +410,7 @@ impl RlsChecker {
     /// result is aligned with `items` and each item's viewers.
     pub async fn check(&self, items: &[Item<'_>]) -> Result<Vec<Vec<Visibility>>, RlsError> {
         if items.iter().all(|(_, _, viewers)| viewers.is_empty()) {
-            return Ok(hidden(items));
+            return Ok(self.hidden(items));
         }
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(RULES_VERSION).await?;
@@ -400,7 +427,7 @@ impl RlsChecker {
         items: &[Item<'_>],
     ) -> Result<Vec<Vec<Visibility>>, RlsError> {
         if items.iter().all(|(_, _, viewers)| viewers.is_empty()) {
-            return Ok(hidden(items));
+            return Ok(self.hidden(items));
         }
         self.judge(items, None).await
     }
@@ -410,7 +437,7 @@ impl RlsChecker {
         items: &[Item<'_>],
         mut client: Option<deadpool_postgres::Client>,
     ) -> Result<Vec<Vec<Visibility>>, RlsError> {
-        let mut result = hidden(items);
+        let mut result = self.hidden(items);
         let fetched = self.rules(&mut client, items).await?;
         let rules: foldhash::HashMap<(u32, &str), &Rule> = fetched
             .iter()
@@ -506,14 +533,6 @@ impl RlsChecker {
         }
         Ok(result)
     }
-}
-
-/// Every viewer of every item hidden: where each check starts.
-fn hidden(items: &[Item<'_>]) -> Vec<Vec<Visibility>> {
-    items
-        .iter()
-        .map(|(_, _, viewers)| vec![Visibility::HIDDEN; viewers.len()])
-        .collect()
 }
 
 impl<'a> Batch<'a> {
