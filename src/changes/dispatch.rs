@@ -10,6 +10,8 @@
 //! is queued, `Progress::delivered` moves on (connections turn it into acknowledged
 //! positions).
 
+mod held;
+
 use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +30,7 @@ use super::scope::{RlsChecker, Viewer, Visibility};
 use super::stats::ChangeStats;
 use crate::protocol::{self, Broadcast, BroadcastPayload, SystemMessage, Vsn, WireFrame};
 use crate::router::{MemberId, Router, TopicKey};
+use held::{At, Held, OutboxOf, MAX_HELD};
 
 /// A point in the stream of batches: how many have passed and the log position after
 /// the last one.
@@ -161,12 +164,15 @@ pub async fn run_dispatch(
     let mut checked = std::pin::pin!(checked);
     // Whether buffers may be kept since dispatch was last idle.
     let mut kept = false;
+    let mut held = Held::default();
+    let mut segment = Vec::new();
     loop {
         let (mark, steps, visibility) = tokio::select! {
             next = checked.next() => match next { Some(n) => n, None => return },
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(RELEASE_SPARE_AFTER), if kept => {
                 d.release_spare();
+                held.release();
                 kept = false;
                 continue;
             }
@@ -176,16 +182,17 @@ pub async fn run_dispatch(
         }
         kept = true;
         let mut vis = visibility.into_iter();
+        // Changes between two database broadcasts are delivered together (`held`).
         for step in steps {
             match step {
-                Step::Broadcast(b, members) => d.deliver_broadcast(b, &members),
-                Step::Change(p) => {
-                    let v = vis.next().unwrap_or_default();
-                    d.deliver_change(&p, &v);
-                    d.recycle(p, v);
+                Step::Broadcast(b, members) => {
+                    d.deliver_changes(&mut segment, &mut held);
+                    d.deliver_broadcast(b, &members);
                 }
+                Step::Change(p) => segment.push((p, vis.next().unwrap_or_default())),
             }
         }
+        d.deliver_changes(&mut segment, &mut held);
         d.progress.delivered.send_replace(Some(mark));
     }
 }
@@ -410,7 +417,39 @@ impl Dispatcher {
             .deliver(&m.member.outbox, m.member.conn_id, frame, "system");
     }
 
-    fn deliver_change(&self, p: &Planned, vis: &[Visibility]) {
+    /// Delivers a run of changes in order, holding each connection's frames until the
+    /// end of the run (or `MAX_HELD`) to queue them together; then keeps their buffers.
+    fn deliver_changes(&self, segment: &mut Vec<(Planned, Vec<Visibility>)>, held: &mut Held) {
+        let metrics = self.router.metrics();
+        {
+            let segment = &segment[..];
+            let outbox_of = |at: At| {
+                &segment[at.change as usize].0.matched[at.member as usize]
+                    .member
+                    .outbox
+            };
+            for at in 0..segment.len() {
+                self.deliver_change(at, segment, held, &outbox_of);
+                if held.len() >= MAX_HELD {
+                    metrics.message_out("postgres_changes", held.flush(&self.router, &outbox_of));
+                }
+            }
+            metrics.message_out("postgres_changes", held.flush(&self.router, &outbox_of));
+        }
+        for (p, v) in segment.drain(..) {
+            self.recycle(p, v);
+        }
+    }
+
+    /// Frames for the change at `at` of `segment`, held in `held`.
+    fn deliver_change(
+        &self,
+        at: usize,
+        segment: &[(Planned, Vec<Visibility>)],
+        held: &mut Held,
+        outbox_of: &OutboxOf<'_>,
+    ) {
+        let (p, vis) = &segment[at];
         let metrics = self.router.metrics();
         let mut payloads = Payloads::default();
         // The judged row, shared by the filter lane's jobs for this change.
@@ -423,9 +462,14 @@ impl Dispatcher {
         // takes it after comparing keys, without hashing (the topic by pointer first).
         let mut last: Option<LastFrame<'_>> = None;
         // Counted once per change, not per receiver.
-        let (mut sent, mut hidden) = (0u64, 0u64);
-        for (m, &vi) in p.matched.iter().zip(&p.viewer_of) {
+        let mut hidden = 0u64;
+        for (i, (m, &vi)) in p.matched.iter().zip(&p.viewer_of).enumerate() {
+            let at = At {
+                change: at as u32,
+                member: i as u32,
+            };
             if let Some(problem) = vis.get(vi).and_then(|v| v.problem.as_deref()) {
+                held.flush_conn(m.member.conn_id, &self.router, outbox_of);
                 self.tell_problem(m, &p.change, problem);
             }
             let Some(v) = vis.get(vi).filter(|v| v.visible) else {
@@ -438,6 +482,7 @@ impl Dispatcher {
                 let data = payloads.data(p, shape_key, v, m.select.as_ref());
                 if let (Some(data), Some(row)) = (data, p.change.judged_row()) {
                     let row = lane_row.get_or_insert_with(|| Arc::new(row.clone()));
+                    held.flush_conn(m.member.conn_id, &self.router, outbox_of);
                     self.lane.defer(m, row, data.to_owned());
                 }
                 continue;
@@ -448,8 +493,7 @@ impl Dispatcher {
                     && (Arc::ptr_eq(l.topic, &m.member.topic) || *l.topic == m.member.topic)
                     && l.ids == m.ids.as_slice()
                 {
-                    let frame = l.frame.clone();
-                    sent += u64::from(self.router.push(&m.member.outbox, m.member.conn_id, frame));
+                    held.hold(at, m.member.conn_id, l.frame.clone());
                     continue;
                 }
             }
@@ -472,9 +516,8 @@ impl Dispatcher {
                 ids: m.ids.as_slice(),
                 frame: frame.clone(),
             });
-            sent += u64::from(self.router.push(&m.member.outbox, m.member.conn_id, frame));
+            held.hold(at, m.member.conn_id, frame);
         }
-        metrics.message_out("postgres_changes", sent);
         metrics.dropped("row_scope", hidden);
         let lag = chrono::Utc::now().signed_duration_since(p.change.commit_time);
         metrics

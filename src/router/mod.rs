@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::protocol::{self, Broadcast, Vsn, WireFrame};
 use crate::telemetry::Metrics;
-use outbox::{ChannelOutbox, FrameSink, PushError};
+use outbox::{ChannelOutbox, FrameSink, OutboxTx, PushError};
 use presence::{Diff, PresenceState};
 pub use presence::{PresenceFull, PresenceLimits};
 
@@ -222,6 +222,15 @@ impl Router {
     /// consumer it cuts off.
     pub fn push(&self, outbox: &impl FrameSink, conn_id: u64, frame: WireFrame) -> bool {
         self.counted(outbox.push_frame(frame), conn_id)
+    }
+
+    /// Queues a run of frames to one connection (`OutboxTx::push_run`); how many went in.
+    pub fn push_run(&self, tx: &OutboxTx, conn_id: u64, frames: &mut Vec<WireFrame>) -> usize {
+        let (queued, result) = tx.push_run(frames);
+        if result.is_err() {
+            self.counted(result, conn_id);
+        }
+        queued
     }
 
     /// Whether a push queued its frame; counts a slow consumer it cut off.

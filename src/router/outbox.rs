@@ -179,6 +179,51 @@ impl OutboxTx {
         self.push_queued(Queued::Frame(frame), snapshot)
     }
 
+    /// Queues `frames` in order, as one `push` each would, but under one lock and with
+    /// one wake-up of the writer (dispatch queues a batch's frames per connection so).
+    /// Empties `frames`. Returns how many were queued and, if one was not, why: on
+    /// overflow the connection is closed and the rest are dropped.
+    pub fn push_run(&self, frames: &mut Vec<WireFrame>) -> (usize, Result<(), PushError>) {
+        let shared = &*self.shared;
+        if frames.is_empty() {
+            return (0, Ok(()));
+        }
+        if shared.is_closed() {
+            frames.clear();
+            return (0, Err(PushError::Closed));
+        }
+        let total: usize = frames.iter().map(frame_len).sum();
+        let mut before = shared.queued_bytes.fetch_add(total, Ordering::AcqRel);
+        let mut refused = 0;
+        let queued = {
+            let mut queue = shared.queue();
+            let mut queued = 0;
+            for frame in frames.drain(..) {
+                let len = frame_len(&frame);
+                if refused > 0
+                    || queue.len() >= shared.max_frames
+                    || (before != 0 && before + len > shared.max_bytes)
+                {
+                    refused += len;
+                    continue;
+                }
+                queue.push_back(Queued::Frame(frame));
+                before += len;
+                queued += 1;
+            }
+            queued
+        };
+        if queued > 0 {
+            shared.writer.wake();
+        }
+        if refused == 0 {
+            return (queued, Ok(()));
+        }
+        shared.queued_bytes.fetch_sub(refused, Ordering::AcqRel);
+        shared.close(Close::SlowConsumer);
+        (queued, Err(PushError::Overflow))
+    }
+
     /// Reserves a frame's place at the end of the queue: it counts as a frame, and as
     /// `bytes` until taken.
     fn reserve(&self, bytes: usize) -> Result<Slot, PushError> {
@@ -336,6 +381,11 @@ impl ChannelOutbox {
 
     pub fn tx(&self) -> &OutboxTx {
         &self.tx
+    }
+
+    /// Whether frames go straight to the connection's queue (no gate, never resumed).
+    pub fn is_direct(&self) -> bool {
+        self.gate.is_none()
     }
 }
 
@@ -601,6 +651,33 @@ mod tests {
         let (tx, _rx) = outbox(1, 1 << 20);
         let _slot = tx.reserve(0).unwrap();
         assert!(matches!(tx.reserve(0), Err(PushError::Overflow)));
+    }
+
+    #[tokio::test]
+    async fn a_run_is_queued_in_order_and_bounded_like_single_pushes() {
+        let (tx, mut rx) = outbox(100, 10);
+        let mut run = vec![text(3), text(4), text(2)];
+        assert_eq!(tx.push_run(&mut run), (3, Ok(())));
+        assert!(run.is_empty());
+        assert_eq!(tx.queued_bytes(), 9);
+        for n in [3, 4, 2] {
+            assert_eq!(frame_len(&rx.recv().await.unwrap()), n, "in order");
+        }
+        assert_eq!(tx.queued_bytes(), 0);
+        // The third goes past the byte bound: the first two stay queued, the rest dropped.
+        let mut run = vec![text(4), text(4), text(4), text(1)];
+        assert_eq!(tx.push_run(&mut run), (2, Err(PushError::Overflow)));
+        assert_eq!(tx.queued_bytes(), 8, "only what was queued counts");
+        assert_eq!(rx.close_reason(), Some(Close::SlowConsumer));
+        let mut run = vec![text(1)];
+        assert_eq!(tx.push_run(&mut run), (0, Err(PushError::Closed)));
+        // By count, and a large first frame to an empty queue, as `push`.
+        let (tx, _rx) = outbox(2, 10);
+        let mut run = vec![text(50), text(1), text(1)];
+        assert_eq!(tx.push_run(&mut run).0, 1);
+        let (tx, _rx) = outbox(2, 1 << 20);
+        let mut run = vec![text(1), text(1), text(1)];
+        assert_eq!(tx.push_run(&mut run), (2, Err(PushError::Overflow)));
     }
 
     #[tokio::test]
