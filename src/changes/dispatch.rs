@@ -127,7 +127,7 @@ pub(super) struct Spare {
     matched: Recycled<Vec<Matched>>,
     viewer_of: Recycled<Vec<usize>>,
     viewers: Recycled<Vec<Arc<Viewer>>>,
-    distinct: Recycled<HashMap<Arc<Viewer>, usize>>,
+    distinct: Recycled<hashbrown::HashTable<usize>>,
 }
 
 /// Dispatch idle this long frees the buffers it kept.
@@ -296,29 +296,7 @@ impl Dispatcher {
                 // Dropped since: nobody can be shown a row of a table that is gone.
                 Some(None) => continue,
             };
-            // Viewers hash in O(1) (their hash is kept); one member after another with the
-            // same viewer (one connection's channels) skips even that.
-            let mut distinct = self.spare.distinct.take();
-            distinct.reserve(matched.len());
-            let mut viewers = self.spare.viewers.take();
-            viewers.reserve(matched.len());
-            let mut viewer_of = self.spare.viewer_of.take();
-            let mut last: Option<(Arc<Viewer>, usize)> = None;
-            viewer_of.extend(matched.iter().map(|m| {
-                let v = m.member.viewer();
-                if let Some((prev, i)) = &last {
-                    if Arc::ptr_eq(prev, &v) {
-                        return *i;
-                    }
-                }
-                let i = *distinct.entry(v.clone()).or_insert_with(|| {
-                    viewers.push(v.clone());
-                    viewers.len() - 1
-                });
-                last = Some((v, i));
-                i
-            }));
-            self.spare.distinct.give(distinct);
+            let (viewer_of, viewers) = self.distinct_viewers(&matched);
             steps.push(Step::Change(Planned {
                 change,
                 table,
@@ -328,6 +306,45 @@ impl Dispatcher {
             }));
         }
         steps
+    }
+
+    /// Each matched member's viewer, as an index into the change's distinct viewers.
+    /// Viewers hash in O(1) (their hash is kept) and are looked at under the member's
+    /// lock without being cloned; a viewer is cloned once, into the distinct list. One
+    /// member after another with the same viewer (one connection's channels) skips even
+    /// the lookup.
+    fn distinct_viewers(&self, matched: &[Matched]) -> (Vec<usize>, Vec<Arc<Viewer>>) {
+        let mut distinct = self.spare.distinct.take();
+        let mut viewers: Vec<Arc<Viewer>> = self.spare.viewers.take();
+        viewers.reserve(matched.len());
+        distinct.reserve(matched.len(), |&i| viewers[i].kept_hash());
+        let mut viewer_of = self.spare.viewer_of.take();
+        // The previous member's viewer; it stays alive in `viewers` meanwhile.
+        let mut last: Option<(*const Viewer, usize)> = None;
+        viewer_of.extend(matched.iter().map(|m| {
+            m.member.with_viewer(|v| {
+                let ptr = Arc::as_ptr(v);
+                if let Some((prev, i)) = last {
+                    if prev == ptr {
+                        return i;
+                    }
+                }
+                let hash = v.kept_hash();
+                let i = match distinct.find(hash, |&j| *viewers[j] == **v) {
+                    Some(&j) => j,
+                    None => {
+                        viewers.push(v.clone());
+                        let j = viewers.len() - 1;
+                        distinct.insert_unique(hash, j, |&k| viewers[k].kept_hash());
+                        j
+                    }
+                };
+                last = Some((ptr, i));
+                i
+            })
+        }));
+        self.spare.distinct.give(distinct);
+        (viewer_of, viewers)
     }
 
     /// Row-scope checks for every planned change in at most one round trip (none when

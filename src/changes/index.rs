@@ -96,10 +96,12 @@ pub(super) struct Member {
 
 impl Member {
     pub fn viewer(&self) -> Arc<Viewer> {
-        self.viewer
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.with_viewer(Arc::clone)
+    }
+
+    /// Runs `f` on the current viewer under the read lock, without cloning it.
+    pub fn with_viewer<T>(&self, f: impl FnOnce(&Arc<Viewer>) -> T) -> T {
+        f(&self.viewer.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// True the first time it is called for the current viewer.

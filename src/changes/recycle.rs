@@ -41,6 +41,16 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> Reusable for HashMap<K, V, S> {
     }
 }
 
+impl<T> Reusable for hashbrown::HashTable<T> {
+    fn allocated(&self) -> usize {
+        self.capacity() * (std::mem::size_of::<T>() + 1)
+    }
+
+    fn clear(&mut self) {
+        hashbrown::HashTable::clear(self)
+    }
+}
+
 /// A bounded pool of emptied buffers of one kind.
 pub struct Recycled<T> {
     free: Mutex<Pool<T>>,

@@ -82,6 +82,11 @@ impl Viewer {
         }
     }
 
+    /// The hash of role and claims, computed once (equal viewers have equal ones).
+    pub fn kept_hash(&self) -> u64 {
+        self.hash
+    }
+
     pub fn from_claims(c: &Claims) -> Viewer {
         Viewer {
             role: c.role.clone(),
