@@ -445,13 +445,16 @@ impl Dispatcher {
                     .member
                     .outbox
             };
+            let flush = |held: &mut Held| {
+                metrics.message_out("postgres_changes", held.flush(&self.router, &outbox_of));
+            };
             for at in 0..segment.len() {
                 self.deliver_change(at, segment, held, &outbox_of);
                 if held.len() >= MAX_HELD {
-                    metrics.message_out("postgres_changes", held.flush(&self.router, &outbox_of));
+                    flush(held);
                 }
             }
-            metrics.message_out("postgres_changes", held.flush(&self.router, &outbox_of));
+            flush(held);
         }
         for (p, v) in segment.drain(..) {
             self.recycle(p, v);

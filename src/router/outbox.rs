@@ -68,6 +68,25 @@ impl Shared {
     fn is_closed(&self) -> bool {
         self.reason.get().is_some()
     }
+
+    /// Whether an item of `len` bytes may join `frames` queued items and `before` queued
+    /// bytes: a snapshot may go past the byte bound unless the queue is already over it;
+    /// anything else past it only into an empty queue.
+    fn fits(&self, frames: usize, before: usize, len: usize, snapshot: bool) -> bool {
+        let within_bytes = match snapshot {
+            true => before <= self.max_bytes,
+            false => before == 0 || before + len <= self.max_bytes,
+        };
+        frames < self.max_frames && within_bytes
+    }
+
+    /// A push that did not fit: its `refused` bytes stop counting and the connection is
+    /// closed as a slow consumer.
+    fn overflow(&self, refused: usize) -> PushError {
+        self.queued_bytes.fetch_sub(refused, Ordering::AcqRel);
+        self.close(Close::SlowConsumer);
+        PushError::Overflow
+    }
 }
 
 /// What the queue holds: a frame, or the place of one still being decided.
@@ -200,10 +219,7 @@ impl OutboxTx {
             let mut queued = 0;
             for frame in frames.drain(..) {
                 let len = frame_len(&frame);
-                if refused > 0
-                    || queue.len() >= shared.max_frames
-                    || (before != 0 && before + len > shared.max_bytes)
-                {
+                if refused > 0 || !shared.fits(queue.len(), before, len, false) {
                     refused += len;
                     continue;
                 }
@@ -219,9 +235,7 @@ impl OutboxTx {
         if refused == 0 {
             return (queued, Ok(()));
         }
-        shared.queued_bytes.fetch_sub(refused, Ordering::AcqRel);
-        shared.close(Close::SlowConsumer);
-        (queued, Err(PushError::Overflow))
+        (queued, Err(shared.overflow(refused)))
     }
 
     /// Reserves a frame's place at the end of the queue: it counts as a frame, and as
@@ -242,22 +256,16 @@ impl OutboxTx {
         }
         let len = queued_len(&item);
         let before = shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        let within_bytes = match snapshot {
-            true => before <= shared.max_bytes,
-            false => before == 0 || before + len <= shared.max_bytes,
-        };
         let fits = {
             let mut queue = shared.queue();
-            let fits = queue.len() < shared.max_frames && within_bytes;
+            let fits = shared.fits(queue.len(), before, len, snapshot);
             if fits {
                 queue.push_back(item);
             }
             fits
         };
         if !fits {
-            shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            shared.close(Close::SlowConsumer);
-            return Err(PushError::Overflow);
+            return Err(shared.overflow(len));
         }
         shared.writer.wake();
         Ok(())
