@@ -133,3 +133,36 @@ fn a_minute_of_faults_and_floods_loses_and_leaks_nothing_it_must_not() {
         "the floods were not rate-limited: {hostile}"
     );
 }
+
+/// A hub killed outright 0.6 s after its subscribers joined (this seed's first fault),
+/// before its first once-a-second checkpoint: every resumable channel must still be
+/// resumed, since a channel's row is written when it goes live. Before that, all 150
+/// resumable subscribers (or, when a checkpoint happened to come first, 5 or 6) were told
+/// to refetch.
+#[test]
+fn a_hub_killed_right_after_the_joins_still_resumes_every_channel() {
+    let (v, stdout) = run_chaos(&[
+        "--duration",
+        "10",
+        "--subscribers",
+        "300",
+        "--fault-every",
+        "2.5",
+        "--quiet",
+        "--faults",
+        "hub-sigkill",
+        "--seed",
+        "649737356339918952",
+    ]);
+    println!("{stdout}");
+    let first = &v["faults"]["injected"][0];
+    assert_eq!(first[1], "hub-sigkill", "the seed's first fault: {first}");
+    assert!(
+        first[0].as_f64().is_some_and(|at| at < 1.0),
+        "the kill comes before the first checkpoint: {first}"
+    );
+    let violations = v["violations"].as_array().cloned().unwrap_or_default();
+    assert!(violations.is_empty(), "violations: {violations:#?}");
+    assert_eq!(n(&v, "/resumable/chain_breaks"), 0, "resumes not recovered");
+    assert!(n(&v, "/resumable/resumes_recovered") > 0, "nothing resumed");
+}

@@ -133,8 +133,14 @@ impl LiveChannel {
 }
 
 enum Cmd {
+    /// A channel that just went live: written at once, not at the next checkpoint, so
+    /// that a hub killed within a second of the join can still be resumed from it.
+    Live(Arc<LiveChannel>),
     Park(Arc<LiveChannel>),
-    Release { holder: String, owner: String },
+    Release {
+        holder: String,
+        owner: String,
+    },
     Flush(oneshot::Sender<()>),
 }
 
@@ -216,9 +222,11 @@ impl ResumeHandle {
         })
     }
 
-    /// `live` is running on this hub: its position is checkpointed from now on.
+    /// `live` is running on this hub: its position is written now and checkpointed
+    /// from then on.
     pub fn track(&self, live: Arc<LiveChannel>) {
-        self.inner.live.insert(live.holder.clone(), live);
+        self.inner.live.insert(live.holder.clone(), live.clone());
+        let _ = self.inner.cmds.send(Cmd::Live(live));
     }
 
     /// The connection of `holder`'s channel dropped (or the hub is stopping): park it
@@ -429,6 +437,7 @@ impl ResumeHandle {
         let mut flushed = Vec::new();
         for cmd in cmds {
             match cmd {
+                Cmd::Live(live) => rows.extend(live.row(false, node)),
                 Cmd::Park(live) => rows.extend(live.row(true, node)),
                 Cmd::Release { holder, owner } => releases.push((holder, owner)),
                 Cmd::Flush(done) => flushed.push(done),

@@ -54,9 +54,18 @@ pub async fn upsert(
     if rows.is_empty() {
         return Ok(());
     }
-    let holders: Vec<&str> = rows.iter().map(|r| r.holder.as_str()).collect();
-    let snaps: Vec<&str> = rows.iter().map(|r| r.snapshot.as_str()).collect();
-    let details: Vec<&Value> = rows.iter().map(|r| &r.detail).collect();
+    // One row per holder, the last given (a channel written live, then parked): one
+    // statement may not update a row twice.
+    let mut seen = std::collections::HashSet::new();
+    let mut latest: Vec<&Row> = rows
+        .iter()
+        .rev()
+        .filter(|r| seen.insert(&r.holder))
+        .collect();
+    latest.reverse();
+    let holders: Vec<&str> = latest.iter().map(|r| r.holder.as_str()).collect();
+    let snaps: Vec<&str> = latest.iter().map(|r| r.snapshot.as_str()).collect();
+    let details: Vec<&Value> = latest.iter().map(|r| &r.detail).collect();
     client
         .execute(UPSERT, &[&holders, &snaps, &details, &grace.as_secs_f64()])
         .await?;
