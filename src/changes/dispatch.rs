@@ -609,5 +609,7 @@ pub(super) fn db_broadcast(b: DbBroadcast) -> Broadcast {
 /// A `postgres_changes` frame for one channel.
 pub(super) fn change_frame(vsn: Vsn, topic: &str, ids: &[u32], data: &RawValue) -> WireFrame {
     let payload = ChangePayload { ids, data };
-    protocol::encode(vsn, None, None, topic, "postgres_changes", &payload)
+    // `{"ids":[..],"data":..}`: at most 11 bytes per id.
+    let len = 20 + 11 * ids.len() + data.get().len();
+    protocol::encode_sized(vsn, None, None, topic, "postgres_changes", &payload, len)
 }

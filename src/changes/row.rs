@@ -121,7 +121,9 @@ pub struct LogBatch {
 /// UTC with millisecond precision, `YYYY-MM-DDTHH:MM:SS.mmmZ`: the wire form of
 /// `commit_timestamp`.
 pub fn format_commit_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    // chrono's RFC 3339 writer: no format string parsed per change (it showed at 7 % of
+    // the hub's samples for changes seen by one subscriber).
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]

@@ -232,7 +232,21 @@ pub fn encode(
     event: &str,
     payload: &impl Serialize,
 ) -> WireFrame {
-    let mut buf = Vec::with_capacity(64 + topic.len() + event.len());
+    encode_sized(vsn, join_ref, ref_, topic, event, payload, 0)
+}
+
+/// `encode` for a payload whose JSON is about `payload_len` bytes: the frame's buffer is
+/// allocated once at its final size instead of growing while the payload is written.
+pub fn encode_sized(
+    vsn: Vsn,
+    join_ref: Option<&str>,
+    ref_: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload: &impl Serialize,
+    payload_len: usize,
+) -> WireFrame {
+    let mut buf = Vec::with_capacity(64 + topic.len() + event.len() + payload_len);
     if write_frame(&mut buf, vsn, join_ref, ref_, topic, event, payload).is_err() {
         debug_assert!(false, "payload for {event} on {topic} failed to serialize");
         buf.clear();
