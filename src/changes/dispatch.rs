@@ -275,9 +275,11 @@ impl Dispatcher {
     }
 
     /// Looks up each matched change's table (waiting out a database outage: nothing is
-    /// dropped) and collects its distinct viewers.
+    /// dropped) and collects its distinct viewers. A run of changes to one table (one
+    /// statement's rows) looks it up once.
     async fn plan(&self, batch: MatchedBatch, shutdown: &CancellationToken) -> Vec<Step> {
         let mut steps = Vec::with_capacity(batch.events.len());
+        let mut last: Option<(String, String, Option<Arc<TableInfo>>)> = None;
         for event in batch.events {
             let (change, matched) = match event {
                 MatchedEvent::Broadcast(b, members) => {
@@ -286,15 +288,22 @@ impl Dispatcher {
                 }
                 MatchedEvent::Change(c, m) => (c, m),
             };
-            let lookup = retrying("catalog lookup", shutdown, || {
-                self.catalog.table(&change.schema, &change.table)
-            })
-            .await;
-            let table: Arc<TableInfo> = match lookup {
-                None => return steps,
-                Some(Some(t)) => t,
-                // Dropped since: nobody can be shown a row of a table that is gone.
-                Some(None) => continue,
+            let same = |(schema, table, _): &(String, String, _)| {
+                *schema == change.schema && *table == change.table
+            };
+            if !last.as_ref().is_some_and(same) {
+                let lookup = retrying("catalog lookup", shutdown, || {
+                    self.catalog.table(&change.schema, &change.table)
+                })
+                .await;
+                let Some(found) = lookup else {
+                    return steps;
+                };
+                last = Some((change.schema.clone(), change.table.clone(), found));
+            }
+            // `None`: dropped since; nobody can be shown a row of a table that is gone.
+            let Some(table) = last.as_ref().and_then(|(_, _, t)| t.clone()) else {
+                continue;
             };
             let (viewer_of, viewers) = self.distinct_viewers(&matched);
             steps.push(Step::Change(Planned {
