@@ -79,7 +79,7 @@ impl FieldSizes {
     }
 }
 
-/// At least what `Projected::bytes` counts for the whole row: each key and value as
+/// At least what `Projected::too_large` counts for the whole row: each key and value as
 /// long as their JSON could be.
 fn row_len_bound(row: &Row) -> usize {
     row.iter()
@@ -186,7 +186,7 @@ fn converted(convert: Convert, value: &Value) -> Option<Value> {
 /// A row serialized through a `Keep`, optionally without fields over the 413 limit.
 struct Projected<'a> {
     row: &'a Row,
-    /// `None`: the row is far below the 413 limit (see `FieldSizes`).
+    /// `None`: neither row of the change can reach the 413 limit (see `FieldSizes`).
     sizes: Option<&'a [usize]>,
     keep: Keep<'a>,
     conversions: &'a Conversions,
