@@ -534,7 +534,10 @@ impl Dispatcher {
                         continue;
                     };
                     let frame = change_frame(m.member.vsn, &m.member.topic, &m.ids, data);
-                    frames.insert(frame_key, frame.clone());
+                    // A change one member sees (a portal customer's own row) needs no map.
+                    if p.matched.len() > 1 {
+                        frames.insert(frame_key, frame.clone());
+                    }
                     frame
                 }
             };
@@ -556,9 +559,11 @@ impl Dispatcher {
 }
 
 /// One change's `data` per visibility shape, built on first use (with the field sizes
-/// and column conversions it needs), for inline frames and filter-lane jobs alike.
+/// and column conversions it needs), for inline frames and filter-lane jobs alike. The
+/// first shape is kept in place: most changes have one, and need no map.
 #[derive(Default)]
 struct Payloads {
+    first: Option<(ShapeKey, Option<Box<RawValue>>)>,
     by_shape: HashMap<ShapeKey, Option<Box<RawValue>>>,
     sizes: Option<FieldSizes>,
     conversions: Option<Conversions>,
@@ -573,14 +578,18 @@ impl Payloads {
         select: Option<&Arc<[String]>>,
     ) -> Option<&RawValue> {
         let (sizes, conversions) = (&mut self.sizes, &mut self.conversions);
-        self.by_shape
-            .entry(shape)
-            .or_insert_with(|| {
-                let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change));
-                let conversions = conversions.get_or_insert_with(|| Conversions::of(&p.table));
-                change_data(&p.change, sizes, &p.table, conversions, v, select)
-            })
-            .as_deref()
+        let mut build = || {
+            let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change));
+            let conversions = conversions.get_or_insert_with(|| Conversions::of(&p.table));
+            change_data(&p.change, sizes, &p.table, conversions, v, select)
+        };
+        if self.first.is_none() {
+            self.first = Some((shape, build()));
+        }
+        match &self.first {
+            Some((first, data)) if *first == shape => data.as_deref(),
+            _ => self.by_shape.entry(shape).or_insert_with(build).as_deref(),
+        }
     }
 }
 
