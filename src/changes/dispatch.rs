@@ -559,11 +559,9 @@ impl Dispatcher {
 }
 
 /// One change's `data` per visibility shape, built on first use (with the field sizes
-/// and column conversions it needs), for inline frames and filter-lane jobs alike. The
-/// first shape is kept in place: most changes have one, and need no map.
+/// and column conversions it needs), for inline frames and filter-lane jobs alike.
 #[derive(Default)]
 struct Payloads {
-    first: Option<(ShapeKey, Option<Box<RawValue>>)>,
     by_shape: HashMap<ShapeKey, Option<Box<RawValue>>>,
     sizes: Option<FieldSizes>,
     conversions: Option<Conversions>,
@@ -578,18 +576,14 @@ impl Payloads {
         select: Option<&Arc<[String]>>,
     ) -> Option<&RawValue> {
         let (sizes, conversions) = (&mut self.sizes, &mut self.conversions);
-        let mut build = || {
-            let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change));
-            let conversions = conversions.get_or_insert_with(|| Conversions::of(&p.table));
-            change_data(&p.change, sizes, &p.table, conversions, v, select)
-        };
-        if self.first.is_none() {
-            self.first = Some((shape, build()));
-        }
-        match &self.first {
-            Some((first, data)) if *first == shape => data.as_deref(),
-            _ => self.by_shape.entry(shape).or_insert_with(build).as_deref(),
-        }
+        self.by_shape
+            .entry(shape)
+            .or_insert_with(|| {
+                let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change));
+                let conversions = conversions.get_or_insert_with(|| Conversions::of(&p.table));
+                change_data(&p.change, sizes, &p.table, conversions, v, select)
+            })
+            .as_deref()
     }
 }
 
