@@ -57,6 +57,10 @@ pub struct SubReport {
     pub resumes_recovered: u32,
     /// Changes the hub said its resumes replayed (the `count` of their messages).
     pub replayed: u64,
+    /// Breaks, refusals and closes in order, each with the session it followed (printed
+    /// for a subscriber the report marks).
+    #[serde(skip)]
+    pub story: Vec<String>,
 }
 
 struct Chain {
@@ -123,6 +127,8 @@ pub fn judge(
                     r.resumes_recovered += 1;
                 } else if r.sessions > 1 {
                     r.breaks.push(message.clone());
+                    r.story
+                        .push(format!("session {}: break: {message}", r.sessions));
                     chains.push(Chain {
                         received: HashSet::new(),
                         first_tick: i64::MAX,
@@ -130,8 +136,16 @@ pub fn judge(
                     });
                 }
             }
-            Obs::Refused(m) => r.refusals.push(m.clone()),
-            Obs::Closed(m) => r.refusals.push(format!("channel closed by the hub ({m})")),
+            Obs::Refused(m) => {
+                r.story
+                    .push(format!("after session {}: refused: {m}", r.sessions));
+                r.refusals.push(m.clone());
+            }
+            Obs::Closed(m) => {
+                r.story
+                    .push(format!("after session {}: closed: {m}", r.sessions));
+                r.refusals.push(format!("channel closed by the hub ({m})"));
+            }
             Obs::Tick(_) | Obs::Change { .. } => {
                 let key = match o {
                     Obs::Tick(k) => Key::Tick(*k),
