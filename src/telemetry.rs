@@ -39,6 +39,9 @@ pub struct Metrics {
     pub cluster_received: Family<KindLabel, Counter>,
     /// Resumable subscriptions parked in Postgres (all hubs), refreshed every few seconds.
     pub resume_parked: Gauge,
+    /// Parks, first positions and releases whose write failed (the database was out),
+    /// waiting for the next write.
+    pub resume_unwritten: Gauge,
     /// Frames waiting for the filter lane to judge their costly filters (`changes::lane`).
     pub filter_lane_waiting: Gauge,
     /// Resuming joins by outcome (`recovered` = "true" or the reason it was not).
@@ -170,6 +173,7 @@ impl Metrics {
         let cluster_published = Family::<KindLabel, Counter>::default();
         let cluster_received = Family::<KindLabel, Counter>::default();
         let resume_parked = Gauge::default();
+        let resume_unwritten = Gauge::default();
         let filter_lane_waiting = Gauge::default();
         let resumes = Family::<[(&'static str, &'static str); 1], Counter>::default();
         let resume_replayed = Counter::default();
@@ -251,6 +255,11 @@ impl Metrics {
             resume_parked.clone(),
         );
         registry.register(
+            "resume_unwritten",
+            "Resumable subscription parks and releases waiting for the database",
+            resume_unwritten.clone(),
+        );
+        registry.register(
             "filter_lane_waiting",
             "Frames waiting for the filter lane to judge their costly filters",
             filter_lane_waiting.clone(),
@@ -282,6 +291,7 @@ impl Metrics {
             cluster_published,
             cluster_received,
             resume_parked,
+            resume_unwritten,
             filter_lane_waiting,
             resumes,
             resume_replayed,

@@ -452,6 +452,45 @@ async fn a_resuming_join_whose_table_lookup_fails_is_refused_and_the_rejoin_resu
     expect_row(&mut c, "INSERT", "items", later).await;
 }
 
+/// Found by the chaos run: a park whose write failed (Postgres restarting) was dropped, so
+/// the channel's row kept its position from the join (or, for a channel that dropped
+/// before its first write landed, there was no row and its resume said "no earlier
+/// subscription"). Now a failed write is kept and written as soon as Postgres takes it.
+/// Here the resume table is renamed away while the client drops.
+#[tokio::test]
+async fn a_park_written_while_the_database_is_out_lands_once_it_is_back() {
+    let pg = PgHub::start(SETUP).await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-outage").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    c.acknowledge().await;
+    pg.sql
+        .batch_execute("alter table realtime.log_holds rename to log_holds_away")
+        .await
+        .unwrap();
+    drop(c);
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    while pg.hub.metric("switchboard_resume_unwritten").await < Some(1.0) {
+        assert!(Instant::now() < deadline, "the failed park was not kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let missed = insert_n(&pg, ALICE, 3).await;
+    observer.saw(*missed.last().unwrap()).await;
+    pg.sql
+        .batch_execute("alter table realtime.log_holds_away rename to log_holds")
+        .await
+        .unwrap();
+    wait_parked(&pg, 1).await;
+    assert_eq!(
+        pg.hub.metric("switchboard_resume_unwritten").await,
+        Some(0.0)
+    );
+    let mut c = connect(&pg, "client-outage").await;
+    rejoin_recovers(&mut c, &token, &missed).await;
+}
+
 /// The refused client joins again: it gets the rows it missed, then `recovered: true`.
 async fn rejoin_recovers(c: &mut WsClient, token: &str, missed: &[i64]) {
     subscribe(c, "realtime:items", entries(), Some(token)).await;

@@ -49,6 +49,8 @@ pub enum ResumeError {
     RowScope(#[from] crate::changes::RlsError),
     #[error("bad stored position {0:?}")]
     Position(String),
+    #[error("parks and releases queued earlier are not written yet")]
+    Unwritten,
 }
 
 /// Resume settings.
@@ -141,7 +143,46 @@ enum Cmd {
         holder: String,
         owner: String,
     },
-    Flush(oneshot::Sender<()>),
+    /// Answered `true` once everything queued before is written, `false` when some of it
+    /// could not be (it stays pending).
+    Flush(oneshot::Sender<bool>),
+}
+
+/// Rows and releases whose write failed (the database was out); written with the next
+/// write or checkpoint, so a park is never dropped for an outage. One row per holder.
+#[derive(Default)]
+struct Pending {
+    rows: Vec<store::Row>,
+    releases: Vec<(String, String)>,
+}
+
+impl Pending {
+    /// Keeps `rows` and `releases` for the next write; a holder's latest row wins.
+    fn keep(&mut self, rows: Vec<store::Row>, releases: Vec<(String, String)>) {
+        self.rows.extend(rows);
+        let mut seen = std::collections::HashSet::new();
+        let mut latest: Vec<store::Row> = Vec::with_capacity(self.rows.len());
+        for row in std::mem::take(&mut self.rows).into_iter().rev() {
+            if seen.insert(row.holder.clone()) {
+                latest.push(row);
+            }
+        }
+        latest.reverse();
+        self.rows = latest;
+        for r in releases {
+            if !self.releases.contains(&r) {
+                self.releases.push(r);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len() + self.releases.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The resume side of the hub; cheap to clone.
@@ -200,22 +241,25 @@ impl ResumeHandle {
     }
 
     /// Takes over `holder`'s row for `owner` (so a stale writer cannot overwrite it) and
-    /// says where it left off. Parks and releases queued before are written first.
+    /// says where it left off. Parks and releases queued before are written first; when
+    /// they cannot be (the database is out), nothing is taken: the row read now could be
+    /// missing a park that is still to come.
     pub async fn take(&self, holder: &str, owner: &str) -> Result<Found, ResumeError> {
         let (done, flushed) = oneshot::channel();
-        if self.inner.cmds.send(Cmd::Flush(done)).is_ok() {
-            let _ = flushed.await;
+        if self.inner.cmds.send(Cmd::Flush(done)).is_ok() && flushed.await == Ok(false) {
+            return Err(ResumeError::Unwritten);
         }
-        // Connected first: a take that fails leaves a channel still live here as it was.
         let client = self.inner.pool.get().await?;
+        let found = store::take(&client, holder, owner).await?;
         // A channel of this very key still live here (a reconnect while the old socket is
-        // half open): its in-memory position is the freshest; it is retired.
+        // half open): its in-memory position is the freshest; it is retired. Only once the
+        // row is taken: a take that fails leaves it live (and checkpointed) as it was, and
+        // a checkpoint of it written in between is refused by the row's new owner.
         let local = self
             .inner
             .live
             .remove(holder)
             .map(|(_, old)| old.ack.position(&old.conn));
-        let found = store::take(&client, holder, owner).await?;
         Ok(match (local, found) {
             (Some(position), Found::At(_) | Found::Unknown) => Found::At(position),
             (_, found) => found,
@@ -365,6 +409,7 @@ impl ResumeHandle {
         json!({
             "live": self.inner.live.len(),
             "parked": m.resume_parked.get(),
+            "unwritten": m.resume_unwritten.get(),
             "resumes": resumes,
             "replayed": m.resume_replayed.get(),
             "grace_secs": self.inner.config.grace.as_secs(),
@@ -402,6 +447,7 @@ impl ResumeHandle {
         };
         let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
         let mut count = tokio::time::interval(COUNT_EVERY);
+        let mut pending = Pending::default();
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -410,11 +456,11 @@ impl ResumeHandle {
                         while let Ok(more) = rx.try_recv() {
                             cmds.push(more);
                         }
-                        self.write(cmds).await;
+                        self.write(cmds, &mut pending).await;
                     }
                     None => return,
                 },
-                _ = checkpoint.tick() => self.checkpoint().await,
+                _ = checkpoint.tick() => self.checkpoint(&mut pending).await,
                 _ = count.tick() => self.count_parked().await,
                 _ = stop.cancelled() => break,
             }
@@ -427,13 +473,14 @@ impl ResumeHandle {
             self.inner.live.iter().map(|e| e.value().clone()).collect();
         self.inner.live.clear();
         cmds.extend(live.into_iter().map(Cmd::Park));
-        self.write(cmds).await;
+        self.write(cmds, &mut pending).await;
     }
 
-    async fn write(&self, cmds: Vec<Cmd>) {
+    /// Writes what is pending and `cmds`; what fails stays pending.
+    async fn write(&self, cmds: Vec<Cmd>, pending: &mut Pending) {
         let node = &self.inner.node;
-        let mut rows = Vec::new();
-        let mut releases = Vec::new();
+        let mut rows = std::mem::take(&mut pending.rows);
+        let mut releases = std::mem::take(&mut pending.releases);
         let mut flushed = Vec::new();
         for cmd in cmds {
             match cmd {
@@ -444,10 +491,15 @@ impl ResumeHandle {
             }
         }
         if let Err(e) = self.write_rows(&rows, &releases).await {
-            tracing::warn!(error = %e, "could not park resumable subscriptions");
+            tracing::warn!(error = %e, "could not park resumable subscriptions; kept for the next write");
+            pending.keep(rows, releases);
         }
+        self.inner
+            .metrics
+            .resume_unwritten
+            .set(pending.len() as i64);
         for done in flushed {
-            let _ = done.send(());
+            let _ = done.send(pending.is_empty());
         }
     }
 
@@ -469,10 +521,11 @@ impl ResumeHandle {
 
     /// Writes each live channel whose position moved, or whose row is half-way to
     /// expiring.
-    async fn checkpoint(&self) {
+    async fn checkpoint(&self, pending: &mut Pending) {
         let now = Instant::now();
         let refresh = self.inner.config.grace / 2;
-        let mut rows = Vec::new();
+        let earlier = std::mem::take(pending);
+        let mut rows = earlier.rows.clone();
         let mut written = Vec::new();
         for entry in self.inner.live.iter() {
             let live = entry.value();
@@ -497,14 +550,22 @@ impl ResumeHandle {
                 written.push((live.clone(), position));
             }
         }
-        match self.write_rows(&rows, &[]).await {
+        match self.write_rows(&rows, &earlier.releases).await {
             Ok(()) => {
                 for (live, position) in written {
                     *live.written.lock().unwrap_or_else(|p| p.into_inner()) = Some((position, now));
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not checkpoint resumable subscriptions"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not checkpoint resumable subscriptions");
+                // Live rows are due again next time; what was pending stays pending.
+                *pending = earlier;
+            }
         }
+        self.inner
+            .metrics
+            .resume_unwritten
+            .set(pending.len() as i64);
     }
 
     async fn count_parked(&self) {

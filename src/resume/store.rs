@@ -7,6 +7,7 @@ use serde_json::Value;
 use tokio_postgres::Client;
 
 /// One row to write: its holder key, the cursor snapshot it holds the log from, detail.
+#[derive(Clone)]
 pub struct Row {
     pub holder: String,
     pub snapshot: String,
