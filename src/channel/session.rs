@@ -162,15 +162,18 @@ impl Session {
     }
 
     pub(super) fn reply(&self, msg: &Inbound, status: &str, response: &Value) {
-        let frame = protocol::encode_reply(
+        self.send(self.reply_frame(msg, status, response), "reply");
+    }
+
+    fn reply_frame(&self, msg: &Inbound, status: &str, response: &Value) -> WireFrame {
+        protocol::encode_reply(
             self.vsn,
             msg.join_ref.as_deref(),
             msg.ref_.as_deref(),
             &msg.topic,
             status,
             response,
-        );
-        self.send(frame, "reply");
+        )
     }
 
     pub(super) fn reply_ok(&self, msg: &Inbound) {
@@ -192,8 +195,13 @@ impl Session {
         let event = Event::of(&msg.event);
         self.svc.metrics.message_in(event.label());
         if msg.topic == "phoenix" {
-            // Heartbeats (and anything else on the socket topic) get a plain ok.
-            return self.reply_ok(&msg);
+            // Heartbeats (and anything else on the socket topic) get a plain ok, ahead of
+            // whatever is queued (`OutboxTx::push_urgent`).
+            let frame = self.reply_frame(&msg, "ok", &json!({}));
+            if self.outbox.push_urgent(frame).is_ok() {
+                self.svc.metrics.message_out("reply", 1);
+            }
+            return;
         }
         match event {
             Event::Join => self.join(msg).await,

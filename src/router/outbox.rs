@@ -36,6 +36,9 @@ pub use crate::protocol::Close;
 /// A drained queue keeps its buffer only up to this many frames (a burst's large buffer
 /// is given back once the writer catches up).
 const KEEP_CAPACITY: usize = 16;
+/// Urgent frames (heartbeat replies) waiting at most; more are dropped: a client that
+/// sent this many heartbeats without reading one answer is not reading at all.
+const MAX_URGENT: usize = 16;
 
 struct Shared {
     /// Frames not yet taken by the writer. Pushers and the writer lock it briefly.
@@ -50,6 +53,9 @@ struct Shared {
     reason: OnceLock<Close>,
     /// Registered by the writer; woken by every push and by `close`.
     writer: AtomicWaker,
+    /// Frames written before anything queued (`OutboxTx::push_urgent`), and how many.
+    urgent: Mutex<VecDeque<WireFrame>>,
+    urgent_len: AtomicUsize,
 }
 
 impl Shared {
@@ -138,6 +144,8 @@ pub struct OutboxTx {
 /// Receiving side, owned by the connection's writer.
 pub struct OutboxRx {
     shared: Arc<Shared>,
+    /// Queue items taken so far (frames, and slots filled or not).
+    taken: u64,
 }
 
 /// Creates an outbox holding at most `max_frames` frames and `max_bytes` bytes.
@@ -150,12 +158,14 @@ pub fn outbox(max_frames: usize, max_bytes: usize) -> (OutboxTx, OutboxRx) {
         close: CancellationToken::new(),
         reason: OnceLock::new(),
         writer: AtomicWaker::new(),
+        urgent: Mutex::new(VecDeque::new()),
+        urgent_len: AtomicUsize::new(0),
     });
     (
         OutboxTx {
             shared: shared.clone(),
         },
-        OutboxRx { shared },
+        OutboxRx { shared, taken: 0 },
     )
 }
 
@@ -274,6 +284,25 @@ impl OutboxTx {
     /// Asks the connection to close; the first reason given wins.
     pub fn close(&self, reason: Close) {
         self.shared.close(reason);
+    }
+
+    /// Queues a frame ahead of everything queued: a heartbeat's reply, which says the
+    /// connection is alive and must not wait behind a backlog (a long catch-up on a slow
+    /// client): the client would take the connection for dead, reconnect, and start the
+    /// catch-up over. It carries no data, so it overtakes nothing that has an order.
+    pub fn push_urgent(&self, frame: WireFrame) -> Result<(), PushError> {
+        let shared = &*self.shared;
+        if shared.is_closed() {
+            return Err(PushError::Closed);
+        }
+        let mut urgent = shared.urgent.lock().unwrap_or_else(|p| p.into_inner());
+        if urgent.len() < MAX_URGENT {
+            urgent.push_back(frame);
+            shared.urgent_len.store(urgent.len(), Ordering::Release);
+        }
+        drop(urgent);
+        shared.writer.wake();
+        Ok(())
     }
 
     pub fn is_closed(&self) -> bool {
@@ -456,8 +485,19 @@ impl FrameSink for ChannelOutbox {
 }
 
 impl OutboxRx {
-    /// The next frame if one is queued (and no unfilled slot is ahead of it).
+    /// The next frame: an urgent one first, else the first queued (when no unfilled
+    /// slot is ahead of it).
     pub fn try_recv(&mut self) -> Option<WireFrame> {
+        if self.shared.urgent_len.load(Ordering::Acquire) > 0 {
+            let mut urgent = self.shared.urgent.lock().unwrap_or_else(|p| p.into_inner());
+            let frame = urgent.pop_front();
+            self.shared
+                .urgent_len
+                .store(urgent.len(), Ordering::Release);
+            if frame.is_some() {
+                return frame;
+            }
+        }
         let mut queue = self.shared.queue();
         let frame = loop {
             let ready = match queue.front()? {
@@ -468,6 +508,7 @@ impl OutboxRx {
                 return None;
             }
             let item = queue.pop_front()?;
+            self.taken += 1;
             let bytes = &self.shared.queued_bytes;
             bytes.fetch_sub(queued_len(&item), Ordering::AcqRel);
             match item {
@@ -489,6 +530,9 @@ impl OutboxRx {
     /// Whether `try_recv` would return a frame now (one is queued and no unfilled slot is
     /// ahead of it).
     pub fn has_ready(&self) -> bool {
+        if self.shared.urgent_len.load(Ordering::Acquire) > 0 {
+            return true;
+        }
         match self.shared.queue().front() {
             Some(Queued::Frame(_)) => true,
             Some(Queued::Slot(cell, _)) => cell.get().is_some(),
@@ -543,8 +587,20 @@ impl OutboxRx {
         self.shared.queued_bytes.load(Ordering::Acquire)
     }
 
+    /// Frames not written yet, urgent ones included.
     pub fn queued_frames(&self) -> usize {
-        self.shared.queue().len()
+        self.shared.queue().len() + self.shared.urgent_len.load(Ordering::Acquire)
+    }
+
+    /// Queue items taken so far (urgent frames are not queue items).
+    pub fn taken(&self) -> u64 {
+        self.taken
+    }
+
+    /// The count `taken` reaches once everything queued now has been taken: all of it
+    /// is then written, whatever was queued after.
+    pub fn taken_once_queued_now(&self) -> u64 {
+        self.taken + self.shared.queue().len() as u64
     }
 }
 

@@ -447,17 +447,30 @@ impl Io {
         }
     }
 
+    /// Queue items still to be written before the waiting ping (`None`: no ping waits
+    /// for any).
+    fn frames_before_ping(&self) -> Option<usize> {
+        let w = self.pinged.waiting.as_ref()?;
+        let ahead = w.after.saturating_sub(self.rx.taken());
+        (ahead > 0).then_some(ahead as usize)
+    }
+
     fn step_open(&mut self, cx: &mut Context<'_>) -> Result<Step, Failed> {
-        let fed = self.feed(cx, WRITE_BATCH)?;
+        // A waiting ping goes out right after the frames queued before its mark: on a
+        // socket that is always full, frames queued later would otherwise take every
+        // place it frees first.
+        let batch = match (&self.pinged.waiting, self.frames_before_ping()) {
+            (Some(_), ahead) => ahead.unwrap_or(0).min(WRITE_BATCH),
+            (None, _) => WRITE_BATCH,
+        };
+        let fed = self.feed(cx, batch)?;
         // The flush polls the socket only when something was fed since the last one.
         let polls_socket = self.unflushed;
         let flushed = self.flush(cx)?;
         if fed.count > 0 {
             self.pinged.wrote = true;
         }
-        if flushed {
-            self.maybe_ping(cx)?;
-        }
+        let pinged = flushed && self.maybe_ping(cx)?;
         // The socket took a flush and frames are still queued: visit again. Not only after
         // a full batch: `feed` also stops when `poll_ready` is pending, and the flush that
         // then goes through may take back the waker that pending left (a split socket's
@@ -467,51 +480,81 @@ impl Io {
         // (no flush polled) keeps the waker of its pending `poll_ready` and waits; a feed
         // that drained the queue waits for the next push (the usual case: no queue check).
         let took_flush = polls_socket && !self.unflushed;
-        let more = took_flush
+        let more = (took_flush
             && match fed.stop {
                 Stop::Batch => true,
                 Stop::NotReady => self.rx.has_ready(),
                 Stop::Drained => false,
-            };
+            })
+            // A ping went out ahead of queued frames (whose batch stopped at it).
+            || (pinged && self.rx.has_ready());
         Ok(if more { Step::More } else { Step::Waiting })
     }
 
-    /// Pings if due: first reads how far dispatch has queued, then writes everything
-    /// queued (which includes all of that), then the ping; its pong proves that far.
-    fn maybe_ping(&mut self, cx: &mut Context<'_>) -> Result<(), Failed> {
+    /// Pings if due: first reads how far dispatch has queued, then writes everything that
+    /// was queued at that moment (which includes all of it), then the ping; its pong
+    /// proves that far.
+    fn maybe_ping(&mut self, cx: &mut Context<'_>) -> Result<bool, Failed> {
         let Some(mark) = self
             .pinger
             .as_ref()
             .and_then(|p| p.delivered.borrow().clone())
         else {
-            return Ok(());
+            return Ok(false);
         };
-        let last = &self.pinged;
-        let since = last.at.map_or(Duration::MAX, |at| at.elapsed());
-        let due =
-            (last.wrote && since >= PING_EVERY) || (mark.seq != last.seq && since >= PING_IDLE);
-        if !due {
-            return Ok(());
+        if self.pinged.waiting.is_none() {
+            let last = &self.pinged;
+            let since = last.at.map_or(Duration::MAX, |at| at.elapsed());
+            let due =
+                (last.wrote && since >= PING_EVERY) || (mark.seq != last.seq && since >= PING_IDLE);
+            if !due {
+                return Ok(false);
+            }
+            let Some(pinger) = &self.pinger else {
+                return Ok(false);
+            };
+            // The id first, then the count: a channel that opens its gate (queueing the
+            // frames it held) before this count is read is covered by it, and one that
+            // opens it later counts only pings from a later id (`ChannelAck::caught_up`).
+            let id = pinger.acks.ping(mark.clone());
+            // Everything delivered up to `mark` is queued now (or written already): once
+            // as many items are taken as that, the ping may follow them.
+            let after = self.rx.taken_once_queued_now();
+            self.pinged.waiting = Some(Waiting {
+                id,
+                seq: mark.seq,
+                after,
+            });
         }
-        self.feed(cx, usize::MAX)?;
-        if self.rx.queued_frames() > 0 || !ready(self.sink()?.poll_ready(cx))? {
+        // Not "once the queue is empty": a connection whose queue never ran dry (frames
+        // kept coming a little faster than its client read them) was never pinged, so its
+        // position stood still and each resume replayed more, until one was over the
+        // replay limit and answered `recovered: false` (found by the chaos run). Frames
+        // queued after the mark wait behind the ping (`step_open` feeds up to it).
+        let Some(waiting) = self.pinged.waiting else {
+            return Ok(false);
+        };
+        if let Some(ahead) = self.frames_before_ping() {
+            self.feed(cx, ahead)?;
+            if self.frames_before_ping().is_some() {
+                return Ok(false);
+            }
+        }
+        if !ready(self.sink()?.poll_ready(cx))? {
             // The socket is full: the ping waits for the next visit.
-            return Ok(());
+            return Ok(false);
         }
-        let Some(pinger) = &self.pinger else {
-            return Ok(());
-        };
-        let id = pinger.acks.ping(mark.clone());
-        let ping = Message::Ping(Bytes::copy_from_slice(&id.to_be_bytes()));
+        let ping = Message::Ping(Bytes::copy_from_slice(&waiting.id.to_be_bytes()));
         self.sink()?.start_send(ping).map_err(|()| Failed)?;
         self.unflushed = true;
         self.pinged = Pinged {
             at: Some(Instant::now()),
-            seq: mark.seq,
+            seq: waiting.seq,
             wrote: false,
+            waiting: None,
         };
         self.flush(cx)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Writes what is queued (unless the reason says not to), the close frame, then
@@ -585,6 +628,18 @@ struct Pinged {
     at: Option<Instant>,
     seq: u64,
     wrote: bool,
+    /// A ping that is due but not sent yet.
+    waiting: Option<Waiting>,
+}
+
+/// A ping whose id is taken (its mark recorded in `ConnAcks`), waiting for the frames
+/// queued before it to be written.
+#[derive(Clone, Copy)]
+struct Waiting {
+    id: u64,
+    seq: u64,
+    /// Queue items to be taken first (`OutboxRx::taken_once_queued_now` after the id).
+    after: u64,
 }
 
 #[cfg(test)]

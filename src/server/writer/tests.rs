@@ -26,6 +26,9 @@ struct Wire {
     /// `poll_flush` takes its waker back, as a split socket's lock does when the reading
     /// half let go in between.
     ready_pending_once: bool,
+    /// When set, `poll_ready` takes only this many more messages (a client reading
+    /// slowly); `give` adds to it.
+    budget: Option<usize>,
 }
 
 #[derive(Clone, Default)]
@@ -39,6 +42,15 @@ impl TestSocket {
     fn set_full(&self, full: bool) {
         let mut w = self.wire();
         w.full = full;
+        if let Some(waker) = w.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Lets a slow socket take `n` more messages.
+    fn give(&self, n: usize) {
+        let mut w = self.wire();
+        *w.budget.get_or_insert(0) += n;
         if let Some(waker) = w.waker.take() {
             waker.wake();
         }
@@ -99,6 +111,10 @@ impl Sink<Message> for SinkHalf {
                 w.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
+            if w.budget == Some(0) {
+                w.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
         }
         self.0.poll_open(cx)
     }
@@ -108,6 +124,9 @@ impl Sink<Message> for SinkHalf {
             return Err(());
         }
         w.messages.push(item);
+        if let Some(b) = w.budget.as_mut() {
+            *b = b.saturating_sub(1);
+        }
         Ok(())
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
@@ -329,4 +348,145 @@ async fn a_frame_queued_right_after_another_always_follows_it_over_real_sockets(
         missing += c.await.unwrap();
     }
     assert_eq!(missing, 0, "frames that never came");
+}
+
+/// Found by the chaos run: a resumable connection whose queue never ran dry (its client
+/// read a little slower than frames came) was never pinged, so its resume position stood
+/// still. Here the socket takes two messages per round while three frames come: it is
+/// pinged, and only after every frame queued before the ping's mark.
+#[tokio::test]
+async fn a_resumable_socket_whose_queue_never_runs_dry_is_still_pinged() {
+    use crate::changes::Mark;
+    use crate::resume::ConnAcks;
+
+    let writers = Writers::new(1);
+    let socket = TestSocket::default();
+    socket.wire().budget = Some(0);
+    let (tx, rx) = outbox(1000, 1 << 20);
+    let (marks, delivered) = watch::channel(None);
+    let acks = Arc::new(ConnAcks::default());
+    let pinger = Pinger {
+        acks: acks.clone(),
+        delivered,
+    };
+    let _handle = writers.attach(SinkHalf(socket.clone()), rx, Some(pinger));
+    for i in 0..10 {
+        tx.push(text(&format!("early {i}"))).unwrap();
+    }
+    marks.send_replace(Some(Mark {
+        seq: 1,
+        position: "1:".into(),
+    }));
+    for round in 0..20 {
+        for j in 0..3 {
+            tx.push(text(&format!("late {round}.{j}"))).unwrap();
+        }
+        let before = socket.wire().messages.len();
+        socket.give(2);
+        socket.wait_for(before + 2).await;
+    }
+    let w = socket.wire();
+    let ping = w
+        .messages
+        .iter()
+        .position(|m| matches!(m, Message::Ping(_)))
+        .expect("a ping while the queue never ran dry");
+    let early_written = w.messages[..ping]
+        .iter()
+        .filter(|m| matches!(m, Message::Text(t) if t.starts_with("early")))
+        .count();
+    assert_eq!(
+        early_written, 10,
+        "the ping came before frames queued ahead of its mark"
+    );
+    assert!(
+        tx.queued_frames() > 0,
+        "the queue ran dry: the test proves nothing"
+    );
+}
+
+/// Frames, slots, marks and a slow socket in random order: every frame arrives, in
+/// order, and pings keep coming.
+#[tokio::test]
+async fn a_resumable_socket_under_random_load_never_stalls() {
+    use crate::changes::Mark;
+    use crate::resume::ConnAcks;
+    use crate::router::outbox::ChannelOutbox;
+    use rand::{Rng, SeedableRng};
+
+    for seed in 0..20u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let writers = Writers::new(1);
+        let socket = TestSocket::default();
+        socket.wire().budget = Some(0);
+        let (tx, rx) = outbox(100_000, 1 << 30);
+        let (marks, delivered) = watch::channel(None);
+        let acks = Arc::new(ConnAcks::default());
+        let pinger = Pinger {
+            acks: acks.clone(),
+            delivered,
+        };
+        let _handle = writers.attach(SinkHalf(socket.clone()), rx, Some(pinger));
+        let ch = ChannelOutbox::direct(tx.clone());
+        let mut slots = Vec::new();
+        let mut n = 0;
+        let mut seq = 0;
+        for _ in 0..400 {
+            match rng.random_range(0..10) {
+                0..=4 => {
+                    tx.push(text(&format!("{n}"))).unwrap();
+                    n += 1;
+                }
+                5 => {
+                    slots.push((ch.reserve(8).unwrap(), n));
+                    n += 1;
+                }
+                6 => {
+                    if !slots.is_empty() {
+                        let (slot, k) = slots.remove(rng.random_range(0..slots.len()));
+                        slot.fill(Some(text(&format!("{k}"))));
+                    }
+                }
+                7 => {
+                    seq += 1;
+                    marks.send_replace(Some(Mark {
+                        seq,
+                        position: format!("{seq}:").into(),
+                    }));
+                }
+                _ => socket.give(rng.random_range(0..4)),
+            }
+            tokio::task::yield_now().await;
+        }
+        for (slot, k) in slots.drain(..) {
+            slot.fill(Some(text(&format!("{k}"))));
+        }
+        socket.give(1_000_000);
+        let wait = async {
+            while socket.texts().len() < n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}: {} of {n} frames", socket.texts().len()));
+        let got: Vec<usize> = socket.texts().iter().map(|t| t.parse().unwrap()).collect();
+        assert_eq!(got, (0..n).collect::<Vec<_>>(), "seed {seed}");
+    }
+}
+
+/// A heartbeat's reply goes out ahead of a backlog: queued behind a long catch-up to a
+/// slow client it came too late, and the client took the connection for dead.
+#[tokio::test]
+async fn an_urgent_frame_overtakes_the_backlog() {
+    let writers = Writers::new(1);
+    let (socket, tx, _handle) = attach(&writers);
+    socket.wire().budget = Some(0);
+    for i in 0..50 {
+        tx.push(text(&format!("backlog {i}"))).unwrap();
+    }
+    tx.push_urgent(text("heartbeat reply")).unwrap();
+    socket.give(2);
+    socket.wait_for(2).await;
+    assert_eq!(socket.texts(), ["heartbeat reply", "backlog 0"]);
 }
