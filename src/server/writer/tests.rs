@@ -9,6 +9,8 @@ use bytes::Bytes;
 use futures_util::Sink;
 
 use super::*;
+use crate::changes::Mark;
+use crate::resume::ConnAcks;
 use crate::router::outbox::{outbox, OutboxTx};
 
 /// What a test socket received, and whether it takes frames now.
@@ -350,26 +352,36 @@ async fn a_frame_queued_right_after_another_always_follows_it_over_real_sockets(
     assert_eq!(missing, 0, "frames that never came");
 }
 
+/// A resumable socket that takes nothing until given (`TestSocket::give`), with the
+/// sender of dispatch's marks.
+fn attach_slow_resumable(
+    writers: &Writers,
+) -> (
+    TestSocket,
+    OutboxTx,
+    watch::Sender<Option<Mark>>,
+    WriterHandle,
+) {
+    let socket = TestSocket::default();
+    socket.wire().budget = Some(0);
+    let (tx, rx) = outbox(100_000, 1 << 30);
+    let (marks, delivered) = watch::channel(None);
+    let pinger = Pinger {
+        acks: Arc::new(ConnAcks::default()),
+        delivered,
+    };
+    let handle = writers.attach(SinkHalf(socket.clone()), rx, Some(pinger));
+    (socket, tx, marks, handle)
+}
+
 /// Found by the chaos run: a resumable connection whose queue never ran dry (its client
 /// read a little slower than frames came) was never pinged, so its resume position stood
 /// still. Here the socket takes two messages per round while three frames come: it is
 /// pinged, and only after every frame queued before the ping's mark.
 #[tokio::test]
 async fn a_resumable_socket_whose_queue_never_runs_dry_is_still_pinged() {
-    use crate::changes::Mark;
-    use crate::resume::ConnAcks;
-
     let writers = Writers::new(1);
-    let socket = TestSocket::default();
-    socket.wire().budget = Some(0);
-    let (tx, rx) = outbox(1000, 1 << 20);
-    let (marks, delivered) = watch::channel(None);
-    let acks = Arc::new(ConnAcks::default());
-    let pinger = Pinger {
-        acks: acks.clone(),
-        delivered,
-    };
-    let _handle = writers.attach(SinkHalf(socket.clone()), rx, Some(pinger));
+    let (socket, tx, marks, _handle) = attach_slow_resumable(&writers);
     for i in 0..10 {
         tx.push(text(&format!("early {i}"))).unwrap();
     }
@@ -409,24 +421,13 @@ async fn a_resumable_socket_whose_queue_never_runs_dry_is_still_pinged() {
 /// order, and pings keep coming.
 #[tokio::test]
 async fn a_resumable_socket_under_random_load_never_stalls() {
-    use crate::changes::Mark;
-    use crate::resume::ConnAcks;
     use crate::router::outbox::ChannelOutbox;
     use rand::{Rng, SeedableRng};
 
     for seed in 0..20u64 {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let writers = Writers::new(1);
-        let socket = TestSocket::default();
-        socket.wire().budget = Some(0);
-        let (tx, rx) = outbox(100_000, 1 << 30);
-        let (marks, delivered) = watch::channel(None);
-        let acks = Arc::new(ConnAcks::default());
-        let pinger = Pinger {
-            acks: acks.clone(),
-            delivered,
-        };
-        let _handle = writers.attach(SinkHalf(socket.clone()), rx, Some(pinger));
+        let (socket, tx, marks, _handle) = attach_slow_resumable(&writers);
         let ch = ChannelOutbox::direct(tx.clone());
         let mut slots = Vec::new();
         let mut n = 0;
