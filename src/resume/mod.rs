@@ -160,15 +160,7 @@ impl Pending {
     /// Keeps `rows` and `releases` for the next write; a holder's latest row wins.
     fn keep(&mut self, rows: Vec<store::Row>, releases: Vec<(String, String)>) {
         self.rows.extend(rows);
-        let mut seen = std::collections::HashSet::new();
-        let mut latest: Vec<store::Row> = Vec::with_capacity(self.rows.len());
-        for row in std::mem::take(&mut self.rows).into_iter().rev() {
-            if seen.insert(row.holder.clone()) {
-                latest.push(row);
-            }
-        }
-        latest.reverse();
-        self.rows = latest;
+        self.rows = store::latest_per_holder(std::mem::take(&mut self.rows).into_iter());
         for r in releases {
             if !self.releases.contains(&r) {
                 self.releases.push(r);

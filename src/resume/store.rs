@@ -55,15 +55,8 @@ pub async fn upsert(
     if rows.is_empty() {
         return Ok(());
     }
-    // One row per holder, the last given (a channel written live, then parked): one
-    // statement may not update a row twice.
-    let mut seen = std::collections::HashSet::new();
-    let mut latest: Vec<&Row> = rows
-        .iter()
-        .rev()
-        .filter(|r| seen.insert(&r.holder))
-        .collect();
-    latest.reverse();
+    // One statement may not update a row twice.
+    let latest = latest_per_holder(rows.iter());
     let holders: Vec<&str> = latest.iter().map(|r| r.holder.as_str()).collect();
     let snaps: Vec<&str> = latest.iter().map(|r| r.snapshot.as_str()).collect();
     let details: Vec<&Value> = latest.iter().map(|r| &r.detail).collect();
@@ -71,6 +64,20 @@ pub async fn upsert(
         .execute(UPSERT, &[&holders, &snaps, &details, &grace.as_secs_f64()])
         .await?;
     Ok(())
+}
+
+/// One row per holder, the last given (a channel written live, then parked), in the
+/// order given.
+pub fn latest_per_holder<R: std::borrow::Borrow<Row>>(
+    rows: impl DoubleEndedIterator<Item = R>,
+) -> Vec<R> {
+    let mut seen = std::collections::HashSet::new();
+    let mut latest: Vec<R> = rows
+        .rev()
+        .filter(|r| seen.insert(r.borrow().holder.clone()))
+        .collect();
+    latest.reverse();
+    latest
 }
 
 pub async fn release(

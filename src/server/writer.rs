@@ -459,9 +459,9 @@ impl Io {
         // A waiting ping goes out right after the frames queued before its mark: on a
         // socket that is always full, frames queued later would otherwise take every
         // place it frees first.
-        let batch = match (&self.pinged.waiting, self.frames_before_ping()) {
-            (Some(_), ahead) => ahead.unwrap_or(0).min(WRITE_BATCH),
-            (None, _) => WRITE_BATCH,
+        let batch = match self.pinged.waiting {
+            Some(_) => self.frames_before_ping().unwrap_or(0).min(WRITE_BATCH),
+            None => WRITE_BATCH,
         };
         let fed = self.feed(cx, batch)?;
         // The flush polls the socket only when something was fed since the last one.
@@ -495,14 +495,15 @@ impl Io {
     /// was queued at that moment (which includes all of it), then the ping; its pong
     /// proves that far.
     fn maybe_ping(&mut self, cx: &mut Context<'_>) -> Result<bool, Failed> {
-        let Some(mark) = self
-            .pinger
-            .as_ref()
-            .and_then(|p| p.delivered.borrow().clone())
-        else {
-            return Ok(false);
-        };
         if self.pinged.waiting.is_none() {
+            // Read only when no ping waits (a waiting one already has its mark).
+            let Some(mark) = self
+                .pinger
+                .as_ref()
+                .and_then(|p| p.delivered.borrow().clone())
+            else {
+                return Ok(false);
+            };
             let last = &self.pinged;
             let since = last.at.map_or(Duration::MAX, |at| at.elapsed());
             let due =
