@@ -286,6 +286,119 @@ async fn an_access_token_refresh_moves_row_scope_to_the_new_subject() {
     );
 }
 
+const NOTES: &str = r#"
+create table public.notes (id bigserial primary key, body text);
+alter table public.notes enable row level security;
+create policy staff_read on public.notes for select to authenticated using (true);
+grant select on public.notes to anon, authenticated;
+select realtime.enable('public.notes');
+create table public.marks (id bigserial primary key, note text);
+grant select on public.marks to anon, authenticated, service_role;
+select realtime.enable('public.marks');
+"#;
+
+fn notes() -> Value {
+    json!({"event": "INSERT", "schema": "public", "table": "notes"})
+}
+
+async fn insert_notes(pg: &PgHub, n: i64) -> Vec<i64> {
+    let rows = pg
+        .sql
+        .query(
+            "insert into public.notes (body) select 'n' from generate_series(1, $1::int8) returning id",
+            &[&n],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+async fn expect_notes(c: &mut WsClient, ids: &[i64]) {
+    for &id in ids {
+        expect_row(c, "INSERT", "notes", id).await;
+    }
+}
+
+/// An unfiltered table's changes find the same receivers each time, and dispatch reuses
+/// them from one change to the next (`dispatch::memo`) until someone joins, leaves or
+/// refreshes a token: each of those must show from the next change on. Each step comes
+/// after a change that taught row scope every rule it needs, so that the step is the
+/// only thing that moved.
+#[tokio::test]
+async fn an_unfiltered_tables_receivers_follow_joins_leaves_and_token_refreshes() {
+    let pg = PgHub::start(NOTES).await;
+    let join = |token: String| {
+        let pg = &pg;
+        async move {
+            let mut c = pg.connect(Vsn::V2).await;
+            let joined = subscribe(&mut c, "realtime:notes", json!([notes()]), Some(&token)).await;
+            (c, joined)
+        }
+    };
+    let (mut a, a_joined) = join(pg.user(A)).await;
+    let (mut b, b_joined) = join(pg.user(B)).await;
+    // Anon sees no note: the rule for anon is learnt with the first change.
+    let (mut d, _) = join(pg.token("anon", C)).await;
+    for n in [3, 1] {
+        let ids = insert_notes(&pg, n).await;
+        expect_notes(&mut a, &ids).await;
+        expect_notes(&mut b, &ids).await;
+    }
+
+    let (mut c, _) = join(pg.user(C)).await;
+    let ids = insert_notes(&pg, 2).await;
+    for client in [&mut a, &mut b, &mut c] {
+        expect_notes(client, &ids).await;
+    }
+
+    // B leaves; then it joins another table's channel: its next frame must be from there.
+    // (A left channel's outbox refuses frames too, so this also holds without `memo`.)
+    let r = b.next_ref();
+    b.send_v2(
+        Some(&b_joined.join_ref),
+        Some(&r),
+        "realtime:notes",
+        "phx_leave",
+        json!({}),
+    )
+    .await;
+    let reply = b.recv().await;
+    assert!(reply.is_reply_to(&r), "{reply:?}");
+    let close = b.recv().await;
+    assert!(close.is_event("phx_close"), "{close:?}");
+    let ids = insert_notes(&pg, 2).await;
+    expect_notes(&mut a, &ids).await;
+    expect_notes(&mut c, &ids).await;
+    subscribe(
+        &mut b,
+        "realtime:marks",
+        json!([marks()]),
+        Some(&pg.user(B)),
+    )
+    .await;
+    let m = mark(&pg).await;
+    expect_row(&mut b, "INSERT", "marks", m).await;
+    let ids = insert_notes(&pg, 1).await;
+    expect_notes(&mut a, &ids).await;
+    expect_notes(&mut c, &ids).await;
+
+    // A becomes anon.
+    let r = a.next_ref();
+    a.send_v2(
+        Some(&a_joined.join_ref),
+        Some(&r),
+        "realtime:notes",
+        "access_token",
+        json!({"access_token": pg.token("anon", A)}),
+    )
+    .await;
+    a.assert_quiet().await;
+    let ids = insert_notes(&pg, 2).await;
+    expect_notes(&mut c, &ids).await;
+    a.assert_quiet().await;
+    d.assert_quiet().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Randomized: subscribers with random scope, random writes, Postgres RLS as the oracle.
 

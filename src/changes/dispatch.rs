@@ -2,7 +2,8 @@
 //! against the subscription index in-process (and fix each database broadcast's
 //! receivers), check row scope for the matched subscribers only (one round trip per
 //! batch, a few batches in flight), then encode once per visibility shape and queue for
-//! each member.
+//! each member. A change whose receivers cannot depend on its row reuses those found
+//! for the change to its table before it (`memo`).
 //!
 //! Matching happens under `Progress::cut`, the same lock a join registers under, so every
 //! batch is cleanly "before" or "after" a new channel: a resumed channel replays from the
@@ -11,6 +12,7 @@
 //! positions).
 
 mod held;
+mod memo;
 
 use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,7 @@ use super::stats::ChangeStats;
 use crate::protocol::{self, Broadcast, BroadcastPayload, SystemMessage, Vsn, WireFrame};
 use crate::router::{MemberId, Router, TopicKey};
 use held::{At, Held, OutboxOf, MAX_HELD};
+use memo::{Memo, Receivers};
 
 /// A point in the stream of batches: how many have passed and the log position after
 /// the last one.
@@ -76,14 +79,12 @@ impl Progress {
     }
 }
 
-/// One change with its matched members and their distinct viewers.
+/// One change with its matched members and their distinct viewers (shared with other
+/// changes that matched alike, see `memo`).
 struct Planned {
     change: Change,
     table: Arc<TableInfo>,
-    matched: Vec<Matched>,
-    /// Index into `viewers` for each matched member.
-    viewer_of: Vec<usize>,
-    viewers: Vec<Arc<Viewer>>,
+    receivers: Arc<Receivers>,
 }
 
 enum Step {
@@ -103,7 +104,10 @@ struct MatchedBatch {
 
 enum MatchedEvent {
     Broadcast(DbBroadcast, Vec<MemberId>),
+    /// Members found for this change alone; their viewers are collected by `plan`.
     Change(Change, Vec<Matched>),
+    /// Receivers kept from a change that matched alike.
+    Kept(Change, Arc<Receivers>),
 }
 
 /// What dispatch reads from and writes to.
@@ -118,6 +122,8 @@ pub struct Dispatcher {
     pub(super) lane: Lane,
     /// Large per-change buffers kept for the next change.
     pub(super) spare: Spare,
+    /// Receivers kept for changes that match alike.
+    pub(super) memo: Memo,
 }
 
 /// Large per-change buffers, given back once a change is delivered and kept (bounded,
@@ -249,12 +255,29 @@ impl Dispatcher {
                     events.push(MatchedEvent::Broadcast(b, members));
                 }
                 DbEvent::Change(c) => {
+                    // Read before matching: a change to the index during it moves it on.
+                    let generation = self.index.generation();
+                    // (A change without a row to judge matches nobody, kept set or not.)
+                    let kept = c
+                        .judged_row()
+                        .and_then(|_| self.memo.get(generation, &gates, &c));
+                    if let Some(kept) = kept {
+                        events.push(MatchedEvent::Kept(c, kept));
+                        continue;
+                    }
                     let into = self.spare.matched.take();
-                    let matched =
+                    let matching =
                         self.index
                             .matching_gated(&c, &gate_of, self.lane.inline_cost, into);
+                    let matched = matching.found;
                     if matched.is_empty() {
                         self.spare.matched.give(matched);
+                    } else if matching.alike {
+                        // Viewers now, under the cut lock, so that the set holds as long
+                        // as the generation (token refreshes happen under it too).
+                        let set = Arc::new(self.receivers(matched));
+                        self.memo.keep(generation, &gates, &c, &set);
+                        events.push(MatchedEvent::Kept(c, set));
                     } else {
                         events.push(MatchedEvent::Change(c, matched));
                     }
@@ -281,12 +304,13 @@ impl Dispatcher {
         let mut steps = Vec::with_capacity(batch.events.len());
         let mut last: Option<(String, String, Option<Arc<TableInfo>>)> = None;
         for event in batch.events {
-            let (change, matched) = match event {
+            let (change, found) = match event {
                 MatchedEvent::Broadcast(b, members) => {
                     steps.push(Step::Broadcast(b, members));
                     continue;
                 }
-                MatchedEvent::Change(c, m) => (c, m),
+                MatchedEvent::Change(c, m) => (c, Err(m)),
+                MatchedEvent::Kept(c, set) => (c, Ok(set)),
             };
             let same = |(schema, table, _): &(String, String, _)| {
                 *schema == change.schema && *table == change.table
@@ -305,13 +329,11 @@ impl Dispatcher {
             let Some(table) = last.as_ref().and_then(|(_, _, t)| t.clone()) else {
                 continue;
             };
-            let (viewer_of, viewers) = self.distinct_viewers(&matched);
+            let receivers = found.unwrap_or_else(|matched| Arc::new(self.receivers(matched)));
             steps.push(Step::Change(Planned {
                 change,
                 table,
-                matched,
-                viewer_of,
-                viewers,
+                receivers,
             }));
         }
         steps
@@ -322,6 +344,15 @@ impl Dispatcher {
     /// lock without being cloned; a viewer is cloned once, into the distinct list. One
     /// member after another with the same viewer (one connection's channels) skips even
     /// the lookup.
+    fn receivers(&self, matched: Vec<Matched>) -> Receivers {
+        let (viewer_of, viewers) = self.distinct_viewers(&matched);
+        Receivers {
+            matched,
+            viewer_of,
+            viewers,
+        }
+    }
+
     fn distinct_viewers(&self, matched: &[Matched]) -> (Vec<usize>, Vec<Arc<Viewer>>) {
         let mut distinct = self.spare.distinct.take();
         let mut viewers: Vec<Arc<Viewer>> = self.spare.viewers.take();
@@ -369,7 +400,9 @@ impl Dispatcher {
         let items: Vec<super::scope::Item<'_>> = steps
             .iter()
             .filter_map(|s| match s {
-                Step::Change(p) => Some((&p.change, p.table.as_ref(), p.viewers.as_slice())),
+                Step::Change(p) => {
+                    Some((&p.change, p.table.as_ref(), p.receivers.viewers.as_slice()))
+                }
                 Step::Broadcast(..) => None,
             })
             .collect();
@@ -387,16 +420,20 @@ impl Dispatcher {
         .unwrap_or_default()
     }
 
-    /// Keeps a delivered change's large buffers for the next changes.
+    /// Keeps a delivered change's large buffers for the next changes (its receivers'
+    /// once no other change shares them).
     fn recycle(&self, p: Planned, answers: Vec<Visibility>) {
-        self.spare.matched.give(p.matched);
-        self.spare.viewer_of.give(p.viewer_of);
-        self.spare.viewers.give(p.viewers);
+        if let Ok(r) = Arc::try_unwrap(p.receivers) {
+            self.spare.matched.give(r.matched);
+            self.spare.viewer_of.give(r.viewer_of);
+            self.spare.viewers.give(r.viewers);
+        }
         self.rls.recycle(answers);
     }
 
     /// Frees the buffers kept while dispatch was busy.
     fn release_spare(&self) {
+        self.memo.release();
         self.spare.matched.release();
         self.spare.viewer_of.release();
         self.spare.viewers.release();
@@ -450,7 +487,7 @@ impl Dispatcher {
         {
             let segment = &segment[..];
             let outbox_of = |at: At| {
-                &segment[at.change as usize].0.matched[at.member as usize]
+                &segment[at.change as usize].0.receivers.matched[at.member as usize]
                     .member
                     .outbox
             };
@@ -492,7 +529,8 @@ impl Dispatcher {
         let mut last: Option<LastFrame<'_>> = None;
         // Counted once per change, not per receiver.
         let mut hidden = 0u64;
-        for (i, (m, &vi)) in p.matched.iter().zip(&p.viewer_of).enumerate() {
+        let r = &*p.receivers;
+        for (i, (m, &vi)) in r.matched.iter().zip(&r.viewer_of).enumerate() {
             let at = At {
                 change: at as u32,
                 member: i as u32,
@@ -535,7 +573,7 @@ impl Dispatcher {
                     };
                     let frame = change_frame(m.member.vsn, &m.member.topic, &m.ids, data);
                     // A change one member sees (a portal customer's own row) needs no map.
-                    if p.matched.len() > 1 {
+                    if r.matched.len() > 1 {
                         frames.insert(frame_key, frame.clone());
                     }
                     frame

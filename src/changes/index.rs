@@ -9,7 +9,7 @@ mod roles;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -224,6 +224,18 @@ pub(super) struct SubscriptionIndex {
     by_scope: DashMap<TableScope, ScopeSubs>,
     /// Each member's subscriptions' places, so leaving touches only those buckets.
     members: DashMap<MemberId, (Arc<Member>, Places)>,
+    /// Moves on after every change to who is subscribed or with which viewer: a match
+    /// taken at one generation holds while it is still current (`Matching::alike`).
+    generation: AtomicU64,
+}
+
+/// What [`SubscriptionIndex::matching_gated`] found.
+pub(super) struct Matching {
+    pub found: Vec<Matched>,
+    /// Whether every change with this change's table and operation would have found the
+    /// same, whatever its row (no filter, `eq` bucket or claim key was involved), while
+    /// the index stays at the generation read before matching and the gates are the same.
+    pub alike: bool,
 }
 
 /// The stable id of a requested entry: identical entries get identical ids (so frames
@@ -279,6 +291,7 @@ impl SubscriptionIndex {
                 .add(Arc::new((pm.clone(), sub)));
         }
         self.members.insert(member, (pm, places));
+        self.moved_on();
     }
 
     pub fn remove(&self, member: MemberId) {
@@ -291,6 +304,18 @@ impl SubscriptionIndex {
             }
             self.by_scope.remove_if(&scope, |_, subs| subs.is_empty());
         }
+        self.moved_on();
+    }
+
+    /// Called after each change to the index (never before it completes: a match that
+    /// read the generation first and saw part of the change is then never reused).
+    fn moved_on(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The current generation; read it before matching.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Applies a refreshed token to a member's subscriptions, moving its scanned ones to
@@ -319,6 +344,7 @@ impl SubscriptionIndex {
                 subs.scanned.add(e);
             }
         }
+        self.moved_on();
     }
 
     #[cfg(test)]
@@ -340,6 +366,7 @@ impl SubscriptionIndex {
     #[cfg(test)]
     pub fn matching(&self, change: &Change) -> Vec<Matched> {
         self.matching_gated(change, &|_, _, _| Gate::Open, u64::MAX, Vec::new())
+            .found
     }
 
     /// [`SubscriptionIndex::matching`], leaving out whom row scope's gates (by schema,
@@ -353,11 +380,15 @@ impl SubscriptionIndex {
         gates: &dyn Fn(&str, &str, &str) -> Gate,
         inline_budget: u64,
         mut found: Vec<Matched>,
-    ) -> Vec<Matched> {
+    ) -> Matching {
         debug_assert!(found.is_empty());
         let Some(row) = change.judged_row() else {
-            return found;
+            return Matching {
+                found,
+                alike: false,
+            };
         };
+        let mut alike = true;
         let table_gate = |role: &str| gates(&change.schema, &change.table, role);
         let open = |_: &str| Gate::Open;
         let scopes: [(TableScope, GateOf<'_>); 3] = [
@@ -394,6 +425,7 @@ impl SubscriptionIndex {
                 if sub.event.is_some_and(|e| e != change.op) {
                     return;
                 }
+                alike &= sub.filter.is_empty();
                 let cost = sub.filter.cost(row);
                 let defer = cost > 0 && {
                     let spent = spent.entry(pm.conn_id).or_default();
@@ -434,12 +466,15 @@ impl SubscriptionIndex {
                 }
             });
             scopes_found += usize::from(found.len() > before);
+            // Buckets by a row's value (`eq` filters, claim keys) find by the row.
+            alike &= subs.by_eq.is_empty() && !subs.scanned.keyed();
         }
-        if side_by_side && scopes_found <= 1 {
+        let found = if side_by_side && scopes_found <= 1 {
             found
         } else {
             merged(found)
-        }
+        };
+        Matching { found, alike }
     }
 }
 
@@ -700,6 +735,7 @@ mod tests {
         let c = change(A, "open");
         let mut by_member: Vec<_> = index
             .matching_gated(&c, &|_, _, _| Gate::Open, 11, Vec::new())
+            .found
             .into_iter()
             .map(|m| {
                 let deferred: Vec<u32> = m.deferred.iter().map(|e| e.1.id).collect();
@@ -719,6 +755,7 @@ mod tests {
         );
         let judged: Vec<_> = index
             .matching_gated(&c, &|_, _, _| Gate::Open, 12, Vec::new())
+            .found
             .into_iter()
             .map(|m| (m.member.member, m.deferred.len()))
             .collect();
@@ -731,6 +768,56 @@ mod tests {
     fn user(role: &str, sub: Option<&str>) -> Viewer {
         let claims = json!({"role": role, "sub": sub}).to_string();
         Viewer::new(role, &claims, sub)
+    }
+
+    #[test]
+    fn a_match_is_alike_for_every_row_only_without_filters_or_keys_and_each_change_moves_the_generation(
+    ) {
+        let index = SubscriptionIndex::default();
+        let alike = |gate: Gate| {
+            index
+                .matching_gated(
+                    &change(A, "open"),
+                    &|_, _, _| gate.clone(),
+                    u64::MAX,
+                    Vec::new(),
+                )
+                .alike
+        };
+        let g0 = index.generation();
+        subscribe(&index, 1, "");
+        subscribe(&index, 2, "");
+        let g1 = index.generation();
+        assert!(g1 > g0, "a join moves the generation");
+        assert!(
+            alike(Gate::Open),
+            "unfiltered, open: every row finds 1 and 2"
+        );
+        assert!(alike(Gate::Nobody));
+        let keys =
+            RowKey::parse_all(&json!([{"column": "customer_id", "claim": null, "type": "uuid"}]))
+                .unwrap();
+        assert!(
+            !alike(Gate::Keyed(keys.into())),
+            "claim keys find by the row"
+        );
+        assert_eq!(index.generation(), g1, "matching is no change");
+
+        subscribe(&index, 3, "status=like.o%");
+        assert!(!alike(Gate::Open), "a scanned filter judges the row");
+        index.remove(3);
+        assert!(alike(Gate::Open));
+        subscribe(&index, 4, &format!("customer_id=eq.{A}"));
+        assert!(!alike(Gate::Open), "an eq bucket finds by the row");
+        let g2 = index.generation();
+        index.remove(4);
+        assert!(index.generation() > g2, "a leave moves the generation");
+        let g3 = index.generation();
+        index.set_viewer(1, Arc::new(user("anon", None)));
+        assert!(
+            index.generation() > g3,
+            "a token refresh moves the generation"
+        );
     }
 
     #[test]
@@ -754,6 +841,7 @@ mod tests {
         let gated = |c: &Change| {
             let mut m: Vec<_> = index
                 .matching_gated(c, &|_, _, role| gates(role), u64::MAX, Vec::new())
+                .found
                 .iter()
                 .map(|m| m.member.member)
                 .collect();

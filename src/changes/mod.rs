@@ -150,6 +150,7 @@ impl Changes {
             stats: self.stats.clone(),
             progress: self.progress.clone(),
             spare: Default::default(),
+            memo: Default::default(),
         };
         dispatch::run_dispatch(d, events, shutdown).await;
     }

@@ -130,6 +130,13 @@ impl RoleGroups {
         self.groups.values().map(RoleGroup::len).sum()
     }
 
+    /// Whether a group is laid out by claim keys (its candidates depend on the row).
+    pub fn keyed(&self) -> bool {
+        self.groups
+            .values()
+            .any(|g| matches!(g.gate, Gate::Keyed(_)))
+    }
+
     /// How many members of roles whose gate was open last time hold entries here (one
     /// step per role): the members a change will likely find, to size for.
     pub fn open_members(&self) -> usize {
