@@ -410,19 +410,7 @@ async fn a_channel_that_left_gets_no_more_changes() {
     let mut c = pg.connect(Vsn::V2).await;
     let token = pg.user(USER);
     let left = subscribe(&mut c, "realtime:left", json!([jobs("*")]), Some(&token)).await;
-    let r = c.next_ref();
-    c.send_v2(
-        Some(&left.join_ref),
-        Some(&r),
-        "realtime:left",
-        "phx_leave",
-        json!({}),
-    )
-    .await;
-    let reply = c.recv().await;
-    assert!(reply.is_reply_to(&r), "{reply:?}");
-    let close = c.recv().await;
-    assert!(close.is_event("phx_close"), "{close:?}");
+    leave(&mut c, &left).await;
     subscribe(
         &mut c,
         "realtime:stay",

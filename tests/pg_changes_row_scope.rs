@@ -353,19 +353,7 @@ async fn an_unfiltered_tables_receivers_follow_joins_leaves_and_token_refreshes(
 
     // B leaves; then it joins another table's channel: its next frame must be from there.
     // (A left channel's outbox refuses frames too, so this also holds without `memo`.)
-    let r = b.next_ref();
-    b.send_v2(
-        Some(&b_joined.join_ref),
-        Some(&r),
-        "realtime:notes",
-        "phx_leave",
-        json!({}),
-    )
-    .await;
-    let reply = b.recv().await;
-    assert!(reply.is_reply_to(&r), "{reply:?}");
-    let close = b.recv().await;
-    assert!(close.is_event("phx_close"), "{close:?}");
+    leave(&mut b, &b_joined).await;
     let ids = insert_notes(&pg, 2).await;
     expect_notes(&mut a, &ids).await;
     expect_notes(&mut c, &ids).await;

@@ -212,6 +212,23 @@ pub async fn subscribe(
     subscribe_with(c, topic, entries, token, json!({})).await
 }
 
+/// Leaves a joined channel (vsn 2): requires the ok reply, then the `phx_close`.
+pub async fn leave(c: &mut WsClient, joined: &Joined) {
+    let r = c.next_ref();
+    c.send_v2(
+        Some(&joined.join_ref),
+        Some(&r),
+        &joined.topic,
+        "phx_leave",
+        json!({}),
+    )
+    .await;
+    let reply = c.recv().await;
+    assert!(reply.is_reply_to(&r), "{reply:?}");
+    let close = c.recv().await;
+    assert!(close.is_event("phx_close"), "{close:?}");
+}
+
 /// [`subscribe`] with extra `config` keys (e.g. `{"broadcast":{"self":true}}`).
 pub async fn subscribe_with(
     c: &mut WsClient,

@@ -38,24 +38,33 @@ struct Kept {
     members: usize,
 }
 
+impl Kept {
+    fn current(&self, generation: u64, gates: &Arc<Gates>) -> bool {
+        self.generation == generation && Arc::ptr_eq(&self.gates, gates)
+    }
+}
+
 impl Memo {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Kept>> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The receivers kept for `change`'s table and operation, if the index is still at
-    /// `generation` and the gates are `gates`.
+    /// `generation` and the gates are `gates`. Sets kept at an older generation are let
+    /// go here (they may hold members that left).
     pub(super) fn get(
         &self,
         generation: u64,
         gates: &Arc<Gates>,
         change: &Change,
     ) -> Option<Arc<Receivers>> {
-        let kept = self.lock();
-        let kept = kept
-            .as_ref()
-            .filter(|k| k.generation == generation && Arc::ptr_eq(&k.gates, gates))?;
-        kept.sets
+        let mut kept = self.lock();
+        if !kept.as_ref()?.current(generation, gates) {
+            *kept = None;
+            return None;
+        }
+        kept.as_ref()?
+            .sets
             .iter()
             .find(|(schema, table, op, _)| {
                 *op == change.op && *table == change.table && *schema == change.schema
@@ -73,9 +82,7 @@ impl Memo {
         set: &Arc<Receivers>,
     ) {
         let mut kept = self.lock();
-        let current = kept
-            .as_ref()
-            .is_some_and(|k| k.generation == generation && Arc::ptr_eq(&k.gates, gates));
+        let current = kept.as_ref().is_some_and(|k| k.current(generation, gates));
         let full = kept.as_ref().is_some_and(|k| {
             k.sets.len() >= MAX_SETS || k.members + set.matched.len() > MAX_MEMBERS
         });
