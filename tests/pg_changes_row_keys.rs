@@ -160,17 +160,7 @@ async fn a_token_refresh_changing_the_claim_moves_the_viewer_to_the_new_key() {
     let before = task(&pg, Some(7), None).await;
     expect_row(&mut c, "INSERT", "tasks", before).await;
 
-    let r = c.next_ref();
-    c.send_v2(
-        Some(&joined.join_ref),
-        Some(&r),
-        "realtime:scope",
-        "access_token",
-        json!({"access_token": token(&pg, json!({"org_id": "8"}))}),
-    )
-    .await;
-    // No reply to access_token; the heartbeat reply right after is the barrier.
-    c.assert_quiet().await;
+    refresh_token(&mut c, &joined, &token(&pg, json!({"org_id": "8"}))).await;
 
     let old_key = task(&pg, Some(7), None).await;
     let new_key = task(&pg, Some(8), None).await;

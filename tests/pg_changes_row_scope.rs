@@ -252,17 +252,7 @@ async fn an_access_token_refresh_moves_row_scope_to_the_new_subject() {
     let a0 = insert_job(&pg, A, "before").await;
     expect_row(&mut c, "INSERT", "jobs", a0).await;
 
-    let r = c.next_ref();
-    c.send_v2(
-        Some(&joined.join_ref),
-        Some(&r),
-        "realtime:jobs",
-        "access_token",
-        json!({"access_token": pg.user(B)}),
-    )
-    .await;
-    // No reply to access_token; the heartbeat reply right after is the barrier.
-    c.assert_quiet().await;
+    refresh_token(&mut c, &joined, &pg.user(B)).await;
 
     let a1 = insert_job(&pg, A, "after").await;
     let b1 = insert_job(&pg, B, "after").await;
@@ -371,16 +361,7 @@ async fn an_unfiltered_tables_receivers_follow_joins_leaves_and_token_refreshes(
     expect_notes(&mut c, &ids).await;
 
     // A becomes anon.
-    let r = a.next_ref();
-    a.send_v2(
-        Some(&a_joined.join_ref),
-        Some(&r),
-        "realtime:notes",
-        "access_token",
-        json!({"access_token": pg.token("anon", A)}),
-    )
-    .await;
-    a.assert_quiet().await;
+    refresh_token(&mut a, &a_joined, &pg.token("anon", A)).await;
     let ids = insert_notes(&pg, 2).await;
     expect_notes(&mut c, &ids).await;
     a.assert_quiet().await;

@@ -229,6 +229,23 @@ pub async fn leave(c: &mut WsClient, joined: &Joined) {
     assert!(close.is_event("phx_close"), "{close:?}");
 }
 
+/// Sends a refreshed access token for a joined channel (vsn 2) and waits until the hub
+/// has taken it: it sends no reply, so the heartbeat reply `assert_quiet` waits for is the
+/// barrier (and nothing may come before it).
+pub async fn refresh_token(c: &mut WsClient, joined: &Joined, token: &str) {
+    let r = c.next_ref();
+    let payload = json!({ "access_token": token });
+    c.send_v2(
+        Some(&joined.join_ref),
+        Some(&r),
+        &joined.topic,
+        "access_token",
+        payload,
+    )
+    .await;
+    c.assert_quiet().await;
+}
+
 /// [`subscribe`] with extra `config` keys (e.g. `{"broadcast":{"self":true}}`).
 pub async fn subscribe_with(
     c: &mut WsClient,

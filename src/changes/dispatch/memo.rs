@@ -35,12 +35,16 @@ struct Kept {
     /// Held, so that a later `Arc` of other gates cannot take its address.
     gates: Arc<Gates>,
     sets: Vec<(String, String, Op, Arc<Receivers>)>,
-    members: usize,
 }
 
 impl Kept {
     fn current(&self, generation: u64, gates: &Arc<Gates>) -> bool {
         self.generation == generation && Arc::ptr_eq(&self.gates, gates)
+    }
+
+    /// Receivers in all sets.
+    fn members(&self) -> usize {
+        self.sets.iter().map(|(.., set)| set.matched.len()).sum()
     }
 }
 
@@ -84,7 +88,7 @@ impl Memo {
         let mut kept = self.lock();
         let current = kept.as_ref().is_some_and(|k| k.current(generation, gates));
         let full = kept.as_ref().is_some_and(|k| {
-            k.sets.len() >= MAX_SETS || k.members + set.matched.len() > MAX_MEMBERS
+            k.sets.len() >= MAX_SETS || k.members() + set.matched.len() > MAX_MEMBERS
         });
         if !current || full {
             *kept = None;
@@ -96,9 +100,7 @@ impl Memo {
             generation,
             gates: gates.clone(),
             sets: Vec::new(),
-            members: 0,
         });
-        k.members += set.matched.len();
         k.sets.push((
             change.schema.clone(),
             change.table.clone(),
