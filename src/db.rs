@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (40, include_str!("../sql/040_hub_role.sql")),
     (41, include_str!("../sql/041_row_keys.sql")),
     (51, include_str!("../sql/051_capture_cost.sql")),
+    (52, include_str!("../sql/052_wake_payload.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

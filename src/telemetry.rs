@@ -29,6 +29,7 @@ pub struct Metrics {
     pub fanout_latency: Histogram,
     pub capture_lag_ms: Gauge<i64, AtomicI64Wrap>,
     pub capture_rows: Counter,
+    pub capture_rows_ahead: Counter,
     pub capture_reconnects: Gauge,
     pub capture_connected: Gauge,
     /// 1 while cluster mode is on and Redis is unreachable (traffic is node-local).
@@ -165,6 +166,7 @@ impl Metrics {
         let fanout_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         let capture_lag_ms = Gauge::<i64, AtomicI64Wrap>::default();
         let capture_rows = Counter::default();
+        let capture_rows_ahead = Counter::default();
         let capture_reconnects = Gauge::default();
         let capture_connected = Gauge::default();
         let cluster_degraded = Gauge::default();
@@ -213,6 +215,11 @@ impl Metrics {
             "capture_rows",
             "Changes and database broadcasts read from the change log",
             capture_rows.clone(),
+        );
+        registry.register(
+            "capture_rows_ahead",
+            "Changes delivered from a wake-up's payload before the log read that confirms them",
+            capture_rows_ahead.clone(),
         );
         registry.register(
             "capture_reconnects",
@@ -283,6 +290,7 @@ impl Metrics {
             fanout_latency,
             capture_lag_ms,
             capture_rows,
+            capture_rows_ahead,
             capture_reconnects,
             capture_connected,
             cluster_degraded,

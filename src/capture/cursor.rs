@@ -3,9 +3,11 @@
 //! transaction was not yet visible in that snapshot, `xid >= xmax OR xid = ANY(xip)`. A
 //! `Position` adds the pages already read past the cursor: rows visible in a page's
 //! snapshot with an id up to the page's last id. Every reader of the log (the live
-//! capture, resumed subscriptions, webhooks, the pull feed) keeps one. A position read
-//! from the log also carries its `Origin` (which server lifetime, and when), so a position
-//! kept across a Postgres crash can be corrected (`reader::correct`).
+//! capture, resumed subscriptions, webhooks, the pull feed) keeps one. The live capture's
+//! position also names log rows delivered ahead of any read, from the wake-up that
+//! carried them (`ahead`). A position read from the log also carries its `Origin` (which
+//! server lifetime, and when), so a position kept across a Postgres crash can be corrected
+//! (`reader::correct`).
 
 use std::fmt;
 
@@ -63,6 +65,12 @@ impl Cursor {
         Some(Cursor { xmax, xip })
     }
 
+    /// Whether transaction `xid` had finished when this snapshot was taken (so its rows,
+    /// if it committed, are no longer new to a reader at this cursor).
+    pub fn sees(&self, xid: u64) -> bool {
+        xid < self.xmax && self.xip.binary_search(&xid).is_err()
+    }
+
     /// Every transaction below `xmin` had finished when this snapshot was taken.
     pub fn xmin(&self) -> u64 {
         self.xip.first().copied().unwrap_or(self.xmax)
@@ -113,11 +121,15 @@ pub struct Origin {
 }
 
 /// A cursor plus the pages read beyond it (each a snapshot and the last id read under
-/// it). Rows new to `cursor` are read except those covered by a page.
+/// it) and the log rows delivered ahead of any read. Rows new to `cursor` are read except
+/// those covered by a page or named in `ahead`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
     pub cursor: Cursor,
     pub pages: Vec<(Cursor, i64)>,
+    /// Log rows (transaction id, log id) read from a wake-up's payload before any read of
+    /// the log saw them; each stays until a snapshot that sees its transaction takes over.
+    pub ahead: Vec<(u64, i64)>,
     /// `None` for a position not read from the log (or from before origins were kept).
     pub origin: Option<Origin>,
 }
@@ -127,6 +139,7 @@ impl Position {
         Position {
             cursor,
             pages: Vec::new(),
+            ahead: Vec::new(),
             origin: None,
         }
     }
@@ -137,6 +150,39 @@ impl Position {
             origin: Some(origin),
             ..Position::at(cursor)
         }
+    }
+
+    /// The position after reading everything new to it under `snapshot` (taken at
+    /// `origin`): that snapshot, keeping the rows delivered ahead whose transactions it
+    /// does not see yet.
+    pub fn caught_up(&self, snapshot: Cursor, origin: Origin) -> Position {
+        let ahead = self
+            .ahead
+            .iter()
+            .filter(|(xid, _)| !snapshot.sees(*xid))
+            .copied()
+            .collect();
+        Position {
+            ahead,
+            ..Position::taken(snapshot, origin)
+        }
+    }
+
+    /// Records that log row `id` of transaction `xid`, created at `created_at` (µs since
+    /// the epoch, on the server's clock), was delivered ahead of any read. The origin's
+    /// time moves to its creation: the only rows created after the origin that a position
+    /// counts as read must otherwise be ones a crashed server handed out again
+    /// (`reader::correct`).
+    pub fn read_ahead(&mut self, xid: u64, id: i64, created_at: i64) {
+        self.ahead.push((xid, id));
+        if let Some(origin) = &mut self.origin {
+            origin.at = origin.at.max(created_at);
+        }
+    }
+
+    /// Whether log row `id` was delivered ahead of the read now returning it.
+    pub fn has_ahead(&self, id: i64) -> bool {
+        self.ahead.iter().any(|(_, a)| *a == id)
     }
 
     /// Records that rows visible in `snapshot` (taken at `origin`) with ids up to
@@ -162,11 +208,14 @@ impl Position {
         for (page, _) in &mut self.pages {
             changed |= page.forget_from(xid);
         }
-        changed
+        let before = self.ahead.len();
+        self.ahead.retain(|(x, _)| *x < xid);
+        changed | (self.ahead.len() != before)
     }
 
     /// Parses the `Display` form: `xmax:xip`, then `/xmax:xip@last_id` per page, then
-    /// `/~server.at` if the origin is known (texts without it are still read).
+    /// `/axid.id,xid.id` for rows read ahead (if any), then `/~server.at` if the origin is
+    /// known (texts without it are still read).
     pub fn parse(text: &str) -> Result<Position, CursorError> {
         let bad = || CursorError(text.to_string());
         let (text_pages, origin) = match text.rsplit_once("/~") {
@@ -180,6 +229,10 @@ impl Position {
             }
             None => (text, None),
         };
+        let (text_pages, ahead) = match text_pages.rsplit_once("/a") {
+            Some((rest, ahead)) => (rest, parse_ahead(ahead).ok_or_else(bad)?),
+            None => (text_pages, Vec::new()),
+        };
         let mut parts = text_pages.split('/');
         let cursor = Cursor::parse(parts.next().ok_or_else(bad)?)?;
         let pages = parts
@@ -191,24 +244,33 @@ impl Position {
         Ok(Position {
             cursor,
             pages,
+            ahead,
             origin,
         })
     }
 
-    /// The bind values of a read: xmax, xip, page snapshots, page last ids.
-    pub(crate) fn bind_values(&self) -> (String, Vec<String>, Vec<String>, Vec<i64>) {
+    /// The bind values of a read: xmax, xip, page snapshots, page last ids, ids read ahead.
+    pub(crate) fn bind_values(&self) -> BindValues {
         let (xmax, xip) = self.cursor.bind_texts();
         let snaps = self.pages.iter().map(|(c, _)| c.to_pg_snapshot()).collect();
         let ids = self.pages.iter().map(|(_, id)| *id).collect();
-        (xmax, xip, snaps, ids)
+        let ahead = self.ahead.iter().map(|(_, id)| *id).collect();
+        (xmax, xip, snaps, ids, ahead)
     }
 }
+
+/// A position's bind values (see `Position::bind_values`).
+pub(crate) type BindValues = (String, Vec<String>, Vec<String>, Vec<i64>, Vec<i64>);
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.cursor)?;
         for (snap, id) in &self.pages {
             write!(f, "/{snap}@{id}")?;
+        }
+        for (i, (xid, id)) in self.ahead.iter().enumerate() {
+            let sep = if i == 0 { "/a" } else { "," };
+            write!(f, "{sep}{xid}.{id}")?;
         }
         if let Some(o) = &self.origin {
             write!(f, "/~{}.{}", o.server, o.at)?;
@@ -222,6 +284,15 @@ fn parse_xip(text: &str) -> Option<Vec<u64>> {
         return Some(Vec::new());
     }
     text.split(',').map(|x| x.parse().ok()).collect()
+}
+
+fn parse_ahead(text: &str) -> Option<Vec<(u64, i64)>> {
+    text.split(',')
+        .map(|a| {
+            let (xid, id) = a.split_once('.')?;
+            Some((xid.parse().ok()?, id.parse().ok()?))
+        })
+        .collect()
 }
 
 fn join(xids: &[u64]) -> String {
@@ -276,6 +347,7 @@ mod tests {
         let mut p = Position {
             cursor: Cursor::parse("105:100,102").unwrap(),
             pages: vec![(Cursor::parse("110:").unwrap(), 42)],
+            ahead: Vec::new(),
             origin: None,
         };
         assert_eq!(p.to_string(), "105:100,102/110:@42");
@@ -305,6 +377,11 @@ mod tests {
             "7:/~x.2",
             "7:/~1.2/8:@1",
             "/~1.2",
+            "7:/a",
+            "7:/a5",
+            "7:/a5.x",
+            "7:/a5.1,",
+            "7:/~1.2/a5.1",
         ] {
             assert!(Position::parse(bad).is_err(), "{bad:?}");
         }
@@ -323,6 +400,36 @@ mod tests {
         let origin = Origin { server: 5, at: 9 };
         p.read_through(&Cursor::parse("120:").unwrap(), 90, Some(origin));
         assert_eq!(p.to_string(), "100:/120:@90/~5.9");
+    }
+
+    #[test]
+    fn rows_read_ahead_round_trip_and_stay_until_a_snapshot_sees_them() {
+        let origin = Origin { server: 5, at: 9 };
+        let mut p = Position::taken(Cursor::parse("100:97").unwrap(), origin);
+        p.read_ahead(101, 7, 8);
+        p.read_ahead(97, 8, 12);
+        assert_eq!(
+            p.to_string(),
+            "100:97/a101.7,97.8/~5.12",
+            "the origin moves to the latest row read ahead"
+        );
+        assert_eq!(Position::parse(&p.to_string()).unwrap(), p);
+        assert!(p.has_ahead(8) && !p.has_ahead(6));
+        assert_eq!(p.bind_values().4, vec![7, 8]);
+        let next = p.caught_up(Cursor::parse("101:").unwrap(), origin);
+        assert_eq!(next.origin, Some(origin), "the snapshot's own origin");
+        assert_eq!(
+            next.to_string(),
+            "101:/a101.7/~5.9",
+            "97 finished before the snapshot, 101 had not started"
+        );
+        let next = next.caught_up(Cursor::parse("104:101").unwrap(), origin);
+        assert_eq!(next.ahead, vec![(101, 7)], "101 still in progress");
+        let next = next.caught_up(Cursor::parse("104:").unwrap(), origin);
+        assert!(next.ahead.is_empty());
+        let mut p = Position::parse("100:/a101.7,99.3").unwrap();
+        assert!(p.forget_from(100));
+        assert_eq!(p.to_string(), "100:/a99.3");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! publication and prunes `realtime.messages`. Produces `LogBatch`es for `changes`;
 //! knows nothing of clients.
 
+mod carried;
 mod cursor;
 mod maintenance;
 mod reader;
@@ -15,6 +16,7 @@ mod status;
 mod wake;
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +51,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 const WANT_WAKE: &str = "select realtime.want_wake($1)";
 const DROP_WAKE: &str = "select realtime.drop_wake()";
+/// A carried change's commit time is its log row's `created_at`, which is what a read
+/// returns only while Postgres does not track commit timestamps.
+const COMMIT_TIMES: &str = "select current_setting('track_commit_timestamp') = 'on'";
+/// Wake-ups waiting for the capture loop at most; one more is dropped (`Wakes`).
+const WAKES_QUEUED: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
@@ -179,6 +186,7 @@ impl Session<'_> {
             .batch_execute(&format!("listen {WAKE_CHANNEL}"))
             .await?;
         let stmts = Statements::prepare(&client).await?;
+        let may_carry = !client.query_one(COMMIT_TIMES, &[]).await?.get::<_, bool>(0);
         if let Some(p) = position.as_mut() {
             if reader::correct(&client, p).await? {
                 tracing::warn!(
@@ -231,22 +239,35 @@ impl Session<'_> {
                     client.execute(DROP_WAKE, &[]).await?;
                     wake.dropped();
                 }
-                Next::Poll(delay) => tokio::select! {
-                    _ = self.shutdown.cancelled() => return self.stop(&client).await,
-                    _ = tokio::time::sleep(delay) => {}
-                    woke = notified.recv() => if woke.is_none() {
-                        return Err(CaptureError::ConnectionClosed("connection lost".into()));
-                    },
-                },
+                Next::Poll(delay) => {
+                    self.status.set_waiting(Some(false));
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return self.stop(&client).await,
+                        _ = tokio::time::sleep(delay) => {}
+                        woke = notified.rx.recv() => if woke.is_none() {
+                            return Err(CaptureError::ConnectionClosed("connection lost".into()));
+                        },
+                    }
+                }
                 Next::Wait { mut renew_at } => loop {
+                    self.status.set_waiting(Some(true));
                     // Wait for a wake-up or the poll; renew the lease and do upkeep meanwhile
                     // (the lease never lapses while waiting, so neither needs a read).
                     let poll_at = now + self.cfg.poll_interval.max(Duration::from_millis(1));
                     let upkeep_at = upkeep.next_checkpoint.min(upkeep.next_prune);
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return self.stop(&client).await,
-                        woke = notified.recv() => match woke {
-                            Some(()) => break,
+                        woke = notified.rx.recv() => match woke {
+                            Some(payload) => {
+                                let now = Instant::now();
+                                let steady = may_carry && wake.steady(now);
+                                match self.deliver_carried(payload, &mut notified, steady, position).await {
+                                    None => return self.stop(&client).await,
+                                    Some(true) => wake.carried(now),
+                                    Some(false) => {}
+                                }
+                                break;
+                            }
                             None => return Err(CaptureError::ConnectionClosed("connection lost".into())),
                         },
                         _ = tokio::time::sleep_until(poll_at) => break,
@@ -276,6 +297,7 @@ impl Session<'_> {
         stmts: &Statements,
         position: &mut Position,
     ) -> Result<Option<bool>, CaptureError> {
+        self.status.set_waiting(None);
         let limit = self.cfg.batch_limit.max(1);
         let page = reader::read_page(client, stmts, position, limit).await?;
         let full = page.rows >= limit;
@@ -297,6 +319,71 @@ impl Session<'_> {
         }
         self.status.set_cursor(&position.to_string());
         Ok(Some(found))
+    }
+
+    /// Delivers what the queued wake-ups carry (`first` and any queued behind it), ahead
+    /// of the read they call for. Safe only while the lease is `steady`: then every
+    /// transaction that committed since the last read sent a wake-up, in commit order, so
+    /// the wake-ups queued here are all of them up to the newest. One that carries nothing
+    /// (a large statement, `realtime.send`, a dropped wake-up) stops it: what follows waits
+    /// for the read. A change the last read already saw is skipped, and the carried rows
+    /// join the position as read ahead, so the next read skips them. `Some(whether any
+    /// went ahead)`, or `None` when stopping.
+    async fn deliver_carried(
+        &self,
+        first: String,
+        wakes: &mut Wakes,
+        steady: bool,
+        position: &mut Position,
+    ) -> Option<bool> {
+        let mut go = steady;
+        let mut events = Vec::new();
+        let mut versions = Vec::new();
+        let mut next = Some(first);
+        while let Some(payload) = next.take() {
+            if go {
+                match carried::carried(&payload) {
+                    Some(c) if position.cursor.sees(c.xid) || position.has_ahead(c.id) => {}
+                    Some(c) => {
+                        position.read_ahead(c.xid, c.id, c.created_at);
+                        versions.push(c.rules_version);
+                        events.extend(c.events);
+                    }
+                    None => go = false,
+                }
+            }
+            next = wakes.rx.try_recv().ok();
+        }
+        // Wake-ups were dropped after those taken here: the read comes first now.
+        wakes.overflowed.store(false, Ordering::Release);
+        if events.is_empty() {
+            return Some(false);
+        }
+        let rules_version = match versions.first() {
+            Some(v) if versions.iter().all(|x| x == v) => *v,
+            _ => None,
+        };
+        let last_ts = events.iter().rev().find_map(|e| match e {
+            crate::changes::DbEvent::Change(c) => {
+                Some(crate::changes::format_commit_time(c.commit_time))
+            }
+            crate::changes::DbEvent::Broadcast(_) => None,
+        });
+        self.status
+            .record_batch(events.len(), last_ts.as_deref(), 0);
+        self.status.count_ahead(events.len());
+        let text = position.to_string();
+        self.status.set_cursor(&text);
+        let batch = LogBatch {
+            events,
+            position: text.into(),
+            rules_version,
+        };
+        let sent = tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            sent = self.out.send(batch) => sent.is_ok(),
+        };
+        sent.then_some(true)
     }
 
     /// Hands a page to dispatch (waiting while dispatch is behind); false when stopping.
@@ -385,9 +472,17 @@ async fn want_wake(client: &Client) -> Result<bool, CaptureError> {
     Ok(client.query_one(WANT_WAKE, &[&lease_ms]).await?.get(0))
 }
 
-/// Opens the capture connection; its messages are driven by a task that turns each
-/// notification into a wake-up. The wake-up receiver closes when the connection ends.
-async fn open(url: &str) -> Result<(Client, mpsc::Receiver<()>, JoinHandle<()>), CaptureError> {
+/// Wake-ups from the capture connection, in the order Postgres sent them (commit order).
+/// When the queue is full the driver drops that wake-up and every later one until the
+/// capture loop has seen `overflowed` (so what is queued is always a gap-free prefix).
+struct Wakes {
+    rx: mpsc::Receiver<String>,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// Opens the capture connection; its messages are driven by a task that queues each
+/// notification's payload. The queue closes when the connection ends.
+async fn open(url: &str) -> Result<(Client, Wakes, JoinHandle<()>), CaptureError> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e: tokio_postgres::Error| CaptureError::BadUrl(e.to_string()))?;
@@ -397,13 +492,18 @@ async fn open(url: &str) -> Result<(Client, mpsc::Receiver<()>, JoinHandle<()>),
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30));
     let (client, mut connection) = config.connect(NoTls).await?;
-    // Capacity 1: a pending wake-up already covers any later notification.
-    let (wake_tx, wake_rx) = mpsc::channel(1);
+    let (wake_tx, rx) = mpsc::channel(WAKES_QUEUED);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let flag = overflowed.clone();
     let driver = tokio::spawn(async move {
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => {
-                    let _ = wake_tx.try_send(());
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if !flag.load(Ordering::Acquire)
+                        && wake_tx.try_send(n.payload().to_owned()).is_err()
+                    {
+                        flag.store(true, Ordering::Release);
+                    }
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
@@ -414,7 +514,7 @@ async fn open(url: &str) -> Result<(Client, mpsc::Receiver<()>, JoinHandle<()>),
             }
         }
     });
-    Ok((client, wake_rx, driver))
+    Ok((client, Wakes { rx, overflowed }, driver))
 }
 
 /// How often retention runs: a tenth of the retention, between 1 s and 60 s.

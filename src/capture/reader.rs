@@ -21,15 +21,26 @@ macro_rules! log_columns {
     };
 }
 
-/// Rows new to a position ($1 xmax, $2 xip of its cursor, $3 its page snapshots, $4 the
-/// last id of each page). Both arms of the OR use the xid index (a BitmapOr), so a read
+/// Rows new to a position whose bind values (`Position::bind_values`: xmax, xip of its
+/// cursor, its page snapshots, the last id of each page, the ids it read ahead) are the
+/// five parameters named. Both arms of the OR use the xid index (a BitmapOr), so a read
 /// costs what is new, not the whole log.
+macro_rules! unread_by {
+    ($xmax:literal, $xip:literal, $snaps:literal, $ids:literal, $ahead:literal) => {
+        concat!(
+            "(c.xid >= ", $xmax, "::text::xid8 or c.xid = any(", $xip, "::text[]::xid8[])) \
+             and c.id <> all(", $ahead, "::int8[]) \
+             and not exists ( \
+                 select 1 from unnest(", $snaps, "::text[], ", $ids, "::int8[]) as p(snap, last_id) \
+                 where c.id <= p.last_id and pg_visible_in_snapshot(c.xid, p.snap::pg_snapshot))"
+        )
+    };
+}
+
+/// Rows new to the position bound as $1..$5.
 macro_rules! new_rows {
     () => {
-        "(c.xid >= $1::text::xid8 or c.xid = any($2::text[]::xid8[])) \
-         and not exists ( \
-             select 1 from unnest($3::text[], $4::int8[]) as p(snap, last_id) \
-             where c.id <= p.last_id and pg_visible_in_snapshot(c.xid, p.snap::pg_snapshot))"
+        unread_by!("$1", "$2", "$3", "$4", "$5")
     };
 }
 
@@ -43,7 +54,7 @@ macro_rules! stamp {
     };
 }
 
-/// One page ($5 rows at most) in one statement, with the statement's snapshot: the rows
+/// One page ($6 rows at most) in one statement, with the statement's snapshot: the rows
 /// it returns are exactly those new to the position and visible in that snapshot. Always
 /// returns at least one row (columns null when nothing is new) to carry the snapshot, its
 /// origin, and the rules version row scope's cache follows.
@@ -57,7 +68,7 @@ const READ_PAGE: &str = concat!(
     log_columns!(),
     " from realtime.changes c where ",
     new_rows!(),
-    " order by c.id limit $5) c on true"
+    " order by c.id limit $6) c on true"
 );
 
 /// Every row new to the position, in id order, for paging through a backlog inside a
@@ -70,36 +81,32 @@ const READ_BACKLOG: &str = concat!(
     " order by c.id"
 );
 
-/// Rows a reader at position A ($1..$4) has not read but one at position B ($5..$8) has,
-/// after id $9, in id order, $10 at most: a fixed set (everything B has read is
+/// Rows a reader at position A ($1..$5) has not read but one at position B ($6..$10) has,
+/// after id $11, in id order, $12 at most: a fixed set (everything B has read is
 /// committed), so paging by id is exact.
 const READ_RANGE: &str = concat!(
     "select ",
     log_columns!(),
     " from realtime.changes c where ",
     new_rows!(),
-    " and not ((c.xid >= $5::text::xid8 or c.xid = any($6::text[]::xid8[])) \
-         and not exists ( \
-             select 1 from unnest($7::text[], $8::int8[]) as p(snap, last_id) \
-             where c.id <= p.last_id and pg_visible_in_snapshot(c.xid, p.snap::pg_snapshot))) \
-     and c.id > $9 order by c.id limit $10"
+    " and not (",
+    unread_by!("$6", "$7", "$8", "$9", "$10"),
+    ") and c.id > $11 order by c.id limit $12"
 );
 
 /// The range read, for readers that prepare it on their own (pooled) connections.
 pub const READ_RANGE_SQL: &str = READ_RANGE;
 
-/// How many events the range ($1..$8 as in `READ_RANGE`) holds, counting at most $9 + 1
+/// How many events the range ($1..$10 as in `READ_RANGE`) holds, counting at most $11 + 1
 /// log rows (a statement's rows count one each).
 pub const COUNT_RANGE_SQL: &str = concat!(
     "select coalesce(sum(greatest(coalesce(json_array_length(c.rows), 0), \
                                   coalesce(json_array_length(c.old_rows), 0), 1)), 0)::int8 \
      from (select c.rows, c.old_rows from realtime.changes c where ",
     new_rows!(),
-    " and not ((c.xid >= $5::text::xid8 or c.xid = any($6::text[]::xid8[])) \
-         and not exists ( \
-             select 1 from unnest($7::text[], $8::int8[]) as p(snap, last_id) \
-             where c.id <= p.last_id and pg_visible_in_snapshot(c.xid, p.snap::pg_snapshot))) \
-     limit $9::int8 + 1) c"
+    " and not (",
+    unread_by!("$6", "$7", "$8", "$9", "$10"),
+    ") limit $11::int8 + 1) c"
 );
 
 /// How many events lie between two positions (as `events_between` reads them), counting
@@ -110,14 +117,14 @@ pub async fn count_between(
     until: &Position,
     at_most: usize,
 ) -> Result<usize, CaptureError> {
-    let (xmax, xip, snaps, ids) = from.bind_values();
-    let (uxmax, uxip, usnaps, uids) = until.bind_values();
+    let (xmax, xip, snaps, ids, ahead) = from.bind_values();
+    let (uxmax, uxip, usnaps, uids, uahead) = until.bind_values();
     let at_most = i64::try_from(at_most).unwrap_or(i64::MAX - 1);
     let n: i64 = client
         .query_one(
             COUNT_RANGE_SQL,
             &[
-                &xmax, &xip, &snaps, &ids, &uxmax, &uxip, &usnaps, &uids, &at_most,
+                &xmax, &xip, &snaps, &ids, &ahead, &uxmax, &uxip, &usnaps, &uids, &uahead, &at_most,
             ],
         )
         .await?
@@ -137,7 +144,7 @@ const BACKLOG_START: &str = concat!(
     " select s::text, rv, server, at from stamp"
 );
 
-/// Corrects a position ($1..$4 as in `new_rows!`, $5 and $6 its origin) read back in
+/// Corrects a position ($1..$5 as in `new_rows!`, $6 and $7 its origin) read back in
 /// another server lifetime. Returns the current lifetime and clock, and, when the
 /// lifetime differs, the id to forget from: the least of the oldest transaction running
 /// now (every transaction from now on gets an id at least this high) and the oldest
@@ -150,10 +157,10 @@ const BACKLOG_START: &str = concat!(
 const CORRECT: &str = concat!(
     "with snap as materialized (select pg_current_snapshot() as s), ",
     stamp!(),
-    " select snap.server, snap.at, case when snap.server <> $5 then least( \
+    " select snap.server, snap.at, case when snap.server <> $6 then least( \
          pg_snapshot_xmin(snap.s), \
          (select min(c.xid) from realtime.changes c \
-           where c.created_at > 'epoch'::timestamptz + $6::int8 * interval '1 microsecond' \
+           where c.created_at > 'epoch'::timestamptz + $7::int8 * interval '1 microsecond' \
              and not (",
     new_rows!(),
     "))) end::text as forget_from from stamp snap"
@@ -298,10 +305,10 @@ async fn read_page_once(
     position: &Position,
     limit: usize,
 ) -> Result<Page, CaptureError> {
-    let (xmax, xip, snaps, ids) = position.bind_values();
+    let (xmax, xip, snaps, ids, ahead) = position.bind_values();
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
     let rows = client
-        .query(&stmts.page, &[&xmax, &xip, &snaps, &ids, &limit])
+        .query(&stmts.page, &[&xmax, &xip, &snaps, &ids, &ahead, &limit])
         .await?;
     let first = rows
         .first()
@@ -334,11 +341,19 @@ pub async fn correct(
     let Some(origin) = position.origin else {
         return Ok(false);
     };
-    let (xmax, xip, snaps, ids) = position.bind_values();
+    let (xmax, xip, snaps, ids, ahead) = position.bind_values();
     let row = client
         .query_one(
             CORRECT,
-            &[&xmax, &xip, &snaps, &ids, &origin.server, &origin.at],
+            &[
+                &xmax,
+                &xip,
+                &snaps,
+                &ids,
+                &ahead,
+                &origin.server,
+                &origin.at,
+            ],
         )
         .await?;
     let Some(from) = row.get::<_, Option<String>>(2) else {
@@ -362,7 +377,7 @@ pub(crate) fn advance(position: &mut Position, page: &Page, limit: usize) {
         Some(last) if page.rows >= limit.max(1) => {
             position.read_through(&page.snapshot, last, Some(page.origin))
         }
-        _ => *position = Position::taken(page.snapshot.clone(), page.origin),
+        _ => *position = position.caught_up(page.snapshot.clone(), page.origin),
     }
 }
 
@@ -396,9 +411,11 @@ where
     if position.origin.is_some_and(|o| o.server != origin.server) {
         correct(&tx, position).await?;
     }
-    let (xmax, xip, snaps, ids) = position.bind_values();
+    let (xmax, xip, snaps, ids, ahead) = position.bind_values();
     let statement = tx.prepare(READ_BACKLOG).await?;
-    let portal = tx.bind(&statement, &[&xmax, &xip, &snaps, &ids]).await?;
+    let portal = tx
+        .bind(&statement, &[&xmax, &xip, &snaps, &ids, &ahead])
+        .await?;
     let page_size = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
     loop {
         let rows = tx.query_portal(&portal, page_size).await?;
@@ -409,7 +426,7 @@ where
             // count as read.
             position.read_through(&snapshot, last, Some(origin));
             let at = if done {
-                Position::taken(snapshot.clone(), origin)
+                position.caught_up(snapshot.clone(), origin)
             } else {
                 position.clone()
             };
@@ -423,7 +440,7 @@ where
         }
     }
     tx.commit().await?;
-    *position = Position::taken(snapshot, origin);
+    *position = position.caught_up(snapshot, origin);
     Ok(true)
 }
 
@@ -439,14 +456,15 @@ pub async fn events_between(
     after_id: i64,
     limit: usize,
 ) -> Result<(Vec<DbEvent>, Option<i64>), CaptureError> {
-    let (xmax, xip, snaps, ids) = from.bind_values();
-    let (uxmax, uxip, usnaps, uids) = until.bind_values();
+    let (xmax, xip, snaps, ids, ahead) = from.bind_values();
+    let (uxmax, uxip, usnaps, uids, uahead) = until.bind_values();
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
     let rows = client
         .query(
             stmt,
             &[
-                &xmax, &xip, &snaps, &ids, &uxmax, &uxip, &usnaps, &uids, &after_id, &limit,
+                &xmax, &xip, &snaps, &ids, &ahead, &uxmax, &uxip, &usnaps, &uids, &uahead,
+                &after_id, &limit,
             ],
         )
         .await?;
@@ -513,33 +531,75 @@ fn to_events(row: &Row, out: &mut Vec<DbEvent>) {
         tracing::warn!(id, op, "skipping log row with unknown op");
         return;
     };
-    let change = |seq: usize, record: Option<Value>, old_record: Option<Value>| {
-        DbEvent::Change(Change {
-            id,
-            seq: u32::try_from(seq).unwrap_or(u32::MAX),
-            schema: row
-                .get::<_, Option<String>>("schema_name")
-                .unwrap_or_default(),
-            table: row
-                .get::<_, Option<String>>("table_name")
-                .unwrap_or_default(),
-            op,
-            record: record.and_then(into_object),
-            old_record: old_record.and_then(into_object),
-            commit_time: row.get::<_, DateTime<Utc>>("created_at"),
-        })
-    };
-    let rows = row.get::<_, Option<Value>>("rows").map(into_array);
-    let old_rows = row.get::<_, Option<Value>>("old_rows").map(into_array);
-    if rows.is_none() && old_rows.is_none() {
-        out.push(change(0, record, row.get("old_record")));
-        return;
+    Logged {
+        id,
+        op,
+        schema: row
+            .get::<_, Option<String>>("schema_name")
+            .unwrap_or_default(),
+        table: row
+            .get::<_, Option<String>>("table_name")
+            .unwrap_or_default(),
+        commit_time: row.get::<_, DateTime<Utc>>("created_at"),
+        record,
+        old_record: row.get("old_record"),
+        rows: row.get("rows"),
+        old_rows: row.get("old_rows"),
     }
-    let (rows, old_rows) = (rows.unwrap_or_default(), old_rows.unwrap_or_default());
-    let n = rows.len().max(old_rows.len());
-    let (mut rows, mut old_rows) = (rows.into_iter(), old_rows.into_iter());
-    for seq in 0..n {
-        out.push(change(seq, rows.next(), old_rows.next()));
+    .into_events(out);
+}
+
+/// One captured log row: a statement's rows (`rows`, `old_rows`, aligned by position) or
+/// a single-row entry (`record`/`old_record`).
+pub(super) struct Logged {
+    pub id: i64,
+    pub op: Op,
+    pub schema: String,
+    pub table: String,
+    pub commit_time: DateTime<Utc>,
+    pub record: Option<Value>,
+    pub old_record: Option<Value>,
+    pub rows: Option<Value>,
+    pub old_rows: Option<Value>,
+}
+
+impl Logged {
+    /// One change per row of the statement, in its order.
+    pub(super) fn into_events(self, out: &mut Vec<DbEvent>) {
+        let Logged {
+            id,
+            op,
+            schema,
+            table,
+            commit_time,
+            record,
+            old_record,
+            rows,
+            old_rows,
+        } = self;
+        let change = |seq: usize, record: Option<Value>, old_record: Option<Value>| {
+            DbEvent::Change(Change {
+                id,
+                seq: u32::try_from(seq).unwrap_or(u32::MAX),
+                schema: schema.clone(),
+                table: table.clone(),
+                op,
+                record: record.and_then(into_object),
+                old_record: old_record.and_then(into_object),
+                commit_time,
+            })
+        };
+        let (rows, old_rows) = (rows.map(into_array), old_rows.map(into_array));
+        if rows.is_none() && old_rows.is_none() {
+            out.push(change(0, record, old_record));
+            return;
+        }
+        let (rows, old_rows) = (rows.unwrap_or_default(), old_rows.unwrap_or_default());
+        let n = rows.len().max(old_rows.len());
+        let (mut rows, mut old_rows) = (rows.into_iter(), old_rows.into_iter());
+        for seq in 0..n {
+            out.push(change(seq, rows.next(), old_rows.next()));
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! What the capture loop reports about itself: shared with `/api/status`, metrics and
 //! readiness. The capture task writes; everyone else reads a `snapshot()`.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -18,8 +18,12 @@ pub struct CaptureStatus {
     caught_up: AtomicBool,
     /// Changes (and database broadcasts) read from the log.
     rows_read: AtomicU64,
+    /// Of those, changes delivered from a wake-up's payload ahead of the log read.
+    rows_ahead: AtomicU64,
     batches: AtomicU64,
     reconnects: AtomicU64,
+    /// What the loop does: 0 reads, 1 waits for a wake-up, 2 waits for a poll.
+    waiting: AtomicU8,
     /// Age in ms of the newest row at the time it was read; -1 before the first row.
     lag_ms: AtomicI64,
     /// Short-held, never across an await.
@@ -43,6 +47,11 @@ pub struct CaptureStatusSnapshot {
     /// `xmax:xip,xip`; `None` until the first connection.
     pub cursor: Option<String>,
     pub rows_read: u64,
+    pub rows_ahead: u64,
+    /// What the capture is doing: `"read"` (reading the log), `"notify"` (waiting for
+    /// writers' wake-ups, which carry small changes), `"poll"` (waiting for the next poll:
+    /// writes are frequent, or transactions from before the lease are still running).
+    pub waiting: &'static str,
     pub batches: u64,
     pub reconnects: u64,
     pub last_error: Option<String>,
@@ -56,8 +65,10 @@ impl Default for CaptureStatus {
             connected: watch::Sender::new(false),
             caught_up: AtomicBool::new(false),
             rows_read: AtomicU64::new(0),
+            rows_ahead: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            waiting: AtomicU8::new(0),
             lag_ms: AtomicI64::new(-1),
             text: Mutex::new(TextFields::default()),
             progress: watch::Sender::new(0),
@@ -76,6 +87,12 @@ impl CaptureStatus {
             connected: *self.connected.borrow(),
             cursor: text.cursor,
             rows_read: self.rows_read.load(Ordering::Relaxed),
+            rows_ahead: self.rows_ahead.load(Ordering::Relaxed),
+            waiting: match self.waiting.load(Ordering::Relaxed) {
+                1 => "notify",
+                2 => "poll",
+                _ => "read",
+            },
             batches: self.batches.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
             last_error: text.last_error,
@@ -99,6 +116,11 @@ impl CaptureStatus {
         let exported = metrics.capture_rows.get();
         if rows > exported {
             metrics.capture_rows.inc_by(rows - exported);
+        }
+        let ahead = self.rows_ahead.load(Ordering::Relaxed);
+        let exported = metrics.capture_rows_ahead.get();
+        if ahead > exported {
+            metrics.capture_rows_ahead.inc_by(ahead - exported);
         }
         metrics
             .capture_lag_ms
@@ -155,6 +177,22 @@ impl CaptureStatus {
             self.with_text(|t| t.last_commit_ts = Some(ts.to_string()));
         }
         self.progress.send_replace(total);
+    }
+
+    /// The capture reads the log (`None`), waits for a wake-up (`Some(true)`) or for the
+    /// next poll (`Some(false)`).
+    pub(crate) fn set_waiting(&self, notify: Option<bool>) {
+        let state = match notify {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        self.waiting.store(state, Ordering::Relaxed);
+    }
+
+    /// `rows` of the batch just recorded were delivered from a wake-up's payload.
+    pub(crate) fn count_ahead(&self, rows: usize) {
+        self.rows_ahead.fetch_add(rows as u64, Ordering::Relaxed);
     }
 
     fn with_text(&self, f: impl FnOnce(&mut TextFields)) {

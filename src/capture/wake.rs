@@ -75,6 +75,25 @@ impl Wake {
         self.fresh_lease
     }
 
+    /// Whether every transaction that commits from now on, and every one that committed
+    /// since the last read, sends a wake-up: our lease has held since before that read
+    /// (with a quarter of it left, so a renewal that came late cannot have let it lapse
+    /// unnoticed), and no transaction that began before we took it is still running.
+    /// Only then may a carried change be delivered before the read (`carried`).
+    pub fn steady(&self, now: Instant) -> bool {
+        !self.fresh_lease
+            && self.suspects.is_empty()
+            && self
+                .lease_until
+                .is_some_and(|until| until > now + LEASE / 4)
+    }
+
+    /// Changes were delivered from wake-ups at `now`: they count towards the write rate
+    /// as a read that found rows would (the read after them finds nothing new).
+    pub fn carried(&mut self, now: Instant) {
+        self.busy_reads.push_back(now);
+    }
+
     /// The lease was given up.
     pub fn dropped(&mut self) {
         self.lease_until = None;
@@ -189,6 +208,59 @@ mod tests {
         assert_eq!(
             w.after_read(false, &cursor(&[8]), t0 + LEASE / 2),
             Next::Poll(BUSY_POLL)
+        );
+    }
+
+    #[test]
+    fn carried_changes_go_ahead_only_while_the_lease_has_held_since_the_last_read() {
+        let mut w = Wake::new();
+        let t0 = Instant::now();
+        assert!(!w.steady(t0), "no lease");
+        w.leased(t0, false);
+        assert!(!w.steady(t0), "not read since the lease was taken");
+        assert_eq!(
+            w.after_read(false, &cursor(&[90]), t0),
+            Next::Poll(BUSY_POLL)
+        );
+        assert!(!w.steady(t0), "90 may commit without a wake-up");
+        assert!(matches!(
+            w.after_read(false, &cursor(&[]), t0),
+            Next::Wait { .. }
+        ));
+        assert!(w.steady(t0));
+        assert!(
+            !w.steady(t0 + LEASE * 3 / 4),
+            "a renewal is overdue: the lease may lapse before a change is delivered"
+        );
+        w.leased(t0 + LEASE / 2, false);
+        assert!(!w.steady(t0 + LEASE / 2), "the lease had lapsed");
+        w.dropped();
+        assert!(!w.steady(t0 + LEASE / 2));
+    }
+
+    #[test]
+    fn changes_delivered_from_wake_ups_count_towards_a_high_write_rate() {
+        let mut w = Wake::new();
+        let t0 = Instant::now();
+        w.leased(t0, false);
+        assert!(matches!(
+            w.after_read(false, &cursor(&[]), t0),
+            Next::Wait { .. }
+        ));
+        for i in 0..BUSY_READS as u64 - 1 {
+            let t = t0 + Duration::from_millis(i);
+            w.carried(t);
+            assert!(matches!(
+                w.after_read(false, &cursor(&[]), t),
+                Next::Wait { .. }
+            ));
+        }
+        let t = t0 + Duration::from_millis(10);
+        w.carried(t);
+        assert_eq!(
+            w.after_read(false, &cursor(&[]), t),
+            Next::Drop,
+            "writers stop sending wake-ups once they come this often"
         );
     }
 

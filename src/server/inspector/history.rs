@@ -162,6 +162,8 @@ mod tests {
             connected: true,
             cursor: None,
             rows_read,
+            rows_ahead: 0,
+            waiting: "read",
             batches: 0,
             reconnects: 0,
             last_error: None,
