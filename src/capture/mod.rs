@@ -56,6 +56,12 @@ const DROP_WAKE: &str = "select realtime.drop_wake()";
 const COMMIT_TIMES: &str = "select current_setting('track_commit_timestamp') = 'on'";
 /// Wake-ups waiting for the capture loop at most; one more is dropped (`Wakes`).
 const WAKES_QUEUED: usize = 256;
+/// Changes delivered from wake-ups are confirmed by a read at most this long after the
+/// first of them, or once this many log rows are waiting for it, whichever comes first
+/// (until then the position names them: `Position::ahead`). Reading after every carried
+/// change would cost a read per commit for nothing more than that.
+const CONFIRM_AFTER: Duration = Duration::from_millis(50);
+const CONFIRM_AHEAD: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
@@ -249,42 +255,55 @@ impl Session<'_> {
                         },
                     }
                 }
-                Next::Wait { mut renew_at } => loop {
+                Next::Wait { mut renew_at } => {
                     self.status.set_waiting(Some(true));
-                    // Wait for a wake-up or the poll; renew the lease and do upkeep meanwhile
-                    // (the lease never lapses while waiting, so neither needs a read).
-                    let poll_at = now + self.cfg.poll_interval.max(Duration::from_millis(1));
-                    let upkeep_at = upkeep.next_checkpoint.min(upkeep.next_prune);
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return self.stop(&client).await,
-                        woke = notified.rx.recv() => match woke {
-                            Some(payload) => {
-                                let now = Instant::now();
-                                let steady = may_carry && wake.steady(now);
-                                match self.deliver_carried(payload, &mut notified, steady, position).await {
-                                    None => return self.stop(&client).await,
-                                    Some(true) => wake.carried(now),
-                                    Some(false) => {}
+                    // Changes carried since the read are confirmed by a read this soon.
+                    let mut confirm_at: Option<Instant> = None;
+                    loop {
+                        // Wait for a wake-up or the poll; renew the lease and do upkeep
+                        // meanwhile (the lease never lapses while waiting, so neither needs
+                        // a read).
+                        let poll_at = now + self.cfg.poll_interval.max(Duration::from_millis(1));
+                        let upkeep_at = upkeep.next_checkpoint.min(upkeep.next_prune);
+                        let read_at = confirm_at.unwrap_or(poll_at).min(poll_at);
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => return self.stop(&client).await,
+                            woke = notified.rx.recv() => {
+                                let Some(payload) = woke else {
+                                    return Err(CaptureError::ConnectionClosed("connection lost".into()));
+                                };
+                                let at = Instant::now();
+                                let steady = may_carry && wake.steady(at);
+                                let Some(carry) = self
+                                    .deliver_carried(payload, &mut notified, steady, position)
+                                    .await
+                                else {
+                                    return self.stop(&client).await;
+                                };
+                                if carry.went_ahead && wake.carried(at) {
+                                    break;
                                 }
-                                break;
+                                if !carry.all_carried || position.ahead.len() >= CONFIRM_AHEAD {
+                                    break;
+                                }
+                                confirm_at.get_or_insert(at + CONFIRM_AFTER);
                             }
-                            None => return Err(CaptureError::ConnectionClosed("connection lost".into())),
-                        },
-                        _ = tokio::time::sleep_until(poll_at) => break,
-                        _ = tokio::time::sleep_until(upkeep_at) => {
-                            self.upkeep(&client, position, &mut upkeep).await?;
-                        }
-                        _ = tokio::time::sleep_until(renew_at) => {
-                            let held = want_wake(&client).await?;
-                            let renewed = Instant::now();
-                            wake.leased(renewed, held);
-                            if wake.needs_read() {
-                                break;
+                            _ = tokio::time::sleep_until(read_at) => break,
+                            _ = tokio::time::sleep_until(upkeep_at) => {
+                                self.upkeep(&client, position, &mut upkeep).await?;
                             }
-                            renew_at = renewed + wake::LEASE / 2;
+                            _ = tokio::time::sleep_until(renew_at) => {
+                                let held = want_wake(&client).await?;
+                                let renewed = Instant::now();
+                                wake.leased(renewed, held);
+                                if wake.needs_read() {
+                                    break;
+                                }
+                                renew_at = renewed + wake::LEASE / 2;
+                            }
                         }
                     }
-                },
+                }
             }
         }
     }
@@ -327,15 +346,14 @@ impl Session<'_> {
     /// the wake-ups queued here are all of them up to the newest. One that carries nothing
     /// (a large statement, `realtime.send`, a dropped wake-up) stops it: what follows waits
     /// for the read. A change the last read already saw is skipped, and the carried rows
-    /// join the position as read ahead, so the next read skips them. `Some(whether any
-    /// went ahead)`, or `None` when stopping.
+    /// join the position as read ahead, so the next read skips them. `None` when stopping.
     async fn deliver_carried(
         &self,
         first: String,
         wakes: &mut Wakes,
         steady: bool,
         position: &mut Position,
-    ) -> Option<bool> {
+    ) -> Option<Carry> {
         let mut go = steady;
         let mut events = Vec::new();
         let mut versions = Vec::new();
@@ -355,9 +373,12 @@ impl Session<'_> {
             next = wakes.rx.try_recv().ok();
         }
         // Wake-ups were dropped after those taken here: the read comes first now.
-        wakes.overflowed.store(false, Ordering::Release);
+        let all_carried = go && !wakes.overflowed.swap(false, Ordering::AcqRel);
         if events.is_empty() {
-            return Some(false);
+            return Some(Carry {
+                went_ahead: false,
+                all_carried,
+            });
         }
         let rules_version = match versions.first() {
             Some(v) if versions.iter().all(|x| x == v) => *v,
@@ -383,7 +404,10 @@ impl Session<'_> {
             _ = self.shutdown.cancelled() => false,
             sent = self.out.send(batch) => sent.is_ok(),
         };
-        sent.then_some(true)
+        sent.then_some(Carry {
+            went_ahead: true,
+            all_carried,
+        })
     }
 
     /// Hands a page to dispatch (waiting while dispatch is behind); false when stopping.
@@ -470,6 +494,15 @@ impl Session<'_> {
 async fn want_wake(client: &Client) -> Result<bool, CaptureError> {
     let lease_ms = wake::LEASE.as_millis() as i64;
     Ok(client.query_one(WANT_WAKE, &[&lease_ms]).await?.get(0))
+}
+
+/// What `deliver_carried` did with the wake-ups waiting.
+struct Carry {
+    /// Changes were delivered ahead of the read.
+    went_ahead: bool,
+    /// Every wake-up taken carried its change (or one the last read had seen), and none
+    /// was dropped: the read that confirms them may wait (`CONFIRM_AFTER`).
+    all_carried: bool,
 }
 
 /// Wake-ups from the capture connection, in the order Postgres sent them (commit order).

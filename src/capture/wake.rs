@@ -89,9 +89,22 @@ impl Wake {
     }
 
     /// Changes were delivered from wake-ups at `now`: they count towards the write rate
-    /// as a read that found rows would (the read after them finds nothing new).
-    pub fn carried(&mut self, now: Instant) {
+    /// as a read that found rows would (the read after them finds nothing new). True when
+    /// writes have become frequent: the caller reads now, and `after_read` drops the lease.
+    pub fn carried(&mut self, now: Instant) -> bool {
         self.busy_reads.push_back(now);
+        self.forget_old_reads(now);
+        self.busy_reads.len() >= BUSY_READS
+    }
+
+    fn forget_old_reads(&mut self, now: Instant) {
+        while self
+            .busy_reads
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > BUSY_WINDOW)
+        {
+            self.busy_reads.pop_front();
+        }
     }
 
     /// The lease was given up.
@@ -109,13 +122,7 @@ impl Wake {
         } else {
             self.suspects.retain(|x| cursor.xip.contains(x));
         }
-        while self
-            .busy_reads
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > BUSY_WINDOW)
-        {
-            self.busy_reads.pop_front();
-        }
+        self.forget_old_reads(now);
         if got_rows {
             self.busy_reads.push_back(now);
         }
@@ -249,14 +256,14 @@ mod tests {
         ));
         for i in 0..BUSY_READS as u64 - 1 {
             let t = t0 + Duration::from_millis(i);
-            w.carried(t);
+            assert!(!w.carried(t));
             assert!(matches!(
                 w.after_read(false, &cursor(&[]), t),
                 Next::Wait { .. }
             ));
         }
         let t = t0 + Duration::from_millis(10);
-        w.carried(t);
+        assert!(w.carried(t), "the caller reads at once");
         assert_eq!(
             w.after_read(false, &cursor(&[]), t),
             Next::Drop,
