@@ -1,7 +1,8 @@
 -- Wake-ups that carry the change. While a hub waits for wake-ups (it holds a lease), a
 -- capture trigger that logged its statement in one log row (1 to 100 rows) puts that log
--- row into the NOTIFY payload when it fits, so the hub can deliver it without first reading
--- the log (see src/capture/carried.rs). The log row is written exactly as before and stays
+-- row into the NOTIFY payload when it fits (for the first 16 statements of a transaction),
+-- so the hub can deliver it without first reading the log (see src/capture/carried.rs).
+-- The log row is written exactly as before and stays
 -- the truth: the hub's next read skips the rows it delivered ahead and delivers anything a
 -- wake-up did not carry. Larger statements, and payloads of 7,000 bytes or more, send the
 -- empty wake-up as before. Writers pay for this only while a hub is idle enough to hold a
@@ -53,7 +54,9 @@ begin
 end
 $fn$;
 
--- The wake-up of one statement's log row: the row itself when it fits, else empty.
+-- The wake-up of one statement's log row: the row itself when it fits and the transaction
+-- has carried fewer than 16 rows, else empty. (Empty wake-ups of one transaction are sent
+-- once, so a transaction of many statements sends at most 17.)
 create or replace function realtime.wake_with(
     w_id bigint, w_xid xid8, w_at timestamptz, w_op text, w_schema text, w_table text,
     w_rows json, w_old_rows json
@@ -61,8 +64,10 @@ create or replace function realtime.wake_with(
 language plpgsql security definer as $fn$
 declare
     payload text := '';
+    carried int := coalesce(
+        nullif(pg_catalog.current_setting('switchboard.carried', true), '')::int, 0);
 begin
-    if w_id is not null
+    if w_id is not null and carried < 16
        and coalesce(pg_catalog.octet_length(w_rows::text), 0)
            + coalesce(pg_catalog.octet_length(w_old_rows::text), 0) < 7000 then
         payload := pg_catalog.json_build_object(
@@ -72,6 +77,8 @@ begin
             'rows', w_rows, 'old_rows', w_old_rows)::text;
         if pg_catalog.octet_length(payload) >= 7900 then
             payload := '';
+        else
+            perform pg_catalog.set_config('switchboard.carried', (carried + 1)::text, true);
         end if;
     end if;
     perform pg_catalog.pg_notify('switchboard_changes', payload);

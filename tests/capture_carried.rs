@@ -176,6 +176,28 @@ async fn a_wake_up_that_carries_nothing_holds_back_the_carried_changes_behind_it
     }
     let id = insert_job(&pg, "after").await;
     expect_row(&mut c, "INSERT", "jobs", id).await;
+
+    // A transaction carries its first 16 statements; the rest wake without a payload
+    // (one wake-up for all of them) and are read, in order after the carried ones.
+    let before = rows_ahead(&read_past_ahead(&pg).await);
+    let inserts: String = (1..=20)
+        .map(|i| format!("insert into public.jobs (title) values ('stmt {i}'); "))
+        .collect();
+    pg.exec(&format!("begin; {inserts} commit;")).await;
+    for i in 1..=20 {
+        let ch = next_change(&mut c).await;
+        assert_eq!(
+            ch.data["record"]["title"],
+            format!("stmt {i}"),
+            "{:?}",
+            ch.frame
+        );
+    }
+    let status = read_past_ahead(&pg).await;
+    assert!(
+        rows_ahead(&status) - before <= 16,
+        "at most 16 statements of a transaction are carried: {status}"
+    );
 }
 
 /// What a position that read a row ahead means to every reader of the log: the live
