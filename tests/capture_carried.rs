@@ -66,11 +66,11 @@ async fn until_one_arrives_ahead(pg: &PgHub, c: &mut common::hub::WsClient) {
     panic!("20 single-row commits to an idle hub, none delivered from its wake-up");
 }
 
-#[tokio::test]
-async fn changes_committed_while_the_hub_waits_arrive_from_their_wake_up_once_each() {
+/// A hub with a subscriber to `event`s of `public.jobs`, once changes go ahead.
+async fn carrying(event: &str) -> (PgHub, common::hub::WsClient) {
     let pg = PgHub::start(SETUP).await;
     let mut c = pg.connect(Vsn::V2).await;
-    let entry = json!({"event": "*", "schema": "public", "table": "jobs"});
+    let entry = json!({"event": event, "schema": "public", "table": "jobs"});
     subscribe(
         &mut c,
         "realtime:jobs",
@@ -79,6 +79,12 @@ async fn changes_committed_while_the_hub_waits_arrive_from_their_wake_up_once_ea
     )
     .await;
     until_one_arrives_ahead(&pg, &mut c).await;
+    (pg, c)
+}
+
+#[tokio::test]
+async fn changes_committed_while_the_hub_waits_arrive_from_their_wake_up_once_each() {
+    let (pg, mut c) = carrying("*").await;
 
     // Update and delete carry the old row too, exactly as a read gives it.
     let id = insert_job(&pg, "a").await;
@@ -117,17 +123,7 @@ async fn changes_committed_while_the_hub_waits_arrive_from_their_wake_up_once_ea
 
 #[tokio::test]
 async fn a_wake_up_that_carries_nothing_holds_back_the_carried_changes_behind_it() {
-    let pg = PgHub::start(SETUP).await;
-    let mut c = pg.connect(Vsn::V2).await;
-    let entry = json!({"event": "INSERT", "schema": "public", "table": "jobs"});
-    subscribe(
-        &mut c,
-        "realtime:jobs",
-        json!([entry]),
-        Some(&pg.user(USER)),
-    )
-    .await;
-    until_one_arrives_ahead(&pg, &mut c).await;
+    let (pg, mut c) = carrying("INSERT").await;
 
     // One transaction: a small row (carried), a row too large for a wake-up (an empty
     // wake-up), a small row (carried, but behind the empty one). All three wake-ups
