@@ -14,6 +14,7 @@ use deadpool_postgres::Pool;
 use serde_json::Value;
 
 use super::AuthzError;
+use crate::capture::Cursor;
 
 /// Supabase's hard limit on replayed messages.
 pub const MAX_REPLAY: i64 = 25;
@@ -87,19 +88,16 @@ pub struct Replayed {
     pub seam: Seam,
 }
 
-/// The snapshot a replay read under: `xmax` and the xids in progress then.
+/// The snapshot a replay read under.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Seam {
-    xmax: u64,
-    xip: Vec<u64>,
-}
+pub struct Seam(Cursor);
 
 impl Seam {
     /// Whether the transaction `xid` had finished when the replay read: a message it
     /// wrote was replayed (or left out as older than the replayed ones), so the live path
     /// must not deliver it to this channel, however late capture reads it.
     pub fn covers(&self, xid: u64) -> bool {
-        xid < self.xmax && !self.xip.contains(&xid)
+        self.0.sees(xid)
     }
 }
 
@@ -118,8 +116,9 @@ pub(super) async fn load(
         .map(|r| r.get(0))
         .ok_or_else(|| AuthzError::Unavailable("replay returned no snapshot".into()))?;
     let stored: i64 = rows.first().map(|r| r.get(1)).unwrap_or(0);
-    let (xmax, xip) = parse_snapshot(&snapshot)
-        .ok_or_else(|| AuthzError::Unavailable(format!("bad snapshot {snapshot:?}")))?;
+    let seam = Cursor::from_pg_snapshot(&snapshot)
+        .map(Seam)
+        .map_err(|e| AuthzError::Unavailable(e.to_string()))?;
     let mut messages: Vec<StoredMessage> = rows
         .iter()
         .filter_map(|r| {
@@ -138,20 +137,8 @@ pub(super) async fn load(
     Ok(Replayed {
         messages,
         stored: u64::try_from(stored).unwrap_or(0),
-        seam: Seam { xmax, xip },
+        seam,
     })
-}
-
-/// `xmin:xmax:xip1,xip2` -> (xmax, xip).
-fn parse_snapshot(text: &str) -> Option<(u64, Vec<u64>)> {
-    let mut parts = text.split(':');
-    let (_xmin, xmax, xip) = (parts.next()?, parts.next()?, parts.next()?);
-    let xip = xip
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().ok())
-        .collect::<Option<Vec<u64>>>()?;
-    Some((xmax.parse().ok()?, xip))
 }
 
 #[cfg(test)]
@@ -200,8 +187,7 @@ mod tests {
 
     #[test]
     fn a_replay_covers_transactions_finished_before_its_snapshot() {
-        let (xmax, xip) = parse_snapshot("100:105:101,103").unwrap();
-        let r = Seam { xmax, xip };
+        let r = Seam(Cursor::from_pg_snapshot("101:105:101,103").unwrap());
         assert!(r.covers(99) && r.covers(100) && r.covers(102) && r.covers(104));
         assert!(!r.covers(101) && !r.covers(103) && !r.covers(105) && !r.covers(200));
     }

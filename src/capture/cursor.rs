@@ -180,11 +180,6 @@ impl Position {
         }
     }
 
-    /// Whether log row `id` was delivered ahead of the read now returning it.
-    pub fn has_ahead(&self, id: i64) -> bool {
-        self.ahead.iter().any(|(_, a)| *a == id)
-    }
-
     /// Records that rows visible in `snapshot` (taken at `origin`) with ids up to
     /// `last_id` were read. `snapshot` must be no older than any page already recorded: a
     /// later snapshot sees everything an earlier one saw, so pages with lower last ids are
@@ -414,7 +409,6 @@ mod tests {
             "the origin moves to the latest row read ahead"
         );
         assert_eq!(Position::parse(&p.to_string()).unwrap(), p);
-        assert!(p.has_ahead(8) && !p.has_ahead(6));
         assert_eq!(p.bind_values().4, vec![7, 8]);
         let next = p.caught_up(Cursor::parse("101:").unwrap(), origin);
         assert_eq!(next.origin, Some(origin), "the snapshot's own origin");

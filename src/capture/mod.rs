@@ -361,7 +361,7 @@ impl Session<'_> {
         while let Some(payload) = next.take() {
             if go {
                 match carried::carried(&payload) {
-                    Some(c) if position.cursor.sees(c.xid) || position.has_ahead(c.id) => {}
+                    Some(c) if position.cursor.sees(c.xid) => {}
                     Some(c) => {
                         position.read_ahead(c.xid, c.id, c.created_at);
                         versions.push(c.rules_version);
@@ -384,30 +384,15 @@ impl Session<'_> {
             Some(v) if versions.iter().all(|x| x == v) => *v,
             _ => None,
         };
-        let last_ts = events.iter().rev().find_map(|e| match e {
-            crate::changes::DbEvent::Change(c) => {
-                Some(crate::changes::format_commit_time(c.commit_time))
-            }
-            crate::changes::DbEvent::Broadcast(_) => None,
-        });
-        self.status
-            .record_batch(events.len(), last_ts.as_deref(), 0);
         self.status.count_ahead(events.len());
         let text = position.to_string();
         self.status.set_cursor(&text);
-        let batch = LogBatch {
-            events,
-            position: text.into(),
-            rules_version,
-        };
-        let sent = tokio::select! {
-            _ = self.shutdown.cancelled() => false,
-            sent = self.out.send(batch) => sent.is_ok(),
-        };
-        sent.then_some(Carry {
-            went_ahead: true,
-            all_carried,
-        })
+        self.hand_over(events, text, rules_version, 0)
+            .await
+            .then_some(Carry {
+                went_ahead: true,
+                all_carried,
+            })
     }
 
     /// Hands a page to dispatch (waiting while dispatch is behind); false when stopping.
@@ -415,24 +400,35 @@ impl Session<'_> {
         if page.rows == 0 {
             return true;
         }
-        let last_ts = page.events.iter().rev().find_map(|e| match e {
+        let age_ms = page.age_ms.unwrap_or(0);
+        self.hand_over(page.events, position, page.rules_version, age_ms)
+            .await
+    }
+
+    /// Records a batch in the status and hands its events (if any) to dispatch, waiting
+    /// while dispatch is behind; false when stopping.
+    async fn hand_over(
+        &self,
+        events: Vec<crate::changes::DbEvent>,
+        position: String,
+        rules_version: Option<i64>,
+        age_ms: i64,
+    ) -> bool {
+        let last_ts = events.iter().rev().find_map(|e| match e {
             crate::changes::DbEvent::Change(c) => {
                 Some(crate::changes::format_commit_time(c.commit_time))
             }
             crate::changes::DbEvent::Broadcast(_) => None,
         });
-        self.status.record_batch(
-            page.events.len(),
-            last_ts.as_deref(),
-            page.age_ms.unwrap_or(0),
-        );
-        if page.events.is_empty() {
+        self.status
+            .record_batch(events.len(), last_ts.as_deref(), age_ms);
+        if events.is_empty() {
             return true;
         }
         let batch = LogBatch {
-            events: page.events,
+            events,
             position: position.into(),
-            rules_version: page.rules_version,
+            rules_version,
         };
         tokio::select! {
             _ = self.shutdown.cancelled() => false,
