@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (41, include_str!("../sql/041_row_keys.sql")),
     (51, include_str!("../sql/051_capture_cost.sql")),
     (52, include_str!("../sql/052_wake_payload.sql")),
+    (53, include_str!("../sql/053_read_page.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 
 pub use cursor::{Cursor, CursorError, Origin, Position};
@@ -192,6 +192,9 @@ impl Session<'_> {
             .batch_execute(&format!("listen {WAKE_CHANNEL}"))
             .await?;
         let stmts = Statements::prepare(&client).await?;
+        // Capture counts as connected only once the log can be read: this waits out a
+        // lock on it (a migration, a bulk load).
+        let backlog = reader::prepare_backlog(&client).await?;
         let may_carry = !client.query_one(COMMIT_TIMES, &[]).await?.get::<_, bool>(0);
         if let Some(p) = position.as_mut() {
             if reader::correct(&client, p).await? {
@@ -229,7 +232,7 @@ impl Session<'_> {
         };
         let mut wake = Wake::new();
         loop {
-            let Some(got_rows) = self.read(&mut client, &stmts, position).await? else {
+            let Some(got_rows) = self.read(&mut client, (&stmts, &backlog), position).await? else {
                 return self.stop(&client).await;
             };
             self.status.set_caught_up();
@@ -280,7 +283,7 @@ impl Session<'_> {
                                 else {
                                     return self.stop(&client).await;
                                 };
-                                if carry.went_ahead && wake.carried(at) {
+                                if carry.went_ahead && wake.carried(at, carry.commits) {
                                     break;
                                 }
                                 if !carry.all_carried || position.ahead.len() >= CONFIRM_AHEAD {
@@ -313,7 +316,7 @@ impl Session<'_> {
     async fn read(
         &self,
         client: &mut Client,
-        stmts: &Statements,
+        (stmts, backlog): (&Statements, &Statement),
         position: &mut Position,
     ) -> Result<Option<bool>, CaptureError> {
         self.status.set_waiting(None);
@@ -328,8 +331,10 @@ impl Session<'_> {
         }
         *position = next;
         if full
-            && !reader::read_backlog(client, position, limit, |page, at| self.send(page, at))
-                .await?
+            && !reader::read_backlog(client, backlog, position, limit, |page, at| {
+                self.send(page, at)
+            })
+            .await?
         {
             return Ok(None);
         }
@@ -357,12 +362,18 @@ impl Session<'_> {
         let mut go = steady;
         let mut events = Vec::new();
         let mut versions = Vec::new();
+        // Transactions behind the wake-ups taken: a transaction's carried statements
+        // arrive together and share its xid; an empty wake-up is one transaction's
+        // (Postgres folds a transaction's identical payloads into one).
+        let (mut commits, mut last_xid) = (0, None);
         let mut next = Some(first);
         while let Some(payload) = next.take() {
+            let mut xid = None;
             if go {
                 match carried::carried(&payload) {
-                    Some(c) if position.cursor.sees(c.xid) => {}
+                    Some(c) if position.cursor.sees(c.xid) => xid = Some(c.xid),
                     Some(c) => {
+                        xid = Some(c.xid);
                         position.read_ahead(c.xid, c.id, c.created_at);
                         versions.push(c.rules_version);
                         events.extend(c.events);
@@ -370,6 +381,10 @@ impl Session<'_> {
                     None => go = false,
                 }
             }
+            if xid.is_none() || xid != last_xid {
+                commits += 1;
+            }
+            last_xid = xid;
             next = wakes.rx.try_recv().ok();
         }
         // Wake-ups were dropped after those taken here: the read comes first now.
@@ -377,6 +392,7 @@ impl Session<'_> {
         if events.is_empty() {
             return Some(Carry {
                 went_ahead: false,
+                commits,
                 all_carried,
             });
         }
@@ -391,6 +407,7 @@ impl Session<'_> {
             .await
             .then_some(Carry {
                 went_ahead: true,
+                commits,
                 all_carried,
             })
     }
@@ -496,6 +513,8 @@ async fn want_wake(client: &Client) -> Result<bool, CaptureError> {
 struct Carry {
     /// Changes were delivered ahead of the read.
     went_ahead: bool,
+    /// Transactions whose wake-ups were taken (they count towards the write rate).
+    commits: usize,
     /// Every wake-up taken carried its change (or one the last read had seen), and none
     /// was dropped: the read that confirms them may wait (`CONFIRM_AFTER`).
     all_carried: bool,

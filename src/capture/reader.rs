@@ -55,21 +55,13 @@ macro_rules! stamp {
 }
 
 /// One page ($6 rows at most) in one statement, with the statement's snapshot: the rows
-/// it returns are exactly those new to the position and visible in that snapshot. Always
-/// returns at least one row (columns null when nothing is new) to carry the snapshot, its
-/// origin, and the rules version row scope's cache follows.
-const READ_PAGE: &str = concat!(
-    "with snap as materialized (select pg_current_snapshot() as s, \
-                                       realtime.rules_version() as rv), ",
-    stamp!(),
-    " select snap.s::text as snapshot, snap.rv as rules_version, \
-             snap.server as origin_server, snap.at as origin_at, c.* \
-     from stamp snap left join lateral (select ",
-    log_columns!(),
-    " from realtime.changes c where ",
-    new_rows!(),
-    " order by c.id limit $6) c on true"
-);
+/// it returns are exactly those new to the position (bound as `new_rows!` binds them)
+/// and visible in that snapshot. Always returns at least one row (columns null when
+/// nothing is new) to carry the snapshot, its origin, and the rules version row scope's
+/// cache follows. `sql/053_read_page.sql` holds the statement, so its plan is kept
+/// across calls instead of planned again for each.
+const READ_PAGE: &str = "select * from realtime.read_page($1::text, $2::text[], $3::text[], \
+     $4::int8[], $5::int8[], $6::int8)";
 
 /// Every row new to the position, in id order, for paging through a backlog inside a
 /// REPEATABLE READ transaction.
@@ -381,12 +373,20 @@ pub(crate) fn advance(position: &mut Position, page: &Page, limit: usize) {
     }
 }
 
+/// Prepares the backlog read (`read_backlog`) once per connection. Preparing it takes
+/// `realtime.changes`' lock, so it also waits until the log can be read (the page read is
+/// a function call, which does not).
+pub(crate) async fn prepare_backlog(client: &Client) -> Result<Statement, CaptureError> {
+    Ok(client.prepare(READ_BACKLOG).await?)
+}
+
 /// Reads a backlog: every row new to `position` under one REPEATABLE READ snapshot, handed
 /// to `each` page by page with the position after it (`each` returns false to stop). The
 /// position advances page by page, so a failure part-way loses nothing and repeats
 /// nothing; at the end it is the transaction's snapshot.
 pub(crate) async fn read_backlog<F, Fut>(
     client: &mut Client,
+    statement: &Statement,
     position: &mut Position,
     limit: usize,
     mut each: F,
@@ -412,9 +412,8 @@ where
         correct(&tx, position).await?;
     }
     let (xmax, xip, snaps, ids, ahead) = position.bind_values();
-    let statement = tx.prepare(READ_BACKLOG).await?;
     let portal = tx
-        .bind(&statement, &[&xmax, &xip, &snaps, &ids, &ahead])
+        .bind(statement, &[&xmax, &xip, &snaps, &ids, &ahead])
         .await?;
     let page_size = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
     loop {

@@ -88,11 +88,16 @@ impl Wake {
                 .is_some_and(|until| until > now + LEASE / 4)
     }
 
-    /// Changes were delivered from wake-ups at `now`: they count towards the write rate
-    /// as a read that found rows would (the read after them finds nothing new). True when
-    /// writes have become frequent: the caller reads now, and `after_read` drops the lease.
-    pub fn carried(&mut self, now: Instant) -> bool {
-        self.busy_reads.push_back(now);
+    /// Changes of `commits` transactions were delivered from wake-ups at `now`: each
+    /// counts towards the write rate as a read that found rows would (the read after them
+    /// finds nothing new). Counted per transaction, not per batch of wake-ups taken: the
+    /// wake-ups of a fast writer arrive in batches, and counting batches would keep the
+    /// lease, and every writer notifying, however fast they commit. True when writes
+    /// have become frequent: the caller reads now, and `after_read` drops the lease.
+    pub fn carried(&mut self, now: Instant, commits: usize) -> bool {
+        for _ in 0..commits.min(BUSY_READS) {
+            self.busy_reads.push_back(now);
+        }
         self.forget_old_reads(now);
         self.busy_reads.len() >= BUSY_READS
     }
@@ -256,18 +261,38 @@ mod tests {
         ));
         for i in 0..BUSY_READS as u64 - 1 {
             let t = t0 + Duration::from_millis(i);
-            assert!(!w.carried(t));
+            assert!(!w.carried(t, 1));
             assert!(matches!(
                 w.after_read(false, &cursor(&[]), t),
                 Next::Wait { .. }
             ));
         }
         let t = t0 + Duration::from_millis(10);
-        assert!(w.carried(t), "the caller reads at once");
+        assert!(w.carried(t, 1), "the caller reads at once");
         assert_eq!(
             w.after_read(false, &cursor(&[]), t),
             Next::Drop,
             "writers stop sending wake-ups once they come this often"
+        );
+    }
+
+    #[test]
+    fn wake_ups_taken_in_one_batch_count_once_per_transaction() {
+        let mut w = Wake::new();
+        let t0 = Instant::now();
+        w.leased(t0, false);
+        assert!(matches!(
+            w.after_read(false, &cursor(&[]), t0),
+            Next::Wait { .. }
+        ));
+        assert!(!w.carried(t0, BUSY_READS - 1));
+        assert!(
+            w.carried(t0 + Duration::from_millis(5), 1),
+            "ten transactions within the window are a high write rate, however they arrived"
+        );
+        assert_eq!(
+            w.after_read(false, &cursor(&[]), t0 + Duration::from_millis(5)),
+            Next::Drop
         );
     }
 
