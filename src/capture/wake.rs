@@ -166,6 +166,17 @@ mod tests {
         .unwrap()
     }
 
+    /// A wake that took its lease at `t0` and waits for wake-ups.
+    fn waiting(t0: Instant) -> Wake {
+        let mut w = Wake::new();
+        w.leased(t0, false);
+        assert!(matches!(
+            w.after_read(false, &cursor(&[]), t0),
+            Next::Wait { .. }
+        ));
+        w
+    }
+
     #[test]
     fn an_idle_reader_takes_a_lease_then_waits() {
         let mut w = Wake::new();
@@ -208,13 +219,8 @@ mod tests {
 
     #[test]
     fn a_renewal_that_finds_the_lease_gone_counts_as_a_fresh_lease() {
-        let mut w = Wake::new();
         let t0 = Instant::now();
-        w.leased(t0, false);
-        assert!(matches!(
-            w.after_read(false, &cursor(&[]), t0),
-            Next::Wait { .. }
-        ));
+        let mut w = waiting(t0);
         w.leased(t0 + LEASE / 2, false);
         assert!(w.needs_read());
         assert_eq!(
@@ -252,13 +258,8 @@ mod tests {
 
     #[test]
     fn changes_delivered_from_wake_ups_count_towards_a_high_write_rate() {
-        let mut w = Wake::new();
         let t0 = Instant::now();
-        w.leased(t0, false);
-        assert!(matches!(
-            w.after_read(false, &cursor(&[]), t0),
-            Next::Wait { .. }
-        ));
+        let mut w = waiting(t0);
         for i in 0..BUSY_READS as u64 - 1 {
             let t = t0 + Duration::from_millis(i);
             assert!(!w.carried(t, 1));
@@ -278,13 +279,8 @@ mod tests {
 
     #[test]
     fn wake_ups_taken_in_one_batch_count_once_per_transaction() {
-        let mut w = Wake::new();
         let t0 = Instant::now();
-        w.leased(t0, false);
-        assert!(matches!(
-            w.after_read(false, &cursor(&[]), t0),
-            Next::Wait { .. }
-        ));
+        let mut w = waiting(t0);
         assert!(!w.carried(t0, BUSY_READS - 1));
         assert!(
             w.carried(t0 + Duration::from_millis(5), 1),
@@ -298,13 +294,8 @@ mod tests {
 
     #[test]
     fn a_renewed_lease_has_no_suspects() {
-        let mut w = Wake::new();
         let t0 = Instant::now();
-        w.leased(t0, false);
-        assert!(matches!(
-            w.after_read(false, &cursor(&[]), t0),
-            Next::Wait { .. }
-        ));
+        let mut w = waiting(t0);
         w.leased(t0 + LEASE / 2, true);
         assert!(matches!(
             w.after_read(false, &cursor(&[7]), t0 + LEASE / 2),
