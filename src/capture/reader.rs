@@ -24,7 +24,8 @@ macro_rules! log_columns {
 /// Rows new to a position whose bind values (`Position::bind_values`: xmax, xip of its
 /// cursor, its page snapshots, the last id of each page, the ids it read ahead) are the
 /// five parameters named. Both arms of the OR use the xid index (a BitmapOr), so a read
-/// costs what is new, not the whole log.
+/// costs what is new, not the whole log. `sql/053_read_page.sql` restates this condition
+/// and `log_columns!` for the page read: a change here is a new migration there.
 macro_rules! unread_by {
     ($xmax:literal, $xip:literal, $snaps:literal, $ids:literal, $ahead:literal) => {
         concat!(
