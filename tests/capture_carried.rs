@@ -121,77 +121,80 @@ async fn changes_committed_while_the_hub_waits_arrive_from_their_wake_up_once_ea
     );
 }
 
+/// The next changes' titles are `titles`, in order.
+async fn expect_titles(c: &mut common::hub::WsClient, titles: &[String]) {
+    for title in titles {
+        let ch = next_change(c).await;
+        assert_eq!(ch.data["record"]["title"], *title, "{:?}", ch.frame);
+    }
+}
+
+/// Commits `sql`, whose changes have `titles` in order, until at least one of them went
+/// ahead of the read (a commit that meets the hub's poll read is read instead), at most
+/// five times; every time they must arrive in order. How many went ahead, and the status.
+async fn commit_until_some_go_ahead(
+    pg: &PgHub,
+    c: &mut common::hub::WsClient,
+    sql: &str,
+    titles: &[String],
+) -> (u64, Value) {
+    for _ in 0..5 {
+        let before = rows_ahead(&read_past_ahead(pg).await);
+        pg.exec(sql).await;
+        expect_titles(c, titles).await;
+        let status = read_past_ahead(pg).await;
+        let went_ahead = rows_ahead(&status) - before;
+        if went_ahead > 0 {
+            return (went_ahead, status);
+        }
+    }
+    panic!("five commits of {sql:?}, none with a change delivered from its wake-up");
+}
+
 #[tokio::test]
 async fn a_wake_up_that_carries_nothing_holds_back_the_carried_changes_behind_it() {
     let (pg, mut c) = carrying("INSERT").await;
 
     // One transaction: a small row (carried), a row too large for a wake-up (an empty
     // wake-up), a small row (carried, but behind the empty one). All three wake-ups
-    // arrive together at commit. Whatever goes ahead, the rows arrive in order; repeated
-    // until the first did go ahead (a commit that meets the hub's poll read is read).
-    for attempt in 0..5 {
-        let before = rows_ahead(&read_past_ahead(&pg).await);
-        pg.exec(
-            "begin; \
-             insert into public.jobs (title) values ('first'); \
-             insert into public.jobs (title, body) values ('large', repeat('x', 9000)); \
-             insert into public.jobs (title) values ('third'); \
-             commit;",
-        )
-        .await;
-        for title in ["first", "large", "third"] {
-            let ch = next_change(&mut c).await;
-            assert_eq!(ch.data["record"]["title"], title, "{:?}", ch.frame);
-        }
-        let status = read_past_ahead(&pg).await;
-        let went_ahead = rows_ahead(&status) - before;
-        assert!(
-            went_ahead <= 1,
-            "only the change before the empty wake-up may go ahead: {status}"
-        );
-        if went_ahead == 1 {
-            break;
-        }
-        assert!(attempt < 4, "the first change never went ahead: {status}");
-    }
+    // arrive together at commit: only the first may go ahead.
+    let titles = ["first", "large", "third"].map(String::from);
+    let (went_ahead, status) = commit_until_some_go_ahead(
+        &pg,
+        &mut c,
+        "begin; \
+         insert into public.jobs (title) values ('first'); \
+         insert into public.jobs (title, body) values ('large', repeat('x', 9000)); \
+         insert into public.jobs (title) values ('third'); \
+         commit;",
+        &titles,
+    )
+    .await;
+    assert_eq!(
+        went_ahead, 1,
+        "only the change before the empty wake-up goes ahead: {status}"
+    );
 
     // A statement of more than 100 rows (several log rows) wakes without a payload too.
-    let rows = 150;
-    pg.exec(&format!(
-        "insert into public.jobs (title) select 'bulk ' || g from generate_series(1, {rows}) g"
-    ))
-    .await;
-    for g in 1..=rows {
-        let ch = next_change(&mut c).await;
-        assert_eq!(
-            ch.data["record"]["title"],
-            format!("bulk {g}"),
-            "{:?}",
-            ch.frame
-        );
-    }
+    let bulk: Vec<String> = (1..=150).map(|g| format!("bulk {g}")).collect();
+    pg.exec("insert into public.jobs (title) select 'bulk ' || g from generate_series(1, 150) g")
+        .await;
+    expect_titles(&mut c, &bulk).await;
     let id = insert_job(&pg, "after").await;
     expect_row(&mut c, "INSERT", "jobs", id).await;
 
     // A transaction carries its first 16 statements; the rest wake without a payload
     // (one wake-up for all of them) and are read, in order after the carried ones.
-    let before = rows_ahead(&read_past_ahead(&pg).await);
-    let inserts: String = (1..=20)
-        .map(|i| format!("insert into public.jobs (title) values ('stmt {i}'); "))
+    let titles: Vec<String> = (1..=20).map(|i| format!("stmt {i}")).collect();
+    let inserts: String = titles
+        .iter()
+        .map(|t| format!("insert into public.jobs (title) values ('{t}'); "))
         .collect();
-    pg.exec(&format!("begin; {inserts} commit;")).await;
-    for i in 1..=20 {
-        let ch = next_change(&mut c).await;
-        assert_eq!(
-            ch.data["record"]["title"],
-            format!("stmt {i}"),
-            "{:?}",
-            ch.frame
-        );
-    }
-    let status = read_past_ahead(&pg).await;
+    let (went_ahead, status) =
+        commit_until_some_go_ahead(&pg, &mut c, &format!("begin; {inserts} commit;"), &titles)
+            .await;
     assert!(
-        rows_ahead(&status) - before <= 16,
+        went_ahead <= 16,
         "at most 16 statements of a transaction are carried: {status}"
     );
 }

@@ -361,7 +361,8 @@ impl Session<'_> {
     ) -> Option<Carry> {
         let mut go = steady;
         let mut events = Vec::new();
-        let mut versions = Vec::new();
+        // The rules version the carried rows share (`Some(None)` once two differ).
+        let mut version: Option<Option<i64>> = None;
         // Transactions behind the wake-ups taken: a transaction's carried statements
         // arrive together and share its xid; an empty wake-up is one transaction's
         // (Postgres folds a transaction's identical payloads into one).
@@ -375,7 +376,11 @@ impl Session<'_> {
                     Some(c) => {
                         xid = Some(c.xid);
                         position.read_ahead(c.xid, c.id, c.created_at);
-                        versions.push(c.rules_version);
+                        version = match version {
+                            Some(v) if v != c.rules_version => Some(None),
+                            Some(v) => Some(v),
+                            None => Some(c.rules_version),
+                        };
                         events.extend(c.events);
                     }
                     None => go = false,
@@ -396,14 +401,10 @@ impl Session<'_> {
                 all_carried,
             });
         }
-        let rules_version = match versions.first() {
-            Some(v) if versions.iter().all(|x| x == v) => *v,
-            _ => None,
-        };
         self.status.count_ahead(events.len());
         let text = position.to_string();
         self.status.set_cursor(&text);
-        self.hand_over(events, text, rules_version, 0)
+        self.hand_over(events, text, version.flatten(), 0)
             .await
             .then_some(Carry {
                 went_ahead: true,
