@@ -5,12 +5,10 @@
 //! committed earlier can still be unread (see `Session::deliver_carried`), and records it
 //! in the position as read ahead, so the read skips it.
 
+use super::reader::{Logged, RawRows};
+use crate::changes::{LogEntry, Op};
 use chrono::DateTime;
 use serde::Deserialize;
-use serde_json::Value;
-
-use super::reader::Logged;
-use crate::changes::{DbEvent, Op};
 
 /// One log row from a wake-up's payload.
 #[derive(Debug)]
@@ -23,7 +21,7 @@ pub(super) struct Carried {
     pub created_at: i64,
     /// `realtime.rules_version()` in the writing transaction.
     pub rules_version: Option<i64>,
-    pub events: Vec<DbEvent>,
+    pub entry: LogEntry,
 }
 
 /// The payload's fields, as the triggers write them.
@@ -37,8 +35,8 @@ struct Payload {
     s: String,
     t: String,
     op: String,
-    rows: Option<Value>,
-    old_rows: Option<Value>,
+    rows: Option<RawRows>,
+    old_rows: Option<RawRows>,
 }
 
 /// Parses a wake-up's payload; `None` for an empty wake-up or anything not a carried log
@@ -51,8 +49,7 @@ pub(super) fn carried(payload: &str) -> Option<Carried> {
         .inspect_err(|e| tracing::debug!(error = %e, "wake-up payload not understood"))
         .ok()?;
     let op = Op::parse(&p.op)?;
-    let mut events = Vec::new();
-    Logged {
+    let entry = Logged {
         id: p.id,
         op,
         schema: p.s,
@@ -63,13 +60,13 @@ pub(super) fn carried(payload: &str) -> Option<Carried> {
         rows: p.rows,
         old_rows: p.old_rows,
     }
-    .into_events(&mut events);
+    .into_entry();
     Some(Carried {
         xid: p.xid.parse().ok()?,
         id: p.id,
         created_at: p.at,
         rules_version: p.rv,
-        events,
+        entry,
     })
 }
 
@@ -86,8 +83,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.xid, c.id, c.rules_version), (7301, 41, Some(3)));
-        assert_eq!(c.events.len(), 2);
-        let DbEvent::Change(second) = &c.events[1] else {
+        let events = crate::changes::into_events(vec![c.entry]);
+        assert_eq!(events.len(), 2);
+        let crate::changes::DbEvent::Change(second) = &events[1] else {
             panic!("a change")
         };
         assert_eq!((second.id, second.seq, second.op), (41, 1, Op::Update));

@@ -35,7 +35,7 @@ pub use reader::{
 pub use retention::{prune, Pruned, Retention};
 pub use status::{CaptureStatus, CaptureStatusSnapshot};
 
-use crate::changes::LogBatch;
+use crate::changes::{LogBatch, LogEntry};
 use crate::db::pg_message;
 use reader::Page;
 use wake::{Next, Wake};
@@ -381,7 +381,9 @@ impl Session<'_> {
                             Some(v) => Some(v),
                             None => Some(c.rules_version),
                         };
-                        events.extend(c.events);
+                        if !c.entry.is_empty() {
+                            events.push(c.entry);
+                        }
                     }
                     None => go = false,
                 }
@@ -401,7 +403,8 @@ impl Session<'_> {
                 all_carried,
             });
         }
-        self.status.count_ahead(events.len());
+        self.status
+            .count_ahead(events.iter().map(LogEntry::len).sum());
         let text = position.to_string();
         self.status.set_cursor(&text);
         self.hand_over(events, text, version.flatten(), 0)
@@ -427,20 +430,19 @@ impl Session<'_> {
     /// while dispatch is behind; false when stopping.
     async fn hand_over(
         &self,
-        events: Vec<crate::changes::DbEvent>,
+        events: Vec<LogEntry>,
         position: String,
         rules_version: Option<i64>,
         age_ms: i64,
     ) -> bool {
-        let last_ts = events.iter().rev().find_map(|e| match e {
-            crate::changes::DbEvent::Change(c) => {
-                Some(crate::changes::format_commit_time(c.commit_time))
-            }
-            crate::changes::DbEvent::Broadcast(_) => None,
-        });
-        self.status
-            .record_batch(events.len(), last_ts.as_deref(), age_ms);
-        if events.is_empty() {
+        let last_ts = events
+            .iter()
+            .rev()
+            .find_map(LogEntry::commit_time)
+            .map(crate::changes::format_commit_time);
+        let n = events.iter().map(LogEntry::len).sum();
+        self.status.record_batch(n, last_ts.as_deref(), age_ms);
+        if n == 0 {
             return true;
         }
         let batch = LogBatch {

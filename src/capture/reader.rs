@@ -4,12 +4,14 @@
 //! READ transaction, page by page, so the position stays exact however long it is.
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use tokio_postgres::types::Json;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Statement};
 
 use super::cursor::{Cursor, CursorError, Origin, Position};
 use super::CaptureError;
-use crate::changes::{Change, DbBroadcast, DbEvent, Op};
+use crate::changes::{into_events, Change, DbBroadcast, DbEvent, LogEntry, Op, StatementRows};
 
 /// The selected columns of a log row, as `to_event` reads them.
 macro_rules! log_columns {
@@ -191,7 +193,7 @@ pub async fn next_events(
 ) -> Result<Vec<DbEvent>, CaptureError> {
     let page = read_page(client, stmts, position, limit).await?;
     advance(position, &page, limit);
-    Ok(page.events)
+    Ok(into_events(page.events))
 }
 
 /// One page read by `next_page`.
@@ -227,7 +229,7 @@ pub async fn next_page(
         from,
         snapshot: page.snapshot,
         origin: page.origin,
-        events: page.events,
+        events: into_events(page.events),
     })
 }
 
@@ -236,7 +238,7 @@ pub(crate) struct Page {
     /// The snapshot the page was read under, and when it was taken.
     pub snapshot: Cursor,
     pub origin: Origin,
-    pub events: Vec<DbEvent>,
+    pub events: Vec<LogEntry>,
     /// Rows read (including any that could not be mapped).
     pub rows: usize,
     pub last_id: Option<i64>,
@@ -468,11 +470,11 @@ pub async fn events_between(
             ],
         )
         .await?;
-    let mut events = Vec::new();
+    let mut entries = Vec::new();
     for row in &rows {
-        to_events(row, &mut events);
+        to_events(row, &mut entries);
     }
-    Ok((events, rows.last().map(|r| r.get("id"))))
+    Ok((into_events(entries), rows.last().map(|r| r.get("id"))))
 }
 
 /// Takes the current snapshot as a starting cursor.
@@ -494,10 +496,10 @@ pub async fn current_position(client: &Client) -> Result<Position, CaptureError>
     ))
 }
 
-/// Maps a log row to its events: one per row of a captured statement (`rows` and
-/// `old_rows`, aligned by position), one for a single-row entry (`record`/`old_record`)
+/// Maps a log row to what it holds: a captured statement's rows (`rows` and `old_rows`,
+/// aligned by position, left as JSON text), a single-row entry (`record`/`old_record`)
 /// or a broadcast. A row that cannot be mapped is logged and skipped.
-fn to_events(row: &Row, out: &mut Vec<DbEvent>) {
+fn to_events(row: &Row, out: &mut Vec<LogEntry>) {
     let id: i64 = row.get("id");
     let op: String = row.get("op");
     let record: Option<Value> = row.get("record");
@@ -509,7 +511,7 @@ fn to_events(row: &Row, out: &mut Vec<DbEvent>) {
             (Some(_), _) => Value::Null,
             (None, record) => record.unwrap_or(Value::Object(Map::new())),
         };
-        out.push(DbEvent::Broadcast(DbBroadcast {
+        out.push(LogEntry::Event(DbEvent::Broadcast(DbBroadcast {
             log_id: id,
             // Rows logged before realtime.messages existed have no message id.
             id: row
@@ -524,30 +526,45 @@ fn to_events(row: &Row, out: &mut Vec<DbEvent>) {
                 .get::<_, Option<String>>("xid")
                 .and_then(|x| x.parse().ok())
                 .unwrap_or(0),
-        }));
+        })));
         return;
     }
     let Some(op) = Op::parse(&op) else {
         tracing::warn!(id, op, "skipping log row with unknown op");
         return;
     };
-    Logged {
-        id,
-        op,
-        schema: row
-            .get::<_, Option<String>>("schema_name")
-            .unwrap_or_default(),
-        table: row
-            .get::<_, Option<String>>("table_name")
-            .unwrap_or_default(),
-        commit_time: row.get::<_, DateTime<Utc>>("created_at"),
-        record,
-        old_record: row.get("old_record"),
-        rows: row.get("rows"),
-        old_rows: row.get("old_rows"),
-    }
-    .into_events(out);
+    let rows = |column: &str| match row.try_get::<_, Option<Json<RawRows>>>(column) {
+        Ok(rows) => Ok(rows.map(|Json(r)| r)),
+        Err(e) => {
+            tracing::warn!(id, column, error = %e, "skipping log row whose rows are not a JSON array");
+            Err(())
+        }
+    };
+    let (Ok(rows), Ok(old_rows)) = (rows("rows"), rows("old_rows")) else {
+        return;
+    };
+    out.push(
+        Logged {
+            id,
+            op,
+            schema: row
+                .get::<_, Option<String>>("schema_name")
+                .unwrap_or_default(),
+            table: row
+                .get::<_, Option<String>>("table_name")
+                .unwrap_or_default(),
+            commit_time: row.get::<_, DateTime<Utc>>("created_at"),
+            record,
+            old_record: row.get("old_record"),
+            rows,
+            old_rows,
+        }
+        .into_entry(),
+    );
 }
+
+/// A statement's rows as the log holds them: one JSON text per row.
+pub(super) type RawRows = Vec<Box<RawValue>>;
 
 /// One captured log row: a statement's rows (`rows`, `old_rows`, aligned by position) or
 /// a single-row entry (`record`/`old_record`).
@@ -559,13 +576,14 @@ pub(super) struct Logged {
     pub commit_time: DateTime<Utc>,
     pub record: Option<Value>,
     pub old_record: Option<Value>,
-    pub rows: Option<Value>,
-    pub old_rows: Option<Value>,
+    pub rows: Option<RawRows>,
+    pub old_rows: Option<RawRows>,
 }
 
 impl Logged {
-    /// One change per row of the statement, in its order.
-    pub(super) fn into_events(self, out: &mut Vec<DbEvent>) {
+    /// A statement's rows (parsed when needed, see `LogEntry`), or a single-row entry's
+    /// change.
+    pub(super) fn into_entry(self) -> LogEntry {
         let Logged {
             id,
             op,
@@ -577,36 +595,27 @@ impl Logged {
             rows,
             old_rows,
         } = self;
-        let change = |seq: usize, record: Option<Value>, old_record: Option<Value>| {
-            DbEvent::Change(Change {
+        if rows.is_none() && old_rows.is_none() {
+            return LogEntry::Event(DbEvent::Change(Change {
                 id,
-                seq: u32::try_from(seq).unwrap_or(u32::MAX),
-                schema: schema.clone(),
-                table: table.clone(),
+                seq: 0,
+                schema,
+                table,
                 op,
                 record: record.and_then(into_object),
                 old_record: old_record.and_then(into_object),
                 commit_time,
-            })
-        };
-        let (rows, old_rows) = (rows.map(into_array), old_rows.map(into_array));
-        if rows.is_none() && old_rows.is_none() {
-            out.push(change(0, record, old_record));
-            return;
+            }));
         }
-        let (rows, old_rows) = (rows.unwrap_or_default(), old_rows.unwrap_or_default());
-        let n = rows.len().max(old_rows.len());
-        let (mut rows, mut old_rows) = (rows.into_iter(), old_rows.into_iter());
-        for seq in 0..n {
-            out.push(change(seq, rows.next(), old_rows.next()));
-        }
-    }
-}
-
-fn into_array(v: Value) -> Vec<Value> {
-    match v {
-        Value::Array(a) => a,
-        _ => Vec::new(),
+        LogEntry::Statement(StatementRows {
+            id,
+            op,
+            schema,
+            table,
+            commit_time,
+            rows: rows.unwrap_or_default(),
+            old_rows: old_rows.unwrap_or_default(),
+        })
     }
 }
 

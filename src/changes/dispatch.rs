@@ -25,10 +25,11 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::{Catalog, TableInfo};
 use super::index::{Matched, SubscriptionIndex};
 use super::lane::Lane;
+use super::logged::LogEntry;
 use super::payload::{change_data, shape_key, ChangePayload, Conversions, FieldSizes, ShapeKey};
 use super::recycle::Recycled;
 use super::row::{Change, DbBroadcast, DbEvent, LogBatch, Row};
-use super::scope::{RlsChecker, Viewer, Visibility};
+use super::scope::{Gates, RlsChecker, Viewer, Visibility};
 use super::stats::ChangeStats;
 use crate::protocol::{self, Broadcast, BroadcastPayload, SystemMessage, Vsn, WireFrame};
 use crate::router::{MemberId, Router, TopicKey};
@@ -233,11 +234,12 @@ impl Dispatcher {
     /// Matches a batch under the cut lock and moves the cut past it. Row scope's gates
     /// are those of the rules version the read carried.
     fn match_batch(&self, batch: LogBatch) -> MatchedBatch {
-        self.stats
-            .count_changes(batch.events.iter().filter_map(|e| match e {
-                DbEvent::Change(c) => Some((c.schema.as_str(), c.table.as_str())),
-                DbEvent::Broadcast(_) => None,
-            }));
+        self.stats.count_changes(
+            batch
+                .events
+                .iter()
+                .filter_map(|e| e.table().map(|(schema, table)| (schema, table, e.len()))),
+        );
         let gates = match batch.rules_version {
             Some(version) => {
                 self.rls.observe(version);
@@ -245,41 +247,22 @@ impl Dispatcher {
             }
             None => Arc::default(),
         };
-        let gate_of = |schema: &str, table: &str, role: &str| gates.get(schema, table, role);
         let mut cut = self.progress.lock();
         let mut events = Vec::with_capacity(batch.events.len());
-        for event in batch.events {
-            match event {
-                DbEvent::Broadcast(b) => {
+        for entry in batch.events {
+            match entry {
+                LogEntry::Event(DbEvent::Broadcast(b)) => {
                     let members = self.router.member_ids(&broadcast_key(&b));
                     events.push(MatchedEvent::Broadcast(b, members));
                 }
-                DbEvent::Change(c) => {
-                    // Read before matching: a change to the index during it moves it on.
-                    let generation = self.index.generation();
-                    // (A change without a row to judge matches nobody, kept set or not.)
-                    let kept = c
-                        .judged_row()
-                        .and_then(|_| self.memo.get(generation, &gates, &c));
-                    if let Some(kept) = kept {
-                        events.push(MatchedEvent::Kept(c, kept));
-                        continue;
-                    }
-                    let into = self.spare.matched.take();
-                    let matching =
-                        self.index
-                            .matching_gated(&c, &gate_of, self.lane.inline_cost, into);
-                    let matched = matching.found;
-                    if matched.is_empty() {
-                        self.spare.matched.give(matched);
-                    } else if matching.alike {
-                        // Viewers now, under the cut lock, so that the set holds as long
-                        // as the generation (token refreshes happen under it too).
-                        let set = Arc::new(self.receivers(matched));
-                        self.memo.keep(generation, &gates, &c, &set);
-                        events.push(MatchedEvent::Kept(c, set));
-                    } else {
-                        events.push(MatchedEvent::Change(c, matched));
+                LogEntry::Event(DbEvent::Change(c)) => self.match_change(c, &gates, &mut events),
+                // A statement's rows are parsed only when someone may see them; nobody
+                // watching its table now means nobody matches them, as matching would find.
+                LogEntry::Statement(s) => {
+                    if self.index.watches(&s.schema, &s.table) {
+                        for c in s.changes() {
+                            self.match_change(c, &gates, &mut events);
+                        }
                     }
                 }
             }
@@ -294,6 +277,37 @@ impl Dispatcher {
             mark,
             events,
             rules_version: batch.rules_version,
+        }
+    }
+
+    /// Matches one change (under the cut lock) and queues what it found in `events`.
+    fn match_change(&self, c: Change, gates: &Arc<Gates>, events: &mut Vec<MatchedEvent>) {
+        // Read before matching: a change to the index during it moves it on.
+        let generation = self.index.generation();
+        // (A change without a row to judge matches nobody, kept set or not.)
+        let kept = c
+            .judged_row()
+            .and_then(|_| self.memo.get(generation, gates, &c));
+        if let Some(kept) = kept {
+            events.push(MatchedEvent::Kept(c, kept));
+            return;
+        }
+        let gate_of = |schema: &str, table: &str, role: &str| gates.get(schema, table, role);
+        let into = self.spare.matched.take();
+        let matching = self
+            .index
+            .matching_gated(&c, &gate_of, self.lane.inline_cost, into);
+        let matched = matching.found;
+        if matched.is_empty() {
+            self.spare.matched.give(matched);
+        } else if matching.alike {
+            // Viewers now, under the cut lock, so that the set holds as long as the
+            // generation (token refreshes happen under it too).
+            let set = Arc::new(self.receivers(matched));
+            self.memo.keep(generation, gates, &c, &set);
+            events.push(MatchedEvent::Kept(c, set));
+        } else {
+            events.push(MatchedEvent::Change(c, matched));
         }
     }
 

@@ -318,6 +318,21 @@ impl SubscriptionIndex {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Whether any subscription may match a change to `schema.table` (through its table,
+    /// its schema or every table). Read under the same lock as matching, it decides as
+    /// matching would: a change nobody watches matches nobody.
+    pub fn watches(&self, schema: &str, table: &str) -> bool {
+        let table = TableScope::Table {
+            schema: schema.into(),
+            table: table.into(),
+        };
+        self.by_scope.contains_key(&table)
+            || self
+                .by_scope
+                .contains_key(&TableScope::Schema(schema.into()))
+            || self.by_scope.contains_key(&TableScope::All)
+    }
+
     /// Applies a refreshed token to a member's subscriptions, moving its scanned ones to
     /// the new viewer's role and claim keys. The caller keeps matching out meanwhile.
     pub fn set_viewer(&self, member: MemberId, viewer: Arc<Viewer>) {
@@ -710,6 +725,30 @@ mod tests {
         index.remove(2);
         assert!(index.is_empty());
         assert!(index.by_scope.is_empty());
+    }
+
+    #[test]
+    fn a_table_is_watched_through_its_own_scope_its_schema_or_every_table() {
+        let index = SubscriptionIndex::default();
+        assert!(!index.watches("public", "jobs"));
+        subscribe(&index, 1, &format!("customer_id=eq.{A}"));
+        assert!(index.watches("public", "jobs"));
+        assert!(!index.watches("public", "invoices"));
+        assert!(!index.watches("crm", "jobs"));
+        subscribe_many(
+            &index,
+            2,
+            &[(20, TableScope::Schema("crm".into()), "", None)],
+        );
+        assert!(index.watches("crm", "anything"));
+        assert!(!index.watches("public", "invoices"));
+        subscribe_many(&index, 3, &[(30, TableScope::All, "", None)]);
+        assert!(index.watches("public", "invoices"));
+        index.remove(3);
+        index.remove(2);
+        index.remove(1);
+        assert!(!index.watches("public", "jobs"));
+        assert!(!index.watches("crm", "anything"));
     }
 
     #[test]

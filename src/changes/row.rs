@@ -107,11 +107,11 @@ pub enum DbEvent {
     Broadcast(DbBroadcast),
 }
 
-/// What capture hands dispatch: events in log order and the log position right after
+/// What capture hands dispatch: log rows in log order and the log position right after
 /// them (opaque here; `capture::Position` text).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct LogBatch {
-    pub events: Vec<DbEvent>,
+    pub events: Vec<super::logged::LogEntry>,
     pub position: std::sync::Arc<str>,
     /// `realtime.rules_version()` as the read saw it (row scope's cached rules follow
     /// it); `None` when not read.

@@ -35,11 +35,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ChangeStats {
-    /// Adds one batch's per-table counts.
-    pub fn count_changes<'a>(&self, tables: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    /// Adds one batch's per-table counts: (schema, table, changes) per log row.
+    pub fn count_changes<'a>(&self, tables: impl IntoIterator<Item = (&'a str, &'a str, usize)>) {
         let mut batch: HashMap<(&str, &str), u64> = HashMap::new();
-        for t in tables {
-            *batch.entry(t).or_default() += 1;
+        for (schema, table, n) in tables {
+            *batch.entry((schema, table)).or_default() += n as u64;
         }
         if batch.is_empty() {
             return;
@@ -98,10 +98,10 @@ mod tests {
     #[test]
     fn batches_add_up_per_table() {
         let stats = ChangeStats::default();
-        stats.count_changes([("public", "a"), ("public", "b"), ("public", "a")]);
-        stats.count_changes([("public", "a")]);
+        stats.count_changes([("public", "a", 1), ("public", "b", 1), ("public", "a", 1)]);
+        stats.count_changes([("public", "a", 50)]);
         let totals = stats.change_totals();
-        assert_eq!(totals[&name("public", "a")], 3);
+        assert_eq!(totals[&name("public", "a")], 52);
         assert_eq!(totals[&name("public", "b")], 1);
     }
 

@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
 use switchboard::capture::{run_capture, CaptureConfig, CaptureStatus};
-use switchboard::changes::{DbEvent, LogBatch, Op};
+use switchboard::changes::{into_events, DbEvent, LogBatch, Op};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -105,6 +105,7 @@ impl Capture {
                 })
                 .expect("capture stopped")
                 .events;
+            let page = into_events(page);
             let done = page.iter().any(|e| match e {
                 DbEvent::Change(c) => c.table == MARKER_TABLE && field(&c.record, "id") == marker,
                 DbEvent::Broadcast(_) => false,
@@ -127,7 +128,7 @@ impl Capture {
                 .unwrap_or_else(|_| panic!("nothing captured within {within:?}"))
                 .expect("capture stopped");
             if !batch.events.is_empty() {
-                return batch.events;
+                return into_events(batch.events);
             }
         }
     }

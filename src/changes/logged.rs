@@ -1,0 +1,189 @@
+//! What capture hands dispatch, one log row at a time. A captured statement's rows stay
+//! JSON text (`StatementRows`) until someone may see them: dispatch parses them only for a
+//! table with subscribers, at match time, so a table nobody watches costs the hub the
+//! read and nothing more. Every other reader of the log takes changes whole
+//! (`LogEntry::into_events`).
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::row::{Change, DbEvent, Op, Row};
+
+/// One captured statement's log row (up to 100 of its rows): `rows` holds the new rows
+/// (INSERT, UPDATE) and `old_rows` the old ones (UPDATE, DELETE), aligned by position,
+/// one JSON text per row.
+#[derive(Debug, Clone)]
+pub struct StatementRows {
+    /// The log row's id.
+    pub id: i64,
+    pub op: Op,
+    pub schema: String,
+    pub table: String,
+    pub commit_time: DateTime<Utc>,
+    pub rows: Vec<Box<RawValue>>,
+    pub old_rows: Vec<Box<RawValue>>,
+}
+
+impl StatementRows {
+    /// The row changes it holds.
+    pub fn len(&self) -> usize {
+        self.rows.len().max(self.old_rows.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its changes, in the statement's order, each row parsed now (a row that is not a
+    /// JSON object reads as none).
+    pub fn changes(self) -> impl Iterator<Item = Change> {
+        let StatementRows {
+            id,
+            op,
+            schema,
+            table,
+            commit_time,
+            rows,
+            old_rows,
+        } = self;
+        let n = rows.len().max(old_rows.len());
+        let (mut rows, mut old_rows) = (rows.into_iter(), old_rows.into_iter());
+        (0..n).map(move |seq| Change {
+            id,
+            seq: u32::try_from(seq).unwrap_or(u32::MAX),
+            schema: schema.clone(),
+            table: table.clone(),
+            op,
+            record: rows.next().and_then(|r| parse_row(&r)),
+            old_record: old_rows.next().and_then(|r| parse_row(&r)),
+            commit_time,
+        })
+    }
+}
+
+fn parse_row(raw: &RawValue) -> Option<Row> {
+    match serde_json::from_str(raw.get()) {
+        Ok(Value::Object(row)) => Some(row),
+        _ => None,
+    }
+}
+
+/// One log row as capture read it.
+#[derive(Debug, Clone)]
+pub enum LogEntry {
+    /// A broadcast, or a change logged whole (a single-row entry).
+    Event(DbEvent),
+    Statement(StatementRows),
+}
+
+impl LogEntry {
+    /// The events it holds.
+    pub fn len(&self) -> usize {
+        match self {
+            LogEntry::Event(_) => 1,
+            LogEntry::Statement(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The changed table, for a change.
+    pub fn table(&self) -> Option<(&str, &str)> {
+        match self {
+            LogEntry::Event(DbEvent::Change(c)) => Some((&c.schema, &c.table)),
+            LogEntry::Statement(s) => Some((&s.schema, &s.table)),
+            LogEntry::Event(DbEvent::Broadcast(_)) => None,
+        }
+    }
+
+    /// The commit time of a change.
+    pub fn commit_time(&self) -> Option<DateTime<Utc>> {
+        match self {
+            LogEntry::Event(DbEvent::Change(c)) => Some(c.commit_time),
+            LogEntry::Statement(s) => Some(s.commit_time),
+            LogEntry::Event(DbEvent::Broadcast(_)) => None,
+        }
+    }
+
+    /// Its events, parsed.
+    pub fn into_events(self, out: &mut Vec<DbEvent>) {
+        match self {
+            LogEntry::Event(e) => out.push(e),
+            LogEntry::Statement(s) => out.extend(s.changes().map(DbEvent::Change)),
+        }
+    }
+}
+
+/// `entries`' events, parsed.
+pub fn into_events(entries: Vec<LogEntry>) -> Vec<DbEvent> {
+    let mut out = Vec::with_capacity(entries.iter().map(LogEntry::len).sum());
+    for e in entries {
+        e.into_events(&mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(rows: &str) -> Vec<Box<RawValue>> {
+        serde_json::from_str(rows).unwrap()
+    }
+
+    #[test]
+    fn a_statement_gives_one_change_per_row_pairing_old_and_new_by_position() {
+        let s = StatementRows {
+            id: 7,
+            op: Op::Update,
+            schema: "public".into(),
+            table: "jobs".into(),
+            commit_time: Utc::now(),
+            rows: raw(r#"[{"id":1,"v":"b"},{"id":2,"v":"c"}]"#),
+            old_rows: raw(r#"[{"id":1,"v":"a"},{"id":2,"v":"b"}]"#),
+        };
+        let entry = LogEntry::Statement(s);
+        assert_eq!((entry.len(), entry.table()), (2, Some(("public", "jobs"))));
+        let events = into_events(vec![entry]);
+        let changes: Vec<_> = events
+            .iter()
+            .map(|e| match e {
+                DbEvent::Change(c) => (
+                    c.id,
+                    c.seq,
+                    c.record.as_ref().unwrap()["v"].clone(),
+                    c.old_record.as_ref().unwrap()["v"].clone(),
+                ),
+                DbEvent::Broadcast(_) => panic!("a change"),
+            })
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                (7, 0, "b".into(), "a".into()),
+                (7, 1, "c".into(), "b".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_delete_has_old_rows_only_and_a_row_that_is_not_an_object_reads_as_none() {
+        let s = StatementRows {
+            id: 1,
+            op: Op::Delete,
+            schema: "public".into(),
+            table: "t".into(),
+            commit_time: Utc::now(),
+            rows: Vec::new(),
+            old_rows: raw(r#"[{"id":1}, 5]"#),
+        };
+        let changes: Vec<_> = s.changes().collect();
+        assert_eq!(changes.len(), 2);
+        assert!(changes.iter().all(|c| c.record.is_none()));
+        assert_eq!(changes[0].old_record.as_ref().unwrap()["id"], 1);
+        assert!(changes[1].old_record.is_none());
+    }
+}
