@@ -246,16 +246,37 @@ async fn a_feed_token_scoped_by_row_level_security_sees_only_its_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_may_end_inside_one_statement_and_the_next_starts_right_after() {
+    pages_of_three_get_bulk_1_to_11(
+        "insert into bulk select g from generate_series(1, 10) g; insert into bulk values (11)",
+    )
+    .await;
+}
+
+/// Statements of a table the reader does not ask for (passed over without parsing their
+/// rows) between and around the ones it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_of_tables_not_asked_for_are_passed_over_wherever_a_page_ends() {
+    pages_of_three_get_bulk_1_to_11(&format!(
+        "insert into notes select g, '{ALICE}', 'x' from generate_series(1, 5) g;
+         insert into bulk select g from generate_series(1, 4) g;
+         insert into notes select g, '{BOB}', 'y' from generate_series(6, 12) g;
+         insert into bulk select g from generate_series(5, 10) g;
+         insert into notes values (13, '{ALICE}', 'z');
+         insert into bulk values (11);
+         insert into notes select g, '{BOB}', 'w' from generate_series(14, 16) g"
+    ))
+    .await;
+}
+
+/// Runs `sql`, which inserts bulk rows 1 to 11, and reads `public.bulk` 3 at a time.
+async fn pages_of_three_get_bulk_1_to_11(sql: &str) {
     let pg = PgHub::start(NOTES).await;
     let token = pg.token("service_role", "ops");
     let mut cursor = feed_ok(&pg.hub, &token, "tables=public.bulk").await["next_cursor"]
         .as_str()
         .unwrap()
         .to_owned();
-    pg.exec(
-        "insert into bulk select g from generate_series(1, 10) g; insert into bulk values (11)",
-    )
-    .await;
+    pg.exec(sql).await;
     let mut ids = Vec::new();
     let mut sizes = Vec::new();
     while ids.len() < 11 {

@@ -198,7 +198,8 @@ pub async fn next_events(
 
 /// One page read by `next_page`.
 pub struct PageRead {
-    pub events: Vec<DbEvent>,
+    /// The page's log rows; a statement's rows not parsed yet (`LogEntry::into_events`).
+    pub entries: Vec<LogEntry>,
     /// The position the page was read from: the one passed in, corrected if the server
     /// crashed since it was taken (`correct`).
     pub from: Position,
@@ -229,7 +230,7 @@ pub async fn next_page(
         from,
         snapshot: page.snapshot,
         origin: page.origin,
-        events: into_events(page.events),
+        entries: page.events,
     })
 }
 

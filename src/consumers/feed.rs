@@ -163,8 +163,7 @@ impl ConsumersHandle {
         let deadline = Instant::now() + req.wait;
         loop {
             progress.borrow_and_update();
-            let read =
-                log::read(&inner.pool, &mark, req.limit, |c| req.selection.selects(c)).await?;
+            let read = log::read(&inner.pool, &mark, req.limit, &req.selection).await?;
             // Rows new to `mark` deleted before this read would be missing from it.
             self.check_not_pruned(&mark).await?;
             let (changes, marks): (Vec<Change>, Vec<Mark>) = read.items.into_iter().unzip();

@@ -7,9 +7,10 @@
 use deadpool_postgres::Pool;
 
 use super::mark::Mark;
+use super::select::Selection;
 use super::ConsumersError;
 use crate::capture::{next_page, Cursor, Origin, Statements, READ_PAGE_SQL};
-use crate::changes::{Change, DbEvent};
+use crate::changes::{Change, DbEvent, LogEntry};
 
 /// What one read found.
 #[derive(Debug)]
@@ -23,12 +24,13 @@ pub struct Read {
     pub full: bool,
 }
 
-/// Reads up to `limit` log rows after `from` and keeps the changes `select` wants.
+/// Reads up to `limit` log rows after `from` and keeps the changes `select` selects. A
+/// statement's rows are parsed only when `select` may select some change of its table.
 pub async fn read(
     pool: &Pool,
     from: &Mark,
     limit: usize,
-    select: impl Fn(&Change) -> bool,
+    select: &Selection,
 ) -> Result<Read, ConsumersError> {
     let client = pool.get().await?;
     let stmts = Statements::from_page(client.prepare_cached(READ_PAGE_SQL).await?);
@@ -49,16 +51,31 @@ pub async fn read(
             _ => Vec::new(),
         },
     };
-    let mut keys = Vec::with_capacity(page.events.len());
-    let mut changes = Vec::with_capacity(page.events.len());
-    for event in page.events {
-        let (id, seq, change) = match event {
-            DbEvent::Change(c) => (c.id, c.seq, Some(c)),
-            DbEvent::Broadcast(b) => (b.log_id, 0, None),
-        };
-        if !from.covers(id, seq) {
-            keys.push((id, seq));
-            changes.push(change.filter(|c| select(c)));
+    let n = page.entries.iter().map(LogEntry::len).sum();
+    let (mut keys, mut changes) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut events = Vec::new();
+    for entry in page.entries {
+        match entry {
+            LogEntry::Statement(s) if !select.may_select(&s.schema, &s.table, s.op) => {
+                for seq in 0..u32::try_from(s.len()).unwrap_or(u32::MAX) {
+                    if !from.covers(s.id, seq) {
+                        keys.push((s.id, seq));
+                        changes.push(None);
+                    }
+                }
+                continue;
+            }
+            entry => entry.into_events(&mut events),
+        }
+        for event in events.drain(..) {
+            let (id, seq, change) = match event {
+                DbEvent::Change(c) => (c.id, c.seq, Some(c)),
+                DbEvent::Broadcast(b) => (b.log_id, 0, None),
+            };
+            if !from.covers(id, seq) {
+                keys.push((id, seq));
+                changes.push(change.filter(|c| select.selects(c)));
+            }
         }
     }
     let selected: Vec<usize> = (0..changes.len())

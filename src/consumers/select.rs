@@ -80,15 +80,25 @@ impl Selection {
     }
 
     pub fn selects(&self, c: &Change) -> bool {
-        if !self.ops.contains(&c.op) {
-            return false;
+        self.filter_for(&c.schema, &c.table, c.op)
+            .is_some_and(|f| f.is_empty() || c.judged_row().is_some_and(|r| f.matches(r)))
+    }
+
+    /// Whether some change of this table and kind may be selected (its row not judged):
+    /// when not, a reader passes its rows over without parsing them.
+    pub fn may_select(&self, schema: &str, table: &str, op: Op) -> bool {
+        self.filter_for(schema, table, op).is_some()
+    }
+
+    fn filter_for(&self, schema: &str, table: &str, op: Op) -> Option<&BoundFilter> {
+        if !self.ops.contains(&op) {
+            return None;
         }
         // Looked up by borrowed parts without allocating: few tables, so scan.
-        self.tables.iter().any(|((s, t), f)| {
-            *s == c.schema
-                && *t == c.table
-                && (f.is_empty() || c.judged_row().is_some_and(|r| f.matches(r)))
-        })
+        self.tables
+            .iter()
+            .find(|((s, t), _)| s == schema && t == table)
+            .map(|(_, f)| f)
     }
 }
 
@@ -116,5 +126,8 @@ mod tests {
         assert!(s.selects(&change("a", Op::Insert)));
         assert!(s.selects(&change("a", Op::Delete)));
         assert!(!s.selects(&change("b", Op::Insert)));
+        assert!(s.may_select("public", "a", Op::Update));
+        assert!(!s.may_select("public", "b", Op::Update));
+        assert!(!s.may_select("other", "a", Op::Update));
     }
 }

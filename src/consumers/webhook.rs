@@ -150,8 +150,7 @@ impl Endpoint {
             if pending.len() < max {
                 self.progress.borrow_and_update();
                 let limit = max.max(READ_ROWS_MIN);
-                let read =
-                    log::read(&self.inner.pool, &tail, limit, |c| selection.selects(c)).await;
+                let read = log::read(&self.inner.pool, &tail, limit, selection).await;
                 let read = match read {
                     Ok(r) => r,
                     Err(e) => {
