@@ -422,7 +422,7 @@ impl Session<'_> {
             return true;
         }
         let age_ms = page.age_ms.unwrap_or(0);
-        self.hand_over(page.events, position, page.rules_version, age_ms)
+        self.hand_over(page.entries, position, page.rules_version, age_ms)
             .await
     }
 

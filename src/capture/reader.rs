@@ -13,7 +13,7 @@ use super::cursor::{Cursor, CursorError, Origin, Position};
 use super::CaptureError;
 use crate::changes::{into_events, Change, DbBroadcast, DbEvent, LogEntry, Op, StatementRows};
 
-/// The selected columns of a log row, as `to_event` reads them.
+/// The selected columns of a log row, as `to_entry` reads them.
 macro_rules! log_columns {
     () => {
         "c.id, c.op, c.schema_name, c.table_name, c.record, c.old_record, c.rows, c.old_rows, \
@@ -193,7 +193,7 @@ pub async fn next_events(
 ) -> Result<Vec<DbEvent>, CaptureError> {
     let page = read_page(client, stmts, position, limit).await?;
     advance(position, &page, limit);
-    Ok(into_events(page.events))
+    Ok(into_events(page.entries))
 }
 
 /// One page read by `next_page`.
@@ -230,7 +230,7 @@ pub async fn next_page(
         from,
         snapshot: page.snapshot,
         origin: page.origin,
-        entries: page.events,
+        entries: page.entries,
     })
 }
 
@@ -239,7 +239,8 @@ pub(crate) struct Page {
     /// The snapshot the page was read under, and when it was taken.
     pub snapshot: Cursor,
     pub origin: Origin,
-    pub events: Vec<LogEntry>,
+    /// Its log rows, a statement's rows not parsed yet.
+    pub entries: Vec<LogEntry>,
     /// Rows read (including any that could not be mapped).
     pub rows: usize,
     pub last_id: Option<i64>,
@@ -260,14 +261,14 @@ impl Page {
             .iter()
             .filter(|r| r.get::<_, Option<i64>>("id").is_some())
             .collect();
-        let mut events = Vec::with_capacity(rows.len());
+        let mut entries = Vec::with_capacity(rows.len());
         for row in &rows {
-            to_events(row, &mut events);
+            to_entry(row, &mut entries);
         }
         Page {
             snapshot,
             origin,
-            events,
+            entries,
             rows: rows.len(),
             last_id: rows.last().map(|r| r.get("id")),
             age_ms: rows.last().map(|r| r.get("age_ms")),
@@ -473,7 +474,7 @@ pub async fn events_between(
         .await?;
     let mut entries = Vec::new();
     for row in &rows {
-        to_events(row, &mut entries);
+        to_entry(row, &mut entries);
     }
     Ok((into_events(entries), rows.last().map(|r| r.get("id"))))
 }
@@ -500,7 +501,7 @@ pub async fn current_position(client: &Client) -> Result<Position, CaptureError>
 /// Maps a log row to what it holds: a captured statement's rows (`rows` and `old_rows`,
 /// aligned by position, left as JSON text), a single-row entry (`record`/`old_record`)
 /// or a broadcast. A row that cannot be mapped is logged and skipped.
-fn to_events(row: &Row, out: &mut Vec<LogEntry>) {
+fn to_entry(row: &Row, out: &mut Vec<LogEntry>) {
     let id: i64 = row.get("id");
     let op: String = row.get("op");
     let record: Option<Value> = row.get("record");
