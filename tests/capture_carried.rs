@@ -213,7 +213,7 @@ async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_
     let sql = db.client().await;
     switchboard::db::migrate(&sql).await.expect("migrate");
     sql.batch_execute(SETUP).await.expect("setup");
-    let reader = db.hub_client().await;
+    let mut reader = db.hub_client().await;
     let stmts = Statements::prepare(&reader).await.expect("prepare");
     let range = reader.prepare(READ_RANGE_SQL).await.expect("prepare range");
 
@@ -259,15 +259,17 @@ async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_
     );
     assert!(live.ahead.is_empty(), "its snapshot sees the row: {live}");
 
-    let (gap, _) = events_between(&reader, &range, &before, &ahead, 0, 100)
+    let (gap, _) = events_between(&mut reader, &range, &before, &ahead, 0, 100)
         .await
         .expect("range");
     assert_eq!(titles(&gap), ["ahead"], "a resume from before gets the row");
     assert_eq!(
-        count_between(&reader, &before, &ahead, 100).await.unwrap(),
+        count_between(&mut reader, &before, &ahead, 100)
+            .await
+            .unwrap(),
         1
     );
-    let (rest, _) = events_between(&reader, &range, &ahead, &live, 0, 100)
+    let (rest, _) = events_between(&mut reader, &range, &ahead, &live, 0, 100)
         .await
         .expect("range");
     assert_eq!(
@@ -275,7 +277,7 @@ async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_
         ["read"],
         "a resume from the position gets the rest only"
     );
-    let (none, _) = events_between(&reader, &range, &live, &live, 0, 100)
+    let (none, _) = events_between(&mut reader, &range, &live, &live, 0, 100)
         .await
         .expect("range");
     assert!(none.is_empty());

@@ -2,10 +2,74 @@
 //! whatever Postgres knows about the log. Without statistics (a log never analyzed) the
 //! planner used to read the whole log for every read, in id order: several milliseconds a
 //! read at tens of thousands of rows, hundreds of reads a second while writers are busy.
+//! So do a resume's reads of its gap (counted, then read page by page), which scanned the
+//! whole log once per resume.
 
 mod common;
 
-use switchboard::capture::{current_position, next_events, Statements};
+use switchboard::capture::{
+    count_between, current_position, events_between, next_events, Statements, READ_RANGE_SQL,
+};
+
+/// A log of 40,000 rows of about 300 bytes, vacuumed (so Postgres knows its size, as
+/// after autovacuum's insert-triggered vacuum) but without column statistics (as before
+/// its first analyze).
+async fn unanalyzed_log() -> (common::pg::TestDb, tokio_postgres::Client) {
+    let db = common::pg::test_db().await;
+    let sql = db.client().await;
+    switchboard::db::migrate(&sql).await.expect("migrate");
+    sql.batch_execute(
+        "insert into realtime.changes (op, schema_name, table_name, rows) \
+             select 'INSERT', 'public', 'jobs', \
+                    pg_catalog.json_build_array(pg_catalog.json_build_object( \
+                        'id', g, 'body', pg_catalog.repeat('x', 250))) \
+             from generate_series(1, 40000) g",
+    )
+    .await
+    .expect("a log of 40,000 rows");
+    sql.batch_execute("vacuum realtime.changes")
+        .await
+        .expect("vacuum");
+    sql.batch_execute(
+        "delete from pg_catalog.pg_statistic where starelid = 'realtime.changes'::regclass",
+    )
+    .await
+    .expect("no column statistics");
+    (db, sql)
+}
+
+async fn one_new_row(sql: &tokio_postgres::Client) {
+    sql.batch_execute(
+        "insert into realtime.changes (op, schema_name, table_name, rows) \
+             values ('INSERT', 'public', 'jobs', '[{\"id\": 1}]')",
+    )
+    .await
+    .expect("one new row");
+}
+
+/// Flushes `reader`'s scan counts to the shared stats (those of its last statement reach
+/// them at its end, so one more statement follows).
+async fn flush(reader: &tokio_postgres::Client) {
+    reader
+        .batch_execute("select pg_stat_force_next_flush()")
+        .await
+        .expect("flush");
+    reader.batch_execute("select 1").await.expect("flush");
+}
+
+/// No read walked the log by id or in full, and at least `reads` went through the xid
+/// index, between `before` and `after` (`scans`).
+fn assert_xid_index_only(before: (i64, i64, i64), after: (i64, i64, i64), reads: i64) {
+    assert_eq!(
+        (after.1 - before.1, after.2 - before.2),
+        (0, 0),
+        "no read walked the log by id or in full (before {before:?}, after {after:?})"
+    );
+    assert!(
+        after.0 - before.0 >= reads,
+        "every read went through the xid index (before {before:?}, after {after:?})"
+    );
+}
 
 /// Scans of the log through each of its indexes, and in full, as Postgres counted them.
 async fn scans(sql: &tokio_postgres::Client) -> (i64, i64, i64) {
@@ -24,53 +88,51 @@ async fn scans(sql: &tokio_postgres::Client) -> (i64, i64, i64) {
 
 #[tokio::test]
 async fn the_page_read_uses_the_xid_index_on_a_log_without_statistics() {
-    let db = common::pg::test_db().await;
-    let sql = db.client().await;
-    switchboard::db::migrate(&sql).await.expect("migrate");
-    sql.batch_execute(
-        "insert into realtime.changes (op, schema_name, table_name, rows) \
-             select 'INSERT', 'public', 'jobs', '[]' from generate_series(1, 20000); \
-         delete from pg_catalog.pg_statistic where starelid = 'realtime.changes'::regclass",
-    )
-    .await
-    .expect("a log of 20,000 rows, never analyzed");
+    let (db, sql) = unanalyzed_log().await;
     let reader = db.hub_client().await;
     let stmts = Statements::prepare(&reader).await.expect("prepare");
     let mut position = current_position(&reader).await.expect("position");
-    sql.batch_execute(
-        "insert into realtime.changes (op, schema_name, table_name, rows) \
-             values ('INSERT', 'public', 'jobs', '[{\"id\": 1}]')",
-    )
-    .await
-    .expect("one new row");
+    one_new_row(&sql).await;
 
+    flush(&reader).await;
     let before = scans(&sql).await;
     let mut read = Vec::new();
     for _ in 0..3 {
-        reader
-            .batch_execute("select pg_stat_force_next_flush()")
-            .await
-            .expect("flush");
         let events = next_events(&reader, &stmts, &mut position, 500)
             .await
             .expect("read");
         read.push(events.len());
     }
     assert_eq!(read, [1, 0, 0], "the new row, once");
-    reader
-        .batch_execute("select pg_stat_force_next_flush()")
+    flush(&reader).await;
+    assert_xid_index_only(before, scans(&sql).await, 3);
+}
+
+#[tokio::test]
+async fn a_resumes_count_and_read_of_its_gap_use_the_xid_index_on_a_log_without_statistics() {
+    let (db, sql) = unanalyzed_log().await;
+    let mut reader = db.hub_client().await;
+    let range = reader.prepare(READ_RANGE_SQL).await.expect("prepare");
+    let from = current_position(&reader).await.expect("position");
+    one_new_row(&sql).await;
+    let until = current_position(&reader).await.expect("position");
+
+    flush(&reader).await;
+    let before = scans(&sql).await;
+    let counted = count_between(&mut reader, &from, &until, 1000)
         .await
-        .expect("flush");
-    // The counts of the reader's last statement reach the shared stats at its end.
-    reader.batch_execute("select 1").await.expect("flush");
-    let after = scans(&sql).await;
+        .expect("count");
+    let (gap, last) = events_between(&mut reader, &range, &from, &until, 0, 100)
+        .await
+        .expect("range");
+    let (rest, _) = events_between(&mut reader, &range, &from, &until, last.unwrap(), 100)
+        .await
+        .expect("range");
     assert_eq!(
-        (after.1 - before.1, after.2 - before.2),
-        (0, 0),
-        "no read walked the log by id or in full (before {before:?}, after {after:?})"
+        (counted, gap.len(), rest.len()),
+        (1, 1, 0),
+        "the new row, once"
     );
-    assert!(
-        after.0 - before.0 >= 3,
-        "every read went through the xid index (before {before:?}, after {after:?})"
-    );
+    flush(&reader).await;
+    assert_xid_index_only(before, scans(&sql).await, 3);
 }

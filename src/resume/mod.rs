@@ -356,8 +356,8 @@ impl ResumeHandle {
         until: &Position,
         max: usize,
     ) -> Result<usize, ResumeError> {
-        let client = self.inner.pool.get().await?;
-        Ok(count_between(&client, from, until, max).await?)
+        let mut client = self.inner.pool.get().await?;
+        Ok(count_between(&mut client, from, until, max).await?)
     }
 
     /// The frames of the page after log row `after`, and its last log row (`None`: the
@@ -373,9 +373,9 @@ impl ResumeHandle {
         after: i64,
     ) -> Result<(Replayed, Option<i64>), ResumeError> {
         let (events, last) = {
-            let client = self.inner.pool.get().await?;
+            let mut client = self.inner.pool.get().await?;
             let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
-            events_between(&client, &stmt, from, until, after, REPLAY_PAGE).await?
+            events_between(&mut client, &stmt, from, until, after, REPLAY_PAGE).await?
         };
         if last.is_none() {
             let none = Replayed {
