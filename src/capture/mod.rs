@@ -430,23 +430,23 @@ impl Session<'_> {
     /// while dispatch is behind; false when stopping.
     async fn hand_over(
         &self,
-        events: Vec<LogEntry>,
+        entries: Vec<LogEntry>,
         position: String,
         rules_version: Option<i64>,
         age_ms: i64,
     ) -> bool {
-        let last_ts = events
+        let last_ts = entries
             .iter()
             .rev()
             .find_map(LogEntry::commit_time)
             .map(crate::changes::format_commit_time);
-        let n = events.iter().map(LogEntry::len).sum();
+        let n = entries.iter().map(LogEntry::len).sum();
         self.status.record_batch(n, last_ts.as_deref(), age_ms);
         if n == 0 {
             return true;
         }
         let batch = LogBatch {
-            events,
+            events: entries,
             position: position.into(),
             rules_version,
         };

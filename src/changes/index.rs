@@ -218,6 +218,19 @@ impl ScopeSubs {
     }
 }
 
+/// The scopes whose subscriptions may match a change to `schema.table`: its table, its
+/// schema, every table.
+fn scopes_of(schema: &str, table: &str) -> [TableScope; 3] {
+    [
+        TableScope::Table {
+            schema: schema.into(),
+            table: table.into(),
+        },
+        TableScope::Schema(schema.into()),
+        TableScope::All,
+    ]
+}
+
 /// Every live subscription, by scope.
 #[derive(Default)]
 pub(super) struct SubscriptionIndex {
@@ -322,15 +335,9 @@ impl SubscriptionIndex {
     /// its schema or every table). Read under the same lock as matching, it decides as
     /// matching would: a change nobody watches matches nobody.
     pub fn watches(&self, schema: &str, table: &str) -> bool {
-        let table = TableScope::Table {
-            schema: schema.into(),
-            table: table.into(),
-        };
-        self.by_scope.contains_key(&table)
-            || self
-                .by_scope
-                .contains_key(&TableScope::Schema(schema.into()))
-            || self.by_scope.contains_key(&TableScope::All)
+        scopes_of(schema, table)
+            .iter()
+            .any(|scope| self.by_scope.contains_key(scope))
     }
 
     /// Applies a refreshed token to a member's subscriptions, moving its scanned ones to
@@ -406,18 +413,11 @@ impl SubscriptionIndex {
         let mut alike = true;
         let table_gate = |role: &str| gates(&change.schema, &change.table, role);
         let open = |_: &str| Gate::Open;
-        let scopes: [(TableScope, GateOf<'_>); 3] = [
-            (
-                TableScope::Table {
-                    schema: change.schema.as_str().into(),
-                    table: change.table.as_str().into(),
-                },
-                &table_gate,
-            ),
-            // Their gates would change with every table: scanned as they are.
-            (TableScope::Schema(change.schema.as_str().into()), &open),
-            (TableScope::All, &open),
-        ];
+        let [table, schema, all] = scopes_of(&change.schema, &change.table);
+        // The schema's and every table's gates would change with every table: scanned as
+        // they are.
+        let scopes: [(TableScope, GateOf<'_>); 3] =
+            [(table, &table_gate), (schema, &open), (all, &open)];
         // Matches in the order found. Entries found member by member (a role group's map)
         // in one scope put each member's matches side by side, so merging a member's
         // subscriptions looks back only over its own run; any other way (key buckets, more

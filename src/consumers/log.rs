@@ -53,28 +53,26 @@ pub async fn read(
     };
     let n = page.entries.iter().map(LogEntry::len).sum();
     let (mut keys, mut changes) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    // Each event not yet read from `from`, with the change if `select` selects it.
+    let mut unread = |id: i64, seq: u32, change: Option<Change>| {
+        if !from.covers(id, seq) {
+            keys.push((id, seq));
+            changes.push(change.filter(|c| select.selects(c)));
+        }
+    };
     let mut events = Vec::new();
     for entry in page.entries {
         match entry {
             LogEntry::Statement(s) if !select.may_select(&s.schema, &s.table, s.op) => {
-                for seq in 0..u32::try_from(s.len()).unwrap_or(u32::MAX) {
-                    if !from.covers(s.id, seq) {
-                        keys.push((s.id, seq));
-                        changes.push(None);
-                    }
-                }
-                continue;
+                (0..u32::try_from(s.len()).unwrap_or(u32::MAX))
+                    .for_each(|seq| unread(s.id, seq, None));
             }
             entry => entry.into_events(&mut events),
         }
         for event in events.drain(..) {
-            let (id, seq, change) = match event {
-                DbEvent::Change(c) => (c.id, c.seq, Some(c)),
-                DbEvent::Broadcast(b) => (b.log_id, 0, None),
-            };
-            if !from.covers(id, seq) {
-                keys.push((id, seq));
-                changes.push(change.filter(|c| select.selects(c)));
+            match event {
+                DbEvent::Change(c) => unread(c.id, c.seq, Some(c)),
+                DbEvent::Broadcast(b) => unread(b.log_id, 0, None),
             }
         }
     }
