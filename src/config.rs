@@ -133,6 +133,8 @@ settings! {
     resume_grace_secs: u64 = 300, env "SWITCHBOARD_RESUME_GRACE_SECS";
     /// Most changes one resume replays; beyond it the client is told to refetch (`recovered: false`).
     resume_max_replay: usize = 10_000, env "SWITCHBOARD_RESUME_MAX_REPLAY";
+    /// Seconds the batches this hub delivered are kept in memory, so that a channel resuming on this hub replays its gap without reading the log (0: always read the log).
+    resume_memory_secs: u64 = 60, env "SWITCHBOARD_RESUME_MEMORY_SECS";
     /// Seconds `realtime.messages` rows (database broadcasts, Broadcast Replay's store) are kept.
     messages_retention_secs: u64 = 3 * 24 * 3600, env "SWITCHBOARD_MESSAGES_RETENTION_SECS";
     /// Postgres connections for catalog and row-scope checks.
@@ -280,6 +282,8 @@ pub struct Config {
     pub node_expiry: Duration,
     pub resume_grace: Duration,
     pub resume_max_replay: usize,
+    /// How long delivered batches are kept for resumes on this hub (zero: not kept).
+    pub resume_memory: Duration,
     /// How long `realtime.messages` rows are kept.
     pub messages_retention: Duration,
     pub db_pool_size: usize,
@@ -607,6 +611,7 @@ impl Config {
                 positive("resume_grace_secs", r.resume_grace_secs)?.min(r.retention_max_secs),
             ),
             resume_max_replay: positive("resume_max_replay", r.resume_max_replay)?,
+            resume_memory: Duration::from_secs(r.resume_memory_secs),
             messages_retention: Duration::from_secs(positive(
                 "messages_retention_secs",
                 r.messages_retention_secs,

@@ -197,6 +197,7 @@ pub async fn run(
                 resume::ResumeConfig {
                     grace: config.resume_grace,
                     max_replay: config.resume_max_replay,
+                    memory: config.resume_memory,
                 },
                 metrics.clone(),
             );

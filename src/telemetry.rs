@@ -49,6 +49,9 @@ pub struct Metrics {
     pub resumes: Family<[(&'static str, &'static str); 1], Counter>,
     /// Changes and database broadcasts replayed to resumed subscriptions.
     pub resume_replayed: Counter,
+    /// Resumed gaps replayed from the batches this hub kept (`changes::Recent`), the log
+    /// not read.
+    pub resume_from_memory: Counter,
     /// Per webhook endpoint, refreshed from `consumers` on each scrape.
     pub webhooks: WebhookMetrics,
 }
@@ -179,6 +182,7 @@ impl Metrics {
         let filter_lane_waiting = Gauge::default();
         let resumes = Family::<[(&'static str, &'static str); 1], Counter>::default();
         let resume_replayed = Counter::default();
+        let resume_from_memory = Counter::default();
         registry.register(
             "connections",
             "Open WebSocket connections",
@@ -277,6 +281,11 @@ impl Metrics {
             "Changes and database broadcasts replayed to resumed subscriptions",
             resume_replayed.clone(),
         );
+        registry.register(
+            "resume_from_memory",
+            "Resumed gaps replayed from the batches this hub kept in memory, without reading the log",
+            resume_from_memory.clone(),
+        );
         let webhooks = WebhookMetrics::default();
         webhooks.register(&mut registry);
         Metrics {
@@ -303,6 +312,7 @@ impl Metrics {
             filter_lane_waiting,
             resumes,
             resume_replayed,
+            resume_from_memory,
             webhooks,
         }
     }

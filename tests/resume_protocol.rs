@@ -140,6 +140,25 @@ async fn resume_message(c: &mut WsClient) -> Value {
     sys
 }
 
+/// How many resumed gaps the hub replayed from the batches it kept, not the log.
+async fn replayed_from_memory(hub: &common::hub::TestHub) -> i64 {
+    let (_, body) = hub.get_admin("/api/status").await;
+    let status: Value = serde_json::from_str(&body).unwrap();
+    status["resume"]["from_memory"]
+        .as_i64()
+        .expect("resume.from_memory")
+}
+
+/// `n` resumes on the hub that delivered the gap, as this target replays them: from
+/// memory, or (`*_from_log` targets) from the log.
+fn on_this_hub(n: i64) -> i64 {
+    if common::hub::resumes_read_the_log() {
+        0
+    } else {
+        n
+    }
+}
+
 #[tokio::test]
 async fn a_reconnect_replays_exactly_what_was_missed_then_goes_live() {
     let pg = PgHub::start(SETUP).await;
@@ -176,6 +195,7 @@ async fn a_reconnect_replays_exactly_what_was_missed_then_goes_live() {
         json!({"extension": "postgres_changes", "status": "ok", "recovered": true, "count": 4,
                "message": "Resumed: 4 missed changes replayed", "channel": "items"})
     );
+    assert_eq!(replayed_from_memory(&pg.hub).await, on_this_hub(1));
     let live = insert(&pg, ALICE).await;
     expect_row(&mut c, "INSERT", "items", live).await;
 }
@@ -311,9 +331,10 @@ async fn a_resume_does_not_hold_a_pooled_connection_while_row_scope_needs_one() 
 /// connection killed, Postgres restarting) told the client to refetch at once, though
 /// the database was back a moment later. The replay now waits the error out. Here the
 /// replay's first query is held on a lock, its backend terminated, then the lock freed.
+/// The hub keeps no batches in memory, so that the replay reads the log.
 #[tokio::test]
 async fn a_replay_waits_out_a_killed_connection() {
-    let pg = PgHub::start(SETUP).await;
+    let pg = PgHub::start_with(SETUP, |c| c.resume_memory = Duration::ZERO).await;
     let mut observer = Observer::start(&pg).await;
     let token = pg.user(ALICE);
     park(&pg, "client-killed", &token).await;

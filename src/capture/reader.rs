@@ -630,8 +630,8 @@ impl Logged {
             schema,
             table,
             commit_time,
-            rows: rows.unwrap_or_default(),
-            old_rows: old_rows.unwrap_or_default(),
+            rows: rows.unwrap_or_default().into(),
+            old_rows: old_rows.unwrap_or_default().into(),
         })
     }
 }

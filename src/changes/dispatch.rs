@@ -9,7 +9,9 @@
 //! batch is cleanly "before" or "after" a new channel: a resumed channel replays from the
 //! log exactly the batches matched before it and receives the rest live. After each batch
 //! is queued, `Progress::delivered` moves on (connections turn it into acknowledged
-//! positions).
+//! positions). While resumes ask for it, each batch is also kept a while with the
+//! positions around it (`Progress::recent`), so that a resume on this hub can replay it
+//! from memory.
 
 mod held;
 mod memo;
@@ -27,6 +29,7 @@ use super::index::{Matched, SubscriptionIndex};
 use super::lane::Lane;
 use super::logged::LogEntry;
 use super::payload::{change_data, shape_key, ChangePayload, Conversions, FieldSizes, ShapeKey};
+use super::recent::Recent;
 use super::recycle::Recycled;
 use super::row::{Change, DbBroadcast, DbEvent, LogBatch, Row};
 use super::scope::{Gates, RlsChecker, Viewer, Visibility};
@@ -51,6 +54,8 @@ pub struct Progress {
     cut: Mutex<Option<Mark>>,
     /// The last batch whose frames are all queued; connections read it for their acks.
     delivered: watch::Sender<Option<Mark>>,
+    /// The last batches matched, while resumes want them.
+    recent: Recent,
 }
 
 impl Default for Progress {
@@ -58,6 +63,7 @@ impl Default for Progress {
         Progress {
             cut: Mutex::new(None),
             delivered: watch::Sender::new(None),
+            recent: Recent::default(),
         }
     }
 }
@@ -77,6 +83,11 @@ impl Progress {
 
     pub fn delivered(&self) -> watch::Receiver<Option<Mark>> {
         self.delivered.subscribe()
+    }
+
+    /// The batches matched lately, with the positions around each.
+    pub fn recent(&self) -> &Recent {
+        &self.recent
     }
 }
 
@@ -248,6 +259,8 @@ impl Dispatcher {
             None => Arc::default(),
         };
         let mut cut = self.progress.lock();
+        // Copied for `recent` before matching consumes them (their rows are shared).
+        let keep = self.progress.recent.wanted().then(|| batch.events.clone());
         let mut events = Vec::with_capacity(batch.events.len());
         for entry in batch.events {
             match entry {
@@ -272,6 +285,11 @@ impl Dispatcher {
             seq,
             position: batch.position,
         };
+        if let (Some(entries), Some(before)) = (keep, cut.as_ref()) {
+            let (before, after) = (before.position.clone(), mark.position.clone());
+            let now = std::time::Instant::now();
+            self.progress.recent.keep(before, after, entries, now);
+        }
         *cut = Some(mark.clone());
         MatchedBatch {
             mark,

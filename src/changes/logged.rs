@@ -2,7 +2,10 @@
 //! JSON text (`StatementRows`) until someone may see them: dispatch parses them only for a
 //! table with subscribers, at match time, so a table nobody watches costs the hub the
 //! read and nothing more. Every other reader of the log takes changes whole
-//! (`LogEntry::into_events`).
+//! (`LogEntry::into_events`). The rows are shared, so keeping an entry (`recent`) copies
+//! no row.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
@@ -12,7 +15,7 @@ use super::row::{Change, DbEvent, Op, Row};
 
 /// One captured statement's log row (up to 100 of its rows): `rows` holds the new rows
 /// (INSERT, UPDATE) and `old_rows` the old ones (UPDATE, DELETE), aligned by position,
-/// one JSON text per row.
+/// one JSON text per row. The row texts are shared between clones.
 #[derive(Debug, Clone)]
 pub struct StatementRows {
     /// The log row's id.
@@ -21,8 +24,8 @@ pub struct StatementRows {
     pub schema: String,
     pub table: String,
     pub commit_time: DateTime<Utc>,
-    pub rows: Vec<Box<RawValue>>,
-    pub old_rows: Vec<Box<RawValue>>,
+    pub rows: Arc<[Box<RawValue>]>,
+    pub old_rows: Arc<[Box<RawValue>]>,
 }
 
 impl StatementRows {
@@ -48,15 +51,14 @@ impl StatementRows {
             old_rows,
         } = self;
         let n = rows.len().max(old_rows.len());
-        let (mut rows, mut old_rows) = (rows.into_iter(), old_rows.into_iter());
         (0..n).map(move |seq| Change {
             id,
             seq: u32::try_from(seq).unwrap_or(u32::MAX),
             schema: schema.clone(),
             table: table.clone(),
             op,
-            record: rows.next().and_then(|r| parse_row(&r)),
-            old_record: old_rows.next().and_then(|r| parse_row(&r)),
+            record: rows.get(seq).and_then(|r| parse_row(r)),
+            old_record: old_rows.get(seq).and_then(|r| parse_row(r)),
             commit_time,
         })
     }
@@ -130,8 +132,10 @@ pub fn into_events(entries: Vec<LogEntry>) -> Vec<DbEvent> {
 mod tests {
     use super::*;
 
-    fn raw(rows: &str) -> Vec<Box<RawValue>> {
-        serde_json::from_str(rows).unwrap()
+    fn raw(rows: &str) -> Arc<[Box<RawValue>]> {
+        serde_json::from_str::<Vec<Box<RawValue>>>(rows)
+            .unwrap()
+            .into()
     }
 
     #[test]
@@ -177,7 +181,7 @@ mod tests {
             schema: "public".into(),
             table: "t".into(),
             commit_time: Utc::now(),
-            rows: Vec::new(),
+            rows: Arc::default(),
             old_rows: raw(r#"[{"id":1}, 5]"#),
         };
         let changes: Vec<_> = s.changes().collect();

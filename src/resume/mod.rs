@@ -4,7 +4,9 @@
 //! second and parked there when the socket drops or the hub stops (`store`). A join with
 //! the same key, topic and bindings, on any hub within the grace, takes the row over and
 //! replays the gap from the log (judged by `changes` with the new join's claims) before
-//! anything live. Owns positions and parked rows; decides no row scope itself.
+//! anything live; on the hub that delivered the gap, from the batches dispatch kept
+//! (`changes::Recent`), when they cover it. Owns positions and parked rows; decides no row
+//! scope itself.
 
 mod ack;
 mod store;
@@ -22,7 +24,7 @@ pub use ack::{ChannelAck, ConnAcks};
 pub use store::Found;
 
 use crate::capture::{correct, count_between, events_between, Position, READ_RANGE_SQL};
-use crate::changes::{Changes, ReplayTarget, Replayed};
+use crate::changes::{gap_len, into_events, Changes, Gap, LogEntry, ReplayTarget, Replayed};
 use crate::router::outbox::OutboxTx;
 use crate::telemetry::Metrics;
 
@@ -60,6 +62,9 @@ pub struct ResumeConfig {
     pub grace: Duration,
     /// Most changes one resume replays; beyond it the client is told to refetch.
     pub max_replay: usize,
+    /// How long dispatch keeps the batches it matched for resumes on this hub (up to
+    /// `max_replay` changes); zero: every replay reads the log.
+    pub memory: Duration,
 }
 
 /// Which channel a row is for: the connection's resume key, the topic (and namespace)
@@ -209,6 +214,10 @@ impl ResumeHandle {
         metrics: Arc<Metrics>,
     ) -> ResumeHandle {
         let (cmds, rx) = mpsc::unbounded_channel();
+        changes
+            .progress()
+            .recent()
+            .keep_for(config.max_replay, config.memory);
         ResumeHandle {
             inner: Arc::new(Inner {
                 pool,
@@ -298,6 +307,10 @@ impl ResumeHandle {
         until: &str,
         out: &OutboxTx,
     ) -> Result<Option<usize>, ResumeError> {
+        if let Some(gap) = self.inner.changes.progress().recent().gap(from, until) {
+            self.inner.metrics.resume_from_memory.inc();
+            return self.replay_kept(target, gap, out).await;
+        }
         let mut from = Position::parse(from).map_err(|_| ResumeError::Position(from.to_owned()))?;
         let mut until =
             Position::parse(until).map_err(|_| ResumeError::Position(until.to_owned()))?;
@@ -337,6 +350,41 @@ impl ResumeHandle {
             }
         }
         Ok(Some(count))
+    }
+
+    /// `replay` of a gap this hub kept (`changes::Recent`): the log entries are at hand,
+    /// so only row scope may wait on the database.
+    async fn replay_kept(
+        &self,
+        target: &ReplayTarget,
+        gap: Gap,
+        out: &OutboxTx,
+    ) -> Result<Option<usize>, ResumeError> {
+        if gap.iter().map(|b| gap_len(b)).sum::<usize>() > self.inner.config.max_replay {
+            return Ok(None);
+        }
+        let mut retry = Retry::new();
+        let mut count = 0;
+        let mut entries = gap.iter().flat_map(|b| b.iter());
+        loop {
+            let page: Vec<&LogEntry> = entries.by_ref().take(REPLAY_PAGE).collect();
+            if page.is_empty() {
+                return Ok(Some(count));
+            }
+            let replayed = loop {
+                let events = into_events(page.iter().map(|e| (*e).clone()).collect());
+                match self.inner.changes.replay(target, events).await {
+                    Ok(replayed) => break replayed,
+                    Err(e) => retry.wait(e.into()).await?,
+                }
+            };
+            count += replayed.count;
+            for frame in replayed.frames {
+                if !out.push_patiently(frame).await {
+                    return Ok(Some(count));
+                }
+            }
+        }
     }
 
     /// Corrects both ends of a gap taken before a Postgres crash (`capture::correct`): a
@@ -389,6 +437,7 @@ impl ResumeHandle {
     /// For `/api/status`: live and parked subscriptions, resumes by outcome, replayed.
     pub fn status(&self) -> Value {
         let m = &self.inner.metrics;
+        let held = self.inner.changes.progress().recent().held();
         let outcomes = ["true", "unknown", "expired", "pruned", "too_many", "failed"];
         let resumes: serde_json::Map<String, Value> = outcomes
             .iter()
@@ -404,6 +453,12 @@ impl ResumeHandle {
             "unwritten": m.resume_unwritten.get(),
             "resumes": resumes,
             "replayed": m.resume_replayed.get(),
+            "from_memory": m.resume_from_memory.get(),
+            "memory": {
+                "batches": held.0,
+                "changes": held.1,
+                "row_bytes": held.2,
+            },
             "grace_secs": self.inner.config.grace.as_secs(),
         })
     }
@@ -452,7 +507,10 @@ impl ResumeHandle {
                     }
                     None => return,
                 },
-                _ = checkpoint.tick() => self.checkpoint(&mut pending).await,
+                _ = checkpoint.tick() => {
+                    self.inner.changes.progress().recent().trim(Instant::now());
+                    self.checkpoint(&mut pending).await;
+                }
                 _ = count.tick() => self.count_parked().await,
                 _ = stop.cancelled() => break,
             }

@@ -28,7 +28,18 @@ pub const SECRET: &str = "hub-protocol-tests-secret-0123456789";
 
 /// Defaults with [`SECRET`] and no database; tests shrink limits on it.
 pub fn test_config() -> Config {
-    Config::for_tests(SECRET)
+    let mut config = Config::for_tests(SECRET);
+    if resumes_read_the_log() {
+        config.resume_memory = Duration::ZERO;
+    }
+    config
+}
+
+/// Whether hubs in this test process replay every resumed gap from the log, keeping no
+/// delivered batches in memory: test targets named `*_from_log` (see
+/// `tests/resume_protocol_from_log.rs`).
+pub fn resumes_read_the_log() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("_from_log")
 }
 
 /// Seconds since the epoch.

@@ -11,6 +11,7 @@ mod idle;
 mod nullhub;
 mod pgload;
 mod pin;
+mod resume;
 mod rss;
 mod run;
 mod stats;
@@ -107,6 +108,8 @@ enum Scenario {
     Floor(floor::FloorArgs),
     /// The hub in a hostile world: faults, floods and a verdict on every subscriber.
     Chaos(chaos::ChaosArgs),
+    /// A reconnect storm of resumable portal customers: gaps replayed from memory vs the log.
+    Resume(resume::ResumeArgs),
     /// The null hub (started by fanout and broadcast; can be run by hand).
     Nullhub {
         #[arg(long, default_value = "127.0.0.1:4999")]
@@ -137,6 +140,7 @@ impl Scenario {
             Scenario::Writeload(a) => Some(&a.common),
             Scenario::Floor(a) => Some(&a.common),
             Scenario::Chaos(a) => Some(&a.common),
+            Scenario::Resume(a) => Some(&a.common),
             Scenario::Rss(a) => Some(&a.common),
             Scenario::Nullhub { .. } | Scenario::FloorServe { .. } | Scenario::IdleChild(_) => None,
         }
@@ -163,6 +167,7 @@ async fn main() {
         Scenario::Writeload(a) => writeload::writeload(a).await,
         Scenario::Floor(a) => floor::floor(a).await,
         Scenario::Chaos(a) => chaos::chaos(a).await,
+        Scenario::Resume(a) => resume::resume(a).await,
         Scenario::Nullhub { listen } => nullhub::serve(listen).await,
         Scenario::FloorServe {
             listen,

@@ -39,6 +39,16 @@ pub fn source_ip(index: usize) -> IpAddr {
 
 /// Opens a vsn 2.0.0 socket to `hub` as client number `index` with `apikey`.
 pub async fn connect(hub: SocketAddr, index: usize, apikey: &str) -> Result<Ws, BenchError> {
+    connect_with(hub, index, apikey, "").await
+}
+
+/// [`connect`] with `query` (`&name=value…`) added to the URL, e.g. a `resume=` key.
+pub async fn connect_with(
+    hub: SocketAddr,
+    index: usize,
+    apikey: &str,
+    query: &str,
+) -> Result<Ws, BenchError> {
     let socket = TcpSocket::new_v4()?;
     let source = source_ip(index);
     socket.bind(SocketAddr::new(source, 0))?;
@@ -51,7 +61,7 @@ pub async fn connect(hub: SocketAddr, index: usize, apikey: &str) -> Result<Ws, 
         .await
         .map_err(|_| stuck("TCP connect"))??;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{hub}/realtime/v1/websocket?apikey={apikey}&vsn=2.0.0");
+    let url = format!("ws://{hub}/realtime/v1/websocket?apikey={apikey}&vsn=2.0.0{query}");
     let (ws, _) = tokio::time::timeout(SETUP_TIMEOUT, tokio_tungstenite::client_async(url, stream))
         .await
         .map_err(|_| stuck("WebSocket upgrade"))?
