@@ -39,7 +39,7 @@ pub use filter::{parse as parse_filter, BoundFilter, Filter};
 pub use index::{Subscriber, Subscription, TableScope};
 pub use lane::{LaneHold, LaneSettings};
 pub use logged::{into_events, LogEntry, StatementRows};
-pub use recent::{gap_len, Gap, Recent};
+pub use recent::{Batch, Gap, Recent};
 pub use render::{RenderError, Scope};
 pub use replay::{ReplayTarget, Replayed};
 pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, LogBatch, Op, Row};

@@ -4,14 +4,16 @@
 //! hold. A gap is served only as an unbroken run of kept batches from exactly its start
 //! to exactly its end, which is what a live channel received between the two; anything
 //! else (a position of another hub, of before a restart, or older than what is kept) is
-//! left to the log. Bounded by changes, row bytes, batches and age.
+//! left to the log. A kept batch's rows are parsed once, by the first resume that needs
+//! them, and then read by every other (`Batch::events`). Bounded by changes, row bytes,
+//! batches and age.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::logged::LogEntry;
+use super::logged::{into_events, LogEntry};
 use super::row::DbEvent;
 
 /// Most batches kept, whatever their size (empty batches move positions too).
@@ -28,11 +30,38 @@ struct Limits {
     age: Duration,
 }
 
+/// One kept batch's log entries, shared by every resume whose gap holds it.
+#[derive(Debug)]
+pub struct Batch {
+    entries: Vec<LogEntry>,
+    parsed: OnceLock<Vec<DbEvent>>,
+}
+
+impl Batch {
+    fn new(entries: Vec<LogEntry>) -> Batch {
+        Batch {
+            entries,
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// Its events, in log order; parsed by the first caller, shared after.
+    pub fn events(&self) -> &[DbEvent] {
+        self.parsed
+            .get_or_init(|| into_events(self.entries.clone()))
+    }
+
+    /// How many changes it holds as the log counts them for a gap.
+    pub fn gap_len(&self) -> usize {
+        gap_len(&self.entries)
+    }
+}
+
 #[derive(Debug)]
 struct Kept {
     before: Arc<str>,
     after: Arc<str>,
-    entries: Arc<[LogEntry]>,
+    batch: Arc<Batch>,
     changes: usize,
     bytes: usize,
     at: Instant,
@@ -54,12 +83,12 @@ pub struct Recent {
     held: Mutex<Held>,
 }
 
-/// A gap's log entries, batch by batch, in log order (shared with what is kept).
-pub type Gap = Vec<Arc<[LogEntry]>>;
+/// A gap's batches, in log order (shared with what is kept).
+pub type Gap = Vec<Arc<Batch>>;
 
 /// How many changes `entries` hold as the log counts them for a gap (a log row counts
 /// at least one, as `capture::count_between` does).
-pub fn gap_len(entries: &[LogEntry]) -> usize {
+fn gap_len(entries: &[LogEntry]) -> usize {
     entries.iter().map(|e| e.len().max(1)).sum()
 }
 
@@ -110,7 +139,7 @@ impl Recent {
             bytes: entries.iter().map(bytes).sum(),
             before,
             after,
-            entries: entries.into(),
+            batch: Arc::new(Batch::new(entries)),
             at: now,
         };
         let mut held = self.lock();
@@ -142,7 +171,7 @@ impl Recent {
             if at.is_some_and(|at| *at != b.before) {
                 return None;
             }
-            gap.push(b.entries.clone());
+            gap.push(b.batch.clone());
             if &*b.after == until {
                 return Some(gap);
             }
@@ -203,7 +232,7 @@ mod tests {
 
     fn ids(gap: &Gap) -> Vec<i64> {
         gap.iter()
-            .flat_map(|b| b.iter())
+            .flat_map(|b| b.entries.iter())
             .map(|e| match e {
                 LogEntry::Statement(s) => s.id,
                 LogEntry::Event(_) => -1,
@@ -230,13 +259,15 @@ mod tests {
         assert!(recent.gap("p4", "p2").is_none(), "an end before the start");
         assert!(recent.gap("p9", "p5").is_none(), "a start not kept");
         assert!(recent.gap("p1", "p9").is_none(), "an end not reached");
-        let whole: Vec<LogEntry> = recent
-            .gap("p0", "p5")
-            .unwrap()
-            .iter()
-            .flat_map(|b| b.iter().cloned())
-            .collect();
-        assert_eq!(gap_len(&whole), 10);
+        let gap = recent.gap("p0", "p5").unwrap();
+        assert_eq!(gap.iter().map(|b| b.gap_len()).sum::<usize>(), 10);
+        let events: Vec<_> = gap.iter().flat_map(|b| b.events()).collect();
+        assert_eq!(events.len(), 10);
+        let again = recent.gap("p1", "p2").unwrap();
+        assert!(
+            std::ptr::eq(again[0].events(), gap[1].events()),
+            "a batch's rows are parsed once and shared"
+        );
     }
 
     #[test]

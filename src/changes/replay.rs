@@ -30,11 +30,12 @@ pub struct Replayed {
 
 impl Changes {
     /// What `target` would have received for `events` (row scope judged now, with its
-    /// claims). Database broadcasts to its topic are marked `replayed`.
+    /// claims). Database broadcasts to its topic are marked `replayed`. The events are
+    /// only read, so resumes of one gap can share them (`Recent`).
     pub async fn replay(
         &self,
         target: &ReplayTarget,
-        events: Vec<DbEvent>,
+        events: &[&DbEvent],
     ) -> Result<Replayed, RlsError> {
         let (Some(catalog), Some(rls)) = (&self.catalog, &self.rls) else {
             return Ok(Replayed {
@@ -46,14 +47,14 @@ impl Changes {
         let mut picked = Vec::new();
         for event in events {
             match event {
-                DbEvent::Broadcast(b) if broadcast_key(&b) == target.key => {
-                    picked.push(Picked::Broadcast(b));
+                DbEvent::Broadcast(b) if broadcast_key(b) == target.key => {
+                    picked.push(Picked::Broadcast(b.clone()));
                 }
                 DbEvent::Broadcast(_) => {}
                 DbEvent::Change(c) => {
                     // One frame per distinct `select`, as live dispatch sends them.
                     let mut groups: Vec<Group> = Vec::new();
-                    for s in target.subscriptions.iter().filter(|s| s.matches(&c)) {
+                    for s in target.subscriptions.iter().filter(|s| s.matches(c)) {
                         match groups.iter_mut().find(|(select, _)| *select == s.select) {
                             Some((_, ids)) => ids.push(s.id),
                             None => groups.push((s.select.clone(), vec![s.id])),
@@ -72,7 +73,7 @@ impl Changes {
         let items: Vec<super::scope::Item<'_>> = picked
             .iter()
             .filter_map(|p| match p {
-                Picked::Change(c, table, _) => Some((c, table.as_ref(), &viewers[..])),
+                Picked::Change(c, table, _) => Some((*c, table.as_ref(), &viewers[..])),
                 Picked::Broadcast(_) => None,
             })
             .collect();
@@ -95,11 +96,10 @@ impl Changes {
                     let Some(v) = v.first().filter(|v| v.visible) else {
                         continue;
                     };
-                    let sizes = FieldSizes::of(&c);
+                    let sizes = FieldSizes::of(c);
                     let conversions = Conversions::of(&table);
                     for (select, ids) in &groups {
-                        let data =
-                            change_data(&c, &sizes, &table, &conversions, v, select.as_ref());
+                        let data = change_data(c, &sizes, &table, &conversions, v, select.as_ref());
                         if let Some(data) = data {
                             let topic = &target.key.topic;
                             out.frames.push(change_frame(target.vsn, topic, ids, &data));
@@ -116,10 +116,10 @@ impl Changes {
 /// Subscription ids of one channel that share a `select`.
 type Group = (Option<Arc<[String]>>, Vec<u32>);
 
-enum Picked {
+enum Picked<'a> {
     Broadcast(DbBroadcast),
     Change(
-        super::row::Change,
+        &'a super::row::Change,
         Arc<super::catalog::TableInfo>,
         Vec<Group>,
     ),

@@ -24,7 +24,7 @@ pub use ack::{ChannelAck, ConnAcks};
 pub use store::Found;
 
 use crate::capture::{correct, count_between, events_between, Position, READ_RANGE_SQL};
-use crate::changes::{gap_len, into_events, Changes, Gap, LogEntry, ReplayTarget, Replayed};
+use crate::changes::{Changes, DbEvent, Gap, ReplayTarget, Replayed};
 use crate::router::outbox::OutboxTx;
 use crate::telemetry::Metrics;
 
@@ -352,28 +352,23 @@ impl ResumeHandle {
         Ok(Some(count))
     }
 
-    /// `replay` of a gap this hub kept (`changes::Recent`): the log entries are at hand,
-    /// so only row scope may wait on the database.
+    /// `replay` of a gap this hub kept (`changes::Recent`): its rows are at hand and
+    /// parsed once for every resume, so only row scope may wait on the database.
     async fn replay_kept(
         &self,
         target: &ReplayTarget,
         gap: Gap,
         out: &OutboxTx,
     ) -> Result<Option<usize>, ResumeError> {
-        if gap.iter().map(|b| gap_len(b)).sum::<usize>() > self.inner.config.max_replay {
+        if gap.iter().map(|b| b.gap_len()).sum::<usize>() > self.inner.config.max_replay {
             return Ok(None);
         }
+        let events: Vec<&DbEvent> = gap.iter().flat_map(|b| b.events()).collect();
         let mut retry = Retry::new();
         let mut count = 0;
-        let mut entries = gap.iter().flat_map(|b| b.iter());
-        loop {
-            let page: Vec<&LogEntry> = entries.by_ref().take(REPLAY_PAGE).collect();
-            if page.is_empty() {
-                return Ok(Some(count));
-            }
+        for page in events.chunks(REPLAY_PAGE) {
             let replayed = loop {
-                let events = into_events(page.iter().map(|e| (*e).clone()).collect());
-                match self.inner.changes.replay(target, events).await {
+                match self.inner.changes.replay(target, page).await {
                     Ok(replayed) => break replayed,
                     Err(e) => retry.wait(e.into()).await?,
                 }
@@ -385,6 +380,7 @@ impl ResumeHandle {
                 }
             }
         }
+        Ok(Some(count))
     }
 
     /// Corrects both ends of a gap taken before a Postgres crash (`capture::correct`): a
@@ -432,7 +428,8 @@ impl ResumeHandle {
             };
             return Ok((none, None));
         }
-        Ok((self.inner.changes.replay(target, events).await?, last))
+        let events: Vec<&DbEvent> = events.iter().collect();
+        Ok((self.inner.changes.replay(target, &events).await?, last))
     }
     /// For `/api/status`: live and parked subscriptions, resumes by outcome, replayed.
     pub fn status(&self) -> Value {

@@ -202,10 +202,16 @@ async fn storm(a: &ResumeArgs, url: &str, mode: &str, run: &str) -> Result<Value
         .iter()
         .filter_map(|(o, _)| o["count"].as_i64())
         .sum();
+    let mut reasons: HashMap<String, usize> = HashMap::new();
+    for (o, _) in outcomes.iter().filter(|(o, _)| o["recovered"] != true) {
+        let reason = o["message"].as_str().unwrap_or("?").to_owned();
+        *reasons.entry(reason).or_default() += 1;
+    }
     let status = status(&hub).await;
     Ok(json!({
         "recovered": recovered_n,
         "not_recovered": outcomes.len() - recovered_n,
+        "not_recovered_reasons": reasons,
         "replayed": replayed,
         "storm_ms": storm.as_millis() as u64,
         "resume_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": ms(1.0)},
