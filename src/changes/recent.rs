@@ -6,7 +6,10 @@
 //! else (a position of another hub, of before a restart, or older than what is kept) is
 //! left to the log. A kept batch's rows are parsed once, by the first resume that needs
 //! them, and then read by every other (`Batch::events`). Bounded by changes, row bytes,
-//! batches and age.
+//! batches and age. Keeping is switched on and off by `resume` (`start`, `stop`): only
+//! while this hub has resumable channels, live or lately parked, since holding batches
+//! costs dispatch (a copy per batch, and the allocator works harder with thousands of
+//! rows held a while; measured in BENCHMARKS.md).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +26,7 @@ const MAX_BYTES: usize = 32 << 20;
 /// What a change or broadcast read whole counts for, besides a binary payload.
 const WHOLE_EVENT_BYTES: usize = 512;
 
-/// How much is kept; nothing until `keep_for` is called with a non-zero age.
+/// How much is kept while keeping (`Recent::limit`).
 #[derive(Debug, Clone, Copy, Default)]
 struct Limits {
     changes: usize,
@@ -112,15 +115,31 @@ impl Recent {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps up to `changes` changes for `age` from now on (`age` zero: keeps nothing).
-    pub fn keep_for(&self, changes: usize, age: Duration) {
-        let on = changes > 0 && !age.is_zero();
-        let mut held = self.lock();
-        held.limits = Limits { changes, age };
-        if !on {
-            *held = Held::default();
+    /// Keeps at most `changes` changes, none longer than `age`, once started (`age` or
+    /// `changes` zero: never keeps anything).
+    pub fn limit(&self, changes: usize, age: Duration) {
+        self.lock().limits = Limits { changes, age };
+        if changes == 0 || age.is_zero() {
+            self.stop();
         }
+    }
+
+    /// Keeps batches from now on (if the limits allow any).
+    pub fn start(&self) {
+        if self.wanted() {
+            return;
+        }
+        let held = self.lock();
+        let on = held.limits.changes > 0 && !held.limits.age.is_zero();
         self.on.store(on, Ordering::Relaxed);
+    }
+
+    /// Keeps nothing from now on and lets go of what is kept.
+    pub fn stop(&self) {
+        let mut held = self.lock();
+        self.on.store(false, Ordering::Relaxed);
+        held.batches = VecDeque::new();
+        (held.changes, held.bytes) = (0, 0);
     }
 
     /// Whether `keep` wants batches (so that dispatch copies them only then).
@@ -251,7 +270,8 @@ mod tests {
     #[test]
     fn a_gap_is_the_run_of_batches_from_its_start_to_its_end() {
         let recent = Recent::default();
-        recent.keep_for(100, Duration::from_secs(60));
+        recent.limit(100, Duration::from_secs(60));
+        recent.start();
         chain(&recent, 5, Instant::now());
         assert_eq!(ids(&recent.gap("p1", "p4").unwrap()), [2, 3, 4]);
         assert_eq!(ids(&recent.gap("p0", "p5").unwrap()), [1, 2, 3, 4, 5]);
@@ -273,7 +293,8 @@ mod tests {
     #[test]
     fn a_break_in_the_run_leaves_the_gap_to_the_log() {
         let recent = Recent::default();
-        recent.keep_for(100, Duration::from_secs(60));
+        recent.limit(100, Duration::from_secs(60));
+        recent.start();
         let now = Instant::now();
         recent.keep("a".into(), "b".into(), vec![statement(1, 1)], now);
         recent.keep("x".into(), "c".into(), vec![statement(2, 1)], now);
@@ -284,7 +305,8 @@ mod tests {
     #[test]
     fn the_oldest_batches_go_past_the_change_limit_and_the_age() {
         let recent = Recent::default();
-        recent.keep_for(6, Duration::from_secs(10));
+        recent.limit(6, Duration::from_secs(10));
+        recent.start();
         let start = Instant::now();
         chain(&recent, 5, start);
         assert_eq!(recent.held(), (3, 6, 3 * 2 * 8));
@@ -296,15 +318,22 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_kept_unless_asked_for() {
+    fn nothing_is_kept_unless_started_within_limits() {
         let recent = Recent::default();
+        recent.limit(100, Duration::from_secs(60));
         chain(&recent, 2, Instant::now());
-        assert!(!recent.wanted());
+        assert!(!recent.wanted(), "limited, not started");
         assert_eq!(recent.held(), (0, 0, 0));
-        recent.keep_for(100, Duration::from_secs(60));
+        recent.start();
         chain(&recent, 2, Instant::now());
-        recent.keep_for(100, Duration::ZERO);
+        assert_eq!(recent.held().0, 2);
+        recent.stop();
         assert_eq!(recent.held(), (0, 0, 0));
         assert!(recent.gap("p0", "p2").is_none());
+        recent.limit(100, Duration::ZERO);
+        recent.start();
+        chain(&recent, 2, Instant::now());
+        assert!(!recent.wanted(), "no age: never kept");
+        assert_eq!(recent.held(), (0, 0, 0));
     }
 }

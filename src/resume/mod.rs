@@ -217,7 +217,7 @@ impl ResumeHandle {
         changes
             .progress()
             .recent()
-            .keep_for(config.max_replay, config.memory);
+            .limit(config.max_replay, config.memory);
         ResumeHandle {
             inner: Arc::new(Inner {
                 pool,
@@ -270,6 +270,8 @@ impl ResumeHandle {
     /// `live` is running on this hub: its position is written now and checkpointed
     /// from then on.
     pub fn track(&self, live: Arc<LiveChannel>) {
+        // Its gaps may be resumed here: dispatch keeps what it delivers from now on.
+        self.inner.changes.progress().recent().start();
         self.inner.live.insert(live.holder.clone(), live.clone());
         let _ = self.inner.cmds.send(Cmd::Live(live));
     }
@@ -492,6 +494,7 @@ impl ResumeHandle {
         let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
         let mut count = tokio::time::interval(COUNT_EVERY);
         let mut pending = Pending::default();
+        let mut last_live = Instant::now();
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -505,7 +508,7 @@ impl ResumeHandle {
                     None => return,
                 },
                 _ = checkpoint.tick() => {
-                    self.inner.changes.progress().recent().trim(Instant::now());
+                    self.keep_recent(&mut last_live);
                     self.checkpoint(&mut pending).await;
                 }
                 _ = count.tick() => self.count_parked().await,
@@ -521,6 +524,21 @@ impl ResumeHandle {
         self.inner.live.clear();
         cmds.extend(live.into_iter().map(Cmd::Park));
         self.write(cmds, &mut pending).await;
+    }
+
+    /// Dispatch keeps what it delivers while channels here may resume: while any is live,
+    /// and for the memory window after the last one went (parked gaps may come back).
+    fn keep_recent(&self, last_live: &mut Instant) {
+        let now = Instant::now();
+        if !self.inner.live.is_empty() {
+            *last_live = now;
+        }
+        let recent = self.inner.changes.progress().recent();
+        if now.duration_since(*last_live) > self.inner.config.memory {
+            recent.stop();
+        } else {
+            recent.trim(now);
+        }
     }
 
     /// Writes what is pending and `cmds`; what fails stays pending.

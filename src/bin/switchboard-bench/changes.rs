@@ -125,6 +125,10 @@ pub struct CaptureArgs {
     /// Subscribers on the table.
     #[arg(long, default_value_t = 10)]
     pub subscribers: usize,
+    /// Subscribers connect with a `resume=` key (the hub then keeps what it delivers for
+    /// their resumes, see `resume_memory_secs`).
+    #[arg(long)]
+    pub resumable: bool,
 }
 
 pub async fn capture(a: CaptureArgs) -> Result<(), BenchError> {
@@ -132,7 +136,7 @@ pub async fn capture(a: CaptureArgs) -> Result<(), BenchError> {
     let setup = c.setup(true, 0, vec![]).await?;
     let url = setup.database_url.clone().expect("capture has a database");
     let hub = &setup.hub;
-    let sockets = ws::open_many(hub.addr, 0, a.subscribers, c.parallel, |i| {
+    let sockets = ws::open_many_with(hub.addr, 0, a.subscribers, c.parallel, |i| {
         let token = hub.token(&pgload::customer_id(i));
         let spec = JoinSpec {
             topic: "realtime:capture".into(),
@@ -140,7 +144,11 @@ pub async fn capture(a: CaptureArgs) -> Result<(), BenchError> {
             presence_key: None,
             access_token: token.clone(),
         };
-        (token, Some(spec))
+        let query = match a.resumable {
+            true => format!("&resume=capture-{i}-{}", std::process::id()),
+            false => String::new(),
+        };
+        (token, Some(spec), query)
     })
     .await?;
     let clients = Clients::spawn(sockets, |_| None);
@@ -161,8 +169,9 @@ pub async fn capture(a: CaptureArgs) -> Result<(), BenchError> {
             serde_json::from_str::<Value>(&body).map_or(Value::Null, |v| v["capture"].clone());
     }
     let summary = format!(
-        "{} writers: committed {}/s, delivered {}/s per subscriber ({} subscribers), delivered/committed {:.4}, lag {}, drain {} ms, hub {} CPU µs/delivery",
+        "{} writers{}: committed {}/s, delivered {}/s per subscriber ({} subscribers), delivered/committed {:.4}, lag {}, drain {} ms, hub {} CPU µs/delivery",
         a.writers,
+        if a.resumable { ", resumable subscribers" } else { "" },
         out["committed_per_s"],
         (out["delivered_per_s"].as_f64().unwrap_or(0.0) / a.subscribers as f64).round(),
         a.subscribers,
@@ -175,7 +184,7 @@ pub async fn capture(a: CaptureArgs) -> Result<(), BenchError> {
     report(
         "capture",
         &summary,
-        json!({"writers": a.writers, "subscribers": a.subscribers, "window": out}),
+        json!({"writers": a.writers, "subscribers": a.subscribers, "resumable": a.resumable, "window": out}),
     );
     Ok(())
 }

@@ -124,21 +124,11 @@ async fn storm(a: &ResumeArgs, url: &str, mode: &str, run: &str) -> Result<Value
         };
         (token, spec, format!("&resume={run}-{i}"))
     };
-    let jobs = (0..a.customers).map(|i| {
+    let sockets = ws::open_many_with(hub.addr, 0, a.customers, c.parallel, |i| {
         let (token, spec, query) = spec_of(i);
-        let addr = hub.addr;
-        async move {
-            let mut ws = ws::connect_with(addr, i, &token, &query).await?;
-            ws::join(&mut ws, &spec).await?;
-            Ok::<Ws, BenchError>(ws)
-        }
-    });
-    let sockets: Vec<Ws> = futures_util::stream::iter(jobs)
-        .buffered(c.parallel)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+        (token, Some(spec), query)
+    })
+    .await?;
     let clients = Clients::spawn(sockets, |_| None);
     let stop_writers = CancellationToken::new();
     let counts = Arc::new(WriteCounts::default());

@@ -241,10 +241,26 @@ pub async fn open_many(
     parallel: usize,
     spec_of: impl Fn(usize) -> (String, Option<JoinSpec>),
 ) -> Result<Vec<Ws>, BenchError> {
-    let jobs = (0..count).map(|i| {
+    open_many_with(hub, first_index, count, parallel, |i| {
         let (apikey, spec) = spec_of(i);
+        (apikey, spec, String::new())
+    })
+    .await
+}
+
+/// [`open_many`], client `i` connecting with the URL query `spec_of(i).2` added
+/// (see [`connect_with`]).
+pub async fn open_many_with(
+    hub: SocketAddr,
+    first_index: usize,
+    count: usize,
+    parallel: usize,
+    spec_of: impl Fn(usize) -> (String, Option<JoinSpec>, String),
+) -> Result<Vec<Ws>, BenchError> {
+    let jobs = (0..count).map(|i| {
+        let (apikey, spec, query) = spec_of(i);
         async move {
-            let mut ws = connect(hub, first_index + i, &apikey).await?;
+            let mut ws = connect_with(hub, first_index + i, &apikey, &query).await?;
             if let Some(spec) = spec {
                 join(&mut ws, &spec).await?;
             }
