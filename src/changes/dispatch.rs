@@ -259,16 +259,17 @@ impl Dispatcher {
             None => Arc::default(),
         };
         let mut cut = self.progress.lock();
-        // Copied for `recent` before matching consumes them (their rows are shared).
-        let keep = self.progress.recent.wanted().then(|| batch.events.clone());
+        // Entries are matched in place, so that `recent` can keep them as they are.
         let mut events = Vec::with_capacity(batch.events.len());
-        for entry in batch.events {
+        for entry in &batch.events {
             match entry {
                 LogEntry::Event(DbEvent::Broadcast(b)) => {
-                    let members = self.router.member_ids(&broadcast_key(&b));
-                    events.push(MatchedEvent::Broadcast(b, members));
+                    let members = self.router.member_ids(&broadcast_key(b));
+                    events.push(MatchedEvent::Broadcast(b.clone(), members));
                 }
-                LogEntry::Event(DbEvent::Change(c)) => self.match_change(c, &gates, &mut events),
+                LogEntry::Event(DbEvent::Change(c)) => {
+                    self.match_change(c.clone(), &gates, &mut events)
+                }
                 // A statement's rows are parsed only when someone may see them; nobody
                 // watching its table now means nobody matches them, as matching would find.
                 LogEntry::Statement(s) => {
@@ -285,10 +286,10 @@ impl Dispatcher {
             seq,
             position: batch.position,
         };
-        if let (Some(entries), Some(before)) = (keep, cut.as_ref()) {
+        if let Some(before) = cut.as_ref().filter(|_| self.progress.recent.wanted()) {
             let (before, after) = (before.position.clone(), mark.position.clone());
             let now = std::time::Instant::now();
-            self.progress.recent.keep(before, after, entries, now);
+            self.progress.recent.keep(before, after, batch.events, now);
         }
         *cut = Some(mark.clone());
         MatchedBatch {

@@ -40,26 +40,17 @@ impl StatementRows {
 
     /// Its changes, in the statement's order, each row parsed now (a row that is not a
     /// JSON object reads as none).
-    pub fn changes(self) -> impl Iterator<Item = Change> {
-        let StatementRows {
-            id,
-            op,
-            schema,
-            table,
-            commit_time,
-            rows,
-            old_rows,
-        } = self;
-        let n = rows.len().max(old_rows.len());
+    pub fn changes(&self) -> impl Iterator<Item = Change> + '_ {
+        let n = self.len();
         (0..n).map(move |seq| Change {
-            id,
+            id: self.id,
             seq: u32::try_from(seq).unwrap_or(u32::MAX),
-            schema: schema.clone(),
-            table: table.clone(),
-            op,
-            record: rows.get(seq).and_then(|r| parse_row(r)),
-            old_record: old_rows.get(seq).and_then(|r| parse_row(r)),
-            commit_time,
+            schema: self.schema.clone(),
+            table: self.table.clone(),
+            op: self.op,
+            record: self.rows.get(seq).and_then(|r| parse_row(r)),
+            old_record: self.old_rows.get(seq).and_then(|r| parse_row(r)),
+            commit_time: self.commit_time,
         })
     }
 }
