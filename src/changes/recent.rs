@@ -259,6 +259,13 @@ mod tests {
             .collect()
     }
 
+    fn started(changes: usize, age: Duration) -> Recent {
+        let recent = Recent::default();
+        recent.limit(changes, age);
+        recent.start();
+        recent
+    }
+
     /// Batches p0 -> p1 -> ... -> p<n>, batch i holding log row i (2 rows each).
     fn chain(recent: &Recent, n: i64, now: Instant) {
         for i in 1..=n {
@@ -269,9 +276,7 @@ mod tests {
 
     #[test]
     fn a_gap_is_the_run_of_batches_from_its_start_to_its_end() {
-        let recent = Recent::default();
-        recent.limit(100, Duration::from_secs(60));
-        recent.start();
+        let recent = started(100, Duration::from_secs(60));
         chain(&recent, 5, Instant::now());
         assert_eq!(ids(&recent.gap("p1", "p4").unwrap()), [2, 3, 4]);
         assert_eq!(ids(&recent.gap("p0", "p5").unwrap()), [1, 2, 3, 4, 5]);
@@ -292,9 +297,7 @@ mod tests {
 
     #[test]
     fn a_break_in_the_run_leaves_the_gap_to_the_log() {
-        let recent = Recent::default();
-        recent.limit(100, Duration::from_secs(60));
-        recent.start();
+        let recent = started(100, Duration::from_secs(60));
         let now = Instant::now();
         recent.keep("a".into(), "b".into(), vec![statement(1, 1)], now);
         recent.keep("x".into(), "c".into(), vec![statement(2, 1)], now);
@@ -304,9 +307,7 @@ mod tests {
 
     #[test]
     fn the_oldest_batches_go_past_the_change_limit_and_the_age() {
-        let recent = Recent::default();
-        recent.limit(6, Duration::from_secs(10));
-        recent.start();
+        let recent = started(6, Duration::from_secs(10));
         let start = Instant::now();
         chain(&recent, 5, start);
         assert_eq!(recent.held(), (3, 6, 3 * 2 * 8));

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::env::{http_get_as, Hub};
@@ -215,13 +214,7 @@ async fn storm(a: &ResumeArgs, url: &str, mode: &str, run: &str) -> Result<Value
 /// Reads until the resume's system message (`recovered`, `count`) and returns it.
 async fn recovered(ws: &mut Ws) -> Result<Value, BenchError> {
     loop {
-        let msg = ws
-            .next()
-            .await
-            .ok_or_else(|| BenchError::Ws("closed before the resume message".into()))?
-            .map_err(|e| BenchError::Ws(e.to_string()))?;
-        let Message::Text(text) = msg else { continue };
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let (v, _) = ws::next_text(ws, "before the resume message").await?;
         if v[3] == "system" && v[4].get("recovered").is_some() {
             return Ok(v[4].clone());
         }

@@ -96,13 +96,7 @@ pub async fn join(ws: &mut Ws, spec: &JoinSpec) -> Result<(), BenchError> {
     let subscribed = std::cell::Cell::new(spec.changes.is_empty());
     let wait = async {
         while !(replied.get() && subscribed.get()) {
-            let msg = ws
-                .next()
-                .await
-                .ok_or_else(|| BenchError::Ws("closed during join".into()))?
-                .map_err(|e| BenchError::Ws(e.to_string()))?;
-            let Message::Text(text) = msg else { continue };
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let (v, text) = next_text(ws, "during join").await?;
             match v[3].as_str() {
                 Some("phx_reply") if v[1] == "1" => {
                     if v[4]["status"] != "ok" {
@@ -135,6 +129,22 @@ pub async fn join(ws: &mut Ws, spec: &JoinSpec) -> Result<(), BenchError> {
                 },
             ))
         })?
+}
+
+/// The next text frame, parsed (`Null` if it is not JSON) and as sent; an error names
+/// `when` if the socket closes first.
+pub async fn next_text(ws: &mut Ws, when: &str) -> Result<(Value, String), BenchError> {
+    loop {
+        let msg = ws
+            .next()
+            .await
+            .ok_or_else(|| BenchError::Ws(format!("closed {when}")))?
+            .map_err(|e| BenchError::Ws(e.to_string()))?;
+        if let Message::Text(text) = msg {
+            let text = text.to_string();
+            return Ok((serde_json::from_str(&text).unwrap_or(Value::Null), text));
+        }
+    }
 }
 
 /// The number after [`MARKER`] in a frame, if any.
