@@ -179,6 +179,9 @@ impl Recent {
     /// batches leads from one to the other; `None` leaves the gap to the log. Only the
     /// batches are counted under the lock (dispatch waits on it), not their entries.
     pub fn gap(&self, from: &str, until: &str) -> Option<Gap> {
+        if !self.wanted() {
+            return None;
+        }
         if from == until {
             return Some(Vec::new());
         }
