@@ -8,8 +8,8 @@
 //! them, and then read by every other (`Batch::events`). Bounded by changes, row bytes,
 //! batches and age. Keeping is switched on and off by `resume` (`start`, `stop`): only
 //! while this hub has resumable channels, live or lately parked, since holding batches
-//! costs dispatch (a copy per batch, and the allocator works harder with thousands of
-//! rows held a while; measured in BENCHMARKS.md).
+//! costs dispatch (the allocator works harder with thousands of rows held a while;
+//! measured in BENCHMARKS.md).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,7 +142,7 @@ impl Recent {
         (held.changes, held.bytes) = (0, 0);
     }
 
-    /// Whether `keep` wants batches (so that dispatch copies them only then).
+    /// Whether `keep` wants batches (dispatch hands them over only then).
     pub fn wanted(&self) -> bool {
         self.on.load(Ordering::Relaxed)
     }

@@ -530,10 +530,12 @@ impl ResumeHandle {
     /// and for the memory window after the last one went (parked gaps may come back).
     fn keep_recent(&self, last_live: &mut Instant) {
         let now = Instant::now();
+        let recent = self.inner.changes.progress().recent();
         if !self.inner.live.is_empty() {
             *last_live = now;
+            // (Again each tick: a stop racing a join's start may have won.)
+            recent.start();
         }
-        let recent = self.inner.changes.progress().recent();
         if now.duration_since(*last_live) > self.inner.config.memory {
             recent.stop();
         } else {
