@@ -17,6 +17,7 @@ mod held;
 mod memo;
 
 use foldhash::{HashMap, HashMapExt};
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -259,43 +260,64 @@ impl Dispatcher {
             None => Arc::default(),
         };
         let mut cut = self.progress.lock();
-        // Entries are matched in place, so that `recent` can keep them as they are.
         let mut events = Vec::with_capacity(batch.events.len());
-        for entry in &batch.events {
-            match entry {
-                LogEntry::Event(DbEvent::Broadcast(b)) => {
-                    let members = self.router.member_ids(&broadcast_key(b));
-                    events.push(MatchedEvent::Broadcast(b.clone(), members));
-                }
-                LogEntry::Event(DbEvent::Change(c)) => {
-                    self.match_change(c.clone(), &gates, &mut events)
-                }
-                // A statement's rows are parsed only when someone may see them; nobody
-                // watching its table now means nobody matches them, as matching would find.
-                LogEntry::Statement(s) => {
-                    if self.index.watches(&s.schema, &s.table) {
-                        for c in s.changes() {
-                            self.match_change(c, &gates, &mut events);
-                        }
-                    }
-                }
-            }
-        }
+        // Kept for `recent` as they are (matched in place, a whole event copied), or
+        // matched and moved on.
+        let keep = cut.as_ref().filter(|_| self.progress.recent.wanted());
         let seq = cut.as_ref().map_or(1, |m| m.seq + 1);
         let mark = Mark {
             seq,
             position: batch.position,
         };
-        if let Some(before) = cut.as_ref().filter(|_| self.progress.recent.wanted()) {
-            let (before, after) = (before.position.clone(), mark.position.clone());
-            let now = std::time::Instant::now();
-            self.progress.recent.keep(before, after, batch.events, now);
+        match keep {
+            Some(before) => {
+                for entry in &batch.events {
+                    self.match_entry(Cow::Borrowed(entry), &gates, &mut events);
+                }
+                let (before, after) = (before.position.clone(), mark.position.clone());
+                let now = std::time::Instant::now();
+                self.progress.recent.keep(before, after, batch.events, now);
+            }
+            None => {
+                for entry in batch.events {
+                    self.match_entry(Cow::Owned(entry), &gates, &mut events);
+                }
+            }
         }
         *cut = Some(mark.clone());
         MatchedBatch {
             mark,
             events,
             rules_version: batch.rules_version,
+        }
+    }
+
+    /// Matches one log entry (under the cut lock) and queues what it found in `events`.
+    fn match_entry(
+        &self,
+        entry: Cow<'_, LogEntry>,
+        gates: &Arc<Gates>,
+        events: &mut Vec<MatchedEvent>,
+    ) {
+        // A statement's rows are parsed only when someone may see them; nobody watching
+        // its table now means nobody matches them, as matching would find.
+        if let LogEntry::Statement(s) = &*entry {
+            if self.index.watches(&s.schema, &s.table) {
+                for c in s.changes() {
+                    self.match_change(c, gates, events);
+                }
+            }
+            return;
+        }
+        let LogEntry::Event(event) = entry.into_owned() else {
+            return;
+        };
+        match event {
+            DbEvent::Broadcast(b) => {
+                let members = self.router.member_ids(&broadcast_key(&b));
+                events.push(MatchedEvent::Broadcast(b, members));
+            }
+            DbEvent::Change(c) => self.match_change(c, gates, events),
         }
     }
 

@@ -37,12 +37,15 @@ struct Limits {
 #[derive(Debug)]
 pub struct Batch {
     entries: Vec<LogEntry>,
+    /// Changes as the log counts them for a gap (`gap_len`).
+    changes: usize,
     parsed: OnceLock<Vec<DbEvent>>,
 }
 
 impl Batch {
     fn new(entries: Vec<LogEntry>) -> Batch {
         Batch {
+            changes: gap_len(&entries),
             entries,
             parsed: OnceLock::new(),
         }
@@ -56,7 +59,7 @@ impl Batch {
 
     /// How many changes it holds as the log counts them for a gap.
     pub fn gap_len(&self) -> usize {
-        gap_len(&self.entries)
+        self.changes
     }
 }
 
@@ -65,7 +68,6 @@ struct Kept {
     before: Arc<str>,
     after: Arc<str>,
     batch: Arc<Batch>,
-    changes: usize,
     bytes: usize,
     at: Instant,
 }
@@ -154,7 +156,6 @@ impl Recent {
             return;
         }
         let kept = Kept {
-            changes: gap_len(&entries),
             bytes: entries.iter().map(bytes).sum(),
             before,
             after,
@@ -162,7 +163,7 @@ impl Recent {
             at: now,
         };
         let mut held = self.lock();
-        held.changes += kept.changes;
+        held.changes += kept.batch.changes;
         held.bytes += kept.bytes;
         held.batches.push_back(kept);
         held.let_go(now);
@@ -220,7 +221,7 @@ impl Held {
             if !over {
                 break;
             }
-            self.changes -= oldest.changes;
+            self.changes -= oldest.batch.changes;
             self.bytes -= oldest.bytes;
             self.batches.pop_front();
         }
