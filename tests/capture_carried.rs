@@ -205,9 +205,9 @@ async fn a_wake_up_that_carries_nothing_holds_back_the_carried_changes_behind_it
 #[tokio::test]
 async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_read() {
     use switchboard::capture::{
-        count_between, current_position, events_between, next_events, Statements, READ_RANGE_SQL,
+        count_between, current_position, entries_between, next_events, Statements, READ_RANGE_SQL,
     };
-    use switchboard::changes::DbEvent;
+    use switchboard::changes::{into_events, DbEvent};
 
     let db = common::pg::test_db().await;
     let sql = db.client().await;
@@ -259,9 +259,10 @@ async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_
     );
     assert!(live.ahead.is_empty(), "its snapshot sees the row: {live}");
 
-    let (gap, _) = events_between(&mut reader, &range, &before, &ahead, 0, 100)
+    let (gap, _) = entries_between(&mut reader, &range, &before, &ahead, 0, 100)
         .await
         .expect("range");
+    let gap = into_events(gap);
     assert_eq!(titles(&gap), ["ahead"], "a resume from before gets the row");
     assert_eq!(
         count_between(&mut reader, &before, &ahead, 100)
@@ -269,16 +270,18 @@ async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_
             .unwrap(),
         1
     );
-    let (rest, _) = events_between(&mut reader, &range, &ahead, &live, 0, 100)
+    let (rest, _) = entries_between(&mut reader, &range, &ahead, &live, 0, 100)
         .await
         .expect("range");
+    let rest = into_events(rest);
     assert_eq!(
         titles(&rest),
         ["read"],
         "a resume from the position gets the rest only"
     );
-    let (none, _) = events_between(&mut reader, &range, &live, &live, 0, 100)
+    let (none, _) = entries_between(&mut reader, &range, &live, &live, 0, 100)
         .await
         .expect("range");
+    let none = into_events(none);
     assert!(none.is_empty());
 }

@@ -8,8 +8,9 @@
 mod common;
 
 use switchboard::capture::{
-    count_between, current_position, events_between, next_events, Statements, READ_RANGE_SQL,
+    count_between, current_position, entries_between, next_events, Statements, READ_RANGE_SQL,
 };
+use switchboard::changes::into_events;
 
 /// A log of 40,000 rows of about 300 bytes, vacuumed (so Postgres knows its size, as
 /// after autovacuum's insert-triggered vacuum) but without column statistics (as before
@@ -122,12 +123,14 @@ async fn a_resumes_count_and_read_of_its_gap_use_the_xid_index_on_a_log_without_
     let counted = count_between(&mut reader, &from, &until, 1000)
         .await
         .expect("count");
-    let (gap, last) = events_between(&mut reader, &range, &from, &until, 0, 100)
+    let (gap, last) = entries_between(&mut reader, &range, &from, &until, 0, 100)
         .await
         .expect("range");
-    let (rest, _) = events_between(&mut reader, &range, &from, &until, last.unwrap(), 100)
+    let gap = into_events(gap);
+    let (rest, _) = entries_between(&mut reader, &range, &from, &until, last.unwrap(), 100)
         .await
         .expect("range");
+    let rest = into_events(rest);
     assert_eq!(
         (counted, gap.len(), rest.len()),
         (1, 1, 0),

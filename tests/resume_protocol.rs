@@ -201,6 +201,58 @@ async fn a_reconnect_replays_exactly_what_was_missed_then_goes_live() {
 }
 
 #[tokio::test]
+async fn a_resume_replays_exactly_the_rows_of_multi_row_statements_that_filter_and_row_scope_pass()
+{
+    let pg = PgHub::start(SETUP).await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    let entries = json!([{"event": "*", "schema": "public", "table": "items",
+                          "filter": "n=gte.10"}]);
+    let mut c = connect(&pg, "client-m").await;
+    subscribe(&mut c, "realtime:items", entries.clone(), Some(&token)).await;
+    resume_message(&mut c).await;
+    c.acknowledge().await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+
+    // Alice owns the even n. One statement of 20 rows, then one updating n <= 6 (their
+    // new rows pass the filter) and one deleting n 12-14 (judged by the old rows).
+    let rows = pg
+        .sql
+        .query(
+            "insert into public.items (owner, n) \
+             select (case when g % 2 = 0 then $1::text else $2::text end)::uuid, g \
+             from generate_series(1, 20) g returning id, n",
+            &[&ALICE, &BOB],
+        )
+        .await
+        .unwrap();
+    let id_of = |n: i32| -> i64 {
+        let row = rows.iter().find(|r| r.get::<_, i32>(1) == n).unwrap();
+        row.get(0)
+    };
+    let updates = "update public.items set n = n + 100 where n <= 6";
+    pg.sql.execute(updates, &[]).await.unwrap();
+    let deletes = "delete from public.items where n in (12, 13, 14)";
+    pg.sql.execute(deletes, &[]).await.unwrap();
+    let marker = insert(&pg, BOB).await;
+    observer.saw(marker).await;
+
+    let mut expected: Vec<(&str, i64)> = Vec::new();
+    expected.extend([10, 12, 14, 16, 18, 20].map(|n| ("INSERT", id_of(n))));
+    expected.extend([2, 4, 6].map(|n| ("UPDATE", id_of(n))));
+    expected.extend([12, 14].map(|n| ("DELETE", id_of(n))));
+    let mut c = connect(&pg, "client-m").await;
+    subscribe(&mut c, "realtime:items", entries, Some(&token)).await;
+    for (kind, id) in &expected {
+        expect_row(&mut c, kind, "items", *id).await;
+    }
+    let sys = resume_message(&mut c).await;
+    assert_recovered(&sys, expected.len() as i64);
+    assert_eq!(replayed_from_memory(&pg.hub).await, on_this_hub(1));
+}
+
+#[tokio::test]
 async fn rows_the_new_token_may_not_see_are_not_replayed() {
     let pg = PgHub::start(SETUP).await;
     let mut observer = Observer::start(&pg).await;

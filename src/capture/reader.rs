@@ -113,7 +113,7 @@ pub const COUNT_RANGE_SQL: &str = concat!(
 const NEW_ROWS_PLAN: &str =
     "set local enable_seqscan = off; set local enable_indexscan = off; set local jit = off";
 
-/// How many events lie between two positions (as `events_between` reads them), counting
+/// How many events lie between two positions (as `entries_between` reads them), counting
 /// no further than a little past `at_most`.
 pub async fn count_between(
     client: &mut Client,
@@ -460,18 +460,18 @@ where
     Ok(true)
 }
 
-/// The events a reader at `from` has not read and one at `until` has (a resumed
-/// subscription's gap), after log id `after_id`, at most `limit` log rows; with the last
-/// log id returned (pass it as `after_id` for the next page; an empty result ends it).
-/// `stmt` is `READ_RANGE_SQL` prepared.
-pub async fn events_between(
+/// The log rows a reader at `from` has not read and one at `until` has (a resumed
+/// subscription's gap), after log id `after_id`, at most `limit` of them (a statement's
+/// rows not parsed yet); with the last log id returned (pass it as `after_id` for the
+/// next page; an empty result ends it). `stmt` is `READ_RANGE_SQL` prepared.
+pub async fn entries_between(
     client: &mut Client,
     stmt: &Statement,
     from: &Position,
     until: &Position,
     after_id: i64,
     limit: usize,
-) -> Result<(Vec<DbEvent>, Option<i64>), CaptureError> {
+) -> Result<(Vec<LogEntry>, Option<i64>), CaptureError> {
     let (xmax, xip, snaps, ids, ahead) = from.bind_values();
     let (uxmax, uxip, usnaps, uids, uahead) = until.bind_values();
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
@@ -491,7 +491,7 @@ pub async fn events_between(
     for row in &rows {
         to_entry(row, &mut entries);
     }
-    Ok((into_events(entries), rows.last().map(|r| r.get("id"))))
+    Ok((entries, rows.last().map(|r| r.get("id"))))
 }
 
 /// Takes the current snapshot as a starting cursor.

@@ -171,6 +171,11 @@ impl BoundFilter {
         self.conditions.is_empty()
     }
 
+    /// The columns `matches` reads.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.conditions.iter().map(|c| c.column.as_str())
+    }
+
     /// An upper estimate of the work `matches(record)` does beyond a fixed amount per
     /// condition: for each `like`/`ilike`, (pattern length + 1) × the length in bytes of the
     /// text it reads (what a linear-time matcher may take on that text). Other tests

@@ -52,18 +52,24 @@ impl Subscription {
     /// Whether `change` is for this subscription: its table (or schema, or any), its
     /// event, and its filter on the change's judged row.
     pub fn matches(&self, change: &Change) -> bool {
-        let in_scope = match &self.scope {
-            TableScope::Table { schema, table } => {
-                **schema == change.schema && **table == change.table
-            }
-            TableScope::Schema(schema) => **schema == change.schema,
-            TableScope::All => true,
-        };
-        in_scope
-            && self.event.is_none_or(|e| e == change.op)
+        self.covers(&change.schema, &change.table, change.op)
             && change
                 .judged_row()
                 .is_some_and(|row| self.filter.matches(row))
+    }
+
+    /// Whether changes of `op` to `schema.table` are for this subscription, by its table
+    /// (or schema, or any) and event alone: those its filter then decides.
+    pub fn covers(&self, schema: &str, table: &str, op: Op) -> bool {
+        let in_scope = match &self.scope {
+            TableScope::Table {
+                schema: s,
+                table: t,
+            } => **s == *schema && **t == *table,
+            TableScope::Schema(s) => **s == *schema,
+            TableScope::All => true,
+        };
+        in_scope && self.event.is_none_or(|e| e == op)
     }
 }
 

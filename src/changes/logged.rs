@@ -5,9 +5,11 @@
 //! (`LogEntry::into_events`). The rows are shared, so keeping an entry (`recent`) copies
 //! no row.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -41,8 +43,12 @@ impl StatementRows {
     /// Its changes, in the statement's order, each row parsed now (a row that is not a
     /// JSON object reads as none).
     pub fn changes(&self) -> impl Iterator<Item = Change> + '_ {
-        let n = self.len();
-        (0..n).map(move |seq| Change {
+        (0..self.len()).map(|seq| self.change(seq))
+    }
+
+    /// Its change at `seq` (`< len()`), its rows parsed now.
+    pub fn change(&self, seq: usize) -> Change {
+        Change {
             id: self.id,
             seq: u32::try_from(seq).unwrap_or(u32::MAX),
             schema: self.schema.clone(),
@@ -51,7 +57,22 @@ impl StatementRows {
             record: self.rows.get(seq).and_then(|r| parse_row(r)),
             old_record: self.old_rows.get(seq).and_then(|r| parse_row(r)),
             commit_time: self.commit_time,
-        })
+        }
+    }
+
+    /// Of the row its change at `seq` is judged by (`Change::judged_row`: the new row,
+    /// the old one for DELETE), only the values of `columns`, each read as a whole
+    /// parse would read it; `None` where `judged_row` would be none. Anything that looks
+    /// at these columns alone (a filter, a row key) decides the same on it, without
+    /// building the rest of the row.
+    pub fn judged_columns(&self, seq: usize, columns: &[&str]) -> Option<Row> {
+        let rows = match self.op {
+            Op::Delete => &self.old_rows,
+            Op::Insert | Op::Update => &self.rows,
+        };
+        let raw = rows.get(seq)?;
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        de.deserialize_map(Columns(columns)).ok()
     }
 }
 
@@ -59,6 +80,56 @@ fn parse_row(raw: &RawValue) -> Option<Row> {
     match serde_json::from_str(raw.get()) {
         Ok(Value::Object(row)) => Some(row),
         _ => None,
+    }
+}
+
+/// Reads a JSON object keeping only the members named (a later duplicate replaces an
+/// earlier one, as in a whole parse); the others are stepped over without being built.
+struct Columns<'c>(&'c [&'c str]);
+
+impl<'de> Visitor<'de> for Columns<'_> {
+    type Value = Row;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
+        let mut row = Row::new();
+        while let Some(name) = map.next_key::<Name<'de>>()? {
+            if self.0.contains(&name.0.as_ref()) {
+                let value: Value = map.next_value()?;
+                row.insert(name.0.into_owned(), value);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(row)
+    }
+}
+
+/// A member name, borrowed from the text unless it holds escapes.
+struct Name<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(NameVisitor)
     }
 }
 
@@ -180,5 +251,44 @@ mod tests {
         assert!(changes.iter().all(|c| c.record.is_none()));
         assert_eq!(changes[0].old_record.as_ref().unwrap()["id"], 1);
         assert!(changes[1].old_record.is_none());
+    }
+    #[test]
+    fn judged_columns_read_those_columns_as_the_whole_row_does_and_nothing_else() {
+        let rows = r#"[{"a":1,"b":{"x":[1,2]},"c":"t","a":2},
+                       {"c\u0061":"escaped name","n":12345678901234567890.5,"s":"q\"x"},
+                       [1,2], "text", {}]"#;
+        let s = |op| StatementRows {
+            id: 1,
+            op,
+            schema: "public".into(),
+            table: "t".into(),
+            commit_time: Utc::now(),
+            rows: if op == Op::Delete {
+                Arc::default()
+            } else {
+                raw(rows)
+            },
+            old_rows: if op == Op::Delete {
+                raw(rows)
+            } else {
+                Arc::default()
+            },
+        };
+        for op in [Op::Insert, Op::Update, Op::Delete] {
+            let s = s(op);
+            for seq in 0..6 {
+                let whole = s.change(seq).judged_row().cloned();
+                let cols = ["a", "ca", "n", "s", "missing"];
+                let part = s.judged_columns(seq, &cols);
+                let want = whole.map(|row| {
+                    row.into_iter()
+                        .filter(|(k, _)| cols.contains(&k.as_str()))
+                        .collect::<Row>()
+                });
+                assert_eq!(part, want, "{op:?} row {seq}");
+            }
+        }
+        let first = s(Op::Insert).judged_columns(0, &["a", "c"]).unwrap();
+        assert_eq!(serde_json::to_string(&first).unwrap(), r#"{"a":2,"c":"t"}"#);
     }
 }

@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 
+use super::catalog::TableInfo;
 use super::dispatch::{broadcast_key, change_frame, db_broadcast};
 use super::index::Subscription;
+use super::logged::{LogEntry, StatementRows};
 use super::payload::{change_data, Conversions, FieldSizes};
-use super::row::{DbBroadcast, DbEvent};
-use super::scope::{RlsError, Viewer};
+use super::row::{DbBroadcast, DbEvent, Row};
+use super::scope::{RlsError, ScopeHint, Viewer};
 use super::Changes;
 use crate::protocol::{self, Vsn, WireFrame};
 use crate::router::TopicKey;
@@ -23,6 +25,7 @@ pub struct ReplayTarget {
 }
 
 /// Frames for `events` in log order, and how many changes and broadcasts they carry.
+#[derive(Default)]
 pub struct Replayed {
     pub frames: Vec<WireFrame>,
     pub count: usize,
@@ -37,11 +40,126 @@ impl Changes {
         target: &ReplayTarget,
         events: &[&DbEvent],
     ) -> Result<Replayed, RlsError> {
+        let Some(rls) = &self.rls else {
+            return Ok(Replayed::default());
+        };
+        rls.refresh().await?;
+        self.replay_observed(target, events, &mut Tables::default())
+            .await
+    }
+
+    /// [`Changes::replay`] of log entries as read. A statement's row is parsed only when
+    /// the channel's filters and row scope, looking at the columns they read, may pass
+    /// it: a channel that sees a few rows of a long gap does not build all the others.
+    pub async fn replay_entries(
+        &self,
+        target: &ReplayTarget,
+        entries: Vec<LogEntry>,
+    ) -> Result<Replayed, RlsError> {
+        let Some(rls) = &self.rls else {
+            return Ok(Replayed::default());
+        };
+        rls.refresh().await?;
+        let mut tables = Tables::default();
+        let mut events = Vec::new();
+        for entry in entries {
+            match entry {
+                LogEntry::Event(e) => events.push(e),
+                LogEntry::Statement(s) => {
+                    self.narrow(target, &s, &mut tables, &mut events).await?;
+                }
+            }
+        }
+        let events: Vec<&DbEvent> = events.iter().collect();
+        self.replay_observed(target, &events, &mut tables).await
+    }
+
+    /// Into `out`, the changes of `s` that may reach `target` (its rows parsed only then).
+    async fn narrow(
+        &self,
+        target: &ReplayTarget,
+        s: &StatementRows,
+        tables: &mut Tables,
+        out: &mut Vec<DbEvent>,
+    ) -> Result<(), RlsError> {
+        let subs: Vec<&Subscription> = (target.subscriptions.iter())
+            .filter(|sub| sub.covers(&s.schema, &s.table, s.op))
+            .collect();
+        if subs.is_empty() {
+            return Ok(());
+        }
+        // (A table the catalog does not know is never picked, nor its rows parsed.)
+        let found = self.table_of(tables, &s.schema, &s.table, target).await?;
+        let Some((_, hint)) = found.filter(|(_, h)| !matches!(h, ScopeHint::Nothing)) else {
+            return Ok(());
+        };
+        // A subscription without a filter takes every row its table's row scope allows.
+        let every = subs.iter().any(|sub| sub.filter.is_empty());
+        let mut columns: Vec<&str> = hint.columns().collect();
+        if !every {
+            columns.extend(subs.iter().flat_map(|sub| sub.filter.columns()));
+        }
+        columns.sort_unstable();
+        columns.dedup();
+        let may_pass = |row: &Row| {
+            hint.may_see(row) && (every || subs.iter().any(|sub| sub.filter.matches(row)))
+        };
+        for seq in 0..s.len() {
+            let pass = match columns.is_empty() {
+                true => may_pass(&Row::new()),
+                // No row to judge matches nothing, as the whole row would not.
+                false => s
+                    .judged_columns(seq, &columns)
+                    .is_some_and(|r| may_pass(&r)),
+            };
+            if pass {
+                out.push(DbEvent::Change(s.change(seq)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The catalog's table and row scope's hint for `target`'s viewer, looked up once
+    /// per replay; `None` for a table the catalog does not know.
+    async fn table_of<'t>(
+        &self,
+        tables: &'t mut Tables,
+        schema: &str,
+        table: &str,
+        target: &ReplayTarget,
+    ) -> Result<Option<&'t (Arc<TableInfo>, ScopeHint)>, RlsError> {
         let (Some(catalog), Some(rls)) = (&self.catalog, &self.rls) else {
-            return Ok(Replayed {
-                frames: Vec::new(),
-                count: 0,
-            });
+            return Ok(None);
+        };
+        let at = tables
+            .iter()
+            .position(|(s, t, _)| s == schema && t == table);
+        let at = match at {
+            Some(at) => at,
+            None => {
+                let found = match catalog.table(schema, table).await? {
+                    Some(info) => {
+                        let hint = rls.hint(&info, &target.viewer).await?;
+                        Some((info, hint))
+                    }
+                    None => None,
+                };
+                tables.push((schema.to_owned(), table.to_owned(), found));
+                tables.len() - 1
+            }
+        };
+        Ok(tables[at].2.as_ref())
+    }
+
+    /// `replay` under the rules version last observed.
+    async fn replay_observed(
+        &self,
+        target: &ReplayTarget,
+        events: &[&DbEvent],
+        tables: &mut Tables,
+    ) -> Result<Replayed, RlsError> {
+        let Some(rls) = &self.rls else {
+            return Ok(Replayed::default());
         };
         // Which events reach the channel, before asking about row scope.
         let mut picked = Vec::new();
@@ -63,8 +181,13 @@ impl Changes {
                     if groups.is_empty() {
                         continue;
                     }
-                    if let Some(table) = catalog.table(&c.schema, &c.table).await? {
-                        picked.push(Picked::Change(c, table, groups));
+                    let found = self.table_of(tables, &c.schema, &c.table, target).await?;
+                    let Some((table, hint)) = found else {
+                        continue;
+                    };
+                    // Rows row scope surely hides are not judged one by one.
+                    if c.judged_row().is_some_and(|row| hint.may_see(row)) {
+                        picked.push(Picked::Change(c, table.clone(), groups));
                     }
                 }
             }
@@ -77,12 +200,9 @@ impl Changes {
                 Picked::Broadcast(_) => None,
             })
             .collect();
-        let visibility = rls.check(&items).await?;
+        let visibility = rls.check_observed(&items).await?;
         let mut vis = visibility.into_iter();
-        let mut out = Replayed {
-            frames: Vec::new(),
-            count: 0,
-        };
+        let mut out = Replayed::default();
         for p in picked {
             match p {
                 Picked::Broadcast(b) => {
@@ -113,16 +233,16 @@ impl Changes {
     }
 }
 
+/// The tables one replay met: (schema, table, the catalog's table and the viewer's row
+/// scope hint; `None` when the catalog does not know it). A replay meets few.
+type Tables = Vec<(String, String, Option<(Arc<TableInfo>, ScopeHint)>)>;
+
 /// Subscription ids of one channel that share a `select`.
 type Group = (Option<Arc<[String]>>, Vec<u32>);
 
 enum Picked<'a> {
     Broadcast(DbBroadcast),
-    Change(
-        &'a super::row::Change,
-        Arc<super::catalog::TableInfo>,
-        Vec<Group>,
-    ),
+    Change(&'a super::row::Change, Arc<TableInfo>, Vec<Group>),
 }
 
 fn replayed_broadcast(target: &ReplayTarget, b: DbBroadcast) -> Option<WireFrame> {

@@ -128,7 +128,7 @@ impl Viewer {
     }
 
     /// This viewer's keys under `keys`, or `None` when Postgres must judge it.
-    fn keys_under(&self, keys: &[RowKey]) -> Option<Vec<ClaimKey>> {
+    pub(super) fn keys_under(&self, keys: &[RowKey]) -> Option<Vec<ClaimKey>> {
         let claims = self.claims_object();
         let mine: Vec<ClaimKey> = keys.iter().map(|k| k.of_claims(claims)).collect();
         (!mine.contains(&ClaimKey::Unsure)).then_some(mine)
@@ -267,6 +267,41 @@ pub struct RlsChecker {
     spare: Arc<Recycled<Vec<Visibility>>>,
 }
 
+/// What row scope tells of one viewer's rows of one table before judging them: a row
+/// ruled out here is one the check would hide.
+#[derive(Debug, Clone)]
+pub enum ScopeHint {
+    /// Nothing of the table.
+    Nothing,
+    /// Only rows whose key equals the viewer's under one of `keys` (aligned with `mine`).
+    Keyed {
+        keys: Arc<[RowKey]>,
+        mine: Vec<ClaimKey>,
+    },
+    /// Any row may be (every row, other policies, or claims Postgres must read).
+    Any,
+}
+
+impl ScopeHint {
+    /// The columns `may_see` reads.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        let keys = match self {
+            ScopeHint::Keyed { keys, .. } => &keys[..],
+            ScopeHint::Nothing | ScopeHint::Any => &[],
+        };
+        keys.iter().map(|k| k.column.as_str())
+    }
+
+    /// Whether the check may show `row` (it needs only `columns()` of it).
+    pub fn may_see(&self, row: &Row) -> bool {
+        match self {
+            ScopeHint::Nothing => false,
+            ScopeHint::Keyed { keys, mine } => keys::sees(keys, mine, row),
+            ScopeHint::Any => true,
+        }
+    }
+}
+
 /// One change with the distinct viewers whose subscriptions matched it.
 pub type Item<'a> = (&'a Change, &'a TableInfo, &'a [Arc<Viewer>]);
 
@@ -344,12 +379,12 @@ impl RlsChecker {
     async fn rules(
         &self,
         client: &mut Option<deadpool_postgres::Client>,
-        items: &[Item<'_>],
+        items: &[(&TableInfo, &[Arc<Viewer>])],
     ) -> Result<HashMap<(u32, String), Rule>, RlsError> {
         // One entry per (table, role), not per viewer: a change's viewers mostly share a
         // role, so runs of it are skipped before hashing.
         let mut wanted: foldhash::HashSet<(u32, &str)> = foldhash::HashSet::default();
-        for (_, table, viewers) in items {
+        for (table, viewers) in items {
             let mut last: Option<&str> = None;
             for v in viewers.iter() {
                 if !last.is_some_and(|r| same_role(r, &v.role)) {
@@ -377,7 +412,7 @@ impl RlsChecker {
         }
         let names: HashMap<u32, (&str, &str)> = items
             .iter()
-            .map(|(_, t, _)| (t.oid, (t.schema.as_str(), t.name.as_str())))
+            .map(|(t, _)| (t.oid, (t.schema.as_str(), t.name.as_str())))
             .collect();
         let rels: Vec<u32> = missing.iter().map(|m| m.0).collect();
         let roles: Vec<&str> = missing.iter().map(|m| m.1).collect();
@@ -451,6 +486,39 @@ impl RlsChecker {
         self.judge(items, Some(client)).await
     }
 
+    /// Asks Postgres for the current rules version and observes it, so that `hint` and
+    /// `check_observed` judge by the rules of now.
+    pub async fn refresh(&self) -> Result<(), RlsError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(RULES_VERSION).await?;
+        let version: i64 = client.query_one(&stmt, &[]).await?.get(0);
+        self.observe(version);
+        Ok(())
+    }
+
+    /// What row scope tells of `viewer`'s rows of `table` before judging any, under the
+    /// rules of the version last observed (the rule is fetched if not cached): the rule
+    /// `check_observed` then applies.
+    pub async fn hint(
+        &self,
+        table: &TableInfo,
+        viewer: &Arc<Viewer>,
+    ) -> Result<ScopeHint, RlsError> {
+        let viewers = std::slice::from_ref(viewer);
+        let rules = self.rules(&mut None, &[(table, viewers)]).await?;
+        Ok(match rules.get(&(table.oid, viewer.role.to_string())) {
+            None | Some(Rule::Deny) => ScopeHint::Nothing,
+            Some(Rule::All(_) | Rule::Policies) => ScopeHint::Any,
+            Some(Rule::Keyed { keys, .. }) => match viewer.keys_under(keys) {
+                Some(mine) => ScopeHint::Keyed {
+                    keys: keys.clone(),
+                    mine,
+                },
+                None => ScopeHint::Any,
+            },
+        })
+    }
+
     /// [`RlsChecker::check`] under the rules of the version last observed (dispatch
     /// observes the version each log read carries): no round trip at all when every
     /// rule is cached and decided in-process.
@@ -470,7 +538,11 @@ impl RlsChecker {
         mut client: Option<deadpool_postgres::Client>,
     ) -> Result<Vec<Vec<Visibility>>, RlsError> {
         let mut result = self.hidden(items);
-        let fetched = self.rules(&mut client, items).await?;
+        let tables: Vec<(&TableInfo, &[Arc<Viewer>])> = items
+            .iter()
+            .map(|&(_, table, viewers)| (table, viewers))
+            .collect();
+        let fetched = self.rules(&mut client, &tables).await?;
         let rules: foldhash::HashMap<(u32, &str), &Rule> = fetched
             .iter()
             .map(|((rel, role), rule)| ((*rel, role.as_str()), rule))

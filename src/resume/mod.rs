@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use ack::{ChannelAck, ConnAcks};
 pub use store::Found;
 
-use crate::capture::{correct, count_between, events_between, Position, READ_RANGE_SQL};
+use crate::capture::{correct, count_between, entries_between, Position, READ_RANGE_SQL};
 use crate::changes::{Changes, DbEvent, Gap, ReplayTarget, Replayed};
 use crate::router::outbox::OutboxTx;
 use crate::telemetry::Metrics;
@@ -418,21 +418,18 @@ impl ResumeHandle {
         until: &Position,
         after: i64,
     ) -> Result<(Replayed, Option<i64>), ResumeError> {
-        let (events, last) = {
+        let (entries, last) = {
             let mut client = self.inner.pool.get().await?;
             let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
-            events_between(&mut client, &stmt, from, until, after, REPLAY_PAGE).await?
+            entries_between(&mut client, &stmt, from, until, after, REPLAY_PAGE).await?
         };
         if last.is_none() {
-            let none = Replayed {
-                frames: Vec::new(),
-                count: 0,
-            };
-            return Ok((none, None));
+            return Ok((Replayed::default(), None));
         }
-        let events: Vec<&DbEvent> = events.iter().collect();
-        Ok((self.inner.changes.replay(target, &events).await?, last))
+        let replayed = self.inner.changes.replay_entries(target, entries).await?;
+        Ok((replayed, last))
     }
+
     /// For `/api/status`: live and parked subscriptions, resumes by outcome, replayed.
     pub fn status(&self) -> Value {
         let m = &self.inner.metrics;

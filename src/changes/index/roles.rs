@@ -33,10 +33,7 @@ struct RoleGroup {
 /// Where a viewer sits under `keys`: its key under each, or `None` when Postgres must
 /// judge it.
 fn placement(keys: &[RowKey], entry: &Entry) -> Option<Vec<ClaimKey>> {
-    let viewer = entry.0.viewer();
-    let claims = viewer.claims_object();
-    let mine: Vec<ClaimKey> = keys.iter().map(|k| k.of_claims(claims)).collect();
-    (!mine.contains(&ClaimKey::Unsure)).then_some(mine)
+    entry.0.viewer().keys_under(keys)
 }
 
 impl RoleGroup {
