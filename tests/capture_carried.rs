@@ -259,10 +259,10 @@ async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_
     );
     assert!(live.ahead.is_empty(), "its snapshot sees the row: {live}");
 
-    let (gap, _) = entries_between(&mut reader, &range, &before, &ahead, 0, 100)
+    let page = entries_between(&mut reader, &range, &before, &ahead, 0, 100)
         .await
         .expect("range");
-    let gap = into_events(gap);
+    let gap = into_events(page.entries);
     assert_eq!(titles(&gap), ["ahead"], "a resume from before gets the row");
     assert_eq!(
         count_between(&mut reader, &before, &ahead, 100)
@@ -270,18 +270,18 @@ async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_
             .unwrap(),
         1
     );
-    let (rest, _) = entries_between(&mut reader, &range, &ahead, &live, 0, 100)
+    let page = entries_between(&mut reader, &range, &ahead, &live, 0, 100)
         .await
         .expect("range");
-    let rest = into_events(rest);
+    let rest = into_events(page.entries);
     assert_eq!(
         titles(&rest),
         ["read"],
         "a resume from the position gets the rest only"
     );
-    let (none, _) = entries_between(&mut reader, &range, &live, &live, 0, 100)
+    let page = entries_between(&mut reader, &range, &live, &live, 0, 100)
         .await
         .expect("range");
-    let none = into_events(none);
+    let none = into_events(page.entries);
     assert!(none.is_empty());
 }

@@ -123,14 +123,15 @@ async fn a_resumes_count_and_read_of_its_gap_use_the_xid_index_on_a_log_without_
     let counted = count_between(&mut reader, &from, &until, 1000)
         .await
         .expect("count");
-    let (gap, last) = entries_between(&mut reader, &range, &from, &until, 0, 100)
+    let page = entries_between(&mut reader, &range, &from, &until, 0, 100)
         .await
         .expect("range");
-    let gap = into_events(gap);
-    let (rest, _) = entries_between(&mut reader, &range, &from, &until, last.unwrap(), 100)
+    let gap = into_events(page.entries);
+    let last = page.last_id;
+    let page = entries_between(&mut reader, &range, &from, &until, last.unwrap(), 100)
         .await
         .expect("range");
-    let rest = into_events(rest);
+    let rest = into_events(page.entries);
     assert_eq!(
         (counted, gap.len(), rest.len()),
         (1, 1, 0),

@@ -357,6 +357,62 @@ async fn a_gap_larger_than_the_replay_limit_asks_the_app_to_refetch() {
     expect_row(&mut c, "INSERT", "items", live).await;
 }
 
+/// Ids of the rows after `after`, in order.
+async fn ids_after(pg: &PgHub, after: i64) -> Vec<i64> {
+    let rows = pg
+        .sql
+        .query(
+            "select id from public.items where id > $1 order by id",
+            &[&after],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// A gap of more log rows than one page of the replay (500) is replayed whole, in order;
+/// one past the limit is refused, counted before anything is sent.
+#[tokio::test]
+async fn a_gap_of_several_pages_is_replayed_whole_and_one_past_the_limit_is_refused() {
+    let pg = PgHub::start_with(SETUP, |c| c.resume_max_replay = 1_200).await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    // One transaction of `n` single-row statements: `n` log rows.
+    let statements = |n: usize| {
+        format!(
+            "do $$ begin for i in 1..{n} loop \
+             insert into public.items (owner) values ('{ALICE}'); end loop; end $$"
+        )
+    };
+
+    park(&pg, "client-pages", &token).await;
+    pg.exec(&statements(1_100)).await;
+    let missed = ids_after(&pg, 0).await;
+    observer.saw(*missed.last().unwrap()).await;
+    let mut c = connect(&pg, "client-pages").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    expect_rows(&mut c, &missed).await;
+    assert_recovered(&resume_message(&mut c).await, 1_100);
+
+    c.acknowledge().await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    pg.exec(&statements(1_201)).await;
+    let last = *ids_after(&pg, *missed.last().unwrap())
+        .await
+        .last()
+        .unwrap();
+    observer.saw(last).await;
+    let mut c = connect(&pg, "client-pages").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    let sys = resume_message(&mut c).await;
+    assert_eq!(sys["recovered"], false, "{sys}");
+    assert!(
+        sys["message"].as_str().unwrap().contains("more than 1200"),
+        "{sys}"
+    );
+}
+
 /// Found by the chaos run: a replay held its pooled connection while row scope waited for
 /// another, so as many resumes as the pool has connections stalled the hub for everyone.
 /// With a pool of one, a single resume did.

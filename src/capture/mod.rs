@@ -30,7 +30,7 @@ pub use cursor::{Cursor, CursorError, Origin, Position};
 pub use maintenance::{run_maintenance, Maintenance};
 pub use reader::{
     correct, count_between, current_cursor, current_position, entries_between, next_events,
-    next_page, PageRead, Statements, READ_PAGE_SQL, READ_RANGE_SQL,
+    next_page, PageRead, RangePage, Statements, READ_PAGE_SQL, READ_RANGE_SQL,
 };
 pub use retention::{prune, Pruned, Retention};
 pub use status::{CaptureStatus, CaptureStatusSnapshot};

@@ -460,10 +460,19 @@ where
     Ok(true)
 }
 
+/// One page of a range read (`entries_between`).
+pub struct RangePage {
+    /// Its log rows, a statement's rows not parsed yet.
+    pub entries: Vec<LogEntry>,
+    /// The id of its last log row: pass it as `after_id` for the next page.
+    pub last_id: Option<i64>,
+    /// It held `limit` log rows, so more may follow; otherwise the range ends with it.
+    pub full: bool,
+}
+
 /// The log rows a reader at `from` has not read and one at `until` has (a resumed
 /// subscription's gap), after log id `after_id`, at most `limit` of them (a statement's
-/// rows not parsed yet); with the last log id returned (pass it as `after_id` for the
-/// next page; an empty result ends it). `stmt` is `READ_RANGE_SQL` prepared.
+/// rows not parsed yet). `stmt` is `READ_RANGE_SQL` prepared.
 pub async fn entries_between(
     client: &mut Client,
     stmt: &Statement,
@@ -471,7 +480,7 @@ pub async fn entries_between(
     until: &Position,
     after_id: i64,
     limit: usize,
-) -> Result<(Vec<LogEntry>, Option<i64>), CaptureError> {
+) -> Result<RangePage, CaptureError> {
     let (xmax, xip, snaps, ids, ahead) = from.bind_values();
     let (uxmax, uxip, usnaps, uids, uahead) = until.bind_values();
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
@@ -491,7 +500,11 @@ pub async fn entries_between(
     for row in &rows {
         to_entry(row, &mut entries);
     }
-    Ok((entries, rows.last().map(|r| r.get("id"))))
+    Ok(RangePage {
+        entries,
+        last_id: rows.last().map(|r| r.get("id")),
+        full: i64::try_from(rows.len()).is_ok_and(|n| n >= limit),
+    })
 }
 
 /// Takes the current snapshot as a starting cursor.

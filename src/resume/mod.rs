@@ -23,8 +23,10 @@ use tokio_util::sync::CancellationToken;
 pub use ack::{ChannelAck, ConnAcks};
 pub use store::Found;
 
-use crate::capture::{correct, count_between, entries_between, Position, READ_RANGE_SQL};
-use crate::changes::{Changes, DbEvent, Gap, ReplayTarget, Replayed};
+use crate::capture::{
+    correct, count_between, entries_between, Position, RangePage, READ_RANGE_SQL,
+};
+use crate::changes::{Changes, DbEvent, Gap, ReplayTarget};
 use crate::router::outbox::OutboxTx;
 use crate::telemetry::Metrics;
 
@@ -324,31 +326,61 @@ impl ResumeHandle {
                 Err(e) => retry.wait(e).await?,
             }
         }
-        loop {
-            match self.gap_size(&from, &until, max).await {
-                Ok(n) if n > max => return Ok(None),
-                Ok(_) => break,
+        // The first page: a gap it holds whole (most) needs no count and no second read.
+        let first = loop {
+            match self.page(&from, &until, 0).await {
+                Ok(page) => break page,
                 Err(e) => retry.wait(e).await?,
             }
+        };
+        if first.full {
+            loop {
+                match self.gap_size(&from, &until, max).await {
+                    Ok(n) if n > max => return Ok(None),
+                    Ok(_) => break,
+                    Err(e) => retry.wait(e).await?,
+                }
+            }
+        } else if first.entries.iter().map(|e| e.len().max(1)).sum::<usize>() > max {
+            return Ok(None);
         }
-        let (mut count, mut after) = (0usize, 0i64);
+        let (mut count, mut next) = (0usize, Some(first));
+        let mut after = 0i64;
         loop {
             // A database error (an outage, a killed connection) is waited out like live
-            // dispatch does, retrying the page: nothing of it was pushed yet.
-            let (replayed, last) = match self.page(target, &from, &until, after).await {
-                Ok(page) => page,
+            // dispatch does, reading the page again: nothing of it was pushed yet.
+            let page = match next.take() {
+                Some(page) => page,
+                None => match self.page(&from, &until, after).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        retry.wait(e).await?;
+                        continue;
+                    }
+                },
+            };
+            let Some(last) = page.last_id else { break };
+            let replayed = match self
+                .inner
+                .changes
+                .replay_entries(target, page.entries)
+                .await
+            {
+                Ok(replayed) => replayed,
                 Err(e) => {
-                    retry.wait(e).await?;
+                    retry.wait(e.into()).await?;
                     continue;
                 }
             };
-            let Some(last) = last else { break };
             after = last;
             count += replayed.count;
             for frame in replayed.frames {
                 if !out.push_patiently(frame).await {
                     return Ok(Some(count));
                 }
+            }
+            if !page.full {
+                break;
             }
         }
         Ok(Some(count))
@@ -406,28 +438,20 @@ impl ResumeHandle {
         Ok(count_between(&mut client, from, until, max).await?)
     }
 
-    /// The frames of the page after log row `after`, and its last log row (`None`: the
-    /// gap is done). The pooled connection is given back before the page is judged (row
-    /// scope takes one of its own) and pushed (which waits for the client): holding it
-    /// meanwhile let as many resumes as the pool has connections take them all and wait
-    /// forever for one more, stalling dispatch for everyone.
+    /// The page of the gap after log row `after`. The pooled connection is given back
+    /// before the page is judged (row scope takes one of its own) and pushed (which waits
+    /// for the client): holding it meanwhile let as many resumes as the pool has
+    /// connections take them all and wait forever for one more, stalling dispatch for
+    /// everyone.
     async fn page(
         &self,
-        target: &ReplayTarget,
         from: &Position,
         until: &Position,
         after: i64,
-    ) -> Result<(Replayed, Option<i64>), ResumeError> {
-        let (entries, last) = {
-            let mut client = self.inner.pool.get().await?;
-            let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
-            entries_between(&mut client, &stmt, from, until, after, REPLAY_PAGE).await?
-        };
-        if last.is_none() {
-            return Ok((Replayed::default(), None));
-        }
-        let replayed = self.inner.changes.replay_entries(target, entries).await?;
-        Ok((replayed, last))
+    ) -> Result<RangePage, ResumeError> {
+        let mut client = self.inner.pool.get().await?;
+        let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
+        Ok(entries_between(&mut client, &stmt, from, until, after, REPLAY_PAGE).await?)
     }
 
     /// For `/api/status`: live and parked subscriptions, resumes by outcome, replayed.
