@@ -104,15 +104,17 @@ impl Changes {
         let may_pass = |row: &Row| {
             hint.may_see(row) && (every || subs.iter().any(|sub| sub.filter.matches(row)))
         };
+        if columns.is_empty() {
+            // Nothing to look at: every row passes (or none does) alike.
+            if may_pass(&Row::new()) {
+                out.extend(s.changes().map(DbEvent::Change));
+            }
+            return Ok(());
+        }
         for seq in 0..s.len() {
-            let pass = match columns.is_empty() {
-                true => may_pass(&Row::new()),
-                // No row to judge matches nothing, as the whole row would not.
-                false => s
-                    .judged_columns(seq, &columns)
-                    .is_some_and(|r| may_pass(&r)),
-            };
-            if pass {
+            // No row to judge matches nothing, as the whole row would not.
+            let row = s.judged_columns(seq, &columns);
+            if row.is_some_and(|r| may_pass(&r)) {
                 out.push(DbEvent::Change(s.change(seq)));
             }
         }

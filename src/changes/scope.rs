@@ -376,15 +376,15 @@ impl RlsChecker {
 
     /// The rules for every (table, role) pair in `items`, fetching the ones not cached
     /// in one query (on `client`, opened if need be).
-    async fn rules(
+    async fn rules<'i>(
         &self,
         client: &mut Option<deadpool_postgres::Client>,
-        items: &[(&TableInfo, &[Arc<Viewer>])],
+        items: impl Iterator<Item = (&'i TableInfo, &'i [Arc<Viewer>])> + Clone,
     ) -> Result<HashMap<(u32, String), Rule>, RlsError> {
         // One entry per (table, role), not per viewer: a change's viewers mostly share a
         // role, so runs of it are skipped before hashing.
         let mut wanted: foldhash::HashSet<(u32, &str)> = foldhash::HashSet::default();
-        for (table, viewers) in items {
+        for (table, viewers) in items.clone() {
             let mut last: Option<&str> = None;
             for v in viewers.iter() {
                 if !last.is_some_and(|r| same_role(r, &v.role)) {
@@ -411,7 +411,6 @@ impl RlsChecker {
             return Ok(found);
         }
         let names: HashMap<u32, (&str, &str)> = items
-            .iter()
             .map(|(t, _)| (t.oid, (t.schema.as_str(), t.name.as_str())))
             .collect();
         let rels: Vec<u32> = missing.iter().map(|m| m.0).collect();
@@ -505,7 +504,9 @@ impl RlsChecker {
         viewer: &Arc<Viewer>,
     ) -> Result<ScopeHint, RlsError> {
         let viewers = std::slice::from_ref(viewer);
-        let rules = self.rules(&mut None, &[(table, viewers)]).await?;
+        let rules = self
+            .rules(&mut None, std::iter::once((table, viewers)))
+            .await?;
         Ok(match rules.get(&(table.oid, viewer.role.to_string())) {
             None | Some(Rule::Deny) => ScopeHint::Nothing,
             Some(Rule::All(_) | Rule::Policies) => ScopeHint::Any,
@@ -538,11 +539,8 @@ impl RlsChecker {
         mut client: Option<deadpool_postgres::Client>,
     ) -> Result<Vec<Vec<Visibility>>, RlsError> {
         let mut result = self.hidden(items);
-        let tables: Vec<(&TableInfo, &[Arc<Viewer>])> = items
-            .iter()
-            .map(|&(_, table, viewers)| (table, viewers))
-            .collect();
-        let fetched = self.rules(&mut client, &tables).await?;
+        let tables = items.iter().map(|&(_, table, viewers)| (table, viewers));
+        let fetched = self.rules(&mut client, tables).await?;
         let rules: foldhash::HashMap<(u32, &str), &Rule> = fetched
             .iter()
             .map(|((rel, role), rule)| ((*rel, role.as_str()), rule))
