@@ -252,6 +252,7 @@ mod tests {
         assert_eq!(changes[0].old_record.as_ref().unwrap()["id"], 1);
         assert!(changes[1].old_record.is_none());
     }
+
     #[test]
     fn judged_columns_read_those_columns_as_the_whole_row_does_and_nothing_else() {
         let rows = r#"[{"a":1,"b":{"x":[1,2]},"c":"t","a":2},

@@ -82,7 +82,9 @@ impl Changes {
         tables: &mut Tables,
         out: &mut Vec<DbEvent>,
     ) -> Result<(), RlsError> {
-        let subs: Vec<&Subscription> = (target.subscriptions.iter())
+        let subs: Vec<&Subscription> = target
+            .subscriptions
+            .iter()
             .filter(|sub| sub.covers(&s.schema, &s.table, s.op))
             .collect();
         if subs.is_empty() {
@@ -105,7 +107,8 @@ impl Changes {
             hint.may_see(row) && (every || subs.iter().any(|sub| sub.filter.matches(row)))
         };
         if columns.is_empty() {
-            // Nothing to look at: every row passes (or none does) alike.
+            // Nothing to look at (some subscription has no filter and row scope has no
+            // key): every row may pass.
             if may_pass(&Row::new()) {
                 out.extend(s.changes().map(DbEvent::Change));
             }
