@@ -259,7 +259,7 @@ async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_
     );
     assert!(live.ahead.is_empty(), "its snapshot sees the row: {live}");
 
-    let page = entries_between(&mut reader, &range, &before, &ahead, 0, 100)
+    let page = entries_between(&mut reader, &range, &before, &ahead, 0, 100, usize::MAX)
         .await
         .expect("range");
     let gap = into_events(page.entries);
@@ -270,7 +270,7 @@ async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_
             .unwrap(),
         1
     );
-    let page = entries_between(&mut reader, &range, &ahead, &live, 0, 100)
+    let page = entries_between(&mut reader, &range, &ahead, &live, 0, 100, usize::MAX)
         .await
         .expect("range");
     let rest = into_events(page.entries);
@@ -279,7 +279,7 @@ async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_
         ["read"],
         "a resume from the position gets the rest only"
     );
-    let page = entries_between(&mut reader, &range, &live, &live, 0, 100)
+    let page = entries_between(&mut reader, &range, &live, &live, 0, 100, usize::MAX)
         .await
         .expect("range");
     let none = into_events(page.entries);

@@ -123,14 +123,22 @@ async fn a_resumes_count_and_read_of_its_gap_use_the_xid_index_on_a_log_without_
     let counted = count_between(&mut reader, &from, &until, 1000)
         .await
         .expect("count");
-    let page = entries_between(&mut reader, &range, &from, &until, 0, 100)
+    let page = entries_between(&mut reader, &range, &from, &until, 0, 100, usize::MAX)
         .await
         .expect("range");
     let gap = into_events(page.entries);
     let last = page.last_id;
-    let page = entries_between(&mut reader, &range, &from, &until, last.unwrap(), 100)
-        .await
-        .expect("range");
+    let page = entries_between(
+        &mut reader,
+        &range,
+        &from,
+        &until,
+        last.unwrap(),
+        100,
+        usize::MAX,
+    )
+    .await
+    .expect("range");
     let rest = into_events(page.entries);
     assert_eq!(
         (counted, gap.len(), rest.len()),
@@ -139,4 +147,51 @@ async fn a_resumes_count_and_read_of_its_gap_use_the_xid_index_on_a_log_without_
     );
     flush(&reader).await;
     assert_xid_index_only(before, scans(&sql).await, 3);
+}
+
+/// A range read stops once its rows hold more events than asked for (a gap too large to
+/// replay is not read whole), and the connection it read on is usable at once.
+#[tokio::test]
+async fn a_range_read_stops_past_its_event_limit_and_leaves_the_connection_usable() {
+    let db = common::pg::test_db().await;
+    let sql = db.client().await;
+    switchboard::db::migrate(&sql).await.expect("migrate");
+    let mut reader = db.hub_client().await;
+    let range = reader.prepare(READ_RANGE_SQL).await.expect("prepare");
+    let from = current_position(&reader).await.expect("position");
+    // Three log rows of 10 rows each.
+    for _ in 0..3 {
+        sql.batch_execute(
+            "insert into realtime.changes (op, schema_name, table_name, rows) \
+             select 'INSERT', 'public', 'jobs', pg_catalog.json_agg(pg_catalog.json_build_object('id', g)) \
+             from generate_series(1, 10) g",
+        )
+        .await
+        .expect("a 10-row statement");
+    }
+    let until = current_position(&reader).await.expect("position");
+
+    let whole = entries_between(&mut reader, &range, &from, &until, 0, 100, 30)
+        .await
+        .expect("range");
+    assert_eq!(
+        (whole.entries.len(), whole.full, whole.over),
+        (3, false, false)
+    );
+    let cut = entries_between(&mut reader, &range, &from, &until, 0, 100, 15)
+        .await
+        .expect("range");
+    assert_eq!((cut.entries.len(), cut.over), (2, true), "20 events > 15");
+    let two = entries_between(&mut reader, &range, &from, &until, 0, 2, usize::MAX)
+        .await
+        .expect("range");
+    assert_eq!(
+        (two.full, cut.last_id),
+        (true, two.last_id),
+        "read to the second row"
+    );
+    let again = entries_between(&mut reader, &range, &from, &until, 0, 100, 30)
+        .await
+        .expect("the same connection reads again");
+    assert_eq!(again.entries.len(), 3);
 }

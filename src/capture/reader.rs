@@ -4,9 +4,10 @@
 //! READ transaction, page by page, so the position stays exact however long it is.
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Statement};
 
 use super::cursor::{Cursor, CursorError, Origin, Position};
@@ -468,11 +469,17 @@ pub struct RangePage {
     pub last_id: Option<i64>,
     /// It held `limit` log rows, so more may follow; otherwise the range ends with it.
     pub full: bool,
+    /// Reading stopped once the page held more than `stop_past` events: the rest of the
+    /// page was not read.
+    pub over: bool,
 }
 
 /// The log rows a reader at `from` has not read and one at `until` has (a resumed
 /// subscription's gap), after log id `after_id`, at most `limit` of them (a statement's
-/// rows not parsed yet). `stmt` is `READ_RANGE_SQL` prepared.
+/// rows not parsed yet). The rows are read as they arrive, and reading stops once they
+/// hold more than `stop_past` events (counted as `COUNT_RANGE_SQL` counts them), so a
+/// gap too large to replay is never held whole. `stmt` is `READ_RANGE_SQL` prepared.
+#[allow(clippy::too_many_arguments)]
 pub async fn entries_between(
     client: &mut Client,
     stmt: &Statement,
@@ -480,31 +487,47 @@ pub async fn entries_between(
     until: &Position,
     after_id: i64,
     limit: usize,
+    stop_past: usize,
 ) -> Result<RangePage, CaptureError> {
     let (xmax, xip, snaps, ids, ahead) = from.bind_values();
     let (uxmax, uxip, usnaps, uids, uahead) = until.bind_values();
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
     let tx = client.transaction().await?;
     tx.batch_execute(NEW_ROWS_PLAN).await?;
+    let params: [&(dyn ToSql + Sync); 12] = [
+        &xmax, &xip, &snaps, &ids, &ahead, &uxmax, &uxip, &usnaps, &uids, &uahead, &after_id,
+        &limit,
+    ];
     let rows = tx
-        .query(
-            stmt,
-            &[
-                &xmax, &xip, &snaps, &ids, &ahead, &uxmax, &uxip, &usnaps, &uids, &uahead,
-                &after_id, &limit,
-            ],
-        )
+        .query_raw(stmt, params.iter().map(|p| *p as &dyn ToSql))
         .await?;
-    tx.commit().await?;
-    let mut entries = Vec::new();
-    for row in &rows {
-        to_entry(row, &mut entries);
+    let mut rows = std::pin::pin!(rows);
+    let mut page = RangePage {
+        entries: Vec::new(),
+        last_id: None,
+        full: false,
+        over: false,
+    };
+    let (mut read, mut events) = (0i64, 0usize);
+    while let Some(row) = rows.try_next().await? {
+        read += 1;
+        page.last_id = Some(row.get("id"));
+        let before = page.entries.len();
+        to_entry(&row, &mut page.entries);
+        let added = page.entries[before..]
+            .iter()
+            .map(LogEntry::len)
+            .sum::<usize>();
+        events = events.saturating_add(added.max(1));
+        if events > stop_past {
+            // (The transaction is rolled back as it is dropped; nothing was written.)
+            page.over = true;
+            return Ok(page);
+        }
     }
-    Ok(RangePage {
-        entries,
-        last_id: rows.last().map(|r| r.get("id")),
-        full: i64::try_from(rows.len()).is_ok_and(|n| n >= limit),
-    })
+    tx.commit().await?;
+    page.full = read >= limit;
+    Ok(page)
 }
 
 /// Takes the current snapshot as a starting cursor.

@@ -326,13 +326,17 @@ impl ResumeHandle {
                 Err(e) => retry.wait(e).await?,
             }
         }
-        // The first page: a gap it holds whole (most) needs no count and no second read.
+        // The first page, read no further than `max` events: a gap it holds whole (most)
+        // needs no count and no second read.
         let first = loop {
-            match self.page(&from, &until, 0).await {
+            match self.page(&from, &until, 0, max).await {
                 Ok(page) => break page,
                 Err(e) => retry.wait(e).await?,
             }
         };
+        if first.over {
+            return Ok(None);
+        }
         if first.full {
             loop {
                 match self.gap_size(&from, &until, max).await {
@@ -341,8 +345,6 @@ impl ResumeHandle {
                     Err(e) => retry.wait(e).await?,
                 }
             }
-        } else if first.entries.iter().map(|e| e.len().max(1)).sum::<usize>() > max {
-            return Ok(None);
         }
         let (mut count, mut next) = (0usize, Some(first));
         let mut after = 0i64;
@@ -351,7 +353,7 @@ impl ResumeHandle {
             // dispatch does, reading the page again: nothing of it was pushed yet.
             let page = match next.take() {
                 Some(page) => page,
-                None => match self.page(&from, &until, after).await {
+                None => match self.page(&from, &until, after, usize::MAX).await {
                     Ok(page) => page,
                     Err(e) => {
                         retry.wait(e).await?;
@@ -438,7 +440,8 @@ impl ResumeHandle {
         Ok(count_between(&mut client, from, until, max).await?)
     }
 
-    /// The page of the gap after log row `after`. The pooled connection is given back
+    /// The page of the gap after log row `after`, read no further than `stop_past`
+    /// events (`RangePage::over`). The pooled connection is given back
     /// before the page is judged (row scope takes one of its own) and pushed (which waits
     /// for the client): holding it meanwhile let as many resumes as the pool has
     /// connections take them all and wait forever for one more, stalling dispatch for
@@ -448,10 +451,20 @@ impl ResumeHandle {
         from: &Position,
         until: &Position,
         after: i64,
+        stop_past: usize,
     ) -> Result<RangePage, ResumeError> {
         let mut client = self.inner.pool.get().await?;
         let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
-        Ok(entries_between(&mut client, &stmt, from, until, after, REPLAY_PAGE).await?)
+        let page = entries_between(
+            &mut client,
+            &stmt,
+            from,
+            until,
+            after,
+            REPLAY_PAGE,
+            stop_past,
+        );
+        Ok(page.await?)
     }
 
     /// For `/api/status`: live and parked subscriptions, resumes by outcome, replayed.
