@@ -40,10 +40,6 @@ impl Changes {
         target: &ReplayTarget,
         events: &[&DbEvent],
     ) -> Result<Replayed, RlsError> {
-        let Some(rls) = &self.rls else {
-            return Ok(Replayed::default());
-        };
-        rls.refresh().await?;
         self.replay_observed(target, events, &mut Tables::default())
             .await
     }
@@ -56,10 +52,9 @@ impl Changes {
         target: &ReplayTarget,
         entries: Vec<LogEntry>,
     ) -> Result<Replayed, RlsError> {
-        let Some(rls) = &self.rls else {
+        if self.rls.is_none() {
             return Ok(Replayed::default());
-        };
-        rls.refresh().await?;
+        }
         let mut tables = Tables::default();
         let mut events = Vec::new();
         for entry in entries {
@@ -132,31 +127,39 @@ impl Changes {
         schema: &str,
         table: &str,
         target: &ReplayTarget,
-    ) -> Result<Option<&'t (Arc<TableInfo>, ScopeHint)>, RlsError> {
+    ) -> Result<Option<&'t TableHint>, RlsError> {
         let (Some(catalog), Some(rls)) = (&self.catalog, &self.rls) else {
             return Ok(None);
         };
-        let at = tables
+        let known = tables
+            .met
             .iter()
             .position(|(s, t, _)| s == schema && t == table);
-        let at = match at {
+        let at = match known {
             Some(at) => at,
             None => {
                 let found = match catalog.table(schema, table).await? {
                     Some(info) => {
+                        if !tables.observed {
+                            // Row scope is judged by the rules of now.
+                            rls.refresh().await?;
+                            tables.observed = true;
+                        }
                         let hint = rls.hint(&info, &target.viewer).await?;
                         Some((info, hint))
                     }
                     None => None,
                 };
-                tables.push((schema.to_owned(), table.to_owned(), found));
-                tables.len() - 1
+                tables
+                    .met
+                    .push((schema.to_owned(), table.to_owned(), found));
+                tables.met.len() - 1
             }
         };
-        Ok(tables[at].2.as_ref())
+        Ok(tables.met[at].2.as_ref())
     }
 
-    /// `replay` under the rules version last observed.
+    /// `replay`, with the tables (and rules version) met so far.
     async fn replay_observed(
         &self,
         target: &ReplayTarget,
@@ -239,8 +242,17 @@ impl Changes {
 }
 
 /// The tables one replay met: (schema, table, the catalog's table and the viewer's row
-/// scope hint; `None` when the catalog does not know it). A replay meets few.
-type Tables = Vec<(String, String, Option<(Arc<TableInfo>, ScopeHint)>)>;
+/// scope hint; `None` when the catalog does not know it). A replay meets few. The rules
+/// version is asked for once, when the first table is met: a replay in which no change
+/// may reach the channel (broadcasts alone, say) needs no database.
+#[derive(Default)]
+struct Tables {
+    observed: bool,
+    met: Vec<(String, String, Option<TableHint>)>,
+}
+
+/// A table as the catalog knows it, and row scope's hint for the replay's viewer.
+type TableHint = (Arc<TableInfo>, ScopeHint);
 
 /// Subscription ids of one channel that share a `select`.
 type Group = (Option<Arc<[String]>>, Vec<u32>);

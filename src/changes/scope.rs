@@ -497,7 +497,8 @@ impl RlsChecker {
 
     /// What row scope tells of `viewer`'s rows of `table` before judging any, under the
     /// rules of the version last observed (the rule is fetched if not cached): the rule
-    /// `check_observed` then applies.
+    /// `check_observed` then applies. Should the rules change in between (DDL racing a
+    /// replay), a row must pass both: the race can hold a row back, never show one.
     pub async fn hint(
         &self,
         table: &TableInfo,
