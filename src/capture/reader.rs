@@ -12,7 +12,9 @@ use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Statement};
 
 use super::cursor::{Cursor, CursorError, Origin, Position};
 use super::CaptureError;
-use crate::changes::{into_events, Change, DbBroadcast, DbEvent, LogEntry, Op, StatementRows};
+use crate::changes::{
+    gap_len, into_events, Change, DbBroadcast, DbEvent, LogEntry, Op, StatementRows,
+};
 
 /// The selected columns of a log row, as `to_entry` reads them.
 macro_rules! log_columns {
@@ -514,11 +516,8 @@ pub async fn entries_between(
         page.last_id = Some(row.get("id"));
         let before = page.entries.len();
         to_entry(&row, &mut page.entries);
-        let added = page.entries[before..]
-            .iter()
-            .map(LogEntry::len)
-            .sum::<usize>();
-        events = events.saturating_add(added.max(1));
+        // (A log row counts one even when it maps to no entry.)
+        events = events.saturating_add(gap_len(&page.entries[before..]).max(1));
         if events > stop_past {
             // (The transaction is rolled back as it is dropped; nothing was written.)
             page.over = true;

@@ -181,6 +181,12 @@ impl LogEntry {
     }
 }
 
+/// How many changes `entries` hold as the log counts them for a gap (a log row counts
+/// at least one, as `capture::COUNT_RANGE_SQL` does).
+pub fn gap_len(entries: &[LogEntry]) -> usize {
+    entries.iter().map(|e| e.len().max(1)).sum()
+}
+
 /// `entries`' events, parsed.
 pub fn into_events(entries: Vec<LogEntry>) -> Vec<DbEvent> {
     let mut out = Vec::with_capacity(entries.iter().map(LogEntry::len).sum());

@@ -38,7 +38,7 @@ pub use dispatch::{Mark, Progress};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};
 pub use index::{Subscriber, Subscription, TableScope};
 pub use lane::{LaneHold, LaneSettings};
-pub use logged::{into_events, LogEntry, StatementRows};
+pub use logged::{gap_len, into_events, LogEntry, StatementRows};
 pub use recent::{Batch, Gap, Recent};
 pub use render::{RenderError, Scope};
 pub use replay::{ReplayTarget, Replayed};

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::logged::{into_events, LogEntry};
+use super::logged::{gap_len, into_events, LogEntry};
 use super::row::DbEvent;
 
 /// Most batches kept, whatever their size (empty batches move positions too).
@@ -90,12 +90,6 @@ pub struct Recent {
 
 /// A gap's batches, in log order (shared with what is kept).
 pub type Gap = Vec<Arc<Batch>>;
-
-/// How many changes `entries` hold as the log counts them for a gap (a log row counts
-/// at least one, as `capture::count_between` does).
-fn gap_len(entries: &[LogEntry]) -> usize {
-    entries.iter().map(|e| e.len().max(1)).sum()
-}
 
 fn bytes(entry: &LogEntry) -> usize {
     match entry {

@@ -27,6 +27,7 @@ use crate::capture::{
     correct, count_between, entries_between, Position, RangePage, READ_RANGE_SQL,
 };
 use crate::changes::{Changes, DbEvent, Gap, ReplayTarget};
+use crate::protocol::WireFrame;
 use crate::router::outbox::OutboxTx;
 use crate::telemetry::Metrics;
 
@@ -376,10 +377,8 @@ impl ResumeHandle {
             };
             after = last;
             count += replayed.count;
-            for frame in replayed.frames {
-                if !out.push_patiently(frame).await {
-                    return Ok(Some(count));
-                }
+            if !push_all(out, replayed.frames).await {
+                return Ok(Some(count));
             }
             if !page.full {
                 break;
@@ -410,10 +409,8 @@ impl ResumeHandle {
                 }
             };
             count += replayed.count;
-            for frame in replayed.frames {
-                if !out.push_patiently(frame).await {
-                    return Ok(Some(count));
-                }
+            if !push_all(out, replayed.frames).await {
+                return Ok(Some(count));
             }
         }
         Ok(Some(count))
@@ -703,4 +700,15 @@ impl Retry {
         self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
         Ok(())
     }
+}
+
+/// Queues a replay's frames for the client, each waiting for room; false once the client
+/// is gone (the rest is dropped).
+async fn push_all(out: &OutboxTx, frames: Vec<WireFrame>) -> bool {
+    for frame in frames {
+        if !out.push_patiently(frame).await {
+            return false;
+        }
+    }
+    true
 }

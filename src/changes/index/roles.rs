@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Entry, Found, Visit};
-use crate::changes::keys::{ClaimKey, Gate, RowKey};
+use crate::changes::keys::{ClaimKey, Gate};
 use crate::changes::row::Row;
 use crate::router::MemberId;
 
@@ -30,18 +30,12 @@ struct RoleGroup {
     unsure: Vec<Entry>,
 }
 
-/// Where a viewer sits under `keys`: its key under each, or `None` when Postgres must
-/// judge it.
-fn placement(keys: &[RowKey], entry: &Entry) -> Option<Vec<ClaimKey>> {
-    entry.0.viewer().keys_under(keys)
-}
-
 impl RoleGroup {
     fn place(&mut self, entry: &Entry) {
         let Gate::Keyed(keys) = &self.gate else {
             return;
         };
-        match placement(keys, entry) {
+        match entry.0.viewer().keys_under(keys) {
             None => self.unsure.push(entry.clone()),
             Some(mine) => {
                 for (i, k) in mine.into_iter().enumerate() {
@@ -61,7 +55,7 @@ impl RoleGroup {
         let Some(first) = entries.first() else {
             return;
         };
-        let Some(mine) = placement(keys, first) else {
+        let Some(mine) = first.0.viewer().keys_under(keys) else {
             return;
         };
         for (i, k) in mine.into_iter().enumerate() {
