@@ -370,8 +370,8 @@ async fn ids_after(pg: &PgHub, after: i64) -> Vec<i64> {
     rows.iter().map(|r| r.get(0)).collect()
 }
 
-/// A gap of more log rows than one page of the replay (500) is replayed whole, in order;
-/// one past the limit is refused, counted before anything is sent.
+/// A gap of more changes than the replay judges and pushes at a time (500) is replayed
+/// whole, in order; one past the limit is refused before anything is sent.
 #[tokio::test]
 async fn a_gap_of_several_pages_is_replayed_whole_and_one_past_the_limit_is_refused() {
     let pg = PgHub::start_with(SETUP, |c| c.resume_max_replay = 1_200).await;

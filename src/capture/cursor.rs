@@ -244,6 +244,14 @@ impl Position {
         })
     }
 
+    /// Every row this position counts as read belongs to a transaction below this xid: the
+    /// cursor's and every page's xmax, and each row read ahead.
+    pub fn read_below(&self) -> u64 {
+        let pages = self.pages.iter().map(|(c, _)| c.xmax);
+        let ahead = self.ahead.iter().map(|(xid, _)| xid.saturating_add(1));
+        pages.chain(ahead).fold(self.cursor.xmax, u64::max)
+    }
+
     /// The bind values of a read: xmax, xip, page snapshots, page last ids, ids read ahead.
     pub(crate) fn bind_values(&self) -> BindValues {
         let (xmax, xip) = self.cursor.bind_texts();
@@ -424,6 +432,18 @@ mod tests {
         let mut p = Position::parse("100:/a101.7,99.3").unwrap();
         assert!(p.forget_from(100));
         assert_eq!(p.to_string(), "100:/a99.3");
+    }
+
+    #[test]
+    fn every_row_a_position_counts_as_read_is_below_its_read_below() {
+        let at = |t: &str| Position::parse(t).unwrap().read_below();
+        assert_eq!(at("100:97"), 100, "the cursor alone");
+        assert_eq!(at("100:/120:@90/110:104@95"), 120, "the furthest page");
+        assert_eq!(
+            at("100:/110:@90/a130.7,97.8"),
+            131,
+            "a row read ahead past both"
+        );
     }
 
     #[test]

@@ -16,12 +16,18 @@ use crate::changes::{
     gap_len, into_events, Change, DbBroadcast, DbEvent, LogEntry, Op, StatementRows,
 };
 
-/// The selected columns of a log row, as `to_entry` reads them.
+/// The selected columns of a log row, as `to_entry` reads them. `created_at` is
+/// `realtime.commit_time(c.xid, c.created_at)` written out: a PL/pgSQL call per row was
+/// a third of a resume's read of its gap.
 macro_rules! log_columns {
     () => {
         "c.id, c.op, c.schema_name, c.table_name, c.record, c.old_record, c.rows, c.old_rows, \
          c.topic, c.event, c.private, c.message_id::text as message_id, c.binary_payload, \
-         c.xid::text as xid, realtime.commit_time(c.xid, c.created_at) as created_at, \
+         c.xid::text as xid, \
+         case when pg_catalog.current_setting('track_commit_timestamp') = 'on' \
+              then coalesce(pg_catalog.pg_xact_commit_timestamp(pg_catalog.xid(c.xid)), \
+                            c.created_at) \
+              else c.created_at end as created_at, \
          (extract(epoch from clock_timestamp() - c.created_at) * 1000)::int8 as age_ms"
     };
 }
@@ -47,6 +53,21 @@ macro_rules! unread_by {
 macro_rules! new_rows {
     () => {
         unread_by!("$1", "$2", "$3", "$4", "$5")
+    };
+}
+
+/// Rows new to the position bound as $1..$5 of transactions below xid `$below`: the
+/// bound is in both arms, so the xid index scans no row at or above it.
+macro_rules! new_rows_below {
+    ($below:literal) => {
+        concat!(
+            "(c.xid >= $1::text::xid8 and c.xid < ", $below, "::text::xid8 \
+              or c.xid = any($2::text[]::xid8[]) and c.xid < ", $below, "::text::xid8) \
+             and c.id <> all($5::int8[]) \
+             and not exists ( \
+                 select 1 from unnest($3::text[], $4::int8[]) as p(snap, last_id) \
+                 where c.id <= p.last_id and pg_visible_in_snapshot(c.xid, p.snap::pg_snapshot))"
+        )
     };
 }
 
@@ -83,12 +104,14 @@ const READ_BACKLOG: &str = concat!(
 /// after id $11, in id order, $12 at most: a fixed set (everything B has read is
 /// committed), so paging by id is exact. (`c.id + 0`: the rows are found through the xid
 /// index; without statistics Postgres would also scan the primary key for every id above
-/// $11, the whole log on the first page.)
+/// $11, the whole log on the first page.) $13 is `Position::read_below` of B: B has read
+/// no row at or above it, so the index scan stops there instead of running on through
+/// everything committed since B.
 const READ_RANGE: &str = concat!(
     "select ",
     log_columns!(),
     " from realtime.changes c where ",
-    new_rows!(),
+    new_rows_below!("$13"),
     " and not (",
     unread_by!("$6", "$7", "$8", "$9", "$10"),
     ") and c.id + 0 > $11 order by c.id limit $12"
@@ -97,50 +120,12 @@ const READ_RANGE: &str = concat!(
 /// The range read, for readers that prepare it on their own (pooled) connections.
 pub const READ_RANGE_SQL: &str = READ_RANGE;
 
-/// How many events the range ($1..$10 as in `READ_RANGE`) holds, counting at most $11 + 1
-/// log rows (a statement's rows count one each).
-pub const COUNT_RANGE_SQL: &str = concat!(
-    "select coalesce(sum(greatest(coalesce(json_array_length(c.rows), 0), \
-                                  coalesce(json_array_length(c.old_rows), 0), 1)), 0)::int8 \
-     from (select c.rows, c.old_rows from realtime.changes c where ",
-    new_rows!(),
-    " and not (",
-    unread_by!("$6", "$7", "$8", "$9", "$10"),
-    ") limit $11::int8 + 1) c"
-);
-
 /// The planner settings `realtime.read_page` has (`sql/053_read_page.sql`), for the
 /// other reads of what is new to a position, set for one transaction: the xid index
 /// finds those rows whatever the log's statistics. Without statistics (a log never
 /// analyzed) Postgres scanned the whole log for them (`tests/capture_read_plan.rs`).
 const NEW_ROWS_PLAN: &str =
     "set local enable_seqscan = off; set local enable_indexscan = off; set local jit = off";
-
-/// How many events lie between two positions (as `entries_between` reads them), counting
-/// no further than a little past `at_most`.
-pub async fn count_between(
-    client: &mut Client,
-    from: &Position,
-    until: &Position,
-    at_most: usize,
-) -> Result<usize, CaptureError> {
-    let (xmax, xip, snaps, ids, ahead) = from.bind_values();
-    let (uxmax, uxip, usnaps, uids, uahead) = until.bind_values();
-    let at_most = i64::try_from(at_most).unwrap_or(i64::MAX - 1);
-    let tx = client.transaction().await?;
-    tx.batch_execute(NEW_ROWS_PLAN).await?;
-    let n: i64 = tx
-        .query_one(
-            COUNT_RANGE_SQL,
-            &[
-                &xmax, &xip, &snaps, &ids, &ahead, &uxmax, &uxip, &usnaps, &uids, &uahead, &at_most,
-            ],
-        )
-        .await?
-        .get(0);
-    tx.commit().await?;
-    Ok(usize::try_from(n).unwrap_or(usize::MAX))
-}
 
 const CURRENT_SNAPSHOT: &str = concat!(
     "with snap as materialized (select pg_current_snapshot() as s), ",
@@ -479,7 +464,7 @@ pub struct RangePage {
 /// The log rows a reader at `from` has not read and one at `until` has (a resumed
 /// subscription's gap), after log id `after_id`, at most `limit` of them (a statement's
 /// rows not parsed yet). The rows are read as they arrive, and reading stops once they
-/// hold more than `stop_past` events (counted as `COUNT_RANGE_SQL` counts them), so a
+/// hold more than `stop_past` events (as `changes::gap_len` counts them), so a
 /// gap too large to replay is never held whole. `stmt` is `READ_RANGE_SQL` prepared.
 #[allow(clippy::too_many_arguments)]
 pub async fn entries_between(
@@ -493,12 +478,13 @@ pub async fn entries_between(
 ) -> Result<RangePage, CaptureError> {
     let (xmax, xip, snaps, ids, ahead) = from.bind_values();
     let (uxmax, uxip, usnaps, uids, uahead) = until.bind_values();
+    let below = until.read_below().to_string();
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
     let tx = client.transaction().await?;
     tx.batch_execute(NEW_ROWS_PLAN).await?;
-    let params: [&(dyn ToSql + Sync); 12] = [
+    let params: [&(dyn ToSql + Sync); 13] = [
         &xmax, &xip, &snaps, &ids, &ahead, &uxmax, &uxip, &usnaps, &uids, &uahead, &after_id,
-        &limit,
+        &limit, &below,
     ];
     let rows = tx
         .query_raw(stmt, params.iter().map(|p| *p as &dyn ToSql))

@@ -182,7 +182,7 @@ impl LogEntry {
 }
 
 /// How many changes `entries` hold as the log counts them for a gap (a log row counts
-/// at least one, as `capture::COUNT_RANGE_SQL` does).
+/// at least one, even one that maps to no entry).
 pub fn gap_len(entries: &[LogEntry]) -> usize {
     entries.iter().map(|e| e.len().max(1)).sum()
 }

@@ -41,7 +41,7 @@ pub use lane::{LaneHold, LaneSettings};
 pub use logged::{gap_len, into_events, LogEntry, StatementRows};
 pub use recent::{Batch, Gap, Recent};
 pub use render::{RenderError, Scope};
-pub use replay::{ReplayTarget, Replayed};
+pub use replay::{Narrowed, ReplayTarget, Replayed};
 pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, LogBatch, Op, Row};
 pub use scope::{RlsChecker, RlsError, Viewer, Visibility};
 pub use stats::{ChangeStats, Refused, TableName};

@@ -44,29 +44,43 @@ impl Changes {
             .await
     }
 
-    /// [`Changes::replay`] of log entries as read. A statement's row is parsed only when
-    /// the channel's filters and row scope, looking at the columns they read, may pass
-    /// it: a channel that sees a few rows of a long gap does not build all the others.
-    pub async fn replay_entries(
+    /// The events of log entries as read that may reach `target`, to be judged part by
+    /// part with [`Changes::replay_narrowed`]. A statement's row is parsed only when the
+    /// channel's filters and row scope, looking at the columns they read, may pass it: a
+    /// channel that sees a few rows of a long gap does not build all the others, nor
+    /// keep them.
+    pub async fn narrow_gap(
         &self,
         target: &ReplayTarget,
         entries: Vec<LogEntry>,
-    ) -> Result<Replayed, RlsError> {
+    ) -> Result<Narrowed, RlsError> {
+        let mut narrowed = Narrowed::default();
         if self.rls.is_none() {
-            return Ok(Replayed::default());
+            return Ok(narrowed);
         }
-        let mut tables = Tables::default();
-        let mut events = Vec::new();
         for entry in entries {
             match entry {
-                LogEntry::Event(e) => events.push(e),
+                LogEntry::Event(e) => narrowed.events.push(e),
                 LogEntry::Statement(s) => {
-                    self.narrow(target, &s, &mut tables, &mut events).await?;
+                    self.narrow(target, &s, &mut narrowed.tables, &mut narrowed.events)
+                        .await?;
                 }
             }
         }
-        let events: Vec<&DbEvent> = events.iter().collect();
-        self.replay_observed(target, &events, &mut tables).await
+        Ok(narrowed)
+    }
+
+    /// [`Changes::replay`] of `narrowed.events[range]`, with the tables (and rules
+    /// version) the narrowing met.
+    pub async fn replay_narrowed(
+        &self,
+        target: &ReplayTarget,
+        narrowed: &mut Narrowed,
+        range: std::ops::Range<usize>,
+    ) -> Result<Replayed, RlsError> {
+        let Narrowed { events, tables } = narrowed;
+        let events: Vec<&DbEvent> = events[range].iter().collect();
+        self.replay_observed(target, &events, tables).await
     }
 
     /// Into `out`, the changes of `s` that may reach `target` (its rows parsed only then).
@@ -239,6 +253,14 @@ impl Changes {
         }
         Ok(out)
     }
+}
+
+/// A gap's events that may reach one channel (`Changes::narrow_gap`), and the tables
+/// met while narrowing them.
+#[derive(Default)]
+pub struct Narrowed {
+    pub events: Vec<DbEvent>,
+    tables: Tables,
 }
 
 /// The tables one replay met: (schema, table, the catalog's table and the viewer's row

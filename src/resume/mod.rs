@@ -23,9 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use ack::{ChannelAck, ConnAcks};
 pub use store::Found;
 
-use crate::capture::{
-    correct, count_between, entries_between, Position, RangePage, READ_RANGE_SQL,
-};
+use crate::capture::{correct, entries_between, Position, RangePage, READ_RANGE_SQL};
 use crate::changes::{Changes, DbEvent, Gap, ReplayTarget};
 use crate::protocol::WireFrame;
 use crate::router::outbox::OutboxTx;
@@ -35,7 +33,7 @@ use crate::telemetry::Metrics;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How often the parked count (a metric) is refreshed.
 const COUNT_EVERY: Duration = Duration::from_secs(5);
-/// Log rows read per replay page.
+/// Changes judged (row scope) and pushed at a time in a replay.
 const REPLAY_PAGE: usize = 500;
 /// How long a replay waits out database errors before the client is told to refetch.
 const REPLAY_RETRY_FOR: Duration = Duration::from_secs(30);
@@ -327,61 +325,44 @@ impl ResumeHandle {
                 Err(e) => retry.wait(e).await?,
             }
         }
-        // The first page, read no further than `max` events: a gap it holds whole (most)
-        // needs no count and no second read.
-        let first = loop {
-            match self.page(&from, &until, 0, max).await {
-                Ok(page) => break page,
-                Err(e) => retry.wait(e).await?,
-            }
-        };
-        if first.over {
-            return Ok(None);
-        }
-        if first.full {
-            loop {
-                match self.gap_size(&from, &until, max).await {
-                    Ok(n) if n > max => return Ok(None),
-                    Ok(_) => break,
-                    Err(e) => retry.wait(e).await?,
-                }
-            }
-        }
-        let (mut count, mut next) = (0usize, Some(first));
-        let mut after = 0i64;
-        loop {
-            // A database error (an outage, a killed connection) is waited out like live
-            // dispatch does, reading the page again: nothing of it was pushed yet.
-            let page = match next.take() {
-                Some(page) => page,
-                None => match self.page(&from, &until, after, usize::MAX).await {
-                    Ok(page) => page,
-                    Err(e) => {
-                        retry.wait(e).await?;
-                        continue;
-                    }
-                },
-            };
-            let Some(last) = page.last_id else { break };
-            let replayed = match self
-                .inner
-                .changes
-                .replay_entries(target, page.entries)
-                .await
-            {
-                Ok(replayed) => replayed,
+        // The gap in one read, no further than `max` events (so never more than `max` + 1
+        // log rows, each a change at least): a gap that ends before that is whole.
+        // Narrowing drops what cannot reach the channel as the gap is taken in.
+        let mut narrowed = loop {
+            let gap = match self.gap(&from, &until, max).await {
+                Ok(gap) => gap,
                 Err(e) => {
-                    retry.wait(e.into()).await?;
+                    retry.wait(e).await?;
                     continue;
                 }
             };
-            after = last;
+            if gap.over {
+                return Ok(None);
+            }
+            // A database error (an outage, a killed connection) is waited out like live
+            // dispatch does, reading the gap again: nothing of it was pushed yet.
+            match self.inner.changes.narrow_gap(target, gap.entries).await {
+                Ok(narrowed) => break narrowed,
+                Err(e) => retry.wait(e.into()).await?,
+            }
+        };
+        let mut count = 0;
+        let len = narrowed.events.len();
+        for start in (0..len).step_by(REPLAY_PAGE) {
+            let part = start..len.min(start + REPLAY_PAGE);
+            let replayed = loop {
+                let judged =
+                    self.inner
+                        .changes
+                        .replay_narrowed(target, &mut narrowed, part.clone());
+                match judged.await {
+                    Ok(replayed) => break replayed,
+                    Err(e) => retry.wait(e.into()).await?,
+                }
+            };
             count += replayed.count;
             if !push_all(out, replayed.frames).await {
                 return Ok(Some(count));
-            }
-            if !page.full {
-                break;
             }
         }
         Ok(Some(count))
@@ -427,41 +408,22 @@ impl ResumeHandle {
         Ok(())
     }
 
-    async fn gap_size(
+    /// The gap between `from` and `until`, read in one statement no further than
+    /// `max` events (`RangePage::over`). The pooled connection is given back before the
+    /// gap is judged (row scope takes one of its own) and pushed (which waits for the
+    /// client): holding it meanwhile let as many resumes as the pool has connections
+    /// take them all and wait forever for one more, stalling dispatch for everyone.
+    async fn gap(
         &self,
         from: &Position,
         until: &Position,
         max: usize,
-    ) -> Result<usize, ResumeError> {
-        let mut client = self.inner.pool.get().await?;
-        Ok(count_between(&mut client, from, until, max).await?)
-    }
-
-    /// The page of the gap after log row `after`, read no further than `stop_past`
-    /// events (`RangePage::over`). The pooled connection is given back
-    /// before the page is judged (row scope takes one of its own) and pushed (which waits
-    /// for the client): holding it meanwhile let as many resumes as the pool has
-    /// connections take them all and wait forever for one more, stalling dispatch for
-    /// everyone.
-    async fn page(
-        &self,
-        from: &Position,
-        until: &Position,
-        after: i64,
-        stop_past: usize,
     ) -> Result<RangePage, ResumeError> {
         let mut client = self.inner.pool.get().await?;
         let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
-        let page = entries_between(
-            &mut client,
-            &stmt,
-            from,
-            until,
-            after,
-            REPLAY_PAGE,
-            stop_past,
-        );
-        Ok(page.await?)
+        let rows = max.saturating_add(1);
+        let gap = entries_between(&mut client, &stmt, from, until, 0, rows, max);
+        Ok(gap.await?)
     }
 
     /// For `/api/status`: live and parked subscriptions, resumes by outcome, replayed.
