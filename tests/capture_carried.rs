@@ -205,7 +205,7 @@ async fn a_wake_up_that_carries_nothing_holds_back_the_carried_changes_behind_it
 #[tokio::test]
 async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_read() {
     use switchboard::capture::{
-        current_position, entries_between, next_events, Statements, READ_RANGE_SQL,
+        current_position, entries_between, next_events, LogTables, Statements, READ_RANGE_SQL,
     };
     use switchboard::changes::{into_events, DbEvent};
 
@@ -259,23 +259,50 @@ async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_
     );
     assert!(live.ahead.is_empty(), "its snapshot sees the row: {live}");
 
-    let page = entries_between(&mut reader, &range, &before, &ahead, 0, 100, usize::MAX)
-        .await
-        .expect("range");
+    let page = entries_between(
+        &mut reader,
+        &range,
+        &before,
+        &ahead,
+        &LogTables::all(),
+        0,
+        100,
+        usize::MAX,
+    )
+    .await
+    .expect("range");
     let gap = into_events(page.entries);
     assert_eq!(titles(&gap), ["ahead"], "a resume from before gets the row");
-    let page = entries_between(&mut reader, &range, &ahead, &live, 0, 100, usize::MAX)
-        .await
-        .expect("range");
+    let page = entries_between(
+        &mut reader,
+        &range,
+        &ahead,
+        &live,
+        &LogTables::all(),
+        0,
+        100,
+        usize::MAX,
+    )
+    .await
+    .expect("range");
     let rest = into_events(page.entries);
     assert_eq!(
         titles(&rest),
         ["read"],
         "a resume from the position gets the rest only"
     );
-    let page = entries_between(&mut reader, &range, &live, &live, 0, 100, usize::MAX)
-        .await
-        .expect("range");
+    let page = entries_between(
+        &mut reader,
+        &range,
+        &live,
+        &live,
+        &LogTables::all(),
+        0,
+        100,
+        usize::MAX,
+    )
+    .await
+    .expect("range");
     let none = into_events(page.entries);
     assert!(none.is_empty());
 }

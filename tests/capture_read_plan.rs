@@ -7,7 +7,7 @@
 mod common;
 
 use switchboard::capture::{
-    current_position, entries_between, next_events, Statements, READ_RANGE_SQL,
+    current_position, entries_between, next_events, LogTables, Statements, READ_RANGE_SQL,
 };
 use switchboard::changes::into_events;
 
@@ -119,9 +119,18 @@ async fn a_resumes_reads_of_its_gap_use_the_xid_index_on_a_log_without_statistic
 
     flush(&reader).await;
     let before = scans(&sql).await;
-    let page = entries_between(&mut reader, &range, &from, &until, 0, 100, usize::MAX)
-        .await
-        .expect("range");
+    let page = entries_between(
+        &mut reader,
+        &range,
+        &from,
+        &until,
+        &LogTables::all(),
+        0,
+        100,
+        usize::MAX,
+    )
+    .await
+    .expect("range");
     let gap = into_events(page.entries);
     let last = page.last_id;
     let page = entries_between(
@@ -129,6 +138,7 @@ async fn a_resumes_reads_of_its_gap_use_the_xid_index_on_a_log_without_statistic
         &range,
         &from,
         &until,
+        &LogTables::all(),
         last.unwrap(),
         100,
         usize::MAX,
@@ -163,28 +173,64 @@ async fn a_range_read_stops_past_its_event_limit_and_leaves_the_connection_usabl
     }
     let until = current_position(&reader).await.expect("position");
 
-    let whole = entries_between(&mut reader, &range, &from, &until, 0, 100, 30)
-        .await
-        .expect("range");
+    let whole = entries_between(
+        &mut reader,
+        &range,
+        &from,
+        &until,
+        &LogTables::all(),
+        0,
+        100,
+        30,
+    )
+    .await
+    .expect("range");
     assert_eq!(
         (whole.entries.len(), whole.full, whole.over),
         (3, false, false)
     );
-    let cut = entries_between(&mut reader, &range, &from, &until, 0, 100, 15)
-        .await
-        .expect("range");
+    let cut = entries_between(
+        &mut reader,
+        &range,
+        &from,
+        &until,
+        &LogTables::all(),
+        0,
+        100,
+        15,
+    )
+    .await
+    .expect("range");
     assert_eq!((cut.entries.len(), cut.over), (2, true), "20 events > 15");
-    let two = entries_between(&mut reader, &range, &from, &until, 0, 2, usize::MAX)
-        .await
-        .expect("range");
+    let two = entries_between(
+        &mut reader,
+        &range,
+        &from,
+        &until,
+        &LogTables::all(),
+        0,
+        2,
+        usize::MAX,
+    )
+    .await
+    .expect("range");
     assert_eq!(
         (two.full, cut.last_id),
         (true, two.last_id),
         "read to the second row"
     );
-    let again = entries_between(&mut reader, &range, &from, &until, 0, 100, 30)
-        .await
-        .expect("the same connection reads again");
+    let again = entries_between(
+        &mut reader,
+        &range,
+        &from,
+        &until,
+        &LogTables::all(),
+        0,
+        100,
+        30,
+    )
+    .await
+    .expect("the same connection reads again");
     assert_eq!(again.entries.len(), 3);
 }
 
@@ -222,9 +268,18 @@ async fn a_resumes_reads_of_its_gap_skip_rows_committed_after_it() {
 
     flush(&reader).await;
     let before = xid_entries_read(&sql).await;
-    let page = entries_between(&mut reader, &range, &from, &until, 0, 100, usize::MAX)
-        .await
-        .expect("range");
+    let page = entries_between(
+        &mut reader,
+        &range,
+        &from,
+        &until,
+        &LogTables::all(),
+        0,
+        100,
+        usize::MAX,
+    )
+    .await
+    .expect("range");
     flush(&reader).await;
     let entries_read = xid_entries_read(&sql).await - before;
     assert_eq!(page.entries.len(), 2, "the gap's two rows");
@@ -252,4 +307,63 @@ async fn a_resumes_reads_of_its_gap_skip_rows_committed_after_it() {
         entries_read <= 2,
         "the read met only the gap's index entries, not the 2,000 after it: {entries_read}"
     );
+}
+
+/// A range read for some tables returns their changes and every broadcast, and no
+/// change of another table.
+#[tokio::test]
+async fn a_range_read_for_some_tables_returns_their_changes_and_every_broadcast() {
+    let db = common::pg::test_db().await;
+    let sql = db.client().await;
+    switchboard::db::migrate(&sql).await.expect("migrate");
+    let mut reader = db.hub_client().await;
+    let range = reader.prepare(READ_RANGE_SQL).await.expect("prepare");
+    let from = current_position(&reader).await.expect("position");
+    sql.batch_execute(
+        "insert into realtime.changes (op, schema_name, table_name, rows) values \
+             ('INSERT', 'public', 'jobs', '[{\"id\": 1}]'), \
+             ('INSERT', 'public', 'notes', '[{\"id\": 2}]'), \
+             ('INSERT', 'crm', 'jobs', '[{\"id\": 3}]'), \
+             ('INSERT', 'crm', 'contacts', '[{\"id\": 4}]'); \
+         insert into realtime.changes (op, topic, event, private, record) \
+             values ('BROADCAST', 'room', 'said', false, '{\"id\": 5}')",
+    )
+    .await
+    .expect("log rows");
+    let until = current_position(&reader).await.expect("position");
+    let mut ids = async |tables: LogTables| {
+        let page = entries_between(
+            &mut reader,
+            &range,
+            &from,
+            &until,
+            &tables,
+            0,
+            100,
+            usize::MAX,
+        )
+        .await
+        .expect("range");
+        into_events(page.entries)
+            .into_iter()
+            .map(|e| match e {
+                switchboard::changes::DbEvent::Change(c) => c.record.unwrap()["id"].clone(),
+                switchboard::changes::DbEvent::Broadcast(b) => b.payload["id"].clone(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let table = |s: &str, t: &str| (s.to_owned(), t.to_owned());
+    assert_eq!(ids(LogTables::all()).await, [1, 2, 3, 4, 5]);
+    assert_eq!(ids(LogTables::default()).await, [5], "broadcasts alone");
+    let one = LogTables {
+        tables: vec![table("public", "jobs")],
+        ..LogTables::default()
+    };
+    assert_eq!(ids(one).await, [1, 5]);
+    let mixed = LogTables {
+        schemas: vec!["crm".into()],
+        tables: vec![table("public", "notes")],
+        ..LogTables::default()
+    };
+    assert_eq!(ids(mixed).await, [2, 3, 4, 5]);
 }

@@ -357,6 +357,32 @@ async fn a_gap_larger_than_the_replay_limit_asks_the_app_to_refetch() {
     expect_row(&mut c, "INSERT", "items", live).await;
 }
 
+/// Changes to tables the channel does not subscribe to are no gap for it: they neither
+/// count toward the replay limit nor are read for it.
+#[tokio::test]
+async fn changes_to_other_tables_do_not_count_toward_the_replay_limit() {
+    let pg = PgHub::start_with(SETUP, |c| c.resume_max_replay = 5).await;
+    pg.exec(
+        "create table public.notes (id bigserial primary key, owner uuid not null); \
+         grant select on public.notes to authenticated; \
+         select realtime.enable('public.notes')",
+    )
+    .await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    park(&pg, "client-other", &token).await;
+    pg.exec(&format!(
+        "insert into public.notes (owner) select '{ALICE}' from generate_series(1, 10)"
+    ))
+    .await;
+    let missed = insert_n(&pg, ALICE, 2).await;
+    observer.saw(*missed.last().unwrap()).await;
+    let mut c = connect(&pg, "client-other").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    expect_rows(&mut c, &missed).await;
+    assert_recovered(&resume_message(&mut c).await, 2);
+}
+
 /// Ids of the rows after `after`, in order.
 async fn ids_after(pg: &PgHub, after: i64) -> Vec<i64> {
     let rows = pg

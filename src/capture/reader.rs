@@ -106,7 +106,8 @@ const READ_BACKLOG: &str = concat!(
 /// index; without statistics Postgres would also scan the primary key for every id above
 /// $11, the whole log on the first page.) $13 is `Position::read_below` of B: B has read
 /// no row at or above it, so the index scan stops there instead of running on through
-/// everything committed since B.
+/// everything committed since B. $14..$17 are a `LogTables`: only broadcasts and the
+/// changes of those tables are read.
 const READ_RANGE: &str = concat!(
     "select ",
     log_columns!(),
@@ -114,8 +115,41 @@ const READ_RANGE: &str = concat!(
     new_rows_below!("$13"),
     " and not (",
     unread_by!("$6", "$7", "$8", "$9", "$10"),
-    ") and c.id + 0 > $11 order by c.id limit $12"
+    ") and c.id + 0 > $11 \
+     and (c.op = 'BROADCAST' or $14::bool or c.schema_name = any($15::text[]) \
+          or exists (select 1 from unnest($16::text[], $17::text[]) as w(s, t) \
+                     where w.s = c.schema_name and w.t = c.table_name)) \
+     order by c.id limit $12"
 );
+
+/// Which tables' changes a range read returns (`entries_between`); broadcasts are
+/// always returned.
+#[derive(Debug, Clone, Default)]
+pub struct LogTables {
+    /// Every table's.
+    pub all: bool,
+    /// Every table of these schemas.
+    pub schemas: Vec<String>,
+    /// These tables, (schema, table).
+    pub tables: Vec<(String, String)>,
+}
+
+impl LogTables {
+    /// Every table's changes.
+    pub fn all() -> LogTables {
+        LogTables {
+            all: true,
+            ..LogTables::default()
+        }
+    }
+
+    /// Whether changes of `schema.table` are read.
+    pub fn has(&self, schema: &str, table: &str) -> bool {
+        self.all
+            || self.schemas.iter().any(|s| s == schema)
+            || self.tables.iter().any(|(s, t)| s == schema && t == table)
+    }
+}
 
 /// The range read, for readers that prepare it on their own (pooled) connections.
 pub const READ_RANGE_SQL: &str = READ_RANGE;
@@ -462,8 +496,8 @@ pub struct RangePage {
 }
 
 /// The log rows a reader at `from` has not read and one at `until` has (a resumed
-/// subscription's gap), after log id `after_id`, at most `limit` of them (a statement's
-/// rows not parsed yet). The rows are read as they arrive, and reading stops once they
+/// subscription's gap), of broadcasts and the changes of `tables`, after log id
+/// `after_id`, at most `limit` of them (a statement's rows not parsed yet). The rows are read as they arrive, and reading stops once they
 /// hold more than `stop_past` events (as `changes::gap_len` counts them), so a
 /// gap too large to replay is never held whole. `stmt` is `READ_RANGE_SQL` prepared.
 #[allow(clippy::too_many_arguments)]
@@ -472,6 +506,7 @@ pub async fn entries_between(
     stmt: &Statement,
     from: &Position,
     until: &Position,
+    tables: &LogTables,
     after_id: i64,
     limit: usize,
     stop_past: usize,
@@ -480,11 +515,31 @@ pub async fn entries_between(
     let (uxmax, uxip, usnaps, uids, uahead) = until.bind_values();
     let below = until.read_below().to_string();
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+    let (wschemas, wtables): (Vec<&str>, Vec<&str>) = tables
+        .tables
+        .iter()
+        .map(|(s, t)| (s.as_str(), t.as_str()))
+        .unzip();
     let tx = client.transaction().await?;
     tx.batch_execute(NEW_ROWS_PLAN).await?;
-    let params: [&(dyn ToSql + Sync); 13] = [
-        &xmax, &xip, &snaps, &ids, &ahead, &uxmax, &uxip, &usnaps, &uids, &uahead, &after_id,
-        &limit, &below,
+    let params: [&(dyn ToSql + Sync); 17] = [
+        &xmax,
+        &xip,
+        &snaps,
+        &ids,
+        &ahead,
+        &uxmax,
+        &uxip,
+        &usnaps,
+        &uids,
+        &uahead,
+        &after_id,
+        &limit,
+        &below,
+        &tables.all,
+        &tables.schemas,
+        &wschemas,
+        &wtables,
     ];
     let rows = tx
         .query_raw(stmt, params.iter().map(|p| *p as &dyn ToSql))

@@ -61,6 +61,16 @@ impl Batch {
     pub fn gap_len(&self) -> usize {
         self.changes
     }
+
+    /// `gap_len` of its broadcasts and the changes of the tables `watched` names, as a
+    /// range read of those tables counts them (`capture::LogTables`).
+    pub fn gap_len_of(&self, watched: impl Fn(&str, &str) -> bool) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.table().is_none_or(|(s, t)| watched(s, t)))
+            .map(|e| e.len().max(1))
+            .sum()
+    }
 }
 
 #[derive(Debug)]

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 pub use ack::{ChannelAck, ConnAcks};
 pub use store::Found;
 
-use crate::capture::{correct, entries_between, Position, RangePage, READ_RANGE_SQL};
-use crate::changes::{Changes, DbEvent, Gap, ReplayTarget};
+use crate::capture::{correct, entries_between, LogTables, Position, RangePage, READ_RANGE_SQL};
+use crate::changes::{Changes, DbEvent, Gap, ReplayTarget, TableScope};
 use crate::protocol::WireFrame;
 use crate::router::outbox::OutboxTx;
 use crate::telemetry::Metrics;
@@ -325,11 +325,13 @@ impl ResumeHandle {
                 Err(e) => retry.wait(e).await?,
             }
         }
-        // The gap in one read, no further than `max` events (so never more than `max` + 1
-        // log rows, each a change at least): a gap that ends before that is whole.
-        // Narrowing drops what cannot reach the channel as the gap is taken in.
+        // The gap in one read, of broadcasts and the channel's tables only, no further
+        // than `max` events (so never more than `max` + 1 log rows, each a change at
+        // least): a gap that ends before that is whole. Narrowing drops what cannot reach
+        // the channel as the gap is taken in.
+        let tables = log_tables(target);
         let mut narrowed = loop {
-            let gap = match self.gap(&from, &until, max).await {
+            let gap = match self.gap(&from, &until, &tables, max).await {
                 Ok(gap) => gap,
                 Err(e) => {
                     retry.wait(e).await?;
@@ -376,7 +378,12 @@ impl ResumeHandle {
         gap: Gap,
         out: &OutboxTx,
     ) -> Result<Option<usize>, ResumeError> {
-        if gap.iter().map(|b| b.gap_len()).sum::<usize>() > self.inner.config.max_replay {
+        let tables = log_tables(target);
+        let len: usize = gap
+            .iter()
+            .map(|b| b.gap_len_of(|s, t| tables.has(s, t)))
+            .sum();
+        if len > self.inner.config.max_replay {
             return Ok(None);
         }
         let events: Vec<&DbEvent> = gap.iter().flat_map(|b| b.events()).collect();
@@ -417,12 +424,13 @@ impl ResumeHandle {
         &self,
         from: &Position,
         until: &Position,
+        tables: &LogTables,
         max: usize,
     ) -> Result<RangePage, ResumeError> {
         let mut client = self.inner.pool.get().await?;
         let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
         let rows = max.saturating_add(1);
-        let gap = entries_between(&mut client, &stmt, from, until, 0, rows, max);
+        let gap = entries_between(&mut client, &stmt, from, until, tables, 0, rows, max);
         Ok(gap.await?)
     }
 
@@ -662,6 +670,22 @@ impl Retry {
         self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
         Ok(())
     }
+}
+
+/// The tables whose changes can reach `target`: a replay counts and reads no others
+/// (a gap of changes to tables the channel does not subscribe to is no gap for it).
+fn log_tables(target: &ReplayTarget) -> LogTables {
+    let mut tables = LogTables::default();
+    for sub in &target.subscriptions {
+        match &sub.scope {
+            TableScope::All => tables.all = true,
+            TableScope::Schema(s) => tables.schemas.push(s.to_string()),
+            TableScope::Table { schema, table } => {
+                tables.tables.push((schema.to_string(), table.to_string()));
+            }
+        }
+    }
+    tables
 }
 
 /// Queues a replay's frames for the client, each waiting for room; false once the client
