@@ -45,6 +45,10 @@ pub struct ResumeArgs {
     /// Rounds of (memory, log), alternating which runs first.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// Staff writes to a table no customer subscribes to (`bench_events`), single-row
+    /// transactions per second from one more connection, throughout (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub staff_rate: f64,
 }
 
 /// How long the storm may take before the scenario gives up.
@@ -60,7 +64,8 @@ pub async fn resume(a: ResumeArgs) -> Result<(), BenchError> {
     let (_pg, url) = c.database().await?;
     pgload::setup(&url, a.customers).await?;
     let mut record = json!({"customers": a.customers, "writers": a.writers,
-        "rows_per_tx": a.rows_per_tx, "rate": a.rate, "gap_s": a.gap});
+        "rows_per_tx": a.rows_per_tx, "rate": a.rate, "gap_s": a.gap,
+        "staff_rate": a.staff_rate});
     let mut lines = Vec::new();
     let mut runs = Vec::new();
     for round in 0..a.rounds {
@@ -90,10 +95,11 @@ pub async fn resume(a: ResumeArgs) -> Result<(), BenchError> {
     report(
         "resume",
         &format!(
-            "{} customers, gap {} s at {} rows/s; {}",
+            "{} customers, gap {} s at {} rows/s (staff {} rows/s elsewhere); {}",
             a.customers,
             a.gap,
             a.rate * a.rows_per_tx as f64,
+            a.staff_rate,
             lines.join("; ")
         ),
         record,
@@ -140,6 +146,13 @@ async fn storm(a: &ResumeArgs, url: &str, mode: &str, run: &str) -> Result<Value
         let (n, rate) = (a.writers, a.rate);
         tokio::spawn(async move { pgload::run_writers(&url, n, rate, what, counts, stop).await })
     };
+    let staff = (a.staff_rate > 0.0).then(|| {
+        let (url, stop) = (url.to_owned(), stop_writers.clone());
+        let (rate, counts) = (a.staff_rate, Arc::new(WriteCounts::default()));
+        tokio::spawn(async move {
+            pgload::run_writers(&url, 1, rate, Write::Insert, counts, stop).await
+        })
+    });
     // Live for a while, so every channel has acknowledged a position; then all drop.
     tokio::time::sleep(Duration::from_secs(3)).await;
     clients.stop().await;
@@ -177,6 +190,9 @@ async fn storm(a: &ResumeArgs, url: &str, mode: &str, run: &str) -> Result<Value
     );
     stop_writers.cancel();
     let _ = writers.await;
+    if let Some(staff) = staff {
+        let _ = staff.await;
+    }
 
     let mut per_channel = histogram();
     for (_, took) in &outcomes {
