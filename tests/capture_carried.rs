@@ -204,9 +204,7 @@ async fn a_wake_up_that_carries_nothing_holds_back_the_carried_changes_behind_it
 /// up to that position, and one resuming from that position does not get it again.
 #[tokio::test]
 async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_read() {
-    use switchboard::capture::{
-        current_position, entries_between, next_events, LogTables, Statements, READ_RANGE_SQL,
-    };
+    use switchboard::capture::{current_position, next_events, Statements, READ_RANGE_SQL};
     use switchboard::changes::{into_events, DbEvent};
 
     let db = common::pg::test_db().await;
@@ -259,50 +257,17 @@ async fn a_row_read_ahead_is_read_by_the_position_that_names_it_and_by_no_later_
     );
     assert!(live.ahead.is_empty(), "its snapshot sees the row: {live}");
 
-    let page = entries_between(
-        &mut reader,
-        &range,
-        &before,
-        &ahead,
-        &LogTables::all(),
-        0,
-        100,
-        usize::MAX,
-    )
-    .await
-    .expect("range");
+    let page = common::pg::range_read(&mut reader, &range, &before, &ahead).await;
     let gap = into_events(page.entries);
     assert_eq!(titles(&gap), ["ahead"], "a resume from before gets the row");
-    let page = entries_between(
-        &mut reader,
-        &range,
-        &ahead,
-        &live,
-        &LogTables::all(),
-        0,
-        100,
-        usize::MAX,
-    )
-    .await
-    .expect("range");
+    let page = common::pg::range_read(&mut reader, &range, &ahead, &live).await;
     let rest = into_events(page.entries);
     assert_eq!(
         titles(&rest),
         ["read"],
         "a resume from the position gets the rest only"
     );
-    let page = entries_between(
-        &mut reader,
-        &range,
-        &live,
-        &live,
-        &LogTables::all(),
-        0,
-        100,
-        usize::MAX,
-    )
-    .await
-    .expect("range");
+    let page = common::pg::range_read(&mut reader, &range, &live, &live).await;
     let none = into_events(page.entries);
     assert!(none.is_empty());
 }

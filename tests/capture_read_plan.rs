@@ -119,18 +119,7 @@ async fn a_resumes_reads_of_its_gap_use_the_xid_index_on_a_log_without_statistic
 
     flush(&reader).await;
     let before = scans(&sql).await;
-    let page = entries_between(
-        &mut reader,
-        &range,
-        &from,
-        &until,
-        &LogTables::all(),
-        0,
-        100,
-        usize::MAX,
-    )
-    .await
-    .expect("range");
+    let page = common::pg::range_read(&mut reader, &range, &from, &until).await;
     let gap = into_events(page.entries);
     let last = page.last_id;
     let page = entries_between(
@@ -151,16 +140,29 @@ async fn a_resumes_reads_of_its_gap_use_the_xid_index_on_a_log_without_statistic
     assert_xid_index_only(before, scans(&sql).await, 2);
 }
 
+/// A migrated database, a superuser connection, the hub's connection with the range
+/// read prepared, and the position now.
+async fn range_reader() -> (
+    common::pg::TestDb,
+    tokio_postgres::Client,
+    tokio_postgres::Client,
+    tokio_postgres::Statement,
+    switchboard::capture::Position,
+) {
+    let db = common::pg::test_db().await;
+    let sql = db.client().await;
+    switchboard::db::migrate(&sql).await.expect("migrate");
+    let reader = db.hub_client().await;
+    let range = reader.prepare(READ_RANGE_SQL).await.expect("prepare");
+    let from = current_position(&reader).await.expect("position");
+    (db, sql, reader, range, from)
+}
+
 /// A range read stops once its rows hold more events than asked for (a gap too large to
 /// replay is not read whole), and the connection it read on is usable at once.
 #[tokio::test]
 async fn a_range_read_stops_past_its_event_limit_and_leaves_the_connection_usable() {
-    let db = common::pg::test_db().await;
-    let sql = db.client().await;
-    switchboard::db::migrate(&sql).await.expect("migrate");
-    let mut reader = db.hub_client().await;
-    let range = reader.prepare(READ_RANGE_SQL).await.expect("prepare");
-    let from = current_position(&reader).await.expect("position");
+    let (_db, sql, mut reader, range, from) = range_reader().await;
     // Three log rows of 10 rows each.
     for _ in 0..3 {
         sql.batch_execute(
@@ -173,64 +175,36 @@ async fn a_range_read_stops_past_its_event_limit_and_leaves_the_connection_usabl
     }
     let until = current_position(&reader).await.expect("position");
 
-    let whole = entries_between(
-        &mut reader,
-        &range,
-        &from,
-        &until,
-        &LogTables::all(),
-        0,
-        100,
-        30,
-    )
-    .await
-    .expect("range");
+    let all = LogTables::all();
+    let mut read = async |limit: usize, stop_past: usize| {
+        entries_between(
+            &mut reader,
+            &range,
+            &from,
+            &until,
+            &all,
+            0,
+            limit,
+            stop_past,
+        )
+        .await
+        .expect("range")
+    };
+    let whole = read(100, 30).await;
     assert_eq!(
         (whole.entries.len(), whole.full, whole.over),
         (3, false, false)
     );
-    let cut = entries_between(
-        &mut reader,
-        &range,
-        &from,
-        &until,
-        &LogTables::all(),
-        0,
-        100,
-        15,
-    )
-    .await
-    .expect("range");
+    let cut = read(100, 15).await;
     assert_eq!((cut.entries.len(), cut.over), (2, true), "20 events > 15");
-    let two = entries_between(
-        &mut reader,
-        &range,
-        &from,
-        &until,
-        &LogTables::all(),
-        0,
-        2,
-        usize::MAX,
-    )
-    .await
-    .expect("range");
+    let two = read(2, usize::MAX).await;
     assert_eq!(
         (two.full, cut.last_id),
         (true, two.last_id),
         "read to the second row"
     );
-    let again = entries_between(
-        &mut reader,
-        &range,
-        &from,
-        &until,
-        &LogTables::all(),
-        0,
-        100,
-        30,
-    )
-    .await
-    .expect("the same connection reads again");
+    // The same connection reads again.
+    let again = read(100, 30).await;
     assert_eq!(again.entries.len(), 3);
 }
 
@@ -250,12 +224,7 @@ async fn xid_entries_read(sql: &tokio_postgres::Client) -> i64 {
 /// (which grows for as long as a reconnect storm lasts).
 #[tokio::test]
 async fn a_resumes_reads_of_its_gap_skip_rows_committed_after_it() {
-    let db = common::pg::test_db().await;
-    let sql = db.client().await;
-    switchboard::db::migrate(&sql).await.expect("migrate");
-    let mut reader = db.hub_client().await;
-    let range = reader.prepare(READ_RANGE_SQL).await.expect("prepare");
-    let from = current_position(&reader).await.expect("position");
+    let (_db, sql, mut reader, range, from) = range_reader().await;
     one_new_row(&sql).await;
     one_new_row(&sql).await;
     let until = current_position(&reader).await.expect("position");
@@ -268,18 +237,7 @@ async fn a_resumes_reads_of_its_gap_skip_rows_committed_after_it() {
 
     flush(&reader).await;
     let before = xid_entries_read(&sql).await;
-    let page = entries_between(
-        &mut reader,
-        &range,
-        &from,
-        &until,
-        &LogTables::all(),
-        0,
-        100,
-        usize::MAX,
-    )
-    .await
-    .expect("range");
+    let page = common::pg::range_read(&mut reader, &range, &from, &until).await;
     flush(&reader).await;
     let entries_read = xid_entries_read(&sql).await - before;
     assert_eq!(page.entries.len(), 2, "the gap's two rows");
@@ -313,12 +271,7 @@ async fn a_resumes_reads_of_its_gap_skip_rows_committed_after_it() {
 /// change of another table.
 #[tokio::test]
 async fn a_range_read_for_some_tables_returns_their_changes_and_every_broadcast() {
-    let db = common::pg::test_db().await;
-    let sql = db.client().await;
-    switchboard::db::migrate(&sql).await.expect("migrate");
-    let mut reader = db.hub_client().await;
-    let range = reader.prepare(READ_RANGE_SQL).await.expect("prepare");
-    let from = current_position(&reader).await.expect("position");
+    let (_db, sql, mut reader, range, from) = range_reader().await;
     sql.batch_execute(
         "insert into realtime.changes (op, schema_name, table_name, rows) values \
              ('INSERT', 'public', 'jobs', '[{\"id\": 1}]'), \

@@ -320,3 +320,17 @@ async fn connect(url: &str) -> Client {
     });
     client
 }
+
+/// One range read of the log rows between `from` and `until` (every table's, at most 100,
+/// all their events): `stmt` is `capture::READ_RANGE_SQL` prepared on `client`.
+pub async fn range_read(
+    client: &mut Client,
+    stmt: &tokio_postgres::Statement,
+    from: &switchboard::capture::Position,
+    until: &switchboard::capture::Position,
+) -> switchboard::capture::RangePage {
+    let all = switchboard::capture::LogTables::all();
+    switchboard::capture::entries_between(client, stmt, from, until, &all, 0, 100, usize::MAX)
+        .await
+        .expect("range read")
+}
