@@ -277,7 +277,9 @@ async fn a_range_read_for_some_tables_returns_their_changes_and_every_broadcast(
              ('INSERT', 'public', 'jobs', '[{\"id\": 1}]'), \
              ('INSERT', 'public', 'notes', '[{\"id\": 2}]'), \
              ('INSERT', 'crm', 'jobs', '[{\"id\": 3}]'), \
-             ('INSERT', 'crm', 'contacts', '[{\"id\": 4}]'); \
+             ('INSERT', 'crm', 'contacts', '[{\"id\": 4}]'), \
+             ('INSERT', 'a.b', 'c', '[{\"id\": 6}]'), \
+             ('INSERT', 'a', 'b.c', '[{\"id\": 7}]'); \
          insert into realtime.changes (op, topic, event, private, record) \
              values ('BROADCAST', 'room', 'said', false, '{\"id\": 5}')",
     )
@@ -306,7 +308,7 @@ async fn a_range_read_for_some_tables_returns_their_changes_and_every_broadcast(
             .collect::<Vec<_>>()
     };
     let table = |s: &str, t: &str| (s.to_owned(), t.to_owned());
-    assert_eq!(ids(LogTables::all()).await, [1, 2, 3, 4, 5]);
+    assert_eq!(ids(LogTables::all()).await, [1, 2, 3, 4, 6, 7, 5]);
     assert_eq!(ids(LogTables::default()).await, [5], "broadcasts alone");
     let one = LogTables {
         tables: vec![table("public", "jobs")],
@@ -319,4 +321,9 @@ async fn a_range_read_for_some_tables_returns_their_changes_and_every_broadcast(
         ..LogTables::default()
     };
     assert_eq!(ids(mixed).await, [2, 3, 4, 5]);
+    let dotted = LogTables {
+        tables: vec![table("a", "b.c")],
+        ..LogTables::default()
+    };
+    assert_eq!(ids(dotted).await, [7, 5], "a.b / c is another table");
 }
