@@ -30,7 +30,7 @@ pub use cursor::{Cursor, CursorError, Origin, Position};
 pub use maintenance::{run_maintenance, Maintenance};
 pub use reader::{
     correct, current_cursor, current_position, entries_between, next_events, next_page, LogTables,
-    PageRead, RangePage, Statements, READ_PAGE_SQL, READ_RANGE_SQL,
+    PageRead, RangeRead, Statements, READ_PAGE_SQL, READ_RANGE_SQL,
 };
 pub use retention::{prune, Pruned, Retention};
 pub use status::{CaptureStatus, CaptureStatusSnapshot};

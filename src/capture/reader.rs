@@ -101,26 +101,23 @@ const READ_BACKLOG: &str = concat!(
 );
 
 /// Rows a reader at position A ($1..$5) has not read but one at position B ($6..$10) has,
-/// after id $11, in id order, $12 at most: a fixed set (everything B has read is
-/// committed), so paging by id is exact. (`c.id + 0`: the rows are found through the xid
-/// index; without statistics Postgres would also scan the primary key for every id above
-/// $11, the whole log on the first page.) $13 is `Position::read_below` of B: B has read
-/// no row at or above it, so the index scan stops there instead of running on through
-/// everything committed since B. $14..$16 are a `LogTables` (`LogTables::keys` for its
-/// tables: on a 5,000-row read, a subquery over the pairs for each row cost ~12 % of the
-/// read, these keys ~7 %): only broadcasts and the changes of those tables are read.
+/// in id order, $11 at most: a fixed set (everything B has read is committed). $12 is
+/// `Position::read_below` of B: B has read no row at or above it, so the xid index scan
+/// stops there instead of running on through everything committed since B. $13..$15 are
+/// a `LogTables` (`LogTables::keys` for its tables: on a 5,000-row read, a subquery over
+/// the pairs for each row cost ~12 % of the read, these keys ~7 %): only broadcasts and
+/// the changes of those tables are read.
 const READ_RANGE: &str = concat!(
     "select ",
     log_columns!(),
     " from realtime.changes c where ",
-    new_rows_below!("$13"),
+    new_rows_below!("$12"),
     " and not (",
     unread_by!("$6", "$7", "$8", "$9", "$10"),
-    ") and c.id + 0 > $11 \
-     and (c.op = 'BROADCAST' or $14::bool or c.schema_name = any($15::text[]) \
+    ") and (c.op = 'BROADCAST' or $13::bool or c.schema_name = any($14::text[]) \
           or length(c.schema_name) || ':' || c.schema_name || '.' || c.table_name \
-             = any($16::text[])) \
-     order by c.id limit $12"
+             = any($15::text[])) \
+     order by c.id limit $11"
 );
 
 /// Which tables' changes a range read returns (`entries_between`); broadcasts are
@@ -490,43 +487,37 @@ where
     Ok(true)
 }
 
-/// One page of a range read (`entries_between`).
-pub struct RangePage {
-    /// Its log rows, a statement's rows not parsed yet.
+/// What a range read (`entries_between`) took in.
+pub struct RangeRead {
+    /// The range's log rows, a statement's rows not parsed yet; when `over`, those read
+    /// before it stopped.
     pub entries: Vec<LogEntry>,
-    /// The id of its last log row: pass it as `after_id` for the next page.
-    pub last_id: Option<i64>,
-    /// It held `limit` log rows, so more may follow; otherwise the range ends with it.
-    pub full: bool,
-    /// Reading stopped once the page held more than `stop_past` events: the rest of the
-    /// page was not read.
+    /// The range holds more than `max_events` events: reading stopped there.
     pub over: bool,
 }
 
 /// The log rows a reader at `from` has not read and one at `until` has (a resumed
-/// subscription's gap), of broadcasts and the changes of `tables`, after log id
-/// `after_id`, at most `limit` of them (a statement's rows not parsed yet). The rows are read as they arrive, and reading stops once they
-/// hold more than `stop_past` events (as `changes::gap_len` counts them), so a
-/// gap too large to replay is never held whole. `stmt` is `READ_RANGE_SQL` prepared.
-#[allow(clippy::too_many_arguments)]
+/// subscription's gap), of broadcasts and the changes of `tables` (a statement's rows
+/// not parsed yet). The rows are read as they arrive, and reading stops once they hold
+/// more than `max_events` events (as `changes::gap_len` counts them, each log row one at
+/// least, so never past `max_events` + 1 log rows): a gap too large to replay is never
+/// held whole. `stmt` is `READ_RANGE_SQL` prepared.
 pub async fn entries_between(
     client: &mut Client,
     stmt: &Statement,
     from: &Position,
     until: &Position,
     tables: &LogTables,
-    after_id: i64,
-    limit: usize,
-    stop_past: usize,
-) -> Result<RangePage, CaptureError> {
+    max_events: usize,
+) -> Result<RangeRead, CaptureError> {
     let (xmax, xip, snaps, ids, ahead) = from.bind_values();
     let (uxmax, uxip, usnaps, uids, uahead) = until.bind_values();
     let below = until.read_below().to_string();
-    let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+    let limit = i64::try_from(max_events.saturating_add(1)).unwrap_or(i64::MAX);
     let keys = tables.keys();
     let tx = client.transaction().await?;
     tx.batch_execute(NEW_ROWS_PLAN).await?;
-    let params: [&(dyn ToSql + Sync); 16] = [
+    let params: [&(dyn ToSql + Sync); 15] = [
         &xmax,
         &xip,
         &snaps,
@@ -537,7 +528,6 @@ pub async fn entries_between(
         &usnaps,
         &uids,
         &uahead,
-        &after_id,
         &limit,
         &below,
         &tables.all,
@@ -548,29 +538,24 @@ pub async fn entries_between(
         .query_raw(stmt, params.iter().map(|p| *p as &dyn ToSql))
         .await?;
     let mut rows = std::pin::pin!(rows);
-    let mut page = RangePage {
+    let mut read = RangeRead {
         entries: Vec::new(),
-        last_id: None,
-        full: false,
         over: false,
     };
-    let (mut read, mut events) = (0i64, 0usize);
+    let mut events = 0usize;
     while let Some(row) = rows.try_next().await? {
-        read += 1;
-        page.last_id = Some(row.get("id"));
-        let before = page.entries.len();
-        to_entry(&row, &mut page.entries);
+        let before = read.entries.len();
+        to_entry(&row, &mut read.entries);
         // (A log row counts one even when it maps to no entry.)
-        events = events.saturating_add(gap_len(&page.entries[before..]).max(1));
-        if events > stop_past {
+        events = events.saturating_add(gap_len(&read.entries[before..]).max(1));
+        if events > max_events {
             // (The transaction is rolled back as it is dropped; nothing was written.)
-            page.over = true;
-            return Ok(page);
+            read.over = true;
+            return Ok(read);
         }
     }
     tx.commit().await?;
-    page.full = read >= limit;
-    Ok(page)
+    Ok(read)
 }
 
 /// Takes the current snapshot as a starting cursor.

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use ack::{ChannelAck, ConnAcks};
 pub use store::Found;
 
-use crate::capture::{correct, entries_between, LogTables, Position, RangePage, READ_RANGE_SQL};
+use crate::capture::{correct, entries_between, LogTables, Position, RangeRead, READ_RANGE_SQL};
 use crate::changes::{Changes, DbEvent, Gap, ReplayTarget, TableScope};
 use crate::protocol::WireFrame;
 use crate::router::outbox::OutboxTx;
@@ -416,7 +416,7 @@ impl ResumeHandle {
     }
 
     /// The gap between `from` and `until`, read in one statement no further than
-    /// `max` events (`RangePage::over`). The pooled connection is given back before the
+    /// `max` events (`RangeRead::over`). The pooled connection is given back before the
     /// gap is judged (row scope takes one of its own) and pushed (which waits for the
     /// client): holding it meanwhile let as many resumes as the pool has connections
     /// take them all and wait forever for one more, stalling dispatch for everyone.
@@ -426,12 +426,10 @@ impl ResumeHandle {
         until: &Position,
         tables: &LogTables,
         max: usize,
-    ) -> Result<RangePage, ResumeError> {
+    ) -> Result<RangeRead, ResumeError> {
         let mut client = self.inner.pool.get().await?;
         let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
-        let rows = max.saturating_add(1);
-        let gap = entries_between(&mut client, &stmt, from, until, tables, 0, rows, max);
-        Ok(gap.await?)
+        Ok(entries_between(&mut client, &stmt, from, until, tables, max).await?)
     }
 
     /// For `/api/status`: live and parked subscriptions, resumes by outcome, replayed.

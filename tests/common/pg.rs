@@ -321,16 +321,16 @@ async fn connect(url: &str) -> Client {
     client
 }
 
-/// One range read of the log rows between `from` and `until` (every table's, at most 100,
-/// all their events): `stmt` is `capture::READ_RANGE_SQL` prepared on `client`.
+/// One range read of the log rows between `from` and `until` (every table's, with no
+/// event limit): `stmt` is `capture::READ_RANGE_SQL` prepared on `client`.
 pub async fn range_read(
     client: &mut Client,
     stmt: &tokio_postgres::Statement,
     from: &switchboard::capture::Position,
     until: &switchboard::capture::Position,
-) -> switchboard::capture::RangePage {
+) -> switchboard::capture::RangeRead {
     let all = switchboard::capture::LogTables::all();
-    switchboard::capture::entries_between(client, stmt, from, until, &all, 0, 100, usize::MAX)
+    switchboard::capture::entries_between(client, stmt, from, until, &all, usize::MAX)
         .await
         .expect("range read")
 }
