@@ -39,8 +39,14 @@ macro_rules! log_columns {
 /// and `log_columns!` for the page read: a change here is a new migration there.
 macro_rules! unread_by {
     ($xmax:literal, $xip:literal, $snaps:literal, $ids:literal, $ahead:literal) => {
+        unread_by!($xmax, $xip, $snaps, $ids, $ahead; "")
+    };
+    // `$below`: a condition on `c.xid` put in both arms of the OR, so the xid index
+    // scans within it.
+    ($xmax:literal, $xip:literal, $snaps:literal, $ids:literal, $ahead:literal; $below:expr) => {
         concat!(
-            "(c.xid >= ", $xmax, "::text::xid8 or c.xid = any(", $xip, "::text[]::xid8[])) \
+            "(c.xid >= ", $xmax, "::text::xid8", $below,
+            " or c.xid = any(", $xip, "::text[]::xid8[])", $below, ") \
              and c.id <> all(", $ahead, "::int8[]) \
              and not exists ( \
                  select 1 from unnest(", $snaps, "::text[], ", $ids, "::int8[]) as p(snap, last_id) \
@@ -60,14 +66,7 @@ macro_rules! new_rows {
 /// bound is in both arms, so the xid index scans no row at or above it.
 macro_rules! new_rows_below {
     ($below:literal) => {
-        concat!(
-            "(c.xid >= $1::text::xid8 and c.xid < ", $below, "::text::xid8 \
-              or c.xid = any($2::text[]::xid8[]) and c.xid < ", $below, "::text::xid8) \
-             and c.id <> all($5::int8[]) \
-             and not exists ( \
-                 select 1 from unnest($3::text[], $4::int8[]) as p(snap, last_id) \
-                 where c.id <= p.last_id and pg_visible_in_snapshot(c.xid, p.snap::pg_snapshot))"
-        )
+        unread_by!("$1", "$2", "$3", "$4", "$5"; concat!(" and c.xid < ", $below, "::text::xid8"))
     };
 }
 
