@@ -52,6 +52,8 @@ pub struct Metrics {
     /// Resumed gaps replayed from the batches this hub kept (`changes::Recent`), the log
     /// not read.
     pub resume_from_memory: Counter,
+    /// Resumed gaps replayed from the one log read of a restart storm (`resume::restart`).
+    pub resume_from_restart_read: Counter,
     /// Per webhook endpoint, refreshed from `consumers` on each scrape.
     pub webhooks: WebhookMetrics,
 }
@@ -183,6 +185,7 @@ impl Metrics {
         let resumes = Family::<[(&'static str, &'static str); 1], Counter>::default();
         let resume_replayed = Counter::default();
         let resume_from_memory = Counter::default();
+        let resume_from_restart_read = Counter::default();
         registry.register(
             "connections",
             "Open WebSocket connections",
@@ -286,6 +289,11 @@ impl Metrics {
             "Resumed gaps replayed from the batches this hub kept in memory, without reading the log",
             resume_from_memory.clone(),
         );
+        registry.register(
+            "resume_from_restart_read",
+            "Resumed gaps from before this hub started, replayed from one log read shared by the resumes of the storm",
+            resume_from_restart_read.clone(),
+        );
         let webhooks = WebhookMetrics::default();
         webhooks.register(&mut registry);
         Metrics {
@@ -313,6 +321,7 @@ impl Metrics {
             resumes,
             resume_replayed,
             resume_from_memory,
+            resume_from_restart_read,
             webhooks,
         }
     }

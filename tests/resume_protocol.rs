@@ -654,6 +654,56 @@ async fn rejoin_recovers(c: &mut WsClient, token: &str, missed: &[i64]) {
     assert_recovered(&sys, missed.len() as i64);
 }
 
+/// A hub restart storm in small: channels parked at three positions resume on a hub
+/// that delivered none of their gaps. The first resume reads the log once for all three
+/// (`resume::restart`); each gets exactly the rows its own position had not read.
+#[tokio::test]
+async fn channels_parked_at_different_positions_resume_on_a_new_hub_from_one_read() {
+    let pg = PgHub::start(SETUP).await;
+    let token = pg.user(ALICE);
+    let keys = ["storm-1", "storm-2", "storm-3"];
+    let mut live = Vec::new();
+    for key in keys {
+        let mut c = connect(&pg, key).await;
+        subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+        resume_message(&mut c).await;
+        live.push(c);
+    }
+    // One more of Alice's rows reaches each channel before it parks than the one before
+    // it; Bob's rows are never hers to see.
+    let mut rows = Vec::new();
+    let mut seen = Vec::new();
+    for parked in 1..=keys.len() {
+        let id = insert(&pg, ALICE).await;
+        insert(&pg, BOB).await;
+        rows.push(id);
+        for c in &mut live {
+            expect_row(c, "INSERT", "items", id).await;
+        }
+        let mut c = live.remove(0);
+        c.acknowledge().await;
+        drop(c);
+        wait_parked(&pg, parked as i64).await;
+        seen.push(rows.len());
+    }
+    rows.extend(insert_n(&pg, ALICE, 2).await);
+
+    let second = second_hub(&pg).await;
+    wait_capture(&second).await;
+    for (key, seen) in keys.iter().zip(seen) {
+        let mut c = connect_to(&second, key).await;
+        rejoin_recovers(&mut c, &token, &rows[seen..]).await;
+    }
+    let (_, body) = second.get_admin("/api/status").await;
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let expected = if common::hub::resumes_read_the_log() {
+        0
+    } else {
+        3
+    };
+    assert_eq!(status["resume"]["from_restart_read"], expected, "{status}");
+}
+
 /// Another hub on the same database (its caches empty, its capture starting).
 async fn second_hub(pg: &PgHub) -> common::hub::TestHub {
     let mut config = common::hub::test_config();

@@ -71,6 +71,15 @@ impl Cursor {
         xid < self.xmax && self.xip.binary_search(&xid).is_err()
     }
 
+    /// Whether every transaction this snapshot sees, `later` sees too.
+    pub fn seen_by(&self, later: &Cursor) -> bool {
+        self.xmax <= later.xmax
+            && later
+                .xip
+                .iter()
+                .all(|x| *x >= self.xmax || self.xip.binary_search(x).is_ok())
+    }
+
     /// Every transaction below `xmin` had finished when this snapshot was taken.
     pub fn xmin(&self) -> u64 {
         self.xip.first().copied().unwrap_or(self.xmax)
@@ -242,6 +251,26 @@ impl Position {
             ahead,
             origin,
         })
+    }
+
+    /// Whether this position counts log row `id` of transaction `xid` as read: the
+    /// negation of `unread_by!` (reader.rs), which reads say it for the log's rows.
+    pub fn has_read(&self, xid: u64, id: i64) -> bool {
+        self.cursor.sees(xid)
+            || self.ahead.iter().any(|(_, a)| *a == id)
+            || self
+                .pages
+                .iter()
+                .any(|(snap, last)| id <= *last && snap.sees(xid))
+    }
+
+    /// Whether every row this position counts as read, `later` counts as read too. Sure
+    /// when true; false also for some positions that are (pages, rows read ahead that
+    /// `later`'s cursor does not see yet).
+    pub fn read_within(&self, later: &Position) -> bool {
+        self.pages.is_empty()
+            && self.cursor.seen_by(&later.cursor)
+            && self.ahead.iter().all(|(xid, _)| later.cursor.sees(*xid))
     }
 
     /// Every row this position counts as read belongs to a transaction below this xid: the
@@ -456,5 +485,51 @@ mod tests {
         for bad in ["", "5", "5:7", "x:", "5:1,,2"] {
             assert!(Cursor::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_position_has_read_what_its_cursor_sees_its_pages_cover_and_it_read_ahead() {
+        let p = Position::parse("105:100,102/110:103@7/a107.9").unwrap();
+        assert!(p.has_read(99, 1), "below xmin");
+        assert!(
+            !p.has_read(100, 8),
+            "in progress at the cursor, past the page"
+        );
+        assert!(
+            p.has_read(100, 1),
+            "in progress at the cursor, seen by the page"
+        );
+        assert!(p.has_read(101, 50), "finished before the cursor");
+        assert!(p.has_read(102, 7), "the page sees 102 and covers id 7");
+        assert!(!p.has_read(102, 8), "past the page's last id");
+        assert!(p.has_read(106, 7), "new to the cursor, covered by the page");
+        assert!(!p.has_read(106, 8), "new to the cursor, past the page");
+        assert!(p.has_read(107, 9), "read ahead");
+        assert!(!p.has_read(107, 10));
+        assert!(!p.has_read(110, 1));
+    }
+
+    #[test]
+    fn a_position_reads_within_a_later_one_only_when_everything_it_read_is_read_there() {
+        let p = |t: &str| Position::parse(t).unwrap();
+        assert!(p("105:100,102").read_within(&p("108:102,106")));
+        assert!(p("105:100,102").read_within(&p("105:100,102")));
+        assert!(
+            !p("105:100,102").read_within(&p("104:100")),
+            "xmax went back"
+        );
+        assert!(
+            !p("105:100,102").read_within(&p("108:101")),
+            "101 was seen and is in progress later"
+        );
+        assert!(p("105:/a106.3").read_within(&p("108:")));
+        assert!(
+            !p("105:/a106.3").read_within(&p("108:106")),
+            "106 read ahead"
+        );
+        assert!(
+            !p("105:/110:@4").read_within(&p("120:")),
+            "pages: not judged"
+        );
     }
 }

@@ -491,6 +491,8 @@ pub struct RangeRead {
     /// The range's log rows, a statement's rows not parsed yet; when `over`, those read
     /// before it stopped.
     pub entries: Vec<LogEntry>,
+    /// Each entry's log row: (transaction id, log id), as `Position::has_read` takes them.
+    pub rows: Vec<(u64, i64)>,
     /// The range holds more than `max_events` events: reading stopped there.
     pub over: bool,
 }
@@ -539,12 +541,20 @@ pub async fn entries_between(
     let mut rows = std::pin::pin!(rows);
     let mut read = RangeRead {
         entries: Vec::new(),
+        rows: Vec::new(),
         over: false,
     };
     let mut events = 0usize;
     while let Some(row) = rows.try_next().await? {
         let before = read.entries.len();
         to_entry(&row, &mut read.entries);
+        if read.entries.len() > before {
+            // (Never unknown; if it were, as new to every position: sent twice, not lost.)
+            let xid = row
+                .get::<_, Option<&str>>("xid")
+                .and_then(|x| x.parse().ok());
+            read.rows.push((xid.unwrap_or(u64::MAX), row.get("id")));
+        }
         // (A log row counts one even when it maps to no entry.)
         events = events.saturating_add(gap_len(&read.entries[before..]).max(1));
         if events > max_events {

@@ -43,7 +43,8 @@ pub struct Batch {
 }
 
 impl Batch {
-    fn new(entries: Vec<LogEntry>) -> Batch {
+    /// A batch of `entries`, in log order.
+    pub fn new(entries: Vec<LogEntry>) -> Batch {
         Batch {
             changes: gap_len(&entries),
             entries,

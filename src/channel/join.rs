@@ -302,6 +302,11 @@ impl Session {
         };
         let (router, changes) = (&self.svc.router, &self.svc.changes);
         let (cut, ()) = changes.progress().at_cut(|| {
+            if claim.is_some() {
+                // Dispatch keeps batches from this cut on, so that the gaps of other
+                // channels resuming here can end where this one's ends (resume::restart).
+                changes.progress().recent().start();
+            }
             if let Some(m) = pending.take() {
                 router.join(&key, m);
             }

@@ -9,6 +9,7 @@
 //! scope itself.
 
 mod ack;
+mod restart;
 mod store;
 
 use std::sync::{Arc, Mutex};
@@ -201,6 +202,8 @@ struct Inner {
     cmds: mpsc::UnboundedSender<Cmd>,
     /// The writer's end, until `run_writer` takes it.
     commands: Mutex<Option<mpsc::UnboundedReceiver<Cmd>>>,
+    /// Gaps from before this hub kept batches, read once (`restart`).
+    restart: restart::Restart,
 }
 
 /// How a resuming join went (told to the client as a `system` message).
@@ -229,6 +232,7 @@ impl ResumeHandle {
                 live: DashMap::new(),
                 cmds,
                 commands: Mutex::new(Some(rx)),
+                restart: restart::Restart::default(),
             }),
         }
     }
@@ -315,6 +319,15 @@ impl ResumeHandle {
             return self.replay_kept(target, gap, out).await;
         }
         let mut from = Position::parse(from).map_err(|_| ResumeError::Position(from.to_owned()))?;
+        let inner = &self.inner;
+        let progress = inner.changes.progress();
+        let restart = inner
+            .restart
+            .gap(&inner.pool, progress, &inner.config, &from, until);
+        if let Some(gap) = restart.await {
+            inner.metrics.resume_from_restart_read.inc();
+            return self.replay_kept(target, gap, out).await;
+        }
         let mut until =
             Position::parse(until).map_err(|_| ResumeError::Position(until.to_owned()))?;
         let max = self.inner.config.max_replay;
@@ -452,6 +465,7 @@ impl ResumeHandle {
             "resumes": resumes,
             "replayed": m.resume_replayed.get(),
             "from_memory": m.resume_from_memory.get(),
+            "from_restart_read": m.resume_from_restart_read.get(),
             "memory": {
                 "batches": held.0,
                 "changes": held.1,

@@ -123,6 +123,24 @@ pub async fn take(
     })
 }
 
+/// Positions of rows in their grace written in the last `$1` seconds (parked, or live
+/// checkpoints a killed hub left).
+const RECENT_POSITIONS: &str = "\
+select detail->>'position' from realtime.log_holds \
+where kind = 'resume' and expires_at > now() \
+  and updated_at > now() - make_interval(secs => $1) and detail ? 'position'";
+
+/// The positions of resumable channels written within `within` (see `RECENT_POSITIONS`).
+pub async fn recent_positions(
+    client: &Client,
+    within: Duration,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(RECENT_POSITIONS, &[&within.as_secs_f64()])
+        .await?;
+    Ok(rows.iter().filter_map(|r| r.get(0)).collect())
+}
+
 pub async fn count_parked(client: &Client) -> Result<i64, tokio_postgres::Error> {
     Ok(client.query_one(COUNT_PARKED, &[]).await?.get(0))
 }

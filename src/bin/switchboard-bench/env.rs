@@ -196,6 +196,31 @@ impl Hub {
         })
     }
 
+    /// Stops the hub with SIGTERM, as a deploy does (it parks resumable channels and
+    /// exits), and waits up to 20 s for it to exit.
+    pub async fn terminate(mut self) -> Result<(), BenchError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BenchError::Failed(
+                    "hub did not exit within 20 s of SIGTERM".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A service_role token (for admin endpoints such as `/api/status`).
     pub fn admin_token(&self) -> String {
         let exp = chrono::Utc::now().timestamp() + 3600;

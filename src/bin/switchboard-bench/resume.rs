@@ -3,9 +3,12 @@
 //! socket drops at once, the writers go on for `--gap` seconds, then every customer
 //! reconnects and rejoins at once while the writers keep writing. Reported per hub: how
 //! long until every channel said `recovered`, what they recovered, and the CPU the hub
-//! and Postgres spent on the storm. Each round runs a hub that replays gaps from the
-//! batches it kept (`memory`, the default) and one that reads every gap from the log
-//! (`SWITCHBOARD_RESUME_MEMORY_SECS=0`), alternating which goes first.
+//! and Postgres spent on the storm. Each round runs three storms, in an order that
+//! rotates: `memory`, a hub that replays gaps from the batches it kept (the default
+//! settings); `log`, one that reads every gap from the log
+//! (`SWITCHBOARD_RESUME_MEMORY_SECS=0`); and `restart`, where the sockets drop because
+//! the hub is stopped (SIGTERM, as a deploy does) and everyone rejoins a new hub with the
+//! default settings, whose first resume reads the log once for the storm.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +45,7 @@ pub struct ResumeArgs {
     /// Seconds the sockets stay away while the writers go on.
     #[arg(long, default_value_t = 5.0)]
     pub gap: f64,
-    /// Rounds of (memory, log), alternating which runs first.
+    /// Rounds of (memory, log, restart), rotating which runs first.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
     /// Staff writes to a table no customer subscribes to (`bench_events`), single-row
@@ -69,15 +72,12 @@ pub async fn resume(a: ResumeArgs) -> Result<(), BenchError> {
     let mut lines = Vec::new();
     let mut runs = Vec::new();
     for round in 0..a.rounds {
-        let order = if round % 2 == 0 {
-            ["memory", "log"]
-        } else {
-            ["log", "memory"]
-        };
+        let mut order = ["memory", "log", "restart"];
+        order.rotate_left(round % 3);
         for mode in order {
             let out = storm(&a, &url, mode, &format!("r{round}-{mode}")).await?;
             lines.push(format!(
-                "round {} {mode}: all {} recovered in {} ms (p50 {} / p99 {} ms per channel), {} changes replayed, hub {} CPU s, Postgres {} CPU s, from memory {}",
+                "round {} {mode}: all {} recovered in {} ms (p50 {} / p99 {} ms per channel), {} changes replayed, hub {} CPU s, Postgres {} CPU s, from memory {}, from the restart read {}",
                 round + 1,
                 out["recovered"],
                 out["storm_ms"],
@@ -87,6 +87,7 @@ pub async fn resume(a: ResumeArgs) -> Result<(), BenchError> {
                 out["hub_cpu_s"],
                 out["postgres_cpu_s"],
                 out["from_memory"],
+                out["from_restart_read"],
             ));
             runs.push(json!({"round": round + 1, "mode": mode, "result": out}));
         }
@@ -110,15 +111,13 @@ pub async fn resume(a: ResumeArgs) -> Result<(), BenchError> {
 /// One storm against a fresh hub in `mode`; keys are prefixed with `run`.
 async fn storm(a: &ResumeArgs, url: &str, mode: &str, run: &str) -> Result<Value, BenchError> {
     let c = &a.common;
-    let memory = if mode == "memory" { "60" } else { "0" };
-    let hub = c
-        .start_hub_bin(
-            &c.hub_bin()?,
-            Some(url),
-            vec![("SWITCHBOARD_RESUME_MEMORY_SECS", memory.to_owned())],
-        )
-        .await?;
-    let spec_of = |i: usize| {
+    let memory = if mode == "log" { "0" } else { "60" };
+    let start_hub = || {
+        let env = vec![("SWITCHBOARD_RESUME_MEMORY_SECS", memory.to_owned())];
+        async move { c.start_hub_bin(&c.hub_bin()?, Some(url), env).await }
+    };
+    let mut hub = start_hub().await?;
+    let spec_of = |hub: &crate::env::Hub, i: usize| {
         let id = pgload::customer_id(i);
         let token = hub.token(&id);
         let spec = JoinSpec {
@@ -130,7 +129,7 @@ async fn storm(a: &ResumeArgs, url: &str, mode: &str, run: &str) -> Result<Value
         (token, spec, format!("&resume={run}-{i}"))
     };
     let sockets = ws::open_many_with(hub.addr, 0, a.customers, c.parallel, |i| {
-        let (token, spec, query) = spec_of(i);
+        let (token, spec, query) = spec_of(&hub, i);
         (token, Some(spec), query)
     })
     .await?;
@@ -155,14 +154,22 @@ async fn storm(a: &ResumeArgs, url: &str, mode: &str, run: &str) -> Result<Value
     });
     // Live for a while, so every channel has acknowledged a position; then all drop.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    clients.stop().await;
-    wait_parked(url, run, a.customers).await?;
+    if mode == "restart" {
+        // The hub parks every channel as it stops; the storm goes to a new one.
+        hub.terminate().await?;
+        clients.stop().await;
+        wait_parked(url, run, a.customers).await?;
+        hub = start_hub().await?;
+    } else {
+        clients.stop().await;
+        wait_parked(url, run, a.customers).await?;
+    }
     tokio::time::sleep(Duration::from_secs_f64(a.gap)).await;
 
     let (hub_cpu0, pg_cpu0) = (hub.pid.map_or(0.0, cpu_seconds), postgres_cpu());
     let start = Instant::now();
     let rejoins = (0..a.customers).map(|i| {
-        let (token, spec, query) = spec_of(i);
+        let (token, spec, query) = spec_of(&hub, i);
         let addr = hub.addr;
         async move {
             let began = Instant::now();
@@ -223,6 +230,7 @@ async fn storm(a: &ResumeArgs, url: &str, mode: &str, run: &str) -> Result<Value
         "hub_cpu_s": (hub_cpu * 100.0).round() / 100.0,
         "postgres_cpu_s": (pg_cpu * 100.0).round() / 100.0,
         "from_memory": status["resume"]["from_memory"],
+        "from_restart_read": status["resume"]["from_restart_read"],
         "rows_written": counts.rows.load(std::sync::atomic::Ordering::Relaxed),
     }))
 }

@@ -1,0 +1,160 @@
+//! Gaps from before this hub kept anything, read from the log once. After a hub restarts,
+//! no resuming channel's gap begins where the batches this hub keeps (`changes::Recent`)
+//! begin, so each would read its own gap from the log: a thousand customers with gaps a
+//! few seconds long read the same rows a thousand times. Instead the first such resume
+//! reads once every log row from the oldest position written lately (parked, or
+//! checkpointed by a hub that was killed) up to the end of its own gap (`Base`), the cut
+//! of its join, from which dispatch keeps batches (a resuming join starts keeping under
+//! the cut's lock). Each resume that read covers takes from it the rows its position has
+//! not read (`Position::has_read`, the log read's own condition) and then the kept
+//! batches from that end to its own (`Recent::gap`, which gives nothing unless they run
+//! unbroken), as a gap kept in memory is replayed. A position the read cannot vouch for
+//! (another server lifetime, older than the read, or not surely read within its end)
+//! reads the log as before. Owns only this read; what a gap is stays `capture`'s.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use deadpool_postgres::Pool;
+
+use super::{store, ResumeConfig, ResumeError};
+use crate::capture::{entries_between, Cursor, LogTables, Position, READ_RANGE_SQL};
+use crate::changes::{Batch, Gap, Progress};
+
+/// The read holds at most this many times `resume_max_replay` events (it holds every
+/// table's changes, a gap only its channel's tables'); a longer one is not kept.
+const READ_REPLAYS: usize = 4;
+
+/// The restart read of this hub, if one was made (see the module).
+#[derive(Default)]
+pub(super) struct Restart {
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    base: Option<Arc<Base>>,
+    /// When the last read was tried; another is tried a memory window later at most.
+    tried: Option<Instant>,
+}
+
+/// The log rows read by `until` and not below transaction `xmin`, each a batch of its
+/// own (parsed once, by the first resume that needs it), in log order.
+struct Base {
+    /// `until` as dispatch wrote it: the kept batches that follow the read begin there.
+    at: Arc<str>,
+    until: Position,
+    server: i64,
+    xmin: u64,
+    rows: Vec<((u64, i64), Arc<Batch>)>,
+    read_at: Instant,
+}
+
+impl Base {
+    /// Whether the rows `from` has not read and `until` has are all here.
+    fn covers(&self, from: &Position) -> bool {
+        from.origin.is_some_and(|o| o.server == self.server)
+            && from.cursor.xmin() >= self.xmin
+            && from.read_within(&self.until)
+    }
+}
+
+impl Restart {
+    /// The gap from `from` to `until` (a position dispatch wrote), from the restart read
+    /// and the batches kept after it; `None`: read the log.
+    pub(super) async fn gap(
+        &self,
+        pool: &Pool,
+        progress: &Progress,
+        config: &ResumeConfig,
+        from: &Position,
+        until: &str,
+    ) -> Option<Gap> {
+        let server = from.origin?.server;
+        let base = {
+            // Held while reading: the storm's other resumes wait for this read rather
+            // than each reading the log.
+            let mut state = self.state.lock().await;
+            let now = Instant::now();
+            if state
+                .base
+                .as_ref()
+                .is_some_and(|b| now.duration_since(b.read_at) > config.memory)
+            {
+                state.base = None;
+            }
+            let due = state
+                .tried
+                .is_none_or(|t| now.duration_since(t) > config.memory);
+            if state.base.is_none() && due && progress.recent().wanted() {
+                state.tried = Some(now);
+                match read(pool, config, until, from, server).await {
+                    Ok(base) => state.base = base.map(Arc::new),
+                    Err(e) => tracing::debug!(error = %e, "no restart read; resumes read the log"),
+                }
+            }
+            state.base.clone()?
+        };
+        if !base.covers(from) {
+            return None;
+        }
+        let kept = progress.recent().gap(&base.at, until)?;
+        let mut gap: Gap = base
+            .rows
+            .iter()
+            .filter(|((xid, id), _)| !from.has_read(*xid, *id))
+            .map(|(_, batch)| batch.clone())
+            .collect();
+        gap.extend(kept);
+        Some(gap)
+    }
+}
+
+/// Reads every log row from the oldest position written lately (of server lifetime
+/// `server`, `from`'s among them) to `at`, the end of the gap of the resume that asked;
+/// `None` when `at` is of another lifetime or the read holds too much.
+async fn read(
+    pool: &Pool,
+    config: &ResumeConfig,
+    at: &str,
+    from: &Position,
+    server: i64,
+) -> Result<Option<Base>, ResumeError> {
+    let until = Position::parse(at).map_err(|_| ResumeError::Position(at.to_owned()))?;
+    if until.origin.is_none_or(|o| o.server != server) {
+        return Ok(None);
+    }
+    let mut client = pool.get().await?;
+    let written = store::recent_positions(&client, config.memory).await?;
+    let xmin = written
+        .iter()
+        .filter_map(|p| Position::parse(p).ok())
+        .filter(|p| p.origin.is_some_and(|o| o.server == server))
+        .map(|p| p.cursor.xmin())
+        .fold(from.cursor.xmin(), u64::min);
+    let start = Position::at(Cursor {
+        xmax: xmin,
+        xip: Vec::new(),
+    });
+    let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
+    let max = config.max_replay.saturating_mul(READ_REPLAYS);
+    let read = entries_between(&mut client, &stmt, &start, &until, &LogTables::all(), max).await?;
+    if read.over {
+        tracing::info!(max, "restart read too long to keep; resumes read the log");
+        return Ok(None);
+    }
+    let rows = read
+        .rows
+        .into_iter()
+        .zip(read.entries)
+        .map(|(row, entry)| (row, Arc::new(Batch::new(vec![entry]))))
+        .collect();
+    Ok(Some(Base {
+        at: at.into(),
+        until,
+        server,
+        xmin,
+        rows,
+        read_at: Instant::now(),
+    }))
+}
