@@ -158,3 +158,33 @@ async fn read(
         read_at: Instant::now(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(until: &str, xmin: u64) -> Base {
+        let until = Position::parse(until).unwrap();
+        Base {
+            at: until.to_string().into(),
+            server: until.origin.unwrap().server,
+            until,
+            xmin,
+            rows: Vec::new(),
+            read_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_read_covers_positions_of_its_lifetime_from_its_xmin_read_within_its_end() {
+        let b = base("120:115/~7.1000", 100);
+        let p = |t: &str| Position::parse(t).unwrap();
+        assert!(b.covers(&p("105:100,102/~7.900")));
+        assert!(b.covers(&p("100:/~7.900")), "xmin at the read's");
+        assert!(!b.covers(&p("105:99,102/~7.900")), "xmin below the read's");
+        assert!(!b.covers(&p("105:100,102/~8.900")), "another server lifetime");
+        assert!(!b.covers(&p("105:100,102")), "no lifetime known");
+        assert!(!b.covers(&p("125:/~7.1100")), "ahead of the read's end");
+        assert!(!b.covers(&p("118:/~7.900")), "saw 115, still running at the end");
+    }
+}
