@@ -39,7 +39,7 @@ pub use filter::{parse as parse_filter, BoundFilter, Filter};
 pub use index::{Subscriber, Subscription, TableScope};
 pub use lane::{LaneHold, LaneSettings};
 pub use logged::{gap_len, into_events, LogEntry, StatementRows};
-pub use recent::{Batch, Gap, Recent};
+pub use recent::{entry_bytes, Batch, Gap, Recent};
 pub use render::{RenderError, Scope};
 pub use replay::{Narrowed, ReplayTarget, Replayed};
 pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, LogBatch, Op, Row};

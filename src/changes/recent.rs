@@ -102,7 +102,8 @@ pub struct Recent {
 /// A gap's batches, in log order (shared with what is kept).
 pub type Gap = Vec<Arc<Batch>>;
 
-fn bytes(entry: &LogEntry) -> usize {
+/// The row text (or payload) one log entry holds, as what is kept is bounded by it.
+pub fn entry_bytes(entry: &LogEntry) -> usize {
     match entry {
         LogEntry::Statement(s) => s
             .rows
@@ -161,7 +162,7 @@ impl Recent {
             return;
         }
         let kept = Kept {
-            bytes: entries.iter().map(bytes).sum(),
+            bytes: entries.iter().map(entry_bytes).sum(),
             before,
             after,
             batch: Arc::new(Batch::new(entries)),

@@ -554,6 +554,7 @@ impl ResumeHandle {
         } else {
             recent.trim(now);
         }
+        self.inner.restart.trim(self.inner.config.memory);
     }
 
     /// Writes what is pending and `cmds`; what fails stays pending.

@@ -18,12 +18,14 @@ use std::time::Instant;
 use deadpool_postgres::Pool;
 
 use super::{store, ResumeConfig, ResumeError};
-use crate::capture::{entries_between, Cursor, LogTables, Position, READ_RANGE_SQL};
-use crate::changes::{Batch, Gap, Progress};
+use crate::capture::{correct, entries_between, Cursor, LogTables, Position, READ_RANGE_SQL};
+use crate::changes::{entry_bytes, Batch, Gap, Progress};
 
 /// The read holds at most this many times `resume_max_replay` events (it holds every
 /// table's changes, a gap only its channel's tables'); a longer one is not kept.
 const READ_REPLAYS: usize = 4;
+/// Nor more row text than this, in bytes (what `changes::Recent` keeps at most).
+const READ_BYTES: usize = 32 << 20;
 
 /// The restart read of this hub, if one was made (see the module).
 #[derive(Default)]
@@ -70,7 +72,7 @@ impl Restart {
         from: &Position,
         until: &str,
     ) -> Option<Gap> {
-        let server = from.origin?.server;
+        from.origin?;
         let base = {
             // Held while reading: the storm's other resumes wait for this read rather
             // than each reading the log.
@@ -88,7 +90,7 @@ impl Restart {
                 .is_none_or(|t| now.duration_since(t) > config.memory);
             if state.base.is_none() && due && progress.recent().wanted() {
                 state.tried = Some(now);
-                match read(pool, config, until, from, server).await {
+                match read(pool, config, until, from).await {
                     Ok(base) => state.base = base.map(Arc::new),
                     Err(e) => tracing::debug!(error = %e, "no restart read; resumes read the log"),
                 }
@@ -108,30 +110,51 @@ impl Restart {
         gap.extend(kept);
         Some(gap)
     }
+
+    /// Lets go of a read older than `memory` (from the resume writer's tick, so an idle
+    /// hub does not hold one).
+    pub(super) fn trim(&self, memory: std::time::Duration) {
+        if let Ok(mut state) = self.state.try_lock() {
+            if state
+                .base
+                .as_ref()
+                .is_some_and(|b| b.read_at.elapsed() > memory)
+            {
+                state.base = None;
+            }
+        }
+    }
 }
 
-/// Reads every log row from the oldest position written lately (of server lifetime
-/// `server`, `from`'s among them) to `at`, the end of the gap of the resume that asked;
-/// `None` when `at` is of another lifetime or the read holds too much.
+/// Reads every log row from the oldest position written lately (`from`'s among them)
+/// of `at`'s server lifetime to `at`, the end of the gap of the resume that asked;
+/// `None` when `at` is of an earlier lifetime than the server's now (its gap is read
+/// corrected, `capture::correct`, on the log path), or the read holds too much.
 async fn read(
     pool: &Pool,
     config: &ResumeConfig,
     at: &str,
     from: &Position,
-    server: i64,
 ) -> Result<Option<Base>, ResumeError> {
     let until = Position::parse(at).map_err(|_| ResumeError::Position(at.to_owned()))?;
-    if until.origin.is_none_or(|o| o.server != server) {
+    let Some(server) = until.origin.map(|o| o.server) else {
+        return Ok(None);
+    };
+    let mut client = pool.get().await?;
+    let mut corrected = until.clone();
+    if correct(&**client, &mut corrected).await? || corrected != until {
         return Ok(None);
     }
-    let mut client = pool.get().await?;
     let written = store::recent_positions(&client, config.memory).await?;
-    let xmin = written
-        .iter()
-        .filter_map(|p| Position::parse(p).ok())
+    let positions = written.iter().filter_map(|p| Position::parse(p).ok());
+    let Some(xmin) = positions
+        .chain([from.clone()])
         .filter(|p| p.origin.is_some_and(|o| o.server == server))
         .map(|p| p.cursor.xmin())
-        .fold(from.cursor.xmin(), u64::min);
+        .min()
+    else {
+        return Ok(None);
+    };
     let start = Position::at(Cursor {
         xmax: xmin,
         xip: Vec::new(),
@@ -139,8 +162,13 @@ async fn read(
     let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
     let max = config.max_replay.saturating_mul(READ_REPLAYS);
     let read = entries_between(&mut client, &stmt, &start, &until, &LogTables::all(), max).await?;
-    if read.over {
-        tracing::info!(max, "restart read too long to keep; resumes read the log");
+    let bytes: usize = read.entries.iter().map(entry_bytes).sum();
+    if read.over || bytes > READ_BYTES {
+        tracing::info!(
+            max,
+            bytes,
+            "restart read too large to keep; resumes read the log"
+        );
         return Ok(None);
     }
     let rows = read
@@ -182,9 +210,15 @@ mod tests {
         assert!(b.covers(&p("105:100,102/~7.900")));
         assert!(b.covers(&p("100:/~7.900")), "xmin at the read's");
         assert!(!b.covers(&p("105:99,102/~7.900")), "xmin below the read's");
-        assert!(!b.covers(&p("105:100,102/~8.900")), "another server lifetime");
+        assert!(
+            !b.covers(&p("105:100,102/~8.900")),
+            "another server lifetime"
+        );
         assert!(!b.covers(&p("105:100,102")), "no lifetime known");
         assert!(!b.covers(&p("125:/~7.1100")), "ahead of the read's end");
-        assert!(!b.covers(&p("118:/~7.900")), "saw 115, still running at the end");
+        assert!(
+            !b.covers(&p("118:/~7.900")),
+            "saw 115, still running at the end"
+        );
     }
 }

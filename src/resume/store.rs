@@ -124,10 +124,10 @@ pub async fn take(
 }
 
 /// Positions of rows in their grace written in the last `$1` seconds (parked, or live
-/// checkpoints a killed hub left).
+/// checkpoints a killed hub left), except those the log was pruned past.
 const RECENT_POSITIONS: &str = "\
 select detail->>'position' from realtime.log_holds \
-where kind = 'resume' and expires_at > now() \
+where kind = 'resume' and expires_at > now() and lost_at is null \
   and updated_at > now() - make_interval(secs => $1) and detail ? 'position'";
 
 /// The positions of resumable channels written within `within` (see `RECENT_POSITIONS`).
