@@ -656,7 +656,9 @@ async fn rejoin_recovers(c: &mut WsClient, token: &str, missed: &[i64]) {
 
 /// A hub restart storm in small: channels parked at three positions resume on a hub
 /// that delivered none of their gaps. The first resume reads the log once for all three
-/// (`resume::restart`); each gets exactly the rows its own position had not read.
+/// (`resume::restart`); each gets exactly the rows its own position had not read. The
+/// first to resume is the one parked last, and the parks are aged past the memory window
+/// (the hub was down a minute and a half): the read still starts at the oldest.
 #[tokio::test]
 async fn channels_parked_at_different_positions_resume_on_a_new_hub_from_one_read() {
     let pg = PgHub::start(SETUP).await;
@@ -688,9 +690,18 @@ async fn channels_parked_at_different_positions_resume_on_a_new_hub_from_one_rea
     }
     rows.extend(insert_n(&pg, ALICE, 2).await);
 
+    pg.sql
+        .execute(
+            "update realtime.log_holds set updated_at = updated_at - interval '90 seconds' \
+             where kind = 'resume'",
+            &[],
+        )
+        .await
+        .unwrap();
+
     let second = second_hub(&pg).await;
     wait_capture(&second).await;
-    for (key, seen) in keys.iter().zip(seen) {
+    for (key, seen) in keys.iter().zip(seen).rev() {
         let mut c = connect_to(&second, key).await;
         rejoin_recovers(&mut c, &token, &rows[seen..]).await;
     }

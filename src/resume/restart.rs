@@ -2,8 +2,9 @@
 //! no resuming channel's gap begins where the batches this hub keeps (`changes::Recent`)
 //! begin, so each would read its own gap from the log: a thousand customers with gaps a
 //! few seconds long read the same rows a thousand times. Instead the first such resume
-//! reads once every log row from the oldest position written lately (parked, or
-//! checkpointed by a hub that was killed) up to the end of its own gap (`Base`), the cut
+//! reads once every log row from the oldest resumable position still in its grace
+//! (parked, or checkpointed by a hub that was killed; if that is too much, the oldest
+//! written within the memory window) up to the end of its own gap (`Base`), the cut
 //! of its join, from which dispatch keeps batches (a resuming join starts keeping under
 //! the cut's lock). Each resume that read covers takes from it the rows its position has
 //! not read (`Position::has_read`, the log read's own condition) and then the kept
@@ -126,10 +127,12 @@ impl Restart {
     }
 }
 
-/// Reads every log row from the oldest position written lately (`from`'s among them)
-/// of `at`'s server lifetime to `at`, the end of the gap of the resume that asked;
+/// Reads every log row from the oldest resumable position of `at`'s server lifetime
+/// (`from`'s among them) to `at`, the end of the gap of the resume that asked. First
+/// from every position still in its grace (a hub that was down longer than the memory
+/// window), and when that holds too much, from those written within the memory window.
 /// `None` when `at` is of an earlier lifetime than the server's now (its gap is read
-/// corrected, `capture::correct`, on the log path), or the read holds too much.
+/// corrected, `capture::correct`, on the log path), or every read holds too much.
 async fn read(
     pool: &Pool,
     config: &ResumeConfig,
@@ -145,46 +148,48 @@ async fn read(
     if correct(&**client, &mut corrected).await? || corrected != until {
         return Ok(None);
     }
-    let written = store::recent_positions(&client, config.memory).await?;
-    let positions = written.iter().filter_map(|p| Position::parse(p).ok());
-    let Some(xmin) = positions
-        .chain([from.clone()])
-        .filter(|p| p.origin.is_some_and(|o| o.server == server))
-        .map(|p| p.cursor.xmin())
-        .min()
-    else {
-        return Ok(None);
-    };
-    let start = Position::at(Cursor {
-        xmax: xmin,
-        xip: Vec::new(),
-    });
     let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
     let max = config.max_replay.saturating_mul(READ_REPLAYS);
-    let read = entries_between(&mut client, &stmt, &start, &until, &LogTables::all(), max).await?;
-    let bytes: usize = read.entries.iter().map(entry_bytes).sum();
-    if read.over || bytes > READ_BYTES {
-        tracing::info!(
-            max,
-            bytes,
-            "restart read too large to keep; resumes read the log"
-        );
-        return Ok(None);
+    let mut tried = None;
+    for within in [config.grace.max(config.memory), config.memory] {
+        let written = store::recent_positions(&client, within).await?;
+        let positions = written.iter().filter_map(|p| Position::parse(p).ok());
+        let xmin = positions
+            .chain([from.clone()])
+            .filter(|p| p.origin.is_some_and(|o| o.server == server))
+            .map(|p| p.cursor.xmin())
+            .min();
+        let Some(xmin) = xmin.filter(|x| tried != Some(*x)) else {
+            continue;
+        };
+        tried = Some(xmin);
+        let start = Position::at(Cursor {
+            xmax: xmin,
+            xip: Vec::new(),
+        });
+        let tables = LogTables::all();
+        let read = entries_between(&mut client, &stmt, &start, &until, &tables, max).await?;
+        let bytes: usize = read.entries.iter().map(entry_bytes).sum();
+        if read.over || bytes > READ_BYTES {
+            tracing::info!(max, bytes, ?within, "restart read too large to keep");
+            continue;
+        }
+        let rows = read
+            .rows
+            .into_iter()
+            .zip(read.entries)
+            .map(|(row, entry)| (row, Arc::new(Batch::new(vec![entry]))))
+            .collect();
+        return Ok(Some(Base {
+            at: at.into(),
+            until,
+            server,
+            xmin,
+            rows,
+            read_at: Instant::now(),
+        }));
     }
-    let rows = read
-        .rows
-        .into_iter()
-        .zip(read.entries)
-        .map(|(row, entry)| (row, Arc::new(Batch::new(vec![entry]))))
-        .collect();
-    Ok(Some(Base {
-        at: at.into(),
-        until,
-        server,
-        xmin,
-        rows,
-        read_at: Instant::now(),
-    }))
+    Ok(None)
 }
 
 #[cfg(test)]
