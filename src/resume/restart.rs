@@ -14,7 +14,7 @@
 //! reads the log as before. Owns only this read; what a gap is stays `capture`'s.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 
@@ -60,6 +60,11 @@ impl Base {
             && from.cursor.xmin() >= self.xmin
             && from.read_within(&self.until)
     }
+
+    /// Read longer ago than the memory window: the batches after it are let go by now.
+    fn stale(&self, memory: Duration) -> bool {
+        self.read_at.elapsed() > memory
+    }
 }
 
 impl Restart {
@@ -78,14 +83,8 @@ impl Restart {
             // Held while reading: the storm's other resumes wait for this read rather
             // than each reading the log.
             let mut state = self.state.lock().await;
+            state.trim(config.memory);
             let now = Instant::now();
-            if state
-                .base
-                .as_ref()
-                .is_some_and(|b| now.duration_since(b.read_at) > config.memory)
-            {
-                state.base = None;
-            }
             let due = state
                 .tried
                 .is_none_or(|t| now.duration_since(t) > config.memory);
@@ -114,15 +113,17 @@ impl Restart {
 
     /// Lets go of a read older than `memory` (from the resume writer's tick, so an idle
     /// hub does not hold one).
-    pub(super) fn trim(&self, memory: std::time::Duration) {
+    pub(super) fn trim(&self, memory: Duration) {
         if let Ok(mut state) = self.state.try_lock() {
-            if state
-                .base
-                .as_ref()
-                .is_some_and(|b| b.read_at.elapsed() > memory)
-            {
-                state.base = None;
-            }
+            state.trim(memory);
+        }
+    }
+}
+
+impl State {
+    fn trim(&mut self, memory: Duration) {
+        if self.base.as_ref().is_some_and(|b| b.stale(memory)) {
+            self.base = None;
         }
     }
 }
