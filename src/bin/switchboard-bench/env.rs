@@ -197,27 +197,16 @@ impl Hub {
     }
 
     /// Stops the hub with SIGTERM, as a deploy does (it parks resumable channels and
-    /// exits), and waits up to 20 s for it to exit.
+    /// exits 0).
     pub async fn terminate(mut self) -> Result<(), BenchError> {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             return Ok(());
         };
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
-        // SAFETY: kill(2) on our own child's pid; no memory is touched.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if child.try_wait().ok().flatten().is_some() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(BenchError::Failed(
-                    "hub did not exit within 20 s of SIGTERM".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        match stop_child(child, libc::SIGTERM).await {
+            Some(status) if status.success() => Ok(()),
+            waited => Err(BenchError::Failed(format!(
+                "SIGTERM did not end in exit 0 within {STOP_WITHIN:?}: {waited:?}"
+            ))),
         }
     }
 
@@ -237,6 +226,37 @@ impl Hub {
         )
         .expect("mint token")
     }
+}
+
+/// How long `stop_child` waits for an exit before it kills.
+pub const STOP_WITHIN: Duration = Duration::from_secs(20);
+
+/// Sends `signal` (`libc::SIGTERM` or `SIGKILL`) to `child` and waits up to `STOP_WITHIN`
+/// for its exit status; after that kills it and gives `None`.
+pub async fn stop_child(mut child: Child, signal: i32) -> Option<std::process::ExitStatus> {
+    // SAFETY: kill(2) on our own child's pid; no memory is touched.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + STOP_WITHIN;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 impl Drop for Hub {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::env::{http_get, SECRET};
+use crate::env::{http_get, stop_child, SECRET, STOP_WITHIN};
 use crate::BenchError;
 
 /// The hub process, restartable on its address.
@@ -130,43 +130,22 @@ impl HubProc {
         }
     }
 
-    /// Sends `signal` (`libc::SIGTERM` or `SIGKILL`) and waits for the exit. A SIGTERM
-    /// must end in exit 0 within the shutdown deadline (plus slack).
+    /// Sends `signal` (`libc::SIGTERM` or `SIGKILL`) and waits for the exit
+    /// (`env::stop_child`). A SIGTERM must end in exit 0 within the shutdown deadline
+    /// (plus slack).
     pub async fn stop(&self, signal: i32) {
         self.sample();
-        let Some(mut child) = self.child().take() else {
+        let Some(child) = self.child().take() else {
             return;
         };
         self.pid.store(0, Ordering::Relaxed);
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(child.id() as i32, signal);
-        }
-        let waited = tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => return Some(status),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return None;
-                    }
-                }
-            }
-        })
-        .await
-        .ok()
-        .flatten();
+        let waited = stop_child(child, signal).await;
         if signal == libc::SIGTERM && !waited.is_some_and(|s| s.success()) {
             self.surprises
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(format!(
-                    "SIGTERM did not end in exit 0 within 20 s: {waited:?}"
+                    "SIGTERM did not end in exit 0 within {STOP_WITHIN:?}: {waited:?}"
                 ));
         }
     }
