@@ -273,10 +273,9 @@ impl ResumeHandle {
     }
 
     /// `live` is running on this hub: its position is written now and checkpointed
-    /// from then on.
+    /// from then on. (Its join started dispatch's keeping under the cut's lock, so its
+    /// gaps may be resumed here from memory.)
     pub fn track(&self, live: Arc<LiveChannel>) {
-        // Its gaps may be resumed here: dispatch keeps what it delivers from now on.
-        self.inner.changes.progress().recent().start();
         self.inner.live.insert(live.holder.clone(), live.clone());
         let _ = self.inner.cmds.send(Cmd::Live(live));
     }

@@ -46,8 +46,8 @@ struct State {
 struct Base {
     /// `until` as dispatch wrote it: the kept batches that follow the read begin there.
     at: Arc<str>,
+    /// Of a known server lifetime (`read` keeps no other).
     until: Position,
-    server: i64,
     xmin: u64,
     rows: Vec<((u64, i64), Arc<Batch>)>,
     read_at: Instant,
@@ -56,7 +56,8 @@ struct Base {
 impl Base {
     /// Whether the rows `from` has not read and `until` has are all here.
     fn covers(&self, from: &Position) -> bool {
-        from.origin.is_some_and(|o| o.server == self.server)
+        let server = |p: &Position| p.origin.map(|o| o.server);
+        server(from).is_some_and(|s| Some(s) == server(&self.until))
             && from.cursor.xmin() >= self.xmin
             && from.read_within(&self.until)
     }
@@ -184,7 +185,6 @@ async fn read(
         return Ok(Some(Base {
             at: at.into(),
             until,
-            server,
             xmin,
             rows,
             read_at: Instant::now(),
@@ -201,7 +201,6 @@ mod tests {
         let until = Position::parse(until).unwrap();
         Base {
             at: until.to_string().into(),
-            server: until.origin.unwrap().server,
             until,
             xmin,
             rows: Vec::new(),
