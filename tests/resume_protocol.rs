@@ -715,11 +715,62 @@ async fn channels_parked_at_different_positions_resume_on_a_new_hub_from_one_rea
     assert_eq!(status["resume"]["from_restart_read"], expected, "{status}");
 }
 
+/// A restart storm whose one read of the log would hold more than its bound (4 ×
+/// `resume_max_replay` changes of every table): the log is busy with a table the channel
+/// does not watch. The read is not kept (nor, estimated from the log's ids, made), and the
+/// resume reads its own gap, which holds only its own table's rows.
+#[tokio::test]
+async fn a_restart_read_too_large_leaves_each_resume_its_own_read() {
+    let pg = PgHub::start_with(SETUP, |c| c.resume_max_replay = 5).await;
+    pg.sql
+        .batch_execute(
+            "create table public.notes (id bigserial primary key, body text);
+             select realtime.enable('public.notes');",
+        )
+        .await
+        .unwrap();
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "busy-log").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    let seen = insert(&pg, ALICE).await;
+    expect_row(&mut c, "INSERT", "items", seen).await;
+    c.acknowledge().await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+
+    let mut missed = vec![insert(&pg, ALICE).await];
+    for _ in 0..60 {
+        pg.sql
+            .execute("insert into public.notes (body) values ('staff')", &[])
+            .await
+            .unwrap();
+    }
+    missed.push(insert(&pg, ALICE).await);
+
+    let second = second_hub_with(&pg, |c| c.resume_max_replay = 5).await;
+    wait_capture(&second).await;
+    let mut c = connect_to(&second, "busy-log").await;
+    rejoin_recovers(&mut c, &token, &missed).await;
+    let (_, body) = second.get_admin("/api/status").await;
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["resume"]["from_restart_read"], 0, "{status}");
+}
+
 /// Another hub on the same database (its caches empty, its capture starting).
 async fn second_hub(pg: &PgHub) -> common::hub::TestHub {
+    second_hub_with(pg, |_| {}).await
+}
+
+/// `second_hub`, its config changed by `f`.
+async fn second_hub_with(
+    pg: &PgHub,
+    f: impl FnOnce(&mut switchboard::config::Config),
+) -> common::hub::TestHub {
     let mut config = common::hub::test_config();
     config.database_url = Some(pg.db.url.clone());
     config.capture_poll = CAPTURE_POLL;
+    f(&mut config);
     common::hub::TestHub::start(config).await
 }
 

@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 pub use cursor::{Cursor, CursorError, Origin, Position};
 pub use maintenance::{run_maintenance, Maintenance};
 pub use reader::{
-    correct, current_cursor, current_position, entries_between, next_events, next_page, LogTables,
-    PageRead, RangeRead, Statements, READ_PAGE_SQL, READ_RANGE_SQL,
+    correct, current_cursor, current_position, entries_between, log_rows_since, next_events,
+    next_page, LogTables, PageRead, RangeRead, Statements, READ_PAGE_SQL, READ_RANGE_SQL,
 };
 pub use retention::{prune, Pruned, Retention};
 pub use status::{CaptureStatus, CaptureStatusSnapshot};

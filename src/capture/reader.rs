@@ -567,6 +567,20 @@ pub async fn entries_between(
     Ok(read)
 }
 
+/// About how many log rows transactions from `xmin` on have written: the ids handed out
+/// since the row of the least such transaction (two index probes, however long the log).
+const ROWS_SINCE: &str = "select coalesce(max(c.id) + 1 - (select f.id from realtime.changes f \
+     where f.xid >= $1::text::xid8 order by f.xid limit 1), 0)::int8 from realtime.changes c";
+
+/// How many log rows transactions from `xmin` on have written, estimated without reading
+/// them: to tell a read that is surely too large before making it. It counts ids that
+/// rolled-back transactions took as well, and a transaction's id orders its rows only
+/// roughly, so it is never a bound to rely on.
+pub async fn log_rows_since(client: &Client, xmin: u64) -> Result<i64, tokio_postgres::Error> {
+    let row = client.query_one(ROWS_SINCE, &[&xmin.to_string()]).await?;
+    Ok(row.get(0))
+}
+
 /// Takes the current snapshot as a starting cursor.
 pub async fn current_cursor(client: &Client) -> Result<Cursor, CaptureError> {
     Ok(current_position(client).await?.cursor)

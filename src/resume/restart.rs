@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 
 use super::{store, ResumeConfig, ResumeError};
-use crate::capture::{correct, entries_between, Cursor, LogTables, Position, READ_RANGE_SQL};
+use crate::capture::{
+    correct, entries_between, log_rows_since, Cursor, LogTables, Position, READ_RANGE_SQL,
+};
 use crate::changes::{entry_bytes, Batch, Gap, Progress};
 
 /// The read holds at most this many times `resume_max_replay` events (it holds every
@@ -27,6 +29,13 @@ use crate::changes::{entry_bytes, Batch, Gap, Progress};
 const READ_REPLAYS: usize = 4;
 /// Nor more row text than this, in bytes (what `changes::Recent` keeps at most).
 const READ_BYTES: usize = 32 << 20;
+/// A read is not made when the log rows written since its start are estimated at more
+/// than this many times its bound (every log row is one event at least). Reading finds
+/// out as well, but Postgres fetches the whole range to return its first rows: a lone
+/// resume after a long absence on a busy log would wait on reads of minutes of it, once a
+/// memory window. The estimate counts ids that rolled-back transactions took, hence the
+/// slack: a read that would fit is not passed over for them.
+const ESTIMATE_SLACK: i64 = 2;
 
 /// The restart read of this hub, if one was made (see the module).
 #[derive(Default)]
@@ -165,6 +174,12 @@ async fn read(
             continue;
         };
         tried = Some(xmin);
+        let estimate = log_rows_since(&client, xmin).await?;
+        let bound = i64::try_from(max).unwrap_or(i64::MAX);
+        if estimate > bound.saturating_mul(ESTIMATE_SLACK) {
+            tracing::info!(max, estimate, ?within, "restart read too large to make");
+            continue;
+        }
         let start = Position::at(Cursor {
             xmax: xmin,
             xip: Vec::new(),
