@@ -227,6 +227,15 @@ impl Verifier {
     }
 }
 
+/// Whether a channel's `access_token` is a user token to verify. Supabase takes the
+/// connection's apikey for an opaque `sb_...` key (supabase-js sends the project key
+/// when there is no session) and for none at all (absent, `null`, or empty here);
+/// anything else is verified, so a malformed one is refused (`MalformedJWT`), never
+/// quietly replaced by the apikey's rights.
+pub fn is_user_token(token: &str) -> bool {
+    !token.starts_with("sb_") && !token.trim().is_empty()
+}
+
 /// Three dot-separated non-empty parts; opaque `sb_...` keys are not JWTs.
 pub fn looks_like_jwt(token: &str) -> bool {
     if token.starts_with("sb_") {
@@ -722,6 +731,16 @@ mod tests {
                 hs_only().verify_at(empty, NOW).unwrap_err(),
                 TokenError::Missing
             );
+        }
+    }
+
+    #[test]
+    fn every_access_token_but_an_opaque_key_or_none_is_verified() {
+        for token in ["a.b.c", "not-a-jwt", "a.b.", "undefined"] {
+            assert!(is_user_token(token), "{token}");
+        }
+        for token in ["", "  ", "sb_publishable_x", "sb_secret_abc"] {
+            assert!(!is_user_token(token), "{token:?}");
         }
     }
 

@@ -230,11 +230,14 @@ async fn join_with_an_expired_access_token_is_refused_with_seconds_ago() {
 #[tokio::test]
 async fn join_with_a_malformed_access_token_is_refused_as_malformed_jwt() {
     let hub = TestHub::start_default().await;
-    let reason = join_error_reason(&hub, json!("aaa.bbb.ccc")).await;
-    assert_eq!(
-        reason,
-        "MalformedJWT: The token provided is not a valid JWT"
-    );
+    // Not shaped like a JWT is malformed too, never a fall back to the apikey's rights.
+    for token in ["aaa.bbb.ccc", "not-a-jwt", "undefined"] {
+        let reason = join_error_reason(&hub, json!(token)).await;
+        assert_eq!(
+            reason, "MalformedJWT: The token provided is not a valid JWT",
+            "{token}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -297,27 +300,30 @@ async fn access_token_push_with_a_valid_token_gets_no_reply_and_the_channel_keep
 async fn access_token_push_with_an_invalid_token_shuts_the_channel_with_a_system_error() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
-    let j = c.join_ok(TOPIC, json!({})).await;
-    c.send_v2(
-        Some(&j),
-        Some("9"),
-        TOPIC,
-        "access_token",
-        json!({"access_token": "aaa.bbb.ccc"}),
-    )
-    .await;
-    let system = c.recv().await;
-    assert_eq!(system.event(), Some("system"), "{system:?}");
-    assert_eq!(system.join_ref(), Some(j.as_str()));
-    assert_eq!(system.ref_(), None);
-    assert_eq!(
-        system.payload(),
-        &json!({"extension":"system","status":"error","message":"The token provided is not a valid JWT","channel":"room1"})
-    );
-    assert_eq!(
-        c.recv().await.json(),
-        &json!([j, j, TOPIC, "phx_close", {}])
-    );
+    for token in ["aaa.bbb.ccc", "undefined"] {
+        let j = c.join_ok(TOPIC, json!({})).await;
+        c.send_v2(
+            Some(&j),
+            Some("9"),
+            TOPIC,
+            "access_token",
+            json!({"access_token": token}),
+        )
+        .await;
+        let system = c.recv().await;
+        assert_eq!(system.event(), Some("system"), "{system:?}");
+        assert_eq!(system.join_ref(), Some(j.as_str()));
+        assert_eq!(system.ref_(), None);
+        assert_eq!(
+            system.payload(),
+            &json!({"extension":"system","status":"error","message":"The token provided is not a valid JWT","channel":"room1"}),
+            "{token}"
+        );
+        assert_eq!(
+            c.recv().await.json(),
+            &json!([j, j, TOPIC, "phx_close", {}])
+        );
+    }
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use super::join_config::JoinConfig;
 use super::private::router_access;
 use super::resume::Claim;
 use super::session::{now_unix, Channel, End, Session};
-use crate::auth::{looks_like_jwt, Claims};
+use crate::auth::{is_user_token, Claims};
 use crate::authz::{self, AuthzError, ChannelAccess, Replay, ReplayRequest, Replayed};
 use crate::changes::{Subscriber, Validated, Viewer};
 use crate::protocol::{
@@ -28,7 +28,7 @@ use crate::telemetry::next_id;
 /// A join that passed admission and authorization.
 struct Admitted {
     config: JoinConfig,
-    /// The user token the join brought, if it brought a JWT.
+    /// The user token the join brought, if it brought one (not an opaque `sb_` key).
     token: Option<String>,
     claims: Claims,
     /// `Some` for a private channel: what its token may do there.
@@ -151,10 +151,10 @@ impl Session {
         Ok(())
     }
 
-    /// The claims the channel runs with: the join's user token when it brings a JWT,
-    /// else the connection's apikey (PROTOCOL.md §7, the realtime-js token race).
+    /// The claims the channel runs with: the join's user token when it brings one, else
+    /// the connection's apikey (PROTOCOL.md §7, the realtime-js token race).
     fn authenticate(&self, config: JoinConfig) -> Result<Admitted, ReplyError> {
-        let token = config.access_token.clone().filter(|t| looks_like_jwt(t));
+        let token = config.access_token.clone().filter(|t| is_user_token(t));
         let claims = match &token {
             Some(t) => self.svc.verifier.verify(t).map_err(ReplyError::Token)?,
             None => self.conn_claims.clone(),

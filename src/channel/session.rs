@@ -11,7 +11,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 
 use super::{channel_name, Services};
-use crate::auth::{looks_like_jwt, Claims};
+use crate::auth::{is_user_token, Claims};
 use crate::authz::ChannelAccess;
 use crate::changes::Viewer;
 use crate::protocol::{
@@ -271,7 +271,7 @@ impl Session {
             InboundPayload::Json(v) => v.get("access_token").and_then(Value::as_str),
             InboundPayload::Broadcast(_) => None,
         };
-        let Some(token) = token.filter(|t| looks_like_jwt(t)) else {
+        let Some(token) = token.filter(|t| is_user_token(t)) else {
             return;
         };
         if ch.token.as_deref() == Some(token) {
