@@ -351,6 +351,17 @@ async fn switchboard_dev_boots_from_an_empty_folder_and_serves_the_demo_crm() {
     assert_eq!(first["status"], "SUBSCRIBED", "{first}");
 
     let (db, conn) = switchboard::db::connect(&database).await.unwrap();
+    let granted: bool = db
+        .query_one(
+            "select bool_and(pg_catalog.has_table_privilege(r, 'public.' || t, 'select')) \
+             from unnest(array['anon', 'authenticated', 'service_role']) r, \
+                  unnest(array['jobs', 'deals', 'customers']) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(granted, "the demo keeps Supabase's default grants");
     db.batch_execute(
         "insert into jobs (customer_id, title) values ('22222222-2222-4222-8222-222222222222', 'not for Ada');
          insert into jobs (customer_id, title) values ('11111111-1111-4111-8111-111111111111', 'Window cleaning');",

@@ -1,6 +1,8 @@
 -- Demo CRM and customer portal used by `switchboard dev`. Idempotent: safe to load on
 -- every start. Staff (JWT claim app_role = 'staff') see everything; a customer sees only
--- rows whose customer_id is their JWT `sub` (auth.uid()).
+-- rows whose customer_id is their JWT `sub` (auth.uid()). Grants are Supabase's defaults
+-- (anon, authenticated and service_role on public tables); the policies decide the rows:
+-- anon has none, so it sees nothing, and service_role bypasses row-level security.
 
 create schema if not exists demo_private;
 
@@ -90,7 +92,7 @@ begin
         execute format('alter table public.%I enable row level security', t);
         execute format('drop policy if exists staff_all on public.%I', t);
         execute format('create policy staff_all on public.%I for all to authenticated using (demo_private.is_staff()) with check (demo_private.is_staff())', t);
-        execute format('grant select, insert, update, delete on public.%I to authenticated', t);
+        execute format('grant select, insert, update, delete on public.%I to anon, authenticated, service_role', t);
         perform realtime.enable(format('public.%I', t)::regclass);
     end loop;
     foreach t in array array['customers', 'jobs', 'invoices', 'messages', 'loyalty_transactions'] loop
@@ -103,7 +105,7 @@ begin
         else
             execute format('create policy own_rows on public.%I for select to authenticated using (customer_id = auth.uid())', t);
         end if;
-        execute format('grant select, insert, update, delete on public.%I to authenticated', t);
+        execute format('grant select, insert, update, delete on public.%I to anon, authenticated, service_role', t);
         perform realtime.enable(format('public.%I', t)::regclass);
     end loop;
 end
