@@ -63,8 +63,11 @@ impl ConsumersHandle {
         query: &FeedQuery,
         shutdown: &CancellationToken,
     ) -> Result<FeedPage, FeedError> {
-        let req = self.parse(query).await?;
-        let scope = if &*claims.role == "service_role" {
+        let everything = &*claims.role == "service_role";
+        let req = self
+            .parse(query, (!everything).then_some(&*claims.role))
+            .await?;
+        let scope = if everything {
             Scope::Everything
         } else {
             Scope::Viewer(std::sync::Arc::new(Viewer::from_claims(claims)))
@@ -80,7 +83,8 @@ impl ConsumersHandle {
             })
     }
 
-    async fn parse(&self, q: &FeedQuery) -> Result<Request, FeedError> {
+    /// `role`: the role a viewer's rows are scoped by (`None`: service_role, everything).
+    async fn parse(&self, q: &FeedQuery, role: Option<&str>) -> Result<Request, FeedError> {
         let settings = &self.inner.settings;
         let max_limit = settings.feed_max_limit;
         let limit = match q.limit.as_deref() {
@@ -106,7 +110,7 @@ impl ConsumersHandle {
             None => None,
             Some(c) => Some(FeedCursor::decode(c).map_err(|_| FeedError::BadCursor)?),
         };
-        let tables = self.tables(q.tables.as_deref().unwrap_or("")).await?;
+        let tables = self.tables(q.tables.as_deref().unwrap_or(""), role).await?;
         Ok(Request {
             selection: Selection::tables(&tables),
             start,
@@ -115,8 +119,14 @@ impl ConsumersHandle {
         })
     }
 
-    /// The `tables` parameter: existing tables with realtime enabled.
-    async fn tables(&self, text: &str) -> Result<Vec<(String, String)>, FeedError> {
+    /// The `tables` parameter: existing tables with realtime enabled. A `role` that may
+    /// select none of a table's columns is answered as for a table that does not exist,
+    /// as a join answers it, so a token cannot learn which tables exist.
+    async fn tables(
+        &self,
+        text: &str,
+        role: Option<&str>,
+    ) -> Result<Vec<(String, String)>, FeedError> {
         let catalog = self.inner.changes.catalog().ok_or(FeedError::NoDatabase)?;
         let mut out = Vec::new();
         for part in text.split(',').map(str::trim) {
@@ -129,8 +139,29 @@ impl ConsumersHandle {
             let info = catalog
                 .table(&schema, &table)
                 .await
-                .map_err(|_| FeedError::Unavailable)?
-                .ok_or_else(|| FeedError::NoSuchTable(name.clone()))?;
+                .map_err(|_| FeedError::Unavailable)?;
+            let info = match (info, role) {
+                (None, None) => return Err(FeedError::NoSuchTable(name)),
+                (Some(info), None) => info,
+                (info, Some(role)) => {
+                    let selectable = match &info {
+                        Some(info) => catalog
+                            .selectable_columns(info, role)
+                            .await
+                            .map_err(|_| FeedError::Unavailable)?,
+                        None => None,
+                    };
+                    match (info, selectable.filter(|c| !c.is_empty())) {
+                        (Some(info), Some(_)) => info,
+                        _ => {
+                            return Err(FeedError::NoVisibleTable {
+                                table: name,
+                                role: role.to_owned(),
+                            })
+                        }
+                    }
+                }
+            };
             if !info.realtime_enabled {
                 return Err(FeedError::NotEnabled { table: name });
             }

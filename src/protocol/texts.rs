@@ -596,6 +596,9 @@ pub enum FeedError {
     BadTables(String),
     #[error("table {0} does not exist")]
     NoSuchTable(String),
+    /// To a role other than service_role: one answer for both, as a join gives it.
+    #[error("table {table} does not exist or role {role} may not select from it")]
+    NoVisibleTable { table: String, role: String },
     #[error("table {table} is not enabled for realtime; enable it with: {}", enable_sql(.table))]
     NotEnabled { table: String },
     #[error("`limit` must be a whole number from 1 to {max}")]
@@ -619,6 +622,7 @@ impl FeedError {
             FeedError::Unauthorized => 401,
             FeedError::BadTables(_)
             | FeedError::NoSuchTable(_)
+            | FeedError::NoVisibleTable { .. }
             | FeedError::NotEnabled { .. }
             | FeedError::BadLimit { .. }
             | FeedError::BadWait { .. }
