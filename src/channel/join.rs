@@ -13,6 +13,7 @@ use super::channel_name;
 use super::join_config::JoinConfig;
 use super::private::router_access;
 use super::resume::Claim;
+use super::retry::Unsubscribed;
 use super::session::{now_unix, Channel, End, Session};
 use crate::auth::{is_user_token, Claims};
 use crate::authz::{self, AuthzError, ChannelAccess, Replay, ReplayRequest, Replayed};
@@ -286,6 +287,9 @@ impl Session {
             .map(|v| v.reply.clone())
             .unwrap_or_default();
         self.reply(msg, "ok", &json!({ "postgres_changes": reply_entries }));
+        let unsubscribed = validated
+            .as_ref()
+            .and_then(|v| Unsubscribed::of(&config.postgres_changes, v, &outbox));
         let (subscriptions, errors) = validated
             .map(|v| (v.subscriptions, v.errors))
             .unwrap_or_default();
@@ -363,6 +367,7 @@ impl Session {
                 exp: claims.exp,
                 live,
                 private,
+                unsubscribed,
             },
         );
     }

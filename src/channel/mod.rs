@@ -8,6 +8,7 @@ mod join_config;
 mod messages;
 mod private;
 mod resume;
+mod retry;
 mod session;
 #[cfg(test)]
 mod tests;

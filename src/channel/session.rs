@@ -10,6 +10,7 @@ use std::sync::Arc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 
+use super::retry::Unsubscribed;
 use super::{channel_name, Services};
 use crate::auth::{is_user_token, Claims};
 use crate::authz::ChannelAccess;
@@ -39,6 +40,8 @@ pub(super) struct Channel {
     pub live: Option<Arc<LiveChannel>>,
     /// `Some` on a private channel: what the token in force may do there.
     pub private: Option<ChannelAccess>,
+    /// `Some` while entries of its join are not subscribed (a new token tries them again).
+    pub unsubscribed: Option<Box<Unsubscribed>>,
 }
 
 /// A connection that opted in to resume with `resume=<key>`.
@@ -261,8 +264,9 @@ impl Session {
     }
 
     /// `access_token`: never replied to. A new valid token replaces the channel's claims
-    /// (and row scope from then on; a private channel's permissions are decided again);
-    /// an invalid one, or one that may no longer read the private channel, ends it.
+    /// (and row scope from then on; a private channel's permissions are decided again;
+    /// entries its join could not subscribe are tried again, `retry`); an invalid one, or
+    /// one that may no longer read the private channel, ends it.
     async fn refresh_token(&mut self, msg: &Inbound) {
         let Some(ch) = self.channels.get(&msg.topic) else {
             return;
@@ -293,6 +297,7 @@ impl Session {
             ch.exp = claims.exp;
             ch.token = Some(token);
         }
+        self.resubscribe(&msg.topic, &claims).await;
     }
 
     /// The earliest token expiry among joined channels (unix seconds).
