@@ -232,6 +232,23 @@ impl Catalog {
         cached(&self.inner.selectable, key, CACHE_TTL, |_| true, fetch).await
     }
 
+    /// `table` (as `table` found it) with the columns `role` may select; `None` when there
+    /// is no such table or the role may select none of its columns. One answer for both,
+    /// so a token cannot learn which tables exist (a join's entries and the change feed).
+    pub async fn visible_to(
+        &self,
+        table: Option<Arc<TableInfo>>,
+        role: &str,
+    ) -> Result<Option<(Arc<TableInfo>, Arc<[String]>)>, CatalogError> {
+        let Some(table) = table else {
+            return Ok(None);
+        };
+        let selectable = self.selectable_columns(&table, role).await?;
+        Ok(selectable
+            .filter(|c| !c.is_empty())
+            .map(|columns| (table, columns)))
+    }
+
     /// Drops every cached answer when `realtime.rules_version()` moved since they were
     /// read (checked at most every `VERSION_CHECK`). A failed check keeps them.
     async fn drop_stale(&self) {

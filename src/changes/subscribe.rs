@@ -193,20 +193,12 @@ async fn subscription(
     }
     let name = qualified(schema, table);
     let info = catalog.table(schema, table).await.map_err(unavailable)?;
-    let selectable = match &info {
-        Some(info) => catalog
-            .selectable_columns(info, role)
-            .await
-            .map_err(unavailable)?,
-        None => None,
-    };
     if info.as_ref().is_some_and(|t| !t.realtime_enabled) {
         // The inspector's count of wanted tables, whoever asked.
         stats.refused(schema, table, chrono::Utc::now());
     }
-    // A role that may select none of the table's columns learns nothing about it: the
-    // same answer as for a table that does not exist.
-    let (Some(info), Some(selectable)) = (info, selectable.filter(|c| !c.is_empty())) else {
+    let visible = catalog.visible_to(info, role).await.map_err(unavailable)?;
+    let Some((info, selectable)) = visible else {
         return Err(ChangesError::NoVisibleTable {
             table: name,
             role: role.to_owned(),

@@ -140,26 +140,18 @@ impl ConsumersHandle {
                 .table(&schema, &table)
                 .await
                 .map_err(|_| FeedError::Unavailable)?;
-            let info = match (info, role) {
-                (None, None) => return Err(FeedError::NoSuchTable(name)),
-                (Some(info), None) => info,
-                (info, Some(role)) => {
-                    let selectable = match &info {
-                        Some(info) => catalog
-                            .selectable_columns(info, role)
-                            .await
-                            .map_err(|_| FeedError::Unavailable)?,
-                        None => None,
+            let info = match role {
+                None => info.ok_or_else(|| FeedError::NoSuchTable(name.clone()))?,
+                Some(role) => {
+                    let visible = catalog
+                        .visible_to(info, role)
+                        .await
+                        .map_err(|_| FeedError::Unavailable)?;
+                    let not_visible = || FeedError::NoVisibleTable {
+                        table: name.clone(),
+                        role: role.to_owned(),
                     };
-                    match (info, selectable.filter(|c| !c.is_empty())) {
-                        (Some(info), Some(_)) => info,
-                        _ => {
-                            return Err(FeedError::NoVisibleTable {
-                                table: name,
-                                role: role.to_owned(),
-                            })
-                        }
-                    }
+                    visible.ok_or_else(not_visible)?.0
                 }
             };
             if !info.realtime_enabled {
