@@ -282,14 +282,7 @@ async fn access_token_push_with_a_valid_token_gets_no_reply_and_the_channel_keep
     let mut c = hub.connect_v2().await;
     let j = c.join_ok(TOPIC, json!({"broadcast":{"self":true}})).await;
     let fresh = hub.token("authenticated", "u1", 3600);
-    c.send_v2(
-        Some(&j),
-        Some("9"),
-        TOPIC,
-        "access_token",
-        json!({"access_token": fresh}),
-    )
-    .await;
+    c.push_access_token(&j, TOPIC, json!(fresh)).await;
     c.assert_quiet().await;
     c.broadcast(&j, TOPIC, "still", json!({"n":1})).await;
     let f = c.recv_until(|f| f.is_event("broadcast")).await;
@@ -302,14 +295,7 @@ async fn access_token_push_with_an_invalid_token_shuts_the_channel_with_a_system
     let mut c = hub.connect_v2().await;
     for token in ["aaa.bbb.ccc", "undefined"] {
         let j = c.join_ok(TOPIC, json!({})).await;
-        c.send_v2(
-            Some(&j),
-            Some("9"),
-            TOPIC,
-            "access_token",
-            json!({"access_token": token}),
-        )
-        .await;
+        c.push_access_token(&j, TOPIC, json!(token)).await;
         let system = c.recv().await;
         assert_eq!(system.event(), Some("system"), "{system:?}");
         assert_eq!(system.join_ref(), Some(j.as_str()));
@@ -375,22 +361,9 @@ async fn access_token_push_of_null_or_opaque_key_is_ignored() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
     let j = c.join_ok(TOPIC, json!({"broadcast":{"self":true}})).await;
-    c.send_v2(
-        Some(&j),
-        Some("9"),
-        TOPIC,
-        "access_token",
-        json!({"access_token": null}),
-    )
-    .await;
-    c.send_v2(
-        Some(&j),
-        Some("10"),
-        TOPIC,
-        "access_token",
-        json!({"access_token": "sb_publishable_x"}),
-    )
-    .await;
+    c.push_access_token(&j, TOPIC, json!(null)).await;
+    c.push_access_token(&j, TOPIC, json!("sb_publishable_x"))
+        .await;
     c.assert_quiet().await;
     c.broadcast(&j, TOPIC, "still", json!({})).await;
     assert_eq!(c.recv().await.payload()["event"], "still");
@@ -402,14 +375,7 @@ async fn access_token_push_with_an_expired_token_shuts_the_channel() {
     let mut c = hub.connect_v2().await;
     let j = c.join_ok(TOPIC, json!({})).await;
     let stale = hub.token("authenticated", "u1", -5);
-    c.send_v2(
-        Some(&j),
-        Some("9"),
-        TOPIC,
-        "access_token",
-        json!({"access_token": stale}),
-    )
-    .await;
+    c.push_access_token(&j, TOPIC, json!(stale)).await;
     let system = c.recv().await;
     assert_eq!(system.event(), Some("system"), "{system:?}");
     let p = system.payload();
@@ -438,14 +404,7 @@ async fn refreshed_token_outlives_the_join_tokens_expiry() {
         .await;
     assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
     let fresh = hub.token("authenticated", "u1", 3600);
-    c.send_v2(
-        Some(&j),
-        Some("9"),
-        TOPIC,
-        "access_token",
-        json!({"access_token": fresh}),
-    )
-    .await;
+    c.push_access_token(&j, TOPIC, json!(fresh)).await;
     // Past the first token's exp (whole seconds), nothing may arrive.
     c.expect_no_frame(std::time::Duration::from_millis(3100))
         .await;

@@ -408,14 +408,8 @@ async fn a_new_token_subscribes_the_entries_the_join_could_not() {
         "{errors:?}"
     );
 
-    c.send_v2(
-        Some(&joined.join_ref),
-        Some("9"),
-        topic,
-        "access_token",
-        json!({"access_token": pg.user(USER)}),
-    )
-    .await;
+    c.push_access_token(&joined.join_ref, topic, json!(pg.user(USER)))
+        .await;
     let sys = next_system(&mut c).await;
     assert_eq!(
         (&sys["status"], &sys["message"]),

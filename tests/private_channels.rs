@@ -197,14 +197,7 @@ async fn a_refreshed_token_that_loses_read_closes_the_channel() {
 
     // Still a member: the channel stays.
     let token = pg.hub.token("authenticated", ALICE, 7200);
-    c.send(
-        Some(&join_ref),
-        Some("t1"),
-        ROOM,
-        "access_token",
-        json!({"access_token": token}),
-    )
-    .await;
+    c.push_access_token(&join_ref, ROOM, json!(token)).await;
     c.assert_quiet().await;
 
     pg.exec(&format!(
@@ -212,14 +205,7 @@ async fn a_refreshed_token_that_loses_read_closes_the_channel() {
     ))
     .await;
     let token = pg.hub.token("authenticated", ALICE, 7300);
-    c.send(
-        Some(&join_ref),
-        Some("t2"),
-        ROOM,
-        "access_token",
-        json!({"access_token": token}),
-    )
-    .await;
+    c.push_access_token(&join_ref, ROOM, json!(token)).await;
     let sys = next_system(&mut c).await;
     assert_eq!(
         sys,
@@ -248,14 +234,7 @@ async fn losing_presence_read_on_refresh_says_no_longer() {
     ))
     .await;
     let token = pg.hub.token("authenticated", ALICE, 7200);
-    c.send(
-        Some(&join_ref),
-        Some("t"),
-        ROOM,
-        "access_token",
-        json!({"access_token": token}),
-    )
-    .await;
+    c.push_access_token(&join_ref, ROOM, json!(token)).await;
     let sys = next_system(&mut c).await;
     assert_eq!(
         sys["message"],

@@ -396,6 +396,14 @@ impl WsClient {
         }
     }
 
+    /// An `access_token` push (realtime-js `setAuth`) on `topic`'s channel; the hub never
+    /// replies to it.
+    pub async fn push_access_token(&mut self, join_ref: &str, topic: &str, token: Value) {
+        let payload = json!({ "access_token": token });
+        self.send(Some(join_ref), Some("t"), topic, "access_token", payload)
+            .await;
+    }
+
     /// The next frame (pings and pongs skipped); fails the test after [`RECV_TIMEOUT`] or
     /// if the connection ended without a close frame.
     pub async fn recv(&mut self) -> Frame {
