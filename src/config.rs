@@ -89,7 +89,7 @@ settings! {
     max_changes_per_join: usize = 100, env "SWITCHBOARD_MAX_CHANGES_PER_JOIN";
     /// postgres_changes entries one connection may hold over all its channels; a join past it is refused.
     max_changes_per_connection: usize = 500, env "SWITCHBOARD_MAX_CHANGES_PER_CONNECTION";
-    /// `like`/`ilike` work one connection's filters may take per change on the shared dispatch path, counted as (pattern length + 1) × text bytes per filter; past it, its remaining filters for that change are judged on a separate lane and only that connection's frames wait. 0 sends every `like` to the lane.
+    /// `like`/`ilike`/`match`/`imatch` work one connection's filters may take per change on the shared dispatch path, counted as (pattern length + 1) × text bytes per filter; past it, its remaining filters for that change are judged on a separate lane and only that connection's frames wait. 0 sends every `like` to the lane.
     filter_inline_cost: u64 = 65_536, env "SWITCHBOARD_FILTER_INLINE_COST";
     /// Joins per second per connection (burst of the same size).
     max_joins_per_second: u32 = 100, env "SWITCHBOARD_MAX_JOINS_PER_SECOND";

@@ -146,6 +146,29 @@ async fn a_filter_with_an_unknown_operator_gets_a_parse_error() {
 }
 
 #[tokio::test]
+async fn a_regular_expression_the_hub_cannot_match_as_postgres_does_gets_a_parse_error() {
+    let pg = PgHub::start(SETUP).await;
+    for (filter, want) in [
+        (
+            r#"title=match."(a)\\1""#,
+            "Error parsing `filter` params: invalid regular expression for match filter: back references and octal escapes are not supported",
+        ),
+        (
+            "title=imatch.a{3,2}",
+            "Error parsing `filter` params: invalid regular expression for imatch filter: invalid repetition count(s)",
+        ),
+        (
+            "n=match.^4",
+            "Error parsing `filter` params: operator match is not supported for column n of type int4",
+        ),
+    ] {
+        let bad = json!({"event": "*", "schema": "public", "table": "items", "filter": filter});
+        let message = assert_entry_error(&pg, bad).await;
+        assert_eq!(message, want, "{filter}");
+    }
+}
+
+#[tokio::test]
 async fn a_filter_on_an_unknown_column_gets_an_invalid_column_error() {
     let pg = PgHub::start(SETUP).await;
     let bad = json!({"event": "*", "schema": "public", "table": "items", "filter": "nope=eq.1"});

@@ -165,6 +165,34 @@ async fn in_like_ilike_and_is_null_filters_deliver_only_matching_changes() {
 }
 
 #[tokio::test]
+async fn match_and_imatch_filters_deliver_only_matching_changes() {
+    let pg = PgHub::start(SETUP).await;
+    // As realtime-js's `postgresChangesFilter().match(...)` writes them: verbatim, or
+    // quoted with `\` escaped when the pattern holds `,()"\`.
+    assert_filter(
+        &pg,
+        "title=match.^post-[0-9]{2}$",
+        title("post-42"),
+        &[title("Post-42"), title("post-420"), title("a post-42")],
+    )
+    .await;
+    assert_filter(
+        &pg,
+        r#"title=imatch."^(ring|bell)\\y""#,
+        title("RING the bell"),
+        &[title("ringing"), title("a ring"), Row::default()],
+    )
+    .await;
+    assert_filter(
+        &pg,
+        "tag=not.match.^re",
+        tag("blue"),
+        &[tag("red"), tag("re"), Row::default()],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn not_and_comma_and_filters_deliver_only_matching_changes() {
     let pg = PgHub::start(SETUP).await;
     assert_filter(&pg, "tag=not.eq.red", tag("blue"), &[tag("red")]).await;

@@ -3,7 +3,8 @@
 //! Postgres, no tokio.
 //!
 //! Syntax: conditions `<column>=[not.]<op>.<value>` separated by commas and ANDed. Ops:
-//! `eq neq lt lte gt gte like ilike in is isdistinct`. Commas inside `(...)`, `{...}`,
+//! `eq neq lt lte gt gte like ilike match imatch in is isdistinct` (`match`/`imatch`: a
+//! Postgres regular expression, see `pattern`). Commas inside `(...)`, `{...}`,
 //! `[...]` or `"..."` do not split, so `in.(a,b)` and unquoted JSON values work. Values and
 //! column names may be double-quoted with `\` escapes (`name=eq."a,b"`).
 //!
@@ -14,13 +15,15 @@
 //! not the `{a,b}` array literal). A NULL or missing value matches nothing but `is.null`,
 //! `is.unknown`, `not.is.true`/`not.is.false` and `isdistinct`.
 
+mod pattern;
 mod value;
 
 use std::cmp::Ordering;
 
 use super::row::{ColumnInfo, Row};
 pub use crate::protocol::FilterError;
-use value::{Kind, LikePattern, Scalar};
+use pattern::{Pattern, PatternError};
+use value::{Kind, Scalar};
 
 /// Most values an `in.(...)` list may hold.
 pub const MAX_IN_VALUES: usize = 100;
@@ -35,6 +38,8 @@ enum Op {
     Gte,
     Like,
     Ilike,
+    Match,
+    Imatch,
     In,
     Is,
     IsDistinct,
@@ -51,6 +56,8 @@ impl Op {
             "gte" => Op::Gte,
             "like" => Op::Like,
             "ilike" => Op::Ilike,
+            "match" => Op::Match,
+            "imatch" => Op::Imatch,
             "in" => Op::In,
             "is" => Op::Is,
             "isdistinct" => Op::IsDistinct,
@@ -68,6 +75,8 @@ impl Op {
             Op::Gte => "gte",
             Op::Like => "like",
             Op::Ilike => "ilike",
+            Op::Match => "match",
+            Op::Imatch => "imatch",
             Op::In => "in",
             Op::Is => "is",
             Op::IsDistinct => "isdistinct",
@@ -177,15 +186,15 @@ impl BoundFilter {
     }
 
     /// An upper estimate of the work `matches(record)` does beyond a fixed amount per
-    /// condition: for each `like`/`ilike`, (pattern length + 1) × the length in bytes of the
-    /// text it reads (what a linear-time matcher may take on that text). Other tests
+    /// condition: for each `like`/`ilike`/`match`/`imatch`, (pattern length + 1) × the
+    /// length in bytes of the text it reads (what a linear-time matcher may take on that text). Other tests
     /// compare one value with one or a bounded list (`MAX_IN_VALUES`) of filter values and
     /// count nothing here.
     pub fn cost(&self, record: &Row) -> u64 {
         self.conditions
             .iter()
             .map(|c| match (&c.test, record.get(&c.column)) {
-                (Test::Like(pattern), Some(serde_json::Value::String(text))) => {
+                (Test::Pattern(pattern), Some(serde_json::Value::String(text))) => {
                     (pattern.len() as u64 + 1).saturating_mul(text.len() as u64)
                 }
                 _ => 0,
@@ -216,7 +225,7 @@ impl BoundFilter {
 enum Test {
     Cmp(Op, Scalar),
     In(Vec<Scalar>),
-    Like(LikePattern),
+    Pattern(Pattern),
     Is(IsValue),
     IsDistinct(Scalar),
 }
@@ -257,7 +266,7 @@ impl BoundCondition {
         let result = match &self.test {
             Test::Cmp(op, want) => compare(*op, &have, want),
             Test::In(list) => list.iter().any(|want| have.equals(want)),
-            Test::Like(pattern) => match &have {
+            Test::Pattern(pattern) => match &have {
                 Scalar::Text(text) => pattern.matches(text),
                 _ => return false,
             },
@@ -319,11 +328,16 @@ fn bind_condition(c: &Condition, columns: &[ColumnInfo]) -> Result<BoundConditio
             if s.chars().rev().take_while(|&c| c == '\\').count() % 2 == 1 {
                 return Err(FilterError::PatternEndsWithEscape);
             }
-            Test::Like(LikePattern::new(s, c.op == Op::Ilike).ok_or(
-                FilterError::PatternTooLong {
-                    max: value::MAX_LIKE_PATTERN,
-                },
-            )?)
+            // citext compares without case: its record values are read lowercased.
+            let fold = c.op == Op::Ilike || kind == Kind::Citext;
+            Test::Pattern(Pattern::like(s, fold).map_err(|e| pattern_error(c.op, e))?)
+        }
+        (Operand::One(s), Op::Match | Op::Imatch) => {
+            if !kind.textual() {
+                return Err(unsupported());
+            }
+            let fold = c.op == Op::Imatch || kind == Kind::Citext;
+            Test::Pattern(Pattern::regex(s, fold).map_err(|e| pattern_error(c.op, e))?)
         }
         (Operand::One(s), Op::IsDistinct) => Test::IsDistinct(read(s)?),
         (Operand::One(s), op @ (Op::Lt | Op::Lte | Op::Gt | Op::Gte)) => {
@@ -340,6 +354,19 @@ fn bind_condition(c: &Condition, columns: &[ColumnInfo]) -> Result<BoundConditio
         negate: c.negate,
         test,
     })
+}
+
+fn pattern_error(op: Op, e: PatternError) -> FilterError {
+    match e {
+        PatternError::TooLong => FilterError::PatternTooLong {
+            op: op.name(),
+            max: pattern::MAX_PATTERN,
+        },
+        PatternError::Invalid(reason) => FilterError::InvalidPattern {
+            op: op.name(),
+            reason,
+        },
+    }
 }
 
 fn syntax(msg: impl Into<String>) -> FilterError {
@@ -775,8 +802,8 @@ mod tests {
                 "Error parsing `filter` params: unknown operator foo",
             ),
             (
-                "id=match.^a",
-                "Error parsing `filter` params: unknown operator match",
+                "id=regex.^a",
+                "Error parsing `filter` params: unknown operator regex",
             ),
             (
                 "id",
@@ -888,6 +915,68 @@ mod tests {
     }
 
     #[test]
+    fn match_and_imatch_read_a_postgres_regular_expression_on_text_columns() {
+        let r = record();
+        for (filter, want) in [
+            (r#"name=match."^O'B""#, true),
+            (r#"name=match."^o'b""#, false),
+            (r#"name=imatch."^o'b""#, true),
+            (r#"name=not.imatch."^o'b""#, false),
+            ("code=match.^ab\\.c", true),
+            ("code=match.\\d", false),
+            ("code=not.match.\\d", true),
+            ("pad=match.y$", true),
+            // A NULL or missing value matches no three-valued test, negated or not.
+            ("nothing=match.x", false),
+            ("nothing=not.match.x", false),
+            (r#"name=match."Ann$",code=imatch.C=D"#, true),
+        ] {
+            assert_eq!(matches(filter, &r), want, "{filter}");
+        }
+        assert_eq!(
+            bind_error("n4=match.^4"),
+            "Error parsing `filter` params: operator match is not supported for column n4 of type int4"
+        );
+        assert_eq!(
+            bind_error("name=match.(a)\\1"),
+            "Error parsing `filter` params: invalid regular expression for match filter: back references and octal escapes are not supported"
+        );
+        assert_eq!(
+            bind_error(&format!(
+                "name=imatch.{}",
+                "a".repeat(pattern::MAX_PATTERN + 1)
+            )),
+            "Error parsing `filter` params: imatch pattern longer than 256 characters"
+        );
+        let cost = parse("name=match.Ann$")
+            .unwrap()
+            .bind(&table())
+            .unwrap()
+            .cost(&r);
+        assert_eq!(cost, 5 * 12, "counted as a like pattern is");
+    }
+
+    #[test]
+    fn citext_patterns_compare_without_case_as_postgres_does() {
+        let cols = vec![ColumnInfo {
+            name: "email".into(),
+            type_name: "citext".into(),
+        }];
+        let r = json!({"email": "Ann@Example.com"})
+            .as_object()
+            .unwrap()
+            .clone();
+        for filter in [
+            "email=like.ANN@%",
+            "email=match.^ANN@",
+            "email=eq.ann@EXAMPLE.com",
+        ] {
+            let f = parse(filter).unwrap().bind(&cols).unwrap();
+            assert!(f.matches(&r), "{filter}");
+        }
+    }
+
+    #[test]
     fn bound_filter_is_send_sync_and_clone() {
         fn assert_traits<T: Send + Sync + Clone + std::fmt::Debug>() {}
         assert_traits::<BoundFilter>();
@@ -943,14 +1032,14 @@ mod tests {
 
     #[test]
     fn like_patterns_are_bounded_and_matched_by_an_automaton() {
-        let long = format!("name=like.%{}b", "a".repeat(value::MAX_LIKE_PATTERN));
+        let long = format!("name=like.%{}b", "a".repeat(pattern::MAX_PATTERN));
         assert_eq!(
             bind_error(&long),
             "Error parsing `filter` params: like pattern longer than 256 characters"
         );
         // The longest pattern allowed against a long text that almost matches everywhere:
         // a backtracking matcher would try every start; the automaton reads the text once.
-        let worst = format!("%{}b", "a".repeat(value::MAX_LIKE_PATTERN - 2));
+        let worst = format!("%{}b", "a".repeat(pattern::MAX_PATTERN - 2));
         let cols = table();
         let f = parse(&format!("name=like.{worst}"))
             .unwrap()

@@ -1,9 +1,9 @@
 //! The filter lane: judges, off the shared dispatch path, the filters matching found too
-//! costly to judge there (a connection's `like`/`ilike` work on one change past
-//! `filter_inline_cost`, see `BoundFilter::cost`). Dispatch reserves the frame's place in
-//! the connection's queue (`router::outbox::Slot`) and hands the rest here; the lane's
-//! thread judges the filters and fills the place with the frame, or with nothing when
-//! none matched. Everything queued to that connection after the place waits behind it,
+//! costly to judge there (a connection's `like`/`ilike`/`match`/`imatch` work on one
+//! change past `filter_inline_cost`, see `BoundFilter::cost`). Dispatch reserves the
+//! frame's place in the connection's queue (`router::outbox::Slot`) and hands the rest
+//! here; the lane's thread judges the filters and fills the place with the frame, or
+//! with nothing when none matched. Everything queued to that connection after the place waits behind it,
 //! so the connection's order is kept, while other connections' frames go out at once:
 //! an expensive filter delays only its own connection.
 //!

@@ -231,8 +231,10 @@ pub enum FilterError {
     UnknownOperator(String),
     #[error("too many values for `in` filter. Maximum 100")]
     TooManyInValues,
-    #[error("Error parsing `filter` params: like pattern longer than {max} characters")]
-    PatternTooLong { max: usize },
+    #[error("Error parsing `filter` params: {op} pattern longer than {max} characters")]
+    PatternTooLong { op: &'static str, max: usize },
+    #[error("Error parsing `filter` params: invalid regular expression for {op} filter: {reason}")]
+    InvalidPattern { op: &'static str, reason: String },
     #[error(
         "Error parsing `filter` params: like pattern must not end with the escape character `\\`"
     )]

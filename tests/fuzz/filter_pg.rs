@@ -5,10 +5,13 @@
 //! must agree whenever the hub accepts the filter.
 //!
 //! The SQL each condition stands for (PROTOCOL.md §4): `col <op> '<value>'::<type>`, text
-//! compared with `COLLATE "C"`, `like`/`ilike` with Postgres's escape `\`, `in` as
+//! compared with `COLLATE "C"`, `like`/`ilike` with Postgres's escape `\`, `match`/`imatch`
+//! as `~`/`~*` (random regular expressions, most of them invalid: whatever the hub
+//! accepts Postgres must accept and judge alike), `in` as
 //! `= any(array[...])`, `is`, `is distinct from`; `not.` negates; a NULL column matches
-//! no three-valued test. Two known differences are left out on purpose: `ilike` on
-//! non-ASCII text (Postgres folds case by the database's locale, the hub by Unicode), and
+//! no three-valued test. Two known differences are left out on purpose: `ilike`, and
+//! `match`/`imatch`, on non-ASCII text (Postgres folds case and classifies letters by the
+//! database's locale, the hub by Unicode), and
 //! a jsonb column holding JSON `null` (the log's JSON cannot tell it from SQL NULL).
 
 use std::sync::OnceLock;
@@ -193,6 +196,66 @@ fn text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A Postgres regular expression, valid or not: pieces of its syntax (escapes of every
+/// kind, brackets, classes, bounds, groups, anchors) strung together at random.
+fn regex() -> impl Strategy<Value = String> {
+    let valid = pick(&[
+        "\\d",
+        "\\D",
+        "\\s",
+        "\\S",
+        "\\w",
+        "\\W",
+        "\\y",
+        "\\Y",
+        "\\m",
+        "\\M",
+        "\\A",
+        "\\Z",
+        "\\b",
+        "\\B",
+        "\\t",
+        "\\x61",
+        "\\x2c",
+        "\\u0062",
+        "\\.",
+        "\\(",
+        "\\*",
+        "\\\\",
+        "(?:",
+        "[a-c]",
+        "[^a]",
+        "[]a]",
+        "[[:alpha:]]",
+        "[[:digit:][:space:]]",
+        "[[:upper:]]",
+        "[.]",
+        "[\\d,]",
+        "[a-]",
+        "{",
+        "}",
+        "{2}",
+        "{1,2}",
+        "{0,}",
+        "*?",
+        "+?",
+        "??",
+        "{1,3}?",
+        "***=",
+        "***:",
+    ]);
+    let invalid = pick(&[
+        "\\1", "\\q", "\\", "(?=", "(?i)", "[", "]", "[^", "[]", "[[.a.]]", "{2,1}", "é",
+    ]);
+    let piece = prop_oneof![
+        6 => "[a-c ,.'()|*+?^$]",
+        4 => "[a-c]{1,3}",
+        6 => valid.prop_map(String::from),
+        1 => invalid.prop_map(String::from),
+    ];
+    prop::collection::vec(piece, 0..6).prop_map(|p| p.concat())
+}
+
 fn stamp(tz: bool) -> impl Strategy<Value = String> {
     let at = (
         1900i32..2100,
@@ -236,6 +299,8 @@ fn ops_for(type_name: &str) -> &'static [&'static str] {
             "gte",
             "like",
             "ilike",
+            "match",
+            "imatch",
             "in",
             "is",
             "isdistinct",
@@ -275,11 +340,13 @@ fn cond() -> impl Strategy<Value = Cond> {
             any::<bool>(),
             prop::collection::vec(value, 1..4),
             like,
+            regex(),
             pick(&["null", "true", "false", "unknown"]),
         )
-            .prop_map(move |(op, negate, values, like, is)| {
+            .prop_map(move |(op, negate, values, like, regex, is)| {
                 let values = match op {
                     "like" | "ilike" => vec![like],
+                    "match" | "imatch" => vec![regex],
                     "is" => vec![is.to_owned()],
                     "in" => values,
                     _ => values[..1].to_vec(),
@@ -358,6 +425,8 @@ impl Cond {
             "gte" => three_valued(format!("{col} >= {}", param(0))),
             "like" => three_valued(format!("{name} like $2::text")),
             "ilike" => three_valued(format!("{name} ilike $2::text")),
+            "match" => three_valued(format!("{name} ~ $2::text")),
+            "imatch" => three_valued(format!("{name} ~* $2::text")),
             "in" => three_valued(format!(
                 "{col} = any(array[{}])",
                 (0..self.values.len())
@@ -379,7 +448,7 @@ impl Cond {
     fn skipped(&self, row: &Map<String, Value>) -> bool {
         let (name, _, catalog) = COLUMNS[self.col];
         let non_ascii = |s: &str| !s.is_ascii();
-        (self.op == "ilike"
+        (matches!(self.op, "ilike" | "match" | "imatch")
             && (non_ascii(&self.values[0]) || row[name].as_str().is_some_and(non_ascii)))
             || catalog == "jsonb" && self.values.iter().any(|v| v == "null")
     }
@@ -483,6 +552,46 @@ proptest! {
                 Ok(pg) => prop_assert_eq!(hub, pg, "filter {} on {}", text, Value::Object(record.clone())),
                 Err(e) => prop_assert!(false, "the hub accepts {} but Postgres refuses it: {}", text, e),
             }
+        }
+    }
+}
+
+/// Text for regular expressions to search: the letters and punctuation they are made of.
+fn searched() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-cAB ,.()*\\\\\t0-9_]{0,10}", "[abB\n.]{0,4}"]
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// Every regular expression the hub accepts for `match`/`imatch`, Postgres accepts too
+    /// (`~`/`~*`), and both give the same answer on the same text.
+    #[test]
+    fn the_hub_and_postgres_agree_on_every_regular_expression_the_hub_accepts(
+        pattern in regex(),
+        text in searched(),
+        insensitive in any::<bool>(),
+    ) {
+        let db = db();
+        let (op, sql) = if insensitive { ("imatch", "~*") } else { ("match", "~") };
+        let filter = format!("t={op}.{}", quoted(&pattern));
+        let cols = vec![ColumnInfo { name: "t".into(), type_name: "text".into() }];
+        let Ok(bound) = parse_filter(&filter).and_then(|f| f.bind(&cols)) else {
+            return Ok(());
+        };
+        let record = serde_json::json!({"t": text});
+        let hub = bound.matches(record.as_object().unwrap());
+        let pg = db.rt.block_on(
+            db.client.query_one(&format!("select $1::text {sql} $2::text"), &[&text, &pattern]),
+        );
+        match pg {
+            Ok(row) => prop_assert_eq!(hub, row.get::<_, bool>(0), "{} on {:?}", filter, text),
+            Err(e) => prop_assert!(
+                false,
+                "the hub accepts {} but Postgres refuses it: {}",
+                filter,
+                switchboard::db::pg_message(&e)
+            ),
         }
     }
 }

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict'
 import { after } from 'node:test'
 import crypto from 'node:crypto'
 import pg from 'pg'
+import { postgresChangesFilter } from '@supabase/realtime-js'
 import { scenario, subscribe, collect, uniqueTopic, mintToken, Inbox } from '../lib/harness.mjs'
 
 const DATABASE_URL = process.env.SWITCHBOARD_DATABASE_URL
@@ -104,6 +105,27 @@ scenario('a filter delivers only matching rows', async (s) => {
   const got = await l.inbox.next(() => true, `INSERT of note ${wanted}`)
   assert.equal(got.new.id, wanted)
   assert.deepEqual(l.inbox.pending(), [])
+})
+
+scenario('postgresChangesFilter() match and imatch deliver only rows whose text matches', async (s) => {
+  const tag = `t${newId()}`
+  // One pattern the builder sends verbatim, one it quotes (it holds parentheses and `\\`).
+  const plain = postgresChangesFilter().match('body', `^${tag}-[0-9]{2}$`)
+  const quoted = postgresChangesFilter().imatch('body', `^${tag}-(ok|yes)\\y`)
+  const a = listen(s.client('A'), { event: 'INSERT', schema: 'public', table: 'notes', filter: plain })
+  const b = listen(s.client('B'), { event: 'INSERT', schema: 'public', table: 'notes', filter: quoted })
+  await Promise.all([live(a), live(b)])
+  for (const body of [`${tag}-420`, `x${tag}-42`, `${tag}-okay`, `${tag.toUpperCase()}-42`]) {
+    await db.query(`insert into public.notes (id, body) values ($1, $2)`, [newId(), body])
+  }
+  const hitA = newId()
+  const hitB = newId()
+  await db.query(`insert into public.notes (id, body) values ($1, $2)`, [hitA, `${tag}-42`])
+  await db.query(`insert into public.notes (id, body) values ($1, $2)`, [hitB, `${tag.toUpperCase()}-YES now`])
+  assert.equal((await a.inbox.next(() => true, 'match INSERT')).new.id, hitA)
+  assert.equal((await b.inbox.next(() => true, 'imatch INSERT')).new.id, hitB)
+  assert.deepEqual(a.inbox.pending(), [])
+  assert.deepEqual(b.inbox.pending(), [])
 })
 
 scenario('row-level security: each user receives only the todos they own', async (s) => {
