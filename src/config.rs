@@ -115,6 +115,8 @@ settings! {
     trust_x_forwarded_for: bool = false, env "SWITCHBOARD_TRUST_X_FORWARDED_FOR";
     /// Seconds without any inbound frame before a socket is closed.
     idle_timeout_secs: u64 = 60, env "SWITCHBOARD_IDLE_TIMEOUT_SECS";
+    /// Seconds a join with `config.broadcast.replication_ready` waits for the hub to be reading the change log (what carries database broadcasts) before the channel is shut with `Replication connection was not established in time`.
+    replication_ready_timeout_secs: u64 = 60, env "SWITCHBOARD_REPLICATION_READY_TIMEOUT_SECS";
     /// Seconds a client has to send its HTTP request headers (the WebSocket upgrade included) before the connection is closed.
     http_header_timeout_secs: u64 = 10, env "SWITCHBOARD_HTTP_HEADER_TIMEOUT_SECS";
     /// Seconds to drain connections on SIGTERM/SIGINT.
@@ -242,6 +244,8 @@ pub struct Limits {
     pub outbox_frames: usize,
     pub outbox_bytes: usize,
     pub idle_timeout: Duration,
+    /// See `replication_ready_timeout_secs`.
+    pub replication_ready_timeout: Duration,
     pub rest_broadcasts_per_token: u32,
     pub rest_broadcasts_per_address: u32,
     pub trust_x_forwarded_for: bool,
@@ -543,6 +547,7 @@ impl Config {
             outbox_frames: positive("outbox_frames", r.outbox_frames)?,
             outbox_bytes: positive("outbox_bytes", r.outbox_bytes)?,
             idle_timeout: Duration::from_secs(positive("idle_timeout_secs", r.idle_timeout_secs)?),
+            replication_ready_timeout: Duration::from_secs(r.replication_ready_timeout_secs),
             rest_broadcasts_per_token: positive(
                 "rest_broadcasts_per_second_per_token",
                 r.rest_broadcasts_per_second_per_token,

@@ -313,6 +313,45 @@ async fn access_token_push_with_an_invalid_token_shuts_the_channel_with_a_system
 }
 
 #[tokio::test]
+async fn replication_ready_not_reached_in_time_shuts_the_channel_as_supabase_does() {
+    // Without a database the hub never reads a log: the wait runs out.
+    let mut config = test_config();
+    config.limits.replication_ready_timeout = std::time::Duration::from_secs(1);
+    let hub = TestHub::start(config).await;
+    let mut c = hub.connect_v2().await;
+    let j = c
+        .join_ok(TOPIC, json!({"broadcast": {"replication_ready": true}}))
+        .await;
+    let plain = c
+        .join_ok("realtime:plain", json!({"broadcast": {"self": true}}))
+        .await;
+    let started = std::time::Instant::now();
+    let system = c.recv().await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(system.join_ref(), Some(j.as_str()), "{system:?}");
+    assert_eq!(
+        system.payload(),
+        &json!({"extension":"system","status":"error","message":"Replication connection was not established in time","channel":"room1"})
+    );
+    assert_eq!(
+        c.recv().await.json(),
+        &json!([j, j, TOPIC, "phx_close", {}])
+    );
+    // The channel that did not ask is untouched: its own broadcast comes back.
+    c.send_v2(
+        Some(&plain),
+        Some("9"),
+        "realtime:plain",
+        "broadcast",
+        json!({"type": "broadcast", "event": "e", "payload": {"n": 1}}),
+    )
+    .await;
+    let echo = c.recv().await;
+    assert_eq!(echo.event(), Some("broadcast"), "{echo:?}");
+    assert_eq!(echo.payload()["payload"], json!({"n": 1}));
+}
+
+#[tokio::test]
 async fn channel_is_shut_when_its_join_token_expires_without_any_client_action() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;

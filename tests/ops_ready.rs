@@ -1,6 +1,7 @@
 //! `/ready` follows the change listener: 200 when connected and caught up, 503 while
 //! Postgres is down, 200 again after it comes back (and `/api/status` counts the
-//! reconnect and shows the error). `/health` stays 200 throughout.
+//! reconnect and shows the error). `/health` stays 200 throughout. A channel that asked
+//! `replication_ready` meanwhile is told once capture is back.
 
 mod common;
 
@@ -58,4 +59,30 @@ async fn ready_goes_false_while_the_listener_is_down_and_recovers() {
         metrics.contains("switchboard_capture_connected 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_asking_replication_ready_while_postgres_is_down_is_told_when_it_is_back() {
+    let cluster = dedicated_cluster().await;
+    let mut config = test_config();
+    config.database_url = Some(cluster.create_db().await);
+    config.capture_poll = Duration::from_millis(100);
+    let hub = TestHub::start(config).await;
+    wait_for_status(&hub, "/ready", 200).await;
+    tokio::task::block_in_place(|| cluster.stop());
+    wait_for_status(&hub, "/ready", 503).await;
+
+    let mut c = hub.connect_v2().await;
+    let config = serde_json::json!({"broadcast": {"replication_ready": true}});
+    let j = c.join_ok("realtime:room", config).await;
+    c.expect_no_frame(Duration::from_millis(1200)).await;
+    tokio::task::block_in_place(|| cluster.start());
+    let system = c.recv().await;
+    assert_eq!(system.join_ref(), Some(j.as_str()), "{system:?}");
+    assert_eq!(
+        system.payload(),
+        &serde_json::json!({"extension": "system", "status": "ok",
+            "message": "Replication connection established", "channel": "room"})
+    );
+    c.expect_no_frame(Duration::from_millis(1200)).await;
 }

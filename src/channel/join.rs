@@ -346,6 +346,15 @@ impl Session {
             }
             _ => None,
         };
+        // `replication_ready`: told now when the hub reads the log, else once it does.
+        let replication_deadline = match config.replication_ready {
+            true if self.replicating() => {
+                self.system(&msg.topic, &join_ref, &SystemMessage::ReplicationReady);
+                None
+            }
+            true => Some(tokio::time::Instant::now() + self.svc.limits.replication_ready_timeout),
+            false => None,
+        };
         let changes = config.postgres_changes.len();
         let presence_key = if config.presence_key.is_empty() {
             uuid::Uuid::new_v4().to_string()
@@ -368,6 +377,7 @@ impl Session {
                 live,
                 private,
                 unsubscribed,
+                replication_deadline,
             },
         );
     }

@@ -31,6 +31,8 @@ pub struct JoinConfig {
     /// `postgres_changes_options: {wait: true, timeout}`: how long the join may wait for
     /// capture to be live before it fails.
     pub changes_wait: Option<Duration>,
+    /// `config.broadcast.replication_ready`: tell the channel once the hub reads the log.
+    pub replication_ready: bool,
 }
 
 impl Default for JoinConfig {
@@ -46,6 +48,7 @@ impl Default for JoinConfig {
             replay_asked: false,
             replay: Replay::None,
             changes_wait: None,
+            replication_ready: false,
         }
     }
 }
@@ -102,6 +105,7 @@ impl JoinConfig {
             replay_asked: get("broadcast", "replay").is_some_and(|v| !v.is_null()),
             replay: Replay::parse(get("broadcast", "replay")),
             changes_wait: changes_wait(config.and_then(|c| c.get("postgres_changes_options"))),
+            replication_ready: truthy(get("broadcast", "replication_ready")),
         }
     }
 }
@@ -125,6 +129,10 @@ mod tests {
             &json!({"config":{"broadcast":{"self":"TRUE","ack":"true"},"presence":{"key":"u1","enabled":true},"version":"realtime-js/2.1"},"access_token":null}),
         );
         assert!(c.broadcast_self && c.broadcast_ack && c.presence_enabled);
+        assert!(!c.replication_ready);
+        let ready =
+            JoinConfig::parse(&json!({"config":{"broadcast":{"replication_ready":"true"}}}));
+        assert!(ready.replication_ready);
         assert_eq!(c.presence_key, "u1");
         assert_eq!(c.access_token, None);
     }

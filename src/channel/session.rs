@@ -42,6 +42,9 @@ pub(super) struct Channel {
     pub private: Option<ChannelAccess>,
     /// `Some` while entries of its join are not subscribed (a new token tries them again).
     pub unsubscribed: Option<Box<Unsubscribed>>,
+    /// `Some` while it waits to be told the hub reads the log (`replication_ready`): when
+    /// it gives up.
+    pub replication_deadline: Option<tokio::time::Instant>,
 }
 
 /// A connection that opted in to resume with `resume=<key>`.
@@ -318,6 +321,40 @@ impl Session {
                 seconds_ago: now - exp,
             };
             self.shut(&topic, ChannelError::Token(error));
+        }
+    }
+
+    /// Whether a channel waits for `replication_ready` (checked every half second, as
+    /// Supabase checks).
+    pub fn awaits_replication(&self) -> bool {
+        self.channels
+            .values()
+            .any(|c| c.replication_deadline.is_some())
+    }
+
+    /// Whether the hub reads the change log (what carries database broadcasts).
+    pub(super) fn replicating(&self) -> bool {
+        self.svc.capture.as_ref().is_some_and(|c| c.is_connected())
+    }
+
+    /// Tells each waiting channel the hub reads the log, or shuts it once its wait is over.
+    pub fn check_replication(&mut self, now: tokio::time::Instant) {
+        let replicating = self.replicating();
+        let waiting: Vec<(String, bool)> = self
+            .channels
+            .iter()
+            .filter_map(|(t, c)| c.replication_deadline.map(|d| (t.clone(), now >= d)))
+            .collect();
+        for (topic, late) in waiting {
+            if replicating {
+                if let Some(ch) = self.channels.get_mut(&topic) {
+                    ch.replication_deadline = None;
+                    let join_ref = ch.join_ref.clone();
+                    self.system(&topic, &join_ref, &SystemMessage::ReplicationReady);
+                }
+            } else if late {
+                self.shut(&topic, ChannelError::ReplicationTimeout);
+            }
         }
     }
 

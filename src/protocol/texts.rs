@@ -169,6 +169,9 @@ pub enum ChannelError {
     ReadCheckFailed { channel: String, problem: String },
     #[error("Realtime was unable to connect to the project database")]
     DatabaseUnavailable,
+    /// `replication_ready` was asked and the hub was not reading the log in time.
+    #[error("Replication connection was not established in time")]
+    ReplicationTimeout,
 }
 
 /// Why one `postgres_changes` entry of a join cannot be served. Sent as a
@@ -312,6 +315,9 @@ pub enum SystemMessage {
     /// Broadcast Replay sent the newest `sent` of `stored` messages; the older ones were
     /// left out by the limit. Status `ok` for the same reason.
     ReplayLeftOut { sent: usize, stored: u64 },
+    /// `replication_ready` was asked: the hub reads the change log, so database
+    /// broadcasts (and row changes) committed from now on reach the channel.
+    ReplicationReady,
 }
 
 impl SystemMessage {
@@ -327,6 +333,9 @@ impl SystemMessage {
             SystemMessage::Changes(e) => ("postgres_changes", "error", e.to_string()),
             SystemMessage::ServerDisconnect => {
                 ("system", "ok", "Server requested disconnect".into())
+            }
+            SystemMessage::ReplicationReady => {
+                ("system", "ok", "Replication connection established".into())
             }
             SystemMessage::Closed(e) => ("system", "error", e.to_string()),
             SystemMessage::Resume(r) => {

@@ -1,9 +1,9 @@
 //! One WebSocket connection, written against `Sink`/`Stream` so tests can drive it with
 //! channel pairs: a reader loop (decode, hand to the session, idle timeout, token expiry,
-//! shutdown) and the socket's sending half handed to one of the hub's writer tasks
-//! (`writer.rs`), which drains the bounded outbox to it. One cleanup path: whatever ends
-//! the loop, the session is dropped (members leave) and the writer sends a close frame
-//! with the reason.
+//! `replication_ready` checks, shutdown) and the socket's sending half handed to one of
+//! the hub's writer tasks (`writer.rs`), which drains the bounded outbox to it. One
+//! cleanup path: whatever ends the loop, the session is dropped (members leave) and the
+//! writer sends a close frame with the reason.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +22,9 @@ use crate::protocol::{self, Close, ReplyError, Vsn};
 use crate::resume::ConnAcks;
 use crate::router::outbox::outbox;
 use crate::telemetry::next_id;
+
+/// How often channels waiting for `replication_ready` are looked at (as Supabase does).
+const REPLICATION_CHECK: Duration = Duration::from_millis(500);
 
 /// A closing connection reads what the client still sends until it is quiet this long.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
@@ -89,6 +92,8 @@ where
     let idle = limits.idle_timeout;
     async move {
         let mut idle_deadline = Instant::now() + idle;
+        // When channels waiting for `replication_ready` are looked at next.
+        let mut replication_check = Instant::now();
         loop {
             let expiry = session.next_expiry().map(|exp| {
                 let secs = (exp - chrono::Utc::now().timestamp()).max(0) as u64;
@@ -107,6 +112,10 @@ where
                 }
                 _ = sleep_until(expiry.unwrap_or(idle_deadline)), if expiry.is_some() => {
                     session.expire_tokens(chrono::Utc::now().timestamp());
+                }
+                _ = sleep_until(replication_check), if session.awaits_replication() => {
+                    session.check_replication(Instant::now());
+                    replication_check = Instant::now() + REPLICATION_CHECK;
                 }
                 msg = stream.next() => {
                     let msg = match msg {

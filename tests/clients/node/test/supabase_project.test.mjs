@@ -232,6 +232,32 @@ scenario('supabase-js: a row trigger calling broadcast_changes reaches the priva
   assert.equal(m.meta.id, m.payload.id)
 })
 
+scenario('replication_ready: the channel is told the hub reads the log, then database broadcasts arrive', async (s) => {
+  // How Supabase's own end-to-end checks open broadcast-from-database channels: opt in,
+  // wait for the system ok, then write.
+  const alice = user()
+  await db.query("insert into public.room_members (room, user_id) values ('tickets', $1)", [alice.sub])
+  const supabase = s.supabase('A')
+  await supabase.realtime.setAuth(alice.token)
+  const inserts = new Inbox('ticket broadcasts')
+  const channel = supabase
+    .channel('tickets', { config: { private: true, broadcast: { replication_ready: true } } })
+    .on('broadcast', { event: 'INSERT' }, (m) => inserts.push(m))
+  const system = collect(channel, 'system', {})
+  await subscribe(channel)
+  const ready = await system.next((m) => m.extension === 'system', 'replication ready')
+  assert.deepEqual(ready, {
+    extension: 'system',
+    status: 'ok',
+    message: 'Replication connection established',
+    channel: 'tickets',
+  })
+  const id = newId()
+  await db.query(`insert into public.tickets (id, title) values ($1, 'after ready')`, [id])
+  const m = await inserts.next((x) => x.payload.record?.id === id, 'the ticket INSERT broadcast')
+  assert.equal(m.payload.record.title, 'after ready')
+})
+
 scenario('a row policy that raises for one user costs only that user', async (s) => {
   const team = crypto.randomUUID()
   const mint = (teamClaim) => {
