@@ -99,6 +99,10 @@ settings! {
     max_broadcast_bytes: usize = 256 * 1024, env "SWITCHBOARD_MAX_BROADCAST_BYTES";
     /// Largest presence track payload, in bytes.
     max_presence_bytes: usize = 64 * 1024, env "SWITCHBOARD_MAX_PRESENCE_BYTES";
+    /// Presence messages (track, untrack) one channel may send per `presence_window_ms`, as Supabase counts them; one more shuts the channel with `Client presence rate limit exceeded`. 0: no limit.
+    presence_calls_per_window: u32 = 5, env "SWITCHBOARD_PRESENCE_CALLS_PER_WINDOW";
+    /// The window of `presence_calls_per_window`, in milliseconds (it starts at a channel's first presence message after the last one ended).
+    presence_window_ms: u64 = 30_000, env "SWITCHBOARD_PRESENCE_WINDOW_MS";
     /// Presences one topic may hold (over all nodes); a track of a new one past it gets an error reply.
     max_presences_per_topic: usize = 10_000, env "SWITCHBOARD_MAX_PRESENCES_PER_TOPIC";
     /// Bytes of presence state one topic may hold (payloads, keys and refs); a track past it gets an error reply. At most `outbox_bytes`.
@@ -238,6 +242,9 @@ pub struct Limits {
     pub max_messages_per_second: u32,
     pub max_broadcast_bytes: usize,
     pub max_presence_bytes: usize,
+    /// See `presence_calls_per_window` (0: no limit) and `presence_window_ms`.
+    pub presence_calls_per_window: u32,
+    pub presence_window: Duration,
     pub max_presences_per_topic: usize,
     /// At most `outbox_bytes`.
     pub max_presence_bytes_per_topic: usize,
@@ -536,6 +543,11 @@ impl Config {
             )?,
             max_broadcast_bytes: positive("max_broadcast_bytes", r.max_broadcast_bytes)?,
             max_presence_bytes: positive("max_presence_bytes", r.max_presence_bytes)?,
+            presence_calls_per_window: r.presence_calls_per_window,
+            presence_window: Duration::from_millis(positive(
+                "presence_window_ms",
+                r.presence_window_ms,
+            )?),
             max_presences_per_topic: positive(
                 "max_presences_per_topic",
                 r.max_presences_per_topic,

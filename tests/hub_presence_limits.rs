@@ -1,5 +1,7 @@
 //! Presence per topic is bounded (issue 15): a track past the topic's presences or bytes
 //! gets an error reply and changes nothing; a joiner always gets its `presence_state`.
+//! Per channel, presence messages are counted in windows as Supabase counts them: one
+//! past `presence_calls_per_window` shuts that channel.
 //! The probe: 150 members × 60 KB made `presence_state` larger than the 8 MiB outbox, so
 //! every later joiner was cut off as a slow consumer before it got any state.
 
@@ -107,4 +109,46 @@ async fn a_track_past_the_topics_bytes_is_refused_and_a_joiner_still_gets_the_st
     assert_eq!(state["m0"]["metas"][0]["blob"], "x".repeat(6000));
     let r = late.heartbeat().await;
     assert_eq!(r.payload()["status"], "ok");
+}
+
+#[tokio::test]
+async fn presence_messages_past_the_window_shut_the_channel_as_supabase_does() {
+    let mut config = test_config();
+    config.limits.presence_window = std::time::Duration::from_millis(1500);
+    let hub = TestHub::start(config).await;
+    let mut c = hub.connect_v2().await;
+    let (j, _) = join_presence(&mut c, "typist").await;
+    // Five messages fit in a window (Supabase's default): tracks and untracks alike.
+    for n in 0..4 {
+        assert_eq!(
+            track(&mut c, &j, json!({"n": n})).await["status"],
+            "ok",
+            "track {n}"
+        );
+    }
+    let r = c.presence(&j, TOPIC, "untrack", json!({})).await;
+    assert_eq!(
+        c.recv_until(|f| f.is_reply_to(&r)).await.payload()["status"],
+        "ok"
+    );
+    // A window ends 1.5 s after its first message: the next one starts a new window.
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    for n in 0..5 {
+        assert_eq!(
+            track(&mut c, &j, json!({"m": n})).await["status"],
+            "ok",
+            "second window {n}"
+        );
+    }
+    // The sixth in this window: a system error, then phx_close; no reply.
+    c.presence(&j, TOPIC, "track", json!({"m": 5})).await;
+    let system = c.recv_until(|f| f.event() == Some("system")).await;
+    assert_eq!(
+        system.payload(),
+        &json!({"extension":"system","status":"error","message":"Client presence rate limit exceeded","channel":"room1"})
+    );
+    assert_eq!(
+        c.recv().await.json(),
+        &json!([j, j, TOPIC, "phx_close", {}])
+    );
 }

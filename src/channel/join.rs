@@ -378,6 +378,7 @@ impl Session {
                 private,
                 unsubscribed,
                 replication_deadline,
+                presence_calls: Default::default(),
             },
         );
     }

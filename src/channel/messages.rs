@@ -86,8 +86,17 @@ impl Session {
     }
 
     pub(super) async fn presence(&mut self, msg: &Inbound) {
-        if !self.channels.contains_key(&msg.topic) {
+        let Some(ch) = self.channels.get_mut(&msg.topic) else {
             return self.reply_error(msg, ReplyError::UnmatchedTopic);
+        };
+        let limits = &self.svc.limits;
+        let (max, window) = (limits.presence_calls_per_window, limits.presence_window);
+        if !ch
+            .presence_calls
+            .allow(tokio::time::Instant::now(), max, window)
+        {
+            self.svc.metrics.limit_hit(self.conn_id, "presence_calls");
+            return self.shut(&msg.topic, ChannelError::PresenceCallsExceeded);
         }
         if !self.within_rate(&msg.topic) {
             return;

@@ -45,6 +45,44 @@ pub(super) struct Channel {
     /// `Some` while it waits to be told the hub reads the log (`replication_ready`): when
     /// it gives up.
     pub replication_deadline: Option<tokio::time::Instant>,
+    /// Its presence messages in the current window (`presence_calls_per_window`).
+    pub presence_calls: PresenceCalls,
+}
+
+/// A channel's presence messages counted in fixed windows, as Supabase counts them: a
+/// window starts at the first message after the last window ended.
+#[derive(Debug, Default)]
+pub(super) struct PresenceCalls {
+    count: u32,
+    ends: Option<tokio::time::Instant>,
+}
+
+impl PresenceCalls {
+    /// Counts one message at `now`; false when it is one more than `max` in its window
+    /// (`max` 0: no limit).
+    pub fn allow(
+        &mut self,
+        now: tokio::time::Instant,
+        max: u32,
+        window: std::time::Duration,
+    ) -> bool {
+        if max == 0 {
+            return true;
+        }
+        match self.ends {
+            Some(ends) if now <= ends => {
+                if self.count >= max {
+                    return false;
+                }
+                self.count += 1;
+            }
+            _ => {
+                self.count = 1;
+                self.ends = Some(now + window);
+            }
+        }
+        true
+    }
 }
 
 /// A connection that opted in to resume with `resume=<key>`.
@@ -372,5 +410,30 @@ impl Drop for Session {
         for (_, ch) in std::mem::take(&mut self.channels) {
             self.teardown(&ch, End::Dropped);
         }
+    }
+}
+
+#[cfg(test)]
+mod presence_calls_tests {
+    use super::PresenceCalls;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn a_window_holds_max_calls_and_the_next_window_starts_with_the_next_call() {
+        let window = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut calls = PresenceCalls::default();
+        for i in 0..5 {
+            assert!(
+                calls.allow(t0 + Duration::from_secs(i), 5, window),
+                "call {i}"
+            );
+        }
+        assert!(!calls.allow(t0 + Duration::from_secs(29), 5, window));
+        // The window ended 30 s after its first call: a new one starts.
+        assert!(calls.allow(t0 + Duration::from_secs(31), 5, window));
+        let mut unlimited = PresenceCalls::default();
+        assert!((0..100).all(|_| unlimited.allow(t0, 0, window)));
     }
 }

@@ -156,6 +156,9 @@ pub enum ChannelError {
     TooManyMessages,
     #[error("Track message size exceeded")]
     TrackTooLarge,
+    /// More presence messages in one window than `presence_calls_per_window`.
+    #[error("Client presence rate limit exceeded")]
+    PresenceCallsExceeded,
     #[error("{0}")]
     Token(TokenError),
     /// A refreshed token lost one of the read permissions the channel had.
