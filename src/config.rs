@@ -117,6 +117,8 @@ settings! {
     rest_broadcasts_per_second_per_address: u32 = 1000, env "SWITCHBOARD_REST_BROADCASTS_PER_SECOND_PER_ADDRESS";
     /// Take a REST caller's address from the last `X-Forwarded-For` entry (the one the proxy in front of the hub appended) instead of the TCP peer. Only behind such a proxy.
     trust_x_forwarded_for: bool = false, env "SWITCHBOARD_TRUST_X_FORWARDED_FOR";
+    /// Refuse joins of public channels (`config.private` false) with `PrivateOnly: This project only allows private channels`, as Supabase's "private channels only" setting does: every broadcast and presence channel is then authorized by your `realtime.messages` policies. `postgres_changes` needs a private channel too then (row scope still applies).
+    private_only: bool = false, env "SWITCHBOARD_PRIVATE_ONLY";
     /// Seconds without any inbound frame before a socket is closed.
     idle_timeout_secs: u64 = 60, env "SWITCHBOARD_IDLE_TIMEOUT_SECS";
     /// Seconds a join with `config.broadcast.replication_ready` waits for the hub to be reading the change log (what carries database broadcasts) before the channel is shut with `Replication connection was not established in time`.
@@ -256,6 +258,8 @@ pub struct Limits {
     pub rest_broadcasts_per_token: u32,
     pub rest_broadcasts_per_address: u32,
     pub trust_x_forwarded_for: bool,
+    /// See the `private_only` setting.
+    pub private_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -569,6 +573,7 @@ impl Config {
                 r.rest_broadcasts_per_second_per_address,
             )?,
             trust_x_forwarded_for: r.trust_x_forwarded_for,
+            private_only: r.private_only,
         };
         let admin_secret = non_empty(r.admin_secret);
         if admin_secret

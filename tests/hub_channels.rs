@@ -460,3 +460,27 @@ async fn join_of_the_bare_realtime_prefix_requires_a_topic_name() {
         &json!({"status":"error","response":{"reason":"TopicNameRequired: You must provide a topic name"}})
     );
 }
+
+#[tokio::test]
+async fn with_private_only_a_public_join_is_refused_and_a_private_one_joins() {
+    let mut config = test_config();
+    config.limits.private_only = true;
+    let hub = TestHub::start(config).await;
+    let mut c = hub.connect_v2().await;
+    let (_, reply) = c
+        .join(TOPIC, json!({"config": {"broadcast": {"self": true}}}))
+        .await;
+    assert_eq!(
+        reply.payload(),
+        &json!({"status": "error", "response": {"reason": "PrivateOnly: This project only allows private channels"}})
+    );
+    // Without a database, only service_role may use private channels.
+    let admin = hub.token("service_role", "ops", 3600);
+    let (_, reply) = c
+        .join(
+            TOPIC,
+            json!({"config": {"private": true}, "access_token": admin}),
+        )
+        .await;
+    assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
+}

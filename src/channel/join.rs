@@ -112,6 +112,9 @@ impl Session {
             InboundPayload::Broadcast(_) => &Value::Null,
         };
         let config = JoinConfig::parse(payload);
+        if self.svc.limits.private_only && !config.private {
+            return Err(ReplyError::PrivateOnly);
+        }
         self.check_changes_entries(&msg.topic, config.postgres_changes.len())?;
         if self.channels.contains_key(&msg.topic) {
             self.close_channel(&msg.topic, End::Dropped);

@@ -116,6 +116,9 @@ pub enum ReplyError {
     DatabaseUnavailable,
     #[error("UnableToReplayMessages: Replay is not allowed for public channels")]
     ReplayOnPublicChannel,
+    /// `private_only` is set and the join is of a public channel.
+    #[error("PrivateOnly: This project only allows private channels")]
+    PrivateOnly,
     #[error("UnableToReplayMessages: Replay params are not valid")]
     ReplayParamsInvalid,
     #[error("UnableToReplayMessages: Realtime was unable to replay messages")]
