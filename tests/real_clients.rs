@@ -45,6 +45,9 @@ const SUPABASE_PROJECT: (&str, &str) = (
     include_str!("clients/supabase_project.sql"),
 );
 
+/// The tables, policies and triggers of Supabase's own e2e suite (test/e2e/realtime-check.ts).
+const SUPABASE_E2E: (&str, &str) = ("supabase_e2e.sql", include_str!("clients/supabase_e2e.sql"));
+
 /// A fresh database with the hub's migrations and `fixtures` applied, in order.
 async fn fixture_database(fixtures: &[(&str, &str)]) -> String {
     let db = common::pg::test_db().await;
@@ -229,6 +232,14 @@ async fn a_project_set_up_the_supabase_way_works_with_realtime_js_and_supabase_j
     run_node_file("supabase_project.test.mjs", Some(database_url)).await;
 }
 
+/// Supabase's own end-to-end Realtime checks (the functional suites of
+/// supabase/realtime test/e2e/realtime-check.ts), ported with rows written by `pg`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_e2e_functional_suites_pass_against_the_hub() {
+    let database_url = fixture_database(&[SUPABASE_E2E]).await;
+    run_node_file("supabase_e2e.test.mjs", Some(database_url)).await;
+}
+
 #[test]
 fn every_node_test_file_has_a_rust_test() {
     let listed = [
@@ -240,6 +251,7 @@ fn every_node_test_file_has_a_rust_test() {
         "postgres_rows.test.mjs",
         "presence.test.mjs",
         "rest.test.mjs",
+        "supabase_e2e.test.mjs",
         "supabase_js.test.mjs",
         "supabase_project.test.mjs",
     ];
