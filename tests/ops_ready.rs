@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::hub::{test_config, TestHub};
-use common::pg::dedicated_cluster;
+use common::pg::{dedicated_cluster, Cluster};
 
 /// Waits (bounded) until `GET path` answers `status`; returns the last body.
 async fn wait_for_status(hub: &TestHub, path: &str, status: u16) -> String {
@@ -26,15 +26,20 @@ async fn wait_for_status(hub: &TestHub, path: &str, status: u16) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_goes_false_while_the_listener_is_down_and_recovers() {
+/// A hub on a Postgres cluster of its own (so the test may stop it), once ready.
+async fn hub_on_own_cluster() -> (Cluster, TestHub) {
     let cluster = dedicated_cluster().await;
     let mut config = test_config();
     config.database_url = Some(cluster.create_db().await);
     config.capture_poll = Duration::from_millis(100);
     let hub = TestHub::start(config).await;
-
     wait_for_status(&hub, "/ready", 200).await;
+    (cluster, hub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_goes_false_while_the_listener_is_down_and_recovers() {
+    let (cluster, hub) = hub_on_own_cluster().await;
 
     tokio::task::block_in_place(|| cluster.stop());
     let body = wait_for_status(&hub, "/ready", 503).await;
@@ -63,12 +68,7 @@ async fn ready_goes_false_while_the_listener_is_down_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_asking_replication_ready_while_postgres_is_down_is_told_when_it_is_back() {
-    let cluster = dedicated_cluster().await;
-    let mut config = test_config();
-    config.database_url = Some(cluster.create_db().await);
-    config.capture_poll = Duration::from_millis(100);
-    let hub = TestHub::start(config).await;
-    wait_for_status(&hub, "/ready", 200).await;
+    let (cluster, hub) = hub_on_own_cluster().await;
     tokio::task::block_in_place(|| cluster.stop());
     wait_for_status(&hub, "/ready", 503).await;
 

@@ -211,15 +211,22 @@ scenario('httpSend on a private channel: members 202, others refused', async (s)
   assert.deepEqual(inbox.pending(), [])
 })
 
-scenario('supabase-js: a row trigger calling broadcast_changes reaches the private topic', async (s) => {
+/** supabase-js signed in as a member of the private 'tickets' topic, listening to its
+ * INSERT broadcasts (`config` merged into the channel's). */
+async function ticketsChannel(s, broadcast = {}) {
   const alice = user()
   await db.query("insert into public.room_members (room, user_id) values ('tickets', $1)", [alice.sub])
   const supabase = s.supabase('A')
   await supabase.realtime.setAuth(alice.token)
   const inserts = new Inbox('ticket broadcasts')
   const channel = supabase
-    .channel('tickets', { config: { private: true } })
+    .channel('tickets', { config: { private: true, broadcast } })
     .on('broadcast', { event: 'INSERT' }, (m) => inserts.push(m))
+  return { channel, inserts }
+}
+
+scenario('supabase-js: a row trigger calling broadcast_changes reaches the private topic', async (s) => {
+  const { channel, inserts } = await ticketsChannel(s)
   await subscribe(channel)
   const id = newId()
   await db.query(`insert into public.tickets (id, title) values ($1, 'from a trigger')`, [id])
@@ -235,14 +242,7 @@ scenario('supabase-js: a row trigger calling broadcast_changes reaches the priva
 scenario('replication_ready: the channel is told the hub reads the log, then database broadcasts arrive', async (s) => {
   // How Supabase's own end-to-end checks open broadcast-from-database channels: opt in,
   // wait for the system ok, then write.
-  const alice = user()
-  await db.query("insert into public.room_members (room, user_id) values ('tickets', $1)", [alice.sub])
-  const supabase = s.supabase('A')
-  await supabase.realtime.setAuth(alice.token)
-  const inserts = new Inbox('ticket broadcasts')
-  const channel = supabase
-    .channel('tickets', { config: { private: true, broadcast: { replication_ready: true } } })
-    .on('broadcast', { event: 'INSERT' }, (m) => inserts.push(m))
+  const { channel, inserts } = await ticketsChannel(s, { replication_ready: true })
   const system = collect(channel, 'system', {})
   await subscribe(channel)
   const ready = await system.next((m) => m.extension === 'system', 'replication ready')
