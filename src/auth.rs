@@ -227,11 +227,12 @@ impl Verifier {
     }
 }
 
-/// Whether a channel's `access_token` is a user token to verify. Supabase takes the
+/// Whether a join's `access_token` is a user token to verify. Supabase takes the
 /// connection's apikey for an opaque `sb_...` key (supabase-js sends the project key
 /// when there is no session) and for none at all (absent, `null`, or empty here);
 /// anything else is verified, so a malformed one is refused (`MalformedJWT`), never
-/// quietly replaced by the apikey's rights.
+/// quietly replaced by the apikey's rights. (A pushed token is verified unless `null`
+/// or `sb_...`, as Supabase does: `Session::refresh_token`.)
 pub fn is_user_token(token: &str) -> bool {
     !token.starts_with("sb_") && !token.trim().is_empty()
 }
@@ -304,17 +305,14 @@ fn allowed_alg(name: &str) -> Option<Algorithm> {
     Some(alg)
 }
 
-/// Typed claims from the verified payload (`raw`, parsed) and its JSON text.
+/// Typed claims from the verified payload (`raw`, parsed) and its JSON text. Expiry is
+/// told before a missing `role`, as Supabase tells it.
 fn claims_from(
     raw: &Map<String, Value>,
     json: String,
     now_unix: i64,
 ) -> Result<Claims, TokenError> {
-    let (Some(role), Some(exp)) = (raw.get("role"), raw.get("exp")) else {
-        return Err(TokenError::MissingClaims);
-    };
-    let role = role.as_str().ok_or(TokenError::MissingClaims)?;
-    let exp = match exp {
+    let exp = match raw.get("exp").ok_or(TokenError::MissingClaims)? {
         Value::Number(n) => match (n.as_i64(), n.as_f64()) {
             (Some(i), _) => i,
             (None, Some(f)) if f.is_finite() && f.abs() < 9.0e15 => f.floor() as i64,
@@ -327,6 +325,10 @@ fn claims_from(
             seconds_ago: now_unix - exp,
         });
     }
+    let role = raw
+        .get("role")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::MissingClaims)?;
     Ok(Claims {
         role: role.into(),
         exp,
@@ -579,6 +581,16 @@ mod tests {
             jwks_only().verify_at(&token, NOW),
             Err(TokenError::Signature)
         ));
+    }
+
+    #[test]
+    fn an_expired_token_without_a_role_is_told_it_expired_as_supabase_tells_it() {
+        let mut c = claims();
+        c["exp"] = json!(NOW - 1000);
+        c.as_object_mut().unwrap().remove("role");
+        let token = mint_hs256(SECRET, &c).unwrap();
+        let err = hs_only().verify_at(&token, NOW).unwrap_err();
+        assert_eq!(err, TokenError::Expired { seconds_ago: 1000 });
     }
 
     #[test]

@@ -293,7 +293,7 @@ async fn access_token_push_with_a_valid_token_gets_no_reply_and_the_channel_keep
 async fn access_token_push_with_an_invalid_token_shuts_the_channel_with_a_system_error() {
     let hub = TestHub::start_default().await;
     let mut c = hub.connect_v2().await;
-    for token in ["aaa.bbb.ccc", "undefined"] {
+    for token in ["aaa.bbb.ccc", "undefined", ""] {
         let j = c.join_ok(TOPIC, json!({})).await;
         c.push_access_token(&j, TOPIC, json!(token)).await;
         let system = c.recv().await;
@@ -483,4 +483,19 @@ async fn with_private_only_a_public_join_is_refused_and_a_private_one_joins() {
         )
         .await;
     assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
+}
+
+#[tokio::test]
+async fn null_postgres_changes_entries_are_dropped_as_supabase_drops_them() {
+    let hub = TestHub::start_default().await;
+    let mut c = hub.connect_v2().await;
+    let (_, reply) = c
+        .join(TOPIC, json!({"config": {"postgres_changes": [null]}}))
+        .await;
+    assert_eq!(
+        reply.payload(),
+        &json!({"status": "ok", "response": {"postgres_changes": []}})
+    );
+    c.expect_no_frame(std::time::Duration::from_millis(300))
+        .await;
 }

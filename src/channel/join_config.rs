@@ -20,7 +20,8 @@ pub struct JoinConfig {
     pub presence_key: String,
     pub presence_enabled: bool,
     pub private: bool,
-    /// The requested `postgres_changes` entries, verbatim (echoed in the reply).
+    /// The requested `postgres_changes` entries, verbatim (echoed in the reply), but for
+    /// `null` entries, which Supabase drops.
     pub postgres_changes: Vec<Value>,
     /// `access_token` (or legacy `user_token`) when it is a string.
     pub access_token: Option<String>,
@@ -99,7 +100,7 @@ impl JoinConfig {
             postgres_changes: config
                 .and_then(|c| c.get("postgres_changes"))
                 .and_then(Value::as_array)
-                .cloned()
+                .map(|entries| entries.iter().filter(|e| !e.is_null()).cloned().collect())
                 .unwrap_or_default(),
             access_token: token,
             replay_asked: get("broadcast", "replay").is_some_and(|v| !v.is_null()),
@@ -170,7 +171,14 @@ mod tests {
         let c = JoinConfig::parse(
             &json!({"config":{"postgres_changes":[entry.clone()]},"user_token":"t"}),
         );
-        assert_eq!(c.postgres_changes, vec![entry]);
+        assert_eq!(c.postgres_changes, vec![entry.clone()]);
         assert_eq!(c.access_token.as_deref(), Some("t"));
+        let dropped =
+            JoinConfig::parse(&json!({"config":{"postgres_changes":[null, entry.clone(), null]}}));
+        assert_eq!(
+            dropped.postgres_changes,
+            vec![entry],
+            "null entries are dropped"
+        );
     }
 }

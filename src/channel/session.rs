@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::retry::Unsubscribed;
 use super::{channel_name, Services};
-use crate::auth::{is_user_token, Claims};
+use crate::auth::Claims;
 use crate::authz::ChannelAccess;
 use crate::changes::Viewer;
 use crate::protocol::{
@@ -316,14 +316,20 @@ impl Session {
             InboundPayload::Json(v) => v.get("access_token").and_then(Value::as_str),
             InboundPayload::Broadcast(_) => None,
         };
-        let Some(token) = token.filter(|t| is_user_token(t)) else {
+        // As Supabase: `null` and `sb_…` keys are ignored; any other string (even empty)
+        // is verified, where a join without a user token falls back to the apikey.
+        let Some(token) = token.filter(|t| !t.starts_with("sb_")) else {
             return;
         };
         if ch.token.as_deref() == Some(token) {
             return;
         }
         let token = token.to_owned();
-        let claims = match self.svc.verifier.verify(&token) {
+        let verified = match token.trim().is_empty() {
+            true => Err(TokenError::Malformed),
+            false => self.svc.verifier.verify(&token),
+        };
+        let claims = match verified {
             Ok(claims) => claims,
             Err(e) => return self.shut(&msg.topic, ChannelError::Token(e)),
         };
