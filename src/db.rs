@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (51, include_str!("../sql/051_capture_cost.sql")),
     (52, include_str!("../sql/052_wake_payload.sql")),
     (53, include_str!("../sql/053_read_page.sql")),
+    (54, include_str!("../sql/054_webhook_delivered_fence.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -352,6 +352,49 @@ async fn replay_delivers_again_from_a_time_with_the_same_event_ids() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_while_a_batch_is_in_flight_is_not_written_over() {
+    let pg = hub().await;
+    // Every answer is a 200 that comes 700 ms late (the hub's timeout is 1 s).
+    let late = Mode::Chaos {
+        p500: 0.0,
+        pslow: 1.0,
+        preset: 0.0,
+        slow: Duration::from_millis(700),
+    };
+    let rx = Receiver::start(late).await;
+    create(&pg, "crm", &rx.url, "").await;
+    let from: chrono::DateTime<chrono::Utc> = pg
+        .sql
+        .query_one("select clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.exec("insert into contacts (id, name) values (1, 'in flight')")
+        .await;
+    assert!(
+        rx.wait_for_request(Duration::from_secs(20), |_| true).await,
+        "row 1 posted"
+    );
+    rx.set_mode(Mode::Ok);
+    // The replay lands while row 1's answer is on its way. The cursor write after that
+    // 200 used to move the cursor past row 1 again, over the replay.
+    let admin = pg.token("service_role", "ops");
+    let (code, body) = post(
+        &pg,
+        "/realtime/v1/api/webhooks/crm/replay",
+        &admin,
+        json!({"from": from.to_rfc3339()}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    rx.wait_until(Duration::from_secs(20), "row 1 again", |r| {
+        r.iter().filter(|q| q.processed()).count() >= 2
+    })
+    .await;
+    assert_eq!(ids(&rx.processed_events()), vec![1, 1]);
+}
+
 #[tokio::test]
 async fn the_sql_api_creates_alters_lists_and_drops_endpoints_with_clear_errors() {
     let pg = hub().await;

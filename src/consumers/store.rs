@@ -22,7 +22,7 @@ const HELD: &str = "select name, version, lease_owner is not distinct from $1 \
      where lease_owner = $1 or lease_owner is null or lease_expires_at < now()";
 const STATE: &str =
     "select version from realtime.webhook_endpoints where name = $1 and lease_owner = $2";
-const DELIVERED: &str = "select realtime.webhook_delivered($1, $2, $3, $4)";
+const DELIVERED: &str = "select realtime.webhook_delivered($1, $2, $3, $4, $5)";
 const FAILED: &str = "select held, paused from realtime.webhook_failed($1, $2, $3, $4, $5)";
 const MARK_LOST: &str = "select realtime.mark_lost_webhooks()";
 
@@ -106,19 +106,36 @@ pub async fn version(
         .map(|r| r.get(0)))
 }
 
-/// Records a 2xx for `events` events (0: only the cursor moves); false when `owner` lost
-/// the lease.
+/// What recording a 2xx (or an idle cursor move) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorWrite {
+    Stored,
+    /// The cursor is not the one expected (an operator's replay moved it): nothing was
+    /// written.
+    Moved,
+    /// `owner` no longer holds the lease.
+    Lost,
+}
+
+/// Records a 2xx for `events` events (0: only the cursor moves) by moving the cursor
+/// from `expected` (the one the loop loaded or wrote last) to `position`; an operator's
+/// replay that moved it meanwhile is not written over.
 pub async fn delivered(
     client: &Client,
     name: &str,
     owner: &str,
     position: &str,
     events: i32,
-) -> Result<bool, ConsumersError> {
-    Ok(client
-        .query_one(DELIVERED, &[&name, &owner, &position, &events])
-        .await?
-        .get(0))
+    expected: &str,
+) -> Result<CursorWrite, ConsumersError> {
+    let row = client
+        .query_one(DELIVERED, &[&name, &owner, &position, &events, &expected])
+        .await?;
+    Ok(match row.get::<_, &str>(0) {
+        "stored" => CursorWrite::Stored,
+        "moved" => CursorWrite::Moved,
+        _ => CursorWrite::Lost,
+    })
 }
 
 /// What recording a failed attempt found.

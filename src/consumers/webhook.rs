@@ -3,7 +3,8 @@
 //! `batch_wait` for it to fill), POST it until a 2xx (backing off between failures,
 //! pausing after a run of them), then move the stored cursor past it. One batch at a
 //! time, so the endpoint sees changes in log order. Every database write is fenced by the
-//! lease; an operator's change (pause, resume, retry, replay, alter) makes the loop
+//! lease, and the cursor's by the cursor it replaces (a replay that moved it meanwhile
+//! wins); an operator's change (pause, resume, retry, replay, alter) makes the loop
 //! reload the endpoint and start again from its stored cursor.
 
 use std::collections::VecDeque;
@@ -19,7 +20,7 @@ use super::deliver::{self, Outcome};
 use super::log;
 use super::mark::Mark;
 use super::select::{Selection, SelectionError};
-use super::store::{self, EndpointDef};
+use super::store::{self, CursorWrite, EndpointDef};
 use super::{ConsumersError, Inner};
 use crate::changes::Change;
 
@@ -134,7 +135,8 @@ impl Endpoint {
         let max = settings.batch_events.max(1);
         let mut pending: VecDeque<(Change, Mark)> = VecDeque::new();
         let mut tail = from.clone();
-        let mut stored = from.to_string();
+        // The cursor as stored (the row's own text, so the compare-and-set matches it).
+        let mut stored = def.position.clone();
         let mut last_store = Instant::now();
         // When the oldest pending change was read (the batch window runs from there).
         let mut since: Option<Instant> = None;
@@ -172,12 +174,13 @@ impl Endpoint {
                     && tail_text != stored
                     && last_store.elapsed() >= STORE_IDLE_EVERY
                 {
-                    match self.store_delivered(&tail_text, 0).await {
-                        Some(true) => {
+                    match self.store_delivered(&tail_text, 0, &stored).await {
+                        Some(CursorWrite::Stored) => {
                             stored = tail_text;
                             last_store = Instant::now();
                         }
-                        Some(false) | None => return Next::Stop,
+                        Some(CursorWrite::Moved) => return Next::Reload,
+                        Some(CursorWrite::Lost) | None => return Next::Stop,
                     }
                 }
                 let n = pending.len();
@@ -211,7 +214,10 @@ impl Endpoint {
                 pending[n - 1].1.clone()
             };
             let batch: Vec<Change> = pending.iter().take(n).map(|(c, _)| c.clone()).collect();
-            match self.deliver(def, &batch, &after, &mut failures).await {
+            match self
+                .deliver(def, &batch, &after, &stored, &mut failures)
+                .await
+            {
                 Delivery::Not(next) => return next,
                 Delivery::Sent => {
                     pending.drain(..n);
@@ -231,6 +237,7 @@ impl Endpoint {
         def: &EndpointDef,
         batch: &[Change],
         after: &Mark,
+        stored: &str,
         failures: &mut u32,
     ) -> Delivery {
         let settings = self.inner.settings.clone();
@@ -263,8 +270,8 @@ impl Endpoint {
             match outcome {
                 Outcome::Delivered => {
                     let events = i32::try_from(batch.len()).unwrap_or(i32::MAX);
-                    return match self.store_delivered(&after_text, events).await {
-                        Some(true) => {
+                    return match self.store_delivered(&after_text, events, stored).await {
+                        Some(CursorWrite::Stored) => {
                             if *failures > 0 {
                                 tracing::info!(endpoint = %self.name, after_failures = *failures,
                                     "webhook endpoint delivers again");
@@ -274,7 +281,8 @@ impl Endpoint {
                                 .set_local(&self.name, |l| l.next_attempt_at = None);
                             Delivery::Sent
                         }
-                        Some(false) | None => Delivery::Not(Next::Stop),
+                        Some(CursorWrite::Moved) => Delivery::Not(Next::Reload),
+                        Some(CursorWrite::Lost) | None => Delivery::Not(Next::Stop),
                     };
                 }
                 Outcome::Failed {
@@ -391,11 +399,18 @@ impl Endpoint {
         self.lease.borrow().version > version
     }
 
-    async fn store_delivered(&self, position: &str, events: i32) -> Option<bool> {
+    /// Moves the stored cursor from `expected` to `position` (see `store::delivered`).
+    async fn store_delivered(
+        &self,
+        position: &str,
+        events: i32,
+        expected: &str,
+    ) -> Option<CursorWrite> {
         let (name, node) = (self.name.clone(), self.inner.node_id.clone());
         self.db(|c| {
-            let (name, node, position) = (name.clone(), node.clone(), position.to_owned());
-            async move { store::delivered(&c, &name, &node, &position, events).await }
+            let (name, node) = (name.clone(), node.clone());
+            let (position, expected) = (position.to_owned(), expected.to_owned());
+            async move { store::delivered(&c, &name, &node, &position, events, &expected).await }
         })
         .await
     }
