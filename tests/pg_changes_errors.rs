@@ -169,6 +169,23 @@ async fn a_regular_expression_the_hub_cannot_match_as_postgres_does_gets_a_parse
 }
 
 #[tokio::test]
+async fn a_schema_wide_entry_on_a_missing_or_unusable_schema_gets_one_error() {
+    let pg = PgHub::start(SETUP).await;
+    pg.exec("create schema hidden").await;
+    for schema in ["nosuch", "hidden"] {
+        let bad = json!({"event": "*", "schema": schema});
+        let message = assert_entry_error(&pg, bad).await;
+        assert_eq!(
+            message,
+            format!(
+                "Unable to subscribe to changes with given parameters: schema {schema} \
+                 does not exist or role authenticated may not use it"
+            )
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_filter_on_an_unknown_column_gets_an_invalid_column_error() {
     let pg = PgHub::start(SETUP).await;
     let bad = json!({"event": "*", "schema": "public", "table": "items", "filter": "nope=eq.1"});

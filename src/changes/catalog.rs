@@ -30,6 +30,12 @@ const CACHE_PRUNE_AT: usize = 1024;
 /// Name of one of the capture triggers that `realtime.enable` creates (its INSERT trigger).
 pub const CAPTURE_TRIGGER: &str = "switchboard_capture_insert";
 
+/// Whether schema `$1` exists and role `$2` may use it (false for a role that does not
+/// exist).
+const SCHEMA_USABLE: &str = "select exists (select 1 from pg_catalog.pg_namespace n \
+     join pg_catalog.pg_roles r on r.rolname = $2 \
+     where n.nspname = $1 and pg_catalog.has_schema_privilege(r.oid, n.oid, 'USAGE'))";
+
 /// One table by exact schema and name: `$1` the capture trigger name, `$2` schema,
 /// `$3` table.
 const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.relrowsecurity, c.relforcerowsecurity, \
@@ -212,6 +218,14 @@ impl Catalog {
         };
         let enabled = |t: &Option<Arc<TableInfo>>| t.as_ref().is_some_and(|t| t.realtime_enabled);
         cached(&self.inner.tables, key, CACHE_TTL, enabled, fetch).await
+    }
+
+    /// Whether `schema` exists and `role` may use it (a schema-wide subscription of a
+    /// schema that is not there, a typo say, is refused rather than silently empty).
+    pub async fn schema_usable(&self, schema: &str, role: &str) -> Result<bool, CatalogError> {
+        let client = self.inner.pool.get().await?;
+        let stmt = client.prepare_cached(SCHEMA_USABLE).await?;
+        Ok(client.query_one(&stmt, &[&schema, &role]).await?.get(0))
     }
 
     /// The columns of `table` that `role` may select, in attribute order; `None` when

@@ -181,6 +181,16 @@ async fn subscription(
         let scope = if schema == "*" {
             TableScope::All
         } else {
+            if !catalog
+                .schema_usable(schema, role)
+                .await
+                .map_err(unavailable)?
+            {
+                return Err(ChangesError::NoUsableSchema {
+                    schema: schema.to_owned(),
+                    role: role.to_owned(),
+                });
+            }
             TableScope::Schema(schema.into())
         };
         return Ok(Subscription {

@@ -196,6 +196,10 @@ pub enum ChangesError {
     /// for both, so a token cannot learn which tables exist.
     #[error("Unable to subscribe to changes with given parameters: table {table} does not exist or role {role} may not select from it")]
     NoVisibleTable { table: String, role: String },
+    /// A schema-wide entry on a schema that does not exist or the role may not use (one
+    /// answer for both, as for tables).
+    #[error("Unable to subscribe to changes with given parameters: schema {schema} does not exist or role {role} may not use it")]
+    NoUsableSchema { schema: String, role: String },
     /// Only told to a role that may select from the table (so it leaks nothing).
     #[error("table {table} is not enabled for realtime; add it to the publication with: {} or enable it with: {}", publication_sql(.table), enable_sql(.table))]
     NotEnabled { table: String },
