@@ -100,6 +100,21 @@ async fn post(pg: &PgHub, path: &str, token: &str, body: Value) -> (u16, Value) 
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// The database's clock now (what a replay's `from` is compared with).
+async fn db_now(pg: &PgHub) -> chrono::DateTime<chrono::Utc> {
+    pg.sql
+        .query_one("select clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `POST .../webhooks/crm/replay` with `body`, as an admin.
+async fn replay(pg: &PgHub, body: Value) -> (u16, Value) {
+    let admin = pg.token("service_role", "ops");
+    post(pg, "/realtime/v1/api/webhooks/crm/replay", &admin, body).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_changes_arrive_signed_in_order_and_rolled_back_ones_never() {
     let pg = hub().await;
@@ -303,12 +318,7 @@ async fn replay_delivers_again_from_a_time_with_the_same_event_ids() {
         .await;
     rx.wait_until(Duration::from_secs(20), "row 1", |r| !r.is_empty())
         .await;
-    let from: chrono::DateTime<chrono::Utc> = pg
-        .sql
-        .query_one("select clock_timestamp()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let from = db_now(&pg).await;
     pg.exec("insert into contacts (id, name) values (2, 'new')")
         .await;
     rx.wait_until(Duration::from_secs(20), "row 2", |r| r.len() >= 2)
@@ -319,22 +329,9 @@ async fn replay_delivers_again_from_a_time_with_the_same_event_ids() {
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
 
-    let admin = pg.token("service_role", "ops");
-    let (code, body) = post(
-        &pg,
-        "/realtime/v1/api/webhooks/crm/replay",
-        &admin,
-        json!({"from": "yesterday"}),
-    )
-    .await;
+    let (code, body) = replay(&pg, json!({"from": "yesterday"})).await;
     assert_eq!(code, 422, "{body}");
-    let (code, body) = post(
-        &pg,
-        "/realtime/v1/api/webhooks/crm/replay",
-        &admin,
-        json!({"from": from.to_rfc3339()}),
-    )
-    .await;
+    let (code, body) = replay(&pg, json!({"from": from.to_rfc3339()})).await;
     assert_eq!(code, 200, "{body}");
     assert!(body["replay_from_position"].is_string(), "{body}");
     rx.wait_until(Duration::from_secs(20), "row 2 again", |r| r.len() >= 3)
@@ -364,12 +361,7 @@ async fn a_replay_while_a_batch_is_in_flight_is_not_written_over() {
     };
     let rx = Receiver::start(late).await;
     create(&pg, "crm", &rx.url, "").await;
-    let from: chrono::DateTime<chrono::Utc> = pg
-        .sql
-        .query_one("select clock_timestamp()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let from = db_now(&pg).await;
     pg.exec("insert into contacts (id, name) values (1, 'in flight')")
         .await;
     assert!(
@@ -379,14 +371,7 @@ async fn a_replay_while_a_batch_is_in_flight_is_not_written_over() {
     rx.set_mode(Mode::Ok);
     // The replay lands while row 1's answer is on its way. The cursor write after that
     // 200 used to move the cursor past row 1 again, over the replay.
-    let admin = pg.token("service_role", "ops");
-    let (code, body) = post(
-        &pg,
-        "/realtime/v1/api/webhooks/crm/replay",
-        &admin,
-        json!({"from": from.to_rfc3339()}),
-    )
-    .await;
+    let (code, body) = replay(&pg, json!({"from": from.to_rfc3339()})).await;
     assert_eq!(code, 200, "{body}");
     rx.wait_until(Duration::from_secs(20), "row 1 again", |r| {
         r.iter().filter(|q| q.processed()).count() >= 2
