@@ -138,6 +138,22 @@ async fn single_message_route_with_url_encoded_topic_and_event_is_delivered() {
     );
 }
 
+#[tokio::test]
+async fn a_single_message_body_that_is_not_an_object_arrives_wrapped_as_supabase_wraps_it() {
+    let hub = TestHub::start_default().await;
+    let mut member = hub.connect_v2().await;
+    member.join_ok("realtime:room", json!({})).await;
+    let path = "/realtime/v1/api/broadcast/room/events/e";
+    for body in [json!([1, 2]), json!("text"), json!(5)] {
+        let (status, text) = post(&hub, path, bearer(&hub), &body).await;
+        assert_eq!(status, 202, "{text}");
+        assert_eq!(
+            member.recv().await.json(),
+            &json!([null,null,"realtime:room","broadcast",{"type":"broadcast","event":"e","payload":{"_json": body}}])
+        );
+    }
+}
+
 /// A batch of `n` messages to `lobby`.
 fn batch(n: usize) -> Value {
     let msg = json!({"topic":"lobby","event":"flood","payload":{}});

@@ -368,13 +368,19 @@ async fn a_table_without_a_primary_key_gets_error_400_frames() {
     let ch = next_change(&mut c).await;
     assert_eq!(ch.ids, sub.ids);
     // Supabase's 400 frame (notes/dropin.md §5.3): no row data, but the keys clients
-    // require are there, empty (Python rejects a frame without `columns`).
+    // require are there, empty (Python rejects a frame without `columns`), and the commit
+    // time (Supabase's null makes Python drop the frame, error and all).
+    let at = ch.data["commit_timestamp"]
+        .as_str()
+        .expect("a commit time")
+        .to_owned();
+    assert!(at.ends_with('Z') && at.len() == 24, "{at}");
     assert_eq!(
         ch.data,
         json!({
             "schema": "public",
             "table": "logs",
-            "commit_timestamp": null,
+            "commit_timestamp": at,
             "type": "INSERT",
             "columns": [],
             "record": {},

@@ -253,13 +253,15 @@ struct ColumnOut<'a> {
 }
 
 /// Supabase's answer for INSERT/UPDATE on a table without a primary key: no row data,
-/// but every key its clients require (`columns: []`, `commit_timestamp: null`, empty
-/// records; `old_record` only for UPDATE).
+/// but every key its clients require (`columns: []`, empty records; `old_record` only for
+/// UPDATE). Supabase sends `commit_timestamp: null`, which the Python client's model
+/// refuses, so it drops the frame and the app never sees the error; the hub sends the
+/// commit time, as for any change.
 #[derive(Serialize)]
 struct NoPrimaryKey<'a> {
     schema: &'a str,
     table: &'a str,
-    commit_timestamp: Option<()>,
+    commit_timestamp: String,
     #[serde(rename = "type")]
     kind: &'static str,
     columns: [(); 0],
@@ -296,7 +298,7 @@ pub(super) fn change_data(
         let data = NoPrimaryKey {
             schema: &change.schema,
             table: &change.table,
-            commit_timestamp: None,
+            commit_timestamp: format_commit_time(change.commit_time),
             kind: change.op.as_str(),
             columns: [],
             record: EmptyObject,

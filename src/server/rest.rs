@@ -218,7 +218,11 @@ pub async fn broadcast_one(
         BroadcastPayload::Binary(body)
     } else {
         match serde_json::from_slice::<Value>(&body) {
-            Ok(v) => BroadcastPayload::Json(v),
+            Ok(v) if v.is_object() => BroadcastPayload::Json(v),
+            // Supabase's JSON parser (Plug) hands a body that is not an object on as
+            // `{"_json": body}`, so subscribers always get an object (the Python
+            // client's model refuses anything else).
+            Ok(v) => BroadcastPayload::Json(serde_json::json!({ "_json": v })),
             Err(_) => return unprocessable("payload", BodyProblem::PayloadNotJson),
         }
     };

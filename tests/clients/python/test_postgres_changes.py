@@ -67,3 +67,20 @@ async def test_insert_update_delete_reach_the_python_client(connect, db):
     assert upd["data"]["old_record"]["id"] == row
     dele = await changes.next(lambda c: c["data"]["type"] == "DELETE", "DELETE")
     assert dele["data"]["old_record"]["id"] == row
+
+
+async def test_a_change_on_a_table_without_a_primary_key_brings_its_error_to_python(connect, db):
+    # Supabase sends this frame with `commit_timestamp: null`, which the client's model
+    # refuses: the frame is dropped and the app never learns why nothing arrives.
+    await db.execute(
+        "create table if not exists public.py_no_pk (msg text);"
+        " grant select on public.py_no_pk to anon, authenticated, service_role;"
+        " select realtime.enable('public.py_no_pk')"
+    )
+    channel, changes = await live_channel(await connect(), event="INSERT", table="py_no_pk", schema="public")
+    await db.execute("insert into public.py_no_pk (msg) values ('no key')")
+    got = await changes.next(lambda c: c["data"]["table"] == "py_no_pk", "the Error 400 frame")
+    data = got["data"]
+    assert data["errors"] == ["Error 400: Bad Request, no primary key"]
+    assert COMMIT_TS.match(data["commit_timestamp"]), data["commit_timestamp"]
+    assert data["record"] == {} and data["columns"] == []
