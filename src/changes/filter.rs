@@ -187,7 +187,8 @@ impl BoundFilter {
 
     /// An upper estimate of the work `matches(record)` does beyond a fixed amount per
     /// condition: for each `like`/`ilike`/`match`/`imatch`, (pattern length + 1) × the
-    /// length in bytes of the text it reads (what a linear-time matcher may take on that text). Other tests
+    /// length in bytes of the text it reads (what a linear-time matcher may take on that
+    /// text). Other tests
     /// compare one value with one or a bounded list (`MAX_IN_VALUES`) of filter values and
     /// count nothing here.
     pub fn cost(&self, record: &Row) -> u64 {
@@ -320,24 +321,22 @@ fn bind_condition(c: &Condition, columns: &[ColumnInfo]) -> Result<BoundConditio
         (Operand::List(items), _) => {
             Test::In(items.iter().map(|s| read(s)).collect::<Result<_, _>>()?)
         }
-        (Operand::One(s), Op::Like | Op::Ilike) => {
+        (Operand::One(s), op @ (Op::Like | Op::Ilike | Op::Match | Op::Imatch)) => {
             if !kind.textual() {
                 return Err(unsupported());
-            }
-            // Postgres refuses a pattern whose last `\\` escapes nothing.
-            if s.chars().rev().take_while(|&c| c == '\\').count() % 2 == 1 {
-                return Err(FilterError::PatternEndsWithEscape);
             }
             // citext compares without case: its record values are read lowercased.
-            let fold = c.op == Op::Ilike || kind == Kind::Citext;
-            Test::Pattern(Pattern::like(s, fold).map_err(|e| pattern_error(c.op, e))?)
-        }
-        (Operand::One(s), Op::Match | Op::Imatch) => {
-            if !kind.textual() {
-                return Err(unsupported());
-            }
-            let fold = c.op == Op::Imatch || kind == Kind::Citext;
-            Test::Pattern(Pattern::regex(s, fold).map_err(|e| pattern_error(c.op, e))?)
+            let fold = matches!(op, Op::Ilike | Op::Imatch) || kind == Kind::Citext;
+            let pattern = if matches!(op, Op::Like | Op::Ilike) {
+                // Postgres refuses a pattern whose last `\\` escapes nothing.
+                if s.chars().rev().take_while(|&c| c == '\\').count() % 2 == 1 {
+                    return Err(FilterError::PatternEndsWithEscape);
+                }
+                Pattern::like(s, fold)
+            } else {
+                Pattern::regex(s, fold)
+            };
+            Test::Pattern(pattern.map_err(|e| pattern_error(op, e))?)
         }
         (Operand::One(s), Op::IsDistinct) => Test::IsDistinct(read(s)?),
         (Operand::One(s), op @ (Op::Lt | Op::Lte | Op::Gt | Op::Gte)) => {
