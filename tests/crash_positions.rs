@@ -2,7 +2,8 @@
 //! a feed cursor taken before `pg_ctl stop -m immediate` are corrected when read back in
 //! the restarted server's lifetime, so a transaction that got an id handed out again is
 //! not missed, and nothing read before the crash is read twice (README, "After a Postgres
-//! crash").
+//! crash"). A restart storm after a crash is read per resume, corrected, each getting
+//! exactly its gap.
 //!
 //! Which ids a crashed server hands out again depends on what reached its WAL, so each
 //! test stands in for that as `tests/capture_faults.rs` does: the position read back is a
@@ -345,4 +346,80 @@ async fn a_position_parked_before_a_crash_replays_the_ids_handed_out_again() {
     );
     insert(&sql, 3).await;
     expect_row(&mut c, "INSERT", "items", 3).await;
+}
+
+/// A hub restart storm after a Postgres crash: channels parked at two positions before
+/// the crash resume on a new hub. Their positions are of the crashed server's lifetime,
+/// which the one shared read of the log (`resume::restart`) cannot vouch for, so each
+/// resume reads its own gap, corrected: each gets exactly the rows it had not read, those
+/// written before the crash and after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_parked_before_a_crash_resume_on_a_new_hub_with_exactly_their_gaps() {
+    let (cluster, url) = database().await;
+    let hub = TestHub::start(hub_config(&url)).await;
+    wait_capture_connected(&hub).await;
+    let sql = connect(&url).await;
+    let mut first = resumable(&hub, "k1").await;
+    subscribe(&mut first, "realtime:items", entries(), None).await;
+    let mut second = resumable(&hub, "k2").await;
+    subscribe(&mut second, "realtime:items", entries(), None).await;
+    for c in [&mut first, &mut second] {
+        assert_eq!(next_system(c).await["recovered"], false);
+    }
+    insert(&sql, 1).await;
+    for c in [&mut first, &mut second] {
+        expect_row(c, "INSERT", "items", 1).await;
+    }
+    park(first, &sql, 1).await;
+    insert(&sql, 2).await;
+    expect_row(&mut second, "INSERT", "items", 2).await;
+    park(second, &sql, 2).await;
+    insert(&sql, 3).await;
+    drop(hub);
+
+    let sql = crash_and_restart(&cluster, &url).await;
+    insert(&sql, 4).await;
+    insert(&sql, 5).await;
+    let hub = TestHub::start(hub_config(&url)).await;
+    wait_capture_connected(&hub).await;
+    for (key, missed) in [("k2", &[3, 4, 5][..]), ("k1", &[2, 3, 4, 5][..])] {
+        let mut c = resumable(&hub, key).await;
+        subscribe(&mut c, "realtime:items", entries(), None).await;
+        for id in missed {
+            expect_row(&mut c, "INSERT", "items", *id).await;
+        }
+        let sys = next_system(&mut c).await;
+        assert_eq!(
+            (&sys["recovered"], &sys["count"]),
+            (&json!(true), &json!(missed.len())),
+            "{key}: {sys}"
+        );
+    }
+    let (_, body) = hub.get_admin("/api/status").await;
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["resume"]["from_restart_read"], 0, "{status}");
+}
+
+/// Leaves `c` after it has read for a while (so the hub's pings get their pongs) and
+/// waits until `parked` channels are parked.
+async fn park(mut c: WsClient, sql: &Client, parked: i64) {
+    c.expect_no_frame(Duration::from_millis(400)).await;
+    drop(c);
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    loop {
+        let n: i64 = sql
+            .query_one(
+                "select count(*) from realtime.log_holds \
+                 where kind = 'resume' and (detail->>'parked')::boolean",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n >= parked {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{parked} never parked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
