@@ -153,6 +153,29 @@ async fn kind3_json_push_goes_to_v2_as_kind4_and_to_v1_as_text() {
     );
 }
 
+/// A sender's metadata (realtime-js 2.119 sends `persist`; anyone can write `id` and
+/// `replayed`) reaches no one: `meta` is the hub's (PROTOCOL.md §5).
+#[tokio::test]
+async fn a_senders_metadata_is_not_passed_on() {
+    let hub = TestHub::start_default().await;
+    let mut sender = hub.connect_v2().await;
+    let mut v2 = hub.connect_v2().await;
+    let mut v1 = hub.connect_v1().await;
+    let j = sender.join_ok(TOPIC, json!({})).await;
+    v2.join_ok(TOPIC, json!({})).await;
+    v1.join_ok(TOPIC, json!({})).await;
+    let forged = r#"{"id":"forged","replayed":true,"persist":true}"#;
+    sender
+        .send_binary(kind3(&j, "7", TOPIC, "chat", forged, 1, br#"{"x":1}"#))
+        .await;
+    let k = kind4(&v2.recv().await);
+    assert_eq!((k.event.as_str(), k.meta.len()), ("chat", 0), "{k:?}");
+    assert_eq!(
+        v1.recv().await.json(),
+        &json!({"topic":TOPIC,"event":"broadcast","payload":{"type":"broadcast","event":"chat","payload":{"x":1}},"ref":null})
+    );
+}
+
 #[tokio::test]
 async fn kind3_binary_payload_goes_to_v2_as_kind4_and_not_to_v1() {
     let hub = TestHub::start_default().await;

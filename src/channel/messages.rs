@@ -53,8 +53,13 @@ impl Session {
         if !self.within_rate(&msg.topic) {
             return;
         }
+        // A client's metadata is not passed on (Supabase does not use it): `meta` is the
+        // hub's to set (`id`, `replayed`), and a sender could otherwise forge both.
         let b = match &msg.payload {
-            InboundPayload::Broadcast(b) => b.clone(),
+            InboundPayload::Broadcast(b) => Broadcast {
+                meta: None,
+                ..b.clone()
+            },
             InboundPayload::Json(v) => text_broadcast(v),
         };
         let size = match &b.payload {
