@@ -203,6 +203,51 @@ async fn broadcast_to_an_unjoined_topic_is_an_unmatched_topic() {
     );
 }
 
+/// Replies carry the channel's join ref whatever the push carried, none on `phoenix`
+/// (PROTOCOL.md §1, "Which slots the server fills").
+#[tokio::test]
+async fn replies_carry_the_channels_join_ref_and_none_on_phoenix() {
+    let hub = TestHub::start_default().await;
+    let mut c = hub.connect_v2().await;
+    let j = c.join_ok(TOPIC, json!({"broadcast":{"ack":true}})).await;
+    let body = json!({"type":"broadcast","event":"e","payload":{}});
+    for (pushed, r) in [(None, "20"), (Some("1"), "21"), (Some(j.as_str()), "22")] {
+        c.send_v2(pushed, Some(r), TOPIC, "broadcast", body.clone())
+            .await;
+        assert_eq!(
+            c.recv().await.json(),
+            &json!([j, r, TOPIC, "phx_reply", {"status":"ok","response":{}}]),
+            "pushed with join_ref {pushed:?}"
+        );
+    }
+    c.send_v2(Some("5"), Some("23"), "phoenix", "heartbeat", json!({}))
+        .await;
+    assert_eq!(
+        c.recv().await.json(),
+        &json!([null, "23", "phoenix", "phx_reply", {"status":"ok","response":{}}])
+    );
+}
+
+/// Any push but a heartbeat on `phoenix`, and an `access_token` push on a topic not
+/// joined, is an unmatched topic, as any other push there (Phoenix).
+#[tokio::test]
+async fn other_pushes_on_phoenix_and_tokens_for_unjoined_topics_are_unmatched_topics() {
+    let hub = TestHub::start_default().await;
+    let mut c = hub.connect_v2().await;
+    let unmatched = json!({"status":"error","response":{"reason":"unmatched topic"}});
+    c.send_v2(Some("3"), Some("3"), "phoenix", "phx_join", json!({}))
+        .await;
+    assert_eq!(
+        c.recv().await.json(),
+        &json!([null, "3", "phoenix", "phx_reply", unmatched])
+    );
+    c.push_access_token("4", TOPIC, json!("token")).await;
+    assert_eq!(
+        c.recv().await.json(),
+        &json!([null, "t", TOPIC, "phx_reply", unmatched])
+    );
+}
+
 async fn join_error_reason(hub: &TestHub, access_token: Value) -> String {
     let mut c = hub.connect_v2().await;
     let (_, reply) = c

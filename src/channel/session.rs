@@ -212,12 +212,27 @@ impl Session {
     fn reply_frame(&self, msg: &Inbound, status: &str, response: &Value) -> WireFrame {
         protocol::encode_reply(
             self.vsn,
-            msg.join_ref.as_deref(),
+            self.reply_join_ref(msg),
             msg.ref_.as_deref(),
             &msg.topic,
             status,
             response,
         )
+    }
+
+    /// The join ref a reply carries, as Phoenix fills it (PROTOCOL.md §1): a join's own;
+    /// on a joined topic the channel's, whatever the push carried; a leave of a topic not
+    /// joined echoes its own; none on `phoenix` or on a topic this socket has not joined.
+    fn reply_join_ref<'a>(&'a self, msg: &'a Inbound) -> Option<&'a str> {
+        if msg.topic == "phoenix" {
+            return None;
+        }
+        match (Event::of(&msg.event), self.channels.get(&msg.topic)) {
+            (Event::Join, _) => msg.join_ref.as_deref(),
+            (_, Some(ch)) => Some(&ch.join_ref),
+            (Event::Leave, None) => msg.join_ref.as_deref(),
+            (_, None) => None,
+        }
     }
 
     pub(super) fn reply_ok(&self, msg: &Inbound) {
@@ -239,8 +254,13 @@ impl Session {
         let event = Event::of(&msg.event);
         self.svc.metrics.message_in(event.label());
         if msg.topic == "phoenix" {
-            // Heartbeats (and anything else on the socket topic) get a plain ok, ahead of
-            // whatever is queued (`OutboxTx::push_urgent`).
+            // Phoenix answers only heartbeats on the socket topic; anything else there is
+            // an unmatched topic.
+            if !matches!(event, Event::Heartbeat) {
+                return self.reply_error(&msg, ReplyError::UnmatchedTopic);
+            }
+            // A heartbeat's plain ok goes ahead of whatever is queued
+            // (`OutboxTx::push_urgent`).
             let frame = self.reply_frame(&msg, "ok", &json!({}));
             if self.outbox.push_urgent(frame).is_ok() {
                 self.svc.metrics.message_out("reply", 1);
@@ -304,13 +324,14 @@ impl Session {
         self.close_channel(&msg.topic, End::Closed);
     }
 
-    /// `access_token`: never replied to. A new valid token replaces the channel's claims
+    /// `access_token`: never replied to on a joined topic (elsewhere: unmatched topic,
+    /// as any push there). A new valid token replaces the channel's claims
     /// (and row scope from then on; a private channel's permissions are decided again;
     /// entries its join could not subscribe are tried again, `retry`); an invalid one, or
     /// one that may no longer read the private channel, ends it.
     async fn refresh_token(&mut self, msg: &Inbound) {
         let Some(ch) = self.channels.get(&msg.topic) else {
-            return;
+            return self.reply_error(msg, ReplyError::UnmatchedTopic);
         };
         let token = match &msg.payload {
             InboundPayload::Json(v) => v.get("access_token").and_then(Value::as_str),
