@@ -97,8 +97,8 @@ settings! {
     max_messages_per_second: u32 = 100, env "SWITCHBOARD_MAX_MESSAGES_PER_SECOND";
     /// Largest broadcast payload, in bytes.
     max_broadcast_bytes: usize = 256 * 1024, env "SWITCHBOARD_MAX_BROADCAST_BYTES";
-    /// Largest presence track payload, in bytes.
-    max_presence_bytes: usize = 64 * 1024, env "SWITCHBOARD_MAX_PRESENCE_BYTES";
+    /// Largest presence track payload, in bytes (Supabase checks a track as a broadcast: 256 KB on its free plan); a larger one shuts the channel with `Track message size exceeded`.
+    max_presence_bytes: usize = 256 * 1024, env "SWITCHBOARD_MAX_PRESENCE_BYTES";
     /// Presence messages (track, untrack) one channel may send per `presence_window_ms`, as Supabase counts them; one more shuts the channel with `Client presence rate limit exceeded`. 0: no limit.
     presence_calls_per_window: u32 = 5, env "SWITCHBOARD_PRESENCE_CALLS_PER_WINDOW";
     /// The window of `presence_calls_per_window`, in milliseconds (it starts at a channel's first presence message after the last one ended).

@@ -231,3 +231,23 @@ async fn malformed_frames_do_not_kill_the_socket() {
     let f = c.recv_until(|f| f.is_event("broadcast")).await;
     assert_eq!(f.payload()["event"], "alive");
 }
+
+/// By default a track is bounded as a broadcast is (256 KiB, Supabase's free plan): a
+/// 200 KiB one is tracked, a 300 KiB one shuts the channel.
+#[tokio::test]
+async fn the_default_presence_bound_is_the_broadcast_bound() {
+    let hub = TestHub::start_default().await;
+    let mut c = hub.connect_v2().await;
+    let j = c
+        .join_ok(TOPIC, json!({"presence":{"key":"u1","enabled":true}}))
+        .await;
+    c.recv_until(|f| f.is_event("presence_state")).await;
+    c.presence(&j, TOPIC, "track", json!({"blob": "y".repeat(200 * 1024)}))
+        .await;
+    let diff = c.recv_until(|f| f.is_event("presence_diff")).await;
+    assert!(diff.payload()["joins"]["u1"].is_object(), "{diff:?}");
+    c.presence(&j, TOPIC, "track", json!({"blob": "z".repeat(300 * 1024)}))
+        .await;
+    let system = c.recv_until(|f| f.is_event("system")).await;
+    assert_eq!(system.payload()["message"], "Track message size exceeded");
+}
