@@ -396,6 +396,34 @@ fn send_sql(n: i64) -> String {
     format!(r#"select realtime.send('{{"n":{n}}}', 'ev', 'room-1')"#)
 }
 
+/// Without a `limit` a replay sends the newest 10 (PROTOCOL.md §3).
+#[tokio::test]
+async fn replay_without_a_limit_sends_the_newest_ten() {
+    let pg = PgHub::start(SETUP).await;
+    for n in 1..=12 {
+        pg.exec(&send_sql(n)).await;
+    }
+    let mut c = pg.connect(Vsn::V2).await;
+    let since = chrono::Utc::now().timestamp_millis() - 60_000;
+    joined(
+        &pg,
+        &mut c,
+        ROOM,
+        ALICE,
+        json!({"broadcast": {"replay": {"since": since}}}),
+    )
+    .await;
+    for n in 3..=12 {
+        let f = c.recv().await;
+        assert_eq!(f.payload()["payload"]["n"], n, "{f:?}");
+    }
+    let sys = next_system(&mut c).await;
+    assert_eq!(
+        sys["message"],
+        "Replay sent the newest 10 of 12 stored messages; 2 older messages were left out by the limit"
+    );
+}
+
 #[tokio::test]
 async fn replay_sends_the_newest_stored_messages_in_order_then_says_how_many_were_left_out() {
     let pg = PgHub::start(SETUP).await;

@@ -1,6 +1,6 @@
 //! Broadcast Replay (`config.broadcast.replay: {since, limit}` on a private channel): the
 //! stored broadcasts of a topic since `since` (ms since the epoch), newest `limit` of
-//! them (1..=25, default 25) sent oldest first, as Supabase does; plus how many were
+//! them (1..=25, default 10) sent oldest first, as Supabase does; plus how many were
 //! stored in all, so the channel can say how many the limit left out.
 //!
 //! The seam with live delivery: the query also returns the snapshot it read under. The
@@ -18,6 +18,9 @@ use crate::capture::Cursor;
 
 /// Supabase's hard limit on replayed messages.
 pub const MAX_REPLAY: i64 = 25;
+/// Replayed messages when the join names no `limit`: the default of Supabase's replay
+/// payload schema (PROTOCOL.md §3; its channel code falls back to 25).
+pub const DEFAULT_REPLAY: i64 = 10;
 
 /// One statement, one snapshot (`realtime.replay_messages`, which reads with the
 /// migrating role's rights): the snapshot, how many messages match, and the newest `$3` of
@@ -53,7 +56,7 @@ impl Replay {
         };
         let since = map.get("since").and_then(Value::as_i64);
         let limit = match map.get("limit") {
-            None | Some(Value::Null) => Some(MAX_REPLAY),
+            None | Some(Value::Null) => Some(DEFAULT_REPLAY),
             Some(v) => v.as_i64(),
         };
         match (since, limit) {
@@ -160,7 +163,7 @@ mod tests {
             req(json!({"since": 1000})),
             Replay::Requested(ReplayRequest {
                 since_ms: 1000,
-                limit: 25
+                limit: 10
             })
         );
         assert_eq!(
