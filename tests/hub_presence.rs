@@ -88,6 +88,30 @@ async fn track_replies_ok_and_every_presence_member_gets_the_join_diff() {
     }
 }
 
+/// On a public channel every member gets the diffs, as on Supabase, even one that joined
+/// with presence disabled (and so got no `presence_state`), on either serializer.
+#[tokio::test]
+async fn members_without_presence_on_a_public_channel_get_the_diffs_too() {
+    let hub = TestHub::start_default().await;
+    let mut a = hub.connect_v2().await;
+    let mut v2 = hub.connect_v2().await;
+    let mut v1 = hub.connect_v1().await;
+    let ja = join_presence(&mut a, "user-1").await;
+    v2.join_ok(TOPIC, json!({"presence":{"key":"","enabled":false}}))
+        .await;
+    v1.join_ok(TOPIC, json!({})).await;
+    a.presence(&ja, TOPIC, "track", json!({"online_at":"now"}))
+        .await;
+    for c in [&mut v2, &mut v1] {
+        let diff = c.recv().await;
+        assert_eq!(diff.event(), Some("presence_diff"), "{diff:?}");
+        assert_eq!(
+            only_meta(&diff.payload()["joins"], "user-1")["online_at"],
+            "now"
+        );
+    }
+}
+
 #[tokio::test]
 async fn later_joiner_sees_existing_presence_in_its_state() {
     let hub = TestHub::start_default().await;

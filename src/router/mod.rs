@@ -44,7 +44,8 @@ pub struct Member {
     pub outbox: ChannelOutbox,
     /// `config.broadcast.self`: receive my own broadcasts.
     pub broadcast_self: bool,
-    /// Receives presence diffs (presence enabled at join, or after a first track).
+    /// Presence enabled (at join, or by a first track): gets `presence_state`, and on a
+    /// private channel presence diffs (on a public one every member gets them).
     pub presence: bool,
     /// May receive broadcasts and presence (always on public channels; a private
     /// channel's read policies decide).
@@ -321,7 +322,7 @@ impl Router {
             let mut t = lock(&topic);
             t.members.remove(&member);
             if let Some(diff) = t.presence.untrack(member) {
-                self.fan_out_diff(&key.topic, &mut t, &diff);
+                self.fan_out_diff(key, &mut t, &diff);
                 self.tell_cluster(key, member, None);
             }
         }
@@ -461,7 +462,7 @@ impl Router {
             }
         }
         if let Some(diff) = t.presence.track(member, presence_key, payload, limits)? {
-            self.fan_out_diff(&key.topic, t, &diff);
+            self.fan_out_diff(key, t, &diff);
             self.tell_cluster(key, member, t.presence.local(member));
         }
         Ok(())
@@ -473,12 +474,17 @@ impl Router {
         };
         let mut t = lock(&topic);
         if let Some(diff) = t.presence.untrack(member) {
-            self.fan_out_diff(&key.topic, &mut t, &diff);
+            self.fan_out_diff(key, &mut t, &diff);
             self.tell_cluster(key, member, None);
         }
     }
 
-    fn fan_out_diff(&self, topic: &str, t: &mut Topic, diff: &Diff) {
+    /// Sends a diff to every member that may read presence: on a public channel every
+    /// member, as Supabase does whatever `presence.enabled` said; on a private one those
+    /// with presence on (at join, or after a first track), the only ones whose read
+    /// policy was asked.
+    fn fan_out_diff(&self, key: &TopicKey, t: &mut Topic, diff: &Diff) {
+        let topic = &*key.topic;
         let payload = diff.to_json();
         let mut frames = Encoded::new(|vsn| {
             Some(protocol::encode(
@@ -494,7 +500,7 @@ impl Router {
         for m in t
             .members
             .values_mut()
-            .filter(|m| m.presence && m.access.presence)
+            .filter(|m| (m.presence || !key.private) && m.access.presence)
         {
             if let Some(frame) = frames.get(m.vsn) {
                 sent += u64::from(m.push(self, frame, None));

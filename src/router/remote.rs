@@ -62,14 +62,14 @@ impl Router {
                 let entry = self.topics.entry(key.clone()).or_default();
                 let mut t = lock(entry.value());
                 if let Some(diff) = t.presence.put_remote(node, member, tracked) {
-                    self.fan_out_diff(&key.topic, &mut t, &diff);
+                    self.fan_out_diff(key, &mut t, &diff);
                 }
             }
             None => {
                 if let Some(topic) = self.topic(key) {
                     let mut t = lock(&topic);
                     if let Some(diff) = t.presence.remove(Source::Remote(node, member)) {
-                        self.fan_out_diff(&key.topic, &mut t, &diff);
+                        self.fan_out_diff(key, &mut t, &diff);
                     }
                 }
                 self.remove_if_empty(key);
@@ -90,7 +90,7 @@ impl Router {
                 let mut t = lock(&topic);
                 let diff = t.presence.replace_node(node, entries);
                 if !diff.is_empty() {
-                    self.fan_out_diff(&key.topic, &mut t, &diff);
+                    self.fan_out_diff(key, &mut t, &diff);
                 }
             }
             self.remove_if_empty(key);
@@ -100,7 +100,7 @@ impl Router {
         let mut t = lock(entry.value());
         let diff = t.presence.replace_node(node, entries);
         if !diff.is_empty() {
-            self.fan_out_diff(&key.topic, &mut t, &diff);
+            self.fan_out_diff(key, &mut t, &diff);
         }
     }
 
@@ -115,7 +115,7 @@ impl Router {
             if let Some(topic) = self.topic(&key) {
                 let mut t = lock(&topic);
                 if let Some(diff) = t.presence.drop_node(node) {
-                    self.fan_out_diff(&key.topic, &mut t, &diff);
+                    self.fan_out_diff(&key, &mut t, &diff);
                 }
             }
             self.remove_if_empty(&key);
