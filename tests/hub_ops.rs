@@ -42,6 +42,36 @@ async fn metrics_are_prometheus_text_with_the_connection_gauge() {
     );
 }
 
+/// Every series the README names is one the hub serves, under the name a query uses: a
+/// counter's samples end in `_total`, a gauge's do not. A labelled family shows in
+/// `/metrics` only once it has a sample, so one without is looked up where it is
+/// registered.
+#[tokio::test]
+async fn the_readme_names_metrics_as_prometheus_serves_them() {
+    let hub = TestHub::start_default().await;
+    let (_, text) = hub.get("/metrics").await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README");
+    let registered = std::fs::read_to_string(format!("{root}/src/telemetry.rs")).unwrap();
+    let names: std::collections::BTreeSet<&str> = readme
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("switchboard_") && !w.ends_with('_'))
+        .collect();
+    assert!(names.len() > 5, "{names:?}");
+    for name in names {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        let kind = ["counter", "gauge", "histogram"]
+            .into_iter()
+            .find(|k| text.contains(&format!("# TYPE {family} {k}\n")));
+        let ok = match kind {
+            Some("counter") => name.ends_with("_total"),
+            Some(_) => name == family,
+            None => registered.contains(&format!("\"{}\"", &family["switchboard_".len()..])),
+        };
+        assert!(ok, "README names {name}; /metrics has it as {kind:?}");
+    }
+}
+
 #[tokio::test]
 async fn status_counts_connections_and_channels() {
     let hub = TestHub::start_default().await;
