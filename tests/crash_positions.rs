@@ -405,21 +405,5 @@ async fn channels_parked_before_a_crash_resume_on_a_new_hub_with_exactly_their_g
 async fn park(mut c: WsClient, sql: &Client, parked: i64) {
     c.expect_no_frame(Duration::from_millis(400)).await;
     drop(c);
-    let deadline = Instant::now() + RECV_TIMEOUT;
-    loop {
-        let n: i64 = sql
-            .query_one(
-                "select count(*) from realtime.log_holds \
-                 where kind = 'resume' and (detail->>'parked')::boolean",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n >= parked {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{parked} never parked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::e2e::wait_parked(sql, parked).await;
 }

@@ -43,26 +43,9 @@ async fn insert(pg: &PgHub, owner: &str) -> i64 {
     .await
 }
 
-/// Waits until the hub has parked a subscription (the client's socket is gone).
+/// Waits until the hub has parked `n` subscriptions (the clients' sockets are gone).
 async fn wait_parked(pg: &PgHub, n: i64) {
-    let deadline = Instant::now() + RECV_TIMEOUT;
-    loop {
-        let parked: i64 = pg
-            .sql
-            .query_one(
-                "select count(*) from realtime.log_holds \
-                 where kind = 'resume' and (detail->>'parked')::boolean",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if parked >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no subscription parked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::e2e::wait_parked(&pg.sql, n).await;
 }
 
 /// Subscribes a client on `key` as `token`, lets its acks land, and drops it: the hub

@@ -377,3 +377,24 @@ pub fn is_commit_timestamp(s: &str) -> bool {
         && b[19] == b'.'
         && b[23] == b'Z'
 }
+
+/// Waits until `n` resumable subscriptions are parked (their sockets gone).
+pub async fn wait_parked(sql: &Client, n: i64) {
+    let deadline = Instant::now() + super::hub::RECV_TIMEOUT;
+    loop {
+        let parked: i64 = sql
+            .query_one(
+                "select count(*) from realtime.log_holds \
+                 where kind = 'resume' and (detail->>'parked')::boolean",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if parked >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} never parked ({parked} are)");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
