@@ -142,7 +142,11 @@ async fn committed_changes_arrive_signed_in_order_and_rolled_back_ones_never() {
     assert_eq!(update["schema"], "public");
     assert_eq!(update["table"], "contacts");
     assert_eq!(update["record"]["name"], "Ada L.");
-    assert_eq!(update["old_record"]["name"], "Ada");
+    assert_eq!(
+        update["old_record"],
+        json!({"id": 1}),
+        "the primary key by default"
+    );
     assert!(update["commit_timestamp"].as_str().unwrap().ends_with('Z'));
     assert_eq!(events[3]["record"], Value::Null);
     let mut seen = std::collections::HashSet::new();
@@ -165,6 +169,69 @@ async fn committed_changes_arrive_signed_in_order_and_rolled_back_ones_never() {
     assert!(
         metrics.contains("switchboard_webhook_delivered_events{endpoint=\"crm\"} 4"),
         "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_record_shows_what_the_replica_identity_shows_while_filters_judge_the_whole_row() {
+    let pg = PgHub::start_with(
+        &format!(
+            "{SETUP}
+             create table notes (id bigint primary key, body text not null, status text not null);
+             alter table notes replica identity full;
+             grant select on notes to service_role;"
+        ),
+        |c| c.consumers = pg_consumer_settings(),
+    )
+    .await;
+    let rx = Receiver::start(Mode::Ok).await;
+    pg.run(
+        "select realtime.create_webhook('crm', $1, '{public.contacts,public.notes}', \
+         '{UPDATE,DELETE}', 'status=eq.open')",
+        &[&rx.url],
+    )
+    .await;
+    pg.exec(
+        "insert into contacts values (1, 'Ada', 'open'), (2, 'Bob', 'closed');
+         insert into notes values (1, 'hi', 'open');
+         update contacts set name = 'Ada L.' where id = 1;
+         delete from contacts where id = 2;
+         delete from contacts where id = 1;
+         update notes set body = 'hello' where id = 1;
+         delete from notes where id = 1;",
+    )
+    .await;
+    rx.wait_until(Duration::from_secs(20), "4 events", |r| {
+        r.iter().map(|r| r.events().len()).sum::<usize>() >= 4
+    })
+    .await;
+    let events = rx.processed_events();
+    let old: Vec<(&str, &str, &Value)> = events
+        .iter()
+        .map(|e| {
+            let (table, kind) = (e["table"].as_str().unwrap(), e["type"].as_str().unwrap());
+            (table, kind, &e["old_record"])
+        })
+        .collect();
+    // The delete of Bob ('closed') is filtered out by its whole old row; the bodies show
+    // only the key of a default-identity table, the whole old row of a FULL one.
+    assert_eq!(
+        old,
+        [
+            ("contacts", "UPDATE", &json!({"id": 1})),
+            ("contacts", "DELETE", &json!({"id": 1})),
+            (
+                "notes",
+                "UPDATE",
+                &json!({"id": 1, "body": "hi", "status": "open"})
+            ),
+            (
+                "notes",
+                "DELETE",
+                &json!({"id": 1, "body": "hello", "status": "open"})
+            ),
+        ],
+        "{events:#?}"
     );
 }
 
