@@ -28,6 +28,21 @@ create table if not exists realtime.messages (
     constraint messages_payload_exclusive check (payload is null or binary_payload is null) not valid
 );
 
+-- A table restored from a Supabase version older than binary payloads lacks the column
+-- (which the trigger and `send_binary` below use) and its check; Supabase added both
+-- later, the check NOT VALID, and so does this.
+alter table realtime.messages add column if not exists binary_payload bytea;
+do $do$
+begin
+    if not exists (select 1 from pg_catalog.pg_constraint
+                   where conrelid = 'realtime.messages'::regclass
+                     and conname = 'messages_payload_exclusive') then
+        alter table realtime.messages add constraint messages_payload_exclusive
+            check (payload is null or binary_payload is null) not valid;
+    end if;
+end
+$do$;
+
 -- A database restored from Supabase has a table partitioned by day whose partitions only
 -- Supabase's server creates: a default partition keeps inserts working.
 do $do$

@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (52, include_str!("../sql/052_wake_payload.sql")),
     (53, include_str!("../sql/053_read_page.sql")),
     (54, include_str!("../sql/054_webhook_delivered_fence.sql")),
+    (55, include_str!("../sql/055_webhook_argument_errors.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -142,7 +142,11 @@ async fn committed_changes_arrive_signed_in_order_and_rolled_back_ones_never() {
     assert_eq!(update["schema"], "public");
     assert_eq!(update["table"], "contacts");
     assert_eq!(update["record"]["name"], "Ada L.");
-    assert_eq!(update["old_record"]["name"], "Ada");
+    assert_eq!(
+        update["old_record"],
+        json!({"id": 1}),
+        "the primary key by default"
+    );
     assert!(update["commit_timestamp"].as_str().unwrap().ends_with('Z'));
     assert_eq!(events[3]["record"], Value::Null);
     let mut seen = std::collections::HashSet::new();
@@ -165,6 +169,69 @@ async fn committed_changes_arrive_signed_in_order_and_rolled_back_ones_never() {
     assert!(
         metrics.contains("switchboard_webhook_delivered_events{endpoint=\"crm\"} 4"),
         "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_record_shows_what_the_replica_identity_shows_while_filters_judge_the_whole_row() {
+    let pg = PgHub::start_with(
+        &format!(
+            "{SETUP}
+             create table notes (id bigint primary key, body text not null, status text not null);
+             alter table notes replica identity full;
+             grant select on notes to service_role;"
+        ),
+        |c| c.consumers = pg_consumer_settings(),
+    )
+    .await;
+    let rx = Receiver::start(Mode::Ok).await;
+    pg.run(
+        "select realtime.create_webhook('crm', $1, '{public.contacts,public.notes}', \
+         '{UPDATE,DELETE}', 'status=eq.open')",
+        &[&rx.url],
+    )
+    .await;
+    pg.exec(
+        "insert into contacts values (1, 'Ada', 'open'), (2, 'Bob', 'closed');
+         insert into notes values (1, 'hi', 'open');
+         update contacts set name = 'Ada L.' where id = 1;
+         delete from contacts where id = 2;
+         delete from contacts where id = 1;
+         update notes set body = 'hello' where id = 1;
+         delete from notes where id = 1;",
+    )
+    .await;
+    rx.wait_until(Duration::from_secs(20), "4 events", |r| {
+        r.iter().map(|r| r.events().len()).sum::<usize>() >= 4
+    })
+    .await;
+    let events = rx.processed_events();
+    let old: Vec<(&str, &str, &Value)> = events
+        .iter()
+        .map(|e| {
+            let (table, kind) = (e["table"].as_str().unwrap(), e["type"].as_str().unwrap());
+            (table, kind, &e["old_record"])
+        })
+        .collect();
+    // The delete of Bob ('closed') is filtered out by its whole old row; the bodies show
+    // only the key of a default-identity table, the whole old row of a FULL one.
+    assert_eq!(
+        old,
+        [
+            ("contacts", "UPDATE", &json!({"id": 1})),
+            ("contacts", "DELETE", &json!({"id": 1})),
+            (
+                "notes",
+                "UPDATE",
+                &json!({"id": 1, "body": "hi", "status": "open"})
+            ),
+            (
+                "notes",
+                "DELETE",
+                &json!({"id": 1, "body": "hello", "status": "open"})
+            ),
+        ],
+        "{events:#?}"
     );
 }
 
@@ -405,16 +472,6 @@ async fn the_sql_api_creates_alters_lists_and_drops_endpoints_with_clear_errors(
     )
     .await
     .contains("whsec_"));
-    assert!(
-        err("select realtime.create_webhook('y', 'ftp://x', '{public.contacts}')")
-            .await
-            .contains("check")
-    );
-    assert!(err(
-        "select realtime.create_webhook('z', 'https://x', '{public.contacts}', '{TRUNCATE}')"
-    )
-    .await
-    .contains("check"));
     assert!(err("select realtime.pause_webhook('nope')")
         .await
         .contains("no webhook named"));
@@ -493,6 +550,73 @@ async fn the_sql_api_creates_alters_lists_and_drops_endpoints_with_clear_errors(
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_webhook_arguments_are_named_with_their_rule_and_no_secret_is_shown() {
+    let pg = hub().await;
+    create(&pg, "crm", "https://crm.example/hook", "").await;
+    let (name, url) = (
+        "webhook name must be 1 to 63 letters",
+        "webhook url must start with http:// or https://",
+    );
+    let (tables, events) = (
+        "webhook tables must name at least one table",
+        "webhook events must be one or more of INSERT, UPDATE, DELETE",
+    );
+    let secret = "secret => 'whsec_c3dpdGNoYm9hcmQtdGVzdC1zZWNyZXQ='";
+    let cases = [
+        (
+            format!("create_webhook('bad name', 'http://x/y', '{{public.contacts}}', {secret})"),
+            name,
+        ),
+        (
+            "create_webhook(null, 'http://x/y', '{public.contacts}')".into(),
+            name,
+        ),
+        (
+            "create_webhook('y', 'ftp://x/y', '{public.contacts}')".into(),
+            url,
+        ),
+        (
+            format!("create_webhook('y', 'http://x y', '{{public.contacts}}', {secret})"),
+            url,
+        ),
+        ("create_webhook('y', null, '{public.contacts}')".into(), url),
+        ("create_webhook('y', 'http://x/y', '{}')".into(), tables),
+        (
+            "create_webhook('y', 'http://x/y', '{public.contacts}', '{TRUNCATE}')".into(),
+            events,
+        ),
+        (
+            "create_webhook('y', 'http://x/y', '{public.contacts}', '{}')".into(),
+            events,
+        ),
+        (
+            "create_webhook('y', 'http://x/y', '{public.contacts}', '{INSERT,NULL}')".into(),
+            events,
+        ),
+        ("alter_webhook('crm', url => 'ftp://x/y')".into(), url),
+        ("alter_webhook('crm', tables => '{}')".into(), tables),
+        (
+            "alter_webhook('crm', events => '{insert,truncate}')".into(),
+            events,
+        ),
+    ];
+    for (call, rule) in cases {
+        let sql = format!("select realtime.{call}");
+        let e = pg.sql.batch_execute(&sql).await.expect_err(&sql);
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
+        assert!(db.message().starts_with(rule), "{sql}: {db:?}");
+        assert!(!format!("{db:?}").contains("whsec_"), "{sql}: {db:?}");
+    }
+    let left: i64 = pg
+        .sql
+        .query_one("select count(*) from realtime.webhook_endpoints", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1, "only the good endpoint exists");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,7 +125,18 @@ struct Keep<'a> {
     identity: Option<&'a [String]>,
 }
 
-impl Keep<'_> {
+impl<'a> Keep<'a> {
+    /// What `self` keeps of an old row of `table`: the columns its REPLICA IDENTITY
+    /// shows, or only the primary key when the reader could not see the old row.
+    fn old_row(self, table: &'a TableInfo, old_visible: bool) -> Keep<'a> {
+        let identity = if old_visible {
+            table.identity_columns()
+        } else {
+            Some(&table.primary_key[..])
+        };
+        Keep { identity, ..self }
+    }
+
     fn keeps(&self, name: &str) -> bool {
         listed(self.allowed, name)
             && (listed(self.select, name) || self.primary_key.iter().any(|n| n == name))
@@ -313,17 +324,7 @@ pub(super) fn change_data(
         primary_key: &table.primary_key,
         identity: None,
     };
-    let old_keep = if v.old_visible {
-        Keep {
-            identity: table.identity_columns(),
-            ..allowed
-        }
-    } else {
-        Keep {
-            identity: Some(&table.primary_key),
-            ..allowed
-        }
-    };
+    let old_keep = allowed.old_row(table, v.old_visible);
     let mut record = match change.op {
         Op::Delete => None,
         Op::Insert | Op::Update => change.record.as_ref().map(|row| Projected {
@@ -371,6 +372,23 @@ pub(super) fn change_data(
         errors,
     };
     serde_json::value::to_raw_value(&data).ok()
+}
+
+/// `old`, an old row of `table`, cut to what `change_data` shows of it to a reader who
+/// sees every row and column (the columns its REPLICA IDENTITY names), values as
+/// captured: a webhook's `old_record`.
+pub(super) fn identity_row(table: &TableInfo, old: &Row) -> Row {
+    let everything = Keep {
+        allowed: None,
+        select: None,
+        primary_key: &table.primary_key,
+        identity: None,
+    };
+    let keep = everything.old_row(table, true);
+    old.iter()
+        .filter(|(k, _)| keep.keeps(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 #[cfg(test)]

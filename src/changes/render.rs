@@ -1,7 +1,8 @@
 //! Rendering changes for one reader outside the live path (the change feed): row scope
 //! judged as for a WebSocket subscriber with the same claims (`RlsChecker`), and the
 //! postgres_changes `data` built by `payload::change_data`, so both see the same rows
-//! and columns. Thin on purpose: the rules live in `scope` and `payload`.
+//! and columns. Also the old rows webhooks send, cut by the same rule. Thin on purpose:
+//! the rules live in `scope` and `payload`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::catalog::{CatalogError, TableInfo};
-use super::payload::{change_data, Conversions, FieldSizes};
+use super::payload::{change_data, identity_row, Conversions, FieldSizes};
 use super::row::Change;
 use super::scope::{Item, RlsChecker, RlsError, Viewer, Visibility};
 use super::Changes;
@@ -92,5 +93,32 @@ impl Changes {
                     .flatten()
             })
             .collect())
+    }
+
+    /// Cuts each change's `old_record` to the columns its table's REPLICA IDENTITY shows
+    /// (the primary key by default, the whole row under FULL), as the WebSocket and the
+    /// feed show it. Filters have judged the whole old row by then. A change whose table
+    /// is gone keeps its old row as captured (its identity is unknown).
+    pub async fn cut_old_records(&self, changes: &mut [Change]) -> Result<(), RenderError> {
+        let catalog = self.catalog.as_ref().ok_or(RenderError::NoDatabase)?;
+        let mut tables: HashMap<(String, String), Option<Arc<TableInfo>>> = HashMap::new();
+        for c in changes.iter_mut() {
+            let Some(old) = c.old_record.as_ref() else {
+                continue;
+            };
+            let key = (c.schema.clone(), c.table.clone());
+            let table = match tables.get(&key) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = catalog.table(&c.schema, &c.table).await?;
+                    tables.insert(key, t.clone());
+                    t
+                }
+            };
+            if let Some(table) = table {
+                c.old_record = Some(identity_row(&table, old));
+            }
+        }
+        Ok(())
     }
 }

@@ -213,7 +213,12 @@ impl Endpoint {
             } else {
                 pending[n - 1].1.clone()
             };
-            let batch: Vec<Change> = pending.iter().take(n).map(|(c, _)| c.clone()).collect();
+            let mut batch: Vec<Change> = pending.iter().take(n).map(|(c, _)| c.clone()).collect();
+            // Old rows as the table's REPLICA IDENTITY shows them, as on the WebSocket.
+            if let Err(e) = self.inner.changes.cut_old_records(&mut batch).await {
+                tracing::warn!(endpoint = %self.name, error = %e, "catalog unavailable; retrying");
+                return self.pause_for(DB_RETRY).await;
+            }
             match self
                 .deliver(def, &batch, &after, &stored, &mut failures)
                 .await
