@@ -145,6 +145,26 @@ async fn a_filter_with_an_unknown_operator_gets_a_parse_error() {
     );
 }
 
+/// An entry whose `schema`, `table` or `filter` is not a string, or that names neither a
+/// schema nor a table, gets Supabase's error (with the entry) instead of being read as a
+/// wider subscription (`table: ["items"]` as the whole schema).
+#[tokio::test]
+async fn an_entry_with_a_mistyped_or_missing_name_gets_supabases_params_error() {
+    let pg = PgHub::start(SETUP).await;
+    for bad in [
+        json!({"event": "*", "schema": "public", "table": ["items"]}),
+        json!({"event": "*", "schema": 1, "table": "items"}),
+        json!({"event": "*", "schema": "public", "table": "items", "filter": 5}),
+        json!({"event": "INSERT"}),
+    ] {
+        let message = assert_entry_error(&pg, bad.clone()).await;
+        assert_eq!(
+            message,
+            format!("No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: {bad}")
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_regular_expression_the_hub_cannot_match_as_postgres_does_gets_a_parse_error() {
     let pg = PgHub::start(SETUP).await;

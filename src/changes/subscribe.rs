@@ -56,6 +56,32 @@ fn str_field<'a>(entry: &'a Value, key: &str) -> Option<&'a str> {
     entry.get(key).and_then(Value::as_str)
 }
 
+/// As Supabase parses an entry: `schema`, `table` and `filter` are strings when given
+/// (`null`: not given), and an entry names a schema or a table. A `table: ["jobs"]` read
+/// as absent would subscribe the whole schema.
+fn check_params(entry: &Value) -> Result<(), ChangesError> {
+    let given = |key: &str| entry.get(key).filter(|v| !v.is_null());
+    let mistyped = ["schema", "table", "filter"]
+        .into_iter()
+        .any(|key| given(key).is_some_and(|v| !v.is_string()));
+    if !mistyped && (given("schema").is_some() || given("table").is_some()) {
+        return Ok(());
+    }
+    let entry = if entry.get("user_token").is_some() || entry.get("auth_token").is_some() {
+        "<redacted>".to_owned()
+    } else {
+        let text = entry.to_string();
+        match text.char_indices().nth(SHOWN_ENTRY_CHARS) {
+            Some((end, _)) => format!("{}…", &text[..end]),
+            None => text,
+        }
+    };
+    Err(ChangesError::NoParams { entry })
+}
+
+/// How much of a refused entry its error shows.
+const SHOWN_ENTRY_CHARS: usize = 200;
+
 /// Validates each entry against the catalog. Without a catalog (no database configured)
 /// every entry is echoed and reported as unavailable. Entries refused because their
 /// table is not enabled are counted in `stats`.
@@ -160,6 +186,7 @@ async fn subscription(
     if !entry.is_object() {
         return Err(ChangesError::EntryNotObject);
     }
+    check_params(entry)?;
     let select = parse_select(entry)?;
     let event = str_field(entry, "event")
         .unwrap_or("*")

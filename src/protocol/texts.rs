@@ -190,6 +190,10 @@ pub enum ChangesError {
     NoDatabase,
     #[error("Unable to subscribe to changes with given parameters: each postgres_changes entry must be an object")]
     EntryNotObject,
+    /// Supabase's text for an entry naming neither a schema nor a table, or giving a
+    /// `schema`, `table` or `filter` that is not a string; `entry` is the entry as sent.
+    #[error("No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: {entry}")]
+    NoParams { entry: String },
     #[error("Unable to subscribe to changes with given parameters: a filter needs a single table, not `{scope}`")]
     FilterNeedsTable { scope: String },
     /// The table does not exist, or the role may select none of its columns: one answer
