@@ -164,13 +164,9 @@ async fn leave_replies_ok_then_closes_and_later_messages_are_unmatched() {
         [
             reply("1", "2", "realtime:room", "ok", json!({})),
             close("1", "realtime:room"),
-            reply(
-                "1",
-                "3",
-                "realtime:room",
-                "error",
-                json!({"reason": "unmatched topic"})
-            ),
+            // No join ref: the topic is no longer joined (Phoenix's unmatched topic).
+            json!([null, "3", "realtime:room", "phx_reply",
+                {"status": "error", "response": {"reason": "unmatched topic"}}]),
         ]
     );
     assert_eq!(h.svc.metrics.channels.get(), 0);
