@@ -176,6 +176,37 @@ async fn a_senders_metadata_is_not_passed_on() {
     );
 }
 
+/// A text push that is not an object naming its event gets an error reply and reaches no
+/// one (it was acked and fanned out as an empty event).
+#[tokio::test]
+async fn a_broadcast_push_without_an_event_is_refused_and_fans_out_nothing() {
+    let hub = TestHub::start_default().await;
+    let mut sender = hub.connect_v2().await;
+    let mut other = hub.connect_v2().await;
+    let j = sender
+        .join_ok(TOPIC, json!({"broadcast":{"ack":true}}))
+        .await;
+    other.join_ok(TOPIC, json!({})).await;
+    let bad = [
+        json!("hello"),
+        json!(null),
+        json!({"type":"broadcast","event":5,"payload":{}}),
+        json!({"type":"broadcast","payload":{"x":1}}),
+    ];
+    for (i, payload) in bad.into_iter().enumerate() {
+        let r = format!("b{i}");
+        sender
+            .send_v2(Some(&j), Some(&r), TOPIC, "broadcast", payload.clone())
+            .await;
+        assert_eq!(
+            sender.recv().await.json(),
+            &json!([j, r, TOPIC, "phx_reply", {"status":"error","response":{"reason":"Broadcast payload must be a map with a string event"}}]),
+            "{payload}"
+        );
+    }
+    other.assert_quiet().await;
+}
+
 #[tokio::test]
 async fn kind3_binary_payload_goes_to_v2_as_kind4_and_not_to_v1() {
     let hub = TestHub::start_default().await;

@@ -258,3 +258,15 @@ async fn a_batch_larger_than_the_rate_ever_admits_is_429_with_supabases_text() {
         json!({"message": "Too many messages to broadcast, please reduce the batch size"})
     );
 }
+
+/// The single endpoint with an empty topic is refused as the batch's is: no one can join
+/// `realtime:`.
+#[tokio::test]
+async fn single_with_an_empty_topic_is_422() {
+    let hub = TestHub::start_default().await;
+    let path = "/realtime/v1/api/broadcast//events/e";
+    let (status, text) = post(&hub, path, bearer(&hub), &json!({"a": 1})).await;
+    assert_eq!(status, 422, "{text}");
+    assert_errors_body(&text);
+    assert!(text.contains("topic"), "{text}");
+}

@@ -19,18 +19,15 @@ fn presence_full(full: PresenceFull) -> ReplyError {
     }
 }
 
-/// A text-form broadcast push's payload, `{"type":"broadcast","event":E,"payload":P}`.
-fn text_broadcast(v: &Value) -> Broadcast {
-    Broadcast {
-        event: v
-            .get("event")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
+/// A text-form broadcast push's payload, `{"type":"broadcast","event":E,"payload":P}`;
+/// `None` when it is not an object with a string `event` (nothing to fan out).
+fn text_broadcast(v: &Value) -> Option<Broadcast> {
+    Some(Broadcast {
+        event: v.get("event")?.as_str()?.to_owned(),
         payload: BroadcastPayload::Json(v.get("payload").cloned().unwrap_or_else(|| json!({}))),
         meta: None,
         binary_origin: false,
-    }
+    })
 }
 
 impl Session {
@@ -60,7 +57,10 @@ impl Session {
                 meta: None,
                 ..b.clone()
             },
-            InboundPayload::Json(v) => text_broadcast(v),
+            InboundPayload::Json(v) => match text_broadcast(v) {
+                Some(b) => b,
+                None => return self.reply_error(&msg, ReplyError::BroadcastMalformed),
+            },
         };
         let size = match &b.payload {
             BroadcastPayload::Json(v) => encoded_len(v),

@@ -92,6 +92,9 @@ pub enum ReplyError {
     UnknownPresenceEvent(String),
     #[error("Presence track payload must be a map")]
     PresenceNotMap,
+    /// A text broadcast push whose payload is not an object naming its event.
+    #[error("Broadcast payload must be a map with a string event")]
+    BroadcastMalformed,
     /// A track of a new presence in a topic that already holds the most allowed.
     #[error("PresenceLimitReached: This channel already has {max} presences, the most allowed")]
     TooManyPresences { max: usize },
@@ -453,6 +456,7 @@ pub enum BodyProblem {
     MessageIncomplete,
     PayloadTooLarge,
     PayloadNotJson,
+    TopicMissing,
 }
 
 impl BodyProblem {
@@ -463,6 +467,7 @@ impl BodyProblem {
             BodyProblem::MessageIncomplete => "needs a topic, an event and an object payload",
             BodyProblem::PayloadTooLarge => "Payload size exceeds tenant limit",
             BodyProblem::PayloadNotJson => "must be valid JSON",
+            BodyProblem::TopicMissing => "is required",
         }
     }
 }

@@ -207,6 +207,9 @@ pub async fn broadcast_one(
         Ok(c) => c,
         Err(r) => return *r,
     };
+    if topic.is_empty() {
+        return unprocessable("topic", BodyProblem::TopicMissing);
+    }
     if body.len() > hub.services.limits.max_broadcast_bytes {
         return unprocessable("payload", BodyProblem::PayloadTooLarge);
     }
