@@ -211,6 +211,19 @@ async fn frame_over_max_frame_bytes_closes_that_socket_with_1009_only() {
     assert_eq!(bystander.heartbeat().await.payload()["status"], "ok");
 }
 
+/// A text frame that is not UTF-8 closes that socket with 1007 and its reason (the
+/// client saw 1005 and no reason).
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_that_socket_with_1007() {
+    let hub = TestHub::start_default().await;
+    let mut bad = hub.connect_v2().await;
+    let mut bystander = hub.connect_v2().await;
+    bad.send_invalid_utf8_text().await;
+    let (code, _) = bad.recv_close().await;
+    assert_eq!(code, Some(1007));
+    assert_eq!(bystander.heartbeat().await.payload()["status"], "ok");
+}
+
 #[tokio::test]
 async fn malformed_frames_do_not_kill_the_socket() {
     let hub = TestHub::start_default().await;

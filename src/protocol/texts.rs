@@ -588,6 +588,8 @@ pub enum Close {
     Shutdown,
     /// The client sent a message larger than the configured maximum.
     FrameTooLarge,
+    /// The client sent a text frame that is not valid UTF-8.
+    InvalidUtf8,
     /// The client joined channels faster than allowed (Supabase disconnects too).
     TooManyJoins,
     /// The client closed or the socket failed.
@@ -601,6 +603,7 @@ impl Close {
             Close::IdleTimeout | Close::Gone => 1000,
             Close::Shutdown => 1001,
             Close::FrameTooLarge => 1009,
+            Close::InvalidUtf8 => 1007,
         }
     }
 
@@ -610,6 +613,7 @@ impl Close {
             Close::IdleTimeout => "idle timeout: no frame received",
             Close::Shutdown => "server shutting down",
             Close::FrameTooLarge => "message too large",
+            Close::InvalidUtf8 => "text frame is not valid UTF-8",
             Close::TooManyJoins => "Too many joins per second",
             Close::Gone => "closed",
         }

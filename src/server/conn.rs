@@ -29,12 +29,14 @@ const REPLICATION_CHECK: Duration = Duration::from_millis(500);
 /// A closing connection reads what the client still sends until it is quiet this long.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
 
-/// Whether a read error is an inbound message over the configured size.
-fn is_too_large(e: axum::Error) -> bool {
-    matches!(
-        e.into_inner().downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Capacity(_))
-    )
+/// How a connection whose read failed is closed: a message over the configured size, or a
+/// text frame that is not UTF-8, is named to the client; anything else is a socket gone.
+fn read_failure(e: axum::Error) -> Close {
+    match e.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Close::FrameTooLarge,
+        Some(tungstenite::Error::Utf8(_)) => Close::InvalidUtf8,
+        _ => Close::Gone,
+    }
 }
 
 /// Runs a connection to completion: `sink` and `stream` are the two halves of the socket;
@@ -122,12 +124,10 @@ where
                         Some(Ok(msg)) => msg,
                         Some(Err(e)) => {
                             tracing::debug!(conn_id, error = %e, "socket read failed");
-                            let reason = if is_too_large(e) {
+                            let reason = read_failure(e);
+                            if reason == Close::FrameTooLarge {
                                 metrics.limit_hit(conn_id, "frame_too_large");
-                                Close::FrameTooLarge
-                            } else {
-                                Close::Gone
-                            };
+                            }
                             tx.close(reason);
                             break;
                         }

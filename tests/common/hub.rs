@@ -337,6 +337,18 @@ impl WsClient {
             .expect("send text frame");
     }
 
+    /// Sends a text frame whose bytes are not UTF-8 (a raw frame: the client library
+    /// refuses to build such a text message).
+    pub async fn send_invalid_utf8_text(&mut self) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame as RawFrame;
+        let frame = RawFrame::message(vec![b'[', 0xff, 0xfe, b']'], OpCode::Data(Data::Text), true);
+        self.ws
+            .send(Message::Frame(frame))
+            .await
+            .expect("send raw text frame");
+    }
+
     /// Sends `texts` as one burst: every frame is queued, then flushed once.
     pub async fn send_texts(&mut self, texts: &[String]) {
         for text in texts {
