@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (53, include_str!("../sql/053_read_page.sql")),
     (54, include_str!("../sql/054_webhook_delivered_fence.sql")),
     (55, include_str!("../sql/055_webhook_argument_errors.sql")),
+    (56, include_str!("../sql/056_refused_arguments.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

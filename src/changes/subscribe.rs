@@ -1,14 +1,14 @@
 //! Turning a join's `postgres_changes` entries into validated subscriptions: the reply
 //! entries (echoed verbatim plus an integer `id`), and a clear error for each entry that
 //! cannot be served (a table missing or unreadable for the role, which get one answer;
-//! a table not enabled; a bad filter; an unknown column; a filter or `select` column the
-//! role may not read).
+//! a table not enabled, or one in schema realtime, which cannot be; a bad filter; an
+//! unknown column; a filter or `select` column the role may not read).
 
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::catalog::Catalog;
+use super::catalog::{capturable, Catalog};
 use super::filter;
 use super::index::{subscription_id, Subscription, TableScope};
 use super::row::Op;
@@ -203,7 +203,7 @@ async fn subscription(
     }
     let name = qualified(schema, table);
     let info = catalog.table(schema, table).await.map_err(unavailable)?;
-    if info.as_ref().is_some_and(|t| !t.realtime_enabled) {
+    if info.as_ref().is_some_and(|t| !t.realtime_enabled) && capturable(schema) {
         // The inspector's count of wanted tables, whoever asked.
         stats.refused(schema, table, chrono::Utc::now());
     }
@@ -215,7 +215,10 @@ async fn subscription(
         });
     };
     if !info.realtime_enabled {
-        return Err(ChangesError::NotEnabled { table: name });
+        return Err(match capturable(schema) {
+            true => ChangesError::NotEnabled { table: name },
+            false => ChangesError::NotCapturable { table: name },
+        });
     }
     // Which rows match a filter tells its column's values: only readable columns, checked
     // before the values are read as the column's type (a type error would tell it too).

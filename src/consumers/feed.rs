@@ -22,7 +22,7 @@ use super::select::Selection;
 use super::{ConsumersError, ConsumersHandle};
 use crate::auth::Claims;
 use crate::capture::current_position;
-use crate::changes::{quote_ident, Change, Scope, Viewer};
+use crate::changes::{capturable, quote_ident, Change, Scope, Viewer};
 use crate::protocol::FeedError;
 
 /// `limit` when the request names none (capped by `feed_max_limit`).
@@ -155,7 +155,10 @@ impl ConsumersHandle {
                 }
             };
             if !info.realtime_enabled {
-                return Err(FeedError::NotEnabled { table: name });
+                return Err(match capturable(&schema) {
+                    true => FeedError::NotEnabled { table: name },
+                    false => FeedError::NotCapturable { table: name },
+                });
             }
             out.push((schema, table));
         }

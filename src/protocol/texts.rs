@@ -203,6 +203,9 @@ pub enum ChangesError {
     /// Only told to a role that may select from the table (so it leaks nothing).
     #[error("table {table} is not enabled for realtime; add it to the publication with: {} or enable it with: {}", publication_sql(.table), enable_sql(.table))]
     NotEnabled { table: String },
+    /// A table in schema `realtime` (the hub's own): there is nothing to enable.
+    #[error("Unable to subscribe to changes with given parameters: table {table} cannot be captured: tables in schema realtime are never captured")]
+    NotCapturable { table: String },
     #[error("Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]")]
     SelectNotList,
     #[error("Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name.")]
@@ -622,6 +625,8 @@ pub enum FeedError {
     NoVisibleTable { table: String, role: String },
     #[error("table {table} is not enabled for realtime; enable it with: {}", enable_sql(.table))]
     NotEnabled { table: String },
+    #[error("table {table} cannot be captured: tables in schema realtime are never captured")]
+    NotCapturable { table: String },
     #[error("`limit` must be a whole number from 1 to {max}")]
     BadLimit { max: usize },
     #[error("`wait` must be a whole number of seconds from 0 to {max}")]
@@ -645,6 +650,7 @@ impl FeedError {
             | FeedError::NoSuchTable(_)
             | FeedError::NoVisibleTable { .. }
             | FeedError::NotEnabled { .. }
+            | FeedError::NotCapturable { .. }
             | FeedError::BadLimit { .. }
             | FeedError::BadWait { .. }
             | FeedError::BadCursor => 400,
