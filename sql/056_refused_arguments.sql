@@ -1,3 +1,6 @@
+-- Arguments refused before they change anything: a table in schema realtime for capture,
+-- a webhook replay from the future.
+
 -- Tables in schema realtime are never captured (the publication sync already passes them
 -- over). realtime.enable, and create_webhook / alter_webhook through
 -- enable_webhook_tables, accepted them, and capture on realtime.changes inserts into the
@@ -58,3 +61,28 @@ begin
 end
 $fn$;
 revoke all on function realtime.grant_hub(text) from public;
+
+-- A replay from a time in the future moved the cursor to "now" and so skipped every
+-- change not yet delivered, with no lost-data mark (webhooks pause, never drop). Now it
+-- is refused, changing nothing. Same signature, so its grants are kept.
+create or replace function realtime.replay_webhook(name text, "from" timestamptz) returns text
+language plpgsql volatile set search_path = '' as $fn$
+declare
+    pos text;
+begin
+    if replay_webhook."from" > pg_catalog.clock_timestamp() then
+        raise exception 'replay from must not be in the future (got %)', replay_webhook."from"
+            using errcode = 'invalid_parameter_value';
+    end if;
+    pos := realtime.position_at(replay_webhook."from");
+    update realtime.webhook_endpoints e
+    set position = pos, data_lost_at = null, failures = 0, version = e.version + 1,
+        updated_at = pg_catalog.now()
+    where e.name = replay_webhook.name;
+    if not found then
+        raise exception 'no webhook named "%"', replay_webhook.name using errcode = 'undefined_object';
+    end if;
+    perform realtime.hold_webhook_position(replay_webhook.name, pos);
+    return pos;
+end
+$fn$;

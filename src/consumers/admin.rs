@@ -190,10 +190,15 @@ pub async fn declare(client: &Client, w: &WebhookDecl) -> Result<(), ConsumersEr
     Ok(())
 }
 
+/// An operation's error: no such endpoint, an argument the function refused, or Postgres.
 fn not_found(e: tokio_postgres::Error, name: &str) -> ConsumersError {
-    if e.code() == Some(&SqlState::UNDEFINED_OBJECT) {
-        ConsumersError::NoSuchWebhook(name.to_owned())
-    } else {
-        ConsumersError::Postgres(e)
+    match e.code() {
+        Some(c) if *c == SqlState::UNDEFINED_OBJECT => {
+            ConsumersError::NoSuchWebhook(name.to_owned())
+        }
+        Some(c) if *c == SqlState::INVALID_PARAMETER_VALUE => {
+            ConsumersError::BadArgument(crate::db::pg_message(&e))
+        }
+        _ => ConsumersError::Postgres(e),
     }
 }

@@ -675,6 +675,9 @@ pub enum WebhookApiError {
     UnknownAction(String),
     #[error("`from` must be a timestamp like 2024-05-01T12:00:00Z")]
     BadFrom,
+    /// An argument the operation refused, in its own words.
+    #[error("{0}")]
+    BadArgument(String),
     #[error("the hub has no database")]
     NoDatabase,
     #[error("the database is unavailable: {0}")]
@@ -685,7 +688,7 @@ impl WebhookApiError {
     pub fn status(&self) -> u16 {
         match self {
             WebhookApiError::NotFound(_) | WebhookApiError::UnknownAction(_) => 404,
-            WebhookApiError::BadFrom => 422,
+            WebhookApiError::BadFrom | WebhookApiError::BadArgument(_) => 422,
             WebhookApiError::NoDatabase | WebhookApiError::Unavailable(_) => 503,
         }
     }
@@ -853,5 +856,6 @@ mod tests {
             json!({"message": "table public.jobs is not enabled for realtime; enable it with: select realtime.enable('public.jobs')"})
         );
         assert_eq!(WebhookApiError::BadFrom.status(), 422);
+        assert_eq!(WebhookApiError::BadArgument("x".into()).status(), 422);
     }
 }
