@@ -97,6 +97,22 @@ pub enum CatalogError {
     Postgres(#[from] tokio_postgres::Error),
 }
 
+impl CatalogError {
+    /// Postgres's message when it refused the text asked about (a character it cannot
+    /// hold, SQLSTATE 22021): the asker's mistake, not an outage.
+    pub fn bad_text(&self) -> Option<String> {
+        match self {
+            CatalogError::Postgres(e)
+                if e.code()
+                    == Some(&tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE) =>
+            {
+                Some(crate::db::pg_message(e))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// What the hub needs to know about one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {

@@ -13,7 +13,7 @@ use super::filter;
 use super::index::{subscription_id, Subscription, TableScope};
 use super::row::Op;
 use super::stats::ChangeStats;
-use crate::protocol::ChangesError;
+use crate::protocol::{refuse_nul, ChangesError};
 
 /// The outcome of validating a join's entries.
 pub struct Validated {
@@ -144,8 +144,11 @@ fn check_select(
 }
 
 /// A catalog lookup that failed: the detail goes to the log, the client gets the
-/// database-unavailable text.
+/// database-unavailable text (text Postgres refused is the client's mistake instead).
 fn unavailable(e: super::catalog::CatalogError) -> ChangesError {
+    if let Some(message) = e.bad_text() {
+        return ChangesError::BadName(message);
+    }
     tracing::warn!(error = %e, "postgres_changes join: catalog lookup failed");
     ChangesError::Unavailable
 }
@@ -167,6 +170,8 @@ async fn subscription(
     let event = Op::parse(&event);
     let schema = str_field(entry, "schema").unwrap_or("public");
     let table = str_field(entry, "table").unwrap_or("*");
+    refuse_nul("schema", schema).map_err(ChangesError::BadName)?;
+    refuse_nul("table", table).map_err(ChangesError::BadName)?;
     let filter_text = str_field(entry, "filter").unwrap_or("");
     let parsed = filter::parse(filter_text)?;
     if schema == "*" || table == "*" {

@@ -70,6 +70,9 @@ pub enum ReplyError {
     /// The topic is exactly `realtime:`.
     #[error("TopicNameRequired: You must provide a topic name")]
     TopicRequired,
+    /// A private topic Postgres cannot hold (see [`refuse_nul`]).
+    #[error("TopicNameInvalid: {0}")]
+    BadTopic(String),
     #[error("ChannelRateLimitReached: Too many channels")]
     TooManyChannels,
     /// More `postgres_changes` entries in one join than allowed. Supabase has no such
@@ -218,6 +221,9 @@ pub enum ChangesError {
     /// which rows match).
     #[error("invalid column for filter {column}: role {role} may not select it")]
     FilterNotPermitted { column: String, role: String },
+    /// A schema or table name Postgres cannot hold (see [`refuse_nul`]).
+    #[error("Unable to subscribe to changes with given parameters: {0}")]
+    BadName(String),
     /// The catalog could not be read (database unreachable); the detail is logged.
     #[error("Unable to subscribe to changes with given parameters: Realtime was unable to connect to the project database")]
     Unavailable,
@@ -236,6 +242,16 @@ pub fn publication_sql(table: &str) -> String {
 /// [`enable_sql`] as a statement to paste into psql.
 pub fn enable_statement(table: &str) -> String {
     format!("{};", enable_sql(table))
+}
+
+/// Refuses a name the hub would hand to Postgres (`what`: "table", "topic", ...) when it
+/// contains a NUL character, which Postgres text cannot hold: the client's mistake, said
+/// as such, never sent (Postgres would answer with an error that looks like an outage).
+pub fn refuse_nul(what: &str, name: &str) -> Result<(), String> {
+    match name.contains('\0') {
+        true => Err(format!("{what} {name:?} contains a NUL character")),
+        false => Ok(()),
+    }
 }
 
 /// A `filter` string that cannot be parsed or bound to its table's columns.
@@ -452,6 +468,8 @@ pub enum BodyProblem {
     MessageIncomplete,
     PayloadTooLarge,
     PayloadNotJson,
+    /// A private topic Postgres cannot hold (see [`refuse_nul`]).
+    NulCharacter,
 }
 
 impl BodyProblem {
@@ -462,6 +480,7 @@ impl BodyProblem {
             BodyProblem::MessageIncomplete => "needs a topic, an event and an object payload",
             BodyProblem::PayloadTooLarge => "Payload size exceeds tenant limit",
             BodyProblem::PayloadNotJson => "must be valid JSON",
+            BodyProblem::NulCharacter => "must not contain a NUL character",
         }
     }
 }
@@ -618,6 +637,9 @@ pub enum FeedError {
     Unauthorized,
     #[error("`tables` must be schema.table names separated by commas: {0}")]
     BadTables(String),
+    /// A table name Postgres cannot hold (see [`refuse_nul`]).
+    #[error("{0}")]
+    BadName(String),
     #[error("table {0} does not exist")]
     NoSuchTable(String),
     /// To a role other than service_role: one answer for both, as a join gives it.
@@ -647,6 +669,7 @@ impl FeedError {
         match self {
             FeedError::Unauthorized => 401,
             FeedError::BadTables(_)
+            | FeedError::BadName(_)
             | FeedError::NoSuchTable(_)
             | FeedError::NoVisibleTable { .. }
             | FeedError::NotEnabled { .. }
@@ -857,5 +880,14 @@ mod tests {
         );
         assert_eq!(WebhookApiError::BadFrom.status(), 422);
         assert_eq!(WebhookApiError::BadArgument("x".into()).status(), 422);
+    }
+
+    #[test]
+    fn a_name_with_a_nul_is_refused_with_the_nul_shown() {
+        assert_eq!(refuse_nul("topic", "room"), Ok(()));
+        assert_eq!(
+            refuse_nul("topic", "ro\0om"),
+            Err(r#"topic "ro\0om" contains a NUL character"#.to_owned())
+        );
     }
 }
