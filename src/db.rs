@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (53, include_str!("../sql/053_read_page.sql")),
     (54, include_str!("../sql/054_webhook_delivered_fence.sql")),
     (55, include_str!("../sql/055_webhook_argument_errors.sql")),
+    (56, include_str!("../sql/056_refused_arguments.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").
@@ -335,6 +336,9 @@ pub fn parse_qualified(input: &str) -> Result<(String, String), DbError> {
         name: input.to_string(),
         reason,
     };
+    if crate::protocol::refuse_nul("table", input).is_err() {
+        return Err(bad("contains a NUL character"));
+    }
     let mut parts = Vec::new();
     let mut chars = input.trim().chars().peekable();
     loop {
@@ -407,7 +411,7 @@ mod tests {
 
     #[test]
     fn malformed_names_are_rejected_with_a_reason() {
-        for bad in ["", "a.", ".b", "a.b.c", "\"open", "\"a\"x.b"] {
+        for bad in ["", "a.", ".b", "a.b.c", "\"open", "\"a\"x.b", "de\0als"] {
             assert!(
                 matches!(parse_qualified(bad), Err(DbError::BadTableName { .. })),
                 "{bad:?} should be rejected"

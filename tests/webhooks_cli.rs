@@ -1,6 +1,7 @@
 //! `switchboard webhooks` through the real binary against a real database: list shows
 //! state and lag, pause and resume change the state, replay moves the cursor back to a
-//! time, secret prints the signing secret, and mistakes are named.
+//! time (never one in the future), secret prints the signing secret, and mistakes are
+//! named.
 
 mod common;
 
@@ -83,4 +84,16 @@ async fn operators_list_pause_resume_replay_and_read_the_secret() {
     let out = run(&["replay", "crm", "--from", "yesterday"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a time like"));
+    let out = run(&["replay", "crm", "--from", "2099-01-01T00:00:00Z"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("replay from must not be in the future"),
+        "{stderr}"
+    );
+    let list = ok(run(&["list"]));
+    assert!(
+        list.contains("lag 3 events"),
+        "a refused replay changes nothing: {list}"
+    );
 }

@@ -417,6 +417,38 @@ async fn replay_delivers_again_from_a_time_with_the_same_event_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_the_future_is_refused_and_skips_nothing() {
+    let pg = hub().await;
+    create(&pg, "crm", "http://127.0.0.1:9/down", "").await;
+    pg.exec("insert into contacts (id, name) values (1, 'a'), (2, 'b')")
+        .await;
+    let before = wait_status(&pg, "crm", "two events waiting", |s| s["lag_events"] == 2).await;
+
+    let (code, body) = replay(&pg, json!({"from": "2099-01-01T00:00:00Z"})).await;
+    assert_eq!(code, 422, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("replay from must not be in the future"),
+        "{body}"
+    );
+    let e = pg
+        .sql
+        .execute(
+            "select realtime.replay_webhook('crm', '2099-01-01T00:00:00Z')",
+            &[],
+        )
+        .await
+        .expect_err("a direct SQL replay from the future");
+    assert!(
+        common::e2e::pg_err(&e).starts_with("replay from must not be in the future"),
+        "{e}"
+    );
+    let after = webhook_status(&pg, "crm").await.expect("listed");
+    assert_eq!(after["cursor"], before["cursor"], "{after}");
+    assert_eq!(after["lag_events"], 2, "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_while_a_batch_is_in_flight_is_not_written_over() {
     let pg = hub().await;
     // Every answer is a 200 that comes 700 ms late (the hub's timeout is 1 s).

@@ -27,6 +27,15 @@ pub const VERSION_CHECK: Duration = Duration::from_millis(250);
 /// Above this many cached keys, expired ones are dropped on the next insert.
 const CACHE_PRUNE_AT: usize = 1024;
 
+/// Tables in this schema are never captured (the hub's own log and messages live there):
+/// `realtime.enable` refuses them and nothing offers to enable them.
+pub const UNCAPTURED_SCHEMA: &str = "realtime";
+
+/// Whether a table in `schema` can have change capture at all.
+pub fn capturable(schema: &str) -> bool {
+    schema != UNCAPTURED_SCHEMA
+}
+
 /// Name of one of the capture triggers that `realtime.enable` creates (its INSERT trigger).
 pub const CAPTURE_TRIGGER: &str = "switchboard_capture_insert";
 
@@ -86,6 +95,22 @@ pub enum CatalogError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("catalog query: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+}
+
+impl CatalogError {
+    /// Postgres's message when it refused the text asked about (a character it cannot
+    /// hold, SQLSTATE 22021): the asker's mistake, not an outage.
+    pub fn bad_text(&self) -> Option<String> {
+        match self {
+            CatalogError::Postgres(e)
+                if e.code()
+                    == Some(&tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE) =>
+            {
+                Some(crate::db::pg_message(e))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What the hub needs to know about one table.

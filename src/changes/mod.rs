@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use catalog::{
-    Catalog, CatalogError, EnabledTable, ReplicaIdentity, TableInfo, CAPTURE_TRIGGER,
+    capturable, Catalog, CatalogError, EnabledTable, ReplicaIdentity, TableInfo, CAPTURE_TRIGGER,
 };
 pub use dispatch::{Mark, Progress};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};

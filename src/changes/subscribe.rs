@@ -1,19 +1,19 @@
 //! Turning a join's `postgres_changes` entries into validated subscriptions: the reply
 //! entries (echoed verbatim plus an integer `id`), and a clear error for each entry that
 //! cannot be served (a table missing or unreadable for the role, which get one answer;
-//! a table not enabled; a bad filter; an unknown column; a filter or `select` column the
-//! role may not read).
+//! a table not enabled, or one in schema realtime, which cannot be; a bad filter; an
+//! unknown column; a filter or `select` column the role may not read).
 
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::catalog::Catalog;
+use super::catalog::{capturable, Catalog};
 use super::filter;
 use super::index::{subscription_id, Subscription, TableScope};
 use super::row::Op;
 use super::stats::ChangeStats;
-use crate::protocol::ChangesError;
+use crate::protocol::{refuse_nul, ChangesError};
 
 /// The outcome of validating a join's entries.
 pub struct Validated {
@@ -170,8 +170,11 @@ fn check_select(
 }
 
 /// A catalog lookup that failed: the detail goes to the log, the client gets the
-/// database-unavailable text.
+/// database-unavailable text (text Postgres refused is the client's mistake instead).
 fn unavailable(e: super::catalog::CatalogError) -> ChangesError {
+    if let Some(message) = e.bad_text() {
+        return ChangesError::BadName(message);
+    }
     tracing::warn!(error = %e, "postgres_changes join: catalog lookup failed");
     ChangesError::Unavailable
 }
@@ -194,6 +197,8 @@ async fn subscription(
     let event = Op::parse(&event);
     let schema = str_field(entry, "schema").unwrap_or("public");
     let table = str_field(entry, "table").unwrap_or("*");
+    refuse_nul("schema", schema).map_err(ChangesError::BadName)?;
+    refuse_nul("table", table).map_err(ChangesError::BadName)?;
     let filter_text = str_field(entry, "filter").unwrap_or("");
     let parsed = filter::parse(filter_text)?;
     if schema == "*" || table == "*" {
@@ -230,7 +235,7 @@ async fn subscription(
     }
     let name = qualified(schema, table);
     let info = catalog.table(schema, table).await.map_err(unavailable)?;
-    if info.as_ref().is_some_and(|t| !t.realtime_enabled) {
+    if info.as_ref().is_some_and(|t| !t.realtime_enabled) && capturable(schema) {
         // The inspector's count of wanted tables, whoever asked.
         stats.refused(schema, table, chrono::Utc::now());
     }
@@ -242,7 +247,10 @@ async fn subscription(
         });
     };
     if !info.realtime_enabled {
-        return Err(ChangesError::NotEnabled { table: name });
+        return Err(match capturable(schema) {
+            true => ChangesError::NotEnabled { table: name },
+            false => ChangesError::NotCapturable { table: name },
+        });
     }
     // Which rows match a filter tells its column's values: only readable columns, checked
     // before the values are read as the column's type (a type error would tell it too).

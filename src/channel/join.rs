@@ -19,8 +19,8 @@ use crate::auth::{is_user_token, Claims};
 use crate::authz::{self, AuthzError, ChannelAccess, Replay, ReplayRequest, Replayed};
 use crate::changes::{Subscriber, Validated, Viewer};
 use crate::protocol::{
-    self, Broadcast, BroadcastPayload, Close, Inbound, InboundPayload, ReplyError, SystemMessage,
-    TokenError,
+    self, refuse_nul, Broadcast, BroadcastPayload, Close, Inbound, InboundPayload, ReplyError,
+    SystemMessage, TokenError,
 };
 use crate::router::outbox::ChannelOutbox;
 use crate::router::{Access, Member, TopicKey};
@@ -184,6 +184,7 @@ impl Session {
             return Ok(a);
         }
         let channel = channel_name(topic);
+        refuse_nul("topic", channel).map_err(ReplyError::BadTopic)?;
         let ctx = authz::Context::new(channel, &a.claims, self.request_headers.clone());
         let access = ChannelAccess::decide(&self.svc.authz, ctx, a.config.presence_enabled)
             .await

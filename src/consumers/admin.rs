@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 
 use super::ConsumersError;
 use crate::config::WebhookDecl;
+use crate::protocol::refuse_nul;
 
 /// Most log rows counted when measuring an endpoint's lag.
 pub const LAG_SCAN_ROWS: i32 = 100_000;
@@ -143,6 +144,7 @@ pub async fn apply(
     name: &str,
     op: &Operation,
 ) -> Result<Option<String>, ConsumersError> {
+    check_name(name)?;
     let result = match op {
         Operation::Pause => client
             .execute("select realtime.pause_webhook($1)", &[&name])
@@ -166,6 +168,7 @@ pub async fn apply(
 
 /// The endpoint's signing secret.
 pub async fn secret(client: &Client, name: &str) -> Result<String, ConsumersError> {
+    check_name(name)?;
     match client.query_opt(SECRET, &[&name]).await? {
         Some(row) => Ok(row.get(0)),
         None => Err(ConsumersError::NoSuchWebhook(name.to_owned())),
@@ -190,10 +193,24 @@ pub async fn declare(client: &Client, w: &WebhookDecl) -> Result<(), ConsumersEr
     Ok(())
 }
 
+/// A name Postgres cannot hold is the caller's mistake, not a database outage.
+fn check_name(name: &str) -> Result<(), ConsumersError> {
+    refuse_nul("webhook name", name).map_err(ConsumersError::BadArgument)
+}
+
+/// An operation's error: no such endpoint, an argument the function refused (or text
+/// Postgres cannot hold), or Postgres.
 fn not_found(e: tokio_postgres::Error, name: &str) -> ConsumersError {
-    if e.code() == Some(&SqlState::UNDEFINED_OBJECT) {
-        ConsumersError::NoSuchWebhook(name.to_owned())
-    } else {
-        ConsumersError::Postgres(e)
+    match e.code() {
+        Some(c) if *c == SqlState::UNDEFINED_OBJECT => {
+            ConsumersError::NoSuchWebhook(name.to_owned())
+        }
+        Some(c)
+            if *c == SqlState::INVALID_PARAMETER_VALUE
+                || *c == SqlState::CHARACTER_NOT_IN_REPERTOIRE =>
+        {
+            ConsumersError::BadArgument(crate::db::pg_message(&e))
+        }
+        _ => ConsumersError::Postgres(e),
     }
 }

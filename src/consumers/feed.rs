@@ -22,13 +22,21 @@ use super::select::Selection;
 use super::{ConsumersError, ConsumersHandle};
 use crate::auth::Claims;
 use crate::capture::current_position;
-use crate::changes::{quote_ident, Change, Scope, Viewer};
-use crate::protocol::FeedError;
+use crate::changes::{capturable, quote_ident, CatalogError, Change, Scope, Viewer};
+use crate::protocol::{refuse_nul, FeedError};
 
 /// `limit` when the request names none (capped by `feed_max_limit`).
 const DEFAULT_LIMIT: usize = 500;
 
 const LOST_SINCE: &str = "select realtime.log_lost_since($1::text::xid8, $2::text[]::xid8[])";
+
+/// A catalog lookup that failed: unavailable, unless Postgres refused the text asked about.
+fn catalog_error(e: CatalogError) -> FeedError {
+    match e.bad_text() {
+        Some(message) => FeedError::BadName(message),
+        None => FeedError::Unavailable,
+    }
+}
 
 /// The query string, as sent.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -133,20 +141,21 @@ impl ConsumersHandle {
             if part.is_empty() {
                 return Err(FeedError::BadTables(text.to_owned()));
             }
+            refuse_nul("table", part).map_err(FeedError::BadName)?;
             let (schema, table) = crate::db::parse_qualified(part)
                 .map_err(|_| FeedError::BadTables(text.to_owned()))?;
             let name = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
             let info = catalog
                 .table(&schema, &table)
                 .await
-                .map_err(|_| FeedError::Unavailable)?;
+                .map_err(catalog_error)?;
             let info = match role {
                 None => info.ok_or_else(|| FeedError::NoSuchTable(name.clone()))?,
                 Some(role) => {
                     let visible = catalog
                         .visible_to(info, role)
                         .await
-                        .map_err(|_| FeedError::Unavailable)?;
+                        .map_err(catalog_error)?;
                     let not_visible = || FeedError::NoVisibleTable {
                         table: name.clone(),
                         role: role.to_owned(),
@@ -155,7 +164,10 @@ impl ConsumersHandle {
                 }
             };
             if !info.realtime_enabled {
-                return Err(FeedError::NotEnabled { table: name });
+                return Err(match capturable(&schema) {
+                    true => FeedError::NotEnabled { table: name },
+                    false => FeedError::NotCapturable { table: name },
+                });
             }
             out.push((schema, table));
         }

@@ -60,6 +60,9 @@ pub enum ConsumersError {
     Mark(#[from] MarkError),
     #[error("no webhook named {0:?}")]
     NoSuchWebhook(String),
+    /// An operator's argument the SQL function refused (e.g. a replay from the future).
+    #[error("{0}")]
+    BadArgument(String),
 }
 
 /// What every consumer task shares.

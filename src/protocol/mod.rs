@@ -69,7 +69,7 @@ pub use codec::{
     encode_sized, encoded_len, DecodeError,
 };
 pub use texts::{
-    enable_sql, enable_statement, publication_sql, AckError, BodyProblem, ChangesError,
+    enable_sql, enable_statement, publication_sql, refuse_nul, AckError, BodyProblem, ChangesError,
     ChannelError, Close, FilterError, HttpError, InspectorBadRequest, InspectorError, NotRecovered,
     ReplyError, Resumed, RowError, SystemMessage, TokenError,
 };

@@ -70,6 +70,9 @@ pub enum ReplyError {
     /// The topic is exactly `realtime:`.
     #[error("TopicNameRequired: You must provide a topic name")]
     TopicRequired,
+    /// A private topic Postgres cannot hold (see [`refuse_nul`]).
+    #[error("TopicNameInvalid: {0}")]
+    BadTopic(String),
     #[error("ChannelRateLimitReached: Too many channels")]
     TooManyChannels,
     /// More `postgres_changes` entries in one join than allowed. Supabase has no such
@@ -210,6 +213,9 @@ pub enum ChangesError {
     /// Only told to a role that may select from the table (so it leaks nothing).
     #[error("table {table} is not enabled for realtime; add it to the publication with: {} or enable it with: {}", publication_sql(.table), enable_sql(.table))]
     NotEnabled { table: String },
+    /// A table in schema `realtime` (the hub's own): there is nothing to enable.
+    #[error("Unable to subscribe to changes with given parameters: table {table} cannot be captured: tables in schema realtime are never captured")]
+    NotCapturable { table: String },
     #[error("Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]")]
     SelectNotList,
     #[error("Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name.")]
@@ -222,6 +228,9 @@ pub enum ChangesError {
     /// which rows match).
     #[error("invalid column for filter {column}: role {role} may not select it")]
     FilterNotPermitted { column: String, role: String },
+    /// A schema or table name Postgres cannot hold (see [`refuse_nul`]).
+    #[error("Unable to subscribe to changes with given parameters: {0}")]
+    BadName(String),
     /// The catalog could not be read (database unreachable); the detail is logged.
     #[error("Unable to subscribe to changes with given parameters: Realtime was unable to connect to the project database")]
     Unavailable,
@@ -240,6 +249,16 @@ pub fn publication_sql(table: &str) -> String {
 /// [`enable_sql`] as a statement to paste into psql.
 pub fn enable_statement(table: &str) -> String {
     format!("{};", enable_sql(table))
+}
+
+/// Refuses a name the hub would hand to Postgres (`what`: "table", "topic", ...) when it
+/// contains a NUL character, which Postgres text cannot hold: the client's mistake, said
+/// as such, never sent (Postgres would answer with an error that looks like an outage).
+pub fn refuse_nul(what: &str, name: &str) -> Result<(), String> {
+    match name.contains('\0') {
+        true => Err(format!("{what} {name:?} contains a NUL character")),
+        false => Ok(()),
+    }
 }
 
 /// A `filter` string that cannot be parsed or bound to its table's columns.
@@ -457,6 +476,8 @@ pub enum BodyProblem {
     PayloadTooLarge,
     PayloadNotJson,
     TopicMissing,
+    /// A private topic Postgres cannot hold (see [`refuse_nul`]).
+    NulCharacter,
 }
 
 impl BodyProblem {
@@ -468,6 +489,7 @@ impl BodyProblem {
             BodyProblem::PayloadTooLarge => "Payload size exceeds tenant limit",
             BodyProblem::PayloadNotJson => "must be valid JSON",
             BodyProblem::TopicMissing => "is required",
+            BodyProblem::NulCharacter => "must not contain a NUL character",
         }
     }
 }
@@ -628,6 +650,9 @@ pub enum FeedError {
     Unauthorized,
     #[error("`tables` must be schema.table names separated by commas: {0}")]
     BadTables(String),
+    /// A table name Postgres cannot hold (see [`refuse_nul`]).
+    #[error("{0}")]
+    BadName(String),
     #[error("table {0} does not exist")]
     NoSuchTable(String),
     /// To a role other than service_role: one answer for both, as a join gives it.
@@ -635,6 +660,8 @@ pub enum FeedError {
     NoVisibleTable { table: String, role: String },
     #[error("table {table} is not enabled for realtime; enable it with: {}", enable_sql(.table))]
     NotEnabled { table: String },
+    #[error("table {table} cannot be captured: tables in schema realtime are never captured")]
+    NotCapturable { table: String },
     #[error("`limit` must be a whole number from 1 to {max}")]
     BadLimit { max: usize },
     #[error("`wait` must be a whole number of seconds from 0 to {max}")]
@@ -655,9 +682,11 @@ impl FeedError {
         match self {
             FeedError::Unauthorized => 401,
             FeedError::BadTables(_)
+            | FeedError::BadName(_)
             | FeedError::NoSuchTable(_)
             | FeedError::NoVisibleTable { .. }
             | FeedError::NotEnabled { .. }
+            | FeedError::NotCapturable { .. }
             | FeedError::BadLimit { .. }
             | FeedError::BadWait { .. }
             | FeedError::BadCursor => 400,
@@ -682,6 +711,9 @@ pub enum WebhookApiError {
     UnknownAction(String),
     #[error("`from` must be a timestamp like 2024-05-01T12:00:00Z")]
     BadFrom,
+    /// An argument the operation refused, in its own words.
+    #[error("{0}")]
+    BadArgument(String),
     #[error("the hub has no database")]
     NoDatabase,
     #[error("the database is unavailable: {0}")]
@@ -692,7 +724,7 @@ impl WebhookApiError {
     pub fn status(&self) -> u16 {
         match self {
             WebhookApiError::NotFound(_) | WebhookApiError::UnknownAction(_) => 404,
-            WebhookApiError::BadFrom => 422,
+            WebhookApiError::BadFrom | WebhookApiError::BadArgument(_) => 422,
             WebhookApiError::NoDatabase | WebhookApiError::Unavailable(_) => 503,
         }
     }
@@ -860,5 +892,15 @@ mod tests {
             json!({"message": "table public.jobs is not enabled for realtime; enable it with: select realtime.enable('public.jobs')"})
         );
         assert_eq!(WebhookApiError::BadFrom.status(), 422);
+        assert_eq!(WebhookApiError::BadArgument("x".into()).status(), 422);
+    }
+
+    #[test]
+    fn a_name_with_a_nul_is_refused_with_the_nul_shown() {
+        assert_eq!(refuse_nul("topic", "room"), Ok(()));
+        assert_eq!(
+            refuse_nul("topic", "ro\0om"),
+            Err(r#"topic "ro\0om" contains a NUL character"#.to_owned())
+        );
     }
 }

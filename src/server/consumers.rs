@@ -57,6 +57,7 @@ fn admin(hub: &Hub, headers: &HeaderMap) -> Result<ConsumersHandle, Box<Response
 pub(crate) fn api_error(e: ConsumersError) -> WebhookApiError {
     match e {
         ConsumersError::NoSuchWebhook(name) => WebhookApiError::NotFound(name),
+        ConsumersError::BadArgument(message) => WebhookApiError::BadArgument(message),
         other => WebhookApiError::Unavailable(other.to_string()),
     }
 }

@@ -23,7 +23,9 @@ use super::listen::PeerAddr;
 use super::{http_error, Hub};
 use crate::auth::Claims;
 use crate::authz::{self, AuthzError, Extension};
-use crate::protocol::{encoded_len, BodyProblem, Broadcast, BroadcastPayload, HttpError};
+use crate::protocol::{
+    encoded_len, refuse_nul, BodyProblem, Broadcast, BroadcastPayload, HttpError,
+};
 use crate::router::TopicKey;
 
 /// Most messages one batch may carry.
@@ -153,6 +155,9 @@ pub async fn broadcast_batch(
             return unprocessable(format!("messages[{i}]"), BodyProblem::PayloadTooLarge);
         }
         let private = crate::channel::truthy(m.get("private"));
+        if private && refuse_nul("topic", topic).is_err() {
+            return unprocessable(format!("messages[{i}].topic"), BodyProblem::NulCharacter);
+        }
         let meta = m.get("id").map(|id| json!({ "id": id }));
         ready.push((
             topic,
@@ -232,6 +237,9 @@ pub async fn broadcast_one(
     let private = params
         .get("private")
         .is_some_and(|p| p.eq_ignore_ascii_case("true"));
+    if private && refuse_nul("topic", &topic).is_err() {
+        return unprocessable("topic", BodyProblem::NulCharacter);
+    }
     if let Err(r) = within_rate(&hub, token, peer, &headers, 1) {
         return *r;
     }
