@@ -322,27 +322,6 @@ async fn wait_capture(node: &common::cluster::Node) {
     }
 }
 
-/// Waits until `n` resumable subscriptions are parked in Postgres.
-async fn wait_parked(sql: &tokio_postgres::Client, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let parked: i64 = sql
-            .query_one(
-                "select count(*) from realtime.log_holds \
-                 where kind = 'resume' and (detail->>'parked')::boolean",
-                &[],
-            )
-            .await
-            .expect("count parked")
-            .get(0);
-        if parked >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no subscription parked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_parked_on_one_node_resumes_on_another_with_what_it_missed() {
     let db = common::pg::test_db().await;
@@ -376,7 +355,7 @@ async fn a_client_parked_on_one_node_resumes_on_another_with_what_it_missed() {
     // The pong to the hub's next ping acknowledges row 1.
     c.acknowledge().await;
     drop(c);
-    wait_parked(&sql, 1).await;
+    common::e2e::wait_parked(&sql, 1).await;
 
     sql.batch_execute(
         "insert into notes values (2, 'missed'); insert into notes values (3, 'missed too');",
