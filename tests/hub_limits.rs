@@ -245,6 +245,50 @@ async fn malformed_frames_do_not_kill_the_socket() {
     assert_eq!(f.payload()["event"], "alive");
 }
 
+/// A frame that fails to decode part-way is answered on its push's topic with its ref,
+/// so the client's push gets its error instead of timing out; the channel's join ref goes
+/// with it, as on every reply. Unreadable frames are answered on `phoenix`.
+#[tokio::test]
+async fn a_malformed_push_gets_its_error_on_its_own_topic_and_ref() {
+    let hub = TestHub::start_default().await;
+    let mut c = hub.connect_v2().await;
+    let j = c.join_ok(TOPIC, json!({})).await;
+    // Five elements, but the event is not a string.
+    c.send_text(&format!(r#"["{j}","41","{TOPIC}",7,{{}}]"#))
+        .await;
+    let reply = c.recv_until(|f| f.ref_() == Some("41")).await;
+    assert_eq!(reply.topic(), Some(TOPIC));
+    assert_eq!(reply.join_ref(), Some(j.as_str()));
+    assert_eq!(reply.payload()["status"], "error");
+    assert_eq!(
+        reply.payload()["response"]["reason"],
+        "malformed message: event must be a string"
+    );
+    // A kind-3 binary push whose payload is not the JSON its encoding byte says.
+    let (topic, event) = (TOPIC.as_bytes(), b"ev");
+    let mut frame = vec![3, 1, 2, topic.len() as u8, event.len() as u8, 0, 1];
+    frame.extend_from_slice(b"142");
+    frame.extend_from_slice(topic);
+    frame.extend_from_slice(event);
+    frame.extend_from_slice(b"{not json");
+    c.send_binary(frame).await;
+    let reply = c.recv_until(|f| f.ref_() == Some("42")).await;
+    assert_eq!(reply.topic(), Some(TOPIC));
+    assert_eq!(reply.payload()["status"], "error");
+    assert_eq!(
+        reply.payload()["response"]["reason"],
+        "malformed message: invalid json payload"
+    );
+    // Nothing readable: answered on phoenix without a ref.
+    c.send_text("this is not json").await;
+    let reply = c.recv_until(|f| f.topic() == Some("phoenix")).await;
+    assert_eq!(reply.ref_(), None);
+    assert_eq!(
+        reply.payload()["response"]["reason"],
+        "malformed message: invalid json"
+    );
+}
+
 /// By default a track is bounded as a broadcast is (256 KiB, Supabase's free plan): a
 /// 200 KiB one is tracked, a 300 KiB one shuts the channel.
 #[tokio::test]

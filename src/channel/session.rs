@@ -16,8 +16,8 @@ use crate::auth::Claims;
 use crate::authz::ChannelAccess;
 use crate::changes::Viewer;
 use crate::protocol::{
-    self, ChannelError, Inbound, InboundPayload, ReplyError, SystemMessage, TokenError, Vsn,
-    WireFrame,
+    self, ChannelError, DecodeError, Inbound, InboundPayload, ReplyError, SystemMessage,
+    TokenError, Vsn, WireFrame,
 };
 use crate::resume::{ConnAcks, LiveChannel};
 use crate::router::outbox::OutboxTx;
@@ -241,6 +241,17 @@ impl Session {
 
     pub(super) fn reply_error(&self, msg: &Inbound, error: ReplyError) {
         self.reply(msg, "error", &error.response());
+    }
+
+    /// Answers a frame that failed to decode: on the push's topic with its ref when
+    /// `push` (what could still be read of it) has them, else on `phoenix` with none.
+    pub fn reject(&self, push: Option<&Inbound>, error: DecodeError) {
+        let response = ReplyError::Malformed(error).response();
+        let frame = match push {
+            Some(msg) => self.reply_frame(msg, "error", &response),
+            None => protocol::encode_reply(self.vsn, None, None, "phoenix", "error", &response),
+        };
+        self.send(frame, "reply");
     }
 
     pub(super) fn system(&self, topic: &str, join_ref: &str, message: &SystemMessage) {

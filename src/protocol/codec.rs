@@ -193,6 +193,59 @@ fn decode_metadata(bytes: &[u8]) -> Result<Option<Value>, DecodeError> {
     }
 }
 
+/// What a text frame that failed to decode still says about the push it was: its topic,
+/// refs and event, when a topic and a ref can be read. The error reply then reaches the
+/// push that caused it, instead of the push timing out on the client. The payload is null.
+pub fn rejected_text(vsn: Vsn, text: &str) -> Option<Inbound> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    let field = |name: &str, at: usize| match (vsn, &value) {
+        (Vsn::V1, Value::Object(map)) => map.get(name),
+        (Vsn::V2, Value::Array(items)) => items.get(at),
+        _ => None,
+    };
+    rejected(
+        field("join_ref", 0).cloned(),
+        field("ref", 1).cloned(),
+        field("topic", 2).and_then(Value::as_str),
+        field("event", 3).and_then(Value::as_str),
+    )
+}
+
+/// The same for a binary frame: its refs and topic, read from the kind-3 header.
+pub fn rejected_binary(frame: &[u8]) -> Option<Inbound> {
+    let header = frame.get(..KIND3_HEADER)?;
+    let mut rest = &frame[KIND3_HEADER..];
+    let mut fields = header[1..4].iter().map(|&len| {
+        let (head, tail) = rest.split_at_checked(usize::from(len))?;
+        rest = tail;
+        std::str::from_utf8(head).ok()
+    });
+    let (join_ref, ref_, topic) = (fields.next()??, fields.next()??, fields.next()??);
+    let as_value = |s: &str| (!s.is_empty()).then(|| Value::String(s.to_owned()));
+    rejected(
+        as_value(join_ref),
+        as_value(ref_),
+        Some(topic),
+        Some("broadcast"),
+    )
+}
+
+fn rejected(
+    join_ref: Option<Value>,
+    ref_: Option<Value>,
+    topic: Option<&str>,
+    event: Option<&str>,
+) -> Option<Inbound> {
+    let ref_ = optional_ref(ref_, "ref").ok()??;
+    Some(Inbound {
+        join_ref: optional_ref(join_ref, "join_ref").ok().flatten(),
+        ref_: Some(ref_),
+        topic: topic?.to_owned(),
+        event: event.unwrap_or_default().to_owned(),
+        payload: InboundPayload::Json(Value::Null),
+    })
+}
+
 /// Serialized length of a JSON value, without building the text (size limits).
 pub fn encoded_len<T: serde::Serialize + ?Sized>(v: &T) -> usize {
     struct Count(usize);

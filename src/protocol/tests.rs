@@ -612,8 +612,46 @@ fn decoders_never_panic_on_garbage() {
     inputs.push(vec![3, 255, 255, 255, 255, 255, 1]);
     for input in &inputs {
         let _ = decode_binary(input);
+        let _ = rejected_binary(input);
         let s = String::from_utf8_lossy(input);
-        let _ = decode_text(Vsn::V1, &s);
-        let _ = decode_text(Vsn::V2, &s);
+        for vsn in [Vsn::V1, Vsn::V2] {
+            let _ = decode_text(vsn, &s);
+            let _ = rejected_text(vsn, &s);
+        }
     }
+}
+
+#[test]
+fn a_rejected_frame_keeps_its_topic_and_refs_when_they_can_be_read() {
+    let v1 = rejected_text(
+        Vsn::V1,
+        r#"{"topic":"realtime:r","event":"phx_join","ref":3}"#,
+    )
+    .expect("topic and ref readable");
+    assert_eq!(
+        (v1.topic.as_str(), v1.ref_.as_deref(), v1.event.as_str()),
+        ("realtime:r", Some("3"), "phx_join")
+    );
+    let v2 = rejected_text(Vsn::V2, r#"["1","2","realtime:r",{}]"#).expect("four elements");
+    assert_eq!(
+        (
+            v2.join_ref.as_deref(),
+            v2.ref_.as_deref(),
+            v2.event.as_str()
+        ),
+        (Some("1"), Some("2"), "")
+    );
+    for (vsn, frame) in [
+        (Vsn::V1, r#"{"topic":"realtime:r","event":"phx_join"}"#),
+        (Vsn::V1, r#"{"ref":"1","event":"phx_join"}"#),
+        (Vsn::V1, r#"["1","2","realtime:r","phx_join",{}]"#),
+        (Vsn::V2, r#"["1",null,"realtime:r","e",{}]"#),
+        (Vsn::V2, r#"["1","2",42,"e",{}]"#),
+        (Vsn::V2, "not json"),
+    ] {
+        assert_eq!(rejected_text(vsn, frame), None, "{frame}");
+    }
+    assert_eq!(rejected_binary(&[3, 1, 1, 200, 6, 0, 1, b'6', b'7']), None);
+    let bin = rejected_binary(&kind3("", "9", "realtime:r", "ev", "", 1, b"{x")).unwrap();
+    assert_eq!((bin.ref_.as_deref(), bin.join_ref), (Some("9"), None));
 }

@@ -18,10 +18,14 @@ use super::writer::{Pinger, WriterHandle, CLOSE_FLUSH_TIMEOUT};
 use super::Hub;
 use crate::auth::Claims;
 use crate::channel::{ConnResume, Session};
-use crate::protocol::{self, Close, ReplyError, Vsn};
+use crate::protocol::{self, Close, Vsn};
 use crate::resume::ConnAcks;
 use crate::router::outbox::outbox;
 use crate::telemetry::next_id;
+
+/// How long a connection that stopped reading mid-frame keeps its socket after the close
+/// frame was flushed, so that the client reads the close frame before the reset.
+const UNREAD_LINGER: Duration = Duration::from_secs(1);
 
 /// How often channels waiting for `replication_ready` are looked at (as Supabase does).
 const REPLICATION_CHECK: Duration = Duration::from_millis(500);
@@ -96,6 +100,8 @@ where
         let mut idle_deadline = Instant::now() + idle;
         // When channels waiting for `replication_ready` are looked at next.
         let mut replication_check = Instant::now();
+        // Set when reading stopped with the client's input unread (a frame over the limit).
+        let mut unread_input = false;
         loop {
             let expiry = session.next_expiry().map(|exp| {
                 let secs = (exp - chrono::Utc::now().timestamp()).max(0) as u64;
@@ -125,6 +131,7 @@ where
                         Some(Err(e)) => {
                             tracing::debug!(conn_id, error = %e, "socket read failed");
                             let reason = read_failure(e);
+                            unread_input = reason != Close::Gone;
                             if reason == Close::FrameTooLarge {
                                 metrics.limit_hit(conn_id, "frame_too_large");
                             }
@@ -137,9 +144,9 @@ where
                         }
                     };
                     idle_deadline = Instant::now() + idle;
-                    let decoded = match msg {
+                    let decoded = match &msg {
                         Message::Text(text) => protocol::decode_text(vsn, text.as_str()),
-                        Message::Binary(bytes) => protocol::decode_binary(&bytes),
+                        Message::Binary(bytes) => protocol::decode_binary(bytes),
                         Message::Close(_) => {
                             tx.close(Close::Gone);
                             break;
@@ -155,12 +162,18 @@ where
                     match decoded {
                         // Boxed: a join awaits database lookups whose large state would otherwise be
                         // reserved inside every idle connection's task.
-                        Ok(inbound) => Box::pin(session.handle(inbound)).await,
+                        Ok(inbound) => {
+                            drop(msg);
+                            Box::pin(session.handle(inbound)).await
+                        }
                         Err(e) => {
                             metrics.dropped("malformed_frame", 1);
-                            let response = ReplyError::Malformed(e).response();
-                            let frame = protocol::encode_reply(vsn, None, None, "phoenix", "error", &response);
-                            hub.services.router.deliver(&tx, conn_id, frame, "reply");
+                            let push = match &msg {
+                                Message::Text(text) => protocol::rejected_text(vsn, text.as_str()),
+                                Message::Binary(bytes) => protocol::rejected_binary(bytes),
+                                _ => None,
+                            };
+                            session.reject(push.as_ref(), e);
                         }
                     }
                 }
@@ -170,7 +183,13 @@ where
         drop(tx);
         metrics.connections.dec();
         // Boxed: its timers would otherwise be reserved inside every open connection's task.
-        Box::pin(drain_and_finish(writer, stream)).await;
+        Box::pin(drain_and_finish(writer, &mut stream)).await;
+        if unread_input {
+            // The socket still holds what the hub would not read: closing it now resets the
+            // connection before the client has read the close frame (Node `ws` then reports
+            // 1006). Held open a moment, the client reads the close frame and its reason.
+            Box::pin(tokio::time::sleep(UNREAD_LINGER)).await;
+        }
         tracing::debug!(conn_id, "connection closed");
     }
 }
@@ -180,7 +199,7 @@ where
 /// unread input is reset, and a reset makes the client drop what it has not read yet (a
 /// join flood's error reply and close frame were lost so). A client that stopped reading
 /// could keep its socket forever: gives up on both after a while.
-async fn drain_and_finish<R>(writer: WriterHandle, mut stream: R)
+async fn drain_and_finish<R>(writer: WriterHandle, stream: &mut R)
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {

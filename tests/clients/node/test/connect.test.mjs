@@ -63,3 +63,15 @@ scenario('after its socket drops, realtime-js reconnects, rejoins and receives a
   await b.send({ type: 'broadcast', event: 'again', payload: { n: 2 } })
   assert.deepEqual((await atA.next(() => true, 'broadcast after rejoin')).payload, { n: 2 })
 })
+
+scenario('a message over the size limit closes the socket with 1009, which realtime-js sees, and it rejoins', async (s) => {
+  const client = s.client('A')
+  const channel = client.channel(uniqueTopic('oversize'))
+  const statuses = await subscribe(channel)
+  const closes = new Inbox('socket closes')
+  s.trace.sockets.A.addEventListener('close', (ev) => closes.push({ code: ev.code, reason: ev.reason }))
+  // 6 MB against the default max_frame_bytes of 5,000,000.
+  channel.send({ type: 'broadcast', event: 'big', payload: { x: 'a'.repeat(6_000_000) } })
+  assert.deepEqual(await closes.next(() => true, 'the close'), { code: 1009, reason: 'message too large' })
+  await statuses.next((x) => x.status === 'SUBSCRIBED', 'SUBSCRIBED again after reconnect', 8000)
+})
