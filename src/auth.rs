@@ -176,19 +176,22 @@ impl Verifier {
                 return Err(TokenError::NotYetValid);
             }
         }
+        self.check_role(&claims.role)?;
+        Ok(claims)
+    }
+
+    /// Whether a token naming `role` may verify: the role is in `allowed_roles` and the
+    /// hub's database user may act as it.
+    pub fn check_role(&self, role: &str) -> Result<(), TokenError> {
         if let Some(roles) = &self.roles {
-            if !roles.iter().any(|r| **r == *claims.role) {
-                return Err(TokenError::RoleNotAllowed {
-                    role: claims.role.to_string(),
-                });
+            if !roles.iter().any(|r| r == role) {
+                return Err(TokenError::RoleNotAllowed { role: role.into() });
             }
         }
-        if self.unavailable.iter().any(|r| **r == *claims.role) {
-            return Err(TokenError::RoleUnavailable {
-                role: claims.role.to_string(),
-            });
+        if self.unavailable.iter().any(|r| r == role) {
+            return Err(TokenError::RoleUnavailable { role: role.into() });
         }
-        Ok(claims)
+        Ok(())
     }
 
     /// Tries every key allowed for `alg`: those whose kid matches the token's, plus kid-less

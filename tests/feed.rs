@@ -380,6 +380,14 @@ async fn bad_requests_get_clear_answers() {
     );
     let (s, m) = answer("tables=public.bulk&cursor=123", Some(token.clone())).await;
     assert_eq!((s, m.contains("cursor")), (400, true), "{m}");
+    // A field given twice is a JSON error naming it, not a plain-text one.
+    let (s, m) = answer(
+        "tables=public.bulk&tables=public.notes",
+        Some(token.clone()),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(m.contains("duplicate field `tables`"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -270,3 +270,99 @@ async fn single_with_an_empty_topic_is_422() {
     assert_errors_body(&text);
     assert!(text.contains("topic"), "{text}");
 }
+
+/// A body over the request limit (8,000,000 bytes, as Supabase's) gets a JSON answer:
+/// 413 on the batch route, Supabase's payload error on the single route.
+#[tokio::test]
+async fn a_body_over_the_request_limit_gets_a_json_answer() {
+    let hub = TestHub::start_default().await;
+    let huge = json!({"blob": "x".repeat(8_100_000)});
+    let (status, text) = post(&hub, BATCH, bearer(&hub), &huge).await;
+    assert_eq!(status, 413, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("JSON body");
+    assert_eq!(
+        body["message"], "Request body is larger than 8000000 bytes",
+        "{body}"
+    );
+    let path = "/realtime/v1/api/broadcast/room/events/e";
+    let (status, text) = post(&hub, path, bearer(&hub), &huge).await;
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("Payload size exceeds tenant limit"), "{text}");
+}
+
+/// A `max_broadcast_bytes` above the request limit raises it: such a broadcast goes
+/// through the single route.
+#[tokio::test]
+async fn a_broadcast_limit_above_the_request_limit_raises_it() {
+    let mut config = test_config();
+    config.limits.max_broadcast_bytes = 9_000_000;
+    let hub = TestHub::start(config).await;
+    let mut member = hub.connect_v2().await;
+    member.join_ok("realtime:room", json!({})).await;
+    let path = "/realtime/v1/api/broadcast/room/events/big";
+    let body = json!({"blob": "y".repeat(8_500_000)});
+    let (status, text) = post(&hub, path, bearer(&hub), &body).await;
+    assert_eq!(status, 202, "{text}");
+    let f = member.recv_until(|f| f.is_event("broadcast")).await;
+    assert_eq!(f.payload()["event"], "big");
+}
+
+/// The REST broadcast routes and the change feed answer a browser's preflight from any
+/// origin, naming the headers it asked for (`*` would not cover `Authorization`); the
+/// admin API does not.
+#[tokio::test]
+async fn browser_endpoints_answer_cors_preflights_and_the_admin_api_does_not() {
+    let hub = TestHub::start_default().await;
+    let client = reqwest::Client::new();
+    let preflight = |path: &str, method: &str| {
+        client
+            .request(reqwest::Method::OPTIONS, hub.http_url(path))
+            .header("origin", "https://portal.example.com")
+            .header("access-control-request-method", method)
+            .header(
+                "access-control-request-headers",
+                "authorization,apikey,content-type,x-client-info",
+            )
+            .send()
+    };
+    for (path, method) in [
+        (BATCH, "POST"),
+        ("/api/broadcast", "POST"),
+        ("/realtime/v1/api/broadcast/room/events/e", "POST"),
+        ("/realtime/v1/api/changes", "GET"),
+    ] {
+        let resp = preflight(path, method).await.expect("OPTIONS");
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], "*", "{path}");
+        let allowed = h["access-control-allow-headers"].to_str().unwrap();
+        for name in ["authorization", "apikey", "content-type", "x-client-info"] {
+            assert!(allowed.contains(name), "{path}: {allowed}");
+        }
+        let methods = h["access-control-allow-methods"].to_str().unwrap();
+        assert!(methods.contains(method), "{path}: {methods}");
+    }
+    // The actual request carries the header too, and is delivered as before.
+    let mut member = hub.connect_v2().await;
+    member.join_ok("realtime:lobby", json!({})).await;
+    let resp = client
+        .post(hub.http_url(BATCH))
+        .header("origin", "https://portal.example.com")
+        .header("apikey", hub.anon())
+        .json(&json!({"messages":[{"topic":"lobby","event":"e","payload":{}}]}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    member.recv_until(|f| f.is_event("broadcast")).await;
+    // Admin endpoints stay same-origin.
+    let resp = preflight("/realtime/v1/api/webhooks", "GET")
+        .await
+        .expect("OPTIONS");
+    assert!(
+        !resp.headers().contains_key("access-control-allow-origin"),
+        "{:?}",
+        resp.headers()
+    );
+}

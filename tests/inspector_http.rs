@@ -333,6 +333,21 @@ async fn the_admin_secret_opens_a_cookie_session_that_mints_tokens_until_sign_ou
         (code, body),
         (422, json!({"error": "`role` must be a non-empty string"}))
     );
+    // A role outside allowed_roles would be refused at connect: no token for it.
+    let (code, _, body) = request(
+        reqwest::Method::POST,
+        hub.http_url("/inspector/api/token"),
+        with_cookie(),
+        Some(json!({"role": "postgres"})),
+    )
+    .await;
+    assert_eq!(
+        (code, body),
+        (
+            422,
+            json!({"error": "Token role \"postgres\" is not allowed; the hub would refuse a token with it"})
+        )
+    );
 
     let (code, h, _) = request(reqwest::Method::DELETE, url.clone(), with_cookie(), None).await;
     assert_eq!(code, 204);

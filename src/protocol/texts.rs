@@ -460,6 +460,12 @@ pub enum HttpError {
     RlsPolicyError,
     /// The database could not be reached to decide a REST private broadcast.
     DatabaseUnavailable,
+    /// REST body over the request size limit (`limit` bytes).
+    BodyTooLarge {
+        limit: usize,
+    },
+    /// REST body that could not be read (the client stopped sending it).
+    BodyUnreadable,
     /// REST body that cannot be used; `field` names the part (`messages[3]`, `payload`).
     Unprocessable {
         field: String,
@@ -498,7 +504,8 @@ impl HttpError {
     pub fn status(&self) -> u16 {
         match self {
             HttpError::Token(_) | HttpError::Unauthorized => 401,
-            HttpError::BadVsn(_) | HttpError::BadResumeKey => 400,
+            HttpError::BadVsn(_) | HttpError::BadResumeKey | HttpError::BodyUnreadable => 400,
+            HttpError::BodyTooLarge { .. } => 413,
             HttpError::TooManyConnections | HttpError::BatchTooLarge | HttpError::RateLimited => {
                 429
             }
@@ -528,6 +535,10 @@ impl HttpError {
                 json!({ "message": "Too many messages to broadcast, please reduce the batch size" })
             }
             HttpError::RateLimited => json!({ "message": "You have exceeded your rate limit" }),
+            HttpError::BodyTooLarge { limit } => {
+                json!({ "message": format!("Request body is larger than {limit} bytes") })
+            }
+            HttpError::BodyUnreadable => json!({ "message": "Request body could not be read" }),
             HttpError::Unprocessable { field, problem } => {
                 json!({ "errors": { field.as_str(): [problem.text()] } })
             }
@@ -567,7 +578,7 @@ pub enum InspectorError {
 }
 
 /// What is wrong with an inspector request body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InspectorBadRequest {
     #[error("The body must be a JSON object")]
     NotJsonObject,
@@ -575,6 +586,9 @@ pub enum InspectorBadRequest {
     RoleMissing,
     #[error("`claims` must be a JSON object")]
     ClaimsNotObject,
+    /// The role is one the hub refuses (outside `allowed_roles`, or not available).
+    #[error("{0}; the hub would refuse a token with it")]
+    Role(TokenError),
 }
 
 impl InspectorError {
@@ -666,6 +680,10 @@ pub enum FeedError {
     BadLimit { max: usize },
     #[error("`wait` must be a whole number of seconds from 0 to {max}")]
     BadWait { max: u64 },
+    /// A query string that cannot be read (a field given twice, bad percent-encoding):
+    /// the text names the problem.
+    #[error("{0}")]
+    BadQuery(String),
     #[error("`cursor` is not a cursor this hub handed out; start without one")]
     BadCursor,
     /// The log was pruned past the cursor: changes after it are gone.
@@ -682,6 +700,7 @@ impl FeedError {
         match self {
             FeedError::Unauthorized => 401,
             FeedError::BadTables(_)
+            | FeedError::BadQuery(_)
             | FeedError::BadName(_)
             | FeedError::NoSuchTable(_)
             | FeedError::NoVisibleTable { .. }

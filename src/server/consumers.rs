@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,11 +31,15 @@ pub(crate) fn webhook_error(e: WebhookApiError) -> Response {
 /// `GET /realtime/v1/api/changes?tables=..&cursor=..&limit=..&wait=..`
 pub async fn changes_feed(
     State(hub): State<Arc<Hub>>,
-    Query(query): Query<FeedQuery>,
+    query: Result<Query<FeedQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let Some(claims) = token_claims(&hub, &headers) else {
         return feed_error(FeedError::Unauthorized);
+    };
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(e) => return feed_error(FeedError::BadQuery(e.body_text())),
     };
     let Some(consumers) = &hub.consumers else {
         return feed_error(FeedError::NoDatabase);

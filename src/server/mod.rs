@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -84,9 +84,9 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
     } else {
         HttpRouter::new()
     };
-    HttpRouter::new()
-        .route("/realtime/v1/websocket", get(websocket))
-        .route("/socket/websocket", get(websocket))
+    // What a browser app calls with a bearer token: open to every origin, as Supabase's
+    // broadcast endpoints are. Never the admin API or the Inspector (its session cookie).
+    let open_cors = HttpRouter::new()
         .route("/realtime/v1/api/broadcast", post(rest::broadcast_batch))
         .route("/api/broadcast", post(rest::broadcast_batch))
         .route(
@@ -99,6 +99,11 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
         )
         .route("/realtime/v1/api/changes", get(consumers::changes_feed))
         .route("/api/changes", get(consumers::changes_feed))
+        .layer(rest::open_cors());
+    HttpRouter::new()
+        .route("/realtime/v1/websocket", get(websocket))
+        .route("/socket/websocket", get(websocket))
+        .merge(open_cors)
         .route("/realtime/v1/api/webhooks", get(consumers::list_webhooks))
         .route("/api/webhooks", get(consumers::list_webhooks))
         .route(
@@ -123,6 +128,9 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
         } else {
             HttpRouter::new()
         })
+        .layer(DefaultBodyLimit::max(rest::body_limit(
+            hub.services.limits.max_broadcast_bytes,
+        )))
         .with_state(hub)
 }
 

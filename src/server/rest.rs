@@ -12,12 +12,15 @@ pub use limit::RestLimits;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
+use tower_http::cors::{self, CorsLayer};
 
 use super::listen::PeerAddr;
 use super::{http_error, Hub};
@@ -30,6 +33,36 @@ use crate::router::TopicKey;
 
 /// Most messages one batch may carry.
 const MAX_BATCH: usize = 1000;
+
+/// Largest REST request body, as Supabase's (Plug's default 8,000,000 bytes); larger when
+/// `max_broadcast_bytes` is, so that a single broadcast of that size still fits.
+pub const REST_BODY_BYTES: usize = 8_000_000;
+
+/// The request body limit of the HTTP routes.
+pub fn body_limit(max_broadcast_bytes: usize) -> usize {
+    REST_BODY_BYTES.max(max_broadcast_bytes)
+}
+
+/// CORS for the REST endpoints a browser calls: any origin, the request's headers
+/// (`Authorization` and `apikey` must be named, a `*` does not cover them), no cookies.
+pub fn open_cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(cors::Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers(cors::AllowHeaders::mirror_request())
+        .max_age(Duration::from_secs(3600))
+}
+
+/// A request body, or why it could not be read (over `limit`, or the client stopped).
+fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, HttpError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::BodyTooLarge { limit }
+        } else {
+            HttpError::BodyUnreadable
+        }
+    })
+}
 
 fn unprocessable(field: impl Into<String>, problem: BodyProblem) -> Response {
     http_error(HttpError::Unprocessable {
@@ -124,11 +157,16 @@ pub async fn broadcast_batch(
     State(hub): State<Arc<Hub>>,
     peer: Option<axum::Extension<PeerAddr>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let (token, claims) = match authorize(&hub, &headers) {
         Ok(c) => c,
         Err(r) => return *r,
+    };
+    let limit = body_limit(hub.services.limits.max_broadcast_bytes);
+    let body = match read_body(body, limit) {
+        Ok(body) => body,
+        Err(e) => return http_error(e),
     };
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return unprocessable("body", BodyProblem::NotJsonObject);
@@ -206,7 +244,7 @@ pub async fn broadcast_one(
     Query(params): Query<HashMap<String, String>>,
     peer: Option<axum::Extension<PeerAddr>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let (token, claims) = match authorize(&hub, &headers) {
         Ok(c) => c,
@@ -215,9 +253,14 @@ pub async fn broadcast_one(
     if topic.is_empty() {
         return unprocessable("topic", BodyProblem::TopicMissing);
     }
-    if body.len() > hub.services.limits.max_broadcast_bytes {
-        return unprocessable("payload", BodyProblem::PayloadTooLarge);
-    }
+    let max = hub.services.limits.max_broadcast_bytes;
+    let body = match read_body(body, body_limit(max)) {
+        Ok(body) if body.len() <= max => body,
+        Ok(_) | Err(HttpError::BodyTooLarge { .. }) => {
+            return unprocessable("payload", BodyProblem::PayloadTooLarge)
+        }
+        Err(e) => return http_error(e),
+    };
     let binary = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

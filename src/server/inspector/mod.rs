@@ -265,7 +265,15 @@ async fn mint(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> R
         Ok(b) => b,
         Err(e) => return error(e),
     };
-    match mint_claims(&body, now()) {
+    let claims = mint_claims(&body, now()).and_then(|claims| {
+        let role = claims["role"].as_str().unwrap_or_default();
+        let verifier = &hub.services.verifier;
+        verifier
+            .check_role(role)
+            .map_err(InspectorBadRequest::Role)?;
+        Ok(claims)
+    });
+    match claims {
         Ok(claims) => match crate::auth::mint_hs256(secret, &claims) {
             Ok(token) => {
                 Json(json!({ "token": token, "expires_at": claims["exp"] })).into_response()
