@@ -7,12 +7,14 @@
 // here appears in the "try it" panel for a user allowed to see it and not for a user whose
 // policies hide it; that a join refused as "not enabled" is listed with copyable SQL; that
 // the broadcast and presence tester works; that the page fits a phone in both themes; and
-// that the browser reports no errors (CSP violations included).
+// that a page on another origin may call the REST broadcast and the change feed but not
+// the admin API (CORS); and that the browser reports no errors (CSP violations included).
 
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
+import http from 'node:http'
 import os from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
@@ -266,6 +268,65 @@ test('the page fits a phone and follows the dark theme, and the toggle switches 
   assert.ok((await luminance()) > 0.8, 'light background after the toggle')
   await page.click('#theme-toggle')
   assert.ok((await luminance()) < 0.2, 'dark again')
+})
+
+test('a page on another origin broadcasts over REST and reads the change feed; the admin API stays closed to it', async () => {
+  const topic = `cors-${tag()}`
+  const anon = mint({ role: 'anon' })
+  const ws = new WebSocket(`${HUB.replace(/^http/, 'ws')}/realtime/v1/websocket?apikey=${anon}&vsn=1.0.0`)
+  const frames = []
+  ws.on('message', (data) => frames.push(JSON.parse(data.toString())))
+  await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject))
+  ws.send(JSON.stringify({ topic: `realtime:${topic}`, event: 'phx_join', ref: '1', join_ref: '1', payload: { config: {} } }))
+  const deadline = Date.now() + WAIT
+  const seen = async (pred, what) => {
+    while (!frames.some(pred)) {
+      if (Date.now() > deadline) throw new Error(`no ${what}: ${JSON.stringify(frames)}`)
+      await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+  await seen((f) => f.event === 'phx_reply' && f.ref === '1', 'join reply')
+
+  // A page served from another port is another origin: every request below is
+  // cross-origin, with a preflight for its Authorization, apikey and Content-Type headers.
+  const site = http.createServer((_req, res) => res.end('<!doctype html><title>portal</title>'))
+  await new Promise((resolve) => site.listen(0, '127.0.0.1', resolve))
+  const other = await context.newPage()
+  try {
+    await other.goto(`http://127.0.0.1:${site.address().port}/`)
+    const answers = await other.evaluate(
+      async ({ hub, topic, anon, service }) => {
+        const call = async (path, init) => {
+          try {
+            const r = await fetch(hub + path, init)
+            return { status: r.status, body: await r.text() }
+          } catch (e) {
+            return { refused: String(e) }
+          }
+        }
+        const headers = (token) => ({ authorization: `Bearer ${token}`, apikey: anon, 'content-type': 'application/json' })
+        return {
+          broadcast: await call('/realtime/v1/api/broadcast', {
+            method: 'POST',
+            headers: headers(anon),
+            body: JSON.stringify({ messages: [{ topic, event: 'from-browser', payload: { n: 1 } }] }),
+          }),
+          feed: await call('/realtime/v1/api/changes?tables=public.todos', { headers: headers(service) }),
+          admin: await call('/api/status', { headers: headers(service) }),
+        }
+      },
+      { hub: HUB, topic, anon, service: mint({ role: 'service_role' }) }
+    )
+    assert.equal(answers.broadcast.status, 202, JSON.stringify(answers))
+    assert.equal(answers.feed.status, 200, JSON.stringify(answers))
+    assert.equal(typeof JSON.parse(answers.feed.body).next_cursor, 'string')
+    assert.match(answers.admin.refused ?? '', /fetch/i, JSON.stringify(answers))
+  } finally {
+    await other.close()
+    site.close()
+  }
+  await seen((f) => f.event === 'broadcast' && f.payload.event === 'from-browser', 'broadcast from the browser')
+  ws.close()
 })
 
 test('signing out returns to the form; the browser reported no errors', async () => {
