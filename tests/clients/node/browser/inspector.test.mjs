@@ -6,7 +6,7 @@
 // token shows the enabled tables; that the lag chart keeps updating; that a row committed
 // here appears in the "try it" panel for a user allowed to see it and not for a user whose
 // policies hide it; that a join refused as "not enabled" is listed with copyable SQL; that
-// the broadcast and presence tester works; that the page fits a phone in both themes; and
+// the broadcast and presence tester works; that the page fits a phone in both themes;
 // that a page on another origin may call the REST broadcast and the change feed but not
 // the admin API (CORS); and that the browser reports no errors (CSP violations included).
 
