@@ -5,7 +5,7 @@
 mod common;
 
 use common::e2e::*;
-use common::hub::Vsn;
+use common::hub::{Vsn, WsClient};
 use serde_json::{json, Value};
 
 const SETUP: &str = r#"
@@ -128,5 +128,18 @@ async fn join_entries_and_private_topics_with_a_nul_get_errors_naming_it() {
     assert_eq!(
         reply.payload()["response"]["reason"],
         r#"TopicNameInvalid: topic "pv\0x" contains a NUL character"#
+    );
+
+    // A public topic too: a resuming connection's channel is looked up in Postgres.
+    let url = format!(
+        "{}&resume=nul-key",
+        pg.hub.ws_url(Some("2.0.0"), Some(&pg.hub.anon()))
+    );
+    let mut resuming = WsClient::connect(&url).await;
+    let (_, reply) = resuming.join("realtime:pub\u{0}x", json!({})).await;
+    assert_eq!(
+        reply.payload()["response"]["reason"],
+        r#"TopicNameInvalid: topic "pub\0x" contains a NUL character"#,
+        "{reply:?}"
     );
 }

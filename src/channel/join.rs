@@ -103,6 +103,8 @@ impl Session {
         if msg.topic == "realtime:" {
             return Err(ReplyError::TopicRequired);
         }
+        // Public topics too: a resuming channel's topic is looked up in Postgres.
+        refuse_nul("topic", channel_name(&msg.topic)).map_err(ReplyError::BadTopic)?;
         if self.joins.check().is_err() {
             self.svc.metrics.limit_hit(self.conn_id, "joins_per_second");
             return Err(ReplyError::TooManyJoins);
@@ -184,7 +186,6 @@ impl Session {
             return Ok(a);
         }
         let channel = channel_name(topic);
-        refuse_nul("topic", channel).map_err(ReplyError::BadTopic)?;
         let ctx = authz::Context::new(channel, &a.claims, self.request_headers.clone());
         let access = ChannelAccess::decide(&self.svc.authz, ctx, a.config.presence_enabled)
             .await
