@@ -106,6 +106,14 @@ async fn join_entries_and_private_topics_with_a_nul_get_errors_naming_it() {
             json!({"event": "*", "schema": "pub\u{0}lic", "table": "deals"}),
             r#"schema "pub\0lic""#,
         ),
+        (
+            json!({"event": "*", "schema": "public", "table": "deals", "filter": "title=eq.a\u{0}"}),
+            r#"filter "title=eq.a\0""#,
+        ),
+        (
+            json!({"event": "*", "schema": "public", "table": "deals", "note": "\u{0}"}),
+            "the entry",
+        ),
     ] {
         let (_, reply) =
             join_changes(&mut c, "realtime:n", json!([entry]), Some(&user), json!({})).await;

@@ -839,3 +839,69 @@ async fn an_invalid_resume_key_is_refused_at_connect() {
     let rejected = WsClient::try_connect(&url).await.err().expect("refused");
     assert_eq!(rejected.status, 400);
 }
+
+/// A channel with a long topic parks and resumes like any other, and does not hold up the
+/// others: a row's key names a long topic by its digest (Postgres refuses btree keys over
+/// about 2.7 kB, and one refused row failed everyone's park and checkpoint write).
+#[tokio::test]
+async fn a_channel_with_a_long_topic_parks_with_the_others_and_both_resume() {
+    let pg = PgHub::start(SETUP).await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    // Random hex does not compress below Postgres's index entry limit.
+    let long: String = (0..150)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
+    let long_topic = format!("realtime:{long}");
+    let mut c = connect(&pg, "long-topic").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    subscribe(&mut c, &long_topic, entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    c.acknowledge().await;
+    drop(c);
+    wait_parked(&pg, 2).await;
+
+    let missed = insert_n(&pg, ALICE, 2).await;
+    observer.saw(*missed.last().unwrap()).await;
+    let mut c = connect(&pg, "long-topic").await;
+    for topic in ["realtime:items", long_topic.as_str()] {
+        subscribe(&mut c, topic, entries(), Some(&token)).await;
+        expect_rows(&mut c, &missed).await;
+        assert_recovered(&resume_message(&mut c).await, 2);
+    }
+}
+
+/// A row Postgres refuses (here a trigger refuses one channel's, as it would refuse data
+/// it cannot hold) costs only that channel its resume: the other channel on the same
+/// connection still parks and resumes.
+#[tokio::test]
+async fn a_row_postgres_refuses_does_not_stop_the_others_from_parking() {
+    let pg = PgHub::start(SETUP).await;
+    pg.exec(
+        "create function public.refuse_poison() returns trigger language plpgsql as $$ \
+         begin if new.holder like '%|realtime:poison|%' then \
+           raise exception 'refused for the test' using errcode = '22023'; end if; \
+         return new; end $$; \
+         create trigger refuse_poison before insert or update on realtime.log_holds \
+         for each row execute function public.refuse_poison();",
+    )
+    .await;
+    let mut observer = Observer::start(&pg).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "poisoned").await;
+    for topic in ["realtime:poison", "realtime:items"] {
+        subscribe(&mut c, topic, entries(), Some(&token)).await;
+        resume_message(&mut c).await;
+    }
+    c.acknowledge().await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+
+    let missed = insert_n(&pg, ALICE, 2).await;
+    observer.saw(*missed.last().unwrap()).await;
+    let mut c = connect(&pg, "poisoned").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    expect_rows(&mut c, &missed).await;
+    assert_recovered(&resume_message(&mut c).await, 2);
+}

@@ -200,6 +200,13 @@ async fn subscription(
     refuse_nul("schema", schema).map_err(ChangesError::BadName)?;
     refuse_nul("table", table).map_err(ChangesError::BadName)?;
     let filter_text = str_field(entry, "filter").unwrap_or("");
+    refuse_nul("filter", filter_text).map_err(ChangesError::BadName)?;
+    // Anywhere else in the entry too: a resumable channel keeps its entries in Postgres.
+    if entry.to_string().contains("\\u0000") {
+        return Err(ChangesError::BadName(
+            "the entry contains a NUL character".into(),
+        ));
+    }
     let parsed = filter::parse(filter_text)?;
     if schema == "*" || table == "*" {
         if select.is_some() {

@@ -79,14 +79,24 @@ pub struct ChannelIdent {
     pub bindings: Value,
 }
 
+/// Topics longer than this are named in a row's key by their SHA-256: the key is a
+/// btree key, and Postgres refuses index entries over about 2.7 kB (a long topic then
+/// failed every checkpoint write, everyone's, since they share one statement).
+const HOLDER_TOPIC_BYTES: usize = 512;
+
 impl ChannelIdent {
     /// The row's key: equal for the same key, topic, namespace and bindings.
     pub fn holder(&self) -> String {
+        use sha2::{Digest, Sha256};
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.bindings.to_string().hash(&mut h);
         let ns = if self.private { "private" } else { "public" };
-        format!("{}|{ns}|{}|{:016x}", self.key, self.topic, h.finish())
+        let topic = match self.topic.len() > HOLDER_TOPIC_BYTES {
+            true => format!("sha256:{:x}", Sha256::digest(self.topic.as_bytes())),
+            false => self.topic.to_string(),
+        };
+        format!("{}|{ns}|{topic}|{:016x}", self.key, h.finish())
     }
 }
 

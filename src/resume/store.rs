@@ -57,13 +57,44 @@ pub async fn upsert(
     }
     // One statement may not update a row twice.
     let latest = latest_per_holder(rows.iter());
-    let holders: Vec<&str> = latest.iter().map(|r| r.holder.as_str()).collect();
-    let snaps: Vec<&str> = latest.iter().map(|r| r.snapshot.as_str()).collect();
-    let details: Vec<&Value> = latest.iter().map(|r| &r.detail).collect();
+    match write(client, &latest, grace).await {
+        Err(e) if refused(&e) => {}
+        done => return done,
+    }
+    // Postgres refused something in the batch: write the rows one by one, so that a row it
+    // cannot hold costs only its own channel's resume, never everyone's writes.
+    for row in latest {
+        match write(client, &[row], grace).await {
+            Err(e) if refused(&e) => {
+                let message = e.as_db_error().map(|d| d.message().to_owned());
+                tracing::warn!(holder = %row.holder.chars().take(200).collect::<String>(), error = ?message,
+                    "Postgres refused a resumable subscription's row; that channel will not resume");
+            }
+            done => done?,
+        }
+    }
+    Ok(())
+}
+
+async fn write(
+    client: &Client,
+    rows: &[&Row],
+    grace: Duration,
+) -> Result<(), tokio_postgres::Error> {
+    let holders: Vec<&str> = rows.iter().map(|r| r.holder.as_str()).collect();
+    let snaps: Vec<&str> = rows.iter().map(|r| r.snapshot.as_str()).collect();
+    let details: Vec<&Value> = rows.iter().map(|r| &r.detail).collect();
     client
         .execute(UPSERT, &[&holders, &snaps, &details, &grace.as_secs_f64()])
         .await?;
     Ok(())
+}
+
+/// Whether Postgres refused the data itself (a data exception or a size limit, SQLSTATE
+/// classes 22 and 54), which writing it again will not mend, as opposed to an outage.
+fn refused(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("54"))
 }
 
 /// One row per holder, the last given (a channel written live, then parked), in the
