@@ -1,6 +1,8 @@
-//! The inspector page in headless Chromium: `tests/clients/node/browser/inspector.test.mjs`
-//! drives the system's Chromium (Debian's `chromium` package, or `SWITCHBOARD_CHROMIUM`)
-//! through playwright-core against a hub started here on the client fixture database.
+//! Real browsers: headless Chromium (Debian's `chromium` package, or
+//! `SWITCHBOARD_CHROMIUM`) driven through playwright-core against a hub started here on
+//! the client fixture database. `tests/clients/node/browser/inspector.test.mjs` uses the
+//! inspector page; `browser/portal.test.mjs` is a customer portal on another origin using
+//! supabase-js's browser bundle.
 //!
 //! A missing `node`, `npm` or Chromium is a failure, never a skip; no browser is ever
 //! downloaded. With `INSPECTOR_SCREENSHOT=<path>` (relative to the repository) the suite
@@ -44,6 +46,16 @@ fn ran_some_tests(stdout: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inspector_works_in_headless_chromium() {
+    run_browser_suite("browser/inspector.test.mjs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_js_works_in_headless_chromium_from_a_portal_on_another_origin() {
+    run_browser_suite("browser/portal.test.mjs").await;
+}
+
+/// Runs one browser suite (a file under tests/clients/node) against a fresh hub.
+async fn run_browser_suite(file: &str) {
     let chromium = chromium();
     let node_dir = tokio::task::spawn_blocking(ensure_node_modules)
         .await
@@ -76,12 +88,7 @@ async fn the_inspector_works_in_headless_chromium() {
         );
     }
     let child = cmd
-        .args([
-            "--test",
-            "--test-force-exit",
-            "--test-reporter=spec",
-            "browser/inspector.test.mjs",
-        ])
+        .args(["--test", "--test-force-exit", "--test-reporter=spec", file])
         .current_dir(&node_dir)
         .env("SWITCHBOARD_HTTP_URL", format!("http://{addr}"))
         .env("SWITCHBOARD_JWT_SECRET", &jwt_secret)
@@ -107,7 +114,7 @@ async fn the_inspector_works_in_headless_chromium() {
         .expect("hub task");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("===== inspector browser suite stdout =====\n{stdout}\n===== stderr =====\n{stderr}");
+    println!("===== {file} stdout =====\n{stdout}\n===== stderr =====\n{stderr}");
     assert!(stopped.is_ok(), "hub ended with {stopped:?}");
     assert!(
         out.status.success(),
