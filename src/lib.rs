@@ -173,6 +173,7 @@ pub async fn run(
                 changes: changes.clone(),
                 rls: changes::RlsChecker::new(pool.clone()),
                 progress: status.progress(),
+                ticks: status.table_ticks(),
                 settings: config.consumers.clone(),
                 poll: config.capture_poll,
                 node_id: node_id.clone(),

@@ -436,3 +436,40 @@ async fn a_cursor_the_log_was_pruned_past_is_refused_not_skipped() {
     // A fresh start works.
     feed_ok(&pg.hub, &token, "tables=public.bulk").await;
 }
+
+/// A waiting long-poll reads the log again when the capture has read rows of its tables
+/// (not after every batch of every table: `probe_feed_waiters.mjs` measures that), and
+/// not only at the next poll interval: with the interval at a minute, writes to another
+/// table leave it waiting, and a row of its own table answers it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_poll_wakes_for_a_row_of_its_table_between_poll_intervals() {
+    let pg = PgHub::start_with(NOTES, |c| c.capture_poll = Duration::from_secs(60)).await;
+    let token = pg.token("service_role", "ops");
+    let cursor = feed_ok(&pg.hub, &token, "tables=public.notes").await["next_cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = pg.hub.http_url(&format!(
+        "/realtime/v1/api/changes?tables=public.notes&wait=20&cursor={cursor}"
+    ));
+    let request = reqwest::Client::new().get(url).bearer_auth(&token).send();
+    let waiting = tokio::spawn(async move { request.await.expect("GET").json::<Value>().await });
+    // Rows of another table: the poll stays open (nothing of its own to answer with).
+    for id in 1..=5 {
+        pg.exec(&format!("insert into bulk values ({id})")).await;
+    }
+    pg.exec(&format!(
+        "insert into notes values (1, '{ALICE}', 'for the poll')"
+    ))
+    .await;
+    let body = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("the poll is answered before its 20 s wait ends")
+        .expect("feed task")
+        .expect("a JSON body");
+    let got: Vec<Value> = changes(&body)
+        .iter()
+        .map(|e| e["record"]["id"].clone())
+        .collect();
+    assert_eq!(got, vec![Value::from(1)], "{body}");
+}

@@ -33,7 +33,7 @@ pub use reader::{
     next_page, LogTables, PageRead, RangeRead, Statements, READ_PAGE_SQL, READ_RANGE_SQL,
 };
 pub use retention::{prune, Pruned, Retention};
-pub use status::{CaptureStatus, CaptureStatusSnapshot};
+pub use status::{CaptureStatus, CaptureStatusSnapshot, TableTicks};
 
 use crate::changes::{LogBatch, LogEntry};
 use crate::db::pg_message;
@@ -441,7 +441,9 @@ impl Session<'_> {
             .find_map(LogEntry::commit_time)
             .map(crate::changes::format_commit_time);
         let n = entries.iter().map(LogEntry::len).sum();
-        self.status.record_batch(n, last_ts.as_deref(), age_ms);
+        let tables = entries.iter().filter_map(LogEntry::table);
+        self.status
+            .record_batch(n, tables, last_ts.as_deref(), age_ms);
         if n == 0 {
             return true;
         }

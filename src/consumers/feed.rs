@@ -196,8 +196,10 @@ impl ConsumersHandle {
             }
         };
         let deadline = Instant::now() + req.wait;
+        let ticks = || inner.ticks.of(req.selection.table_names());
         loop {
             progress.borrow_and_update();
+            let seen = ticks();
             let read = log::read(&inner.pool, &mark, req.limit, &req.selection).await?;
             // Rows new to `mark` deleted before this read would be missing from it.
             self.check_not_pruned(&mark).await?;
@@ -228,13 +230,20 @@ impl ConsumersHandle {
             if now >= deadline || shutdown.is_cancelled() {
                 return Ok(page(out, &mark));
             }
+            // Read again when the capture has read rows of these tables, or after a poll
+            // interval whatever it says (it may be down).
             let wake_at = deadline.min(now + inner.poll);
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                r = progress.changed() => if r.is_err() {
-                    tokio::time::sleep_until(wake_at).await;
-                },
-                _ = tokio::time::sleep_until(wake_at) => {}
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = progress.changed() => if r.is_err() {
+                        tokio::time::sleep_until(wake_at).await;
+                        break;
+                    } else if ticks() != seen {
+                        break;
+                    },
+                    _ = tokio::time::sleep_until(wake_at) => break,
+                }
             }
         }
     }

@@ -37,7 +37,7 @@ pub use deliver::{event_id, sign};
 pub use feed::{FeedPage, FeedQuery};
 pub use mark::{FeedCursor, Mark, MarkError};
 
-use crate::capture::CaptureError;
+use crate::capture::{CaptureError, TableTicks};
 use crate::changes::{Changes, RenderError, RlsChecker};
 use crate::config::{ConsumerSettings, WebhookDecl};
 use crate::db::pg_message;
@@ -72,6 +72,8 @@ struct Inner {
     rls: RlsChecker,
     /// The capture's progress; each waiter clones it.
     progress: watch::Receiver<u64>,
+    /// Which tables that progress was of.
+    ticks: Arc<TableTicks>,
     settings: ConsumerSettings,
     /// Read again this often even without progress (the capture may be down).
     poll: Duration,
@@ -108,6 +110,7 @@ pub struct ConsumersParts {
     pub changes: Changes,
     pub rls: RlsChecker,
     pub progress: watch::Receiver<u64>,
+    pub ticks: Arc<TableTicks>,
     pub settings: ConsumerSettings,
     pub poll: Duration,
     pub node_id: String,
@@ -122,6 +125,7 @@ impl ConsumersHandle {
                 changes: parts.changes,
                 rls: parts.rls,
                 progress: parts.progress,
+                ticks: parts.ticks,
                 sender: deliver::Sender::new(parts.settings.timeout),
                 settings: parts.settings,
                 poll: parts.poll,

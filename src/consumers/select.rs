@@ -32,6 +32,11 @@ pub enum SelectionError {
 }
 
 impl Selection {
+    /// The (schema, table) names it selects from.
+    pub fn table_names(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tables.keys().map(|(s, t)| (s.as_str(), t.as_str()))
+    }
+
     /// Every change of `tables`.
     pub fn tables(tables: &[(String, String)]) -> Selection {
         Selection {
