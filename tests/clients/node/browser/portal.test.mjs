@@ -21,29 +21,7 @@ import { createRequire } from 'node:module'
 import pg from 'pg'
 import WebSocket from 'ws'
 import { chromium } from 'playwright-core'
-
-function requiredEnv(name) {
-  const value = process.env[name]
-  if (!value) throw new Error(`environment variable ${name} must be set`)
-  return value
-}
-
-const HUB = requiredEnv('SWITCHBOARD_HTTP_URL').replace(/\/+$/, '')
-const JWT_SECRET = requiredEnv('SWITCHBOARD_JWT_SECRET')
-const DATABASE_URL = requiredEnv('SWITCHBOARD_DATABASE_URL')
-const CHROMIUM = requiredEnv('SWITCHBOARD_CHROMIUM')
-
-const ADA = '11111111-1111-4111-8111-111111111111'
-const BO = '22222222-2222-4222-8222-222222222222'
-const WAIT = 10000
-
-function mint(claims, expiresIn = 3600) {
-  const now = Math.floor(Date.now() / 1000)
-  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url')
-  const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ iat: now, exp: now + expiresIn, ...claims })}`
-  const sig = crypto.createHmac('sha256', JWT_SECRET).update(head).digest('base64url')
-  return `${head}.${sig}`
-}
+import { HUB, DATABASE_URL, CHROMIUM, ADA, BO, WAIT, mint } from './env.mjs'
 
 const ANON = mint({ role: 'anon' })
 const tag = () => crypto.randomUUID().slice(0, 8)
