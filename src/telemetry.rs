@@ -45,6 +45,8 @@ pub struct Metrics {
     pub resume_unwritten: Gauge,
     /// Frames waiting for the filter lane to judge their costly filters (`changes::lane`).
     pub filter_lane_waiting: Gauge,
+    /// Change feed requests waiting (long-polling) for changes, set on scrape.
+    pub feed_waiting: Gauge,
     /// Resuming joins by outcome (`recovered` = "true" or the reason it was not).
     pub resumes: Family<[(&'static str, &'static str); 1], Counter>,
     /// Changes and database broadcasts replayed to resumed subscriptions.
@@ -182,6 +184,7 @@ impl Metrics {
         let resume_parked = Gauge::default();
         let resume_unwritten = Gauge::default();
         let filter_lane_waiting = Gauge::default();
+        let feed_waiting = Gauge::default();
         let resumes = Family::<[(&'static str, &'static str); 1], Counter>::default();
         let resume_replayed = Counter::default();
         let resume_from_memory = Counter::default();
@@ -278,6 +281,11 @@ impl Metrics {
             "Frames waiting for the filter lane to judge their costly filters",
             filter_lane_waiting.clone(),
         );
+        registry.register(
+            "feed_waiting",
+            "Change feed requests waiting for changes",
+            feed_waiting.clone(),
+        );
         registry.register("resumes", "Resuming joins by outcome", resumes.clone());
         registry.register(
             "resume_replayed",
@@ -318,6 +326,7 @@ impl Metrics {
             resume_parked,
             resume_unwritten,
             filter_lane_waiting,
+            feed_waiting,
             resumes,
             resume_replayed,
             resume_from_memory,

@@ -454,6 +454,12 @@ async fn a_waiting_poll_wakes_for_a_row_of_its_table_between_poll_intervals() {
     ));
     let request = reqwest::Client::new().get(url).bearer_auth(&token).send();
     let waiting = tokio::spawn(async move { request.await.expect("GET").json::<Value>().await });
+    // Its first read found nothing: it waits (only then is the wake-up what answers it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.hub.metric("switchboard_feed_waiting").await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the poll never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Rows of another table: the poll stays open (nothing of its own to answer with).
     for id in 1..=5 {
         pg.exec(&format!("insert into bulk values ({id})")).await;
@@ -472,4 +478,5 @@ async fn a_waiting_poll_wakes_for_a_row_of_its_table_between_poll_intervals() {
         .map(|e| e["record"]["id"].clone())
         .collect();
     assert_eq!(got, vec![Value::from(1)], "{body}");
+    assert_eq!(pg.hub.metric("switchboard_feed_waiting").await, Some(0.0));
 }

@@ -276,7 +276,9 @@ async fn single_with_an_empty_topic_is_422() {
 #[tokio::test]
 async fn a_body_over_the_request_limit_gets_a_json_answer() {
     let hub = TestHub::start_default().await;
-    let huge = json!({"blob": "x".repeat(8_100_000)});
+    // Just over the limit: the hub stops reading at it, and a large unread rest could
+    // reset the connection before the client reads the answer.
+    let huge = json!({"blob": "x".repeat(8_000_000)});
     let (status, text) = post(&hub, BATCH, bearer(&hub), &huge).await;
     assert_eq!(status, 413, "{text}");
     let body: Value = serde_json::from_str(&text).expect("JSON body");

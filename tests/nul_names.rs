@@ -126,6 +126,15 @@ async fn join_entries_and_private_topics_with_a_nul_get_errors_naming_it() {
         );
     }
 
+    // A backslash and "u0000" as text is no NUL: that filter is taken.
+    let entry =
+        json!({"event": "*", "schema": "public", "table": "deals", "filter": "title=eq.\\u0000"});
+    let (_, reply) =
+        join_changes(&mut c, "realtime:m", json!([entry]), Some(&user), json!({})).await;
+    assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
+    let sys = next_system(&mut c).await;
+    assert_eq!(sys["status"], "ok", "{sys}");
+
     let (_, reply) = c
         .join(
             "realtime:pv\u{0}x",

@@ -897,6 +897,20 @@ async fn a_row_postgres_refuses_does_not_stop_the_others_from_parking() {
     c.acknowledge().await;
     drop(c);
     wait_parked(&pg, 1).await;
+    // Both were in one write: what is parked now is all that will be.
+    let parked: Vec<String> = pg
+        .sql
+        .query(
+            "select detail->>'topic' from realtime.log_holds \
+             where kind = 'resume' and (detail->>'parked')::boolean",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(parked, vec!["realtime:items".to_owned()]);
 
     let missed = insert_n(&pg, ALICE, 2).await;
     observer.saw(*missed.last().unwrap()).await;
@@ -904,4 +918,8 @@ async fn a_row_postgres_refuses_does_not_stop_the_others_from_parking() {
     subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
     expect_rows(&mut c, &missed).await;
     assert_recovered(&resume_message(&mut c).await, 2);
+    // The refused channel has nothing to resume from, and says so.
+    subscribe(&mut c, "realtime:poison", entries(), Some(&token)).await;
+    let sys = resume_message(&mut c).await;
+    assert_eq!(sys["recovered"], json!(false), "{sys}");
 }

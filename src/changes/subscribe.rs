@@ -202,7 +202,7 @@ async fn subscription(
     let filter_text = str_field(entry, "filter").unwrap_or("");
     refuse_nul("filter", filter_text).map_err(ChangesError::BadName)?;
     // Anywhere else in the entry too: a resumable channel keeps its entries in Postgres.
-    if entry.to_string().contains("\\u0000") {
+    if holds_nul(entry) {
         return Err(ChangesError::BadName(
             "the entry contains a NUL character".into(),
         ));
@@ -285,6 +285,17 @@ async fn subscription(
         filter,
         select,
     })
+}
+
+/// Whether a NUL character is in any string or member name of `v` (Postgres `jsonb`
+/// cannot hold one).
+fn holds_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -103,12 +103,12 @@ impl Session {
         if msg.topic == "realtime:" {
             return Err(ReplyError::TopicRequired);
         }
-        // Public topics too: a resuming channel's topic is looked up in Postgres.
-        refuse_nul("topic", channel_name(&msg.topic)).map_err(ReplyError::BadTopic)?;
         if self.joins.check().is_err() {
             self.svc.metrics.limit_hit(self.conn_id, "joins_per_second");
             return Err(ReplyError::TooManyJoins);
         }
+        // Public topics too: a resuming channel's topic is looked up in Postgres.
+        refuse_nul("topic", channel_name(&msg.topic)).map_err(ReplyError::BadTopic)?;
         let payload = match &msg.payload {
             InboundPayload::Json(v) => v,
             InboundPayload::Broadcast(_) => &Value::Null,

@@ -8,6 +8,7 @@
 //! back the last `next_cursor` gets every committed change exactly once, across hub and
 //! Postgres restarts. A cursor the log was pruned past is refused (410), never skipped.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -233,6 +234,7 @@ impl ConsumersHandle {
             // Read again when the capture has read rows of these tables, or after a poll
             // interval whatever it says (it may be down).
             let wake_at = deadline.min(now + inner.poll);
+            let _waiting = Waiting::new(&inner.feed_waiting);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -292,6 +294,22 @@ fn with_id(id: &str, data: &RawValue) -> Box<RawValue> {
         None => format!("{{\"id\":{id},\"data\":{text}}}"),
     };
     RawValue::from_string(joined).unwrap_or_else(|_| data.to_owned())
+}
+
+/// Counts a feed request in `feed_waiting` while it waits (`switchboard_feed_waiting`).
+struct Waiting<'a>(&'a AtomicI64);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicI64) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ mod supervisor;
 mod webhook;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,8 @@ struct Inner {
     progress: watch::Receiver<u64>,
     /// Which tables that progress was of.
     ticks: Arc<TableTicks>,
+    /// Change feed requests waiting for changes now.
+    feed_waiting: AtomicI64,
     settings: ConsumerSettings,
     /// Read again this often even without progress (the capture may be down).
     poll: Duration,
@@ -126,6 +129,7 @@ impl ConsumersHandle {
                 rls: parts.rls,
                 progress: parts.progress,
                 ticks: parts.ticks,
+                feed_waiting: AtomicI64::new(0),
                 sender: deliver::Sender::new(parts.settings.timeout),
                 settings: parts.settings,
                 poll: parts.poll,
@@ -191,6 +195,9 @@ impl ConsumersHandle {
 
     /// Copies every endpoint's state into the metrics registry (called on scrape).
     pub async fn export(&self, metrics: &Metrics) {
+        metrics
+            .feed_waiting
+            .set(self.inner.feed_waiting.load(Ordering::Relaxed));
         let list = match self.status().await {
             Ok(l) => l,
             Err(e) => {

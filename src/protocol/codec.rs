@@ -213,6 +213,9 @@ pub fn rejected_text(vsn: Vsn, text: &str) -> Option<Inbound> {
 
 /// The same for a binary frame: its refs and topic, read from the kind-3 header.
 pub fn rejected_binary(frame: &[u8]) -> Option<Inbound> {
+    if frame.first() != Some(&KIND_USER_BROADCAST_PUSH) {
+        return None;
+    }
     let header = frame.get(..KIND3_HEADER)?;
     let mut rest = &frame[KIND3_HEADER..];
     let mut fields = header[1..4].iter().map(|&len| {

@@ -652,6 +652,9 @@ fn a_rejected_frame_keeps_its_topic_and_refs_when_they_can_be_read() {
         assert_eq!(rejected_text(vsn, frame), None, "{frame}");
     }
     assert_eq!(rejected_binary(&[3, 1, 1, 200, 6, 0, 1, b'6', b'7']), None);
+    // Only kind 3 is read with its header (a Phoenix kind-0 push has another).
+    let kind0 = [&[0u8, 1, 1, 13, 2][..], b"34realtime:roomev{}"].concat();
+    assert_eq!(rejected_binary(&kind0), None);
     let bin = rejected_binary(&kind3("", "9", "realtime:r", "ev", "", 1, b"{x")).unwrap();
     assert_eq!((bin.ref_.as_deref(), bin.join_ref), (Some("9"), None));
 }

@@ -25,7 +25,7 @@ use crate::telemetry::next_id;
 
 /// How long a connection that stopped reading mid-frame keeps its socket after the close
 /// frame was flushed, so that the client reads the close frame before the reset.
-const UNREAD_LINGER: Duration = Duration::from_secs(1);
+const UNREAD_LINGER: Duration = CLOSE_FLUSH_TIMEOUT;
 
 /// How often channels waiting for `replication_ready` are looked at (as Supabase does).
 const REPLICATION_CHECK: Duration = Duration::from_millis(500);
@@ -188,7 +188,11 @@ where
             // The socket still holds what the hub would not read: closing it now resets the
             // connection before the client has read the close frame (Node `ws` then reports
             // 1006). Held open a moment, the client reads the close frame and its reason.
-            Box::pin(tokio::time::sleep(UNREAD_LINGER)).await;
+            let linger = Box::pin(tokio::time::sleep(UNREAD_LINGER));
+            tokio::select! {
+                _ = linger => {}
+                _ = hub.shutdown.cancelled() => {}
+            }
         }
         tracing::debug!(conn_id, "connection closed");
     }

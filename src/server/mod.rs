@@ -99,6 +99,10 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
         )
         .route("/realtime/v1/api/changes", get(consumers::changes_feed))
         .route("/api/changes", get(consumers::changes_feed))
+        // Raised for the broadcast routes only (everything else keeps axum's 2 MB).
+        .layer(DefaultBodyLimit::max(rest::body_limit(
+            hub.services.limits.max_broadcast_bytes,
+        )))
         .layer(rest::open_cors());
     HttpRouter::new()
         .route("/realtime/v1/websocket", get(websocket))
@@ -128,9 +132,6 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
         } else {
             HttpRouter::new()
         })
-        .layer(DefaultBodyLimit::max(rest::body_limit(
-            hub.services.limits.max_broadcast_bytes,
-        )))
         .with_state(hub)
 }
 
