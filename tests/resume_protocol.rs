@@ -84,6 +84,14 @@ fn assert_recovered(sys: &Value, count: i64) {
     );
 }
 
+/// Joins `topic` on a resuming connection and expects exactly `missed` replayed, then the
+/// message saying they were recovered.
+async fn expect_resumed(c: &mut WsClient, topic: &str, token: &str, missed: &[i64]) {
+    subscribe(c, topic, entries(), Some(token)).await;
+    expect_rows(c, missed).await;
+    assert_recovered(&resume_message(c).await, missed.len() as i64);
+}
+
 /// A second client (without a resume key) that sees every row: once it has received a
 /// row, the hub has dispatched it, so a reconnect after that finds it in the gap.
 struct Observer(WsClient);
@@ -361,9 +369,7 @@ async fn changes_to_other_tables_do_not_count_toward_the_replay_limit() {
     let missed = insert_n(&pg, ALICE, 2).await;
     observer.saw(*missed.last().unwrap()).await;
     let mut c = connect(&pg, "client-other").await;
-    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    expect_rows(&mut c, &missed).await;
-    assert_recovered(&resume_message(&mut c).await, 2);
+    expect_resumed(&mut c, "realtime:items", &token, &missed).await;
 }
 
 /// Ids of the rows after `after`, in order.
@@ -399,9 +405,7 @@ async fn a_gap_of_several_pages_is_replayed_whole_and_one_past_the_limit_is_refu
     let missed = ids_after(&pg, 0).await;
     observer.saw(*missed.last().unwrap()).await;
     let mut c = connect(&pg, "client-pages").await;
-    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    expect_rows(&mut c, &missed).await;
-    assert_recovered(&resume_message(&mut c).await, 1_100);
+    expect_resumed(&mut c, "realtime:items", &token, &missed).await;
 
     c.acknowledge().await;
     drop(c);
@@ -866,9 +870,7 @@ async fn a_channel_with_a_long_topic_parks_with_the_others_and_both_resume() {
     observer.saw(*missed.last().unwrap()).await;
     let mut c = connect(&pg, "long-topic").await;
     for topic in ["realtime:items", long_topic.as_str()] {
-        subscribe(&mut c, topic, entries(), Some(&token)).await;
-        expect_rows(&mut c, &missed).await;
-        assert_recovered(&resume_message(&mut c).await, 2);
+        expect_resumed(&mut c, topic, &token, &missed).await;
     }
 }
 
@@ -915,9 +917,7 @@ async fn a_row_postgres_refuses_does_not_stop_the_others_from_parking() {
     let missed = insert_n(&pg, ALICE, 2).await;
     observer.saw(*missed.last().unwrap()).await;
     let mut c = connect(&pg, "poisoned").await;
-    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    expect_rows(&mut c, &missed).await;
-    assert_recovered(&resume_message(&mut c).await, 2);
+    expect_resumed(&mut c, "realtime:items", &token, &missed).await;
     // The refused channel has nothing to resume from, and says so.
     subscribe(&mut c, "realtime:poison", entries(), Some(&token)).await;
     let sys = resume_message(&mut c).await;

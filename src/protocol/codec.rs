@@ -127,8 +127,15 @@ fn optional_ref(value: Option<Value>, field: &'static str) -> Result<Option<Stri
     }
 }
 
-/// Decodes a binary frame; only kind 3 (user broadcast push) is accepted.
-pub fn decode_binary(frame: &[u8]) -> Result<Inbound, DecodeError> {
+/// A kind-3 frame cut at its header's lengths, nothing checked but the kind and the
+/// lengths: join_ref, ref, topic, event and metadata, the encoding byte, the payload.
+struct Kind3<'a> {
+    fields: [&'a [u8]; 5],
+    encoding: u8,
+    payload: &'a [u8],
+}
+
+fn split_kind3(frame: &[u8]) -> Result<Kind3<'_>, DecodeError> {
     let kind = *frame.first().ok_or(DecodeError::BinaryTooShort)?;
     if kind != KIND_USER_BROADCAST_PUSH {
         return Err(DecodeError::UnsupportedKind(kind));
@@ -136,23 +143,37 @@ pub fn decode_binary(frame: &[u8]) -> Result<Inbound, DecodeError> {
     let header = frame
         .get(..KIND3_HEADER)
         .ok_or(DecodeError::BinaryTooShort)?;
-    let encoding = header[6];
-    if encoding != ENCODING_BINARY && encoding != ENCODING_JSON {
-        return Err(DecodeError::UnsupportedEncoding(encoding));
-    }
     let mut rest = &frame[KIND3_HEADER..];
-    let mut field = |len: u8| -> Result<&[u8], DecodeError> {
+    let mut fields: [&[u8]; 5] = [&[]; 5];
+    for (field, &len) in fields.iter_mut().zip(&header[1..6]) {
         let (head, tail) = rest
             .split_at_checked(usize::from(len))
             .ok_or(DecodeError::BinaryTooShort)?;
+        *field = head;
         rest = tail;
-        Ok(head)
-    };
-    let join_ref = utf8(field(header[1])?, "join_ref")?;
-    let ref_ = utf8(field(header[2])?, "ref")?;
-    let topic = utf8(field(header[3])?, "topic")?;
-    let event = utf8(field(header[4])?, "event")?;
-    let meta = decode_metadata(field(header[5])?)?;
+    }
+    Ok(Kind3 {
+        fields,
+        encoding: header[6],
+        payload: rest,
+    })
+}
+
+/// Decodes a binary frame; only kind 3 (user broadcast push) is accepted.
+pub fn decode_binary(frame: &[u8]) -> Result<Inbound, DecodeError> {
+    let Kind3 {
+        fields: [join_ref, ref_, topic, event, meta],
+        encoding,
+        payload: rest,
+    } = split_kind3(frame)?;
+    if encoding != ENCODING_BINARY && encoding != ENCODING_JSON {
+        return Err(DecodeError::UnsupportedEncoding(encoding));
+    }
+    let join_ref = utf8(join_ref, "join_ref")?;
+    let ref_ = utf8(ref_, "ref")?;
+    let topic = utf8(topic, "topic")?;
+    let event = utf8(event, "event")?;
+    let meta = decode_metadata(meta)?;
     let payload = if encoding == ENCODING_JSON {
         let value = serde_json::from_slice(rest).map_err(|_| DecodeError::InvalidPayloadJson)?;
         BroadcastPayload::Json(value)
@@ -213,22 +234,13 @@ pub fn rejected_text(vsn: Vsn, text: &str) -> Option<Inbound> {
 
 /// The same for a binary frame: its refs and topic, read from the kind-3 header.
 pub fn rejected_binary(frame: &[u8]) -> Option<Inbound> {
-    if frame.first() != Some(&KIND_USER_BROADCAST_PUSH) {
-        return None;
-    }
-    let header = frame.get(..KIND3_HEADER)?;
-    let mut rest = &frame[KIND3_HEADER..];
-    let mut fields = header[1..4].iter().map(|&len| {
-        let (head, tail) = rest.split_at_checked(usize::from(len))?;
-        rest = tail;
-        std::str::from_utf8(head).ok()
-    });
-    let (join_ref, ref_, topic) = (fields.next()??, fields.next()??, fields.next()??);
-    let as_value = |s: &str| (!s.is_empty()).then(|| Value::String(s.to_owned()));
+    let [join_ref, ref_, topic, ..] = split_kind3(frame).ok()?.fields;
+    let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
+    let as_value = |s: String| (!s.is_empty()).then_some(Value::String(s));
     rejected(
-        as_value(join_ref),
-        as_value(ref_),
-        Some(topic),
+        text(join_ref).and_then(as_value),
+        text(ref_).and_then(as_value),
+        text(topic).as_deref(),
         Some("broadcast"),
     )
 }

@@ -13,6 +13,7 @@ use axum::extract::ws::Message;
 use futures_util::{Sink, Stream, StreamExt};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
 
 use super::writer::{Pinger, WriterHandle, CLOSE_FLUSH_TIMEOUT};
 use super::Hub;
@@ -183,17 +184,8 @@ where
         drop(tx);
         metrics.connections.dec();
         // Boxed: its timers would otherwise be reserved inside every open connection's task.
-        Box::pin(drain_and_finish(writer, &mut stream)).await;
-        if unread_input {
-            // The socket still holds what the hub would not read: closing it now resets the
-            // connection before the client has read the close frame (Node `ws` then reports
-            // 1006). Held open a moment, the client reads the close frame and its reason.
-            let linger = Box::pin(tokio::time::sleep(UNREAD_LINGER));
-            tokio::select! {
-                _ = linger => {}
-                _ = hub.shutdown.cancelled() => {}
-            }
-        }
+        let unread = unread_input.then_some(&hub.shutdown);
+        Box::pin(drain_and_finish(writer, stream, unread)).await;
         tracing::debug!(conn_id, "connection closed");
     }
 }
@@ -203,8 +195,15 @@ where
 /// unread input is reset, and a reset makes the client drop what it has not read yet (a
 /// join flood's error reply and close frame were lost so). A client that stopped reading
 /// could keep its socket forever: gives up on both after a while.
-async fn drain_and_finish<R>(writer: WriterHandle, stream: &mut R)
-where
+///
+/// With `unread` (set when reading stopped mid-frame, so the stream cannot be drained),
+/// the socket is then held up to `UNREAD_LINGER`, or until that shutdown: closed at once,
+/// the reset beat the close frame to the client (Node `ws` reported 1006, not 1009).
+async fn drain_and_finish<R>(
+    writer: WriterHandle,
+    mut stream: R,
+    unread: Option<&CancellationToken>,
+) where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let drain = async {
@@ -212,6 +211,9 @@ where
     };
     let both = async { tokio::join!(writer.finish(CLOSE_FLUSH_TIMEOUT * 2), drain) };
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT * 2, both).await;
+    if let Some(shutdown) = unread {
+        let _ = tokio::time::timeout(UNREAD_LINGER, shutdown.cancelled()).await;
+    }
 }
 
 #[cfg(test)]

@@ -90,29 +90,6 @@ async function portal(sub) {
   return page
 }
 
-/** Subscribes `topic` in the page with `setup` (a function body given `ch`) applied first. */
-async function subscribe(page, topic, setup) {
-  return page.evaluate(
-    ({ topic, setup }) =>
-      new Promise((resolve, reject) => {
-        const ch = window.sb.channel(topic)
-        new Function('ch', setup)(ch)
-        window.channels = { ...(window.channels ?? {}), [topic]: ch }
-        const timer = setTimeout(() => reject(new Error(`no SUBSCRIBED for ${topic}`)), 8000)
-        ch.subscribe((status, err) => {
-          if (status === 'SUBSCRIBED') {
-            clearTimeout(timer)
-            resolve(status)
-          } else if (status !== 'CLOSED') {
-            clearTimeout(timer)
-            reject(new Error(`${status}: ${err?.message}`))
-          }
-        })
-      }),
-    { topic, setup }
-  )
-}
-
 async function insertTodo(owner, title) {
   nextId += 1
   await db.query('insert into public.todos (id, owner, title) values ($1, $2, $3)', [nextId, owner, title])
@@ -121,10 +98,18 @@ async function insertTodo(owner, title) {
 
 test('a customer page receives its own rows and never another customer’s', async () => {
   const page = await portal(ADA)
-  await subscribe(
-    page,
-    `portal-${tag()}`,
-    "ch.on('postgres_changes', { event: '*', schema: 'public', table: 'todos' }, (p) => window.got.push(p))"
+  await page.evaluate(
+    (topic) =>
+      new Promise((resolve, reject) => {
+        window.sb
+          .channel(topic)
+          .on('postgres_changes', { event: '*', schema: 'public', table: 'todos' }, (p) => window.got.push(p))
+          .subscribe((status, err) => {
+            if (status === 'SUBSCRIBED') resolve()
+            else if (status !== 'CLOSED') reject(new Error(`${status}: ${err?.message}`))
+          })
+      }),
+    `portal-${tag()}`
   )
   const bos = await insertTodo(BO, 'not for Ada')
   const adas = await insertTodo(ADA, 'for Ada')
