@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (54, include_str!("../sql/054_webhook_delivered_fence.sql")),
     (55, include_str!("../sql/055_webhook_argument_errors.sql")),
     (56, include_str!("../sql/056_refused_arguments.sql")),
+    (57, include_str!("../sql/057_publication_events.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

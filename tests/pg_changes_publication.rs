@@ -211,3 +211,106 @@ async fn without_the_event_trigger_the_hub_reconciles_by_itself() {
     }
     assert_eq!(enabled_via(&pg).await, pairs(&[("notes", "publication")]));
 }
+
+async fn events_of(pg: &PgHub) -> Vec<(String, Vec<String>)> {
+    pg.sql
+        .query(
+            "select table_name, events from realtime.enabled_tables order by 1",
+            &[],
+        )
+        .await
+        .expect("realtime.enabled_tables")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// The publication's `publish` option (the dashboard's toggles) decides which events a
+/// table enabled only through it delivers, as Supabase passes it to its decoder;
+/// `realtime.enable` still means every event. A new option holds from the next change
+/// committed after it, with no wait.
+#[tokio::test]
+async fn the_publications_publish_option_decides_which_events_subscribers_receive() {
+    let pg = PgHub::start(SETUP).await;
+    pg.exec(
+        "alter publication supabase_realtime add table public.jobs, public.notes; \
+         alter publication supabase_realtime set (publish = 'insert, update'); \
+         select realtime.enable('public.notes');",
+    )
+    .await;
+    let all = || ["INSERT", "UPDATE", "DELETE"].map(String::from).to_vec();
+    assert_eq!(
+        events_of(&pg).await,
+        vec![
+            (
+                "jobs".to_owned(),
+                vec!["INSERT".to_owned(), "UPDATE".to_owned()]
+            ),
+            ("notes".to_owned(), all()),
+        ]
+    );
+    let mut c = pg.connect(Vsn::V2).await;
+    subscribe(
+        &mut c,
+        "realtime:room",
+        json!([all_of("jobs"), all_of("notes")]),
+        Some(&pg.user(USER)),
+    )
+    .await;
+    let job = pg
+        .id(
+            "insert into public.jobs (title) values ('a') returning id",
+            &[],
+        )
+        .await;
+    pg.exec(&format!(
+        "update public.jobs set title = 'b' where id = {job}; \
+         delete from public.jobs where id = {job};"
+    ))
+    .await;
+    let note = pg
+        .id(
+            "insert into public.notes (body) values ('n') returning id",
+            &[],
+        )
+        .await;
+    pg.exec(&format!("delete from public.notes where id = {note}"))
+        .await;
+    expect_row(&mut c, "INSERT", "jobs", job).await;
+    expect_row(&mut c, "UPDATE", "jobs", job).await;
+    // No DELETE of the job: the next frame is the note's.
+    expect_row(&mut c, "INSERT", "notes", note).await;
+    expect_row(&mut c, "DELETE", "notes", note).await;
+
+    // Deletes published again: the very next delete is delivered; inserts no longer are.
+    let second = pg
+        .id(
+            "insert into public.jobs (title) values ('c') returning id",
+            &[],
+        )
+        .await;
+    expect_row(&mut c, "INSERT", "jobs", second).await;
+    pg.exec("alter publication supabase_realtime set (publish = 'update, delete')")
+        .await;
+    let third = pg
+        .id(
+            "insert into public.jobs (title) values ('d') returning id",
+            &[],
+        )
+        .await;
+    pg.exec(&format!(
+        "delete from public.jobs where id = {second}; delete from public.jobs where id = {third};"
+    ))
+    .await;
+    expect_row(&mut c, "DELETE", "jobs", second).await;
+    expect_row(&mut c, "DELETE", "jobs", third).await;
+    // Leaving the publication's care for realtime.enable's: every event again.
+    pg.exec("select realtime.enable('public.jobs')").await;
+    let fourth = pg
+        .id(
+            "insert into public.jobs (title) values ('e') returning id",
+            &[],
+        )
+        .await;
+    expect_row(&mut c, "INSERT", "jobs", fourth).await;
+}

@@ -923,3 +923,38 @@ async fn a_row_postgres_refuses_does_not_stop_the_others_from_parking() {
     let sys = resume_message(&mut c).await;
     assert_eq!(sys["recovered"], json!(false), "{sys}");
 }
+
+/// A resume replays only the events the table's publication publishes, as live dispatch
+/// delivers them (`publish = 'insert, delete'`: the UPDATE in the gap is not replayed).
+#[tokio::test]
+async fn a_resume_replays_only_the_events_the_publication_publishes() {
+    let pg = PgHub::start(SETUP).await;
+    pg.exec(
+        "select realtime.disable('public.items'); \
+         alter publication supabase_realtime add table public.items; \
+         alter publication supabase_realtime set (publish = 'insert, delete');",
+    )
+    .await;
+    let mut observer = Observer::start(&pg).await;
+    let every = json!([{"event": "*", "schema": "public", "table": "items"}]);
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "client-pub").await;
+    subscribe(&mut c, "realtime:items", every.clone(), Some(&token)).await;
+    resume_message(&mut c).await;
+    c.acknowledge().await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+
+    let id = insert(&pg, ALICE).await;
+    pg.exec(&format!(
+        "update public.items set n = 1 where id = {id}; delete from public.items where id = {id};"
+    ))
+    .await;
+    let fence = insert(&pg, BOB).await;
+    observer.saw(fence).await;
+    let mut c = connect(&pg, "client-pub").await;
+    subscribe(&mut c, "realtime:items", every, Some(&token)).await;
+    expect_row(&mut c, "INSERT", "items", id).await;
+    expect_row(&mut c, "DELETE", "items", id).await;
+    assert_recovered(&resume_message(&mut c).await, 2);
+}

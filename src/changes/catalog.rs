@@ -16,7 +16,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::OnceCell;
 use tokio_postgres::Row;
 
-use super::row::ColumnInfo;
+use super::row::{ColumnInfo, Op};
 
 /// How long a lookup (found or not) is served from memory.
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
@@ -67,7 +67,9 @@ const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.r
                   cross join lateral unnest(i.indkey) with ordinality as k(attnum, pos) \
                   join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
                   where i.indrelid = c.oid and i.indisprimary \
-                  order by k.pos) as primary_key \
+                  order by k.pos) as primary_key, \
+           (select e.events from realtime.enabled_tables e \
+             where e.schema_name = n.nspname::text and e.table_name = c.relname::text) as events \
          from pg_catalog.pg_class c \
          join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
          where c.relkind in ('r', 'p') \
@@ -128,6 +130,44 @@ pub struct TableInfo {
     /// Has the capture triggers.
     pub realtime_enabled: bool,
     pub replica_identity: ReplicaIdentity,
+    /// The events its postgres_changes subscribers receive.
+    pub events: Events,
+}
+
+/// The events a table delivers to postgres_changes subscribers: every one, unless it is
+/// enabled only through the `supabase_realtime` publication and that publishes fewer
+/// (`publish = 'insert'`, say), as Supabase's decoder is told (`realtime.enabled_tables`'s
+/// `events`). Webhooks and the change feed choose their events themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Events(u8);
+
+impl Events {
+    pub const ALL: Events = Events(0b111);
+
+    fn bit(op: Op) -> u8 {
+        match op {
+            Op::Insert => 1,
+            Op::Update => 2,
+            Op::Delete => 4,
+        }
+    }
+
+    /// From the view's names; `None` (a table not enabled) is every event.
+    fn from_names(names: Option<Vec<String>>) -> Events {
+        match names {
+            None => Events::ALL,
+            Some(names) => Events(
+                names
+                    .iter()
+                    .filter_map(|n| Op::parse(n))
+                    .fold(0, |bits, op| bits | Events::bit(op)),
+            ),
+        }
+    }
+
+    pub fn has(self, op: Op) -> bool {
+        self.0 & Events::bit(op) != 0
+    }
 }
 
 /// `ALTER TABLE ... REPLICA IDENTITY`: which columns of the old row an UPDATE or DELETE
@@ -164,6 +204,8 @@ pub struct EnabledTable {
     /// How it was enabled (`publication` or `realtime.enable`), from the view's
     /// `enabled_via` column; `None` while the view has no such column.
     pub via: Option<String>,
+    /// The events its postgres_changes subscribers receive (the view's `events`).
+    pub events: Option<Vec<String>>,
 }
 
 impl EnabledTable {
@@ -173,6 +215,9 @@ impl EnabledTable {
             schema: text("schema_name")?.to_owned(),
             table: text("table_name")?.to_owned(),
             via: text("enabled_via").map(str::to_owned),
+            events: row
+                .get("events")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
         })
     }
 }
@@ -288,18 +333,19 @@ impl Catalog {
             .map(|columns| (table, columns)))
     }
 
-    /// Drops every cached answer when `realtime.rules_version()` moved since they were
-    /// read (checked at most every `VERSION_CHECK`). A failed check keeps them.
-    async fn drop_stale(&self) {
-        let fetch = async {
-            let client = self.inner.pool.get().await?;
-            let stmt = client.prepare_cached(RULES_VERSION).await?;
-            Ok(client.query_one(&stmt, &[]).await?.get::<_, i64>(0))
-        };
-        let Ok(version) = cached(&self.inner.version, (), VERSION_CHECK, |_| true, fetch).await
-        else {
-            return;
-        };
+    /// Tells the catalog the rules version a log read saw: answers cached under another
+    /// are dropped at once, so the changes of that read are looked up under DDL that
+    /// committed before them (a new `publish` option, say), not up to `VERSION_CHECK`
+    /// late.
+    pub fn observe(&self, version: i64) {
+        if self.note_version(version) {
+            clear(&self.inner.version);
+        }
+    }
+
+    /// Records `version` as the one cached answers were read under; true (and every
+    /// cached answer dropped) when it moved.
+    fn note_version(&self, version: i64) -> bool {
         let changed = {
             let mut seen = self
                 .inner
@@ -315,6 +361,22 @@ impl Catalog {
             clear(&self.inner.enabled);
             clear(&self.inner.selectable);
         }
+        changed
+    }
+
+    /// Drops every cached answer when `realtime.rules_version()` moved since they were
+    /// read (checked at most every `VERSION_CHECK`). A failed check keeps them.
+    async fn drop_stale(&self) {
+        let fetch = async {
+            let client = self.inner.pool.get().await?;
+            let stmt = client.prepare_cached(RULES_VERSION).await?;
+            Ok(client.query_one(&stmt, &[]).await?.get::<_, i64>(0))
+        };
+        let Ok(version) = cached(&self.inner.version, (), VERSION_CHECK, |_| true, fetch).await
+        else {
+            return;
+        };
+        self.note_version(version);
     }
 }
 
@@ -407,6 +469,7 @@ fn table_info(row: &Row) -> TableInfo {
             "i" => ReplicaIdentity::Index(row.get("identity_index")),
             _ => ReplicaIdentity::Default,
         },
+        events: Events::from_names(row.get("events")),
     }
 }
 
@@ -430,5 +493,28 @@ mod tests {
             Some("publication")
         );
         assert!(EnabledTable::from_json(&json!({"table_name": "x"})).is_none());
+        let row = json!({"schema_name": "public", "table_name": "jobs",
+                         "enabled_via": "publication", "events": ["INSERT"]});
+        assert_eq!(
+            EnabledTable::from_json(&row).unwrap().events,
+            Some(vec!["INSERT".to_owned()])
+        );
+    }
+
+    #[test]
+    fn a_tables_events_are_the_ones_its_view_row_names() {
+        let names = |n: &[&str]| Some(n.iter().map(|s| s.to_string()).collect());
+        let published = Events::from_names(names(&["INSERT", "DELETE"]));
+        assert!(published.has(Op::Insert) && published.has(Op::Delete));
+        assert!(!published.has(Op::Update));
+        let none = Events::from_names(names(&[]));
+        assert!([Op::Insert, Op::Update, Op::Delete]
+            .iter()
+            .all(|&op| !none.has(op)));
+        assert_eq!(Events::from_names(None), Events::ALL);
+        assert_eq!(
+            Events::from_names(names(&["INSERT", "UPDATE", "DELETE"])),
+            Events::ALL
+        );
     }
 }

@@ -255,6 +255,7 @@ impl Dispatcher {
         let gates = match batch.rules_version {
             Some(version) => {
                 self.rls.observe(version);
+                self.catalog.observe(version);
                 self.rls.gates()
             }
             None => Arc::default(),
@@ -384,6 +385,10 @@ impl Dispatcher {
             let Some(table) = last.as_ref().and_then(|(_, _, t)| t.clone()) else {
                 continue;
             };
+            // An event the table's publication does not publish.
+            if !table.events.has(change.op) {
+                continue;
+            }
             let receivers = found.unwrap_or_else(|matched| Arc::new(self.receivers(matched)));
             steps.push(Step::Change(Planned {
                 change,

@@ -207,6 +207,10 @@ impl Changes {
                     let Some((table, hint)) = found else {
                         continue;
                     };
+                    // As live dispatch: an event the publication does not publish.
+                    if !table.events.has(c.op) {
+                        continue;
+                    }
                     // Rows row scope surely hides are not judged one by one.
                     if c.judged_row().is_some_and(|row| hint.may_see(row)) {
                         picked.push(Picked::Change(c, table.clone(), groups));

@@ -76,6 +76,8 @@ pub struct EnabledRow {
     pub table: String,
     /// `publication` or `realtime.enable`, once `realtime.enabled_tables` says.
     pub via: Option<String>,
+    /// The events its subscribers receive, when the publication publishes fewer than all.
+    pub events: Option<Vec<String>>,
     pub changes_total: u64,
     pub changes_per_sec: f64,
     /// Live postgres_changes subscriptions naming this table.
@@ -172,6 +174,7 @@ async fn tables(hub: &Hub) -> Tables {
                     schema: t.schema.clone(),
                     table: t.table.clone(),
                     via: t.via.clone(),
+                    events: t.events.clone().filter(|e| e.len() < 3),
                     changes_total: totals.get(&name).copied().unwrap_or(0),
                     changes_per_sec: h.table_rate(&name),
                     subscriptions: subscriptions.get(&name).copied().unwrap_or(0),

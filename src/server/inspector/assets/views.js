@@ -101,6 +101,14 @@ function renderCapture(snap, samples) {
   drawChart($('lag-chart'), samples, snap.at)
 }
 
+// How a table is enabled, and which events reach subscribers when its publication
+// publishes fewer than all (`publish = 'insert'`, say).
+function viaText(row) {
+  const via = row.via ?? '–'
+  if (!row.events) return via
+  return `${via} (${row.events.length ? row.events.join(', ') : 'no events'})`
+}
+
 function renderTables(snap, onCopy) {
   const t = snap.tables
   const body = $('tables-enabled')
@@ -112,7 +120,7 @@ function renderTables(snap, onCopy) {
         'tr',
         { dataset: { table: `${row.schema}.${row.table}` } },
         el('td', { class: 'mono' }, `${row.schema}.${row.table}`),
-        showVia ? el('td', {}, row.via ?? '–') : null,
+        showVia ? el('td', {}, viaText(row)) : null,
         el('td', { class: row.changes_per_sec > 0 ? 'num rate-hot' : 'num' }, fmtRate(row.changes_per_sec)),
         el('td', { class: 'num' }, fmtInt(row.changes_total)),
         el('td', { class: 'num' }, fmtInt(row.subscriptions))
