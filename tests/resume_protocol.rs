@@ -892,19 +892,27 @@ async fn a_row_postgres_refuses_does_not_stop_the_others_from_parking() {
     let mut observer = Observer::start(&pg).await;
     let token = pg.user(ALICE);
     let mut c = connect(&pg, "poisoned").await;
-    for topic in ["realtime:poison", "realtime:items"] {
+    // Five channels parked in one write; halving it finds the refused row.
+    let topics = [
+        "realtime:a",
+        "realtime:b",
+        "realtime:poison",
+        "realtime:c",
+        "realtime:items",
+    ];
+    for topic in topics {
         subscribe(&mut c, topic, entries(), Some(&token)).await;
         resume_message(&mut c).await;
     }
     c.acknowledge().await;
     drop(c);
-    wait_parked(&pg, 1).await;
-    // Both were in one write: what is parked now is all that will be.
+    wait_parked(&pg, 4).await;
+    // All were in one write: what is parked now is all that will be.
     let parked: Vec<String> = pg
         .sql
         .query(
             "select detail->>'topic' from realtime.log_holds \
-             where kind = 'resume' and (detail->>'parked')::boolean",
+             where kind = 'resume' and (detail->>'parked')::boolean order by 1",
             &[],
         )
         .await
@@ -912,7 +920,10 @@ async fn a_row_postgres_refuses_does_not_stop_the_others_from_parking() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(parked, vec!["realtime:items".to_owned()]);
+    assert_eq!(
+        parked,
+        ["realtime:a", "realtime:b", "realtime:c", "realtime:items"]
+    );
 
     let missed = insert_n(&pg, ALICE, 2).await;
     observer.saw(*missed.last().unwrap()).await;

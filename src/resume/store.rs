@@ -57,19 +57,24 @@ pub async fn upsert(
     }
     // One statement may not update a row twice.
     let latest = latest_per_holder(rows.iter());
-    match write(client, &latest, grace).await {
-        Err(e) if refused(&e) => {}
-        done => return done,
-    }
-    // Postgres refused something in the batch: write the rows one by one, so that a row it
-    // cannot hold costs only its own channel's resume, never everyone's writes.
-    for row in latest {
-        match write(client, &[row], grace).await {
-            Err(e) if refused(&e) => {
-                let message = e.as_db_error().map(|d| d.message().to_owned());
-                tracing::warn!(holder = %row.holder.chars().take(200).collect::<String>(), error = ?message,
-                    "Postgres refused a resumable subscription's row; that channel will not resume");
-            }
+    // When Postgres refuses something in a batch, the halves are written apart, down to
+    // the row it cannot hold: that row costs only its own channel's resume, never
+    // everyone's writes, and a few statements per refused row (not one per row).
+    let mut pending: Vec<&[&Row]> = vec![&latest];
+    while let Some(part) = pending.pop() {
+        match write(client, part, grace).await {
+            Err(e) if refused(&e) => match part {
+                [row] => {
+                    let message = e.as_db_error().map(|d| d.message().to_owned());
+                    tracing::warn!(holder = %row.holder.chars().take(200).collect::<String>(), error = ?message,
+                        "Postgres refused a resumable subscription's row; that channel will not resume");
+                }
+                _ => {
+                    let (first, rest) = part.split_at(part.len() / 2);
+                    pending.push(rest);
+                    pending.push(first);
+                }
+            },
             done => done?,
         }
     }
