@@ -6,8 +6,8 @@
 -- every event, as it always did. Capture itself is unchanged: the log keeps every change,
 -- and webhooks and the change feed choose their events themselves.
 --
--- `events` is added at the end of realtime.enabled_tables, so existing grants and readers
--- are kept. ALTER PUBLICATION is DDL, so the rules version moves and the hub re-reads it.
+-- `events` (and `relid`, so the hub looks a table up by oid) are added at the end of
+-- realtime.enabled_tables, so existing grants and readers are kept. ALTER PUBLICATION is DDL, so the rules version moves and the hub re-reads it.
 
 create or replace view realtime.enabled_tables as
 select n.nspname::text as schema_name, c.relname::text as table_name,
@@ -27,7 +27,8 @@ select n.nspname::text as schema_name, c.relname::text as table_name,
                 from pg_catalog.pg_publication p where p.pubname = 'supabase_realtime'),
                '{INSERT,UPDATE,DELETE}')
            else '{INSERT,UPDATE,DELETE}'::text[]
-       end as events
+       end as events,
+       c.oid as relid
 from pg_catalog.pg_trigger t
 join pg_catalog.pg_class c on c.oid = t.tgrelid
 join pg_catalog.pg_namespace n on n.oid = c.relnamespace

@@ -68,8 +68,7 @@ const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.r
                   join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
                   where i.indrelid = c.oid and i.indisprimary \
                   order by k.pos) as primary_key, \
-           (select e.events from realtime.enabled_tables e \
-             where e.schema_name = n.nspname::text and e.table_name = c.relname::text) as events \
+           (select e.events from realtime.enabled_tables e where e.relid = c.oid) as events \
          from pg_catalog.pg_class c \
          join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
          where c.relkind in ('r', 'p') \
@@ -337,8 +336,10 @@ impl Catalog {
     /// are dropped at once, so the changes of that read are looked up under DDL that
     /// committed before them (a new `publish` option, say), not up to `VERSION_CHECK`
     /// late.
+    /// Versions below zero (no event trigger: the clock's second, which a wake-up and a
+    /// read may see differently) are left to `drop_stale`.
     pub fn observe(&self, version: i64) {
-        if self.note_version(version) {
+        if version >= 0 && self.note_version(version) {
             clear(&self.inner.version);
         }
     }

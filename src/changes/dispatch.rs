@@ -387,6 +387,9 @@ impl Dispatcher {
             };
             // An event the table's publication does not publish.
             if !table.events.has(change.op) {
+                if let Err(matched) = found {
+                    self.spare.matched.give(matched);
+                }
                 continue;
             }
             let receivers = found.unwrap_or_else(|matched| Arc::new(self.receivers(matched)));

@@ -101,7 +101,9 @@ impl Changes {
         }
         // (A table the catalog does not know is never picked, nor its rows parsed.)
         let found = self.table_of(tables, &s.schema, &s.table, target).await?;
-        let Some((_, hint)) = found.filter(|(_, h)| !matches!(h, ScopeHint::Nothing)) else {
+        // Nor are the rows of an event its publication does not publish.
+        let visible = |(t, h): &&TableHint| t.events.has(s.op) && !matches!(h, ScopeHint::Nothing);
+        let Some((_, hint)) = found.filter(visible) else {
             return Ok(());
         };
         // A subscription without a filter takes every row its table's row scope allows.
