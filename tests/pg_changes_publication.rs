@@ -38,9 +38,17 @@ async fn try_subscribe(pg: &PgHub, c: &mut WsClient, topic: &str, table: &str) -
 }
 
 async fn enabled_via(pg: &PgHub) -> Vec<(String, String)> {
+    enabled_tables(pg, "enabled_via").await
+}
+
+/// Each enabled table's name and its `column` in `realtime.enabled_tables`, by name.
+async fn enabled_tables<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    pg: &PgHub,
+    column: &str,
+) -> Vec<(String, T)> {
     pg.sql
         .query(
-            "select table_name, enabled_via from realtime.enabled_tables order by 1",
+            &format!("select table_name, {column} from realtime.enabled_tables order by 1"),
             &[],
         )
         .await
@@ -212,19 +220,6 @@ async fn without_the_event_trigger_the_hub_reconciles_by_itself() {
     assert_eq!(enabled_via(&pg).await, pairs(&[("notes", "publication")]));
 }
 
-async fn events_of(pg: &PgHub) -> Vec<(String, Vec<String>)> {
-    pg.sql
-        .query(
-            "select table_name, events from realtime.enabled_tables order by 1",
-            &[],
-        )
-        .await
-        .expect("realtime.enabled_tables")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
 /// The publication's `publish` option (the dashboard's toggles) decides which events a
 /// table enabled only through it delivers, as Supabase passes it to its decoder;
 /// `realtime.enable` still means every event. A new option holds from the next change
@@ -240,7 +235,7 @@ async fn the_publications_publish_option_decides_which_events_subscribers_receiv
     .await;
     let all = || ["INSERT", "UPDATE", "DELETE"].map(String::from).to_vec();
     assert_eq!(
-        events_of(&pg).await,
+        enabled_tables::<Vec<String>>(&pg, "events").await,
         vec![
             (
                 "jobs".to_owned(),
