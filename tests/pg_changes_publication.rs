@@ -382,3 +382,65 @@ async fn a_captured_table_attached_as_a_partition_keeps_receiving_rows_written_t
     expect_row(&mut c, "INSERT", "archive", 5).await;
     expect_row(&mut c, "INSERT", "archive", 6).await;
 }
+
+/// A partitioned table captured as itself (`realtime.enable` on it) delivers under its own
+/// name, once each, the rows written through it and those written straight into any of
+/// its partitions: a partition created later is covered at once, a detached one no longer.
+#[tokio::test]
+async fn a_partitioned_table_enabled_as_itself_delivers_rows_written_straight_into_partitions() {
+    let pg = PgHub::start(&format!("{SETUP}{PARTITIONED}")).await;
+    pg.exec("select realtime.enable('public.events')").await;
+    let mut c = pg.connect(Vsn::V2).await;
+    subscribe(
+        &mut c,
+        "realtime:events",
+        json!([all_of("events")]),
+        Some(&pg.user(USER)),
+    )
+    .await;
+    pg.exec(
+        "insert into public.events values (1, 'through the parent'); \
+         insert into public.events_high values (150, 'straight in'); \
+         create table public.events_late partition of public.events \
+             for values from (1000) to (2000); \
+         insert into public.events_late values (1500, 'a partition created later'); \
+         alter table public.events detach partition public.events_high; \
+         insert into public.events_high values (151, 'detached'); \
+         update public.events_low set v = 'x' where id = 1; \
+         delete from public.events where id = 1;",
+    )
+    .await;
+    expect_row(&mut c, "INSERT", "events", 1).await;
+    expect_row(&mut c, "INSERT", "events", 150).await;
+    expect_row(&mut c, "INSERT", "events", 1500).await;
+    expect_row(&mut c, "UPDATE", "events", 1).await;
+    expect_row(&mut c, "DELETE", "events", 1).await;
+}
+
+/// A publication with `publish_via_partition_root` lists the partitioned table itself: its
+/// rows arrive under its name, also those written straight into a partition.
+#[tokio::test]
+async fn a_publication_via_the_partition_root_delivers_rows_written_straight_into_partitions() {
+    let pg = PgHub::start(&format!("{SETUP}{PARTITIONED}")).await;
+    pg.exec(
+        "alter publication supabase_realtime set (publish_via_partition_root = true); \
+         alter publication supabase_realtime add table public.events;",
+    )
+    .await;
+    assert_eq!(enabled_via(&pg).await, pairs(&[("events", "publication")]));
+    let mut c = pg.connect(Vsn::V2).await;
+    subscribe(
+        &mut c,
+        "realtime:events",
+        json!([all_of("events")]),
+        Some(&pg.user(USER)),
+    )
+    .await;
+    pg.exec(
+        "insert into public.events_low values (5, 'straight in'); \
+         insert into public.events values (200, 'through the parent');",
+    )
+    .await;
+    expect_row(&mut c, "INSERT", "events", 5).await;
+    expect_row(&mut c, "INSERT", "events", 200).await;
+}
