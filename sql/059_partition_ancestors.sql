@@ -25,6 +25,9 @@ begin
         select n.nspname, c.relname into sch, rel
         from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
         where c.oid = tg_argv[0]::oid;
+        if not found then
+            return null; -- a trigger left over from a table dropped since: nothing to log
+        end if;
     end if;
     insert into realtime.changes (schema_name, table_name, op, rows)
     select sch, rel, 'INSERT', pg_catalog.json_agg(pg_catalog.row_to_json(n.*))
@@ -61,6 +64,9 @@ begin
         select n.nspname, c.relname into sch, rel
         from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
         where c.oid = tg_argv[0]::oid;
+        if not found then
+            return null; -- a trigger left over from a table dropped since: nothing to log
+        end if;
     end if;
     insert into realtime.changes (schema_name, table_name, op, rows, old_rows)
     select sch, rel, 'UPDATE',
@@ -102,6 +108,9 @@ begin
         select n.nspname, c.relname into sch, rel
         from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
         where c.oid = tg_argv[0]::oid;
+        if not found then
+            return null; -- a trigger left over from a table dropped since: nothing to log
+        end if;
     end if;
     insert into realtime.changes (schema_name, table_name, op, old_rows)
     select sch, rel, 'DELETE', pg_catalog.json_agg(pg_catalog.row_to_json(o.*))
