@@ -31,8 +31,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (55, include_str!("../sql/055_webhook_argument_errors.sql")),
     (56, include_str!("../sql/056_refused_arguments.sql")),
     (57, include_str!("../sql/057_publication_events.sql")),
-    (58, include_str!("../sql/058_partition_rows.sql")),
-    (59, include_str!("../sql/059_partition_ancestors.sql")),
+    (58, include_str!("../sql/058_partitions.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

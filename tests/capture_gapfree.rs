@@ -171,8 +171,7 @@ async fn migrations_apply_once_and_rerunning_every_file_changes_nothing() {
         "022_row_scope_problems.sql",
         "040_hub_role.sql",
         "057_publication_events.sql",
-        "058_partition_rows.sql",
-        "059_partition_ancestors.sql",
+        "058_partitions.sql",
     ] {
         let sql =
             std::fs::read_to_string(format!("{}/sql/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();

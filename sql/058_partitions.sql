@@ -1,18 +1,55 @@
--- A partitioned table captured as itself (`realtime.enable` on it, or a publication with
--- `publish_via_partition_root`) missed the writes made straight into one of its
--- partitions: its statement triggers fire only for statements that name it. Now every
--- partition below a captured partitioned table (`pg_partition_tree`, any depth) gets
--- statement triggers of its own, `switchboard_as_<ancestor oid>_{insert,update,delete}`,
--- that log under the ancestor's name (its oid is the trigger's argument; the name is
--- read when the trigger fires, so a renamed table keeps its changes). A partition's
--- statement triggers fire exactly for the statements that name it, and the ancestor's
--- for those that name the ancestor, so no row is logged twice. Partitions created,
--- attached or detached later are brought in line by sync_publication (the event trigger
--- after CREATE TABLE and ALTER TABLE, and the hub periodically).
+-- Partitions. Postgres fires a table's statement triggers only for the statements that
+-- name it, so capture with statement triggers lost rows at both ends of a partition tree:
 --
+-- * A captured partition (a partitioned table in supabase_realtime lists its partitions)
+--   missed every row written through its parent, the usual way. A partition captured under
+--   its own name now has row triggers, which fire however a row arrives: one log row per
+--   row (same content and order: `rows` / `old_rows` hold that one row). A row an UPDATE
+--   moves to another partition is logged as a DELETE from the one and an INSERT into the
+--   other, as logical decoding reports it. (Row triggers may not have transition tables
+--   on partitions, hence one log row per row.)
+-- * A partitioned table captured as itself (`realtime.enable` on it, or the publication
+--   with `publish_via_partition_root`) missed the rows written straight into one of its
+--   partitions. Every partition below it (`pg_partition_tree`, any depth) now has
+--   statement triggers of its own, `switchboard_as_<ancestor oid>_{insert,update,delete}`,
+--   that log under the ancestor's name (its oid is the trigger's argument; the name is
+--   read when the trigger fires, so a renamed table keeps its changes). A partition's
+--   statement triggers fire exactly for the statements that name it, and the ancestor's
+--   for those that name the ancestor, so no row is logged twice.
+--
+-- sync_publication (the event trigger after CREATE TABLE and ALTER TABLE, and the hub
+-- periodically) keeps both in line as partitions are created, attached and detached,
+-- including tables captured before this migration.
+
+create or replace function realtime.capture_row() returns trigger
+language plpgsql security definer as $fn$
+declare
+    l realtime.changes;
+    new_rows json;
+    old_rows json;
+begin
+    if tg_op <> 'DELETE' then
+        new_rows := pg_catalog.json_build_array(pg_catalog.row_to_json(new));
+    end if;
+    if tg_op <> 'INSERT' then
+        old_rows := pg_catalog.json_build_array(pg_catalog.row_to_json(old));
+    end if;
+    insert into realtime.changes (schema_name, table_name, op, rows, old_rows)
+    values (tg_table_schema, tg_table_name, tg_op, new_rows, old_rows)
+    returning * into l;
+    if pg_catalog.pg_sequence_last_value('realtime.wake_until'::regclass)
+           > (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint then
+        perform realtime.wake_with(l.id, l.xid, l.created_at, tg_op, tg_table_schema,
+                                   tg_table_name, l.rows, l.old_rows);
+    end if;
+    return null;
+end
+$fn$;
+
+revoke all on function realtime.capture_row() from public;
+
 -- The capture functions are 052's, with the name taken from the argument when there is
 -- one (a table's own triggers have none: the same statements as before).
-
 create or replace function realtime.capture_insert() returns trigger
 language plpgsql security definer as $fn$
 declare
@@ -135,6 +172,20 @@ end
 $fn$;
 
 
+-- Captured partitions still on statement triggers (captured before this migration, or
+-- attached after they were captured).
+create or replace function realtime.partitions_on_statements() returns setof oid
+language sql stable set search_path = '' as $fn$
+    select t.tgrelid
+    from pg_catalog.pg_trigger t
+    join pg_catalog.pg_class c on c.oid = t.tgrelid
+    where t.tgname in ('switchboard_capture_insert', 'switchboard_capture_update',
+                       'switchboard_capture_delete')
+      and t.tgparentid = 0 and c.relispartition and c.relkind = 'r'
+      and (t.tgtype & 1) = 0  -- not FOR EACH ROW
+    group by t.tgrelid
+$fn$;
+
 -- Partitions below captured partitioned tables and their `switchboard_as_` triggers:
 -- (partition, ancestor, true) where they are missing, (table, ancestor, false) where they
 -- are left over (detached, or the ancestor no longer captured).
@@ -216,7 +267,8 @@ begin
 end
 $fn$;
 
--- capture_on / capture_off as in 058 and 020, with the partitions of a partitioned table.
+-- capture_on / capture_off as in 020, with row triggers on a partition, and the partitions
+-- of a partitioned table.
 create or replace function realtime.capture_on(tbl regclass) returns void
 language plpgsql set search_path = '' as $fn$
 declare
@@ -301,7 +353,9 @@ end
 $fn$;
 
 
--- As in 058, and brings the partitions of captured partitioned tables in line.
+-- As in 020, and brings partitions in line: captured partitions still on statement
+-- triggers switch to row triggers, and the partitions of captured partitioned tables get
+-- (or lose) their `switchboard_as_` triggers.
 create or replace function realtime.sync_publication() returns integer
 language plpgsql security definer set search_path = '' set lock_timeout = '500ms' as $fn$
 declare
@@ -360,6 +414,7 @@ end
 $fn$;
 
 
+revoke all on function realtime.partitions_on_statements() from public;
 revoke all on function realtime.descendant_drift() from public;
 revoke all on function realtime.capture_as(regclass, oid, boolean) from public;
 revoke all on function realtime.sync_descendants(oid) from public;
