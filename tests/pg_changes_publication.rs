@@ -23,6 +23,14 @@ fn all_of(table: &str) -> Value {
     json!({"event": "*", "schema": "public", "table": table})
 }
 
+/// A v2 client subscribed, as the test user, to every event of `tables` on `topic`.
+async fn subscribed(pg: &PgHub, topic: &str, tables: &[&str]) -> WsClient {
+    let mut c = pg.connect(Vsn::V2).await;
+    let entries: Vec<Value> = tables.iter().map(|t| all_of(t)).collect();
+    subscribe(&mut c, topic, Value::Array(entries), Some(&pg.user(USER))).await;
+    c
+}
+
 /// Joins `table` and returns the first system message (ok: subscribed; error: refused).
 async fn try_subscribe(pg: &PgHub, c: &mut WsClient, topic: &str, table: &str) -> Value {
     let (join_ref, reply) = join_changes(
@@ -151,14 +159,7 @@ async fn a_publication_for_all_tables_captures_tables_created_later_but_never_th
     .await;
     let tables: Vec<String> = enabled_via(&pg).await.into_iter().map(|(t, _)| t).collect();
     assert_eq!(tables, ["jobs", "later", "notes"]);
-    let mut c = pg.connect(Vsn::V2).await;
-    subscribe(
-        &mut c,
-        "realtime:room",
-        json!([all_of("later")]),
-        Some(&pg.user(USER)),
-    )
-    .await;
+    let mut c = subscribed(&pg, "realtime:room", &["later"]).await;
     let id = pg
         .id(
             "insert into public.later (v) values ('new') returning id",
@@ -244,14 +245,7 @@ async fn the_publications_publish_option_decides_which_events_subscribers_receiv
             ("notes".to_owned(), all()),
         ]
     );
-    let mut c = pg.connect(Vsn::V2).await;
-    subscribe(
-        &mut c,
-        "realtime:room",
-        json!([all_of("jobs"), all_of("notes")]),
-        Some(&pg.user(USER)),
-    )
-    .await;
+    let mut c = subscribed(&pg, "realtime:room", &["jobs", "notes"]).await;
     let job = pg
         .id(
             "insert into public.jobs (title) values ('a') returning id",
@@ -326,14 +320,7 @@ async fn a_partitioned_table_in_the_publication_delivers_rows_written_through_th
     let pg = PgHub::start(&format!("{SETUP}{PARTITIONED}")).await;
     pg.exec("alter publication supabase_realtime add table public.events")
         .await;
-    let mut c = pg.connect(Vsn::V2).await;
-    subscribe(
-        &mut c,
-        "realtime:events",
-        json!([all_of("events_low"), all_of("events_high")]),
-        Some(&pg.user(USER)),
-    )
-    .await;
+    let mut c = subscribed(&pg, "realtime:events", &["events_low", "events_high"]).await;
     pg.exec(
         "insert into public.events values (1, 'a'), (150, 'b'); \
          insert into public.events_low values (2, 'c'); \
@@ -366,14 +353,7 @@ async fn a_captured_table_attached_as_a_partition_keeps_receiving_rows_written_t
          alter table public.ledger attach partition public.archive for values from (0) to (100);",
     )
     .await;
-    let mut c = pg.connect(Vsn::V2).await;
-    subscribe(
-        &mut c,
-        "realtime:archive",
-        json!([all_of("archive")]),
-        Some(&pg.user(USER)),
-    )
-    .await;
+    let mut c = subscribed(&pg, "realtime:archive", &["archive"]).await;
     pg.exec(
         "insert into public.ledger values (5, 'through the parent'); \
              insert into public.archive values (6, 'straight in');",
@@ -390,14 +370,7 @@ async fn a_captured_table_attached_as_a_partition_keeps_receiving_rows_written_t
 async fn a_partitioned_table_enabled_as_itself_delivers_rows_written_straight_into_partitions() {
     let pg = PgHub::start(&format!("{SETUP}{PARTITIONED}")).await;
     pg.exec("select realtime.enable('public.events')").await;
-    let mut c = pg.connect(Vsn::V2).await;
-    subscribe(
-        &mut c,
-        "realtime:events",
-        json!([all_of("events")]),
-        Some(&pg.user(USER)),
-    )
-    .await;
+    let mut c = subscribed(&pg, "realtime:events", &["events"]).await;
     pg.exec(
         "insert into public.events values (1, 'through the parent'); \
          insert into public.events_high values (150, 'straight in'); \
@@ -428,14 +401,7 @@ async fn a_publication_via_the_partition_root_delivers_rows_written_straight_int
     )
     .await;
     assert_eq!(enabled_via(&pg).await, pairs(&[("events", "publication")]));
-    let mut c = pg.connect(Vsn::V2).await;
-    subscribe(
-        &mut c,
-        "realtime:events",
-        json!([all_of("events")]),
-        Some(&pg.user(USER)),
-    )
-    .await;
+    let mut c = subscribed(&pg, "realtime:events", &["events"]).await;
     pg.exec(
         "insert into public.events_low values (5, 'straight in'); \
          insert into public.events values (200, 'through the parent');",
