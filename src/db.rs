@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (56, include_str!("../sql/056_refused_arguments.sql")),
     (57, include_str!("../sql/057_publication_events.sql")),
     (58, include_str!("../sql/058_partitions.sql")),
+    (59, include_str!("../sql/059_ddl_by_any_role.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

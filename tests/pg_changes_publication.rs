@@ -362,3 +362,58 @@ async fn a_captured_table_attached_as_a_partition_keeps_receiving_rows_written_t
     expect_row(&mut c, "INSERT", "archive", 5).await;
     expect_row(&mut c, "INSERT", "archive", 6).await;
 }
+
+/// Supabase's `postgres` role owns the project's tables and publication but is not a
+/// superuser: its DDL, too, starts and stops capture inside the DDL's own transaction.
+#[tokio::test]
+async fn ddl_by_a_publication_owner_who_is_not_a_superuser_keeps_capture_in_line_at_once() {
+    let pg = PgHub::start(SETUP).await;
+    let db = &pg.db.name;
+    pg.exec(&format!(
+        "do $$ begin create role sb_project_owner login password 'owner' nosuperuser; \
+         exception when duplicate_object or unique_violation then null; end $$; \
+         grant create on database {db} to sb_project_owner; \
+         grant create on schema public to sb_project_owner; \
+         alter publication supabase_realtime owner to sb_project_owner;"
+    ))
+    .await;
+    let owner = common::pg::connect(&common::pg::with_user(
+        &pg.db.url,
+        "sb_project_owner",
+        "owner",
+    ))
+    .await;
+    let captured = "select count(*) from pg_trigger \
+                    where tgrelid = 'public.tickets'::regclass and tgname like 'switchboard_capture%'";
+    owner
+        .batch_execute(
+            "create table public.tickets (id bigserial primary key, title text); \
+             grant select on public.tickets to authenticated; \
+             begin; alter publication supabase_realtime add table public.tickets;",
+        )
+        .await
+        .expect("the owner's DDL");
+    // Still inside the owner's transaction: nothing else can have started capture yet.
+    let triggers: i64 = owner.query_one(captured, &[]).await.unwrap().get(0);
+    assert_eq!(triggers, 3, "capture started in the DDL's own transaction");
+    owner.batch_execute("commit").await.unwrap();
+
+    let mut c = subscribed(&pg, "realtime:tickets", &["tickets"]).await;
+    let row = owner
+        .query_one(
+            "insert into public.tickets (title) values ('x') returning id",
+            &[],
+        )
+        .await
+        .unwrap();
+    expect_row(&mut c, "INSERT", "tickets", row.get(0)).await;
+
+    owner
+        .batch_execute("begin; alter publication supabase_realtime drop table public.tickets;")
+        .await
+        .unwrap();
+    let triggers: i64 = owner.query_one(captured, &[]).await.unwrap().get(0);
+    assert_eq!(triggers, 0, "capture stopped in the DDL's own transaction");
+    owner.batch_execute("commit").await.unwrap();
+    assert_eq!(enabled_via(&pg).await, pairs(&[]));
+}

@@ -311,7 +311,8 @@ pub fn with_user(url: &str, user: &str, password: &str) -> String {
     format!("{}{user}:{password}@{host}", &url[..scheme_end])
 }
 
-async fn connect(url: &str) -> Client {
+/// A connection to `url`; its connection task runs on the caller's runtime.
+pub async fn connect(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
         .unwrap_or_else(|e| panic!("connect {url}: {e}"));
