@@ -73,26 +73,45 @@ async fn an_update_that_moves_primary_keys_pairs_each_old_row_with_its_new_row()
 
 #[tokio::test]
 async fn multi_row_statements_arrive_in_row_order_and_rolled_back_savepoints_never() {
-    savepoints_case("create table t (id int primary key, v int)", "t").await;
+    savepoints_case("create table t (id int primary key, v int)", "t", "t").await;
 }
+
+const PARTITIONS: &str = "create table p (id int primary key, v int) partition by range (id);
+     create table t partition of p for values from (0) to (1000);";
 
 /// The same statements through the parent of a captured partition `t` (captured row by
 /// row): exactly the committed rows, in row order.
 #[tokio::test]
 async fn rows_written_through_a_partitioned_parent_arrive_in_row_order_and_rolled_back_savepoints_never(
 ) {
+    savepoints_case(PARTITIONS, "t", "p").await;
+}
+
+/// The same statements straight into partition `t` of a captured partitioned table `p`:
+/// they arrive under `p`, exactly the committed rows, in row order.
+#[tokio::test]
+async fn rows_written_straight_into_a_partition_of_a_captured_partitioned_table_arrive_under_its_name(
+) {
+    savepoints_case(PARTITIONS, "p", "t").await;
+}
+
+/// The same statements through `p` into a partition of captured partitioned partition `t`.
+#[tokio::test]
+async fn rows_written_through_the_root_into_a_captured_intermediate_partitioned_table_arrive() {
     savepoints_case(
         "create table p (id int primary key, v int) partition by range (id);
-         create table t partition of p for values from (0) to (1000);",
+         create table t partition of p for values from (0) to (1000) partition by range (id);
+         create table leaf partition of t for values from (0) to (1000);",
+        "t",
         "p",
     )
     .await;
 }
 
 /// Multi-row statements written to `written`, inside savepoints some of which roll back;
-/// the captured table is `t`.
-async fn savepoints_case(ddl: &str, written: &str) {
-    let (db, client) = database(ddl, "t").await;
+/// the captured table is `captured`.
+async fn savepoints_case(ddl: &str, captured: &str, written: &str) {
+    let (db, client) = database(ddl, captured).await;
     let mut capture = start_capture(&db.hub_url().await, 1000).await;
     client
         .batch_execute(&format!(
@@ -111,7 +130,7 @@ async fn savepoints_case(ddl: &str, written: &str) {
         .await
         .unwrap();
     let got = changes(&mut capture, 58).await;
-    assert!(got.iter().all(|c| c.table == "t"), "{got:?}");
+    assert!(got.iter().all(|c| c.table == captured), "{got:?}");
     let summary: Vec<(Op, i64)> = got
         .iter()
         .map(|c| {
@@ -334,5 +353,75 @@ async fn columns_named_like_the_triggers_aliases_do_not_hide_the_row() {
         (Some(row), Some(updated.clone()))
     );
     assert_eq!(as_value(&got[2].old_record), Some(updated));
+    capture.stop().await;
+}
+
+/// A partitioned table captured with statement triggers before migration 060 is moved to
+/// row triggers by it, so rows written straight into its partitions are no longer lost.
+#[tokio::test]
+async fn migration_060_moves_a_partitioned_table_captured_by_statement_to_rows() {
+    let (db, client) = database(
+        "create table p (id int primary key, v int) partition by range (id);
+         create table t partition of p for values from (0) to (1000);",
+        "p",
+    )
+    .await;
+    // As 058's capture_on left a partitioned table.
+    client
+        .batch_execute(
+            "select realtime.capture_off('p');
+             create trigger switchboard_capture_insert after insert on p
+                 referencing new table as switchboard_new
+                 for each statement execute function realtime.capture_insert();
+             create trigger switchboard_capture_update after update on p
+                 referencing old table as switchboard_old new table as switchboard_new
+                 for each statement execute function realtime.capture_update();
+             create trigger switchboard_capture_delete after delete on p
+                 referencing old table as switchboard_old
+                 for each statement execute function realtime.capture_delete();",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(include_str!("../sql/060_partition_trees.sql"))
+        .await
+        .unwrap();
+    let own: Vec<String> = client
+        .query(
+            "select tgname::text from pg_trigger where tgrelid = 'p'::regclass order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let oid: u32 = client
+        .query_one("select 'p'::regclass::oid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let want: Vec<String> = ["delete", "insert", "update"]
+        .iter()
+        .map(|op| format!("switchboard_capture_tree_{oid}_{op}"))
+        .collect();
+    assert_eq!(own, want);
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
+    client
+        .batch_execute("insert into t values (1, 0); insert into p values (2, 0);")
+        .await
+        .unwrap();
+    let got: Vec<(String, Op, i64)> = changes(&mut capture, 2)
+        .await
+        .iter()
+        .map(|c| (c.table.clone(), c.op, id(&c.record).as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("p".to_string(), Op::Insert, 1),
+            ("p".to_string(), Op::Insert, 2)
+        ]
+    );
     capture.stop().await;
 }

@@ -417,3 +417,101 @@ async fn ddl_by_a_publication_owner_who_is_not_a_superuser_keeps_capture_in_line
     owner.batch_execute("commit").await.unwrap();
     assert_eq!(enabled_via(&pg).await, pairs(&[]));
 }
+
+const TWO_LEVELS: &str = "
+create table public.events_top partition of public.events
+    for values from (1000) to (10000) partition by range (id);
+create table public.events_top_a partition of public.events_top for values from (1000) to (5000);
+grant select on public.events_top, public.events_top_a to authenticated;
+";
+
+/// A partitioned table captured as itself (here through a publication with
+/// `publish_via_partition_root`, which lists the root alone) delivers every row of its
+/// partitions under its own name, in order: written through it, straight into a
+/// partition at any depth, into a partition created or attached later; a row an UPDATE
+/// moves is a DELETE and an INSERT; a detached partition's rows are no longer its own.
+#[tokio::test]
+async fn a_partitioned_table_published_via_its_root_delivers_every_partitions_rows() {
+    let pg = PgHub::start(&format!("{SETUP}{PARTITIONED}{TWO_LEVELS}")).await;
+    pg.exec(
+        "alter publication supabase_realtime set (publish_via_partition_root = true); \
+         alter publication supabase_realtime add table public.events",
+    )
+    .await;
+    assert_eq!(enabled_via(&pg).await, pairs(&[("events", "publication")]));
+    let mut c = subscribed(&pg, "realtime:events", &["events"]).await;
+    pg.exec(
+        "insert into public.events values (1, 'through the root'); \
+         insert into public.events_high values (150, 'straight in'); \
+         insert into public.events_top values (1001, 'through the middle'); \
+         insert into public.events_top_a values (1002, 'two levels down'); \
+         update public.events set id = 120 where id = 1; \
+         create table public.events_later partition of public.events_top \
+             for values from (5000) to (6000); \
+         insert into public.events_later values (5001, 'created later'); \
+         create table public.archive (id bigint primary key, v text); \
+         alter table public.events attach partition public.archive \
+             for values from (10000) to (20000); \
+         insert into public.archive values (10001, 'attached later'); \
+         alter table public.events detach partition public.events_low; \
+         insert into public.events_low values (3, 'detached'); \
+         delete from public.events where id = 150;",
+    )
+    .await;
+    for (kind, id) in [
+        ("INSERT", 1),
+        ("INSERT", 150),
+        ("INSERT", 1001),
+        ("INSERT", 1002),
+        ("DELETE", 1),
+        ("INSERT", 120),
+        ("INSERT", 5001),
+        ("INSERT", 10001),
+        ("DELETE", 150),
+    ] {
+        expect_row(&mut c, kind, "events", id).await;
+    }
+    assert_eq!(enabled_via(&pg).await, pairs(&[("events", "publication")]));
+}
+
+/// A captured partitioned table attached under another captured one: the ATTACH
+/// succeeds, and a row written into it reaches the subscribers of both, each under its
+/// own table; detaching it again leaves it captured as itself.
+#[tokio::test]
+async fn a_captured_partitioned_table_attached_under_another_is_delivered_as_both() {
+    let pg = PgHub::start(&format!("{SETUP}{PARTITIONED}")).await;
+    pg.exec(
+        "create table public.more (id bigint primary key, v text) partition by range (id); \
+         create table public.more_a partition of public.more for values from (2000) to (3000); \
+         grant select on public.more, public.more_a to authenticated; \
+         select realtime.enable('public.events'); select realtime.enable('public.more'); \
+         alter table public.events attach partition public.more for values from (2000) to (3000);",
+    )
+    .await;
+    let mut c = subscribed(&pg, "realtime:both", &["events", "more"]).await;
+    pg.exec("insert into public.events values (2001, 'x')")
+        .await;
+    let mut got = [next_change(&mut c).await, next_change(&mut c).await];
+    got.sort_by(|a, b| a.table().cmp(b.table()));
+    let got: Vec<(&str, &str, Option<i64>)> = got
+        .iter()
+        .map(|f| (f.kind(), f.table(), f.row_id()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("INSERT", "events", Some(2001)),
+            ("INSERT", "more", Some(2001))
+        ]
+    );
+    pg.exec(
+        "alter table public.events detach partition public.more; \
+         insert into public.more values (2002, 'y');",
+    )
+    .await;
+    expect_row(&mut c, "INSERT", "more", 2002).await;
+    assert_eq!(
+        enabled_via(&pg).await,
+        pairs(&[("events", "realtime.enable"), ("more", "realtime.enable")])
+    );
+}
