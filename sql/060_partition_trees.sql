@@ -93,7 +93,14 @@ begin
                 if ('switchboard_capture_' || op) = any(have) then
                     execute format('drop trigger %I on %I.%I', 'switchboard_capture_' || op, sch, rel);
                 end if;
-                if not (format('switchboard_capture_tree_%s_%s', tbl::oid, op)) = any(have) then
+                -- By function, not name: a restored database keeps its triggers under
+                -- the names the old oids gave them.
+                if not exists (
+                    select 1 from pg_catalog.pg_trigger t
+                    where t.tgrelid = tbl and t.tgparentid = 0
+                      and t.tgfoid = 'realtime.capture_row'::regproc
+                      and (t.tgtype & case op when 'insert' then 4 when 'delete' then 8
+                                              else 16 end) <> 0) then
                     execute format(
                         'create trigger %I after %s on %I.%I '
                         'for each row execute function realtime.capture_row(''tree'')',

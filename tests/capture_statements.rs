@@ -406,6 +406,24 @@ async fn migration_060_moves_a_partitioned_table_captured_by_statement_to_rows()
         .map(|op| format!("switchboard_capture_tree_{oid}_{op}"))
         .collect();
     assert_eq!(own, want);
+    // Enabling again adds nothing, also under names a restore left from other oids.
+    client
+        .batch_execute(&format!(
+            "alter trigger switchboard_capture_tree_{oid}_insert on p \
+                 rename to switchboard_capture_tree_1_insert; \
+             select realtime.enable('p');"
+        ))
+        .await
+        .unwrap();
+    let count: i64 = client
+        .query_one(
+            "select count(*) from pg_trigger where tgrelid = 'p'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 3);
     let mut capture = start_capture(&db.hub_url().await, 1000).await;
     client
         .batch_execute("insert into t values (1, 0); insert into p values (2, 0);")
