@@ -15,7 +15,9 @@
 -- clones keep their parent's name and a partition may hold only one trigger of a name
 -- (one shared name would make an ATTACH of a captured partitioned table under another
 -- fail). Nothing reads the oid back from a name: the owner of a clone is found through
--- pg_trigger, and a table counts as captured by its own triggers' function (so
+-- pg_trigger (once per transaction and partition, again after any DDL: a clone's row
+-- costs what a partition's own capture costs), and a table counts as captured by its
+-- own triggers' function (so
 -- realtime.enabled_tables never lists a partition for its parent's clones).
 
 create or replace function realtime.capture_row() returns trigger
@@ -26,20 +28,33 @@ declare
     old_rows json;
     sch text := tg_table_schema;
     rel text := tg_table_name;
-    owner_sch text;
-    owner_rel text;
+    key text;
+    version text;
 begin
     if tg_nargs > 0 then
         -- A clone: the captured table is the ancestor holding this trigger as its own.
-        select n.nspname, c.relname into owner_sch, owner_rel
-        from pg_catalog.pg_partition_ancestors(tg_relid) a
-        join pg_catalog.pg_trigger t
-          on t.tgrelid = a.relid and t.tgname = tg_name and t.tgparentid = 0
-        join pg_catalog.pg_class c on c.oid = a.relid
-        join pg_catalog.pg_namespace n on n.oid = c.relnamespace;
-        if found then
-            sch := owner_sch;
-            rel := owner_rel;
+        -- Looked up once per transaction, partition and trigger (kept in settings local
+        -- to the transaction), and again after DDL moved the rules version (a rename).
+        key := 'switchboard.tree_' || tg_relid::text || '_' || tg_name;
+        version := coalesce(
+            pg_catalog.pg_sequence_last_value('realtime.rules_version_seq'::regclass), 0)::text;
+        if pg_catalog.current_setting(key || '_v', true) is distinct from version then
+            select n.nspname, c.relname into sch, rel
+            from pg_catalog.pg_partition_ancestors(tg_relid) a
+            join pg_catalog.pg_trigger t
+              on t.tgrelid = a.relid and t.tgname = tg_name and t.tgparentid = 0
+            join pg_catalog.pg_class c on c.oid = a.relid
+            join pg_catalog.pg_namespace n on n.oid = c.relnamespace;
+            if not found then
+                sch := tg_table_schema;
+                rel := tg_table_name;
+            end if;
+            perform pg_catalog.set_config(key || '_s', sch, true);
+            perform pg_catalog.set_config(key || '_t', rel, true);
+            perform pg_catalog.set_config(key || '_v', version, true);
+        else
+            sch := pg_catalog.current_setting(key || '_s');
+            rel := pg_catalog.current_setting(key || '_t');
         end if;
     end if;
     if tg_op <> 'DELETE' then

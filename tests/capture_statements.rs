@@ -443,3 +443,25 @@ async fn migration_060_moves_a_partitioned_table_captured_by_statement_to_rows()
     );
     capture.stop().await;
 }
+
+/// A partition's rows carry the captured partitioned table's current name, also when it
+/// is renamed in the middle of a transaction that writes to it.
+#[tokio::test]
+async fn a_renamed_partitioned_tables_rows_carry_its_new_name_at_once() {
+    let (db, client) = database(PARTITIONS, "p").await;
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
+    client
+        .batch_execute(
+            "begin; insert into t values (1, 0); alter table p rename to q; \
+             insert into t values (2, 0); commit;",
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, i64)> = changes(&mut capture, 2)
+        .await
+        .iter()
+        .map(|c| (c.table.clone(), id(&c.record).as_i64().unwrap()))
+        .collect();
+    assert_eq!(got, [("p".to_string(), 1), ("q".to_string(), 2)]);
+    capture.stop().await;
+}
