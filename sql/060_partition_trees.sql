@@ -15,9 +15,8 @@
 -- clones keep their parent's name and a partition may hold only one trigger of a name
 -- (one shared name would make an ATTACH of a captured partitioned table under another
 -- fail). Nothing reads the oid back from a name: the owner of a clone is found through
--- pg_trigger (once per transaction and partition, again after any DDL: a clone's row
--- costs what a partition's own capture costs), and a table counts as captured by its
--- own triggers' function (so
+-- pg_trigger, for each row (a rename applies at once; nothing a writer can set decides
+-- it), and a table counts as captured by its own triggers' function (so
 -- realtime.enabled_tables never lists a partition for its parent's clones).
 
 create or replace function realtime.capture_row() returns trigger
@@ -28,33 +27,20 @@ declare
     old_rows json;
     sch text := tg_table_schema;
     rel text := tg_table_name;
-    key text;
-    version text;
+    owner_sch text;
+    owner_rel text;
 begin
     if tg_nargs > 0 then
         -- A clone: the captured table is the ancestor holding this trigger as its own.
-        -- Looked up once per transaction, partition and trigger (kept in settings local
-        -- to the transaction), and again after DDL moved the rules version (a rename).
-        key := 'switchboard.tree_' || tg_relid::text || '_' || tg_name;
-        version := coalesce(
-            pg_catalog.pg_sequence_last_value('realtime.rules_version_seq'::regclass), 0)::text;
-        if pg_catalog.current_setting(key || '_v', true) is distinct from version then
-            select n.nspname, c.relname into sch, rel
-            from pg_catalog.pg_partition_ancestors(tg_relid) a
-            join pg_catalog.pg_trigger t
-              on t.tgrelid = a.relid and t.tgname = tg_name and t.tgparentid = 0
-            join pg_catalog.pg_class c on c.oid = a.relid
-            join pg_catalog.pg_namespace n on n.oid = c.relnamespace;
-            if not found then
-                sch := tg_table_schema;
-                rel := tg_table_name;
-            end if;
-            perform pg_catalog.set_config(key || '_s', sch, true);
-            perform pg_catalog.set_config(key || '_t', rel, true);
-            perform pg_catalog.set_config(key || '_v', version, true);
-        else
-            sch := pg_catalog.current_setting(key || '_s');
-            rel := pg_catalog.current_setting(key || '_t');
+        select n.nspname, c.relname into owner_sch, owner_rel
+        from pg_catalog.pg_partition_ancestors(tg_relid) a
+        join pg_catalog.pg_trigger t
+          on t.tgrelid = a.relid and t.tgname = tg_name and t.tgparentid = 0
+        join pg_catalog.pg_class c on c.oid = a.relid
+        join pg_catalog.pg_namespace n on n.oid = c.relnamespace;
+        if found then
+            sch := owner_sch;
+            rel := owner_rel;
         end if;
     end if;
     if tg_op <> 'DELETE' then
@@ -88,6 +74,7 @@ declare
     part boolean;
     have text[];
     op   text;
+    name text;
 begin
     select n.nspname, c.relname, c.relkind, c.relispartition into sch, rel, kind, part
     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
@@ -102,28 +89,37 @@ begin
     if 'switchboard_capture' = any(have) then
         execute format('drop trigger switchboard_capture on %I.%I', sch, rel);
     end if;
+    if kind = 'p' then
+        foreach op in array array['insert', 'update', 'delete'] loop
+            if ('switchboard_capture_' || op) = any(have) then
+                execute format('drop trigger %I on %I.%I', 'switchboard_capture_' || op, sch, rel);
+            end if;
+            -- By function, not name: a restored database keeps its triggers under the
+            -- names the old oids gave them.
+            continue when exists (
+                select 1 from pg_catalog.pg_trigger t
+                where t.tgrelid = tbl and t.tgparentid = 0
+                  and t.tgfoid = 'realtime.capture_row'::regproc
+                  and (t.tgtype & case op when 'insert' then 4 when 'delete' then 8
+                                          else 16 end) <> 0);
+            name := format('switchboard_capture_tree_%s_%s', tbl::oid, op);
+            begin
+                execute format(
+                    'create trigger %I after %s on %I.%I '
+                    'for each row execute function realtime.capture_row(''tree'')',
+                    name, op, sch, rel);
+            exception when duplicate_object then
+                -- Enabled concurrently, or the name is taken on a partition.
+                if not exists (select 1 from pg_catalog.pg_trigger t
+                               where t.tgrelid = tbl and t.tgname = name) then
+                    raise exception 'realtime.enable: cannot capture %: a partition of it already has a trigger named %',
+                        tbl, name using errcode = 'duplicate_object';
+                end if;
+            end;
+        end loop;
+        return;
+    end if;
     begin
-        if kind = 'p' then
-            foreach op in array array['insert', 'update', 'delete'] loop
-                if ('switchboard_capture_' || op) = any(have) then
-                    execute format('drop trigger %I on %I.%I', 'switchboard_capture_' || op, sch, rel);
-                end if;
-                -- By function, not name: a restored database keeps its triggers under
-                -- the names the old oids gave them.
-                if not exists (
-                    select 1 from pg_catalog.pg_trigger t
-                    where t.tgrelid = tbl and t.tgparentid = 0
-                      and t.tgfoid = 'realtime.capture_row'::regproc
-                      and (t.tgtype & case op when 'insert' then 4 when 'delete' then 8
-                                              else 16 end) <> 0) then
-                    execute format(
-                        'create trigger %I after %s on %I.%I '
-                        'for each row execute function realtime.capture_row(''tree'')',
-                        format('switchboard_capture_tree_%s_%s', tbl::oid, op), op, sch, rel);
-                end if;
-            end loop;
-            return;
-        end if;
         if part then
             foreach op in array array['insert', 'update', 'delete'] loop
                 if not ('switchboard_capture_' || op) = any(have) then

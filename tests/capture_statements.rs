@@ -465,3 +465,45 @@ async fn a_renamed_partitioned_tables_rows_carry_its_new_name_at_once() {
     assert_eq!(got, [("p".to_string(), 1), ("q".to_string(), 2)]);
     capture.stop().await;
 }
+
+/// A partition already holding a trigger of the name a partitioned table's capture would
+/// clone onto it: enabling the table fails with an error that says so, and leaves
+/// nothing half captured.
+#[tokio::test]
+async fn enabling_a_partitioned_table_whose_partition_holds_the_trigger_name_fails_clearly() {
+    let db = common::pg::test_db().await;
+    let client = db.client().await;
+    switchboard::db::migrate(&client).await.unwrap();
+    client.batch_execute(PARTITIONS).await.unwrap();
+    let oid: u32 = client
+        .query_one("select 'p'::regclass::oid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "create function public.noop() returns trigger language plpgsql \
+                 as $$ begin return null; end $$; \
+             create trigger switchboard_capture_tree_{oid}_update after update on t \
+                 for each row execute function public.noop();"
+        ))
+        .await
+        .unwrap();
+    let err = switchboard::db::enable(&client, "p").await.unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "realtime.enable: cannot capture public.p: a partition of it already has a trigger \
+             named switchboard_capture_tree_{oid}_update"
+        )),
+        "{err}"
+    );
+    let capture_triggers: i64 = client
+        .query_one(
+            "select count(*) from pg_trigger where tgfoid = 'realtime.capture_row'::regproc",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(capture_triggers, 0, "nothing half captured");
+}
