@@ -73,45 +73,26 @@ async fn an_update_that_moves_primary_keys_pairs_each_old_row_with_its_new_row()
 
 #[tokio::test]
 async fn multi_row_statements_arrive_in_row_order_and_rolled_back_savepoints_never() {
-    savepoints_case("create table t (id int primary key, v int)", "t", "t").await;
+    savepoints_case("create table t (id int primary key, v int)", "t").await;
 }
-
-const PARTITIONS: &str = "create table p (id int primary key, v int) partition by range (id);
-     create table t partition of p for values from (0) to (1000);";
 
 /// The same statements through the parent of a captured partition `t` (captured row by
 /// row): exactly the committed rows, in row order.
 #[tokio::test]
 async fn rows_written_through_a_partitioned_parent_arrive_in_row_order_and_rolled_back_savepoints_never(
 ) {
-    savepoints_case(PARTITIONS, "t", "p").await;
-}
-
-/// The same statements straight into partition `t` of a captured partitioned table `p`:
-/// they arrive under `p`, exactly the committed rows, in row order.
-#[tokio::test]
-async fn rows_written_straight_into_a_partition_of_a_captured_partitioned_table_arrive_under_its_name(
-) {
-    savepoints_case(PARTITIONS, "p", "t").await;
-}
-
-/// The same statements through `p` into a partition of captured partitioned partition `t`.
-#[tokio::test]
-async fn rows_written_through_the_root_into_a_captured_intermediate_partitioned_table_arrive() {
     savepoints_case(
         "create table p (id int primary key, v int) partition by range (id);
-         create table t partition of p for values from (0) to (1000) partition by range (id);
-         create table leaf partition of t for values from (0) to (1000);",
-        "t",
+         create table t partition of p for values from (0) to (1000);",
         "p",
     )
     .await;
 }
 
 /// Multi-row statements written to `written`, inside savepoints some of which roll back;
-/// the captured table is `captured`.
-async fn savepoints_case(ddl: &str, captured: &str, written: &str) {
-    let (db, client) = database(ddl, captured).await;
+/// the captured table is `t`.
+async fn savepoints_case(ddl: &str, written: &str) {
+    let (db, client) = database(ddl, "t").await;
     let mut capture = start_capture(&db.hub_url().await, 1000).await;
     client
         .batch_execute(&format!(
@@ -130,7 +111,7 @@ async fn savepoints_case(ddl: &str, captured: &str, written: &str) {
         .await
         .unwrap();
     let got = changes(&mut capture, 58).await;
-    assert!(got.iter().all(|c| c.table == captured), "{got:?}");
+    assert!(got.iter().all(|c| c.table == "t"), "{got:?}");
     let summary: Vec<(Op, i64)> = got
         .iter()
         .map(|c| {
@@ -354,156 +335,4 @@ async fn columns_named_like_the_triggers_aliases_do_not_hide_the_row() {
     );
     assert_eq!(as_value(&got[2].old_record), Some(updated));
     capture.stop().await;
-}
-
-/// A partitioned table captured with statement triggers before migration 060 is moved to
-/// row triggers by it, so rows written straight into its partitions are no longer lost.
-#[tokio::test]
-async fn migration_060_moves_a_partitioned_table_captured_by_statement_to_rows() {
-    let (db, client) = database(
-        "create table p (id int primary key, v int) partition by range (id);
-         create table t partition of p for values from (0) to (1000);",
-        "p",
-    )
-    .await;
-    // As 058's capture_on left a partitioned table.
-    client
-        .batch_execute(
-            "select realtime.capture_off('p');
-             create trigger switchboard_capture_insert after insert on p
-                 referencing new table as switchboard_new
-                 for each statement execute function realtime.capture_insert();
-             create trigger switchboard_capture_update after update on p
-                 referencing old table as switchboard_old new table as switchboard_new
-                 for each statement execute function realtime.capture_update();
-             create trigger switchboard_capture_delete after delete on p
-                 referencing old table as switchboard_old
-                 for each statement execute function realtime.capture_delete();",
-        )
-        .await
-        .unwrap();
-    client
-        .batch_execute(include_str!("../sql/060_partition_trees.sql"))
-        .await
-        .unwrap();
-    let own: Vec<String> = client
-        .query(
-            "select tgname::text from pg_trigger where tgrelid = 'p'::regclass order by 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let oid: u32 = client
-        .query_one("select 'p'::regclass::oid", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let want: Vec<String> = ["delete", "insert", "update"]
-        .iter()
-        .map(|op| format!("switchboard_capture_tree_{oid}_{op}"))
-        .collect();
-    assert_eq!(own, want);
-    // Enabling again adds nothing, also under names a restore left from other oids.
-    client
-        .batch_execute(&format!(
-            "alter trigger switchboard_capture_tree_{oid}_insert on p \
-                 rename to switchboard_capture_tree_1_insert; \
-             select realtime.enable('p');"
-        ))
-        .await
-        .unwrap();
-    let count: i64 = client
-        .query_one(
-            "select count(*) from pg_trigger where tgrelid = 'p'::regclass",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(count, 3);
-    let mut capture = start_capture(&db.hub_url().await, 1000).await;
-    client
-        .batch_execute("insert into t values (1, 0); insert into p values (2, 0);")
-        .await
-        .unwrap();
-    let got: Vec<(String, Op, i64)> = changes(&mut capture, 2)
-        .await
-        .iter()
-        .map(|c| (c.table.clone(), c.op, id(&c.record).as_i64().unwrap()))
-        .collect();
-    assert_eq!(
-        got,
-        [
-            ("p".to_string(), Op::Insert, 1),
-            ("p".to_string(), Op::Insert, 2)
-        ]
-    );
-    capture.stop().await;
-}
-
-/// A partition's rows carry the captured partitioned table's current name, also when it
-/// is renamed in the middle of a transaction that writes to it.
-#[tokio::test]
-async fn a_renamed_partitioned_tables_rows_carry_its_new_name_at_once() {
-    let (db, client) = database(PARTITIONS, "p").await;
-    let mut capture = start_capture(&db.hub_url().await, 1000).await;
-    client
-        .batch_execute(
-            "begin; insert into t values (1, 0); alter table p rename to q; \
-             insert into t values (2, 0); commit;",
-        )
-        .await
-        .unwrap();
-    let got: Vec<(String, i64)> = changes(&mut capture, 2)
-        .await
-        .iter()
-        .map(|c| (c.table.clone(), id(&c.record).as_i64().unwrap()))
-        .collect();
-    assert_eq!(got, [("p".to_string(), 1), ("q".to_string(), 2)]);
-    capture.stop().await;
-}
-
-/// A partition already holding a trigger of the name a partitioned table's capture would
-/// clone onto it: enabling the table fails with an error that says so, and leaves
-/// nothing half captured.
-#[tokio::test]
-async fn enabling_a_partitioned_table_whose_partition_holds_the_trigger_name_fails_clearly() {
-    let db = common::pg::test_db().await;
-    let client = db.client().await;
-    switchboard::db::migrate(&client).await.unwrap();
-    client.batch_execute(PARTITIONS).await.unwrap();
-    let oid: u32 = client
-        .query_one("select 'p'::regclass::oid", &[])
-        .await
-        .unwrap()
-        .get(0);
-    client
-        .batch_execute(&format!(
-            "create function public.noop() returns trigger language plpgsql \
-                 as $$ begin return null; end $$; \
-             create trigger switchboard_capture_tree_{oid}_update after update on t \
-                 for each row execute function public.noop();"
-        ))
-        .await
-        .unwrap();
-    let err = switchboard::db::enable(&client, "p").await.unwrap_err();
-    assert!(
-        err.to_string().contains(&format!(
-            "realtime.enable: cannot capture public.p: a partition of it already has a trigger \
-             named switchboard_capture_tree_{oid}_update"
-        )),
-        "{err}"
-    );
-    let capture_triggers: i64 = client
-        .query_one(
-            "select count(*) from pg_trigger where tgfoid = 'realtime.capture_row'::regproc",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(capture_triggers, 0, "nothing half captured");
 }

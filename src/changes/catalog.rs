@@ -36,16 +36,20 @@ pub fn capturable(schema: &str) -> bool {
     schema != UNCAPTURED_SCHEMA
 }
 
+/// Name of one of the capture triggers that `realtime.enable` creates (its INSERT trigger).
+pub const CAPTURE_TRIGGER: &str = "switchboard_capture_insert";
+
 /// Whether schema `$1` exists and role `$2` may use it (false for a role that does not
 /// exist).
 const SCHEMA_USABLE: &str = "select exists (select 1 from pg_catalog.pg_namespace n \
      join pg_catalog.pg_roles r on r.rolname = $2 \
      where n.nspname = $1 and pg_catalog.has_schema_privilege(r.oid, n.oid, 'USAGE'))";
 
-/// One table by exact schema and name: `$1` schema, `$2` table. It is enabled when
-/// `realtime.enabled_tables` lists it (capture triggers of its own).
+/// One table by exact schema and name: `$1` the capture trigger name, `$2` schema,
+/// `$3` table.
 const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.relrowsecurity, c.relforcerowsecurity, \
-           exists (select 1 from realtime.enabled_tables e where e.relid = c.oid) as realtime_enabled, \
+           exists (select 1 from pg_catalog.pg_trigger t \
+                    where t.tgrelid = c.oid and t.tgname = $1::text) as realtime_enabled, \
            c.relreplident::text as replica_identity, \
            array(select a.attname::text from pg_catalog.pg_index i \
                   cross join lateral unnest(i.indkey) with ordinality as k(attnum, pos) \
@@ -68,7 +72,7 @@ const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.r
          from pg_catalog.pg_class c \
          join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
          where c.relkind in ('r', 'p') \
-           and n.nspname = $1::text and c.relname = $2::text";
+           and n.nspname = $2::text and c.relname = $3::text";
 
 /// The columns of table `$1` (oid) that role `$2` may select, in attribute order; no row
 /// when the role does not exist.
@@ -276,7 +280,9 @@ impl Catalog {
         let fetch = async {
             let client = self.inner.pool.get().await?;
             let stmt = client.prepare_cached(TABLE_BY_NAME).await?;
-            let row = client.query_opt(&stmt, &[&schema, &table]).await?;
+            let row = client
+                .query_opt(&stmt, &[&CAPTURE_TRIGGER, &schema, &table])
+                .await?;
             Ok(row.map(|r| Arc::new(table_info(&r))))
         };
         let enabled = |t: &Option<Arc<TableInfo>>| t.as_ref().is_some_and(|t| t.realtime_enabled);

@@ -31,7 +31,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use catalog::{capturable, Catalog, CatalogError, EnabledTable, ReplicaIdentity, TableInfo};
+pub use catalog::{
+    capturable, Catalog, CatalogError, EnabledTable, ReplicaIdentity, TableInfo, CAPTURE_TRIGGER,
+};
 pub use dispatch::{Mark, Progress};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};
 pub use index::{Subscriber, Subscription, TableScope};
