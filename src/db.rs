@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (57, include_str!("../sql/057_publication_events.sql")),
     (58, include_str!("../sql/058_partitions.sql")),
     (59, include_str!("../sql/059_ddl_by_any_role.sql")),
+    (60, include_str!("../sql/060_search_path.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

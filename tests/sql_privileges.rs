@@ -1,0 +1,174 @@
+//! The hub's SQL runs inside other roles' sessions: its event triggers on anyone's DDL,
+//! its capture triggers on anyone's writes, both with the rights of the role that ran
+//! the migrations (a superuser). Nothing a role sets up in its own session (a search path,
+//! temporary types, operators in a schema of its own) may run with those rights, and a
+//! role without rights in schema `realtime` still runs its DDL.
+
+mod common;
+
+use common::pg::{connect, test_db, with_user, TestDb};
+use tokio_postgres::Client;
+
+/// A migrated database and a new login role of its own with `grants` (`{role}` stands
+/// for its name); returns the admin connection, one as the role, and the role's name.
+async fn as_new_role(grants: &str) -> (TestDb, Client, Client, String) {
+    let db = test_db().await;
+    let admin = db.client().await;
+    switchboard::db::migrate(&admin).await.expect("migrate");
+    // Roles are cluster-wide: a name of this database's own.
+    let role = format!("{}_intruder", db.name);
+    admin
+        .batch_execute(&format!(
+            "create role {role} login password 'x' nosuperuser; {}",
+            grants.replace("{role}", &role)
+        ))
+        .await
+        .expect("the role");
+    let own = connect(&with_user(&db.url, &role, "x")).await;
+    (db, admin, own, role)
+}
+
+async fn is_superuser(admin: &Client, role: &str) -> bool {
+    admin
+        .query_one("select rolsuper from pg_roles where rolname = $1", &[&role])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Makes the session's role a superuser when it runs with other rights than its own.
+const ESCALATE: &str = "if current_user <> session_user then \
+     execute pg_catalog.format('alter role %I superuser', session_user); end if;";
+
+/// A temporary type named like one the event trigger's functions declare (`oid`), whose
+/// check runs whatever the session defined: creating a temporary table fires the event
+/// triggers, which must neither run it with their rights nor fail the DDL.
+#[tokio::test]
+async fn temporary_types_never_run_with_the_event_triggers_rights() {
+    let (db, admin, own, role) = as_new_role("").await;
+    own.batch_execute(&format!(
+        "create function pg_temp.pwn(x pg_catalog.oid) returns boolean language plpgsql as $$ \
+             begin {ESCALATE} return true; end $$; \
+         create domain pg_temp.oid as pg_catalog.oid check (pg_temp.pwn(value)); \
+         create domain pg_temp.text as pg_catalog.text check (pg_temp.pwn(0)); \
+         create domain pg_temp.int8 as pg_catalog.int8 check (pg_temp.pwn(0)); \
+         create temp table t (a int);"
+    ))
+    .await
+    .expect("a temporary table, with the event triggers firing");
+    assert!(
+        !is_superuser(&admin, &role).await,
+        "{role} became superuser"
+    );
+    drop(db);
+}
+
+/// Operators in a schema of the writer's own, first on its search path: writing to a
+/// captured table runs the capture trigger, which must use the catalog's operators.
+#[tokio::test]
+async fn a_writers_operators_never_run_with_the_capture_triggers_rights() {
+    let (db, admin, own, role) = as_new_role(
+        "create table public.jobs (id bigserial primary key, title text); \
+         select realtime.enable('public.jobs'); \
+         grant insert, update, delete, select on public.jobs to {role}; \
+         grant usage on sequence public.jobs_id_seq to {role}; \
+         create schema evil authorization {role};",
+    )
+    .await;
+    let mut ops = String::new();
+    for (op, left, right) in [
+        (">=", "bigint", "integer"),
+        ("<=", "bigint", "integer"),
+        ("-", "bigint", "integer"),
+        (">", "bigint", "bigint"),
+        ("<>", "text", "text"),
+        ("=", "text", "text"),
+    ] {
+        let f = format!("f{}", ops.len());
+        ops.push_str(&format!(
+            "create function evil.{f}(a {left}, b {right}) returns boolean language plpgsql \
+                 as $$ begin {ESCALATE} return true; end $$; \
+             create operator evil.{op} (leftarg = {left}, rightarg = {right}, function = evil.{f}); "
+        ));
+    }
+    own.batch_execute(&ops)
+        .await
+        .expect("the writer's operators");
+    own.batch_execute(
+        "set search_path = evil, pg_catalog, public; \
+         insert into public.jobs (title) values ('a'); \
+         insert into public.jobs (title) select 'b' from generate_series(1, 150); \
+         update public.jobs set title = 'c' where id = 1; \
+         delete from public.jobs where id = 2;",
+    )
+    .await
+    .expect("the writes");
+    assert!(
+        !is_superuser(&admin, &role).await,
+        "{role} became superuser"
+    );
+    let logged: i64 = admin
+        .query_one(
+            "select coalesce(sum(json_array_length(coalesce(rows, old_rows))), 0)::int8 \
+             from realtime.changes where table_name = 'jobs'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 1 + 150 + 1 + 1, "every row written is logged");
+    drop(db);
+}
+
+/// Every function of the hub's that runs with its owner's rights, and every one with a
+/// search path of its own, searches the catalog first and temporary objects last (an
+/// empty search path still searches temporary types and tables first).
+#[tokio::test]
+async fn the_hubs_functions_search_the_catalog_first_and_temporary_objects_last() {
+    let db = test_db().await;
+    let admin = db.client().await;
+    switchboard::db::migrate(&admin).await.expect("migrate");
+    let wrong: Vec<String> = admin
+        .query(
+            "select p.oid::regprocedure::text from pg_proc p \
+             where p.pronamespace = 'realtime'::regnamespace \
+               and (p.prosecdef or exists (select 1 from unnest(p.proconfig) c \
+                                           where c like 'search\\_path=%')) \
+               and not coalesce(p.proconfig @> array['search_path=pg_catalog, pg_temp'], false) \
+             order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// DDL by a role without rights in schema `realtime` works and moves the rules version
+/// (the hub's cached rules are dropped), except DDL on the session's temporary objects.
+#[tokio::test]
+async fn any_roles_ddl_moves_the_rules_version_but_temporary_objects_do_not() {
+    let (db, admin, own, _role) = as_new_role("grant create on schema public to {role};").await;
+    let version = || async {
+        admin
+            .query_one("select realtime.rules_version()", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let v0 = version().await;
+    own.batch_execute("create temp table t (a int); create index on t (a);")
+        .await
+        .expect("temporary DDL");
+    assert_eq!(version().await, v0, "temporary objects are no rule's");
+    own.batch_execute("create table public.mine (a int); grant select on public.mine to public;")
+        .await
+        .expect("the role's DDL");
+    assert!(
+        version().await > v0,
+        "the role's DDL moved the rules version"
+    );
+    drop(db);
+}
