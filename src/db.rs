@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (58, include_str!("../sql/058_partitions.sql")),
     (59, include_str!("../sql/059_ddl_by_any_role.sql")),
     (60, include_str!("../sql/060_search_path.sql")),
+    (61, include_str!("../sql/061_sync_lock.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -173,6 +173,7 @@ async fn migrations_apply_once_and_rerunning_every_file_changes_nothing() {
         "057_publication_events.sql",
         "058_partitions.sql",
         "059_ddl_by_any_role.sql",
+        "061_sync_lock.sql",
         "060_search_path.sql",
     ] {
         let sql =

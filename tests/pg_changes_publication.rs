@@ -196,6 +196,61 @@ async fn a_table_moved_into_a_published_schema_is_captured() {
     .await;
 }
 
+/// One session's long DDL transaction holds up no other session's capture: a table
+/// another session creates in a published schema meanwhile is captured in that session's
+/// own transaction, and its rows arrive.
+#[tokio::test]
+async fn a_long_ddl_transaction_holds_up_no_other_sessions_capture() {
+    let pg = PgHub::start(&format!(
+        "{SETUP} create schema crm; grant usage on schema crm to authenticated; \
+         drop publication supabase_realtime; \
+         create publication supabase_realtime for tables in schema crm;"
+    ))
+    .await;
+    let long = pg.db.client().await;
+    long.batch_execute(
+        "begin; create table crm.leads (id bigserial primary key, v text); \
+         grant select on crm.leads to authenticated;",
+    )
+    .await
+    .unwrap();
+    // Still open: its sync captured crm.leads, not yet committed.
+    pg.exec(
+        "create table crm.deals (id bigserial primary key, v text); \
+         grant select on crm.deals to authenticated;",
+    )
+    .await;
+    let captured: i64 = pg
+        .sql
+        .query_one(
+            "select count(*) from pg_trigger where tgrelid = 'crm.deals'::regclass \
+             and tgname like 'switchboard_capture%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(captured, 3, "captured at its own commit");
+    let mut c = pg.connect(Vsn::V2).await;
+    let entry = json!({"event": "*", "schema": "crm", "table": "deals"});
+    subscribe(
+        &mut c,
+        "realtime:deals",
+        json!([entry]),
+        Some(&pg.user(USER)),
+    )
+    .await;
+    let id = pg
+        .id("insert into crm.deals (v) values ('x') returning id", &[])
+        .await;
+    expect_row(&mut c, "INSERT", "deals", id).await;
+    long.batch_execute("commit").await.unwrap();
+    assert_eq!(
+        enabled_via(&pg).await,
+        pairs(&[("deals", "publication"), ("leads", "publication")])
+    );
+}
+
 #[tokio::test]
 async fn without_the_event_trigger_the_hub_reconciles_by_itself() {
     // As on a database where the hub may not create event triggers.

@@ -1,0 +1,73 @@
+-- The publication sync held its lock until the end of the transaction it ran in. Since
+-- 059 that is any role's DDL transaction (the event trigger runs it), so one long
+-- migration that touched a table kept every other session's DDL, and the hub's own
+-- periodic sync, from starting capture of the tables they added to the publication until
+-- it committed: rows written to them meanwhile were never logged. The lock is now held
+-- only while the sync runs. Two syncs can then overlap with the first one's changes not
+-- yet committed: the second waits at most lock_timeout for a table the first is
+-- capturing, warns, and leaves it to the first (or to the next sync, if the first rolls
+-- back), and carries on with the others.
+--
+-- As in 058 otherwise.
+create or replace function realtime.sync_publication() returns integer
+language plpgsql security definer set search_path = pg_catalog, pg_temp set lock_timeout = '500ms'
+as $fn$
+declare
+    changed integer := 0;
+    r record;
+    p oid;
+begin
+    if not exists (select 1 from realtime.publication_drift())
+       and not exists (select 1 from realtime.capture_sources s
+                       where not exists (select 1 from pg_catalog.pg_class c
+                                         where c.oid = s.relid and c.relkind in ('r', 'p')))
+       and not exists (select 1 from realtime.partitions_on_statements()) then
+        return 0;
+    end if;
+    -- One reconcile at a time per database ("sbpubsyn"), for as long as it runs: a
+    -- session lock, released on every way out.
+    begin
+        perform pg_catalog.pg_advisory_lock(8314037285011469678);
+    exception when lock_not_available then
+        return -1;
+    end;
+    begin
+        delete from realtime.capture_sources s
+        where not exists (select 1 from pg_catalog.pg_class c
+                          where c.oid = s.relid and c.relkind in ('r', 'p'));
+        for r in select d.relid, d.adding from realtime.publication_drift() d loop
+            begin
+                if r.adding then
+                    insert into realtime.capture_sources (relid, via) values (r.relid, 'publication');
+                    perform realtime.capture_on(r.relid::regclass);
+                else
+                    delete from realtime.capture_sources where relid = r.relid and via = 'publication';
+                    if not exists (select 1 from realtime.capture_sources where relid = r.relid) then
+                        perform realtime.capture_off(r.relid::regclass);
+                    end if;
+                end if;
+                changed := changed + 1;
+            exception when others then
+                raise warning 'switchboard: could not % capture of % (publication supabase_realtime): %',
+                    case when r.adding then 'start' else 'stop' end, r.relid::regclass, sqlerrm;
+            end;
+        end loop;
+        for p in select realtime.partitions_on_statements() loop
+            begin
+                -- Both in this transaction: no write sees the partition without capture.
+                perform realtime.capture_off(p::regclass);
+                perform realtime.capture_on(p::regclass);
+                changed := changed + 1;
+            exception when others then
+                raise warning 'switchboard: could not capture partition % row by row: %',
+                    p::regclass, sqlerrm;
+            end;
+        end loop;
+    exception when others or query_canceled then
+        perform pg_catalog.pg_advisory_unlock(8314037285011469678);
+        raise;
+    end;
+    perform pg_catalog.pg_advisory_unlock(8314037285011469678);
+    return changed;
+end
+$fn$;
