@@ -2,6 +2,10 @@
 //! plain table, a captured table (with the hub running and reading it) and a table with a
 //! bare per-row `pg_notify` trigger (how a LISTEN/NOTIFY forwarder is fed), on a durable
 //! Postgres (fsync on), in alternating rounds, and prints rows/s and the ratios to plain.
+//! With `--partitioned` the three are partitioned tables written through the parent: one
+//! uncaptured, one captured as itself (`realtime.enable` on the parent, or a publication
+//! with `publish_via_partition_root`) and one whose partition is captured (what the
+//! publication lists by default).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +32,9 @@ pub struct WriteloadArgs {
     /// Rounds of (plain, captured, notify); figures are the mean over rounds.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
+    /// Partitioned tables instead: uncaptured, captured as itself, its partition captured.
+    #[arg(long)]
+    pub partitioned: bool,
 }
 
 const SCHEMA: &str = r#"
@@ -44,7 +51,48 @@ create trigger wl_notify after insert on public.wl_notify
     for each row execute function public.wl_notify_row();
 "#;
 
-const TABLES: [&str; 3] = ["wl_plain", "wl_captured", "wl_notify"];
+const PARTITIONED: &str = r#"
+drop table if exists public.wl_pplain, public.wl_proot, public.wl_pleaf;
+create table public.wl_pplain (id bigserial, body text not null, n int not null, primary key (id))
+    partition by range (id);
+create table public.wl_pplain_all partition of public.wl_pplain for values from (minvalue) to (maxvalue);
+create table public.wl_proot (like public.wl_pplain including all) partition by range (id);
+create table public.wl_proot_all partition of public.wl_proot for values from (minvalue) to (maxvalue);
+create table public.wl_pleaf (like public.wl_pplain including all) partition by range (id);
+create table public.wl_pleaf_all partition of public.wl_pleaf for values from (minvalue) to (maxvalue);
+"#;
+
+/// The three tables of one invocation (written in this order), the one captured and the
+/// labels of each (as printed, as JSON keys).
+struct Variant {
+    schema: &'static str,
+    tables: [&'static str; 3],
+    enable: &'static str,
+    labels: [&'static str; 3],
+    keys: [&'static str; 3],
+}
+
+const UNPARTITIONED: Variant = Variant {
+    schema: SCHEMA,
+    tables: ["wl_plain", "wl_captured", "wl_notify"],
+    enable: "public.wl_captured",
+    labels: ["plain", "captured", "notify trigger"],
+    keys: ["plain", "captured", "notify"],
+};
+
+/// Written through the parents; the first is uncaptured, the second captured as itself,
+/// the third through its partition (enabled apart, in `writeload`).
+const PARTITIONS: Variant = Variant {
+    schema: PARTITIONED,
+    tables: ["wl_pplain", "wl_proot", "wl_pleaf"],
+    enable: "public.wl_proot",
+    labels: [
+        "partitioned plain",
+        "captured as itself",
+        "partition captured",
+    ],
+    keys: ["plain", "captured", "partition_captured"],
+};
 
 pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
     let c = &a.common;
@@ -54,8 +102,16 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
         .clone()
         .expect("writeload has a database");
     let admin = connect(&url).await?;
-    admin.batch_execute(SCHEMA).await?;
-    switchboard::db::enable(&admin, "public.wl_captured").await?;
+    let v = if a.partitioned {
+        &PARTITIONS
+    } else {
+        &UNPARTITIONED
+    };
+    admin.batch_execute(v.schema).await?;
+    switchboard::db::enable(&admin, v.enable).await?;
+    if a.partitioned {
+        switchboard::db::enable(&admin, "public.wl_pleaf_all").await?;
+    }
     let hub_pid = setup.hub.pid;
     let modes = [
         ("single-row transactions", 1usize),
@@ -67,7 +123,7 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
         let mut sums = [0.0f64; 3];
         let (mut hub_cpu, mut captured_rows, mut busy) = (0.0f64, 0.0f64, 0.0f64);
         for _ in 0..a.rounds {
-            for (i, table) in TABLES.iter().enumerate() {
+            for (i, table) in v.tables.iter().enumerate() {
                 let cpu0 = hub_pid.map(cpu_seconds).unwrap_or(0.0);
                 let j0 = machine_jiffies();
                 let run = rows_per_second(&url, table, a.clients, rows, c.window()).await?;
@@ -86,21 +142,23 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
             admin.batch_execute("truncate realtime.changes").await?;
         }
         let mean = sums.map(|s| s / a.rounds as f64);
-        let (captured, notify) = (mean[1] / mean[0], mean[2] / mean[0]);
+        let (captured, other) = (mean[1] / mean[0], mean[2] / mean[0]);
         let hub_us_per_row = hub_cpu * 1e6 / captured_rows.max(1.0);
+        let [l0, l1, l2] = v.labels;
         lines.push(format!(
-            "{label} ({rows} row(s) each, {} clients): plain {:.0} rows/s, captured {:.0} ({captured:.2}x, hub {hub_us_per_row:.1} CPU µs per row), notify trigger {:.0} ({notify:.2}x)",
+            "{label} ({rows} row(s) each, {} clients): {l0} {:.0} rows/s, {l1} {:.0} ({captured:.2}x, hub {hub_us_per_row:.1} CPU µs per row), {l2} {:.0} ({other:.2}x)",
             a.clients, mean[0], mean[1], mean[2]
         ));
+        let [k0, k1, k2] = v.keys;
         results.insert(
             if rows == 1 { "single_row" } else { "multi_row" }.into(),
             json!({
                 "rows_per_statement": rows,
-                "plain_rows_per_s": mean[0].round(),
-                "captured_rows_per_s": mean[1].round(),
-                "notify_rows_per_s": mean[2].round(),
-                "captured_to_plain": (captured * 1000.0).round() / 1000.0,
-                "notify_to_plain": (notify * 1000.0).round() / 1000.0,
+                format!("{k0}_rows_per_s"): mean[0].round(),
+                format!("{k1}_rows_per_s"): mean[1].round(),
+                format!("{k2}_rows_per_s"): mean[2].round(),
+                format!("{k1}_to_plain"): (captured * 1000.0).round() / 1000.0,
+                format!("{k2}_to_plain"): (other * 1000.0).round() / 1000.0,
                 "hub_cpu_us_per_captured_row": (hub_us_per_row * 10.0).round() / 10.0,
                 "machine_busy_while_captured": (busy / a.rounds as f64 * 100.0).round() / 100.0,
             }),
@@ -108,6 +166,7 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
     }
     println!("writeload: {}", lines.join("; "));
     results.insert("scenario".into(), json!("writeload"));
+    results.insert("partitioned".into(), json!(a.partitioned));
     results.insert("clients".into(), json!(a.clients));
     results.insert("seconds_per_run".into(), json!(c.duration));
     println!("{}", serde_json::Value::Object(results));
