@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (59, include_str!("../sql/059_ddl_by_any_role.sql")),
     (60, include_str!("../sql/060_search_path.sql")),
     (61, include_str!("../sql/061_sync_lock.sql")),
+    (62, include_str!("../sql/062_capture_sources_by_name.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -472,3 +472,60 @@ async fn ddl_by_a_publication_owner_who_is_not_a_superuser_keeps_capture_in_line
     owner.batch_execute("commit").await.unwrap();
     assert_eq!(enabled_via(&pg).await, pairs(&[]));
 }
+
+/// A database dumped and restored (every table gets a new oid) keeps how each table was
+/// enabled: one enabled both ways stays captured after it leaves the publication.
+#[tokio::test]
+async fn a_restored_database_keeps_how_each_table_was_enabled() {
+    let from = common::pg::test_db().await;
+    let admin = from.client().await;
+    switchboard::db::migrate(&admin).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "{SETUP} alter publication supabase_realtime add table public.jobs; \
+             select realtime.enable('public.jobs'); select realtime.enable('public.notes');"
+        ))
+        .await
+        .unwrap();
+    let to = common::pg::test_db().await;
+    let dump = std::process::Command::new(common::pg::pg_program("pg_dump"))
+        .args(["--dbname", &from.url])
+        .output()
+        .expect("pg_dump");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let mut psql = std::process::Command::new(common::pg::pg_program("psql"))
+        .args(["-v", "ON_ERROR_STOP=1", "--quiet", "--dbname", &to.url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    std::io::Write::write_all(&mut psql.stdin.take().unwrap(), &dump.stdout).unwrap();
+    assert!(psql.wait().unwrap().success(), "restore");
+    let restored = to.client().await;
+    // As the hub does at start, then the table leaves the publication.
+    restored
+        .batch_execute(
+            "select realtime.sync_publication(); \
+             alter publication supabase_realtime drop table public.jobs;",
+        )
+        .await
+        .unwrap();
+    let via: Vec<(String, String)> = restored
+        .query(
+            "select table_name, enabled_via from realtime.enabled_tables order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        via,
+        pairs(&[("jobs", "realtime.enable"), ("notes", "realtime.enable")])
+    );
+}

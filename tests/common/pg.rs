@@ -33,6 +33,11 @@ fn pg() -> &'static (PathBuf, bool) {
     })
 }
 
+/// The path of Postgres program `name` (`pg_dump`, `psql`) from the installed binaries.
+pub fn pg_program(name: &str) -> PathBuf {
+    pg().0.join(name)
+}
+
 /// The non-superuser login role a hub may run as in tests.
 pub const HUB_ROLE: &str = "switchboard_test_hub";
 const HUB_ROLE_PASSWORD: &str = "switchboard-test-hub";
