@@ -54,16 +54,23 @@ async fn enabled_tables<T: for<'a> tokio_postgres::types::FromSql<'a>>(
     pg: &PgHub,
     column: &str,
 ) -> Vec<(String, T)> {
-    pg.sql
-        .query(
-            &format!("select table_name, {column} from realtime.enabled_tables order by 1"),
-            &[],
-        )
-        .await
-        .expect("realtime.enabled_tables")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    enabled_tables_in(&pg.sql, column).await
+}
+
+/// [`enabled_tables`] in the database `sql` is connected to.
+async fn enabled_tables_in<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    sql: &tokio_postgres::Client,
+    column: &str,
+) -> Vec<(String, T)> {
+    sql.query(
+        &format!("select table_name, {column} from realtime.enabled_tables order by 1"),
+        &[],
+    )
+    .await
+    .expect("realtime.enabled_tables")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
 }
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -514,18 +521,8 @@ async fn a_restored_database_keeps_how_each_table_was_enabled() {
         )
         .await
         .unwrap();
-    let via: Vec<(String, String)> = restored
-        .query(
-            "select table_name, enabled_via from realtime.enabled_tables order by 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
     assert_eq!(
-        via,
+        enabled_tables_in::<String>(&restored, "enabled_via").await,
         pairs(&[("jobs", "realtime.enable"), ("notes", "realtime.enable")])
     );
 }
