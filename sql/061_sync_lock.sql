@@ -6,7 +6,8 @@
 -- only while the sync runs. Two syncs can then overlap with the first one's changes not
 -- yet committed: the second waits at most lock_timeout for a table the first is
 -- capturing, warns, and leaves it to the first (or to the next sync, if the first rolls
--- back), and carries on with the others.
+-- back), and carries on with the others. (The key is 8314037285011469678: pg_locks shows
+-- it as classid 1935762652, objid 1853240686, objsubid 1.)
 --
 -- As in 058 otherwise.
 create or replace function realtime.sync_publication() returns integer
@@ -16,7 +17,16 @@ declare
     changed integer := 0;
     r record;
     p oid;
+    deadline timestamptz;
 begin
+    -- A sync never runs inside another, so a lock this session holds now was left by one
+    -- that failed where nothing could release it: release it.
+    while exists (select 1 from pg_catalog.pg_locks l
+                  where l.locktype = 'advisory' and l.pid = pg_catalog.pg_backend_pid()
+                    and l.classid = 1935762652 and l.objid = 1853240686 and l.objsubid = 1
+                    and l.granted) loop
+        perform pg_catalog.pg_advisory_unlock(8314037285011469678);
+    end loop;
     if not exists (select 1 from realtime.publication_drift())
        and not exists (select 1 from realtime.capture_sources s
                        where not exists (select 1 from pg_catalog.pg_class c
@@ -24,13 +34,17 @@ begin
        and not exists (select 1 from realtime.partitions_on_statements()) then
         return 0;
     end if;
-    -- One reconcile at a time per database ("sbpubsyn"), for as long as it runs: a
-    -- session lock, released on every way out.
-    begin
-        perform pg_catalog.pg_advisory_lock(8314037285011469678);
-    exception when lock_not_available then
-        return -1;
-    end;
+    -- One reconcile at a time per database, for as long as it runs: a session lock,
+    -- released on every way out. Taken without ever waiting in the lock manager (a wait
+    -- that ends in an error, lock_timeout or a cancel, can have been granted all the
+    -- same, and a session lock outlives the error): tried every 5 ms for up to 500 ms.
+    deadline := pg_catalog.clock_timestamp() + interval '500 ms';
+    while not pg_catalog.pg_try_advisory_lock(8314037285011469678) loop
+        if pg_catalog.clock_timestamp() >= deadline then
+            return -1;
+        end if;
+        perform pg_catalog.pg_sleep(0.005);
+    end loop;
     begin
         delete from realtime.capture_sources s
         where not exists (select 1 from pg_catalog.pg_class c

@@ -258,6 +258,30 @@ async fn a_long_ddl_transaction_holds_up_no_other_sessions_capture() {
     );
 }
 
+/// A sync lock a session still holds from a sync that failed where nothing could release
+/// it (a lock granted as its wait was cancelled) is released by that session's next sync,
+/// so no session's capture waits for it.
+#[tokio::test]
+async fn a_sync_lock_left_behind_in_a_session_is_released_by_its_next_sync() {
+    let pg = PgHub::start(SETUP).await;
+    let leaky = pg.db.client().await;
+    leaky
+        .batch_execute("select pg_advisory_lock(8314037285011469678)")
+        .await
+        .unwrap();
+    leaky
+        .batch_execute("alter publication supabase_realtime add table public.jobs")
+        .await
+        .unwrap();
+    pg.exec("alter publication supabase_realtime add table public.notes")
+        .await;
+    assert_eq!(
+        enabled_via(&pg).await,
+        pairs(&[("jobs", "publication"), ("notes", "publication")]),
+        "both captured in their own DDL's transaction"
+    );
+}
+
 #[tokio::test]
 async fn without_the_event_trigger_the_hub_reconciles_by_itself() {
     // As on a database where the hub may not create event triggers.
