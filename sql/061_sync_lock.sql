@@ -39,13 +39,13 @@ begin
     -- that ends in an error, lock_timeout or a cancel, can have been granted all the
     -- same, and a session lock outlives the error): tried every 5 ms for up to 500 ms.
     deadline := pg_catalog.clock_timestamp() + interval '500 ms';
-    while not pg_catalog.pg_try_advisory_lock(8314037285011469678) loop
-        if pg_catalog.clock_timestamp() >= deadline then
-            return -1;
-        end if;
-        perform pg_catalog.pg_sleep(0.005);
-    end loop;
     begin
+        while not pg_catalog.pg_try_advisory_lock(8314037285011469678) loop
+            if pg_catalog.clock_timestamp() >= deadline then
+                return -1;
+            end if;
+            perform pg_catalog.pg_sleep(0.005);
+        end loop;
         delete from realtime.capture_sources s
         where not exists (select 1 from pg_catalog.pg_class c
                           where c.oid = s.relid and c.relkind in ('r', 'p'));
@@ -78,7 +78,12 @@ begin
             end;
         end loop;
     exception when others or query_canceled then
-        perform pg_catalog.pg_advisory_unlock(8314037285011469678);
+        if exists (select 1 from pg_catalog.pg_locks l
+                   where l.locktype = 'advisory' and l.pid = pg_catalog.pg_backend_pid()
+                     and l.classid = 1935762652 and l.objid = 1853240686 and l.objsubid = 1
+                     and l.granted) then
+            perform pg_catalog.pg_advisory_unlock(8314037285011469678);
+        end if;
         raise;
     end;
     perform pg_catalog.pg_advisory_unlock(8314037285011469678);
