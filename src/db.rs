@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (60, include_str!("../sql/060_search_path.sql")),
     (61, include_str!("../sql/061_sync_lock.sql")),
     (62, include_str!("../sql/062_capture_sources_by_name.sql")),
+    (63, include_str!("../sql/063_json_casts.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -176,6 +176,7 @@ async fn migrations_apply_once_and_rerunning_every_file_changes_nothing() {
         "061_sync_lock.sql",
         "060_search_path.sql",
         "062_capture_sources_by_name.sql",
+        "063_json_casts.sql",
     ] {
         let sql =
             std::fs::read_to_string(format!("{}/sql/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();

@@ -172,3 +172,50 @@ async fn any_roles_ddl_moves_the_rules_version_but_temporary_objects_do_not() {
     );
     drop(db);
 }
+
+/// A cast to json of a type the writer owns would run inside the capture triggers, with
+/// their rights: a role that is not a superuser may not create one; a superuser may.
+#[tokio::test]
+async fn only_a_superuser_may_create_a_cast_to_json() {
+    let (db, admin, own, role) = as_new_role(
+        "create schema app authorization {role}; \
+         alter publication supabase_realtime owner to {role};",
+    )
+    .await;
+    let cast = |schema: &str| {
+        format!(
+            "create type {schema}.mood as enum ('ok', 'meh'); \
+             create function {schema}.mood_json(m {schema}.mood) returns json language plpgsql \
+                 as $$ begin {ESCALATE} return pg_catalog.to_json(m::text); end $$; \
+             create cast ({schema}.mood as json) with function {schema}.mood_json({schema}.mood);"
+        )
+    };
+    let err = own
+        .batch_execute(&cast("app"))
+        .await
+        .expect_err("a cast to json by a plain role");
+    assert_eq!(
+        common::e2e::pg_err(&err),
+        "switchboard: only a superuser may create a cast to json or jsonb, not cast \
+         (app.mood AS pg_catalog.json): captured rows are turned into JSON with the rights \
+         of the role that ran the migrations"
+    );
+    // Without it, the role's captured rows of its own type run nothing of its own.
+    own.batch_execute(
+        "create type app.mood as enum ('ok', 'meh'); \
+         create table app.notes (id bigserial primary key, m app.mood); \
+         alter publication supabase_realtime add table app.notes; \
+         insert into app.notes (m) values ('meh');",
+    )
+    .await
+    .expect("the role's own table, published and written");
+    assert!(
+        !is_superuser(&admin, &role).await,
+        "{role} became superuser"
+    );
+    admin
+        .batch_execute(&cast("public"))
+        .await
+        .expect("a superuser's cast");
+    drop(db);
+}
