@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (61, include_str!("../sql/061_sync_lock.sql")),
     (62, include_str!("../sql/062_capture_sources_by_name.sql")),
     (63, include_str!("../sql/063_json_casts.sql")),
+    (64, include_str!("../sql/064_wake_channel.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -219,3 +219,53 @@ async fn only_a_superuser_may_create_a_cast_to_json() {
         .expect("a superuser's cast");
     drop(db);
 }
+
+/// A wake-up anyone sends on the channel the capture triggers once used, carrying a
+/// made-up change (and naming a transaction still to come, whose real changes the hub
+/// would then skip as already read), is never delivered: the hub listens on a channel
+/// whose name only the triggers and the hub can read, and the real changes arrive.
+#[tokio::test]
+async fn a_forged_wake_up_is_never_delivered_and_hides_no_real_change() {
+    use common::e2e::*;
+    use common::hub::Vsn;
+    use serde_json::json;
+    let pg = PgHub::start(
+        "create table public.jobs (id bigserial primary key, title text); \
+         grant select on public.jobs to authenticated; select realtime.enable('public.jobs');",
+    )
+    .await;
+    let user = "6a3c0e8e-51c4-4b59-9a43-0c2f3c4a9d10";
+    let mut c = pg.connect(Vsn::V2).await;
+    let entry = json!({"event": "*", "schema": "public", "table": "jobs"});
+    subscribe(
+        &mut c,
+        "realtime:jobs",
+        json!([entry]),
+        Some(&pg.user(user)),
+    )
+    .await;
+    let forged = "select pg_notify(channel, json_build_object( \
+            'id', 1, 'xid', (pg_current_xact_id()::text::int8 + n)::text, \
+            'at', (extract(epoch from now()) * 1000000)::int8, 'rv', null, \
+            's', 'public', 't', 'jobs', 'op', 'INSERT', \
+            'rows', json_build_array(json_build_object('id', 424242, 'title', 'forged')), \
+            'old_rows', null)::text) \
+        from (values ('switchboard_changes')) c (channel), generate_series(1, 3) n";
+    pg.exec(forged).await;
+    let id = pg
+        .id(
+            "insert into public.jobs (title) values ('real') returning id",
+            &[],
+        )
+        .await;
+    expect_row(&mut c, "INSERT", "jobs", id).await;
+    for _ in 0..3 {
+        let id = pg
+            .id(
+                "insert into public.jobs (title) values ('next') returning id",
+                &[],
+            )
+            .await;
+        expect_row(&mut c, "INSERT", "jobs", id).await;
+    }
+}

@@ -40,8 +40,10 @@ use crate::db::pg_message;
 use reader::Page;
 use wake::{Next, Wake};
 
-/// The NOTIFY channel the capture triggers and `realtime.send` signal.
-pub const WAKE_CHANNEL: &str = "switchboard_changes";
+/// The NOTIFY channel the capture triggers and `realtime.send` signal: a random name made
+/// by the migrations, which only they and the hub can read (`sql/064_wake_channel.sql`),
+/// so no other role can send the hub a wake-up, let alone a made-up change.
+const WAKE_CHANNEL: &str = "select name from realtime.wake_channel";
 /// `application_name` of the capture connection (visible in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "switchboard-capture";
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -188,8 +190,9 @@ impl Session<'_> {
             opened = open(&self.cfg.database_url) => opened?,
         };
         let _abort_driver = AbortOnDrop(driver);
+        let channel: String = client.query_one(WAKE_CHANNEL, &[]).await?.get(0);
         client
-            .batch_execute(&format!("listen {WAKE_CHANNEL}"))
+            .batch_execute(&format!("listen \"{}\"", channel.replace('"', "\"\"")))
             .await?;
         let stmts = Statements::prepare(&client).await?;
         // Capture counts as connected only once the log can be read: this waits out a
