@@ -6,10 +6,21 @@
 -- only while the sync runs. Two syncs can then overlap with the first one's changes not
 -- yet committed: the second waits at most lock_timeout for a table the first is
 -- capturing, warns, and leaves it to the first (or to the next sync, if the first rolls
--- back), and carries on with the others. (The key is 8314037285011469678: pg_locks shows
--- it as classid 1935762652, objid 1853240686, objsubid 1.)
+-- back), and carries on with the others.
 --
 -- As in 058 otherwise.
+-- Whether this session holds the sync's lock (key 8314037285011469678, which pg_locks
+-- shows as classid 1935762652, objid 1853240686, objsubid 1).
+create or replace function realtime.holds_sync_lock() returns boolean
+language sql volatile set search_path = pg_catalog, pg_temp as $fn$
+    select exists (select 1 from pg_catalog.pg_locks l
+                   where l.locktype = 'advisory' and l.pid = pg_catalog.pg_backend_pid()
+                     and l.classid = 1935762652 and l.objid = 1853240686 and l.objsubid = 1
+                     and l.granted)
+$fn$;
+
+revoke all on function realtime.holds_sync_lock() from public;
+
 create or replace function realtime.sync_publication() returns integer
 language plpgsql security definer set search_path = pg_catalog, pg_temp set lock_timeout = '500ms'
 as $fn$
@@ -21,10 +32,7 @@ declare
 begin
     -- A sync never runs inside another, so a lock this session holds now was left by one
     -- that failed where nothing could release it: release it.
-    while exists (select 1 from pg_catalog.pg_locks l
-                  where l.locktype = 'advisory' and l.pid = pg_catalog.pg_backend_pid()
-                    and l.classid = 1935762652 and l.objid = 1853240686 and l.objsubid = 1
-                    and l.granted) loop
+    while realtime.holds_sync_lock() loop
         perform pg_catalog.pg_advisory_unlock(8314037285011469678);
     end loop;
     if not exists (select 1 from realtime.publication_drift())
@@ -78,10 +86,7 @@ begin
             end;
         end loop;
     exception when others or query_canceled then
-        if exists (select 1 from pg_catalog.pg_locks l
-                   where l.locktype = 'advisory' and l.pid = pg_catalog.pg_backend_pid()
-                     and l.classid = 1935762652 and l.objid = 1853240686 and l.objsubid = 1
-                     and l.granted) then
+        if realtime.holds_sync_lock() then
             perform pg_catalog.pg_advisory_unlock(8314037285011469678);
         end if;
         raise;
