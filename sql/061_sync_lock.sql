@@ -9,6 +9,7 @@
 -- back), and carries on with the others.
 --
 -- As in 058 otherwise.
+
 -- Whether this session holds the sync's lock (key 8314037285011469678, which pg_locks
 -- shows as classid 1935762652, objid 1853240686, objsubid 1).
 create or replace function realtime.holds_sync_lock() returns boolean

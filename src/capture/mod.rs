@@ -40,10 +40,11 @@ use crate::db::pg_message;
 use reader::Page;
 use wake::{Next, Wake};
 
-/// The NOTIFY channel the capture triggers and `realtime.send` signal: a random name made
-/// by the migrations, which only they and the hub can read (`sql/064_wake_channel.sql`),
-/// so no other role can send the hub a wake-up, let alone a made-up change.
-const WAKE_CHANNEL: &str = "select name from realtime.wake_channel";
+/// Reads the NOTIFY channel the capture triggers and `realtime.send` signal: a random name
+/// made by the migrations, which only they and the hub can read
+/// (`sql/064_wake_channel.sql`), so no other role can send the hub a wake-up, let alone
+/// a made-up change.
+const WAKE_CHANNEL_NAME: &str = "select name from realtime.wake_channel";
 /// `application_name` of the capture connection (visible in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "switchboard-capture";
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -190,7 +191,7 @@ impl Session<'_> {
             opened = open(&self.cfg.database_url) => opened?,
         };
         let _abort_driver = AbortOnDrop(driver);
-        let channel: String = client.query_one(WAKE_CHANNEL, &[]).await?.get(0);
+        let channel: String = client.query_one(WAKE_CHANNEL_NAME, &[]).await?.get(0);
         client
             .batch_execute(&format!("listen \"{}\"", channel.replace('"', "\"\"")))
             .await?;

@@ -62,12 +62,12 @@ create table public.wl_pleaf (like public.wl_pplain including all) partition by 
 create table public.wl_pleaf_all partition of public.wl_pleaf for values from (minvalue) to (maxvalue);
 "#;
 
-/// The three tables of one invocation (written in this order), the one captured and the
-/// labels of each (as printed, as JSON keys).
+/// The three tables of one invocation (written in this order), the tables captured and
+/// the labels of each (as printed, as JSON keys).
 struct Variant {
     schema: &'static str,
     tables: [&'static str; 3],
-    enable: &'static str,
+    enable: &'static [&'static str],
     labels: [&'static str; 3],
     keys: [&'static str; 3],
 }
@@ -75,17 +75,17 @@ struct Variant {
 const UNPARTITIONED: Variant = Variant {
     schema: SCHEMA,
     tables: ["wl_plain", "wl_captured", "wl_notify"],
-    enable: "public.wl_captured",
+    enable: &["public.wl_captured"],
     labels: ["plain", "captured", "notify trigger"],
     keys: ["plain", "captured", "notify"],
 };
 
 /// Written through the parents; the first is uncaptured, the second captured as itself,
-/// the third through its partition (enabled apart, in `writeload`).
+/// the third through its partition.
 const PARTITIONS: Variant = Variant {
     schema: PARTITIONED,
     tables: ["wl_pplain", "wl_proot", "wl_pleaf"],
-    enable: "public.wl_proot",
+    enable: &["public.wl_proot", "public.wl_pleaf_all"],
     labels: [
         "partitioned plain",
         "captured as itself",
@@ -108,9 +108,8 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
         &UNPARTITIONED
     };
     admin.batch_execute(v.schema).await?;
-    switchboard::db::enable(&admin, v.enable).await?;
-    if a.partitioned {
-        switchboard::db::enable(&admin, "public.wl_pleaf_all").await?;
+    for table in v.enable {
+        switchboard::db::enable(&admin, table).await?;
     }
     let hub_pid = setup.hub.pid;
     let modes = [
