@@ -220,6 +220,34 @@ async fn only_a_superuser_may_create_a_cast_to_json() {
     drop(db);
 }
 
+/// The wake-up channel's name is the secret that keeps forged wake-ups out: a role with
+/// usage on schema `realtime` and a captured table of its own (whose writes the capture
+/// functions turn into wake-ups) still cannot read it.
+#[tokio::test]
+async fn no_other_role_can_read_the_wake_up_channels_name() {
+    let (db, _admin, own, _role) = as_new_role(
+        "grant usage on schema realtime to {role}; create schema app authorization {role}; \
+         alter publication supabase_realtime owner to {role};",
+    )
+    .await;
+    own.batch_execute(
+        "create table app.jobs (id bigserial primary key); \
+         alter publication supabase_realtime add table app.jobs; \
+         insert into app.jobs default values;",
+    )
+    .await
+    .expect("the role's own table, published and written");
+    let err = own
+        .query("select name from realtime.wake_channel", &[])
+        .await
+        .expect_err("the channel's name, read by a plain role");
+    assert_eq!(
+        common::e2e::pg_err(&err),
+        "permission denied for table wake_channel"
+    );
+    drop(db);
+}
+
 /// A wake-up anyone sends on the channel the capture triggers once used, carrying a
 /// made-up change (and naming a transaction still to come, whose real changes the hub
 /// would then skip as already read), is never delivered: the hub listens on a channel
