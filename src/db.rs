@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (62, include_str!("../sql/062_capture_sources_by_name.sql")),
     (63, include_str!("../sql/063_json_casts.sql")),
     (64, include_str!("../sql/064_wake_channel.sql")),
+    (65, include_str!("../sql/065_partition_roots.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

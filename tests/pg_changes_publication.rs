@@ -425,6 +425,124 @@ async fn a_partitioned_table_in_the_publication_delivers_rows_written_through_th
     expect_row(&mut c, "DELETE", "events_low", 2).await;
 }
 
+/// With `publish_via_partition_root` the publication lists the partitioned table itself:
+/// every row written into it arrives under its name, once, whether written through it or
+/// straight into a partition at any depth, including a partition created or attached while
+/// the hub runs. A detached partition's rows stop arriving.
+#[tokio::test]
+async fn a_table_published_via_its_root_delivers_rows_written_straight_into_its_partitions() {
+    let pg = PgHub::start(&format!(
+        "{SETUP}{PARTITIONED}
+         create table public.events_mid partition of public.events
+             for values from (1000) to (2000) partition by range (id);
+         create table public.events_mid_a partition of public.events_mid
+             for values from (1000) to (1500);"
+    ))
+    .await;
+    pg.exec(
+        "alter publication supabase_realtime set (publish_via_partition_root = true); \
+         alter publication supabase_realtime add table public.events",
+    )
+    .await;
+    let mut c = subscribed(&pg, "realtime:events", &["events"]).await;
+    pg.exec(
+        "insert into public.events values (1, 'through the parent'); \
+         insert into public.events_low values (2, 'straight in'); \
+         insert into public.events_mid values (1001, 'into the middle'); \
+         insert into public.events_mid_a values (1002, 'into the leaf below'); \
+         create table public.events_top partition of public.events for values from (2000) to (3000); \
+         insert into public.events_top values (2001, 'into a new partition'); \
+         update public.events_low set v = 'changed' where id = 2; \
+         delete from public.events_mid_a where id = 1002;",
+    )
+    .await;
+    for id in [1, 2, 1001, 1002, 2001] {
+        expect_row(&mut c, "INSERT", "events", id).await;
+    }
+    let updated = expect_row(&mut c, "UPDATE", "events", 2).await;
+    assert_eq!(
+        updated.data["record"]["v"], "changed",
+        "{:?}",
+        updated.frame
+    );
+    assert_eq!(updated.data["old_record"]["id"], 2, "{:?}", updated.frame);
+    expect_row(&mut c, "DELETE", "events", 1002).await;
+
+    pg.exec(
+        "create table public.events_later (like public.events including all); \
+         alter table public.events attach partition public.events_later for values from (3000) to (4000); \
+         insert into public.events_later values (3001, 'into an attached table'); \
+         alter table public.events detach partition public.events_top; \
+         insert into public.events_top values (2002, 'detached'); \
+         insert into public.events_low values (3, 'after the detach');",
+    )
+    .await;
+    expect_row(&mut c, "INSERT", "events", 3001).await;
+    expect_row(&mut c, "INSERT", "events", 3).await;
+    let left = pg
+        .sql
+        .query_one(
+            "select count(*) from pg_catalog.pg_trigger \
+             where tgrelid = 'public.events_top'::regclass and tgname like 'switchboard%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        left.get::<_, i64>(0),
+        0,
+        "the detached table keeps no trigger"
+    );
+}
+
+/// `realtime.enable` on a partitioned table: a statement straight into a partition is
+/// logged in chunks of at most 100 rows, in row order, and nothing from a savepoint that
+/// rolled back; `realtime.disable` takes the partitions' triggers away too.
+#[tokio::test]
+async fn an_enabled_partitioned_table_receives_large_statements_straight_into_a_partition() {
+    let pg = PgHub::start(&format!("{SETUP}{PARTITIONED}")).await;
+    pg.exec("select realtime.enable('public.events')").await;
+    let mut c = subscribed(&pg, "realtime:events", &["events"]).await;
+    pg.exec(
+        "begin; \
+         insert into public.events_high select g, 'bulk' from generate_series(100, 349) g; \
+         savepoint s; \
+         insert into public.events_low values (5, 'rolled back'); \
+         rollback to savepoint s; \
+         insert into public.events_low values (6, 'kept'); \
+         commit;",
+    )
+    .await;
+    for id in (100..350).chain([6]) {
+        expect_row(&mut c, "INSERT", "events", id).await;
+    }
+    let sizes: Vec<i32> = pg
+        .sql
+        .query(
+            "select json_array_length(rows) from realtime.changes \
+             where table_name = 'events' order by id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(sizes, [100, 100, 50, 1]);
+    pg.exec("select realtime.disable('public.events')").await;
+    let left = pg
+        .sql
+        .query_one(
+            "select count(*) from pg_catalog.pg_trigger t \
+             join pg_catalog.pg_class c on c.oid = t.tgrelid \
+             where c.relname like 'events%' and t.tgname like 'switchboard%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.get::<_, i64>(0), 0);
+}
+
 /// A table captured before it became a partition is switched to row capture when it is
 /// attached, so rows written through its new parent are not lost.
 #[tokio::test]
