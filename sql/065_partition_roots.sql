@@ -4,27 +4,39 @@
 -- triggers fire only for statements that name it, so those rows were never logged.
 --
 -- Every partition below a captured partitioned table, at any depth, gets three statement
--- triggers (`switchboard_root_insert` / `_update` / `_delete`). They fire only for
--- statements that name that partition, so a statement through the captured table is
--- still logged once, by the captured table's own triggers. They log the statement's rows
--- under the name of each captured table above the partition, found when they fire: a
--- table renamed, detached or no longer captured since is never logged under a stale name.
--- Same content, order and chunks of at most 100 rows as the other statement triggers.
+-- triggers (`switchboard_root_insert` / `_update` / `_delete`, on
+-- realtime.capture_for_roots) whose argument lists the oids of the captured tables above
+-- it. They fire only for statements that name that partition, so a statement through the
+-- captured table is still logged once, by that table's own triggers. They log the
+-- statement's rows (same content, order and chunks of at most 100 rows as the other
+-- statement triggers) under each listed table that is still above the partition, by the
+-- name it has when they fire. Both are read from the current catalog, not the writer's
+-- snapshot, as the trigger itself is: a REPEATABLE READ writer whose snapshot predates
+-- the capture logs its rows all the same, a renamed table's rows carry its new name, and
+-- a detached partition (or a restored database, whose oids differ) logs nothing until its
+-- triggers are put right.
 --
--- The partitions are kept in line without the publication's lock (creating a trigger on
--- a partition needs no other table's lock and a trigger made twice is skipped): by
--- capture_on / capture_off, and by sync_publication, which the event trigger runs at the
--- end of the DDL that creates, attaches or detaches a partition, inside that DDL's
--- transaction, so a new partition is never writable uncaptured. The hub's periodic sync
--- repairs what a failed one left.
+-- The partitions are kept in line by capture_on / capture_off and by sync_publication,
+-- which the event trigger runs at the end of the DDL that creates, attaches or detaches a
+-- partition, inside that DDL's transaction (so a new partition is never writable
+-- uncaptured); the hub's periodic sync repairs what a failed one left. Finding what to
+-- change reads pg_inherits and pg_trigger and locks nothing; only a partition whose
+-- triggers change is locked, for at most lock_timeout, without the publication's lock.
+-- Our triggers are told apart by their function, never by name alone: a trigger of
+-- someone else's with one of these names is left alone (that partition is warned about
+-- and not captured). Foreign-table partitions take no triggers (Postgres refuses
+-- transition tables on them) and are not captured.
 --
--- Still not captured: a partitioned table that is itself a partition does not see rows
--- written through its own parent (a statement's rows carry no partition).
+-- Still not captured: a partitioned table captured as itself that is also a partition
+-- does not see rows written through its own parent (a statement's rows carry no
+-- partition).
 
 create or replace function realtime.capture_for_roots() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
 declare
-    r record;
+    root oid;
+    ancestors oid[];
+    names text[];
     l realtime.changes;
     new_rows json;
     old_rows json;
@@ -41,36 +53,31 @@ begin
     if n = 0 then
         return null;
     end if;
-    -- The captured partitioned tables above this one, nearest first (inline: plpgsql
-    -- keeps this plan for the session, a SQL function's would be made for every call).
-    for r in
-        select n.nspname::text as schema_name, c.relname::text as table_name
-        from pg_catalog.pg_partition_ancestors(tg_relid) with ordinality a (relid, k)
-        join pg_catalog.pg_class c on c.oid = a.relid
-        join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-        where a.k > 1
-          and exists (select 1 from pg_catalog.pg_trigger t
-                      where t.tgrelid = a.relid and t.tgname = 'switchboard_capture_insert'
-                        and t.tgparentid = 0)
-        order by a.k
-    loop
+    ancestors := array(select a.relid::oid from pg_catalog.pg_partition_ancestors(tg_relid) a);
+    foreach root in array pg_catalog.string_to_array(tg_argv[0], ',')::oid[] loop
+        if not root = any(ancestors) then
+            continue;
+        end if;
+        names := (select x.object_names
+                  from pg_catalog.pg_identify_object_as_address('pg_catalog.pg_class'::regclass,
+                                                                root, 0) x);
         if n <= 100 then
             insert into realtime.changes (schema_name, table_name, op, rows, old_rows)
-            values (r.schema_name, r.table_name, tg_op, new_rows, old_rows)
+            values (names[1], names[2], tg_op, new_rows, old_rows)
             returning * into l;
         else
             l := null;
             for k in 0 .. (n - 1) / 100 loop
                 insert into realtime.changes (schema_name, table_name, op, rows, old_rows)
-                values (r.schema_name, r.table_name, tg_op,
+                values (names[1], names[2], tg_op,
                         realtime.json_slice(new_rows, k * 100, 100),
                         realtime.json_slice(old_rows, k * 100, 100));
             end loop;
         end if;
         if pg_catalog.pg_sequence_last_value('realtime.wake_until'::regclass)
                > (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint then
-            perform realtime.wake_with(l.id, l.xid, l.created_at, tg_op, r.schema_name,
-                                       r.table_name, l.rows, l.old_rows);
+            perform realtime.wake_with(l.id, l.xid, l.created_at, tg_op, names[1], names[2],
+                                       l.rows, l.old_rows);
         end if;
     end loop;
     return null;
@@ -89,32 +96,45 @@ $fn$;
 
 revoke all on function realtime.json_slice(json, int, int) from public;
 
--- Partitions that should have the triggers and lack one (adding), and partitions that
--- have one and should not (removing).
+-- Partitions whose triggers differ from what they should be: `roots` is the argument
+-- they should have (the captured tables above, nearest first), or null when they should
+-- have none. Reads the catalog only; locks nothing.
 create or replace function realtime.partition_root_drift()
-returns table (relid oid, adding boolean)
+returns table (relid oid, roots text)
 language sql stable set search_path = pg_catalog, pg_temp as $fn$
-    with wanted as (
-        select distinct x.relid::oid as relid
+    with recursive captured as (
+        select t.tgrelid as root
         from pg_catalog.pg_trigger t
-        join pg_catalog.pg_class p on p.oid = t.tgrelid and p.relkind = 'p'
-        cross join lateral pg_catalog.pg_partition_tree(t.tgrelid) x
-        join pg_catalog.pg_class c on c.oid = x.relid and c.relkind in ('r', 'p')
-        where t.tgname = 'switchboard_capture_insert' and t.tgparentid = 0
-          and x.relid::oid <> t.tgrelid
-    ), have as (
-        select t.tgrelid as relid, pg_catalog.count(*) as triggers
+        join pg_catalog.pg_class c on c.oid = t.tgrelid
+        where t.tgname = 'switchboard_capture_insert' and t.tgparentid = 0 and c.relkind = 'p'
+    ), below (root, relid, depth) as (
+        select r.root, i.inhrelid, 1
+        from captured r join pg_catalog.pg_inherits i on i.inhparent = r.root
+        where not i.inhdetachpending
+        union all
+        select b.root, i.inhrelid, b.depth + 1
+        from below b join pg_catalog.pg_inherits i on i.inhparent = b.relid
+        where not i.inhdetachpending
+    ), wanted as (
+        select b.relid, pg_catalog.string_agg(b.root::text, ',' order by b.depth) as roots
+        from below b
+        join pg_catalog.pg_class c on c.oid = b.relid and c.relkind in ('r', 'p')
+        group by b.relid
+    ), ours as (
+        select t.tgrelid as relid, t.tgname, t.tgtype, t.tgargs
         from pg_catalog.pg_trigger t
-        where t.tgname in ('switchboard_root_insert', 'switchboard_root_update',
-                           'switchboard_root_delete')
-          and t.tgparentid = 0
-        group by t.tgrelid
+        where t.tgfoid = 'realtime.capture_for_roots()'::regprocedure and t.tgparentid = 0
     )
-    select w.relid, true from wanted w
-    where not exists (select 1 from have h where h.relid = w.relid and h.triggers = 3)
+    select w.relid, w.roots from wanted w
+    where (select pg_catalog.count(*) from ours o
+           where o.relid = w.relid
+             and (o.tgname, o.tgtype) in (('switchboard_root_insert', 4::int2),
+                                          ('switchboard_root_update', 16::int2),
+                                          ('switchboard_root_delete', 8::int2))
+             and o.tgargs = pg_catalog.convert_to(w.roots, 'UTF8') || '\x00'::bytea) <> 3
     union all
-    select h.relid, false from have h
-    where not exists (select 1 from wanted w where w.relid = h.relid)
+    select distinct o.relid, null::text from ours o
+    where not exists (select 1 from wanted w where w.relid = o.relid)
 $fn$;
 
 revoke all on function realtime.partition_root_drift() from public;
@@ -126,33 +146,33 @@ language plpgsql security definer set search_path = pg_catalog, pg_temp
 set lock_timeout = '500ms' as $fn$
 declare
     d record;
+    t name;
     op text;
     changed integer := 0;
 begin
     for d in select * from realtime.partition_root_drift() loop
         begin
-            foreach op in array array['insert', 'update', 'delete'] loop
-                if not d.adding then
-                    execute pg_catalog.format('drop trigger if exists %I on %s',
-                                              'switchboard_root_' || op, d.relid::regclass);
-                elsif not exists (select 1 from pg_catalog.pg_trigger t
-                                  where t.tgrelid = d.relid
-                                    and t.tgname = 'switchboard_root_' || op) then
+            for t in select g.tgname from pg_catalog.pg_trigger g
+                     where g.tgrelid = d.relid and g.tgparentid = 0
+                       and g.tgfoid = 'realtime.capture_for_roots()'::regprocedure loop
+                execute pg_catalog.format('drop trigger %I on %s', t, d.relid::regclass);
+            end loop;
+            if d.roots is not null then
+                foreach op in array array['insert', 'update', 'delete'] loop
                     execute pg_catalog.format(
                         'create trigger %I after %s on %s referencing %s '
-                        'for each statement execute function realtime.capture_for_roots()',
+                        'for each statement execute function realtime.capture_for_roots(%L)',
                         'switchboard_root_' || op, op, d.relid::regclass,
                         case op when 'insert' then 'new table as switchboard_new'
                                 when 'update' then 'old table as switchboard_old new table as switchboard_new'
-                                else 'old table as switchboard_old' end);
-                end if;
-            end loop;
+                                else 'old table as switchboard_old' end,
+                        d.roots);
+                end loop;
+            end if;
             changed := changed + 1;
-        exception when duplicate_object then
-            changed := changed + 1; -- made concurrently
-        when others then
+        exception when others then
             raise warning 'switchboard: could not % capture of partition % for the captured table above it: %',
-                case when d.adding then 'start' else 'stop' end, d.relid::regclass, sqlerrm;
+                case when d.roots is null then 'stop' else 'start' end, d.relid::regclass, sqlerrm;
         end;
     end loop;
     return changed;
@@ -190,8 +210,13 @@ create function realtime.sync_publication() returns integer
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
 declare
     tables integer := realtime.sync_publication_061();
-    partitions integer := realtime.sync_partition_roots();
+    partitions integer := 0;
 begin
+    begin
+        partitions := realtime.sync_partition_roots();
+    exception when others then
+        raise warning 'switchboard: could not capture partitions for the captured tables above them: %', sqlerrm;
+    end;
     if tables < 0 then
         return tables;
     end if;

@@ -1,0 +1,202 @@
+//! A partitioned table captured as itself also logs what is written straight into its
+//! partitions (sql/065_partition_roots.sql), read from the log itself: whatever the
+//! writer's snapshot, under the table's current name, never for a partition no longer
+//! below it, and the upkeep settles beside what it cannot or may not change.
+
+mod common;
+
+use serde_json::Value;
+use tokio_postgres::Client;
+
+const TREE: &str = "
+create table public.ev (id bigint, v text) partition by range (id);
+create table public.ev_low partition of public.ev for values from (0) to (100);
+create table public.ev_high partition of public.ev for values from (100) to (1000);
+";
+
+/// A migrated database holding `ddl`.
+async fn database(ddl: &str) -> (common::pg::TestDb, Client) {
+    let db = common::pg::test_db().await;
+    let client = db.client().await;
+    switchboard::db::migrate(&client).await.unwrap();
+    client.batch_execute(ddl).await.unwrap();
+    (db, client)
+}
+
+/// (table, ids) of each log row, in log order.
+async fn logged(client: &Client) -> Vec<(String, Vec<i64>)> {
+    client
+        .query(
+            "select table_name, coalesce(rows, old_rows) from realtime.changes order by id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let rows: Value = r.get(1);
+            let ids = rows
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| row["id"].as_i64().unwrap())
+                .collect();
+            (r.get(0), ids)
+        })
+        .collect()
+}
+
+fn entry(table: &str, ids: &[i64]) -> (String, Vec<i64>) {
+    (table.to_string(), ids.to_vec())
+}
+
+async fn drift(client: &Client) -> i64 {
+    client
+        .query_one("select count(*) from realtime.partition_root_drift()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The triggers fire by the current catalog, as Postgres fires them: a REPEATABLE READ
+/// writer whose snapshot was taken before the table was captured logs its rows all the
+/// same.
+#[tokio::test]
+async fn a_writer_whose_snapshot_predates_the_capture_logs_its_rows_straight_into_a_partition() {
+    let (db, admin) = database(TREE).await;
+    let writer = db.client().await;
+    writer
+        .batch_execute("begin isolation level repeatable read; select count(*) from public.ev_low;")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("select realtime.enable('public.ev')")
+        .await
+        .unwrap();
+    writer
+        .batch_execute("insert into public.ev_low values (1, 'old snapshot'); commit;")
+        .await
+        .unwrap();
+    assert_eq!(logged(&admin).await, [entry("ev", &[1])]);
+}
+
+/// Rows carry the captured table's name at the time they are written; a partition that
+/// left the tree logs nothing under it, even while its triggers are still there (the event
+/// trigger off, so no sync ran), and the next sync takes them away.
+#[tokio::test]
+async fn rows_carry_the_current_name_and_a_detached_partition_logs_nothing() {
+    let (_db, client) = database(TREE).await;
+    client
+        .batch_execute(
+            "select realtime.enable('public.ev');
+             alter table public.ev rename to ev2;
+             insert into public.ev_low values (1, 'renamed');
+             alter event trigger switchboard_publication_sync disable;
+             alter table public.ev2 detach partition public.ev_high;
+             insert into public.ev_high values (100, 'detached');
+             insert into public.ev_low values (2, 'still below');",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        logged(&client).await,
+        [entry("ev2", &[1]), entry("ev2", &[2])]
+    );
+    let stale: i64 = client
+        .query_one(
+            "select count(*) from pg_catalog.pg_trigger \
+             where tgrelid = 'public.ev_high'::regclass and tgname like 'switchboard_root_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stale, 3, "no sync ran, so the triggers are still there");
+    assert_eq!(drift(&client).await, 1);
+    let changed: i32 = client
+        .query_one("select realtime.sync_publication()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(changed, 1);
+    assert_eq!(drift(&client).await, 0);
+}
+
+/// A captured table inside another: a statement straight into the partition below both
+/// is logged under each, nearest first.
+#[tokio::test]
+async fn a_partition_below_two_captured_tables_is_logged_under_each() {
+    let (_db, client) = database(
+        "create table public.ev (id bigint, v text) partition by range (id);
+         create table public.ev_mid partition of public.ev
+             for values from (0) to (1000) partition by range (id);
+         create table public.ev_leaf partition of public.ev_mid for values from (0) to (500);",
+    )
+    .await;
+    client
+        .batch_execute(
+            "select realtime.enable('public.ev');
+             select realtime.enable('public.ev_mid');
+             insert into public.ev_leaf values (1, 'x'), (2, 'y');",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        logged(&client).await,
+        [entry("ev_mid", &[1, 2]), entry("ev", &[1, 2])]
+    );
+}
+
+/// Foreign-table partitions take no triggers and another's trigger with one of the names
+/// is kept: the partition is warned about and left uncaptured, the others are captured,
+/// and the upkeep settles on everything it can change.
+#[tokio::test]
+async fn the_upkeep_settles_beside_foreign_partitions_and_another_trigger_of_the_same_name() {
+    let (_db, client) = database(
+        "create extension if not exists postgres_fdw;
+         create server nowhere foreign data wrapper postgres_fdw;
+         create table public.ev (id bigint, v text) partition by range (id);
+         create table public.ev_low partition of public.ev for values from (0) to (100);
+         create foreign table public.ev_far partition of public.ev
+             for values from (5000) to (6000) server nowhere;
+         create function public.mine() returns trigger language plpgsql
+             as $$ begin return null; end $$;
+         create table public.ev_mine (id bigint, v text);
+         create trigger switchboard_root_insert after insert on public.ev_mine
+             for each statement execute function public.mine();",
+    )
+    .await;
+    client
+        .batch_execute(
+            "select realtime.enable('public.ev');
+             alter table public.ev attach partition public.ev_mine for values from (100) to (200);",
+        )
+        .await
+        .unwrap();
+    let mine: Vec<String> = client
+        .query(
+            "select tgname::text || ' ' || tgfoid::regproc::text from pg_catalog.pg_trigger \
+             where tgrelid = 'public.ev_mine'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(mine, ["switchboard_root_insert mine"]);
+    assert_eq!(
+        drift(&client).await,
+        1,
+        "only the partition with the taken name"
+    );
+    client
+        .batch_execute(
+            "alter table public.ev detach partition public.ev_mine;
+             insert into public.ev_low values (1, 'x');",
+        )
+        .await
+        .unwrap();
+    assert_eq!(drift(&client).await, 0);
+    assert_eq!(logged(&client).await, [entry("ev", &[1])]);
+}
