@@ -21,7 +21,8 @@
 -- partition, inside that DDL's transaction (so a new partition is never writable
 -- uncaptured); the hub's periodic sync repairs what a failed one left. Finding what to
 -- change reads pg_inherits and pg_trigger and locks nothing; only a partition whose
--- triggers change is locked, for at most lock_timeout, without the publication's lock.
+-- triggers change is locked (a sync waits at most 500 ms for it, realtime.enable as long
+-- as the session allows), without the publication's lock.
 -- Our triggers are told apart by their function, never by name alone: a trigger of
 -- someone else's with one of these names is left alone (that partition is warned about
 -- and not captured). Foreign-table partitions take no triggers (Postgres refuses
@@ -139,11 +140,12 @@ $fn$;
 
 revoke all on function realtime.partition_root_drift() from public;
 
--- Puts the partitions in line; returns how many it changed. A partition it cannot lock
--- within lock_timeout (busy writers) is left, with a warning, to the next sync.
+-- Puts the partitions in line; returns how many it changed. It waits for a partition's
+-- lock as long as its caller does: realtime.enable as long as the session's
+-- lock_timeout allows, like the captured table's own triggers; a sync at most 500 ms,
+-- after which it leaves that partition, with a warning, to the next sync.
 create or replace function realtime.sync_partition_roots() returns integer
-language plpgsql security definer set search_path = pg_catalog, pg_temp
-set lock_timeout = '500ms' as $fn$
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
 declare
     d record;
     t name;
@@ -207,7 +209,8 @@ revoke all on function realtime.capture_off(regclass) from public;
 -- publication's lock was busy: that part needs no lock). The grants move with it.
 alter function realtime.sync_publication() rename to sync_publication_061;
 create function realtime.sync_publication() returns integer
-language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
+language plpgsql security definer set search_path = pg_catalog, pg_temp
+set lock_timeout = '500ms' as $fn$
 declare
     tables integer := realtime.sync_publication_061();
     partitions integer := 0;
