@@ -154,13 +154,24 @@ declare
 begin
     for d in select * from realtime.partition_root_drift() loop
         begin
+            -- Only what is wrong is dropped (a drop locks out readers too) and only what
+            -- is missing is made.
             for t in select g.tgname from pg_catalog.pg_trigger g
                      where g.tgrelid = d.relid and g.tgparentid = 0
-                       and g.tgfoid = 'realtime.capture_for_roots()'::regprocedure loop
+                       and g.tgfoid = 'realtime.capture_for_roots()'::regprocedure
+                       and (d.roots is null
+                            or g.tgargs <> pg_catalog.convert_to(d.roots, 'UTF8') || '\x00'::bytea
+                            or (g.tgname, g.tgtype) not in (('switchboard_root_insert', 4::int2),
+                                                            ('switchboard_root_update', 16::int2),
+                                                            ('switchboard_root_delete', 8::int2))) loop
                 execute pg_catalog.format('drop trigger %I on %s', t, d.relid::regclass);
             end loop;
             if d.roots is not null then
                 foreach op in array array['insert', 'update', 'delete'] loop
+                    continue when exists (
+                        select 1 from pg_catalog.pg_trigger g
+                        where g.tgrelid = d.relid and g.tgname = 'switchboard_root_' || op
+                          and g.tgfoid = 'realtime.capture_for_roots()'::regprocedure);
                     execute pg_catalog.format(
                         'create trigger %I after %s on %s referencing %s '
                         'for each statement execute function realtime.capture_for_roots(%L)',

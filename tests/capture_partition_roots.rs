@@ -200,3 +200,51 @@ async fn the_upkeep_settles_beside_foreign_partitions_and_another_trigger_of_the
     assert_eq!(drift(&client).await, 0);
     assert_eq!(logged(&client).await, [entry("ev", &[1])]);
 }
+
+/// A partition missing one of its triggers gets that one made again; the others are kept
+/// as they are (dropping one locks the partition against readers too).
+#[tokio::test]
+async fn a_missing_trigger_is_made_again_and_the_others_are_kept() {
+    let (_db, client) = database(TREE).await;
+    let oids = "select tgname::text, oid::bigint from pg_catalog.pg_trigger \
+                where tgrelid = 'public.ev_low'::regclass order by 1";
+    client
+        .batch_execute("select realtime.enable('public.ev')")
+        .await
+        .unwrap();
+    let before: Vec<(String, i64)> = client
+        .query(oids, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    client
+        .batch_execute(
+            "alter event trigger switchboard_publication_sync disable;
+             drop trigger switchboard_root_update on public.ev_low;
+             select realtime.sync_publication();",
+        )
+        .await
+        .unwrap();
+    let after: Vec<(String, i64)> = client
+        .query(oids, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let names = |v: &[(String, i64)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&after), names(&before));
+    for ((name, old), (_, new)) in before.iter().zip(&after) {
+        assert_eq!(old == new, name != "switchboard_root_update", "{name}");
+    }
+    client
+        .batch_execute("update public.ev_low set v = 'y'; insert into public.ev_low values (1, 'x'); update public.ev_low set v = 'z';")
+        .await
+        .unwrap();
+    assert_eq!(
+        logged(&client).await,
+        [entry("ev", &[1]), entry("ev", &[1])]
+    );
+}

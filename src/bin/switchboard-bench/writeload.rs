@@ -5,7 +5,8 @@
 //! With `--partitioned` the three are partitioned tables written through the parent: one
 //! uncaptured, one captured as itself (`realtime.enable` on the parent, or a publication
 //! with `publish_via_partition_root`) and one whose partition is captured (what the
-//! publication lists by default).
+//! publication lists by default); then the one captured as itself written straight into
+//! its partition (logged under its name by the partition's own triggers, 065).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +33,8 @@ pub struct WriteloadArgs {
     /// Rounds of (plain, captured, notify); figures are the mean over rounds.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
-    /// Partitioned tables instead: uncaptured, captured as itself, its partition captured.
+    /// Partitioned tables instead: uncaptured, captured as itself, its partition captured,
+    /// and the one captured as itself written straight into its partition.
     #[arg(long)]
     pub partitioned: bool,
 }
@@ -62,36 +64,38 @@ create table public.wl_pleaf (like public.wl_pplain including all) partition by 
 create table public.wl_pleaf_all partition of public.wl_pleaf for values from (minvalue) to (maxvalue);
 "#;
 
-/// The three tables of one invocation (written in this order), the tables captured and
-/// the labels of each (as printed, as JSON keys).
+/// The tables of one invocation (written in this order; the first uncaptured, the second
+/// the captured one whose hub CPU is counted), the tables captured and the labels of each
+/// (as printed, as JSON keys).
 struct Variant {
     schema: &'static str,
-    tables: [&'static str; 3],
+    tables: &'static [&'static str],
     enable: &'static [&'static str],
-    labels: [&'static str; 3],
-    keys: [&'static str; 3],
+    labels: &'static [&'static str],
+    keys: &'static [&'static str],
 }
 
 const UNPARTITIONED: Variant = Variant {
     schema: SCHEMA,
-    tables: ["wl_plain", "wl_captured", "wl_notify"],
+    tables: &["wl_plain", "wl_captured", "wl_notify"],
     enable: &["public.wl_captured"],
-    labels: ["plain", "captured", "notify trigger"],
-    keys: ["plain", "captured", "notify"],
+    labels: &["plain", "captured", "notify trigger"],
+    keys: &["plain", "captured", "notify"],
 };
 
 /// Written through the parents; the first is uncaptured, the second captured as itself,
-/// the third through its partition.
+/// the third through its partition; the fourth is the second's partition, written straight.
 const PARTITIONS: Variant = Variant {
     schema: PARTITIONED,
-    tables: ["wl_pplain", "wl_proot", "wl_pleaf"],
+    tables: &["wl_pplain", "wl_proot", "wl_pleaf", "wl_proot_all"],
     enable: &["public.wl_proot", "public.wl_pleaf_all"],
-    labels: [
+    labels: &[
         "partitioned plain",
         "captured as itself",
         "partition captured",
+        "captured as itself, written straight into its partition",
     ],
-    keys: ["plain", "captured", "partition_captured"],
+    keys: &["plain", "captured", "partition_captured", "captured_direct"],
 };
 
 pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
@@ -119,7 +123,7 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
     let mut results = serde_json::Map::new();
     let mut lines = Vec::new();
     for (label, rows) in modes {
-        let mut sums = [0.0f64; 3];
+        let mut sums = vec![0.0f64; v.tables.len()];
         let (mut hub_cpu, mut captured_rows, mut busy) = (0.0f64, 0.0f64, 0.0f64);
         for _ in 0..a.rounds {
             for (i, table) in v.tables.iter().enumerate() {
@@ -140,27 +144,42 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
             // Keep the log from growing across rounds.
             admin.batch_execute("truncate realtime.changes").await?;
         }
-        let mean = sums.map(|s| s / a.rounds as f64);
-        let (captured, other) = (mean[1] / mean[0], mean[2] / mean[0]);
+        let mean: Vec<f64> = sums.iter().map(|s| s / a.rounds as f64).collect();
         let hub_us_per_row = hub_cpu * 1e6 / captured_rows.max(1.0);
-        let [l0, l1, l2] = v.labels;
+        let mut parts = vec![format!("{} {:.0} rows/s", v.labels[0], mean[0])];
+        let mut figures = serde_json::Map::new();
+        figures.insert("rows_per_statement".into(), json!(rows));
+        figures.insert(format!("{}_rows_per_s", v.keys[0]), json!(mean[0].round()));
+        for i in 1..mean.len() {
+            let ratio = mean[i] / mean[0];
+            let hub = if i == 1 {
+                format!(", hub {hub_us_per_row:.1} CPU µs per row")
+            } else {
+                String::new()
+            };
+            parts.push(format!("{} {:.0} ({ratio:.2}x{hub})", v.labels[i], mean[i]));
+            figures.insert(format!("{}_rows_per_s", v.keys[i]), json!(mean[i].round()));
+            figures.insert(
+                format!("{}_to_plain", v.keys[i]),
+                json!((ratio * 1000.0).round() / 1000.0),
+            );
+        }
         lines.push(format!(
-            "{label} ({rows} row(s) each, {} clients): {l0} {:.0} rows/s, {l1} {:.0} ({captured:.2}x, hub {hub_us_per_row:.1} CPU µs per row), {l2} {:.0} ({other:.2}x)",
-            a.clients, mean[0], mean[1], mean[2]
+            "{label} ({rows} row(s) each, {} clients): {}",
+            a.clients,
+            parts.join(", ")
         ));
-        let [k0, k1, k2] = v.keys;
+        figures.insert(
+            "hub_cpu_us_per_captured_row".into(),
+            json!((hub_us_per_row * 10.0).round() / 10.0),
+        );
+        figures.insert(
+            "machine_busy_while_captured".into(),
+            json!((busy / a.rounds as f64 * 100.0).round() / 100.0),
+        );
         results.insert(
             if rows == 1 { "single_row" } else { "multi_row" }.into(),
-            json!({
-                "rows_per_statement": rows,
-                format!("{k0}_rows_per_s"): mean[0].round(),
-                format!("{k1}_rows_per_s"): mean[1].round(),
-                format!("{k2}_rows_per_s"): mean[2].round(),
-                format!("{k1}_to_plain"): (captured * 1000.0).round() / 1000.0,
-                format!("{k2}_to_plain"): (other * 1000.0).round() / 1000.0,
-                "hub_cpu_us_per_captured_row": (hub_us_per_row * 10.0).round() / 10.0,
-                "machine_busy_while_captured": (busy / a.rounds as f64 * 100.0).round() / 100.0,
-            }),
+            serde_json::Value::Object(figures),
         );
     }
     println!("writeload: {}", lines.join("; "));
