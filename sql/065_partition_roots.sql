@@ -216,40 +216,105 @@ end
 $fn$;
 revoke all on function realtime.capture_off(regclass) from public;
 
--- sync_publication as in 061, then the partitions below captured tables (also when the
--- publication's lock was busy: that part needs no lock). The grants move with it.
-alter function realtime.sync_publication() rename to sync_publication_061;
-create function realtime.sync_publication() returns integer
-language plpgsql security definer set search_path = pg_catalog, pg_temp
-set lock_timeout = '500ms' as $fn$
+-- sync_publication as in 061, with two changes:
+--   * then the partitions below captured tables (also when nothing else drifted; that
+--     part needs no lock, and its failure never undoes the publication's part);
+--   * a lock that someone else has held for 500 ms no longer stops the sync: it warns,
+--     naming the session, and goes on without it. Any role may take any advisory key,
+--     so a session holding this one kept every table added to the publication from
+--     being captured (rows written to them were never logged). Two syncs may overlap
+--     since 061 anyway; the lock only keeps them from doing the same work at once.
+create or replace function realtime.sync_publication() returns integer
+language plpgsql security definer set search_path = pg_catalog, pg_temp set lock_timeout = '500ms'
+as $fn$
 declare
-    tables integer := realtime.sync_publication_061();
-    partitions integer := 0;
+    changed integer := 0;
+    r record;
+    p oid;
+    deadline timestamptz;
+    holder int;
 begin
-    begin
-        partitions := realtime.sync_partition_roots();
-    exception when others then
-        raise warning 'switchboard: could not capture partitions for the captured tables above them: %', sqlerrm;
-    end;
-    if tables < 0 then
-        return tables;
+    -- A sync never runs inside another, so a lock this session holds now was left by one
+    -- that failed where nothing could release it: release it.
+    while realtime.holds_sync_lock() loop
+        perform pg_catalog.pg_advisory_unlock(8314037285011469678);
+    end loop;
+    if not exists (select 1 from realtime.publication_drift())
+       and not exists (select 1 from realtime.capture_sources s
+                       where not exists (select 1 from pg_catalog.pg_class c
+                                         where c.oid = s.relid and c.relkind in ('r', 'p')))
+       and not exists (select 1 from realtime.partitions_on_statements()) then
+        return realtime.sync_partitions_safely();
     end if;
-    return tables + partitions;
+    -- Tried every 5 ms for up to 500 ms, never waited for in the lock manager (see 061).
+    deadline := pg_catalog.clock_timestamp() + interval '500 ms';
+    begin
+        while not pg_catalog.pg_try_advisory_lock(8314037285011469678) loop
+            if pg_catalog.clock_timestamp() >= deadline then
+                select l.pid into holder from pg_catalog.pg_locks l
+                where l.locktype = 'advisory' and l.classid = 1935762652
+                  and l.objid = 1853240686 and l.objsubid = 1 and l.granted;
+                raise warning 'switchboard: the publication sync''s lock has been held for 500 ms by session %; syncing without it',
+                    coalesce(holder::text, '(gone)');
+                exit;
+            end if;
+            perform pg_catalog.pg_sleep(0.005);
+        end loop;
+        delete from realtime.capture_sources s
+        where not exists (select 1 from pg_catalog.pg_class c
+                          where c.oid = s.relid and c.relkind in ('r', 'p'));
+        for r in select d.relid, d.adding from realtime.publication_drift() d loop
+            begin
+                if r.adding then
+                    insert into realtime.capture_sources (relid, via) values (r.relid, 'publication');
+                    perform realtime.capture_on(r.relid::regclass);
+                else
+                    delete from realtime.capture_sources where relid = r.relid and via = 'publication';
+                    if not exists (select 1 from realtime.capture_sources where relid = r.relid) then
+                        perform realtime.capture_off(r.relid::regclass);
+                    end if;
+                end if;
+                changed := changed + 1;
+            exception when others then
+                raise warning 'switchboard: could not % capture of % (publication supabase_realtime): %',
+                    case when r.adding then 'start' else 'stop' end, r.relid::regclass, sqlerrm;
+            end;
+        end loop;
+        for p in select realtime.partitions_on_statements() loop
+            begin
+                -- Both in this transaction: no write sees the partition without capture.
+                perform realtime.capture_off(p::regclass);
+                perform realtime.capture_on(p::regclass);
+                changed := changed + 1;
+            exception when others then
+                raise warning 'switchboard: could not capture partition % row by row: %',
+                    p::regclass, sqlerrm;
+            end;
+        end loop;
+    exception when others or query_canceled then
+        if realtime.holds_sync_lock() then
+            perform pg_catalog.pg_advisory_unlock(8314037285011469678);
+        end if;
+        raise;
+    end;
+    if realtime.holds_sync_lock() then
+        perform pg_catalog.pg_advisory_unlock(8314037285011469678);
+    end if;
+    return changed + realtime.sync_partitions_safely();
 end
 $fn$;
-revoke all on function realtime.sync_publication() from public;
-do $do$
+
+-- sync_partition_roots, its failure a warning (so it never undoes what the caller did).
+create or replace function realtime.sync_partitions_safely() returns integer
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
 begin
-    execute (select coalesce(pg_catalog.string_agg(pg_catalog.format(
-                 'grant execute on function realtime.sync_publication() to %s',
-                 case when x.grantee = 0 then 'public'
-                      else pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(x.grantee)) end), '; '),
-                 'select 1')
-             from pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) x
-             where p.oid = 'realtime.sync_publication_061()'::regprocedure
-               and x.grantee <> p.proowner and x.privilege_type = 'EXECUTE');
+    return realtime.sync_partition_roots();
+exception when others then
+    raise warning 'switchboard: could not capture partitions for the captured tables above them: %', sqlerrm;
+    return 0;
 end
-$do$;
-revoke all on function realtime.sync_publication_061() from public;
+$fn$;
+
+revoke all on function realtime.sync_partitions_safely() from public;
 
 select realtime.sync_publication();

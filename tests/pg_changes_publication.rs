@@ -282,6 +282,36 @@ async fn a_sync_lock_left_behind_in_a_session_is_released_by_its_next_sync() {
     );
 }
 
+/// Any role may take any advisory key: a session that holds the sync's and keeps it
+/// delays another session's sync by at most 500 ms, which then goes on without the lock
+/// (with a warning naming the holder) and captures the table in the DDL's transaction.
+#[tokio::test]
+async fn a_session_holding_the_sync_lock_does_not_stop_capture() {
+    let pg = PgHub::start(SETUP).await;
+    let holder = pg.db.client().await;
+    holder
+        .batch_execute("select pg_advisory_lock(8314037285011469678)")
+        .await
+        .unwrap();
+    pg.exec("alter publication supabase_realtime add table public.notes")
+        .await;
+    assert_eq!(
+        enabled_via(&pg).await,
+        pairs(&[("notes", "publication")]),
+        "captured in the DDL's own transaction"
+    );
+    let held: i64 = holder
+        .query_one(
+            "select count(*) from pg_catalog.pg_locks where locktype = 'advisory' \
+             and pid = pg_catalog.pg_backend_pid() and objid = 1853240686 and granted",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 1, "the holder still holds it");
+}
+
 #[tokio::test]
 async fn without_the_event_trigger_the_hub_reconciles_by_itself() {
     // As on a database where the hub may not create event triggers.
