@@ -50,6 +50,21 @@ fn entry(table: &str, ids: &[i64]) -> (String, Vec<i64>) {
     (table.to_string(), ids.to_vec())
 }
 
+/// (name, function, oid) of each trigger on `table`, by name.
+async fn triggers(client: &Client, table: &str) -> Vec<(String, String, i64)> {
+    client
+        .query(
+            "select tgname::text, tgfoid::regproc::text, oid::bigint from pg_catalog.pg_trigger \
+             where tgrelid = $1::text::regclass order by 1",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
 async fn drift(client: &Client) -> i64 {
     client
         .query_one("select count(*) from realtime.partition_root_drift()", &[])
@@ -102,15 +117,7 @@ async fn rows_carry_the_current_name_and_a_detached_partition_logs_nothing() {
         logged(&client).await,
         [entry("ev2", &[1]), entry("ev2", &[2])]
     );
-    let stale: i64 = client
-        .query_one(
-            "select count(*) from pg_catalog.pg_trigger \
-             where tgrelid = 'public.ev_high'::regclass and tgname like 'switchboard_root_%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let stale = triggers(&client, "public.ev_high").await.len();
     assert_eq!(stale, 3, "no sync ran, so the triggers are still there");
     assert_eq!(drift(&client).await, 1);
     let changed: i32 = client
@@ -120,6 +127,7 @@ async fn rows_carry_the_current_name_and_a_detached_partition_logs_nothing() {
         .get(0);
     assert_eq!(changed, 1);
     assert_eq!(drift(&client).await, 0);
+    assert!(triggers(&client, "public.ev_high").await.is_empty());
 }
 
 /// A captured table inside another: a statement straight into the partition below both
@@ -173,18 +181,15 @@ async fn the_upkeep_settles_beside_foreign_partitions_and_another_trigger_of_the
         )
         .await
         .unwrap();
-    let mine: Vec<String> = client
-        .query(
-            "select tgname::text || ' ' || tgfoid::regproc::text from pg_catalog.pg_trigger \
-             where tgrelid = 'public.ev_mine'::regclass",
-            &[],
-        )
+    let mine: Vec<(String, String)> = triggers(&client, "public.ev_mine")
         .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
+        .into_iter()
+        .map(|(name, function, _)| (name, function))
         .collect();
-    assert_eq!(mine, ["switchboard_root_insert mine"]);
+    assert_eq!(
+        mine,
+        [("switchboard_root_insert".to_string(), "mine".to_string())]
+    );
     assert_eq!(
         drift(&client).await,
         1,
@@ -206,19 +211,11 @@ async fn the_upkeep_settles_beside_foreign_partitions_and_another_trigger_of_the
 #[tokio::test]
 async fn a_missing_trigger_is_made_again_and_the_others_are_kept() {
     let (_db, client) = database(TREE).await;
-    let oids = "select tgname::text, oid::bigint from pg_catalog.pg_trigger \
-                where tgrelid = 'public.ev_low'::regclass order by 1";
     client
         .batch_execute("select realtime.enable('public.ev')")
         .await
         .unwrap();
-    let before: Vec<(String, i64)> = client
-        .query(oids, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let before = triggers(&client, "public.ev_low").await;
     client
         .batch_execute(
             "alter event trigger switchboard_publication_sync disable;
@@ -227,16 +224,10 @@ async fn a_missing_trigger_is_made_again_and_the_others_are_kept() {
         )
         .await
         .unwrap();
-    let after: Vec<(String, i64)> = client
-        .query(oids, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let names = |v: &[(String, i64)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let after = triggers(&client, "public.ev_low").await;
+    let names = |v: &[(String, String, i64)]| v.iter().map(|t| t.0.clone()).collect::<Vec<_>>();
     assert_eq!(names(&after), names(&before));
-    for ((name, old), (_, new)) in before.iter().zip(&after) {
+    for ((name, _, old), (_, _, new)) in before.iter().zip(&after) {
         assert_eq!(old == new, name != "switchboard_root_update", "{name}");
     }
     client
