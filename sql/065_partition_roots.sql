@@ -15,17 +15,20 @@
 -- snapshot predates the capture logs its rows all the same, a renamed table's rows carry
 -- its new name, and a detached partition logs nothing.
 --
--- Upkeep (realtime.sync_partition_roots): finding what to change reads pg_inherits and
--- pg_trigger and locks nothing; our triggers are told apart by their function, and a
--- captured table by its capture trigger's function, never by name alone. Only a partition
--- whose triggers change is locked, and only after what would refuse the change (another
--- trigger with one of the names, no right to make triggers) has been checked and warned
--- about. It runs
+-- Upkeep (realtime.sync_partition_roots): finding what to change costs a few index probes
+-- per table looked at and locks nothing; our triggers are told apart by their function,
+-- and a captured table by its capture trigger's function, never by name alone (a trigger
+-- disabled or set to fire on replicas only counts as missing). Only a partition whose
+-- triggers change is locked, and only after what would refuse the change (another trigger
+-- with one of the names, no right to make triggers) has been checked and warned about.
+-- It runs
 --   * in realtime.enable / disable (capture_on / capture_off), for that table's tree;
 --   * in the event trigger at the end of any role's DDL, inside that DDL's transaction,
---     for the tables the DDL made or changed (so a partition created or attached under a
---     captured table is captured before anyone can write to it);
---   * in the hub's sync (at start and every 5 s), for every partition.
+--     for each table the DDL made or changed, everything below it and the tables above
+--     it (so a partition created or attached under a captured table is captured before
+--     anyone can write to it);
+--   * in the hub's sync (at start and every 5 s), for every partition; it also takes the
+--     triggers off a detached partition (they log nothing meanwhile).
 -- Not captured:
 --   * foreign-table partitions (no triggers on them), and statements that name a
 --     partitioned table with a foreign table below it (Postgres would refuse transition
@@ -116,82 +119,94 @@ $fn$;
 
 revoke all on function realtime.capture_for_roots() from public;
 
--- Partitions at or below `scope` (every partition when null) whose triggers differ from
--- what they should be: `roots` is the argument they should have (the captured tables
--- above, nearest first), or null when they should have none. A table is captured when it
--- has 058's insert trigger (by its function: a trigger of that name on another function
--- is not capture). A partitioned table with a foreign table anywhere below it takes no
--- triggers: Postgres refuses transition tables for a statement that reaches a foreign
--- table through it. A partition whose detach is pending is left as it is until the
--- detach is done. Reads the catalog only; locks nothing.
-create or replace function realtime.partition_root_drift(scope oid)
+-- Partitions whose triggers differ from what they should be: `roots` is the argument
+-- they should have (the captured tables above, nearest first), or null when they should
+-- have none. Looks at `scope` (and, with `below`, every partition under it), or, when
+-- `scope` is null, at every partition and every table that has our triggers. A table is
+-- captured when it has 058's insert trigger (by its function: a trigger of that name on
+-- another function is not capture). A partitioned table with a foreign table anywhere
+-- below it takes no triggers: Postgres refuses transition tables for a statement through
+-- it that reaches the foreign table. A partition whose detach (or an ancestor's) is
+-- pending is left as it is until the detach is done. Each table costs a few index probes
+-- of pg_inherits and pg_trigger (plpgsql, so the plans are kept); nothing is locked.
+create or replace function realtime.partition_root_drift(scope oid, below boolean)
 returns table (relid oid, roots text)
-language sql stable set search_path = pg_catalog, pg_temp as $fn$
-    with recursive captured as (
-        select t.tgrelid as root
-        from pg_catalog.pg_trigger t
-        join pg_catalog.pg_class c on c.oid = t.tgrelid
-        where t.tgfoid = 'realtime.capture_insert()'::regprocedure and t.tgparentid = 0
-          and c.relkind = 'p'
-    ), below (root, relid, depth) as (
-        select r.root, i.inhrelid, 1
-        from captured r join pg_catalog.pg_inherits i on i.inhparent = r.root
-        where not i.inhdetachpending
-        union all
-        select b.root, i.inhrelid, b.depth + 1
-        from below b join pg_catalog.pg_inherits i on i.inhparent = b.relid
-        where not i.inhdetachpending
-    ), above_foreign (relid) as (
-        select i.inhparent
-        from pg_catalog.pg_inherits i
-        join pg_catalog.pg_class c on c.oid = i.inhrelid and c.relkind = 'f'
+language plpgsql stable set search_path = pg_catalog, pg_temp as $fn$
+declare
+    k oid;
+    kind "char";
+    want text;
+begin
+    for k in
+        with recursive in_scope (relid) as (
+            select scope where scope is not null
+            union all
+            select i.inhrelid from in_scope s join pg_catalog.pg_inherits i on i.inhparent = s.relid
+            where below
+        )
+        select s.relid from in_scope s
         union
-        select i.inhparent from above_foreign a join pg_catalog.pg_inherits i on i.inhrelid = a.relid
-    ), in_scope (relid) as (
-        select scope where scope is not null
-        union all
-        select i.inhrelid from in_scope s join pg_catalog.pg_inherits i on i.inhparent = s.relid
-    ), wanted as (
-        select b.relid, pg_catalog.string_agg(b.root::text, ',' order by b.depth) as roots
-        from below b
-        join pg_catalog.pg_class c on c.oid = b.relid
-        where c.relkind = 'r'
-           or (c.relkind = 'p' and not exists (select 1 from above_foreign a where a.relid = b.relid))
-        group by b.relid
-    ), ours as (
-        select t.tgrelid as relid, t.tgname, t.tgtype, t.tgargs, t.tgenabled
-        from pg_catalog.pg_trigger t
-        where t.tgfoid = 'realtime.capture_for_roots()'::regprocedure and t.tgparentid = 0
-    )
-    select w.relid, w.roots from wanted w
-    where (scope is null or exists (select 1 from in_scope s where s.relid = w.relid))
-      and (select pg_catalog.count(*) from ours o
-           where o.relid = w.relid and o.tgenabled <> 'D'
-             and (o.tgname, o.tgtype) in (('switchboard_root_insert', 4::int2),
-                                          ('switchboard_root_update', 16::int2),
-                                          ('switchboard_root_delete', 8::int2))
-             and o.tgargs = pg_catalog.convert_to(w.roots, 'UTF8')
-                            || pg_catalog.decode('00', 'hex')) <> 3
-    union all
-    select distinct o.relid, null::text from ours o
-    where (scope is null or exists (select 1 from in_scope s where s.relid = o.relid))
-      and not exists (select 1 from wanted w where w.relid = o.relid)
-      and not exists (select 1 from pg_catalog.pg_inherits i
-                      where i.inhrelid = o.relid and i.inhdetachpending)
+        select c.oid from pg_catalog.pg_class c where scope is null and c.relispartition
+        union
+        select t.tgrelid from pg_catalog.pg_trigger t
+        where scope is null and t.tgfoid = 'realtime.capture_for_roots()'::regprocedure
+    loop
+        continue when exists (select 1 from pg_catalog.pg_partition_ancestors(k) a
+                              join pg_catalog.pg_inherits i on i.inhrelid = a.relid::oid
+                              where i.inhdetachpending);
+        kind := (select c.relkind from pg_catalog.pg_class c where c.oid = k);
+        want := null;
+        if kind = 'r' or (kind = 'p' and not exists (
+               with recursive sub (relid) as (
+                   select k
+                   union all
+                   select i.inhrelid from sub s join pg_catalog.pg_inherits i on i.inhparent = s.relid
+               )
+               select 1 from sub s join pg_catalog.pg_class c on c.oid = s.relid
+               where c.relkind = 'f')) then
+            want := (select pg_catalog.string_agg(a.relid::oid::text, ',' order by a.n)
+                     from pg_catalog.pg_partition_ancestors(k) with ordinality a (relid, n)
+                     where a.n > 1
+                       and exists (select 1 from pg_catalog.pg_trigger t
+                                   where t.tgrelid = a.relid::oid and t.tgparentid = 0
+                                     and t.tgfoid = 'realtime.capture_insert()'::regprocedure));
+        end if;
+        if want is null then
+            continue when not exists (
+                select 1 from pg_catalog.pg_trigger t
+                where t.tgrelid = k and t.tgparentid = 0
+                  and t.tgfoid = 'realtime.capture_for_roots()'::regprocedure);
+        else
+            continue when (select pg_catalog.count(*) from pg_catalog.pg_trigger t
+                           where t.tgrelid = k and t.tgparentid = 0
+                             and t.tgfoid = 'realtime.capture_for_roots()'::regprocedure
+                             and t.tgenabled in ('O', 'A')
+                             and (t.tgname, t.tgtype) in (('switchboard_root_insert', 4::int2),
+                                                          ('switchboard_root_update', 16::int2),
+                                                          ('switchboard_root_delete', 8::int2))
+                             and t.tgargs = pg_catalog.convert_to(want, 'UTF8')
+                                            || pg_catalog.decode('00', 'hex')) = 3;
+        end if;
+        relid := k;
+        roots := want;
+        return next;
+    end loop;
+end
 $fn$;
 
-revoke all on function realtime.partition_root_drift(oid) from public;
+revoke all on function realtime.partition_root_drift(oid, boolean) from public;
 
--- Puts the partitions at or below `scope` (all when null) in line; returns how many it
--- changed. What it cannot do (another trigger has one of the names, no right to make
--- triggers on the partition) is warned about before any lock is asked for. A partition
--- is locked, then what it needs is read again (another session may have put it right
--- while this one waited), and drift is read again until nothing new turns up (a
+-- Puts the partitions `partition_root_drift(scope, below)` names in line; returns how
+-- many it changed. What it cannot do (another trigger has one of the names, no right to
+-- make triggers on the partition) is warned about before any lock is asked for. A
+-- partition is locked, then what it needs is read again (another session may have put it
+-- right while this one waited), and drift is read again until nothing new turns up (a
 -- partition committed while this one waited). It waits for a lock as long as its caller
 -- does: realtime.enable as long as the session's lock_timeout allows, as for the captured
 -- table's own triggers; a sync at most 500 ms a partition, after which it leaves that
 -- partition, with a warning, to the next sync.
-create or replace function realtime.sync_partition_roots(scope oid) returns integer
+create or replace function realtime.sync_partition_roots(scope oid, below boolean)
+returns integer
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
 declare
     d record;
@@ -204,13 +219,13 @@ declare
 begin
     while more loop
         more := false;
-        for d in select x.* from realtime.partition_root_drift(scope) x
+        for d in select x.* from realtime.partition_root_drift(scope, below) x
                  where not x.relid = any(seen) loop
             seen := seen || d.relid;
             more := true;
             if d.roots is not null and exists (
                    select 1 from pg_catalog.pg_trigger g
-                   where g.tgrelid = d.relid and g.tgname like 'switchboard\_root\_%'
+                   where g.tgrelid = d.relid and pg_catalog.left(g.tgname, 17) = 'switchboard_root_'
                      and g.tgfoid <> 'realtime.capture_for_roots()'::regprocedure) then
                 raise warning 'switchboard: partition % is not captured for the captured table above it: another trigger is named switchboard_root_…',
                     d.relid::regclass;
@@ -225,15 +240,14 @@ begin
                 execute pg_catalog.format('lock table only %s in share row exclusive mode',
                                           d.relid::regclass);
                 roots := null;
-                select x.roots into roots from realtime.partition_root_drift(d.relid) x
-                where x.relid = d.relid;
+                select x.roots into roots from realtime.partition_root_drift(d.relid, false) x;
                 continue when not found;
                 -- Only what is wrong is dropped (a drop locks out readers too) and only
                 -- what is missing is made.
                 for t in select g.tgname from pg_catalog.pg_trigger g
                          where g.tgrelid = d.relid and g.tgparentid = 0
                            and g.tgfoid = 'realtime.capture_for_roots()'::regprocedure
-                           and (roots is null or g.tgenabled = 'D'
+                           and (roots is null or g.tgenabled not in ('O', 'A')
                                 or g.tgargs <> pg_catalog.convert_to(roots, 'UTF8')
                                                || pg_catalog.decode('00', 'hex')
                                 or (g.tgname, g.tgtype) not in (('switchboard_root_insert', 4::int2),
@@ -267,20 +281,21 @@ begin
 end
 $fn$;
 
-revoke all on function realtime.sync_partition_roots(oid) from public;
+revoke all on function realtime.sync_partition_roots(oid, boolean) from public;
 
 -- sync_partition_roots, its failure a warning (so it never undoes what its caller did).
-create or replace function realtime.sync_partitions_safely(scope oid) returns integer
+create or replace function realtime.sync_partitions_safely(scope oid, below boolean)
+returns integer
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
 begin
-    return realtime.sync_partition_roots(scope);
+    return realtime.sync_partition_roots(scope, below);
 exception when others then
     raise warning 'switchboard: could not capture partitions for the captured tables above them: %', sqlerrm;
     return 0;
 end
 $fn$;
 
-revoke all on function realtime.sync_partitions_safely(oid) from public;
+revoke all on function realtime.sync_partitions_safely(oid, boolean) from public;
 
 -- capture_on / capture_off as before, then the partitions below that table (only the
 -- owner calls them, so no grants move with the new functions).
@@ -289,7 +304,7 @@ create function realtime.capture_on(tbl regclass) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $fn$
 begin
     perform realtime.capture_on_058(tbl);
-    perform realtime.sync_partition_roots(tbl);
+    perform realtime.sync_partition_roots(tbl, true);
 end
 $fn$;
 revoke all on function realtime.capture_on(regclass) from public;
@@ -299,7 +314,7 @@ create function realtime.capture_off(tbl regclass) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $fn$
 begin
     perform realtime.capture_off_020(tbl);
-    perform realtime.sync_partition_roots(tbl);
+    perform realtime.sync_partition_roots(tbl, true);
 end
 $fn$;
 revoke all on function realtime.capture_off(regclass) from public;
@@ -339,6 +354,8 @@ begin
             if pg_catalog.clock_timestamp() >= deadline then
                 select l.pid into holder from pg_catalog.pg_locks l
                 where l.locktype = 'advisory' and l.classid = 1935762652
+                  and l.database = (select d.oid from pg_catalog.pg_database d
+                                    where d.datname = pg_catalog.current_database())
                   and l.objid = 1853240686 and l.objsubid = 1 and l.granted;
                 raise warning 'switchboard: the publication sync''s lock has been held for 500 ms by session %; syncing without it',
                     coalesce(holder::text, '(gone)');
@@ -398,36 +415,57 @@ create or replace function realtime.sync_publication() returns integer
 language plpgsql security definer set search_path = pg_catalog, pg_temp set lock_timeout = '500ms'
 as $fn$
 begin
-    return realtime.sync_publication_tables() + realtime.sync_partitions_safely(null);
+    return realtime.sync_publication_tables() + realtime.sync_partitions_safely(null, true);
 end
 $fn$;
 
 -- What the event trigger runs at the end of any role's DDL, in its transaction: the
--- publication's part, then only the partitions at or below the tables the DDL made,
--- changed or locked outright (a new or attached partition is captured before anyone can
--- write to it, a detached one loses its triggers; other drift is left to the hub's sync,
--- so one role's DDL does not lock other tables until it commits).
+-- publication's part, then each table the DDL made or changed with everything below it,
+-- and the tables above it (a new or attached partition is captured before anyone can
+-- write to it, and a partitioned table that now has a foreign table below it loses its
+-- triggers; drift elsewhere is left to the hub's sync, so one role's DDL locks nothing
+-- outside the partition trees it touched). A detached partition keeps its triggers until the hub's next sync; they
+-- log nothing meanwhile (it is no longer below the tables they name).
 create or replace function realtime.publication_changed() returns event_trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp set lock_timeout = '500ms'
 as $fn$
 declare
     t oid;
+    a oid;
 begin
     perform realtime.sync_publication_tables();
-    for t in select c.objid from pg_catalog.pg_event_trigger_ddl_commands() c
-             where c.classid = 'pg_catalog.pg_class'::regclass and c.object_type = 'table'
-             union
-             -- what the DDL locked outright: a new, attached or detached partition
-             select l.relation from pg_catalog.pg_locks l
-             where l.pid = pg_catalog.pg_backend_pid() and l.locktype = 'relation'
-               and l.mode = 'AccessExclusiveLock' and l.granted
-               and l.database = (select d.oid from pg_catalog.pg_database d
-                                 where d.datname = pg_catalog.current_database()) loop
-        perform realtime.sync_partitions_safely(t);
+    for t in select distinct c.objid from pg_catalog.pg_event_trigger_ddl_commands() c
+             where c.classid = 'pg_catalog.pg_class'::regclass
+               and c.object_type in ('table', 'foreign table') loop
+        perform realtime.sync_partitions_safely(t, true);
+        for a in select x.relid::oid from pg_catalog.pg_partition_ancestors(t) x
+                 where x.relid::oid <> t loop
+            perform realtime.sync_partitions_safely(a, false);
+        end loop;
     end loop;
 exception when others then
     raise warning 'switchboard: could not sync capture with publication supabase_realtime: %', sqlerrm;
 end
 $fn$;
+
+-- The event trigger also fires for foreign tables: one created or attached as a partition
+-- under a partitioned table with the triggers makes them go.
+do $do$
+begin
+    if exists (select 1 from pg_catalog.pg_event_trigger where evtname = 'switchboard_publication_sync') then
+        begin
+            drop event trigger switchboard_publication_sync;
+            create event trigger switchboard_publication_sync on ddl_command_end
+                when tag in ('CREATE PUBLICATION', 'ALTER PUBLICATION', 'DROP PUBLICATION',
+                             'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO',
+                             'ALTER TABLE', 'DROP TABLE',
+                             'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE')
+                execute function realtime.publication_changed();
+        exception when insufficient_privilege then
+            raise notice 'switchboard: cannot replace the event trigger; foreign-table partitions are noticed at the hub''s next sync';
+        end;
+    end if;
+end
+$do$;
 
 select realtime.sync_publication();

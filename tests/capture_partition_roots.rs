@@ -68,7 +68,7 @@ async fn triggers(client: &Client, table: &str) -> Vec<(String, String, i64)> {
 async fn drift(client: &Client) -> i64 {
     client
         .query_one(
-            "select count(*) from realtime.partition_root_drift(null)",
+            "select count(*) from realtime.partition_root_drift(null, true)",
             &[],
         )
         .await
@@ -208,6 +208,26 @@ async fn the_upkeep_settles_beside_foreign_partitions_and_another_trigger_of_the
     assert!(triggers(&client, "public.ev_mid").await.is_empty());
     assert_eq!(triggers(&client, "public.ev_mid_a").await.len(), 3);
     assert!(triggers(&client, "public.ev_far").await.is_empty());
+    // A foreign table made a partition later takes them off the table above it at once.
+    client
+        .batch_execute(
+            "create table public.ev_mid2 partition of public.ev
+                 for values from (3000) to (5000) partition by range (id);
+             create table public.ev_mid2_a partition of public.ev_mid2
+                 for values from (3000) to (4000);",
+        )
+        .await
+        .unwrap();
+    assert_eq!(triggers(&client, "public.ev_mid2").await.len(), 3);
+    client
+        .batch_execute(
+            "create foreign table public.ev_mid2_far partition of public.ev_mid2
+                 for values from (4000) to (5000) server nowhere;",
+        )
+        .await
+        .unwrap();
+    assert!(triggers(&client, "public.ev_mid2").await.is_empty());
+    assert_eq!(triggers(&client, "public.ev_mid2_a").await.len(), 3);
     client
         .batch_execute(
             "alter table public.ev detach partition public.ev_mine;
@@ -323,8 +343,9 @@ async fn unrelated_ddl_locks_no_partition_it_did_not_touch() {
     client.batch_execute("commit").await.unwrap();
 }
 
-/// A partition's owner may disable its triggers: the event trigger makes them again at
-/// the end of that ALTER TABLE, and without it the next sync does.
+/// A partition's owner may disable its triggers (or set them to fire on replicas only):
+/// the event trigger makes them again at the end of that ALTER TABLE, and without it the
+/// next sync does.
 #[tokio::test]
 async fn a_disabled_trigger_is_made_again() {
     let (_db, client) = database(TREE).await;
@@ -334,11 +355,16 @@ async fn a_disabled_trigger_is_made_again() {
              alter table public.ev_low disable trigger switchboard_root_insert;
              insert into public.ev_low values (1, 'x');
              alter event trigger switchboard_publication_sync disable;
-             alter table public.ev_high disable trigger switchboard_root_insert;",
+             alter table public.ev_high disable trigger switchboard_root_insert;
+             alter table public.ev_low enable replica trigger switchboard_root_update;",
         )
         .await
         .unwrap();
-    assert_eq!(drift(&client).await, 1, "ev_high's, with no event trigger");
+    assert_eq!(
+        drift(&client).await,
+        2,
+        "ev_high's and ev_low's, with no event trigger"
+    );
     client
         .batch_execute(
             "select realtime.sync_publication();
