@@ -36,8 +36,10 @@
 --     triggers; its other partitions do);
 --   * until the next sync: a partition made by DDL that runs at REPEATABLE READ (the
 --     event trigger reads the catalog through its snapshot), one made without the event
---     trigger (migrations run by a non-superuser), and, after a restore from a dump, every
---     partition (its triggers name the old oids, so they log nothing);
+--     trigger (migrations run by a non-superuser), a partitioned table whose last foreign
+--     partition was dropped (a DROP is not in the event trigger's list of commands), and,
+--     after a restore from a dump, every partition (its triggers name the old oids, so
+--     they log nothing);
 --   * a partitioned table captured as itself that is also a partition does not see rows
 --     written through its own parent (a statement's rows carry no partition).
 
