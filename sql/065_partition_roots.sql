@@ -121,6 +121,20 @@ $fn$;
 
 revoke all on function realtime.capture_for_roots() from public;
 
+-- Whether `t`, one of our triggers, is one of the three a partition needs, with `roots`
+-- as its argument, firing (disabled or replica-only ones count as missing).
+create or replace function realtime.root_trigger_is_right(t pg_catalog.pg_trigger, roots text)
+returns boolean
+language sql stable set search_path = pg_catalog, pg_temp as $fn$
+    select t.tgenabled in ('O', 'A')
+       and (t.tgname, t.tgtype) in (('switchboard_root_insert', 4::int2),
+                                    ('switchboard_root_update', 16::int2),
+                                    ('switchboard_root_delete', 8::int2))
+       and t.tgargs = pg_catalog.convert_to(roots, 'UTF8') || pg_catalog.decode('00', 'hex')
+$fn$;
+
+revoke all on function realtime.root_trigger_is_right(pg_catalog.pg_trigger, text) from public;
+
 -- Partitions whose triggers differ from what they should be: `roots` is the argument
 -- they should have (the captured tables above, nearest first), or null when they should
 -- have none. Looks at `scope` (and, with `below`, every partition under it), or, when
@@ -182,12 +196,7 @@ begin
             continue when (select pg_catalog.count(*) from pg_catalog.pg_trigger t
                            where t.tgrelid = k and t.tgparentid = 0
                              and t.tgfoid = 'realtime.capture_for_roots()'::regprocedure
-                             and t.tgenabled in ('O', 'A')
-                             and (t.tgname, t.tgtype) in (('switchboard_root_insert', 4::int2),
-                                                          ('switchboard_root_update', 16::int2),
-                                                          ('switchboard_root_delete', 8::int2))
-                             and t.tgargs = pg_catalog.convert_to(want, 'UTF8')
-                                            || pg_catalog.decode('00', 'hex')) = 3;
+                             and realtime.root_trigger_is_right(t, want)) = 3;
         end if;
         relid := k;
         roots := want;
@@ -249,12 +258,7 @@ begin
                 for t in select g.tgname from pg_catalog.pg_trigger g
                          where g.tgrelid = d.relid and g.tgparentid = 0
                            and g.tgfoid = 'realtime.capture_for_roots()'::regprocedure
-                           and (roots is null or g.tgenabled not in ('O', 'A')
-                                or g.tgargs <> pg_catalog.convert_to(roots, 'UTF8')
-                                               || pg_catalog.decode('00', 'hex')
-                                or (g.tgname, g.tgtype) not in (('switchboard_root_insert', 4::int2),
-                                                                ('switchboard_root_update', 16::int2),
-                                                                ('switchboard_root_delete', 8::int2))) loop
+                           and (roots is null or not realtime.root_trigger_is_right(g, roots)) loop
                     execute pg_catalog.format('drop trigger %I on %s', t, d.relid::regclass);
                 end loop;
                 if roots is not null then
