@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (63, include_str!("../sql/063_json_casts.sql")),
     (64, include_str!("../sql/064_wake_channel.sql")),
     (65, include_str!("../sql/065_partition_roots.sql")),
+    (66, include_str!("../sql/066_checks_as_subscriber.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -167,6 +167,37 @@ async fn a_delete_reaches_the_owner_with_the_whole_old_row_and_nobody_else() {
     expect_row(&mut b, "INSERT", "marks", m).await;
 }
 
+/// A shape the hub does not decide itself: Postgres judges it, as the subscriber.
+const SHARED: &str = r#"
+create schema private;
+grant usage on schema private to authenticated;
+create function private.shared(title text) returns bool
+    language sql stable as $$ select title like 'shared%' $$;
+create policy jobs_shared on public.jobs for select to authenticated
+    using (customer_id = auth.uid() or private.shared(title));
+"#;
+
+/// A policy judged in Postgres may call `auth.uid()` and a function of a schema only the
+/// subscribers may use: a hub connected as `authenticator` may use neither schema, and
+/// once prepared its checks as itself, so every subscriber of such a table got nothing.
+#[tokio::test]
+async fn a_policy_judged_in_postgres_may_use_schemas_only_subscribers_may_use() {
+    let pg = PgHub::start(&format!("{SETUP}{SHARED}")).await;
+    let (mut a, _) = customer(&pg, A).await;
+    let (mut b, _) = customer(&pg, B).await;
+    let b1 = insert_job(&pg, B, "b1").await;
+    let shared = insert_job(&pg, B, "shared by b").await;
+    let a1 = insert_job(&pg, A, "a1").await;
+    let m = mark(&pg).await;
+
+    expect_row(&mut a, "INSERT", "jobs", shared).await;
+    expect_row(&mut a, "INSERT", "jobs", a1).await;
+    expect_row(&mut a, "INSERT", "marks", m).await;
+    expect_row(&mut b, "INSERT", "jobs", b1).await;
+    expect_row(&mut b, "INSERT", "jobs", shared).await;
+    expect_row(&mut b, "INSERT", "marks", m).await;
+}
+
 #[tokio::test]
 async fn anon_without_a_policy_receives_nothing_and_service_role_receives_everything() {
     let pg = PgHub::start(SETUP).await;

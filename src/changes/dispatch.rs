@@ -518,12 +518,21 @@ impl Dispatcher {
         if !m.member.first_problem() {
             return;
         }
+        let table = format!(
+            "{}.{}",
+            super::quote_ident(&change.schema),
+            super::quote_ident(&change.table)
+        );
+        // The operator sees it too: the subscriber gets nothing of this table until the
+        // policy (or the grants it needs) is fixed.
+        tracing::warn!(
+            table = %table,
+            topic = %m.member.topic,
+            conn = m.member.conn_id,
+            "row-level security check failed for a subscriber: {problem}"
+        );
         let message = SystemMessage::RowScopeProblem {
-            table: format!(
-                "{}.{}",
-                super::quote_ident(&change.schema),
-                super::quote_ident(&change.table)
-            ),
+            table,
             problem: problem.to_owned(),
         };
         let channel = m
