@@ -109,6 +109,40 @@ async fn batch_with_an_invalid_message_is_422_and_delivers_nothing() {
     }
 }
 
+/// `private` is a boolean as Supabase (Ecto) casts one: `"1"` is private, and a value that
+/// is no boolean refuses the batch instead of sending a private message to the public topic.
+#[tokio::test]
+async fn a_batch_private_flag_is_cast_as_a_boolean_or_refused() {
+    let hub = TestHub::start_default().await;
+    let mut member = hub.connect_v2().await;
+    member.join_ok("realtime:lobby", json!({})).await;
+    let public = json!({"topic":"lobby","event":"public","payload":{"n":1}});
+    for bad in [json!("yes"), json!(1), json!({})] {
+        let secret = json!({"topic":"lobby","event":"e","payload":{"secret":true},"private":bad});
+        let body = json!({"messages":[public.clone(), secret]});
+        let (status, text) = post(&hub, BATCH, bearer(&hub), &body).await;
+        assert_eq!(status, 422, "{bad}: {text}");
+        let body: Value = serde_json::from_str(&text).expect("JSON body");
+        assert_eq!(
+            body,
+            json!({"errors": {"messages[1].private": ["is invalid"]}}),
+            "{bad}"
+        );
+    }
+    // "1" and "true" are private: the public member of the same name gets neither.
+    let body = json!({"messages":[
+        {"topic":"lobby","event":"e","payload":{"secret":1},"private":"1"},
+        {"topic":"lobby","event":"e","payload":{"secret":2},"private":"true"},
+        {"topic":"lobby","event":"e","payload":{"n":2},"private":"0"},
+    ]});
+    let (status, text) = post(&hub, BATCH, bearer(&hub), &body).await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(
+        member.recv().await.json(),
+        &json!([null,null,"realtime:lobby","broadcast",{"type":"broadcast","event":"e","payload":{"n":2}}])
+    );
+}
+
 #[tokio::test]
 async fn batch_with_an_oversized_payload_is_422() {
     let mut config = test_config();
@@ -150,6 +184,58 @@ async fn a_single_message_body_that_is_not_an_object_arrives_wrapped_as_supabase
         assert_eq!(
             member.recv().await.json(),
             &json!([null,null,"realtime:room","broadcast",{"type":"broadcast","event":"e","payload":{"_json": body}}])
+        );
+    }
+}
+
+/// The single route takes JSON (also without a Content-Type, and an empty body as `{}`)
+/// or binary, and refuses any other media type with Supabase's 415, before reading it.
+#[tokio::test]
+async fn a_single_message_with_another_media_type_is_415() {
+    let hub = TestHub::start_default().await;
+    let mut member = hub.connect_v2().await;
+    member.join_ok("realtime:room", json!({})).await;
+    let url = hub.http_url("/realtime/v1/api/broadcast/room/events/e");
+    let send = |content_type: Option<&'static str>, body: &'static str| {
+        let mut req = reqwest::Client::new()
+            .post(url.clone())
+            .header("apikey", hub.token("service_role", "svc", 600))
+            .body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        async move {
+            let resp = req.send().await.expect("POST");
+            (resp.status().as_u16(), resp.text().await.expect("body"))
+        }
+    };
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/vnd.api+json",
+    ] {
+        let (status, text) = send(Some(ct), r#"{"a":1}"#).await;
+        assert_eq!(status, 415, "{ct}: {text}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).expect("JSON body"),
+            json!({"error": "Unsupported Media Type. Use application/json or application/octet-stream"})
+        );
+    }
+    for (ct, body, payload) in [
+        (
+            Some("application/json; charset=utf-8"),
+            r#"{"a":1}"#,
+            json!({"a":1}),
+        ),
+        (None, r#"{"a":2}"#, json!({"a":2})),
+        (Some("Application/JSON"), "", json!({})),
+    ] {
+        let (status, text) = send(ct, body).await;
+        assert_eq!(status, 202, "{ct:?}: {text}");
+        assert_eq!(
+            member.recv().await.json(),
+            &json!([null,null,"realtime:room","broadcast",{"type":"broadcast","event":"e","payload":payload}]),
+            "{ct:?}"
         );
     }
 }

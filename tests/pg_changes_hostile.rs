@@ -109,7 +109,8 @@ async fn a_role_learns_nothing_about_tables_it_may_not_select() {
     );
     // A role that may select the table is told how to enable it.
     let hint =
-        "table public.shared_draft is not enabled for realtime; add it to the publication with:";
+        "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: \
+         table public.shared_draft is not enabled for realtime; add it to the publication with:";
     let granted = entry_error(&pg, &user, entry("shared_draft")).await;
     assert!(granted.starts_with(hint), "{granted}");
     let service = pg.token("service_role", "ops");

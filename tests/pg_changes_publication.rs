@@ -87,7 +87,8 @@ async fn a_table_added_to_the_publication_while_the_hub_runs_is_captured_at_once
     assert_eq!(refused["status"], "error", "{refused}");
     assert_eq!(
         refused["message"],
-        "table public.jobs is not enabled for realtime; add it to the publication with: \
+        "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: \
+         table public.jobs is not enabled for realtime; add it to the publication with: \
          alter publication supabase_realtime add table public.jobs; \
          or enable it with: select realtime.enable('public.jobs')"
     );

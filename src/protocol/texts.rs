@@ -210,8 +210,9 @@ pub enum ChangesError {
     /// answer for both, as for tables).
     #[error("Unable to subscribe to changes with given parameters: schema {schema} does not exist or role {role} may not use it")]
     NoUsableSchema { schema: String, role: String },
-    /// Only told to a role that may select from the table (so it leaks nothing).
-    #[error("table {table} is not enabled for realtime; add it to the publication with: {} or enable it with: {}", publication_sql(.table), enable_sql(.table))]
+    /// Only told to a role that may select from the table (so it leaks nothing). It starts
+    /// as Supabase's does for a table outside the publication.
+    #[error("Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: table {table} is not enabled for realtime; add it to the publication with: {} or enable it with: {}", publication_sql(.table), enable_sql(.table))]
     NotEnabled { table: String },
     /// A table in schema `realtime` (the hub's own): there is nothing to enable.
     #[error("Unable to subscribe to changes with given parameters: table {table} cannot be captured: tables in schema realtime are never captured")]
@@ -466,6 +467,8 @@ pub enum HttpError {
     },
     /// REST body that could not be read (the client stopped sending it).
     BodyUnreadable,
+    /// REST single broadcast whose Content-Type is neither JSON nor binary.
+    UnsupportedMediaType,
     /// REST body that cannot be used; `field` names the part (`messages[3]`, `payload`).
     Unprocessable {
         field: String,
@@ -484,6 +487,8 @@ pub enum BodyProblem {
     TopicMissing,
     /// A private topic Postgres cannot hold (see [`refuse_nul`]).
     NulCharacter,
+    /// Not a boolean as Ecto casts one (`true`, `false`, `"true"`, `"false"`, `"1"`, `"0"`).
+    NotBoolean,
 }
 
 impl BodyProblem {
@@ -496,6 +501,7 @@ impl BodyProblem {
             BodyProblem::PayloadNotJson => "must be valid JSON",
             BodyProblem::TopicMissing => "is required",
             BodyProblem::NulCharacter => "must not contain a NUL character",
+            BodyProblem::NotBoolean => "is invalid",
         }
     }
 }
@@ -506,6 +512,7 @@ impl HttpError {
             HttpError::Token(_) | HttpError::Unauthorized => 401,
             HttpError::BadVsn(_) | HttpError::BadResumeKey | HttpError::BodyUnreadable => 400,
             HttpError::BodyTooLarge { .. } => 413,
+            HttpError::UnsupportedMediaType => 415,
             HttpError::TooManyConnections | HttpError::BatchTooLarge | HttpError::RateLimited => {
                 429
             }
@@ -539,6 +546,9 @@ impl HttpError {
                 json!({ "message": format!("Request body is larger than {limit} bytes") })
             }
             HttpError::BodyUnreadable => json!({ "message": "Request body could not be read" }),
+            HttpError::UnsupportedMediaType => json!({
+                "error": "Unsupported Media Type. Use application/json or application/octet-stream"
+            }),
             HttpError::Unprocessable { field, problem } => {
                 json!({ "errors": { field.as_str(): [problem.text()] } })
             }
@@ -846,7 +856,8 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "table public.\"it's\" is not enabled for realtime; add it to the publication with: \
+            "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: \
+             table public.\"it's\" is not enabled for realtime; add it to the publication with: \
              alter publication supabase_realtime add table public.\"it's\"; \
              or enable it with: select realtime.enable('public.\"it''s\"')"
         );

@@ -71,6 +71,25 @@ fn unprocessable(field: impl Into<String>, problem: BodyProblem) -> Response {
     })
 }
 
+/// A single broadcast's body: `Some(true)` binary (`application/octet-stream`),
+/// `Some(false)` JSON (`application/json`, or no Content-Type), `None` any other media
+/// type (parameters such as `; charset=utf-8` aside).
+fn body_kind(headers: &HeaderMap) -> Option<bool> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Some(false);
+    };
+    let mime = ct.to_str().ok()?.split(';').next()?.trim();
+    let (kind, sub) = mime.split_once('/')?;
+    if !kind.eq_ignore_ascii_case("application") {
+        return None;
+    }
+    match sub.to_ascii_lowercase().as_str() {
+        "json" => Some(false),
+        "octet-stream" => Some(true),
+        _ => None,
+    }
+}
+
 /// `Authorization: Bearer <jwt>`, else an `apikey` header: the token and its claims.
 fn authorize<'h>(hub: &Hub, headers: &'h HeaderMap) -> Result<(&'h str, Claims), Box<Response>> {
     let token = request_token(headers);
@@ -192,7 +211,17 @@ pub async fn broadcast_batch(
         if encoded_len(payload) > max {
             return unprocessable(format!("messages[{i}]"), BodyProblem::PayloadTooLarge);
         }
-        let private = crate::channel::truthy(m.get("private"));
+        // A boolean as Ecto casts one: anything else refuses the batch rather than
+        // sending a message meant to be private to the public topic.
+        let private = match m.get("private") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Bool(true)) => true,
+            Some(Value::String(s)) if s == "true" || s == "1" => true,
+            Some(Value::String(s)) if s == "false" || s == "0" => false,
+            Some(_) => {
+                return unprocessable(format!("messages[{i}].private"), BodyProblem::NotBoolean)
+            }
+        };
         if private && refuse_nul("topic", topic).is_err() {
             return unprocessable(format!("messages[{i}].topic"), BodyProblem::NulCharacter);
         }
@@ -246,6 +275,11 @@ pub async fn broadcast_one(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // As Supabase: JSON, binary, or no Content-Type at all (taken as JSON); checked first.
+    let binary = match body_kind(&headers) {
+        Some(binary) => binary,
+        None => return http_error(HttpError::UnsupportedMediaType),
+    };
     let (token, claims) = match authorize(&hub, &headers) {
         Ok(c) => c,
         Err(r) => return *r,
@@ -261,12 +295,11 @@ pub async fn broadcast_one(
         }
         Err(e) => return http_error(e),
     };
-    let binary = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/octet-stream"));
     let payload = if binary {
         BroadcastPayload::Binary(body)
+    } else if body.iter().all(u8::is_ascii_whitespace) {
+        // Plug's JSON parser reads an empty body as `{}`.
+        BroadcastPayload::Json(serde_json::json!({}))
     } else {
         match serde_json::from_slice::<Value>(&body) {
             Ok(v) if v.is_object() => BroadcastPayload::Json(v),
