@@ -93,7 +93,7 @@ settings! {
     filter_inline_cost: u64 = 65_536, env "SWITCHBOARD_FILTER_INLINE_COST";
     /// Joins per second per connection (burst of the same size).
     max_joins_per_second: u32 = 100, env "SWITCHBOARD_MAX_JOINS_PER_SECOND";
-    /// Client messages per second per connection (heartbeats excluded).
+    /// Client messages per second per connection (heartbeats excluded), on average: a burst may spend five seconds' worth at once (Supabase averages over 5-second buckets), one more message past that shuts the channel with `Too many messages per second`.
     max_messages_per_second: u32 = 100, env "SWITCHBOARD_MAX_MESSAGES_PER_SECOND";
     /// Largest broadcast payload, in bytes.
     max_broadcast_bytes: usize = 256 * 1024, env "SWITCHBOARD_MAX_BROADCAST_BYTES";

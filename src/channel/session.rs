@@ -162,6 +162,18 @@ fn limiter(per_second: u32) -> DefaultDirectRateLimiter {
     ))
 }
 
+/// Seconds of `max_messages_per_second` one burst may spend at once. Supabase compares
+/// the average over 5-second buckets with its limit, so a client may send a burst (a
+/// queue flushed on reconnect, a quick series of acked broadcasts) well over the
+/// per-second figure without being cut off.
+const MESSAGE_BURST_SECS: u32 = 5;
+
+fn message_limiter(per_second: u32) -> DefaultDirectRateLimiter {
+    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = rate.saturating_mul(NonZeroU32::new(MESSAGE_BURST_SECS).unwrap_or(NonZeroU32::MIN));
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+}
+
 pub(super) fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -176,7 +188,7 @@ impl Session {
         resume: Option<ConnResume>,
     ) -> Session {
         let joins = limiter(svc.limits.max_joins_per_second);
-        let messages = limiter(svc.limits.max_messages_per_second);
+        let messages = message_limiter(svc.limits.max_messages_per_second);
         // Without a database there is nothing to resume from.
         let resume = resume.filter(|_| svc.resume.is_some());
         Session {
