@@ -149,6 +149,26 @@ async fn a_rejoin_closes_the_old_channel_before_answering() {
     assert_eq!(h.svc.metrics.channels.get(), 1);
 }
 
+/// Phoenix ignores a leave naming an older join of the topic: the current join stays.
+#[tokio::test]
+async fn a_leave_of_an_older_join_is_ignored() {
+    let mut h = Harness::new(|_| {});
+    h.join("1", "realtime:room", json!({})).await;
+    h.join("3", "realtime:room", json!({})).await;
+    h.send(json!(["1", "6", "realtime:room", "phx_leave", {}]))
+        .await;
+    h.send(json!(["3", "7", "realtime:room", "phx_leave", {}]))
+        .await;
+    let frames = h.frames();
+    assert_eq!(
+        frames[3..],
+        [
+            reply("3", "7", "realtime:room", "ok", json!({})),
+            close("3", "realtime:room"),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn leave_replies_ok_then_closes_and_later_messages_are_unmatched() {
     let mut h = Harness::new(|_| {});
@@ -292,10 +312,11 @@ async fn joining_too_fast_is_refused_and_closes_the_socket() {
 
 #[tokio::test]
 async fn too_many_messages_shut_the_channel() {
+    // A burst of five seconds' worth (10) passes; the eleventh message is one too many.
     let mut h = Harness::new(|c| c.limits.max_messages_per_second = 2);
     h.join("1", "realtime:room", json!({})).await;
-    for r in ["2", "3", "4"] {
-        h.send(json!(["1", r, "realtime:room", "broadcast",
+    for r in 2..=12 {
+        h.send(json!(["1", r.to_string(), "realtime:room", "broadcast",
             {"type": "broadcast", "event": "e", "payload": {}}]))
             .await;
     }
