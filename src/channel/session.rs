@@ -342,7 +342,17 @@ impl Session {
         }
     }
 
+    /// As Phoenix: a leave that names an older join of the topic (the client raced a
+    /// rejoin or a server close) is ignored, neither answered nor closing the current
+    /// join; one without a join ref (vsn 1.0.0) leaves whatever is joined.
     fn leave(&mut self, msg: &Inbound) {
+        let stale = match (self.channels.get(&msg.topic), msg.join_ref.as_deref()) {
+            (Some(ch), Some(join_ref)) => *ch.join_ref != *join_ref,
+            _ => false,
+        };
+        if stale {
+            return;
+        }
         self.reply_ok(msg);
         self.close_channel(&msg.topic, End::Closed);
     }
