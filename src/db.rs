@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (64, include_str!("../sql/064_wake_channel.sql")),
     (65, include_str!("../sql/065_partition_roots.sql")),
     (66, include_str!("../sql/066_checks_as_subscriber.sql")),
+    (67, include_str!("../sql/067_messages_clock_defaults.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

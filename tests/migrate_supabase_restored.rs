@@ -1,7 +1,8 @@
 //! `switchboard migrate` on a database restored from Supabase: its day-partitioned
 //! `realtime.messages`, from a version before binary payloads or after, gets a default
-//! partition, the `binary_payload` column and its exclusivity check (once), and
-//! `realtime.send` and `realtime.send_binary` reach the change log.
+//! partition, the `binary_payload` column and its exclusivity check (once), timestamps
+//! that default to the clock, and `realtime.send` and `realtime.send_binary` reach the
+//! change log.
 
 mod common;
 
@@ -91,5 +92,34 @@ async fn a_restored_messages_table_with_or_without_binary_payload_migrates_and_c
         );
         let kept = count(&client, "select count(*) from realtime.messages_2020_01_01").await;
         assert_eq!(kept, 1, "{what}: the restored message is kept");
+        // Supabase's `now()` defaults gave every message of one transaction the same
+        // time, and replay (ordered by it) any order: now they keep the order sent.
+        client
+            .batch_execute(
+                "begin; \
+                 select realtime.send(jsonb_build_object('n', n), 'seq', 'room-2', false) \
+                   from generate_series(1, 8) n; \
+                 commit;",
+            )
+            .await
+            .unwrap();
+        let order = client
+            .query_one(
+                "select array_agg((payload ->> 'n')::int order by inserted_at), \
+                        count(distinct inserted_at), count(distinct updated_at) \
+                   from realtime.messages where topic = 'room-2'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                order.get::<_, Vec<i32>>(0),
+                order.get::<_, i64>(1),
+                order.get::<_, i64>(2)
+            ),
+            ((1..=8).collect(), 8, 8),
+            "{what}: one transaction's messages in the order sent"
+        );
     }
 }
