@@ -368,8 +368,14 @@ pub fn webhooks_from_file(path: &Path) -> Result<Vec<WebhookDecl>, ConfigError> 
     let extras: FileExtras = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| parse_error(path, e))?;
-    for w in &extras.webhooks {
+    for (i, w) in extras.webhooks.iter().enumerate() {
         check_webhook(w)?;
+        if extras.webhooks[..i].iter().any(|o| o.name == w.name) {
+            return Err(ConfigError::Invalid {
+                key: "webhooks",
+                message: format!("{:?}: name is declared twice", w.name),
+            });
+        }
     }
     Ok(extras.webhooks)
 }
@@ -396,14 +402,44 @@ fn check_webhook(w: &WebhookDecl) -> Result<(), ConfigError> {
         key: "webhooks",
         message: format!("{:?}: {message}", w.name),
     };
-    if w.name.trim().is_empty() {
-        return Err(invalid("name must not be empty".into()));
+    // The rules `realtime.check_webhook_fields` and `check_webhook_secret` (055, 030)
+    // apply when the hub upserts the declaration: broken here, they would fail every
+    // start's upsert, and with it the file's other endpoints.
+    let name_ok = w.name.len() <= 63
+        && w.name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && w.name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !name_ok {
+        return Err(invalid(
+            "name must be 1 to 63 letters, digits, \"_\", \".\" or \"-\", starting with a letter or digit"
+                .into(),
+        ));
     }
-    if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+    let scheme = w.url.get(..8).unwrap_or(&w.url).to_ascii_lowercase();
+    if !(scheme.starts_with("http://") || scheme.starts_with("https://"))
+        || w.url.len() <= scheme.find("//").map_or(0, |i| i + 2)
+        || w.url.chars().any(char::is_whitespace)
+    {
         return Err(invalid(format!(
-            "url {:?} must start with http:// or https://",
+            "url {:?} must start with http:// or https:// and contain no spaces",
             w.url
         )));
+    }
+    if let Some(secret) = &w.secret {
+        use base64::Engine as _;
+        let bytes = secret
+            .strip_prefix("whsec_")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+        if bytes.is_none_or(|b| b.len() < 16) {
+            return Err(invalid(
+                "secret must be whsec_ followed by at least 16 bytes in base64 (leave it out and one is generated)"
+                    .into(),
+            ));
+        }
     }
     if w.tables.is_empty() {
         return Err(invalid("tables must name at least one table".into()));
@@ -802,6 +838,46 @@ mod tests {
             err.contains("`webhooks`") && err.contains("ftp://x"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_webhook_the_database_would_refuse_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchboard.toml");
+        let refused = |decl: &str, says: &str| {
+            std::fs::write(&path, format!("[[webhooks]]\n{decl}\ntables = [\"t\"]\n")).unwrap();
+            let err = webhooks_from_file(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("`webhooks`") && err.contains(says),
+                "{decl}: {err}"
+            );
+        };
+        refused("name = \"bad name\"\nurl = \"http://x/y\"", "name must be");
+        refused("name = \"-x\"\nurl = \"http://x/y\"", "name must be");
+        refused("name = \"x\"\nurl = \"http://x/a b\"", "no spaces");
+        refused("name = \"x\"\nurl = \"https://\"", "must start with");
+        for secret in ["nope", "whsec_", "whsec_c2hvcnQ=", "whsec_not base64!"] {
+            refused(
+                &format!("name = \"x\"\nurl = \"http://x/y\"\nsecret = \"{secret}\""),
+                "secret must be whsec_",
+            );
+        }
+        std::fs::write(
+            &path,
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://x/y\"\ntables = [\"t\"]\n\
+             secret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\n\
+             [[webhooks]]\nname = \"a\"\nurl = \"http://x/z\"\ntables = [\"t\"]\n",
+        )
+        .unwrap();
+        let err = webhooks_from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("declared twice"), "{err}");
+        std::fs::write(
+            &path,
+            "[[webhooks]]\nname = \"A-1.b_c\"\nurl = \"HTTPS://x/y\"\ntables = [\"t\"]\n\
+             secret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\n",
+        )
+        .unwrap();
+        assert_eq!(webhooks_from_file(&path).unwrap().len(), 1);
     }
 
     #[test]
