@@ -240,6 +240,39 @@ async fn a_single_message_with_another_media_type_is_415() {
     }
 }
 
+/// Every REST error is JSON, a path without a route and a method a route does not take
+/// included.
+#[tokio::test]
+async fn unknown_paths_and_methods_get_json_answers() {
+    let hub = TestHub::start_default().await;
+    let client = reqwest::Client::new();
+    for (method, path, status, message) in [
+        ("GET", "/realtime/v1/api/nothing", 404, "Not Found"),
+        ("GET", BATCH, 405, "Method Not Allowed"),
+        (
+            "POST",
+            "/realtime/v1/api/changes",
+            405,
+            "Method Not Allowed",
+        ),
+        (
+            "DELETE",
+            "/realtime/v1/api/webhooks/w1",
+            405,
+            "Method Not Allowed",
+        ),
+    ] {
+        let resp = client
+            .request(method.parse().unwrap(), hub.http_url(path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        let body: Value = resp.json().await.expect("a JSON body");
+        assert_eq!(body, json!({ "message": message }), "{method} {path}");
+    }
+}
+
 /// A batch of `n` messages to `lobby`.
 fn batch(n: usize) -> Value {
     let msg = json!({"topic":"lobby","event":"flood","payload":{}});

@@ -469,6 +469,10 @@ pub enum HttpError {
     BodyUnreadable,
     /// REST single broadcast whose Content-Type is neither JSON nor binary.
     UnsupportedMediaType,
+    /// No route at this path.
+    NoRoute,
+    /// A route at this path, not for this method.
+    WrongMethod,
     /// REST body that cannot be used; `field` names the part (`messages[3]`, `payload`).
     Unprocessable {
         field: String,
@@ -513,6 +517,8 @@ impl HttpError {
             HttpError::BadVsn(_) | HttpError::BadResumeKey | HttpError::BodyUnreadable => 400,
             HttpError::BodyTooLarge { .. } => 413,
             HttpError::UnsupportedMediaType => 415,
+            HttpError::NoRoute => 404,
+            HttpError::WrongMethod => 405,
             HttpError::TooManyConnections | HttpError::BatchTooLarge | HttpError::RateLimited => {
                 429
             }
@@ -546,6 +552,8 @@ impl HttpError {
                 json!({ "message": format!("Request body is larger than {limit} bytes") })
             }
             HttpError::BodyUnreadable => json!({ "message": "Request body could not be read" }),
+            HttpError::NoRoute => json!({ "message": "Not Found" }),
+            HttpError::WrongMethod => json!({ "message": "Method Not Allowed" }),
             HttpError::UnsupportedMediaType => json!({
                 "error": "Unsupported Media Type. Use application/json or application/octet-stream"
             }),

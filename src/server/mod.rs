@@ -99,6 +99,8 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
         )
         .route("/realtime/v1/api/changes", get(consumers::changes_feed))
         .route("/api/changes", get(consumers::changes_feed))
+        // Inside the CORS layer, so that it still answers preflights.
+        .method_not_allowed_fallback(wrong_method)
         // Raised for the broadcast routes only (everything else keeps axum's 2 MB).
         .layer(DefaultBodyLimit::max(rest::body_limit(
             hub.services.limits.max_broadcast_bytes,
@@ -107,7 +109,6 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
     HttpRouter::new()
         .route("/realtime/v1/websocket", get(websocket))
         .route("/socket/websocket", get(websocket))
-        .merge(open_cors)
         .route("/realtime/v1/api/webhooks", get(consumers::list_webhooks))
         .route("/api/webhooks", get(consumers::list_webhooks))
         .route(
@@ -132,7 +133,15 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
         } else {
             HttpRouter::new()
         })
+        // Every error answer is JSON, these two included (axum's are empty).
+        .method_not_allowed_fallback(wrong_method)
+        .merge(open_cors)
+        .fallback(|| async { http_error(HttpError::NoRoute) })
         .with_state(hub)
+}
+
+async fn wrong_method() -> Response {
+    http_error(HttpError::WrongMethod)
 }
 
 async fn websocket(
