@@ -293,3 +293,49 @@ async fn an_update_is_filtered_on_its_new_row_and_a_delete_on_its_old_row() {
     let del = expect_row(&mut c, "DELETE", "items", red).await;
     assert_eq!(del.data["old_record"]["tag"], "red");
 }
+
+/// A domain's values compare as its base type's (under every domain it stacks), as in
+/// Postgres: `05` equals 5 on a domain over int8, which orders numerically, and a domain
+/// over text takes `like`.
+#[tokio::test]
+async fn a_domain_column_is_filtered_as_its_base_type() {
+    let pg = PgHub::start(
+        r#"
+        create domain public.qty as int8 check (value >= 0);
+        create domain public.small_qty as public.qty check (value < 1000);
+        create domain public.label as text;
+        create table public.stock (id bigserial primary key, q public.small_qty, l public.label);
+        grant select on public.stock to authenticated;
+        select realtime.enable('public.stock');
+        "#,
+    )
+    .await;
+    for (filter, hit, misses) in [
+        ("q=eq.05", (5, "a"), vec![(50, "a"), (6, "a")]),
+        ("q=gt.9", (10, "a"), vec![(9, "a"), (2, "a")]),
+        ("l=like.s%", (1, "sold"), vec![(1, "kept"), (1, "Sold")]),
+    ] {
+        let mut c = pg.connect(Vsn::V2).await;
+        let entry =
+            json!({"event": "INSERT", "schema": "public", "table": "stock", "filter": filter});
+        subscribe(&mut c, "realtime:d", json!([entry]), Some(&pg.user(USER))).await;
+        let insert = |(q, l): (i64, &'static str)| {
+            let pg = &pg;
+            async move {
+                pg.id(
+                    "insert into public.stock (q, l) values ($1::int8, $2::text) returning id",
+                    &[&q, &l],
+                )
+                .await
+            }
+        };
+        for m in misses {
+            insert(m).await;
+        }
+        let id = insert(hit).await;
+        let ch = next_change(&mut c).await;
+        assert_eq!(ch.row_id(), Some(id), "{filter}: {:?}", ch.frame);
+        assert_eq!(ch.data["columns"][1]["type"], "small_qty", "{:?}", ch.frame);
+        c.close().await;
+    }
+}

@@ -63,6 +63,17 @@ const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.r
                   join pg_catalog.pg_type ty on ty.oid = a.atttypid \
                   where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped \
                   order by a.attnum) as column_types, \
+           array(select (with recursive d(t, depth) as ( \
+                             select ty.typbasetype, 1 where ty.typtype = 'd' \
+                             union all \
+                             select b.typbasetype, d.depth + 1 from d \
+                               join pg_catalog.pg_type b on b.oid = d.t and b.typtype = 'd') \
+                         select bt.typname::text from d join pg_catalog.pg_type bt on bt.oid = d.t \
+                          order by d.depth desc limit 1) \
+                  from pg_catalog.pg_attribute a \
+                  join pg_catalog.pg_type ty on ty.oid = a.atttypid \
+                  where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped \
+                  order by a.attnum) as column_base_types, \
            array(select a.attname::text from pg_catalog.pg_index i \
                   cross join lateral unnest(i.indkey) with ordinality as k(attnum, pos) \
                   join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
@@ -451,6 +462,7 @@ where
 fn table_info(row: &Row) -> TableInfo {
     let names: Vec<String> = row.get("column_names");
     let types: Vec<String> = row.get("column_types");
+    let bases: Vec<Option<String>> = row.get("column_base_types");
     TableInfo {
         schema: row.get(0),
         name: row.get(1),
@@ -458,7 +470,12 @@ fn table_info(row: &Row) -> TableInfo {
         columns: names
             .into_iter()
             .zip(types)
-            .map(|(name, type_name)| ColumnInfo { name, type_name })
+            .zip(bases)
+            .map(|((name, type_name), base_type)| ColumnInfo {
+                name,
+                type_name,
+                base_type,
+            })
             .collect(),
         primary_key: row.get("primary_key"),
         rls_enabled: row.get("relrowsecurity"),

@@ -299,7 +299,7 @@ fn bind_condition(c: &Condition, columns: &[ColumnInfo]) -> Result<BoundConditio
         .iter()
         .find(|col| col.name == c.column)
         .ok_or_else(|| FilterError::InvalidColumn(c.column.clone()))?;
-    let kind = Kind::of(&info.type_name);
+    let kind = Kind::of(info.compared_type());
     let unsupported = || FilterError::UnsupportedOperator {
         op: c.op.name(),
         column: c.column.clone(),
@@ -541,6 +541,7 @@ mod tests {
         .map(|(name, type_name)| ColumnInfo {
             name: name.into(),
             type_name: type_name.into(),
+            base_type: None,
         })
         .collect()
     }
@@ -579,6 +580,7 @@ mod tests {
         cols.push(ColumnInfo {
             name: "nothing".into(),
             type_name: "text".into(),
+            base_type: None,
         });
         parse(filter)
             .unwrap_or_else(|e| panic!("{filter}: {e}"))
@@ -960,6 +962,7 @@ mod tests {
         let cols = vec![ColumnInfo {
             name: "email".into(),
             type_name: "citext".into(),
+            base_type: None,
         }];
         let r = json!({"email": "Ann@Example.com"})
             .as_object()

@@ -546,6 +546,7 @@ mod tests {
             .map(|(name, type_name)| ColumnInfo {
                 name: name.into(),
                 type_name: type_name.into(),
+                base_type: None,
             })
             .collect()
     }

@@ -39,6 +39,16 @@ impl Op {
 pub struct ColumnInfo {
     pub name: String,
     pub type_name: String,
+    /// For a domain, the `typname` of the type under it (under every domain it stacks):
+    /// what its values compare as.
+    pub base_type: Option<String>,
+}
+
+impl ColumnInfo {
+    /// The `typname` its values compare as: the base type of a domain, else its own.
+    pub fn compared_type(&self) -> &str {
+        self.base_type.as_deref().unwrap_or(&self.type_name)
+    }
 }
 
 /// One committed row change read from `realtime.changes`.

@@ -89,10 +89,12 @@ pub fn columns(types: &[&'static str]) -> Vec<ColumnInfo> {
     let mut cols = vec![ColumnInfo {
         name: "id".into(),
         type_name: "int8".into(),
+        base_type: None,
     }];
     cols.extend(types.iter().enumerate().map(|(i, t)| ColumnInfo {
         name: format!("c{i}"),
         type_name: (*t).into(),
+        base_type: None,
     }));
     cols
 }

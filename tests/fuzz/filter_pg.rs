@@ -458,10 +458,12 @@ fn columns() -> Vec<ColumnInfo> {
     let mut cols = vec![ColumnInfo {
         name: "id".into(),
         type_name: "int8".into(),
+        base_type: None,
     }];
     cols.extend(COLUMNS.iter().map(|(n, _, t)| ColumnInfo {
         name: (*n).into(),
         type_name: (*t).into(),
+        base_type: None,
     }));
     cols
 }
@@ -575,7 +577,7 @@ proptest! {
         let db = db();
         let (op, sql) = if insensitive { ("imatch", "~*") } else { ("match", "~") };
         let filter = format!("t={op}.{}", quoted(&pattern));
-        let cols = vec![ColumnInfo { name: "t".into(), type_name: "text".into() }];
+        let cols = vec![ColumnInfo { name: "t".into(), type_name: "text".into(), base_type: None }];
         let Ok(bound) = parse_filter(&filter).and_then(|f| f.bind(&cols)) else {
             return Ok(());
         };
