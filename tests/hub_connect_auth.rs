@@ -78,9 +78,16 @@ async fn missing_apikey_is_rejected_with_401_api_key_is_missing() {
 #[tokio::test]
 async fn garbage_apikey_is_rejected_with_401_not_a_valid_jwt() {
     let hub = TestHub::start_default().await;
-    let r = rejected(&hub, Some("not-a-jwt")).await;
-    assert_eq!(r.status, 401, "{r:?}");
-    assert_eq!(error_text(&r), "The token provided is not a valid JWT");
+    // An empty one too: Supabase only asks for a string, so it fails as a JWT.
+    for key in ["not-a-jwt", ""] {
+        let r = rejected(&hub, Some(key)).await;
+        assert_eq!(r.status, 401, "{key:?}: {r:?}");
+        assert_eq!(
+            error_text(&r),
+            "The token provided is not a valid JWT",
+            "{key:?}"
+        );
+    }
 }
 
 #[tokio::test]

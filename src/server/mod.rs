@@ -155,11 +155,14 @@ async fn websocket(
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .or(params.get("apikey").map(String::as_str));
-    let Some(apikey) = apikey.filter(|k| !k.is_empty()) else {
+    let Some(apikey) = apikey else {
         return http_error(HttpError::Token(TokenError::Missing));
     };
     let claims = match hub.services.verifier.verify(apikey) {
         Ok(c) => c,
+        // As Supabase: an empty key is a key (only a missing one is missing), and fails
+        // as a JWT.
+        Err(TokenError::Missing) => return http_error(HttpError::Token(TokenError::Malformed)),
         Err(e) => return http_error(HttpError::Token(e)),
     };
     let vsn = match Vsn::from_query(params.get("vsn").map(String::as_str)) {
