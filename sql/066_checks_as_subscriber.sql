@@ -1,10 +1,36 @@
--- A row-scope check is prepared as the subscriber's role, not the hub's. The check embeds
--- the table's policies, and Postgres looks names up (and checks USAGE on their schemas)
--- when it parses: prepared as a hub that is not a superuser (`authenticator`, which has
--- no USAGE on `auth` in a Supabase project), every policy left to Postgres that calls
--- `auth.uid()` (or names any schema only the subscribers may use) failed for every
--- subscriber, so none of them received anything from that table. The statement's name
--- now includes the role, since what a name resolves to depends on who parsed it.
+-- A row-scope check is parsed as the owner of the `realtime` schema's functions (the role
+-- that migrated it), not as the hub. The check embeds the table's policies, and Postgres
+-- looks names up (and checks USAGE on their schemas) when it parses, where its own RLS
+-- uses policies parsed when they were created and checks no schema USAGE at all. Parsed
+-- as a hub that is not a superuser (`authenticator`, which has no USAGE on `auth` in a
+-- Supabase project), every policy left to Postgres that called `auth.uid()`, or a helper
+-- in a schema only the table's owner may use (`private.is_member()`, as Supabase's docs
+-- advise), failed for every subscriber, so none of them received anything from that
+-- table. The check still runs as the subscriber, with its claims.
+--
+-- Prepares `check_sql` (built by realtime.visibility_rule from the catalog) as statement
+-- `stmt`, parsed with this function's owner's rights. Parsing only: a prepared statement is
+-- planned and run, and its privileges checked, as whoever executes it.
+create or replace function realtime.prepare_check(stmt text, check_sql text) returns void
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $fn$
+begin
+    execute pg_catalog.format('prepare %I(jsonb, jsonb) as %s', stmt, check_sql);
+end
+$fn$;
+revoke all on function realtime.prepare_check(text, text) from public;
+
+-- As in 064, and the hub may prepare checks.
+alter function realtime.grant_hub(text) rename to grant_hub_064;
+create function realtime.grant_hub(hub text) returns void
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $fn$
+begin
+    perform realtime.grant_hub_064(hub);
+    execute pg_catalog.format(
+        'grant execute on function realtime.prepare_check(text, text) to %I', hub);
+end
+$fn$;
+revoke all on function realtime.grant_hub(text) from public;
+
 -- Otherwise as in 022.
 create or replace function realtime.visible_to(
     item_rel oid[],
@@ -15,6 +41,9 @@ create or replace function realtime.visible_to(
     check_claims text[])
 returns table (check_no int, visible bool, old_visible bool, columns text[], problem text)
 language plpgsql volatile
+-- The search path the checks are prepared under: a prepared statement run under another
+-- is parsed again, as whoever runs it.
+set search_path = pg_catalog, pg_temp
 as $fn$
 #variable_conflict use_column
 declare
@@ -64,21 +93,33 @@ begin
             old_visible := c.old is not null;
         else
             begin
+                -- Prepared once per session and text (a policy change changes the text,
+                -- hence the name), so repeated checks skip parsing; parsed by the owner
+                -- (022's statements, `switchboard_rls_…`, were parsed by the hub).
+                stmt := 'switchboard_rlsp_' || md5(c.check_sql);
+                if not stmt = any(ready) then
+                    if not exists (select 1 from pg_catalog.pg_prepared_statements p where p.name = stmt) then
+                        perform realtime.prepare_check(stmt, c.check_sql);
+                    end if;
+                    ready := ready || stmt;
+                end if;
                 perform set_config('request.jwt.claims', c.claims, true),
                         set_config('request.jwt.claim.sub',
                                    coalesce(c.claims::jsonb ->> 'sub', ''), true),
                         set_config('request.jwt.claim.role', c.role_name, true),
                         set_config('role', c.role_name, true);
-                -- Prepared once per session, role and text (a policy change changes the
-                -- text, hence the name), so repeated checks skip planning.
-                stmt := 'switchboard_rls_' || md5(c.role_name || pg_catalog.chr(1) || c.check_sql);
-                if not stmt = any(ready) then
-                    if not exists (select 1 from pg_catalog.pg_prepared_statements p where p.name = stmt) then
-                        execute format('prepare %I(jsonb, jsonb) as %s', stmt, c.check_sql);
-                    end if;
-                    ready := ready || stmt;
-                end if;
-                execute format('execute %I(%L, %L)', stmt, c.rec, c.old) into v, ov;
+                begin
+                    execute format('execute %I(%L, %L)', stmt, c.rec, c.old) into v, ov;
+                exception when insufficient_privilege then
+                    -- A statement whose table changed is parsed again when it next runs,
+                    -- as whoever runs it: parse it again as the owner and run it once more
+                    -- (a subscriber without a right the check needs fails again, below).
+                    perform set_config('role', saved_role, true);
+                    execute format('deallocate %I', stmt);
+                    perform realtime.prepare_check(stmt, c.check_sql);
+                    perform set_config('role', c.role_name, true);
+                    execute format('execute %I(%L, %L)', stmt, c.rec, c.old) into v, ov;
+                end;
                 perform set_config('role', saved_role, true);
                 visible := v;
                 old_visible := ov;

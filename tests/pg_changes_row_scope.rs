@@ -167,21 +167,26 @@ async fn a_delete_reaches_the_owner_with_the_whole_old_row_and_nobody_else() {
     expect_row(&mut b, "INSERT", "marks", m).await;
 }
 
-/// A shape the hub does not decide itself: Postgres judges it, as the subscriber.
+/// A shape the hub does not decide itself: Postgres judges it, as the subscriber. The
+/// helper's schema is the owner's alone, as Supabase's docs advise for such helpers:
+/// Postgres's own RLS needs no USAGE on it (a policy is parsed when it is created).
 const SHARED: &str = r#"
 create schema private;
-grant usage on schema private to authenticated;
 create function private.shared(title text) returns bool
     language sql stable as $$ select title like 'shared%' $$;
+create table public.pinned (title text primary key);
+grant select on public.pinned to authenticated;
 create policy jobs_shared on public.jobs for select to authenticated
-    using (customer_id = auth.uid() or private.shared(title));
+    using (customer_id = auth.uid() or private.shared(title)
+           or exists (select 1 from public.pinned p where p.title = jobs.title));
 "#;
 
-/// A policy judged in Postgres may call `auth.uid()` and a function of a schema only the
-/// subscribers may use: a hub connected as `authenticator` may use neither schema, and
-/// once prepared its checks as itself, so every subscriber of such a table got nothing.
+/// A policy judged in Postgres may call `auth.uid()` (a schema a hub connected as
+/// `authenticator` may not use) and a function of a schema only the table's owner may
+/// use: checks parsed as the hub, or as the subscriber, failed for every subscriber of
+/// such a table, who then got nothing.
 #[tokio::test]
-async fn a_policy_judged_in_postgres_may_use_schemas_only_subscribers_may_use() {
+async fn a_policy_judged_in_postgres_may_use_schemas_the_hub_and_subscriber_may_not() {
     let pg = PgHub::start(&format!("{SETUP}{SHARED}")).await;
     let (mut a, _) = customer(&pg, A).await;
     let (mut b, _) = customer(&pg, B).await;
@@ -196,6 +201,14 @@ async fn a_policy_judged_in_postgres_may_use_schemas_only_subscribers_may_use() 
     expect_row(&mut b, "INSERT", "jobs", b1).await;
     expect_row(&mut b, "INSERT", "jobs", shared).await;
     expect_row(&mut b, "INSERT", "marks", m).await;
+
+    // A prepared check whose tables changed is parsed again when it next runs, as the
+    // subscriber then: it is prepared again as the owner instead.
+    pg.exec("alter table public.pinned add column note text")
+        .await;
+    let again = insert_job(&pg, B, "shared again").await;
+    expect_row(&mut a, "INSERT", "jobs", again).await;
+    expect_row(&mut b, "INSERT", "jobs", again).await;
 }
 
 #[tokio::test]
