@@ -430,10 +430,16 @@ fn check_webhook(w: &WebhookDecl) -> Result<(), ConfigError> {
         )));
     }
     if let Some(secret) = &w.secret {
+        use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
         use base64::Engine as _;
+        // As Postgres's `decode(…, 'base64')`: padded, stray low bits allowed.
+        let engine = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+        );
         let bytes = secret
             .strip_prefix("whsec_")
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+            .and_then(|b| engine.decode(b).ok());
         if bytes.is_none_or(|b| b.len() < 16) {
             return Err(invalid(
                 "secret must be whsec_ followed by at least 16 bytes in base64 (leave it out and one is generated)"
@@ -443,6 +449,12 @@ fn check_webhook(w: &WebhookDecl) -> Result<(), ConfigError> {
     }
     if w.tables.is_empty() {
         return Err(invalid("tables must name at least one table".into()));
+    }
+    if w.events.as_ref().is_some_and(Vec::is_empty) {
+        return Err(invalid(
+            "events must name one or more of INSERT, UPDATE, DELETE (leave it out for all three)"
+                .into(),
+        ));
     }
     for e in w.events.iter().flatten() {
         if !["INSERT", "UPDATE", "DELETE"].contains(&e.to_ascii_uppercase().as_str()) {
@@ -856,6 +868,10 @@ mod tests {
         refused("name = \"-x\"\nurl = \"http://x/y\"", "name must be");
         refused("name = \"x\"\nurl = \"http://x/a b\"", "no spaces");
         refused("name = \"x\"\nurl = \"https://\"", "must start with");
+        refused(
+            "name = \"x\"\nurl = \"http://x/y\"\nevents = []",
+            "events must",
+        );
         for secret in ["nope", "whsec_", "whsec_c2hvcnQ=", "whsec_not base64!"] {
             refused(
                 &format!("name = \"x\"\nurl = \"http://x/y\"\nsecret = \"{secret}\""),
@@ -874,10 +890,14 @@ mod tests {
         std::fs::write(
             &path,
             "[[webhooks]]\nname = \"A-1.b_c\"\nurl = \"HTTPS://x/y\"\ntables = [\"t\"]\n\
-             secret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\n",
+             secret = \"whsec_AAAAAAAAAAAAAAAAAAAAAB==\"\n",
         )
         .unwrap();
-        assert_eq!(webhooks_from_file(&path).unwrap().len(), 1);
+        assert_eq!(
+            webhooks_from_file(&path).unwrap().len(),
+            1,
+            "Postgres decodes it"
+        );
     }
 
     #[test]

@@ -115,6 +115,16 @@ async fn without_credentials_the_page_is_a_sign_in_form_and_data_answers_401() {
     let (code, _, _) = get(&hub, "/inspector/assets/nope.js", HeaderMap::new()).await;
     assert_eq!(code, 404);
 
+    // A method the route does not take: JSON, with the page's security headers.
+    let resp = reqwest::Client::new()
+        .put(hub.http_url("/inspector/api/snapshot"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    assert!(resp.headers().contains_key("content-security-policy"));
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+
     let (code, _, body) = get(&hub, "/inspector/api/session", HeaderMap::new()).await;
     assert_eq!((code, body), (200, json!({"signed_in": false})));
     let sign_in = json!({"error": "Sign in with a service_role token or the admin secret"});

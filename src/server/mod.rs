@@ -140,7 +140,7 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
         .with_state(hub)
 }
 
-async fn wrong_method() -> Response {
+pub(crate) async fn wrong_method() -> Response {
     http_error(HttpError::WrongMethod)
 }
 

@@ -275,7 +275,8 @@ pub async fn broadcast_one(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    // As Supabase: JSON, binary, or no Content-Type at all (taken as JSON); checked first.
+    // JSON, binary, or no Content-Type at all, checked first as Supabase does. (Supabase
+    // then reads no body and sends `{}`; the hub reads it as JSON, the README says so.)
     let binary = match body_kind(&headers) {
         Some(binary) => binary,
         None => return http_error(HttpError::UnsupportedMediaType),

@@ -79,6 +79,8 @@ pub fn routes() -> HttpRouter<Arc<Hub>> {
             "/inspector/api/webhooks/{name}/{action}",
             post(webhook_action),
         )
+        // Inside the layer, so that a 405 carries the page's security headers too.
+        .method_not_allowed_fallback(super::wrong_method)
         .layer(middleware::map_response(assets::security_headers))
 }
 
