@@ -8,16 +8,32 @@
 -- advise), failed for every subscriber, so none of them received anything from that
 -- table. The check still runs as the subscriber, with its claims.
 --
--- Prepares `check_sql` (built by realtime.visibility_rule from the catalog) as statement
--- `stmt`, parsed with this function's owner's rights. Parsing only: a prepared statement is
--- planned and run, and its privileges checked, as whoever executes it.
-create or replace function realtime.prepare_check(stmt text, check_sql text) returns void
+-- Prepares the check of table `rel` for role `role_name` (as realtime.visibility_rule
+-- builds it from the catalog, never text from the caller) as a statement named after its
+-- text, parsed with this function's owner's rights, unless this session has it already;
+-- returns the statement's name. Parsing only: a prepared statement is planned and run,
+-- and its privileges checked, as whoever executes it.
+create or replace function realtime.prepare_check(rel oid, role_name text) returns text
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $fn$
+declare
+    check_sql text;
+    stmt text;
 begin
-    execute pg_catalog.format('prepare %I(jsonb, jsonb) as %s', stmt, check_sql);
+    select r.check_sql into check_sql
+      from realtime.visibility_rule(prepare_check.rel, prepare_check.role_name) r
+     where r.mode = 'rls';
+    if check_sql is null then
+        raise exception 'no row-level security check of table % for role %',
+            prepare_check.rel::regclass, pg_catalog.quote_ident(prepare_check.role_name);
+    end if;
+    stmt := 'switchboard_rlsp_' || pg_catalog.md5(check_sql);
+    if not exists (select 1 from pg_catalog.pg_prepared_statements p where p.name = stmt) then
+        execute pg_catalog.format('prepare %I(jsonb, jsonb) as %s', stmt, check_sql);
+    end if;
+    return stmt;
 end
 $fn$;
-revoke all on function realtime.prepare_check(text, text) from public;
+revoke all on function realtime.prepare_check(oid, text) from public;
 
 -- As in 064, and the hub may prepare checks.
 alter function realtime.grant_hub(text) rename to grant_hub_064;
@@ -26,7 +42,7 @@ language plpgsql volatile set search_path = pg_catalog, pg_temp as $fn$
 begin
     perform realtime.grant_hub_064(hub);
     execute pg_catalog.format(
-        'grant execute on function realtime.prepare_check(text, text) to %I', hub);
+        'grant execute on function realtime.prepare_check(oid, text) to %I', hub);
 end
 $fn$;
 revoke all on function realtime.grant_hub(text) from public;
@@ -99,7 +115,7 @@ begin
                 stmt := 'switchboard_rlsp_' || md5(c.check_sql);
                 if not stmt = any(ready) then
                     if not exists (select 1 from pg_catalog.pg_prepared_statements p where p.name = stmt) then
-                        perform realtime.prepare_check(stmt, c.check_sql);
+                        stmt := realtime.prepare_check(c.rel, c.role_name);
                     end if;
                     ready := ready || stmt;
                 end if;
@@ -116,7 +132,7 @@ begin
                     -- (a subscriber without a right the check needs fails again, below).
                     perform set_config('role', saved_role, true);
                     execute format('deallocate %I', stmt);
-                    perform realtime.prepare_check(stmt, c.check_sql);
+                    stmt := realtime.prepare_check(c.rel, c.role_name);
                     perform set_config('role', c.role_name, true);
                     execute format('execute %I(%L, %L)', stmt, c.rec, c.old) into v, ov;
                 end;
