@@ -344,6 +344,7 @@ impl Settings {
                     *url = format!("{user}:<redacted>@{host}");
                 }
             }
+            *url = redact_password_params(url);
         }
         toml::to_string(&s).unwrap_or_default()
     }
@@ -355,10 +356,34 @@ impl Settings {
         for key in EXTRA_KEYS {
             table.remove(*key);
         }
-        toml::Value::Table(table)
+        toml::Value::Table(table.clone())
             .try_into()
-            .map_err(|e: toml::de::Error| parse_error(path, e))
+            .map_err(|e: toml::de::Error| {
+                // serde's message names the type, not the key: find the key whose value
+                // alone is refused.
+                let culprit = table.iter().find(|(k, v)| {
+                    let one = toml::Table::from_iter([((*k).clone(), (*v).clone())]);
+                    toml::Value::Table(one).try_into::<Settings>().is_err()
+                });
+                match culprit {
+                    Some((key, _)) => ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: format!("invalid value for `{key}`: {}", e.message()),
+                    },
+                    None => parse_error(path, e),
+                }
+            })
     }
+}
+
+/// A password given as a parameter: `?password=…` / `&password=…` in a URL, or
+/// `password=…` (quoted or not) in a `key=value` connection string.
+fn redact_password_params(conn: &str) -> String {
+    static PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(?i)((?:^|[?&\s])password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
+            .expect("a valid pattern")
+    });
+    PASSWORD.replace_all(conn, "${1}<redacted>").into_owned()
 }
 
 /// The webhook endpoints a TOML config file declares (`[[webhooks]]`).
@@ -789,6 +814,40 @@ mod tests {
     }
 
     #[test]
+    fn a_database_password_is_redacted_in_every_form() {
+        for (url, shown) in [
+            ("postgres://u:s3cr3t@h/db", "postgres://u:<redacted>@h/db"),
+            (
+                "postgres://u@h/db?sslmode=require&password=s3cr3t",
+                "postgres://u@h/db?sslmode=require&password=<redacted>",
+            ),
+            (
+                "postgres://u@h/db?Password=s3cr3t&x=1",
+                "postgres://u@h/db?Password=<redacted>&x=1",
+            ),
+            (
+                "host=h user=u password=s3cr3t dbname=db",
+                "host=h user=u password=<redacted> dbname=db",
+            ),
+            (
+                "host=h password = 's3 cr\\'3t' dbname=db",
+                "host=h password = <redacted> dbname=db",
+            ),
+            ("password=s3cr3t", "password=<redacted>"),
+        ] {
+            let s = Settings {
+                database_url: Some(url.into()),
+                migrate_database_url: Some(url.into()),
+                ..Settings::default()
+            };
+            let text = s.effective_toml();
+            assert!(!text.contains("s3"), "{url}: {text}");
+            let shown = toml::Value::String(shown.into()).to_string();
+            assert_eq!(text.matches(&shown).count(), 2, "{url}: {text}");
+        }
+    }
+
+    #[test]
     fn the_redis_password_is_redacted() {
         let s = Settings {
             redis_url: Some("redis://:hunter2@redis:6379".into()),
@@ -909,6 +968,24 @@ mod tests {
             },
             "webhook_lease_secs",
         );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_in_the_file_is_refused_naming_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchboard.toml");
+        for (text, key) in [
+            (
+                "listen = \"127.0.0.1:1\"\nmax_connections = -1\n",
+                "max_connections",
+            ),
+            ("listen = 5\n", "listen"),
+            ("inspector = \"false\"\n", "inspector"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Settings::from_file(&path).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
     }
 
     #[test]
