@@ -150,6 +150,18 @@ pub async fn run(mut config: Config) -> Result<()> {
     let admin_url = format!("postgres://postgres@127.0.0.1:{pg_port}/postgres");
     wait_for_postgres(&admin_url).await?;
     let (admin, _conn) = db::connect(&admin_url).await?;
+    // Another Postgres on the port (a dev left running, another project's) would answer
+    // while ours failed to start: never load the demo into it.
+    let serving: String = admin.query_one("show data_directory", &[]).await?.get(0);
+    let ours = std::fs::canonicalize(&pg.data).unwrap_or_else(|_| pg.data.clone());
+    if std::fs::canonicalize(&serving).unwrap_or_else(|_| PathBuf::from(&serving)) != ours {
+        bail!(
+            "another Postgres (data directory {serving}) is listening on port {pg_port}, so the \
+             local one in {} could not start: stop it, or set dev_pg_port \
+             (SWITCHBOARD_DEV_PG_PORT) to a free port",
+            ours.display()
+        );
+    }
     let exists = admin
         .query_opt(
             "select 1 from pg_database where datname = 'switchboard'",
@@ -171,7 +183,8 @@ pub async fn run(mut config: Config) -> Result<()> {
     let secret = dev_secret(&dir, &config)?;
     config.jwt_secret = Some(secret.clone());
     config.database_url = Some(url.clone());
-    let listener = switchboard::server::listen::bind(config.listen)?;
+    let listener = switchboard::server::listen::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_owned()
