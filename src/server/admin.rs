@@ -178,16 +178,12 @@ impl Gate {
         if credential.is_empty() {
             return Err(InspectorError::NoCredentials);
         }
-        {
-            let mut budget = lock(&self.failures);
-            budget.refill(clock);
-            if budget.left < 1.0 {
-                return Err(InspectorError::TooManyAttempts);
-            }
-        }
         let ttl = SESSION_TTL.as_secs() as i64;
-        let outcome = if looks_like_jwt(credential) {
-            match verifier.verify_at(credential, now) {
+        // A token is checked by its signature, which no one guesses: it neither draws on
+        // the failure budget nor waits for it, so bad tokens (an expired one a script
+        // keeps sending, say) never lock out a good one.
+        if looks_like_jwt(credential) {
+            return match verifier.verify_at(credential, now) {
                 Err(e) => Err(InspectorError::Token(e)),
                 Ok(c) if &*c.role != "service_role" => Err(InspectorError::NotServiceRole {
                     role: c.role.to_string(),
@@ -196,16 +192,24 @@ impl Gate {
                     via: Via::ServiceRoleToken,
                     expires_at: c.exp.min(now + ttl),
                 }),
+            };
+        }
+        // The admin secret can be guessed: failures draw on the budget, and while it is
+        // spent even the right secret waits.
+        {
+            let mut budget = lock(&self.failures);
+            budget.refill(clock);
+            if budget.left < 1.0 {
+                return Err(InspectorError::TooManyAttempts);
             }
-        } else {
-            match &self.admin_secret {
-                None => Err(InspectorError::NoAdminSecret),
-                Some(s) if same_secret(s, credential) => Ok(Grant {
-                    via: Via::AdminSecret,
-                    expires_at: now + ttl,
-                }),
-                Some(_) => Err(InspectorError::WrongSecret),
-            }
+        }
+        let outcome = match &self.admin_secret {
+            None => Err(InspectorError::NoAdminSecret),
+            Some(s) if same_secret(s, credential) => Ok(Grant {
+                via: Via::AdminSecret,
+                expires_at: now + ttl,
+            }),
+            Some(_) => Err(InspectorError::WrongSecret),
         };
         if outcome.is_err() {
             lock(&self.failures).left -= 1.0;
@@ -379,6 +383,32 @@ mod tests {
         );
         let later = t0 + Duration::from_secs(2);
         assert!(gate.check_at(&v, ADMIN, NOW, later).is_ok());
+    }
+
+    #[test]
+    fn tokens_neither_spend_the_budget_nor_wait_for_it() {
+        let gate = Gate::new(Some(ADMIN.into()));
+        let v = verifier();
+        let t0 = Instant::now();
+        let anon = token("anon", NOW + 600);
+        for _ in 0..2 * FAILURE_BURST as usize {
+            assert!(matches!(
+                gate.check_at(&v, &anon, NOW, t0),
+                Err(InspectorError::NotServiceRole { .. })
+            ));
+        }
+        assert!(
+            gate.check_at(&v, ADMIN, NOW, t0).is_ok(),
+            "bad tokens spent nothing"
+        );
+        for _ in 0..FAILURE_BURST as usize {
+            let _ = gate.check_at(&v, "guess", NOW, t0);
+        }
+        assert!(
+            gate.check_at(&v, &token("service_role", NOW + 600), NOW, t0)
+                .is_ok(),
+            "a good token does not wait for guesses of the secret"
+        );
     }
 
     #[test]
