@@ -3,7 +3,8 @@
 //! Clients on different nodes see each other's broadcasts and presence; a killed node's
 //! members leave everywhere else within the node timeout; a Redis outage keeps local
 //! traffic going and converges afterwards; a row change reaches every node's subscribers
-//! exactly once; a client parked on one node resumes on another.
+//! exactly once; a client parked on one node resumes on another; a node starting is
+//! ready only once it holds the others' presences.
 
 mod common;
 
@@ -144,6 +145,73 @@ async fn a_killed_nodes_members_leave_on_every_other_node_within_the_node_timeou
     let mut late = cluster.nodes[1].client().await;
     let (_, state) = join_presence(&mut late, topic, "late").await;
     assert_eq!(state, ["a", "b"]);
+}
+
+/// Topics the start-up test tracks a member in (a connection may join 100).
+const STARTUP_TOPICS: usize = 90;
+
+/// A node that has just started is ready (`/ready`) only once it holds the other nodes'
+/// presences: a client joining there at once gets everyone in its first `presence_state`,
+/// as a load balancer sending reconnects to a restarted node needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_ready_only_once_it_holds_the_other_nodes_presences() {
+    let mut cluster = TestCluster::start(1, 10, None).await;
+    let mut a = cluster.nodes[0].client().await;
+    let topics: Vec<String> = (0..STARTUP_TOPICS)
+        .map(|i| format!("realtime:startup-{i}"))
+        .collect();
+    for topic in &topics {
+        join_and_track(&mut a, topic, "a").await;
+    }
+    // The new node reaches Redis only after a while (a slow network, a busy Redis), so
+    // that a /ready that does not wait for the other nodes' presences would answer first.
+    // Node::start returns as soon as /ready answers 200.
+    let slow = slow_proxy(&cluster.spec.redis_url, Duration::from_millis(700)).await;
+    let spec = common::cluster::NodeSpec {
+        redis_url: slow,
+        ..cluster.spec.clone()
+    };
+    cluster
+        .nodes
+        .push(common::cluster::Node::start("late", &spec).await);
+    let s = cluster.nodes[1].cluster_status().await;
+    assert_eq!(
+        synced_peers(&s),
+        1,
+        "ready before the other node's presences: {s}"
+    );
+    let mut late = cluster.nodes[1].client().await;
+    for topic in &topics {
+        let (_, state) = join_presence(&mut late, topic, "late").await;
+        assert_eq!(
+            state,
+            ["a"],
+            "{topic}: the first presence_state on the new node"
+        );
+    }
+}
+
+/// A TCP proxy to `redis_url`'s address that waits `delay` before connecting each
+/// connection through; returns the URL to use instead.
+async fn slow_proxy(redis_url: &str, delay: Duration) -> String {
+    let upstream = redis_url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    format!("redis://{addr}")
 }
 
 /// How long the outage test keeps Redis down.

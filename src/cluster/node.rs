@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -80,6 +80,9 @@ pub(super) struct Node {
     pub self_heard: Mutex<Instant>,
     pub own: wire::Own,
     syncs: AtomicU64,
+    /// When the node started, and when its first Redis session did (see `settle`).
+    began: Instant,
+    first_session: OnceLock<Instant>,
 }
 
 /// An open Redis session: a connection for commands and one subscribed to the channel.
@@ -107,6 +110,8 @@ pub async fn run_cluster(task: ClusterTask, router: Arc<Router>, shutdown: Cance
         peers: Mutex::new(Peers::default()),
         self_heard: Mutex::new(Instant::now()),
         syncs: AtomicU64::new(1),
+        began: Instant::now(),
+        first_session: OnceLock::new(),
     };
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -170,6 +175,7 @@ impl Node {
         let Link { mut conn, pubsub } = link;
         let mut messages = pubsub.into_on_message();
         *self.self_heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.first_session.get_or_init(Instant::now);
         self.shared.status.session_started();
         // Changes may have been missed both ways: ask everyone for their presences and
         // send ours (the snapshot loop starts with it).
@@ -281,6 +287,28 @@ impl Node {
     pub fn show_peers(&self, now: Instant) {
         let view = self.peers().view(now.into_std());
         self.shared.status.set_peers(view);
+        self.settle(now);
+    }
+
+    /// Ends the start-up wait for the other nodes' presences: once the first session has
+    /// lasted a heartbeat and a quarter (every live node has been heard from) and every
+    /// node heard from has sent its snapshot; or, whatever has arrived, once the node
+    /// timeout has passed since start (Redis down, a node that never answers).
+    fn settle(&self, now: Instant) {
+        if self.shared.status.presence_ready() {
+            return;
+        }
+        let heard_everyone = self
+            .first_session
+            .get()
+            .is_some_and(|at| now.saturating_duration_since(*at) >= self.timing.heartbeat * 5 / 4);
+        if heard_everyone && self.peers().all_synced() {
+            self.shared.status.settle(true);
+        } else if now.saturating_duration_since(self.began)
+            >= self.timing.dead_after + self.timing.sweep
+        {
+            self.shared.status.settle(false);
+        }
     }
 
     async fn sweep_forever(&self) -> Infallible {

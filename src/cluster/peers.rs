@@ -129,6 +129,11 @@ impl Peers {
         }
     }
 
+    /// Every peer heard from has sent its full snapshot since this node's session began.
+    pub fn all_synced(&self) -> bool {
+        self.peers.values().all(|p| p.synced)
+    }
+
     /// The peers as `/api/status` shows them, ordered by node id.
     pub fn view(&self, now: Instant) -> Vec<PeerView> {
         let mut out: Vec<(NodeId, PeerView)> = self

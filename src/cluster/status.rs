@@ -18,6 +18,9 @@ pub struct ClusterStatus {
     /// Cluster mode (a `redis_url` is set).
     clustered: bool,
     degraded: AtomicBool,
+    /// The other nodes' presences have arrived since start (or the wait for them ended):
+    /// a joiner here gets everyone in its first `presence_state`. Always so when single.
+    settled: AtomicBool,
     /// The current degraded period has been logged as a warning.
     warned: AtomicBool,
     sessions: AtomicU64,
@@ -53,6 +56,7 @@ impl ClusterStatus {
             node,
             clustered: false,
             degraded: AtomicBool::new(false),
+            settled: AtomicBool::new(true),
             warned: AtomicBool::new(false),
             sessions: AtomicU64::new(0),
             text: Mutex::new(Text::default()),
@@ -66,6 +70,7 @@ impl ClusterStatus {
         ClusterStatus {
             clustered: true,
             degraded: AtomicBool::new(true),
+            settled: AtomicBool::new(false),
             metrics: Some(metrics),
             ..ClusterStatus::single(node)
         }
@@ -77,6 +82,25 @@ impl ClusterStatus {
 
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Acquire)
+    }
+
+    /// Whether this node holds the other nodes' presences (see `settled`); `/ready` waits
+    /// for it.
+    pub fn presence_ready(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// The wait for the other nodes' presences is over: `complete` when every node heard
+    /// from sent its snapshot, else it timed out.
+    pub(super) fn settle(&self, complete: bool) {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if complete {
+            tracing::info!(node = %self.node, "cluster: every other node's presence received; ready");
+        } else {
+            tracing::warn!(node = %self.node, "cluster: not every other node's presence arrived within node_timeout_secs; ready without it");
+        }
     }
 
     fn text(&self) -> std::sync::MutexGuard<'_, Text> {

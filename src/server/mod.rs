@@ -223,13 +223,16 @@ async fn health() -> Response {
 /// caught up.
 async fn ready(State(hub): State<Arc<Hub>>) -> Response {
     let capture_ready = hub.capture.as_ref().is_none_or(|c| c.is_ready());
-    if capture_ready && !hub.shutdown.is_cancelled() {
+    let presence_ready = hub.cluster.presence_ready();
+    if capture_ready && presence_ready && !hub.shutdown.is_cancelled() {
         Json(json!({ "status": "ready" })).into_response()
     } else {
         let why = if hub.shutdown.is_cancelled() {
             "shutting down"
-        } else {
+        } else if !capture_ready {
             "change listener not connected or not caught up"
+        } else {
+            "the other nodes' presences have not all arrived yet"
         };
         (
             StatusCode::SERVICE_UNAVAILABLE,
