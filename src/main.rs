@@ -115,6 +115,18 @@ fn load_config(cli: &Cli) -> Result<Config> {
 
 async fn webhooks(config: &Config, action: &WebhooksCommand) -> Result<()> {
     let (client, _conn) = db::connect(database_url(config)?).await?;
+    let migrated: bool = client
+        .query_one(
+            "select pg_catalog.to_regclass('realtime.webhook_endpoints') is not null",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !migrated {
+        anyhow::bail!(
+            "this database has no webhooks yet: its realtime schema is not set up; run `switchboard migrate` (or `serve`) first"
+        );
+    }
     let (name, op) = match action {
         WebhooksCommand::List { json } => {
             let list = admin::list(&client, None).await?;

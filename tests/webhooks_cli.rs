@@ -97,3 +97,15 @@ async fn operators_list_pause_resume_replay_and_read_the_secret() {
         "a refused replay changes nothing: {list}"
     );
 }
+
+/// On a database the hub has not set up, every command says to migrate first.
+#[tokio::test]
+async fn on_a_database_not_migrated_yet_the_commands_say_to_migrate() {
+    let db = common::pg::test_db().await;
+    for args in [&["list"][..], &["list", "--json"], &["pause", "crm"]] {
+        let out = switchboard(&db.url, args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("run `switchboard migrate`"), "{args:?}: {err}");
+    }
+}
