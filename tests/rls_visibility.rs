@@ -720,3 +720,74 @@ async fn own_rows_policy_decided_in_process_agrees_with_select() {
         }
     }
 }
+
+/// A check runs under a statement name any code in the hub's session can learn (the
+/// policy's text is in the catalog) and could prepare itself: a policy function of
+/// another table, running during that table's check, that puts `select true, true` under
+/// the name of `docs`'s check must not make a `docs` row the policy hides visible.
+#[tokio::test]
+async fn a_check_prepared_under_another_checks_name_is_never_run_in_its_place() {
+    let db = common::pg::test_db().await;
+    let client = db.client().await;
+    switchboard::db::migrate(&client).await.expect("migrate");
+    client
+        .batch_execute(
+            "create table public.docs (id bigint primary key, owner uuid);
+             alter table public.docs enable row level security;
+             create policy own_docs on public.docs for select to authenticated
+                 using (owner = auth.uid() and id > 0);
+             create table public.evil (id bigint primary key);
+             alter table public.evil enable row level security;
+             grant select on public.docs, public.evil to authenticated;",
+        )
+        .await
+        .unwrap();
+    let docs_check: String = client
+        .query_one(
+            "select 'switchboard_rlsp_' || md5(check_sql) \
+               from realtime.visibility_rule('public.docs'::regclass, 'authenticated')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "create function public.spoof() returns bool language plpgsql as $f$
+             begin
+                 begin
+                     execute 'deallocate {docs_check}';
+                 exception when others then null;
+                 end;
+                 execute 'prepare {docs_check}(jsonb, jsonb) as select true, true';
+                 return true;
+             end $f$;
+             create policy spoof on public.evil for select to authenticated
+                 using (public.spoof() and id > 0);"
+        ))
+        .await
+        .unwrap();
+    let claims = json!({"sub": ALICE, "role": "authenticated"}).to_string();
+    let hidden = json!({"id": 1, "owner": BOB});
+    for round in 0..2 {
+        let rows = client
+            .query(
+                "select check_no, visible, problem from realtime.visible_to( \
+                     array['public.evil'::regclass::oid, 'public.docs'::regclass::oid], \
+                     array[$1::jsonb, $2::jsonb], array[null::jsonb, null::jsonb], \
+                     array[1, 2], array['authenticated', 'authenticated'], array[$3, $3])",
+                &[&json!({"id": 1}), &hidden, &claims],
+            )
+            .await
+            .unwrap();
+        let seen: Vec<(i32, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(
+            seen,
+            [(1, true), (2, false)],
+            "round {round}: {:?}",
+            rows.iter()
+                .map(|r| r.get::<_, Option<String>>(2))
+                .collect::<Vec<_>>()
+        );
+    }
+}
