@@ -377,10 +377,10 @@ impl Settings {
 }
 
 /// A password given as a parameter: `?password=…` / `&password=…` in a URL, or
-/// `password=…` (quoted or not) in a `key=value` connection string.
+/// `password=…` (quoted or not) in a `key=value` connection string; `sslpassword` too.
 fn redact_password_params(conn: &str) -> String {
     static PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"(?i)((?:^|[?&\s])password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
+        regex::Regex::new(r"(?i)((?:^|[?&\s])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
             .expect("a valid pattern")
     });
     PASSWORD.replace_all(conn, "${1}<redacted>").into_owned()
@@ -834,6 +834,10 @@ mod tests {
                 "host=h password = <redacted> dbname=db",
             ),
             ("password=s3cr3t", "password=<redacted>"),
+            (
+                "postgres://u@h/db?sslpassword=s3cr3t",
+                "postgres://u@h/db?sslpassword=<redacted>",
+            ),
         ] {
             let s = Settings {
                 database_url: Some(url.into()),

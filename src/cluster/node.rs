@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -80,9 +80,10 @@ pub(super) struct Node {
     pub self_heard: Mutex<Instant>,
     pub own: wire::Own,
     syncs: AtomicU64,
-    /// When the node started, and when its first Redis session did (see `settle`).
+    /// When the node started, and when its current Redis session did, if one is up (see
+    /// `settle`).
     began: Instant,
-    first_session: OnceLock<Instant>,
+    session_began: Mutex<Option<Instant>>,
 }
 
 /// An open Redis session: a connection for commands and one subscribed to the channel.
@@ -111,7 +112,7 @@ pub async fn run_cluster(task: ClusterTask, router: Arc<Router>, shutdown: Cance
         self_heard: Mutex::new(Instant::now()),
         syncs: AtomicU64::new(1),
         began: Instant::now(),
-        first_session: OnceLock::new(),
+        session_began: Mutex::new(None),
     };
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -130,6 +131,7 @@ pub async fn run_cluster(task: ClusterTask, router: Arc<Router>, shutdown: Cance
             }
             Err(e) => e,
         };
+        *node.session_began.lock().unwrap_or_else(|p| p.into_inner()) = None;
         node.shared.status.degraded(&error.to_string());
         let wait = backoff.mul_f64(rand::random_range(0.75..1.25));
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -175,7 +177,7 @@ impl Node {
         let Link { mut conn, pubsub } = link;
         let mut messages = pubsub.into_on_message();
         *self.self_heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        self.first_session.get_or_init(Instant::now);
+        *self.session_began.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.shared.status.session_started();
         // Changes may have been missed both ways: ask everyone for their presences and
         // send ours (the snapshot loop starts with it).
@@ -290,7 +292,7 @@ impl Node {
         self.settle(now);
     }
 
-    /// Ends the start-up wait for the other nodes' presences: once the first session has
+    /// Ends the start-up wait for the other nodes' presences: once a live session has
     /// lasted a heartbeat and a quarter (every live node has been heard from) and every
     /// node heard from has sent its snapshot; or, whatever has arrived, once the node
     /// timeout has passed since start (Redis down, a node that never answers).
@@ -298,10 +300,9 @@ impl Node {
         if self.shared.status.presence_ready() {
             return;
         }
-        let heard_everyone = self
-            .first_session
-            .get()
-            .is_some_and(|at| now.saturating_duration_since(*at) >= self.timing.heartbeat * 5 / 4);
+        let session_began = *self.session_began.lock().unwrap_or_else(|p| p.into_inner());
+        let heard_everyone = session_began
+            .is_some_and(|at| now.saturating_duration_since(at) >= self.timing.heartbeat * 5 / 4);
         if heard_everyone && self.peers().all_synced() {
             self.shared.status.settle(true);
         } else if now.saturating_duration_since(self.began)
