@@ -198,6 +198,9 @@ impl CaptureStatus {
 
     pub(crate) fn set_disconnected(&self, error: Option<String>) {
         self.caught_up.store(false, Ordering::Relaxed);
+        // Unknown until the next read: `/api/status` and the inspector show none rather
+        // than the last figure (0 after an idle read).
+        self.lag_ms.store(-1, Ordering::Relaxed);
         self.connected.send_replace(false);
         if error.is_some() {
             self.with_text(|t| t.last_error = error);
@@ -255,5 +258,25 @@ impl CaptureStatus {
 
     fn with_text(&self, f: impl FnOnce(&mut TextFields)) {
         f(&mut self.text.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_is_unknown_while_disconnected() {
+        let s = CaptureStatus::new();
+        assert_eq!(s.snapshot().lag_ms, None, "nothing read yet");
+        s.set_connected("1:");
+        s.set_idle();
+        assert_eq!(s.snapshot().lag_ms, Some(0));
+        s.set_disconnected(Some("connection refused".into()));
+        assert_eq!(s.snapshot().lag_ms, None);
+        assert_eq!(
+            s.snapshot().last_error.as_deref(),
+            Some("connection refused")
+        );
     }
 }
