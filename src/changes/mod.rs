@@ -63,6 +63,25 @@ pub struct Changes {
     progress: Arc<Progress>,
 }
 
+/// Live postgres_changes subscriptions by what they name (see
+/// [`Changes::subscription_counts`]).
+#[derive(Debug, Default)]
+pub struct SubscriptionCounts {
+    tables: HashMap<TableName, usize>,
+    schemas: HashMap<Arc<str>, usize>,
+    all: usize,
+}
+
+impl SubscriptionCounts {
+    /// The subscriptions that receive `table`'s changes: those naming it, its schema, or
+    /// every table.
+    pub fn covering(&self, table: &TableName) -> usize {
+        self.tables.get(table).copied().unwrap_or(0)
+            + self.schemas.get(&table.0).copied().unwrap_or(0)
+            + self.all
+    }
+}
+
 impl Changes {
     /// Without a database every entry of a join is answered as unavailable.
     pub fn new(catalog: Option<Catalog>) -> Changes {
@@ -108,13 +127,17 @@ impl Changes {
         &self.stats
     }
 
-    /// Live subscriptions per table (subscriptions to a schema or to every table are
-    /// left out: they name no table).
-    pub fn subscriptions_per_table(&self) -> HashMap<TableName, usize> {
-        let mut out = HashMap::new();
+    /// Live postgres_changes subscriptions by what they name: a table, a whole schema, or
+    /// every table.
+    pub fn subscription_counts(&self) -> SubscriptionCounts {
+        let mut out = SubscriptionCounts::default();
         for (scope, n) in self.index.counts() {
-            if let TableScope::Table { schema, table } = scope {
-                *out.entry((schema, table)).or_default() += n;
+            match scope {
+                TableScope::Table { schema, table } => {
+                    *out.tables.entry((schema, table)).or_default() += n
+                }
+                TableScope::Schema(schema) => *out.schemas.entry(schema).or_default() += n,
+                TableScope::All => out.all += n,
             }
         }
         out
@@ -157,5 +180,23 @@ impl Changes {
             memo: Default::default(),
         };
         dispatch::run_dispatch(d, events, shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod subscription_count_tests {
+    use super::*;
+
+    #[test]
+    fn a_table_counts_subscriptions_to_it_its_schema_and_every_table() {
+        let name = |s: &str, t: &str| -> TableName { (s.into(), t.into()) };
+        let counts = SubscriptionCounts {
+            tables: HashMap::from([(name("public", "jobs"), 2), (name("crm", "jobs"), 5)]),
+            schemas: HashMap::from([("public".into(), 3)]),
+            all: 1,
+        };
+        assert_eq!(counts.covering(&name("public", "jobs")), 2 + 3 + 1);
+        assert_eq!(counts.covering(&name("public", "invoices")), 3 + 1);
+        assert_eq!(counts.covering(&name("crm", "jobs")), 5 + 1);
     }
 }

@@ -80,7 +80,8 @@ pub struct EnabledRow {
     pub events: Option<Vec<String>>,
     pub changes_total: u64,
     pub changes_per_sec: f64,
-    /// Live postgres_changes subscriptions naming this table.
+    /// Live postgres_changes subscriptions receiving this table's changes (naming it,
+    /// its schema, or every table).
     pub subscriptions: usize,
 }
 
@@ -164,7 +165,7 @@ async fn tables(hub: &Hub) -> Tables {
         Err(e) => (Default::default(), Some(e.to_string())),
     };
     let totals = changes.stats().change_totals();
-    let subscriptions = changes.subscriptions_per_table();
+    let subscriptions = changes.subscription_counts();
     let history = &hub.inspector.as_ref().expect("inspector").history;
     let enabled: Vec<EnabledRow> = history.read(|h| {
         list.iter()
@@ -177,7 +178,7 @@ async fn tables(hub: &Hub) -> Tables {
                     events: t.events.clone().filter(|e| e.len() < 3),
                     changes_total: totals.get(&name).copied().unwrap_or(0),
                     changes_per_sec: h.table_rate(&name),
-                    subscriptions: subscriptions.get(&name).copied().unwrap_or(0),
+                    subscriptions: subscriptions.covering(&name),
                 }
             })
             .collect()
