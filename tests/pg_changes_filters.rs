@@ -339,3 +339,66 @@ async fn a_domain_column_is_filtered_as_its_base_type() {
         c.close().await;
     }
 }
+
+/// An enum's values are its labels, ordered as the type declares them (as Postgres
+/// compares them): `gt`/`lte` follow that order, also through a domain over the enum, and
+/// a label the type does not have is refused at join, as Postgres refuses the cast.
+#[tokio::test]
+async fn an_enum_column_is_filtered_by_its_labels_in_their_order() {
+    let pg = PgHub::start(
+        r#"
+        create type public.stage as enum ('lead', 'qualified', 'won', 'lost');
+        create domain public.deal_stage as public.stage;
+        create table public.deals (id bigserial primary key, s public.stage, d public.deal_stage);
+        grant select on public.deals to authenticated;
+        select realtime.enable('public.deals');
+        "#,
+    )
+    .await;
+    for (filter, hit, misses) in [
+        ("s=gt.qualified", "won", vec!["lead", "qualified"]),
+        ("s=lte.qualified", "lead", vec!["lost", "won"]),
+        ("d=gte.won", "lost", vec!["qualified", "lead"]),
+        ("s=eq.won", "won", vec!["lost", "qualified"]),
+        ("s=in.(lead,lost)", "lost", vec!["won", "qualified"]),
+    ] {
+        let mut c = pg.connect(Vsn::V2).await;
+        let entry =
+            json!({"event": "INSERT", "schema": "public", "table": "deals", "filter": filter});
+        subscribe(&mut c, "realtime:e", json!([entry]), Some(&pg.user(USER))).await;
+        let insert = |stage: &'static str| {
+            let pg = &pg;
+            async move {
+                pg.id(
+                    "insert into public.deals (s, d) values ($1::text::public.stage, $1::text::public.deal_stage) returning id",
+                    &[&stage],
+                )
+                .await
+            }
+        };
+        for m in misses {
+            insert(m).await;
+        }
+        let id = insert(hit).await;
+        let ch = next_change(&mut c).await;
+        assert_eq!(ch.row_id(), Some(id), "{filter}: {:?}", ch.frame);
+        c.close().await;
+    }
+    let mut c = pg.connect(Vsn::V2).await;
+    let entry = json!({"event": "*", "schema": "public", "table": "deals", "filter": "s=eq.Won"});
+    let (join_ref, reply) = join_changes(
+        &mut c,
+        "realtime:bad",
+        json!([entry]),
+        Some(&pg.user(USER)),
+        json!({}),
+    )
+    .await;
+    joined_from_reply("realtime:bad", join_ref, &reply);
+    let sys = next_system(&mut c).await;
+    assert_eq!(sys["status"], "error", "{sys}");
+    assert_eq!(
+        sys["message"],
+        "Error parsing `filter` params: invalid input for type stage: \"Won\""
+    );
+}

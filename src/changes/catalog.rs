@@ -74,6 +74,20 @@ const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.r
                   join pg_catalog.pg_type ty on ty.oid = a.atttypid \
                   where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped \
                   order by a.attnum) as column_base_types, \
+           array(select (select pg_catalog.json_agg(e.enumlabel::text order by e.enumsortorder)::text \
+                           from pg_catalog.pg_enum e \
+                          where e.enumtypid = coalesce( \
+                                (with recursive d(t, depth) as ( \
+                                     select ty.typbasetype, 1 where ty.typtype = 'd' \
+                                     union all \
+                                     select b.typbasetype, d.depth + 1 from d \
+                                       join pg_catalog.pg_type b on b.oid = d.t and b.typtype = 'd') \
+                                 select d.t from d order by d.depth desc limit 1), \
+                                a.atttypid)) \
+                  from pg_catalog.pg_attribute a \
+                  join pg_catalog.pg_type ty on ty.oid = a.atttypid \
+                  where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped \
+                  order by a.attnum) as column_labels, \
            array(select a.attname::text from pg_catalog.pg_index i \
                   cross join lateral unnest(i.indkey) with ordinality as k(attnum, pos) \
                   join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
@@ -463,6 +477,7 @@ fn table_info(row: &Row) -> TableInfo {
     let names: Vec<String> = row.get("column_names");
     let types: Vec<String> = row.get("column_types");
     let bases: Vec<Option<String>> = row.get("column_base_types");
+    let labels: Vec<Option<String>> = row.get("column_labels");
     TableInfo {
         schema: row.get(0),
         name: row.get(1),
@@ -471,10 +486,14 @@ fn table_info(row: &Row) -> TableInfo {
             .into_iter()
             .zip(types)
             .zip(bases)
-            .map(|((name, type_name), base_type)| ColumnInfo {
+            .zip(labels)
+            .map(|(((name, type_name), base_type), labels)| ColumnInfo {
                 name,
                 type_name,
                 base_type,
+                labels: labels
+                    .and_then(|l| serde_json::from_str::<Vec<String>>(&l).ok())
+                    .map(Into::into),
             })
             .collect(),
         primary_key: row.get("primary_key"),

@@ -19,6 +19,7 @@ mod pattern;
 mod value;
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use super::row::{ColumnInfo, Row};
 pub use crate::protocol::FilterError;
@@ -225,6 +226,9 @@ impl BoundFilter {
 #[derive(Debug, Clone)]
 enum Test {
     Cmp(Op, Scalar),
+    /// `lt`/`lte`/`gt`/`gte` on an enum: by the labels' sort order (`labels`), against
+    /// the label at `want`.
+    Rank(Op, usize, Arc<[String]>),
     In(Vec<Scalar>),
     Pattern(Pattern),
     Is(IsValue),
@@ -266,6 +270,15 @@ impl BoundCondition {
         };
         let result = match &self.test {
             Test::Cmp(op, want) => compare(*op, &have, want),
+            Test::Rank(op, want, labels) => {
+                let Scalar::Text(label) = &have else {
+                    return false;
+                };
+                let Some(rank) = labels.iter().position(|l| l == label) else {
+                    return false;
+                };
+                compare_order(*op, rank.cmp(want))
+            }
             Test::In(list) => list.iter().any(|want| have.equals(want)),
             Test::Pattern(pattern) => match &have {
                 Scalar::Text(text) => pattern.matches(text),
@@ -281,16 +294,18 @@ fn compare(op: Op, have: &Scalar, want: &Scalar) -> bool {
     match op {
         Op::Eq => have.equals(want),
         Op::Neq => !have.equals(want),
-        _ => match have.compare(want) {
-            None => false,
-            Some(ord) => match op {
-                Op::Lt => ord == Ordering::Less,
-                Op::Lte => ord != Ordering::Greater,
-                Op::Gt => ord == Ordering::Greater,
-                Op::Gte => ord != Ordering::Less,
-                _ => false,
-            },
-        },
+        _ => have.compare(want).is_some_and(|ord| compare_order(op, ord)),
+    }
+}
+
+/// Whether `ord` (the value against the filter's) passes `lt`/`lte`/`gt`/`gte`.
+fn compare_order(op: Op, ord: Ordering) -> bool {
+    match op {
+        Op::Lt => ord == Ordering::Less,
+        Op::Lte => ord != Ordering::Greater,
+        Op::Gt => ord == Ordering::Greater,
+        Op::Gte => ord != Ordering::Less,
+        _ => false,
     }
 }
 
@@ -305,11 +320,21 @@ fn bind_condition(c: &Condition, columns: &[ColumnInfo]) -> Result<BoundConditio
         column: c.column.clone(),
         type_name: info.type_name.clone(),
     };
+    let invalid = |s: &str| FilterError::InvalidValue {
+        type_name: info.type_name.clone(),
+        value: s.to_owned(),
+    };
+    // An enum's values are its labels, exactly (Postgres refuses any other input).
+    let rank = |s: &str| {
+        info.labels
+            .as_ref()
+            .and_then(|l| l.iter().position(|label| label == s))
+    };
     let read = |s: &str| {
-        kind.parse(s).ok_or_else(|| FilterError::InvalidValue {
-            type_name: info.type_name.clone(),
-            value: s.to_owned(),
-        })
+        if info.labels.is_some() && rank(s).is_none() {
+            return Err(invalid(s));
+        }
+        kind.parse(s).ok_or_else(|| invalid(s))
     };
     let test = match (&c.operand, c.op) {
         (Operand::Is(is), _) => {
@@ -339,6 +364,10 @@ fn bind_condition(c: &Condition, columns: &[ColumnInfo]) -> Result<BoundConditio
             Test::Pattern(pattern.map_err(|e| pattern_error(op, e))?)
         }
         (Operand::One(s), Op::IsDistinct) => Test::IsDistinct(read(s)?),
+        (Operand::One(s), op @ (Op::Lt | Op::Lte | Op::Gt | Op::Gte)) if info.labels.is_some() => {
+            let labels = info.labels.clone().unwrap_or_default();
+            Test::Rank(op, rank(s).ok_or_else(|| invalid(s))?, labels)
+        }
         (Operand::One(s), op @ (Op::Lt | Op::Lte | Op::Gt | Op::Gte)) => {
             if !kind.orderable() {
                 return Err(unsupported());
@@ -542,6 +571,7 @@ mod tests {
             name: name.into(),
             type_name: type_name.into(),
             base_type: None,
+            labels: None,
         })
         .collect()
     }
@@ -581,6 +611,7 @@ mod tests {
             name: "nothing".into(),
             type_name: "text".into(),
             base_type: None,
+            labels: None,
         });
         parse(filter)
             .unwrap_or_else(|e| panic!("{filter}: {e}"))
@@ -963,6 +994,7 @@ mod tests {
             name: "email".into(),
             type_name: "citext".into(),
             base_type: None,
+            labels: None,
         }];
         let r = json!({"email": "Ann@Example.com"})
             .as_object()

@@ -547,6 +547,7 @@ mod tests {
                 name: name.into(),
                 type_name: type_name.into(),
                 base_type: None,
+                labels: None,
             })
             .collect()
     }

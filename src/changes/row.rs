@@ -42,6 +42,9 @@ pub struct ColumnInfo {
     /// For a domain, the `typname` of the type under it (under every domain it stacks):
     /// what its values compare as.
     pub base_type: Option<String>,
+    /// For an enum (or a domain over one), its labels in their sort order: what filters
+    /// may name, and how `lt`/`gt` order them.
+    pub labels: Option<std::sync::Arc<[String]>>,
 }
 
 impl ColumnInfo {

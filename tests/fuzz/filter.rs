@@ -90,11 +90,13 @@ pub fn columns(types: &[&'static str]) -> Vec<ColumnInfo> {
         name: "id".into(),
         type_name: "int8".into(),
         base_type: None,
+        labels: None,
     }];
     cols.extend(types.iter().enumerate().map(|(i, t)| ColumnInfo {
         name: format!("c{i}"),
         type_name: (*t).into(),
         base_type: None,
+        labels: None,
     }));
     cols
 }

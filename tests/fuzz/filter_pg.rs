@@ -459,11 +459,13 @@ fn columns() -> Vec<ColumnInfo> {
         name: "id".into(),
         type_name: "int8".into(),
         base_type: None,
+        labels: None,
     }];
     cols.extend(COLUMNS.iter().map(|(n, _, t)| ColumnInfo {
         name: (*n).into(),
         type_name: (*t).into(),
         base_type: None,
+        labels: None,
     }));
     cols
 }
@@ -577,7 +579,7 @@ proptest! {
         let db = db();
         let (op, sql) = if insensitive { ("imatch", "~*") } else { ("match", "~") };
         let filter = format!("t={op}.{}", quoted(&pattern));
-        let cols = vec![ColumnInfo { name: "t".into(), type_name: "text".into(), base_type: None }];
+        let cols = vec![ColumnInfo { name: "t".into(), type_name: "text".into(), base_type: None, labels: None }];
         let Ok(bound) = parse_filter(&filter).and_then(|f| f.bind(&cols)) else {
             return Ok(());
         };
