@@ -7,7 +7,7 @@
 mod common;
 
 use common::e2e::*;
-use common::hub::Vsn;
+use common::hub::{Vsn, WsClient};
 use serde_json::json;
 
 const SETUP: &str = r#"
@@ -294,6 +294,22 @@ async fn an_update_is_filtered_on_its_new_row_and_a_delete_on_its_old_row() {
     assert_eq!(del.data["old_record"]["tag"], "red");
 }
 
+/// Subscribes to INSERTs of `public.<table>` with `filter` on a fresh socket.
+async fn watch(pg: &PgHub, table: &str, filter: &str) -> WsClient {
+    let mut c = pg.connect(Vsn::V2).await;
+    let entry = json!({"event": "INSERT", "schema": "public", "table": table, "filter": filter});
+    subscribe(&mut c, "realtime:t", json!([entry]), Some(&pg.user(USER))).await;
+    c
+}
+
+/// The next frame must be the INSERT of row `id`, written after the rows `filter` must
+/// not match; returns it.
+async fn expect_first(c: &mut WsClient, id: i64, filter: &str) -> ChangeFrame {
+    let ch = next_change(c).await;
+    assert_eq!(ch.row_id(), Some(id), "{filter}: {:?}", ch.frame);
+    ch
+}
+
 /// A domain's values compare as its base type's (under every domain it stacks), as in
 /// Postgres: `05` equals 5 on a domain over int8, which orders numerically, and a domain
 /// over text takes `like`.
@@ -315,10 +331,7 @@ async fn a_domain_column_is_filtered_as_its_base_type() {
         ("q=gt.9", (10, "a"), vec![(9, "a"), (2, "a")]),
         ("l=like.s%", (1, "sold"), vec![(1, "kept"), (1, "Sold")]),
     ] {
-        let mut c = pg.connect(Vsn::V2).await;
-        let entry =
-            json!({"event": "INSERT", "schema": "public", "table": "stock", "filter": filter});
-        subscribe(&mut c, "realtime:d", json!([entry]), Some(&pg.user(USER))).await;
+        let mut c = watch(&pg, "stock", filter).await;
         let insert = |(q, l): (i64, &'static str)| {
             let pg = &pg;
             async move {
@@ -332,9 +345,7 @@ async fn a_domain_column_is_filtered_as_its_base_type() {
         for m in misses {
             insert(m).await;
         }
-        let id = insert(hit).await;
-        let ch = next_change(&mut c).await;
-        assert_eq!(ch.row_id(), Some(id), "{filter}: {:?}", ch.frame);
+        let ch = expect_first(&mut c, insert(hit).await, filter).await;
         assert_eq!(ch.data["columns"][1]["type"], "small_qty", "{:?}", ch.frame);
         c.close().await;
     }
@@ -362,10 +373,7 @@ async fn an_enum_column_is_filtered_by_its_labels_in_their_order() {
         ("s=eq.won", "won", vec!["lost", "qualified"]),
         ("s=in.(lead,lost)", "lost", vec!["won", "qualified"]),
     ] {
-        let mut c = pg.connect(Vsn::V2).await;
-        let entry =
-            json!({"event": "INSERT", "schema": "public", "table": "deals", "filter": filter});
-        subscribe(&mut c, "realtime:e", json!([entry]), Some(&pg.user(USER))).await;
+        let mut c = watch(&pg, "deals", filter).await;
         let insert = |stage: &'static str| {
             let pg = &pg;
             async move {
@@ -379,9 +387,7 @@ async fn an_enum_column_is_filtered_by_its_labels_in_their_order() {
         for m in misses {
             insert(m).await;
         }
-        let id = insert(hit).await;
-        let ch = next_change(&mut c).await;
-        assert_eq!(ch.row_id(), Some(id), "{filter}: {:?}", ch.frame);
+        expect_first(&mut c, insert(hit).await, filter).await;
         c.close().await;
     }
     let mut c = pg.connect(Vsn::V2).await;
