@@ -63,31 +63,23 @@ const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.r
                   join pg_catalog.pg_type ty on ty.oid = a.atttypid \
                   where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped \
                   order by a.attnum) as column_types, \
-           array(select (with recursive d(t, depth) as ( \
-                             select ty.typbasetype, 1 where ty.typtype = 'd' \
-                             union all \
-                             select b.typbasetype, d.depth + 1 from d \
-                               join pg_catalog.pg_type b on b.oid = d.t and b.typtype = 'd') \
-                         select bt.typname::text from d join pg_catalog.pg_type bt on bt.oid = d.t \
-                          order by d.depth desc limit 1) \
+           array(select pg_catalog.json_build_object( \
+                      'base', case when ty.typtype = 'd' then bt.typname::text end, \
+                      'labels', (select pg_catalog.json_agg(e.enumlabel::text order by e.enumsortorder) \
+                                   from pg_catalog.pg_enum e where e.enumtypid = bt.oid))::text \
                   from pg_catalog.pg_attribute a \
                   join pg_catalog.pg_type ty on ty.oid = a.atttypid \
+                  cross join lateral (select coalesce( \
+                      (with recursive d(t, depth) as ( \
+                           select ty.typbasetype, 1 where ty.typtype = 'd' \
+                           union all \
+                           select b.typbasetype, d.depth + 1 from d \
+                             join pg_catalog.pg_type b on b.oid = d.t and b.typtype = 'd') \
+                       select d.t from d order by d.depth desc limit 1), \
+                      ty.oid) as oid) base \
+                  join pg_catalog.pg_type bt on bt.oid = base.oid \
                   where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped \
-                  order by a.attnum) as column_base_types, \
-           array(select (select pg_catalog.json_agg(e.enumlabel::text order by e.enumsortorder)::text \
-                           from pg_catalog.pg_enum e \
-                          where e.enumtypid = coalesce( \
-                                (with recursive d(t, depth) as ( \
-                                     select ty.typbasetype, 1 where ty.typtype = 'd' \
-                                     union all \
-                                     select b.typbasetype, d.depth + 1 from d \
-                                       join pg_catalog.pg_type b on b.oid = d.t and b.typtype = 'd') \
-                                 select d.t from d order by d.depth desc limit 1), \
-                                a.atttypid)) \
-                  from pg_catalog.pg_attribute a \
-                  join pg_catalog.pg_type ty on ty.oid = a.atttypid \
-                  where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped \
-                  order by a.attnum) as column_labels, \
+                  order by a.attnum) as column_bases, \
            array(select a.attname::text from pg_catalog.pg_index i \
                   cross join lateral unnest(i.indkey) with ordinality as k(attnum, pos) \
                   join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
@@ -473,11 +465,17 @@ where
     Ok(value)
 }
 
+/// What `column_bases` says of one column: the type under a domain, and an enum's labels.
+#[derive(Default, serde::Deserialize)]
+struct ColumnBase {
+    base: Option<String>,
+    labels: Option<Vec<String>>,
+}
+
 fn table_info(row: &Row) -> TableInfo {
     let names: Vec<String> = row.get("column_names");
     let types: Vec<String> = row.get("column_types");
-    let bases: Vec<Option<String>> = row.get("column_base_types");
-    let labels: Vec<Option<String>> = row.get("column_labels");
+    let bases: Vec<String> = row.get("column_bases");
     TableInfo {
         schema: row.get(0),
         name: row.get(1),
@@ -486,14 +484,14 @@ fn table_info(row: &Row) -> TableInfo {
             .into_iter()
             .zip(types)
             .zip(bases)
-            .zip(labels)
-            .map(|(((name, type_name), base_type), labels)| ColumnInfo {
-                name,
-                type_name,
-                base_type,
-                labels: labels
-                    .and_then(|l| serde_json::from_str::<Vec<String>>(&l).ok())
-                    .map(Into::into),
+            .map(|((name, type_name), base)| {
+                let base: ColumnBase = serde_json::from_str(&base).unwrap_or_default();
+                ColumnInfo {
+                    name,
+                    type_name,
+                    base_type: base.base,
+                    labels: base.labels.map(Into::into),
+                }
             })
             .collect(),
         primary_key: row.get("primary_key"),

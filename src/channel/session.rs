@@ -156,23 +156,18 @@ pub struct Session {
     pub(super) resume: Option<ConnResume>,
 }
 
-fn limiter(per_second: u32) -> DefaultDirectRateLimiter {
-    RateLimiter::direct(Quota::per_second(
-        NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN),
-    ))
+/// `per_second` on average, with bursts of `burst_secs` seconds' worth.
+fn limiter(per_second: u32, burst_secs: u32) -> DefaultDirectRateLimiter {
+    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = rate.saturating_mul(NonZeroU32::new(burst_secs).unwrap_or(NonZeroU32::MIN));
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
 }
 
 /// Seconds of `max_messages_per_second` one burst may spend at once. Supabase compares
 /// the average over 5-second buckets with its limit, so a client may send a burst (a
 /// queue flushed on reconnect, a quick series of acked broadcasts) well over the
-/// per-second figure without being cut off.
+/// per-second figure without being cut off. Joins burst one second's worth.
 const MESSAGE_BURST_SECS: u32 = 5;
-
-fn message_limiter(per_second: u32) -> DefaultDirectRateLimiter {
-    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
-    let burst = rate.saturating_mul(NonZeroU32::new(MESSAGE_BURST_SECS).unwrap_or(NonZeroU32::MIN));
-    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
-}
 
 pub(super) fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
@@ -187,8 +182,8 @@ impl Session {
         conn_claims: Claims,
         resume: Option<ConnResume>,
     ) -> Session {
-        let joins = limiter(svc.limits.max_joins_per_second);
-        let messages = message_limiter(svc.limits.max_messages_per_second);
+        let joins = limiter(svc.limits.max_joins_per_second, 1);
+        let messages = limiter(svc.limits.max_messages_per_second, MESSAGE_BURST_SECS);
         // Without a database there is nothing to resume from.
         let resume = resume.filter(|_| svc.resume.is_some());
         Session {
