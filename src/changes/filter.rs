@@ -96,7 +96,8 @@ enum IsValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Operand {
     One(String),
-    List(Vec<String>),
+    /// `in.(...)`: `None` for an unquoted `null`, which Postgres reads as a NULL element.
+    List(Vec<Option<String>>),
     Is(IsValue),
 }
 
@@ -229,7 +230,9 @@ enum Test {
     /// `lt`/`lte`/`gt`/`gte` on an enum: by the labels' sort order (`labels`), against
     /// the label at `want`.
     Rank(Op, usize, Arc<[String]>),
-    In(Vec<Scalar>),
+    /// `= any(list)`; `true` when the list holds a NULL, so that a value matching none
+    /// of the others is unknown (no match, negated or not).
+    In(Vec<Scalar>, bool),
     Pattern(Pattern),
     Is(IsValue),
     IsDistinct(Scalar),
@@ -279,7 +282,13 @@ impl BoundCondition {
                 };
                 compare_order(*op, rank.cmp(want))
             }
-            Test::In(list) => list.iter().any(|want| have.equals(want)),
+            Test::In(list, null) => {
+                let hit = list.iter().any(|want| have.equals(want));
+                if !hit && *null {
+                    return false;
+                }
+                hit
+            }
             Test::Pattern(pattern) => match &have {
                 Scalar::Text(text) => pattern.matches(text),
                 _ => return false,
@@ -343,9 +352,14 @@ fn bind_condition(c: &Condition, columns: &[ColumnInfo]) -> Result<BoundConditio
             }
             Test::Is(*is)
         }
-        (Operand::List(items), _) => {
-            Test::In(items.iter().map(|s| read(s)).collect::<Result<_, _>>()?)
-        }
+        (Operand::List(items), _) => Test::In(
+            items
+                .iter()
+                .flatten()
+                .map(|s| read(s))
+                .collect::<Result<_, _>>()?,
+            items.iter().any(Option::is_none),
+        ),
         (Operand::One(s), op @ (Op::Like | Op::Ilike | Op::Match | Op::Imatch)) => {
             if !kind.textual() {
                 return Err(unsupported());
@@ -472,8 +486,10 @@ fn parse_scalar(value: &str) -> Result<String, FilterError> {
     Ok(text)
 }
 
-/// `(a, "b,c", d)` -> items, each trimmed (quote one to keep its spaces).
-fn parse_in_list(value: &str) -> Result<Vec<String>, FilterError> {
+/// `(a, "b,c", d)` -> items, each trimmed (quote one to keep its spaces). As in a Postgres
+/// array literal, an unquoted `null` (any case) is a NULL element and an empty item is
+/// refused (`""` is the empty string).
+fn parse_in_list(value: &str) -> Result<Vec<Option<String>>, FilterError> {
     let inner = value
         .trim()
         .strip_prefix('(')
@@ -488,7 +504,13 @@ fn parse_in_list(value: &str) -> Result<Vec<String>, FilterError> {
     }
     items
         .into_iter()
-        .map(|item| parse_scalar(item.trim()))
+        .map(|item| match item.trim() {
+            "" => Err(syntax(format!(
+                "empty value in `in` list {value}; write \"\" for an empty string"
+            ))),
+            null if null.eq_ignore_ascii_case("null") => Ok(None),
+            item => parse_scalar(item).map(Some),
+        })
         .collect()
 }
 
@@ -820,6 +842,35 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn an_unquoted_null_in_a_list_is_a_null_element_and_an_empty_item_is_refused() {
+        let mut r = record();
+        assert!(!matches("name=in.(x,null)", &r));
+        assert!(matches(r#"name=in.("O'Brien, Ann",NULL)"#, &r));
+        // `not (name = any('{x,NULL}'))` is unknown for a name that is neither.
+        assert!(!matches("name=not.in.(x,null)", &r));
+        assert!(!matches(r#"name=not.in.("O'Brien, Ann",null)"#, &r));
+        assert!(matches("name=not.in.(x)", &r));
+        r.insert("name".into(), json!("null"));
+        assert!(!matches("name=in.(null)", &r));
+        assert!(matches(r#"name=in.("null")"#, &r));
+        r.insert("name".into(), json!(""));
+        assert!(matches(r#"name=in.(x,"")"#, &r));
+        for bad in ["name=in.(x,)", "name=in.(,x)", "name=in.(x, ,y)"] {
+            assert_eq!(
+                parse(bad).unwrap_err().to_string(),
+                format!(
+                    "Error parsing `filter` params: empty value in `in` list {}; \
+                     write \"\" for an empty string",
+                    &bad[8..]
+                ),
+                "{bad}"
+            );
+        }
+        // A NULL element needs no reading as the column's type.
+        assert!(matches("n4=in.(-42,null)", &record()));
     }
 
     #[test]

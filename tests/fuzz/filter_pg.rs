@@ -321,13 +321,15 @@ fn ops_for(type_name: &str) -> &'static [&'static str] {
     }
 }
 
-/// One condition: column index, operator, negated, values (one, or the `in` list).
+/// One condition: column index, operator, negated, values (one, or the `in` list), and
+/// whether the `in` list also holds an unquoted `null` (a NULL element).
 #[derive(Debug, Clone)]
 struct Cond {
     col: usize,
     op: &'static str,
     negate: bool,
     values: Vec<String>,
+    null_in: bool,
 }
 
 fn cond() -> impl Strategy<Value = Cond> {
@@ -342,8 +344,9 @@ fn cond() -> impl Strategy<Value = Cond> {
             like,
             regex(),
             pick(&["null", "true", "false", "unknown"]),
+            any::<bool>(),
         )
-            .prop_map(move |(op, negate, values, like, regex, is)| {
+            .prop_map(move |(op, negate, values, like, regex, is, null_in)| {
                 let values = match op {
                     "like" | "ilike" => vec![like],
                     "match" | "imatch" => vec![regex],
@@ -356,6 +359,7 @@ fn cond() -> impl Strategy<Value = Cond> {
                     op,
                     negate,
                     values,
+                    null_in: null_in && op == "in",
                 }
             })
     })
@@ -375,6 +379,7 @@ impl Cond {
                 self.values
                     .iter()
                     .map(|v| quoted(v))
+                    .chain(self.null_in.then(|| "null".to_owned()))
                     .collect::<Vec<_>>()
                     .join(",")
             ),
@@ -431,6 +436,7 @@ impl Cond {
                 "{col} = any(array[{}])",
                 (0..self.values.len())
                     .map(param)
+                    .chain(self.null_in.then(|| format!("null::{pg_type}")))
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
