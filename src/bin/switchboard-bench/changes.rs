@@ -42,7 +42,20 @@ pub struct RowscopedArgs {
     /// Only the filtered window.
     #[arg(long)]
     pub filtered: bool,
+    /// Give the portal policy a shape the hub does not decide itself
+    /// (`customer_id = auth.uid() and n >= 0`), so Postgres judges every candidate
+    /// subscriber of every change (`realtime.visible_to`). Unfiltered, that is every
+    /// customer for every row: pair it with `--filtered`.
+    #[arg(long)]
+    pub policy_in_postgres: bool,
 }
+
+/// The portal policy as a shape `realtime.row_keys` does not recognise.
+const POLICY_IN_POSTGRES: &str = "
+drop policy own_jobs on public.portal_jobs;
+create policy own_jobs on public.portal_jobs for select to authenticated
+    using (customer_id = auth.uid() and n >= 0);
+";
 
 pub async fn rowscoped(a: RowscopedArgs) -> Result<(), BenchError> {
     let c = &a.common;
@@ -51,13 +64,19 @@ pub async fn rowscoped(a: RowscopedArgs) -> Result<(), BenchError> {
         .database_url
         .clone()
         .expect("rowscoped has a database");
+    if a.policy_in_postgres {
+        pgload::connect(&url)
+            .await?
+            .batch_execute(POLICY_IN_POSTGRES)
+            .await?;
+    }
     let hub = &setup.hub;
     let modes: &[bool] = match (a.filtered, a.unfiltered) {
         (true, _) => &[false],
         (_, true) => &[true],
         _ => &[false, true],
     };
-    let mut record = json!({"customers": a.customers, "writers": a.writers, "rows_per_tx": a.rows_per_tx, "rate": a.rate});
+    let mut record = json!({"customers": a.customers, "writers": a.writers, "rows_per_tx": a.rows_per_tx, "rate": a.rate, "policy_in_postgres": a.policy_in_postgres});
     let mut lines = Vec::new();
     for &unfiltered in modes {
         let sockets = ws::open_many(hub.addr, 0, a.customers, c.parallel, |i| {
