@@ -111,6 +111,8 @@ settings! {
     outbox_frames: usize = 4096, env "SWITCHBOARD_OUTBOX_FRAMES";
     /// Bytes queued for one connection before it is cut off as a slow consumer.
     outbox_bytes: usize = 8 * 1024 * 1024, env "SWITCHBOARD_OUTBOX_BYTES";
+    /// How long a connection's queue may stay past `outbox_frames`/`outbox_bytes` (up to 16 times the frames and 4 times the bytes) when a large transaction's changes arrive at once; still past them after this, or past those ceilings, it is cut off as a slow consumer. 0: cut off at the bounds.
+    outbox_grace_ms: u64 = 10_000, env "SWITCHBOARD_OUTBOX_GRACE_MS";
     /// REST broadcast messages per second per token (burst of the same size); past it, 429.
     rest_broadcasts_per_second_per_token: u32 = 1000, env "SWITCHBOARD_REST_BROADCASTS_PER_SECOND_PER_TOKEN";
     /// REST broadcast messages per second per client address (IPv6: per /64; burst of the same size); past it, 429.
@@ -252,6 +254,8 @@ pub struct Limits {
     pub max_presence_bytes_per_topic: usize,
     pub outbox_frames: usize,
     pub outbox_bytes: usize,
+    /// See `outbox_grace_ms`.
+    pub outbox_grace: Duration,
     pub idle_timeout: Duration,
     /// See `replication_ready_timeout_secs`.
     pub replication_ready_timeout: Duration,
@@ -635,6 +639,7 @@ impl Config {
             )?,
             outbox_frames: positive("outbox_frames", r.outbox_frames)?,
             outbox_bytes: positive("outbox_bytes", r.outbox_bytes)?,
+            outbox_grace: Duration::from_millis(r.outbox_grace_ms),
             idle_timeout: Duration::from_secs(positive("idle_timeout_secs", r.idle_timeout_secs)?),
             replication_ready_timeout: Duration::from_secs(r.replication_ready_timeout_secs),
             rest_broadcasts_per_token: positive(

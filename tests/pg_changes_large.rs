@@ -1,6 +1,7 @@
 //! Large rows through postgres_changes (PROTOCOL.md §4, §9): records up to 1 MB arrive
 //! intact; a bigger record arrives with `errors: ["Error 413: Payload Too Large"]` and
-//! its fields over 64 bytes dropped.
+//! its fields over 64 bytes dropped. Large statements: more changes at once than a
+//! connection's queue holds reach a subscriber that reads them.
 
 mod common;
 
@@ -105,4 +106,35 @@ async fn a_row_over_1_mb_arrives_with_error_413_and_its_large_field_dropped() {
     let ch = expect_row(&mut c, "INSERT", "blobs", small).await;
     assert_eq!(ch.data["errors"], serde_json::Value::Null);
     assert_eq!(ch.data["record"]["body"], "short");
+}
+
+/// Rows one statement inserts: more than a connection's queue holds (`outbox_frames`,
+/// 4,096 by default), fewer than a burst may take it to.
+const BULK_ROWS: i64 = 10_000;
+
+#[tokio::test]
+async fn a_statement_of_more_changes_than_a_queue_holds_reaches_a_reading_subscriber_whole() {
+    let pg = PgHub::start(SETUP).await;
+    let mut c = pg.connect(Vsn::V2).await;
+    let entry = json!({"event": "INSERT", "schema": "public", "table": "blobs"});
+    subscribe(
+        &mut c,
+        "realtime:blobs",
+        json!([entry]),
+        Some(&pg.user(USER)),
+    )
+    .await;
+    let first = pg
+        .id(
+            "with rows as (insert into public.blobs (small) select 'bulk ' || g \
+             from generate_series(1, $1::bigint) g returning id) select min(id) from rows",
+            &[&BULK_ROWS],
+        )
+        .await;
+    for id in first..first + BULK_ROWS {
+        expect_row(&mut c, "INSERT", "blobs", id).await;
+    }
+    // Still connected: a row after the burst arrives too.
+    let after = insert_blob(&pg, "after").await;
+    expect_row(&mut c, "INSERT", "blobs", after).await;
 }

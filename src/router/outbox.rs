@@ -3,6 +3,11 @@
 //! consumer instead of waiting or growing. The connection's writer holds `OutboxRx`;
 //! the router, channels and REST handlers hold clones of `OutboxTx`.
 //!
+//! A burst (one large transaction's changes arrive together) may take the queue past its
+//! bounds, up to `BURST_FRAMES` times the frames and `BURST_BYTES` times the bytes, for a
+//! grace period (`outbox_bursting`): a client that reads keeps up and gets every change; a
+//! queue still past its bounds after the grace, or past those ceilings, is a slow consumer.
+//!
 //! The queue is a `VecDeque` under a mutex, allocated only while frames wait (an idle
 //! connection holds no buffer), and a push wakes whatever waker the writer registered:
 //! a writer task serving many sockets registers one per socket, so a change fanned out
@@ -22,9 +27,10 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +45,15 @@ const KEEP_CAPACITY: usize = 16;
 /// Urgent frames (heartbeat replies) waiting at most; more are dropped: a client that
 /// sent this many heartbeats without reading one answer is not reading at all.
 const MAX_URGENT: usize = 16;
+/// How far past its bounds a burst may take a queue (`outbox_bursting`): frames, bytes.
+pub const BURST_FRAMES: usize = 16;
+pub const BURST_BYTES: usize = 4;
+
+/// Milliseconds since the first queue past its bounds (`Shared::over_since`), plus one.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
 
 struct Shared {
     /// Frames not yet taken by the writer. Pushers and the writer lock it briefly.
@@ -46,6 +61,12 @@ struct Shared {
     queued_bytes: AtomicUsize,
     max_frames: usize,
     max_bytes: usize,
+    /// How long a burst may keep the queue past its bounds (`outbox_bursting`); 0: no
+    /// burst.
+    grace_ms: u64,
+    /// When the queue went past its bounds (`now_ms`), 0 while within them. Read and
+    /// written under the queue's lock.
+    over_since: AtomicU64,
     /// Cancelled by `close`, for whoever waits for it (the connection's reader).
     close: CancellationToken,
     /// Set by `close` before `close` is cancelled: pushes test this (one atomic load),
@@ -70,20 +91,56 @@ impl Shared {
         self.writer.wake();
     }
 
+    /// How far a burst may take the queue: frames, bytes.
+    fn ceilings(&self) -> (usize, usize) {
+        (
+            self.max_frames.saturating_mul(BURST_FRAMES),
+            self.max_bytes.saturating_mul(BURST_BYTES),
+        )
+    }
+
+    /// Bytes a gate may hold for a catch-up: the burst's ceiling, else the bound.
+    fn hold_limit(&self) -> usize {
+        match self.grace_ms {
+            0 => self.max_bytes,
+            _ => self.ceilings().1,
+        }
+    }
+
     /// Whether `close` was called (the token is cancelled right after).
     fn is_closed(&self) -> bool {
         self.reason.get().is_some()
     }
 
     /// Whether an item of `len` bytes may join `frames` queued items and `before` queued
-    /// bytes: a snapshot may go past the byte bound unless the queue is already over it;
-    /// anything else past it only into an empty queue.
+    /// bytes (called under the queue's lock): within the bounds, or past them within the
+    /// burst's ceilings while the queue has been past them for less than the grace.
     fn fits(&self, frames: usize, before: usize, len: usize, snapshot: bool) -> bool {
-        let within_bytes = match snapshot {
-            true => before <= self.max_bytes,
-            false => before == 0 || before + len <= self.max_bytes,
-        };
-        frames < self.max_frames && within_bytes
+        if within(
+            frames,
+            before,
+            len,
+            snapshot,
+            self.max_frames,
+            self.max_bytes,
+        ) {
+            if self.over_since.load(Ordering::Relaxed) != 0 {
+                self.over_since.store(0, Ordering::Relaxed);
+            }
+            return true;
+        }
+        let (max_frames, max_bytes) = self.ceilings();
+        if self.grace_ms == 0 || !within(frames, before, len, snapshot, max_frames, max_bytes) {
+            return false;
+        }
+        let now = now_ms();
+        match self.over_since.load(Ordering::Relaxed) {
+            0 => {
+                self.over_since.store(now, Ordering::Relaxed);
+                true
+            }
+            since => now - since < self.grace_ms,
+        }
     }
 
     /// A push that did not fit: its `refused` bytes stop counting and the connection is
@@ -93,6 +150,24 @@ impl Shared {
         self.close(Close::SlowConsumer);
         PushError::Overflow
     }
+}
+
+/// Whether an item of `len` bytes may join `frames` queued items and `before` queued
+/// bytes under these bounds: a snapshot may go past the byte bound unless the queue is
+/// already over it; anything else past it only into an empty queue.
+fn within(
+    frames: usize,
+    before: usize,
+    len: usize,
+    snapshot: bool,
+    max_frames: usize,
+    max_bytes: usize,
+) -> bool {
+    let within_bytes = match snapshot {
+        true => before <= max_bytes,
+        false => before == 0 || before + len <= max_bytes,
+    };
+    frames < max_frames && within_bytes
 }
 
 /// What the queue holds: a frame, or the place of one still being decided.
@@ -150,11 +225,28 @@ pub struct OutboxRx {
 
 /// Creates an outbox holding at most `max_frames` frames and `max_bytes` bytes.
 pub fn outbox(max_frames: usize, max_bytes: usize) -> (OutboxTx, OutboxRx) {
+    outbox_bursting(max_frames, max_bytes, Duration::ZERO)
+}
+
+/// Creates an outbox bounded by `max_frames` frames and `max_bytes` bytes that a burst
+/// may take past them (up to `BURST_FRAMES` / `BURST_BYTES` times) for `grace`: a
+/// queue still past them after it is a slow consumer. A zero `grace` allows no burst.
+pub fn outbox_bursting(
+    max_frames: usize,
+    max_bytes: usize,
+    grace: Duration,
+) -> (OutboxTx, OutboxRx) {
+    let grace_ms = match grace.is_zero() {
+        true => 0,
+        false => grace.as_millis().clamp(1, u64::MAX.into()) as u64,
+    };
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::new()),
         queued_bytes: AtomicUsize::new(0),
         max_frames: max_frames.max(1),
         max_bytes,
+        grace_ms,
+        over_since: AtomicU64::new(0),
         close: CancellationToken::new(),
         reason: OnceLock::new(),
         writer: AtomicWaker::new(),
@@ -461,7 +553,7 @@ impl ChannelOutbox {
                 }
                 let before = *bytes;
                 *bytes += frame_len(&frame);
-                let limit = self.tx.shared.max_bytes;
+                let limit = self.tx.shared.hold_limit();
                 if (snapshot && before > limit) || (!snapshot && *bytes > limit) {
                     self.tx.close(Close::SlowConsumer);
                     return Err(PushError::Overflow);
@@ -622,6 +714,59 @@ mod tests {
         assert!(tx.is_closed());
         assert_eq!(rx.close_reason(), Some(Close::SlowConsumer));
         assert_eq!(tx.push(text(1)), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_burst_past_the_bounds_is_queued_for_a_reader_that_drains_it() {
+        let (tx, mut rx) = outbox_bursting(4, 100, Duration::from_secs(60));
+        let mut run: Vec<WireFrame> = (0..4 * BURST_FRAMES).map(|_| text(1)).collect();
+        assert_eq!(tx.push_run(&mut run), (4 * BURST_FRAMES, Ok(())));
+        while rx.try_recv().is_some() {}
+        // Drained: the next burst has the whole allowance again, bytes too.
+        assert!(tx.push(text(300)).is_ok());
+        assert!(tx.push(text(100)).is_ok());
+        assert_eq!(tx.queued_bytes(), 400);
+        assert!(!tx.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_burst_closes_at_its_ceilings_and_a_queue_past_its_bounds_after_the_grace() {
+        let (tx, rx) = outbox_bursting(4, 1 << 20, Duration::from_secs(60));
+        let mut run: Vec<WireFrame> = (0..4 * BURST_FRAMES + 1).map(|_| text(1)).collect();
+        assert_eq!(
+            tx.push_run(&mut run),
+            (4 * BURST_FRAMES, Err(PushError::Overflow))
+        );
+        assert_eq!(rx.close_reason(), Some(Close::SlowConsumer));
+
+        let (tx, _rx) = outbox_bursting(100, 10, Duration::from_secs(60));
+        assert!(tx.push(text(40)).is_ok());
+        assert_eq!(tx.push(text(1)), Err(PushError::Overflow), "4 × 10 bytes");
+
+        let (tx, mut rx) = outbox_bursting(2, 1 << 20, Duration::from_millis(30));
+        for _ in 0..3 {
+            assert!(tx.push(text(1)).is_ok());
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        // Still past the bound (nothing was read) after the grace: a slow consumer.
+        assert_eq!(tx.push(text(1)), Err(PushError::Overflow));
+        assert_eq!(rx.close_reason(), Some(Close::SlowConsumer));
+        assert!(
+            rx.recv().await.is_some(),
+            "what was queued is still written"
+        );
+
+        // A reader that got back within the bounds starts a new grace.
+        let (tx, mut rx) = outbox_bursting(2, 1 << 20, Duration::from_millis(30));
+        for _ in 0..3 {
+            assert!(tx.push(text(1)).is_ok());
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        while rx.try_recv().is_some() {}
+        for _ in 0..3 {
+            assert!(tx.push(text(1)).is_ok());
+        }
+        assert!(!tx.is_closed());
     }
 
     #[tokio::test]

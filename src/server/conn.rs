@@ -21,7 +21,7 @@ use crate::auth::Claims;
 use crate::channel::{ConnResume, Session};
 use crate::protocol::{self, Close, Vsn};
 use crate::resume::ConnAcks;
-use crate::router::outbox::outbox;
+use crate::router::outbox::outbox_bursting;
 use crate::telemetry::next_id;
 
 /// How long a connection that stopped reading mid-frame keeps its socket after the close
@@ -69,7 +69,11 @@ where
     // Fused: after the loop it is read again until it ends (see the drain below).
     let mut stream = stream.fuse();
     let limits = &hub.services.limits;
-    let (tx, rx) = outbox(limits.outbox_frames, limits.outbox_bytes);
+    let (tx, rx) = outbox_bursting(
+        limits.outbox_frames,
+        limits.outbox_bytes,
+        limits.outbox_grace,
+    );
     let resume = resume
         .filter(|_| hub.services.resume.is_some())
         .map(|key| ConnResume {
