@@ -77,6 +77,33 @@ impl Drop for Slot {
     }
 }
 
+/// A WebSocket path with its empty segments dropped (`/realtime/v1//websocket`, a
+/// trailing `/`), as Supabase's HTTP server reads a path; `None` when it has none, or is
+/// not a socket's. realtime-js given an endpoint that ends in `/` asks for
+/// `/realtime/v1//websocket`. Other paths keep their empty segments, so a REST broadcast
+/// to an empty topic (`/api/broadcast//events/e`) is refused as such.
+fn without_empty_segments(uri: &hyper::Uri) -> Option<hyper::Uri> {
+    let path = uri.path();
+    if !(path.contains("//") || path.len() > 1 && path.ends_with('/')) {
+        return None;
+    }
+    let mut tidy = String::with_capacity(path.len() + 1);
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        tidy.push('/');
+        tidy.push_str(segment);
+    }
+    if !tidy.ends_with("/websocket") {
+        return None;
+    }
+    if let Some(query) = uri.query() {
+        tidy.push('?');
+        tidy.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(tidy.parse().ok()?);
+    hyper::Uri::from_parts(parts).ok()
+}
+
 /// Serves `router` on `listener` until `shutdown`: at most `cap` connections at once
 /// (further ones are closed at once), request headers within `header_timeout`.
 pub async fn serve(
@@ -120,6 +147,9 @@ pub async fn serve(
         tokio::spawn(async move {
             let held = slot.clone();
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                if let Some(uri) = without_empty_segments(req.uri()) {
+                    *req.uri_mut() = uri;
+                }
                 req.extensions_mut().insert(held.clone());
                 req.extensions_mut().insert(PeerAddr(peer));
                 router.clone().oneshot(req)
@@ -132,5 +162,32 @@ pub async fn serve(
             }
             drop(slot);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_path_drops_its_empty_segments_and_keeps_its_query() {
+        let tidy = |s: &str| without_empty_segments(&s.parse().unwrap()).map(|u| u.to_string());
+        assert_eq!(
+            tidy("/realtime/v1//websocket?apikey=a%2Fb&vsn=2.0.0").as_deref(),
+            Some("/realtime/v1/websocket?apikey=a%2Fb&vsn=2.0.0")
+        );
+        assert_eq!(
+            tidy("//socket/websocket/").as_deref(),
+            Some("/socket/websocket")
+        );
+        assert_eq!(
+            tidy("/realtime/v1/websocket/").as_deref(),
+            Some("/realtime/v1/websocket")
+        );
+        assert_eq!(tidy("/api/broadcast/"), None);
+        assert_eq!(tidy("/api/broadcast//events/e"), None);
+        assert_eq!(tidy("///"), None);
+        assert_eq!(tidy("/realtime/v1/websocket"), None);
+        assert_eq!(tidy("/"), None);
     }
 }
