@@ -214,15 +214,20 @@ async fn a_filter_on_an_unknown_column_gets_an_invalid_column_error() {
 }
 
 #[tokio::test]
-async fn a_filter_value_of_the_wrong_type_gets_a_parse_error() {
+async fn a_filter_value_of_the_wrong_type_gets_postgres_cast_error_in_supabase_words() {
     let pg = PgHub::start(SETUP).await;
     let bad = json!({"event": "*", "schema": "public", "table": "items", "filter": "n=eq.abc"});
     let message = assert_entry_error(&pg, bad).await;
     assert!(
-        message.starts_with("Error parsing `filter` params"),
+        message.starts_with(
+            "Unable to subscribe to changes with given parameters. An exception happened so \
+             please check your connect parameters: [event: *, schema: public, table: items, \
+             filters: [{\"n\", \"eq\", \"abc\", false}], select: nil]. Exception: ERROR 22P02 \
+             (invalid_text_representation) invalid input syntax for type "
+        ),
         "{message}"
     );
-    assert!(message.contains("abc"), "{message}");
+    assert!(message.ends_with(": \"abc\""), "{message}");
 }
 
 #[tokio::test]

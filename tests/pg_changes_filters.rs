@@ -405,6 +405,105 @@ async fn an_enum_column_is_filtered_by_its_labels_in_their_order() {
     assert_eq!(sys["status"], "error", "{sys}");
     assert_eq!(
         sys["message"],
-        "Error parsing `filter` params: invalid input for type stage: \"Won\""
+        "Unable to subscribe to changes with given parameters. An exception happened so \
+         please check your connect parameters: [event: *, schema: public, table: deals, \
+         filters: [{\"s\", \"eq\", \"Won\", false}], select: nil]. Exception: ERROR 22P02 \
+         (invalid_text_representation) invalid input value for enum stage: \"Won\""
     );
+}
+
+/// A value the hub does not read as its column's type itself is read by Postgres, as
+/// Supabase has Postgres cast every value: what Postgres accepts subscribes and matches,
+/// and what it refuses is refused at join in Supabase's words, Postgres's message included.
+#[tokio::test]
+async fn values_the_hub_does_not_read_itself_are_read_by_postgres() {
+    let pg = PgHub::start(
+        r#"
+        create table public.visits (
+            id bigserial primary key, day date, ok bool, tags text[], n int4
+        );
+        grant select on public.visits to authenticated;
+        select realtime.enable('public.visits');
+        "#,
+    )
+    .await;
+    let insert = |day: &'static str, ok: bool, tags: &'static str| {
+        let pg = &pg;
+        async move {
+            pg.id(
+                "insert into public.visits (day, ok, tags, n) \
+                 values ($1::text::date, $2, $3::text::text[], 1) returning id",
+                &[&day, &ok, &tags],
+            )
+            .await
+        }
+    };
+    for (filter, hit, misses) in [
+        // Unpadded, as `${d.getFullYear()}-${d.getMonth() + 1}-${d.getDate()}` writes it.
+        (
+            "day=eq.2024-1-2",
+            ("2024-01-02", true, "{a}"),
+            vec![("2024-01-12", true, "{a}")],
+        ),
+        (
+            "ok=eq.tru",
+            ("2024-01-01", true, "{a}"),
+            vec![("2024-01-01", false, "{a}")],
+        ),
+        (
+            "tags=eq.{a,b}",
+            ("2024-01-01", true, "{a,b}"),
+            vec![("2024-01-01", true, "{b,a}")],
+        ),
+        (
+            "day=in.(2024/03/04,2024-5-6)",
+            ("2024-05-06", true, "{a}"),
+            vec![("2024-05-07", true, "{a}")],
+        ),
+    ] {
+        let mut c = watch(&pg, "visits", filter).await;
+        for (day, ok, tags) in misses {
+            insert(day, ok, tags).await;
+        }
+        let (day, ok, tags) = hit;
+        expect_first(&mut c, insert(day, ok, tags).await, filter).await;
+        c.close().await;
+    }
+    for (filter, exception) in [
+        (
+            "n=eq.abc",
+            "ERROR 22P02 (invalid_text_representation) invalid input syntax for type integer: \"abc\"",
+        ),
+        (
+            "n=not.in.(1,99999999999)",
+            "ERROR 22003 (numeric_value_out_of_range) value \"99999999999\" is out of range for type integer",
+        ),
+    ] {
+        let mut c = pg.connect(Vsn::V2).await;
+        let entry = json!({"event": "INSERT", "schema": "public", "table": "visits", "filter": filter});
+        let (join_ref, reply) = join_changes(
+            &mut c,
+            "realtime:bad",
+            json!([entry]),
+            Some(&pg.user(USER)),
+            json!({}),
+        )
+        .await;
+        joined_from_reply("realtime:bad", join_ref, &reply);
+        let sys = next_system(&mut c).await;
+        assert_eq!(sys["status"], "error", "{sys}");
+        let message = sys["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(
+                "Unable to subscribe to changes with given parameters. An exception happened \
+                 so please check your connect parameters: [event: INSERT, schema: public, \
+                 table: visits, filters: [{\"n\", "
+            ),
+            "{filter}: {message}"
+        );
+        assert!(
+            message.ends_with(&format!("select: nil]. Exception: {exception}")),
+            "{filter}: {message}"
+        );
+    }
 }

@@ -131,6 +131,26 @@ impl CatalogError {
     }
 }
 
+/// A Postgres error as Supabase's Postgres client words it: `ERROR <code> (<name>) <message>`.
+fn refusal_text(db: &tokio_postgres::error::DbError) -> String {
+    let code = db.code().code();
+    let name = match code {
+        "22P02" => "invalid_text_representation",
+        "22003" => "numeric_value_out_of_range",
+        "22007" => "invalid_datetime_format",
+        "22008" => "datetime_field_overflow",
+        "22009" => "invalid_time_zone_displacement_value",
+        "22001" => "string_data_right_truncation",
+        "22021" => "character_not_in_repertoire",
+        "22023" => "invalid_parameter_value",
+        "2202E" => "array_subscript_error",
+        "22P05" => "untranslatable_character",
+        "23514" => "check_violation",
+        _ => "data_exception",
+    };
+    format!("{} {code} ({name}) {}", db.severity(), db.message())
+}
+
 /// What the hub needs to know about one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {
@@ -304,6 +324,34 @@ impl Catalog {
         };
         let enabled = |t: &Option<Arc<TableInfo>>| t.as_ref().is_some_and(|t| t.realtime_enabled);
         cached(&self.inner.tables, key, CACHE_TTL, enabled, fetch).await
+    }
+
+    /// How Postgres reads `value` as the column `column` of the table `qualified` (its
+    /// quoted name): the value's JSON text (a string's contents), `None` for NULL; the
+    /// inner `Err` is Postgres's refusal, as Supabase words it (`ERROR 22P02
+    /// (invalid_text_representation) invalid input syntax for type integer: "abc"`).
+    pub async fn read_value(
+        &self,
+        qualified: &str,
+        column: &str,
+        value: &str,
+    ) -> Result<Result<Option<String>, String>, CatalogError> {
+        let client = self.inner.pool.get().await?;
+        let sql = format!(
+            "select (pg_catalog.to_jsonb(r) -> $1::text) #>> '{{}}' \
+             from pg_catalog.json_populate_record(null::{qualified}, \
+                  pg_catalog.json_build_object($1::text, $2::text)) r"
+        );
+        match client.query_one(&sql, &[&column, &value]).await {
+            Ok(row) => Ok(Ok(row.get(0))),
+            Err(e) => match e.as_db_error() {
+                // Data exceptions and a domain's checks: the value is the asker's mistake.
+                Some(db) if db.code().code().starts_with("22") || db.code().code() == "23514" => {
+                    Ok(Err(refusal_text(db)))
+                }
+                _ => Err(e.into()),
+            },
+        }
     }
 
     /// Whether `schema` exists and `role` may use it (a schema-wide subscription of a

@@ -141,12 +141,94 @@ impl Filter {
 
     /// Checks every column exists and every value reads as its column's type.
     pub fn bind(&self, columns: &[ColumnInfo]) -> Result<BoundFilter, FilterError> {
+        self.bind_cast(columns, &Casts::new())
+    }
+
+    /// `bind`, reading a value the hub's own reading refuses as `casts` gives it:
+    /// (column, value) -> the value as Postgres reads it for the column's type (what
+    /// `unreadable` asked for).
+    pub fn bind_cast(
+        &self,
+        columns: &[ColumnInfo],
+        casts: &Casts,
+    ) -> Result<BoundFilter, FilterError> {
         let conditions = self
             .conditions
             .iter()
-            .map(|c| bind_condition(c, columns))
+            .map(|c| bind_condition(c, columns, casts))
             .collect::<Result<_, _>>()?;
         Ok(BoundFilter { conditions })
+    }
+
+    /// The (column, value) pairs compared with a column's values that the hub does not
+    /// read as the column's type itself (`day=eq.2024-1-2`, `ok=eq.tru`, an enum label
+    /// the type lacks, `{a,b}` for an array): Postgres is to read them (`bind_cast`), as
+    /// Supabase has Postgres cast every value. Unknown columns are left to `bind`.
+    pub fn unreadable(&self, columns: &[ColumnInfo]) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for c in &self.conditions {
+            let Some(info) = columns.iter().find(|col| col.name == c.column) else {
+                continue;
+            };
+            let values: Vec<&str> = match (&c.operand, c.op) {
+                (_, Op::Like | Op::Ilike | Op::Match | Op::Imatch) | (Operand::Is(_), _) => {
+                    continue
+                }
+                (Operand::One(v), _) => vec![v],
+                (Operand::List(items), _) => items.iter().flatten().map(String::as_str).collect(),
+            };
+            for v in values {
+                let pair = (c.column.clone(), v.to_owned());
+                if !readable(info, v) && !out.contains(&pair) {
+                    out.push(pair);
+                }
+            }
+        }
+        out
+    }
+
+    /// The filter as Supabase logs a subscription's (`{"col", "op", "value", negated}`,
+    /// an `in` list as `{a,b}`), for the text of a value Postgres refused.
+    pub fn to_log(&self) -> String {
+        let conditions: Vec<String> = self
+            .conditions
+            .iter()
+            .map(|c| {
+                let value = match &c.operand {
+                    Operand::One(v) => v.clone(),
+                    Operand::List(items) => {
+                        let items: Vec<&str> = items
+                            .iter()
+                            .map(|i| i.as_deref().unwrap_or("null"))
+                            .collect();
+                        format!("{{{}}}", items.join(","))
+                    }
+                    Operand::Is(IsValue::Null) => "null".into(),
+                    Operand::Is(IsValue::True) => "true".into(),
+                    Operand::Is(IsValue::False) => "false".into(),
+                };
+                format!(
+                    "{{{:?}, {:?}, {:?}, {}}}",
+                    c.column,
+                    c.op.name(),
+                    value,
+                    c.negate
+                )
+            })
+            .collect();
+        format!("[{}]", conditions.join(", "))
+    }
+}
+
+/// Values as Postgres read them for a column's type: (column, value) -> the value's
+/// JSON text (`Filter::bind_cast`).
+pub type Casts = std::collections::HashMap<(String, String), String>;
+
+/// Whether the hub reads `value` as `info`'s type itself.
+fn readable(info: &ColumnInfo, value: &str) -> bool {
+    match &info.labels {
+        Some(labels) => labels.iter().any(|l| l == value),
+        None => Kind::of(info.compared_type()).parse(value).is_some(),
     }
 }
 
@@ -318,7 +400,11 @@ fn compare_order(op: Op, ord: Ordering) -> bool {
     }
 }
 
-fn bind_condition(c: &Condition, columns: &[ColumnInfo]) -> Result<BoundCondition, FilterError> {
+fn bind_condition(
+    c: &Condition,
+    columns: &[ColumnInfo],
+    casts: &Casts,
+) -> Result<BoundCondition, FilterError> {
     let info = columns
         .iter()
         .find(|col| col.name == c.column)
@@ -339,7 +425,14 @@ fn bind_condition(c: &Condition, columns: &[ColumnInfo]) -> Result<BoundConditio
             .as_ref()
             .and_then(|l| l.iter().position(|label| label == s))
     };
+    // What Postgres read a value as, where the hub did not read it itself.
+    let cast = |s: &str| {
+        casts
+            .get(&(c.column.clone(), s.to_owned()))
+            .map(String::as_str)
+    };
     let read = |s: &str| {
+        let s = cast(s).unwrap_or(s);
         if info.labels.is_some() && rank(s).is_none() {
             return Err(invalid(s));
         }
@@ -380,6 +473,7 @@ fn bind_condition(c: &Condition, columns: &[ColumnInfo]) -> Result<BoundConditio
         (Operand::One(s), Op::IsDistinct) => Test::IsDistinct(read(s)?),
         (Operand::One(s), op @ (Op::Lt | Op::Lte | Op::Gt | Op::Gte)) if info.labels.is_some() => {
             let labels = info.labels.clone().unwrap_or_default();
+            let s = cast(s).unwrap_or(s);
             Test::Rank(op, rank(s).ok_or_else(|| invalid(s))?, labels)
         }
         (Operand::One(s), op @ (Op::Lt | Op::Lte | Op::Gt | Op::Gte)) => {

@@ -281,6 +281,10 @@ pub enum FilterError {
     PatternEndsWithEscape,
     #[error("invalid column for filter {0}")]
     InvalidColumn(String),
+    /// A value Postgres refused for its column's type, in Supabase's words: `params` as
+    /// Supabase logs a subscription's, `message` as its Postgres client words the error.
+    #[error("Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: [{params}]. Exception: {message}")]
+    Refused { params: String, message: String },
     #[error("Error parsing `filter` params: invalid input for type {type_name}: \"{value}\"")]
     InvalidValue { type_name: String, value: String },
     #[error("Error parsing `filter` params: operator {op} is not supported for column {column} of type {type_name}")]
