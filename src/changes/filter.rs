@@ -326,11 +326,16 @@ struct BoundCondition {
     kind: Kind,
     negate: bool,
     test: Test,
+    /// A float4, float8 or numeric column: `NaN` and the infinities are NULL here, as
+    /// subscribers receive them (`payload`, as Supabase sends them).
+    non_finite_null: bool,
 }
 
 impl BoundCondition {
     fn matches(&self, record: &Row) -> bool {
-        let value = record.get(&self.column).filter(|v| !v.is_null());
+        let value = record
+            .get(&self.column)
+            .filter(|v| !(v.is_null() || self.non_finite_null && non_finite(v)));
         // Two-valued tests: defined on NULL too, so `not.` simply flips them.
         let two_valued = match &self.test {
             Test::Is(is) => Some(match (is, value) {
@@ -489,7 +494,13 @@ fn bind_condition(
         kind,
         negate: c.negate,
         test,
+        non_finite_null: matches!(info.type_name.as_str(), "float4" | "float8" | "numeric"),
     })
+}
+
+/// `NaN`, `Infinity` or `-Infinity` as a captured float or numeric value.
+fn non_finite(v: &serde_json::Value) -> bool {
+    matches!(v.as_str(), Some("NaN" | "Infinity" | "-Infinity"))
 }
 
 fn pattern_error(op: Op, e: PatternError) -> FilterError {
@@ -965,6 +976,27 @@ mod tests {
         }
         // A NULL element needs no reading as the column's type.
         assert!(matches("n4=in.(-42,null)", &record()));
+    }
+
+    #[test]
+    fn nan_and_infinities_are_null_as_subscribers_receive_them() {
+        let mut r = record();
+        for v in ["NaN", "Infinity", "-Infinity"] {
+            r.insert("f8".into(), json!(v));
+            r.insert("amount".into(), json!(v));
+            for (filter, want) in [
+                ("f8=gt.0", false),
+                ("f8=lt.0", false),
+                (&format!("f8=eq.{v}"), false),
+                ("f8=neq.0", false),
+                ("f8=is.null", true),
+                ("amount=gte.-Infinity", false),
+                ("amount=is.null", true),
+                ("amount=isdistinct.1", true),
+            ] {
+                assert_eq!(matches(filter, &r), want, "{filter} on {v}");
+            }
+        }
     }
 
     #[test]

@@ -392,6 +392,16 @@ impl Cond {
     /// The condition in SQL over table `fz`, values as parameters `$2..`.
     fn sql(&self) -> String {
         let (name, pg_type, catalog) = COLUMNS[self.col];
+        // NaN and the infinities reach subscribers as null (as Supabase sends them), and
+        // filters read them so.
+        let finite;
+        let name = match catalog {
+            "numeric" | "float4" | "float8" => {
+                finite = format!("nullif(nullif(nullif({name}, 'NaN'), 'Infinity'), '-Infinity')");
+                finite.as_str()
+            }
+            _ => name,
+        };
         let textual = matches!(catalog, "text" | "varchar");
         let col = if textual {
             format!("{name} collate \"C\"")
