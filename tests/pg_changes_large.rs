@@ -108,6 +108,40 @@ async fn a_row_over_1_mb_arrives_with_error_413_and_its_large_field_dropped() {
     assert_eq!(ch.data["record"]["body"], "short");
 }
 
+/// The 413 rule weighs the change, not each row: an UPDATE whose new and old rows are
+/// each under 1 MB but together over it is cut down, as Supabase weighs the whole change,
+/// so no frame passes the 1 MiB message limit of the Python client.
+#[tokio::test]
+async fn an_update_whose_two_rows_together_pass_1_mb_arrives_with_error_413() {
+    let pg = PgHub::start(SETUP).await;
+    let mut c = pg.connect(Vsn::V2).await;
+    let entry = json!({"event": "*", "schema": "public", "table": "blobs"});
+    subscribe(
+        &mut c,
+        "realtime:blobs",
+        json!([entry]),
+        Some(&pg.user(USER)),
+    )
+    .await;
+    let body = text_of(700 * 1024);
+    let id = insert_blob(&pg, &body).await;
+    let ch = expect_row(&mut c, "INSERT", "blobs", id).await;
+    assert_eq!(ch.data["errors"], serde_json::Value::Null);
+    assert_eq!(
+        ch.data["record"]["body"].as_str().map(str::len),
+        Some(body.len())
+    );
+    pg.run(
+        "update public.blobs set small = 'moved' where id = $1",
+        &[&id],
+    )
+    .await;
+    let up = expect_row(&mut c, "UPDATE", "blobs", id).await;
+    assert_eq!(up.data["errors"], json!(["Error 413: Payload Too Large"]));
+    assert_eq!(up.data["record"], json!({"id": id, "small": "moved"}));
+    assert_eq!(up.data["old_record"], json!({"id": id, "small": "tiny"}));
+}
+
 /// Rows one statement inserts: more than a connection's queue holds (`outbox_frames`,
 /// 4,096 by default), fewer than a burst may take it to.
 const BULK_ROWS: i64 = 10_000;

@@ -19,7 +19,9 @@ use super::row::{format_commit_time, Change, Op, Row};
 use super::scope::Visibility;
 use crate::protocol::{encoded_len, RowError};
 
-/// Records larger than this are cut down (PROTOCOL.md §4, "Error 413").
+/// Changes whose `record` and `old_record` together weigh more than this are cut down
+/// (PROTOCOL.md §4, "Error 413"): Supabase weighs the whole change, new row and old
+/// together, so that no frame reaches a client's 1 MiB message limit (the Python client's).
 const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Under the 413 rule, fields whose JSON is longer than this are dropped.
 const MAX_FIELD_BYTES_WHEN_TOO_LARGE: usize = 64;
@@ -45,7 +47,8 @@ pub(super) struct ChangePayload<'a> {
 }
 
 /// The serialized size of each field of a change's rows, measured once per change and
-/// shared by every shape, in row order; `None` when neither row can reach the 413 limit.
+/// shared by every shape, in row order; `None` when the two rows cannot reach the 413
+/// limit together.
 /// Most rows are far below it, and a bound read off their values (no serializing) says
 /// so: measuring every field took 7 % of the hub for changes seen by one subscriber.
 pub(super) struct FieldSizes {
@@ -55,11 +58,8 @@ pub(super) struct FieldSizes {
 
 impl FieldSizes {
     pub fn of(change: &Change) -> FieldSizes {
-        let small = |r: &Option<Row>| {
-            r.as_ref()
-                .is_none_or(|r| row_len_bound(r) <= MAX_RECORD_BYTES)
-        };
-        if small(&change.record) && small(&change.old_record) {
+        let bound = |r: &Option<Row>| r.as_ref().map_or(0, row_len_bound);
+        if bound(&change.record) + bound(&change.old_record) <= MAX_RECORD_BYTES {
             return FieldSizes {
                 record: None,
                 old_record: None,
@@ -215,15 +215,13 @@ impl Projected<'_> {
             })
     }
 
-    /// Whether the object's JSON would weigh more than the 413 limit (keys, values,
-    /// quotes and separators).
-    fn too_large(&self) -> bool {
-        self.sizes.is_some()
-            && self
-                .fields()
-                .map(|((k, _), size)| k.len() + size + 4)
-                .sum::<usize>()
-                > MAX_RECORD_BYTES
+    /// What the object's JSON weighs for the 413 rule (keys, values, quotes and
+    /// separators); 0 when the change cannot reach the limit (not measured).
+    fn weight(&self) -> usize {
+        match self.sizes {
+            None => 0,
+            Some(_) => self.fields().map(|((k, _), size)| k.len() + size + 4).sum(),
+        }
     }
 }
 
@@ -345,9 +343,9 @@ pub(super) fn change_data(
             drop_large: false,
         }),
     };
-    let too_large = |r: &Option<Projected>| r.as_ref().is_some_and(Projected::too_large);
+    let weight = |r: &Option<Projected>| r.as_ref().map_or(0, Projected::weight);
     let mut errors = None;
-    if too_large(&record) || too_large(&old_record) {
+    if weight(&record) + weight(&old_record) > MAX_RECORD_BYTES {
         for r in [&mut record, &mut old_record].into_iter().flatten() {
             r.drop_large = true;
         }
