@@ -175,7 +175,15 @@ pub fn decode_binary(frame: &[u8]) -> Result<Inbound, DecodeError> {
     let event = utf8(event, "event")?;
     let meta = decode_metadata(meta)?;
     let payload = if encoding == ENCODING_JSON {
-        let value = serde_json::from_slice(rest).map_err(|_| DecodeError::InvalidPayloadJson)?;
+        let value = match serde_json::from_slice(rest) {
+            Ok(value) => value,
+            // JavaScript strings may hold a lone surrogate (text cut through an emoji), and
+            // realtime-js's JSON.stringify writes it as an escape that Supabase forwards
+            // unread; serde refuses it, so it becomes U+FFFD rather than losing the message.
+            Err(_) => without_lone_surrogates(rest)
+                .and_then(|fixed| serde_json::from_slice(&fixed).ok())
+                .ok_or(DecodeError::InvalidPayloadJson)?,
+        };
         BroadcastPayload::Json(value)
     } else {
         BroadcastPayload::Binary(Bytes::copy_from_slice(rest))
@@ -192,6 +200,45 @@ pub fn decode_binary(frame: &[u8]) -> Result<Inbound, DecodeError> {
             binary_origin: true,
         }),
     })
+}
+
+/// `json` with every `\uXXXX` escape of a lone UTF-16 surrogate written as `\ufffd`;
+/// `None` when it holds none (nothing to mend).
+fn without_lone_surrogates(json: &[u8]) -> Option<Vec<u8>> {
+    let escape_at = |i: usize| -> Option<u16> {
+        let hex = json.get(i + 2..i + 6)?;
+        (json[i] == b'\\' && json.get(i + 1) == Some(&b'u'))
+            .then(|| u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
+            .flatten()
+    };
+    let mut out = Vec::with_capacity(json.len());
+    let (mut i, mut mended) = (0, false);
+    while i < json.len() {
+        if json[i] != b'\\' {
+            out.push(json[i]);
+            i += 1;
+            continue;
+        }
+        match escape_at(i) {
+            Some(0xd800..=0xdbff)
+                if escape_at(i + 6).is_some_and(|low| (0xdc00..=0xdfff).contains(&low)) =>
+            {
+                out.extend_from_slice(&json[i..i + 12]);
+                i += 12;
+            }
+            Some(0xd800..=0xdfff) => {
+                out.extend_from_slice(b"\\ufffd");
+                mended = true;
+                i += 6;
+            }
+            _ => {
+                // Any other escape: copy it whole, so `\\u` is never read as one.
+                out.extend_from_slice(&json[i..(i + 2).min(json.len())]);
+                i += 2;
+            }
+        }
+    }
+    mended.then_some(out)
 }
 
 fn utf8<'a>(bytes: &'a [u8], field: &'static str) -> Result<&'a str, DecodeError> {

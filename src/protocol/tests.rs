@@ -277,6 +277,30 @@ fn kind3_frames_decode_payload_and_metadata() {
 }
 
 #[test]
+fn a_kind3_json_payload_with_a_lone_surrogate_arrives_with_u_fffd_in_its_place() {
+    for (payload, want) in [
+        (&br#"{"text":"\ud83d"}"#[..], json!({"text": "\u{fffd}"})),
+        (br#"{"text":"a\ude00b"}"#, json!({"text": "a\u{fffd}b"})),
+        (
+            br#"["\ud83d\ude00","\ud83d\u0041"]"#,
+            json!(["😀", "\u{fffd}A"]),
+        ),
+        (br#"{"\udbff":"\\ud800"}"#, json!({"\u{fffd}": "\\ud800"})),
+    ] {
+        let got = decode_binary(&kind3("6", "7", "realtime:r", "ev", "", 1, payload)).unwrap();
+        let InboundPayload::Broadcast(b) = got.payload else {
+            panic!("not a broadcast");
+        };
+        assert_eq!(b.payload, BroadcastPayload::Json(want), "{payload:?}");
+    }
+    let broken = kind3("6", "7", "t", "ev", "", 1, br#"{"text":"\ud83d"#);
+    assert_eq!(
+        decode_binary(&broken).unwrap_err().to_string(),
+        "invalid json payload"
+    );
+}
+
+#[test]
 fn kind3_frame_with_empty_refs_has_no_refs() {
     let got = decode_binary(&kind3("", "", "realtime:r", "ev", "", 1, b"{}")).unwrap();
     assert_eq!((got.join_ref, got.ref_), (None, None));

@@ -127,3 +127,16 @@ scenario('an oversized broadcast with ack resolves error and the channel keeps w
   assert.equal(got.event, 'small', 'the oversized message was not delivered')
   assert.equal(a.state, 'joined')
 })
+
+scenario('a payload holding a lone surrogate (text cut through an emoji) is delivered', async (s) => {
+  const topic = uniqueTopic('surrogate')
+  const a = s.client('A').channel(topic, { config: { broadcast: { ack: true } } })
+  const b = s.client('B').channel(topic)
+  const inboxB = collect(b, 'broadcast', { event: 'cut' })
+  await Promise.all([subscribe(a), subscribe(b)])
+  const text = '😀 hello'.slice(0, 1)
+  assert.equal(await a.send({ type: 'broadcast', event: 'cut', payload: { text, after: 'ok' } }), 'ok')
+  const got = await inboxB.next(() => true, 'the cut broadcast')
+  // serde cannot hold a lone surrogate: it arrives as U+FFFD, the rest intact.
+  assert.deepEqual(got.payload, { text: '\ufffd', after: 'ok' })
+})
