@@ -224,6 +224,34 @@ async fn track_with_a_non_object_payload_is_refused_as_not_a_map() {
 }
 
 #[tokio::test]
+async fn track_without_a_payload_tracks_an_empty_map_as_supabase_reads_it() {
+    let hub = TestHub::start_default().await;
+    let mut a = hub.connect_v2().await;
+    let mut b = hub.connect_v2().await;
+    let ja = join_presence(&mut a, "user-1").await;
+    join_presence(&mut b, "user-2").await;
+    let r = a.next_ref();
+    a.send(
+        Some(&ja),
+        Some(&r),
+        TOPIC,
+        "presence",
+        json!({"type": "presence", "event": "track"}),
+    )
+    .await;
+    let reply = a.recv_until(|f| f.is_reply_to(&r)).await;
+    assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
+    let diff = next_diff(&mut b).await;
+    let meta = only_meta(&diff.payload()["joins"], "user-1");
+    assert_eq!(
+        meta.as_object().map(|m| m.len()),
+        Some(1),
+        "only phx_ref: {meta}"
+    );
+    assert!(meta["phx_ref"].is_string(), "{meta}");
+}
+
+#[tokio::test]
 async fn tracking_the_same_payload_again_is_a_no_op() {
     let hub = TestHub::start_default().await;
     let mut a = hub.connect_v2().await;

@@ -31,15 +31,17 @@ fn text_broadcast(v: &Value) -> Option<Broadcast> {
 }
 
 impl Session {
-    /// Applies the per-connection message rate; over it, the channel is shut.
-    fn within_rate(&mut self, topic: &str) -> bool {
+    /// Applies the per-connection message rate; over it, the push is answered with an
+    /// error (so a sender waiting for its ack hears why) and the channel is shut.
+    fn within_rate(&mut self, msg: &Inbound) -> bool {
         if self.messages.check().is_ok() {
             return true;
         }
         self.svc
             .metrics
             .limit_hit(self.conn_id, "messages_per_second");
-        self.shut(topic, ChannelError::TooManyMessages);
+        self.reply_error(msg, ReplyError::TooManyMessages);
+        self.shut(&msg.topic, ChannelError::TooManyMessages);
         false
     }
 
@@ -47,7 +49,7 @@ impl Session {
         if !self.channels.contains_key(&msg.topic) {
             return self.reply_error(&msg, ReplyError::UnmatchedTopic);
         }
-        if !self.within_rate(&msg.topic) {
+        if !self.within_rate(&msg) {
             return;
         }
         // A client's metadata is not passed on (Supabase does not use it): `meta` is the
@@ -103,7 +105,7 @@ impl Session {
             self.svc.metrics.limit_hit(self.conn_id, "presence_calls");
             return self.shut(&msg.topic, ChannelError::PresenceCallsExceeded);
         }
-        if !self.within_rate(&msg.topic) {
+        if !self.within_rate(msg) {
             return;
         }
         let InboundPayload::Json(payload) = &msg.payload else {
@@ -114,16 +116,20 @@ impl Session {
             .and_then(Value::as_str)
             .unwrap_or_default();
         if event.eq_ignore_ascii_case("track") {
-            let Some(meta) = payload.get("payload").and_then(Value::as_object) else {
-                return self.reply_error(msg, ReplyError::PresenceNotMap);
+            // A track without `payload` tracks `{}`, as Supabase reads it.
+            let meta: Map<String, Value> = match payload.get("payload") {
+                None => Map::new(),
+                Some(Value::Object(meta)) => {
+                    if encoded_len(&payload["payload"]) > self.svc.limits.max_presence_bytes {
+                        self.svc
+                            .metrics
+                            .limit_hit(self.conn_id, "presence_too_large");
+                        return self.shut(&msg.topic, ChannelError::TrackTooLarge);
+                    }
+                    meta.clone()
+                }
+                Some(_) => return self.reply_error(msg, ReplyError::PresenceNotMap),
             };
-            if encoded_len(&payload["payload"]) > self.svc.limits.max_presence_bytes {
-                self.svc
-                    .metrics
-                    .limit_hit(self.conn_id, "presence_too_large");
-                return self.shut(&msg.topic, ChannelError::TrackTooLarge);
-            }
-            let meta: Map<String, Value> = meta.clone();
             self.decide_presence_read(&msg.topic).await;
             if !self.may_write(&msg.topic, Extension::Presence).await {
                 // Supabase answers a track without write with a bare error reply.

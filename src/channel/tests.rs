@@ -121,12 +121,17 @@ async fn a_join_is_answered_with_an_empty_postgres_changes_list() {
 }
 
 #[tokio::test]
-async fn topics_outside_realtime_and_the_bare_prefix_are_refused() {
+async fn topics_outside_realtime_the_bare_prefix_and_overlong_ones_are_refused() {
     let mut h = Harness::new(|_| {});
     h.join("1", "room", json!({})).await;
     h.join("2", "realtime:", json!({})).await;
+    let long = format!("realtime:{}", "x".repeat(8184));
+    h.join("3", &long, json!({})).await;
+    let longest = format!("realtime:{}", "x".repeat(8183));
+    h.join("4", &longest, json!({})).await;
+    let frames = h.frames();
     assert_eq!(
-        h.frames(),
+        frames[..3],
         [
             error_reply("1", "room", "unmatched topic"),
             error_reply(
@@ -134,8 +139,15 @@ async fn topics_outside_realtime_and_the_bare_prefix_are_refused() {
                 "realtime:",
                 "TopicNameRequired: You must provide a topic name"
             ),
+            error_reply(
+                "3",
+                &long,
+                "TopicNameInvalid: topic is longer than 8192 bytes"
+            ),
         ]
     );
+    assert_eq!(frames[3][3], "phx_reply");
+    assert_eq!(frames[3][4]["status"], "ok", "8,192 bytes is allowed");
 }
 
 #[tokio::test]
@@ -323,6 +335,8 @@ async fn too_many_messages_shut_the_channel() {
     assert_eq!(
         h.frames()[1..],
         [
+            json!(["1", "12", "realtime:room", "phx_reply",
+                {"status": "error", "response": {"reason": "Too many messages per second"}}]),
             system(
                 "1",
                 "realtime:room",

@@ -89,6 +89,12 @@ pub enum ReplyError {
     TooManyJoins,
     #[error("{code}: {0}", code = .0.code())]
     Token(TokenError),
+    /// The push that went past `max_messages_per_second` (its channel is shut next).
+    #[error("Too many messages per second")]
+    TooManyMessages,
+    /// A topic longer than `MAX_TOPIC_BYTES`.
+    #[error("TopicNameInvalid: topic is longer than {max} bytes")]
+    TopicTooLong { max: usize },
     #[error("unknown event {0:?}")]
     UnknownEvent(String),
     #[error("unknown presence event {0:?}")]
