@@ -79,7 +79,13 @@ impl StatementRows {
 fn parse_row(raw: &RawValue) -> Option<Row> {
     match serde_json::from_str(raw.get()) {
         Ok(Value::Object(row)) => Some(row),
-        _ => None,
+        Ok(_) => None,
+        Err(e) => {
+            // JSON nested deeper than the parser's 128 levels (a jsonb value Postgres
+            // holds): said, not silently dropped.
+            tracing::warn!(error = %e, "a captured row could not be read and is not delivered");
+            None
+        }
     }
 }
 
