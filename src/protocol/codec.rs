@@ -94,9 +94,11 @@ fn decode_v1(value: Value) -> Result<Inbound, DecodeError> {
 }
 
 fn decode_v2(value: Value) -> Result<Inbound, DecodeError> {
-    let Value::Array(items) = value else {
+    let Value::Array(mut items) = value else {
         return Err(DecodeError::ExpectedArray);
     };
+    // Elements past the fifth are ignored, as Phoenix's decoder ignores them.
+    items.truncate(5);
     let Ok([join_ref, ref_, topic, event, payload]) = <[Value; 5]>::try_from(items) else {
         return Err(DecodeError::ExpectedArray);
     };
