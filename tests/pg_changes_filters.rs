@@ -310,6 +310,23 @@ async fn expect_first(c: &mut WsClient, id: i64, filter: &str) -> ChangeFrame {
     ch
 }
 
+/// Joins with `entry`, which must be refused: the `system` error's message.
+async fn refused(pg: &PgHub, entry: serde_json::Value) -> String {
+    let mut c = pg.connect(Vsn::V2).await;
+    let (join_ref, reply) = join_changes(
+        &mut c,
+        "realtime:bad",
+        json!([entry]),
+        Some(&pg.user(USER)),
+        json!({}),
+    )
+    .await;
+    joined_from_reply("realtime:bad", join_ref, &reply);
+    let sys = next_system(&mut c).await;
+    assert_eq!(sys["status"], "error", "{sys}");
+    sys["message"].as_str().unwrap_or_default().to_owned()
+}
+
 /// A domain's values compare as its base type's (under every domain it stacks), as in
 /// Postgres: `05` equals 5 on a domain over int8, which orders numerically, and a domain
 /// over text takes `like`.
@@ -390,21 +407,9 @@ async fn an_enum_column_is_filtered_by_its_labels_in_their_order() {
         expect_first(&mut c, insert(hit).await, filter).await;
         c.close().await;
     }
-    let mut c = pg.connect(Vsn::V2).await;
     let entry = json!({"event": "*", "schema": "public", "table": "deals", "filter": "s=eq.Won"});
-    let (join_ref, reply) = join_changes(
-        &mut c,
-        "realtime:bad",
-        json!([entry]),
-        Some(&pg.user(USER)),
-        json!({}),
-    )
-    .await;
-    joined_from_reply("realtime:bad", join_ref, &reply);
-    let sys = next_system(&mut c).await;
-    assert_eq!(sys["status"], "error", "{sys}");
     assert_eq!(
-        sys["message"],
+        refused(&pg, entry).await,
         "Unable to subscribe to changes with given parameters. An exception happened so \
          please check your connect parameters: [event: *, schema: public, table: deals, \
          filters: [{\"s\", \"eq\", \"Won\", false}], select: nil]. Exception: ERROR 22P02 \
@@ -479,20 +484,8 @@ async fn values_the_hub_does_not_read_itself_are_read_by_postgres() {
             "ERROR 22003 (numeric_value_out_of_range) value \"99999999999\" is out of range for type integer",
         ),
     ] {
-        let mut c = pg.connect(Vsn::V2).await;
         let entry = json!({"event": "INSERT", "schema": "public", "table": "visits", "filter": filter});
-        let (join_ref, reply) = join_changes(
-            &mut c,
-            "realtime:bad",
-            json!([entry]),
-            Some(&pg.user(USER)),
-            json!({}),
-        )
-        .await;
-        joined_from_reply("realtime:bad", join_ref, &reply);
-        let sys = next_system(&mut c).await;
-        assert_eq!(sys["status"], "error", "{sys}");
-        let message = sys["message"].as_str().unwrap_or_default();
+        let message = refused(&pg, entry).await;
         assert!(
             message.starts_with(
                 "Unable to subscribe to changes with given parameters. An exception happened \

@@ -6,7 +6,7 @@
 mod common;
 
 use common::e2e::*;
-use common::hub::Vsn;
+use common::hub::{Vsn, WsClient};
 use serde_json::json;
 
 const SETUP: &str = r#"
@@ -44,11 +44,11 @@ async fn insert_blob(pg: &PgHub, body: &str) -> i64 {
     .await
 }
 
-#[tokio::test]
-async fn rows_of_100_kb_and_900_kb_arrive_intact() {
+/// A hub on `SETUP` and a subscriber of `event` on `public.blobs`.
+async fn watch_blobs(event: &str) -> (PgHub, WsClient) {
     let pg = PgHub::start(SETUP).await;
     let mut c = pg.connect(Vsn::V2).await;
-    let entry = json!({"event": "*", "schema": "public", "table": "blobs"});
+    let entry = json!({"event": event, "schema": "public", "table": "blobs"});
     subscribe(
         &mut c,
         "realtime:blobs",
@@ -56,6 +56,12 @@ async fn rows_of_100_kb_and_900_kb_arrive_intact() {
         Some(&pg.user(USER)),
     )
     .await;
+    (pg, c)
+}
+
+#[tokio::test]
+async fn rows_of_100_kb_and_900_kb_arrive_intact() {
+    let (pg, mut c) = watch_blobs("*").await;
     for size in [100 * 1024, 900 * 1024] {
         let body = text_of(size);
         let id = insert_blob(&pg, &body).await;
@@ -113,16 +119,7 @@ async fn a_row_over_1_mb_arrives_with_error_413_and_its_large_field_dropped() {
 /// so no frame passes the 1 MiB message limit of the Python client.
 #[tokio::test]
 async fn an_update_whose_two_rows_together_pass_1_mb_arrives_with_error_413() {
-    let pg = PgHub::start(SETUP).await;
-    let mut c = pg.connect(Vsn::V2).await;
-    let entry = json!({"event": "*", "schema": "public", "table": "blobs"});
-    subscribe(
-        &mut c,
-        "realtime:blobs",
-        json!([entry]),
-        Some(&pg.user(USER)),
-    )
-    .await;
+    let (pg, mut c) = watch_blobs("*").await;
     let body = text_of(700 * 1024);
     let id = insert_blob(&pg, &body).await;
     let ch = expect_row(&mut c, "INSERT", "blobs", id).await;
@@ -148,16 +145,7 @@ const BULK_ROWS: i64 = 10_000;
 
 #[tokio::test]
 async fn a_statement_of_more_changes_than_a_queue_holds_reaches_a_reading_subscriber_whole() {
-    let pg = PgHub::start(SETUP).await;
-    let mut c = pg.connect(Vsn::V2).await;
-    let entry = json!({"event": "INSERT", "schema": "public", "table": "blobs"});
-    subscribe(
-        &mut c,
-        "realtime:blobs",
-        json!([entry]),
-        Some(&pg.user(USER)),
-    )
-    .await;
+    let (pg, mut c) = watch_blobs("INSERT").await;
     let first = pg
         .id(
             "with rows as (insert into public.blobs (small) select 'bulk ' || g \
