@@ -195,10 +195,11 @@ async fn a_connection_holds_at_most_its_entries_over_all_its_channels() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_join_during_a_database_outage_gets_a_clean_text() {
+async fn a_join_during_a_database_outage_gets_a_clean_text_and_subscribes_once_it_is_back() {
     let cluster = common::pg::dedicated_cluster().await;
     let mut config = common::hub::test_config();
-    config.database_url = Some(cluster.create_db().await);
+    let db = cluster.create_db().await;
+    config.database_url = Some(db.clone());
     let hub = common::hub::TestHub::start(config).await;
     let url = hub.ws_url(Some("2.0.0"), Some(&hub.anon()));
     let mut c = common::hub::WsClient::connect(&url).await;
@@ -214,4 +215,25 @@ async fn a_join_during_a_database_outage_gets_a_clean_text() {
         "{sys}"
     );
     tokio::task::block_in_place(|| cluster.start());
+    // Back: the hub tries the entry again (every 5 to 10 s, as Supabase does), with no new
+    // join, and it receives from then on.
+    let sql = common::pg::connect(&db).await;
+    sql.batch_execute(
+        "create table public.orders (id bigint primary key);
+         grant select on public.orders to anon;
+         select realtime.enable('public.orders');",
+    )
+    .await
+    .expect("setup after the outage");
+    let sys = c.recv_within(std::time::Duration::from_secs(15)).await;
+    assert!(sys.is_event("system"), "{sys:?}");
+    assert_eq!(
+        (&sys.payload()["status"], &sys.payload()["message"]),
+        (&json!("ok"), &json!("Subscribed to PostgreSQL")),
+        "{sys:?}"
+    );
+    sql.batch_execute("insert into public.orders values (7)")
+        .await
+        .unwrap();
+    expect_row(&mut c, "INSERT", "orders", 7).await;
 }

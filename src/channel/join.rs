@@ -304,7 +304,7 @@ impl Session {
         self.reply(msg, "ok", &json!({ "postgres_changes": reply_entries }));
         let unsubscribed = validated
             .as_ref()
-            .and_then(|v| Unsubscribed::of(&config.postgres_changes, v, &outbox));
+            .and_then(|v| Unsubscribed::of(&config.postgres_changes, v, &outbox, &claims));
         let (subscriptions, errors) = validated
             .map(|v| (v.subscriptions, v.errors))
             .unwrap_or_default();

@@ -4,10 +4,17 @@
 //! role, which may not read the table) starts receiving once `setAuth` sends the user's
 //! token. Only the entries that failed are checked again: the others stay subscribed as
 //! they were, with row scope judged by the new claims (`Changes::set_viewer`).
+//!
+//! Entries that failed because the database could not be reached are also tried again
+//! every 5 to 10 seconds, as Supabase retries them, until they subscribe: a channel that
+//! joined while Postgres was down starts receiving once it is back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use rand::Rng;
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::session::Session;
 use crate::auth::Claims;
@@ -22,6 +29,11 @@ pub(super) struct Unsubscribed {
     /// The channel's subscriptions: a member's are replaced as a whole.
     subscribed: Vec<Subscription>,
     outbox: ChannelOutbox,
+    /// The claims they were last tried with (the channel's, in force).
+    claims: Claims,
+    /// When to try them again because the database could not be reached; `None` when
+    /// they failed for what they say (only a new token tries those again).
+    retry_at: Option<Instant>,
 }
 
 impl Unsubscribed {
@@ -30,6 +42,7 @@ impl Unsubscribed {
         entries: &[Value],
         validated: &Validated,
         outbox: &ChannelOutbox,
+        claims: &Claims,
     ) -> Option<Box<Unsubscribed>> {
         let failed = failed(entries, validated);
         (!failed.is_empty()).then(|| {
@@ -37,9 +50,19 @@ impl Unsubscribed {
                 entries: failed,
                 subscribed: validated.subscriptions.clone(),
                 outbox: outbox.clone(),
+                claims: claims.clone(),
+                retry_at: retry_at(validated),
             })
         })
     }
+}
+
+/// When entries that failed as `validated` says are tried again: in 5 to 10 seconds when
+/// the database could not be reached (Supabase's wait), else not before a new token.
+fn retry_at(validated: &Validated) -> Option<Instant> {
+    validated
+        .unavailable()
+        .then(|| Instant::now() + Duration::from_millis(rand::rng().random_range(5_000..10_000)))
 }
 
 /// The entries `validated` (their validation, in order) did not subscribe.
@@ -72,9 +95,18 @@ impl Session {
         };
         let validated = self.svc.changes.validate(&entries, &claims.role).await;
         if validated.subscriptions.is_empty() {
+            if let Some(u) = self
+                .channels
+                .get_mut(topic)
+                .and_then(|ch| ch.unsubscribed.as_mut())
+            {
+                u.claims = claims.clone();
+                u.retry_at = retry_at(&validated);
+            }
             return;
         }
         let still = failed(&entries, &validated);
+        let retry = retry_at(&validated);
         let Some(ch) = self.channels.get_mut(topic) else {
             return;
         };
@@ -95,6 +127,8 @@ impl Session {
         let join_ref = ch.join_ref.clone();
         if !still.is_empty() {
             unsubscribed.entries = still;
+            unsubscribed.claims = claims.clone();
+            unsubscribed.retry_at = retry;
             ch.unsubscribed = Some(unsubscribed);
         }
         let changes = &self.svc.changes;
@@ -103,5 +137,36 @@ impl Session {
             .at_cut(|| changes.subscribe(subscriber, subscriptions));
         tracing::debug!(conn_id = self.conn_id, topic, role = %claims.role, "entries subscribed on a new token");
         self.system(topic, &join_ref, &SystemMessage::SubscribedToPostgres);
+    }
+}
+
+impl Session {
+    /// When a channel's entries are next tried again for want of the database.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.channels
+            .values()
+            .filter_map(|ch| ch.unsubscribed.as_ref()?.retry_at)
+            .min()
+    }
+
+    /// Tries again, with the claims in force, the entries of each channel whose retry is
+    /// due (`next_retry`).
+    pub async fn retry_unavailable(&mut self, now: Instant) {
+        let due: Vec<(String, Claims)> = self
+            .channels
+            .iter()
+            .filter_map(|(topic, ch)| {
+                let u = ch.unsubscribed.as_ref()?;
+                (u.retry_at? <= now).then(|| (topic.clone(), u.claims.clone()))
+            })
+            .collect();
+        for (topic, claims) in due {
+            tracing::debug!(
+                conn_id = self.conn_id,
+                topic,
+                "entries tried again: the database was unreachable"
+            );
+            self.resubscribe(&topic, &claims).await;
+        }
     }
 }

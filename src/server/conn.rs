@@ -108,6 +108,7 @@ where
         // Set when reading stopped with the client's input unread (a frame over the limit).
         let mut unread_input = false;
         loop {
+            let retry = session.next_retry();
             let expiry = session.next_expiry().map(|exp| {
                 let secs = (exp - chrono::Utc::now().timestamp()).max(0) as u64;
                 Instant::now() + Duration::from_secs(secs)
@@ -125,6 +126,9 @@ where
                 }
                 _ = sleep_until(expiry.unwrap_or(idle_deadline)), if expiry.is_some() => {
                     session.expire_tokens(chrono::Utc::now().timestamp());
+                }
+                _ = sleep_until(retry.unwrap_or(idle_deadline)), if retry.is_some() => {
+                    Box::pin(session.retry_unavailable(Instant::now())).await;
                 }
                 _ = sleep_until(replication_check), if session.awaits_replication() => {
                     session.check_replication(Instant::now());

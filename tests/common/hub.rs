@@ -426,6 +426,15 @@ impl WsClient {
         }
     }
 
+    /// [`WsClient::recv`] waiting up to `wait`: for what the hub sends on a timer.
+    pub async fn recv_within(&mut self, wait: Duration) -> Frame {
+        match tokio::time::timeout(wait, self.next_frame()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => panic!("connection ended without a close frame"),
+            Err(_) => panic!("no frame within {wait:?}"),
+        }
+    }
+
     /// `None` when the stream ended (or failed) without a close frame.
     async fn next_frame(&mut self) -> Option<Frame> {
         loop {
