@@ -19,6 +19,7 @@ pub mod server;
 pub mod telemetry;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
@@ -74,6 +75,50 @@ async fn limit_roles(
     }
 }
 
+/// Longest wait between attempts to reach the database at start.
+const MIGRATE_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Migrates (`auto_migrate`) once the database answers: a hub started while Postgres is
+/// down or still starting waits and says so, rather than exiting (a hub that crashed
+/// during an outage would otherwise stay down). Any other failure ends the start. False
+/// when `shutdown` came first.
+async fn migrate_when_reachable(
+    admin: &str,
+    url: &str,
+    shutdown: &CancellationToken,
+) -> Result<bool, RunError> {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let e = match db::migrate_for_hub(admin, url).await {
+            Ok(_) => return Ok(true),
+            Err(db::DbError::Postgres(e)) if unreachable(&e) => e,
+            Err(e) => return Err(e.into()),
+        };
+        tracing::warn!(error = %e, retry_in = ?wait, "database unreachable: waiting for it to migrate");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(MIGRATE_RETRY_MAX);
+    }
+}
+
+/// Whether `e` says the server could not be reached (no answer, or one saying it is
+/// starting or shutting down), rather than refusing what was asked.
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    match e.code() {
+        None => e.as_db_error().is_none(),
+        Some(code) => [
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ]
+        .contains(code),
+    }
+}
+
 /// Runs a hub on `listener` until `shutdown` is cancelled, then drains connections
 /// within the configured deadline.
 pub async fn run(
@@ -84,6 +129,12 @@ pub async fn run(
     let mut verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?
         .allow_roles(&config.allowed_roles)
         .nbf_leeway(config.jwt_nbf_leeway_secs as i64);
+    if let (Some(url), true) = (&config.database_url, config.auto_migrate) {
+        let admin = config.migrate_database_url.as_deref().unwrap_or(url);
+        if !migrate_when_reachable(admin, url, &shutdown).await? {
+            return Ok(());
+        }
+    }
     let metrics = Arc::new(telemetry::Metrics::new());
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
@@ -135,10 +186,6 @@ pub async fn run(
             None,
         ),
         Some(url) => {
-            if config.auto_migrate {
-                let admin = config.migrate_database_url.as_deref().unwrap_or(url);
-                db::migrate_for_hub(admin, url).await?;
-            }
             let pool = db::pool(url, config.db_pool_size)?;
             verifier = limit_roles(verifier, &pool, &config.allowed_roles).await;
             let changes = changes::Changes::new(Some(changes::Catalog::new(pool.clone())));

@@ -86,3 +86,20 @@ async fn a_channel_asking_replication_ready_while_postgres_is_down_is_told_when_
     );
     c.expect_no_frame(Duration::from_millis(1200)).await;
 }
+
+/// A hub started while its Postgres is down waits for it (migrating once it answers)
+/// instead of exiting: one that crashed during an outage comes back with the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_started_while_postgres_is_down_waits_for_it() {
+    let cluster = dedicated_cluster().await;
+    let mut config = test_config();
+    config.database_url = Some(cluster.create_db().await);
+    config.capture_poll = Duration::from_millis(100);
+    tokio::task::block_in_place(|| cluster.stop());
+    let hub = TestHub::start(config).await;
+    tokio::task::block_in_place(|| cluster.start());
+    wait_for_status(&hub, "/ready", 200).await;
+    let (_, status) = hub.get_admin("/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["capture"]["connected"], true, "{status}");
+}
