@@ -44,8 +44,10 @@ alter publication supabase_realtime add table public.kinds, public.kinds_full;
 
 const USER: &str = "6a3c0e8e-51c4-4b59-9a43-0c2f3c4a9d10";
 
+// The writer prints bytea in escape form: the frame still carries hex, as Supabase's.
 const INSERT: &str = r#"
 set timezone = 'UTC';
+set bytea_output = 'escape';
 insert into public.{table} values (
     1, 2, 4, 1.5, 2.25, 12345678901234567890.50, true, 'text', 'vc',
     'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'happy', '2026-01-02', '03:04:05',

@@ -185,13 +185,48 @@ fn converted(convert: Convert, value: &Value) -> Option<Value> {
         return None;
     };
     match convert {
-        Convert::Bytea => s
-            .strip_prefix("\\x")
-            .map(|hex| Value::String(hex.to_owned())),
+        Convert::Bytea => match s.strip_prefix("\\x") {
+            Some(hex) => Some(Value::String(hex.to_owned())),
+            // A writer whose session has `bytea_output = escape`.
+            None => escaped_bytea_as_hex(s).map(Value::String),
+        },
         Convert::NonFinite => {
             matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity").then_some(Value::Null)
         }
     }
+}
+
+/// A `bytea` in Postgres's escape output (`A\\377`: printable bytes as themselves, a
+/// backslash doubled, any other byte as three octal digits) as the hex Supabase sends;
+/// `None` if it is not that.
+fn escaped_bytea_as_hex(s: &str) -> Option<String> {
+    use std::fmt::Write;
+    let bytes = s.as_bytes();
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = match bytes[i] {
+            b'\\' if bytes.get(i + 1) == Some(&b'\\') => {
+                i += 2;
+                b'\\'
+            }
+            b'\\' => {
+                let digits = bytes.get(i + 1..i + 4)?;
+                if !digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                    return None;
+                }
+                i += 4;
+                u8::try_from(digits.iter().fold(0u32, |n, d| n * 8 + u32::from(d - b'0'))).ok()?
+            }
+            b @ 0x20..=0x7e => {
+                i += 1;
+                b
+            }
+            _ => return None,
+        };
+        let _ = write!(hex, "{byte:02x}");
+    }
+    Some(hex)
 }
 
 /// A row serialized through a `Keep`, optionally without fields over the 413 limit.
@@ -430,6 +465,27 @@ mod tests {
             let counted: usize = row.iter().map(|(k, v)| k.len() + encoded_len(v) + 4).sum();
             prop_assert!(row_len_bound(&row) >= counted);
         }
+    }
+
+    #[test]
+    fn bytea_in_escape_output_is_sent_as_hex() {
+        let hex = |s: &str| escaped_bytea_as_hex(s);
+        assert_eq!(hex(r"A\377").as_deref(), Some("41ff"));
+        assert_eq!(hex(r"a\\b\000").as_deref(), Some("615c6200"));
+        assert_eq!(hex("").as_deref(), Some(""));
+        for bad in [r"\9", r"\77", r"\400", "é"] {
+            assert_eq!(hex(bad), None, "{bad}");
+        }
+        let v = Value::String(r"A\377".into());
+        assert_eq!(
+            converted(Convert::Bytea, &v),
+            Some(Value::String("41ff".into()))
+        );
+        let v = Value::String(r"\x41ff".into());
+        assert_eq!(
+            converted(Convert::Bytea, &v),
+            Some(Value::String("41ff".into()))
+        );
     }
 
     #[test]
