@@ -44,9 +44,10 @@ alter publication supabase_realtime add table public.kinds, public.kinds_full;
 
 const USER: &str = "6a3c0e8e-51c4-4b59-9a43-0c2f3c4a9d10";
 
-// The writer prints bytea in escape form: the frame still carries hex, as Supabase's.
+// The writer's session prints timestamptz in its own zone and bytea in escape form: the
+// frame still carries UTC and hex, as Supabase's session prints them.
 const INSERT: &str = r#"
-set timezone = 'UTC';
+set timezone = 'America/New_York';
 set bytea_output = 'escape';
 insert into public.{table} values (
     1, 2, 4, 1.5, 2.25, 12345678901234567890.50, true, 'text', 'vc',

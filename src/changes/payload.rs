@@ -151,6 +151,9 @@ enum Convert {
     Bytea,
     /// float4, float8, numeric: `"NaN"`, `"Infinity"`, `"-Infinity"` become `null`.
     NonFinite,
+    /// timestamptz written by a session in another time zone: the same instant in UTC,
+    /// as Supabase's session prints it (`2024-01-01T00:00:00+00:00`).
+    Utc,
 }
 
 /// The columns of a table whose values need a `Convert` (usually none).
@@ -166,6 +169,7 @@ impl Conversions {
                     let convert = match c.type_name.as_str() {
                         "bytea" => Convert::Bytea,
                         "float4" | "float8" | "numeric" => Convert::NonFinite,
+                        "timestamptz" => Convert::Utc,
                         _ => return None,
                     };
                     Some((c.name.clone(), convert))
@@ -190,10 +194,29 @@ fn converted(convert: Convert, value: &Value) -> Option<Value> {
             // A writer whose session has `bytea_output = escape`.
             None => escaped_bytea_as_hex(s).map(Value::String),
         },
+        Convert::Utc => in_utc(s).map(Value::String),
         Convert::NonFinite => {
             matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity").then_some(Value::Null)
         }
     }
+}
+
+/// A timestamptz as Postgres prints it in a session whose zone is not UTC
+/// (`2023-12-31T19:00:00.5-05:00`), as it prints it in UTC (`2024-01-01T00:00:00.5+00:00`);
+/// `None` when it is in UTC already or not of that form (infinity, a year past 9999, BC).
+fn in_utc(s: &str) -> Option<String> {
+    if s.ends_with("+00:00") {
+        return None;
+    }
+    let at = chrono::DateTime::parse_from_rfc3339(s).ok()?.naive_utc();
+    let mut out = at.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let micros = at.and_utc().timestamp_subsec_micros();
+    if micros > 0 {
+        let fraction = format!(".{micros:06}");
+        out.push_str(fraction.trim_end_matches('0'));
+    }
+    out.push_str("+00:00");
+    Some(out)
 }
 
 /// A `bytea` in Postgres's escape output (`A\\377`: printable bytes as themselves, a
@@ -464,6 +487,31 @@ mod tests {
             let row: Row = fields.into_iter().collect();
             let counted: usize = row.iter().map(|(k, v)| k.len() + encoded_len(v) + 4).sum();
             prop_assert!(row_len_bound(&row) >= counted);
+        }
+    }
+
+    #[test]
+    fn a_timestamptz_written_in_another_zone_is_sent_in_utc() {
+        let utc = |s: &str| in_utc(s);
+        assert_eq!(
+            utc("2023-12-31T19:00:00-05:00").as_deref(),
+            Some("2024-01-01T00:00:00+00:00")
+        );
+        assert_eq!(
+            utc("2024-01-01T05:30:00.12+05:30").as_deref(),
+            Some("2024-01-01T00:00:00.12+00:00")
+        );
+        assert_eq!(
+            utc("2024-06-01T02:00:00.000001+02:00").as_deref(),
+            Some("2024-06-01T00:00:00.000001+00:00")
+        );
+        for unchanged in [
+            "2024-01-01T00:00:00+00:00",
+            "infinity",
+            "-infinity",
+            "0044-03-15T12:00:00+00:53:28 BC",
+        ] {
+            assert_eq!(utc(unchanged), None, "{unchanged}");
         }
     }
 
