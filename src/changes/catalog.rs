@@ -45,6 +45,11 @@ const SCHEMA_USABLE: &str = "select exists (select 1 from pg_catalog.pg_namespac
      join pg_catalog.pg_roles r on r.rolname = $2 \
      where n.nspname = $1 and pg_catalog.has_schema_privilege(r.oid, n.oid, 'USAGE'))";
 
+/// A column's type as a name Postgres reads back, without its modifier.
+const COLUMN_TYPE: &str =
+    "select pg_catalog.format_type(a.atttypid, null) from pg_catalog.pg_attribute a \
+     where a.attrelid = $1::oid and a.attname = $2 and a.attnum > 0 and not a.attisdropped";
+
 /// One table by exact schema and name: `$1` the capture trigger name, `$2` schema,
 /// `$3` table.
 const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.relrowsecurity, c.relforcerowsecurity, \
@@ -146,6 +151,7 @@ fn refusal_text(db: &tokio_postgres::error::DbError) -> String {
         "2202E" => "array_subscript_error",
         "22P05" => "untranslatable_character",
         "23514" => "check_violation",
+        "23502" => "not_null_violation",
         _ => "data_exception",
     };
     format!("{} {code} ({name}) {}", db.severity(), db.message())
@@ -326,27 +332,33 @@ impl Catalog {
         cached(&self.inner.tables, key, CACHE_TTL, enabled, fetch).await
     }
 
-    /// How Postgres reads `value` as the column `column` of the table `qualified` (its
-    /// quoted name): the value's JSON text (a string's contents), `None` for NULL; the
-    /// inner `Err` is Postgres's refusal, as Supabase words it (`ERROR 22P02
+    /// How Postgres reads `value` as the type of column `column` of the table with oid
+    /// `table` (without its type modifier, as Supabase casts a filter value): the value's
+    /// JSON text (a string's contents), `None` for NULL or no such column; the inner
+    /// `Err` is Postgres's refusal, as Supabase words it (`ERROR 22P02
     /// (invalid_text_representation) invalid input syntax for type integer: "abc"`).
     pub async fn read_value(
         &self,
-        qualified: &str,
+        table: u32,
         column: &str,
         value: &str,
     ) -> Result<Result<Option<String>, String>, CatalogError> {
         let client = self.inner.pool.get().await?;
-        let sql = format!(
-            "select (pg_catalog.to_jsonb(r) -> $1::text) #>> '{{}}' \
-             from pg_catalog.json_populate_record(null::{qualified}, \
-                  pg_catalog.json_build_object($1::text, $2::text)) r"
-        );
-        match client.query_one(&sql, &[&column, &value]).await {
+        let stmt = client.prepare_cached(COLUMN_TYPE).await?;
+        let Some(row) = client.query_opt(&stmt, &[&table, &column]).await? else {
+            return Ok(Ok(None));
+        };
+        // `format_type` writes a type name Postgres reads back (quoted, qualified when
+        // its schema is not on the search path).
+        let type_name: String = row.get(0);
+        let sql = format!("select pg_catalog.to_jsonb($1::text::{type_name}) #>> '{{}}'");
+        match client.query_one(&sql, &[&value]).await {
             Ok(row) => Ok(Ok(row.get(0))),
             Err(e) => match e.as_db_error() {
                 // Data exceptions and a domain's checks: the value is the asker's mistake.
-                Some(db) if db.code().code().starts_with("22") || db.code().code() == "23514" => {
+                Some(db)
+                    if db.code().code().starts_with("22") || db.code().code().starts_with("23") =>
+                {
                     Ok(Err(refusal_text(db)))
                 }
                 _ => Err(e.into()),

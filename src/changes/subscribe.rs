@@ -274,7 +274,7 @@ async fn subscription(
     // every value: `day=eq.2024-1-2` works, and `id=eq.abc` gets Postgres's words.
     let mut casts = filter::Casts::new();
     for (column, value) in parsed.unreadable(&info.columns) {
-        match catalog.read_value(&name, &column, &value).await {
+        match catalog.read_value(info.oid, &column, &value).await {
             Ok(Ok(Some(read))) => {
                 casts.insert((column, value), read);
             }
@@ -286,14 +286,18 @@ async fn subscription(
                 };
                 let params = format!(
                     "event: {}, schema: {schema}, table: {table}, filters: {}, select: {select}",
-                    str_field(entry, "event").unwrap_or("*"),
+                    event.map_or("*", Op::as_str),
                     parsed.to_log(),
                 );
                 return Err(filter::FilterError::Refused { params, message }.into());
             }
-            // Not readable by the hub's role (a schema it may not use): the hub's own
-            // words below.
-            Err(e) => tracing::debug!(error = %e, "filter value left unread by Postgres"),
+            // Refused for another reason (a type in a schema the hub may not use): the
+            // hub's own words below.
+            Err(super::catalog::CatalogError::Postgres(e)) if e.as_db_error().is_some() => {
+                tracing::debug!(error = %e, "filter value left unread by Postgres")
+            }
+            // The database could not be reached: tried again later, as any such join.
+            Err(e) => return Err(unavailable(e)),
         }
     }
     let filter = parsed.bind_cast(&info.columns, &casts)?;
