@@ -103,12 +103,22 @@ async fn migrate_when_reachable(
     }
 }
 
-/// Whether `e` says the server could not be reached (no answer, or one saying it is
-/// starting or shutting down), rather than refusing what was asked.
+/// Whether `e` says the server could not be reached (the connection failed, or the
+/// server answered that it is starting, shutting down or full), rather than refusing what
+/// was asked (a password, a missing database, TLS the server or client will not do).
 fn unreachable(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     match e.code() {
-        None => e.as_db_error().is_none(),
+        None => {
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                if s.is::<std::io::Error>() {
+                    return true;
+                }
+                source = s.source();
+            }
+            false
+        }
         Some(code) => [
             SqlState::CANNOT_CONNECT_NOW,
             SqlState::ADMIN_SHUTDOWN,

@@ -137,6 +137,11 @@ async fn an_update_whose_two_rows_together_pass_1_mb_arrives_with_error_413() {
     assert_eq!(up.data["errors"], json!(["Error 413: Payload Too Large"]));
     assert_eq!(up.data["record"], json!({"id": id, "small": "moved"}));
     assert_eq!(up.data["old_record"], json!({"id": id, "small": "tiny"}));
+
+    // A row just under 1 MiB alone, whose frame (columns, envelope) would pass it.
+    let id = insert_blob(&pg, &text_of(1024 * 1024 - 200)).await;
+    let ch = expect_row(&mut c, "INSERT", "blobs", id).await;
+    assert_eq!(ch.data["errors"], json!(["Error 413: Payload Too Large"]));
 }
 
 /// Rows one statement inserts: more than a connection's queue holds (`outbox_frames`,

@@ -689,7 +689,7 @@ impl Payloads {
         self.by_shape
             .entry(shape)
             .or_insert_with(|| {
-                let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change));
+                let sizes = sizes.get_or_insert_with(|| FieldSizes::of(&p.change, &p.table));
                 let conversions = conversions.get_or_insert_with(|| Conversions::of(&p.table));
                 change_data(&p.change, sizes, &p.table, conversions, v, select)
             })

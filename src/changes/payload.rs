@@ -19,9 +19,10 @@ use super::row::{format_commit_time, Change, Op, Row};
 use super::scope::Visibility;
 use crate::protocol::{encoded_len, RowError};
 
-/// Changes whose `record` and `old_record` together weigh more than this are cut down
-/// (PROTOCOL.md §4, "Error 413"): Supabase weighs the whole change, new row and old
-/// together, so that no frame reaches a client's 1 MiB message limit (the Python client's).
+/// Changes whose `record` and `old_record` together, with the frame around them
+/// (`envelope`), weigh more than this are cut down (PROTOCOL.md §4, "Error 413"):
+/// Supabase weighs the whole change, new row and old together with the columns, so that
+/// no frame reaches a client's 1 MiB message limit (the Python client's).
 const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Under the 413 rule, fields whose JSON is longer than this are dropped.
 const MAX_FIELD_BYTES_WHEN_TOO_LARGE: usize = 64;
@@ -47,8 +48,8 @@ pub(super) struct ChangePayload<'a> {
 }
 
 /// The serialized size of each field of a change's rows, measured once per change and
-/// shared by every shape, in row order; `None` when the two rows cannot reach the 413
-/// limit together.
+/// shared by every shape, in row order; `None` when the two rows and the frame's
+/// envelope cannot reach the 413 limit together.
 /// Most rows are far below it, and a bound read off their values (no serializing) says
 /// so: measuring every field took 7 % of the hub for changes seen by one subscriber.
 pub(super) struct FieldSizes {
@@ -57,9 +58,9 @@ pub(super) struct FieldSizes {
 }
 
 impl FieldSizes {
-    pub fn of(change: &Change) -> FieldSizes {
+    pub fn of(change: &Change, table: &TableInfo) -> FieldSizes {
         let bound = |r: &Option<Row>| r.as_ref().map_or(0, row_len_bound);
-        if bound(&change.record) + bound(&change.old_record) <= MAX_RECORD_BYTES {
+        if bound(&change.record) + bound(&change.old_record) + envelope(table) <= MAX_RECORD_BYTES {
             return FieldSizes {
                 record: None,
                 old_record: None,
@@ -79,7 +80,19 @@ impl FieldSizes {
     }
 }
 
-/// At least what `Projected::too_large` counts for the whole row: each key and value as
+/// What a frame carries beside its rows, at most: the `columns` list, the other `data`
+/// keys, `ids` and the frame's envelope with its topic (at most 1,024 bytes). Counted
+/// with the rows so that no frame passes 1 MiB.
+fn envelope(table: &TableInfo) -> usize {
+    let columns: usize = table
+        .columns
+        .iter()
+        .map(|c| str_len_bound(&c.name) + str_len_bound(&c.type_name) + 20)
+        .sum();
+    columns + 4096
+}
+
+/// At least what `Projected::weight` counts for the whole row: each key and value as
 /// long as their JSON could be.
 fn row_len_bound(row: &Row) -> usize {
     row.iter()
@@ -403,7 +416,7 @@ pub(super) fn change_data(
     };
     let weight = |r: &Option<Projected>| r.as_ref().map_or(0, Projected::weight);
     let mut errors = None;
-    if weight(&record) + weight(&old_record) > MAX_RECORD_BYTES {
+    if weight(&record) + weight(&old_record) + envelope(table) > MAX_RECORD_BYTES {
         for r in [&mut record, &mut old_record].into_iter().flatten() {
             r.drop_large = true;
         }
@@ -558,11 +571,23 @@ mod tests {
             old_record: row("old".into()),
             commit_time: chrono::Utc::now(),
         };
-        let small = FieldSizes::of(&change(row("x".repeat(1000))));
+        let table = TableInfo {
+            schema: "public".into(),
+            name: "t".into(),
+            oid: 1,
+            columns: Vec::new(),
+            primary_key: vec!["id".into()],
+            rls_enabled: false,
+            rls_forced: false,
+            realtime_enabled: true,
+            replica_identity: crate::changes::catalog::ReplicaIdentity::Default,
+            events: crate::changes::catalog::Events::ALL,
+        };
+        let small = FieldSizes::of(&change(row("x".repeat(1000))), &table);
         assert!(small.record.is_none() && small.old_record.is_none());
         // Under the limit as JSON, but not by the bound: both rows are measured, so the
         // 413 rule sees every field of either.
-        let near = FieldSizes::of(&change(row("x".repeat(MAX_RECORD_BYTES / 2))));
+        let near = FieldSizes::of(&change(row("x".repeat(MAX_RECORD_BYTES / 2))), &table);
         assert_eq!(
             near.record.as_deref(),
             Some(&[1, MAX_RECORD_BYTES / 2 + 2][..])

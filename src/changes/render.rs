@@ -89,7 +89,9 @@ impl Changes {
                 let table = table_of(c)?;
                 let conversions = Conversions::of(&table);
                 v.visible
-                    .then(|| change_data(c, &FieldSizes::of(c), &table, &conversions, v, None))
+                    .then(|| {
+                        change_data(c, &FieldSizes::of(c, &table), &table, &conversions, v, None)
+                    })
                     .flatten()
             })
             .collect())

@@ -244,7 +244,7 @@ impl Changes {
                     let Some(v) = v.first().filter(|v| v.visible) else {
                         continue;
                     };
-                    let sizes = FieldSizes::of(c);
+                    let sizes = FieldSizes::of(c, &table);
                     let conversions = Conversions::of(&table);
                     for (select, ids) in &groups {
                         let data = change_data(c, &sizes, &table, &conversions, v, select.as_ref());
