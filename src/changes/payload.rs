@@ -81,7 +81,7 @@ impl FieldSizes {
 }
 
 /// What a frame carries beside its rows, at most: the `columns` list, the other `data`
-/// keys, `ids` and the frame's envelope with its topic (at most 1,024 bytes). Counted
+/// keys, `ids` and the frame's envelope with its topic (at most 8,192 bytes). Counted
 /// with the rows so that no frame passes 1 MiB.
 fn envelope(table: &TableInfo) -> usize {
     let columns: usize = table
@@ -89,7 +89,7 @@ fn envelope(table: &TableInfo) -> usize {
         .iter()
         .map(|c| str_len_bound(&c.name) + str_len_bound(&c.type_name) + 20)
         .sum();
-    columns + 4096
+    columns + 12 * 1024
 }
 
 /// At least what `Projected::weight` counts for the whole row: each key and value as
