@@ -99,9 +99,23 @@ pub fn pg_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// How long opening a connection may take unless the URL says (`connect_timeout`): a
+/// database host that drops packets fails a join, a row-scope check or a start-up try in
+/// this long rather than after the system's TCP timeout (about two minutes).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection string read, with [`CONNECT_TIMEOUT`] unless it sets its own.
+fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| bad_url(&e))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    Ok(config)
+}
+
 /// One connection (no TLS); its connection task is spawned and returned.
 pub async fn connect(url: &str) -> Result<(Client, JoinHandle<()>), DbError> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e| bad_url(&e))?;
+    let config = parse_url(url)?;
     let (client, connection) = config.connect(NoTls).await?;
     let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -113,7 +127,7 @@ pub async fn connect(url: &str) -> Result<(Client, JoinHandle<()>), DbError> {
 
 /// A pool of up to `size` connections (no TLS), opened lazily.
 pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e| bad_url(&e))?;
+    let config = parse_url(url)?;
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -397,6 +411,16 @@ pub fn parse_qualified(input: &str) -> Result<(String, String), DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_string_gets_a_connect_timeout_unless_it_sets_one() {
+        let get = |url: &str| parse_url(url).unwrap().get_connect_timeout().copied();
+        assert_eq!(get("postgres://u@h/db"), Some(CONNECT_TIMEOUT));
+        assert_eq!(
+            get("postgres://u@h/db?connect_timeout=3"),
+            Some(std::time::Duration::from_secs(3))
+        );
+    }
 
     fn parsed(s: &str) -> (String, String) {
         parse_qualified(s).unwrap()
