@@ -58,7 +58,8 @@ async fn assert_entry_error(pg: &PgHub, bad: Value) -> String {
         );
     }
 
-    // One "Subscribed" for the good entry and one error for the bad one, in any order.
+    // One error for the bad entry, then one "Subscribed" for the good one: the refusal
+    // first (Supabase refuses the whole join then, so a client waits for it first).
     let mut error = None;
     let mut subscribed = false;
     for _ in 0..2 {
@@ -73,6 +74,7 @@ async fn assert_entry_error(pg: &PgHub, bad: Value) -> String {
         match sys["status"].as_str() {
             Some("ok") => {
                 assert_eq!(sys["message"], "Subscribed to PostgreSQL");
+                assert!(error.is_some(), "subscribed before the refusal: {sys}");
                 subscribed = true;
             }
             Some("error") => {

@@ -337,11 +337,13 @@ impl Session {
         if let Some(r) = &replayed {
             self.send_replay(&msg.topic, &join_ref, r);
         }
-        if subscribed {
-            self.system(&msg.topic, &join_ref, &SystemMessage::SubscribedToPostgres);
-        }
+        // Refused entries first: Supabase refuses the whole join then, and a client
+        // waiting for the outcome hears the refusal before the entries that did subscribe.
         for e in errors {
             self.system(&msg.topic, &join_ref, &SystemMessage::Changes(e));
+        }
+        if subscribed {
+            self.system(&msg.topic, &join_ref, &SystemMessage::SubscribedToPostgres);
         }
         if let Some(r) = replayed {
             let seam = r.seam;
