@@ -113,6 +113,38 @@ fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
     Ok(config)
 }
 
+/// Runs `f` until it succeeds, while `transient` says its failure may pass (logged as
+/// `what`), pausing 50 ms, then twice as long each time up to `max`. `Ok(None)` when
+/// `shutdown` comes first, `Err` for a failure that will not pass.
+pub async fn retry_while<T, E, F, Fut>(
+    what: &str,
+    max: std::time::Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+    transient: impl Fn(&E) -> bool,
+    mut f: F,
+) -> Result<Option<T>, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if transient(&e) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "{what} failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => return Ok(None),
+                }
+                pause = (pause * 2).min(max);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// One connection (no TLS); its connection task is spawned and returned.
 pub async fn connect(url: &str) -> Result<(Client, JoinHandle<()>), DbError> {
     let config = parse_url(url)?;

@@ -87,20 +87,16 @@ async fn migrate_when_reachable(
     url: &str,
     shutdown: &CancellationToken,
 ) -> Result<bool, RunError> {
-    let mut wait = Duration::from_millis(250);
-    loop {
-        let e = match db::migrate_for_hub(admin, url).await {
-            Ok(_) => return Ok(true),
-            Err(db::DbError::Postgres(e)) if unreachable(&e) => e,
-            Err(e) => return Err(e.into()),
-        };
-        tracing::warn!(error = %e, retry_in = ?wait, "database unreachable: waiting for it to migrate");
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(false),
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(MIGRATE_RETRY_MAX);
-    }
+    let transient = |e: &db::DbError| matches!(e, db::DbError::Postgres(e) if unreachable(e));
+    let migrated = db::retry_while(
+        "migrating (the database is unreachable)",
+        MIGRATE_RETRY_MAX,
+        shutdown,
+        transient,
+        || db::migrate_for_hub(admin, url),
+    )
+    .await?;
+    Ok(migrated.is_some())
 }
 
 /// Whether `e` says the server could not be reached (the connection failed, or the

@@ -216,30 +216,21 @@ pub async fn run_dispatch(
     }
 }
 
-/// Retries `f` with backoff while the database is unreachable; `None` on shutdown.
+/// Retries `f` while the database is unreachable (any failure); `None` on shutdown.
 async fn retrying<T, E: std::fmt::Display, F, Fut>(
     what: &str,
     shutdown: &CancellationToken,
-    mut f: F,
+    f: F,
 ) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                tracing::warn!(error = %e, "{what} failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return None,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let every_failure = |_: &E| true;
+    crate::db::retry_while(what, Duration::from_secs(5), shutdown, every_failure, f)
+        .await
+        .ok()
+        .flatten()
 }
 
 impl Dispatcher {

@@ -419,11 +419,7 @@ impl WsClient {
     /// The next frame (pings and pongs skipped); fails the test after [`RECV_TIMEOUT`] or
     /// if the connection ended without a close frame.
     pub async fn recv(&mut self) -> Frame {
-        match tokio::time::timeout(RECV_TIMEOUT, self.next_frame()).await {
-            Ok(Some(f)) => f,
-            Ok(None) => panic!("connection ended without a close frame"),
-            Err(_) => panic!("no frame within {RECV_TIMEOUT:?}"),
-        }
+        self.recv_within(RECV_TIMEOUT).await
     }
 
     /// [`WsClient::recv`] waiting up to `wait`: for what the hub sends on a timer.
