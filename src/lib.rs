@@ -39,6 +39,36 @@ pub enum RunError {
     Db(#[from] db::DbError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the {0} task failed (see the panic above); the hub stopped")]
+    TaskFailed(&'static str),
+}
+
+/// The first task the hub could not do without that failed, if any (see `critical`).
+type Failed = Arc<std::sync::OnceLock<&'static str>>;
+
+/// A task the hub cannot serve without (capture, dispatch). If it panics, the hub says so
+/// and shuts down, and `run` returns `TaskFailed`, rather than keep serving sockets that
+/// would never receive another change while `/ready` said all was well: a supervisor
+/// restarts it, and clients that resume get what they missed.
+async fn critical(
+    name: &'static str,
+    task: impl std::future::Future<Output = ()>,
+    failed: Failed,
+    shutdown: CancellationToken,
+) {
+    use futures_util::FutureExt;
+    if std::panic::AssertUnwindSafe(task)
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            task = name,
+            "a task the hub cannot serve without failed: shutting down"
+        );
+        let _ = failed.set(name);
+        shutdown.cancel();
+    }
 }
 
 /// Captured batches waiting for dispatch (the capture side waits when this is full).
@@ -86,8 +116,15 @@ async fn migrate_when_reachable(
     admin: &str,
     url: &str,
     shutdown: &CancellationToken,
+    unreachable_seen: &tokio::sync::Notify,
 ) -> Result<bool, RunError> {
-    let transient = |e: &db::DbError| matches!(e, db::DbError::Postgres(e) if unreachable(e));
+    let transient = |e: &db::DbError| {
+        let transient = matches!(e, db::DbError::Postgres(e) if unreachable(e));
+        if transient {
+            unreachable_seen.notify_one();
+        }
+        transient
+    };
     let migrated = db::retry_while(
         "migrating (the database is unreachable)",
         MIGRATE_RETRY_MAX,
@@ -135,13 +172,40 @@ pub async fn run(
     let mut verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?
         .allow_roles(&config.allowed_roles)
         .nbf_leeway(config.jwt_nbf_leeway_secs as i64);
+    let metrics = Arc::new(telemetry::Metrics::new());
+    let failed = Failed::default();
+    let cap = server::listen::connection_cap(config.limits.max_connections);
     if let (Some(url), true) = (&config.database_url, config.auto_migrate) {
         let admin = config.migrate_database_url.as_deref().unwrap_or(url);
-        if !migrate_when_reachable(admin, url, &shutdown).await? {
+        // Once the database turned out unreachable, `/health` answers while it is awaited
+        // (a start that reaches it leaves its first clients queued until the hub serves).
+        let (waited, unreachable_seen) = (shutdown.child_token(), tokio::sync::Notify::new());
+        let starting = async {
+            tokio::select! {
+                _ = unreachable_seen.notified() => {}
+                _ = waited.cancelled() => return Ok(()),
+            }
+            server::listen::serve(
+                &listener,
+                server::starting_routes(),
+                cap,
+                config.http_header_timeout,
+                metrics.clone(),
+                waited.clone(),
+            )
+            .await
+        };
+        let migrated = async {
+            let migrated = migrate_when_reachable(admin, url, &shutdown, &unreachable_seen).await;
+            waited.cancel();
+            migrated
+        };
+        let (migrated, served) = tokio::join!(migrated, starting);
+        served?;
+        if !migrated? {
             return Ok(());
         }
     }
-    let metrics = Arc::new(telemetry::Metrics::new());
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
     let node = router::NodeId::random();
@@ -208,11 +272,11 @@ pub async fn run(
                 node_id: node_id.clone(),
                 ..capture::CaptureConfig::new(url.clone())
             };
-            background.spawn(capture::run_capture(
-                capture_config,
-                tx,
-                status.clone(),
-                stop_background.clone(),
+            background.spawn(critical(
+                "capture",
+                capture::run_capture(capture_config, tx, status.clone(), stop_background.clone()),
+                failed.clone(),
+                shutdown.clone(),
             ));
             background.spawn(capture::run_maintenance(
                 pool.clone(),
@@ -241,9 +305,12 @@ pub async fn run(
                 inline_cost: config.filter_inline_cost,
                 hold: config.filter_lane_hold.clone(),
             };
-            background.spawn(async move {
-                dispatch.run_dispatch(router, rx, lane, stop).await;
-            });
+            background.spawn(critical(
+                "dispatch",
+                async move { dispatch.run_dispatch(router, rx, lane, stop).await },
+                failed.clone(),
+                shutdown.clone(),
+            ));
             let resume = resume::ResumeHandle::new(
                 pool.clone(),
                 changes.clone(),
@@ -315,10 +382,9 @@ pub async fn run(
             }
         });
     }
-    let cap = server::listen::connection_cap(config.limits.max_connections);
     tracing::info!(addr = %listener.local_addr()?, connection_cap = cap, "switchboard listening");
     server::listen::serve(
-        listener,
+        &listener,
         server::routes(hub.clone(), config.metrics_listen.is_none()),
         cap,
         config.http_header_timeout,
@@ -339,5 +405,24 @@ pub async fn run(
     background.close();
     background.wait().await;
     tracing::info!("switchboard stopped");
-    Ok(())
+    match failed.get() {
+        Some(name) => Err(RunError::TaskFailed(name)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_critical_task_that_panics_shuts_the_hub_down_and_names_itself() {
+        let (failed, shutdown) = (Failed::default(), CancellationToken::new());
+        critical("ends", async {}, failed.clone(), shutdown.clone()).await;
+        assert!(failed.get().is_none() && !shutdown.is_cancelled());
+        let panics = async { panic!("a row it could not read") };
+        critical("capture", panics, failed.clone(), shutdown.clone()).await;
+        assert_eq!(failed.get(), Some(&"capture"));
+        assert!(shutdown.is_cancelled());
+    }
 }

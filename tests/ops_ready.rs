@@ -89,6 +89,7 @@ async fn a_channel_asking_replication_ready_while_postgres_is_down_is_told_when_
 
 /// A hub started while its Postgres is down waits for it (migrating once it answers)
 /// instead of exiting: one that crashed during an outage comes back with the database.
+/// Meanwhile `/health` answers (a liveness probe must not restart it) and `/ready` does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_started_while_postgres_is_down_waits_for_it() {
     let cluster = dedicated_cluster().await;
@@ -97,6 +98,13 @@ async fn a_hub_started_while_postgres_is_down_waits_for_it() {
     config.capture_poll = Duration::from_millis(100);
     tokio::task::block_in_place(|| cluster.stop());
     let hub = TestHub::start(config).await;
+    // While it waits it is alive, not ready, and says why.
+    let (code, body) = hub.get("/health").await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = hub.get("/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("waiting for the database"), "{body}");
+    assert_eq!(hub.get("/api/status").await.0, 503);
     tokio::task::block_in_place(|| cluster.start());
     wait_for_status(&hub, "/ready", 200).await;
     let (_, status) = hub.get_admin("/api/status").await;

@@ -128,3 +128,54 @@ async fn messages_older_than_their_retention_are_pruned() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// JSON nested past serde_json's 128 levels, which Postgres holds and anyone who may
+/// broadcast can send, is not delivered (it is logged): everything after it is, live and
+/// through the change feed that reads the same log. It used to panic the capture task,
+/// after which nothing reached anyone and the feed failed at that row for good.
+#[tokio::test]
+async fn a_broadcast_nested_too_deep_is_skipped_and_everything_after_it_delivered() {
+    let pg = PgHub::start(
+        "create table public.notes (id serial primary key, body text);
+         select realtime.enable('public.notes');",
+    )
+    .await;
+    let service = pg.token("service_role", "sync-job");
+    let feed = |cursor: Option<String>| {
+        let url = pg.hub.http_url(&format!(
+            "/realtime/v1/api/changes?tables=public.notes{}",
+            cursor.map(|c| format!("&cursor={c}")).unwrap_or_default()
+        ));
+        let service = service.clone();
+        async move {
+            let resp = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(service)
+                .send()
+                .await
+                .expect("GET feed");
+            assert_eq!(resp.status().as_u16(), 200);
+            resp.json::<Value>().await.expect("feed JSON")
+        }
+    };
+    let cursor = feed(None).await["next_cursor"].as_str().unwrap().to_owned();
+    let mut c = pg.connect(Vsn::V2).await;
+    c.join_ok("realtime:room", json!({})).await;
+
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    pg.exec(&format!(
+        r#"select realtime.send('{{"d":{deep}}}'::jsonb, 'deep', 'room', false)"#
+    ))
+    .await;
+    pg.exec(r#"select realtime.send('{"n":2}'::jsonb, 'kept', 'room', false)"#)
+        .await;
+    pg.exec("insert into public.notes (body) values ('after')")
+        .await;
+
+    let k = kind4(&c.recv().await);
+    assert_eq!(k.event, "kept");
+    let page = feed(Some(cursor)).await;
+    let changes = page["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 1, "{page}");
+    assert_eq!(changes[0]["record"]["body"], "after", "{page}");
+}

@@ -126,10 +126,11 @@ pub(super) async fn load(
         .iter()
         .filter_map(|r| {
             let id: Option<String> = r.get("id");
+            let payload = crate::capture::json_column(r, "payload").ok()?;
             Some(StoredMessage {
                 id: id?,
                 event: r.get("event"),
-                payload: r.get::<_, Option<Value>>("payload").unwrap_or(Value::Null),
+                payload: payload.unwrap_or(Value::Null),
                 binary: r
                     .get::<_, Option<Vec<u8>>>("binary_payload")
                     .map(Bytes::from),

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use cursor::{Cursor, CursorError, Origin, Position};
 pub use maintenance::{run_maintenance, Maintenance};
+pub(crate) use reader::json_column;
 pub use reader::{
     correct, current_cursor, current_position, entries_between, log_rows_since, next_events,
     next_page, LogTables, PageRead, RangeRead, Statements, READ_PAGE_SQL, READ_RANGE_SQL,

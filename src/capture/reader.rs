@@ -606,7 +606,10 @@ pub async fn current_position(client: &Client) -> Result<Position, CaptureError>
 fn to_entry(row: &Row, out: &mut Vec<LogEntry>) {
     let id: i64 = row.get("id");
     let op: String = row.get("op");
-    let record: Option<Value> = row.get("record");
+    let (Ok(record), Ok(old_record)) = (json_column(row, "record"), json_column(row, "old_record"))
+    else {
+        return;
+    };
     if op == "BROADCAST" {
         let binary = row
             .get::<_, Option<Vec<u8>>>("binary_payload")
@@ -659,12 +662,33 @@ fn to_entry(row: &Row, out: &mut Vec<LogEntry>) {
                 .unwrap_or_default(),
             commit_time: row.get::<_, DateTime<Utc>>("created_at"),
             record,
-            old_record: row.get("old_record"),
+            old_record,
             rows,
             old_rows,
         }
         .into_entry(),
     );
+}
+
+/// A `jsonb` column of a log row (a single-row change's `record`/`old_record`, a
+/// broadcast's payload). It is read as text first: tokio-postgres would panic on JSON
+/// nested past serde_json's 128 levels, which Postgres holds (10,000), and any role that
+/// may broadcast can write one. Such a value is logged and `Err`: its row is not
+/// delivered, and everything after it is.
+pub(crate) fn json_column(row: &Row, column: &str) -> Result<Option<Value>, ()> {
+    let raw = match row.try_get::<_, Option<Json<Box<RawValue>>>>(column) {
+        Ok(raw) => raw,
+        Err(e) => {
+            tracing::warn!(column, error = %e, "a log row's JSON could not be read; it is not delivered");
+            return Err(());
+        }
+    };
+    let Some(Json(raw)) = raw else {
+        return Ok(None);
+    };
+    serde_json::from_str(raw.get()).map(Some).map_err(|e| {
+        tracing::warn!(column, error = %e, "a log row's JSON could not be read (nested too deep?); it is not delivered");
+    })
 }
 
 /// A statement's rows as the log holds them: one JSON text per row.

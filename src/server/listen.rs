@@ -107,7 +107,7 @@ fn without_empty_segments(uri: &hyper::Uri) -> Option<hyper::Uri> {
 /// Serves `router` on `listener` until `shutdown`: at most `cap` connections at once
 /// (further ones are closed at once), request headers within `header_timeout`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: &TcpListener,
     router: Router,
     cap: usize,
     header_timeout: Duration,

@@ -76,6 +76,40 @@ pub fn metrics_routes(hub: Arc<Hub>) -> HttpRouter {
         .with_state(hub)
 }
 
+/// What `serve` answers while it waits at start for an unreachable database: `/health`
+/// is 200 (the process is up, so a liveness probe does not restart it), `/ready` and
+/// everything else 503. Each answer closes its connection, so a client that keeps
+/// connections alive reaches the full hub once it serves.
+pub fn starting_routes() -> HttpRouter {
+    let waiting = || async {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "reason": STARTING })),
+        )
+    };
+    HttpRouter::new()
+        .route("/health", get(health))
+        .route("/ready", get(waiting))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "message": STARTING })),
+            )
+        })
+        .layer(axum::middleware::map_response(
+            |mut response: Response| async move {
+                response.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+                response
+            },
+        ))
+}
+
+/// The reason `/ready` gives while `serve` waits for the database at start.
+const STARTING: &str = "starting: waiting for the database";
+
 /// All HTTP routes of the hub; `/metrics` only when `with_metrics` (it is served on its
 /// own address otherwise).
 pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
