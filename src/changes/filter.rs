@@ -1052,6 +1052,9 @@ mod tests {
             "n4=in.(1,x)",
             "f8=eq.1e",
             "amount=eq.--1",
+            // An exponent whose magnitude does not fit i64 (it overflowed, then matched
+            // as a huge number).
+            "amount=gt.1.5e-9223372036854775808",
             "done=eq.maybe",
             "uid=eq.not-a-uuid",
             "day=eq.2026-13-01",

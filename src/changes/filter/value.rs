@@ -284,7 +284,7 @@ impl Decimal {
             Some(i) => (&body[..i], body[i + 1..].parse::<i64>().ok()?),
             None => (body, 0),
         };
-        if exp.abs() > 1_000_000 {
+        if exp.unsigned_abs() > 1_000_000 {
             return None;
         }
         let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
