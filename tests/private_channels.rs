@@ -586,3 +586,86 @@ async fn messages_capture_reads_after_the_replay_are_not_sent_twice() {
     );
     c.assert_quiet().await;
 }
+
+/// A write check that fails (a policy that raises) is not kept as a refusal: the next
+/// send checks again, as Supabase's broadcast handler does, so a channel whose first send
+/// met a passing problem is not muted until it rejoins.
+#[tokio::test]
+async fn a_write_check_that_failed_is_made_again_on_the_next_send() {
+    let pg = PgHub::start(
+        "create table public.flag (x int);
+         grant select on public.flag to authenticated;
+         create policy \"flaky read\" on realtime.messages for select to authenticated
+             using (realtime.topic() like 'flaky:%');
+         create policy \"flaky write\" on realtime.messages for insert to authenticated
+             with check (realtime.topic() like 'flaky:%'
+                         and (select 1 / count(*) from public.flag) = 1);",
+    )
+    .await;
+    let topic = "realtime:flaky:x";
+    let mut alice = pg.connect(Vsn::V2).await;
+    let mut bob = pg.connect(Vsn::V2).await;
+    let a = joined(
+        &pg,
+        &mut alice,
+        topic,
+        ALICE,
+        json!({"broadcast": {"ack": true}}),
+    )
+    .await;
+    joined(&pg, &mut bob, topic, BOB, json!({})).await;
+
+    // The policy raises (division by zero): no ack, nothing sent.
+    alice.broadcast(&a, topic, "first", json!({})).await;
+    alice.assert_quiet().await;
+    bob.assert_quiet().await;
+
+    pg.exec("insert into public.flag values (1)").await;
+    let r = alice.broadcast(&a, topic, "second", json!({})).await;
+    let ack = alice.recv().await;
+    assert!(ack.is_reply_to(&r), "{ack:?}");
+    assert_eq!(next_broadcast(&mut bob).await["event"], "second");
+}
+
+/// While a join waits on the database (here a lock another session holds on
+/// `realtime.messages`, as a migration would), the connection still answers heartbeats:
+/// the client would otherwise take it for dead and reconnect. The pushes sent behind the
+/// join are handled after it, in order.
+#[tokio::test]
+async fn heartbeats_are_answered_while_a_join_waits_on_the_database() {
+    let pg = PgHub::start(SETUP).await;
+    let mut c = pg.connect(Vsn::V2).await;
+    let lobby = c.join_ok("realtime:lobby", json!({})).await;
+    let locker = pg.db.client().await;
+    locker
+        .batch_execute("begin; lock table realtime.messages in share mode")
+        .await
+        .unwrap();
+    let join_ref = c.next_ref();
+    let payload = json!({"config": {"private": true}, "access_token": pg.user(ALICE)});
+    c.send(Some(&join_ref), Some(&join_ref), ROOM, "phx_join", payload)
+        .await;
+    let leave = c.next_ref();
+    c.send(
+        Some(&lobby),
+        Some(&leave),
+        "realtime:lobby",
+        "phx_leave",
+        json!({}),
+    )
+    .await;
+    let beat = c.next_ref();
+    c.send(None, Some(&beat), "phoenix", "heartbeat", json!({}))
+        .await;
+    let first = c.recv().await;
+    assert!(
+        first.topic() == Some("phoenix") && first.is_reply_to(&beat),
+        "the heartbeat must be answered while the join waits: {first:?}"
+    );
+    locker.batch_execute("rollback").await.unwrap();
+    let join = c.recv().await;
+    assert!(join.is_reply_to(&join_ref), "{join:?}");
+    assert_eq!(join.payload()["status"], "ok", "{join:?}");
+    let left = c.recv_until(|f| f.is_reply_to(&leave)).await;
+    assert_eq!(left.payload()["status"], "ok", "{left:?}");
+}

@@ -63,12 +63,15 @@ impl ChannelAccess {
         if let Some(known) = *slot {
             return (known, None);
         }
-        let (allowed, error) = match authz.write(&self.ctx, extension).await {
-            Ok(allowed) => (allowed, None),
+        // Only an answer is kept: a check that failed (a policy that raised, the database
+        // out of reach) is made again on the next send, as Supabase does.
+        match authz.write(&self.ctx, extension).await {
+            Ok(allowed) => {
+                *slot = Some(allowed);
+                (allowed, None)
+            }
             Err(e) => (false, Some(e)),
-        };
-        *slot = Some(allowed);
-        (allowed, error)
+        }
     }
 
     /// Decides presence read if the join did not (a first track). True when it changed.

@@ -33,6 +33,11 @@ use crate::auth::Claims;
 const INSERT_PROBES: &str =
     "select realtime.insert_probes($1::text, $2::text[], $3::text[]::uuid[])";
 
+/// How long one decision may take (its statements, lock waits included). A policy
+/// blocked behind a lock on `realtime.messages` or a slow one ends in an error for that
+/// decision rather than holding the channel's connection.
+const DECISION_TIMEOUT: &str = "set local statement_timeout = '5s'";
+
 /// The subscriber's settings, local to the transaction (Supabase's `set_conn_config`).
 const SET_CONFIG: &str = "select pg_catalog.set_config('role', $1::text, true), \
             pg_catalog.set_config('realtime.topic', $2::text, true), \
@@ -173,6 +178,7 @@ impl Authz {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
         let result = async {
+            tx.batch_execute(DECISION_TIMEOUT).await?;
             tx.query_one(INSERT_PROBES, &[&ctx.topic, &names, &ids])
                 .await?;
             set_config(&tx, ctx).await?;
@@ -197,6 +203,7 @@ impl Authz {
         let mut client = pool.get().await?;
         let mut tx = client.transaction().await?;
         let result = async {
+            tx.batch_execute(DECISION_TIMEOUT).await?;
             set_config(&tx, ctx).await?;
             let probe = tx.savepoint("switchboard_write_probe").await?;
             let outcome = probe

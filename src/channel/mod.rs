@@ -14,7 +14,7 @@ mod session;
 mod tests;
 
 pub use join_config::{truthy, JoinConfig};
-pub use session::{ConnResume, Session};
+pub use session::{answer_heartbeat, is_heartbeat, ConnResume, Session};
 
 use std::sync::Arc;
 

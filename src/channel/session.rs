@@ -22,6 +22,7 @@ use crate::protocol::{
 use crate::resume::{ConnAcks, LiveChannel};
 use crate::router::outbox::OutboxTx;
 use crate::router::{MemberId, TopicKey};
+use crate::telemetry::Metrics;
 
 /// One joined channel of this connection.
 pub(super) struct Channel {
@@ -173,6 +174,22 @@ pub(super) fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// Whether `msg` is a heartbeat on the socket topic (`phoenix`).
+pub fn is_heartbeat(msg: &Inbound) -> bool {
+    msg.topic == "phoenix" && matches!(Event::of(&msg.event), Event::Heartbeat)
+}
+
+/// Answers a heartbeat on `phoenix`: its plain ok goes ahead of whatever is queued
+/// (`OutboxTx::push_urgent`). It needs nothing of the session, so the connection answers
+/// heartbeats itself while the session waits on the database.
+pub fn answer_heartbeat(vsn: Vsn, outbox: &OutboxTx, metrics: &Metrics, msg: &Inbound) {
+    let frame =
+        protocol::encode_reply(vsn, None, msg.ref_.as_deref(), &msg.topic, "ok", &json!({}));
+    if outbox.push_urgent(frame).is_ok() {
+        metrics.message_out("reply", 1);
+    }
+}
+
 impl Session {
     pub fn new(
         svc: Arc<Services>,
@@ -277,13 +294,7 @@ impl Session {
             if !matches!(event, Event::Heartbeat) {
                 return self.reply_error(&msg, ReplyError::UnmatchedTopic);
             }
-            // A heartbeat's plain ok goes ahead of whatever is queued
-            // (`OutboxTx::push_urgent`).
-            let frame = self.reply_frame(&msg, "ok", &json!({}));
-            if self.outbox.push_urgent(frame).is_ok() {
-                self.svc.metrics.message_out("reply", 1);
-            }
-            return;
+            return answer_heartbeat(self.vsn, &self.outbox, &self.svc.metrics, &msg);
         }
         match event {
             Event::Join => self.join(msg).await,

@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 use super::writer::{Pinger, WriterHandle, CLOSE_FLUSH_TIMEOUT};
 use super::Hub;
 use crate::auth::Claims;
-use crate::channel::{ConnResume, Session};
+use crate::channel::{answer_heartbeat, is_heartbeat, ConnResume, Session};
 use crate::protocol::{self, Close, Vsn};
 use crate::resume::ConnAcks;
-use crate::router::outbox::outbox_bursting;
-use crate::telemetry::next_id;
+use crate::router::outbox::{outbox_bursting, OutboxTx};
+use crate::telemetry::{next_id, Metrics};
 
 /// How long a connection that stopped reading mid-frame keeps its socket after the close
 /// frame was flushed, so that the client reads the close frame before the reset.
@@ -107,6 +107,8 @@ where
         let mut replication_check = Instant::now();
         // Set when reading stopped with the client's input unread (a frame over the limit).
         let mut unread_input = false;
+        // Frames read while a push waited on the database, handled next, in order.
+        let mut backlog = Backlog::new();
         loop {
             let retry = session.next_retry();
             let expiry = session.next_expiry().map(|exp| {
@@ -134,7 +136,7 @@ where
                     session.check_replication(Instant::now());
                     replication_check = Instant::now() + REPLICATION_CHECK;
                 }
-                msg = stream.next() => {
+                msg = backlog.next(&mut stream) => {
                     let msg = match msg {
                         Some(Ok(msg)) => msg,
                         Some(Err(e)) => {
@@ -173,7 +175,10 @@ where
                         // reserved inside every idle connection's task.
                         Ok(inbound) => {
                             drop(msg);
-                            Box::pin(session.handle(inbound)).await
+                            let handling = Box::pin(session.handle(inbound));
+                            if backlog.read_while(handling, &mut stream, vsn, &tx, &metrics).await {
+                                idle_deadline = Instant::now() + idle;
+                            }
                         }
                         Err(e) => {
                             metrics.dropped("malformed_frame", 1);
@@ -195,6 +200,72 @@ where
         let unread = unread_input.then_some(&hub.shutdown);
         Box::pin(drain_and_finish(writer, stream, unread)).await;
         tracing::debug!(conn_id, "connection closed");
+    }
+}
+
+/// What the client sent while the session was busy with an earlier push (a join or a
+/// private channel's check waiting on the database): heartbeats are answered at once, so
+/// a connection waiting on a slow policy or a lock is not taken for dead; everything else
+/// waits here and is handled next, in the order it came. At most `BACKLOG_FRAMES` are
+/// read ahead; past that the socket is left unread until the push is done.
+struct Backlog(std::collections::VecDeque<Option<Result<Message, axum::Error>>>);
+
+/// Frames a connection reads ahead while its session is busy.
+const BACKLOG_FRAMES: usize = 64;
+
+impl Backlog {
+    fn new() -> Backlog {
+        Backlog(std::collections::VecDeque::new())
+    }
+
+    /// The next frame: a held one first, else the socket's.
+    async fn next<R>(&mut self, stream: &mut R) -> Option<Result<Message, axum::Error>>
+    where
+        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        match self.0.pop_front() {
+            Some(held) => held,
+            None => stream.next().await,
+        }
+    }
+
+    /// Runs `handling` to its end, reading the socket meanwhile (see `Backlog`); true when
+    /// the client sent anything meanwhile (it is not idle).
+    async fn read_while<R>(
+        &mut self,
+        handling: impl Future<Output = ()>,
+        stream: &mut R,
+        vsn: Vsn,
+        outbox: &OutboxTx,
+        metrics: &Metrics,
+    ) -> bool
+    where
+        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        tokio::pin!(handling);
+        let mut heard = false;
+        // Nothing is read past the socket's end or an error: they are handled in turn.
+        let mut ended = self.0.back().is_some_and(|m| !matches!(m, Some(Ok(_))));
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut handling => return heard,
+                msg = stream.next(), if !ended && self.0.len() < BACKLOG_FRAMES => {
+                    heard = true;
+                    if let Some(Ok(Message::Text(text))) = &msg {
+                        if let Ok(push) = protocol::decode_text(vsn, text.as_str()) {
+                            if is_heartbeat(&push) {
+                                metrics.message_in("heartbeat");
+                                answer_heartbeat(vsn, outbox, metrics, &push);
+                                continue;
+                            }
+                        }
+                    }
+                    ended = !matches!(msg, Some(Ok(_)));
+                    self.0.push_back(msg);
+                }
+            }
+        }
     }
 }
 
