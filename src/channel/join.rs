@@ -95,6 +95,9 @@ impl Session {
         if claim.as_ref().is_some_and(|c| c.unreadable()) {
             return self.reply_error(&msg, ReplyError::DatabaseUnavailable);
         }
+        if let Some(claim) = &claim {
+            self.reach(claim).await;
+        }
         self.register(&msg, admitted, replay, validated, claim)
             .await;
     }

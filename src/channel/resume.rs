@@ -4,11 +4,13 @@
 //! the gate for live frames. See `resume` for positions and parked rows.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::join_config::JoinConfig;
 use super::session::Session;
+use crate::capture::Position;
 use crate::changes::{Mark, ReplayTarget};
 use crate::protocol::{self, NotRecovered, Resumed, SystemMessage};
 use crate::resume::{ChannelAck, ChannelIdent, Found, LiveChannel, ResumeError, ResumeHandle};
@@ -26,6 +28,20 @@ impl Claim {
     pub(super) fn unreadable(&self) -> bool {
         self.found.is_err()
     }
+}
+
+/// How long a resuming join waits for this hub's reader to reach the channel's position
+/// (`Session::reach`): well inside a client's join timeout (realtime-js: 10 s).
+const REACH_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether `cut` is sure to be behind `from`: it has read nothing `from` has not, and
+/// `from` has read something it has not (same server lifetime).
+fn behind(cut: &Position, from: &Position) -> bool {
+    let same_server = match (cut.origin, from.origin) {
+        (Some(a), Some(b)) => a.server == b.server,
+        _ => true,
+    };
+    same_server && cut.read_within(from) && !from.read_within(cut)
 }
 
 impl Session {
@@ -53,6 +69,39 @@ impl Session {
             owner,
             found,
         })
+    }
+
+    /// A channel parked by a hub whose reader had got further than this one's (it moved
+    /// here from a node that was ahead): waits, at most `REACH_WAIT`, until dispatch here
+    /// has passed its position. Registered before, it would receive the changes in between
+    /// again, live, after a replay of nothing.
+    pub(super) async fn reach(&self, claim: &Claim) {
+        let Ok(Found::At(from)) = &claim.found else {
+            return;
+        };
+        let Ok(from) = Position::parse(from) else {
+            return;
+        };
+        let passed = |mark: &Option<Mark>| {
+            let cut = mark
+                .as_ref()
+                .and_then(|m| Position::parse(&m.position).ok());
+            !cut.is_some_and(|cut| behind(&cut, &from))
+        };
+        let mut delivered = self.svc.changes.progress().delivered();
+        if passed(&delivered.borrow()) {
+            return;
+        }
+        tracing::debug!(
+            conn_id = self.conn_id,
+            "resume: waiting for this hub to reach the channel's position"
+        );
+        if tokio::time::timeout(REACH_WAIT, delivered.wait_for(passed))
+            .await
+            .is_err()
+        {
+            tracing::info!(conn_id = self.conn_id, "resume: this hub did not reach the channel's position in time; changes in between may arrive twice");
+        }
     }
 
     /// Tracks the channel's position from `cut` on and spawns its catch-up; `None` when
@@ -115,5 +164,24 @@ impl Session {
             ack.caught_up(acks.next_ping_id());
         });
         Some(live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_is_behind_a_position_only_when_that_has_read_more_on_the_same_server() {
+        let p = |s: &str| Position::parse(s).unwrap();
+        assert!(behind(&p("100:/~1.5"), &p("105:/~1.9")));
+        // A transaction still open at the cut, finished for the position.
+        assert!(behind(&p("105:101/~1.5"), &p("105:/~1.9")));
+        assert!(!behind(&p("105:/~1.5"), &p("100:/~1.9")), "ahead");
+        assert!(!behind(&p("105:/~1.5"), &p("105:/~1.9")), "the same");
+        assert!(
+            !behind(&p("100:/~1.5"), &p("105:/~2.9")),
+            "another server lifetime"
+        );
     }
 }
