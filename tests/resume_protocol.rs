@@ -191,6 +191,34 @@ async fn a_reconnect_replays_exactly_what_was_missed_then_goes_live() {
     expect_row(&mut c, "INSERT", "items", live).await;
 }
 
+/// A browser answers pings below the page (Chromium even while the page is offline, its
+/// frames held back), so a pong does not prove the app read them; realtime-js says so
+/// when it closes with `heartbeat timeout`. Such a connection resumes from what its
+/// heartbeats prove instead: the changes its pongs confirmed but the app never read are
+/// replayed.
+#[tokio::test]
+async fn a_connection_closed_for_a_heartbeat_timeout_resumes_from_what_its_heartbeats_prove() {
+    let pg = PgHub::start(SETUP).await;
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "offline-tab").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+    let read = insert(&pg, ALICE).await;
+    expect_row(&mut c, "INSERT", "items", read).await;
+    c.acknowledge().await; // a ping written after `read`
+    c.heartbeat().await; // its reply written after that ping
+    c.heartbeat().await; // the app read that reply, so `read` too
+                         // Offline: the browser still reads the frames and answers the pings, the app does not.
+    let unread = insert_n(&pg, ALICE, 2).await;
+    expect_rows(&mut c, &unread).await;
+    c.acknowledge().await;
+    c.close_with_reason("heartbeat timeout").await;
+    wait_parked(&pg, 1).await;
+
+    let mut c = connect(&pg, "offline-tab").await;
+    expect_resumed(&mut c, "realtime:items", &token, &unread).await;
+}
+
 #[tokio::test]
 async fn a_resume_replays_exactly_the_rows_of_multi_row_statements_that_filter_and_row_scope_pass()
 {

@@ -3,9 +3,18 @@
 //! of that batch and before arrived (TCP keeps order, every client answers pings). Each
 //! channel turns the connection's latest proof into its own position, never earlier than
 //! where the channel started.
+//!
+//! A pong proves the frames reached the client's WebSocket layer, not its app: a browser
+//! answers pings below the page (Chromium does so even while the page is offline or
+//! frozen and never sees the frames), and realtime-js, finding a heartbeat reply missing,
+//! closes the socket with reason `heartbeat timeout` and drops whatever it had not read.
+//! So each heartbeat the client sends is a second, coarser proof: realtime-js sends the
+//! next one only once it has read the reply to the last, so everything written before
+//! that reply was read. A connection closed with `heartbeat timeout` resumes from that
+//! proof instead of its pongs (more may then be replayed twice, nothing is lost).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::changes::Mark;
@@ -24,6 +33,21 @@ pub struct ConnAcks {
     next_ping: AtomicU64,
     in_flight: Mutex<VecDeque<(u64, Mark)>>,
     acked: Mutex<Option<(u64, Mark)>>,
+    /// Heartbeat proofs (see the module's note).
+    read: Mutex<ReadProof>,
+    /// The client closed with `heartbeat timeout`: only `read.proven` counts.
+    distrusted: AtomicBool,
+}
+
+/// What the client's heartbeats prove it read.
+#[derive(Debug, Default)]
+struct ReadProof {
+    /// The last ping written.
+    written: Option<(u64, Mark)>,
+    /// `written` when the last heartbeat reply was written.
+    at_reply: Option<(u64, Mark)>,
+    /// `at_reply` when the client's last heartbeat arrived: it had read that reply.
+    proven: Option<(u64, Mark)>,
 }
 
 impl ConnAcks {
@@ -60,8 +84,42 @@ impl ConnAcks {
         }
     }
 
+    /// The latest proof: the last pong, or after a `heartbeat timeout` close the last
+    /// heartbeat's.
     pub fn acked(&self) -> Option<(u64, Mark)> {
+        if self.distrusted.load(Ordering::Acquire) {
+            return lock(&self.read).proven.clone();
+        }
         lock(&self.acked).clone()
+    }
+
+    /// The writer wrote ping `id`.
+    pub fn ping_written(&self, id: u64) {
+        let mark = lock(&self.in_flight)
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, m)| m.clone());
+        if let Some(mark) = mark {
+            lock(&self.read).written = Some((id, mark));
+        }
+    }
+
+    /// The writer wrote a heartbeat reply.
+    pub fn urgent_written(&self) {
+        let mut read = lock(&self.read);
+        read.at_reply = read.written.clone();
+    }
+
+    /// A heartbeat came from the client: it read the reply to its last one.
+    pub fn heartbeat(&self) {
+        let mut read = lock(&self.read);
+        read.proven = read.at_reply.clone();
+    }
+
+    /// The client closed with `heartbeat timeout`: it may not have read what its pongs
+    /// confirm.
+    pub fn distrust_pongs(&self) {
+        self.distrusted.store(true, Ordering::Release);
     }
 }
 
@@ -132,6 +190,28 @@ mod tests {
         let last = conn.ping(mark(9));
         conn.pong(last);
         assert_eq!(ch.position(&conn), "9:");
+    }
+
+    #[test]
+    fn after_a_heartbeat_timeout_only_what_heartbeats_prove_counts() {
+        let conn = ConnAcks::default();
+        let ch = ChannelAck::new(mark(1), "1:".into(), 0);
+        let a = conn.ping(mark(2));
+        conn.ping_written(a);
+        conn.pong(a);
+        conn.urgent_written(); // the reply to heartbeat 1, after ping a
+        conn.heartbeat(); // heartbeat 2 (read reply 1): ping a's mark is proven
+        let b = conn.ping(mark(5));
+        conn.ping_written(b);
+        conn.pong(b); // answered below the page
+        conn.heartbeat(); // heartbeat 3, sent before reply 2 was written: nothing new
+        conn.urgent_written(); // reply 2, never read
+        assert_eq!(ch.position(&conn), "5:");
+        conn.distrust_pongs();
+        assert_eq!(ch.position(&conn), "2:");
+        let fresh = ConnAcks::default();
+        fresh.distrust_pongs();
+        assert_eq!(ch.position(&fresh), "1:", "no heartbeat proof yet");
     }
 
     #[test]

@@ -221,6 +221,8 @@ pub struct OutboxRx {
     shared: Arc<Shared>,
     /// Queue items taken so far (frames, and slots filled or not).
     taken: u64,
+    /// Urgent frames taken so far.
+    urgent_taken: u64,
 }
 
 /// Creates an outbox holding at most `max_frames` frames and `max_bytes` bytes.
@@ -257,7 +259,11 @@ pub fn outbox_bursting(
         OutboxTx {
             shared: shared.clone(),
         },
-        OutboxRx { shared, taken: 0 },
+        OutboxRx {
+            shared,
+            taken: 0,
+            urgent_taken: 0,
+        },
     )
 }
 
@@ -577,6 +583,11 @@ impl FrameSink for ChannelOutbox {
 }
 
 impl OutboxRx {
+    /// How many urgent frames (heartbeat replies) were taken so far.
+    pub fn urgent_taken(&self) -> u64 {
+        self.urgent_taken
+    }
+
     /// The next frame: an urgent one first, else the first queued (when no unfilled
     /// slot is ahead of it).
     pub fn try_recv(&mut self) -> Option<WireFrame> {
@@ -587,6 +598,7 @@ impl OutboxRx {
                 .urgent_len
                 .store(urgent.len(), Ordering::Release);
             if frame.is_some() {
+                self.urgent_taken += 1;
                 return frame;
             }
         }

@@ -158,7 +158,13 @@ where
                     let decoded = match &msg {
                         Message::Text(text) => protocol::decode_text(vsn, text.as_str()),
                         Message::Binary(bytes) => protocol::decode_binary(bytes),
-                        Message::Close(_) => {
+                        Message::Close(frame) => {
+                            // realtime-js found a heartbeat reply missing: it drops what it
+                            // had not read, whatever its pongs said (`resume::ack`).
+                            let timed_out = frame.as_ref().is_some_and(|f| f.reason == "heartbeat timeout");
+                            if let (Some(acks), true) = (&acks, timed_out) {
+                                acks.distrust_pongs();
+                            }
                             tx.close(Close::Gone);
                             break;
                         }
@@ -175,8 +181,12 @@ where
                         // reserved inside every idle connection's task.
                         Ok(inbound) => {
                             drop(msg);
+                            if let (Some(acks), true) = (&acks, is_heartbeat(&inbound)) {
+                                acks.heartbeat();
+                            }
                             let handling = Box::pin(session.handle(inbound));
-                            if backlog.read_while(handling, &mut stream, vsn, &tx, &metrics).await {
+                            let heard = backlog.read_while(handling, &mut stream, vsn, &tx, &metrics, acks.as_deref());
+                            if heard.await {
                                 idle_deadline = Instant::now() + idle;
                             }
                         }
@@ -238,6 +248,7 @@ impl Backlog {
         vsn: Vsn,
         outbox: &OutboxTx,
         metrics: &Metrics,
+        acks: Option<&ConnAcks>,
     ) -> bool
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -255,6 +266,9 @@ impl Backlog {
                     if let Some(Ok(Message::Text(text))) = &msg {
                         if let Ok(push) = protocol::decode_text(vsn, text.as_str()) {
                             if is_heartbeat(&push) {
+                                if let Some(acks) = acks {
+                                    acks.heartbeat();
+                                }
                                 metrics.message_in("heartbeat");
                                 answer_heartbeat(vsn, outbox, metrics, &push);
                                 continue;

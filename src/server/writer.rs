@@ -414,12 +414,18 @@ impl Io {
                     })
                 }
             }
+            let urgent_before = self.rx.urgent_taken();
             let Some(frame) = self.rx.try_recv() else {
                 return Ok(Fed {
                     count: fed,
                     stop: Stop::Drained,
                 });
             };
+            if self.rx.urgent_taken() != urgent_before {
+                if let Some(pinger) = &self.pinger {
+                    pinger.acks.urgent_written();
+                }
+            }
             self.sink()?
                 .start_send(to_message(frame))
                 .map_err(|()| Failed)?;
@@ -547,6 +553,9 @@ impl Io {
         }
         let ping = Message::Ping(Bytes::copy_from_slice(&waiting.id.to_be_bytes()));
         self.sink()?.start_send(ping).map_err(|()| Failed)?;
+        if let Some(pinger) = &self.pinger {
+            pinger.acks.ping_written(waiting.id);
+        }
         self.unflushed = true;
         self.pinged = Pinged {
             at: Some(Instant::now()),

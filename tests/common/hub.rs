@@ -601,6 +601,16 @@ impl WsClient {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+
+    /// Closes the WebSocket with code 1000 and `reason` (realtime-js closes so, with
+    /// `heartbeat timeout`, when a heartbeat reply is missing).
+    pub async fn close_with_reason(mut self, reason: &str) {
+        let frame = CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: reason.to_owned().into(),
+        };
+        let _ = self.ws.close(Some(frame)).await;
+    }
 }
 
 /// A kind-3 user broadcast push (client -> server), PROTOCOL.md §1.
