@@ -34,14 +34,16 @@ impl Claim {
 /// (`Session::reach`): well inside a client's join timeout (realtime-js: 10 s).
 const REACH_WAIT: Duration = Duration::from_secs(5);
 
-/// Whether `cut` is sure to be behind `from`: it has read nothing `from` has not, and
-/// `from` has read something it has not (same server lifetime).
+/// Whether `cut` is behind `from` (same server lifetime): `from`'s snapshot sees a
+/// transaction `cut`'s does not. A cut partway through a page (a hub catching up reads
+/// page by page) counts as behind until the page is done: the rows of it that `from`
+/// has read may not be read yet.
 fn behind(cut: &Position, from: &Position) -> bool {
     let same_server = match (cut.origin, from.origin) {
         (Some(a), Some(b)) => a.server == b.server,
         _ => true,
     };
-    same_server && cut.read_within(from) && !from.read_within(cut)
+    same_server && !from.cursor.seen_by(&cut.cursor)
 }
 
 impl Session {
@@ -183,5 +185,8 @@ mod tests {
             !behind(&p("100:/~1.5"), &p("105:/~2.9")),
             "another server lifetime"
         );
+        // Catching up page by page: behind until the page is read whole.
+        assert!(behind(&p("100:/110:@7/~1.5"), &p("105:/~1.9")));
+        assert!(!behind(&p("105:/110:@7/~1.5"), &p("105:/~1.9")));
     }
 }
