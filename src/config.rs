@@ -418,10 +418,11 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
         .map_err(|e| parse_error(path, e))
 }
 
+/// A file that is not TOML: the parser's whole report, with the line and column.
 fn parse_error(path: &Path, e: toml::de::Error) -> ConfigError {
     ConfigError::Parse {
         path: path.to_owned(),
-        message: e.message().to_owned(),
+        message: e.to_string().trim_end().to_owned(),
     }
 }
 
@@ -745,6 +746,17 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_that_is_not_toml_is_refused_with_its_line_and_column() {
+        let e = "listen = \"x\"\nmax_broadcast_bytes = 256 * 1024\n"
+            .parse::<toml::Table>()
+            .unwrap_err();
+        let message = parse_error(Path::new("hub.toml"), e).to_string();
+        assert!(message.contains("hub.toml"), "{message}");
+        assert!(message.contains("line 2, column 23"), "{message}");
+        assert!(message.contains("256 * 1024"), "{message}");
+    }
 
     /// `settings` are refused with an error that names `key`.
     fn refused_naming(settings: Settings, key: &str) {
