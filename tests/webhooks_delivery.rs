@@ -827,3 +827,78 @@ async fn an_endpoint_the_log_was_pruned_past_says_it_lost_data_until_a_replay() 
     })
     .await;
 }
+
+/// A table renamed under an endpoint keeps being delivered: the endpoint reloads with
+/// the new name and still takes the rows logged under the old one. It used to match
+/// only the old name and move its cursor past the new name's rows, losing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_renamed_under_an_endpoint_loses_none_of_its_changes() {
+    let pg = hub().await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    pg.exec("insert into contacts (id, name) values (1, 'Ada')")
+        .await;
+    rx.wait_processed(Duration::from_secs(20), 1).await;
+    pg.exec(
+        "begin; insert into contacts (id, name) values (2, 'Bob');
+         alter table contacts rename to people; commit;
+         insert into people (id, name) values (3, 'Cy');",
+    )
+    .await;
+    rx.wait_until(Duration::from_secs(30), "3 events", |r| {
+        r.iter().map(|r| r.events().len()).sum::<usize>() >= 3
+    })
+    .await;
+    let events = rx.processed_events();
+    assert_eq!(ids(&events), vec![1, 2, 3], "{events:#?}");
+    assert_eq!(events[2]["table"], "people", "{events:#?}");
+}
+
+/// An endpoint dropped and created again under the same name, between two of the
+/// hub's looks, is delivered afresh: to its new url with its new secret, never to the
+/// old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_dropped_and_created_again_delivers_to_its_new_url_only() {
+    let pg = hub().await;
+    let old = Receiver::start(Mode::Ok).await;
+    let new = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &old.url, "").await;
+    pg.exec("insert into contacts (id, name) values (1, 'Ada')")
+        .await;
+    old.wait_processed(Duration::from_secs(20), 1).await;
+    for round in 0..4 {
+        // An operator's change first: the old row's version passes the new row's 1.
+        pg.sql
+            .execute(
+                "select realtime.alter_webhook('crm', events => '{INSERT,UPDATE,DELETE}')",
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("alter: {}", common::e2e::pg_err(&e)));
+        // Long enough for the hub's supervisor to pass the new version on (a tick).
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let secret: String = pg
+            .sql
+            .query_one(
+                "select realtime.drop_webhook('crm'), \
+                        realtime.create_webhook('crm', $1, '{public.contacts}')",
+                &[&new.url],
+            )
+            .await
+            .map(|r| r.get(1))
+            .unwrap_or_else(|e| panic!("recreate: {}", common::e2e::pg_err(&e)));
+        let id = 10 + round;
+        pg.exec(&format!(
+            "insert into contacts (id, name) values ({id}, 'x')"
+        ))
+        .await;
+        new.wait_until(Duration::from_secs(20), "the row", |r| {
+            r.iter()
+                .flat_map(|r| r.events())
+                .any(|e| e["record"]["id"] == id)
+        })
+        .await;
+        verify_signatures(&new.requests()[round as usize..], &secret);
+    }
+    assert_eq!(old.processed_events().len(), 1, "the old url got more");
+}

@@ -84,6 +84,13 @@ impl Selection {
         Ok(Selection { tables: bound, ops })
     }
 
+    /// Selects the rows logged under `old`, a name `now` had before a rename, as `now`'s.
+    pub fn alias(&mut self, old: &(String, String), now: &(String, String)) {
+        if let Some(f) = self.tables.get(now).cloned() {
+            self.tables.entry(old.clone()).or_insert(f);
+        }
+    }
+
     pub fn selects(&self, c: &Change) -> bool {
         self.filter_for(&c.schema, &c.table, c.op)
             .is_some_and(|f| f.is_empty() || c.judged_row().is_some_and(|r| f.matches(r)))

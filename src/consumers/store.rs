@@ -8,6 +8,7 @@ use super::ConsumersError;
 
 const LOAD: &str = "\
 select e.url, e.events, e.filter, e.secret, e.paused, e.version, e.position, e.failures, \
+       (extract(epoch from e.created_at) * 1000000)::int8::text || ' ' || e.tables::text as shape, \
        array(select n.nspname::text from unnest(e.tables) with ordinality as t(rel, i) \
               join pg_catalog.pg_class c on c.oid = t.rel \
               join pg_catalog.pg_namespace n on n.oid = c.relnamespace order by t.i) as schemas, \
@@ -20,8 +21,9 @@ const RELEASE: &str = "select realtime.release_webhooks($1)";
 const HELD: &str = "select name, version, lease_owner is not distinct from $1 \
      from realtime.webhook_endpoints \
      where lease_owner = $1 or lease_owner is null or lease_expires_at < now()";
-const STATE: &str =
-    "select version from realtime.webhook_endpoints where name = $1 and lease_owner = $2";
+const STATE: &str = "select version, \
+       (extract(epoch from created_at) * 1000000)::int8::text || ' ' || tables::text \
+     from realtime.webhook_endpoints where name = $1 and lease_owner = $2";
 const DELIVERED: &str = "select realtime.webhook_delivered($1, $2, $3, $4, $5)";
 const FAILED: &str = "select held, paused from realtime.webhook_failed($1, $2, $3, $4, $5)";
 const MARK_LOST: &str = "select realtime.mark_lost_webhooks()";
@@ -37,6 +39,9 @@ pub struct EndpointDef {
     pub secret: String,
     pub paused: bool,
     pub version: i64,
+    /// Which endpoint row this is (dropped and created again under the same name, it is
+    /// another) and its tables' names as they are now (a rename changes it).
+    pub shape: String,
     pub position: String,
     /// Failed attempts in a row so far.
     pub failures: i32,
@@ -61,6 +66,7 @@ pub async fn load(
         secret: row.get("secret"),
         paused: row.get("paused"),
         version: row.get("version"),
+        shape: row.get("shape"),
         position: row.get("position"),
         failures: row.get("failures"),
     }))
@@ -94,16 +100,16 @@ pub async fn release(client: &Client, owner: &str) -> Result<(), ConsumersError>
     Ok(())
 }
 
-/// The endpoint's version if `owner` still holds it.
+/// The endpoint's version and shape (`EndpointDef::shape`) if `owner` still holds it.
 pub async fn version(
     client: &Client,
     name: &str,
     owner: &str,
-) -> Result<Option<i64>, ConsumersError> {
+) -> Result<Option<(i64, String)>, ConsumersError> {
     Ok(client
         .query_opt(STATE, &[&name, &owner])
         .await?
-        .map(|r| r.get(0)))
+        .map(|r| (r.get(0), r.get(1))))
 }
 
 /// What recording a 2xx (or an idle cursor move) found.

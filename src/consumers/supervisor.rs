@@ -158,6 +158,16 @@ fn sync(
         keep
     });
     for (name, version) in held {
+        // Versions only grow: a lower one is another row, the endpoint dropped and created
+        // again under this name. Its task starts over (url, secret, cursor).
+        if let Some(t) = tasks
+            .get(&name)
+            .filter(|t| version < t.lease.borrow().version)
+        {
+            tracing::info!(endpoint = %name, "webhook endpoint created again: delivering it afresh");
+            t.stop.cancel();
+            tasks.remove(&name);
+        }
         if let Some(t) = tasks.get(&name) {
             t.lease.send_if_modified(|l| {
                 let before = *l;

@@ -65,6 +65,7 @@ pub(super) async fn run_endpoint(
         name,
         lease,
         stop,
+        renamed: Renamed::default(),
     };
     tracing::info!(endpoint = %ep.name, "delivering webhook endpoint");
     while let Next::Reload = ep.session().await {}
@@ -81,6 +82,45 @@ struct Endpoint {
     /// The capture's progress: new rows may be waiting.
     progress: watch::Receiver<u64>,
     stop: CancellationToken,
+    renamed: Renamed,
+}
+
+/// The names the endpoint's tables had before a rename. The log keeps the name a row
+/// was written under, so rows committed before a rename (or read before the reload it
+/// causes) carry the old one: the selection takes them under both.
+#[derive(Default)]
+struct Renamed {
+    /// The endpoint row (`EndpointDef::shape`'s first part) and its tables, as last loaded.
+    last: Option<(String, Vec<(String, String)>)>,
+    /// (old name, name now).
+    aliases: Vec<((String, String), (String, String))>,
+}
+
+impl Renamed {
+    /// Notes the renames between the last load and `def` (a chain of them maps every
+    /// earlier name to the one now).
+    fn note(&mut self, def: &EndpointDef) {
+        let row = def.shape.split(' ').next().unwrap_or_default().to_owned();
+        match self.last.take() {
+            Some((last_row, tables)) if last_row == row && tables.len() == def.tables.len() => {
+                for (old, now) in tables.into_iter().zip(&def.tables) {
+                    if &old == now {
+                        continue;
+                    }
+                    for (_, target) in &mut self.aliases {
+                        if *target == old {
+                            *target = now.clone();
+                        }
+                    }
+                    self.aliases.push((old, now.clone()));
+                }
+            }
+            // Another row (dropped and created again), or other tables: start over.
+            Some(_) => self.aliases.clear(),
+            None => {}
+        }
+        self.last = Some((row, def.tables.clone()));
+    }
 }
 
 impl Endpoint {
@@ -114,8 +154,14 @@ impl Endpoint {
                 Selection::bind(&catalog, &def.tables, &def.events, def.filter.as_deref()).await
             }
         };
+        self.renamed.note(&def);
         let selection = match selection {
-            Ok(s) => s,
+            Ok(mut s) => {
+                for (old, now) in &self.renamed.aliases {
+                    s.alias(old, now);
+                }
+                s
+            }
             Err(SelectionError::Catalog(e)) => {
                 tracing::warn!(endpoint = %self.name, error = %e, "catalog unavailable; retrying");
                 return self.pause_for(DB_RETRY).await;
@@ -174,6 +220,10 @@ impl Endpoint {
                     && tail_text != stored
                     && last_store.elapsed() >= STORE_IDLE_EVERY
                 {
+                    // Rows of a table renamed since the load went unmatched: reload first.
+                    if let Some(next) = self.changed_since(def).await {
+                        return next;
+                    }
                     match self.store_delivered(&tail_text, 0, &stored).await {
                         Some(CursorWrite::Stored) => {
                             stored = tail_text;
@@ -255,17 +305,8 @@ impl Endpoint {
                 return Delivery::Not(next);
             }
             // An operator's change since the endpoint was loaded wins over this batch.
-            let (name, node) = (self.name.clone(), self.inner.node_id.clone());
-            let version = self
-                .db(|c| {
-                    let (name, node) = (name.clone(), node.clone());
-                    async move { store::version(&c, &name, &node).await }
-                })
-                .await;
-            match version {
-                None | Some(None) => return Delivery::Not(Next::Stop),
-                Some(Some(v)) if v > def.version => return Delivery::Not(Next::Reload),
-                Some(Some(_)) => {}
+            if let Some(next) = self.changed_since(def).await {
+                return Delivery::Not(next);
             }
             // A stopping hub does not wait for the answer: the batch is sent again later.
             let outcome = tokio::select! {
@@ -397,6 +438,24 @@ impl Endpoint {
         tokio::select! {
             _ = self.stop.cancelled() => Next::Stop,
             _ = tokio::time::sleep(delay) => Next::Reload,
+        }
+    }
+
+    /// `Reload` when an operator changed the row since `def` was loaded, or it changed
+    /// shape (a table renamed, the endpoint dropped and created again); `Stop` when it is
+    /// no longer held.
+    async fn changed_since(&mut self, def: &EndpointDef) -> Option<Next> {
+        let (name, node) = (self.name.clone(), self.inner.node_id.clone());
+        let state = self
+            .db(|c| {
+                let (name, node) = (name.clone(), node.clone());
+                async move { store::version(&c, &name, &node).await }
+            })
+            .await;
+        match state {
+            None | Some(None) => Some(Next::Stop),
+            Some(Some((v, shape))) if v > def.version || shape != def.shape => Some(Next::Reload),
+            Some(Some(_)) => None,
         }
     }
 
