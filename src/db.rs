@@ -41,6 +41,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (65, include_str!("../sql/065_partition_roots.sql")),
     (66, include_str!("../sql/066_checks_as_subscriber.sql")),
     (67, include_str!("../sql/067_messages_clock_defaults.sql")),
+    (
+        68,
+        include_str!("../sql/068_webhook_tables_stay_captured.sql"),
+    ),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -902,3 +902,30 @@ async fn an_endpoint_dropped_and_created_again_delivers_to_its_new_url_only() {
     }
     assert_eq!(old.processed_events().len(), 1, "the old url got more");
 }
+
+/// `realtime.disable` of a table an endpoint delivers leaves it captured, and says why:
+/// it used to take the capture off while the endpoint went on "active", so the table's
+/// changes were never logged and never delivered. Once the endpoint is dropped, the
+/// table may be disabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_table_an_endpoint_delivers_keeps_it_captured() {
+    let pg = hub().await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    pg.exec("select realtime.disable('public.contacts')").await;
+    assert_eq!(captured(&pg).await, 1, "still captured");
+    pg.exec("insert into contacts (id, name) values (1, 'Ada')")
+        .await;
+    rx.wait_processed(Duration::from_secs(20), 1).await;
+    assert_eq!(ids(&rx.processed_events()), vec![1]);
+
+    pg.exec("select realtime.drop_webhook('crm'); select realtime.disable('public.contacts')")
+        .await;
+    assert_eq!(captured(&pg).await, 0, "disabled once no endpoint needs it");
+}
+
+/// Whether `contacts` is captured (1) or not (0).
+async fn captured(pg: &PgHub) -> i64 {
+    let sql = "select count(*) from realtime.enabled_tables where table_name = 'contacts'";
+    pg.sql.query_one(sql, &[]).await.unwrap().get(0)
+}

@@ -1,0 +1,33 @@
+-- A table a webhook endpoint delivers stays captured. `realtime.disable` of it, or its
+-- leaving the publication that captured it, used to take its capture triggers off while
+-- the endpoint went on "active": its changes were never logged, so never delivered,
+-- and nothing said so. Now capture_off leaves such a table captured (as enabled with
+-- `realtime.enable`, so that the publication's sync leaves it alone too) and says which
+-- endpoint keeps it, with a NOTICE. Dropping the endpoint, or altering its tables, first
+-- lets it go.
+
+alter function realtime.capture_off(regclass) rename to capture_off_065;
+
+create function realtime.capture_off(tbl regclass) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $fn$
+declare
+    endpoint text;
+begin
+    select e.name into endpoint
+    from realtime.webhook_endpoints e
+    where tbl = any(e.tables)
+    order by e.name
+    limit 1;
+    if endpoint is not null then
+        insert into realtime.capture_sources (relid, via) values (tbl, 'realtime.enable')
+        on conflict do nothing;
+        raise notice 'switchboard: % stays captured: webhook endpoint % delivers its changes (drop the endpoint or alter its tables first)',
+            tbl, endpoint;
+        return;
+    end if;
+    perform realtime.capture_off_065(tbl);
+end
+$fn$;
+
+revoke all on function realtime.capture_off(regclass) from public;
+revoke all on function realtime.capture_off_065(regclass) from public;
