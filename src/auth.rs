@@ -702,7 +702,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "Token role \"staff\" is not available: the hub's database user is not a member of it"
+            "Token role \"staff\" is not available: the hub's database user is not a member of it (checked at start: restart the hub after granting it)"
         );
         assert!(v
             .verify_at(&mint_hs256(SECRET, &claims()).unwrap(), NOW)

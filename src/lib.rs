@@ -94,7 +94,7 @@ async fn limit_roles(
                 tracing::info!(user = %access.user, bypass_rls = access.bypass_rls, "the hub's database user is not a superuser");
             }
             if !access.unavailable.is_empty() {
-                tracing::warn!(user = %access.user, roles = ?access.unavailable, "allowed roles the hub's database user is not a member of: tokens naming them are refused");
+                tracing::warn!(user = %access.user, roles = ?access.unavailable, "allowed roles the hub's database user is not a member of: tokens naming them are refused (grant them to it and restart the hub)");
             }
             verifier.unavailable_roles(&access.unavailable)
         }

@@ -55,8 +55,9 @@ enum Command {
     },
     /// Print a JWT signed with the configured secret.
     Token {
-        #[arg(long, default_value = "authenticated")]
-        role: String,
+        /// The `role` claim [default: the role in --claims, else authenticated].
+        #[arg(long)]
+        role: Option<String>,
         #[arg(long)]
         sub: Option<String>,
         /// Extra claims as a JSON object, merged in.
@@ -287,7 +288,7 @@ pub(crate) async fn wait_for_signal() {
 
 fn mint(
     config: &Config,
-    role: &str,
+    role: Option<&str>,
     sub: Option<&str>,
     claims: Option<&str>,
     exp: i64,
@@ -305,7 +306,14 @@ fn mint(
         };
         body.extend(extra.clone());
     }
-    body.insert("role".into(), role.into());
+    match role {
+        Some(role) => {
+            body.insert("role".into(), role.into());
+        }
+        None => {
+            body.entry("role").or_insert("authenticated".into());
+        }
+    }
     if let Some(sub) = sub {
         body.insert("sub".into(), sub.into());
     }
@@ -388,7 +396,13 @@ async fn main() -> Result<()> {
         } => {
             println!(
                 "{}",
-                mint(&config, role, sub.as_deref(), claims.as_deref(), *exp)?
+                mint(
+                    &config,
+                    role.as_deref(),
+                    sub.as_deref(),
+                    claims.as_deref(),
+                    *exp
+                )?
             );
             Ok(())
         }

@@ -97,3 +97,34 @@ fn a_flag_value_of_the_wrong_type_is_rejected_by_name() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-connections"));
 }
+
+/// `token` takes its role from `--role`, else from `--claims`, else `authenticated`.
+#[test]
+fn token_takes_the_role_from_the_flag_then_the_claims_then_authenticated() {
+    let role_of = |args: &[&str]| {
+        let out = switchboard()
+            .env(
+                "SWITCHBOARD_JWT_SECRET",
+                "a-secret-long-enough-for-hs256-tokens",
+            )
+            .arg("token")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let token = String::from_utf8(out.stdout).unwrap();
+        let payload = token.trim().split('.').nth(1).unwrap().to_owned();
+        use base64::Engine;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        claims["role"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(role_of(&[]), "authenticated");
+    assert_eq!(role_of(&["--claims", r#"{"role":"anon","a":1}"#]), "anon");
+    assert_eq!(
+        role_of(&["--role", "service_role", "--claims", r#"{"role":"anon"}"#]),
+        "service_role"
+    );
+}

@@ -145,7 +145,7 @@ async fn tokens_naming_roles_the_hub_user_is_not_a_member_of_are_refused_at_conn
             .unwrap_or_else(|| panic!("a {role} apikey was accepted"));
         assert_eq!(refused.status, 401);
         let text = format!(
-            "Token role \"{role}\" is not available: the hub's database user is not a member of it"
+            "Token role \"{role}\" is not available: the hub's database user is not a member of it (checked at start: restart the hub after granting it)"
         );
         assert_eq!(
             serde_json::from_str::<Value>(&refused.body).unwrap(),

@@ -26,6 +26,11 @@ use crate::capture::current_position;
 use crate::changes::{capturable, quote_ident, CatalogError, Change, Scope, Viewer};
 use crate::protocol::{refuse_nul, FeedError};
 
+/// How often a waiting request reads the log while the capture says nothing of its
+/// tables: hundreds of idle long-polls then cost the database a few reads a second, not
+/// one per request per `capture_poll_ms`.
+const FALLBACK_READ: Duration = Duration::from_secs(5);
+
 /// `limit` when the request names none (capped by `feed_max_limit`).
 const DEFAULT_LIMIT: usize = 500;
 
@@ -231,9 +236,9 @@ impl ConsumersHandle {
             if now >= deadline || shutdown.is_cancelled() {
                 return Ok(page(out, &mark));
             }
-            // Read again when the capture has read rows of these tables, or after a poll
-            // interval whatever it says (it may be down).
-            let wake_at = deadline.min(now + inner.poll);
+            // Read again when the capture has read rows of these tables, or, in case it is
+            // down, after `FALLBACK_READ` whatever it says.
+            let wake_at = deadline.min(now + inner.poll.max(FALLBACK_READ));
             let _waiting = Waiting::new(&inner.feed_waiting);
             loop {
                 tokio::select! {

@@ -31,7 +31,7 @@ pub enum TokenError {
     RoleNotAllowed { role: String },
     /// The token's role is allowed, but the hub's database user may not act as it (not a
     /// member, or no such role), so Postgres would refuse it.
-    #[error("Token role {role:?} is not available: the hub's database user is not a member of it")]
+    #[error("Token role {role:?} is not available: the hub's database user is not a member of it (checked at start: restart the hub after granting it)")]
     RoleUnavailable { role: String },
 }
 
