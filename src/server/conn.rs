@@ -185,7 +185,9 @@ where
                                 acks.heartbeat();
                             }
                             let handling = Box::pin(session.handle(inbound));
-                            let heard = backlog.read_while(handling, &mut stream, vsn, &tx, &metrics, acks.as_deref());
+                            // Boxed too: its state would otherwise be reserved inside every
+                            // idle connection's task.
+                            let heard = Box::pin(backlog.read_while(handling, &mut stream, vsn, &tx, &metrics, acks.as_deref()));
                             if heard.await {
                                 idle_deadline = Instant::now() + idle;
                             }
