@@ -12,7 +12,14 @@ pub struct ChannelAccess {
     read: ReadAccess,
     broadcast_write: Option<bool>,
     presence_write: Option<bool>,
+    /// A write check that failed is not made again before this (each costs a
+    /// transaction on the shared pool; a policy that always raises would otherwise cost
+    /// one per message).
+    write_failed_until: Option<std::time::Instant>,
 }
+
+/// How long a failed write check stands before it is made again.
+const WRITE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a refreshed token may no longer use the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +45,7 @@ impl ChannelAccess {
             read,
             broadcast_write: None,
             presence_write: None,
+            write_failed_until: None,
         })
     }
 
@@ -63,14 +71,24 @@ impl ChannelAccess {
         if let Some(known) = *slot {
             return (known, None);
         }
+        if self
+            .write_failed_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            return (false, None);
+        }
         // Only an answer is kept: a check that failed (a policy that raised, the database
-        // out of reach) is made again on the next send, as Supabase does.
+        // out of reach) is made again on a send after `WRITE_RETRY`, as Supabase makes it
+        // again on the next one.
         match authz.write(&self.ctx, extension).await {
             Ok(allowed) => {
                 *slot = Some(allowed);
                 (allowed, None)
             }
-            Err(e) => (false, Some(e)),
+            Err(e) => {
+                self.write_failed_until = Some(std::time::Instant::now() + WRITE_RETRY);
+                (false, Some(e))
+            }
         }
     }
 
@@ -97,6 +115,7 @@ impl ChannelAccess {
             read,
             broadcast_write: None,
             presence_write: None,
+            write_failed_until: None,
         })
     }
 }

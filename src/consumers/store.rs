@@ -13,7 +13,9 @@ select e.url, e.events, e.filter, e.secret, e.paused, e.version, e.position, e.f
               join pg_catalog.pg_class c on c.oid = t.rel \
               join pg_catalog.pg_namespace n on n.oid = c.relnamespace order by t.i) as schemas, \
        array(select c.relname::text from unnest(e.tables) with ordinality as t(rel, i) \
-              join pg_catalog.pg_class c on c.oid = t.rel order by t.i) as names \
+              join pg_catalog.pg_class c on c.oid = t.rel order by t.i) as names, \
+       array(select c.oid from unnest(e.tables) with ordinality as t(rel, i) \
+              join pg_catalog.pg_class c on c.oid = t.rel order by t.i) as oids \
 from realtime.webhook_endpoints e where e.name = $1 and e.lease_owner = $2";
 
 const CLAIM: &str = "select name, version from realtime.claim_webhooks($1, $2)";
@@ -34,6 +36,8 @@ pub struct EndpointDef {
     pub url: String,
     /// (schema, table) of each table that still exists.
     pub tables: Vec<(String, String)>,
+    /// Their oids, in the same order.
+    pub oids: Vec<u32>,
     pub events: Vec<String>,
     pub filter: Option<String>,
     pub secret: String,
@@ -61,6 +65,7 @@ pub async fn load(
     Ok(Some(EndpointDef {
         url: row.get("url"),
         tables: schemas.into_iter().zip(names).collect(),
+        oids: row.get("oids"),
         events: row.get("events"),
         filter: row.get("filter"),
         secret: row.get("secret"),

@@ -90,36 +90,49 @@ struct Endpoint {
 /// causes) carry the old one: the selection takes them under both.
 #[derive(Default)]
 struct Renamed {
-    /// The endpoint row (`EndpointDef::shape`'s first part) and its tables, as last loaded.
-    last: Option<(String, Vec<(String, String)>)>,
+    /// The endpoint row (`EndpointDef::shape`'s first part) and its tables by oid, as
+    /// last loaded.
+    last: Option<(String, Vec<(u32, TableName)>)>,
     /// (old name, name now).
-    aliases: Vec<((String, String), (String, String))>,
+    aliases: Vec<(TableName, TableName)>,
 }
 
+/// (schema, table).
+type TableName = (String, String);
+
 impl Renamed {
-    /// Notes the renames between the last load and `def` (a chain of them maps every
-    /// earlier name to the one now).
+    /// Notes the renames between the last load and `def`: a table (by oid) still selected
+    /// under another name. A chain of them maps every earlier name to the one now; a
+    /// table no longer selected takes its old names with it.
     fn note(&mut self, def: &EndpointDef) {
         let row = def.shape.split(' ').next().unwrap_or_default().to_owned();
+        let now: Vec<(u32, TableName)> = def
+            .oids
+            .iter()
+            .copied()
+            .zip(def.tables.iter().cloned())
+            .collect();
         match self.last.take() {
-            Some((last_row, tables)) if last_row == row && tables.len() == def.tables.len() => {
-                for (old, now) in tables.into_iter().zip(&def.tables) {
-                    if &old == now {
+            Some((last_row, before)) if last_row == row => {
+                for (oid, old) in before {
+                    let Some((_, name)) = now.iter().find(|(o, n)| *o == oid && *n != old) else {
                         continue;
-                    }
+                    };
                     for (_, target) in &mut self.aliases {
                         if *target == old {
-                            *target = now.clone();
+                            *target = name.clone();
                         }
                     }
-                    self.aliases.push((old, now.clone()));
+                    self.aliases.push((old, name.clone()));
                 }
+                self.aliases
+                    .retain(|(_, target)| def.tables.contains(target));
             }
-            // Another row (dropped and created again), or other tables: start over.
+            // Another row (dropped and created again): start over.
             Some(_) => self.aliases.clear(),
             None => {}
         }
-        self.last = Some((row, def.tables.clone()));
+        self.last = Some((row, now));
     }
 }
 
@@ -521,4 +534,53 @@ enum Delivery {
     /// Acknowledged and recorded.
     Sent,
     Not(Next),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(row: &str, tables: &[(u32, &str)]) -> EndpointDef {
+        EndpointDef {
+            url: String::new(),
+            tables: tables
+                .iter()
+                .map(|(_, t)| ("public".to_owned(), (*t).to_owned()))
+                .collect(),
+            oids: tables.iter().map(|(o, _)| *o).collect(),
+            events: Vec::new(),
+            filter: None,
+            secret: String::new(),
+            paused: false,
+            version: 1,
+            shape: format!("{row} {{...}}"),
+            position: String::new(),
+            failures: 0,
+        }
+    }
+
+    fn aliases(r: &Renamed) -> Vec<(&str, &str)> {
+        r.aliases
+            .iter()
+            .map(|((_, o), (_, n))| (o.as_str(), n.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_table_renamed_keeps_its_old_names_and_one_replaced_does_not() {
+        let mut r = Renamed::default();
+        r.note(&def("1", &[(10, "a"), (20, "x")]));
+        r.note(&def("1", &[(10, "b"), (20, "x")]));
+        assert_eq!(aliases(&r), [("a", "b")]);
+        r.note(&def("1", &[(10, "c"), (20, "x")]));
+        assert_eq!(aliases(&r), [("a", "c"), ("b", "c")], "a chain of renames");
+        // alter_webhook put another table in its place: not a rename, and its old names go.
+        r.note(&def("1", &[(30, "c2"), (20, "x")]));
+        assert!(aliases(&r).is_empty(), "{:?}", aliases(&r));
+        r.note(&def("1", &[(30, "c2"), (20, "y")]));
+        assert_eq!(aliases(&r), [("x", "y")]);
+        // Dropped and created again: another endpoint.
+        r.note(&def("2", &[(30, "c3"), (20, "y")]));
+        assert!(aliases(&r).is_empty());
+    }
 }

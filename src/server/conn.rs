@@ -161,7 +161,7 @@ where
                         Message::Close(frame) => {
                             // realtime-js found a heartbeat reply missing: it drops what it
                             // had not read, whatever its pongs said (`resume::ack`).
-                            let timed_out = frame.as_ref().is_some_and(|f| f.reason == "heartbeat timeout");
+                            let timed_out = frame.as_ref().is_some_and(|f| heartbeat_timed_out(&f.reason));
                             if let (Some(acks), true) = (&acks, timed_out) {
                                 acks.distrust_pongs();
                             }
@@ -215,6 +215,21 @@ where
     }
 }
 
+/// A frame's payload bytes.
+fn message_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 0,
+    }
+}
+
+/// Whether a client's close reason says it found a heartbeat reply missing: realtime-js
+/// closes with `heartbeat timeout` (`hearbeat timeout` before 2.13).
+fn heartbeat_timed_out(reason: &str) -> bool {
+    matches!(reason, "heartbeat timeout" | "hearbeat timeout")
+}
+
 /// What the client sent while the session was busy with an earlier push (a join or a
 /// private channel's check waiting on the database): heartbeats are answered at once, so
 /// a connection waiting on a slow policy or a lock is not taken for dead; everything else
@@ -222,8 +237,13 @@ where
 /// read ahead; past that the socket is left unread until the push is done.
 struct Backlog(std::collections::VecDeque<Option<Result<Message, axum::Error>>>);
 
-/// Frames a connection reads ahead while its session is busy.
+/// Frames a connection reads ahead while its session is busy, and their bytes: past
+/// either the socket is left unread (its kernel buffer holds the rest).
 const BACKLOG_FRAMES: usize = 64;
+const BACKLOG_BYTES: usize = 64 * 1024;
+
+/// A heartbeat push is short; longer text frames are not parsed to look for one.
+const HEARTBEAT_MAX_LEN: usize = 256;
 
 impl Backlog {
     fn new() -> Backlog {
@@ -236,9 +256,25 @@ impl Backlog {
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
         match self.0.pop_front() {
-            Some(held) => held,
+            Some(held) => {
+                if self.0.is_empty() {
+                    // Its buffer is given back, not kept for the connection's life.
+                    self.0 = std::collections::VecDeque::new();
+                }
+                held
+            }
             None => stream.next().await,
         }
+    }
+
+    fn bytes(&self) -> usize {
+        self.0
+            .iter()
+            .map(|m| match m {
+                Some(Ok(m)) => message_len(m),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Runs `handling` to its end, reading the socket meanwhile (see `Backlog`); true when
@@ -259,14 +295,17 @@ impl Backlog {
         let mut heard = false;
         // Nothing is read past the socket's end or an error: they are handled in turn.
         let mut ended = self.0.back().is_some_and(|m| !matches!(m, Some(Ok(_))));
+        let mut bytes = self.bytes();
         loop {
+            let room = self.0.len() < BACKLOG_FRAMES && bytes < BACKLOG_BYTES;
             tokio::select! {
                 biased;
                 () = &mut handling => return heard,
-                msg = stream.next(), if !ended && self.0.len() < BACKLOG_FRAMES => {
+                msg = stream.next(), if !ended && room => {
                     heard = true;
                     if let Some(Ok(Message::Text(text))) = &msg {
-                        if let Ok(push) = protocol::decode_text(vsn, text.as_str()) {
+                        let short = text.len() <= HEARTBEAT_MAX_LEN;
+                        if let Some(push) = short.then(|| protocol::decode_text(vsn, text.as_str()).ok()).flatten() {
                             if is_heartbeat(&push) {
                                 if let Some(acks) = acks {
                                     acks.heartbeat();
@@ -278,6 +317,9 @@ impl Backlog {
                         }
                     }
                     ended = !matches!(msg, Some(Ok(_)));
+                    if let Some(Ok(m)) = &msg {
+                        bytes += message_len(m);
+                    }
                     self.0.push_back(msg);
                 }
             }

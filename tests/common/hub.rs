@@ -422,6 +422,14 @@ impl WsClient {
         self.recv_within(RECV_TIMEOUT).await
     }
 
+    /// The next frame within `wait`, or `None` when none came (the test goes on).
+    pub async fn try_recv_within(&mut self, wait: Duration) -> Option<Frame> {
+        tokio::time::timeout(wait, self.next_frame())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// [`WsClient::recv`] waiting up to `wait`: for what the hub sends on a timer.
     pub async fn recv_within(&mut self, wait: Duration) -> Frame {
         match tokio::time::timeout(wait, self.next_frame()).await {

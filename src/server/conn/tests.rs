@@ -164,3 +164,11 @@ async fn the_end_of_the_stream_leaves_every_channel() {
     assert_eq!(c.hub.services.metrics.channels.get(), 0);
     assert_eq!(c.hub.services.metrics.connections.get(), 0);
 }
+
+#[test]
+fn both_spellings_of_realtime_js_heartbeat_timeout_count() {
+    assert!(super::heartbeat_timed_out("heartbeat timeout"));
+    assert!(super::heartbeat_timed_out("hearbeat timeout"));
+    assert!(!super::heartbeat_timed_out(""));
+    assert!(!super::heartbeat_timed_out("bye"));
+}
