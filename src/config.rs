@@ -30,7 +30,7 @@ macro_rules! settings {
         #[derive(Debug, Default, Clone, Deserialize, serde::Serialize, clap::Args)]
         #[serde(deny_unknown_fields)]
         pub struct Settings {
-            $( $(#[$doc])* #[arg(long, env = $env)] #[serde(skip_serializing_if = "Option::is_none")] pub $key: Option<$ty>, )*
+            $( $(#[$doc])* #[arg(long, global = true, env = $env)] #[serde(skip_serializing_if = "Option::is_none")] pub $key: Option<$ty>, )*
         }
 
         impl Settings {

@@ -128,3 +128,15 @@ fn token_takes_the_role_from_the_flag_then_the_claims_then_authenticated() {
         "service_role"
     );
 }
+
+/// Settings flags may come after the subcommand too (`switchboard serve --listen …`).
+#[test]
+fn a_setting_flag_after_the_subcommand_is_read() {
+    let out = switchboard()
+        .args(["config", "--max-connections", "7"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(value(&text, "max_connections"), "7", "{text}");
+}
