@@ -141,12 +141,18 @@ async fn a_consumer_following_the_cursor_across_a_postgres_restart_gets_exactly_
         duration: Duration::from_secs(7),
         long_tx: Some(Duration::from_secs(2)),
     };
-    let (load, ()) = tokio::join!(run_load(&url, &opts), async {
+    let first_cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let (load, down) = tokio::join!(run_load(&url, &opts), async {
         tokio::time::sleep(Duration::from_millis(3500)).await;
         tokio::task::block_in_place(|| cluster.stop());
+        // A request that must read the log while Postgres is down is told to retry.
+        let query = format!("{tables}&cursor={first_cursor}");
+        let down = feed(&hub, &token, &query).await.map(|(code, _)| code);
         tokio::time::sleep(Duration::from_millis(500)).await;
         tokio::task::block_in_place(|| cluster.start());
+        down
     });
+    assert_eq!(down.ok(), Some(503), "a read while Postgres is down");
     write_marker(&url, MARKER).await;
     let (got, pages, failures) = consumer.await.expect("consumer task");
     println!(
@@ -160,7 +166,8 @@ async fn a_consumer_following_the_cursor_across_a_postgres_restart_gets_exactly_
         load.failed_txs > 0,
         "Postgres did not restart under the writers"
     );
-    assert!(failures > 0, "the consumer never saw Postgres down");
+    // The consumer's own requests may all have been waiting (reading nothing) while
+    // Postgres was down: its failures are counted, not required.
     let events: Vec<DbEvent> = got.iter().map(|c| DbEvent::Change(to_change(c))).collect();
     assert_exactly_committed(&load.committed, &events);
     hub.stop().await.expect("hub stops");
