@@ -400,8 +400,20 @@ impl Io {
     }
 
     /// Feeds up to `max` queued frames (fewer when the socket is full or the queue runs
-    /// out).
+    /// out). A heartbeat reply among them is noted for resume's heartbeat proof, once per
+    /// feed rather than per frame: no ping is written inside a feed, so that is exact.
     fn feed(&mut self, cx: &mut Context<'_>, max: usize) -> Result<Fed, Failed> {
+        let urgent_before = self.rx.urgent_taken();
+        let fed = self.feed_frames(cx, max);
+        if self.rx.urgent_taken() != urgent_before {
+            if let Some(pinger) = &self.pinger {
+                pinger.acks.urgent_written();
+            }
+        }
+        fed
+    }
+
+    fn feed_frames(&mut self, cx: &mut Context<'_>, max: usize) -> Result<Fed, Failed> {
         let mut fed = 0;
         while fed < max {
             match self.sink()?.poll_ready(cx) {
@@ -414,18 +426,12 @@ impl Io {
                     })
                 }
             }
-            let urgent_before = self.rx.urgent_taken();
             let Some(frame) = self.rx.try_recv() else {
                 return Ok(Fed {
                     count: fed,
                     stop: Stop::Drained,
                 });
             };
-            if self.rx.urgent_taken() != urgent_before {
-                if let Some(pinger) = &self.pinger {
-                    pinger.acks.urgent_written();
-                }
-            }
             self.sink()?
                 .start_send(to_message(frame))
                 .map_err(|()| Failed)?;
