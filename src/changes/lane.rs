@@ -170,7 +170,17 @@ impl Lane {
                         hold.wait();
                     }
                     thread_router.metrics().filter_lane_waiting.dec();
-                    count(&thread_router, job.judge());
+                    // A job that panics closes its connection (its slot's drop) and no
+                    // other; the lane goes on with the next.
+                    let conn_id = job.member.conn_id;
+                    let judged = std::panic::AssertUnwindSafe(|| job.judge());
+                    match std::panic::catch_unwind(judged) {
+                        Ok(sent) => count(&thread_router, sent),
+                        Err(_) => tracing::error!(
+                            conn_id,
+                            "judging a filter on the filter lane failed; the connection was closed"
+                        ),
+                    }
                 }
             });
         let tx = match started {

@@ -658,6 +658,9 @@ pub enum Close {
     TooManyJoins,
     /// The client closed or the socket failed.
     Gone,
+    /// The hub failed partway through deciding a frame for this connection (a bug): the
+    /// client reconnects and, if it resumes, replays from what it had read.
+    InternalError,
 }
 
 impl Close {
@@ -668,6 +671,7 @@ impl Close {
             Close::Shutdown => 1001,
             Close::FrameTooLarge => 1009,
             Close::InvalidUtf8 => 1007,
+            Close::InternalError => 1011,
         }
     }
 
@@ -680,6 +684,7 @@ impl Close {
             Close::InvalidUtf8 => "text frame is not valid UTF-8",
             Close::TooManyJoins => "Too many joins per second",
             Close::Gone => "closed",
+            Close::InternalError => "internal error: reconnect",
         }
     }
 }

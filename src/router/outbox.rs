@@ -179,7 +179,9 @@ enum Queued {
 
 /// The place of a frame reserved in a connection's queue (`ChannelOutbox::reserve`):
 /// frames queued after it wait until it is filled. Dropping it unfilled leaves the place
-/// empty (the writer moves on).
+/// empty (the writer moves on); dropped by a panic, it closes the connection first
+/// (`Close::InternalError`), so that nothing written after the place can acknowledge a
+/// frame that was never decided.
 pub struct Slot {
     shared: Arc<Shared>,
     cell: Arc<OnceLock<Option<WireFrame>>>,
@@ -206,6 +208,9 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if std::thread::panicking() && self.cell.get().is_none() {
+            self.shared.close(Close::InternalError);
+        }
         self.set(None);
     }
 }
@@ -878,6 +883,22 @@ mod tests {
         let (tx, _rx) = outbox(1, 1 << 20);
         let _slot = tx.reserve(0).unwrap();
         assert!(matches!(tx.reserve(0), Err(PushError::Overflow)));
+    }
+
+    #[tokio::test]
+    async fn a_slot_dropped_by_a_panic_closes_its_connection() {
+        let (tx, rx) = outbox(100, 1 << 20);
+        let slot = tx.reserve(0).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _slot = slot;
+            panic!("deciding the frame failed");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(rx.close_reason(), Some(Close::InternalError));
+        // An ordinary drop leaves the place empty and the connection open.
+        let (tx, rx) = outbox(100, 1 << 20);
+        drop(tx.reserve(0).unwrap());
+        assert_eq!(rx.close_reason(), None);
     }
 
     #[tokio::test]
