@@ -675,6 +675,13 @@ impl Close {
         }
     }
 
+    /// Whether what is queued is still written before the close frame: not for a slow
+    /// consumer (it is the backlog), nor after an internal error (frames queued after the
+    /// undecided one must not be read as following it).
+    pub fn drains(self) -> bool {
+        !matches!(self, Close::SlowConsumer | Close::InternalError)
+    }
+
     pub fn text(self) -> &'static str {
         match self {
             Close::SlowConsumer => "slow consumer: outbound queue full",

@@ -379,7 +379,7 @@ impl Io {
                 self.closing = Some(Closing {
                     reason,
                     deadline: Instant::now() + CLOSE_FLUSH_TIMEOUT,
-                    drain: reason != Close::SlowConsumer,
+                    drain: reason.drains(),
                     // A vanished client with nothing queued gets no close frame.
                     close_sent: reason == Close::Gone && self.rx.queued_bytes() == 0,
                 });

@@ -239,15 +239,17 @@ async fn a_close_writes_what_is_queued_then_the_close_frame_with_its_reason() {
 }
 
 #[tokio::test]
-async fn a_slow_consumer_gets_the_close_frame_without_its_backlog() {
-    let writers = Writers::new(1);
-    let (socket, tx, handle) = attach(&writers);
-    tx.push(text("a")).unwrap();
-    tx.close(Close::SlowConsumer);
-    handle.finish(CLOSE_FLUSH_TIMEOUT).await;
-    let w = socket.wire();
-    assert_eq!(w.messages.len(), 1);
-    assert_eq!(close_of(&w.messages[0]).map(|c| c.0), Some(1008));
+async fn a_slow_consumer_or_an_internal_error_gets_the_close_frame_without_the_backlog() {
+    for (reason, code) in [(Close::SlowConsumer, 1008), (Close::InternalError, 1011)] {
+        let writers = Writers::new(1);
+        let (socket, tx, handle) = attach(&writers);
+        tx.push(text("a")).unwrap();
+        tx.close(reason);
+        handle.finish(CLOSE_FLUSH_TIMEOUT).await;
+        let w = socket.wire();
+        assert_eq!(w.messages.len(), 1, "{reason:?}");
+        assert_eq!(close_of(&w.messages[0]).map(|c| c.0), Some(code));
+    }
 }
 
 #[tokio::test]
