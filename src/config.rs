@@ -409,6 +409,27 @@ pub fn webhooks_from_file(path: &Path) -> Result<Vec<WebhookDecl>, ConfigError> 
     Ok(extras.webhooks)
 }
 
+/// Declared webhook endpoints as the file's `[[webhooks]]` tables, secrets redacted
+/// (the end of `switchboard config`); empty when there are none.
+pub fn webhooks_toml(decls: &[WebhookDecl]) -> String {
+    #[derive(serde::Serialize)]
+    struct Declared {
+        webhooks: Vec<WebhookDecl>,
+    }
+    if decls.is_empty() {
+        return String::new();
+    }
+    let webhooks = decls
+        .iter()
+        .map(|d| WebhookDecl {
+            secret: d.secret.as_ref().map(|_| "<redacted>".into()),
+            url: redact_password_params(&d.url),
+            ..d.clone()
+        })
+        .collect();
+    toml::to_string(&Declared { webhooks }).unwrap_or_default()
+}
+
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -899,6 +920,28 @@ mod tests {
             Some("a-long-enough-admin-secret")
         );
         assert!(c.inspector, "the inspector is on by default");
+    }
+
+    #[test]
+    fn declared_webhooks_are_shown_with_their_secrets_redacted() {
+        let decl = WebhookDecl {
+            name: "crm".into(),
+            url: "https://crm.example/hook".into(),
+            tables: vec!["public.jobs".into()],
+            events: Some(vec!["INSERT".into()]),
+            filter: None,
+            secret: Some("whsec_c2VjcmV0".into()),
+        };
+        let shown = webhooks_toml(std::slice::from_ref(&decl));
+        assert!(shown.contains("[[webhooks]]"), "{shown}");
+        assert!(!shown.contains("whsec_c2VjcmV0"), "{shown}");
+        let back: FileExtras = toml::from_str(&shown).unwrap();
+        let redacted = WebhookDecl {
+            secret: Some("<redacted>".into()),
+            ..decl
+        };
+        assert_eq!(back.webhooks, [redacted]);
+        assert_eq!(webhooks_toml(&[]), "");
     }
 
     #[test]

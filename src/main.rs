@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use switchboard::config::{webhooks_from_file, Config, Settings};
+use switchboard::config::{webhooks_from_file, webhooks_toml, Config, Settings};
 use switchboard::consumers::{admin, EndpointStatus, Operation};
 use switchboard::{auth, db, telemetry};
 
@@ -381,11 +381,15 @@ async fn main() -> Result<()> {
         Command::Probe { url } => probe(url).await,
         Command::Webhooks { action } => webhooks(&config, action).await,
         Command::Config => {
-            let file = match &cli.config {
-                Some(path) => Settings::from_file(path)?,
-                None => Settings::default(),
+            let (file, declared) = match &cli.config {
+                Some(path) => (Settings::from_file(path)?, webhooks_from_file(path)?),
+                None => (Settings::default(), Vec::new()),
             };
             print!("{}", cli.settings.clone().merge(file).effective_toml());
+            let declared = webhooks_toml(&declared);
+            if !declared.is_empty() {
+                print!("\n{declared}");
+            }
             Ok(())
         }
         Command::Token {
