@@ -356,9 +356,49 @@ async fn probe(url: &str) -> Result<()> {
     }
 }
 
+/// Exits for a command line clap refused. A bad value that came from an environment
+/// variable is named by that variable, not only by the flag.
+fn exit_naming_env(e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    let invalid = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let from_env = match (e.kind(), invalid(ContextKind::InvalidArg)) {
+        (ErrorKind::ValueValidation | ErrorKind::InvalidValue, Some(arg)) => {
+            let flag = arg
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let value = invalid(ContextKind::InvalidValue);
+            let command = Cli::command();
+            let args = command
+                .get_arguments()
+                .chain(command.get_subcommands().flat_map(|c| c.get_arguments()));
+            let env = args
+                .filter(|a| a.get_long().is_some_and(|l| flag == format!("--{l}")))
+                .find_map(|a| a.get_env().map(|v| v.to_string_lossy().into_owned()));
+            // Named when the refused value is the variable's.
+            env.filter(|v| value.is_some() && std::env::var(v).ok() == value)
+        }
+        _ => None,
+    };
+    match from_env {
+        Some(var) => {
+            let text = e.render().to_string();
+            let text = text.trim_end().trim_start_matches("error: ");
+            eprintln!("error: {var}: {text}");
+            std::process::exit(2);
+        }
+        None => e.exit(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| exit_naming_env(e));
     let config = load_config(&cli)?;
     telemetry::init_logging(config.log_format);
     match &cli.command {

@@ -140,3 +140,54 @@ fn a_setting_flag_after_the_subcommand_is_read() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(value(&text, "max_connections"), "7", "{text}");
 }
+
+#[test]
+fn a_bad_value_from_the_environment_is_named_by_its_variable() {
+    let out = switchboard()
+        .args(["config"])
+        .env("SWITCHBOARD_CAPTURE_POLL_MS", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: SWITCHBOARD_CAPTURE_POLL_MS: invalid value 'soon'"),
+        "{err}"
+    );
+    // Given as a flag, it is named by the flag (clap's own text).
+    let out = switchboard()
+        .args(["--capture-poll-ms", "soon", "config"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: invalid value 'soon' for '--capture-poll-ms"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_shows_the_declared_webhooks_with_their_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &file,
+        "[[webhooks]]\nname = \"crm\"\nurl = \"https://crm.example/hook\"\n\
+         tables = [\"public.jobs\"]\nsecret = \"whsec_c2VjcmV0c2VjcmV0c2VjcmV0\"\n",
+    )
+    .unwrap();
+    let out = switchboard()
+        .arg("--config")
+        .arg(&file)
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    let hooks = table["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0]["url"].as_str(), Some("https://crm.example/hook"));
+    assert_eq!(hooks[0]["secret"].as_str(), Some("<redacted>"));
+    assert!(!text.contains("c2VjcmV0"));
+}
