@@ -997,3 +997,72 @@ async fn a_resume_replays_only_the_events_the_publication_publishes() {
     expect_row(&mut c, "DELETE", "items", id).await;
     assert_recovered(&resume_message(&mut c).await, 2);
 }
+
+/// A channel that moves to a hub whose reader is far behind its position (here: another
+/// subscriber's row-scope check there waits on a lock, so that hub's dispatch stands
+/// still) is answered at once, then registered only once that hub has read past its
+/// position: it gets exactly what it missed, and none of what it had read on the first hub
+/// again, however long the hub took (it used to wait at most 5 s before its reply, then
+/// receive the rows in between a second time).
+#[tokio::test]
+async fn a_channel_resuming_on_a_hub_far_behind_it_gets_no_change_twice() {
+    let pg = PgHub::start(SETUP).await;
+    pg.sql
+        .batch_execute(
+            "create function public.gate() returns boolean language plpgsql volatile as $$
+             begin perform pg_advisory_xact_lock_shared(4242); return true; end $$;
+             create table public.gated (id bigserial primary key);
+             grant select on public.gated to authenticated;
+             alter table public.gated enable row level security;
+             create policy through_the_gate on public.gated for select to authenticated
+               using (public.gate());
+             select realtime.enable('public.gated');",
+        )
+        .await
+        .unwrap();
+    let second = second_hub(&pg).await;
+    wait_capture(&second).await;
+    let mut blocker = connect_to(&second, "blocker").await;
+    let gated = json!([{"event": "INSERT", "schema": "public", "table": "gated"}]);
+    subscribe(&mut blocker, "realtime:gated", gated, Some(&pg.user(BOB))).await;
+    resume_message(&mut blocker).await;
+
+    let token = pg.user(ALICE);
+    let mut c = connect(&pg, "far-behind").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    resume_message(&mut c).await;
+
+    // The second hub's dispatch stops at this row while the lock is held.
+    let lock = pg.db.client().await;
+    lock.execute("select pg_advisory_lock(4242)", &[])
+        .await
+        .unwrap();
+    pg.exec("insert into public.gated default values").await;
+    let read = insert_n(&pg, ALICE, 3).await;
+    expect_rows(&mut c, &read).await;
+    c.acknowledge().await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    let missed = insert_n(&pg, ALICE, 1).await;
+
+    let mut c = connect_to(&second, "far-behind").await;
+    let (_, reply) =
+        join_changes(&mut c, "realtime:items", entries(), Some(&token), json!({})).await;
+    assert_eq!(
+        reply.payload()["status"],
+        "ok",
+        "answered at once: {reply:?}"
+    );
+    // Past the 5 s the join used to wait.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    lock.execute("select pg_advisory_unlock(4242)", &[])
+        .await
+        .unwrap();
+    let sys = next_system(&mut c).await;
+    assert_eq!(sys["message"], "Subscribed to PostgreSQL", "{sys}");
+    expect_rows(&mut c, &missed).await;
+    assert_recovered(&resume_message(&mut c).await, 1);
+    let live = insert(&pg, ALICE).await;
+    expect_rows(&mut c, &[live]).await;
+    expect_row(&mut blocker, "INSERT", "gated", 1).await;
+}

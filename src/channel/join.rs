@@ -95,9 +95,6 @@ impl Session {
         if claim.as_ref().is_some_and(|c| c.unreadable()) {
             return self.reply_error(&msg, ReplyError::DatabaseUnavailable);
         }
-        if let Some(claim) = &claim {
-            self.reach(claim).await;
-        }
         self.register(&msg, admitted, replay, validated, claim)
             .await;
     }
@@ -312,6 +309,11 @@ impl Session {
             .map(|v| (v.subscriptions, v.errors))
             .unwrap_or_default();
         let resumed_subscriptions = claim.as_ref().map(|_| subscriptions.clone());
+        // Answered, not yet registered: a resuming channel waits here until this hub has
+        // read past its position (heartbeats are answered meanwhile, see `conn`).
+        if let Some(claim) = &claim {
+            self.reach(claim).await;
+        }
         let subscribed = !subscriptions.is_empty();
         let mut subscriber = Subscriber {
             member,

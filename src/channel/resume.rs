@@ -30,9 +30,12 @@ impl Claim {
     }
 }
 
-/// How long a resuming join waits for this hub's reader to reach the channel's position
-/// (`Session::reach`): well inside a client's join timeout (realtime-js: 10 s).
-const REACH_WAIT: Duration = Duration::from_secs(5);
+/// How long a resuming channel waits, after its join reply, for this hub's reader to
+/// reach the channel's position (`Session::reach`). The client's join timeout does not
+/// bound it (the reply went out); the connection's other frames wait meanwhile (up to
+/// 64 are read ahead, heartbeats answered), so it is bounded all the same: a hub this far
+/// behind is unwell, and the changes in between then arrive twice.
+const REACH_WAIT: Duration = Duration::from_secs(30);
 
 /// Whether `cut` is behind `from` (same server lifetime): `from`'s snapshot sees a
 /// transaction `cut`'s does not. A cut partway through a page (a hub catching up reads
@@ -76,7 +79,8 @@ impl Session {
     /// A channel parked by a hub whose reader had got further than this one's (it moved
     /// here from a node that was ahead): waits, at most `REACH_WAIT`, until dispatch here
     /// has passed its position. Registered before, it would receive the changes in between
-    /// again, live, after a replay of nothing.
+    /// again, live, after a replay of nothing. Called after the join reply, so that a
+    /// long wait does not run into the client's join timeout.
     pub(super) async fn reach(&self, claim: &Claim) {
         let Ok(Found::At(from)) = &claim.found else {
             return;
@@ -98,11 +102,16 @@ impl Session {
             conn_id = self.conn_id,
             "resume: waiting for this hub to reach the channel's position"
         );
-        if tokio::time::timeout(REACH_WAIT, delivered.wait_for(passed))
-            .await
-            .is_err()
-        {
-            tracing::info!(conn_id = self.conn_id, "resume: this hub did not reach the channel's position in time; changes in between may arrive twice");
+        // A connection closed meanwhile (its client gone) stops waiting: the channel is
+        // registered and parked again at once, still at its position.
+        let closed = self.outbox.close_token();
+        tokio::select! {
+            reached = tokio::time::timeout(REACH_WAIT, delivered.wait_for(passed)) => {
+                if reached.is_err() {
+                    tracing::info!(conn_id = self.conn_id, "resume: this hub did not reach the channel's position in time; changes in between may arrive twice");
+                }
+            }
+            _ = closed.cancelled() => {}
         }
     }
 
