@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         68,
         include_str!("../sql/068_webhook_tables_stay_captured.sql"),
     ),
+    (69, include_str!("../sql/069_standard_auth_helpers.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

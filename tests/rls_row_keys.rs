@@ -275,3 +275,72 @@ async fn keyed_policies_decided_in_process_agree_with_select_for_odd_claims_too(
     ];
     agrees_with_select(&mut client, &checker, &catalog, "two", &two).await;
 }
+
+/// Keys are read from the token only under the standard auth helpers: a project's own
+/// `auth.uid()` / `auth.jwt()` that reads the claims and then changes the answer (here a
+/// ban list, a membership lookup) leaves its tables' policies to Postgres. The standard
+/// texts are recognised however they are cased and spaced.
+#[tokio::test]
+async fn row_keys_are_used_only_under_the_standard_auth_helpers() {
+    let db = common::pg::test_db().await;
+    let client = db.client().await;
+    switchboard::db::migrate(&client).await.expect("migrate");
+    client.batch_execute(TABLES).await.expect("tables");
+    let uid = Some(json!([key("owner", None, "uuid")]));
+    let org = Some(json!([key("org", Some("org_id"), "int8")]));
+    let set_uid = |body: &str| {
+        format!("create or replace function auth.uid() returns uuid language sql stable as $f${body}$f$")
+    };
+    let set_jwt = |body: &str| {
+        format!("create or replace function auth.jwt() returns jsonb language sql stable as $f${body}$f$")
+    };
+    let cases = [
+        // Supabase's older helper, upper case and spread over lines.
+        (
+            set_uid("\n  SELECT NULLIF(current_setting('request.jwt.claim.sub', true), '')::UUID;\n"),
+            "by_uid",
+            uid.clone(),
+        ),
+        // The current one, with a ban list.
+        (
+            set_uid(
+                "select s.id from (select coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''), \
+                 (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))::uuid as id) s \
+                 where s.id <> 'aaaaaaaa-0000-4000-8000-000000000001'",
+            ),
+            "by_uid",
+            None,
+        ),
+        // A space inside a literal changes the setting read: not the standard text.
+        (
+            set_uid("select nullif(current_setting('request.jwt.claim. sub', true), '')::uuid"),
+            "by_uid",
+            None,
+        ),
+        (
+            set_uid("select nullif(current_setting('request.jwt.claim.sub', true), '')::uuid"),
+            "by_uid",
+            uid,
+        ),
+        (
+            set_jwt(
+                "select coalesce(nullif(current_setting('request.jwt.claims', true), '')::jsonb \
+                 || jsonb_build_object('org_id', 7), '{}')",
+            ),
+            "by_org",
+            None,
+        ),
+        (
+            set_jwt(
+                "SELECT COALESCE(\n NULLIF(current_setting('request.jwt.claim', true), ''),\n \
+                 NULLIF(current_setting('request.jwt.claims', true), '')\n)::JSONB",
+            ),
+            "by_org",
+            org,
+        ),
+    ];
+    for (sql, table, expected) in cases {
+        client.batch_execute(&sql).await.expect("helper");
+        assert_eq!(row_keys(&client, table).await, expected, "{sql}");
+    }
+}
