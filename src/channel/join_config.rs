@@ -78,6 +78,16 @@ pub fn truthy(v: Option<&Value>) -> bool {
     }
 }
 
+/// A presence key as Supabase keeps it (any JSON value): a string as it is, anything else
+/// as the map key its JSON encodes to (`42` → `"42"`); `null` (like `""`) means none.
+fn presence_key(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
 impl JoinConfig {
     pub fn parse(payload: &Value) -> JoinConfig {
         let config = payload.get("config");
@@ -91,10 +101,7 @@ impl JoinConfig {
         JoinConfig {
             broadcast_self: truthy(get("broadcast", "self")),
             broadcast_ack: truthy(get("broadcast", "ack")),
-            presence_key: get("presence", "key")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
+            presence_key: get("presence", "key").map(presence_key).unwrap_or_default(),
             presence_enabled: truthy(get("presence", "enabled")),
             private: truthy(config.and_then(|c| c.get("private"))),
             postgres_changes: config
@@ -135,6 +142,18 @@ mod tests {
             JoinConfig::parse(&json!({"config":{"broadcast":{"replication_ready":"true"}}}));
         assert!(ready.replication_ready);
         assert_eq!(c.presence_key, "u1");
+        let key = |k: Value| JoinConfig::parse(&json!({"config": {"presence": {"key": k}}}));
+        assert_eq!(
+            key(json!(42)).presence_key,
+            "42",
+            "a number keys as its text"
+        );
+        assert_eq!(key(json!(true)).presence_key, "true");
+        assert_eq!(
+            key(Value::Null).presence_key,
+            "",
+            "null: none (a uuid then)"
+        );
         assert_eq!(c.access_token, None);
     }
 
