@@ -116,6 +116,18 @@ async fn a_role_learns_nothing_about_tables_it_may_not_select() {
     let service = pg.token("service_role", "ops");
     let granted = entry_error(&pg, &service, entry("shared_draft")).await;
     assert!(granted.starts_with(hint), "{granted}");
+    // Granted the table but not its schema: Postgres refuses the read, so is the join
+    // (it used to subscribe and then deliver nothing).
+    pg.exec(
+        "create schema hidden; create table hidden.t (id bigserial primary key); \
+         grant select on hidden.t to authenticated; select realtime.enable('hidden.t');",
+    )
+    .await;
+    let hidden = json!({"event": "*", "schema": "hidden", "table": "t"});
+    assert_eq!(
+        entry_error(&pg, &user, hidden).await,
+        answer("t").replace("public.t", "hidden.t")
+    );
 }
 
 fn entries(n: usize) -> Value {

@@ -96,11 +96,14 @@ const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.r
          where c.relkind in ('r', 'p') \
            and n.nspname = $2::text and c.relname = $3::text";
 
-/// The columns of table `$1` (oid) that role `$2` may select, in attribute order; no row
-/// when the role does not exist.
+/// The columns of table `$1` (oid) that role `$2` may select, in attribute order (none
+/// without USAGE on the table's schema: Postgres would refuse the read); no row when the
+/// role does not exist.
 const SELECTABLE_COLUMNS: &str =
     "select array(select a.attname::text from pg_catalog.pg_attribute a \
+           join pg_catalog.pg_class c on c.oid = a.attrelid \
            where a.attrelid = $1::oid and a.attnum > 0 and not a.attisdropped \
+             and pg_catalog.has_schema_privilege(r.oid, c.relnamespace, 'USAGE') \
              and pg_catalog.has_column_privilege(r.oid, $1::oid, a.attnum, 'SELECT') \
            order by a.attnum) \
          from pg_catalog.pg_roles r where r.rolname = $2::text";
