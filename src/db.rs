@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../sql/068_webhook_tables_stay_captured.sql"),
     ),
     (69, include_str!("../sql/069_standard_auth_helpers.sql")),
+    (70, include_str!("../sql/070_webhook_renames.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -854,6 +854,40 @@ async fn a_table_renamed_under_an_endpoint_loses_none_of_its_changes() {
     assert_eq!(events[2]["table"], "people", "{events:#?}");
 }
 
+/// A table renamed while no hub runs: the hub started after it still delivers the rows
+/// logged under the old name before the rename. It used to know old names only from its
+/// own earlier load, so it passed over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_renamed_while_no_hub_runs_loses_none_of_its_changes() {
+    let pg = hub().await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    pg.exec("insert into contacts (id, name) values (1, 'Ada')")
+        .await;
+    rx.wait_processed(Duration::from_secs(20), 1).await;
+    let PgHub { hub, db, sql } = pg;
+    hub.stop().await.unwrap();
+    sql.batch_execute(
+        "insert into contacts (id, name) values (2, 'Bob');
+         alter table contacts rename to people;
+         insert into people (id, name) values (3, 'Cy');",
+    )
+    .await
+    .unwrap();
+    let mut config = test_config();
+    config.database_url = Some(db.url.clone());
+    config.capture_poll = Duration::from_millis(200);
+    config.consumers = pg_consumer_settings();
+    let _hub = TestHub::start(config).await;
+    rx.wait_until(Duration::from_secs(30), "3 events", |r| {
+        r.iter().map(|r| r.events().len()).sum::<usize>() >= 3
+    })
+    .await;
+    let events = rx.processed_events();
+    assert_eq!(ids(&events), vec![1, 2, 3], "{events:#?}");
+    assert_eq!(events[1]["table"], "contacts", "{events:#?}");
+}
+
 /// An endpoint dropped and created again under the same name, between two of the
 /// hub's looks, is delivered afresh: to its new url with its new secret, never to the
 /// old one.

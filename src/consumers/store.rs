@@ -8,6 +8,7 @@ use super::ConsumersError;
 
 const LOAD: &str = "\
 select e.url, e.events, e.filter, e.secret, e.paused, e.version, e.position, e.failures, \
+       e.table_names, \
        (extract(epoch from e.created_at) * 1000000)::int8::text || ' ' || e.tables::text as shape, \
        array(select n.nspname::text from unnest(e.tables) with ordinality as t(rel, i) \
               join pg_catalog.pg_class c on c.oid = t.rel \
@@ -29,6 +30,8 @@ const STATE: &str = "select version, \
 const DELIVERED: &str = "select realtime.webhook_delivered($1, $2, $3, $4, $5)";
 const FAILED: &str = "select held, paused from realtime.webhook_failed($1, $2, $3, $4, $5)";
 const MARK_LOST: &str = "select realtime.mark_lost_webhooks()";
+const SAVE_NAMES: &str = "update realtime.webhook_endpoints set table_names = $3 \
+     where name = $1 and lease_owner = $2";
 
 /// An endpoint as its delivering hub reads it.
 #[derive(Debug, Clone)]
@@ -49,6 +52,9 @@ pub struct EndpointDef {
     pub position: String,
     /// Failed attempts in a row so far.
     pub failures: i32,
+    /// The names its tables had, as the delivering hub last wrote them (`None` before
+    /// any hub loaded it).
+    pub table_names: Option<serde_json::Value>,
 }
 
 /// The endpoint if `owner` holds its lease.
@@ -74,7 +80,23 @@ pub async fn load(
         shape: row.get("shape"),
         position: row.get("position"),
         failures: row.get("failures"),
+        table_names: row
+            .get::<_, Option<tokio_postgres::types::Json<serde_json::Value>>>("table_names")
+            .map(|j| j.0),
     }))
+}
+
+/// Records the names the endpoint's tables had (`webhook::Renamed`) if `owner` still
+/// holds its lease.
+pub async fn save_table_names(
+    client: &Client,
+    name: &str,
+    owner: &str,
+    names: &serde_json::Value,
+) -> Result<(), ConsumersError> {
+    let names = tokio_postgres::types::Json(names);
+    client.execute(SAVE_NAMES, &[&name, &owner, &names]).await?;
+    Ok(())
 }
 
 /// Renews `owner`'s leases and takes free ones: every (endpoint, version) it now holds.

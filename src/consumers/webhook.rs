@@ -87,8 +87,10 @@ struct Endpoint {
 
 /// The names the endpoint's tables had before a rename. The log keeps the name a row
 /// was written under, so rows committed before a rename (or read before the reload it
-/// causes) carry the old one: the selection takes them under both.
-#[derive(Default)]
+/// causes) carry the old one: the selection takes them under both. Kept in the endpoint's
+/// row too (`table_names`), so that a hub that takes the endpoint over (after a restart,
+/// say) knows the names from before.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Renamed {
     /// The endpoint row (`EndpointDef::shape`'s first part) and its tables by oid, as
     /// last loaded.
@@ -137,6 +139,32 @@ impl Renamed {
 }
 
 impl Endpoint {
+    /// Notes `def`'s table names (`Renamed`), starting from those its row keeps when this
+    /// task has not loaded it before, and writes them back when they changed, before
+    /// anything is delivered by them. False when the hub stops meanwhile.
+    async fn note_names(&mut self, def: &EndpointDef) -> bool {
+        if self.renamed.last.is_none() {
+            let saved = def.table_names.clone();
+            if let Some(saved) = saved.and_then(|v| serde_json::from_value(v).ok()) {
+                self.renamed = saved;
+            }
+        }
+        self.renamed.note(def);
+        let Ok(names) = serde_json::to_value(&self.renamed) else {
+            return true;
+        };
+        if def.table_names.as_ref() == Some(&names) {
+            return true;
+        }
+        let (name, node) = (self.name.clone(), self.inner.node_id.clone());
+        self.db(|c| {
+            let (name, node, names) = (name.clone(), node.clone(), names.clone());
+            async move { store::save_table_names(&c, &name, &node, &names).await }
+        })
+        .await
+        .is_some()
+    }
+
     /// Loads the endpoint and delivers until something makes it reload or stop.
     async fn session(&mut self) -> Next {
         let (name, node) = (self.name.clone(), self.inner.node_id.clone());
@@ -167,7 +195,9 @@ impl Endpoint {
                 Selection::bind(&catalog, &def.tables, &def.events, def.filter.as_deref()).await
             }
         };
-        self.renamed.note(&def);
+        if !self.note_names(&def).await {
+            return Next::Stop;
+        }
         let selection = match selection {
             Ok(mut s) => {
                 for (old, now) in &self.renamed.aliases {
@@ -556,6 +586,7 @@ mod tests {
             shape: format!("{row} {{...}}"),
             position: String::new(),
             failures: 0,
+            table_names: None,
         }
     }
 
@@ -582,5 +613,17 @@ mod tests {
         // Dropped and created again: another endpoint.
         r.note(&def("2", &[(30, "c3"), (20, "y")]));
         assert!(aliases(&r).is_empty());
+    }
+
+    #[test]
+    fn the_names_kept_in_the_row_read_back_as_they_were_written() {
+        let mut r = Renamed::default();
+        r.note(&def("1", &[(10, "a")]));
+        r.note(&def("1", &[(10, "b")]));
+        let kept = serde_json::to_value(&r).unwrap();
+        let mut back: Renamed = serde_json::from_value(kept).unwrap();
+        assert_eq!(aliases(&back), [("a", "b")]);
+        back.note(&def("1", &[(10, "c")]));
+        assert_eq!(aliases(&back), [("a", "c"), ("b", "c")]);
     }
 }
