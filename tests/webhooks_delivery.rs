@@ -35,6 +35,15 @@ async fn hub() -> PgHub {
     PgHub::start_with(SETUP, |c| c.consumers = pg_consumer_settings()).await
 }
 
+/// Another hub, tuned as `hub`'s, on the database at `url`.
+async fn hub_on(url: &str) -> TestHub {
+    let mut config = test_config();
+    config.database_url = Some(url.to_owned());
+    config.capture_poll = Duration::from_millis(200);
+    config.consumers = pg_consumer_settings();
+    TestHub::start(config).await
+}
+
 async fn create(pg: &PgHub, name: &str, url: &str, extra: &str) -> String {
     pg.sql
         .query_one(
@@ -654,11 +663,7 @@ async fn bad_webhook_arguments_are_named_with_their_rule_and_no_secret_is_shown(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_hubs_one_delivers_and_the_other_takes_over_when_it_stops() {
     let pg = hub().await;
-    let mut config = test_config();
-    config.database_url = Some(pg.db.url.clone());
-    config.capture_poll = Duration::from_millis(200);
-    config.consumers = pg_consumer_settings();
-    let other = TestHub::start(config).await;
+    let other = hub_on(&pg.db.url).await;
     let rx = Receiver::start(Mode::Ok).await;
     create(&pg, "crm", &rx.url, "").await;
     for id in 1..=20 {
@@ -874,11 +879,7 @@ async fn a_table_renamed_while_no_hub_runs_loses_none_of_its_changes() {
     )
     .await
     .unwrap();
-    let mut config = test_config();
-    config.database_url = Some(db.url.clone());
-    config.capture_poll = Duration::from_millis(200);
-    config.consumers = pg_consumer_settings();
-    let _hub = TestHub::start(config).await;
+    let _hub = hub_on(&db.url).await;
     rx.wait_until(Duration::from_secs(30), "3 events", |r| {
         r.iter().map(|r| r.events().len()).sum::<usize>() >= 3
     })
