@@ -30,12 +30,17 @@ impl Claim {
     }
 }
 
-/// How long a resuming channel waits, after its join reply, for this hub's reader to
-/// reach the channel's position (`Session::reach`). The client's join timeout does not
-/// bound it (the reply went out); the connection's other frames wait meanwhile (up to
-/// 64 are read ahead, heartbeats answered), so it is bounded all the same: a hub this far
-/// behind is unwell, and the changes in between then arrive twice.
-const REACH_WAIT: Duration = Duration::from_secs(30);
+/// How long the resuming joins of one reconnect wait, together, after their replies, for
+/// this hub's reader to reach their positions (`Session::reach`). A connection's pushes
+/// are handled in order, so while one join waits the next one's reply waits too: the
+/// wait must end well inside a client's join timeout (realtime-js: 10 s), or the joins
+/// after it time out and churn. A hub further behind registers the channels anyway, and
+/// the changes in between arrive twice.
+const REACH_WAIT: Duration = Duration::from_secs(5);
+
+/// Joins that come within this of the last deadline share it (they were sent together,
+/// and waited behind the first).
+const REACH_SHARED: Duration = Duration::from_secs(2);
 
 /// Whether `cut` is behind `from` (same server lifetime): `from`'s snapshot sees a
 /// transaction `cut`'s does not. A cut partway through a page (a hub catching up reads
@@ -77,11 +82,12 @@ impl Session {
     }
 
     /// A channel parked by a hub whose reader had got further than this one's (it moved
-    /// here from a node that was ahead): waits, at most `REACH_WAIT`, until dispatch here
-    /// has passed its position. Registered before, it would receive the changes in between
-    /// again, live, after a replay of nothing. Called after the join reply, so that a
-    /// long wait does not run into the client's join timeout.
-    pub(super) async fn reach(&self, claim: &Claim) {
+    /// here from a node that was ahead): waits until dispatch here has passed its
+    /// position, at most until the connection's reach deadline (`REACH_WAIT` from the
+    /// first such wait of a reconnect, shared by the joins sent with it). Registered
+    /// before, it would receive the changes in between again, live, after a replay of
+    /// nothing. Called after the join reply.
+    pub(super) async fn reach(&mut self, claim: &Claim) {
         let Ok(Found::At(from)) = &claim.found else {
             return;
         };
@@ -102,11 +108,17 @@ impl Session {
             conn_id = self.conn_id,
             "resume: waiting for this hub to reach the channel's position"
         );
+        let now = tokio::time::Instant::now();
+        let deadline = match self.reach_deadline {
+            Some(d) if now < d + REACH_SHARED => d,
+            _ => now + REACH_WAIT,
+        };
+        self.reach_deadline = Some(deadline);
         // A connection closed meanwhile (its client gone) stops waiting: the channel is
         // registered and parked again at once, still at its position.
         let closed = self.outbox.close_token();
         tokio::select! {
-            reached = tokio::time::timeout(REACH_WAIT, delivered.wait_for(passed)) => {
+            reached = tokio::time::timeout_at(deadline, delivered.wait_for(passed)) => {
                 if reached.is_err() {
                     tracing::info!(conn_id = self.conn_id, "resume: this hub did not reach the channel's position in time; changes in between may arrive twice");
                 }
