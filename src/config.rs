@@ -341,14 +341,7 @@ impl Settings {
         .into_iter()
         .flatten()
         {
-            if let Some((creds, host)) = url.rsplit_once('@') {
-                if let Some((user, _password)) =
-                    creds.rsplit_once(':').filter(|(u, _)| u.contains("//"))
-                {
-                    *url = format!("{user}:<redacted>@{host}");
-                }
-            }
-            *url = redact_password_params(url);
+            *url = redact_url(url);
         }
         toml::to_string(&s).unwrap_or_default()
     }
@@ -409,6 +402,17 @@ pub fn webhooks_from_file(path: &Path) -> Result<Vec<WebhookDecl>, ConfigError> 
     Ok(extras.webhooks)
 }
 
+/// `url` with its password redacted: in `user:password@`, and in `password=` parameters.
+fn redact_url(url: &str) -> String {
+    let mut url = url.to_owned();
+    if let Some((creds, host)) = url.rsplit_once('@') {
+        if let Some((user, _password)) = creds.rsplit_once(':').filter(|(u, _)| u.contains("//")) {
+            url = format!("{user}:<redacted>@{host}");
+        }
+    }
+    redact_password_params(&url)
+}
+
 /// Declared webhook endpoints as the file's `[[webhooks]]` tables, secrets redacted
 /// (the end of `switchboard config`); empty when there are none.
 pub fn webhooks_toml(decls: &[WebhookDecl]) -> String {
@@ -423,7 +427,7 @@ pub fn webhooks_toml(decls: &[WebhookDecl]) -> String {
         .iter()
         .map(|d| WebhookDecl {
             secret: d.secret.as_ref().map(|_| "<redacted>".into()),
-            url: redact_password_params(&d.url),
+            url: redact_url(&d.url),
             ..d.clone()
         })
         .collect();
@@ -932,6 +936,15 @@ mod tests {
             filter: None,
             secret: Some("whsec_c2VjcmV0".into()),
         };
+        let with_password = WebhookDecl {
+            url: "https://ops:hunter2@crm.example/hook".into(),
+            ..decl.clone()
+        };
+        let shown = webhooks_toml(&[with_password]);
+        assert!(
+            shown.contains("https://ops:<redacted>@crm.example/hook"),
+            "{shown}"
+        );
         let shown = webhooks_toml(std::slice::from_ref(&decl));
         assert!(shown.contains("[[webhooks]]"), "{shown}");
         assert!(!shown.contains("whsec_c2VjcmV0"), "{shown}");
