@@ -114,6 +114,14 @@ impl Session {
             _ => now + REACH_WAIT,
         };
         self.reach_deadline = Some(deadline);
+        if deadline <= now {
+            // This reconnect's wait is spent (and logged): register behind.
+            tracing::debug!(
+                conn_id = self.conn_id,
+                "resume: registering behind the channel's position"
+            );
+            return;
+        }
         // A connection closed meanwhile (its client gone) stops waiting: the channel is
         // registered and parked again at once, still at its position.
         let closed = self.outbox.close_token();
