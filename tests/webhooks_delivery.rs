@@ -139,10 +139,7 @@ async fn committed_changes_arrive_signed_in_order_and_rolled_back_ones_never() {
          delete from contacts where id = 2;",
     )
     .await;
-    rx.wait_until(Duration::from_secs(20), "4 events", |r| {
-        r.iter().map(|r| r.events().len()).sum::<usize>() >= 4
-    })
-    .await;
+    rx.wait_received(Duration::from_secs(20), 4).await;
     let events = rx.processed_events();
     assert_eq!(ids(&events), vec![1, 2, 1, 2], "{events:#?}");
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -210,10 +207,7 @@ async fn old_record_shows_what_the_replica_identity_shows_while_filters_judge_th
          delete from notes where id = 1;",
     )
     .await;
-    rx.wait_until(Duration::from_secs(20), "4 events", |r| {
-        r.iter().map(|r| r.events().len()).sum::<usize>() >= 4
-    })
-    .await;
+    rx.wait_received(Duration::from_secs(20), 4).await;
     let events = rx.processed_events();
     let old: Vec<(&str, &str, &Value)> = events
         .iter()
@@ -319,10 +313,7 @@ async fn a_paused_endpoint_that_resumes_gets_everything_it_missed() {
     )
     .await;
     assert_eq!(code, 200, "{body}");
-    rx.wait_until(Duration::from_secs(20), "31 events", |r| {
-        r.iter().map(|r| r.events().len()).sum::<usize>() >= 31
-    })
-    .await;
+    rx.wait_received(Duration::from_secs(20), 31).await;
     assert_eq!(ids(&rx.processed_events()), (1..=31).collect::<Vec<_>>());
     wait_status(&pg, "crm", "caught up", |s| {
         s["lag_events"] == 0 && s["state"] == "active"
@@ -672,10 +663,7 @@ async fn with_two_hubs_one_delivers_and_the_other_takes_over_when_it_stops() {
         ))
         .await;
     }
-    rx.wait_until(Duration::from_secs(20), "20 events", |r| {
-        r.iter().map(|r| r.events().len()).sum::<usize>() >= 20
-    })
-    .await;
+    rx.wait_received(Duration::from_secs(20), 20).await;
     // One hub delivered: each change once, in order.
     assert_eq!(ids(&rx.processed_events()), (1..=20).collect::<Vec<_>>());
     let node = |body: Value| body["node_id"].as_str().unwrap().to_owned();
@@ -701,10 +689,7 @@ async fn with_two_hubs_one_delivers_and_the_other_takes_over_when_it_stops() {
         .await
         .unwrap();
     }
-    rx.wait_until(Duration::from_secs(20), "30 events", |r| {
-        r.iter().map(|r| r.events().len()).sum::<usize>() >= 30
-    })
-    .await;
+    rx.wait_received(Duration::from_secs(20), 30).await;
     assert_eq!(ids(&rx.processed_events()), (1..=30).collect::<Vec<_>>());
     // (Status is cached for a second: poll.)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -833,27 +818,31 @@ async fn an_endpoint_the_log_was_pruned_past_says_it_lost_data_until_a_replay() 
     .await;
 }
 
-/// A table renamed under an endpoint keeps being delivered: the endpoint reloads with
-/// the new name and still takes the rows logged under the old one. It used to match
-/// only the old name and move its cursor past the new name's rows, losing them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_renamed_under_an_endpoint_loses_none_of_its_changes() {
+/// A hub delivering endpoint `crm` (table `contacts`) to a receiver that got its first
+/// row (id 1).
+async fn one_contact_delivered() -> (PgHub, Receiver) {
     let pg = hub().await;
     let rx = Receiver::start(Mode::Ok).await;
     create(&pg, "crm", &rx.url, "").await;
     pg.exec("insert into contacts (id, name) values (1, 'Ada')")
         .await;
     rx.wait_processed(Duration::from_secs(20), 1).await;
+    (pg, rx)
+}
+
+/// A table renamed under an endpoint keeps being delivered: the endpoint reloads with
+/// the new name and still takes the rows logged under the old one. It used to match
+/// only the old name and move its cursor past the new name's rows, losing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_renamed_under_an_endpoint_loses_none_of_its_changes() {
+    let (pg, rx) = one_contact_delivered().await;
     pg.exec(
         "begin; insert into contacts (id, name) values (2, 'Bob');
          alter table contacts rename to people; commit;
          insert into people (id, name) values (3, 'Cy');",
     )
     .await;
-    rx.wait_until(Duration::from_secs(30), "3 events", |r| {
-        r.iter().map(|r| r.events().len()).sum::<usize>() >= 3
-    })
-    .await;
+    rx.wait_received(Duration::from_secs(30), 3).await;
     let events = rx.processed_events();
     assert_eq!(ids(&events), vec![1, 2, 3], "{events:#?}");
     assert_eq!(events[2]["table"], "people", "{events:#?}");
@@ -864,12 +853,7 @@ async fn a_table_renamed_under_an_endpoint_loses_none_of_its_changes() {
 /// own earlier load, so it passed over them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_renamed_while_no_hub_runs_loses_none_of_its_changes() {
-    let pg = hub().await;
-    let rx = Receiver::start(Mode::Ok).await;
-    create(&pg, "crm", &rx.url, "").await;
-    pg.exec("insert into contacts (id, name) values (1, 'Ada')")
-        .await;
-    rx.wait_processed(Duration::from_secs(20), 1).await;
+    let (pg, rx) = one_contact_delivered().await;
     let PgHub { hub, db, sql } = pg;
     hub.stop().await.unwrap();
     sql.batch_execute(
@@ -880,10 +864,7 @@ async fn a_table_renamed_while_no_hub_runs_loses_none_of_its_changes() {
     .await
     .unwrap();
     let _hub = hub_on(&db.url).await;
-    rx.wait_until(Duration::from_secs(30), "3 events", |r| {
-        r.iter().map(|r| r.events().len()).sum::<usize>() >= 3
-    })
-    .await;
+    rx.wait_received(Duration::from_secs(30), 3).await;
     let events = rx.processed_events();
     assert_eq!(ids(&events), vec![1, 2, 3], "{events:#?}");
     assert_eq!(events[1]["table"], "contacts", "{events:#?}");

@@ -144,8 +144,9 @@ impl Endpoint {
     /// anything is delivered by them. False when the hub stops meanwhile.
     async fn note_names(&mut self, def: &EndpointDef) -> bool {
         if self.renamed.last.is_none() {
-            let saved = def.table_names.clone();
-            if let Some(saved) = saved.and_then(|v| serde_json::from_value(v).ok()) {
+            use serde::Deserialize;
+            let saved = def.table_names.as_ref();
+            if let Some(saved) = saved.and_then(|v| Renamed::deserialize(v).ok()) {
                 self.renamed = saved;
             }
         }

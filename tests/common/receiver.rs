@@ -139,6 +139,16 @@ impl Receiver {
         }
     }
 
+    /// Waits until requests carry at least `n` events, processed or not (retries
+    /// counted).
+    pub async fn wait_received(&self, within: Duration, n: usize) {
+        let what = format!("{n} events");
+        self.wait_until(within, &what, |r| {
+            r.iter().map(|r| r.events().len()).sum::<usize>() >= n
+        })
+        .await
+    }
+
     /// Waits until processed requests carry at least `n` events (retries counted).
     pub async fn wait_processed(&self, within: Duration, n: usize) {
         let what = format!("{n} events processed");
