@@ -43,6 +43,7 @@ fn to_change(e: &Value) -> Change {
     Change {
         id: log_id.parse().unwrap(),
         seq: seq.parse().unwrap(),
+        xid: u64::MAX,
         schema: e["schema"].as_str().unwrap().to_owned(),
         table: e["table"].as_str().unwrap().to_owned(),
         op: Op::parse(e["type"].as_str().unwrap()).unwrap(),

@@ -164,6 +164,7 @@ async fn agrees_with_select(
     let change = |op: Op, record: Option<&Value>, old: Option<&Value>| Change {
         id: 1,
         seq: 0,
+        xid: 1,
         schema: "public".into(),
         table: table.into(),
         op,

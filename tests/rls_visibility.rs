@@ -144,6 +144,7 @@ fn change(table: &str, op: Op, record: Option<Value>, old_record: Option<Value>)
     Change {
         id: 1,
         seq: 0,
+        xid: 1,
         schema: "public".into(),
         table: table.into(),
         op,

@@ -49,8 +49,10 @@ pub(super) fn carried(payload: &str) -> Option<Carried> {
         .inspect_err(|e| tracing::debug!(error = %e, "wake-up payload not understood"))
         .ok()?;
     let op = Op::parse(&p.op)?;
+    let xid = p.xid.parse().ok()?;
     let entry = Logged {
         id: p.id,
+        xid,
         op,
         schema: p.s,
         table: p.t,
@@ -62,7 +64,7 @@ pub(super) fn carried(payload: &str) -> Option<Carried> {
     }
     .into_entry();
     Some(Carried {
-        xid: p.xid.parse().ok()?,
+        xid,
         id: p.id,
         created_at: p.at,
         rules_version: p.rv,

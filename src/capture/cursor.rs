@@ -264,13 +264,29 @@ impl Position {
                 .any(|(snap, last)| id <= *last && snap.sees(xid))
     }
 
+    /// Whether this position is behind `other` (read on the same server lifetime):
+    /// `other` counts a row as read that this one may not (`read_within`): a transaction
+    /// its snapshot sees and this one's does not, a row it read ahead. A position partway
+    /// through a page (a hub catching up reads page by page) counts as behind until the
+    /// page is done: the rows of it that `other` has read may not be read yet.
+    pub fn behind(&self, other: &Position) -> bool {
+        let same_server = match (self.origin, other.origin) {
+            (Some(a), Some(b)) => a.server == b.server,
+            _ => true,
+        };
+        same_server && !other.read_within(self)
+    }
+
     /// Whether every row this position counts as read, `later` counts as read too. Sure
-    /// when true; false also for some positions that are (pages, rows read ahead that
-    /// `later`'s cursor does not see yet).
+    /// when true; false also for some positions that are (a page of this one that
+    /// `later` has read only partly, by a page of its own).
     pub fn read_within(&self, later: &Position) -> bool {
-        self.pages.is_empty()
-            && self.cursor.seen_by(&later.cursor)
-            && self.ahead.iter().all(|(xid, _)| later.cursor.sees(*xid))
+        self.cursor.seen_by(&later.cursor)
+            && self
+                .pages
+                .iter()
+                .all(|(snap, _)| snap.seen_by(&later.cursor))
+            && self.ahead.iter().all(|&(xid, id)| later.has_read(xid, id))
     }
 
     /// Every row this position counts as read belongs to a transaction below this xid: the
@@ -337,6 +353,27 @@ fn join(xids: &[u64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_is_behind_another_only_when_that_has_read_more_on_the_same_server() {
+        let p = |s: &str| Position::parse(s).unwrap();
+        assert!(p("100:/~1.5").behind(&p("105:/~1.9")));
+        // A transaction still open at the first, finished for the second.
+        assert!(p("105:101/~1.5").behind(&p("105:/~1.9")));
+        assert!(!p("105:/~1.5").behind(&p("100:/~1.9")), "ahead");
+        assert!(!p("105:/~1.5").behind(&p("105:/~1.9")), "the same");
+        assert!(
+            !p("100:/~1.5").behind(&p("105:/~2.9")),
+            "another server lifetime"
+        );
+        // Catching up page by page: behind until the page is read whole.
+        assert!(p("100:/110:@7/~1.5").behind(&p("105:/~1.9")));
+        assert!(!p("105:/110:@7/~1.5").behind(&p("105:/~1.9")));
+        // Rows read ahead (carried by wake-ups): behind until it has read them too.
+        assert!(p("107:/a108.4/~1.5").behind(&p("105:/a108.4,109.5/~1.9")));
+        assert!(!p("110:/~1.5").behind(&p("105:/a108.4,109.5/~1.9")));
+        assert!(!p("105:/a108.4,109.5/~1.5").behind(&p("105:/a108.4/~1.9")));
+    }
 
     #[test]
     fn forgetting_from_an_id_lowers_xmax_and_drops_later_in_progress_ids() {
@@ -523,13 +560,22 @@ mod tests {
             "101 was seen and is in progress later"
         );
         assert!(p("105:/a106.3").read_within(&p("108:")));
+        assert!(p("105:/a106.3").read_within(&p("105:/a106.3,107.4")));
+        assert!(
+            p("105:/110:@7").read_within(&p("110:")),
+            "its page, read whole"
+        );
+        assert!(
+            !p("105:/110:@7").read_within(&p("108:")),
+            "its page, not yet"
+        );
         assert!(
             !p("105:/a106.3").read_within(&p("108:106")),
             "106 read ahead"
         );
         assert!(
-            !p("105:/110:@4").read_within(&p("120:")),
-            "pages: not judged"
+            !p("105:/110:@4").read_within(&p("120:109")),
+            "a page's transaction still in progress later"
         );
     }
 }

@@ -606,6 +606,9 @@ pub async fn current_position(client: &Client) -> Result<Position, CaptureError>
 fn to_entry(row: &Row, out: &mut Vec<LogEntry>) {
     let id: i64 = row.get("id");
     let op: String = row.get("op");
+    let xid = row
+        .get::<_, Option<&str>>("xid")
+        .and_then(|x| x.parse::<u64>().ok());
     let (Ok(record), Ok(old_record)) = (json_column(row, "record"), json_column(row, "old_record"))
     else {
         return;
@@ -629,10 +632,7 @@ fn to_entry(row: &Row, out: &mut Vec<LogEntry>) {
             payload,
             binary,
             private: row.get::<_, Option<bool>>("private").unwrap_or(true),
-            xid: row
-                .get::<_, Option<String>>("xid")
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(0),
+            xid: xid.unwrap_or(0),
         })));
         return;
     }
@@ -653,6 +653,7 @@ fn to_entry(row: &Row, out: &mut Vec<LogEntry>) {
     out.push(
         Logged {
             id,
+            xid: xid.unwrap_or(u64::MAX),
             op,
             schema: row
                 .get::<_, Option<String>>("schema_name")
@@ -698,6 +699,8 @@ pub(super) type RawRows = Vec<Box<RawValue>>;
 /// a single-row entry (`record`/`old_record`).
 pub(super) struct Logged {
     pub id: i64,
+    /// The writing transaction (`u64::MAX` when unknown, see `Change::xid`).
+    pub xid: u64,
     pub op: Op,
     pub schema: String,
     pub table: String,
@@ -714,6 +717,7 @@ impl Logged {
     pub(super) fn into_entry(self) -> LogEntry {
         let Logged {
             id,
+            xid,
             op,
             schema,
             table,
@@ -727,6 +731,7 @@ impl Logged {
             return LogEntry::Event(DbEvent::Change(Change {
                 id,
                 seq: 0,
+                xid,
                 schema,
                 table,
                 op,
@@ -737,6 +742,7 @@ impl Logged {
         }
         LogEntry::Statement(StatementRows {
             id,
+            xid,
             op,
             schema,
             table,

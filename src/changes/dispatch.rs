@@ -74,11 +74,11 @@ impl Progress {
         self.cut.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `register` between two batches' matching and returns the mark of the last
-    /// batch matched before it (`None` before the first batch).
-    pub fn at_cut<T>(&self, register: impl FnOnce() -> T) -> (Option<Mark>, T) {
+    /// Runs `register` between two batches' matching, with the mark of the last batch
+    /// matched before it (`None` before the first batch), and returns that mark.
+    pub fn at_cut<T>(&self, register: impl FnOnce(Option<&Mark>) -> T) -> (Option<Mark>, T) {
         let cut = self.lock();
-        let out = register();
+        let out = register(cut.as_ref());
         (cut.clone(), out)
     }
 
@@ -594,6 +594,9 @@ impl Dispatcher {
         let mut hidden = 0u64;
         let r = &*p.receivers;
         for (i, (m, &vi)) in r.matched.iter().zip(&r.viewer_of).enumerate() {
+            if m.member.was_sent(&p.change) {
+                continue;
+            }
             let at = At {
                 change: at as u32,
                 member: i as u32,

@@ -83,7 +83,13 @@ pub struct Subscriber {
     pub vsn: Vsn,
     pub outbox: ChannelOutbox,
     pub viewer: Arc<Viewer>,
+    /// A resumed channel registered before this hub had read as far as the hub it left:
+    /// the changes that hub already sent it (by transaction and log row), not sent again.
+    pub sent: Option<Sent>,
 }
+
+/// Whether the change of log row `.1` written by transaction `.0` was sent already.
+pub type Sent = Arc<dyn Fn(u64, i64) -> bool + Send + Sync>;
 
 /// A subscriber as the index holds it: its viewer is replaced on `access_token` refresh.
 pub(super) struct Member {
@@ -98,6 +104,8 @@ pub(super) struct Member {
     /// Whether this member was told that a row-scope policy failed for its viewer (once
     /// per viewer: a refresh clears it).
     told_problem: AtomicBool,
+    /// `Subscriber::sent`.
+    sent: Option<Sent>,
 }
 
 impl Member {
@@ -113,6 +121,11 @@ impl Member {
     /// True the first time it is called for the current viewer.
     pub fn first_problem(&self) -> bool {
         !self.told_problem.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether `change` was sent to this member's channel before it resumed here.
+    pub fn was_sent(&self, change: &Change) -> bool {
+        self.sent.as_ref().is_some_and(|s| s(change.xid, change.id))
     }
 }
 
@@ -297,6 +310,7 @@ impl SubscriptionIndex {
             outbox: s.outbox,
             viewer: RwLock::new(s.viewer),
             told_problem: AtomicBool::new(false),
+            sent: s.sent,
         });
         let mut places = Vec::new();
         for sub in subs {
@@ -595,12 +609,14 @@ mod tests {
             vsn: Vsn::V2,
             outbox: ChannelOutbox::direct(tx),
             viewer: Arc::new(viewer),
+            sent: None,
         }
     }
 
     fn change(customer: &str, status: &str) -> Change {
         Change {
             id: 1,
+            xid: 1,
             seq: 0,
             schema: "public".into(),
             table: "jobs".into(),

@@ -22,6 +22,8 @@ use super::row::{Change, DbEvent, Op, Row};
 pub struct StatementRows {
     /// The log row's id.
     pub id: i64,
+    /// The writing transaction (see `Change::xid`).
+    pub xid: u64,
     pub op: Op,
     pub schema: String,
     pub table: String,
@@ -51,6 +53,7 @@ impl StatementRows {
         Change {
             id: self.id,
             seq: u32::try_from(seq).unwrap_or(u32::MAX),
+            xid: self.xid,
             schema: self.schema.clone(),
             table: self.table.clone(),
             op: self.op,
@@ -216,6 +219,7 @@ mod tests {
     fn a_statement_gives_one_change_per_row_pairing_old_and_new_by_position() {
         let s = StatementRows {
             id: 7,
+            xid: 1,
             op: Op::Update,
             schema: "public".into(),
             table: "jobs".into(),
@@ -251,6 +255,7 @@ mod tests {
     fn a_delete_has_old_rows_only_and_a_row_that_is_not_an_object_reads_as_none() {
         let s = StatementRows {
             id: 1,
+            xid: 1,
             op: Op::Delete,
             schema: "public".into(),
             table: "t".into(),
@@ -272,6 +277,7 @@ mod tests {
                        [1,2], "text", {}]"#;
         let s = |op| StatementRows {
             id: 1,
+            xid: 1,
             op,
             schema: "public".into(),
             table: "t".into(),

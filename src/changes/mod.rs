@@ -36,7 +36,7 @@ pub use catalog::{
 };
 pub use dispatch::{Mark, Progress};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};
-pub use index::{Subscriber, Subscription, TableScope};
+pub use index::{Sent, Subscriber, Subscription, TableScope};
 pub use lane::{LaneHold, LaneSettings};
 pub use logged::{gap_len, into_events, LogEntry, StatementRows};
 pub use recent::{entry_bytes, Batch, Gap, Recent};
@@ -119,7 +119,7 @@ impl Changes {
     /// index may move the member to another role or claim key, between two batches).
     pub fn set_viewer(&self, member: MemberId, viewer: Arc<Viewer>) {
         self.progress
-            .at_cut(|| self.index.set_viewer(member, viewer));
+            .at_cut(|_| self.index.set_viewer(member, viewer));
     }
 
     /// Changes read per table and joins refused as not enabled.

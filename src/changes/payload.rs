@@ -565,6 +565,7 @@ mod tests {
         };
         let change = |record: Option<Row>| Change {
             id: 1,
+            xid: 1,
             seq: 0,
             schema: "public".into(),
             table: "t".into(),

@@ -250,6 +250,7 @@ mod tests {
             .collect();
         LogEntry::Statement(StatementRows {
             id,
+            xid: 1,
             op: Op::Insert,
             schema: "public".into(),
             table: "t".into(),

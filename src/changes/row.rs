@@ -62,6 +62,9 @@ pub struct Change {
     /// The change's place among the rows of its log row (one statement's rows share a log
     /// row): `(id, seq)` names a change for good, e.g. as a webhook event id.
     pub seq: u32,
+    /// The writing transaction (`xid8`; `u64::MAX` when unknown: then no position counts
+    /// it as read, so it is never taken for one sent already).
+    pub xid: u64,
     pub schema: String,
     pub table: String,
     pub op: Op,
@@ -157,6 +160,7 @@ mod tests {
         let mut c = Change {
             id: 1,
             seq: 0,
+            xid: 1,
             schema: "public".into(),
             table: "t".into(),
             op: Op::Delete,

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::channel_name;
 use super::join_config::JoinConfig;
 use super::private::router_access;
-use super::resume::Claim;
+use super::resume::{self, Claim};
 use super::retry::Unsubscribed;
 use super::session::{now_unix, Channel, End, Session};
 use crate::auth::{is_user_token, Claims};
@@ -86,7 +86,7 @@ impl Session {
         // changes would then be skipped for good as the position moves on. The
         // client's rejoin comes back for its gap.
         if self.resumes() {
-            let no_cut = self.svc.changes.progress().at_cut(|| ()).0.is_none();
+            let no_cut = self.svc.changes.progress().at_cut(|_| ()).0.is_none();
             if no_cut || validated.as_ref().is_some_and(Validated::unavailable) {
                 return self.reply_error(&msg, ReplyError::DatabaseUnavailable);
             }
@@ -302,18 +302,13 @@ impl Session {
             .map(|v| v.reply.clone())
             .unwrap_or_default();
         self.reply(msg, "ok", &json!({ "postgres_changes": reply_entries }));
-        let unsubscribed = validated
+        let mut unsubscribed = validated
             .as_ref()
             .and_then(|v| Unsubscribed::of(&config.postgres_changes, v, &outbox, &claims));
         let (subscriptions, errors) = validated
             .map(|v| (v.subscriptions, v.errors))
             .unwrap_or_default();
         let resumed_subscriptions = claim.as_ref().map(|_| subscriptions.clone());
-        // Answered, not yet registered: a resuming channel waits here until this hub has
-        // read past its position (heartbeats are answered meanwhile, see `conn`).
-        if let Some(claim) = &claim {
-            self.reach(claim).await;
-        }
         let subscribed = !subscriptions.is_empty();
         let mut subscriber = Subscriber {
             member,
@@ -323,22 +318,30 @@ impl Session {
             vsn: self.vsn,
             outbox,
             viewer: viewer.clone(),
+            sent: None,
         };
         let (router, changes) = (&self.svc.router, &self.svc.changes);
-        let (cut, ()) = changes.progress().at_cut(|| {
+        let (cut, ahead) = changes.progress().at_cut(|cut| {
+            let ahead = claim.as_ref().and_then(|c| c.ahead_of(cut));
             if claim.is_some() {
                 // Dispatch keeps batches from this cut on, so that the gaps of other
                 // channels resuming here can end where this one's ends (resume::restart).
                 changes.progress().recent().start();
             }
-            if let Some(m) = pending.take() {
+            if let Some(mut m) = pending.take() {
+                m.covered = ahead.as_ref().map(resume::broadcasts_sent);
                 router.join(&key, m);
             }
             if subscribed {
                 subscriber.topic = router.shared_name(&key);
+                subscriber.sent = ahead.as_ref().map(resume::changes_sent);
                 changes.subscribe(subscriber, subscriptions);
             }
+            ahead
         });
+        if let (Some(u), Some(from)) = (&mut unsubscribed, &ahead) {
+            u.sent = Some(resume::changes_sent(from));
+        }
         if let Some(r) = &replayed {
             self.send_replay(&msg.topic, &join_ref, r);
         }
@@ -352,9 +355,12 @@ impl Session {
         }
         if let Some(r) = replayed {
             let seam = r.seam;
-            self.svc
-                .router
-                .release(&key, member, Arc::new(move |xid| seam.covers(xid)));
+            let sent = ahead.as_ref().map(resume::broadcasts_sent);
+            self.svc.router.release(
+                &key,
+                member,
+                Arc::new(move |xid| seam.covers(xid) || sent.as_ref().is_some_and(|s| s(xid))),
+            );
         }
         let live = match (claim, gate) {
             (Some(claim), Some(gate)) => {
@@ -364,7 +370,7 @@ impl Session {
                     viewer,
                     subscriptions: resumed_subscriptions.unwrap_or_default(),
                 };
-                self.catch_up(claim, cut, gate, target, join_ref.clone())
+                self.catch_up(claim, cut, gate, target, join_ref.clone(), ahead)
             }
             _ => None,
         };

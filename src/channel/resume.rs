@@ -2,19 +2,26 @@
 //! registering, then (in the background, so the connection keeps answering) replay the
 //! gap from where it left off to dispatch's cut, tell the client how it went, and open
 //! the gate for live frames. See `resume` for positions and parked rows.
+//!
+//! A channel may come from a hub that had read further than this one (another node, or
+//! this hub's reader stalled): its position is ahead of dispatch's cut. It registers at
+//! once all the same; the replay then has nothing to send, and what this hub reads
+//! between the cut and that position, the channel was sent already: its subscriber and
+//! router member skip it (`changes_sent`, `broadcasts_sent`), and its acknowledged
+//! position stays where it resumed until dispatch here has passed it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 
 use super::join_config::JoinConfig;
 use super::session::Session;
 use crate::capture::Position;
-use crate::changes::{Mark, ReplayTarget};
+use crate::changes::{Mark, ReplayTarget, Sent};
 use crate::protocol::{self, NotRecovered, Resumed, SystemMessage};
 use crate::resume::{ChannelAck, ChannelIdent, Found, LiveChannel, ResumeError, ResumeHandle};
 use crate::router::outbox::Gate;
+use crate::router::Covered;
 
 /// A parked row claimed for a joining channel.
 pub(super) struct Claim {
@@ -28,30 +35,32 @@ impl Claim {
     pub(super) fn unreadable(&self) -> bool {
         self.found.is_err()
     }
+
+    /// The channel's position, when dispatch here (at `cut`, where the channel registers)
+    /// is behind it: the hub the channel left had read further. The changes in between
+    /// were sent already; this hub reads them later and must not send them again.
+    pub(super) fn ahead_of(&self, cut: Option<&Mark>) -> Option<Arc<Position>> {
+        let Ok(Found::At(from)) = &self.found else {
+            return None;
+        };
+        let from = Position::parse(from).ok()?;
+        let cut = Position::parse(&cut?.position).ok()?;
+        cut.behind(&from).then(|| Arc::new(from))
+    }
 }
 
-/// How long the resuming joins of one reconnect wait, together, after their replies, for
-/// this hub's reader to reach their positions (`Session::reach`). A connection's pushes
-/// are handled in order, so while one join waits the next one's reply waits too: the
-/// wait must end well inside a client's join timeout (realtime-js: 10 s), or the joins
-/// after it time out and churn. A hub further behind registers the channels anyway, and
-/// the changes in between arrive twice.
-const REACH_WAIT: Duration = Duration::from_secs(5);
+/// The changes a channel resuming from `from` was sent already (`Claim::ahead_of`).
+pub(super) fn changes_sent(from: &Arc<Position>) -> Sent {
+    let from = from.clone();
+    Arc::new(move |xid, id| from.has_read(xid, id))
+}
 
-/// Joins that come within this of the last deadline share it (they were sent together,
-/// and waited behind the first).
-const REACH_SHARED: Duration = Duration::from_secs(2);
-
-/// Whether `cut` is behind `from` (same server lifetime): `from`'s snapshot sees a
-/// transaction `cut`'s does not. A cut partway through a page (a hub catching up reads
-/// page by page) counts as behind until the page is done: the rows of it that `from`
-/// has read may not be read yet.
-fn behind(cut: &Position, from: &Position) -> bool {
-    let same_server = match (cut.origin, from.origin) {
-        (Some(a), Some(b)) => a.server == b.server,
-        _ => true,
-    };
-    same_server && !from.cursor.seen_by(&cut.cursor)
+/// The database broadcasts a channel resuming from `from` was sent already, judged by
+/// transaction alone: a row the position counts as read by its id only (read ahead, or
+/// on an unfinished page) may come again, never be missed.
+pub(super) fn broadcasts_sent(from: &Arc<Position>) -> Covered {
+    let from = from.clone();
+    Arc::new(move |xid| from.has_read(xid, i64::MAX))
 }
 
 impl Session {
@@ -81,60 +90,6 @@ impl Session {
         })
     }
 
-    /// A channel parked by a hub whose reader had got further than this one's (it moved
-    /// here from a node that was ahead): waits until dispatch here has passed its
-    /// position, at most until the connection's reach deadline (`REACH_WAIT` from the
-    /// first such wait of a reconnect, shared by the joins sent with it). Registered
-    /// before, it would receive the changes in between again, live, after a replay of
-    /// nothing. Called after the join reply.
-    pub(super) async fn reach(&mut self, claim: &Claim) {
-        let Ok(Found::At(from)) = &claim.found else {
-            return;
-        };
-        let Ok(from) = Position::parse(from) else {
-            return;
-        };
-        let passed = |mark: &Option<Mark>| {
-            let cut = mark
-                .as_ref()
-                .and_then(|m| Position::parse(&m.position).ok());
-            !cut.is_some_and(|cut| behind(&cut, &from))
-        };
-        let mut delivered = self.svc.changes.progress().delivered();
-        if passed(&delivered.borrow()) {
-            return;
-        }
-        tracing::debug!(
-            conn_id = self.conn_id,
-            "resume: waiting for this hub to reach the channel's position"
-        );
-        let now = tokio::time::Instant::now();
-        let deadline = match self.reach_deadline {
-            Some(d) if now < d + REACH_SHARED => d,
-            _ => now + REACH_WAIT,
-        };
-        self.reach_deadline = Some(deadline);
-        if deadline <= now {
-            // This reconnect's wait is spent (and logged): register behind.
-            tracing::debug!(
-                conn_id = self.conn_id,
-                "resume: registering behind the channel's position"
-            );
-            return;
-        }
-        // A connection closed meanwhile (its client gone) stops waiting: the channel is
-        // registered and parked again at once, still at its position.
-        let closed = self.outbox.close_token();
-        tokio::select! {
-            reached = tokio::time::timeout_at(deadline, delivered.wait_for(passed)) => {
-                if reached.is_err() {
-                    tracing::info!(conn_id = self.conn_id, "resume: this hub did not reach the channel's position in time; changes in between may arrive twice");
-                }
-            }
-            _ = closed.cancelled() => {}
-        }
-    }
-
     /// Tracks the channel's position from `cut` on and spawns its catch-up; `None` when
     /// dispatch has no position yet (the gate opens at once, nothing recovered).
     pub(super) fn catch_up(
@@ -144,6 +99,7 @@ impl Session {
         gate: Arc<Gate>,
         target: ReplayTarget,
         join_ref: Arc<str>,
+        ahead: Option<Arc<Position>>,
     ) -> Option<Arc<LiveChannel>> {
         let (conn, handle) = (self.resume.as_ref()?, self.svc.resume.clone()?);
         let topic = target.key.topic.clone();
@@ -161,7 +117,7 @@ impl Session {
             _ => None,
         };
         let unconfirmed = from.clone().unwrap_or_else(|| cut.position.to_string());
-        let ack = Arc::new(ChannelAck::new(cut.clone(), unconfirmed, u64::MAX));
+        let ack = Arc::new(ChannelAck::new(cut.clone(), unconfirmed, u64::MAX, ahead));
         let live = Arc::new(LiveChannel::new(
             claim.ident,
             claim.owner,
@@ -195,27 +151,5 @@ impl Session {
             ack.caught_up(acks.next_ping_id());
         });
         Some(live)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cut_is_behind_a_position_only_when_that_has_read_more_on_the_same_server() {
-        let p = |s: &str| Position::parse(s).unwrap();
-        assert!(behind(&p("100:/~1.5"), &p("105:/~1.9")));
-        // A transaction still open at the cut, finished for the position.
-        assert!(behind(&p("105:101/~1.5"), &p("105:/~1.9")));
-        assert!(!behind(&p("105:/~1.5"), &p("100:/~1.9")), "ahead");
-        assert!(!behind(&p("105:/~1.5"), &p("105:/~1.9")), "the same");
-        assert!(
-            !behind(&p("100:/~1.5"), &p("105:/~2.9")),
-            "another server lifetime"
-        );
-        // Catching up page by page: behind until the page is read whole.
-        assert!(behind(&p("100:/110:@7/~1.5"), &p("105:/~1.9")));
-        assert!(!behind(&p("105:/110:@7/~1.5"), &p("105:/~1.9")));
     }
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::session::Session;
 use crate::auth::Claims;
-use crate::changes::{Subscriber, Subscription, Validated, Viewer};
+use crate::changes::{Sent, Subscriber, Subscription, Validated, Viewer};
 use crate::protocol::SystemMessage;
 use crate::router::outbox::ChannelOutbox;
 
@@ -34,6 +34,9 @@ pub(super) struct Unsubscribed {
     /// When to try them again because the database could not be reached; `None` when
     /// they failed for what they say (only a new token tries those again).
     retry_at: Option<Instant>,
+    /// `Subscriber::sent` of the channel (it resumed ahead of this hub), kept when its
+    /// subscriptions are replaced.
+    pub(super) sent: Option<Sent>,
 }
 
 impl Unsubscribed {
@@ -52,6 +55,7 @@ impl Unsubscribed {
                 outbox: outbox.clone(),
                 claims: claims.clone(),
                 retry_at: retry_at(validated),
+                sent: None,
             })
         })
     }
@@ -122,6 +126,7 @@ impl Session {
             vsn: self.vsn,
             outbox: unsubscribed.outbox.clone(),
             viewer: Arc::new(Viewer::from_claims(claims)),
+            sent: unsubscribed.sent.clone(),
         };
         let subscriptions = unsubscribed.subscribed.clone();
         let join_ref = ch.join_ref.clone();
@@ -134,7 +139,7 @@ impl Session {
         let changes = &self.svc.changes;
         changes
             .progress()
-            .at_cut(|| changes.subscribe(subscriber, subscriptions));
+            .at_cut(|_| changes.subscribe(subscriber, subscriptions));
         tracing::debug!(conn_id = self.conn_id, topic, role = %claims.role, "entries subscribed on a new token");
         self.system(topic, &join_ref, &SystemMessage::SubscribedToPostgres);
     }

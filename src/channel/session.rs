@@ -155,9 +155,6 @@ pub struct Session {
     pub(super) joins: DefaultDirectRateLimiter,
     pub(super) messages: DefaultDirectRateLimiter,
     pub(super) resume: Option<ConnResume>,
-    /// When resuming joins stop waiting for this hub to reach their positions: one
-    /// deadline for the joins a reconnect sends together (`Session::reach`).
-    pub(super) reach_deadline: Option<tokio::time::Instant>,
 }
 
 /// `per_second` on average, with bursts of `burst_secs` seconds' worth.
@@ -217,7 +214,6 @@ impl Session {
             joins,
             messages,
             resume,
-            reach_deadline: None,
         }
     }
 

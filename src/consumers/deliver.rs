@@ -201,6 +201,7 @@ mod tests {
     fn change(id: i64, seq: u32, op: Op) -> Change {
         Change {
             id,
+            xid: 1,
             seq,
             schema: "public".into(),
             table: "contacts".into(),

@@ -122,6 +122,7 @@ mod tests {
     fn change(table: &str, op: Op) -> Change {
         Change {
             id: 1,
+            xid: 1,
             seq: 0,
             schema: "public".into(),
             table: table.into(),

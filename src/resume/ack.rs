@@ -15,8 +15,9 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use crate::capture::Position;
 use crate::changes::Mark;
 
 /// Pings never answered are forgotten beyond this many.
@@ -133,14 +134,23 @@ pub struct ChannelAck {
     unconfirmed: String,
     /// Acknowledgements of pings from this id on count (`u64::MAX` while catching up).
     valid_from: AtomicU64,
+    /// Where the channel resumed from, when that was ahead of the floor (it came from a
+    /// hub that had read further): no acknowledged position behind it counts.
+    ahead: Option<Arc<Position>>,
 }
 
 impl ChannelAck {
-    pub fn new(floor: Mark, unconfirmed: String, valid_from: u64) -> ChannelAck {
+    pub fn new(
+        floor: Mark,
+        unconfirmed: String,
+        valid_from: u64,
+        ahead: Option<Arc<Position>>,
+    ) -> ChannelAck {
         ChannelAck {
             floor,
             unconfirmed,
             valid_from: AtomicU64::new(valid_from),
+            ahead,
         }
     }
 
@@ -151,16 +161,24 @@ impl ChannelAck {
 
     /// The channel's acknowledged log position (text form of `capture::Position`).
     pub fn position(&self, conn: &ConnAcks) -> String {
-        match conn.acked() {
+        let acked = match conn.acked() {
             Some((id, mark)) if id >= self.valid_from.load(Ordering::Acquire) => {
                 if mark.seq >= self.floor.seq {
-                    mark.position.to_string()
+                    mark.position
                 } else {
-                    self.floor.position.to_string()
+                    self.floor.position.clone()
                 }
             }
-            _ => self.unconfirmed.clone(),
+            _ => return self.unconfirmed.clone(),
+        };
+        if let Some(ahead) = &self.ahead {
+            // Until dispatch here has passed where the channel resumed, that stays its
+            // position: behind it, the changes in between would be replayed again.
+            if Position::parse(&acked).map_or(true, |p| p.behind(ahead)) {
+                return self.unconfirmed.clone();
+            }
         }
+        acked.to_string()
     }
 }
 
@@ -179,7 +197,7 @@ mod tests {
     fn a_channel_counts_only_pongs_of_pings_sent_once_it_was_caught_up() {
         let conn = ConnAcks::default();
         let early = conn.ping(mark(5));
-        let ch = ChannelAck::new(mark(7), "3:".into(), u64::MAX);
+        let ch = ChannelAck::new(mark(7), "3:".into(), u64::MAX, None);
         conn.pong(early);
         assert_eq!(ch.position(&conn), "3:", "still catching up");
         ch.caught_up(conn.next_ping_id());
@@ -193,9 +211,27 @@ mod tests {
     }
 
     #[test]
+    fn a_channel_resumed_ahead_of_its_floor_keeps_its_position_until_an_ack_passes_it() {
+        let conn = ConnAcks::default();
+        let at = |seq: u64, position: &str| Mark {
+            seq,
+            position: position.into(),
+        };
+        let from = Arc::new(Position::parse("120:").unwrap());
+        let ch = ChannelAck::new(at(7, "100:"), "120:".into(), 0, Some(from));
+        assert_eq!(ch.position(&conn), "120:", "nothing acknowledged");
+        conn.pong(conn.ping(at(8, "110:")));
+        assert_eq!(ch.position(&conn), "120:", "acknowledged, still behind it");
+        conn.pong(conn.ping(at(9, "120:")));
+        assert_eq!(ch.position(&conn), "120:");
+        conn.pong(conn.ping(at(10, "130:")));
+        assert_eq!(ch.position(&conn), "130:", "past it");
+    }
+
+    #[test]
     fn after_a_heartbeat_timeout_only_what_heartbeats_prove_counts() {
         let conn = ConnAcks::default();
-        let ch = ChannelAck::new(mark(1), "1:".into(), 0);
+        let ch = ChannelAck::new(mark(1), "1:".into(), 0, None);
         let a = conn.ping(mark(2));
         conn.ping_written(a);
         conn.pong(a);
