@@ -683,3 +683,34 @@ async fn randomized_changes_reach_each_subscriber_exactly_as_select_shows_them()
         eprintln!("{}: {} events match", s.label, got.len());
     }
 }
+
+/// DDL moves the rules version as it runs, not as it commits: a change judged while a
+/// REVOKE is still uncommitted reads the table's rules as they were, and those must not
+/// outlive the commit (they once did, until the next DDL anywhere).
+#[tokio::test]
+async fn a_revoke_committed_while_changes_flow_applies_from_its_commit() {
+    let pg = PgHub::start(SETUP).await;
+    let (mut a, _) = customer(&pg, A).await;
+    let ddl = pg.db.client().await;
+    ddl.batch_execute(
+        "begin; revoke select on public.jobs from authenticated; \
+         grant select (id, customer_id, title) on public.jobs to authenticated;",
+    )
+    .await
+    .unwrap();
+    let before = insert_job(&pg, A, "before").await;
+    let ins = expect_row(&mut a, "INSERT", "jobs", before).await;
+    assert_eq!(
+        ins.data["record"],
+        full_row(before, A, "before"),
+        "judged before the commit"
+    );
+    ddl.batch_execute("commit").await.unwrap();
+    let after = insert_job(&pg, A, "after").await;
+    let ins = expect_row(&mut a, "INSERT", "jobs", after).await;
+    assert_eq!(
+        ins.data["record"],
+        json!({"id": after, "customer_id": A, "title": "after"}),
+        "judged after it"
+    );
+}
