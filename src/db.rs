@@ -48,6 +48,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (69, include_str!("../sql/069_standard_auth_helpers.sql")),
     (70, include_str!("../sql/070_webhook_renames.sql")),
     (71, include_str!("../sql/071_rules_settled.sql")),
+    (72, include_str!("../sql/072_inheritance.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -230,6 +230,59 @@ async fn a_partitioned_tables_changes_carry_the_table_name_subscribers_use() {
     capture.stop().await;
 }
 
+/// Plain inheritance: an UPDATE or DELETE through a parent reaches its child's rows too;
+/// each row is logged under the table that holds it, with that table's columns (as
+/// logical decoding reports it), also for a child made after the parent was captured.
+#[tokio::test]
+async fn rows_changed_through_an_inheritance_parent_are_logged_under_the_table_holding_them() {
+    let (db, client) = database("create table par (id int primary key, v text)", "par").await;
+    client
+        .batch_execute(
+            "create table kid (extra text) inherits (par); alter table kid add primary key (id);",
+        )
+        .await
+        .unwrap();
+    switchboard::db::enable(&client, "kid").await.unwrap();
+    let mut capture = start_capture(&db.hub_url().await, 1000).await;
+    client
+        .batch_execute(
+            "insert into par values (1, 'p'); insert into kid values (2, 'k', 'x'), (3, 'k', 'y');
+             update par set v = 'via parent'; delete from par where id = 3;",
+        )
+        .await
+        .unwrap();
+    let got: Vec<_> = changes(&mut capture, 7)
+        .await
+        .into_iter()
+        .map(|c| {
+            let row = if c.op == Op::Delete {
+                &c.old_record
+            } else {
+                &c.record
+            };
+            (c.table.clone(), c.op, Value::Object(row.clone().unwrap()))
+        })
+        .collect();
+    let kid = |id: i64, v: &str, extra: &str| json!({"id": id, "v": v, "extra": extra});
+    assert_eq!(
+        got,
+        [
+            ("par".to_owned(), Op::Insert, json!({"id": 1, "v": "p"})),
+            ("kid".to_owned(), Op::Insert, kid(2, "k", "x")),
+            ("kid".to_owned(), Op::Insert, kid(3, "k", "y")),
+            (
+                "par".to_owned(),
+                Op::Update,
+                json!({"id": 1, "v": "via parent"})
+            ),
+            ("kid".to_owned(), Op::Update, kid(2, "via parent", "x")),
+            ("kid".to_owned(), Op::Update, kid(3, "via parent", "y")),
+            ("kid".to_owned(), Op::Delete, kid(3, "via parent", "y")),
+        ]
+    );
+    capture.stop().await;
+}
+
 #[tokio::test]
 async fn tables_without_a_primary_key_are_captured_statement_by_statement() {
     let (db, client) = database("create table log (msg text)", "log").await;
