@@ -114,6 +114,32 @@ async fn a_table_added_to_the_publication_while_the_hub_runs_is_captured_at_once
     assert_eq!(enabled_via(&pg).await, pairs(&[("jobs", "publication")]));
 }
 
+/// A partitioned table in the publication without `publish_via_partition_root` is
+/// captured as its partitions: a join naming it is told so, and how to capture it as
+/// itself, rather than to add it to the publication it is in.
+#[tokio::test]
+async fn a_partitioned_table_published_as_its_partitions_is_refused_with_what_to_do() {
+    let pg = PgHub::start(SETUP).await;
+    pg.exec(
+        "create table public.ev (id int, day date, primary key (id, day)) partition by range (day); \
+         create table public.ev_2026 partition of public.ev for values from ('2026-01-01') to ('2027-01-01'); \
+         grant select on public.ev, public.ev_2026 to authenticated; \
+         alter publication supabase_realtime add table public.ev;",
+    )
+    .await;
+    let mut c = pg.connect(Vsn::V2).await;
+    let refused = try_subscribe(&pg, &mut c, "realtime:ev", "ev").await;
+    assert_eq!(
+        refused["message"],
+        "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: \
+         table public.ev is partitioned and not captured as itself (publication supabase_realtime publishes its partitions, \
+         under their own names, unless publish_via_partition_root is set); subscribe to its partitions, or set: \
+         alter publication supabase_realtime set (publish_via_partition_root = true); \
+         or enable it with: select realtime.enable('public.ev')"
+    );
+    subscribed(&pg, "realtime:partition", &["ev_2026"]).await;
+}
+
 #[tokio::test]
 async fn publication_and_realtime_enable_are_tracked_apart() {
     let pg = PgHub::start(SETUP).await;

@@ -53,6 +53,7 @@ const COLUMN_TYPE: &str =
 /// One table by exact schema and name: `$1` the capture trigger name, `$2` schema,
 /// `$3` table.
 const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.relrowsecurity, c.relforcerowsecurity, \
+           c.relkind = 'p' as partitioned, \
            exists (select 1 from pg_catalog.pg_trigger t \
                     where t.tgrelid = c.oid and t.tgname = $1::text) as realtime_enabled, \
            c.relreplident::text as replica_identity, \
@@ -174,6 +175,8 @@ pub struct TableInfo {
     pub rls_forced: bool,
     /// Has the capture triggers.
     pub realtime_enabled: bool,
+    /// A partitioned table (its rows live in its partitions).
+    pub partitioned: bool,
     pub replica_identity: ReplicaIdentity,
     /// The events its postgres_changes subscribers receive.
     pub events: Events,
@@ -561,6 +564,7 @@ fn table_info(row: &Row) -> TableInfo {
         rls_enabled: row.get("relrowsecurity"),
         rls_forced: row.get("relforcerowsecurity"),
         realtime_enabled: row.get("realtime_enabled"),
+        partitioned: row.get("partitioned"),
         replica_identity: match row.get::<_, String>("replica_identity").as_str() {
             "f" => ReplicaIdentity::Full,
             "n" => ReplicaIdentity::Nothing,

@@ -254,9 +254,10 @@ async fn subscription(
         });
     };
     if !info.realtime_enabled {
-        return Err(match capturable(schema) {
-            true => ChangesError::NotEnabled { table: name },
-            false => ChangesError::NotCapturable { table: name },
+        return Err(match (capturable(schema), info.partitioned) {
+            (true, false) => ChangesError::NotEnabled { table: name },
+            (true, true) => ChangesError::NotEnabledPartitioned { table: name },
+            (false, _) => ChangesError::NotCapturable { table: name },
         });
     }
     // Which rows match a filter tells its column's values: only readable columns, checked

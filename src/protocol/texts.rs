@@ -220,6 +220,10 @@ pub enum ChangesError {
     /// as Supabase's does for a table outside the publication.
     #[error("Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: table {table} is not enabled for realtime; add it to the publication with: {} or enable it with: {}", publication_sql(.table), enable_sql(.table))]
     NotEnabled { table: String },
+    /// [`ChangesError::NotEnabled`] for a partitioned table: adding it to the publication
+    /// alone captures its partitions, under their own names.
+    #[error("Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: table {table} is partitioned and not captured as itself (publication supabase_realtime publishes its partitions, under their own names, unless publish_via_partition_root is set); subscribe to its partitions, or set: alter publication supabase_realtime set (publish_via_partition_root = true); or enable it with: {}", enable_sql(.table))]
+    NotEnabledPartitioned { table: String },
     /// A table in schema `realtime` (the hub's own): there is nothing to enable.
     #[error("Unable to subscribe to changes with given parameters: table {table} cannot be captured: tables in schema realtime are never captured")]
     NotCapturable { table: String },
