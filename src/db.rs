@@ -49,6 +49,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (70, include_str!("../sql/070_webhook_renames.sql")),
     (71, include_str!("../sql/071_rules_settled.sql")),
     (72, include_str!("../sql/072_inheritance.sql")),
+    (73, include_str!("../sql/073_prune_by_horizon.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -302,6 +302,102 @@ async fn retention_deletes_only_old_rows_the_cursor_has_passed() {
     assert_eq!(left, vec![3, 4]);
 }
 
+/// Holds: a row goes once every live hold has read it (a durable reader's hold only up to
+/// the cap, past which that reader is marked lost; a node's always); expired holds count
+/// for nothing, however many there are.
+#[tokio::test]
+async fn retention_waits_for_live_holds_and_marks_readers_it_passes_at_the_cap() {
+    let db = common::pg::test_db().await;
+    let client = db.client().await;
+    switchboard::db::migrate(&client).await.unwrap();
+    client
+        .batch_execute("create table notes (id int primary key)")
+        .await
+        .unwrap();
+    switchboard::db::enable(&client, "notes").await.unwrap();
+    let snapshot = || async {
+        let s: String = client
+            .query_one("select pg_current_snapshot()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        s
+    };
+    let mut seen = Vec::new();
+    for id in 1..=3 {
+        client
+            .execute("insert into notes values ($1)", &[&id])
+            .await
+            .unwrap();
+        seen.push(snapshot().await);
+    }
+    let hold = "insert into realtime.log_holds (kind, holder, snapshot, expires_at) \
+                values ($1, $2, $3::text::pg_snapshot, now() + make_interval(secs => $4))";
+    // A durable reader that has read row 1, another hub that has read rows 1 and 2, and
+    // many expired holds that have read nothing.
+    client
+        .execute(hold, &[&"resume", &"reader", &seen[0], &3600.0f64])
+        .await
+        .unwrap();
+    client
+        .execute(hold, &[&"node", &"other-hub", &seen[1], &3600.0f64])
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "insert into realtime.log_holds (kind, holder, snapshot, expires_at) \
+             select 'resume', 'gone-' || i, '1:1:'::pg_snapshot, now() - interval '1 hour' \
+             from generate_series(1, 2000) i",
+        )
+        .await
+        .unwrap();
+    let cursor = Cursor::from_pg_snapshot(&seen[2]).unwrap();
+    let left = || async {
+        let ids: Vec<i32> = client
+            .query(
+                "select (rows->0->>'id')::int from realtime.changes order by 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        ids
+    };
+    let hub = db.hub_client().await;
+    let retention = |cap| Retention {
+        keep: Duration::ZERO,
+        cap: Duration::from_secs(cap),
+        ..Retention::default()
+    };
+    let pruned = prune(&hub, &cursor, &retention(3600)).await.unwrap();
+    assert_eq!((pruned.deleted, pruned.lost), (1, 0));
+    assert_eq!(
+        left().await,
+        [2, 3],
+        "row 2 waits for the reader, row 3 for the hub"
+    );
+    let pruned = prune(&hub, &cursor, &retention(0)).await.unwrap();
+    assert_eq!((pruned.deleted, pruned.lost), (1, 1));
+    assert_eq!(
+        left().await,
+        [3],
+        "past the cap only the other hub holds a row back"
+    );
+    let lost: Vec<String> = client
+        .query(
+            "select holder from realtime.log_holds where lost_at is not null",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(lost, ["reader"]);
+}
+
 /// (schema, table) of every row of the `realtime.enabled_tables` view.
 async fn enabled_tables(client: &tokio_postgres::Client) -> Vec<(String, String)> {
     client

@@ -48,6 +48,9 @@ use wake::{Next, Wake};
 const WAKE_CHANNEL_NAME: &str = "select name from realtime.wake_channel";
 /// `application_name` of the capture connection (visible in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "switchboard-capture";
+
+/// The `application_name` of the connection a prune of the log runs on.
+const PRUNE_APPLICATION_NAME: &str = "switchboard-prune";
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often this hub's position is checkpointed as its hold on the log.
@@ -162,11 +165,14 @@ struct Session<'a> {
     shutdown: &'a CancellationToken,
 }
 
-/// Periodic upkeep on the capture connection, run between reads.
+/// Periodic upkeep on the capture connection, run between reads (the prune runs on a
+/// connection of its own: however long it takes, reads go on).
 struct Upkeep {
     next_checkpoint: Instant,
     next_prune: Instant,
     prune_every: Duration,
+    /// The prune under way, if any (one at a time).
+    pruning: Option<AbortOnDrop>,
 }
 
 /// An empty batch that only moves dispatch's position (at start, and about once a
@@ -234,6 +240,7 @@ impl Session<'_> {
             next_checkpoint: now,
             prune_every: retention_every(retention.keep),
             next_prune: now + retention_every(retention.keep),
+            pruning: None,
         };
         let mut wake = Wake::new();
         loop {
@@ -488,17 +495,13 @@ impl Session<'_> {
             // queue means the position is about to be announced anyway.
             let _ = self.out.try_send(position_only(position));
         }
-        if now >= upkeep.next_prune {
-            let pruned = prune(client, &position.cursor, retention).await?;
-            if pruned.deleted > 0 {
-                tracing::info!(deleted = pruned.deleted, "pruned change log");
-            }
-            if pruned.lost > 0 {
-                tracing::warn!(
-                    readers = pruned.lost,
-                    "change log pruned at the retention cap past durable readers' positions"
-                );
-            }
+        let busy = upkeep.pruning.as_ref().is_some_and(|p| !p.0.is_finished());
+        if now >= upkeep.next_prune && !busy {
+            let (url, cursor) = (self.cfg.database_url.clone(), position.cursor.clone());
+            let retention = *retention;
+            upkeep.pruning = Some(AbortOnDrop(tokio::spawn(async move {
+                prune_apart(&url, &cursor, &retention).await;
+            })));
             upkeep.next_prune = now + upkeep.prune_every;
         }
         Ok(())
@@ -510,6 +513,39 @@ impl Session<'_> {
             tracing::debug!(error = %e, "could not release the log hold");
         }
         Ok(())
+    }
+}
+
+/// Prunes the log up to `cursor` (what this hub has read) on a connection of its own,
+/// and logs the outcome; a failure waits for the next prune.
+async fn prune_apart(url: &str, cursor: &Cursor, retention: &Retention) {
+    let pruned = async {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| CaptureError::BadUrl(e.to_string()))?;
+        config
+            .application_name(PRUNE_APPLICATION_NAME)
+            .connect_timeout(CONNECT_TIMEOUT);
+        let (client, connection) = config.connect(NoTls).await?;
+        let _driver = AbortOnDrop(tokio::spawn(async move {
+            let _ = connection.await;
+        }));
+        prune(&client, cursor, retention).await
+    }
+    .await;
+    match pruned {
+        Ok(p) => {
+            if p.deleted > 0 {
+                tracing::info!(deleted = p.deleted, "pruned change log");
+            }
+            if p.lost > 0 {
+                tracing::warn!(
+                    readers = p.lost,
+                    "change log pruned at the retention cap past durable readers' positions"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not prune the change log"),
     }
 }
 
