@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (71, include_str!("../sql/071_rules_settled.sql")),
     (72, include_str!("../sql/072_inheritance.sql")),
     (73, include_str!("../sql/073_prune_by_horizon.sql")),
+    (74, include_str!("../sql/074_checks_per_row_type.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -714,3 +714,38 @@ async fn a_revoke_committed_while_changes_flow_applies_from_its_commit() {
         "judged after it"
     );
 }
+
+/// A table dropped and created again while the hub runs (a `supabase db reset`, a
+/// migration that recreates it), with a policy Postgres checks: its rows reach its
+/// subscribers as before. The check prepared for the dropped table once kept its row type
+/// on the hub's pooled sessions, and every check on the new table failed.
+#[tokio::test]
+async fn a_table_dropped_and_created_again_is_checked_as_the_new_table() {
+    const TABLE: &str = "create table public.rc (id bigserial primary key, body text);
+        alter table public.rc enable row level security;
+        create policy shown on public.rc for select to authenticated using (body <> 'hidden');
+        grant select on public.rc to authenticated;
+        select realtime.enable('public.rc');";
+    let pg = PgHub::start(TABLE).await;
+    let entry = json!([{"event": "INSERT", "schema": "public", "table": "rc"}]);
+    let insert = || {
+        pg.id(
+            "insert into public.rc (body) values ('b') returning id",
+            &[],
+        )
+    };
+    let mut before = pg.connect(Vsn::V2).await;
+    subscribe(&mut before, "realtime:rc", entry.clone(), Some(&pg.user(A))).await;
+    for _ in 0..3 {
+        let id = insert().await;
+        expect_row(&mut before, "INSERT", "rc", id).await;
+    }
+    pg.exec(&format!("drop table public.rc; {TABLE}")).await;
+    let mut after = pg.connect(Vsn::V2).await;
+    subscribe(&mut after, "realtime:rc", entry, Some(&pg.user(B))).await;
+    for _ in 0..3 {
+        let id = insert().await;
+        expect_row(&mut before, "INSERT", "rc", id).await;
+        expect_row(&mut after, "INSERT", "rc", id).await;
+    }
+}
