@@ -417,6 +417,57 @@ async fn an_enum_column_is_filtered_by_its_labels_in_their_order() {
     );
 }
 
+/// The order of an enum's labels changed while subscribed (a label added between two,
+/// the column retyped to an enum ordered otherwise): the changes written after it are
+/// compared in the new order, as Postgres compares them then.
+#[tokio::test]
+async fn an_enum_filter_follows_labels_added_and_reordered_while_subscribed() {
+    let pg = PgHub::start(
+        r#"
+        create type public.stage as enum ('lead', 'qualified', 'won');
+        create table public.deals (id bigserial primary key, s public.stage);
+        grant select on public.deals to authenticated;
+        select realtime.enable('public.deals');
+        "#,
+    )
+    .await;
+    let insert = |stage: &'static str| {
+        let pg = &pg;
+        async move {
+            pg.id(
+                "insert into public.deals (s) values ($1::text::public.stage) returning id",
+                &[&stage],
+            )
+            .await
+        }
+    };
+    let (above, below) = ("s=gt.qualified", "s=lt.qualified");
+    let mut after = watch(&pg, "deals", above).await;
+    let mut before = watch(&pg, "deals", below).await;
+    // lead < qualified < proposal < won
+    pg.exec("alter type public.stage add value 'proposal' after 'qualified'")
+        .await;
+    let lead = insert("lead").await;
+    let proposal = insert("proposal").await;
+    let won = insert("won").await;
+    expect_first(&mut after, proposal, above).await;
+    expect_first(&mut after, won, above).await;
+    expect_first(&mut before, lead, below).await;
+
+    // won < proposal < qualified < lead
+    pg.exec(
+        "alter table public.deals alter column s type text; drop type public.stage; \
+         create type public.stage as enum ('won', 'proposal', 'qualified', 'lead'); \
+         alter table public.deals alter column s type public.stage using s::public.stage;",
+    )
+    .await;
+    let lead = insert("lead").await;
+    insert("qualified").await;
+    let won = insert("won").await;
+    expect_first(&mut after, lead, above).await;
+    expect_first(&mut before, won, below).await;
+}
+
 /// A value the hub does not read as its column's type itself is read by Postgres, as
 /// Supabase has Postgres cast every value: what Postgres accepts subscribes and matches,
 /// and what it refuses is refused at join in Supabase's words, Postgres's message included.

@@ -16,6 +16,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::OnceCell;
 use tokio_postgres::Row;
 
+use super::enum_order::EnumOrders;
 use super::row::{ColumnInfo, Op};
 
 /// How long a lookup (found or not) is served from memory.
@@ -288,6 +289,8 @@ struct Inner {
     version: Cache<(), i64>,
     /// The version the cached answers were read under. Short-held, never across an await.
     seen_version: Mutex<Option<i64>>,
+    /// The label order of enum columns filtered by order, shared by their filters.
+    enum_orders: EnumOrders,
 }
 
 type Cache<K, T> = Mutex<HashMap<K, Entry<T>>>;
@@ -313,8 +316,22 @@ impl Catalog {
                 selectable: Mutex::new(HashMap::new()),
                 version: Mutex::new(HashMap::new()),
                 seen_version: Mutex::new(None),
+                enum_orders: EnumOrders::default(),
             }),
         }
+    }
+
+    /// The label order of enum columns filtered by order (`enum_order`).
+    pub fn enum_orders(&self) -> &EnumOrders {
+        &self.inner.enum_orders
+    }
+
+    /// Reads those labels again if the rules version `version` is new to them.
+    pub async fn refresh_enum_orders(&self, version: i64) {
+        self.inner
+            .enum_orders
+            .refresh(&self.inner.pool, version)
+            .await;
     }
 
     /// The table `schema.table` (exact, case-sensitive names), or `None` if there is no

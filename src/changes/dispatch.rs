@@ -167,6 +167,17 @@ pub async fn run_dispatch(
     let batches =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     let checked = batches
+        .then(|batch| {
+            let d = d.clone();
+            async move {
+                // DDL moved the rules version: enum filters compare by the labels' order
+                // of now (an `ALTER TYPE … ADD VALUE` before the batch's changes).
+                if let Some(version) = batch.rules_version {
+                    d.catalog.refresh_enum_orders(version).await;
+                }
+                batch
+            }
+        })
         .map(|batch| {
             // Matching runs here, in order, as each batch is taken from the channel.
             let matched = d.match_batch(batch);

@@ -21,6 +21,7 @@ mod value;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
+use super::enum_order::EnumOrder;
 use super::row::{ColumnInfo, Row};
 pub use crate::protocol::FilterError;
 use pattern::{Pattern, PatternError};
@@ -264,6 +265,19 @@ impl BoundFilter {
         self.conditions.is_empty()
     }
 
+    /// Has each condition that compares an enum column by its labels' order take the
+    /// order `share` returns for that column (the one its other filters share).
+    pub fn share_enum_orders(
+        &mut self,
+        mut share: impl FnMut(&str, &Arc<EnumOrder>) -> Arc<EnumOrder>,
+    ) {
+        for c in &mut self.conditions {
+            if let Test::Rank(_, _, order) = &mut c.test {
+                *order = share(&c.column, order);
+            }
+        }
+    }
+
     /// The columns `matches` reads.
     pub fn columns(&self) -> impl Iterator<Item = &str> {
         self.conditions.iter().map(|c| c.column.as_str())
@@ -309,9 +323,9 @@ impl BoundFilter {
 #[derive(Debug, Clone)]
 enum Test {
     Cmp(Op, Scalar),
-    /// `lt`/`lte`/`gt`/`gte` on an enum: by the labels' sort order (`labels`), against
-    /// the label at `want`.
-    Rank(Op, usize, Arc<[String]>),
+    /// `lt`/`lte`/`gt`/`gte` on an enum: by the labels' sort order as it is now
+    /// (`EnumOrder`, shared by the column's filters), against the label `want`.
+    Rank(Op, String, Arc<EnumOrder>),
     /// `= any(list)`; `true` when the list holds a NULL, so that a value matching none
     /// of the others is unknown (no match, negated or not).
     In(Vec<Scalar>, bool),
@@ -360,14 +374,16 @@ impl BoundCondition {
         };
         let result = match &self.test {
             Test::Cmp(op, want) => compare(*op, &have, want),
-            Test::Rank(op, want, labels) => {
+            Test::Rank(op, want, order) => {
                 let Scalar::Text(label) = &have else {
                     return false;
                 };
-                let Some(rank) = labels.iter().position(|l| l == label) else {
+                let labels = order.labels();
+                let rank = |l: &str| labels.iter().position(|x| x == l);
+                let (Some(rank), Some(want)) = (rank(label), rank(want)) else {
                     return false;
                 };
-                compare_order(*op, rank.cmp(want))
+                compare_order(*op, rank.cmp(&want))
             }
             Test::In(list, null) => {
                 let hit = list.iter().any(|want| have.equals(want));
@@ -479,7 +495,8 @@ fn bind_condition(
         (Operand::One(s), op @ (Op::Lt | Op::Lte | Op::Gt | Op::Gte)) if info.labels.is_some() => {
             let labels = info.labels.clone().unwrap_or_default();
             let s = cast(s).unwrap_or(s);
-            Test::Rank(op, rank(s).ok_or_else(|| invalid(s))?, labels)
+            rank(s).ok_or_else(|| invalid(s))?;
+            Test::Rank(op, s.to_owned(), Arc::new(EnumOrder::new(labels)))
         }
         (Operand::One(s), op @ (Op::Lt | Op::Lte | Op::Gt | Op::Gte)) => {
             if !kind.orderable() {

@@ -9,6 +9,7 @@
 
 mod catalog;
 mod dispatch;
+mod enum_order;
 mod filter;
 mod index;
 mod keys;

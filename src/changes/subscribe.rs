@@ -301,7 +301,9 @@ async fn subscription(
             Err(e) => return Err(unavailable(e)),
         }
     }
-    let filter = parsed.bind_cast(&info.columns, &casts)?;
+    let mut filter = parsed.bind_cast(&info.columns, &casts)?;
+    let orders = catalog.enum_orders();
+    filter.share_enum_orders(|column, order| orders.share(schema, table, column, order));
     let select = match select {
         Some(cols) => Some(check_select(&info, &selectable, role, cols)?),
         None => None,
