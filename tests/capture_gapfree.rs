@@ -219,14 +219,7 @@ async fn realtime_send_is_delivered_as_a_broadcast() {
 
 #[tokio::test]
 async fn changes_committed_before_the_capture_started_are_not_delivered() {
-    let db = common::pg::test_db().await;
-    let client = db.client().await;
-    switchboard::db::migrate(&client).await.unwrap();
-    client
-        .batch_execute("create table notes (id int primary key)")
-        .await
-        .unwrap();
-    switchboard::db::enable(&client, "notes").await.unwrap();
+    let (db, client) = notes_db().await;
     client
         .batch_execute("insert into notes values (1)")
         .await
@@ -250,14 +243,8 @@ async fn changes_committed_before_the_capture_started_are_not_delivered() {
 
 #[tokio::test]
 async fn retention_deletes_only_old_rows_the_cursor_has_passed() {
-    let db = common::pg::test_db().await;
-    let (client, open_tx) = (db.client().await, db.client().await);
-    switchboard::db::migrate(&client).await.unwrap();
-    client
-        .batch_execute("create table notes (id int primary key)")
-        .await
-        .unwrap();
-    switchboard::db::enable(&client, "notes").await.unwrap();
+    let (db, client) = notes_db().await;
+    let open_tx = db.client().await;
     client
         .batch_execute("insert into notes values (1); insert into notes values (2)")
         .await
@@ -289,17 +276,7 @@ async fn retention_deletes_only_old_rows_the_cursor_has_passed() {
     assert_eq!(kept.deleted, 0, "rows younger than the retention are kept");
     let deleted = prune(&hub, &cursor, &keep(0)).await.unwrap();
     assert_eq!(deleted.deleted, 2);
-    let left: Vec<i32> = client
-        .query(
-            "select (rows->0->>'id')::int from realtime.changes order by 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(left, vec![3, 4]);
+    assert_eq!(notes_left(&client).await, [3, 4]);
 }
 
 /// Holds: a row goes once every live hold has read it (a durable reader's hold only up to
@@ -307,14 +284,7 @@ async fn retention_deletes_only_old_rows_the_cursor_has_passed() {
 /// for nothing, however many there are.
 #[tokio::test]
 async fn retention_waits_for_live_holds_and_marks_readers_it_passes_at_the_cap() {
-    let db = common::pg::test_db().await;
-    let client = db.client().await;
-    switchboard::db::migrate(&client).await.unwrap();
-    client
-        .batch_execute("create table notes (id int primary key)")
-        .await
-        .unwrap();
-    switchboard::db::enable(&client, "notes").await.unwrap();
+    let (db, client) = notes_db().await;
     let snapshot = || async {
         let s: String = client
             .query_one("select pg_current_snapshot()::text", &[])
@@ -352,19 +322,6 @@ async fn retention_waits_for_live_holds_and_marks_readers_it_passes_at_the_cap()
         .await
         .unwrap();
     let cursor = Cursor::from_pg_snapshot(&seen[2]).unwrap();
-    let left = || async {
-        let ids: Vec<i32> = client
-            .query(
-                "select (rows->0->>'id')::int from realtime.changes order by 1",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        ids
-    };
     let hub = db.hub_client().await;
     let retention = |cap| Retention {
         keep: Duration::ZERO,
@@ -374,14 +331,14 @@ async fn retention_waits_for_live_holds_and_marks_readers_it_passes_at_the_cap()
     let pruned = prune(&hub, &cursor, &retention(3600)).await.unwrap();
     assert_eq!((pruned.deleted, pruned.lost), (1, 0));
     assert_eq!(
-        left().await,
+        notes_left(&client).await,
         [2, 3],
         "row 2 waits for the reader, row 3 for the hub"
     );
     let pruned = prune(&hub, &cursor, &retention(0)).await.unwrap();
     assert_eq!((pruned.deleted, pruned.lost), (1, 1));
     assert_eq!(
-        left().await,
+        notes_left(&client).await,
         [3],
         "past the cap only the other hub holds a row back"
     );
@@ -396,6 +353,33 @@ async fn retention_waits_for_live_holds_and_marks_readers_it_passes_at_the_cap()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(lost, ["reader"]);
+}
+
+/// A migrated database with table `notes (id int primary key)` captured.
+async fn notes_db() -> (common::pg::TestDb, tokio_postgres::Client) {
+    let db = common::pg::test_db().await;
+    let client = db.client().await;
+    switchboard::db::migrate(&client).await.unwrap();
+    client
+        .batch_execute("create table notes (id int primary key)")
+        .await
+        .unwrap();
+    switchboard::db::enable(&client, "notes").await.unwrap();
+    (db, client)
+}
+
+/// The ids of the `notes` rows still in the log, in order.
+async fn notes_left(client: &tokio_postgres::Client) -> Vec<i32> {
+    client
+        .query(
+            "select (rows->0->>'id')::int from realtime.changes order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 /// (schema, table) of every row of the `realtime.enabled_tables` view.
