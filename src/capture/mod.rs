@@ -520,13 +520,7 @@ impl Session<'_> {
 /// and logs the outcome; a failure waits for the next prune.
 async fn prune_apart(url: &str, cursor: &Cursor, retention: &Retention) {
     let pruned = async {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| CaptureError::BadUrl(e.to_string()))?;
-        config
-            .application_name(PRUNE_APPLICATION_NAME)
-            .connect_timeout(CONNECT_TIMEOUT);
-        let (client, connection) = config.connect(NoTls).await?;
+        let (client, connection) = config(url, PRUNE_APPLICATION_NAME)?.connect(NoTls).await?;
         let _driver = AbortOnDrop(tokio::spawn(async move {
             let _ = connection.await;
         }));
@@ -547,6 +541,18 @@ async fn prune_apart(url: &str, cursor: &Cursor, retention: &Retention) {
         }
         Err(e) => tracing::warn!(error = %e, "could not prune the change log"),
     }
+}
+
+/// The connection settings of `url` for a connection of this module named
+/// `application_name`.
+fn config(url: &str, application_name: &str) -> Result<tokio_postgres::Config, CaptureError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| CaptureError::BadUrl(e.to_string()))?;
+    config
+        .application_name(application_name)
+        .connect_timeout(CONNECT_TIMEOUT);
+    Ok(config)
 }
 
 /// Takes (or renews) the wake-up lease; whether one was still held just before.
@@ -577,12 +583,8 @@ struct Wakes {
 /// Opens the capture connection; its messages are driven by a task that queues each
 /// notification's payload. The queue closes when the connection ends.
 async fn open(url: &str) -> Result<(Client, Wakes, JoinHandle<()>), CaptureError> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| CaptureError::BadUrl(e.to_string()))?;
+    let mut config = config(url, APPLICATION_NAME)?;
     config
-        .application_name(APPLICATION_NAME)
-        .connect_timeout(CONNECT_TIMEOUT)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30));
     let (client, mut connection) = config.connect(NoTls).await?;

@@ -326,12 +326,44 @@ impl Catalog {
         &self.inner.enum_orders
     }
 
-    /// Reads those labels again if the rules version `version` is new to them.
+    /// Reads the labels of the enum columns filtered by order again, from each table as
+    /// `table` reads it (uncached), if the rules version `version` is new to them. Read
+    /// while the DDL that moved the version is uncommitted (`rules_settled`), they count
+    /// until the next batch only; a failed read keeps them as they were.
     pub async fn refresh_enum_orders(&self, version: i64) {
-        self.inner
-            .enum_orders
-            .refresh(&self.inner.pool, version)
-            .await;
+        let orders = &self.inner.enum_orders;
+        let Some(columns) = orders.stale(version) else {
+            return;
+        };
+        let read = async {
+            let client = self.inner.pool.get().await?;
+            let settled = rules_settled(&client).await?;
+            let mut tables: HashMap<(&str, &str), Option<TableInfo>> = HashMap::new();
+            for ((schema, table, column), order) in &columns {
+                let info = match tables.entry((schema, table)) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(read_table(&client, schema, table).await?)
+                    }
+                };
+                // Gone, or no longer an enum: its filters stay as they were bound.
+                let labels = info
+                    .as_ref()
+                    .and_then(|t| t.columns.iter().find(|c| c.name == *column))
+                    .and_then(|c| c.labels.clone());
+                if let Some(labels) = labels {
+                    order.set(labels);
+                }
+            }
+            Ok::<_, CatalogError>(settled)
+        };
+        match read.await {
+            Ok(true) => orders.read_under(version),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read enum labels again; filters keep their order")
+            }
+        }
     }
 
     /// The table `schema.table` (exact, case-sensitive names), or `None` if there is no
@@ -345,11 +377,7 @@ impl Catalog {
         let key = (schema.to_owned(), table.to_owned());
         let fetch = async {
             let client = self.inner.pool.get().await?;
-            let stmt = client.prepare_cached(TABLE_BY_NAME).await?;
-            let row = client
-                .query_opt(&stmt, &[&CAPTURE_TRIGGER, &schema, &table])
-                .await?;
-            Ok(row.map(|r| Arc::new(table_info(&r))))
+            Ok(read_table(&client, schema, table).await?.map(Arc::new))
         };
         let enabled = |t: &Option<Arc<TableInfo>>| t.as_ref().is_some_and(|t| t.realtime_enabled);
         cached(&self.inner.tables, key, CACHE_TTL, enabled, fetch).await
@@ -553,6 +581,30 @@ where
 struct ColumnBase {
     base: Option<String>,
     labels: Option<Vec<String>>,
+}
+
+/// The table `schema.table` as the catalog reads it, uncached.
+async fn read_table(
+    client: &deadpool_postgres::Client,
+    schema: &str,
+    table: &str,
+) -> Result<Option<TableInfo>, CatalogError> {
+    let stmt = client.prepare_cached(TABLE_BY_NAME).await?;
+    let row = client
+        .query_opt(&stmt, &[&CAPTURE_TRIGGER, &schema, &table])
+        .await?;
+    Ok(row.map(|r| table_info(&r)))
+}
+
+/// Whether no DDL that moved the rules version is still uncommitted (sql/071): only then
+/// does what is read from the catalog belong to the version observed before.
+pub(super) async fn rules_settled(
+    client: &deadpool_postgres::Client,
+) -> Result<bool, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached("select realtime.rules_settled()")
+        .await?;
+    Ok(client.query_one(&stmt, &[]).await?.get(0))
 }
 
 fn table_info(row: &Row) -> TableInfo {

@@ -378,9 +378,11 @@ impl BoundCondition {
                 let Scalar::Text(label) = &have else {
                     return false;
                 };
-                let labels = order.labels();
-                let rank = |l: &str| labels.iter().position(|x| x == l);
-                let (Some(rank), Some(want)) = (rank(label), rank(want)) else {
+                let ranks = order.with_labels(|labels| {
+                    let rank = |l: &str| labels.iter().position(|x| x == l);
+                    rank(label).zip(rank(want))
+                });
+                let Some((rank, want)) = ranks else {
                     return false;
                 };
                 compare_order(*op, rank.cmp(&want))

@@ -7,7 +7,7 @@
 //! only, so dispatch can tell that subscriber.
 //!
 //! Per (table, role) rules are cached until `realtime.rules_version()` changes (any DDL;
-//! only rules read once the DDL that moved it has committed, see `RULES_SETTLED`):
+//! only rules read once the DDL that moved it has committed, see `catalog::rules_settled`):
 //! "nothing", "every row" and policies that compare a column with a claim (`keys`:
 //! `customer_id = auth.uid()`, `org_id = (auth.jwt() ->> 'org_id')::bigint`, ...) are
 //! then decided in-process; only other policies go to Postgres. The same rules, as
@@ -31,10 +31,6 @@ const VISIBLE_TO: &str = "select check_no, visible, old_visible, columns, proble
      from realtime.visible_to($1::oid[], $2::jsonb[], $3::jsonb[], $4::int[], $5::text[], $6::text[])";
 
 const RULES_VERSION: &str = "select realtime.rules_version()";
-
-/// Whether no DDL that moved the rules version is still uncommitted (sql/071): only then
-/// do rules read from the catalog belong to the version observed before.
-const RULES_SETTLED: &str = "select realtime.rules_settled()";
 
 const RULES: &str = "select u.rel, u.role_name, r.mode, r.columns, \
        case when r.mode = 'rls' then realtime.row_keys(u.rel, u.role_name) end \
@@ -424,10 +420,7 @@ impl RlsChecker {
         // Asked after `version` was observed and before the catalog is read: DDL that
         // moved the version before it committed leaves the rules it changed unread yet.
         let settled = match version {
-            Some(_) => {
-                let stmt = client.prepare_cached(RULES_SETTLED).await?;
-                client.query_one(&stmt, &[]).await?.get::<_, bool>(0)
-            }
+            Some(_) => super::catalog::rules_settled(client).await?,
             None => false,
         };
         let stmt = client.prepare_cached(RULES).await?;
