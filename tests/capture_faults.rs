@@ -8,8 +8,8 @@ mod load;
 use std::time::Duration;
 
 use load::{
-    assert_exactly_committed, connect_retrying, run_load, setup, start_capture, write_marker,
-    LoadOpts, TABLES,
+    assert_exactly_committed_traced, connect_retrying, run_load, setup, start_capture,
+    write_marker, LoadOpts, TABLES,
 };
 use switchboard::capture::{
     correct, current_position, next_events, Cursor, Position, Statements, APPLICATION_NAME,
@@ -51,7 +51,7 @@ async fn killing_the_listener_backend_mid_load_loses_and_repeats_nothing() {
     );
     assert!(kills >= 3, "only {kills} listener backends were killed");
     assert!(capture.status.snapshot().reconnects >= 3);
-    assert_exactly_committed(&load.committed, &events);
+    assert_exactly_committed_traced(&load.committed, &events, &capture.pages);
     capture.stop().await;
 }
 
@@ -90,7 +90,7 @@ async fn restarting_postgres_mid_load_loses_and_repeats_nothing() {
         status.reconnects >= 1 && status.last_error.is_some(),
         "{status:?}"
     );
-    assert_exactly_committed(&load.committed, &events);
+    assert_exactly_committed_traced(&load.committed, &events, &capture.pages);
     capture.stop().await;
 }
 

@@ -8,7 +8,9 @@ mod load;
 
 use std::time::Duration;
 
-use load::{assert_exactly_committed, run_load, setup, start_capture, write_marker, LoadOpts};
+use load::{
+    assert_exactly_committed_traced, run_load, setup, start_capture, write_marker, LoadOpts,
+};
 use switchboard::capture::{prune, Cursor, Retention};
 use switchboard::changes::{DbEvent, Op};
 
@@ -38,7 +40,7 @@ async fn every_committed_change_arrives_exactly_once_in_row_order() {
         load.committed.len()
     );
     assert!(load.rolled_back_writes > 0, "no rolled-back writes to leak");
-    assert_exactly_committed(&load.committed, &events);
+    assert_exactly_committed_traced(&load.committed, &events, &capture.pages);
     let status = capture.status.snapshot();
     assert!(status.batches > 1 && status.rows_read as usize >= load.committed.len());
     capture.stop().await;

@@ -48,6 +48,9 @@ pub struct Capture {
     pub status: Arc<CaptureStatus>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
+    /// Each page `collect_until` took: the index of its first event and its position,
+    /// to tell which read delivered a change when a check fails.
+    pub pages: Vec<(usize, Arc<str>)>,
 }
 
 /// Starts the capture and waits until its cursor is set.
@@ -79,6 +82,7 @@ pub async fn start_capture_polling(
         status,
         shutdown,
         task,
+        pages: Vec::new(),
     }
 }
 
@@ -103,9 +107,9 @@ impl Capture {
                         self.status.snapshot()
                     )
                 })
-                .expect("capture stopped")
-                .events;
-            let page = into_events(page);
+                .expect("capture stopped");
+            self.pages.push((events.len(), page.position.clone()));
+            let page = into_events(page.events);
             let done = page.iter().any(|e| match e {
                 DbEvent::Change(c) => c.table == MARKER_TABLE && field(&c.record, "id") == marker,
                 DbEvent::Broadcast(_) => false,
@@ -506,6 +510,16 @@ fn field(record: &Option<Map<String, Value>>, name: &str) -> i64 {
 /// every row's changes arrived in version order, and that each UPDATE carries its own
 /// row's previous version as `old_record`.
 pub fn assert_exactly_committed(committed: &[ChangeKey], events: &[DbEvent]) {
+    assert_exactly_committed_traced(committed, events, &[])
+}
+
+/// `assert_exactly_committed`, naming for a row whose changes arrived out of order the
+/// page of `pages` (`Capture::pages`) and the log row of each of its changes.
+pub fn assert_exactly_committed_traced(
+    committed: &[ChangeKey],
+    events: &[DbEvent],
+    pages: &[(usize, Arc<str>)],
+) {
     let mut expected: HashMap<ChangeKey, usize> = HashMap::new();
     for k in committed {
         *expected.entry(k.clone()).or_default() += 1;
@@ -516,7 +530,8 @@ pub fn assert_exactly_committed(committed: &[ChangeKey], events: &[DbEvent]) {
     );
     let mut delivered: HashMap<ChangeKey, usize> = HashMap::new();
     let mut versions: HashMap<(String, i64), Vec<i64>> = HashMap::new();
-    for e in events {
+    let mut arrivals: HashMap<(String, i64), Vec<String>> = HashMap::new();
+    for (at, e) in events.iter().enumerate() {
         let DbEvent::Change(c) = e else { continue };
         if !TABLES.contains(&c.table.as_str()) {
             continue;
@@ -541,6 +556,18 @@ pub fn assert_exactly_committed(committed: &[ChangeKey], events: &[DbEvent]) {
             .entry((c.table.clone(), field(row, "id")))
             .or_default()
             .push(version);
+        let page = pages.partition_point(|(first, _)| *first <= at);
+        let position = page.checked_sub(1).map(|p| &*pages[p].1);
+        arrivals
+            .entry((c.table.clone(), field(row, "id")))
+            .or_default()
+            .push(format!(
+                "v{version} {} event {at} log ({}, {}) xid {} page {page} at {position:?}",
+                c.op.as_str(),
+                c.id,
+                c.seq,
+                c.xid
+            ));
     }
     let duplicated: Vec<_> = delivered.iter().filter(|(_, &n)| n > 1).collect();
     let extra: Vec<_> = delivered
@@ -566,7 +593,8 @@ pub fn assert_exactly_committed(committed: &[ChangeKey], events: &[DbEvent]) {
     for (row, vs) in versions {
         assert!(
             vs.windows(2).all(|w| w[0] < w[1]),
-            "changes of row {row:?} arrived out of order: versions {vs:?}"
+            "changes of row {row:?} arrived out of order: versions {vs:?}\n{}",
+            arrivals[&row].join("\n")
         );
     }
 }
