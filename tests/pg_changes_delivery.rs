@@ -530,3 +530,71 @@ async fn changes_of_one_transaction_share_its_commit_timestamp() {
         "commit_timestamp is the transaction's commit time, the same for all its changes"
     );
 }
+
+/// A table renamed or moved to another schema while subscribed: its subscribers go on
+/// receiving its changes, under its new name and with the ids their join was answered
+/// with, as Supabase's do (they name a subscribed table by oid). Filtered (indexed by
+/// value) and unfiltered subscriptions both follow, also when the rename commits with
+/// the rows; a join naming the old table is refused as any join to a missing table.
+#[tokio::test]
+async fn subscribers_follow_a_table_renamed_or_moved_while_subscribed() {
+    let pg = PgHub::start(
+        "create table public.tasks (id bigserial primary key, owner uuid);
+         grant select on public.tasks to authenticated;
+         select realtime.enable('public.tasks');
+         create schema crm;
+         grant usage on schema crm to authenticated;",
+    )
+    .await;
+    const OTHER: &str = "0b5e6c1a-7d4f-4e2b-9c3a-1f2e3d4c5b6a";
+    let entry = |filter: String| json!([{"event": "*", "schema": "public", "table": "tasks", "filter": filter}]);
+    let token = pg.user(USER);
+    let mut all = pg.connect(Vsn::V2).await;
+    let all_joined = subscribe(&mut all, "realtime:all", entry(String::new()), Some(&token)).await;
+    let mut mine = pg.connect(Vsn::V2).await;
+    let mine_filter = entry(format!("owner=eq.{USER}"));
+    let mine_joined = subscribe(&mut mine, "realtime:mine", mine_filter, Some(&token)).await;
+    for (ddl, schema, table) in [
+        ("", "public", "tasks"),
+        ("alter table public.tasks rename to jobs;", "public", "jobs"),
+        ("alter table public.jobs set schema crm;", "crm", "jobs"),
+        // The rename commits with the rows written after it.
+        ("begin; alter table crm.jobs rename to work;", "crm", "work"),
+    ] {
+        let write = format!(
+            "{ddl} insert into {schema}.{table} (owner) values ('{OTHER}'); \
+             insert into {schema}.{table} (owner) values ('{USER}'); {}",
+            if ddl.starts_with("begin") {
+                "commit;"
+            } else {
+                ""
+            }
+        );
+        pg.exec(&write).await;
+        let last = format!("select max(id) from {schema}.{table}");
+        let own = pg.id(&last, &[]).await;
+        let other = own - 1;
+        for (c, joined, rows) in [
+            (&mut all, &all_joined, vec![other, own]),
+            (&mut mine, &mine_joined, vec![own]),
+        ] {
+            for id in rows {
+                let ch = expect_row(c, "INSERT", table, id).await;
+                assert_eq!(ch.data["schema"], schema, "{:?}", ch.frame);
+                assert_eq!(ch.ids, joined.ids, "{:?}", ch.frame);
+            }
+        }
+    }
+    let mut late = pg.connect(Vsn::V2).await;
+    let (join_ref, reply) = join_changes(
+        &mut late,
+        "realtime:late",
+        entry(String::new()),
+        Some(&token),
+        json!({}),
+    )
+    .await;
+    joined_from_reply("realtime:late", join_ref, &reply);
+    let sys = next_system(&mut late).await;
+    assert_eq!(sys["status"], "error", "{sys}");
+}

@@ -51,6 +51,11 @@ const COLUMN_TYPE: &str =
     "select pg_catalog.format_type(a.atttypid, null) from pg_catalog.pg_attribute a \
      where a.attrelid = $1::oid and a.attname = $2 and a.attnum > 0 and not a.attisdropped";
 
+/// The schema and name of each table of `$1` (oids) still there.
+const TABLE_NAMES: &str = "select c.oid, n.nspname::text, c.relname::text \
+     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
+     where c.oid = any($1::oid[])";
+
 /// One table by exact schema and name: `$1` the capture trigger name, `$2` schema,
 /// `$3` table.
 const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.relrowsecurity, c.relforcerowsecurity, \
@@ -364,6 +369,25 @@ impl Catalog {
                 tracing::warn!(error = %e, "could not read enum labels again; filters keep their order")
             }
         }
+    }
+
+    /// The schema and name each table of `oids` has now (tables dropped since are left
+    /// out), and whether the DDL that moved the rules version has committed
+    /// (`rules_settled`: until then the names read may not be the last).
+    pub async fn table_names(
+        &self,
+        oids: &[u32],
+    ) -> Result<(HashMap<u32, (String, String)>, bool), CatalogError> {
+        let client = self.inner.pool.get().await?;
+        let settled = rules_settled(&client).await?;
+        let stmt = client.prepare_cached(TABLE_NAMES).await?;
+        let names = client
+            .query(&stmt, &[&oids])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        Ok((names, settled))
     }
 
     /// The table `schema.table` (exact, case-sensitive names), or `None` if there is no

@@ -15,6 +15,7 @@
 
 mod held;
 mod memo;
+mod renamed;
 
 use foldhash::{HashMap, HashMapExt};
 use std::borrow::Cow;
@@ -137,6 +138,8 @@ pub struct Dispatcher {
     pub(super) spare: Spare,
     /// Receivers kept for changes that match alike.
     pub(super) memo: Memo,
+    /// Where the subscribed tables' names were last read.
+    pub(super) renamed: renamed::Renamed,
 }
 
 /// Large per-change buffers, given back once a change is delivered and kept (bounded,
@@ -171,9 +174,11 @@ pub async fn run_dispatch(
             let d = d.clone();
             async move {
                 // DDL moved the rules version: enum filters compare by the labels' order
-                // of now (an `ALTER TYPE … ADD VALUE` before the batch's changes).
-                if let Some(version) = batch.rules_version {
-                    d.catalog.refresh_enum_orders(version).await;
+                // of now (an `ALTER TYPE … ADD VALUE` before the batch's changes), and
+                // subscriptions follow a table renamed. (Position-only batches match
+                // nothing.)
+                if !batch.events.is_empty() {
+                    d.follow_ddl(batch.rules_version).await;
                 }
                 batch
             }

@@ -46,6 +46,8 @@ pub struct Subscription {
     pub filter: BoundFilter,
     /// The entry's `select`: only these columns (plus the primary key) are sent.
     pub select: Option<Arc<[String]>>,
+    /// `TableScope::Table`: the table's oid at join, to follow it when renamed.
+    pub table_oid: Option<u32>,
 }
 
 impl Subscription {
@@ -254,8 +256,9 @@ fn scopes_of(schema: &str, table: &str) -> [TableScope; 3] {
 #[derive(Default)]
 pub(super) struct SubscriptionIndex {
     by_scope: DashMap<TableScope, ScopeSubs>,
-    /// Each member's subscriptions' places, so leaving touches only those buckets.
-    members: DashMap<MemberId, (Arc<Member>, Places)>,
+    /// Each member's subscriptions' places, so leaving touches only those buckets, and
+    /// its entries.
+    members: DashMap<MemberId, (Arc<Member>, Places, Vec<Entry>)>,
     /// Moves on after every change to who is subscribed or with which viewer: a match
     /// taken at one generation holds while it is still current (`Matching::alike`).
     generation: AtomicU64,
@@ -296,13 +299,8 @@ fn canonical(v: &Value) -> String {
 impl SubscriptionIndex {
     /// Registers a subscriber's subscriptions (replacing any it had).
     pub fn add(&self, s: Subscriber, subs: Vec<Subscription>) {
-        let member = s.member;
-        self.remove(member);
-        if subs.is_empty() {
-            return;
-        }
         let pm = Arc::new(Member {
-            member,
+            member: s.member,
             conn_id: s.conn_id,
             topic: s.topic,
             join_ref: s.join_ref,
@@ -312,30 +310,103 @@ impl SubscriptionIndex {
             told_problem: AtomicBool::new(false),
             sent: s.sent,
         });
+        self.place(pm, subs);
+    }
+
+    /// Puts `pm`'s subscriptions in their places, replacing any it had.
+    fn place(&self, pm: Arc<Member>, subs: Vec<Subscription>) {
+        let member = pm.member;
+        self.remove(member);
+        if subs.is_empty() {
+            return;
+        }
+        let (places, entries) = self.put(&pm, subs);
+        self.members.insert(member, (pm, places, entries));
+        self.moved_on();
+    }
+
+    /// Adds `pm`'s subscriptions to their scopes: their places and entries.
+    fn put(&self, pm: &Arc<Member>, subs: Vec<Subscription>) -> (Places, Vec<Entry>) {
         let mut places = Vec::new();
+        let mut entries = Vec::with_capacity(subs.len());
         for sub in subs {
             let place = (sub.scope.clone(), sub.filter.eq_index());
             if !places.contains(&place) {
                 places.push(place);
             }
+            let entry = Arc::new((pm.clone(), sub));
+            entries.push(entry.clone());
             self.by_scope
-                .entry(sub.scope.clone())
+                .entry(entry.1.scope.clone())
                 .or_default()
-                .add(Arc::new((pm.clone(), sub)));
+                .add(entry);
         }
-        self.members.insert(member, (pm, places));
-        self.moved_on();
+        (places, entries)
     }
 
     pub fn remove(&self, member: MemberId) {
-        let Some((_, (_, places))) = self.members.remove(&member) else {
+        let Some((_, (_, places, _))) = self.members.remove(&member) else {
             return;
         };
+        self.unplace(member, &places);
+        self.moved_on();
+    }
+
+    /// Takes `member`'s subscriptions out of `places`.
+    fn unplace(&self, member: MemberId, places: &Places) {
         for (scope, slot) in places {
-            if let Some(mut subs) = self.by_scope.get_mut(&scope) {
-                subs.remove_member(member, &slot);
+            if let Some(mut subs) = self.by_scope.get_mut(scope) {
+                subs.remove_member(member, slot);
             }
-            self.by_scope.remove_if(&scope, |_, subs| subs.is_empty());
+            self.by_scope.remove_if(scope, |_, subs| subs.is_empty());
+        }
+    }
+
+    /// Each table subscribed to by name, with the oid it had when subscribed (a table
+    /// dropped and created again under its name holds subscriptions of both).
+    pub fn tables(&self) -> Vec<(TableScope, u32)> {
+        let mut out: Vec<(TableScope, u32)> = Vec::new();
+        for m in self.members.iter() {
+            for e in &m.value().2 {
+                if let (TableScope::Table { .. }, Some(oid)) = (&e.1.scope, e.1.table_oid) {
+                    if !out.iter().any(|(s, o)| *o == oid && *s == e.1.scope) {
+                        out.push((e.1.scope.clone(), oid));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Moves the subscriptions made to `from` while its table had oid `oid` to `to`,
+    /// the name that table has now (`ALTER TABLE … RENAME`, `SET SCHEMA`): its changes
+    /// are logged under the new name. The caller keeps matching out meanwhile; a member
+    /// leaving meanwhile waits for its move (under its `members` entry) and then leaves.
+    pub fn rename(&self, from: &TableScope, oid: u32, to: &TableScope) {
+        let renamed = |sub: &Subscription| sub.scope == *from && sub.table_oid == Some(oid);
+        let movers: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|m| m.value().2.iter().any(|e| renamed(&e.1)))
+            .map(|m| *m.key())
+            .collect();
+        for member in movers {
+            let Some(mut m) = self.members.get_mut(&member) else {
+                continue;
+            };
+            let (pm, places, entries) = &mut *m;
+            self.unplace(member, places);
+            let subs = entries
+                .iter()
+                .map(|e| {
+                    let mut sub = e.1.clone();
+                    if renamed(&sub) {
+                        sub.scope = to.clone();
+                    }
+                    sub
+                })
+                .collect();
+            (*places, *entries) = self.put(pm, subs);
         }
         self.moved_on();
     }
@@ -594,6 +665,7 @@ mod tests {
             },
             filter,
             select: None,
+            table_oid: Some(16384),
         };
         index.add(subscriber(member, viewer), vec![sub]);
     }
@@ -651,6 +723,34 @@ mod tests {
         assert_eq!(matched(&index, &change(B, "open")), vec![2, 5]);
     }
 
+    #[test]
+    fn subscriptions_follow_a_renamed_table_and_leave_from_where_they_moved() {
+        let index = SubscriptionIndex::default();
+        subscribe(&index, 1, &format!("customer_id=eq.{A}"));
+        subscribe(&index, 2, "status=eq.open");
+        let jobs = TableScope::Table {
+            schema: "public".into(),
+            table: "jobs".into(),
+        };
+        let moved = TableScope::Table {
+            schema: "crm".into(),
+            table: "work".into(),
+        };
+        assert_eq!(index.tables(), vec![(jobs.clone(), 16384)]);
+        // Another table's oid: nothing moves.
+        index.rename(&jobs, 16385, &moved);
+        assert_eq!(matched(&index, &change(A, "open")), vec![1, 2]);
+        index.rename(&jobs, 16384, &moved);
+        assert_eq!(index.tables(), vec![(moved.clone(), 16384)]);
+        assert!(matched(&index, &change(A, "open")).is_empty());
+        let mut renamed = change(A, "open");
+        (renamed.schema, renamed.table) = ("crm".into(), "work".into());
+        assert_eq!(matched(&index, &renamed), vec![1, 2]);
+        index.remove(1);
+        index.remove(2);
+        assert!(index.is_empty() && index.counts().is_empty());
+    }
+
     /// A subscription as `subscribe_many` takes it: (id, scope, filter, select).
     type SubSpec<'a> = (u32, TableScope, &'a str, Option<Arc<[String]>>);
 
@@ -666,6 +766,7 @@ mod tests {
                     .bind(&columns())
                     .unwrap(),
                 select: select.clone(),
+                table_oid: None,
             })
             .collect();
         let viewer = Viewer::new("authenticated", "{}", None);

@@ -494,13 +494,13 @@ impl RlsChecker {
     }
 
     /// Asks Postgres for the current rules version and observes it, so that `hint` and
-    /// `check_observed` judge by the rules of now.
-    pub async fn refresh(&self) -> Result<(), RlsError> {
+    /// `check_observed` judge by the rules of now; returns it.
+    pub async fn refresh(&self) -> Result<i64, RlsError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(RULES_VERSION).await?;
         let version: i64 = client.query_one(&stmt, &[]).await?.get(0);
         self.observe(version);
-        Ok(())
+        Ok(version)
     }
 
     /// What row scope tells of `viewer`'s rows of `table` before judging any, under the

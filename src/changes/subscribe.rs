@@ -238,6 +238,7 @@ async fn subscription(
             scope,
             filter: parsed.bind(&[])?,
             select: None,
+            table_oid: None,
         });
     }
     let name = qualified(schema, table);
@@ -317,6 +318,7 @@ async fn subscription(
         },
         filter,
         select,
+        table_oid: Some(info.oid),
     })
 }
 
