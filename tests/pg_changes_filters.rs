@@ -468,6 +468,57 @@ async fn an_enum_filter_follows_labels_added_and_reordered_while_subscribed() {
     expect_first(&mut before, won, below).await;
 }
 
+/// A column a filter compares retyped while subscribed (`ALTER COLUMN … TYPE`): the
+/// changes written after it are compared as the new type, as Supabase compares them
+/// (`code=gt.9` on text turned integer: 10 now passes; `n=gt.5` on an integer turned
+/// text: '10' no longer does).
+#[tokio::test]
+async fn a_filter_compares_as_its_column_retyped_while_subscribed() {
+    let pg = PgHub::start(
+        r#"
+        create table public.ft (id bigserial primary key, code text, n int4);
+        grant select on public.ft to authenticated;
+        select realtime.enable('public.ft');
+        "#,
+    )
+    .await;
+    let insert = |code: &'static str, n: &'static str| {
+        let pg = &pg;
+        async move {
+            pg.id(
+                "insert into public.ft (code, n) values ($1, $2::text::int4) returning id",
+                &[&code, &n],
+            )
+            .await
+        }
+    };
+    let (by_code, by_n) = ("code=gt.9", "n=gt.5");
+    let mut code = watch(&pg, "ft", by_code).await;
+    let mut n = watch(&pg, "ft", by_n).await;
+    // As bound at join: '10' < '9' as text, 10 > 5.
+    insert("10", "3").await;
+    let both = insert("95", "10").await;
+    expect_first(&mut code, both, by_code).await;
+    expect_first(&mut n, both, by_n).await;
+
+    pg.exec(
+        "alter table public.ft alter column code type int4 using code::int4, \
+         alter column n type text using n::text",
+    )
+    .await;
+    // As the new types compare: 5 < 9, and '10' < '5' as text.
+    pg.run("insert into public.ft (code, n) values (5, '10')", &[])
+        .await;
+    let both = pg
+        .id(
+            "insert into public.ft (code, n) values (10, '6') returning id",
+            &[],
+        )
+        .await;
+    expect_first(&mut code, both, by_code).await;
+    expect_first(&mut n, both, by_n).await;
+}
+
 /// A value the hub does not read as its column's type itself is read by Postgres, as
 /// Supabase has Postgres cast every value: what Postgres accepts subscribes and matches,
 /// and what it refuses is refused at join in Supabase's words, Postgres's message included.

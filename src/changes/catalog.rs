@@ -390,6 +390,16 @@ impl Catalog {
         Ok((names, settled))
     }
 
+    /// `table`, read now (uncached).
+    pub async fn table_now(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<TableInfo>, CatalogError> {
+        let client = self.inner.pool.get().await?;
+        read_table(&client, schema, table).await
+    }
+
     /// The table `schema.table` (exact, case-sensitive names), or `None` if there is no
     /// such table.
     pub async fn table(

@@ -13,9 +13,9 @@
 //! positions around it (`Progress::recent`), so that a resume on this hub can replay it
 //! from memory.
 
+mod ddl;
 mod held;
 mod memo;
-mod renamed;
 
 use foldhash::{HashMap, HashMapExt};
 use std::borrow::Cow;
@@ -138,8 +138,8 @@ pub struct Dispatcher {
     pub(super) spare: Spare,
     /// Receivers kept for changes that match alike.
     pub(super) memo: Memo,
-    /// Where the subscribed tables' names were last read.
-    pub(super) renamed: renamed::Renamed,
+    /// Where the subscribed tables were last read after DDL.
+    pub(super) ddl: ddl::Followed,
 }
 
 /// Large per-change buffers, given back once a change is delivered and kept (bounded,

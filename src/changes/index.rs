@@ -15,7 +15,8 @@ use std::sync::{Arc, RwLock};
 use dashmap::DashMap;
 use serde_json::Value;
 
-use super::filter::{BoundFilter, IndexColumn};
+use super::catalog::TableInfo;
+use super::filter::{BoundFilter, Filter, IndexColumn};
 use super::keys::Gate;
 use super::row::{Change, Op, Row};
 use super::scope::Viewer;
@@ -48,6 +49,39 @@ pub struct Subscription {
     pub select: Option<Arc<[String]>>,
     /// `TableScope::Table`: the table's oid at join, to follow it when renamed.
     pub table_oid: Option<u32>,
+    /// `TableScope::Table` with a filter: what `filter` was bound from.
+    pub rebind: Option<Arc<Rebind>>,
+}
+
+/// What a table subscription's filter was bound from, to bind it again when DDL changes
+/// the type of a column it compares (`ALTER COLUMN … TYPE`): Supabase compares with the
+/// column's type of now.
+#[derive(Debug)]
+pub struct Rebind {
+    pub filter: Filter,
+    /// The compared columns as bound: (name, type, base type of a domain).
+    types: Vec<(String, String, Option<String>)>,
+}
+
+impl Rebind {
+    pub fn new(filter: Filter, table: &TableInfo) -> Rebind {
+        let types = Rebind::types_of(&filter, table);
+        Rebind { filter, types }
+    }
+
+    fn types_of(filter: &Filter, table: &TableInfo) -> Vec<(String, String, Option<String>)> {
+        filter
+            .columns()
+            .into_iter()
+            .filter_map(|name| table.columns.iter().find(|c| c.name == name))
+            .map(|c| (c.name.clone(), c.type_name.clone(), c.base_type.clone()))
+            .collect()
+    }
+
+    /// Whether a compared column's type is not as bound (or the column is gone).
+    pub fn retyped(&self, table: &TableInfo) -> bool {
+        Rebind::types_of(&self.filter, table) != self.types
+    }
 }
 
 impl Subscription {
@@ -378,16 +412,42 @@ impl SubscriptionIndex {
         out
     }
 
+    /// Each table subscription with a filter (`Subscription::rebind`) and its table, once
+    /// per filter.
+    pub fn rebindable(&self) -> Vec<(TableScope, Arc<Rebind>)> {
+        let mut out: Vec<(TableScope, Arc<Rebind>)> = Vec::new();
+        for m in self.members.iter() {
+            for e in &m.value().2 {
+                if let Some(r) = &e.1.rebind {
+                    if !out.iter().any(|(_, o)| Arc::ptr_eq(o, r)) {
+                        out.push((e.1.scope.clone(), r.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Moves the subscriptions made to `from` while its table had oid `oid` to `to`,
     /// the name that table has now (`ALTER TABLE … RENAME`, `SET SCHEMA`): its changes
-    /// are logged under the new name. The caller keeps matching out meanwhile; a member
-    /// leaving meanwhile waits for its move (under its `members` entry) and then leaves.
+    /// are logged under the new name.
     pub fn rename(&self, from: &TableScope, oid: u32, to: &TableScope) {
-        let renamed = |sub: &Subscription| sub.scope == *from && sub.table_oid == Some(oid);
+        self.rewrite(|sub| {
+            (sub.scope == *from && sub.table_oid == Some(oid)).then(|| Subscription {
+                scope: to.clone(),
+                ..sub.clone()
+            })
+        })
+    }
+
+    /// Replaces, member by member, each subscription `f` returns another for. The caller
+    /// keeps matching out meanwhile; a member leaving meanwhile waits for its rewrite
+    /// (under its `members` entry) and then leaves.
+    pub fn rewrite(&self, f: impl Fn(&Subscription) -> Option<Subscription>) {
         let movers: Vec<MemberId> = self
             .members
             .iter()
-            .filter(|m| m.value().2.iter().any(|e| renamed(&e.1)))
+            .filter(|m| m.value().2.iter().any(|e| f(&e.1).is_some()))
             .map(|m| *m.key())
             .collect();
         for member in movers {
@@ -398,13 +458,7 @@ impl SubscriptionIndex {
             self.unplace(member, places);
             let subs = entries
                 .iter()
-                .map(|e| {
-                    let mut sub = e.1.clone();
-                    if renamed(&sub) {
-                        sub.scope = to.clone();
-                    }
-                    sub
-                })
+                .map(|e| f(&e.1).unwrap_or_else(|| e.1.clone()))
                 .collect();
             (*places, *entries) = self.put(pm, subs);
         }
@@ -666,6 +720,7 @@ mod tests {
             filter,
             select: None,
             table_oid: Some(16384),
+            rebind: None,
         };
         index.add(subscriber(member, viewer), vec![sub]);
     }
@@ -767,6 +822,7 @@ mod tests {
                     .unwrap(),
                 select: select.clone(),
                 table_oid: None,
+                rebind: None,
             })
             .collect();
         let viewer = Viewer::new("authenticated", "{}", None);

@@ -179,7 +179,7 @@ impl Changes {
             progress: self.progress.clone(),
             spare: Default::default(),
             memo: Default::default(),
-            renamed: Default::default(),
+            ddl: Default::default(),
         };
         dispatch::run_dispatch(d, events, shutdown).await;
     }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::catalog::{capturable, Catalog};
+use super::catalog::{capturable, Catalog, CatalogError, TableInfo};
 use super::filter;
-use super::index::{subscription_id, Subscription, TableScope};
+use super::index::{subscription_id, Rebind, Subscription, TableScope};
 use super::row::Op;
 use super::stats::ChangeStats;
 use crate::protocol::{refuse_nul, ChangesError};
@@ -239,6 +239,7 @@ async fn subscription(
             filter: parsed.bind(&[])?,
             select: None,
             table_oid: None,
+            rebind: None,
         });
     }
     let name = qualified(schema, table);
@@ -272,39 +273,24 @@ async fn subscription(
             role: role.to_owned(),
         });
     }
-    // Values the hub does not read itself are read by Postgres, as Supabase has it cast
-    // every value: `day=eq.2024-1-2` works, and `id=eq.abc` gets Postgres's words.
-    let mut casts = filter::Casts::new();
-    for (column, value) in parsed.unreadable(&info.columns) {
-        match catalog.read_value(info.oid, &column, &value).await {
-            Ok(Ok(Some(read))) => {
-                casts.insert((column, value), read);
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(message)) => {
-                let select = match &select {
-                    Some(cols) => format!("{cols:?}"),
-                    None => "nil".into(),
-                };
-                let params = format!(
-                    "event: {}, schema: {schema}, table: {table}, filters: {}, select: {select}",
-                    event.map_or("*", Op::as_str),
-                    parsed.to_log(),
-                );
-                return Err(filter::FilterError::Refused { params, message }.into());
-            }
-            // Refused for another reason (a type in a schema the hub may not use): the
-            // hub's own words below.
-            Err(super::catalog::CatalogError::Postgres(e)) if e.as_db_error().is_some() => {
-                tracing::debug!(error = %e, "filter value left unread by Postgres")
-            }
-            // The database could not be reached: tried again later, as any such join.
-            Err(e) => return Err(unavailable(e)),
+    let filter = match bind_filter(catalog, &parsed, &info).await {
+        Ok(filter) => filter,
+        Err(Unbound::Filter(e)) => return Err(e.into()),
+        Err(Unbound::Refused(message)) => {
+            let select = match &select {
+                Some(cols) => format!("{cols:?}"),
+                None => "nil".into(),
+            };
+            let params = format!(
+                "event: {}, schema: {schema}, table: {table}, filters: {}, select: {select}",
+                event.map_or("*", Op::as_str),
+                parsed.to_log(),
+            );
+            return Err(filter::FilterError::Refused { params, message }.into());
         }
-    }
-    let mut filter = parsed.bind_cast(&info.columns, &casts)?;
-    let orders = catalog.enum_orders();
-    filter.share_enum_orders(|column, order| orders.share(schema, table, column, order));
+        // The database could not be reached: tried again later, as any such join.
+        Err(Unbound::Unavailable(e)) => return Err(unavailable(e)),
+    };
     let select = match select {
         Some(cols) => Some(check_select(&info, &selectable, role, cols)?),
         None => None,
@@ -316,10 +302,51 @@ async fn subscription(
             schema: Arc::from(schema),
             table: Arc::from(table),
         },
+        rebind: (!parsed.columns().is_empty()).then(|| Arc::new(Rebind::new(parsed, &info))),
         filter,
         select,
         table_oid: Some(info.oid),
     })
+}
+
+/// Why a filter could not be bound to a table.
+pub(super) enum Unbound {
+    Filter(filter::FilterError),
+    /// Postgres refused a value as the column's type: its words.
+    Refused(String),
+    Unavailable(CatalogError),
+}
+
+/// Binds `parsed` to `info`'s columns as they are now. Values the hub does not read
+/// itself are read by Postgres, as Supabase has it cast every value: `day=eq.2024-1-2`
+/// works, and `id=eq.abc` gets Postgres's words.
+pub(super) async fn bind_filter(
+    catalog: &Catalog,
+    parsed: &filter::Filter,
+    info: &TableInfo,
+) -> Result<filter::BoundFilter, Unbound> {
+    let mut casts = filter::Casts::new();
+    for (column, value) in parsed.unreadable(&info.columns) {
+        match catalog.read_value(info.oid, &column, &value).await {
+            Ok(Ok(Some(read))) => {
+                casts.insert((column, value), read);
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(message)) => return Err(Unbound::Refused(message)),
+            // Refused for another reason (a type in a schema the hub may not use): the
+            // hub's own words below.
+            Err(CatalogError::Postgres(e)) if e.as_db_error().is_some() => {
+                tracing::debug!(error = %e, "filter value left unread by Postgres")
+            }
+            Err(e) => return Err(Unbound::Unavailable(e)),
+        }
+    }
+    let mut filter = parsed
+        .bind_cast(&info.columns, &casts)
+        .map_err(Unbound::Filter)?;
+    let orders = catalog.enum_orders();
+    filter.share_enum_orders(|column, order| orders.share(&info.schema, &info.name, column, order));
+    Ok(filter)
 }
 
 /// Whether a NUL character is in any string or member name of `v` (Postgres `jsonb`
