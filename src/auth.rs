@@ -195,7 +195,8 @@ impl Verifier {
     }
 
     /// Tries every key allowed for `alg`: those whose kid matches the token's, plus kid-less
-    /// ones (the HS secret). Returns the claims of the first key that verifies.
+    /// ones (the HS secret). Returns the claims of the first key that verifies. An
+    /// asymmetric token whose kid no key has is told so (`Signer`), as Supabase tells it.
     fn verify_signature(
         &self,
         token: &str,
@@ -226,7 +227,21 @@ impl Verifier {
                 },
             }
         }
-        Err(TokenError::Signature)
+        let symmetric = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        match kid {
+            Some(kid)
+                if !symmetric
+                    && !self
+                        .keys
+                        .iter()
+                        .any(|k| k.algs.contains(&alg) && k.kid.as_deref() == Some(kid)) =>
+            {
+                Err(TokenError::Signer {
+                    kid: kid.to_owned(),
+                })
+            }
+            _ => Err(TokenError::Signature),
+        }
     }
 }
 
@@ -559,22 +574,27 @@ mod tests {
             .cloned()
             .collect();
         let v = Verifier::new(None, Some(&json!({"keys": others}).to_string())).unwrap();
-        for kid in [Some("rsa-1"), None] {
-            let token = sign(Algorithm::RS256, kid, &rsa(), &claims());
-            assert!(matches!(
-                v.verify_at(&token, NOW),
-                Err(TokenError::Signature)
-            ));
-        }
+        let token = sign(Algorithm::RS256, Some("rsa-1"), &rsa(), &claims());
+        assert!(matches!(
+            v.verify_at(&token, NOW),
+            Err(TokenError::Signer { kid }) if kid == "rsa-1"
+        ));
+        let token = sign(Algorithm::RS256, None, &rsa(), &claims());
+        assert!(matches!(
+            v.verify_at(&token, NOW),
+            Err(TokenError::Signature)
+        ));
     }
 
     #[test]
-    fn token_with_an_unknown_kid_is_rejected() {
+    fn token_with_an_unknown_kid_is_rejected_naming_the_kid() {
         let token = sign(Algorithm::RS256, Some("rotated-away"), &rsa(), &claims());
-        assert!(matches!(
-            jwks_only().verify_at(&token, NOW),
-            Err(TokenError::Signature)
-        ));
+        let err = jwks_only().verify_at(&token, NOW).unwrap_err();
+        assert_eq!(
+            crate::protocol::ReplyError::Token(err).to_string(),
+            "JwtSignerError: Failed to generate JWT signer for key ID (kid) \"rotated-away\", \
+             check your JWT secret or JWKS configuration"
+        );
     }
 
     #[test]
@@ -582,7 +602,7 @@ mod tests {
         let token = sign(Algorithm::RS256, Some("ec-1"), &rsa(), &claims());
         assert!(matches!(
             jwks_only().verify_at(&token, NOW),
-            Err(TokenError::Signature)
+            Err(TokenError::Signer { kid }) if kid == "ec-1"
         ));
     }
 

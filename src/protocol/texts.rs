@@ -16,6 +16,10 @@ pub enum TokenError {
     Malformed,
     #[error("Failed to validate JWT signature")]
     Signature,
+    /// An asymmetric token whose `kid` names no key of the hub's (a JWKS that lacks a
+    /// newly rotated key, say), in Supabase's words.
+    #[error("Failed to generate JWT signer for key ID (kid) {kid:?}, check your JWT secret or JWKS configuration")]
+    Signer { kid: String },
     #[error("Fields `role` and `exp` are required in JWT")]
     MissingClaims,
     #[error("Token expiration time is invalid")]
@@ -41,6 +45,7 @@ impl TokenError {
         match self {
             TokenError::Malformed => "MalformedJWT",
             TokenError::Signature => "JwtSignatureError",
+            TokenError::Signer { .. } => "JwtSignerError",
             TokenError::Missing
             | TokenError::MissingClaims
             | TokenError::InvalidExp
