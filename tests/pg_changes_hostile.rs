@@ -81,6 +81,72 @@ async fn a_filter_on_a_column_the_role_may_not_select_is_refused() {
     assert_eq!(ch.data["record"].get("ssn"), None, "{:?}", ch.frame);
 }
 
+/// A token of another role on a subscribed channel: its entries are judged again for
+/// that role, as Supabase subscribes them again on every token. A filter on a column the
+/// new role may not select stops, with the join's error (which rows match would tell the
+/// column's values), and starts again with a token whose role may.
+#[tokio::test]
+async fn a_filter_the_new_role_may_not_read_stops_at_its_token() {
+    let pg = PgHub::start(&format!(
+        "{SETUP} grant select on public.orders to service_role;
+         create table public.marks (id bigserial primary key);
+         grant select on public.marks to service_role;
+         select realtime.enable('public.marks');"
+    ))
+    .await;
+    let service = pg.token("service_role", "ops");
+    let user = pg.user("8a1f6a0e-39a4-4c55-9d3e-2f1d1b7c0a11");
+    // Dispatch is in commit order: once a mark written after a row arrives here, that
+    // row was matched (or not) already.
+    let mut marks = pg.connect(Vsn::V2).await;
+    let entry = json!([{"event": "INSERT", "schema": "public", "table": "marks"}]);
+    subscribe(&mut marks, "realtime:marks", entry, Some(&service)).await;
+    let mut c = pg.connect(Vsn::V2).await;
+    let joined = subscribe(
+        &mut c,
+        "realtime:room",
+        json!([orders("ssn=eq.1")]),
+        Some(&service),
+    )
+    .await;
+    let insert = |ssn: &'static str| {
+        let pg = &pg;
+        async move {
+            pg.id(
+                "insert into public.orders (customer_id, ssn) values (1, $1) returning id",
+                &[&ssn],
+            )
+            .await
+        }
+    };
+    let seen = insert("1").await;
+    expect_row(&mut c, "INSERT", "orders", seen).await;
+
+    let told = refresh_token(&mut c, &joined, &user).await;
+    let messages: Vec<&Value> = told.iter().map(|t| &t["message"]).collect();
+    assert_eq!(
+        messages,
+        [&json!(
+            "invalid column for filter ssn: role authenticated may not select it"
+        )],
+        "{told:?}"
+    );
+    assert_eq!(told[0]["status"], "error");
+    let hidden = insert("1").await;
+    let mark = pg
+        .id("insert into public.marks default values returning id", &[])
+        .await;
+    expect_row(&mut marks, "INSERT", "marks", mark).await;
+
+    let told = refresh_token(&mut c, &joined, &service).await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["message"], "Subscribed to PostgreSQL");
+    let shown = insert("1").await;
+    // The row written while the filter was stopped never comes: the next one does.
+    let next = expect_row(&mut c, "INSERT", "orders", shown).await;
+    assert_ne!(next.row_id(), Some(hidden));
+}
+
 #[tokio::test]
 async fn a_role_learns_nothing_about_tables_it_may_not_select() {
     let pg = PgHub::start(SETUP).await;

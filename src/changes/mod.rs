@@ -37,7 +37,7 @@ pub use catalog::{
 };
 pub use dispatch::{Mark, Progress};
 pub use filter::{parse as parse_filter, BoundFilter, Filter};
-pub use index::{Sent, Subscriber, Subscription, TableScope};
+pub use index::{subscription_id, Sent, Subscriber, Subscription, TableScope};
 pub use lane::{LaneHold, LaneSettings};
 pub use logged::{gap_len, into_events, LogEntry, StatementRows};
 pub use recent::{entry_bytes, Batch, Gap, Recent};

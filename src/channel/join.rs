@@ -13,7 +13,7 @@ use super::channel_name;
 use super::join_config::JoinConfig;
 use super::private::router_access;
 use super::resume::{self, Claim};
-use super::retry::Unsubscribed;
+use super::retry::ChangesEntries;
 use super::session::{now_unix, Channel, End, Session};
 use crate::auth::{is_user_token, Claims};
 use crate::authz::{self, AuthzError, ChannelAccess, Replay, ReplayRequest, Replayed};
@@ -302,9 +302,9 @@ impl Session {
             .map(|v| v.reply.clone())
             .unwrap_or_default();
         self.reply(msg, "ok", &json!({ "postgres_changes": reply_entries }));
-        let mut unsubscribed = validated
+        let mut entries = validated
             .as_ref()
-            .and_then(|v| Unsubscribed::of(&config.postgres_changes, v, &outbox, &claims));
+            .and_then(|v| ChangesEntries::of(&config.postgres_changes, v, &outbox, &claims));
         let (subscriptions, errors) = validated
             .map(|v| (v.subscriptions, v.errors))
             .unwrap_or_default();
@@ -339,7 +339,7 @@ impl Session {
             }
             ahead
         });
-        if let (Some(u), Some(from)) = (&mut unsubscribed, &ahead) {
+        if let (Some(u), Some(from)) = (&mut entries, &ahead) {
             u.sent = Some(resume::changes_sent(from));
         }
         if let Some(r) = &replayed {
@@ -404,7 +404,7 @@ impl Session {
                 exp: claims.exp,
                 live,
                 private,
-                unsubscribed,
+                entries,
                 replication_deadline,
                 presence_calls: Default::default(),
             },

@@ -1,13 +1,17 @@
-//! `postgres_changes` entries a join could not subscribe, tried again on each new token.
-//! Supabase subscribes a channel's entries again with the new claims whenever an
-//! `access_token` is applied, so a channel joined before the user signed in (the apikey's
-//! role, which may not read the table) starts receiving once `setAuth` sends the user's
-//! token. Only the entries that failed are checked again: the others stay subscribed as
-//! they were, with row scope judged by the new claims (`Changes::set_viewer`).
+//! A channel's `postgres_changes` entries, subscribed again on each new token. Supabase
+//! subscribes a channel's entries again with the new claims whenever an `access_token` is
+//! applied, so:
+//!
+//! - a channel joined before the user signed in (the apikey's role, which may not read the
+//!   table) starts receiving once `setAuth` sends the user's token;
+//! - an entry the new token's role may not have (a filter on a column it may not select,
+//!   a table it may not read) stops, with its error, as at join: which rows match a
+//!   filter would otherwise tell a hidden column's values.
 //!
 //! Entries that failed because the database could not be reached are also tried again
 //! every 5 to 10 seconds, as Supabase retries them, until they subscribe: a channel that
-//! joined while Postgres was down starts receiving once it is back.
+//! joined while Postgres was down starts receiving once it is back. A new token checked
+//! while the database cannot be reached leaves the subscriptions as they are until then.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,40 +22,39 @@ use tokio::time::Instant;
 
 use super::session::Session;
 use crate::auth::Claims;
-use crate::changes::{Sent, Subscriber, Subscription, Validated, Viewer};
+use crate::changes::{subscription_id, Sent, Subscriber, Validated, Viewer};
 use crate::protocol::SystemMessage;
 use crate::router::outbox::ChannelOutbox;
 
-/// What a channel keeps to subscribe the entries its join could not.
-pub(super) struct Unsubscribed {
-    /// The entries, as the join sent them, not subscribed yet.
-    entries: Vec<Value>,
-    /// The channel's subscriptions: a member's are replaced as a whole.
-    subscribed: Vec<Subscription>,
+/// A channel's `postgres_changes` entries, to subscribe them again on a new token.
+pub(super) struct ChangesEntries {
+    /// Every entry of the join, as it sent them.
+    entries: Arc<[Value]>,
+    /// The ids of the entries not subscribed now.
+    failed: Vec<u32>,
     outbox: ChannelOutbox,
     /// The claims they were last tried with (the channel's, in force).
     claims: Claims,
     /// When to try them again because the database could not be reached; `None` when
-    /// they failed for what they say (only a new token tries those again).
+    /// they did not fail for that (only a new token tries them again).
     retry_at: Option<Instant>,
     /// `Subscriber::sent` of the channel (it resumed ahead of this hub), kept when its
     /// subscriptions are replaced.
     pub(super) sent: Option<Sent>,
 }
 
-impl Unsubscribed {
-    /// `None` when every entry of the join was subscribed.
+impl ChangesEntries {
+    /// `None` when the join had no entries.
     pub(super) fn of(
         entries: &[Value],
         validated: &Validated,
         outbox: &ChannelOutbox,
         claims: &Claims,
-    ) -> Option<Box<Unsubscribed>> {
-        let failed = failed(entries, validated);
-        (!failed.is_empty()).then(|| {
-            Box::new(Unsubscribed {
-                entries: failed,
-                subscribed: validated.subscriptions.clone(),
+    ) -> Option<Box<ChangesEntries>> {
+        (!entries.is_empty()).then(|| {
+            Box::new(ChangesEntries {
+                entries: entries.into(),
+                failed: failed(entries, validated).map(|(id, _)| id).collect(),
                 outbox: outbox.clone(),
                 claims: claims.clone(),
                 retry_at: retry_at(validated),
@@ -69,79 +72,81 @@ fn retry_at(validated: &Validated) -> Option<Instant> {
         .then(|| Instant::now() + Duration::from_millis(rand::rng().random_range(5_000..10_000)))
 }
 
-/// The entries `validated` (their validation, in order) did not subscribe.
-fn failed(entries: &[Value], validated: &Validated) -> Vec<Value> {
+/// The ids of the entries `validated` (their validation, in order) did not subscribe, each
+/// with its place among `validated.errors` (one per entry that failed, in order).
+fn failed<'a>(
+    entries: &'a [Value],
+    validated: &'a Validated,
+) -> impl Iterator<Item = (u32, usize)> + 'a {
     entries
         .iter()
-        .zip(&validated.reply)
-        .filter(|(_, echoed)| {
-            !validated
-                .subscriptions
-                .iter()
-                .any(|s| echoed.get("id").and_then(Value::as_u64) == Some(u64::from(s.id)))
-        })
-        .map(|(entry, _)| entry.clone())
-        .collect()
+        .map(subscription_id)
+        .filter(|id| !validated.subscriptions.iter().any(|s| s.id == *id))
+        .enumerate()
+        .map(|(i, id)| (id, i))
 }
 
 impl Session {
-    /// After a new token was applied to `topic`'s channel: subscribes, with `claims`, the
-    /// entries its join could not, and says so (`Subscribed to PostgreSQL`). Entries that
-    /// still fail stay quiet: their error was told at join.
+    /// After a new token was applied to `topic`'s channel (or the database is back):
+    /// validates every entry again with `claims`, replaces the channel's subscriptions
+    /// with those that pass, tells the error of each entry that fails now but did not
+    /// before, then `Subscribed to PostgreSQL` when any entry is subscribed (as Supabase
+    /// says it after each token it applies). Entries that still fail stay quiet: their
+    /// error was told.
     pub(super) async fn resubscribe(&mut self, topic: &str, claims: &Claims) {
         let Some(entries) = self
             .channels
             .get(topic)
-            .and_then(|ch| ch.unsubscribed.as_ref())
-            .map(|u| u.entries.clone())
+            .and_then(|ch| ch.entries.as_ref())
+            .map(|e| e.entries.clone())
         else {
             return;
         };
         let validated = self.svc.changes.validate(&entries, &claims.role).await;
-        if validated.subscriptions.is_empty() {
-            if let Some(u) = self
-                .channels
-                .get_mut(topic)
-                .and_then(|ch| ch.unsubscribed.as_mut())
-            {
-                u.claims = claims.clone();
-                u.retry_at = retry_at(&validated);
-            }
-            return;
-        }
-        let still = failed(&entries, &validated);
-        let retry = retry_at(&validated);
         let Some(ch) = self.channels.get_mut(topic) else {
             return;
         };
-        let Some(mut unsubscribed) = ch.unsubscribed.take() else {
+        let Some(state) = ch.entries.as_mut() else {
             return;
         };
-        unsubscribed.subscribed.extend(validated.subscriptions);
+        state.claims = claims.clone();
+        state.retry_at = retry_at(&validated);
+        if validated.unavailable() {
+            // Judged again once the database is back; row scope follows the new claims
+            // meanwhile.
+            return;
+        }
+        let failed_now: Vec<(u32, usize)> = failed(&entries, &validated).collect();
+        let stopped: Vec<_> = failed_now
+            .iter()
+            .filter(|(id, _)| !state.failed.contains(id))
+            .filter_map(|(_, i)| validated.errors.get(*i).cloned())
+            .collect();
+        let subscribed = !validated.subscriptions.is_empty();
+        state.failed = failed_now.into_iter().map(|(id, _)| id).collect();
         let subscriber = Subscriber {
             member: ch.member,
             conn_id: self.conn_id,
             topic: self.svc.router.shared_name(&ch.key),
             join_ref: ch.join_ref.clone(),
             vsn: self.vsn,
-            outbox: unsubscribed.outbox.clone(),
+            outbox: state.outbox.clone(),
             viewer: Arc::new(Viewer::from_claims(claims)),
-            sent: unsubscribed.sent.clone(),
+            sent: state.sent.clone(),
         };
-        let subscriptions = unsubscribed.subscribed.clone();
         let join_ref = ch.join_ref.clone();
-        if !still.is_empty() {
-            unsubscribed.entries = still;
-            unsubscribed.claims = claims.clone();
-            unsubscribed.retry_at = retry;
-            ch.unsubscribed = Some(unsubscribed);
-        }
         let changes = &self.svc.changes;
         changes
             .progress()
-            .at_cut(|_| changes.subscribe(subscriber, subscriptions));
-        tracing::debug!(conn_id = self.conn_id, topic, role = %claims.role, "entries subscribed on a new token");
-        self.system(topic, &join_ref, &SystemMessage::SubscribedToPostgres);
+            .at_cut(|_| changes.subscribe(subscriber, validated.subscriptions));
+        for e in stopped {
+            tracing::debug!(conn_id = self.conn_id, topic, role = %claims.role, error = %e, "entry refused on a new token");
+            self.system(topic, &join_ref, &SystemMessage::Changes(e));
+        }
+        if subscribed {
+            tracing::debug!(conn_id = self.conn_id, topic, role = %claims.role, "entries subscribed on a new token");
+            self.system(topic, &join_ref, &SystemMessage::SubscribedToPostgres);
+        }
     }
 }
 
@@ -150,7 +155,7 @@ impl Session {
     pub fn next_retry(&self) -> Option<Instant> {
         self.channels
             .values()
-            .filter_map(|ch| ch.unsubscribed.as_ref()?.retry_at)
+            .filter_map(|ch| ch.entries.as_ref()?.retry_at)
             .min()
     }
 
@@ -161,8 +166,8 @@ impl Session {
             .channels
             .iter()
             .filter_map(|(topic, ch)| {
-                let u = ch.unsubscribed.as_ref()?;
-                (u.retry_at? <= now).then(|| (topic.clone(), u.claims.clone()))
+                let e = ch.entries.as_ref()?;
+                (e.retry_at? <= now).then(|| (topic.clone(), e.claims.clone()))
             })
             .collect();
         for (topic, claims) in due {

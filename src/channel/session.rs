@@ -10,7 +10,7 @@ use std::sync::Arc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 
-use super::retry::Unsubscribed;
+use super::retry::ChangesEntries;
 use super::{channel_name, Services};
 use crate::auth::Claims;
 use crate::authz::ChannelAccess;
@@ -41,8 +41,9 @@ pub(super) struct Channel {
     pub live: Option<Arc<LiveChannel>>,
     /// `Some` on a private channel: what the token in force may do there.
     pub private: Option<ChannelAccess>,
-    /// `Some` while entries of its join are not subscribed (a new token tries them again).
-    pub unsubscribed: Option<Box<Unsubscribed>>,
+    /// `Some` when its join had `postgres_changes` entries (a new token subscribes them
+    /// again).
+    pub entries: Option<Box<ChangesEntries>>,
     /// `Some` while it waits to be told the hub reads the log (`replication_ready`): when
     /// it gives up.
     pub replication_deadline: Option<tokio::time::Instant>,

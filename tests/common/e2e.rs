@@ -230,9 +230,10 @@ pub async fn leave(c: &mut WsClient, joined: &Joined) {
 }
 
 /// Sends a refreshed access token for a joined channel (vsn 2) and waits until the hub
-/// has taken it: it sends no reply, so the heartbeat reply `assert_quiet` waits for is the
-/// barrier (and nothing may come before it).
-pub async fn refresh_token(c: &mut WsClient, joined: &Joined, token: &str) {
+/// has taken it: it sends no reply, so a heartbeat's reply is the barrier. Before it may
+/// come only the channel's `postgres_changes` system messages (its entries subscribed
+/// again with the new claims, as Supabase does on every token): returned, in order.
+pub async fn refresh_token(c: &mut WsClient, joined: &Joined, token: &str) -> Vec<Value> {
     let r = c.next_ref();
     let payload = json!({ "access_token": token });
     c.send_v2(
@@ -243,7 +244,23 @@ pub async fn refresh_token(c: &mut WsClient, joined: &Joined, token: &str) {
         payload,
     )
     .await;
-    c.assert_quiet().await;
+    let beat = c.next_ref();
+    c.send(None, Some(&beat), "phoenix", "heartbeat", json!({}))
+        .await;
+    let mut told = Vec::new();
+    loop {
+        let f = c.recv().await;
+        if f.topic() == Some("phoenix") && f.is_reply_to(&beat) {
+            return told;
+        }
+        assert!(
+            f.is_event("system")
+                && f.topic() == Some(joined.topic.as_str())
+                && f.payload()["extension"] == "postgres_changes",
+            "expected only the channel's postgres_changes system messages before the heartbeat reply, got {f:?}"
+        );
+        told.push(f.payload().clone());
+    }
 }
 
 /// [`subscribe`] with extra `config` keys (e.g. `{"broadcast":{"self":true}}`).
