@@ -449,3 +449,62 @@ async fn a_client_parked_on_one_node_resumes_on_another_with_what_it_missed() {
         .unwrap();
     common::e2e::expect_row(&mut c, "INSERT", "notes", 4).await;
 }
+
+/// Nodes on another Redis database form a cluster of their own (Redis pub/sub ignores
+/// database numbers, so the number is in the channel's name), and a node whose
+/// `node_timeout_secs` is longer than its peers' (a rolling deploy changing it) is not
+/// given up between two of its heartbeats: its peers wait by the timeout it tells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_redis_database_is_another_cluster_and_a_longer_timeout_is_waited_for() {
+    use common::cluster::{Node, NodeSpec};
+    let prod = TestCluster::start(2, 2, None).await;
+    let staging = NodeSpec {
+        redis_url: format!("{}/5", prod.redis.url()),
+        ..prod.spec.clone()
+    };
+    let s1 = Node::start("staging1", &staging).await;
+    let s2 = Node::start("staging2", &staging).await;
+    for node in [&s1, &s2] {
+        node.wait_cluster("synced with the other staging node", |s| {
+            synced_peers(s) == 1
+        })
+        .await;
+    }
+    // The staging nodes heard each other: had their messages reached database 0's
+    // channel, the production nodes would have heard them too.
+    for node in &prod.nodes {
+        let peers = node.cluster_status().await["peers"].clone();
+        assert_eq!(
+            peers.as_array().map(Vec::len),
+            Some(1),
+            "{}: {peers}",
+            node.name
+        );
+    }
+
+    // Heartbeats every 2 s, where the others give a peer up after 2 s of silence.
+    let slow = NodeSpec {
+        node_timeout_secs: 10,
+        ..prod.spec.clone()
+    };
+    let slow = Node::start("slow", &slow).await;
+    for node in &prod.nodes {
+        node.wait_cluster("synced with the slow node", |s| synced_peers(s) == 2)
+            .await;
+    }
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(5) {
+        for node in &prod.nodes {
+            let peers = node.cluster_status().await["peers"].clone();
+            assert_eq!(
+                peers.as_array().map(Vec::len),
+                Some(2),
+                "{} gave a peer up after {:?}: {peers}",
+                node.name,
+                watched.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(slow);
+}

@@ -42,6 +42,10 @@ impl Node {
         }
         match env.msg {
             Msg::Heartbeat => {
+                if let Some(ms) = env.timeout_ms {
+                    let timeout = std::time::Duration::from_millis(ms);
+                    self.peers().told_timeout(from, timeout);
+                }
                 let ask = self
                     .peers()
                     .should_ask(from, now_std, self.timing.ask_again);

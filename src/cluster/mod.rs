@@ -61,6 +61,16 @@ pub struct ClusterConfig {
     pub node_timeout: Duration,
 }
 
+/// The pub/sub channel of cluster `name` on Redis database `db`. Pub/sub ignores database
+/// numbers, so a deployment on `redis://host/5` would share `redis://host/0`'s channel
+/// (broadcasts and presence, private ones too) were the number not in its name.
+fn channel_name(name: &str, db: i64) -> String {
+    match db {
+        0 => format!("{name}:cluster"),
+        db => format!("{name}:db{db}:cluster"),
+    }
+}
+
 /// The handle for the router and status, and the task to spawn with [`run_cluster`].
 pub fn start(
     config: ClusterConfig,
@@ -68,6 +78,10 @@ pub fn start(
     metrics: Arc<Metrics>,
 ) -> Result<(ClusterHandle, ClusterTask), ClusterError> {
     let client = redis::Client::open(config.redis_url.as_str()).map_err(ClusterError::BadUrl)?;
+    let channel = channel_name(
+        &config.name,
+        client.get_connection_info().redis_settings().db(),
+    );
     let (tx, rx) = mpsc::channel(handle::QUEUE_MESSAGES);
     let shared = Arc::new(handle::Shared {
         node,
@@ -81,8 +95,20 @@ pub fn start(
         shared: shared.clone(),
         rx,
         client,
-        channel: format!("{}:cluster", config.name),
+        channel,
         timing: node::Timing::new(config.node_timeout),
     };
     Ok((ClusterHandle { shared }, task))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_redis_database_number_is_part_of_the_channel() {
+        assert_eq!(super::channel_name("switchboard", 0), "switchboard:cluster");
+        assert_eq!(
+            super::channel_name("switchboard", 5),
+            "switchboard:db5:cluster"
+        );
+    }
 }

@@ -31,6 +31,8 @@ const PUBLISH_BATCH: usize = 128;
 /// Schedules derived from `node_timeout_secs`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Timing {
+    /// `node_timeout_secs`, which heartbeats tell.
+    pub node_timeout: Duration,
     pub heartbeat: Duration,
     /// How often silent peers are looked for.
     pub sweep: Duration,
@@ -49,6 +51,7 @@ impl Timing {
     pub fn new(node_timeout: Duration) -> Timing {
         let sweep = (node_timeout / 10).min(Duration::from_millis(250));
         Timing {
+            node_timeout,
             heartbeat: node_timeout / 5,
             sweep,
             dead_after: node_timeout.saturating_sub(sweep),
@@ -103,7 +106,7 @@ pub async fn run_cluster(task: ClusterTask, router: Arc<Router>, shutdown: Cance
         timing,
     } = task;
     let node = Node {
-        own: wire::Own::of(shared.node),
+        own: wire::Own::of(shared.node, timing.node_timeout),
         shared,
         router,
         timing,
@@ -265,7 +268,7 @@ impl Node {
                     if silent > self.timing.self_timeout {
                         return ClusterError::Stalled(silent);
                     }
-                    self.shared.push_msg(&Msg::Heartbeat);
+                    self.shared.push(Msg::Heartbeat.kind(), self.own.heartbeat.clone());
                 }
                 _ = sweep.tick() => self.sweep(Instant::now()),
             }

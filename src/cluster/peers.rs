@@ -13,6 +13,8 @@ use crate::router::{NodeId, TopicKey};
 #[derive(Debug)]
 struct Peer {
     last_heard: Instant,
+    /// The `node_timeout_secs` its heartbeats tell (older nodes tell none).
+    timeout: Option<Duration>,
     /// Its full snapshot arrived since this node's session began.
     synced: bool,
     /// When this node last asked it for a snapshot.
@@ -46,6 +48,7 @@ impl Peers {
             None => {
                 let peer = Peer {
                     last_heard: now,
+                    timeout: None,
                     synced: false,
                     asked: None,
                     sync: None,
@@ -56,12 +59,23 @@ impl Peers {
         }
     }
 
-    /// Removes and returns the peers silent for longer than `silence`.
+    /// Records the `node_timeout_secs` `node` heartbeats by.
+    pub fn told_timeout(&mut self, node: NodeId, timeout: Duration) {
+        if let Some(p) = self.peers.get_mut(&node) {
+            p.timeout = Some(timeout);
+        }
+    }
+
+    /// Removes and returns the peers silent for longer than `silence`, or than their own
+    /// timeout when they told a longer one (they heartbeat by it).
     pub fn expire(&mut self, now: Instant, silence: Duration) -> Vec<NodeId> {
         let dead: Vec<NodeId> = self
             .peers
             .iter()
-            .filter(|(_, p)| now.saturating_duration_since(p.last_heard) > silence)
+            .filter(|(_, p)| {
+                let silence = p.timeout.map_or(silence, |t| t.max(silence));
+                now.saturating_duration_since(p.last_heard) > silence
+            })
             .map(|(n, _)| *n)
             .collect();
         for n in &dead {
@@ -179,6 +193,20 @@ mod tests {
         assert_eq!(p.expire(t0 + 10 * SECOND, 9 * SECOND), vec![A]);
         assert!(p.expire(t0 + 10 * SECOND, 9 * SECOND).is_empty());
         assert_eq!(p.view(t0).len(), 1);
+    }
+
+    #[test]
+    fn a_peer_with_a_longer_timeout_is_given_up_by_its_own() {
+        let t0 = Instant::now();
+        let mut p = Peers::default();
+        p.heard(A, t0);
+        p.heard(B, t0);
+        // A heartbeats every 12 s (a 60 s timeout); this node's own is 10 s.
+        p.told_timeout(A, 60 * SECOND);
+        p.told_timeout(B, 5 * SECOND);
+        assert_eq!(p.expire(t0 + 11 * SECOND, 10 * SECOND), vec![B]);
+        assert!(p.expire(t0 + 60 * SECOND, 10 * SECOND).is_empty());
+        assert_eq!(p.expire(t0 + 61 * SECOND, 10 * SECOND), vec![A]);
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub enum WireError {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Envelope<M> {
     pub node: NodeId,
+    /// On heartbeats: the sender's `node_timeout_secs` in milliseconds. A node heartbeats
+    /// every fifth of its own timeout, so its peers wait at least that long before they
+    /// give it up, whatever their own (nodes restarted with another value in a rolling
+    /// deploy). Absent from older nodes' heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     pub msg: M,
 }
 
@@ -196,7 +202,22 @@ enum OutMsg<'a> {
 
 /// Encodes a message from `node`.
 pub fn encode(node: NodeId, msg: &Msg<'_>) -> Vec<u8> {
-    serde_json::to_vec(&Envelope { node, msg }).expect("cluster messages always serialize")
+    let envelope = Envelope {
+        node,
+        timeout_ms: None,
+        msg,
+    };
+    serde_json::to_vec(&envelope).expect("cluster messages always serialize")
+}
+
+/// Encodes `node`'s heartbeat, which tells its `node_timeout`.
+pub fn encode_heartbeat(node: NodeId, node_timeout: std::time::Duration) -> Vec<u8> {
+    let envelope = Envelope {
+        node,
+        timeout_ms: Some(node_timeout.as_millis() as u64),
+        msg: &Msg::Heartbeat,
+    };
+    serde_json::to_vec(&envelope).expect("heartbeats always serialize")
 }
 
 /// Encodes a client broadcast from `node`; its payload is serialized once, here.
@@ -213,7 +234,12 @@ pub fn encode_broadcast(node: NodeId, key: &TopicKey, b: &Broadcast) -> Vec<u8> 
         meta: b.meta.as_ref(),
         binary_origin: b.binary_origin,
     });
-    serde_json::to_vec(&Envelope { node, msg }).expect("broadcasts always serialize")
+    let envelope = Envelope {
+        node,
+        timeout_ms: None,
+        msg,
+    };
+    serde_json::to_vec(&envelope).expect("broadcasts always serialize")
 }
 
 /// Decodes one Redis message; borrowed from `bytes` where it can be.
@@ -230,10 +256,10 @@ pub struct Own {
 }
 
 impl Own {
-    pub fn of(node: NodeId) -> Own {
+    pub fn of(node: NodeId, node_timeout: std::time::Duration) -> Own {
         Own {
             prefix: format!("{{\"node\":{},", node.0).into_bytes(),
-            heartbeat: encode(node, &Msg::Heartbeat),
+            heartbeat: encode_heartbeat(node, node_timeout),
         }
     }
 }
@@ -339,7 +365,7 @@ mod tests {
 
     #[test]
     fn own_messages_are_recognised_by_their_first_bytes() {
-        let own = Own::of(NodeId(12));
+        let own = Own::of(NodeId(12), std::time::Duration::from_secs(10));
         let b = Broadcast {
             event: "e".into(),
             payload: BroadcastPayload::Json(json!({})),
@@ -350,8 +376,16 @@ mod tests {
         assert!(mine.starts_with(&own.prefix));
         let theirs = encode_broadcast(NodeId(123), &key("realtime:x", false), &b);
         assert!(!theirs.starts_with(&own.prefix));
-        assert_eq!(own.heartbeat, encode(NodeId(12), &Msg::Heartbeat));
         assert!(own.heartbeat.starts_with(&own.prefix));
+        let beat = decode(&own.heartbeat).unwrap();
+        assert!(matches!(beat.msg, Msg::Heartbeat));
+        assert_eq!(beat.timeout_ms, Some(10_000));
+        // An older node's heartbeat, without its timeout, is read as before.
+        let old = decode(br#"{"node":3,"msg":"heartbeat"}"#).unwrap();
+        assert_eq!(
+            (old.timeout_ms, matches!(old.msg, Msg::Heartbeat)),
+            (None, true)
+        );
     }
 
     #[test]
