@@ -111,16 +111,31 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// A state-changing request is refused when a browser says it comes from another origin
-/// (the SameSite cookie already keeps other sites out; this covers sign-in too).
+/// (the SameSite cookie already keeps other sites out; this covers sign-in too). The
+/// Origin's host:port must match `Host`, or the first `X-Forwarded-Host` a proxy in front
+/// passed on (one that rewrites `Host`, or drops its port). Trusting that header stays
+/// CSRF-safe: a page on another origin cannot set it without a CORS preflight, which the
+/// hub never grants for these routes, and a non-browser client needs no forgery.
 pub fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let origin_host = origin
+    let Some(origin_host) = origin
         .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let forwarded = headers
+        .get("x-forwarded-host")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    [host, forwarded]
+        .into_iter()
+        .flatten()
+        .any(|h| !h.is_empty() && origin_host.eq_ignore_ascii_case(h))
 }
 
 /// `Set-Cookie` for a new session (`Secure` when the page was reached over https).
@@ -450,6 +465,35 @@ mod tests {
         assert!(!same_origin(&h));
         h.insert(header::ORIGIN, HeaderValue::from_static("null"));
         assert!(!same_origin(&h));
+    }
+
+    #[test]
+    fn the_origin_may_match_the_host_a_proxy_forwarded() {
+        let mut h = HeaderMap::new();
+        // A proxy that sets `Host $host` drops the public port.
+        h.insert(header::HOST, HeaderValue::from_static("hub.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://hub.example:4000"),
+        );
+        assert!(!same_origin(&h), "the port is part of the origin");
+        h.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("hub.example:4000, inner.local"),
+        );
+        assert!(same_origin(&h), "the first X-Forwarded-Host matches");
+        h.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("inner.local, hub.example:4000"),
+        );
+        assert!(!same_origin(&h), "only the first value counts");
+        h.insert(header::HOST, HeaderValue::from_static("hub.example:4000"));
+        assert!(same_origin(&h), "Host with its port matches");
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example:4000"),
+        );
+        assert!(!same_origin(&h), "another host with the same port");
     }
 
     #[test]
