@@ -450,3 +450,21 @@ async fn without_an_hs_secret_the_hub_says_it_cannot_mint_and_refuses_to() {
     shutdown.cancel();
     run.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_spent_admin_secret_budget_says_when_to_try_again() {
+    let hub = hub_with_admin_secret().await;
+    let mut last = None;
+    for _ in 0..30 {
+        let (code, h, _) = get(&hub, "/inspector/api/snapshot", bearer("a-wrong-guess")).await;
+        if code == 429 {
+            last = Some(h);
+            break;
+        }
+        assert_eq!(code, 401);
+    }
+    let h = last.expect("the budget runs out");
+    let secs: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&secs), "Retry-After: {secs}");
+    hub.stop().await.unwrap();
+}

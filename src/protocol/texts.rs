@@ -600,8 +600,9 @@ pub enum InspectorError {
     WrongSecret,
     #[error("This hub has no admin secret; sign in with a service_role token")]
     NoAdminSecret,
+    /// The failure budget is spent; it allows another attempt in `retry_after_secs`.
     #[error("Too many sign-in attempts; wait a few seconds")]
-    TooManyAttempts,
+    TooManyAttempts { retry_after_secs: u64 },
     /// A state-changing request from another origin.
     #[error("Cross-origin request refused")]
     CrossOrigin,
@@ -637,7 +638,7 @@ impl InspectorError {
             | InspectorError::NotServiceRole { .. }
             | InspectorError::WrongSecret
             | InspectorError::NoAdminSecret => 401,
-            InspectorError::TooManyAttempts => 429,
+            InspectorError::TooManyAttempts { .. } => 429,
             InspectorError::CrossOrigin => 403,
             InspectorError::CannotMint => 409,
             InspectorError::BadRequest(_) => 422,
@@ -647,6 +648,14 @@ impl InspectorError {
 
     pub fn body(&self) -> Value {
         json!({ "error": self.to_string() })
+    }
+
+    /// The `Retry-After` seconds of a refusal that passes with time.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            InspectorError::TooManyAttempts { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        }
     }
 }
 
@@ -863,7 +872,11 @@ mod tests {
             (e.status(), e.body()),
             (401, json!({"error": "Token has expired"}))
         );
-        assert_eq!(InspectorError::TooManyAttempts.status(), 429);
+        let spent = InspectorError::TooManyAttempts {
+            retry_after_secs: 2,
+        };
+        assert_eq!((spent.status(), spent.retry_after_secs()), (429, Some(2)));
+        assert_eq!(InspectorError::WrongSecret.retry_after_secs(), None);
         assert_eq!(
             InspectorError::BadRequest(InspectorBadRequest::RoleMissing).body(),
             json!({"error": "`role` must be a non-empty string"})

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use base64::Engine;
 use rand::RngCore;
 use serde::Serialize;
@@ -138,6 +140,18 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
         .any(|h| !h.is_empty() && origin_host.eq_ignore_ascii_case(h))
 }
 
+/// The answer to a refused admin request: its status, `{"error": ...}`, and
+/// `Retry-After` when waiting helps (a spent failure budget).
+pub fn refusal(e: InspectorError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut resp = (status, Json(e.body())).into_response();
+    if let Some(secs) = e.retry_after_secs() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
 /// `Set-Cookie` for a new session (`Secure` when the page was reached over https).
 pub fn session_cookie(id: &str, max_age_secs: i64, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
@@ -215,7 +229,10 @@ impl Gate {
             let mut budget = lock(&self.failures);
             budget.refill(clock);
             if budget.left < 1.0 {
-                return Err(InspectorError::TooManyAttempts);
+                let wait = (1.0 - budget.left) / FAILURES_PER_SEC;
+                return Err(InspectorError::TooManyAttempts {
+                    retry_after_secs: (wait.ceil() as u64).max(1),
+                });
             }
         }
         let outcome = match &self.admin_secret {
@@ -393,8 +410,17 @@ mod tests {
         }
         assert_eq!(
             gate.check_at(&v, ADMIN, NOW, t0),
-            Err(InspectorError::TooManyAttempts),
+            Err(InspectorError::TooManyAttempts {
+                retry_after_secs: 1
+            }),
             "even the right secret waits while the budget is spent"
+        );
+        assert_eq!(
+            gate.check_at(&v, ADMIN, NOW, t0 + Duration::from_millis(400)),
+            Err(InspectorError::TooManyAttempts {
+                retry_after_secs: 1
+            }),
+            "0.6 s to wait is told as 1 s"
         );
         let later = t0 + Duration::from_secs(2);
         assert!(gate.check_at(&v, ADMIN, NOW, later).is_ok());

@@ -306,10 +306,7 @@ pub(crate) fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Box<Re
     hub.admin
         .authorize(&hub.services.verifier, headers, now)
         .map(|_| ())
-        .map_err(|e| {
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-            Box::new((status, Json(e.body())).into_response())
-        })
+        .map_err(|e| Box::new(admin::refusal(e)))
 }
 
 async fn status(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {

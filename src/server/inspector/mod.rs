@@ -89,8 +89,7 @@ fn now() -> i64 {
 }
 
 fn error(e: InspectorError) -> Response {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    (status, Json(e.body())).into_response()
+    admin::refusal(e)
 }
 
 fn inspector(hub: &Hub) -> &Inspector {
