@@ -451,6 +451,76 @@ async fn without_an_hs_secret_the_hub_says_it_cannot_mint_and_refuses_to() {
     run.await.unwrap().unwrap();
 }
 
+/// POSTs `{"token": token}` to the token check with `h`.
+async fn check_token(hub: &TestHub, h: HeaderMap, token: &str) -> (u16, Value) {
+    let url = hub.http_url("/inspector/api/token/check");
+    let (code, _, body) =
+        request(reqwest::Method::POST, url, h, Some(json!({"token": token}))).await;
+    (code, body)
+}
+
+#[tokio::test]
+async fn a_pasted_token_is_checked_as_a_connection_checks_it_and_told_why_it_is_refused() {
+    let hub = hub_with_admin_secret().await;
+    let user = hub.token("authenticated", "user-1", 600);
+    let (code, body) = check_token(&hub, HeaderMap::new(), &user).await;
+    assert_eq!(code, 401, "signed-in visitors only: {body}");
+    let (code, body) = check_token(
+        &hub,
+        headers(&[
+            (AUTHORIZATION, &format!("Bearer {ADMIN}")),
+            (ORIGIN, "https://evil.example"),
+        ]),
+        &user,
+    )
+    .await;
+    assert_eq!(
+        (code, body),
+        (403, json!({"error": "Cross-origin request refused"}))
+    );
+
+    let (code, body) = check_token(&hub, bearer(ADMIN), &user).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        (&body["valid"], &body["role"]),
+        (&json!(true), &json!("authenticated"))
+    );
+
+    let expired = hub.token("authenticated", "user-1", -5);
+    let (_, body) = check_token(&hub, bearer(ADMIN), &expired).await;
+    assert_eq!(body["valid"], false);
+    let reason = body["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("Token has expired ") && reason.ends_with(" seconds ago"),
+        "the reason with its age, as a join reply gives it: {reason}"
+    );
+    let other_key = switchboard::auth::mint_hs256(
+        "some-other-secret-entirely",
+        &json!({"role": "authenticated", "exp": now() + 600}),
+    )
+    .unwrap();
+    for (token, reason) in [
+        (
+            hub.token("postgres", "x", 600),
+            "Token role \"postgres\" is not allowed",
+        ),
+        (other_key, "Failed to validate JWT signature"),
+        (
+            "garbage".to_owned(),
+            "The token provided is not a valid JWT",
+        ),
+        (String::new(), "The token provided is not a valid JWT"),
+    ] {
+        let (code, body) = check_token(&hub, bearer(ADMIN), &token).await;
+        assert_eq!(
+            (code, body),
+            (200, json!({"valid": false, "reason": reason})),
+            "{token}"
+        );
+    }
+    hub.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_spent_admin_secret_budget_says_when_to_try_again() {
     let hub = hub_with_admin_secret().await;

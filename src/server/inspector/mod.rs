@@ -31,7 +31,7 @@ pub use history::History;
 use super::admin::{self, Gate, Grant};
 use super::Hub;
 use crate::config::Config;
-use crate::protocol::{InspectorBadRequest, InspectorError};
+use crate::protocol::{InspectorBadRequest, InspectorError, TokenError};
 
 /// How often the stream sends a snapshot.
 const STREAM_EVERY: Duration = Duration::from_secs(1);
@@ -75,6 +75,7 @@ pub fn routes() -> HttpRouter<Arc<Hub>> {
         .route("/inspector/api/snapshot", get(snapshot))
         .route("/inspector/api/stream", get(stream))
         .route("/inspector/api/token", post(mint))
+        .route("/inspector/api/token/check", post(check_token))
         .route(
             "/inspector/api/webhooks/{name}/{action}",
             post(webhook_action),
@@ -282,6 +283,36 @@ async fn mint(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> R
             Err(e) => error(InspectorError::MintFailed(e.to_string())),
         },
         Err(problem) => error(InspectorError::BadRequest(problem)),
+    }
+}
+
+/// `{"token": ...}` -> whether the hub would accept it at connect: `{"valid": true,
+/// "role", "expires_at"}`, or `{"valid": false, "reason"}` with the reason in the words
+/// of a join reply or `system` message (a browser's WebSocket cannot read the 401 body).
+async fn check_token(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(e) = authorize(&hub, &headers) {
+        return error(e);
+    }
+    if !admin::same_origin(&headers) {
+        return error(InspectorError::CrossOrigin);
+    }
+    let body = match json_object(&body) {
+        Ok(b) => b,
+        Err(e) => return error(e),
+    };
+    let token = body.get("token").and_then(Value::as_str).unwrap_or("");
+    Json(token_verdict(&hub.services.verifier, token, now())).into_response()
+}
+
+/// What the hub's WebSocket upgrade decides for `token` as its `apikey` at `now`.
+fn token_verdict(verifier: &crate::auth::Verifier, token: &str, now: i64) -> Value {
+    match verifier.verify_at(token, now) {
+        Ok(c) => json!({ "valid": true, "role": &*c.role, "expires_at": c.exp }),
+        // As at connect: an empty key is a key, and fails as a JWT.
+        Err(TokenError::Missing) => {
+            json!({ "valid": false, "reason": TokenError::Malformed.to_string() })
+        }
+        Err(e) => json!({ "valid": false, "reason": e.to_string() }),
     }
 }
 
