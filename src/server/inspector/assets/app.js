@@ -8,12 +8,19 @@ import { closeAll, initTryIt, setCanMint, setTables } from './tryit.js'
 const THEME_KEY = 'switchboard-inspector-theme'
 /** A snapshot older than this marks the page as stale. */
 const STALE_MS = 3500
+/** Streams refused in a row (while the snapshot answers) before the page gives up. */
+const MAX_REFUSALS = 3
+const SESSION_ENDED = 'Your session ended. Sign in again.'
+const SESSION_UNKNOWN =
+  'Your session is not known to this hub node (it restarted, or a load balancer sent you to another node); sign in again.'
 
 let stream = null
 let samples = []
 let replaceSamples = true
 let lastSnapshotAt = 0
 let lastSnapshot = null
+let expiresAt = 0 // unix seconds: when the session ends
+let refusals = 0 // streams refused in a row since the last snapshot
 
 function live(state, text) {
   const node = $('live')
@@ -35,6 +42,7 @@ function showSignIn(message) {
 }
 
 function showDashboard() {
+  refusals = 0
   $('sign-in').hidden = true
   $('dashboard').hidden = false
   $('sign-out').hidden = false
@@ -56,6 +64,7 @@ function onSnapshot(snap) {
   while (samples.length && samples[0].t < oldest) samples.shift()
   lastSnapshot = snap
   lastSnapshotAt = Date.now()
+  refusals = 0
   live('ok', 'live')
   render(snap, samples, { onCopy, onWebhook })
   setTables(snap.tables.enabled)
@@ -111,18 +120,35 @@ function startStream() {
       console.warn('bad snapshot', err)
     }
   })
-  es.addEventListener('signed_out', () => showSignIn('Your session ended. Sign in again.'))
-  es.addEventListener('error', async () => {
+  es.addEventListener('signed_out', () => showSignIn(SESSION_ENDED))
+  es.addEventListener('error', () => {
     if (stream !== es) return
     live('warn', 'reconnecting')
-    if (es.readyState === EventSource.CLOSED) {
-      // The hub refused the stream (signed out, or restarted): ask why.
-      stopStream()
-      const session = await signedIn()
-      if (session === false) showSignIn('Your session ended. Sign in again.')
-      else setTimeout(() => !$('dashboard').hidden && startStream(), 2000)
-    }
+    // CLOSED: the hub answered, but not with a stream (EventSource retries by itself
+    // only after a dropped connection).
+    if (es.readyState === EventSource.CLOSED) streamRefused()
   })
+}
+
+/**
+ * The stream was refused: a 401 means this hub node does not know the session (it
+ * ended, the node restarted, or a load balancer sent the page to another node); then the
+ * form. Anything else (the hub restarting, a proxy error) is retried.
+ */
+async function streamRefused() {
+  stopStream()
+  refusals += 1
+  let status = null
+  try {
+    status = (await fetch('/inspector/api/snapshot')).status
+  } catch {}
+  if ($('dashboard').hidden) return
+  if (status === 401 || (status === 200 && refusals >= MAX_REFUSALS)) {
+    showSignIn(Date.now() / 1000 >= expiresAt ? SESSION_ENDED : SESSION_UNKNOWN)
+  } else {
+    live('warn', 'reconnecting')
+    setTimeout(() => !$('dashboard').hidden && !stream && startStream(), 2000)
+  }
 }
 
 async function signIn(event) {
@@ -136,8 +162,10 @@ async function signIn(event) {
       body: JSON.stringify({ credential: $('credential').value }),
     })
     const body = await res.json().catch(() => ({}))
-    if (res.ok) showDashboard()
-    else showSignIn(body.error ?? `The hub answered ${res.status}.`)
+    if (res.ok) {
+      expiresAt = body.expires_at ?? 0
+      showDashboard()
+    } else showSignIn(body.error ?? `The hub answered ${res.status}.`)
   } catch {
     showSignIn('The hub cannot be reached.')
   } finally {
@@ -174,19 +202,15 @@ async function boot() {
   setInterval(() => {
     if (stream && lastSnapshotAt && Date.now() - lastSnapshotAt > STALE_MS) live('warn', 'stale')
   }, 1000)
-  if (await signedIn()) showDashboard()
-  else showSignIn(null)
-}
-
-/** true / false, or null when the hub cannot be reached. */
-async function signedIn() {
   try {
-    const res = await fetch('/inspector/api/session')
-    const body = await res.json()
-    return body.signed_in === true
-  } catch {
-    return null
-  }
+    const body = await (await fetch('/inspector/api/session')).json()
+    if (body.signed_in === true) {
+      expiresAt = body.expires_at ?? 0
+      showDashboard()
+      return
+    }
+  } catch {}
+  showSignIn(null)
 }
 
 boot()
