@@ -106,6 +106,11 @@ export class Socket {
     return ch
   }
 
+  /** Whether the socket is open (in its close handlers it no longer is). */
+  isOpen() {
+    return this.ws?.readyState === WebSocket.OPEN
+  }
+
   disconnect() {
     clearInterval(this.heartbeat)
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000)

@@ -52,12 +52,42 @@ function logItem(listId, kind, title, body, when = new Date()) {
   while (list.children.length > MAX_LOG) list.lastElementChild.remove()
 }
 
+/**
+ * Why the hub would refuse `token` at connect, in its own words; null when it would take
+ * it (or the check could not be made). A browser's WebSocket cannot read a refusal.
+ */
+async function refusalOf(token) {
+  try {
+    const res = await fetch('/inspector/api/token/check', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ token }),
+    })
+    const body = await res.json()
+    return res.ok && body.valid === false ? body.reason : null
+  } catch {
+    return null
+  }
+}
+
+/** Connects `socket`; on a refusal, throws the hub's reason for `token` if it has one. */
+async function connect(socket, token) {
+  try {
+    await socket.connect()
+  } catch {
+    const reason = await refusalOf(token)
+    throw new Error(reason ? `The hub refused the token: ${reason}` : 'The hub refused the connection.')
+  }
+}
+
 /** The subscriber's token: the pasted one, or one the hub mints for role and claims. */
 async function resolveToken() {
   const mode = document.querySelector('input[name="who"]:checked').value
   if (mode === 'paste') {
     const token = $('try-token').value.trim()
     if (!token) throw new Error("Paste a user's token first.")
+    const reason = await refusalOf(token)
+    if (reason) throw new Error(`The hub refuses this token: ${reason}`)
     return token
   }
   if (!canMint) throw new Error('This hub cannot mint tokens: paste one instead.')
@@ -97,18 +127,29 @@ export function setCanMint(value) {
   }
 }
 
-/** Offers the enabled tables (and "all") in the table picker, keeping the choice. */
+const tableLabel = ([schema, table]) => `${schema}.${table}`
+
+/**
+ * Offers the enabled tables (and "all") in the table picker. Each option's value is
+ * `[schema, table]` as JSON, so a dot in a name stays where it is. The user's choice is
+ * kept when the list changes: a table no longer listed (disabled, or the database is
+ * down) stays chosen and says so, rather than the picker quietly choosing another.
+ */
 export function setTables(tables) {
   const select = $('try-table')
-  const values = ['*', ...tables.map((t) => `${t.schema}.${t.table}`)]
+  const values = ['*', ...tables.map((t) => JSON.stringify([t.schema, t.table]))]
   const key = values.join('\n')
   if (select.dataset.key === key) return
-  const previous = select.value
   select.dataset.key = key
-  select.replaceChildren(
-    ...values.map((v) => el('option', { value: v }, v === '*' ? 'every enabled table' : v))
-  )
-  select.value = values.includes(previous) ? previous : values[1] ?? '*'
+  // Until the user picks, the first table is the default choice.
+  const choice = select.dataset.picked ? select.value : values[1] ?? '*'
+  const options = values.map((v) => el('option', { value: v }, v === '*' ? 'every enabled table' : tableLabel(JSON.parse(v))))
+  if (!values.includes(choice)) {
+    const label = `${tableLabel(JSON.parse(choice))} (not in the enabled list now)`
+    options.push(el('option', { value: choice, dataset: { unlisted: 'yes' } }, label))
+  }
+  select.replaceChildren(...options)
+  select.value = choice
 }
 
 /** Subscribe stays enabled: subscribing again replaces the running subscriber. */
@@ -124,6 +165,18 @@ function stopTry() {
     t.socket.disconnect()
   }
   setTrying(false)
+}
+
+/** "Connection closed (code 1006)", with the reason when the close frame gave one. */
+function closedText(what, ev) {
+  return `${what} (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ''}).`
+}
+
+/** The hub closed a channel: after its `system` error if one came, else on its own. */
+function closedByHub(id) {
+  const node = $(id)
+  const said = node.dataset.state === 'error' ? `${node.textContent} ` : ''
+  status(id, 'error', `${said}The hub closed the channel.`)
 }
 
 function logChange(p) {
@@ -148,24 +201,23 @@ async function startTry(event) {
     return
   }
   const choice = $('try-table').value || '*'
-  const [schema, table] = choice === '*' ? ['*', '*'] : [choice.slice(0, choice.indexOf('.')), choice.slice(choice.indexOf('.') + 1)]
+  const [schema, table] = choice === '*' ? ['*', '*'] : JSON.parse(choice)
   const entry = { event: $('try-event').value, schema, table }
   const filter = $('try-filter').value.trim()
   if (filter) entry.filter = filter
-  const label = `${choice === '*' ? 'every enabled table' : choice}${filter ? ` where ${filter}` : ''} as ${who(token)}`
+  const label = `${choice === '*' ? 'every enabled table' : tableLabel([schema, table])}${filter ? ` where ${filter}` : ''} as ${who(token)}`
 
   const socket = new Socket(socketUrl(token), {
     onClose: (ev) => {
       if (trying?.socket !== socket) return
-      trying = null
-      setTrying(false)
-      status('try-status', 'error', `Connection closed (${ev.code}${ev.reason ? `: ${ev.reason}` : ''}).`)
+      stopTry()
+      status('try-status', 'error', closedText('Connection closed', ev))
     },
   })
   try {
-    await socket.connect()
-  } catch {
-    status('try-status', 'error', 'The hub refused the connection: is the token valid and unexpired?')
+    await connect(socket, token)
+  } catch (err) {
+    status('try-status', 'error', err.message)
     return
   }
   const channel = socket.channel(`inspector-try-${random()}`, {
@@ -189,10 +241,14 @@ async function startTry(event) {
     }
   })
   channel.on('phx_close', () => {
-    if (trying?.channel === channel) stopTry()
+    // A closed socket closes its channels too: onClose tells that, with its code.
+    if (trying?.channel !== channel || !socket.isOpen()) return
+    stopTry()
+    closedByHub('try-status')
   })
   try {
     const reply = await channel.join()
+    if (trying?.channel !== channel) return // stopped, or the socket closed meanwhile
     if (reply.status !== 'ok') {
       const reason = reply.response?.reason ?? JSON.stringify(reply.response)
       status('try-status', 'error', `Join refused: ${reason}`)
@@ -201,6 +257,7 @@ async function startTry(event) {
       status('try-status', 'busy', 'Joined; waiting for the hub to confirm the subscription…')
     }
   } catch (err) {
+    if (trying?.channel !== channel) return
     status('try-status', 'error', err.message)
     stopTry()
   }
@@ -271,13 +328,13 @@ async function joinRoom(event) {
     onClose: (ev) => {
       if (room?.socket !== socket) return
       leaveRoom()
-      status('ps-status', 'error', `Connection closed (${ev.code}${ev.reason ? `: ${ev.reason}` : ''}).`)
+      status('ps-status', 'error', closedText('Connection closed', ev))
     },
   })
   try {
-    await socket.connect()
-  } catch {
-    status('ps-status', 'error', 'The hub refused the connection: is the token valid and unexpired?')
+    await connect(socket, token)
+  } catch (err) {
+    status('ps-status', 'error', err.message)
     return
   }
   const channel = socket.channel(name, {
@@ -289,7 +346,8 @@ async function joinRoom(event) {
     },
     access_token: token,
   })
-  room = { socket, channel, presence: {} }
+  const joined = `Joined ${name} as ${who(token)}.`
+  room = { socket, channel, presence: {}, joined }
   channel.on('broadcast', (p) => logItem('ps-log', 'broadcast', p.event, p.payload))
   channel.on('presence_state', (state) => applyPresence(state, null))
   channel.on('presence_diff', (diff) => {
@@ -301,14 +359,21 @@ async function joinRoom(event) {
   channel.on('system', (p) => {
     if (p.status === 'error') status('ps-status', 'error', p.message)
   })
+  channel.on('phx_close', () => {
+    if (room?.channel !== channel || !socket.isOpen()) return
+    leaveRoom()
+    closedByHub('ps-status')
+  })
   try {
     const reply = await channel.join()
+    if (room?.channel !== channel) return // left, or the socket closed meanwhile
     if (reply.status !== 'ok') {
       status('ps-status', 'error', `Join refused: ${reply.response?.reason ?? JSON.stringify(reply.response)}`)
       leaveRoom()
       return
     }
   } catch (err) {
+    if (room?.channel !== channel) return
     status('ps-status', 'error', err.message)
     leaveRoom()
     return
@@ -317,7 +382,7 @@ async function joinRoom(event) {
   $('ps-join').disabled = true
   $('ps-leave').disabled = false
   renderPresence()
-  status('ps-status', 'joined', `Joined ${name} as ${who(token)}.`)
+  status('ps-status', 'joined', joined)
 }
 
 function jsonInput(id) {
@@ -328,6 +393,11 @@ function jsonInput(id) {
   throw new Error('Enter a JSON object, e.g. {"text": "hello"}.')
 }
 
+/** A push succeeded: an earlier refusal no longer describes the room. */
+function pushed() {
+  if (room) status('ps-status', 'joined', room.joined)
+}
+
 async function send(event) {
   event.preventDefault()
   if (!room) return
@@ -335,6 +405,7 @@ async function send(event) {
     const payload = jsonInput('ps-payload')
     const reply = await room.channel.push('broadcast', { type: 'broadcast', event: $('ps-event').value || 'message', payload })
     if (reply.status !== 'ok') status('ps-status', 'error', `Broadcast refused: ${JSON.stringify(reply.response)}`)
+    else pushed()
   } catch (err) {
     status('ps-status', 'error', err.message)
   }
@@ -347,6 +418,7 @@ async function track(event) {
     const payload = jsonInput('ps-presence')
     const reply = await room.channel.push('presence', { type: 'presence', event: 'track', payload })
     if (reply.status !== 'ok') status('ps-status', 'error', `Track refused: ${JSON.stringify(reply.response)}`)
+    else pushed()
   } catch (err) {
     status('ps-status', 'error', err.message)
   }
@@ -366,6 +438,9 @@ export function closeAll() {
 }
 
 export function initTryIt() {
+  $('try-table').addEventListener('change', (ev) => {
+    ev.target.dataset.picked = 'yes'
+  })
   for (const radio of document.querySelectorAll('input[name="who"]')) radio.addEventListener('change', showWho)
   $('try-form').addEventListener('submit', startTry)
   $('try-stop').addEventListener('click', () => {

@@ -6,7 +6,9 @@
 // token shows the enabled tables; that the lag chart keeps updating; that a row committed
 // here appears in the "try it" panel for a user allowed to see it and not for a user whose
 // policies hide it; that a join refused as "not enabled" is listed with copyable SQL; that
-// the broadcast and presence tester works; that the page fits a phone in both themes;
+// the broadcast and presence tester works; that try it says why the hub refuses a pasted
+// token, keeps a schema with a dot in its name whole and keeps the chosen table when it
+// leaves the enabled list; that the page fits a phone in both themes;
 // that a page on another origin may call the REST broadcast and the change feed but not
 // the admin API (CORS); and that the browser reports no errors (CSP violations included).
 
@@ -151,6 +153,46 @@ test('try it: a row reaches the user allowed to see it, and not the one whose po
   await insertTodo(BO, own)
   await page.locator('#try-log li[data-kind="INSERT"]', { hasText: own }).waitFor()
   assert.equal(await page.locator('#try-log li', { hasText: secret }).count(), 0, "Bo must not see Ada's todo")
+})
+
+test('try it says in the hub\'s words why it refuses a pasted token', async () => {
+  await page.check('input[name="who"][value="paste"]')
+  await page.fill('#try-token', mint({ role: 'authenticated', sub: ADA }, -60))
+  await page.click('#try-start')
+  await page.waitForFunction(() => document.querySelector('#try-status').dataset.state === 'error')
+  assert.match(await page.textContent('#try-status'), /Token has expired \d+ seconds ago/)
+})
+
+test('try it keeps a dotted schema name whole, and the chosen table when it is no longer enabled', async () => {
+  await db.query(`
+    create schema if not exists "Odd.Schema";
+    create table if not exists "Odd.Schema".t (id bigint primary key, body text);
+    grant usage on schema "Odd.Schema" to authenticated, service_role;
+    grant select on "Odd.Schema".t to authenticated, service_role;
+    select realtime.enable('"Odd.Schema".t');`)
+  await page.waitForFunction(() => [...document.querySelector('#try-table').options].some((o) => o.textContent === 'Odd.Schema.t'))
+  await page.check('input[name="who"][value="mint"]')
+  await page.selectOption('#try-role', 'service_role')
+  await page.fill('#try-claims', '{}')
+  await page.selectOption('#try-table', { label: 'Odd.Schema.t' })
+  await page.click('#try-clear')
+  await page.click('#try-start')
+  await page.waitForFunction(() => document.querySelector('#try-status').dataset.state === 'subscribed')
+  const body = `odd-${tag()}`
+  await db.query('insert into "Odd.Schema".t (id, body) values ($1, $2)', [Date.now(), body])
+  await page.locator('#try-log li[data-kind="INSERT"]', { hasText: body }).waitFor()
+
+  // Disabled: the picker keeps the choice and says it is no longer listed.
+  await db.query(`select realtime.disable('"Odd.Schema".t')`)
+  await page.waitForFunction(
+    () => !document.querySelector('#tables-enabled tr[data-table="Odd.Schema.t"]'),
+    null,
+    { timeout: WAIT }
+  )
+  await page.waitForFunction(() => {
+    const chosen = document.querySelector('#try-table').selectedOptions[0]
+    return chosen?.textContent === 'Odd.Schema.t (not in the enabled list now)'
+  })
 })
 
 test('a join refused as not enabled is listed with SQL that copies in one click', async () => {
