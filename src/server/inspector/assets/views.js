@@ -95,9 +95,14 @@ function renderCapture(snap, samples) {
     setText('capture-cursor', c.cursor ?? '–')
     setText('capture-commit', c.last_commit_ts ? ago(c.last_commit_ts, snap.at) : 'none yet')
   }
+  // The hub keeps the error of the last disconnect, with no time: red while it still
+  // holds, a muted past tense once capture is back.
   const err = $('capture-error')
   err.hidden = !c?.last_error
-  if (c?.last_error) err.textContent = `Last error: ${c.last_error}`
+  if (c?.last_error) {
+    err.className = c.connected ? 'muted small' : 'error'
+    err.textContent = c.connected ? `Before the last reconnect: ${c.last_error}` : `Last error: ${c.last_error}`
+  }
   drawChart($('lag-chart'), samples, snap.at)
 }
 
@@ -204,6 +209,12 @@ function webhookState(w) {
   return ['ok', 'active']
 }
 
+/** The last error, with its HTTP status unless the error already starts with it. */
+function webhookError(w) {
+  const status = w.last_status ? `HTTP ${w.last_status}` : ''
+  return status && !w.last_error.startsWith(status) ? `${status} · ${w.last_error}` : w.last_error
+}
+
 /** The buttons an endpoint offers in its state. */
 function webhookActions(w) {
   if (w.state === 'paused') return ['resume', 'retry']
@@ -244,9 +255,7 @@ function renderWebhooks(snap, onWebhook) {
     lag.textContent = `${fmtInt(w.lag_events)} events`
     behind.textContent = formatMs(Math.round(w.lag_seconds * 1000))
     success.textContent = w.last_success_at ? ago(w.last_success_at, snap.at) : 'never'
-    error.textContent = w.last_error
-      ? `${w.last_status ? `HTTP ${w.last_status} · ` : ''}${w.last_error}${w.last_error_at ? ` (${ago(w.last_error_at, snap.at)})` : ''}`
-      : '–'
+    error.textContent = w.last_error ? `${webhookError(w)}${w.last_error_at ? ` (${ago(w.last_error_at, snap.at)})` : ''}` : '–'
     attempts.textContent = fmtInt(w.attempts)
     const wanted = webhookActions(w).join(',')
     if (actions.dataset.key !== wanted) {
