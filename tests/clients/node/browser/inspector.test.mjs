@@ -8,7 +8,8 @@
 // policies hide it; that a join refused as "not enabled" is listed with copyable SQL; that
 // the broadcast and presence tester works; that try it says why the hub refuses a pasted
 // token, keeps a schema with a dot in its name whole and keeps the chosen table when it
-// leaves the enabled list; that the page fits a phone in both themes;
+// leaves the enabled list; that the page fits a phone (a 63-character table name
+// included) in both themes;
 // that a page on another origin may call the REST broadcast and the change feed but not
 // the admin API (CORS); and that the browser reports no errors (CSP violations included).
 
@@ -155,6 +156,36 @@ test('try it: a row reaches the user allowed to see it, and not the one whose po
   assert.equal(await page.locator('#try-log li', { hasText: secret }).count(), 0, "Bo must not see Ada's todo")
 })
 
+/** Joins postgres_changes on public.`table` as anon; resolves with the hub's refusal. */
+async function refuseJoin(table) {
+  const ws = new WebSocket(`${HUB.replace(/^http/, 'ws')}/realtime/v1/websocket?apikey=${mint({ role: 'anon' })}&vsn=1.0.0`)
+  const refused = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no refusal within 10 s')), WAIT)
+    ws.on('message', (data) => {
+      const msg = JSON.parse(data.toString())
+      if (msg.event === 'system' && msg.payload.status === 'error') {
+        clearTimeout(timer)
+        resolve(msg.payload.message)
+      }
+    })
+  })
+  await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject))
+  ws.send(
+    JSON.stringify({
+      topic: `realtime:${table}`,
+      event: 'phx_join',
+      ref: '1',
+      join_ref: '1',
+      payload: { config: { postgres_changes: [{ event: '*', schema: 'public', table }] } },
+    })
+  )
+  try {
+    return await refused
+  } finally {
+    ws.close()
+  }
+}
+
 test('try it says in the hub\'s words why it refuses a pasted token', async () => {
   await page.check('input[name="who"][value="paste"]')
   await page.fill('#try-token', mint({ role: 'authenticated', sub: ADA }, -60))
@@ -199,29 +230,7 @@ test('a join refused as not enabled is listed with SQL that copies in one click'
   await db.query(
     'create table if not exists public.inspector_drafts (id bigint primary key, body text); grant select on public.inspector_drafts to anon, authenticated'
   )
-  const ws = new WebSocket(`${HUB.replace(/^http/, 'ws')}/realtime/v1/websocket?apikey=${mint({ role: 'anon' })}&vsn=1.0.0`)
-  const refused = new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no refusal within 10 s')), WAIT)
-    ws.on('message', (data) => {
-      const msg = JSON.parse(data.toString())
-      if (msg.event === 'system' && msg.payload.status === 'error') {
-        clearTimeout(timer)
-        resolve(msg.payload.message)
-      }
-    })
-  })
-  await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject))
-  ws.send(
-    JSON.stringify({
-      topic: 'realtime:drafts',
-      event: 'phx_join',
-      ref: '1',
-      join_ref: '1',
-      payload: { config: { postgres_changes: [{ event: '*', schema: 'public', table: 'inspector_drafts' }] } },
-    })
-  )
-  assert.match(await refused, /not enabled/)
-  ws.close()
+  assert.match(await refuseJoin('inspector_drafts'), /not enabled/)
 
   const sql = "select realtime.enable('public.inspector_drafts');"
   const item = page.locator('#not-enabled-list li[data-table="public.inspector_drafts"]')
@@ -270,7 +279,13 @@ test('a screenshot with data (when asked for)', { skip: !SCREENSHOT && 'INSPECTO
 })
 
 test('the page fits a phone and follows the dark theme, and the toggle switches it', async () => {
-  await page.setViewportSize({ width: 390, height: 844 })
+  // The longest name Postgres allows, in the "asked for, not enabled" list.
+  const long = 'a_really_long_table_name_that_someone_might_actually_use_in_pro'
+  assert.equal(long.length, 63)
+  await db.query(`create table if not exists public.${long} (id bigint primary key); grant select on public.${long} to anon`)
+  assert.match(await refuseJoin(long), /not enabled/)
+  await page.locator(`#not-enabled-list li[data-table="public.${long}"]`).waitFor()
+  await page.setViewportSize({ width: 360, height: 780 })
   await page.emulateMedia({ colorScheme: 'dark' })
   await page.evaluate(() => {
     delete document.documentElement.dataset.theme
@@ -278,6 +293,11 @@ test('the page fits a phone and follows the dark theme, and the toggle switches 
   })
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)
   assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone`)
+  const [brandEnd, pillStart] = await page.evaluate(() => [
+    document.querySelector('.brand-name').getBoundingClientRect().right,
+    document.querySelector('#live').getBoundingClientRect().left,
+  ])
+  assert.ok(brandEnd <= pillStart, `the brand (to ${brandEnd}px) runs under the live pill (from ${pillStart}px)`)
   const luminance = () =>
     page.evaluate(() => {
       const [r, g, b] = getComputedStyle(document.body).backgroundColor.match(/\d+/g).map(Number)
