@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::deliver::event_id;
 use super::log;
-use super::mark::{FeedCursor, Mark};
+use super::mark::{FeedCursor, Mark, NamedTable};
 use super::select::Selection;
 use super::{ConsumersError, ConsumersHandle};
 use crate::auth::Claims;
@@ -64,6 +64,8 @@ pub struct FeedPage {
 /// A parsed request.
 struct Request {
     selection: Selection,
+    /// The tables asked for, as named now: the next cursor names them.
+    tables: Vec<NamedTable>,
     start: Option<Mark>,
     limit: usize,
     wait: Duration,
@@ -120,27 +122,42 @@ impl ConsumersHandle {
                 .filter(|n| *n <= max_wait)
                 .ok_or(FeedError::BadWait { max: max_wait })?,
         };
-        let start = match q.cursor.as_deref().filter(|c| !c.trim().is_empty()) {
-            None => None,
-            Some(c) => Some(FeedCursor::decode(c).map_err(|_| FeedError::BadCursor)?),
+        let (start, named) = match q.cursor.as_deref().filter(|c| !c.trim().is_empty()) {
+            None => (None, Vec::new()),
+            Some(c) => {
+                let (mark, named) =
+                    FeedCursor::decode_named(c).map_err(|_| FeedError::BadCursor)?;
+                (Some(mark), named)
+            }
         };
         let tables = self.tables(q.tables.as_deref().unwrap_or(""), role).await?;
+        let names: Vec<(String, String)> = tables
+            .iter()
+            .map(|(_, s, t)| (s.clone(), t.clone()))
+            .collect();
+        let mut selection = Selection::tables(&names);
+        // A table renamed since the cursor was handed out: its rows logged before the
+        // rename carry the name the cursor knew it by.
+        for (oid, schema, table) in &tables {
+            if let Some((_, s0, t0)) = named.iter().find(|(o, ..)| o == oid) {
+                if (s0, t0) != (schema, table) {
+                    selection.alias(&(s0.clone(), t0.clone()), &(schema.clone(), table.clone()));
+                }
+            }
+        }
         Ok(Request {
-            selection: Selection::tables(&tables),
+            selection,
+            tables,
             start,
             limit,
             wait: Duration::from_secs(wait),
         })
     }
 
-    /// The `tables` parameter: existing tables with realtime enabled. A `role` that may
-    /// select none of a table's columns is answered as for a table that does not exist,
-    /// as a join answers it, so a token cannot learn which tables exist.
-    async fn tables(
-        &self,
-        text: &str,
-        role: Option<&str>,
-    ) -> Result<Vec<(String, String)>, FeedError> {
+    /// The `tables` parameter: existing tables with realtime enabled, with their oids. A
+    /// `role` that may select none of a table's columns is answered as for a table that
+    /// does not exist, as a join answers it, so a token cannot learn which tables exist.
+    async fn tables(&self, text: &str, role: Option<&str>) -> Result<Vec<NamedTable>, FeedError> {
         let catalog = self.inner.changes.catalog().ok_or(FeedError::NoDatabase)?;
         let mut out = Vec::new();
         for part in text.split(',').map(str::trim) {
@@ -175,7 +192,7 @@ impl ConsumersHandle {
                     false => FeedError::NotCapturable { table: name },
                 });
             }
-            out.push((schema, table));
+            out.push((info.oid, schema, table));
         }
         Ok(out)
     }
@@ -227,14 +244,14 @@ impl ConsumersHandle {
             }
             mark = next;
             if !out.is_empty() {
-                return Ok(page(out, &mark));
+                return Ok(page(out, &mark, &req.tables));
             }
             if read.full {
                 continue;
             }
             let now = Instant::now();
             if now >= deadline || shutdown.is_cancelled() {
-                return Ok(page(out, &mark));
+                return Ok(page(out, &mark, &req.tables));
             }
             // Read again when the capture has read rows of these tables, or, in case it is
             // down, after `FALLBACK_READ` whatever it says.
@@ -282,10 +299,10 @@ impl From<ConsumersError> for Answer {
     }
 }
 
-fn page(changes: Vec<Box<RawValue>>, mark: &Mark) -> FeedPage {
+fn page(changes: Vec<Box<RawValue>>, mark: &Mark, tables: &[NamedTable]) -> FeedPage {
     FeedPage {
         changes,
-        next_cursor: FeedCursor::encode(mark),
+        next_cursor: FeedCursor::encode_named(mark, tables),
     }
 }
 

@@ -69,6 +69,12 @@ impl fmt::Display for Mark {
 pub struct FeedCursor;
 
 const FEED_CURSOR_TAG: &str = "c1.";
+/// A cursor that also names the tables it was handed out for (`encode_named`).
+const NAMED_CURSOR_TAG: &str = "c2.";
+
+/// A table a feed cursor was handed out for: its oid and its (schema, name) then. A cursor
+/// passed back after the table was renamed still finds the rows logged under the old name.
+pub type NamedTable = (u32, String, String);
 
 impl FeedCursor {
     pub fn encode(mark: &Mark) -> String {
@@ -78,12 +84,32 @@ impl FeedCursor {
         )
     }
 
+    /// `encode`, naming `tables` too.
+    pub fn encode_named(mark: &Mark, tables: &[NamedTable]) -> String {
+        let body = serde_json::json!([mark.to_string(), tables]).to_string();
+        format!("{NAMED_CURSOR_TAG}{}", URL_SAFE_NO_PAD.encode(body))
+    }
+
     pub fn decode(text: &str) -> Result<Mark, MarkError> {
+        FeedCursor::decode_named(text).map(|(mark, _)| mark)
+    }
+
+    /// A cursor of either form, with the tables it names (none for the first form).
+    pub fn decode_named(text: &str) -> Result<(Mark, Vec<NamedTable>), MarkError> {
         let bad = || MarkError(text.to_string());
-        let body = text.trim().strip_prefix(FEED_CURSOR_TAG).ok_or_else(bad)?;
+        let text = text.trim();
+        let (named, body) = match text.strip_prefix(NAMED_CURSOR_TAG) {
+            Some(body) => (true, body),
+            None => (false, text.strip_prefix(FEED_CURSOR_TAG).ok_or_else(bad)?),
+        };
         let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| bad())?;
-        let mark = String::from_utf8(bytes).map_err(|_| bad())?;
-        Mark::parse(&mark).map_err(|_| bad())
+        let body = String::from_utf8(bytes).map_err(|_| bad())?;
+        if !named {
+            return Ok((Mark::parse(&body).map_err(|_| bad())?, Vec::new()));
+        }
+        let (mark, tables): (String, Vec<NamedTable>) =
+            serde_json::from_str(&body).map_err(|_| bad())?;
+        Ok((Mark::parse(&mark).map_err(|_| bad())?, tables))
     }
 }
 
@@ -135,8 +161,24 @@ mod tests {
             "{c}"
         );
         assert_eq!(FeedCursor::decode(&c).unwrap(), m);
-        for bad in ["", "c1.", "c1.!!", "2779:", "c2.Mjc3OTo", "c1.eHl6"] {
+        for bad in [
+            "",
+            "c1.",
+            "c1.!!",
+            "2779:",
+            "c2.Mjc3OTo",
+            "c1.eHl6",
+            "c3.eHl6",
+        ] {
             assert!(FeedCursor::decode(bad).is_err(), "{bad:?}");
         }
+        let tables = vec![(16384, "public".to_owned(), "a \"b\", c".to_owned())];
+        let named = FeedCursor::encode_named(&m, &tables);
+        assert!(named.starts_with("c2."), "{named}");
+        assert_eq!(
+            FeedCursor::decode_named(&named).unwrap(),
+            (m.clone(), tables)
+        );
+        assert_eq!(FeedCursor::decode_named(&c).unwrap(), (m, Vec::new()));
     }
 }
