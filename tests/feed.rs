@@ -396,6 +396,19 @@ async fn bad_requests_get_clear_answers() {
     .await;
     assert_eq!(s, 400);
     assert!(m.contains("duplicate field `tables`"), "{m}");
+    // A catalog table is not offered a `realtime.enable` that cannot work.
+    let (s, m) = answer("tables=pg_catalog.pg_class", Some(token.clone())).await;
+    assert_eq!(
+        (s, m.as_str()),
+        (
+            400,
+            "table pg_catalog.pg_class cannot be captured: tables in schema pg_catalog are never captured"
+        )
+    );
+    // A comma inside a quoted name does not split it.
+    pg.exec(r#"create table public."a,b" (id int primary key); select realtime.enable('public."a,b"');"#)
+        .await;
+    feed_ok(&pg.hub, &token, r#"tables=public."a,b",public.bulk"#).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,9 +32,12 @@ const CACHE_PRUNE_AT: usize = 1024;
 /// `realtime.enable` refuses them and nothing offers to enable them.
 pub const UNCAPTURED_SCHEMA: &str = "realtime";
 
-/// Whether a table in `schema` can have change capture at all.
+/// Whether a table in `schema` can have change capture at all: not the hub's own, nor
+/// Postgres's catalogs (which take no triggers).
 pub fn capturable(schema: &str) -> bool {
     schema != UNCAPTURED_SCHEMA
+        && !matches!(schema, "pg_catalog" | "information_schema")
+        && !schema.starts_with("pg_toast")
 }
 
 /// Name of one of the capture triggers that `realtime.enable` creates (its INSERT trigger).

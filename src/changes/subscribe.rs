@@ -259,7 +259,10 @@ async fn subscription(
         return Err(match (capturable(schema), info.partitioned) {
             (true, false) => ChangesError::NotEnabled { table: name },
             (true, true) => ChangesError::NotEnabledPartitioned { table: name },
-            (false, _) => ChangesError::NotCapturable { table: name },
+            (false, _) => ChangesError::NotCapturable {
+                table: name,
+                schema: schema.to_owned(),
+            },
         });
     }
     // Which rows match a filter tells its column's values: only readable columns, checked

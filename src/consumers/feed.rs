@@ -160,7 +160,7 @@ impl ConsumersHandle {
     async fn tables(&self, text: &str, role: Option<&str>) -> Result<Vec<NamedTable>, FeedError> {
         let catalog = self.inner.changes.catalog().ok_or(FeedError::NoDatabase)?;
         let mut out = Vec::new();
-        for part in text.split(',').map(str::trim) {
+        for part in split_tables(text).into_iter().map(str::trim) {
             if part.is_empty() {
                 return Err(FeedError::BadTables(text.to_owned()));
             }
@@ -189,7 +189,10 @@ impl ConsumersHandle {
             if !info.realtime_enabled {
                 return Err(match capturable(&schema) {
                     true => FeedError::NotEnabled { table: name },
-                    false => FeedError::NotCapturable { table: name },
+                    false => FeedError::NotCapturable {
+                        table: name,
+                        schema: schema.clone(),
+                    },
                 });
             }
             out.push((info.oid, schema, table));
@@ -287,6 +290,25 @@ impl ConsumersHandle {
     }
 }
 
+/// `tables` split at its commas, except those inside a quoted name (`public."a,b"`).
+fn split_tables(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            // `""` inside a quoted name toggles twice.
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
 /// Why an answer is not changes.
 enum Answer {
     Feed(FeedError),
@@ -337,6 +359,17 @@ impl Drop for Waiting<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_split_at_commas_outside_quoted_names() {
+        assert_eq!(split_tables("public.a,b"), ["public.a", "b"]);
+        assert_eq!(
+            split_tables(r#"public."a,b", x."c""d,e""#),
+            [r#"public."a,b""#, r#" x."c""d,e""#]
+        );
+        assert_eq!(split_tables(""), [""]);
+        assert_eq!(split_tables("a,"), ["a", ""]);
+    }
 
     #[test]
     fn a_feed_change_is_its_data_with_the_event_id_first() {

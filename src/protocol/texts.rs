@@ -229,9 +229,10 @@ pub enum ChangesError {
     /// alone captures its partitions, under their own names.
     #[error("Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: table {table} is partitioned and not captured as itself (publication supabase_realtime publishes its partitions, under their own names, unless publish_via_partition_root is set); subscribe to its partitions, or set: alter publication supabase_realtime set (publish_via_partition_root = true); or enable it with: {}", enable_sql(.table))]
     NotEnabledPartitioned { table: String },
-    /// A table in schema `realtime` (the hub's own): there is nothing to enable.
-    #[error("Unable to subscribe to changes with given parameters: table {table} cannot be captured: tables in schema realtime are never captured")]
-    NotCapturable { table: String },
+    /// A table in schema `realtime` (the hub's own) or a system schema: there is
+    /// nothing to enable.
+    #[error("Unable to subscribe to changes with given parameters: table {table} cannot be captured: tables in schema {schema} are never captured")]
+    NotCapturable { table: String, schema: String },
     #[error("Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]")]
     SelectNotList,
     #[error("Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name.")]
@@ -732,8 +733,8 @@ pub enum FeedError {
     NoVisibleTable { table: String, role: String },
     #[error("table {table} is not enabled for realtime; enable it with: {}", enable_sql(.table))]
     NotEnabled { table: String },
-    #[error("table {table} cannot be captured: tables in schema realtime are never captured")]
-    NotCapturable { table: String },
+    #[error("table {table} cannot be captured: tables in schema {schema} are never captured")]
+    NotCapturable { table: String, schema: String },
     #[error("`limit` must be a whole number from 1 to {max}")]
     BadLimit { max: usize },
     #[error("`wait` must be a whole number of seconds from 0 to {max}")]
