@@ -585,6 +585,43 @@ async fn subscribers_follow_a_table_renamed_or_moved_while_subscribed() {
             }
         }
     }
+    // Rows written before a rename in its own transaction keep the name they were
+    // written under, and still reach the table's subscribers.
+    let before = pg
+        .id(
+            &format!("insert into crm.work (owner) values ('{USER}') returning id"),
+            &[],
+        )
+        .await;
+    pg.exec(&format!(
+        "begin; insert into crm.work (owner) values ('{USER}'); \
+         alter table crm.work rename to done; commit;"
+    ))
+    .await;
+    for (c, joined) in [(&mut all, &all_joined), (&mut mine, &mine_joined)] {
+        for id in [before, before + 1] {
+            let ch = expect_row(c, "INSERT", "work", id).await;
+            assert_eq!(ch.ids, joined.ids, "{:?}", ch.frame);
+        }
+    }
+    // A new token judges the entries again as the table they name now, and keeps their
+    // ids.
+    let other = pg.user(OTHER);
+    for (c, joined) in [(&mut all, &all_joined), (&mut mine, &mine_joined)] {
+        let told = refresh_token(c, joined, &other).await;
+        let messages: Vec<&serde_json::Value> = told.iter().map(|t| &t["message"]).collect();
+        assert_eq!(messages, [&json!("Subscribed to PostgreSQL")], "{told:?}");
+    }
+    let id = pg
+        .id(
+            &format!("insert into crm.done (owner) values ('{USER}') returning id"),
+            &[],
+        )
+        .await;
+    for (c, joined) in [(&mut all, &all_joined), (&mut mine, &mine_joined)] {
+        let ch = expect_row(c, "INSERT", "done", id).await;
+        assert_eq!(ch.ids, joined.ids, "{:?}", ch.frame);
+    }
     let mut late = pg.connect(Vsn::V2).await;
     let (join_ref, reply) = join_changes(
         &mut late,

@@ -352,6 +352,47 @@ async fn a_resume_after_the_grace_says_it_expired() {
     assert!(sys["message"].as_str().unwrap().contains("grace"), "{sys}");
 }
 
+/// A table renamed while the channel was parked: its entry (by the old name) is refused
+/// on resume, so the changes it missed are not replayed, and the resume says so.
+#[tokio::test]
+async fn a_table_renamed_while_parked_is_not_said_to_be_recovered() {
+    let pg = PgHub::start(SETUP).await;
+    let token = pg.user(ALICE);
+    park(&pg, "client-r", &token).await;
+    insert(&pg, ALICE).await;
+    pg.exec("alter table public.items rename to things").await;
+    // The hub's catalog reads the rename within its version check: a join without a
+    // resume key tells when.
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    loop {
+        let mut probe = pg.connect(common::hub::Vsn::V2).await;
+        let (join_ref, reply) = join_changes(
+            &mut probe,
+            "realtime:probe",
+            entries(),
+            Some(&token),
+            json!({}),
+        )
+        .await;
+        joined_from_reply("realtime:probe", join_ref, &reply);
+        if next_system(&mut probe).await["status"] == "error" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rename was never seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = connect(&pg, "client-r").await;
+    let (join_ref, reply) =
+        join_changes(&mut c, "realtime:items", entries(), Some(&token), json!({})).await;
+    joined_from_reply("realtime:items", join_ref, &reply);
+    let refused = next_system(&mut c).await;
+    assert_eq!(refused["status"], "error", "{refused}");
+    let sys = resume_message(&mut c).await;
+    assert_eq!(sys["recovered"], false, "{sys}");
+    let message = sys["message"].as_str().unwrap();
+    assert!(message.contains("could not be subscribed again"), "{sys}");
+}
+
 #[tokio::test]
 async fn a_gap_larger_than_the_replay_limit_asks_the_app_to_refetch() {
     let pg = PgHub::start_with(SETUP, |c| c.resume_max_replay = 5).await;

@@ -380,7 +380,7 @@ impl Dispatcher {
             };
             if !last.as_ref().is_some_and(same) {
                 let lookup = retrying("catalog lookup", shutdown, || {
-                    self.catalog.table(&change.schema, &change.table)
+                    self.table_of(&change.schema, &change.table)
                 })
                 .await;
                 let Some(found) = lookup else {

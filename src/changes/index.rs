@@ -412,6 +412,14 @@ impl SubscriptionIndex {
         out
     }
 
+    /// `member`'s subscriptions now (a renamed table's under its names).
+    pub fn subscriptions_of(&self, member: MemberId) -> Vec<Subscription> {
+        self.members
+            .get(&member)
+            .map(|m| m.2.iter().map(|e| e.1.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Each table subscription with a filter (`Subscription::rebind`) and its table, once
     /// per filter.
     pub fn rebindable(&self) -> Vec<(TableScope, Arc<Rebind>)> {
@@ -428,16 +436,54 @@ impl SubscriptionIndex {
         out
     }
 
-    /// Moves the subscriptions made to `from` while its table had oid `oid` to `to`,
-    /// the name that table has now (`ALTER TABLE … RENAME`, `SET SCHEMA`): its changes
-    /// are logged under the new name.
-    pub fn rename(&self, from: &TableScope, oid: u32, to: &TableScope) {
-        self.rewrite(|sub| {
-            (sub.scope == *from && sub.table_oid == Some(oid)).then(|| Subscription {
-                scope: to.clone(),
-                ..sub.clone()
-            })
-        })
+    /// Has the subscriptions made to the table of oid `oid` (under any name) match its
+    /// changes under `to` too, the name the table has now (`ALTER TABLE … RENAME`, `SET
+    /// SCHEMA`): its changes are logged under the new name from then on, while those
+    /// logged under a name it had before (written before the rename, read after it) still
+    /// find them there. A change has one name, so no change matches one twice.
+    pub fn rename(&self, oid: u32, to: &TableScope) {
+        let renamed = |sub: &Subscription| {
+            sub.table_oid == Some(oid)
+                && sub.scope != *to
+                && matches!(sub.scope, TableScope::Table { .. })
+        };
+        let movers: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|m| m.value().2.iter().any(|e| renamed(&e.1)))
+            .map(|m| *m.key())
+            .collect();
+        for member in movers {
+            let Some(mut m) = self.members.get_mut(&member) else {
+                continue;
+            };
+            let (pm, places, entries) = &mut *m;
+            // The table's subscriptions under its name of now go last (a renewed token
+            // binds them under it, `channel::retry`), copied there where missing.
+            let here = |s: &Subscription| s.scope == *to && s.table_oid == Some(oid);
+            let mut subs: Vec<Subscription> = entries
+                .iter()
+                .filter(|e| !here(&e.1))
+                .map(|e| e.1.clone())
+                .collect();
+            let mut moved: Vec<Subscription> = entries
+                .iter()
+                .filter(|e| here(&e.1))
+                .map(|e| e.1.clone())
+                .collect();
+            for e in entries.iter().filter(|e| renamed(&e.1)) {
+                if !moved.iter().any(|s| s.id == e.1.id) {
+                    moved.push(Subscription {
+                        scope: to.clone(),
+                        ..e.1.clone()
+                    });
+                }
+            }
+            subs.extend(moved);
+            self.unplace(member, places);
+            (*places, *entries) = self.put(pm, subs);
+        }
+        self.moved_on();
     }
 
     /// Replaces, member by member, each subscription `f` returns another for. The caller
@@ -779,7 +825,7 @@ mod tests {
     }
 
     #[test]
-    fn subscriptions_follow_a_renamed_table_and_leave_from_where_they_moved() {
+    fn subscriptions_follow_a_renamed_table_and_leave_from_every_name() {
         let index = SubscriptionIndex::default();
         subscribe(&index, 1, &format!("customer_id=eq.{A}"));
         subscribe(&index, 2, "status=eq.open");
@@ -793,14 +839,26 @@ mod tests {
         };
         assert_eq!(index.tables(), vec![(jobs.clone(), 16384)]);
         // Another table's oid: nothing moves.
-        index.rename(&jobs, 16385, &moved);
-        assert_eq!(matched(&index, &change(A, "open")), vec![1, 2]);
-        index.rename(&jobs, 16384, &moved);
-        assert_eq!(index.tables(), vec![(moved.clone(), 16384)]);
-        assert!(matched(&index, &change(A, "open")).is_empty());
+        index.rename(16385, &moved);
+        assert_eq!(index.tables(), vec![(jobs.clone(), 16384)]);
+        index.rename(16384, &moved);
+        // Once, however often it is told.
+        index.rename(16384, &moved);
+        let mut tables = index.tables();
+        tables.sort_by_key(|(s, _)| format!("{s:?}"));
+        assert_eq!(tables, vec![(moved.clone(), 16384), (jobs.clone(), 16384)]);
         let mut renamed = change(A, "open");
         (renamed.schema, renamed.table) = ("crm".into(), "work".into());
         assert_eq!(matched(&index, &renamed), vec![1, 2]);
+        // Changes logged under the old name before the rename still find them, once.
+        assert_eq!(matched(&index, &change(A, "open")), vec![1, 2]);
+        let mut ids: Vec<Vec<u32>> = index
+            .matching(&renamed)
+            .iter()
+            .map(|m| m.ids.to_vec())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec![vec![1], vec![2]]);
         index.remove(1);
         index.remove(2);
         assert!(index.is_empty() && index.counts().is_empty());

@@ -111,6 +111,11 @@ impl Changes {
         self.index.add(subscriber, subscriptions);
     }
 
+    /// `member`'s subscriptions now: a renamed table's under its names (`dispatch::ddl`).
+    pub fn subscriptions_of(&self, member: MemberId) -> Vec<Subscription> {
+        self.index.subscriptions_of(member)
+    }
+
     /// Stops every delivery to `member`; a no-op for members without subscriptions.
     pub fn unsubscribe(&self, member: MemberId) {
         self.index.remove(member);

@@ -309,6 +309,9 @@ impl Session {
             .map(|v| (v.subscriptions, v.errors))
             .unwrap_or_default();
         let resumed_subscriptions = claim.as_ref().map(|_| subscriptions.clone());
+        // An entry refused now (its table renamed or dropped while parked, say) had its
+        // changes of the gap left out of the replay.
+        let refused = !errors.is_empty();
         let subscribed = !subscriptions.is_empty();
         let mut subscriber = Subscriber {
             member,
@@ -370,6 +373,7 @@ impl Session {
                     viewer,
                     subscriptions: resumed_subscriptions.unwrap_or_default(),
                 };
+                let claim = claim.with_refused(refused);
                 self.catch_up(claim, cut, gate, target, join_ref.clone(), ahead)
             }
             _ => None,

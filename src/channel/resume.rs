@@ -28,9 +28,17 @@ pub(super) struct Claim {
     ident: ChannelIdent,
     owner: String,
     found: Result<Found, ResumeError>,
+    /// An entry of the join was refused now (its table renamed or dropped while parked,
+    /// say): its missed changes are not in the replay.
+    refused: bool,
 }
 
 impl Claim {
+    /// The claim of a join that refused some of its entries (`refused`).
+    pub(super) fn with_refused(self, refused: bool) -> Claim {
+        Claim { refused, ..self }
+    }
+
     /// The parked row could not be read (the database is unreachable).
     pub(super) fn unreadable(&self) -> bool {
         self.found.is_err()
@@ -87,6 +95,7 @@ impl Session {
             ident,
             owner,
             found,
+            refused: false,
         })
     }
 
@@ -127,10 +136,12 @@ impl Session {
         handle.track(live.clone());
         let (acks, out) = (conn.acks.clone(), self.outbox.clone());
         let conn_id = self.conn_id;
+        let refused = claim.refused;
         tokio::spawn(async move {
             let outcome = match (claim.found, from) {
                 (Ok(_), Some(from)) => {
                     match handle.replay(&target, &from, &cut.position, &out).await {
+                        Ok(Some(_)) if refused => Resumed::NotRecovered(NotRecovered::Refused),
                         Ok(Some(count)) => Resumed::Recovered { count },
                         Ok(None) => Resumed::NotRecovered(NotRecovered::TooMany {
                             max: handle.config().max_replay,

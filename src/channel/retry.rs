@@ -22,7 +22,9 @@ use tokio::time::Instant;
 
 use super::session::Session;
 use crate::auth::Claims;
-use crate::changes::{subscription_id, Sent, Subscriber, Validated, Viewer};
+use crate::changes::{
+    subscription_id, Sent, Subscriber, Subscription, TableScope, Validated, Viewer,
+};
 use crate::protocol::SystemMessage;
 use crate::router::outbox::ChannelOutbox;
 
@@ -86,6 +88,49 @@ fn failed<'a>(
         .map(|(i, id)| (id, i))
 }
 
+/// `entries` with each table renamed since it was subscribed (`current`, the channel's
+/// subscriptions now, hold its subscription under the name of now, `dispatch::ddl`) named
+/// as it is now, so that they are judged again as the same table; and for each entry so
+/// named, (its id under the new name, its id as joined).
+fn as_named_now(entries: &[Value], current: &[Subscription]) -> (Vec<Value>, Vec<(u32, u32)>) {
+    let mut ids = Vec::new();
+    let named = entries
+        .iter()
+        .map(|entry| {
+            let id = subscription_id(entry);
+            fn named(s: &Subscription, id: u32) -> Option<(&Arc<str>, &Arc<str>)> {
+                match &s.scope {
+                    TableScope::Table { schema, table } if s.id == id => Some((schema, table)),
+                    _ => None,
+                }
+            }
+            let joined = (
+                entry
+                    .get("schema")
+                    .and_then(Value::as_str)
+                    .unwrap_or("public"),
+                entry.get("table").and_then(Value::as_str),
+            );
+            // The newest name: the table's last scope added (`SubscriptionIndex::rename`).
+            let now = current.iter().rev().find_map(|s| named(s, id));
+            match (now, entry.as_object()) {
+                (Some((schema, table)), Some(obj))
+                    if (joined.0, joined.1) != (&**schema, Some(&**table)) =>
+                {
+                    let mut obj = obj.clone();
+                    obj.insert("schema".into(), Value::from(&**schema));
+                    obj.insert("table".into(), Value::from(&**table));
+                    let renamed = Value::Object(obj);
+                    ids.push((subscription_id(&renamed), id));
+                    renamed
+                }
+                _ => entry.clone(),
+            }
+        })
+        .collect();
+    (named, ids)
+}
+
 impl Session {
     /// After a new token was applied to `topic`'s channel (or the database is back):
     /// validates every entry again with `claims`, replaces the channel's subscriptions
@@ -102,7 +147,16 @@ impl Session {
         else {
             return;
         };
-        let validated = self.svc.changes.validate(&entries, &claims.role).await;
+        let member = self.channels.get(topic).map(|ch| ch.member);
+        let current = member.map_or_else(Vec::new, |m| self.svc.changes.subscriptions_of(m));
+        let (named, ids) = as_named_now(&entries, &current);
+        let mut validated = self.svc.changes.validate(&named, &claims.role).await;
+        // Bound under a table's name of now: still the ids the join was answered with.
+        for sub in &mut validated.subscriptions {
+            if let Some((_, id)) = ids.iter().find(|(now, _)| *now == sub.id) {
+                sub.id = *id;
+            }
+        }
         let Some(ch) = self.channels.get_mut(topic) else {
             return;
         };

@@ -335,6 +335,9 @@ pub enum NotRecovered {
     TooMany { max: usize },
     /// The missed changes could not be read (database trouble).
     Failed,
+    /// A postgres_changes entry of the join was refused (its table renamed or dropped
+    /// meanwhile, say): its missed changes were not replayed.
+    Refused,
 }
 
 impl Resumed {
@@ -347,6 +350,7 @@ impl Resumed {
                 NotRecovered::Pruned => "Not resumed: the change log no longer reaches back to where this subscription stopped; refetch".into(),
                 NotRecovered::TooMany { max } => format!("Not resumed: more than {max} changes were missed; refetch"),
                 NotRecovered::Failed => "Not resumed: the missed changes could not be read; refetch".into(),
+                NotRecovered::Refused => "Not resumed: a postgres_changes entry could not be subscribed again, so its missed changes were not replayed; refetch".into(),
             },
         }
     }

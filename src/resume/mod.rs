@@ -458,7 +458,9 @@ impl ResumeHandle {
     pub fn status(&self) -> Value {
         let m = &self.inner.metrics;
         let held = self.inner.changes.progress().recent().held();
-        let outcomes = ["true", "unknown", "expired", "pruned", "too_many", "failed"];
+        let outcomes = [
+            "true", "unknown", "expired", "pruned", "too_many", "failed", "refused",
+        ];
         let resumes: serde_json::Map<String, Value> = outcomes
             .iter()
             .map(|o| {
@@ -497,6 +499,7 @@ impl ResumeHandle {
             Outcome::NotRecovered(NotRecovered::Pruned) => "pruned",
             Outcome::NotRecovered(NotRecovered::TooMany { .. }) => "too_many",
             Outcome::NotRecovered(NotRecovered::Failed) => "failed",
+            Outcome::NotRecovered(NotRecovered::Refused) => "refused",
         };
         m.resumes.get_or_create(&[("recovered", label)]).inc();
     }

@@ -3,36 +3,71 @@
 //!
 //! - the label order of enum columns that filters compare by order (`enum_order`);
 //! - a table's name (`ALTER TABLE … RENAME`, `SET SCHEMA`, `ALTER SCHEMA … RENAME`): its
-//!   changes are logged under the new name, and its subscriptions move there, as
-//!   Supabase's follow the table's oid. Their changes then carry the new name, as
-//!   Supabase's do; a rejoin by the old name is refused as any join to a missing table;
+//!   changes are logged under the new name, and its subscriptions match there too (and
+//!   still under the names before, for changes logged before the rename), as Supabase's
+//!   follow the table's oid. Their changes carry the name they were logged under, as
+//!   Supabase's do; a rejoin by the old name is refused as any join to a missing table. A
+//!   name the table had only between two reads of the catalog (renamed twice while rows
+//!   were written under the name in between) is never learnt: those rows are missed;
 //! - the type of a column a filter compares (`ALTER COLUMN … TYPE`): the filter is bound
 //!   again, as Supabase compares with the column's type of now. A filter the new type
 //!   refuses (`n=eq.abc` once `n` is an integer) stays as it was, with a warning.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::Dispatcher;
-use crate::changes::catalog::TableInfo;
+use crate::changes::catalog::{CatalogError, TableInfo};
 use crate::changes::index::{Rebind, Subscription, TableScope};
 use crate::changes::subscribe::{bind_filter, Unbound};
 
-/// The rules version the subscribed tables were last read under.
+/// The rules version the subscribed tables were last read under, and the names they had
+/// before.
 pub(in crate::changes) struct Followed {
     read_at: AtomicI64,
+    /// (schema, table) a subscribed table had -> its (schema, table) now.
+    renamed: Mutex<HashMap<(String, String), (String, String)>>,
 }
 
 impl Default for Followed {
     fn default() -> Self {
         Followed {
             read_at: AtomicI64::new(i64::MIN),
+            renamed: Mutex::new(HashMap::new()),
         }
     }
 }
 
+impl Followed {
+    fn renamed(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (String, String)>> {
+        self.renamed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Dispatcher {
+    /// The table a change logged under `schema.table` is of: the table of that name, or,
+    /// when there is none, the subscribed table that had the name before it was renamed
+    /// (rows written before the rename, read after it).
+    pub(super) async fn table_of(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<Arc<TableInfo>>, CatalogError> {
+        if let Some(found) = self.catalog.table(schema, table).await? {
+            return Ok(Some(found));
+        }
+        let now = self
+            .ddl
+            .renamed()
+            .get(&(schema.to_owned(), table.to_owned()))
+            .cloned();
+        match now {
+            Some((schema, table)) => self.catalog.table(&schema, &table).await,
+            None => Ok(None),
+        }
+    }
+
     /// Before matching a batch read under rules version `version`, or, when its rows were
     /// written under different versions (`None`), under the version of now.
     pub(super) async fn follow_ddl(&self, version: Option<i64>) {
@@ -74,17 +109,30 @@ impl Dispatcher {
             return Ok(true);
         }
         let (names, settled) = self.catalog.table_names(&oids).await?;
-        for (from, oid) in &tables {
-            let Some((schema, table)) = names.get(oid) else {
-                continue;
-            };
+        for (oid, (schema, table)) in &names {
             let to = TableScope::Table {
                 schema: schema.as_str().into(),
                 table: table.as_str().into(),
             };
-            if to != *from {
-                tracing::info!(?from, ?to, "subscriptions follow a renamed table");
-                self.progress.at_cut(|_| self.index.rename(from, *oid, &to));
+            let mut renamed = self.ddl.renamed();
+            for (scope, _) in tables.iter().filter(|(s, o)| o == oid && *s != to) {
+                if let TableScope::Table {
+                    schema: s,
+                    table: t,
+                } = scope
+                {
+                    renamed.insert(
+                        (s.to_string(), t.to_string()),
+                        (schema.clone(), table.clone()),
+                    );
+                }
+            }
+            renamed.remove(&(schema.clone(), table.clone()));
+            drop(renamed);
+            // Renamed, or renamed back: its subscriptions under the name of now go last.
+            if tables.iter().any(|(s, o)| o == oid && *s != to) {
+                tracing::debug!(oid, ?to, "subscriptions follow a renamed table");
+                self.progress.at_cut(|_| self.index.rename(*oid, &to));
             }
         }
         Ok(settled)
