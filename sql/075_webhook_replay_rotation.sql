@@ -1,0 +1,115 @@
+-- Webhook operations that skipped or hid what an endpoint had not received.
+--
+-- Replay: `replay_webhook(name, null)` passed the check against the future and
+-- `position_at(null)` fell back to now, so every change not yet delivered was skipped.
+-- A replay from a time after the endpoint's oldest undelivered change moved its cursor
+-- past the changes in between. Now a null `from` is refused, changing nothing, and a
+-- replay starts from the earlier of the cursor and the position at `from`: it delivers
+-- again, never skips. Same signatures, so existing grants are kept.
+--
+-- Pause: `pause_webhook(name, null)` left the reason null; it is 'paused by an operator'
+-- as when the reason is left out.
+
+create or replace function realtime.pause_webhook(name text, reason text default 'paused by an operator')
+returns void
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $fn$
+begin
+    update realtime.webhook_endpoints e
+    set paused = true, paused_reason = coalesce(pause_webhook.reason, 'paused by an operator'),
+        version = e.version + 1, updated_at = pg_catalog.now()
+    where e.name = pause_webhook.name;
+    if not found then
+        raise exception 'no webhook named "%"', pause_webhook.name using errcode = 'undefined_object';
+    end if;
+end
+$fn$;
+
+-- The earlier of two positions (`realtime.position_text` forms, pages and partly read
+-- rows after the base allowed), as a base cursor: the base of the one whose base
+-- snapshot sees no transaction the other's does not (its pages and partly read rows
+-- are dropped: they may have read rows the other has not). When neither is earlier, the
+-- snapshot that sees only what both see (the lower xmax, the in-progress transactions
+-- of either), so nothing either has not read is passed over.
+create or replace function realtime.earlier_position(a text, b text) returns text
+language plpgsql immutable set search_path = pg_catalog, pg_temp as $fn$
+declare
+    sa pg_snapshot := realtime.position_snapshot(a);
+    sb pg_snapshot := realtime.position_snapshot(b);
+    xa xid8[] := array(select pg_catalog.pg_snapshot_xip(sa));
+    xb xid8[] := array(select pg_catalog.pg_snapshot_xip(sb));
+    low xid8 := least(pg_catalog.pg_snapshot_xmax(sa), pg_catalog.pg_snapshot_xmax(sb));
+begin
+    -- `a` is earlier: it ends no later and every transaction `b` has not read below its
+    -- end, `a` has not read either.
+    if pg_catalog.pg_snapshot_xmax(sa) <= pg_catalog.pg_snapshot_xmax(sb)
+       and not exists (select 1 from pg_catalog.unnest(xb) x where x < low and not x = any(xa)) then
+        return realtime.position_text(sa);
+    end if;
+    if pg_catalog.pg_snapshot_xmax(sb) <= pg_catalog.pg_snapshot_xmax(sa)
+       and not exists (select 1 from pg_catalog.unnest(xa) x where x < low and not x = any(xb)) then
+        return realtime.position_text(sb);
+    end if;
+    return low::text || ':' || coalesce(
+        (select pg_catalog.string_agg(u.x::text, ',' order by u.x)
+           from (select x from pg_catalog.unnest(xa) x union select x from pg_catalog.unnest(xb) x) u
+          where u.x < low), '');
+end
+$fn$;
+
+revoke all on function realtime.earlier_position(text, text) from public;
+
+-- Delivers again every change still in the log that committed at or after `from`, and
+-- everything the endpoint has not received yet: its cursor moves back to the position
+-- at `from` if that is earlier, and otherwise stays. Clears the lost-data mark. Returns
+-- the position delivery goes on from.
+create or replace function realtime.replay_webhook(name text, "from" timestamptz) returns text
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $fn$
+declare
+    cur text;
+    pos text;
+begin
+    if replay_webhook."from" is null then
+        raise exception 'replay from must be a time (got null)'
+            using errcode = 'invalid_parameter_value',
+                  hint = 'Give the time to deliver again from, e.g. now() - interval ''1 hour''.';
+    end if;
+    if replay_webhook."from" > pg_catalog.clock_timestamp() then
+        raise exception 'replay from must not be in the future (got %)', replay_webhook."from"
+            using errcode = 'invalid_parameter_value';
+    end if;
+    select e.position into cur from realtime.webhook_endpoints e
+    where e.name = replay_webhook.name
+    for update;
+    if not found then
+        raise exception 'no webhook named "%"', replay_webhook.name using errcode = 'undefined_object';
+    end if;
+    pos := realtime.earlier_position(cur, realtime.position_at(replay_webhook."from"));
+    -- The delivering hub stores a 2xx only over the cursor it started from, so that a
+    -- batch in flight does not write over a replay: a cursor the replay keeps as it was
+    -- is written in another, equivalent form (partly read: change 0 of log row 0, which
+    -- no log row is).
+    if pos = cur then
+        pos := pos || '+0.0';
+    end if;
+    update realtime.webhook_endpoints e
+    set position = pos, data_lost_at = null, failures = 0, version = e.version + 1,
+        updated_at = pg_catalog.now()
+    where e.name = replay_webhook.name;
+    perform realtime.hold_webhook_position(replay_webhook.name, pos);
+    return pos;
+end
+$fn$;
+
+-- grant_hub (071) grants the new function too (a replay through the hub's REST API
+-- calls it).
+alter function realtime.grant_hub(text) rename to grant_hub_071;
+create function realtime.grant_hub(hub text) returns void
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $fn$
+begin
+    perform realtime.grant_hub_071(hub);
+    execute pg_catalog.format(
+        'grant execute on function realtime.earlier_position(text, text) to %I', hub);
+end
+$fn$;
+revoke all on function realtime.grant_hub(text) from public;
+revoke all on function realtime.grant_hub_071(text) from public;
