@@ -166,3 +166,42 @@ async fn a_pause_with_a_null_reason_gets_the_default_one() {
         .get(0);
     assert_eq!(reason.as_deref(), Some("paused by an operator"));
 }
+
+/// After `alter_webhook(filter => …)` and a replay, a batch with the same first and last
+/// event but more between them used to carry the same `webhook-id`, so a receiver that
+/// dedupes by it (as Standard Webhooks says) dropped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_other_events_gets_another_webhook_id() {
+    let pg = hub().await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "{public.contacts}").await;
+    pg.exec("select realtime.alter_webhook('crm', filter => 'status=neq.draft')")
+        .await;
+    let from = db_now(&pg).await;
+    pg.exec(
+        "insert into contacts (id, name, status) values (1, 'a', 'open'), (2, 'b', 'draft'), (3, 'c', 'open')",
+    )
+    .await;
+    rx.wait_processed(Duration::from_secs(20), 2).await;
+    pg.exec("select realtime.alter_webhook('crm', filter => '')")
+        .await;
+    pg.sql
+        .execute("select realtime.replay_webhook('crm', $1)", &[&from])
+        .await
+        .unwrap();
+    rx.wait_processed(Duration::from_secs(20), 5).await;
+    let requests: Vec<_> = rx
+        .requests()
+        .into_iter()
+        .filter(|r| r.processed())
+        .collect();
+    assert_eq!(requests.len(), 2, "one batch each time");
+    assert_eq!(ids(&requests[0].events()), vec![1, 3]);
+    assert_eq!(ids(&requests[1].events()), vec![1, 2, 3]);
+    let (a, b) = (
+        requests[0].header("webhook-id").unwrap(),
+        requests[1].header("webhook-id").unwrap(),
+    );
+    assert!(a.starts_with("msg_") && b.starts_with("msg_"), "{a} {b}");
+    assert_ne!(a, b, "different bodies, different webhook-ids");
+}

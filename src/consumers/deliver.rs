@@ -12,6 +12,8 @@ use crate::changes::{format_commit_time, Change, Row};
 
 /// Most bytes of an error answer's body kept for `last_error`.
 const ERROR_BODY_BYTES: usize = 200;
+/// Bytes of the body's SHA-256 in a `webhook-id` (as hex).
+const MESSAGE_DIGEST_BYTES: usize = 8;
 
 /// A change's id in webhook bodies and the feed: its log row and place in that row,
 /// the same on every retry, replay and hub.
@@ -49,12 +51,23 @@ pub fn body(changes: &[Change]) -> Vec<u8> {
     serde_json::to_vec(&events).unwrap_or_else(|_| b"[]".to_vec())
 }
 
-/// The `webhook-id` of a batch: named by its first and last event, so a retry of the
-/// same batch carries the same id.
-pub fn message_id(changes: &[Change]) -> String {
+/// The `webhook-id` of a batch with request body `body`: named by its first and last
+/// event and a digest of the body, so a retry of the same batch carries the same id and
+/// a batch with other events (or other contents, after `alter_webhook`) another one: a
+/// receiver that dedupes by `webhook-id`, as Standard Webhooks tells it to, never drops
+/// a body it has not seen.
+pub fn message_id(changes: &[Change], body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(body);
+    let short: String = digest[..MESSAGE_DIGEST_BYTES]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     match (changes.first(), changes.last()) {
-        (Some(first), Some(last)) => format!("msg_{}_{}", event_id(first), event_id(last)),
-        _ => "msg_empty".to_owned(),
+        (Some(first), Some(last)) => {
+            format!("msg_{}_{}_{short}", event_id(first), event_id(last))
+        }
+        _ => format!("msg_empty_{short}"),
     }
 }
 
@@ -227,8 +240,24 @@ mod tests {
                 "commit_timestamp": "2024-05-01T12:00:00.000Z"})
         );
         assert_eq!(v[1]["id"], "41-1");
+    }
+
+    #[test]
+    fn a_message_id_is_the_same_for_the_same_body_and_differs_for_another() {
         let batch = [change(41, 1, Op::Insert), change(43, 0, Op::Delete)];
-        assert_eq!(message_id(&batch), "msg_41-1_43-0");
+        let id = message_id(&batch, &body(&batch));
+        assert!(id.starts_with("msg_41-1_43-0_"), "{id}");
+        assert_eq!(id.len(), "msg_41-1_43-0_".len() + 2 * MESSAGE_DIGEST_BYTES);
+        assert_eq!(id, message_id(&batch, &body(&batch)), "a retry");
+        // The same first and last event with another one between (a filter changed).
+        let other = [
+            change(41, 1, Op::Insert),
+            change(42, 0, Op::Insert),
+            change(43, 0, Op::Delete),
+        ];
+        let other_id = message_id(&other, &body(&other));
+        assert!(other_id.starts_with("msg_41-1_43-0_"), "{other_id}");
+        assert_ne!(id, other_id);
     }
 
     #[test]

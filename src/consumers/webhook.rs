@@ -341,7 +341,7 @@ impl Endpoint {
     ) -> Delivery {
         let settings = self.inner.settings.clone();
         let body = deliver::body(batch);
-        let msg_id = deliver::message_id(batch);
+        let msg_id = deliver::message_id(batch, &body);
         let after_text = after.to_string();
         loop {
             let needed = settings.timeout + settings.timeout / LEASE_MARGIN_DIVISOR;
