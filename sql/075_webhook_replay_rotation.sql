@@ -7,6 +7,13 @@
 -- replay starts from the earlier of the cursor and the position at `from`: it delivers
 -- again, never skips. Same signatures, so existing grants are kept.
 --
+-- Secret rotation: `alter_webhook(name, secret => new)` switched at once, so a receiver
+-- still holding the old secret failed every request until it was redeployed. Now the
+-- endpoint keeps the secret it replaced and when (`previous_secret`,
+-- `secret_rotated_at`); the delivering hub signs with both, new first, for
+-- `webhook_secret_overlap_secs` after the rotation (a setting of the hub's). Giving the
+-- secret it already has (a declared endpoint's, at every start) rotates nothing.
+--
 -- Pause: `pause_webhook(name, null)` left the reason null; it is 'paused by an operator'
 -- as when the reason is left out.
 
@@ -113,3 +120,46 @@ end
 $fn$;
 revoke all on function realtime.grant_hub(text) from public;
 revoke all on function realtime.grant_hub_071(text) from public;
+
+alter table realtime.webhook_endpoints
+    add column if not exists previous_secret text,
+    add column if not exists secret_rotated_at timestamptz;
+
+-- Changes what is given (null leaves a field as it is; filter => '' removes the filter).
+-- A new secret keeps the one it replaces as `previous_secret`.
+create or replace function realtime.alter_webhook(
+    name text,
+    url text default null,
+    tables regclass[] default null,
+    events text[] default null,
+    filter text default null,
+    secret text default null
+) returns void
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $fn$
+declare
+    evs text[] := pg_catalog.upper(alter_webhook.events::text)::text[];
+    s text := realtime.check_webhook_secret(alter_webhook.secret);
+begin
+    perform realtime.check_webhook_fields(null, alter_webhook.url, alter_webhook.tables, evs);
+    if alter_webhook.tables is not null then
+        perform realtime.enable_webhook_tables(alter_webhook.tables);
+    end if;
+    update realtime.webhook_endpoints e
+    set url = coalesce(alter_webhook.url, e.url),
+        tables = coalesce(alter_webhook.tables, e.tables),
+        events = coalesce(evs, e.events),
+        filter = case when alter_webhook.filter is null then e.filter
+                      else nullif(alter_webhook.filter, '') end,
+        secret = coalesce(s, e.secret),
+        previous_secret = case when s is distinct from e.secret and s is not null
+                               then e.secret else e.previous_secret end,
+        secret_rotated_at = case when s is distinct from e.secret and s is not null
+                                 then pg_catalog.now() else e.secret_rotated_at end,
+        version = e.version + 1,
+        updated_at = pg_catalog.now()
+    where e.name = alter_webhook.name;
+    if not found then
+        raise exception 'no webhook named "%"', alter_webhook.name using errcode = 'undefined_object';
+    end if;
+end
+$fn$;

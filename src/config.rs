@@ -181,6 +181,8 @@ settings! {
     webhook_pause_after_failures: u32 = 50, env "SWITCHBOARD_WEBHOOK_PAUSE_AFTER_FAILURES";
     /// Seconds a hub's lease on a webhook endpoint lasts unrenewed; another hub takes the endpoint over after that. At least three times `webhook_timeout_ms`.
     webhook_lease_secs: u64 = 30, env "SWITCHBOARD_WEBHOOK_LEASE_SECS";
+    /// Seconds a webhook endpoint's previous secret still signs (beside the new one, in `webhook-signature`) after `alter_webhook(secret => ...)` rotated it, so receivers can move to the new secret without failing a request. 0: the new secret alone at once.
+    webhook_secret_overlap_secs: u64 = 24 * 3600, env "SWITCHBOARD_WEBHOOK_SECRET_OVERLAP_SECS";
     /// Longest long-poll (`wait`) of the change feed, in seconds.
     feed_max_wait_secs: u64 = 60, env "SWITCHBOARD_FEED_MAX_WAIT_SECS";
     /// Most changes one change-feed response may hold (`limit`).
@@ -197,6 +199,8 @@ pub struct ConsumerSettings {
     pub retry_max: Duration,
     pub pause_after_failures: u32,
     pub lease: Duration,
+    /// How long a rotated-out secret still signs beside the new one.
+    pub secret_overlap: Duration,
     pub feed_max_wait: Duration,
     pub feed_max_limit: usize,
 }
@@ -562,6 +566,7 @@ fn consumer_settings(r: &Resolved) -> Result<ConsumerSettings, ConfigError> {
             r.webhook_pause_after_failures,
         )?,
         lease,
+        secret_overlap: Duration::from_secs(r.webhook_secret_overlap_secs),
         feed_max_wait: Duration::from_secs(r.feed_max_wait_secs),
         feed_max_limit: positive("feed_max_limit", r.feed_max_limit)?,
     })

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::e2e::PgHub;
 use common::hub::test_config;
-use common::receiver::{Mode, Receiver};
+use common::receiver::{verify_signatures, Mode, Receiver};
 use serde_json::Value;
 
 const SETUP: &str = "
@@ -204,4 +204,74 @@ async fn a_batch_with_other_events_gets_another_webhook_id() {
     );
     assert!(a.starts_with("msg_") && b.starts_with("msg_"), "{a} {b}");
     assert_ne!(a, b, "different bodies, different webhook-ids");
+}
+
+/// `alter_webhook(secret => new)` switched at once: a receiver still holding the old
+/// secret failed every request until redeployed. Now both sign (new first) for
+/// `webhook_secret_overlap_secs`, then the new one alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_signs_beside_the_new_one_during_the_overlap() {
+    let pg = hub().await;
+    let rx = Receiver::start(Mode::Ok).await;
+    let old = create(&pg, "crm", &rx.url, "{public.contacts}").await;
+    let new: String = pg
+        .sql
+        .query_one("select realtime.new_webhook_secret()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.sql
+        .execute(
+            "select realtime.alter_webhook('crm', secret => $1)",
+            &[&new],
+        )
+        .await
+        .unwrap();
+    // Giving the secret it has rotates nothing (a declared endpoint's, at every start).
+    pg.sql
+        .execute(
+            "select realtime.alter_webhook('crm', secret => $1)",
+            &[&new],
+        )
+        .await
+        .unwrap();
+    pg.exec("insert into contacts (id, name) values (1, 'a')")
+        .await;
+    rx.wait_processed(Duration::from_secs(20), 1).await;
+    let requests = rx.requests();
+    let r = &requests[0];
+    let (id, ts) = (
+        r.header("webhook-id").unwrap(),
+        r.header("webhook-timestamp").unwrap().parse().unwrap(),
+    );
+    let signatures: Vec<&str> = r.header("webhook-signature").unwrap().split(' ').collect();
+    let sign = |secret: &str| switchboard::consumers::sign(secret, id, ts, &r.body).unwrap();
+    assert_eq!(
+        signatures,
+        [sign(&new), sign(&old)],
+        "the new secret's first"
+    );
+    // A receiver holding either secret verifies with the standardwebhooks library.
+    verify_signatures(&requests, &old);
+    verify_signatures(&requests, &new);
+
+    // Once the overlap is over, the new secret alone.
+    pg.exec(
+        "update realtime.webhook_endpoints set secret_rotated_at = now() - interval '25 hours', \
+         version = version + 1 where name = 'crm'",
+    )
+    .await;
+    pg.exec("insert into contacts (id, name) values (2, 'b')")
+        .await;
+    rx.wait_processed(Duration::from_secs(20), 2).await;
+    let requests = rx.requests();
+    let r = requests.last().unwrap();
+    let (id, ts) = (
+        r.header("webhook-id").unwrap(),
+        r.header("webhook-timestamp").unwrap().parse().unwrap(),
+    );
+    assert_eq!(
+        r.header("webhook-signature").unwrap(),
+        switchboard::consumers::sign(&new, id, ts, &r.body).unwrap()
+    );
 }

@@ -110,10 +110,11 @@ impl Sender {
         Sender { http }
     }
 
-    /// POSTs `body` to `url`, signed with `secret` as message `msg_id`.
-    pub async fn post(&self, url: &str, secret: &str, msg_id: &str, body: Vec<u8>) -> Outcome {
+    /// POSTs `body` to `url` as message `msg_id`, signed with each of `secrets` (the
+    /// current one first).
+    pub async fn post(&self, url: &str, secrets: &[&str], msg_id: &str, body: Vec<u8>) -> Outcome {
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = match sign(secret, msg_id, timestamp, &body) {
+        let signature = match sign_all(secrets, msg_id, timestamp, &body) {
             Ok(s) => s,
             Err(e) => {
                 return Outcome::Failed {
@@ -168,6 +169,22 @@ pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Result<S
     let hook = Webhook::new(secret).map_err(|e| SignError::Secret(e.to_string()))?;
     hook.sign(msg_id, timestamp, body)
         .map_err(|e| SignError::Secret(e.to_string()))
+}
+
+/// The `webhook-signature` value for several secrets (a rotation's new one and the one
+/// it replaced): their signatures space-separated, in order, as Standard Webhooks sends
+/// them so a receiver holding either secret verifies.
+pub fn sign_all(
+    secrets: &[&str],
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<String, SignError> {
+    let signatures = secrets
+        .iter()
+        .map(|s| sign(s, msg_id, timestamp, body))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(signatures.join(" "))
 }
 
 /// A short, secret-free description of a transport error.
@@ -272,6 +289,19 @@ mod tests {
         .unwrap();
         assert_eq!(sig, "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=");
         assert!(sign("whsec_not base64!", "m", 1, b"{}").is_err());
+        let (new, old) = (
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        let both = sign_all(&[new, old], "m", 1, b"{}").unwrap();
+        assert_eq!(
+            both,
+            format!(
+                "{} {}",
+                sign(new, "m", 1, b"{}").unwrap(),
+                sign(old, "m", 1, b"{}").unwrap()
+            )
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! hub loads, the lease it holds, and every write about delivery, each fenced by that
 //! lease. SQL here only calls the functions that migration defines.
 
+use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use super::ConsumersError;
@@ -9,6 +10,9 @@ use super::ConsumersError;
 const LOAD: &str = "\
 select e.url, e.events, e.filter, e.secret, e.paused, e.version, e.position, e.failures, \
        e.table_names, \
+       case when e.secret_rotated_at + make_interval(secs => $3) > now() \
+            then e.previous_secret end as previous_secret, \
+       e.secret_rotated_at + make_interval(secs => $3) as previous_until, \
        (extract(epoch from e.created_at) * 1000000)::int8::text || ' ' || e.tables::text as shape, \
        array(select n.nspname::text from unnest(e.tables) with ordinality as t(rel, i) \
               join pg_catalog.pg_class c on c.oid = t.rel \
@@ -44,6 +48,9 @@ pub struct EndpointDef {
     pub events: Vec<String>,
     pub filter: Option<String>,
     pub secret: String,
+    /// The secret `secret` replaced, while it still signs (until `previous_until`).
+    pub previous_secret: Option<String>,
+    pub previous_until: Option<DateTime<Utc>>,
     pub paused: bool,
     pub version: i64,
     /// Which endpoint row this is (dropped and created again under the same name, it is
@@ -57,13 +64,30 @@ pub struct EndpointDef {
     pub table_names: Option<serde_json::Value>,
 }
 
-/// The endpoint if `owner` holds its lease.
+impl EndpointDef {
+    /// The secrets a request sent at `now` is signed with: the current one, then the one
+    /// it replaced while that still signs.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
+        let mut secrets = vec![self.secret.as_str()];
+        if let (Some(previous), Some(until)) = (&self.previous_secret, self.previous_until) {
+            if now < until && *previous != self.secret {
+                secrets.push(previous);
+            }
+        }
+        secrets
+    }
+}
+
+/// The endpoint if `owner` holds its lease; a secret it replaced signs beside the new
+/// one for `overlap` after the rotation.
 pub async fn load(
     client: &Client,
     name: &str,
     owner: &str,
+    overlap: std::time::Duration,
 ) -> Result<Option<EndpointDef>, ConsumersError> {
-    let Some(row) = client.query_opt(LOAD, &[&name, &owner]).await? else {
+    let overlap = overlap.as_secs_f64();
+    let Some(row) = client.query_opt(LOAD, &[&name, &owner, &overlap]).await? else {
         return Ok(None);
     };
     let schemas: Vec<String> = row.get("schemas");
@@ -75,6 +99,8 @@ pub async fn load(
         events: row.get("events"),
         filter: row.get("filter"),
         secret: row.get("secret"),
+        previous_secret: row.get("previous_secret"),
+        previous_until: row.get("previous_until"),
         paused: row.get("paused"),
         version: row.get("version"),
         shape: row.get("shape"),

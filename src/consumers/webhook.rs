@@ -169,10 +169,11 @@ impl Endpoint {
     /// Loads the endpoint and delivers until something makes it reload or stop.
     async fn session(&mut self) -> Next {
         let (name, node) = (self.name.clone(), self.inner.node_id.clone());
+        let overlap = self.inner.settings.secret_overlap;
         let Some(def) = self
             .db(|c| {
                 let (name, node) = (name.clone(), node.clone());
-                async move { store::load(&c, &name, &node).await }
+                async move { store::load(&c, &name, &node, overlap).await }
             })
             .await
             .flatten()
@@ -353,9 +354,10 @@ impl Endpoint {
                 return Delivery::Not(next);
             }
             // A stopping hub does not wait for the answer: the batch is sent again later.
+            let secrets = def.signing_secrets(chrono::Utc::now());
             let outcome = tokio::select! {
                 _ = self.stop.cancelled() => return Delivery::Not(Next::Stop),
-                o = self.inner.sender.post(&def.url, &def.secret, &msg_id, body.clone()) => o,
+                o = self.inner.sender.post(&def.url, &secrets, &msg_id, body.clone()) => o,
             };
             match outcome {
                 Outcome::Delivered => {
@@ -582,6 +584,8 @@ mod tests {
             events: Vec::new(),
             filter: None,
             secret: String::new(),
+            previous_secret: None,
+            previous_until: None,
             paused: false,
             version: 1,
             shape: format!("{row} {{...}}"),
