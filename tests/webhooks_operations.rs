@@ -275,3 +275,57 @@ async fn a_rotated_secret_signs_beside_the_new_one_during_the_overlap() {
         switchboard::consumers::sign(&new, id, ts, &r.body).unwrap()
     );
 }
+
+/// A paused endpoint whose table had no changes was marked as having lost data once
+/// other tables' rows were pruned at the cap past its hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_rows_of_its_own_tables_pruned_past_it_mark_an_endpoint_lost() {
+    let pg = PgHub::start_with(SETUP, |c| {
+        c.consumers = settings();
+        c.retention = Duration::from_secs(1);
+        c.retention_max = Duration::from_secs(1);
+    })
+    .await;
+    create(&pg, "crm", "http://127.0.0.1:9/down", "{public.contacts}").await;
+    create(&pg, "still", "http://127.0.0.1:9/down", "{public.quiet}").await;
+    pg.exec("select realtime.pause_webhook('crm'); select realtime.pause_webhook('still')")
+        .await;
+    pg.exec("insert into contacts (id, name) values (1, 'kept only a second')")
+        .await;
+    // The prune that passes both holds marks crm's (its table's row went) in the same
+    // statement as it would still's.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = pg
+            .sql
+            .query_one(
+                "select bool_or(e.data_lost_at is not null or h.lost_at is not null) \
+                        filter (where e.name = 'crm'), \
+                        bool_or(e.data_lost_at is not null or h.lost_at is not null) \
+                        filter (where e.name = 'still') \
+                 from realtime.webhook_endpoints e \
+                 join realtime.log_holds h on h.kind = 'webhook' and h.holder = e.name",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (crm, still): (bool, bool) = (row.get(0), row.get(1));
+        assert!(
+            !still,
+            "an endpoint with nothing of its tables pruned is not lost"
+        );
+        if crm {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "crm never marked lost"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = pg.hub.get("/metrics").await.1;
+    assert!(
+        metrics.contains("switchboard_webhook_lost_data{endpoint=\"still\"} 0"),
+        "{metrics}"
+    );
+}
