@@ -329,3 +329,44 @@ async fn only_rows_of_its_own_tables_pruned_past_it_mark_an_endpoint_lost() {
         "{metrics}"
     );
 }
+
+/// A URL's password used to be shown in `GET /api/webhooks`, `/api/status` and
+/// `webhooks list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_show_a_url_without_its_password() {
+    let pg = hub().await;
+    let url = "http://user:s3cret@127.0.0.1:9/hook";
+    create(&pg, "crm", url, "{public.contacts}").await;
+    let admin = pg.token("service_role", "ops");
+    // Status is reused for a second: poll until the endpoint is listed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let listed: Value = reqwest::Client::new()
+            .get(pg.hub.http_url("/realtime/v1/api/webhooks"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if listed["webhooks"].as_array().is_some_and(|a| !a.is_empty()) {
+            break listed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = listed.to_string();
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("http://user:***@127.0.0.1:9/hook"), "{text}");
+    let stored: String = pg
+        .sql
+        .query_one(
+            "select url from realtime.webhook_endpoints where name = 'crm'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, url, "delivery still uses the credentials");
+}

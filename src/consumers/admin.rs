@@ -85,7 +85,7 @@ pub async fn list(
             let data_lost_at: Option<DateTime<Utc>> = r.get("data_lost_at");
             EndpointStatus {
                 name: r.get("name"),
-                url: r.get("url"),
+                url: redact_url(r.get("url")),
                 tables: r.get("tables"),
                 events: r.get("events"),
                 filter: r.get("filter"),
@@ -112,6 +112,28 @@ pub async fn list(
             }
         })
         .collect())
+}
+
+/// `url` as listings show it: a password in it (`https://user:pw@host/...`) replaced by
+/// `***` (the stored URL, which delivery uses, keeps it).
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return url.to_owned();
+    };
+    format!(
+        "{}{}:***{}",
+        &url[..scheme_end],
+        &authority[..colon],
+        &url[scheme_end + at..]
+    )
 }
 
 /// An operator's action on one endpoint.
@@ -212,5 +234,30 @@ fn not_found(e: tokio_postgres::Error, name: &str) -> ConsumersError {
             ConsumersError::BadArgument(crate::db::pg_message(&e))
         }
         _ => ConsumersError::Postgres(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_a_url_is_redacted_and_nothing_else_changes() {
+        for (url, shown) in [
+            (
+                "https://user:pw@crm.example.com/hook",
+                "https://user:***@crm.example.com/hook",
+            ),
+            (
+                "http://u:p@ss@h:8080/x?a=b@c",
+                "http://u:***@h:8080/x?a=b@c",
+            ),
+            ("http://:secret@h/", "http://:***@h/"),
+            ("https://token@h/hook", "https://token@h/hook"),
+            ("https://h/hook?u=a:b@c", "https://h/hook?u=a:b@c"),
+            ("https://h:443/hook", "https://h:443/hook"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 }
