@@ -31,7 +31,8 @@ pub use maintenance::{run_maintenance, Maintenance};
 pub(crate) use reader::json_column;
 pub use reader::{
     correct, current_cursor, current_position, entries_between, log_rows_since, next_events,
-    next_page, LogTables, PageRead, RangeRead, Statements, READ_PAGE_SQL, READ_RANGE_SQL,
+    next_page, LogTables, PageRead, RangeRead, Statements, READ_PAGE_OF_SQL, READ_PAGE_SQL,
+    READ_RANGE_SQL,
 };
 pub use retention::{prune, Pruned, Retention};
 pub use status::{CaptureStatus, CaptureStatusSnapshot, TableTicks};

@@ -89,6 +89,13 @@ macro_rules! stamp {
 const READ_PAGE: &str = "select * from realtime.read_page($1::text, $2::text[], $3::text[], \
      $4::int8[], $5::int8[], $6::int8)";
 
+/// `READ_PAGE` for a reader of a few tables (`sql/076_read_page_of.sql`): the same rows
+/// under the same snapshot, but only the changes of the tables ($7, as `LogTables::keys`
+/// spells them) and kinds ($8) it wants come with their data. The others are passed over
+/// as one event each, without being read from Postgres's storage or sent.
+const READ_PAGE_OF: &str = "select * from realtime.read_page_of($1::text, $2::text[], \
+     $3::text[], $4::int8[], $5::int8[], $6::int8, $7::text[], $8::text[])";
+
 /// Every row new to the position, in id order, for paging through a backlog inside a
 /// REPEATABLE READ transaction.
 const READ_BACKLOG: &str = concat!(
@@ -140,8 +147,8 @@ impl LogTables {
         }
     }
 
-    /// Its tables as `READ_RANGE` matches them: `<characters in the schema
-    /// name>:<schema>.<table>`, which no other pair spells alike.
+    /// Its tables as `READ_RANGE` and `READ_PAGE_OF` match them: `<characters in the
+    /// schema name>:<schema>.<table>`, which no other pair spells alike.
     fn keys(&self) -> Vec<String> {
         let key = |(s, t): &(String, String)| format!("{}:{s}.{t}", s.chars().count());
         self.tables.iter().map(key).collect()
@@ -200,22 +207,38 @@ const CORRECT: &str = concat!(
 );
 /// The page read, for readers that prepare it on their own (pooled) connections.
 pub const READ_PAGE_SQL: &str = READ_PAGE;
+/// The page read of a reader of a few tables (`Statements::of_tables`).
+pub const READ_PAGE_OF_SQL: &str = READ_PAGE_OF;
 
 /// Statements prepared once per connection.
 pub struct Statements {
     page: Statement,
+    /// For `READ_PAGE_OF`: its table keys and kinds of change.
+    only: Option<(Vec<String>, Vec<&'static str>)>,
 }
 
 impl Statements {
     pub async fn prepare(client: &Client) -> Result<Statements, CaptureError> {
         Ok(Statements {
             page: client.prepare(READ_PAGE).await?,
+            only: None,
         })
     }
 
     /// `READ_PAGE_SQL` prepared by the caller (e.g. a pool's statement cache).
     pub fn from_page(page: Statement) -> Statements {
-        Statements { page }
+        Statements { page, only: None }
+    }
+
+    /// `READ_PAGE_OF_SQL` prepared by the caller, reading the data of the changes of
+    /// `tables` (its `tables` only: `all` and `schemas` are not used) of the kinds in
+    /// `ops`. Every other log row of a page reads as a change without rows
+    /// (`LogEntry::Event` with neither record), so it still counts as one event read.
+    pub fn of_tables(page_of: Statement, tables: &LogTables, ops: &[Op]) -> Statements {
+        Statements {
+            page: page_of,
+            only: Some((tables.keys(), ops.iter().map(|o| o.as_str()).collect())),
+        }
     }
 }
 
@@ -342,9 +365,18 @@ async fn read_page_once(
 ) -> Result<Page, CaptureError> {
     let (xmax, xip, snaps, ids, ahead) = position.bind_values();
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-    let rows = client
-        .query(&stmts.page, &[&xmax, &xip, &snaps, &ids, &ahead, &limit])
-        .await?;
+    let rows = match &stmts.only {
+        None => {
+            client
+                .query(&stmts.page, &[&xmax, &xip, &snaps, &ids, &ahead, &limit])
+                .await?
+        }
+        Some((tables, ops)) => {
+            let params: [&(dyn ToSql + Sync); 8] =
+                [&xmax, &xip, &snaps, &ids, &ahead, &limit, tables, ops];
+            client.query(&stmts.page, &params).await?
+        }
+    };
     let first = rows
         .first()
         .ok_or_else(|| CaptureError::ConnectionClosed("read returned no snapshot".into()))?;

@@ -9,8 +9,14 @@ use deadpool_postgres::Pool;
 use super::mark::Mark;
 use super::select::Selection;
 use super::ConsumersError;
-use crate::capture::{next_page, Cursor, Origin, Statements, READ_PAGE_SQL};
-use crate::changes::{Change, DbEvent, LogEntry};
+use crate::capture::{next_page, Cursor, LogTables, Origin, Statements, READ_PAGE_OF_SQL};
+use crate::changes::{entry_bytes, Change, DbEvent, LogEntry};
+
+/// A pooled connection that carried a log row this large is closed rather than handed
+/// back: its read buffer keeps the size of the largest message it ever received (bytes'
+/// `BytesMut` reuses its allocation), so each of the pool's connections would hold the
+/// largest statement any reader read, for good.
+const KEEP_CONNECTION_BELOW_BYTES: usize = 4 << 20;
 
 /// What one read found.
 #[derive(Debug)]
@@ -24,8 +30,10 @@ pub struct Read {
     pub full: bool,
 }
 
-/// Reads up to `limit` log rows after `from` and keeps the changes `select` selects. A
-/// statement's rows are parsed only when `select` may select some change of its table.
+/// Reads up to `limit` log rows after `from` and keeps the changes `select` selects.
+/// Postgres sends the data of the changes of `select`'s tables and kinds only
+/// (`READ_PAGE_OF_SQL`); every other log row comes as a change without rows, counted as
+/// read. A statement's rows are parsed only when `select` may select some change of it.
 pub async fn read(
     pool: &Pool,
     from: &Mark,
@@ -33,10 +41,25 @@ pub async fn read(
     select: &Selection,
 ) -> Result<Read, ConsumersError> {
     let client = pool.get().await?;
-    let stmts = Statements::from_page(client.prepare_cached(READ_PAGE_SQL).await?);
+    let tables = LogTables {
+        tables: select
+            .table_names()
+            .map(|(s, t)| (s.to_owned(), t.to_owned()))
+            .collect(),
+        ..LogTables::default()
+    };
+    let stmts = Statements::of_tables(
+        client.prepare_cached(READ_PAGE_OF_SQL).await?,
+        &tables,
+        select.ops(),
+    );
     let mut after = from.position.clone();
     let page = next_page(&client, &stmts, &mut after, limit).await?;
-    drop(client);
+    if page.entries.iter().map(entry_bytes).max().unwrap_or(0) >= KEEP_CONNECTION_BELOW_BYTES {
+        drop(deadpool_postgres::Object::take(client));
+    } else {
+        drop(client);
+    }
     // Marks go on from the position the page was read from (corrected if Postgres
     // crashed since `from` was taken).
     let from = &Mark {

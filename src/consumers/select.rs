@@ -37,6 +37,11 @@ impl Selection {
         self.tables.keys().map(|(s, t)| (s.as_str(), t.as_str()))
     }
 
+    /// The kinds of change it selects.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
     /// Every change of `tables`.
     pub fn tables(tables: &[(String, String)]) -> Selection {
         Selection {
