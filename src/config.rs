@@ -169,6 +169,8 @@ settings! {
     inspector: bool = true, env "SWITCHBOARD_INSPECTOR";
     /// Most events in one webhook request.
     webhook_batch_events: usize = 100, env "SWITCHBOARD_WEBHOOK_BATCH_EVENTS";
+    /// Most bytes of one webhook request's body: a batch stops growing before it would pass this (a single change larger than this is sent alone).
+    webhook_batch_bytes: usize = 4 << 20, env "SWITCHBOARD_WEBHOOK_BATCH_BYTES";
     /// Milliseconds a webhook batch may wait to fill up before it is sent.
     webhook_batch_ms: u64 = 1000, env "SWITCHBOARD_WEBHOOK_BATCH_MS";
     /// Milliseconds one webhook request may take before it counts as failed.
@@ -193,6 +195,8 @@ settings! {
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
     pub batch_events: usize,
+    /// Most bytes of one request's body (a single larger change goes alone).
+    pub batch_bytes: usize,
     pub batch_wait: Duration,
     pub timeout: Duration,
     pub retry_initial: Duration,
@@ -551,6 +555,7 @@ fn consumer_settings(r: &Resolved) -> Result<ConsumerSettings, ConfigError> {
     }
     Ok(ConsumerSettings {
         batch_events: positive("webhook_batch_events", r.webhook_batch_events)?,
+        batch_bytes: positive("webhook_batch_bytes", r.webhook_batch_bytes)?,
         batch_wait: Duration::from_millis(r.webhook_batch_ms),
         timeout,
         retry_initial: Duration::from_millis(positive(

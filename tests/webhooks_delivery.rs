@@ -945,3 +945,40 @@ async fn captured(pg: &PgHub) -> i64 {
     let sql = "select count(*) from realtime.enabled_tables where table_name = 'contacts'";
     pg.sql.query_one(sql, &[]).await.unwrap().get(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stops_at_its_byte_cap_and_a_change_larger_than_the_cap_goes_alone() {
+    const CAP: usize = 20_000;
+    let pg = PgHub::start_with(SETUP, |c| {
+        c.consumers = pg_consumer_settings();
+        c.consumers.batch_bytes = CAP;
+    })
+    .await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    // One statement: six rows of 6 kB (36 kB together) and one of 50 kB, read at once.
+    pg.exec(
+        "insert into contacts (id, name)
+         select g, repeat('x', case when g = 4 then 50000 else 6000 end)
+         from generate_series(1, 7) g",
+    )
+    .await;
+    rx.wait_processed(Duration::from_secs(20), 7).await;
+    let events = rx.processed_events();
+    assert_eq!(ids(&events), [1, 2, 3, 4, 5, 6, 7]);
+    let requests = rx.requests();
+    for r in &requests {
+        let n = r.events().len();
+        assert!(
+            r.body.len() <= CAP || n == 1,
+            "a body of {} bytes holds {n} events",
+            r.body.len()
+        );
+    }
+    let alone = requests
+        .iter()
+        .find(|r| r.events().iter().any(|e| e["record"]["id"] == 4))
+        .unwrap();
+    assert_eq!(alone.events().len(), 1, "the 50 kB row goes alone");
+    assert!(requests.len() >= 3, "{} requests", requests.len());
+}

@@ -34,11 +34,9 @@ struct Event<'a> {
     commit_timestamp: String,
 }
 
-/// The request body: a JSON array of events in log order.
-pub fn body(changes: &[Change]) -> Vec<u8> {
-    let events: Vec<Event<'_>> = changes
-        .iter()
-        .map(|c| Event {
+impl<'a> Event<'a> {
+    fn of(c: &'a Change) -> Event<'a> {
+        Event {
             id: event_id(c),
             kind: c.op.as_str(),
             schema: &c.schema,
@@ -46,9 +44,49 @@ pub fn body(changes: &[Change]) -> Vec<u8> {
             record: c.record.as_ref(),
             old_record: c.old_record.as_ref(),
             commit_timestamp: format_commit_time(c.commit_time),
-        })
-        .collect();
-    serde_json::to_vec(&events).unwrap_or_else(|_| b"[]".to_vec())
+        }
+    }
+}
+
+/// A request body filled event by event up to a size: a JSON array of events in log
+/// order.
+#[derive(Debug, Default)]
+pub struct Body {
+    json: Vec<u8>,
+    events: usize,
+}
+
+impl Body {
+    /// Adds `c` unless the body would then be larger than `max_bytes` and already holds
+    /// an event: a change larger than `max_bytes` goes alone, never stuck. True when
+    /// added.
+    pub fn push(&mut self, c: &Change, max_bytes: usize) -> bool {
+        let start = self.json.len();
+        self.json.push(if self.events == 0 { b'[' } else { b',' });
+        // (Cannot fail: it writes into memory, and every map key is a string.)
+        let _ = serde_json::to_writer(&mut self.json, &Event::of(c));
+        // (+1: the closing bracket.)
+        if self.events > 0 && self.json.len() + 1 > max_bytes {
+            self.json.truncate(start);
+            return false;
+        }
+        self.events += 1;
+        true
+    }
+
+    /// The events added.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// The finished body.
+    pub fn finish(mut self) -> bytes::Bytes {
+        if self.events == 0 {
+            self.json.push(b'[');
+        }
+        self.json.push(b']');
+        self.json.into()
+    }
 }
 
 /// The `webhook-id` of a batch with request body `body`: named by its first and last
@@ -56,18 +94,16 @@ pub fn body(changes: &[Change]) -> Vec<u8> {
 /// a batch with other events (or other contents, after `alter_webhook`) another one: a
 /// receiver that dedupes by `webhook-id`, as Standard Webhooks tells it to, never drops
 /// a body it has not seen.
-pub fn message_id(changes: &[Change], body: &[u8]) -> String {
+pub fn message_id(ends: Option<(&Change, &Change)>, body: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(body);
     let short: String = digest[..MESSAGE_DIGEST_BYTES]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    match (changes.first(), changes.last()) {
-        (Some(first), Some(last)) => {
-            format!("msg_{}_{}_{short}", event_id(first), event_id(last))
-        }
-        _ => format!("msg_empty_{short}"),
+    match ends {
+        Some((first, last)) => format!("msg_{}_{}_{short}", event_id(first), event_id(last)),
+        None => format!("msg_empty_{short}"),
     }
 }
 
@@ -112,7 +148,13 @@ impl Sender {
 
     /// POSTs `body` to `url` as message `msg_id`, signed with each of `secrets` (the
     /// current one first).
-    pub async fn post(&self, url: &str, secrets: &[&str], msg_id: &str, body: Vec<u8>) -> Outcome {
+    pub async fn post(
+        &self,
+        url: &str,
+        secrets: &[&str],
+        msg_id: &str,
+        body: bytes::Bytes,
+    ) -> Outcome {
         let timestamp = chrono::Utc::now().timestamp();
         let signature = match sign_all(secrets, msg_id, timestamp, &body) {
             Ok(s) => s,
@@ -246,6 +288,15 @@ mod tests {
 
     use chrono::Utc;
 
+    /// The request body of `changes`, whatever its size.
+    fn body(changes: &[Change]) -> bytes::Bytes {
+        let mut body = Body::default();
+        for c in changes {
+            body.push(c, usize::MAX);
+        }
+        body.finish()
+    }
+
     #[test]
     fn a_body_is_an_array_of_events_with_stable_ids() {
         let body = body(&[change(41, 0, Op::Insert), change(41, 1, Op::Insert)]);
@@ -262,19 +313,47 @@ mod tests {
     #[test]
     fn a_message_id_is_the_same_for_the_same_body_and_differs_for_another() {
         let batch = [change(41, 1, Op::Insert), change(43, 0, Op::Delete)];
-        let id = message_id(&batch, &body(&batch));
+        let id = message_id(batch.first().zip(batch.last()), &body(&batch));
         assert!(id.starts_with("msg_41-1_43-0_"), "{id}");
         assert_eq!(id.len(), "msg_41-1_43-0_".len() + 2 * MESSAGE_DIGEST_BYTES);
-        assert_eq!(id, message_id(&batch, &body(&batch)), "a retry");
+        assert_eq!(
+            id,
+            message_id(batch.first().zip(batch.last()), &body(&batch)),
+            "a retry"
+        );
         // The same first and last event with another one between (a filter changed).
         let other = [
             change(41, 1, Op::Insert),
             change(42, 0, Op::Insert),
             change(43, 0, Op::Delete),
         ];
-        let other_id = message_id(&other, &body(&other));
+        let other_id = message_id(other.first().zip(other.last()), &body(&other));
         assert!(other_id.starts_with("msg_41-1_43-0_"), "{other_id}");
         assert_ne!(id, other_id);
+    }
+
+    #[test]
+    fn a_body_stops_before_passing_its_size_but_always_takes_one_change() {
+        let one = body(&[change(1, 0, Op::Insert)]).len();
+        let mut b = Body::default();
+        // Room for two events and a bit, not three.
+        let max = 2 * one + 10;
+        assert!(b.push(&change(1, 0, Op::Insert), max));
+        assert!(b.push(&change(1, 1, Op::Insert), max));
+        assert!(!b.push(&change(1, 2, Op::Insert), max));
+        assert_eq!(b.events(), 2);
+        let v: serde_json::Value = serde_json::from_slice(&b.finish()).unwrap();
+        assert_eq!(
+            (v[0]["id"].as_str(), v[1]["id"].as_str()),
+            (Some("1-0"), Some("1-1"))
+        );
+        // A change larger than the size still goes, alone.
+        let mut b = Body::default();
+        assert!(b.push(&change(2, 0, Op::Insert), 5));
+        assert!(!b.push(&change(2, 1, Op::Insert), 5));
+        let v: serde_json::Value = serde_json::from_slice(&b.finish()).unwrap();
+        assert_eq!(v.as_array().map(Vec::len), Some(1));
+        assert_eq!(&Body::default().finish()[..], b"[]");
     }
 
     #[test]

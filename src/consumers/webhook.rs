@@ -302,20 +302,17 @@ impl Endpoint {
                 }
                 continue;
             }
-            let n = pending.len().min(max);
+            let Some(batch) = self.batch(&pending, max, settings.batch_bytes).await else {
+                return self.pause_for(DB_RETRY).await;
+            };
+            let n = batch.events;
             let after = if n == pending.len() {
                 tail.clone()
             } else {
                 pending[n - 1].1.clone()
             };
-            let mut batch: Vec<Change> = pending.iter().take(n).map(|(c, _)| c.clone()).collect();
-            // Old rows as the table's REPLICA IDENTITY shows them, as on the WebSocket.
-            if let Err(e) = self.inner.changes.cut_old_records(&mut batch).await {
-                tracing::warn!(endpoint = %self.name, error = %e, "catalog unavailable; retrying");
-                return self.pause_for(DB_RETRY).await;
-            }
             match self
-                .deliver(def, &batch, &after, &stored, &mut failures)
+                .deliver(def, batch, &after, &stored, &mut failures)
                 .await
             {
                 Delivery::Not(next) => return next,
@@ -331,18 +328,53 @@ impl Endpoint {
         }
     }
 
+    /// The next batch: the first changes of `pending`, at most `max` of them and, past
+    /// the first, no more than fit in `max_bytes` of body. Each change is copied only
+    /// while its event is written. `None` when the catalog is unavailable.
+    async fn batch(
+        &self,
+        pending: &VecDeque<(Change, Mark)>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Option<Batch> {
+        let mut body = deliver::Body::default();
+        for (change, _) in pending.iter().take(max) {
+            let mut one = [change.clone()];
+            // Old rows as the table's REPLICA IDENTITY shows them, as on the WebSocket.
+            if let Err(e) = self.inner.changes.cut_old_records(&mut one).await {
+                tracing::warn!(endpoint = %self.name, error = %e, "catalog unavailable; retrying");
+                return None;
+            }
+            if !body.push(&one[0], max_bytes) {
+                break;
+            }
+        }
+        let events = body.events();
+        let body = body.finish();
+        let ends = pending.front().zip(pending.get(events.max(1) - 1));
+        let msg_id = deliver::message_id(ends.map(|((first, _), (last, _))| (first, last)), &body);
+        Some(Batch {
+            body,
+            msg_id,
+            events,
+        })
+    }
+
     /// POSTs one batch until it is acknowledged. `Sent` when the cursor moved past it.
     async fn deliver(
         &mut self,
         def: &EndpointDef,
-        batch: &[Change],
+        batch: Batch,
         after: &Mark,
         stored: &str,
         failures: &mut u32,
     ) -> Delivery {
         let settings = self.inner.settings.clone();
-        let body = deliver::body(batch);
-        let msg_id = deliver::message_id(batch, &body);
+        let Batch {
+            body,
+            msg_id,
+            events: n,
+        } = batch;
         let after_text = after.to_string();
         loop {
             let needed = settings.timeout + settings.timeout / LEASE_MARGIN_DIVISOR;
@@ -361,7 +393,7 @@ impl Endpoint {
             };
             match outcome {
                 Outcome::Delivered => {
-                    let events = i32::try_from(batch.len()).unwrap_or(i32::MAX);
+                    let events = i32::try_from(n).unwrap_or(i32::MAX);
                     return match self.store_delivered(&after_text, events, stored).await {
                         Some(CursorWrite::Stored) => {
                             if *failures > 0 {
@@ -384,7 +416,7 @@ impl Endpoint {
                 } => {
                     *failures += 1;
                     tracing::warn!(endpoint = %self.name, status = ?status, error = %error,
-                        failures = *failures, events = batch.len(), "webhook delivery failed");
+                        failures = *failures, events = n, "webhook delivery failed");
                     let recorded = self.record_failure(&error, status.map(i32::from)).await;
                     let Some(recorded) = recorded else {
                         return Delivery::Not(Next::Stop);
@@ -560,6 +592,15 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// One request's worth of changes, ready to send.
+struct Batch {
+    body: bytes::Bytes,
+    /// Its `webhook-id`.
+    msg_id: String,
+    /// The changes it holds: the first this many of the pending ones.
+    events: usize,
 }
 
 /// How delivering one batch ended.
