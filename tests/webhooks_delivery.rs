@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::e2e::PgHub;
 use common::hub::{test_config, TestHub};
 use common::receiver::{verify_signatures, Mode, Receiver};
+use common::webhooks::{db_now, ids, quick_settings};
 use serde_json::{json, Value};
 
 const SETUP: &str = "
@@ -18,21 +19,9 @@ const SETUP: &str = "
     grant select on contacts to service_role;
 ";
 
-/// Webhook settings for quick tests.
-fn pg_consumer_settings() -> switchboard::config::ConsumerSettings {
-    let mut s = test_config().consumers;
-    s.batch_wait = Duration::from_millis(100);
-    s.retry_initial = Duration::from_millis(50);
-    s.retry_max = Duration::from_millis(200);
-    s.timeout = Duration::from_secs(1);
-    s.lease = Duration::from_secs(3);
-    s.pause_after_failures = 3;
-    s
-}
-
 /// A hub tuned for quick webhook tests.
 async fn hub() -> PgHub {
-    PgHub::start_with(SETUP, |c| c.consumers = pg_consumer_settings()).await
+    PgHub::start_with(SETUP, |c| c.consumers = quick_settings()).await
 }
 
 /// Another hub, tuned as `hub`'s, on the database at `url`.
@@ -40,7 +29,7 @@ async fn hub_on(url: &str) -> TestHub {
     let mut config = test_config();
     config.database_url = Some(url.to_owned());
     config.capture_poll = Duration::from_millis(200);
-    config.consumers = pg_consumer_settings();
+    config.consumers = quick_settings();
     TestHub::start(config).await
 }
 
@@ -53,20 +42,6 @@ async fn create(pg: &PgHub, name: &str, url: &str, extra: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("create_webhook: {}", common::e2e::pg_err(&e)))
         .get(0)
-}
-
-fn ids(events: &[Value]) -> Vec<i64> {
-    events
-        .iter()
-        .map(|e| {
-            let row = if e["type"] == "DELETE" {
-                &e["old_record"]
-            } else {
-                &e["record"]
-            };
-            row["id"].as_i64().unwrap()
-        })
-        .collect()
 }
 
 /// The endpoint in `/api/status`, once it is listed. A status whose webhook part timed
@@ -107,15 +82,6 @@ async fn post(pg: &PgHub, path: &str, token: &str, body: Value) -> (u16, Value) 
         .expect("POST");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// The database's clock now (what a replay's `from` is compared with).
-async fn db_now(pg: &PgHub) -> chrono::DateTime<chrono::Utc> {
-    pg.sql
-        .query_one("select clock_timestamp()", &[])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// `POST .../webhooks/crm/replay` with `body`, as an admin.
@@ -187,7 +153,7 @@ async fn old_record_shows_what_the_replica_identity_shows_while_filters_judge_th
              alter table notes replica identity full;
              grant select on notes to service_role;"
         ),
-        |c| c.consumers = pg_consumer_settings(),
+        |c| c.consumers = quick_settings(),
     )
     .await;
     let rx = Receiver::start(Mode::Ok).await;
@@ -707,7 +673,7 @@ async fn with_two_hubs_one_delivers_and_the_other_takes_over_when_it_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inspector_lists_endpoints_and_its_buttons_pause_and_resume_them() {
     let pg = PgHub::start_with(SETUP, |c| {
-        c.consumers = pg_consumer_settings();
+        c.consumers = quick_settings();
         c.admin_secret = Some("webhooks-inspector-admin-secret".into());
     })
     .await;
@@ -788,7 +754,7 @@ async fn the_inspector_lists_endpoints_and_its_buttons_pause_and_resume_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_the_log_was_pruned_past_says_it_lost_data_until_a_replay() {
     let pg = PgHub::start_with(SETUP, |c| {
-        c.consumers = pg_consumer_settings();
+        c.consumers = quick_settings();
         c.retention = Duration::from_secs(1);
         c.retention_max = Duration::from_secs(1);
     })
@@ -819,7 +785,9 @@ async fn an_endpoint_the_log_was_pruned_past_says_it_lost_data_until_a_replay() 
 }
 
 /// A hub delivering endpoint `crm` (table `contacts`) to a receiver that got its first
-/// row (id 1).
+/// row (id 1), and the hub has stored that it did: a hub stopped between the receiver's
+/// answer and that write sends the row again (at least once), which a test stopping the
+/// hub must not count as a duplicate.
 async fn one_contact_delivered() -> (PgHub, Receiver) {
     let pg = hub().await;
     let rx = Receiver::start(Mode::Ok).await;
@@ -827,6 +795,10 @@ async fn one_contact_delivered() -> (PgHub, Receiver) {
     pg.exec("insert into contacts (id, name) values (1, 'Ada')")
         .await;
     rx.wait_processed(Duration::from_secs(20), 1).await;
+    wait_status(&pg, "crm", "row 1 stored as delivered", |s| {
+        !s["last_success_at"].is_null()
+    })
+    .await;
     (pg, rx)
 }
 
@@ -950,7 +922,7 @@ async fn captured(pg: &PgHub) -> i64 {
 async fn a_batch_stops_at_its_byte_cap_and_a_change_larger_than_the_cap_goes_alone() {
     const CAP: usize = 20_000;
     let pg = PgHub::start_with(SETUP, |c| {
-        c.consumers = pg_consumer_settings();
+        c.consumers = quick_settings();
         c.consumers.batch_bytes = CAP;
     })
     .await;

@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::e2e::PgHub;
-use common::hub::test_config;
 use common::receiver::{verify_signatures, Mode, Receiver};
+use common::webhooks::{db_now, ids, quick_settings};
 use serde_json::Value;
 
 const SETUP: &str = "
@@ -19,20 +19,8 @@ const SETUP: &str = "
     grant select on contacts, quiet to service_role;
 ";
 
-/// Webhook settings for quick tests.
-fn settings() -> switchboard::config::ConsumerSettings {
-    let mut s = test_config().consumers;
-    s.batch_wait = Duration::from_millis(100);
-    s.retry_initial = Duration::from_millis(50);
-    s.retry_max = Duration::from_millis(200);
-    s.timeout = Duration::from_secs(1);
-    s.lease = Duration::from_secs(3);
-    s.pause_after_failures = 3;
-    s
-}
-
 async fn hub() -> PgHub {
-    PgHub::start_with(SETUP, |c| c.consumers = settings()).await
+    PgHub::start_with(SETUP, |c| c.consumers = quick_settings()).await
 }
 
 async fn create(pg: &PgHub, name: &str, url: &str, tables: &str) -> String {
@@ -46,13 +34,6 @@ async fn create(pg: &PgHub, name: &str, url: &str, tables: &str) -> String {
         .get(0)
 }
 
-fn ids(events: &[Value]) -> Vec<i64> {
-    events
-        .iter()
-        .map(|e| e["record"]["id"].as_i64().unwrap())
-        .collect()
-}
-
 /// The endpoint's stored cursor.
 async fn cursor(pg: &PgHub, name: &str) -> String {
     pg.sql
@@ -60,15 +41,6 @@ async fn cursor(pg: &PgHub, name: &str) -> String {
             "select position from realtime.webhook_endpoints where name = $1",
             &[&name],
         )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// The database's clock now (what a replay's `from` is compared with).
-async fn db_now(pg: &PgHub) -> chrono::DateTime<chrono::Utc> {
-    pg.sql
-        .query_one("select clock_timestamp()", &[])
         .await
         .unwrap()
         .get(0)
@@ -281,7 +253,7 @@ async fn a_rotated_secret_signs_beside_the_new_one_during_the_overlap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_rows_of_its_own_tables_pruned_past_it_mark_an_endpoint_lost() {
     let pg = PgHub::start_with(SETUP, |c| {
-        c.consumers = settings();
+        c.consumers = quick_settings();
         c.retention = Duration::from_secs(1);
         c.retention_max = Duration::from_secs(1);
     })

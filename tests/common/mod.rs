@@ -7,3 +7,4 @@ pub mod node_suite;
 pub mod pg;
 pub mod proxy;
 pub mod receiver;
+pub mod webhooks;
