@@ -1,12 +1,17 @@
 //! JWT verification and minting: token -> [`Claims`], against an HS secret and/or a JWKS
 //! (RSA, EC P-256/P-384, Ed25519, oct). A token a client brings either verifies into typed
-//! claims or fails with a [`TokenError`] (whose wire texts live in `protocol`). Pure: no
-//! I/O; the clock is injectable (`verify_at`).
+//! claims or fails with a [`TokenError`] (whose wire texts live in `protocol`). Checking is
+//! pure and the clock injectable (`verify_at`); only `verify_fresh` may read the JWKS again
+//! (`jwks`), for a token whose kid the hub does not know yet.
 //!
 //! Keys never cross families: the HS secret only verifies HS256/384/512, a JWKS RSA key only
 //! RS/PS, and so on, so an RSA public key can never be abused as an HMAC secret.
 
+mod jwks;
+
 use std::sync::Arc;
+
+pub use jwks::{refresh_every, Jwks, JwksSource, KID_REFRESH_EVERY};
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
@@ -58,7 +63,7 @@ pub enum AuthError {
 }
 
 /// One verification key and the algorithms it may verify.
-struct Key {
+pub struct Key {
     kid: Option<String>,
     algs: Vec<Algorithm>,
     key: DecodingKey,
@@ -67,7 +72,10 @@ struct Key {
 /// Verifies tokens against the configured keys. Cheap to clone.
 #[derive(Clone)]
 pub struct Verifier {
-    keys: Arc<Vec<Key>>,
+    /// The HS secret, when configured.
+    secret: Option<Arc<Key>>,
+    /// The JWKS, when configured.
+    jwks: Option<Arc<Jwks>>,
     /// Roles a token may name; `None` accepts any.
     roles: Option<Arc<[String]>>,
     /// Allowed roles the hub's database user may not act as.
@@ -82,54 +90,53 @@ pub const DEFAULT_NBF_LEEWAY_SECS: i64 = 30;
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("keys", &self.keys.len())
+            .field("secret", &self.secret.is_some())
+            .field("jwks", &self.jwks.as_ref().map(|j| j.source().to_string()))
             .finish()
     }
 }
 
 impl Verifier {
-    /// `jwks_json` is the contents of a JWKS document (`{"keys":[...]}`). At least one
-    /// source is required. Keys marked `"use":"enc"` are skipped.
+    /// `jwks_json` is the contents of a JWKS document (`{"keys":[...]}`), never read
+    /// again. At least one source is required. Keys marked `"use":"enc"` are skipped.
     pub fn new(hs_secret: Option<&str>, jwks_json: Option<&str>) -> Result<Verifier, AuthError> {
-        if hs_secret.is_none() && jwks_json.is_none() {
+        let jwks = jwks_json.map(Jwks::fixed).transpose()?;
+        Verifier::with_jwks(hs_secret, jwks.map(Arc::new))
+    }
+
+    /// An HS secret and/or a JWKS read from its source (`Jwks::load`), which
+    /// `verify_fresh` and `refresh_every` read again.
+    pub fn with_jwks(
+        hs_secret: Option<&str>,
+        jwks: Option<Arc<Jwks>>,
+    ) -> Result<Verifier, AuthError> {
+        if hs_secret.is_none() && jwks.is_none() {
             return Err(AuthError::NoKeySource);
         }
-        let mut keys = Vec::new();
-        if let Some(secret) = hs_secret {
-            if secret.is_empty() {
-                return Err(AuthError::EmptySecret);
-            }
-            keys.push(Key {
+        let secret = match hs_secret {
+            Some("") => return Err(AuthError::EmptySecret),
+            Some(secret) => Some(Arc::new(Key {
                 kid: None,
                 algs: HMAC_ALGS.to_vec(),
                 key: DecodingKey::from_secret(secret.as_bytes()),
-            });
-        }
-        if let Some(json) = jwks_json {
-            let doc: Value =
-                serde_json::from_str(json).map_err(|e| AuthError::InvalidJwks(e.to_string()))?;
-            let list = doc
-                .get("keys")
-                .and_then(Value::as_array)
-                .ok_or_else(|| AuthError::InvalidJwks("missing `keys` array".into()))?;
-            for (i, jwk) in list.iter().enumerate() {
-                if jwk.get("use").and_then(Value::as_str) == Some("enc") {
-                    continue;
-                }
-                let key = key_from_jwk(jwk)
-                    .map_err(|e| AuthError::InvalidJwks(format!("key {i}: {e}")))?;
-                keys.push(key);
-            }
-        }
-        if keys.is_empty() {
+            })),
+            None => None,
+        };
+        if secret.is_none() && jwks.as_ref().is_none_or(|j| j.keys().is_empty()) {
             return Err(AuthError::InvalidJwks("no signing keys".into()));
         }
         Ok(Verifier {
-            keys: Arc::new(keys),
+            secret,
+            jwks,
             roles: None,
             unavailable: Arc::new([]),
             nbf_leeway: DEFAULT_NBF_LEEWAY_SECS,
         })
+    }
+
+    /// The JWKS this verifier reads, if any.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.jwks.as_ref()
     }
 
     /// Only tokens naming one of `roles` verify (others fail with `RoleNotAllowed`).
@@ -153,6 +160,19 @@ impl Verifier {
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         self.verify_at(token, chrono::Utc::now().timestamp())
+    }
+
+    /// As `verify`, but a token whose kid no key has makes the hub read its JWKS again
+    /// (`Jwks::refresh_for_kid`: at most once per `KID_REFRESH_EVERY`) and checks it
+    /// once more: a key rotated in since the last read verifies its first token.
+    pub async fn verify_fresh(&self, token: &str) -> Result<Claims, TokenError> {
+        match self.verify(token) {
+            Err(TokenError::Signer { kid }) => match &self.jwks {
+                Some(jwks) if jwks.refresh_for_kid(&kid).await => self.verify(token),
+                _ => Err(TokenError::Signer { kid }),
+            },
+            verified => verified,
+        }
     }
 
     /// Checks shape, signature, required claims and expiry (no leeway) at `now_unix`.
@@ -209,7 +229,9 @@ impl Verifier {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
-        let candidates = self.keys.iter().filter(|k| {
+        let jwks = self.jwks.as_ref().map(|j| j.keys()).unwrap_or_default();
+        let keys = || self.secret.iter().map(|k| &**k).chain(jwks.iter());
+        let candidates = keys().filter(|k| {
             k.algs.contains(&alg)
                 && match (kid, k.kid.as_deref()) {
                     (Some(want), Some(have)) => want == have,
@@ -231,10 +253,7 @@ impl Verifier {
         match kid {
             Some(kid)
                 if !symmetric
-                    && !self
-                        .keys
-                        .iter()
-                        .any(|k| k.algs.contains(&alg) && k.kid.as_deref() == Some(kid)) =>
+                    && !keys().any(|k| k.algs.contains(&alg) && k.kid.as_deref() == Some(kid)) =>
             {
                 Err(TokenError::Signer {
                     kid: kid.to_owned(),

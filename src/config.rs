@@ -73,8 +73,10 @@ settings! {
     migrate_database_url: String = String::new(), env "SWITCHBOARD_MIGRATE_DATABASE_URL";
     /// HS256/384/512 secret for client JWTs.
     jwt_secret: String = String::new(), env "SWITCHBOARD_JWT_SECRET";
-    /// Path to a JWKS file (RS256, ES256, EdDSA keys).
+    /// JWKS (RS/PS, ES256/384, EdDSA keys): a file path, or an `http(s)://` URL such as a Supabase project's `https://<ref>.supabase.co/auth/v1/.well-known/jwks.json`. Read at start (the start fails when it cannot be), again every `jwks_refresh_secs`, and at once for a token whose `kid` no key has (at most once per 10 s); a failed read keeps the keys the hub has.
     jwks: String = String::new(), env "SWITCHBOARD_JWKS";
+    /// Seconds between reads of the JWKS (keys rotated in or withdrawn are seen without a restart); 0 reads it only at start and for unknown kids.
+    jwks_refresh_secs: u64 = 300, env "SWITCHBOARD_JWKS_REFRESH_SECS";
     /// Postgres roles a token may name, comma-separated; any other role is refused at connect and at join.
     allowed_roles: String = "anon,authenticated,service_role".into(), env "SWITCHBOARD_ALLOWED_ROLES";
     /// Seconds a token's `nbf` (not before) may lie in the future, for clock skew.
@@ -290,8 +292,13 @@ pub struct Config {
     /// Runs migrations and grants the hub's rights to `database_url`'s user.
     pub migrate_database_url: Option<String>,
     pub jwt_secret: Option<String>,
-    /// Contents of the JWKS file (read at load time).
-    pub jwks: Option<String>,
+    /// Where the JWKS is read from (read when the hub starts).
+    pub jwks: Option<crate::auth::JwksSource>,
+    /// How often the JWKS is read again (`None`: only for unknown kids).
+    pub jwks_refresh: Option<Duration>,
+    /// Not a setting: least time between reads of the JWKS caused by unknown kids
+    /// (`auth::KID_REFRESH_EVERY`; tests shorten it).
+    pub jwks_kid_refresh_every: Duration,
     /// Roles tokens may name.
     pub allowed_roles: Vec<String>,
     pub jwt_nbf_leeway_secs: u64,
@@ -540,6 +547,26 @@ fn positive<T: PartialOrd + Default>(key: &'static str, v: T) -> Result<T, Confi
     }
 }
 
+/// The `jwks` setting: a URL, or a file that can be read now (a typo fails the load, not
+/// the first token).
+fn jwks_source(value: &str) -> Result<crate::auth::JwksSource, ConfigError> {
+    use crate::auth::JwksSource;
+    let invalid = |message: String| ConfigError::Invalid {
+        key: "jwks",
+        message,
+    };
+    let source = JwksSource::from_setting(value).map_err(invalid)?;
+    if let JwksSource::File(path) = &source {
+        std::fs::metadata(path)
+            .and_then(|m| match m.is_file() {
+                true => Ok(()),
+                false => Err(std::io::Error::other("not a file")),
+            })
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    }
+    Ok(source)
+}
+
 fn non_empty(s: String) -> Option<String> {
     (!s.trim().is_empty()).then_some(s)
 }
@@ -604,14 +631,7 @@ impl Config {
         })?;
         let jwks = match non_empty(r.jwks) {
             None => None,
-            Some(path) => {
-                Some(
-                    std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
-                        key: "jwks",
-                        message: format!("cannot read {path}: {e}"),
-                    })?,
-                )
-            }
+            Some(value) => Some(jwks_source(&value)?),
         };
         let log_format = match r.log_format.as_str() {
             "pretty" => LogFormat::Pretty,
@@ -729,6 +749,9 @@ impl Config {
             migrate_database_url: non_empty(r.migrate_database_url),
             jwt_secret: non_empty(r.jwt_secret),
             jwks,
+            jwks_refresh: (r.jwks_refresh_secs > 0)
+                .then(|| Duration::from_secs(r.jwks_refresh_secs)),
+            jwks_kid_refresh_every: crate::auth::KID_REFRESH_EVERY,
             limits,
             shutdown_deadline: Duration::from_secs(r.shutdown_deadline_secs),
             http_header_timeout: Duration::from_secs(positive(
@@ -833,6 +856,46 @@ mod tests {
                 ..Settings::default()
             },
             "outbox_bytes",
+        );
+    }
+
+    #[test]
+    fn the_jwks_is_a_url_or_a_file_that_exists_and_is_read_again_unless_told_not_to() {
+        use crate::auth::JwksSource;
+        let jwks = |value: &str, refresh: Option<u64>| {
+            Config::from_settings(Settings {
+                jwks: Some(value.into()),
+                jwks_refresh_secs: refresh,
+                ..Settings::default()
+            })
+        };
+        let url = "https://abc.supabase.co/auth/v1/.well-known/jwks.json";
+        let c = jwks(url, None).unwrap();
+        assert_eq!(c.jwks, Some(JwksSource::Url(url.into())));
+        assert_eq!(c.jwks_refresh, Some(Duration::from_secs(300)));
+        assert_eq!(jwks(url, Some(0)).unwrap().jwks_refresh, None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwks.json");
+        std::fs::write(&file, "{}").unwrap();
+        let c = jwks(file.to_str().unwrap(), None).unwrap();
+        assert_eq!(c.jwks, Some(JwksSource::File(file.clone())));
+
+        for missing in [dir.path().join("nope.json"), dir.path().to_path_buf()] {
+            let err = jwks(missing.to_str().unwrap(), None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("`jwks`") && err.contains("cannot read"),
+                "{err}"
+            );
+        }
+        refused_naming(
+            Settings {
+                jwks: Some("https://".into()),
+                ..Settings::default()
+            },
+            "jwks",
         );
     }
 

@@ -169,7 +169,15 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let mut verifier = auth::Verifier::new(config.jwt_secret.as_deref(), config.jwks.as_deref())?
+    let jwks = match config.jwks.clone() {
+        Some(source) => Some(Arc::new(
+            auth::Jwks::load(source)
+                .await?
+                .kid_refresh_every(config.jwks_kid_refresh_every),
+        )),
+        None => None,
+    };
+    let mut verifier = auth::Verifier::with_jwks(config.jwt_secret.as_deref(), jwks)?
         .allow_roles(&config.allowed_roles)
         .nbf_leeway(config.jwt_nbf_leeway_secs as i64);
     let metrics = Arc::new(telemetry::Metrics::new());
@@ -208,6 +216,13 @@ pub async fn run(
     }
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
+    if let (Some(jwks), Some(every)) = (verifier.jwks(), config.jwks_refresh) {
+        background.spawn(auth::refresh_every(
+            jwks.clone(),
+            every,
+            stop_background.clone(),
+        ));
+    }
     let node = router::NodeId::random();
     let presence_limits = router::PresenceLimits {
         max_presences: config.limits.max_presences_per_topic,

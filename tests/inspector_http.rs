@@ -415,7 +415,9 @@ async fn the_stream_sends_a_snapshot_every_second_and_ends_on_shutdown() {
 async fn without_an_hs_secret_the_hub_says_it_cannot_mint_and_refuses_to() {
     let mut config = test_config();
     config.jwt_secret = None;
-    config.jwks = Some(include_str!("fixtures/jwt/jwks.json").to_owned());
+    config.jwks = Some(switchboard::auth::JwksSource::Document(
+        include_str!("fixtures/jwt/jwks.json").to_owned(),
+    ));
     config.admin_secret = Some(ADMIN.into());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -43,7 +43,11 @@ struct Admitted {
 
 impl Session {
     pub(super) async fn join(&mut self, msg: Inbound) {
-        let admitted = match self.admit(&msg).and_then(|c| self.authenticate(c)) {
+        let admitted = match self.admit(&msg) {
+            Ok(config) => self.authenticate(config).await,
+            Err(e) => Err(e),
+        };
+        let admitted = match admitted {
             Ok(a) => a,
             Err(e) => {
                 let disconnect = e == ReplyError::TooManyJoins;
@@ -169,10 +173,15 @@ impl Session {
 
     /// The claims the channel runs with: the join's user token when it brings one, else
     /// the connection's apikey (PROTOCOL.md §7, the realtime-js token race).
-    fn authenticate(&self, config: JoinConfig) -> Result<Admitted, ReplyError> {
+    async fn authenticate(&self, config: JoinConfig) -> Result<Admitted, ReplyError> {
         let token = config.access_token.clone().filter(|t| is_user_token(t));
         let claims = match &token {
-            Some(t) => self.svc.verifier.verify(t).map_err(ReplyError::Token)?,
+            Some(t) => self
+                .svc
+                .verifier
+                .verify_fresh(t)
+                .await
+                .map_err(ReplyError::Token)?,
             None => self.conn_claims.clone(),
         };
         let now = now_unix();

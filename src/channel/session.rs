@@ -388,7 +388,7 @@ impl Session {
         let token = token.to_owned();
         let verified = match token.trim().is_empty() {
             true => Err(TokenError::Malformed),
-            false => self.svc.verifier.verify(&token),
+            false => self.svc.verifier.verify_fresh(&token).await,
         };
         let claims = match verified {
             Ok(claims) => claims,

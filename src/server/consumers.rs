@@ -34,7 +34,7 @@ pub async fn changes_feed(
     query: Result<Query<FeedQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(claims) = token_claims(&hub, &headers) else {
+    let Some(claims) = token_claims(&hub, &headers).await else {
         return feed_error(FeedError::Unauthorized);
     };
     let query = match query {

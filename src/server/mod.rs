@@ -192,7 +192,7 @@ async fn websocket(
     let Some(apikey) = apikey else {
         return http_error(HttpError::Token(TokenError::Missing));
     };
-    let claims = match hub.services.verifier.verify(apikey) {
+    let claims = match hub.services.verifier.verify_fresh(apikey).await {
         Ok(c) => c,
         // As Supabase: an empty key is a key (only a missing one is missing), and fails
         // as a JWT.

@@ -91,11 +91,16 @@ fn body_kind(headers: &HeaderMap) -> Option<bool> {
 }
 
 /// `Authorization: Bearer <jwt>`, else an `apikey` header: the token and its claims.
-fn authorize<'h>(hub: &Hub, headers: &'h HeaderMap) -> Result<(&'h str, Claims), Box<Response>> {
-    let token = request_token(headers);
-    token
-        .and_then(|t| Some((t, hub.services.verifier.verify(t).ok()?)))
-        .ok_or_else(|| Box::new(http_error(HttpError::Unauthorized)))
+async fn authorize<'h>(
+    hub: &Hub,
+    headers: &'h HeaderMap,
+) -> Result<(&'h str, Claims), Box<Response>> {
+    let unauthorized = || Box::new(http_error(HttpError::Unauthorized));
+    let token = request_token(headers).ok_or_else(unauthorized)?;
+    match hub.services.verifier.verify_fresh(token).await {
+        Ok(claims) => Ok((token, claims)),
+        Err(_) => Err(unauthorized()),
+    }
 }
 
 /// The request's token (`Authorization: Bearer`, else `apikey`), trimmed.
@@ -112,8 +117,9 @@ fn request_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The verified claims of the request's token (`Authorization: Bearer`, else `apikey`).
-pub(super) fn token_claims(hub: &Hub, headers: &HeaderMap) -> Option<Claims> {
-    hub.services.verifier.verify(request_token(headers)?).ok()
+pub(super) async fn token_claims(hub: &Hub, headers: &HeaderMap) -> Option<Claims> {
+    let token = request_token(headers)?;
+    hub.services.verifier.verify_fresh(token).await.ok()
 }
 
 /// Counts `messages` against the caller's token and address; the 429 answer if over.
@@ -178,7 +184,7 @@ pub async fn broadcast_batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (token, claims) = match authorize(&hub, &headers) {
+    let (token, claims) = match authorize(&hub, &headers).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -281,7 +287,7 @@ pub async fn broadcast_one(
         Some(binary) => binary,
         None => return http_error(HttpError::UnsupportedMediaType),
     };
-    let (token, claims) = match authorize(&hub, &headers) {
+    let (token, claims) = match authorize(&hub, &headers).await {
         Ok(c) => c,
         Err(r) => return *r,
     };

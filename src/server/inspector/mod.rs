@@ -301,6 +301,10 @@ async fn check_token(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Byte
         Err(e) => return error(e),
     };
     let token = body.get("token").and_then(Value::as_str).unwrap_or("");
+    // As the upgrade does, a kid no key has makes the hub read its JWKS again first.
+    if let Err(TokenError::Signer { .. }) = hub.services.verifier.verify(token) {
+        let _ = hub.services.verifier.verify_fresh(token).await;
+    }
     Json(token_verdict(&hub.services.verifier, token, now())).into_response()
 }
 
