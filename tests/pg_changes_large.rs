@@ -165,3 +165,71 @@ async fn a_statement_of_more_changes_than_a_queue_holds_reaches_a_reading_subscr
     let after = insert_blob(&pg, "after").await;
     expect_row(&mut c, "INSERT", "blobs", after).await;
 }
+
+/// The backend pids of the capture connections to this test's database.
+async fn capture_pids(pg: &PgHub) -> Vec<i32> {
+    pg.sql
+        .query(
+            "select pid from pg_stat_activity where application_name = $1 \
+             and datname = current_database() order by pid",
+            &[&switchboard::capture::APPLICATION_NAME],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("capture backends: {}", pg_err(&e)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_statement_of_8_mb_arrives_whole_and_capture_reads_on_over_a_new_connection() {
+    let (pg, mut c) = watch_blobs("INSERT").await;
+    let before = capture_pids(&pg).await;
+    assert_eq!(before.len(), 1, "one capture connection: {before:?}");
+    // Nine rows of 900 KB in one statement: one log row of 8 MB, which the capture
+    // connection's read buffer would keep for good.
+    let body = text_of(900 * 1024);
+    let first = pg
+        .id(
+            "with rows as (insert into public.blobs (small, body) select 'big ' || g, $1 \
+             from generate_series(1, 9) g returning id) select min(id) from rows",
+            &[&body],
+        )
+        .await;
+    for id in first..first + 9 {
+        let ch = expect_row(&mut c, "INSERT", "blobs", id).await;
+        assert!(ch.data["record"]["body"] == body.as_str(), "row {id} whole");
+    }
+    // Rows after it, committed whichever connection reads them, arrive once each.
+    let mut after = Vec::new();
+    for i in 0..3 {
+        after.push(insert_blob(&pg, &format!("after {i}")).await);
+    }
+    for id in after {
+        expect_row(&mut c, "INSERT", "blobs", id).await;
+    }
+    // The connection that read it is gone (its backend may take a moment to exit).
+    let now = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let pids = capture_pids(&pg).await;
+            if pids.len() == 1 && pids != before {
+                return pids;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(now.is_ok(), "capture still reads over {before:?}");
+    let status = pg.status().await;
+    assert_eq!(status["capture"]["connected"], true, "{status}");
+    assert_eq!(
+        status["capture"]["reconnects"], 0,
+        "a reopen is not a lost connection: {status}"
+    );
+    assert!(
+        c.try_recv_within(std::time::Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing twice"
+    );
+}

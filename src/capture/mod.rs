@@ -16,7 +16,7 @@ mod status;
 mod wake;
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,14 +30,14 @@ pub use cursor::{Cursor, CursorError, Origin, Position};
 pub use maintenance::{run_maintenance, Maintenance};
 pub(crate) use reader::json_column;
 pub use reader::{
-    correct, current_cursor, current_position, entries_between, log_rows_since, next_events,
-    next_page, LogTables, PageRead, RangeRead, Statements, READ_PAGE_OF_SQL, READ_PAGE_SQL,
-    READ_RANGE_SQL,
+    correct, current_cursor, current_position, entries_between, holds_large_row, log_rows_since,
+    next_events, next_page, release, LogTables, PageRead, RangeRead, Statements, LARGE_ROW_BYTES,
+    READ_PAGE_OF_SQL, READ_PAGE_SQL, READ_RANGE_SQL,
 };
 pub use retention::{prune, Pruned, Retention};
 pub use status::{CaptureStatus, CaptureStatusSnapshot, TableTicks};
 
-use crate::changes::{LogBatch, LogEntry};
+use crate::changes::{entry_bytes, LogBatch, LogEntry};
 use crate::db::pg_message;
 use reader::Page;
 use wake::{Next, Wake};
@@ -129,18 +129,30 @@ pub async fn run_capture(
     let mut position: Option<Position> = None;
     let mut backoff = FIRST_BACKOFF;
     let mut connected_before = false;
+    // The last connection was ended on purpose (`Ended::Reopen`), not lost.
+    let mut reopened = false;
     loop {
         let mut session = Session {
             cfg: &cfg,
             out: &out,
             status: &status,
             shutdown: &shutdown,
+            largest_row: AtomicUsize::new(0),
+            reopened: std::mem::take(&mut reopened),
         };
         let result = session
             .run(&mut position, &mut connected_before, &mut backoff)
             .await;
         match result {
-            Ok(()) => break,
+            Ok(Ended::Stopped) => break,
+            Ok(Ended::Reopen { row_bytes }) => {
+                tracing::info!(
+                    row_bytes,
+                    "capture read a large log row; opening a new connection to free its read buffer"
+                );
+                reopened = true;
+                continue;
+            }
             Err(e) => {
                 let message = e.to_string();
                 tracing::warn!(error = %message, retry_in_ms = backoff.as_millis() as u64,
@@ -164,6 +176,18 @@ struct Session<'a> {
     out: &'a mpsc::Sender<LogBatch>,
     status: &'a CaptureStatus,
     shutdown: &'a CancellationToken,
+    /// The largest log row read on this connection, in bytes.
+    largest_row: AtomicUsize,
+    /// The connection before this one was ended on purpose (`Ended::Reopen`).
+    reopened: bool,
+}
+
+/// How a connection's session ended without failing.
+enum Ended {
+    /// The hub is stopping.
+    Stopped,
+    /// A read carried a row of at least `LARGE_ROW_BYTES`: open a new connection.
+    Reopen { row_bytes: usize },
 }
 
 /// Periodic upkeep on the capture connection, run between reads (the prune runs on a
@@ -187,15 +211,16 @@ fn position_only(position: &Position) -> LogBatch {
 }
 
 impl Session<'_> {
-    /// Ok on shutdown; Err when the connection failed (the caller reconnects).
+    /// Ok on shutdown or to reopen; Err when the connection failed (the caller
+    /// reconnects).
     async fn run(
         &mut self,
         position: &mut Option<Position>,
         connected_before: &mut bool,
         backoff: &mut Duration,
-    ) -> Result<(), CaptureError> {
+    ) -> Result<Ended, CaptureError> {
         let (mut client, mut notified, driver) = tokio::select! {
-            _ = self.shutdown.cancelled() => return Ok(()),
+            _ = self.shutdown.cancelled() => return Ok(Ended::Stopped),
             opened = open(&self.cfg.database_url) => opened?,
         };
         let _abort_driver = AbortOnDrop(driver);
@@ -222,7 +247,9 @@ impl Session<'_> {
             None => position.insert(reader::current_position(&client).await?),
         };
         let text = position.to_string();
-        if *connected_before {
+        if self.reopened {
+            tracing::debug!(position = text, "capture connection reopened");
+        } else if *connected_before {
             self.status.count_reconnect();
             tracing::info!(position = text, "capture reconnected; catching up");
         } else {
@@ -248,6 +275,14 @@ impl Session<'_> {
             let Some(got_rows) = self.read(&mut client, (&stmts, &backlog), position).await? else {
                 return self.stop(&client).await;
             };
+            // A read that carried a large row ends the connection (`LARGE_ROW_BYTES`: its
+            // read buffer would keep that size for good; one 77 MB statement kept 77 MB).
+            // Everything read is handed over and `position` is past it; the hold stays
+            // (this is no stop), and the new connection reads on from here.
+            let row_bytes = self.largest_row.load(Ordering::Relaxed);
+            if row_bytes >= LARGE_ROW_BYTES {
+                return Ok(Ended::Reopen { row_bytes });
+            }
             self.status.set_caught_up();
             self.upkeep(&client, position, &mut upkeep).await?;
             let now = Instant::now();
@@ -435,6 +470,8 @@ impl Session<'_> {
             return true;
         }
         let age_ms = page.age_ms.unwrap_or(0);
+        let largest = page.entries.iter().map(entry_bytes).max().unwrap_or(0);
+        self.largest_row.fetch_max(largest, Ordering::Relaxed);
         self.hand_over(page.entries, position, page.rules_version, age_ms)
             .await
     }
@@ -509,11 +546,11 @@ impl Session<'_> {
     }
 
     /// A clean stop: this hub no longer holds the log back.
-    async fn stop(&self, client: &Client) -> Result<(), CaptureError> {
+    async fn stop(&self, client: &Client) -> Result<Ended, CaptureError> {
         if let Err(e) = retention::release(client, &self.cfg.node_id).await {
             tracing::debug!(error = %e, "could not release the log hold");
         }
-        Ok(())
+        Ok(Ended::Stopped)
     }
 }
 

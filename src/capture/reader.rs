@@ -13,7 +13,7 @@ use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Statement};
 use super::cursor::{Cursor, CursorError, Origin, Position};
 use super::CaptureError;
 use crate::changes::{
-    gap_len, into_events, Change, DbBroadcast, DbEvent, LogEntry, Op, StatementRows,
+    entry_bytes, gap_len, into_events, Change, DbBroadcast, DbEvent, LogEntry, Op, StatementRows,
 };
 
 /// The selected columns of a log row, as `to_entry` reads them. `created_at` is
@@ -789,5 +789,24 @@ fn into_object(v: Value) -> Option<Map<String, Value>> {
     match v {
         Value::Object(m) => Some(m),
         _ => None,
+    }
+}
+
+/// A log row this large makes the connection that read it close instead of being read
+/// over again: a connection's read buffer keeps the size of the largest message it ever
+/// received (bytes' `BytesMut` reuses its allocation), so it would hold the largest
+/// statement it read for good.
+pub const LARGE_ROW_BYTES: usize = 4 << 20;
+
+/// Whether `entries` hold a log row of `LARGE_ROW_BYTES` or more.
+pub fn holds_large_row(entries: &[LogEntry]) -> bool {
+    entries.iter().any(|e| entry_bytes(e) >= LARGE_ROW_BYTES)
+}
+
+/// Gives a pooled connection back after log reads, or closes it when they carried a
+/// large row (`holds_large_row`).
+pub fn release(client: deadpool_postgres::Object, large: bool) {
+    if large {
+        drop(deadpool_postgres::Object::take(client));
     }
 }

@@ -9,14 +9,10 @@ use deadpool_postgres::Pool;
 use super::mark::Mark;
 use super::select::Selection;
 use super::ConsumersError;
-use crate::capture::{next_page, Cursor, LogTables, Origin, Statements, READ_PAGE_OF_SQL};
-use crate::changes::{entry_bytes, Change, DbEvent, LogEntry};
-
-/// A pooled connection that carried a log row this large is closed rather than handed
-/// back: its read buffer keeps the size of the largest message it ever received (bytes'
-/// `BytesMut` reuses its allocation), so each of the pool's connections would hold the
-/// largest statement any reader read, for good.
-const KEEP_CONNECTION_BELOW_BYTES: usize = 4 << 20;
+use crate::capture::{
+    holds_large_row, next_page, release, Cursor, LogTables, Origin, Statements, READ_PAGE_OF_SQL,
+};
+use crate::changes::{Change, DbEvent, LogEntry};
 
 /// What one read found.
 #[derive(Debug)]
@@ -55,11 +51,7 @@ pub async fn read(
     );
     let mut after = from.position.clone();
     let page = next_page(&client, &stmts, &mut after, limit).await?;
-    if page.entries.iter().map(entry_bytes).max().unwrap_or(0) >= KEEP_CONNECTION_BELOW_BYTES {
-        drop(deadpool_postgres::Object::take(client));
-    } else {
-        drop(client);
-    }
+    release(client, holds_large_row(&page.entries));
     // Marks go on from the position the page was read from (corrected if Postgres
     // crashed since `from` was taken).
     let from = &Mark {

@@ -451,7 +451,9 @@ impl ResumeHandle {
     ) -> Result<RangeRead, ResumeError> {
         let mut client = self.inner.pool.get().await?;
         let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
-        Ok(entries_between(&mut client, &stmt, from, until, tables, max).await?)
+        let read = entries_between(&mut client, &stmt, from, until, tables, max).await?;
+        crate::capture::release(client, crate::capture::holds_large_row(&read.entries));
+        Ok(read)
     }
 
     /// For `/api/status`: live and parked subscriptions, resumes by outcome, replayed.

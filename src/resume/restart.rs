@@ -20,7 +20,8 @@ use deadpool_postgres::Pool;
 
 use super::{store, ResumeConfig, ResumeError};
 use crate::capture::{
-    correct, entries_between, log_rows_since, Cursor, LogTables, Position, READ_RANGE_SQL,
+    correct, entries_between, holds_large_row, log_rows_since, release, Cursor, LogTables,
+    Position, READ_RANGE_SQL,
 };
 use crate::changes::{entry_bytes, Batch, Gap, Progress};
 
@@ -162,6 +163,8 @@ async fn read(
     let stmt = client.prepare_cached(READ_RANGE_SQL).await?;
     let max = config.max_replay.saturating_mul(READ_REPLAYS);
     let mut tried = None;
+    // A read carried a large row: the connection is closed, not given back (`release`).
+    let mut large = false;
     for within in [config.grace.max(config.memory), config.memory] {
         let written = store::recent_positions(&client, within).await?;
         let positions = written.iter().filter_map(|p| Position::parse(p).ok());
@@ -186,6 +189,7 @@ async fn read(
         });
         let tables = LogTables::all();
         let read = entries_between(&mut client, &stmt, &start, &until, &tables, max).await?;
+        large |= holds_large_row(&read.entries);
         let bytes: usize = read.entries.iter().map(entry_bytes).sum();
         if read.over || bytes > READ_BYTES {
             tracing::info!(max, bytes, ?within, "restart read too large to keep");
@@ -197,6 +201,7 @@ async fn read(
             .zip(read.entries)
             .map(|(row, entry)| (row, Arc::new(Batch::new(vec![entry]))))
             .collect();
+        release(client, large);
         return Ok(Some(Base {
             at: at.into(),
             until,
@@ -205,6 +210,7 @@ async fn read(
             read_at: Instant::now(),
         }));
     }
+    release(client, large);
     Ok(None)
 }
 
