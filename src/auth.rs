@@ -9,6 +9,7 @@
 
 mod jwks;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use jwks::{refresh_every, Jwks, JwksSource, KID_REFRESH_EVERY};
@@ -82,7 +83,12 @@ pub struct Verifier {
     unavailable: Arc<[String]>,
     /// Seconds a token's `nbf` may lie in the future (clock skew).
     nbf_leeway: i64,
+    /// Opaque API keys accepted in place of a JWT, by SHA-256 of the key.
+    api_keys: Arc<HashMap<[u8; 32], Claims>>,
 }
+
+/// The `exp` of an API key's claims: an opaque key does not expire (2100-01-01).
+pub const API_KEY_EXP: i64 = 4_102_444_800;
 
 /// Leeway for `nbf` unless configured.
 pub const DEFAULT_NBF_LEEWAY_SECS: i64 = 30;
@@ -130,6 +136,7 @@ impl Verifier {
             jwks,
             roles: None,
             unavailable: Arc::new([]),
+            api_keys: Arc::default(),
             nbf_leeway: DEFAULT_NBF_LEEWAY_SECS,
         })
     }
@@ -143,6 +150,36 @@ impl Verifier {
     pub fn allow_roles(mut self, roles: &[String]) -> Verifier {
         self.roles = Some(roles.into());
         self
+    }
+
+    /// Opaque Supabase API keys (`sb_publishable_…`, `sb_secret_…`) verify as the role
+    /// each stands for, with claims `{"role": <role>}`, as Supabase's gateway turns them
+    /// into a JWT of that role before Realtime sees them. Keys are looked up by digest.
+    pub fn api_keys(mut self, keys: &[(String, String)]) -> Verifier {
+        let claims = |role: &str| Claims {
+            role: role.into(),
+            exp: API_KEY_EXP,
+            sub: None,
+            json: serde_json::json!({ "role": role }).to_string().into(),
+        };
+        let keys = keys
+            .iter()
+            .map(|(key, role)| (key_digest(key), claims(role)));
+        self.api_keys = Arc::new(keys.collect());
+        self
+    }
+
+    /// Whether `token` is one of the configured API keys.
+    pub fn is_api_key(&self, token: &str) -> bool {
+        self.api_key(token.trim()).is_some()
+    }
+
+    /// The claims of a configured API key.
+    fn api_key(&self, token: &str) -> Option<Claims> {
+        if self.api_keys.is_empty() || !token.starts_with("sb_") {
+            return None;
+        }
+        self.api_keys.get(&key_digest(token)).cloned()
     }
 
     /// Tokens naming one of `roles` fail with `RoleUnavailable`: the hub's database user
@@ -180,6 +217,10 @@ impl Verifier {
         let token = token.trim();
         if token.is_empty() {
             return Err(TokenError::Missing);
+        }
+        if let Some(claims) = self.api_key(token) {
+            self.check_role(&claims.role)?;
+            return Ok(claims);
         }
         let (header, payload) = decode_parts(token)?;
         let alg = header
@@ -272,6 +313,11 @@ impl Verifier {
 /// or `sb_...`, as Supabase does: `Session::refresh_token`.)
 pub fn is_user_token(token: &str) -> bool {
     !token.starts_with("sb_") && !token.trim().is_empty()
+}
+
+fn key_digest(key: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// Three dot-separated non-empty parts; opaque `sb_...` keys are not JWTs.
@@ -786,6 +832,49 @@ mod tests {
                 TokenError::Missing
             );
         }
+    }
+
+    #[test]
+    fn configured_api_keys_verify_as_their_role_and_other_opaque_keys_do_not() {
+        let keys = [
+            ("sb_publishable_0123456789".to_owned(), "anon".to_owned()),
+            ("sb_secret_0123456789".to_owned(), "service_role".to_owned()),
+        ];
+        let v = hs_only()
+            .allow_roles(&["anon".into(), "service_role".into()])
+            .api_keys(&keys);
+        let anon = v.verify_at(" sb_publishable_0123456789 ", NOW).unwrap();
+        assert_eq!(&*anon.role, "anon");
+        assert_eq!(anon.sub, None);
+        assert_eq!(anon.exp, API_KEY_EXP);
+        assert_eq!(&*anon.json, r#"{"role":"anon"}"#);
+        assert_eq!(
+            &*v.verify_at("sb_secret_0123456789", NOW).unwrap().role,
+            "service_role"
+        );
+        for other in ["sb_publishable_other", "sb_secret_0123456788"] {
+            assert_eq!(
+                v.verify_at(other, NOW),
+                Err(TokenError::Malformed),
+                "{other}"
+            );
+        }
+        // A key's role is held to the same limits as a token's.
+        let limited = v.clone().allow_roles(&["anon".into()]);
+        assert!(matches!(
+            limited.verify_at("sb_secret_0123456789", NOW),
+            Err(TokenError::RoleNotAllowed { .. })
+        ));
+        let unavailable = v.unavailable_roles(&["service_role".into()]);
+        assert!(matches!(
+            unavailable.verify_at("sb_secret_0123456789", NOW),
+            Err(TokenError::RoleUnavailable { .. })
+        ));
+        // Without keys configured, an opaque key is refused as before.
+        assert_eq!(
+            hs_only().verify_at("sb_publishable_0123456789", NOW),
+            Err(TokenError::Malformed)
+        );
     }
 
     #[test]

@@ -75,6 +75,8 @@ settings! {
     jwt_secret: String = String::new(), env "SWITCHBOARD_JWT_SECRET";
     /// JWKS (RS/PS, ES256/384, EdDSA keys): a file path, or an `http(s)://` URL such as a Supabase project's `https://<ref>.supabase.co/auth/v1/.well-known/jwks.json`. Read at start (the start fails when it cannot be), again every `jwks_refresh_secs`, and at once for a token whose `kid` no key has (at most once per 10 s); a failed read keeps the keys the hub has.
     jwks: String = String::new(), env "SWITCHBOARD_JWKS";
+    /// Opaque Supabase API keys accepted in place of a JWT (as `apikey`, a REST bearer, or an admin credential), comma-separated `<key>=<role>` pairs such as `sb_publishable_…=anon,sb_secret_…=service_role`: each stands for a token of its role, as Supabase's gateway turns it into one. Each key starts with `sb_`; each role is one of `allowed_roles`.
+    api_keys: String = String::new(), env "SWITCHBOARD_API_KEYS";
     /// Seconds between reads of the JWKS (keys rotated in or withdrawn are seen without a restart); 0 reads it only at start and for unknown kids.
     jwks_refresh_secs: u64 = 300, env "SWITCHBOARD_JWKS_REFRESH_SECS";
     /// Postgres roles a token may name, comma-separated; any other role is refused at connect and at join.
@@ -292,6 +294,8 @@ pub struct Config {
     /// Runs migrations and grants the hub's rights to `database_url`'s user.
     pub migrate_database_url: Option<String>,
     pub jwt_secret: Option<String>,
+    /// Opaque API keys and the role each stands for (`api_keys`).
+    pub api_keys: Vec<(String, String)>,
     /// Where the JWKS is read from (read when the hub starts).
     pub jwks: Option<crate::auth::JwksSource>,
     /// How often the JWKS is read again (`None`: only for unknown kids).
@@ -343,7 +347,7 @@ impl Settings {
     /// The effective settings as TOML, secrets redacted (`switchboard config`).
     pub fn effective_toml(&self) -> String {
         let mut s = self.clone().with_defaults();
-        for secret in [&mut s.jwt_secret, &mut s.admin_secret] {
+        for secret in [&mut s.jwt_secret, &mut s.admin_secret, &mut s.api_keys] {
             if secret.as_deref().is_some_and(|v| !v.is_empty()) {
                 *secret = Some("<redacted>".into());
             }
@@ -547,6 +551,39 @@ fn positive<T: PartialOrd + Default>(key: &'static str, v: T) -> Result<T, Confi
     }
 }
 
+/// The `api_keys` setting: `<key>=<role>` pairs, comma-separated.
+fn api_keys(value: &str, allowed_roles: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: "api_keys",
+        message,
+    };
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, role)) = pair.split_once('=') else {
+            return Err(invalid("each entry is `<key>=<role>`".into()));
+        };
+        let (key, role) = (key.trim(), role.trim());
+        // The key itself is never echoed: it is a secret.
+        let n = keys.len() + 1;
+        if !key.starts_with("sb_") || key.len() < 16 {
+            return Err(invalid(format!(
+                "key {n} is not an opaque Supabase key (`sb_…`, at least 16 characters)"
+            )));
+        }
+        if !allowed_roles.iter().any(|r| r == role) {
+            return Err(invalid(format!(
+                "key {n}: role {role:?} is not one of allowed_roles ({})",
+                allowed_roles.join(", ")
+            )));
+        }
+        if keys.iter().any(|(k, _)| k == key) {
+            return Err(invalid(format!("key {n} is listed twice")));
+        }
+        keys.push((key.to_owned(), role.to_owned()));
+    }
+    Ok(keys)
+}
+
 /// The `jwks` setting: a URL, or a file that can be read now (a typo fails the load, not
 /// the first token).
 fn jwks_source(value: &str) -> Result<crate::auth::JwksSource, ConfigError> {
@@ -731,6 +768,7 @@ impl Config {
                 message: "name at least one role".into(),
             });
         }
+        let api_keys = api_keys(&r.api_keys, &allowed_roles)?;
         let metrics_listen = match non_empty(r.metrics_listen) {
             None => None,
             Some(addr) => Some(addr.parse().map_err(|_| ConfigError::Invalid {
@@ -748,6 +786,7 @@ impl Config {
             database_url: non_empty(r.database_url),
             migrate_database_url: non_empty(r.migrate_database_url),
             jwt_secret: non_empty(r.jwt_secret),
+            api_keys,
             jwks,
             jwks_refresh: (r.jwks_refresh_secs > 0)
                 .then(|| Duration::from_secs(r.jwks_refresh_secs)),
@@ -897,6 +936,55 @@ mod tests {
             },
             "jwks",
         );
+    }
+
+    #[test]
+    fn api_keys_are_key_role_pairs_of_opaque_keys_and_allowed_roles() {
+        let keys = |value: &str| {
+            Config::from_settings(Settings {
+                api_keys: Some(value.into()),
+                ..Settings::default()
+            })
+        };
+        let c = keys(" sb_publishable_abcdef123456 = anon , sb_secret_abcdef1234567=service_role,")
+            .unwrap();
+        assert_eq!(
+            c.api_keys,
+            [
+                ("sb_publishable_abcdef123456".into(), "anon".into()),
+                ("sb_secret_abcdef1234567".into(), "service_role".into())
+            ]
+        );
+        assert!(keys("").unwrap().api_keys.is_empty());
+        let shown = Settings {
+            api_keys: Some("sb_secret_abcdef1234567=service_role".into()),
+            ..Settings::default()
+        }
+        .effective_toml();
+        assert!(
+            !shown.contains("abcdef") && shown.contains("api_keys = \"<redacted>\""),
+            "{shown}"
+        );
+        for (bad, says) in [
+            ("sb_publishable_abcdef123456", "`<key>=<role>`"),
+            ("eyJhbGciOi.x.y=anon", "key 1 is not an opaque"),
+            ("sb_short=anon", "key 1 is not an opaque"),
+            (
+                "sb_publishable_abcdef123456=postgres",
+                "role \"postgres\" is not one of",
+            ),
+            (
+                "sb_publishable_abcdef123456=anon,sb_publishable_abcdef123456=anon",
+                "key 2 is listed twice",
+            ),
+        ] {
+            let err = keys(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("`api_keys`") && err.contains(says),
+                "{bad}: {err}"
+            );
+            assert!(!err.contains("abcdef"), "the key is not echoed: {err}");
+        }
     }
 
     #[test]

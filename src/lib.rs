@@ -179,6 +179,7 @@ pub async fn run(
     };
     let mut verifier = auth::Verifier::with_jwks(config.jwt_secret.as_deref(), jwks)?
         .allow_roles(&config.allowed_roles)
+        .api_keys(&config.api_keys)
         .nbf_leeway(config.jwt_nbf_leeway_secs as i64);
     let metrics = Arc::new(telemetry::Metrics::new());
     let failed = Failed::default();

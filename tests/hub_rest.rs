@@ -487,3 +487,56 @@ async fn browser_endpoints_answer_cors_preflights_and_the_admin_api_does_not() {
         resp.headers()
     );
 }
+
+#[tokio::test]
+async fn configured_supabase_api_keys_stand_for_their_roles_at_connect_rest_and_admin() {
+    const PUBLISHABLE: &str = "sb_publishable_test_0123456789";
+    const SECRET: &str = "sb_secret_test_0123456789";
+    let mut config = test_config();
+    config.api_keys = vec![
+        (PUBLISHABLE.into(), "anon".into()),
+        (SECRET.into(), "service_role".into()),
+    ];
+    let hub = TestHub::start(config).await;
+
+    // supabase-js with a publishable key: the key is the apikey and, without a session,
+    // the join's access_token too.
+    let mut c = WsClient::connect(&hub.ws_url(Some("2.0.0"), Some(PUBLISHABLE))).await;
+    let (_, reply) = c
+        .join(
+            "realtime:room",
+            json!({"config": {"broadcast": {"self": true}}, "access_token": PUBLISHABLE}),
+        )
+        .await;
+    assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
+
+    // A REST broadcast with the key as apikey header reaches the channel.
+    let body = json!({"messages": [{"topic": "room", "event": "hi", "payload": {"n": 1}}]});
+    let (code, text) = post(&hub, BATCH, Some(("apikey", PUBLISHABLE.into())), &body).await;
+    assert_eq!(code, 202, "{text}");
+    let got = c.recv_until(|f| f.is_event("broadcast")).await;
+    assert_eq!(got.payload()["payload"], json!({"n": 1}));
+
+    // The secret key is an admin credential; the publishable one is not.
+    let status = |key: &'static str| {
+        let url = hub.http_url("/api/status");
+        async move {
+            let resp = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    };
+    assert_eq!(status(SECRET).await, 200);
+    assert_eq!(status(PUBLISHABLE).await, 401, "an anon key is no admin");
+
+    // A key that is not configured is refused as any non-JWT apikey is.
+    let refused = WsClient::try_connect(&hub.ws_url(Some("2.0.0"), Some("sb_publishable_other")))
+        .await
+        .err()
+        .expect("an unknown key is refused");
+    assert_eq!(refused.status, 401, "{}", refused.body);
+}

@@ -210,8 +210,10 @@ impl Gate {
         let ttl = SESSION_TTL.as_secs() as i64;
         // A token is checked by its signature, which no one guesses: it neither draws on
         // the failure budget nor waits for it, so bad tokens (an expired one a script
-        // keeps sending, say) never lock out a good one.
-        if looks_like_jwt(credential) {
+        // keeps sending, say) never lock out a good one. A configured API key (a
+        // `sb_secret_…` key for service_role) counts as a token; any other opaque key is
+        // a guess like a wrong secret.
+        if looks_like_jwt(credential) || verifier.is_api_key(credential) {
             return match verifier.verify_at(credential, now) {
                 Err(e) => Err(InspectorError::Token(e)),
                 Ok(c) if &*c.role != "service_role" => Err(InspectorError::NotServiceRole {
