@@ -64,11 +64,15 @@ async fn fixture_database(fixtures: &[(&str, &str)]) -> String {
     db.url
 }
 
+/// An opaque publishable key the suites' hubs accept as `anon` (`api_keys`).
+const PUBLISHABLE_KEY: &str = "sb_publishable_conformance_0123456789";
+
 impl Hub {
     async fn start(database_url: Option<String>) -> Hub {
         let jwt_secret = format!("conformance-{}", uuid::Uuid::new_v4());
         let mut config = Config::for_tests(&jwt_secret);
         config.database_url = database_url.clone();
+        config.api_keys = vec![(PUBLISHABLE_KEY.into(), "anon".into())];
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
@@ -103,6 +107,7 @@ async fn run_suite(name: &str, hub: Hub, dir: PathBuf, program: PathBuf, args: &
         .current_dir(&dir)
         .env("SWITCHBOARD_URL", &hub.url)
         .env("SWITCHBOARD_JWT_SECRET", &hub.jwt_secret)
+        .env("SWITCHBOARD_PUBLISHABLE_KEY", PUBLISHABLE_KEY)
         .env("NO_COLOR", "1")
         .env("FORCE_COLOR", "0")
         .stdin(Stdio::null())

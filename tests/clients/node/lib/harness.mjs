@@ -23,6 +23,9 @@ export const REALTIME_URL = requiredEnv('SWITCHBOARD_URL').replace(/\/+$/, '')
 /** HS256 secret the hub verifies JWTs with. */
 export const JWT_SECRET = requiredEnv('SWITCHBOARD_JWT_SECRET')
 /** The same endpoint with a ws:// scheme, as realtime-js expects it. */
+/** An opaque `sb_publishable_…` key the hub lists in `api_keys` as `anon`, if set. */
+export const PUBLISHABLE_KEY = process.env.SWITCHBOARD_PUBLISHABLE_KEY
+
 export const WS_ENDPOINT = REALTIME_URL.replace(/^http/i, 'ws')
 /** Project base URL for supabase-js (it appends `/realtime/v1` itself). */
 export const PROJECT_URL = REALTIME_URL.replace(/\/realtime\/v1$/, '')

@@ -1,7 +1,7 @@
 // supabase-js createClient(...).channel(...) against the hub, the way apps use it.
 
 import assert from 'node:assert/strict'
-import { scenario, subscribe, collect, uniqueTopic } from '../lib/harness.mjs'
+import { scenario, subscribe, collect, uniqueTopic, PUBLISHABLE_KEY } from '../lib/harness.mjs'
 
 scenario('two supabase-js clients exchange broadcasts and see each other in presence', async (s) => {
   const topic = uniqueTopic('sb')
@@ -26,4 +26,18 @@ scenario('supabase-js removeChannel leaves cleanly', async (s) => {
   const statuses = await subscribe(channel)
   assert.equal(await client.removeChannel(channel), 'ok')
   await statuses.next((x) => x.status === 'CLOSED', 'CLOSED after removeChannel')
+})
+
+scenario('supabase-js with a publishable key listed in api_keys joins, broadcasts and tracks presence', async (s) => {
+  assert.ok(PUBLISHABLE_KEY?.startsWith('sb_publishable_'), 'SWITCHBOARD_PUBLISHABLE_KEY is set')
+  const topic = uniqueTopic('sb-pub')
+  const client = s.supabase('P', { key: PUBLISHABLE_KEY })
+  const channel = client.channel(topic, { config: { broadcast: { self: true, ack: true } } })
+  const pings = collect(channel, 'broadcast', { event: 'ping' })
+  const syncs = collect(channel, 'presence', { event: 'sync' })
+  await subscribe(channel)
+  assert.equal(await channel.send({ type: 'broadcast', event: 'ping', payload: { n: 1 } }), 'ok')
+  assert.deepEqual((await pings.next(() => true, 'ping echoed')).payload, { n: 1 })
+  assert.equal(await channel.track({ online: true }), 'ok')
+  await syncs.next(() => Object.keys(channel.presenceState()).length === 1, 'own presence')
 })
