@@ -96,8 +96,11 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Result<String, String> {
     String::from_utf8(body).map_err(|_| format!("{url} sent a body that is not UTF-8"))
 }
 
-/// The signing keys of a JWKS document (`{"keys":[...]}`); keys marked `"use":"enc"` are
-/// skipped, any other key the hub cannot use refuses the document.
+/// The signing keys of a JWKS document (`{"keys":[...]}`). Keys marked `"use":"enc"` are
+/// skipped, and so is, with a warning, any key the hub cannot verify with (an algorithm,
+/// curve or key type it does not support, a malformed member): one such key published
+/// beside the project's own must not keep the others from verifying. A document that is
+/// not JSON or has no `keys` array is refused.
 pub fn parse(json: &str) -> Result<Vec<Key>, AuthError> {
     let doc: Value =
         serde_json::from_str(json).map_err(|e| AuthError::InvalidJwks(e.to_string()))?;
@@ -110,8 +113,13 @@ pub fn parse(json: &str) -> Result<Vec<Key>, AuthError> {
         if jwk.get("use").and_then(Value::as_str) == Some("enc") {
             continue;
         }
-        let key = key_from_jwk(jwk).map_err(|e| AuthError::InvalidJwks(format!("key {i}: {e}")))?;
-        keys.push(key);
+        match key_from_jwk(jwk) {
+            Ok(key) => keys.push(key),
+            Err(reason) => {
+                let kid = jwk.get("kid").and_then(Value::as_str).unwrap_or("");
+                tracing::warn!(key = i, kid, %reason, "JWKS key skipped: the hub cannot verify with it");
+            }
+        }
     }
     Ok(keys)
 }
@@ -361,6 +369,27 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].algs, [jsonwebtoken::Algorithm::ES256]);
         assert!(parse("{\"keys\":[]}").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_key_the_hub_cannot_use_is_skipped_and_the_others_verify() {
+        let mut doc: Value = serde_json::from_str(&with_kids(&["ec-1"])).unwrap();
+        let keys = doc["keys"].as_array_mut().unwrap();
+        keys.insert(0, serde_json::json!({"kty": "EC", "crv": "P-521", "alg": "ES512", "kid": "es512", "x": "AA", "y": "AA"}));
+        keys.push(serde_json::json!({"kty": "FOO", "kid": "foo"}));
+        keys.push(serde_json::json!({"kty": "RSA", "kid": "bad", "n": "!!", "e": "AQAB"}));
+        let parsed = parse(&doc.to_string()).unwrap();
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].kid.as_deref(), Some("ec-1"));
+
+        // Read again with such a key beside a new one: the new one is taken.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, with_kids(&["rsa-1"])).unwrap();
+        let jwks = Jwks::load(JwksSource::File(path.clone())).await.unwrap();
+        std::fs::write(&path, doc.to_string()).unwrap();
+        assert!(jwks.refresh_for_kid("ec-1").await);
+        assert_eq!(kids(&jwks), ["ec-1"]);
     }
 
     #[tokio::test]

@@ -230,9 +230,11 @@ pub async fn leave(c: &mut WsClient, joined: &Joined) {
 }
 
 /// Sends a refreshed access token for a joined channel (vsn 2) and waits until the hub
-/// has taken it: it sends no reply, so a heartbeat's reply is the barrier. Before it may
-/// come only the channel's `postgres_changes` system messages (its entries subscribed
-/// again with the new claims, as Supabase does on every token): returned, in order.
+/// has taken it: it sends no reply, so the reply to a push handled after it is the
+/// barrier (`WsClient::send_barrier`; not a heartbeat, which is answered while the token's
+/// entries are still checked against the database). Before it may come only the
+/// channel's `postgres_changes` system messages (its entries subscribed again with the
+/// new claims, as Supabase does on every token): returned, in order.
 pub async fn refresh_token(c: &mut WsClient, joined: &Joined, token: &str) -> Vec<Value> {
     let r = c.next_ref();
     let payload = json!({ "access_token": token });
@@ -244,20 +246,18 @@ pub async fn refresh_token(c: &mut WsClient, joined: &Joined, token: &str) -> Ve
         payload,
     )
     .await;
-    let beat = c.next_ref();
-    c.send(None, Some(&beat), "phoenix", "heartbeat", json!({}))
-        .await;
+    let barrier = c.send_barrier().await;
     let mut told = Vec::new();
     loop {
         let f = c.recv().await;
-        if f.topic() == Some("phoenix") && f.is_reply_to(&beat) {
+        if f.topic() == Some("phoenix") && f.is_reply_to(&barrier) {
             return told;
         }
         assert!(
             f.is_event("system")
                 && f.topic() == Some(joined.topic.as_str())
                 && f.payload()["extension"] == "postgres_changes",
-            "expected only the channel's postgres_changes system messages before the heartbeat reply, got {f:?}"
+            "expected only the channel's postgres_changes system messages before the barrier's reply, got {f:?}"
         );
         told.push(f.payload().clone());
     }

@@ -540,6 +540,17 @@ impl WsClient {
             .await
     }
 
+    /// Sends a push the hub handles in order after every push sent before it, even one
+    /// still waiting on the database (a heartbeat is answered at once, ahead of such a
+    /// push): an event other than `heartbeat` on the socket topic, which Phoenix answers
+    /// with an `unmatched topic` error. Returns its ref; the reply is the barrier.
+    pub async fn send_barrier(&mut self) -> String {
+        let r = self.next_ref();
+        self.send(None, Some(&r), "phoenix", "barrier", json!({}))
+            .await;
+        r
+    }
+
     /// Asserts nothing was queued for this client before a heartbeat sent now: the very
     /// next frame must be that heartbeat's reply.
     pub async fn assert_quiet(&mut self) {
