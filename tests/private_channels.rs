@@ -198,7 +198,7 @@ async fn a_refreshed_token_that_loses_read_closes_the_channel() {
     // Still a member: the channel stays.
     let token = pg.hub.token("authenticated", ALICE, 7200);
     c.push_access_token(&join_ref, ROOM, json!(token)).await;
-    c.assert_quiet().await;
+    c.assert_quiet_after_pushes().await;
 
     pg.exec(&format!(
         "delete from public.members where user_id = '{ALICE}'"

@@ -564,6 +564,18 @@ impl WsClient {
         );
     }
 
+    /// As [`WsClient::assert_quiet`], but also after pushes that may still wait on the
+    /// database (a token refresh, a join): the barrier is handled after them
+    /// ([`WsClient::send_barrier`]).
+    pub async fn assert_quiet_after_pushes(&mut self) {
+        let r = self.send_barrier().await;
+        let f = self.recv().await;
+        assert!(
+            f.topic() == Some("phoenix") && f.is_reply_to(&r),
+            "expected nothing before the barrier's reply, got {f:?}"
+        );
+    }
+
     /// Sends a `phx_join` (join_ref = ref) and returns (join_ref, reply).
     pub async fn join(&mut self, topic: &str, payload: Value) -> (String, Frame) {
         let r = self.next_ref();
