@@ -17,7 +17,7 @@ use base64::Engine;
 use rand::RngCore;
 use serde::Serialize;
 
-use crate::auth::{looks_like_jwt, Verifier};
+use crate::auth::{looks_like_jwt, Claims, TokenError, Verifier};
 use crate::protocol::InspectorError;
 
 /// Name of the session cookie.
@@ -43,6 +43,21 @@ pub enum Via {
 pub struct Grant {
     pub via: Via,
     pub expires_at: i64,
+}
+
+/// The grant of a verified token or API key, until `until` at the latest, if its role
+/// is service_role.
+fn service_role(verified: Result<Claims, TokenError>, until: i64) -> Result<Grant, InspectorError> {
+    match verified {
+        Err(e) => Err(InspectorError::Token(e)),
+        Ok(c) if &*c.role != "service_role" => Err(InspectorError::NotServiceRole {
+            role: c.role.to_string(),
+        }),
+        Ok(c) => Ok(Grant {
+            via: Via::ServiceRoleToken,
+            expires_at: c.exp.min(until),
+        }),
+    }
 }
 
 /// A token bucket of allowed failures.
@@ -210,23 +225,13 @@ impl Gate {
         let ttl = SESSION_TTL.as_secs() as i64;
         // A token is checked by its signature, which no one guesses: it neither draws on
         // the failure budget nor waits for it, so bad tokens (an expired one a script
-        // keeps sending, say) never lock out a good one. A configured API key (a
-        // `sb_secret_…` key for service_role) counts as a token; any other opaque key is
-        // a guess like a wrong secret.
-        if looks_like_jwt(credential) || verifier.is_api_key(credential) {
-            return match verifier.verify_at(credential, now) {
-                Err(e) => Err(InspectorError::Token(e)),
-                Ok(c) if &*c.role != "service_role" => Err(InspectorError::NotServiceRole {
-                    role: c.role.to_string(),
-                }),
-                Ok(c) => Ok(Grant {
-                    via: Via::ServiceRoleToken,
-                    expires_at: c.exp.min(now + ttl),
-                }),
-            };
+        // keeps sending, say) never lock out a good one.
+        if looks_like_jwt(credential) {
+            return service_role(verifier.verify_at(credential, now), now + ttl);
         }
-        // The admin secret can be guessed: failures draw on the budget, and while it is
-        // spent even the right secret waits.
+        // The admin secret and the API keys (`sb_secret_…` for service_role) can be
+        // guessed: failures draw on the budget, and while it is spent even the right
+        // secret or key waits.
         {
             let mut budget = lock(&self.failures);
             budget.refill(clock);
@@ -238,6 +243,9 @@ impl Gate {
             }
         }
         let outcome = match &self.admin_secret {
+            _ if verifier.is_api_key(credential) => {
+                service_role(verifier.verify_at(credential, now), now + ttl)
+            }
             None => Err(InspectorError::NoAdminSecret),
             Some(s) if same_secret(s, credential) => Ok(Grant {
                 via: Via::AdminSecret,
@@ -426,6 +434,42 @@ mod tests {
         );
         let later = t0 + Duration::from_secs(2);
         assert!(gate.check_at(&v, ADMIN, NOW, later).is_ok());
+    }
+
+    #[test]
+    fn api_keys_are_guessable_secrets_a_spent_budget_holds_back_too() {
+        const SECRET_KEY: &str = "sb_secret_0123456789abcdef";
+        const PUBLISHABLE: &str = "sb_publishable_0123456789abcdef";
+        let gate = Gate::new(Some(ADMIN.into()));
+        let v = verifier().api_keys(&[
+            (SECRET_KEY.into(), "service_role".into()),
+            (PUBLISHABLE.into(), "anon".into()),
+        ]);
+        let t0 = Instant::now();
+        let grant = gate.check_at(&v, SECRET_KEY, NOW, t0).unwrap();
+        assert_eq!(grant.via, Via::ServiceRoleToken);
+        assert_eq!(
+            gate.check_at(&v, PUBLISHABLE, NOW, t0),
+            Err(InspectorError::NotServiceRole {
+                role: "anon".into()
+            })
+        );
+        for _ in 1..FAILURE_BURST as usize {
+            assert_eq!(
+                gate.check_at(&v, "sb_secret_guess_0123456789", NOW, t0),
+                Err(InspectorError::WrongSecret)
+            );
+        }
+        assert_eq!(
+            gate.check_at(&v, SECRET_KEY, NOW, t0),
+            Err(InspectorError::TooManyAttempts {
+                retry_after_secs: 1
+            }),
+            "a guess that hits waits like the admin secret"
+        );
+        assert!(gate
+            .check_at(&v, SECRET_KEY, NOW, t0 + Duration::from_secs(2))
+            .is_ok());
     }
 
     #[test]
