@@ -423,11 +423,14 @@ impl SubscriptionIndex {
     /// Each table subscription with a filter (`Subscription::rebind`) and its table, once
     /// per filter.
     pub fn rebindable(&self) -> Vec<(TableScope, Arc<Rebind>)> {
+        // Each filtered subscriber has its own `Rebind`: a set, not a scan of the output,
+        // keeps this linear in subscriptions (it runs on the dispatch path after DDL).
+        let mut seen = std::collections::HashSet::new();
         let mut out: Vec<(TableScope, Arc<Rebind>)> = Vec::new();
         for m in self.members.iter() {
             for e in &m.value().2 {
                 if let Some(r) = &e.1.rebind {
-                    if !out.iter().any(|(_, o)| Arc::ptr_eq(o, r)) {
+                    if seen.insert(Arc::as_ptr(r)) {
                         out.push((e.1.scope.clone(), r.clone()));
                     }
                 }
