@@ -39,6 +39,11 @@ impl PgCluster {
         PgCluster::start_with(!durable, "")
     }
 
+    /// A durable cluster with server options `extra` (each ` -c name=value`).
+    pub fn start_durable_with(extra: &str) -> Result<PgCluster, BenchError> {
+        PgCluster::start_with(false, extra)
+    }
+
     /// A cluster that survives being stopped with `-m immediate`: no fsync (the machine
     /// does not crash, only Postgres), but every commit is written before it is
     /// acknowledged (`synchronous_commit` on), so no acknowledged commit is lost.

@@ -4,6 +4,7 @@
 mod changes;
 mod chaos;
 mod cluster;
+mod decoded;
 mod env;
 mod fanout;
 mod floor;
@@ -217,12 +218,19 @@ impl Common {
 
     /// A durable Postgres (fsync on; or `--database-url`), migrated, and the hub on it.
     pub async fn setup_durable(&self) -> Result<Setup, BenchError> {
+        self.setup_durable_with("").await
+    }
+
+    /// As `setup_durable`, the cluster started with server options `extra` (` -c a=b`);
+    /// a `--database-url` cluster must already have them.
+    pub async fn setup_durable_with(&self, extra: &'static str) -> Result<Setup, BenchError> {
         let (pg, url) = match &self.database_url {
             Some(url) => (None, url.clone()),
             None => {
-                let pg = tokio::task::spawn_blocking(|| env::PgCluster::start(true))
-                    .await
-                    .map_err(|e| BenchError::Setup(e.to_string()))??;
+                let pg =
+                    tokio::task::spawn_blocking(move || env::PgCluster::start_durable_with(extra))
+                        .await
+                        .map_err(|e| BenchError::Setup(e.to_string()))??;
                 let url = pg.url.clone();
                 (Some(pg), url)
             }

@@ -6,7 +6,12 @@
 //! uncaptured, one captured as itself (`realtime.enable` on the parent, or a publication
 //! with `publish_via_partition_root`) and one whose partition is captured (what the
 //! publication lists by default); then the one captured as itself written straight into
-//! its partition (logged under its name by the partition's own triggers, 065).
+//! its partition (logged under its name by the partition's own triggers, 065). With
+//! `--decoded`, two more: one captured without a trigger (logical decoding) and one whose
+//! trigger sends a logical message (see decoded.rs).
+//!
+//! Each round writes the tables in a rotated order (round r starts at table r), so no
+//! table always runs first.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use clap::Args;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::decoded;
 use crate::pgload::connect;
 use crate::stats::{cpu_seconds, machine_jiffies};
 use crate::{BenchError, Common};
@@ -37,6 +43,13 @@ pub struct WriteloadArgs {
     /// and the one captured as itself written straight into its partition.
     #[arg(long)]
     pub partitioned: bool,
+    /// Also a table captured by logical decoding (no trigger) and one whose trigger sends
+    /// a logical message; the cluster runs with `wal_level=logical`.
+    #[arg(long, conflicts_with = "partitioned")]
+    pub decoded: bool,
+    /// With `--decoded`: how the slot is read.
+    #[arg(long, value_enum, default_value = "stream")]
+    pub decoder: decoded::Decoder,
 }
 
 const SCHEMA: &str = r#"
@@ -98,9 +111,28 @@ const PARTITIONS: Variant = Variant {
     keys: &["plain", "captured", "partition_captured", "captured_direct"],
 };
 
+/// With `--decoded`: the third table has no trigger (its changes read from a slot), the
+/// fourth a trigger that sends a logical message.
+const DECODED: Variant = Variant {
+    schema: decoded::SCHEMA,
+    tables: &["wl_plain", "wl_captured", "wl_decoded", "wl_message"],
+    enable: &["public.wl_captured"],
+    labels: &[
+        "plain",
+        "captured",
+        "decoded (no trigger)",
+        "logical message trigger",
+    ],
+    keys: &["plain", "captured", "decoded", "message"],
+};
+
 pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
     let c = &a.common;
-    let setup = c.setup_durable().await?;
+    let setup = if a.decoded {
+        c.setup_durable_with(decoded::SERVER_OPTIONS).await?
+    } else {
+        c.setup_durable().await?
+    };
     let url = setup
         .database_url
         .clone()
@@ -108,6 +140,8 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
     let admin = connect(&url).await?;
     let v = if a.partitioned {
         &PARTITIONS
+    } else if a.decoded {
+        &DECODED
     } else {
         &UNPARTITIONED
     };
@@ -115,6 +149,14 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
     for table in v.enable {
         switchboard::db::enable(&admin, table).await?;
     }
+    let stop_reader = tokio_util::sync::CancellationToken::new();
+    let reader = if a.decoded {
+        decoded::make_slot(&url).await?;
+        Some(decoded::spawn_reader(&url, a.decoder, stop_reader.clone()).await?)
+    } else {
+        None
+    };
+    let reader_pid = reader.as_ref().map(|r| r.0);
     let hub_pid = setup.hub.pid;
     let modes = [
         ("single-row transactions", 1usize),
@@ -125,9 +167,13 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
     for (label, rows) in modes {
         let mut sums = vec![0.0f64; v.tables.len()];
         let (mut hub_cpu, mut captured_rows, mut busy) = (0.0f64, 0.0f64, 0.0f64);
-        for _ in 0..a.rounds {
-            for (i, table) in v.tables.iter().enumerate() {
+        let (mut reader_cpu, mut decoded_rows, mut catch_up) = (0.0f64, 0.0f64, 0.0f64);
+        for round in 0..a.rounds {
+            for k in 0..v.tables.len() {
+                let i = (round + k) % v.tables.len();
+                let table = v.tables[i];
                 let cpu0 = hub_pid.map(cpu_seconds).unwrap_or(0.0);
+                let reader0 = reader_pid.map(cpu_seconds).unwrap_or(0.0);
                 let j0 = machine_jiffies();
                 let run = rows_per_second(&url, table, a.clients, rows, c.window()).await?;
                 let j1 = machine_jiffies();
@@ -136,13 +182,24 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
                     captured_rows += run.rows as f64;
                     busy += (j1.0 - j0.0) as f64 / ((j1.1 - j0.1).max(1)) as f64;
                 }
+                if i == 2 && a.decoded {
+                    let lag = decoded::catch_up(&url, a.decoder).await?;
+                    catch_up = catch_up.max(lag.as_secs_f64());
+                    reader_cpu += reader_pid.map(cpu_seconds).unwrap_or(0.0) - reader0;
+                    decoded_rows += run.rows as f64;
+                }
                 sums[i] += run.per_second;
                 admin
                     .batch_execute(&format!("truncate public.{table}"))
                     .await?;
             }
-            // Keep the log from growing across rounds.
+            // Keep the logs from growing across rounds.
             admin.batch_execute("truncate realtime.changes").await?;
+            if a.decoded {
+                admin
+                    .batch_execute("truncate public.wl_decoded_log")
+                    .await?;
+            }
         }
         let mean: Vec<f64> = sums.iter().map(|s| s / a.rounds as f64).collect();
         let hub_us_per_row = hub_cpu * 1e6 / captured_rows.max(1.0);
@@ -154,6 +211,20 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
             let ratio = mean[i] / mean[0];
             let hub = if i == 1 {
                 format!(", hub {hub_us_per_row:.1} CPU µs per row")
+            } else if i == 2 && a.decoded {
+                let us = reader_cpu * 1e6 / decoded_rows.max(1.0);
+                figures.insert(
+                    "decoder_cpu_us_per_row".into(),
+                    json!((us * 10.0).round() / 10.0),
+                );
+                figures.insert(
+                    "decoder_catch_up_s".into(),
+                    json!((catch_up * 100.0).round() / 100.0),
+                );
+                format!(
+                    ", decoding process {us:.1} CPU µs per row, \
+                     read all WAL {catch_up:.2} s after the writers stopped (worst round)"
+                )
             } else {
                 String::new()
             };
@@ -182,9 +253,23 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
             serde_json::Value::Object(figures),
         );
     }
+    stop_reader.cancel();
+    if let Some((_, task)) = reader {
+        let logged = task.await.map_err(|e| BenchError::Setup(e.to_string()))??;
+        results.insert("decoded_log_rows".into(), json!(logged));
+        decoded::drop_slot(&url).await?;
+    }
     println!("writeload: {}", lines.join("; "));
     results.insert("scenario".into(), json!("writeload"));
     results.insert("partitioned".into(), json!(a.partitioned));
+    results.insert("decoded".into(), json!(a.decoded));
+    if a.decoded {
+        let decoder = match a.decoder {
+            decoded::Decoder::Stream => "stream",
+            decoded::Decoder::Poll => "poll",
+        };
+        results.insert("decoder".into(), json!(decoder));
+    }
     results.insert("clients".into(), json!(a.clients));
     results.insert("seconds_per_run".into(), json!(c.duration));
     println!("{}", serde_json::Value::Object(results));
