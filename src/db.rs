@@ -53,6 +53,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (74, include_str!("../sql/074_checks_per_row_type.sql")),
     (75, include_str!("../sql/075_webhook_replay_rotation.sql")),
     (76, include_str!("../sql/076_read_page_of.sql")),
+    (77, include_str!("../sql/077_webhooks_view_redacted.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -298,8 +298,8 @@ async fn only_rows_of_its_own_tables_pruned_past_it_mark_an_endpoint_lost() {
     );
 }
 
-/// A URL's password used to be shown in `GET /api/webhooks`, `/api/status` and
-/// `webhooks list`.
+/// A URL's password used to be shown in `GET /api/webhooks`, `/api/status`,
+/// `webhooks list` and the `realtime.webhooks` view.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_show_a_url_without_its_password() {
     let pg = hub().await;
@@ -337,4 +337,19 @@ async fn listings_show_a_url_without_its_password() {
         .unwrap()
         .get(0);
     assert_eq!(stored, url, "delivery still uses the credentials");
+    // The view too (before 077 it showed the password), with an `@` in the password.
+    pg.sql
+        .batch_execute(
+            "update realtime.webhook_endpoints set url = 'http://user:s3c@ret@127.0.0.1:9/hook?a=b@c' \
+             where name = 'crm'",
+        )
+        .await
+        .unwrap();
+    let viewed: String = pg
+        .sql
+        .query_one("select url from realtime.webhooks where name = 'crm'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(viewed, "http://user:***@127.0.0.1:9/hook?a=b@c");
 }
