@@ -28,6 +28,11 @@ fn with_kids(kids: &[&str]) -> String {
 
 /// An `authenticated` token for an hour, signed with the fixture key of `alg`, naming `kid`.
 fn signed(alg: Algorithm, kid: &str) -> String {
+    signed_as(alg, kid, "authenticated")
+}
+
+/// A token of `role` for an hour, signed with the fixture key of `alg`, naming `kid`.
+fn signed_as(alg: Algorithm, kid: &str, role: &str) -> String {
     let key = match alg {
         Algorithm::ES256 => {
             EncodingKey::from_ec_pem(include_bytes!("fixtures/jwt/ec_private.pem")).unwrap()
@@ -39,7 +44,7 @@ fn signed(alg: Algorithm, kid: &str) -> String {
     };
     let mut header = Header::new(alg);
     header.kid = Some(kid.to_owned());
-    let claims = json!({"role": "authenticated", "sub": "user-1", "exp": now() + 3600});
+    let claims = json!({"role": role, "sub": "user-1", "exp": now() + 3600});
     jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
@@ -91,6 +96,55 @@ async fn a_key_added_to_the_jwks_file_verifies_its_first_token_at_connect_and_at
         )
         .await;
     assert_eq!(reply.payload()["status"], "ok", "{reply:?}");
+}
+
+/// The admin API and the inspector's sign-in read the JWKS again for an unknown kid too:
+/// before, a service_role token signed with a key rotated in was refused there until the
+/// next periodic read.
+#[tokio::test]
+async fn a_service_role_token_signed_with_a_key_rotated_in_opens_the_admin_api_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, with_kids(&["rsa-1"])).unwrap();
+    let mut config = test_config();
+    config.jwks = Some(JwksSource::File(path.clone()));
+    config.jwks_refresh = None;
+    config.jwks_kid_refresh_every = Duration::ZERO;
+    let hub = TestHub::start(config).await;
+    let status = |token: String| {
+        let url = hub.http_url("/api/status");
+        async move {
+            let resp = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let ec = signed_as(Algorithm::ES256, "ec-1", "service_role");
+    let (code, body) = status(ec.clone()).await;
+    assert_eq!(code, 401, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], signer_error("ec-1"));
+
+    std::fs::write(&path, with_kids(&["rsa-1", "ec-1"])).unwrap();
+    let (code, body) = status(ec).await;
+    assert_eq!(code, 200, "{body}");
+
+    // The inspector's sign-in, with a key added after that.
+    std::fs::write(&path, with_kids(&["rsa-1", "ec-1", "ed-1"])).unwrap();
+    let ed = signed_as(Algorithm::EdDSA, "ed-1", "service_role");
+    let resp = reqwest::Client::new()
+        .post(hub.http_url("/inspector/api/session"))
+        .json(&json!({ "credential": ed }))
+        .send()
+        .await
+        .unwrap();
+    let code = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    assert_eq!(code, 200, "{body}");
 }
 
 /// A JWKS endpoint: answers `status` with `body`, counting requests.

@@ -120,6 +120,17 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         })
 }
 
+/// Reads the JWKS again when `credential` is a token whose kid no key has (see
+/// `Verifier::verify_fresh`); anything else reads nothing.
+pub async fn read_keys_for(verifier: &Verifier, credential: &str) {
+    let credential = credential.trim();
+    if looks_like_jwt(credential) {
+        if let Err(TokenError::Signer { .. }) = verifier.verify(credential) {
+            let _ = verifier.verify_fresh(credential).await;
+        }
+    }
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     v.strip_prefix("Bearer ")
@@ -311,6 +322,23 @@ impl Gate {
     }
 
     /// A session cookie, else a bearer credential; else the visitor must sign in.
+    /// As `authorize`, but a bearer token whose kid no key has makes the hub read its JWKS
+    /// again first (at most once per interval), as at connect: a service_role token
+    /// signed with a key rotated in since the last read opens the admin API at once.
+    pub async fn authorize_fresh(
+        &self,
+        verifier: &Verifier,
+        headers: &HeaderMap,
+        now: i64,
+    ) -> Result<Grant, InspectorError> {
+        if self.session(headers, now).is_none() {
+            if let Some(token) = bearer(headers) {
+                read_keys_for(verifier, token).await;
+            }
+        }
+        self.authorize(verifier, headers, now)
+    }
+
     pub fn authorize(
         &self,
         verifier: &Verifier,

@@ -52,8 +52,8 @@ pub async fn changes_feed(
 
 /// The consumers, for an admin (a service_role token or the admin secret, as for every
 /// operations endpoint).
-fn admin(hub: &Hub, headers: &HeaderMap) -> Result<ConsumersHandle, Box<Response>> {
-    super::require_admin(hub, headers)?;
+async fn admin(hub: &Hub, headers: &HeaderMap) -> Result<ConsumersHandle, Box<Response>> {
+    super::require_admin(hub, headers).await?;
     hub.consumers
         .clone()
         .ok_or_else(|| Box::new(webhook_error(WebhookApiError::NoDatabase)))
@@ -69,7 +69,7 @@ pub(crate) fn api_error(e: ConsumersError) -> WebhookApiError {
 
 /// `GET /realtime/v1/api/webhooks`
 pub async fn list_webhooks(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
-    let consumers = match admin(&hub, &headers) {
+    let consumers = match admin(&hub, &headers).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -85,7 +85,7 @@ pub async fn get_webhook(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let consumers = match admin(&hub, &headers) {
+    let consumers = match admin(&hub, &headers).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -107,7 +107,7 @@ pub async fn operate_webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let consumers = match admin(&hub, &headers) {
+    let consumers = match admin(&hub, &headers).await {
         Ok(c) => c,
         Err(r) => return *r,
     };

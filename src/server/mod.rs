@@ -301,16 +301,17 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
 
 /// Admin routes need a service_role token or the admin secret (bearer, or the
 /// inspector's session); `Err` is the refusal to send.
-pub(crate) fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Box<Response>> {
+pub(crate) async fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let now = chrono::Utc::now().timestamp();
     hub.admin
-        .authorize(&hub.services.verifier, headers, now)
+        .authorize_fresh(&hub.services.verifier, headers, now)
+        .await
         .map(|_| ())
         .map_err(|e| Box::new(admin::refusal(e)))
 }
 
 async fn status(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = require_admin(&hub, &headers) {
+    if let Err(refused) = require_admin(&hub, &headers).await {
         return *refused;
     }
     let m = &hub.services.metrics;

@@ -99,8 +99,10 @@ fn inspector(hub: &Hub) -> &Inspector {
         .expect("inspector routes are mounted only with an inspector")
 }
 
-fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Grant, InspectorError> {
-    hub.admin.authorize(&hub.services.verifier, headers, now())
+async fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Grant, InspectorError> {
+    hub.admin
+        .authorize_fresh(&hub.services.verifier, headers, now())
+        .await
 }
 
 fn grant_json(g: Grant) -> Value {
@@ -135,6 +137,7 @@ async fn sign_in(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -
         Err(e) => return error(e),
     };
     let credential = body.get("credential").and_then(Value::as_str).unwrap_or("");
+    admin::read_keys_for(&hub.services.verifier, credential).await;
     let now = now();
     match hub.admin.check(&hub.services.verifier, credential, now) {
         Ok(g) => {
@@ -159,7 +162,7 @@ async fn sign_out(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
 }
 
 async fn snapshot(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&hub, &headers) {
+    if let Err(e) = authorize(&hub, &headers).await {
         return error(e);
     }
     Json(snapshot::build(&hub, 0).await).into_response()
@@ -179,7 +182,7 @@ struct StreamState {
 /// Server-sent events: a `snapshot` every second (samples sent once each), and a final
 /// `signed_out` when the session ends. Ends when the hub shuts down.
 async fn stream(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
-    let grant = match authorize(&hub, &headers) {
+    let grant = match authorize(&hub, &headers).await {
         Ok(g) => g,
         Err(e) => return error(e),
     };
@@ -237,7 +240,7 @@ async fn webhook_action(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(e) = authorize(&hub, &headers) {
+    if let Err(e) = authorize(&hub, &headers).await {
         return error(e);
     }
     if !admin::same_origin(&headers) {
@@ -254,7 +257,7 @@ async fn webhook_action(
 
 /// `{"role": ..., "claims": {...}}` -> a short-lived HS256 token for the "try it" panel.
 async fn mint(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(e) = authorize(&hub, &headers) {
+    if let Err(e) = authorize(&hub, &headers).await {
         return error(e);
     }
     if !admin::same_origin(&headers) {
@@ -290,7 +293,7 @@ async fn mint(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> R
 /// "role", "expires_at"}`, or `{"valid": false, "reason"}` with the reason in the words
 /// of a join reply or `system` message (a browser's WebSocket cannot read the 401 body).
 async fn check_token(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(e) = authorize(&hub, &headers) {
+    if let Err(e) = authorize(&hub, &headers).await {
         return error(e);
     }
     if !admin::same_origin(&headers) {
@@ -302,9 +305,7 @@ async fn check_token(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Byte
     };
     let token = body.get("token").and_then(Value::as_str).unwrap_or("");
     // As the upgrade does, a kid no key has makes the hub read its JWKS again first.
-    if let Err(TokenError::Signer { .. }) = hub.services.verifier.verify(token) {
-        let _ = hub.services.verifier.verify_fresh(token).await;
-    }
+    admin::read_keys_for(&hub.services.verifier, token).await;
     Json(token_verdict(&hub.services.verifier, token, now())).into_response()
 }
 
