@@ -65,8 +65,9 @@ async fn connect(hub: &TestHub, apikey: &str) -> Result<WsClient, String> {
     }
 }
 
-#[tokio::test]
-async fn a_key_added_to_the_jwks_file_verifies_its_first_token_at_connect_and_at_join() {
+/// A hub whose JWKS is a file holding `rsa-1` only, read again only for unknown kids (each
+/// time one comes); the file's directory lives as long as the first value.
+async fn hub_on_jwks_file() -> (tempfile::TempDir, std::path::PathBuf, TestHub) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwks.json");
     std::fs::write(&path, with_kids(&["rsa-1"])).unwrap();
@@ -75,6 +76,12 @@ async fn a_key_added_to_the_jwks_file_verifies_its_first_token_at_connect_and_at
     config.jwks_refresh = None;
     config.jwks_kid_refresh_every = Duration::ZERO;
     let hub = TestHub::start(config).await;
+    (dir, path, hub)
+}
+
+#[tokio::test]
+async fn a_key_added_to_the_jwks_file_verifies_its_first_token_at_connect_and_at_join() {
+    let (_dir, path, hub) = hub_on_jwks_file().await;
 
     let ec = signed(Algorithm::ES256, "ec-1");
     assert_eq!(connect(&hub, &ec).await.err(), Some(signer_error("ec-1")));
@@ -103,14 +110,7 @@ async fn a_key_added_to_the_jwks_file_verifies_its_first_token_at_connect_and_at
 /// next periodic read.
 #[tokio::test]
 async fn a_service_role_token_signed_with_a_key_rotated_in_opens_the_admin_api_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jwks.json");
-    std::fs::write(&path, with_kids(&["rsa-1"])).unwrap();
-    let mut config = test_config();
-    config.jwks = Some(JwksSource::File(path.clone()));
-    config.jwks_refresh = None;
-    config.jwks_kid_refresh_every = Duration::ZERO;
-    let hub = TestHub::start(config).await;
+    let (_dir, path, hub) = hub_on_jwks_file().await;
     let status = |token: String| {
         let url = hub.http_url("/api/status");
         async move {
