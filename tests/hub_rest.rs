@@ -540,3 +540,53 @@ async fn configured_supabase_api_keys_stand_for_their_roles_at_connect_rest_and_
         .expect("an unknown key is refused");
     assert_eq!(refused.status, 401, "{}", refused.body);
 }
+
+/// `{"x": [[[…1…]]]}` with `depth` levels in all.
+fn nested_object(depth: usize) -> Value {
+    let mut v = json!(1);
+    for _ in 1..depth {
+        v = json!([v]);
+    }
+    json!({ "x": v })
+}
+
+/// JSON nested past the hub's reader (127 levels) is refused saying so, at both REST
+/// routes and in a socket push, whose reply reaches the push's own topic and ref. Before,
+/// REST said the body was not a JSON object (or not JSON), and the socket's reply went to
+/// `phoenix` with no ref, so a realtime-js `send` or `track` timed out after 10 s.
+#[tokio::test]
+async fn json_nested_too_deep_is_refused_saying_so_at_rest_and_on_the_socket() {
+    let hub = TestHub::start_default().await;
+    let mut member = hub.connect_v1().await;
+    member.join_ok("realtime:lobby", json!({})).await;
+    let deep = nested_object(130);
+    let body = json!({"messages":[{"topic":"lobby","event":"e","payload":deep}]});
+    let (status, text) = post(&hub, BATCH, bearer(&hub), &body).await;
+    assert_eq!(status, 422, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({"errors": {"body": ["is JSON nested deeper than 127 levels"]}})
+    );
+    let single = "/realtime/v1/api/broadcast/lobby/events/e";
+    let (status, text) = post(&hub, single, bearer(&hub), &deep).await;
+    assert_eq!(status, 422, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({"errors": {"payload": ["is JSON nested deeper than 127 levels"]}})
+    );
+
+    let push = json!({"topic": "realtime:lobby", "event": "broadcast", "ref": "9",
+        "payload": {"type": "broadcast", "event": "e", "payload": deep}});
+    member.send_text(&push.to_string()).await;
+    let reply = member.recv().await;
+    assert_eq!(
+        reply.json(),
+        &json!({"topic": "realtime:lobby", "event": "phx_reply", "ref": "9",
+            "payload": {"status": "error",
+                "response": {"reason": "malformed message: invalid json: nested deeper than 127 levels"}}})
+    );
+    // Shallower than the limit is delivered.
+    let (status, text) = post(&hub, single, bearer(&hub), &nested_object(120)).await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(member.recv().await.payload()["payload"], nested_object(120));
+}

@@ -3,6 +3,8 @@
 //! one buffer with `serde_json::to_writer`; decoders never panic, whatever the input.
 
 use super::{Broadcast, BroadcastPayload, Inbound, InboundPayload, Vsn, WireFrame};
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
@@ -14,6 +16,10 @@ pub enum DecodeError {
     UnsupportedVsn(String),
     #[error("invalid json")]
     InvalidJson,
+    /// serde_json's reader stops at 128 levels (a payload of 127 nested arrays or
+    /// objects is read; one more is not).
+    #[error("invalid json: nested deeper than 127 levels")]
+    TooDeep,
     #[error("expected a json object")]
     ExpectedObject,
     #[error("expected a 5-element array")]
@@ -68,7 +74,7 @@ impl Vsn {
 
 /// Decodes a text frame in the connection's serializer.
 pub fn decode_text(vsn: Vsn, text: &str) -> Result<Inbound, DecodeError> {
-    let value: Value = serde_json::from_str(text).map_err(|_| DecodeError::InvalidJson)?;
+    let value: Value = serde_json::from_str(text).map_err(|e| json_error(&e))?;
     match vsn {
         Vsn::V1 => decode_v1(value),
         Vsn::V2 => decode_v2(value),
@@ -263,21 +269,47 @@ fn decode_metadata(bytes: &[u8]) -> Result<Option<Value>, DecodeError> {
     }
 }
 
+/// `TooDeep` for serde_json's depth limit, else `InvalidJson`.
+pub fn json_error(e: &serde_json::Error) -> DecodeError {
+    // serde_json names no error code for its depth limit; its message is stable.
+    if e.to_string().starts_with("recursion limit exceeded") {
+        DecodeError::TooDeep
+    } else {
+        DecodeError::InvalidJson
+    }
+}
+
 /// What a text frame that failed to decode still says about the push it was: its topic,
 /// refs and event, when a topic and a ref can be read. The error reply then reaches the
 /// push that caused it, instead of the push timing out on the client. The payload is null.
+/// Only the frame's top level is read into values (its members are kept as raw text,
+/// which serde_json skips over without a depth limit), so a payload nested too deep to
+/// decode still has its reply reach the push.
 pub fn rejected_text(vsn: Vsn, text: &str) -> Option<Inbound> {
-    let value: Value = serde_json::from_str(text).ok()?;
-    let field = |name: &str, at: usize| match (vsn, &value) {
-        (Vsn::V1, Value::Object(map)) => map.get(name),
-        (Vsn::V2, Value::Array(items)) => items.get(at),
-        _ => None,
+    use serde_json::value::RawValue;
+    let raw: Vec<(String, &RawValue)> = match vsn {
+        Vsn::V1 => serde_json::from_str::<HashMap<String, &RawValue>>(text)
+            .ok()?
+            .into_iter()
+            .collect(),
+        Vsn::V2 => serde_json::from_str::<Vec<&RawValue>>(text)
+            .ok()?
+            .into_iter()
+            .take(4)
+            .enumerate()
+            .map(|(i, v)| (["join_ref", "ref", "topic", "event"][i].to_owned(), v))
+            .collect(),
     };
+    let field = |name: &str| -> Option<Value> {
+        let (_, v) = raw.iter().find(|(k, _)| k == name)?;
+        serde_json::from_str(v.get()).ok()
+    };
+    let (topic, event) = (field("topic"), field("event"));
     rejected(
-        field("join_ref", 0).cloned(),
-        field("ref", 1).cloned(),
-        field("topic", 2).and_then(Value::as_str),
-        field("event", 3).and_then(Value::as_str),
+        field("join_ref"),
+        field("ref"),
+        topic.as_ref().and_then(Value::as_str),
+        event.as_ref().and_then(Value::as_str),
     )
 }
 

@@ -66,7 +66,7 @@ mod texts;
 
 pub use codec::{
     decode_binary, decode_text, encode, encode_broadcast, encode_channel_broadcast, encode_reply,
-    encode_sized, encoded_len, rejected_binary, rejected_text, DecodeError,
+    encode_sized, encoded_len, json_error, rejected_binary, rejected_text, DecodeError,
 };
 pub use texts::{
     enable_sql, enable_statement, publication_sql, refuse_nul, AckError, BodyProblem, ChangesError,

@@ -658,6 +658,43 @@ fn decoders_never_panic_on_garbage() {
     }
 }
 
+/// A payload nested past serde_json's limit is refused as too deep, and the refusal still
+/// reaches its push (before, its topic and ref were read with the same limit, so the
+/// reply went to `phoenix` with no ref and the client's push timed out).
+#[test]
+fn a_payload_nested_too_deep_is_refused_on_its_own_topic_and_ref() {
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    let v2 = |depth: usize| {
+        format!(
+            r#"["1","2","realtime:r","broadcast",{{"x":{}}}]"#,
+            nested(depth)
+        )
+    };
+    // The frame's array and the payload object are two levels.
+    assert!(decode_text(Vsn::V2, &v2(125)).is_ok());
+    assert_eq!(decode_text(Vsn::V2, &v2(126)), Err(DecodeError::TooDeep));
+    assert_eq!(
+        DecodeError::TooDeep.to_string(),
+        "invalid json: nested deeper than 127 levels"
+    );
+    let deep = v2(100_000);
+    let r = rejected_text(Vsn::V2, &deep).expect("topic and ref readable");
+    assert_eq!(
+        (r.ref_.as_deref(), r.topic.as_str(), r.event.as_str()),
+        (Some("2"), "realtime:r", "broadcast")
+    );
+    let v1 = format!(
+        r#"{{"topic":"realtime:r","event":"presence","payload":{},"ref":"7"}}"#,
+        nested(100_000)
+    );
+    assert_eq!(decode_text(Vsn::V1, &v1), Err(DecodeError::TooDeep));
+    let r = rejected_text(Vsn::V1, &v1).expect("topic and ref readable");
+    assert_eq!(
+        (r.ref_.as_deref(), r.event.as_str()),
+        (Some("7"), "presence")
+    );
+}
+
 #[test]
 fn a_rejected_frame_keeps_its_topic_and_refs_when_they_can_be_read() {
     let v1 = rejected_text(

@@ -517,6 +517,8 @@ pub enum BodyProblem {
     NulCharacter,
     /// Not a boolean as Ecto casts one (`true`, `false`, `"true"`, `"false"`, `"1"`, `"0"`).
     NotBoolean,
+    /// JSON nested past the hub's reader (see `DecodeError::TooDeep`).
+    TooDeep,
 }
 
 impl BodyProblem {
@@ -530,6 +532,7 @@ impl BodyProblem {
             BodyProblem::TopicMissing => "is required",
             BodyProblem::NulCharacter => "must not contain a NUL character",
             BodyProblem::NotBoolean => "is invalid",
+            BodyProblem::TooDeep => "is JSON nested deeper than 127 levels",
         }
     }
 }

@@ -64,6 +64,14 @@ fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes,
     })
 }
 
+/// `otherwise`, unless the body was JSON nested too deep to read, which says so.
+fn json_problem(e: &serde_json::Error, otherwise: BodyProblem) -> BodyProblem {
+    match crate::protocol::json_error(e) {
+        crate::protocol::DecodeError::TooDeep => BodyProblem::TooDeep,
+        _ => otherwise,
+    }
+}
+
 fn unprocessable(field: impl Into<String>, problem: BodyProblem) -> Response {
     http_error(HttpError::Unprocessable {
         field: field.into(),
@@ -193,8 +201,9 @@ pub async fn broadcast_batch(
         Ok(body) => body,
         Err(e) => return http_error(e),
     };
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return unprocessable("body", BodyProblem::NotJsonObject);
+    let body = match serde_json::from_slice::<Value>(&body) {
+        Ok(body) => body,
+        Err(e) => return unprocessable("body", json_problem(&e, BodyProblem::NotJsonObject)),
     };
     let Some(messages) = body.get("messages").and_then(Value::as_array) else {
         return unprocessable("messages", BodyProblem::MessagesMissing);
@@ -314,7 +323,9 @@ pub async fn broadcast_one(
             // `{"_json": body}`, so subscribers always get an object (the Python
             // client's model refuses anything else).
             Ok(v) => BroadcastPayload::Json(serde_json::json!({ "_json": v })),
-            Err(_) => return unprocessable("payload", BodyProblem::PayloadNotJson),
+            Err(e) => {
+                return unprocessable("payload", json_problem(&e, BodyProblem::PayloadNotJson))
+            }
         }
     };
     let private = params
