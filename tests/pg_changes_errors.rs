@@ -22,6 +22,10 @@ grant select on "we""ird ✓"."ta""b le's ✓" to authenticated;
 select realtime.enable('"we""ird ✓"."ta""b le''s ✓"');
 create table "we""ird ✓"."Off; ✓" (id bigserial primary key);
 grant select on "we""ird ✓"."Off; ✓" to authenticated;
+create view public.items_view as select id, n from public.items;
+grant select on public.items_view to authenticated;
+create materialized view public.items_totals as select count(*) as n from public.items;
+create view public.hidden_view as select id from public.items;
 "#;
 
 const USER: &str = "9d8c7b6a-5f4e-4d3c-8b2a-190817263544";
@@ -118,6 +122,43 @@ async fn a_table_that_does_not_exist_gets_a_system_error() {
     .await;
     assert!(
         message.contains("public.nope") && message.contains("does not exist"),
+        "{message}"
+    );
+}
+
+/// A view (or materialized view) the role may read is named as one: before, it was told
+/// the table did not exist or could not be read, though it could. A role that may not
+/// read it is told what it is told of a missing table.
+#[tokio::test]
+async fn a_view_gets_an_error_saying_realtime_captures_tables_only() {
+    let pg = PgHub::start(SETUP).await;
+    let message = assert_entry_error(
+        &pg,
+        json!({"event": "*", "schema": "public", "table": "items_view"}),
+    )
+    .await;
+    assert!(
+        message.ends_with(
+            "public.items_view is a view, and realtime captures tables only; \
+             subscribe to the tables it reads from"
+        ),
+        "{message}"
+    );
+    pg.exec("grant select on public.items_totals to authenticated")
+        .await;
+    let message = assert_entry_error(
+        &pg,
+        json!({"event": "*", "schema": "public", "table": "items_totals"}),
+    )
+    .await;
+    assert!(message.contains("is a materialized view"), "{message}");
+    let message = assert_entry_error(
+        &pg,
+        json!({"event": "*", "schema": "public", "table": "hidden_view"}),
+    )
+    .await;
+    assert!(
+        message.contains("public.hidden_view does not exist or role authenticated may not"),
         "{message}"
     );
 }

@@ -49,6 +49,16 @@ const SCHEMA_USABLE: &str = "select exists (select 1 from pg_catalog.pg_namespac
      join pg_catalog.pg_roles r on r.rolname = $2 \
      where n.nspname = $1 and pg_catalog.has_schema_privilege(r.oid, n.oid, 'USAGE'))";
 
+/// What `$1.$2` is when it is a relation realtime cannot capture (a view, a materialized
+/// view, a foreign table) that role `$3` may select from; no row otherwise.
+const OTHER_RELATION: &str = "select case c.relkind when 'v' then 'view' \
+       when 'm' then 'materialized view' else 'foreign table' end \
+     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
+     join pg_catalog.pg_roles r on r.rolname = $3 \
+     where n.nspname = $1 and c.relname = $2 and c.relkind in ('v', 'm', 'f') \
+       and pg_catalog.has_schema_privilege(r.oid, n.oid, 'USAGE') \
+       and pg_catalog.has_table_privilege(r.oid, c.oid, 'SELECT')";
+
 /// A column's type as a name Postgres reads back, without its modifier.
 const COLUMN_TYPE: &str =
     "select pg_catalog.format_type(a.atttypid, null) from pg_catalog.pg_attribute a \
@@ -460,6 +470,22 @@ impl Catalog {
         let client = self.inner.pool.get().await?;
         let stmt = client.prepare_cached(SCHEMA_USABLE).await?;
         Ok(client.query_one(&stmt, &[&schema, &role]).await?.get(0))
+    }
+
+    /// `view`, `materialized view` or `foreign table` when `schema.name` is one that
+    /// `role` may select from (realtime captures tables only).
+    pub async fn other_relation(
+        &self,
+        schema: &str,
+        name: &str,
+        role: &str,
+    ) -> Result<Option<String>, CatalogError> {
+        let client = self.inner.pool.get().await?;
+        let stmt = client.prepare_cached(OTHER_RELATION).await?;
+        Ok(client
+            .query_opt(&stmt, &[&schema, &name, &role])
+            .await?
+            .map(|row| row.get(0)))
     }
 
     /// The columns of `table` that `role` may select, in attribute order; `None` when

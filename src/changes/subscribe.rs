@@ -250,6 +250,11 @@ async fn subscription(
     }
     let visible = catalog.visible_to(info, role).await.map_err(unavailable)?;
     let Some((info, selectable)) = visible else {
+        // Told only to a role that may select from it, so it leaks nothing.
+        let other = catalog.other_relation(schema, table, role);
+        if let Some(kind) = other.await.map_err(unavailable)? {
+            return Err(ChangesError::NotATable { table: name, kind });
+        }
         return Err(ChangesError::NoVisibleTable {
             table: name,
             role: role.to_owned(),

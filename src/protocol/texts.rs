@@ -217,6 +217,10 @@ pub enum ChangesError {
     /// for both, so a token cannot learn which tables exist.
     #[error("Unable to subscribe to changes with given parameters: table {table} does not exist or role {role} may not select from it")]
     NoVisibleTable { table: String, role: String },
+    /// A view, materialized view or foreign table the role may select from: no change of
+    /// it is ever captured (Supabase's publication cannot hold one either).
+    #[error("Unable to subscribe to changes with given parameters: {table} is a {kind}, and realtime captures tables only; subscribe to the tables it reads from")]
+    NotATable { table: String, kind: String },
     /// A schema-wide entry on a schema that does not exist or the role may not use (one
     /// answer for both, as for tables).
     #[error("Unable to subscribe to changes with given parameters: schema {schema} does not exist or role {role} may not use it")]
