@@ -2,9 +2,9 @@
 //! and the v2 binary broadcast frames (kind 3 in, kind 4 out). Encoders write straight into
 //! one buffer with `serde_json::to_writer`; decoders never panic, whatever the input.
 
-use super::{Broadcast, BroadcastPayload, Inbound, InboundPayload, Vsn, WireFrame};
 use std::collections::HashMap;
 
+use super::{Broadcast, BroadcastPayload, Inbound, InboundPayload, Vsn, WireFrame};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;

@@ -321,7 +321,6 @@ impl Gate {
         }
     }
 
-    /// A session cookie, else a bearer credential; else the visitor must sign in.
     /// As `authorize`, but a bearer token whose kid no key has makes the hub read its JWKS
     /// again first (at most once per interval), as at connect: a service_role token
     /// signed with a key rotated in since the last read opens the admin API at once.
@@ -339,6 +338,7 @@ impl Gate {
         self.authorize(verifier, headers, now)
     }
 
+    /// A session cookie, else a bearer credential; else the visitor must sign in.
     pub fn authorize(
         &self,
         verifier: &Verifier,
