@@ -607,6 +607,32 @@ async fn python_resumes_on_a_second_hub() {
     assert_outcome(&o, CRASH_WINDOW);
 }
 
+/// Waits until the hub has seen `sub`'s client read past its first join's resume message:
+/// a change it received since moves the subscription's checkpointed position, which only
+/// the client's pongs do. (Until then, a channel dropped is told to refetch again on its
+/// next join, whatever else happened, since the client may never have read the first.)
+async fn acknowledged(db: &tokio_postgres::Client, sub: &mut Subscriber) {
+    let hold = "select snapshot::text from realtime.log_holds where kind = 'resume'";
+    let before: String = db.query_one(hold, &[]).await.unwrap().get(0);
+    let seen = insert(db, ALICE).await.unwrap();
+    sub.until(Duration::from_secs(10), "a live change", |l| {
+        l["ev"] == "change" && l["id"] == seen
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now: String = db.query_one(hold, &[]).await.unwrap().get(0);
+        if now != before {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the position never moved past {before}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_js_is_told_to_refetch_when_the_grace_has_passed() {
     let db_url = database().await;
@@ -621,10 +647,11 @@ async fn realtime_js_is_told_to_refetch_when_the_grace_has_passed() {
     )
     .await;
     sub.resumed(Duration::from_secs(20)).await;
+    let db = connect(&db_url).await;
+    acknowledged(&db, &mut sub).await;
     // The hub sees the socket close and parks it; the client stays away past the grace.
     proxy.set_mode(Mode::BlackHole);
     proxy.cut();
-    let db = connect(&db_url).await;
     insert(&db, ALICE).await.unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     proxy.set_mode(Mode::Forward);

@@ -321,6 +321,53 @@ async fn a_channel_left_on_purpose_is_not_resumed() {
     );
 }
 
+/// Found by a black-box run: realtime-js, after failed connection attempts, joins a
+/// channel twice on its first connection and drops the first join's frames (they carry
+/// the old join_ref), so it never read that first join's "refetch". The second join
+/// found the first still live, resumed from where it started and said `recovered: true,
+/// count: 0`: the app skipped its refetch and never had the rows written before. Now
+/// the second join is told to refetch as well, and so is a join after a socket dropped
+/// before any pong showed the refetch was read. Once a pong shows it, a resume is
+/// recovered as before.
+#[tokio::test]
+async fn a_refetch_the_client_may_not_have_read_is_told_again() {
+    let pg = PgHub::start(SETUP).await;
+    let token = pg.user(ALICE);
+    let refetch = |sys: &Value| {
+        assert_eq!(sys["recovered"], false, "{sys}");
+        assert!(
+            sys["message"]
+                .as_str()
+                .unwrap()
+                .contains("no earlier subscription"),
+            "{sys}"
+        );
+    };
+    // Joined twice on one connection, no pong in between.
+    let mut c = connect(&pg, "client-twice").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    refetch(&resume_message(&mut c).await);
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    refetch(&resume_message(&mut c).await);
+    // The socket drops before a pong: the next connection is told to refetch too.
+    drop(c);
+    let mut c = connect(&pg, "client-twice").await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    refetch(&resume_message(&mut c).await);
+    // A pong shows it was read: from then on the channel resumes.
+    let id = insert(&pg, ALICE).await;
+    expect_row(&mut c, "INSERT", "items", id).await;
+    c.acknowledge().await;
+    subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
+    assert_recovered(&resume_message(&mut c).await, 0);
+    c.acknowledge().await;
+    drop(c);
+    wait_parked(&pg, 1).await;
+    let missed = insert_n(&pg, ALICE, 2).await;
+    let mut c = connect(&pg, "client-twice").await;
+    expect_resumed(&mut c, "realtime:items", &token, &missed).await;
+}
+
 #[tokio::test]
 async fn a_resume_after_the_grace_says_it_expired() {
     let pg = PgHub::start_with(SETUP, |c| c.resume_grace = Duration::from_secs(1)).await;

@@ -127,6 +127,19 @@ impl Session {
         };
         let unconfirmed = from.clone().unwrap_or_else(|| cut.position.to_string());
         let ack = Arc::new(ChannelAck::new(cut.clone(), unconfirmed, u64::MAX, ahead));
+        // Known before the outcome is told: a join of this channel again meanwhile is
+        // told to refetch as well.
+        let outcome_now = match (&claim.found, &from) {
+            (_, Some(_)) => None,
+            (Ok(Found::Expired), _) => Some(NotRecovered::Expired),
+            (Ok(Found::Pruned), _) => Some(NotRecovered::Pruned),
+            (Ok(Found::ToldRefetch(why)), _) => Some(*why),
+            (Ok(_), _) => Some(NotRecovered::Unknown),
+            (Err(_), _) => Some(NotRecovered::Failed),
+        };
+        if let Some(why) = outcome_now {
+            ack.told_refetch(why);
+        }
         let live = Arc::new(LiveChannel::new(
             claim.ident,
             claim.owner,
@@ -138,8 +151,9 @@ impl Session {
         let conn_id = self.conn_id;
         let refused = claim.refused;
         tokio::spawn(async move {
-            let outcome = match (claim.found, from) {
-                (Ok(_), Some(from)) => {
+            let outcome = match (outcome_now, from) {
+                (Some(why), _) => Resumed::NotRecovered(why),
+                (None, Some(from)) => {
                     match handle.replay(&target, &from, &cut.position, &out).await {
                         Ok(Some(_)) if refused => Resumed::NotRecovered(NotRecovered::Refused),
                         Ok(Some(count)) => Resumed::Recovered { count },
@@ -152,11 +166,11 @@ impl Session {
                         }
                     }
                 }
-                (Ok(Found::Expired), _) => Resumed::NotRecovered(NotRecovered::Expired),
-                (Ok(Found::Pruned), _) => Resumed::NotRecovered(NotRecovered::Pruned),
-                (Ok(_), _) => Resumed::NotRecovered(NotRecovered::Unknown),
-                (Err(_), _) => Resumed::NotRecovered(NotRecovered::Failed),
+                (None, None) => Resumed::NotRecovered(NotRecovered::Unknown),
             };
+            if let Resumed::NotRecovered(why) = outcome {
+                ack.told_refetch(why);
+            }
             handle.count(&outcome);
             gate.open([tell(outcome)]);
             ack.caught_up(acks.next_ping_id());

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::capture::Position;
 use crate::changes::Mark;
+use crate::protocol::NotRecovered;
 
 /// Pings never answered are forgotten beyond this many.
 const MAX_IN_FLIGHT: usize = 64;
@@ -137,6 +138,8 @@ pub struct ChannelAck {
     /// Where the channel resumed from, when that was ahead of the floor (it came from a
     /// hub that had read further): no acknowledged position behind it counts.
     ahead: Option<Arc<Position>>,
+    /// Why the channel was told to refetch, if it was.
+    refetch: Mutex<Option<NotRecovered>>,
 }
 
 impl ChannelAck {
@@ -151,6 +154,24 @@ impl ChannelAck {
             unconfirmed,
             valid_from: AtomicU64::new(valid_from),
             ahead,
+            refetch: Mutex::new(None),
+        }
+    }
+
+    /// The channel is told to refetch (`why`), or will be: its resume position covers
+    /// nothing before where it started.
+    pub fn told_refetch(&self, why: NotRecovered) {
+        *lock(&self.refetch) = Some(why);
+    }
+
+    /// Why the channel was told to refetch, while no pong shows its client read that (a
+    /// join of it again must be told so too: realtime-js drops the first join's frames
+    /// once it has sent a second join).
+    pub fn unread_refetch(&self, conn: &ConnAcks) -> Option<NotRecovered> {
+        let why = (*lock(&self.refetch))?;
+        match conn.acked() {
+            Some((id, _)) if id >= self.valid_from.load(Ordering::Acquire) => None,
+            _ => Some(why),
         }
     }
 

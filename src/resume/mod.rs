@@ -271,13 +271,16 @@ impl ResumeHandle {
         // half open): its in-memory position is the freshest; it is retired. Only once the
         // row is taken: a take that fails leaves it live (and checkpointed) as it was, and
         // a checkpoint of it written in between is refused by the row's new owner.
-        let local = self
-            .inner
-            .live
-            .remove(holder)
-            .map(|(_, old)| old.ack.position(&old.conn));
+        // Told to refetch, unread: a resume from its position would skip the refetch.
+        let local = self.inner.live.remove(holder).map(|(_, old)| {
+            match old.ack.unread_refetch(&old.conn) {
+                Some(why) => Err(why),
+                None => Ok(old.ack.position(&old.conn)),
+            }
+        });
         Ok(match (local, found) {
-            (Some(position), Found::At(_) | Found::Unknown) => Found::At(position),
+            (Some(Err(why)), _) => Found::ToldRefetch(why),
+            (Some(Ok(position)), Found::At(_) | Found::Unknown) => Found::At(position),
             (_, found) => found,
         })
     }
@@ -292,13 +295,23 @@ impl ResumeHandle {
 
     /// The connection of `holder`'s channel dropped (or the hub is stopping): park it
     /// for the grace. A channel taken over since is left alone.
+    /// A channel told to refetch whose client is not shown to have read that is released
+    /// instead: parked, its next join would resume from where it started and say nothing
+    /// was missed, so the client would never refetch; released, that join is told to.
     pub fn park(&self, holder: &str, owner: &str) {
         if let Some((_, live)) = self
             .inner
             .live
             .remove_if(holder, |_, live| live.owner == owner)
         {
-            let _ = self.inner.cmds.send(Cmd::Park(live));
+            let cmd = match live.ack.unread_refetch(&live.conn) {
+                Some(_) => Cmd::Release {
+                    holder: holder.to_owned(),
+                    owner: owner.to_owned(),
+                },
+                None => Cmd::Park(live),
+            };
+            let _ = self.inner.cmds.send(cmd);
         }
     }
 

@@ -136,6 +136,10 @@ pub enum Found {
     Pruned,
     /// No row for this key, topic and bindings.
     Unknown,
+    /// The same channel, still live here (the client joined it again on the same
+    /// connection, as realtime-js does after failed connection attempts), was told to
+    /// refetch, and no pong shows its client read that: it is told so again.
+    ToldRefetch(crate::protocol::NotRecovered),
 }
 
 pub async fn take(
