@@ -84,6 +84,18 @@ fn assert_recovered(sys: &Value, count: i64) {
     );
 }
 
+/// The resume message says to refetch: no earlier subscription under the key.
+fn assert_no_earlier_subscription(sys: &Value) {
+    assert_eq!(sys["recovered"], false, "{sys}");
+    assert!(
+        sys["message"]
+            .as_str()
+            .unwrap()
+            .contains("no earlier subscription"),
+        "{sys}"
+    );
+}
+
 /// Joins `topic` on a resuming connection and expects exactly `missed` replayed, then the
 /// message saying they were recovered.
 async fn expect_resumed(c: &mut WsClient, topic: &str, token: &str, missed: &[i64]) {
@@ -310,15 +322,7 @@ async fn a_channel_left_on_purpose_is_not_resumed() {
     c.recv_until(|f| f.is_event("phx_close")).await;
     insert(&pg, ALICE).await;
     subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
-    let sys = resume_message(&mut c).await;
-    assert_eq!(sys["recovered"], false, "{sys}");
-    assert!(
-        sys["message"]
-            .as_str()
-            .unwrap()
-            .contains("no earlier subscription"),
-        "{sys}"
-    );
+    assert_no_earlier_subscription(&resume_message(&mut c).await);
 }
 
 /// Found by a black-box run: realtime-js, after failed connection attempts, joins a
@@ -333,16 +337,7 @@ async fn a_channel_left_on_purpose_is_not_resumed() {
 async fn a_refetch_the_client_may_not_have_read_is_told_again() {
     let pg = PgHub::start(SETUP).await;
     let token = pg.user(ALICE);
-    let refetch = |sys: &Value| {
-        assert_eq!(sys["recovered"], false, "{sys}");
-        assert!(
-            sys["message"]
-                .as_str()
-                .unwrap()
-                .contains("no earlier subscription"),
-            "{sys}"
-        );
-    };
+    let refetch = assert_no_earlier_subscription;
     // Joined twice on one connection, no pong in between.
     let mut c = connect(&pg, "client-twice").await;
     subscribe(&mut c, "realtime:items", entries(), Some(&token)).await;
