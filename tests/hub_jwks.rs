@@ -111,26 +111,14 @@ async fn a_key_added_to_the_jwks_file_verifies_its_first_token_at_connect_and_at
 #[tokio::test]
 async fn a_service_role_token_signed_with_a_key_rotated_in_opens_the_admin_api_at_once() {
     let (_dir, path, hub) = hub_on_jwks_file().await;
-    let status = |token: String| {
-        let url = hub.http_url("/api/status");
-        async move {
-            let resp = reqwest::Client::new()
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap();
-            (resp.status().as_u16(), resp.text().await.unwrap())
-        }
-    };
     let ec = signed_as(Algorithm::ES256, "ec-1", "service_role");
-    let (code, body) = status(ec.clone()).await;
+    let (code, body) = hub.get_bearer("/api/status", &ec).await;
     assert_eq!(code, 401, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["error"], signer_error("ec-1"));
 
     std::fs::write(&path, with_kids(&["rsa-1", "ec-1"])).unwrap();
-    let (code, body) = status(ec).await;
+    let (code, body) = hub.get_bearer("/api/status", &ec).await;
     assert_eq!(code, 200, "{body}");
 
     // The inspector's sign-in, with a key added after that.

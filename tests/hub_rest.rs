@@ -518,20 +518,12 @@ async fn configured_supabase_api_keys_stand_for_their_roles_at_connect_rest_and_
     assert_eq!(got.payload()["payload"], json!({"n": 1}));
 
     // The secret key is an admin credential; the publishable one is not.
-    let status = |key: &'static str| {
-        let url = hub.http_url("/api/status");
-        async move {
-            let resp = reqwest::Client::new()
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap();
-            resp.status().as_u16()
-        }
-    };
-    assert_eq!(status(SECRET).await, 200);
-    assert_eq!(status(PUBLISHABLE).await, 401, "an anon key is no admin");
+    assert_eq!(hub.get_bearer("/api/status", SECRET).await.0, 200);
+    assert_eq!(
+        hub.get_bearer("/api/status", PUBLISHABLE).await.0,
+        401,
+        "an anon key is no admin"
+    );
 
     // A key that is not configured is refused as any non-JWT apikey is.
     let refused = WsClient::try_connect(&hub.ws_url(Some("2.0.0"), Some("sb_publishable_other")))

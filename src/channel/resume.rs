@@ -121,23 +121,23 @@ impl Session {
             gate.open([tell(Resumed::NotRecovered(NotRecovered::Failed))]);
             return None;
         };
+        // Where to replay from, or why there is nothing to replay from.
         let from = match &claim.found {
-            Ok(Found::At(position)) => Some(position.clone()),
-            _ => None,
+            Ok(Found::At(position)) => Ok(position.clone()),
+            Ok(Found::Expired) => Err(NotRecovered::Expired),
+            Ok(Found::Pruned) => Err(NotRecovered::Pruned),
+            Ok(Found::ToldRefetch(why)) => Err(*why),
+            Ok(Found::Unknown) => Err(NotRecovered::Unknown),
+            Err(_) => Err(NotRecovered::Failed),
         };
-        let unconfirmed = from.clone().unwrap_or_else(|| cut.position.to_string());
+        let unconfirmed = match &from {
+            Ok(position) => position.clone(),
+            Err(_) => cut.position.to_string(),
+        };
         let ack = Arc::new(ChannelAck::new(cut.clone(), unconfirmed, u64::MAX, ahead));
-        // Known before the outcome is told: a join of this channel again meanwhile is
-        // told to refetch as well.
-        let outcome_now = match (&claim.found, &from) {
-            (_, Some(_)) => None,
-            (Ok(Found::Expired), _) => Some(NotRecovered::Expired),
-            (Ok(Found::Pruned), _) => Some(NotRecovered::Pruned),
-            (Ok(Found::ToldRefetch(why)), _) => Some(*why),
-            (Ok(_), _) => Some(NotRecovered::Unknown),
-            (Err(_), _) => Some(NotRecovered::Failed),
-        };
-        if let Some(why) = outcome_now {
+        // Known before it is told: a join of this channel again meanwhile is told to
+        // refetch as well.
+        if let Err(why) = from {
             ack.told_refetch(why);
         }
         let live = Arc::new(LiveChannel::new(
@@ -151,22 +151,19 @@ impl Session {
         let conn_id = self.conn_id;
         let refused = claim.refused;
         tokio::spawn(async move {
-            let outcome = match (outcome_now, from) {
-                (Some(why), _) => Resumed::NotRecovered(why),
-                (None, Some(from)) => {
-                    match handle.replay(&target, &from, &cut.position, &out).await {
-                        Ok(Some(_)) if refused => Resumed::NotRecovered(NotRecovered::Refused),
-                        Ok(Some(count)) => Resumed::Recovered { count },
-                        Ok(None) => Resumed::NotRecovered(NotRecovered::TooMany {
-                            max: handle.config().max_replay,
-                        }),
-                        Err(e) => {
-                            tracing::warn!(conn_id, error = %e, "could not replay a resumed subscription");
-                            Resumed::NotRecovered(NotRecovered::Failed)
-                        }
+            let outcome = match from {
+                Err(why) => Resumed::NotRecovered(why),
+                Ok(from) => match handle.replay(&target, &from, &cut.position, &out).await {
+                    Ok(Some(_)) if refused => Resumed::NotRecovered(NotRecovered::Refused),
+                    Ok(Some(count)) => Resumed::Recovered { count },
+                    Ok(None) => Resumed::NotRecovered(NotRecovered::TooMany {
+                        max: handle.config().max_replay,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(conn_id, error = %e, "could not replay a resumed subscription");
+                        Resumed::NotRecovered(NotRecovered::Failed)
                     }
-                }
-                (None, None) => Resumed::NotRecovered(NotRecovered::Unknown),
+                },
             };
             if let Resumed::NotRecovered(why) = outcome {
                 ack.told_refetch(why);

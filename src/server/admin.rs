@@ -120,14 +120,12 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         })
 }
 
-/// Reads the JWKS again when `credential` is a token whose kid no key has (see
-/// `Verifier::verify_fresh`); anything else reads nothing.
+/// Reads the JWKS again when `credential` is a token whose kid no key has
+/// (`Verifier::verify_fresh` does that, and only that); anything else reads nothing.
 pub async fn read_keys_for(verifier: &Verifier, credential: &str) {
     let credential = credential.trim();
     if looks_like_jwt(credential) {
-        if let Err(TokenError::Signer { .. }) = verifier.verify(credential) {
-            let _ = verifier.verify_fresh(credential).await;
-        }
+        let _ = verifier.verify_fresh(credential).await;
     }
 }
 

@@ -149,9 +149,15 @@ impl TestHub {
     /// GETs an admin `path` (e.g. `/api/status`) with a service_role token.
     pub async fn get_admin(&self, path: &str) -> (u16, String) {
         let token = self.token("service_role", "test-admin", 3600);
+        self.get_bearer(path, &token).await
+    }
+
+    /// GETs `path` with `credential` as the bearer (a token, an API key, the admin
+    /// secret) and returns (status, body text).
+    pub async fn get_bearer(&self, path: &str, credential: &str) -> (u16, String) {
         let resp = reqwest::Client::new()
             .get(self.http_url(path))
-            .bearer_auth(token)
+            .bearer_auth(credential)
             .send()
             .await
             .expect("GET");

@@ -71,20 +71,18 @@ const READ: &str =
 
 /// The slot, made again (a slot cannot be made in a transaction that wrote).
 pub async fn make_slot(url: &str) -> Result<(), BenchError> {
-    let c = connect(url).await?;
-    c.execute(
-        "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
-        &[&SLOT],
-    )
-    .await?;
-    c.execute(
-        "select pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&SLOT],
-    )
-    .await?;
+    drop_slot(url).await?;
+    connect(url)
+        .await?
+        .execute(
+            "select pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&SLOT],
+        )
+        .await?;
     Ok(())
 }
 
+/// Drops the slot if it is there (so it holds no WAL after the run).
 pub async fn drop_slot(url: &str) -> Result<(), BenchError> {
     connect(url)
         .await?
