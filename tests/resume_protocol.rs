@@ -336,6 +336,7 @@ async fn a_channel_left_on_purpose_is_not_resumed() {
 #[tokio::test]
 async fn a_refetch_the_client_may_not_have_read_is_told_again() {
     let pg = PgHub::start(SETUP).await;
+    let mut observer = Observer::start(&pg).await;
     let token = pg.user(ALICE);
     let refetch = assert_no_earlier_subscription;
     // Joined twice on one connection, no pong in between.
@@ -359,6 +360,8 @@ async fn a_refetch_the_client_may_not_have_read_is_told_again() {
     drop(c);
     wait_parked(&pg, 1).await;
     let missed = insert_n(&pg, ALICE, 2).await;
+    // Dispatched before the rejoin, so they are in its gap rather than live after it.
+    observer.saw(*missed.last().unwrap()).await;
     let mut c = connect(&pg, "client-twice").await;
     expect_resumed(&mut c, "realtime:items", &token, &missed).await;
 }
