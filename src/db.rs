@@ -54,6 +54,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (75, include_str!("../sql/075_webhook_replay_rotation.sql")),
     (76, include_str!("../sql/076_read_page_of.sql")),
     (77, include_str!("../sql/077_webhooks_view_redacted.sql")),
+    (78, include_str!("../sql/078_left_publication.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

@@ -19,6 +19,8 @@ const SYNC_EVERY_WITHOUT_TRIGGER: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const SYNC: &str = "select realtime.sync_publication(), realtime.publication_sync_is_automatic()";
 const PRUNE_MESSAGES: &str = "select realtime.prune_messages($1)";
+/// Tables capture and the publication still disagree on after a sync, by name.
+const PENDING: &str = "select table_name, adding from realtime.publication_pending()";
 
 /// What the upkeep keeps.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +32,7 @@ pub struct Maintenance {
 /// Runs until `shutdown`: reconciles at once, then periodically.
 pub async fn run_maintenance(pool: Pool, cfg: Maintenance, shutdown: CancellationToken) {
     let mut next_prune = Instant::now();
+    let mut pending = Vec::new();
     loop {
         let every = match sync_publication(&pool).await {
             Ok((changed, automatic)) => {
@@ -38,6 +41,15 @@ pub async fn run_maintenance(pool: Pool, cfg: Maintenance, shutdown: Cancellatio
                         tables = changed,
                         "capture synced with publication supabase_realtime"
                     );
+                }
+                match publication_pending(&pool).await {
+                    Ok(now) => {
+                        report_pending(&pending, &now);
+                        pending = now;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not read realtime.publication_pending()")
+                    }
                 }
                 if automatic {
                     SYNC_EVERY
@@ -78,6 +90,43 @@ async fn sync_publication(pool: &Pool) -> Result<(i32, bool), UpkeepError> {
     let client = pool.get().await?;
     let row = client.query_one(SYNC, &[]).await?;
     Ok((row.get(0), row.get(1)))
+}
+
+/// (table, whether it is to be captured) for each table capture and the publication still
+/// disagree on.
+async fn publication_pending(pool: &Pool) -> Result<Vec<(String, bool)>, UpkeepError> {
+    let client = pool.get().await?;
+    Ok(client
+        .query(PENDING, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Logs each table that has started to disagree since the last sync, once, and says when
+/// they all agree again.
+fn report_pending(before: &[(String, bool)], now: &[(String, bool)]) {
+    for (table, adding) in now.iter().filter(|p| !before.contains(p)) {
+        if *adding {
+            tracing::warn!(
+                table = %table,
+                "publication supabase_realtime lists this table, but its capture triggers could not be made \
+                 (most often a transaction that wrote to it is still open; a lock timeout); its changes are \
+                 not captured and joins to it are refused until a sync succeeds (every 5 s)"
+            );
+        } else {
+            tracing::warn!(
+                table = %table,
+                "this table left publication supabase_realtime, but its capture triggers could not be dropped \
+                 yet (a transaction that read or wrote it is still open); nothing of it is delivered \
+                 meanwhile, and a sync drops them once it can (every 5 s)"
+            );
+        }
+    }
+    if now.is_empty() && !before.is_empty() {
+        tracing::info!("capture agrees with publication supabase_realtime again");
+    }
 }
 
 async fn prune_messages(pool: &Pool, keep: Duration) -> Result<i64, UpkeepError> {

@@ -70,11 +70,17 @@ const TABLE_NAMES: &str = "select c.oid, n.nspname::text, c.relname::text \
      where c.oid = any($1::oid[])";
 
 /// One table by exact schema and name: `$1` the capture trigger name, `$2` schema,
-/// `$3` table.
+/// `$3` table. A table with the triggers that the view leaves out (it left the
+/// publication; the triggers are not dropped yet) delivers no event.
 const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.relrowsecurity, c.relforcerowsecurity, \
            c.relkind = 'p' as partitioned, \
            exists (select 1 from pg_catalog.pg_trigger t \
-                    where t.tgrelid = c.oid and t.tgname = $1::text) as realtime_enabled, \
+                    where t.tgrelid = c.oid and t.tgname = $1::text) \
+             and exists (select 1 from realtime.enabled_tables e where e.relid = c.oid) \
+             as realtime_enabled, \
+           exists (select 1 from pg_catalog.pg_publication_tables p \
+                    where p.pubname = 'supabase_realtime' \
+                      and p.schemaname = n.nspname and p.tablename = c.relname) as published, \
            c.relreplident::text as replica_identity, \
            array(select a.attname::text from pg_catalog.pg_index i \
                   cross join lateral unnest(i.indkey) with ordinality as k(attnum, pos) \
@@ -110,7 +116,10 @@ const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.r
                   join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
                   where i.indrelid = c.oid and i.indisprimary \
                   order by k.pos) as primary_key, \
-           (select e.events from realtime.enabled_tables e where e.relid = c.oid) as events \
+           coalesce((select e.events from realtime.enabled_tables e where e.relid = c.oid), \
+                    case when exists (select 1 from pg_catalog.pg_trigger t \
+                                      where t.tgrelid = c.oid and t.tgname = $1::text) \
+                         then '{}'::text[] end) as events \
          from pg_catalog.pg_class c \
          join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
          where c.relkind in ('r', 'p') \
@@ -192,8 +201,13 @@ pub struct TableInfo {
     pub primary_key: Vec<String>,
     pub rls_enabled: bool,
     pub rls_forced: bool,
-    /// Has the capture triggers.
+    /// Has the capture triggers and is listed by `realtime.enabled_tables` (which leaves
+    /// out a table that left the publication while its triggers wait for a lock to go).
     pub realtime_enabled: bool,
+    /// Listed by the `supabase_realtime` publication (as `pg_publication_tables` lists it:
+    /// a partitioned table without `publish_via_partition_root` is listed as its
+    /// partitions).
+    pub published: bool,
     /// A partitioned table (its rows live in its partitions).
     pub partitioned: bool,
     pub replica_identity: ReplicaIdentity,
@@ -696,6 +710,7 @@ fn table_info(row: &Row) -> TableInfo {
         rls_enabled: row.get("relrowsecurity"),
         rls_forced: row.get("relforcerowsecurity"),
         realtime_enabled: row.get("realtime_enabled"),
+        published: row.get("published"),
         partitioned: row.get("partitioned"),
         replica_identity: match row.get::<_, String>("replica_identity").as_str() {
             "f" => ReplicaIdentity::Full,

@@ -262,6 +262,7 @@ async fn subscription(
     };
     if !info.realtime_enabled {
         return Err(match (capturable(schema), info.partitioned) {
+            (true, false) if info.published => ChangesError::CaptureNotStarted { table: name },
             (true, false) => ChangesError::NotEnabled { table: name },
             (true, true) => ChangesError::NotEnabledPartitioned { table: name },
             (false, _) => ChangesError::NotCapturable {

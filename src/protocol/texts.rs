@@ -229,6 +229,11 @@ pub enum ChangesError {
     /// as Supabase's does for a table outside the publication.
     #[error("Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: table {table} is not enabled for realtime; add it to the publication with: {} or enable it with: {}", publication_sql(.table), enable_sql(.table))]
     NotEnabled { table: String },
+    /// [`ChangesError::NotEnabled`] for a table the publication lists whose capture
+    /// triggers could not be made yet: the sync in the ALTER's transaction gave up on a
+    /// lock (or had no right to make them), warned, and the hub's sync tries again.
+    #[error("Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: table {table} is in publication supabase_realtime, but its capture has not started yet: its triggers could not be made (most often a transaction that wrote to the table is still open; the hub's log says so); the hub tries again every 5 seconds, so join again once that transaction has ended")]
+    CaptureNotStarted { table: String },
     /// [`ChangesError::NotEnabled`] for a partitioned table: adding it to the publication
     /// alone captures its partitions, under their own names.
     #[error("Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: table {table} is partitioned and not captured as itself (publication supabase_realtime publishes its partitions, under their own names, unless publish_via_partition_root is set); subscribe to its partitions, or set: alter publication supabase_realtime set (publish_via_partition_root = true); or enable it with: {}", enable_sql(.table))]
