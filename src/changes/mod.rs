@@ -41,7 +41,7 @@ pub use index::{subscription_id, Sent, Subscriber, Subscription, TableScope};
 pub use lane::{LaneHold, LaneSettings};
 pub use logged::{gap_len, into_events, LogEntry, StatementRows};
 pub use recent::{entry_bytes, Batch, Gap, Recent};
-pub use render::{RenderError, Scope};
+pub use render::{Rename, RenderError, Scope};
 pub use replay::{Narrowed, ReplayTarget, Replayed};
 pub use row::{format_commit_time, Change, ColumnInfo, DbBroadcast, DbEvent, LogBatch, Op, Row};
 pub use scope::{RlsChecker, RlsError, Viewer, Visibility};

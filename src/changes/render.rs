@@ -34,14 +34,31 @@ pub enum RenderError {
     NoDatabase,
 }
 
+/// (a name a table had before a rename, its name now), each as (schema, table).
+pub type Rename = ((String, String), (String, String));
+
+/// The name a table has now, for a change logged under `(schema, table)`: the second of
+/// the pair in `renames` whose first is that name (a name the table had before a rename),
+/// else that name.
+fn name_now<'a>(renames: &'a [Rename], schema: &'a str, table: &'a str) -> (&'a str, &'a str) {
+    renames
+        .iter()
+        .find(|((s, t), _)| s == schema && t == table)
+        .map_or((schema, table), |(_, (s, t))| (s.as_str(), t.as_str()))
+}
+
 impl Changes {
     /// The postgres_changes `data` of each change as `scope` may see it (`None`: hidden,
-    /// or its table is gone), aligned with `changes`; one row-scope round trip.
+    /// or its table is gone), aligned with `changes`; one row-scope round trip. A change
+    /// logged under a name its table had before a rename (the first of a pair in
+    /// `renames`) is judged as the table it is now, and keeps the name it was logged
+    /// under.
     pub async fn render(
         &self,
         rls: &RlsChecker,
         scope: &Scope,
         changes: &[Change],
+        renames: &[Rename],
     ) -> Result<Vec<Option<Box<RawValue>>>, RenderError> {
         let catalog = self.catalog.as_ref().ok_or(RenderError::NoDatabase)?;
         let mut tables: HashMap<(&str, &str), Option<Arc<TableInfo>>> = HashMap::new();
@@ -49,7 +66,8 @@ impl Changes {
             if let std::collections::hash_map::Entry::Vacant(slot) =
                 tables.entry((c.schema.as_str(), c.table.as_str()))
             {
-                slot.insert(catalog.table(&c.schema, &c.table).await?);
+                let (schema, table) = name_now(renames, &c.schema, &c.table);
+                slot.insert(catalog.table(schema, table).await?);
             }
         }
         let table_of = |c: &Change| tables[&(c.schema.as_str(), c.table.as_str())].clone();
@@ -100,8 +118,13 @@ impl Changes {
     /// Cuts each change's `old_record` to the columns its table's REPLICA IDENTITY shows
     /// (the primary key by default, the whole row under FULL), as the WebSocket and the
     /// feed show it. Filters have judged the whole old row by then. A change whose table
-    /// is gone keeps its old row as captured (its identity is unknown).
-    pub async fn cut_old_records(&self, changes: &mut [Change]) -> Result<(), RenderError> {
+    /// is gone keeps its old row as captured (its identity is unknown). Old names in
+    /// `renames` are looked up as in [`Changes::render`].
+    pub async fn cut_old_records(
+        &self,
+        changes: &mut [Change],
+        renames: &[Rename],
+    ) -> Result<(), RenderError> {
         let catalog = self.catalog.as_ref().ok_or(RenderError::NoDatabase)?;
         let mut tables: HashMap<(String, String), Option<Arc<TableInfo>>> = HashMap::new();
         for c in changes.iter_mut() {
@@ -112,7 +135,8 @@ impl Changes {
             let table = match tables.get(&key) {
                 Some(t) => t.clone(),
                 None => {
-                    let t = catalog.table(&c.schema, &c.table).await?;
+                    let (schema, table) = name_now(renames, &c.schema, &c.table);
+                    let t = catalog.table(schema, table).await?;
                     tables.insert(key, t.clone());
                     t
                 }

@@ -23,7 +23,7 @@ use super::select::Selection;
 use super::{ConsumersError, ConsumersHandle};
 use crate::auth::Claims;
 use crate::capture::current_position;
-use crate::changes::{capturable, quote_ident, CatalogError, Change, Scope, Viewer};
+use crate::changes::{capturable, quote_ident, CatalogError, Change, Rename, Scope, Viewer};
 use crate::protocol::{refuse_nul, FeedError};
 
 /// How often a waiting request reads the log while the capture says nothing of its
@@ -66,6 +66,8 @@ struct Request {
     selection: Selection,
     /// The tables asked for, as named now: the next cursor names them.
     tables: Vec<NamedTable>,
+    /// (name the cursor knew a table by, its name now) for each table renamed since.
+    renames: Vec<Rename>,
     start: Option<Mark>,
     limit: usize,
     wait: Duration,
@@ -138,16 +140,20 @@ impl ConsumersHandle {
         let mut selection = Selection::tables(&names);
         // A table renamed since the cursor was handed out: its rows logged before the
         // rename carry the name the cursor knew it by.
+        let mut renames = Vec::new();
         for (oid, schema, table) in &tables {
             if let Some((_, s0, t0)) = named.iter().find(|(o, ..)| o == oid) {
                 if (s0, t0) != (schema, table) {
-                    selection.alias(&(s0.clone(), t0.clone()), &(schema.clone(), table.clone()));
+                    let rename = ((s0.clone(), t0.clone()), (schema.clone(), table.clone()));
+                    selection.alias(&rename.0, &rename.1);
+                    renames.push(rename);
                 }
             }
         }
         Ok(Request {
             selection,
             tables,
+            renames,
             start,
             limit,
             wait: Duration::from_secs(wait),
@@ -232,7 +238,7 @@ impl ConsumersHandle {
             let (changes, marks): (Vec<Change>, Vec<Mark>) = read.items.into_iter().unzip();
             let rendered = inner
                 .changes
-                .render(&inner.rls, scope, &changes)
+                .render(&inner.rls, scope, &changes, &req.renames)
                 .await
                 .map_err(ConsumersError::from)?;
             let mut out = Vec::new();

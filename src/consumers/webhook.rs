@@ -341,7 +341,12 @@ impl Endpoint {
         for (change, _) in pending.iter().take(max) {
             let mut one = [change.clone()];
             // Old rows as the table's REPLICA IDENTITY shows them, as on the WebSocket.
-            if let Err(e) = self.inner.changes.cut_old_records(&mut one).await {
+            if let Err(e) = self
+                .inner
+                .changes
+                .cut_old_records(&mut one, &self.renamed.aliases)
+                .await
+            {
                 tracing::warn!(endpoint = %self.name, error = %e, "catalog unavailable; retrying");
                 return None;
             }
