@@ -167,7 +167,7 @@ settings! {
     cluster_name: String = "switchboard".into(), env "SWITCHBOARD_CLUSTER_NAME";
     /// Seconds a node may be silent before the others drop its members' presence.
     node_timeout_secs: u64 = 10, env "SWITCHBOARD_NODE_TIMEOUT_SECS";
-    /// Secret that signs in to the inspector page (at least 16 characters); a service_role token works too.
+    /// Secret that signs in to the inspector page (at least 16 characters, not three dot-separated parts, which would be read as a JWT); a service_role token works too.
     admin_secret: String = String::new(), env "SWITCHBOARD_ADMIN_SECRET";
     /// Serve the inspector page at `/inspector` (`false`: it answers 404).
     inspector: bool = true, env "SWITCHBOARD_INSPECTOR";
@@ -756,6 +756,19 @@ impl Config {
                 message: format!("must be at least {MIN_ADMIN_SECRET_LEN} characters"),
             });
         }
+        // A credential shaped like a JWT is verified as one (bad tokens draw on no
+        // failure budget), so such a secret could never sign in.
+        if admin_secret
+            .as_deref()
+            .is_some_and(crate::auth::looks_like_jwt)
+        {
+            return Err(ConfigError::Invalid {
+                key: "admin_secret",
+                message: "must not look like a JWT (three non-empty parts separated by dots); \
+                          remove a dot"
+                    .into(),
+            });
+        }
         let allowed_roles: Vec<String> = r
             .allowed_roles
             .split(',')
@@ -1070,6 +1083,13 @@ mod tests {
         refused_naming(
             Settings {
                 admin_secret: Some("short".into()),
+                ..Settings::default()
+            },
+            "admin_secret",
+        );
+        refused_naming(
+            Settings {
+                admin_secret: Some("my.admin.secret-0123456789".into()),
                 ..Settings::default()
             },
             "admin_secret",

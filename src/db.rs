@@ -55,6 +55,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (76, include_str!("../sql/076_read_page_of.sql")),
     (77, include_str!("../sql/077_webhooks_view_redacted.sql")),
     (78, include_str!("../sql/078_left_publication.sql")),
+    (79, include_str!("../sql/079_webhook_secret_padding.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").
@@ -363,10 +364,27 @@ pub async fn enable(client: &Client, qualified: &str) -> Result<(), DbError> {
     call_on_table(client, "select realtime.enable($1::oid::regclass)", oid).await
 }
 
-/// Removes the capture trigger from `qualified`; a no-op when it has none.
-pub async fn disable(client: &Client, qualified: &str) -> Result<(), DbError> {
+/// Why a table `realtime.disable` was called on is still captured, if it is.
+const STILL_CAPTURED: &str = "select case \
+       when exists (select 1 from realtime.capture_sources s \
+                    where s.relid = $1::oid and s.via = 'publication') \
+         then 'it is in publication supabase_realtime (remove it with alter publication \
+               supabase_realtime drop table ...)' \
+       else coalesce((select 'webhook endpoint ' || e.name || ' delivers its changes \
+                             (drop the endpoint or alter its tables first)' \
+                      from realtime.webhook_endpoints e where $1::oid::regclass = any(e.tables) \
+                      order by e.name limit 1), \
+                     'its capture triggers are still there') end \
+     from realtime.enabled_tables t where t.relid = $1::oid";
+
+/// Removes the capture trigger from `qualified`; a no-op when it has none. `Some(why)`
+/// when the table stays captured all the same (it is in the publication, or a webhook
+/// endpoint delivers it: `realtime.disable` only says so in a NOTICE).
+pub async fn disable(client: &Client, qualified: &str) -> Result<Option<String>, DbError> {
     let oid = resolve(client, qualified).await?;
-    call_on_table(client, "select realtime.disable($1::oid::regclass)", oid).await
+    call_on_table(client, "select realtime.disable($1::oid::regclass)", oid).await?;
+    let row = client.query_opt(STILL_CAPTURED, &[&oid]).await?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 async fn resolve(client: &Client, qualified: &str) -> Result<u32, DbError> {

@@ -205,10 +205,12 @@ pub async fn run(mut config: Config) -> Result<()> {
     println!("  anon key    {anon}");
     println!("  staff token {staff}");
     let service = token(&secret, json!({ "role": "service_role" }))?;
-    println!(
-        "  Inspector   http://{host}:{}/inspector  (sign in with the service role token)",
-        addr.port()
-    );
+    if config.inspector {
+        println!(
+            "  Inspector   http://{host}:{}/inspector  (sign in with the service role token)",
+            addr.port()
+        );
+    }
     println!("  service role {service}");
     for (name, id) in CUSTOMERS {
         let t = token(&secret, json!({ "role": "authenticated", "sub": id }))?;

@@ -399,6 +399,16 @@ fn exit_naming_env(e: clap::Error) -> ! {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::try_parse().unwrap_or_else(|e| exit_naming_env(e));
+    if !matches!(cli.command, Command::Serve | Command::Dev) {
+        // A one-shot command piped into `head` ends quietly when the pipe closes, as
+        // other command-line tools do, instead of panicking in `println!`. (The hub
+        // itself keeps SIGPIPE ignored: a closed socket is an error it handles.)
+        // SAFETY: signal() only sets the process-wide disposition of SIGPIPE; sockets
+        // are written with MSG_NOSIGNAL, so only stdout and stderr see the default.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let config = load_config(&cli)?;
     telemetry::init_logging(config.log_format);
     match &cli.command {
@@ -414,8 +424,10 @@ async fn main() -> Result<()> {
         }
         Command::Disable { table } => {
             let (client, _conn) = db::connect(admin_url(&config)?).await?;
-            db::disable(&client, table).await?;
-            println!("realtime disabled for {table}");
+            match db::disable(&client, table).await? {
+                None => println!("realtime disabled for {table}"),
+                Some(why) => println!("realtime stays enabled for {table}: {why}"),
+            }
             Ok(())
         }
         Command::Probe { url } => probe(url).await,

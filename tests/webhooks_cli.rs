@@ -8,6 +8,14 @@ mod common;
 use std::process::{Command, Output};
 
 fn switchboard(url: &str, args: &[&str]) -> Output {
+    let mut all = vec!["webhooks"];
+    all.extend_from_slice(args);
+    switchboard_cmd(url, &all)
+}
+
+/// `switchboard <args>` on the database at `url`, with no other setting from the
+/// environment.
+fn switchboard_cmd(url: &str, args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_switchboard"));
     for (k, _) in std::env::vars() {
         if k.starts_with("SWITCHBOARD_") || k == "DATABASE_URL" {
@@ -16,7 +24,6 @@ fn switchboard(url: &str, args: &[&str]) -> Output {
     }
     c.env("DATABASE_URL", url)
         .env("RUST_BACKTRACE", "0")
-        .arg("webhooks")
         .args(args)
         .output()
         .expect("run switchboard")
@@ -108,4 +115,38 @@ async fn on_a_database_not_migrated_yet_the_commands_say_to_migrate() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("run `switchboard migrate`"), "{args:?}: {err}");
     }
+}
+
+/// `switchboard disable` of a table a webhook endpoint delivers says it stays enabled, and
+/// why, instead of reporting it disabled (`realtime.disable` says so only in a NOTICE).
+#[tokio::test]
+async fn disable_says_when_a_table_stays_enabled_for_a_webhook() {
+    let db = common::pg::test_db().await;
+    let sql = db.client().await;
+    switchboard::db::migrate(&sql).await.unwrap();
+    sql.batch_execute(
+        "create table leads (id bigint primary key);
+         create table notes (id bigint primary key);
+         select realtime.enable('public.notes');
+         select realtime.create_webhook('crm', 'https://crm.example/hook', '{public.leads}');",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ok(switchboard_cmd(&db.url, &["disable", "public.leads"])),
+        "realtime stays enabled for public.leads: webhook endpoint crm delivers its changes \
+         (drop the endpoint or alter its tables first)\n"
+    );
+    assert_eq!(
+        ok(switchboard_cmd(&db.url, &["disable", "public.notes"])),
+        "realtime disabled for public.notes\n"
+    );
+    let enabled: Vec<String> = sql
+        .query("select table_name from realtime.enabled_tables", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(enabled, ["leads"]);
 }

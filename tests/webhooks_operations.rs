@@ -139,6 +139,46 @@ async fn a_pause_with_a_null_reason_gets_the_default_one() {
     assert_eq!(reason.as_deref(), Some("paused by an operator"));
 }
 
+/// Every malformed secret is refused saying what a secret must be, base64 without its
+/// padding too (Postgres's own decode error used to come through), and nothing is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_secret_is_refused_saying_what_a_secret_must_be() {
+    let pg = hub().await;
+    let unpadded = "whsec_MfKQ9r8GKYqrTXacBd9ZJYJ3ZrsIavLlAPAb7mFoc3c";
+    for secret in [
+        unpadded,
+        "whsec_c2hvcnQ=",
+        "whsec_!!!!",
+        "MfKQ9r8GKYqrTXacBd9ZJYJ3ZrsIavLlAPAb7mFoc3c=",
+    ] {
+        let e = pg
+            .sql
+            .query_one(
+                "select realtime.create_webhook('crm', 'https://crm.example/h', '{public.contacts}', secret => $1)",
+                &[&secret],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            common::e2e::pg_err(&e),
+            "webhook secret must be whsec_ followed by at least 16 bytes in base64 (with its = padding)",
+            "{secret}"
+        );
+    }
+    let made: i64 = pg
+        .sql
+        .query_one("select count(*) from realtime.webhook_endpoints", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(made, 0);
+    create(&pg, "crm", "https://crm.example/h", "{public.contacts}").await;
+    pg.exec(&format!(
+        "select realtime.alter_webhook('crm', secret => '{unpadded}=')"
+    ))
+    .await;
+}
+
 /// After `alter_webhook(filter => …)` and a replay, a batch with the same first and last
 /// event but more between them used to carry the same `webhook-id`, so a receiver that
 /// dedupes by it (as Standard Webhooks says) dropped it.

@@ -430,9 +430,18 @@ impl Endpoint {
                         return Delivery::Not(Next::Stop);
                     }
                     if recorded.paused {
-                        tracing::error!(endpoint = %self.name, failures = *failures,
-                            "webhook endpoint paused after failed attempts in a row; nothing is \
-                             dropped: resume or retry it once the receiver works");
+                        // Paused by this failure, or by an operator (or another hub)
+                        // while the request was in flight: only the first is a streak
+                        // this hub saw reach the limit.
+                        if *failures >= self.inner.settings.pause_after_failures {
+                            tracing::error!(endpoint = %self.name, failures = *failures,
+                                "webhook endpoint paused after failed attempts in a row; nothing is \
+                                 dropped: resume or retry it once the receiver works");
+                        } else {
+                            tracing::info!(endpoint = %self.name, failures = *failures,
+                                "webhook endpoint was paused while a delivery failed (its \
+                                 paused_reason says by whom); nothing is dropped");
+                        }
                         return Delivery::Not(Next::Reload);
                     }
                     let delay = deliver::backoff(
