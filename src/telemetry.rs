@@ -218,7 +218,7 @@ impl Metrics {
         );
         registry.register(
             "capture_lag_ms",
-            "Now minus the oldest undelivered commit",
+            "Age of the newest change at the last read of the change log, or how long the read under way has taken when longer (a stalled read shows here)",
             capture_lag_ms.clone(),
         );
         registry.register(

@@ -27,6 +27,10 @@ pub struct CaptureStatus {
     waiting: AtomicU8,
     /// Age in ms of the newest row at the time it was read; -1 before the first row.
     lag_ms: AtomicI64,
+    /// When (unix ms) the read under way started; 0 while the loop waits. A read that
+    /// hangs (Postgres stopped or stalled, dispatch backed up) makes the lag grow with it:
+    /// changes committed meanwhile wait at least that long.
+    read_since_ms: AtomicI64,
     /// Short-held, never across an await.
     text: Mutex<TextFields>,
     /// Rows read so far, sent after each read that found rows: readers of the log with
@@ -112,6 +116,7 @@ impl Default for CaptureStatus {
             reconnects: AtomicU64::new(0),
             waiting: AtomicU8::new(0),
             lag_ms: AtomicI64::new(-1),
+            read_since_ms: AtomicI64::new(0),
             text: Mutex::new(TextFields::default()),
             progress: watch::Sender::new(0),
             ticks: Arc::default(),
@@ -140,8 +145,19 @@ impl CaptureStatus {
             reconnects: self.reconnects.load(Ordering::Relaxed),
             last_error: text.last_error,
             last_commit_ts: text.last_commit_ts,
-            lag_ms: u64::try_from(self.lag_ms.load(Ordering::Relaxed)).ok(),
+            lag_ms: u64::try_from(self.lag_now(unix_ms())).ok(),
         }
+    }
+
+    /// The lag at `now` (unix ms): the last read's, or how long the read under way has
+    /// taken if longer; -1 when unknown.
+    fn lag_now(&self, now: i64) -> i64 {
+        let lag = self.lag_ms.load(Ordering::Relaxed);
+        let since = self.read_since_ms.load(Ordering::Relaxed);
+        if lag < 0 || since <= 0 {
+            return lag;
+        }
+        lag.max(now - since)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -167,7 +183,7 @@ impl CaptureStatus {
         }
         metrics
             .capture_lag_ms
-            .set(self.lag_ms.load(Ordering::Relaxed).max(0));
+            .set(self.lag_now(unix_ms()).max(0));
     }
 
     /// Resolves once the listener is connected and its cursor is set: changes that
@@ -201,6 +217,7 @@ impl CaptureStatus {
         // Unknown until the next read: `/api/status` and the inspector show none rather
         // than the last figure (0 after an idle read).
         self.lag_ms.store(-1, Ordering::Relaxed);
+        self.read_since_ms.store(0, Ordering::Relaxed);
         self.connected.send_replace(false);
         if error.is_some() {
             self.with_text(|t| t.last_error = error);
@@ -249,6 +266,8 @@ impl CaptureStatus {
             Some(false) => 2,
         };
         self.waiting.store(state, Ordering::Relaxed);
+        let since = if notify.is_none() { unix_ms() } else { 0 };
+        self.read_since_ms.store(since, Ordering::Relaxed);
     }
 
     /// `rows` of the batch just recorded were delivered from a wake-up's payload.
@@ -259,6 +278,11 @@ impl CaptureStatus {
     fn with_text(&self, f: impl FnOnce(&mut TextFields)) {
         f(&mut self.text.lock().unwrap_or_else(|p| p.into_inner()));
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 #[cfg(test)]
@@ -278,5 +302,22 @@ mod tests {
             s.snapshot().last_error.as_deref(),
             Some("connection refused")
         );
+    }
+
+    #[test]
+    fn a_read_under_way_counts_in_the_lag_until_the_loop_waits_again() {
+        let s = CaptureStatus::new();
+        s.set_connected("1:");
+        s.set_idle();
+        s.set_waiting(None);
+        let started = s.read_since_ms.load(Ordering::Relaxed);
+        assert_eq!(s.lag_now(started + 6_000), 6_000, "a read stalled for 6 s");
+        s.record_batch(1, std::iter::empty(), None, 7_500);
+        assert_eq!(s.lag_now(started + 6_000), 7_500, "the batch's own age when larger");
+        s.set_waiting(Some(true));
+        assert_eq!(s.lag_now(started + 60_000), 7_500, "waiting adds nothing");
+        s.set_waiting(None);
+        s.set_idle();
+        assert!(s.lag_now(unix_ms()) < 1_000);
     }
 }
