@@ -161,7 +161,7 @@ settings! {
     log_format: String = "pretty".into(), env "SWITCHBOARD_LOG_FORMAT";
     /// Port of the local Postgres that `switchboard dev` runs.
     dev_pg_port: u16 = 54329, env "SWITCHBOARD_DEV_PG_PORT";
-    /// Redis URL (`redis://[:password@]host:port[/db]`); set, it turns cluster mode on.
+    /// Redis URL (`redis://[:password@]host:port[/db]`, or `redis+unix:///path?pass=…`); set, it turns cluster mode on.
     redis_url: String = String::new(), env "SWITCHBOARD_REDIS_URL";
     /// Nodes with the same Redis and cluster name form one cluster.
     cluster_name: String = "switchboard".into(), env "SWITCHBOARD_CLUSTER_NAME";
@@ -393,11 +393,14 @@ impl Settings {
 }
 
 /// A password given as a parameter: `?password=…` / `&password=…` in a URL, or
-/// `password=…` (quoted or not) in a `key=value` connection string; `sslpassword` too.
+/// `password=…` (quoted or not) in a `key=value` connection string; `sslpassword` too,
+/// and `pass=…` (a Redis unix-socket URL's).
 fn redact_password_params(conn: &str) -> String {
     static PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"(?i)((?:^|[?&\s])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
-            .expect("a valid pattern")
+        regex::Regex::new(
+            r"(?i)((?:^|[?&\s])(?:(?:ssl)?password|pass)\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)",
+        )
+        .expect("a valid pattern")
     });
     PASSWORD.replace_all(conn, "${1}<redacted>").into_owned()
 }
@@ -680,6 +683,13 @@ impl Config {
                 })
             }
         };
+        if !r.redis_url.is_empty() && r.redis_url.trim().is_empty() {
+            // Cluster mode silently off on one node of several is a split deployment.
+            return Err(ConfigError::Invalid {
+                key: "redis_url",
+                message: "is blank; leave it out (or empty) for a single node".into(),
+            });
+        }
         let redis_url = non_empty(r.redis_url);
         if let Some(url) = &redis_url {
             if !["redis://", "unix://", "redis+unix://"]
@@ -688,7 +698,14 @@ impl Config {
             {
                 return Err(ConfigError::Invalid {
                     key: "redis_url",
-                    message: "must start with redis://, unix:// or redis+unix://".into(),
+                    message: "must start with redis://, unix:// or redis+unix:// (TLS, rediss://, is not supported)".into(),
+                });
+            }
+            // What `serve` would refuse at start, `switchboard config` refuses too.
+            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "redis_url",
+                    message: format!("is not a valid Redis URL: {e}"),
                 });
             }
         }
@@ -1013,12 +1030,31 @@ mod tests {
         let c = Config::from_settings(s).unwrap();
         assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
         assert_eq!(c.node_timeout, Duration::from_secs(3));
-        refused_naming(
-            Settings {
-                redis_url: Some("127.0.0.1:6379".into()),
-                ..Settings::default()
-            },
-            "redis_url",
+        for bad in [
+            "127.0.0.1:6379",
+            " ",
+            "redis://127.0.0.1:notaport",
+            "redis://",
+            "redis://127.0.0.1:6379/abc",
+            "rediss://127.0.0.1:6379",
+        ] {
+            refused_naming(
+                Settings {
+                    redis_url: Some(bad.into()),
+                    ..Settings::default()
+                },
+                "redis_url",
+            );
+        }
+        let unix = Settings {
+            redis_url: Some("redis+unix:///run/redis.sock?db=2&pass=s3cretpw".into()),
+            ..Settings::default()
+        };
+        assert!(
+            unix.effective_toml()
+                .contains("redis_url = \"redis+unix:///run/redis.sock?db=2&pass=<redacted>\""),
+            "{}",
+            unix.effective_toml()
         );
         refused_naming(
             Settings {

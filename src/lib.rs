@@ -248,6 +248,7 @@ pub async fn run(
                 node_timeout: config.node_timeout,
             };
             let (handle, task) = cluster::start(cluster_config, node, metrics.clone())?;
+            cluster::check_not_refused(&task, config.node_timeout / 2).await?;
             let router = Arc::new(
                 router::Router::with_cluster(metrics.clone(), Arc::new(handle.clone()))
                     .with_presence_limits(presence_limits),

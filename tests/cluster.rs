@@ -508,3 +508,53 @@ async fn another_redis_database_is_another_cluster_and_a_longer_timeout_is_waite
     }
     drop(slow);
 }
+
+/// Sends one command to Redis at `port` and returns its first reply line.
+fn redis_command(port: u16, command: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
+    s.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+/// A Redis that refuses the node's login ends its start with a message saying so, as a
+/// Postgres refusal does: a node with the wrong password must not pass `/ready` and serve
+/// broadcast and presence to its own clients alone. (Redis down still starts degraded.)
+#[tokio::test]
+async fn a_redis_that_refuses_the_login_ends_the_start() {
+    let redis = common::cluster::RedisServer::start();
+    assert_eq!(
+        redis_command(redis.port, "CONFIG SET requirepass right-password-0123"),
+        "+OK\r\n"
+    );
+    for (url, why) in [
+        (redis.url(), "NOAUTH"),
+        (
+            format!("redis://:wrong-password@127.0.0.1:{}", redis.port),
+            "Redis refused the connection",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("serve")
+            .env("SWITCHBOARD_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_JWT_SECRET", common::hub::SECRET)
+            .env("SWITCHBOARD_REDIS_URL", &url)
+            .env_remove("DATABASE_URL")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run switchboard serve");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "started against {url}:\n{text}");
+        assert!(
+            text.contains("Redis refused the connection") && text.contains(why),
+            "{text}"
+        );
+    }
+}

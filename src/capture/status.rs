@@ -181,9 +181,7 @@ impl CaptureStatus {
         if ahead > exported {
             metrics.capture_rows_ahead.inc_by(ahead - exported);
         }
-        metrics
-            .capture_lag_ms
-            .set(self.lag_now(unix_ms()).max(0));
+        metrics.capture_lag_ms.set(self.lag_now(unix_ms()).max(0));
     }
 
     /// Resolves once the listener is connected and its cursor is set: changes that
@@ -313,7 +311,11 @@ mod tests {
         let started = s.read_since_ms.load(Ordering::Relaxed);
         assert_eq!(s.lag_now(started + 6_000), 6_000, "a read stalled for 6 s");
         s.record_batch(1, std::iter::empty(), None, 7_500);
-        assert_eq!(s.lag_now(started + 6_000), 7_500, "the batch's own age when larger");
+        assert_eq!(
+            s.lag_now(started + 6_000),
+            7_500,
+            "the batch's own age when larger"
+        );
         s.set_waiting(Some(true));
         assert_eq!(s.lag_now(started + 60_000), 7_500, "waiting adds nothing");
         s.set_waiting(None);

@@ -49,6 +49,45 @@ pub enum ClusterError {
     Stalled(Duration),
     #[error("cluster queue closed")]
     QueueClosed,
+    #[error(
+        "Redis refused the connection: {0} (check redis_url's password, user and database number)"
+    )]
+    Refused(redis::RedisError),
+}
+
+/// Whether Redis answered, and said no: a wrong or missing password, a user without the
+/// rights, no such database. Redis down, slow or restarting is not a refusal.
+fn is_refusal(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        e.kind(),
+        ErrorKind::AuthenticationFailed
+            | ErrorKind::Server(ServerErrorKind::ResponseError)
+            | ErrorKind::Server(ServerErrorKind::NoPerm)
+            | ErrorKind::Extension
+    )
+}
+
+/// Connects to Redis once at start: a refusal ends the start, as Postgres's does, so a
+/// node with the wrong password never joins a load balancer serving its clients alone.
+/// Redis down or not answering within `wait` does not: the node starts degraded and
+/// keeps trying, as it does when Redis goes away later.
+pub async fn check_not_refused(task: &ClusterTask, wait: Duration) -> Result<(), ClusterError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(wait))
+        .set_response_timeout(Some(wait));
+    // A PING too: without a password nothing is refused until the first command.
+    let attempt = async {
+        let mut conn = task
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(wait, attempt).await {
+        Ok(Err(e)) if is_refusal(&e) => Err(ClusterError::Refused(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Cluster settings from the hub's configuration.
