@@ -393,3 +393,48 @@ async fn listings_show_a_url_without_its_password() {
         .get(0);
     assert_eq!(viewed, "http://user:***@127.0.0.1:9/hook?a=b@c");
 }
+
+/// An endpoint of the config file naming a table that does not exist (yet) holds up none
+/// declared after it: they are set up at once, and it is once its table is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_endpoint_on_a_missing_table_holds_up_no_other() {
+    let decl = |name: &str, table: &str| switchboard::config::WebhookDecl {
+        name: name.into(),
+        url: "https://crm.example/hook".into(),
+        tables: vec![table.into()],
+        events: None,
+        filter: None,
+        secret: None,
+    };
+    let pg = PgHub::start_with(SETUP, |c| {
+        c.consumers = quick_settings();
+        c.webhooks = vec![
+            decl("early", "public.later"),
+            decl("crm", "public.contacts"),
+        ];
+    })
+    .await;
+    let names = || async {
+        pg.sql
+            .query(
+                "select name from realtime.webhook_endpoints order by name",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while names().await != ["crm"] {
+        assert!(std::time::Instant::now() < deadline, "{:?}", names().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.exec("create table public.later (id bigint primary key)")
+        .await;
+    while names().await != ["crm", "early"] {
+        assert!(std::time::Instant::now() < deadline, "{:?}", names().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

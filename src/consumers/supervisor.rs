@@ -46,6 +46,7 @@ pub(super) async fn run_webhooks(inner: Arc<Inner>, shutdown: CancellationToken)
     } else {
         0
     };
+    let mut declared = HashSet::new();
     let tick_every = MAX_TICK.min(lease / 6);
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -57,8 +58,13 @@ pub(super) async fn run_webhooks(inner: Arc<Inner>, shutdown: CancellationToken)
         }
         if declare_tries < DECLARE_TRIES {
             declare_tries += 1;
-            match declare(&inner).await {
-                Ok(()) => declare_tries = DECLARE_TRIES,
+            match declare(&inner, &mut declared).await {
+                Ok(failed) if failed.is_empty() => declare_tries = DECLARE_TRIES,
+                Ok(failed) if declare_tries == DECLARE_TRIES => {
+                    tracing::error!(endpoints = ?failed,
+                        "could not set up these webhook endpoints of the config file; giving up (the others are set up)")
+                }
+                Ok(_) => {}
                 Err(e) if declare_tries == DECLARE_TRIES => {
                     tracing::error!(error = %e, "could not set up the webhooks of the config file; giving up")
                 }
@@ -194,13 +200,29 @@ fn sync(
     }
 }
 
-async fn declare(inner: &Inner) -> Result<(), ConsumersError> {
+/// Sets up each endpoint of the config file not set up yet (`done`): one that fails (a
+/// table that does not exist yet, say) is named in the log and tried again, and holds up
+/// none of the others. The names of those that failed, or why none could be tried.
+async fn declare(inner: &Inner, done: &mut HashSet<String>) -> Result<Vec<String>, ConsumersError> {
     let client = inner.pool.get().await?;
+    let mut failed = Vec::new();
     for w in &inner.declared {
-        admin::declare(&client, w).await?;
-        tracing::info!(endpoint = %w.name, "webhook endpoint from the config file set up");
+        if done.contains(&w.name) {
+            continue;
+        }
+        match admin::declare(&client, w).await {
+            Ok(()) => {
+                done.insert(w.name.clone());
+                tracing::info!(endpoint = %w.name, "webhook endpoint from the config file set up");
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %w.name, error = %e,
+                    "could not set up this webhook endpoint of the config file yet");
+                failed.push(w.name.clone());
+            }
+        }
     }
-    Ok(())
+    Ok(failed)
 }
 
 /// Pruning at the retention cap passed these endpoints' cursors: changes they had not

@@ -320,7 +320,12 @@ impl Endpoint {
                     pending.drain(..n);
                     stored = after.to_string();
                     last_store = Instant::now();
-                    since = (!pending.is_empty()).then(Instant::now);
+                    // What is left has waited since `since` too (a batch cut by
+                    // `batch_bytes` leaves changes that were due with it): it goes at
+                    // once when that wait is over, not a whole `batch_wait` later.
+                    if pending.is_empty() {
+                        since = None;
+                    }
                     let left = pending.len();
                     self.inner.set_local(&self.name, |l| l.pending = left);
                 }
