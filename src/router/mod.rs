@@ -514,7 +514,8 @@ impl Router {
         self.topics.len()
     }
 
-    /// Topics with their channel and presence counts, most channels first, at most
+    /// Topics with their channel and presence counts, most channels first (then most
+    /// presences, so a topic people are on outranks an idle one), at most
     /// `limit`. Read-only: each topic's lock is held only to count.
     pub fn summary(&self, limit: usize) -> Vec<TopicSummary> {
         let topics: Vec<(TopicKey, Arc<Mutex<Topic>>)> = self
@@ -535,7 +536,11 @@ impl Router {
             })
             .filter(|s| s.channels > 0)
             .collect();
-        out.sort_by(|a, b| b.channels.cmp(&a.channels).then(a.topic.cmp(&b.topic)));
+        out.sort_by(|a, b| {
+            (b.channels, b.presence)
+                .cmp(&(a.channels, a.presence))
+                .then(a.topic.cmp(&b.topic))
+        });
         out.truncate(limit);
         out
     }

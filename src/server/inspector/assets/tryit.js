@@ -398,35 +398,37 @@ function pushed() {
   if (room) status('ps-status', 'joined', room.joined)
 }
 
-async function send(event) {
-  event.preventDefault()
+/**
+ * Pushes on the room's channel; the reply or failure is shown unless the room was left
+ * meanwhile (the hub closed the channel: its reason, already shown, stays).
+ */
+async function pushToRoom(what, build) {
   if (!room) return
+  const channel = room.channel
   try {
-    const payload = jsonInput('ps-payload')
-    const reply = await room.channel.push('broadcast', { type: 'broadcast', event: $('ps-event').value || 'message', payload })
-    if (reply.status !== 'ok') status('ps-status', 'error', `Broadcast refused: ${JSON.stringify(reply.response)}`)
+    const [event, payload] = build()
+    const reply = await channel.push(event, payload)
+    if (room?.channel !== channel) return
+    if (reply.status !== 'ok') status('ps-status', 'error', `${what} refused: ${JSON.stringify(reply.response)}`)
     else pushed()
   } catch (err) {
+    if (room?.channel !== channel) return
     status('ps-status', 'error', err.message)
   }
 }
 
-async function track(event) {
+function send(event) {
   event.preventDefault()
-  if (!room) return
-  try {
-    const payload = jsonInput('ps-presence')
-    const reply = await room.channel.push('presence', { type: 'presence', event: 'track', payload })
-    if (reply.status !== 'ok') status('ps-status', 'error', `Track refused: ${JSON.stringify(reply.response)}`)
-    else pushed()
-  } catch (err) {
-    status('ps-status', 'error', err.message)
-  }
+  return pushToRoom('Broadcast', () => ['broadcast', { type: 'broadcast', event: $('ps-event').value || 'message', payload: jsonInput('ps-payload') }])
 }
 
-async function untrack() {
-  if (!room) return
-  await room.channel.push('presence', { type: 'presence', event: 'untrack' }).catch(() => {})
+function track(event) {
+  event.preventDefault()
+  return pushToRoom('Track', () => ['presence', { type: 'presence', event: 'track', payload: jsonInput('ps-presence') }])
+}
+
+function untrack() {
+  return pushToRoom('Untrack', () => ['presence', { type: 'presence', event: 'untrack' }])
 }
 
 /** Closes every test connection (sign-out). */

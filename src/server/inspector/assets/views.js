@@ -132,7 +132,7 @@ function renderTables(snap, onCopy) {
       )
     )
   )
-  setText('tables-count', snap.hub.database ? `${t.enabled.length} enabled` : '')
+  setText('tables-count', snap.hub.database && !t.error ? `${t.enabled.length} enabled` : '')
   $('tables-empty').hidden = !snap.hub.database || t.enabled.length > 0 || !!t.error
   const err = $('tables-error')
   err.hidden = snap.hub.database && !t.error
@@ -183,6 +183,10 @@ function renderConnections(snap) {
   setText('conn-topics', fmtInt(c.topics))
   $('conn-open').title = `of ${fmtInt(c.max)} allowed`
   $('topics-empty').hidden = snap.topics.length > 0
+  // The snapshot lists at most 200 topics (MAX_TOPICS in snapshot.rs).
+  const more = snap.topics.length >= 200 && c.topics > snap.topics.length
+  $('topics-more').hidden = !more
+  setText('topics-more', more ? `Showing the ${fmtInt(snap.topics.length)} busiest of ${fmtInt(c.topics)} topics (most channels, then most presences).` : '')
   $('topics-body').replaceChildren(
     ...snap.topics.map((t) =>
       el(
@@ -252,7 +256,7 @@ function renderWebhooks(snap, onWebhook) {
       state.replaceChildren(el('span', { class: 'pill', dataset: { state: pillState } }, pillText))
     }
     state.title = w.paused_reason ?? (w.data_lost ? `The log was pruned past this endpoint's cursor at ${w.data_lost_at}` : '')
-    lag.textContent = `${fmtInt(w.lag_events)} events`
+    lag.textContent = `${fmtInt(w.lag_events)} event${w.lag_events === 1 ? '' : 's'}`
     behind.textContent = formatMs(Math.round(w.lag_seconds * 1000))
     success.textContent = w.last_success_at ? ago(w.last_success_at, snap.at) : 'never'
     error.textContent = w.last_error ? `${webhookError(w)}${w.last_error_at ? ` (${ago(w.last_error_at, snap.at)})` : ''}` : '–'
