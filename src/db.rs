@@ -56,6 +56,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (77, include_str!("../sql/077_webhooks_view_redacted.sql")),
     (78, include_str!("../sql/078_left_publication.sql")),
     (79, include_str!("../sql/079_webhook_secret_padding.sql")),
+    (80, include_str!("../sql/080_webhook_url_checked.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

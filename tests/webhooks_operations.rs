@@ -438,3 +438,65 @@ async fn a_declared_endpoint_on_a_missing_table_holds_up_no_other() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A URL delivery could never use is refused when the endpoint is made or altered, with
+/// what is wrong and without repeating the URL (it may hold a password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_without_a_host_or_with_a_bad_port_is_refused() {
+    let pg = hub().await;
+    let long = format!("https://crm.example/{}", "a".repeat(2100));
+    for (url, problem) in [
+        (
+            "http:///path",
+            "webhook url must name a host, as in https://hooks.example.com/path",
+        ),
+        (
+            "https://user:pw@/x",
+            "webhook url must name a host, as in https://hooks.example.com/path",
+        ),
+        (
+            "http://127.0.0.1:99999/h",
+            "webhook url port must be a number from 1 to 65535",
+        ),
+        (
+            "http://127.0.0.1:0/h",
+            "webhook url port must be a number from 1 to 65535",
+        ),
+        (
+            "http://host:8o/h",
+            "webhook url port must be a number from 1 to 65535",
+        ),
+        (long.as_str(), "webhook url must be at most 2048 characters"),
+    ] {
+        let e = pg
+            .sql
+            .query_one(
+                "select realtime.create_webhook('crm', $1, '{public.contacts}')",
+                &[&url],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(common::e2e::pg_err(&e), problem, "{url}");
+    }
+    for url in [
+        "https://user:pw@crm.example:8443/hook?a=1",
+        "http://[::1]:8080/h",
+        "http://localhost/h",
+    ] {
+        create(&pg, "ok", url, "{public.contacts}").await;
+        pg.exec("select realtime.drop_webhook('ok')").await;
+    }
+    create(&pg, "crm", "https://crm.example/h", "{public.contacts}").await;
+    let e = pg
+        .sql
+        .execute(
+            "select realtime.alter_webhook('crm', url => 'http://:80/x')",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::e2e::pg_err(&e),
+        "webhook url must name a host, as in https://hooks.example.com/path"
+    );
+}
