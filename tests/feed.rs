@@ -348,12 +348,40 @@ async fn bad_requests_get_clear_answers() {
             )
         }
     };
-    assert_eq!(answer("tables=public.notes", None).await.0, 401);
+    assert_eq!(
+        answer("tables=public.notes", None).await,
+        (401, "Unauthorized".to_owned())
+    );
+    // A refused token is told why, as a WebSocket connect is.
+    let (s, m) = answer("tables=public.notes", Some("not-a-token".into())).await;
+    assert_eq!(s, 401);
+    assert!(
+        m.starts_with("Unauthorized: ") && m.len() > "Unauthorized: ".len(),
+        "{m}"
+    );
+    let postgres = pg.token("postgres", "ops");
+    let (s, m) = answer("tables=public.notes", Some(postgres)).await;
+    assert_eq!(
+        (s, m.as_str()),
+        (401, "Unauthorized: Token role \"postgres\" is not allowed")
+    );
     let (s, m) = answer("tables=public.quiet", Some(token.clone())).await;
     assert_eq!(s, 400);
     assert!(m.contains("select realtime.enable('public.quiet')"), "{m}");
     let (s, m) = answer("tables=public.nope", Some(token.clone())).await;
     assert_eq!((s, m.as_str()), (400, "table public.nope does not exist"));
+    pg.exec(
+        "create view public.notes_view as select * from public.notes; \
+             grant select on public.notes_view to authenticated",
+    )
+    .await;
+    for reader in [pg.user(ALICE), token.clone()] {
+        let (s, m) = answer("tables=public.notes_view", Some(reader)).await;
+        assert_eq!(
+            (s, m.as_str()),
+            (400, "public.notes_view is a view, and realtime captures tables only; ask for the tables it reads from")
+        );
+    }
     // Any other role learns no more than a join tells it: a table it may not read (not
     // enabled, or a catalog table) and one that does not exist get the same answer.
     let alice = pg.user(ALICE);

@@ -54,10 +54,11 @@ const SCHEMA_USABLE: &str = "select exists (select 1 from pg_catalog.pg_namespac
 const OTHER_RELATION: &str = "select case c.relkind when 'v' then 'view' \
        when 'm' then 'materialized view' else 'foreign table' end \
      from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
-     join pg_catalog.pg_roles r on r.rolname = $3 \
+     left join pg_catalog.pg_roles r on r.rolname = $3::text \
      where n.nspname = $1 and c.relname = $2 and c.relkind in ('v', 'm', 'f') \
-       and pg_catalog.has_schema_privilege(r.oid, n.oid, 'USAGE') \
-       and pg_catalog.has_table_privilege(r.oid, c.oid, 'SELECT')";
+       and ($3::text is null \
+            or (pg_catalog.has_schema_privilege(r.oid, n.oid, 'USAGE') \
+                and pg_catalog.has_table_privilege(r.oid, c.oid, 'SELECT')))";
 
 /// A column's type as a name Postgres reads back, without its modifier.
 const COLUMN_TYPE: &str =
@@ -487,12 +488,12 @@ impl Catalog {
     }
 
     /// `view`, `materialized view` or `foreign table` when `schema.name` is one that
-    /// `role` may select from (realtime captures tables only).
+    /// `role` may select from (realtime captures tables only); `None`: any reader (service_role).
     pub async fn other_relation(
         &self,
         schema: &str,
         name: &str,
-        role: &str,
+        role: Option<&str>,
     ) -> Result<Option<String>, CatalogError> {
         let client = self.inner.pool.get().await?;
         let stmt = client.prepare_cached(OTHER_RELATION).await?;

@@ -251,7 +251,7 @@ async fn subscription(
     let visible = catalog.visible_to(info, role).await.map_err(unavailable)?;
     let Some((info, selectable)) = visible else {
         // Told only to a role that may select from it, so it leaks nothing.
-        let other = catalog.other_relation(schema, table, role);
+        let other = catalog.other_relation(schema, table, Some(role));
         if let Some(kind) = other.await.map_err(unavailable)? {
             return Err(ChangesError::NotATable { table: name, kind });
         }

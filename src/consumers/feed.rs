@@ -179,18 +179,27 @@ impl ConsumersHandle {
                 .await
                 .map_err(catalog_error)?;
             let info = match role {
-                None => info.ok_or_else(|| FeedError::NoSuchTable(name.clone()))?,
-                Some(role) => {
-                    let visible = catalog
-                        .visible_to(info, role)
-                        .await
-                        .map_err(catalog_error)?;
-                    let not_visible = || FeedError::NoVisibleTable {
-                        table: name.clone(),
-                        role: role.to_owned(),
-                    };
-                    visible.ok_or_else(not_visible)?.0
+                None => info,
+                Some(role) => catalog
+                    .visible_to(info, role)
+                    .await
+                    .map_err(catalog_error)?
+                    .map(|(info, _)| info),
+            };
+            let Some(info) = info else {
+                // A view (or the like) the reader may select from is told what it is, as
+                // a join is; anything else gets the answer a missing table gets.
+                let other = catalog.other_relation(&schema, &table, role);
+                if let Some(kind) = other.await.map_err(catalog_error)? {
+                    return Err(FeedError::NotATable { table: name, kind });
                 }
+                return Err(match role {
+                    None => FeedError::NoSuchTable(name),
+                    Some(role) => FeedError::NoVisibleTable {
+                        table: name,
+                        role: role.to_owned(),
+                    },
+                });
             };
             if !info.realtime_enabled {
                 return Err(match capturable(&schema) {

@@ -737,6 +737,14 @@ impl Close {
 pub enum FeedError {
     #[error("Unauthorized")]
     Unauthorized,
+    /// A view, materialized view or foreign table the reader may select from.
+    #[error(
+        "{table} is a {kind}, and realtime captures tables only; ask for the tables it reads from"
+    )]
+    NotATable { table: String, kind: String },
+    /// A token the hub refused, and why (as a WebSocket connect is told).
+    #[error("Unauthorized: {0}")]
+    BadToken(String),
     #[error("`tables` must be schema.table names separated by commas: {0}")]
     BadTables(String),
     /// A table name Postgres cannot hold (see [`refuse_nul`]).
@@ -773,12 +781,13 @@ pub enum FeedError {
 impl FeedError {
     pub fn status(&self) -> u16 {
         match self {
-            FeedError::Unauthorized => 401,
+            FeedError::Unauthorized | FeedError::BadToken(_) => 401,
             FeedError::BadTables(_)
             | FeedError::BadQuery(_)
             | FeedError::BadName(_)
             | FeedError::NoSuchTable(_)
             | FeedError::NoVisibleTable { .. }
+            | FeedError::NotATable { .. }
             | FeedError::NotEnabled { .. }
             | FeedError::NotCapturable { .. }
             | FeedError::BadLimit { .. }

@@ -34,8 +34,10 @@ pub async fn changes_feed(
     query: Result<Query<FeedQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(claims) = token_claims(&hub, &headers).await else {
-        return feed_error(FeedError::Unauthorized);
+    let claims = match token_claims(&hub, &headers).await {
+        Ok(claims) => claims,
+        Err(None) => return feed_error(FeedError::Unauthorized),
+        Err(Some(why)) => return feed_error(FeedError::BadToken(why)),
     };
     let query = match query {
         Ok(Query(query)) => query,

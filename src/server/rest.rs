@@ -125,9 +125,14 @@ fn request_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The verified claims of the request's token (`Authorization: Bearer`, else `apikey`).
-pub(super) async fn token_claims(hub: &Hub, headers: &HeaderMap) -> Option<Claims> {
-    let token = request_token(headers)?;
-    hub.services.verifier.verify_fresh(token).await.ok()
+/// The request's token's claims; `Err(None)` without a token, else why it was refused.
+pub(super) async fn token_claims(hub: &Hub, headers: &HeaderMap) -> Result<Claims, Option<String>> {
+    let token = request_token(headers).ok_or(None)?;
+    hub.services
+        .verifier
+        .verify_fresh(token)
+        .await
+        .map_err(|e| Some(e.to_string()))
 }
 
 /// Counts `messages` against the caller's token and address; the 429 answer if over.
