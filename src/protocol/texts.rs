@@ -608,8 +608,9 @@ pub enum InspectorError {
     SignInRequired,
     #[error("Enter a service_role token or the admin secret")]
     NoCredentials,
-    /// The token does not verify (its text as at connect).
-    #[error("{}", .0.http_text())]
+    /// The token does not verify: why, in full (`Token has expired 5 seconds ago`), as
+    /// the token check tells it.
+    #[error("{0}")]
     Token(TokenError),
     #[error("This token's role is {role:?}; admin access needs a service_role token")]
     NotServiceRole { role: String },

@@ -28,10 +28,25 @@ function claimsOf(token) {
   }
 }
 
-function who(token) {
+/** Who `token` is: its role (an API key's as the hub reads it) and subject. */
+async function who(token) {
   const c = claimsOf(token)
-  const role = c.role ?? 'unknown role'
+  const role = c.role ?? (await checkToken(token))?.role ?? 'unknown role'
   return c.sub ? `${role}, sub ${c.sub}` : role
+}
+
+/** The hub's check of `token` (`valid`, and `role` or `reason`); null if it failed. */
+async function checkToken(token) {
+  try {
+    const res = await fetch('/inspector/api/token/check', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ token }),
+    })
+    return res.ok ? await res.json() : null
+  } catch {
+    return null
+  }
 }
 
 function logItem(listId, kind, title, body, when = new Date()) {
@@ -57,17 +72,8 @@ function logItem(listId, kind, title, body, when = new Date()) {
  * it (or the check could not be made). A browser's WebSocket cannot read a refusal.
  */
 async function refusalOf(token) {
-  try {
-    const res = await fetch('/inspector/api/token/check', {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ token }),
-    })
-    const body = await res.json()
-    return res.ok && body.valid === false ? body.reason : null
-  } catch {
-    return null
-  }
+  const body = await checkToken(token)
+  return body?.valid === false ? body.reason : null
 }
 
 /** Connects `socket`; on a refusal, throws the hub's reason for `token` if it has one. */
@@ -205,7 +211,7 @@ async function startTry(event) {
   const entry = { event: $('try-event').value, schema, table }
   const filter = $('try-filter').value.trim()
   if (filter) entry.filter = filter
-  const label = `${choice === '*' ? 'every enabled table' : tableLabel([schema, table])}${filter ? ` where ${filter}` : ''} as ${who(token)}`
+  const label = `${choice === '*' ? 'every enabled table' : tableLabel([schema, table])}${filter ? ` where ${filter}` : ''} as ${await who(token)}`
 
   const socket = new Socket(socketUrl(token), {
     onClose: (ev) => {
@@ -346,7 +352,7 @@ async function joinRoom(event) {
     },
     access_token: token,
   })
-  const joined = `Joined ${name} as ${who(token)}.`
+  const joined = `Joined ${name} as ${await who(token)}.`
   room = { socket, channel, presence: {}, joined }
   channel.on('broadcast', (p) => logItem('ps-log', 'broadcast', p.event, p.payload))
   channel.on('presence_state', (state) => applyPresence(state, null))
