@@ -298,6 +298,29 @@ async fn capture_triggers(pg: &PgHub, table: &str) -> i64 {
         .get(0)
 }
 
+/// A second session with `sql` run in a transaction it leaves open.
+async fn holding(pg: &PgHub, sql: &str) -> tokio_postgres::Client {
+    let session = pg.db.client().await;
+    session
+        .batch_execute(&format!("begin; {sql}"))
+        .await
+        .unwrap();
+    session
+}
+
+/// Waits (up to 30 s) until `table` has `n` capture triggers: the hub's sync runs every
+/// 5 s.
+async fn wait_capture_triggers(pg: &PgHub, table: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while capture_triggers(pg, table).await != n {
+        assert!(
+            Instant::now() < deadline,
+            "the sync never left {table} with {n} capture triggers"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A table that leaves the publication while another session has read it in a
 /// transaction still open keeps its triggers (dropping them waits for that session's
 /// lock), but from the ALTER's commit its changes reach no subscriber and a join to it is
@@ -308,11 +331,7 @@ async fn a_table_that_left_the_publication_while_read_in_an_open_transaction_del
     pg.exec("alter publication supabase_realtime add table public.jobs, public.notes")
         .await;
     let mut c = subscribed(&pg, "realtime:room", &["jobs", "notes"]).await;
-    let reader = pg.db.client().await;
-    reader
-        .batch_execute("begin; select count(*) from public.jobs")
-        .await
-        .unwrap();
+    let reader = holding(&pg, "select count(*) from public.jobs").await;
     pg.exec("alter publication supabase_realtime drop table public.jobs")
         .await;
     assert_eq!(
@@ -343,14 +362,7 @@ async fn a_table_that_left_the_publication_while_read_in_an_open_transaction_del
     );
 
     reader.batch_execute("commit").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while capture_triggers(&pg, "jobs").await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the sync never dropped the triggers"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_capture_triggers(&pg, "jobs", 0).await;
 }
 
 /// A table added to the publication while a transaction that wrote to it is still open
@@ -360,11 +372,7 @@ async fn a_table_that_left_the_publication_while_read_in_an_open_transaction_del
 #[tokio::test]
 async fn a_table_added_to_the_publication_while_written_in_an_open_transaction_is_captured_later() {
     let pg = PgHub::start(SETUP).await;
-    let writer = pg.db.client().await;
-    writer
-        .batch_execute("begin; insert into public.jobs (title) values ('early')")
-        .await
-        .unwrap();
+    let writer = holding(&pg, "insert into public.jobs (title) values ('early')").await;
     pg.exec("alter publication supabase_realtime add table public.jobs")
         .await;
     assert_eq!(
@@ -384,14 +392,7 @@ async fn a_table_added_to_the_publication_while_written_in_an_open_transaction_i
     );
 
     writer.batch_execute("commit").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while capture_triggers(&pg, "jobs").await < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the sync never captured the table"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_capture_triggers(&pg, "jobs", 3).await;
     subscribe(
         &mut c,
         "realtime:later",
