@@ -3,7 +3,7 @@
 -- (invalid_parameter_value) as the function's own, so 030's handler raised it again as
 -- it was. The decode now runs in its own block; every refusal says what a secret must be.
 create or replace function realtime.check_webhook_secret(secret text) returns text
-language plpgsql immutable set search_path = '' as $fn$
+language plpgsql immutable set search_path = pg_catalog, pg_temp as $fn$
 declare
     bytes int;
 begin

@@ -7,7 +7,7 @@
 create or replace function realtime.check_webhook_fields(
     name text, url text, tables regclass[], events text[]
 ) returns void
-language plpgsql immutable set search_path = '' as $fn$
+language plpgsql immutable set search_path = pg_catalog, pg_temp as $fn$
 declare
     hostport text;
     host text;
