@@ -897,7 +897,7 @@ mod tests {
         let e = InspectorError::Token(TokenError::Expired { seconds_ago: 4 });
         assert_eq!(
             (e.status(), e.body()),
-            (401, json!({"error": "Token has expired"}))
+            (401, json!({"error": "Token has expired 4 seconds ago"}))
         );
         let spent = InspectorError::TooManyAttempts {
             retry_after_secs: 2,
