@@ -536,7 +536,8 @@ async fn a_redis_that_refuses_the_login_ends_the_start() {
             "Redis refused the connection",
         ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        // A node that starts anyway would serve until killed: bounded, and killed.
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .arg("serve")
             .env("SWITCHBOARD_LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_JWT_SECRET", common::hub::SECRET)
@@ -544,7 +545,13 @@ async fn a_redis_that_refuses_the_login_ends_the_start() {
             .env_remove("DATABASE_URL")
             .env("NO_COLOR", "1")
             .stdin(std::process::Stdio::null())
-            .output()
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("switchboard serve against {url} was still running after 30 s")
+            })
             .expect("run switchboard serve");
         let text = format!(
             "{}{}",

@@ -73,6 +73,19 @@ async fn enabled_tables_in<T: for<'a> tokio_postgres::types::FromSql<'a>>(
     .collect()
 }
 
+/// Joins every event of `jobs` on `topic` as the test user, then inserts a job and
+/// expects its INSERT: the table is captured and delivered.
+async fn receives_a_new_job(pg: &PgHub, c: &mut WsClient, topic: &str) {
+    subscribe(c, topic, json!([all_of("jobs")]), Some(&pg.user(USER))).await;
+    let id = pg
+        .id(
+            "insert into public.jobs (title) values ('new') returning id",
+            &[],
+        )
+        .await;
+    expect_row(c, "INSERT", "jobs", id).await;
+}
+
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
     v.iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -97,20 +110,7 @@ async fn a_table_added_to_the_publication_while_the_hub_runs_is_captured_at_once
         .await;
     // No waiting: the event trigger started capture in the DDL's own transaction, and
     // "not enabled" is never cached.
-    subscribe(
-        &mut c,
-        "realtime:after",
-        json!([all_of("jobs")]),
-        Some(&pg.user(USER)),
-    )
-    .await;
-    let id = pg
-        .id(
-            "insert into public.jobs (title) values ('x') returning id",
-            &[],
-        )
-        .await;
-    expect_row(&mut c, "INSERT", "jobs", id).await;
+    receives_a_new_job(&pg, &mut c, "realtime:after").await;
     assert_eq!(enabled_via(&pg).await, pairs(&[("jobs", "publication")]));
 }
 
@@ -393,20 +393,7 @@ async fn a_table_added_to_the_publication_while_written_in_an_open_transaction_i
 
     writer.batch_execute("commit").await.unwrap();
     wait_capture_triggers(&pg, "jobs", 3).await;
-    subscribe(
-        &mut c,
-        "realtime:later",
-        json!([all_of("jobs")]),
-        Some(&pg.user(USER)),
-    )
-    .await;
-    let id = pg
-        .id(
-            "insert into public.jobs (title) values ('late') returning id",
-            &[],
-        )
-        .await;
-    expect_row(&mut c, "INSERT", "jobs", id).await;
+    receives_a_new_job(&pg, &mut c, "realtime:later").await;
 }
 
 /// A sync lock a session still holds from a sync that failed where nothing could release

@@ -75,13 +75,7 @@ const TABLE_NAMES: &str = "select c.oid, n.nspname::text, c.relname::text \
 /// publication; the triggers are not dropped yet) delivers no event.
 const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.relrowsecurity, c.relforcerowsecurity, \
            c.relkind = 'p' as partitioned, \
-           exists (select 1 from pg_catalog.pg_trigger t \
-                    where t.tgrelid = c.oid and t.tgname = $1::text) \
-             and exists (select 1 from realtime.enabled_tables e where e.relid = c.oid) \
-             as realtime_enabled, \
-           exists (select 1 from pg_catalog.pg_publication_tables p \
-                    where p.pubname = 'supabase_realtime' \
-                      and p.schemaname = n.nspname and p.tablename = c.relname) as published, \
+           e.events is not null as realtime_enabled, \
            c.relreplident::text as replica_identity, \
            array(select a.attname::text from pg_catalog.pg_index i \
                   cross join lateral unnest(i.indkey) with ordinality as k(attnum, pos) \
@@ -117,12 +111,14 @@ const TABLE_BY_NAME: &str = "select n.nspname::text, c.relname::text, c.oid, c.r
                   join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
                   where i.indrelid = c.oid and i.indisprimary \
                   order by k.pos) as primary_key, \
-           coalesce((select e.events from realtime.enabled_tables e where e.relid = c.oid), \
+           coalesce(e.events, \
                     case when exists (select 1 from pg_catalog.pg_trigger t \
                                       where t.tgrelid = c.oid and t.tgname = $1::text) \
                          then '{}'::text[] end) as events \
          from pg_catalog.pg_class c \
          join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
+         left join lateral (select e.events from realtime.enabled_tables e \
+                            where e.relid = c.oid) e on true \
          where c.relkind in ('r', 'p') \
            and n.nspname = $2::text and c.relname = $3::text";
 
@@ -139,6 +135,12 @@ const SELECTABLE_COLUMNS: &str =
          from pg_catalog.pg_roles r where r.rolname = $2::text";
 
 const RULES_VERSION: &str = "select realtime.rules_version()";
+
+/// Whether the `supabase_realtime` publication lists table `$1`.`$2` (as
+/// `pg_publication_tables` lists it: a partitioned table without
+/// `publish_via_partition_root` is listed as its partitions).
+const PUBLISHED: &str = "select exists (select 1 from pg_catalog.pg_publication_tables p \
+     where p.pubname = 'supabase_realtime' and p.schemaname = $1 and p.tablename = $2)";
 
 /// Every table with realtime enabled: each row of `realtime.enabled_tables` as JSON, so
 /// columns the view gains later (how a table was enabled) arrive without a code change.
@@ -202,13 +204,9 @@ pub struct TableInfo {
     pub primary_key: Vec<String>,
     pub rls_enabled: bool,
     pub rls_forced: bool,
-    /// Has the capture triggers and is listed by `realtime.enabled_tables` (which leaves
-    /// out a table that left the publication while its triggers wait for a lock to go).
+    /// Listed by `realtime.enabled_tables`: it has the capture triggers, unless it left
+    /// the publication while they wait for a lock to go.
     pub realtime_enabled: bool,
-    /// Listed by the `supabase_realtime` publication (as `pg_publication_tables` lists it:
-    /// a partitioned table without `publish_via_partition_root` is listed as its
-    /// partitions).
-    pub published: bool,
     /// A partitioned table (its rows live in its partitions).
     pub partitioned: bool,
     pub replica_identity: ReplicaIdentity,
@@ -487,6 +485,14 @@ impl Catalog {
         Ok(client.query_one(&stmt, &[&schema, &role]).await?.get(0))
     }
 
+    /// Whether the `supabase_realtime` publication lists `schema.name` (asked only when a
+    /// join is refused, to say why: never on the delivery path).
+    pub async fn published(&self, schema: &str, name: &str) -> Result<bool, CatalogError> {
+        let client = self.inner.pool.get().await?;
+        let stmt = client.prepare_cached(PUBLISHED).await?;
+        Ok(client.query_one(&stmt, &[&schema, &name]).await?.get(0))
+    }
+
     /// `view`, `materialized view` or `foreign table` when `schema.name` is one that
     /// `role` may select from (realtime captures tables only); `None`: any reader (service_role).
     pub async fn other_relation(
@@ -711,7 +717,6 @@ fn table_info(row: &Row) -> TableInfo {
         rls_enabled: row.get("relrowsecurity"),
         rls_forced: row.get("relforcerowsecurity"),
         realtime_enabled: row.get("realtime_enabled"),
-        published: row.get("published"),
         partitioned: row.get("partitioned"),
         replica_identity: match row.get::<_, String>("replica_identity").as_str() {
             "f" => ReplicaIdentity::Full,

@@ -583,7 +583,6 @@ mod tests {
             rls_enabled: false,
             rls_forced: false,
             realtime_enabled: true,
-            published: false,
             partitioned: false,
             replica_identity: crate::changes::catalog::ReplicaIdentity::Default,
             events: crate::changes::catalog::Events::ALL,

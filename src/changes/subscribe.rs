@@ -261,8 +261,9 @@ async fn subscription(
         });
     };
     if !info.realtime_enabled {
+        let published = || async { catalog.published(schema, table).await.map_err(unavailable) };
         return Err(match (capturable(schema), info.partitioned) {
-            (true, false) if info.published => ChangesError::CaptureNotStarted { table: name },
+            (true, false) if published().await? => ChangesError::CaptureNotStarted { table: name },
             (true, false) => ChangesError::NotEnabled { table: name },
             (true, true) => ChangesError::NotEnabledPartitioned { table: name },
             (false, _) => ChangesError::NotCapturable {
