@@ -57,6 +57,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (78, include_str!("../sql/078_left_publication.sql")),
     (79, include_str!("../sql/079_webhook_secret_padding.sql")),
     (80, include_str!("../sql/080_webhook_url_checked.sql")),
+    (
+        81,
+        include_str!("../sql/081_capturable_and_unique_fields.sql"),
+    ),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

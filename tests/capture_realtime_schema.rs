@@ -1,7 +1,7 @@
 //! Tables in schema `realtime` are never captured: `realtime.enable` and create_webhook /
 //! alter_webhook refuse them, changing nothing (capture on `realtime.changes` would make
 //! every captured write fail), and neither a join, the change feed nor the Inspector
-//! offers to enable one.
+//! offers to enable one. Postgres's own tables and temporary tables are refused too.
 
 mod common;
 
@@ -71,6 +71,51 @@ async fn enabling_or_hooking_a_realtime_table_is_refused_and_writes_keep_working
         .await
         .expect_err("switchboard enable realtime.changes");
     assert!(e.to_string().contains(REFUSED), "{e}");
+}
+
+/// Postgres's own tables and a session's temporary tables cannot be captured either (a
+/// publication refuses them too): each is refused by name, changing nothing, where a
+/// system catalog got Postgres's trigger error and the others were listed as captured.
+#[tokio::test]
+async fn enabling_or_hooking_a_system_or_temporary_table_is_refused() {
+    let pg = PgHub::start(SETUP).await;
+    for (sql, problem) in [
+        (
+            "select realtime.enable('pg_catalog.pg_class')",
+            "tables in schema pg_catalog cannot be captured (got pg_class)",
+        ),
+        (
+            "select realtime.enable('information_schema.sql_features')",
+            "tables in schema information_schema cannot be captured (got information_schema.sql_features)",
+        ),
+        (
+            "select realtime.create_webhook('w', 'http://127.0.0.1:9/x', '{public.deals,pg_catalog.pg_class}')",
+            "tables in schema pg_catalog cannot be captured (got pg_class)",
+        ),
+        (
+            "create temporary table scratch (id int primary key); select realtime.enable('scratch')",
+            "temporary tables cannot be captured (got scratch)",
+        ),
+    ] {
+        let e = pg.sql.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(pg_err(&e), problem, "{sql}");
+    }
+    assert_eq!(captured_tables(&pg).await, ["public.deals"]);
+    let endpoints: i64 = pg
+        .sql
+        .query_one("select count(*) from realtime.webhook_endpoints", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(endpoints, 0);
+    let e = switchboard::db::enable(&pg.sql, "pg_catalog.pg_class")
+        .await
+        .expect_err("switchboard enable pg_catalog.pg_class");
+    assert!(
+        e.to_string()
+            .contains("tables in schema pg_catalog cannot be captured"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

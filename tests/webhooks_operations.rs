@@ -500,3 +500,46 @@ async fn a_url_without_a_host_or_with_a_bad_port_is_refused() {
         "webhook url must name a host, as in https://hooks.example.com/path"
     );
 }
+
+/// Tables and events named twice are kept once each, in the order first given, by
+/// create_webhook and alter_webhook alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_and_events_named_twice_are_kept_once() {
+    async fn listed(pg: &PgHub) -> (Vec<String>, Vec<String>) {
+        let row = pg
+            .sql
+            .query_one(
+                "select tables::text[], events from realtime.webhooks where name = 'crm'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let pg = hub().await;
+    pg.exec(
+        "select realtime.create_webhook('crm', 'https://crm.example/h', \
+         '{public.quiet,public.contacts,public.quiet}', '{update,INSERT,UPDATE}')",
+    )
+    .await;
+    assert_eq!(
+        listed(&pg).await,
+        (
+            strings(&["public.quiet", "public.contacts"]),
+            strings(&["UPDATE", "INSERT"])
+        )
+    );
+    pg.exec(
+        "select realtime.alter_webhook('crm', tables => '{public.contacts,public.contacts}', \
+         events => '{DELETE,DELETE,INSERT}')",
+    )
+    .await;
+    assert_eq!(
+        listed(&pg).await,
+        (
+            strings(&["public.contacts"]),
+            strings(&["DELETE", "INSERT"])
+        )
+    );
+}

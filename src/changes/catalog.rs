@@ -33,11 +33,13 @@ const CACHE_PRUNE_AT: usize = 1024;
 pub const UNCAPTURED_SCHEMA: &str = "realtime";
 
 /// Whether a table in `schema` can have change capture at all: not the hub's own, nor
-/// Postgres's catalogs (which take no triggers).
+/// Postgres's catalogs (which take no triggers), nor a session's temporary tables (as
+/// `realtime.check_capturable` judges).
 pub fn capturable(schema: &str) -> bool {
     schema != UNCAPTURED_SCHEMA
         && !matches!(schema, "pg_catalog" | "information_schema")
         && !schema.starts_with("pg_toast")
+        && !schema.starts_with("pg_temp")
 }
 
 /// Name of one of the capture triggers that `realtime.enable` creates (its INSERT trigger).
@@ -732,6 +734,23 @@ fn table_info(row: &Row) -> TableInfo {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_tables_outside_the_hubs_and_postgress_own_schemas_are_capturable() {
+        for schema in ["public", "crm", "pg", "realtime_app", "pgtemp"] {
+            assert!(capturable(schema), "{schema}");
+        }
+        for schema in [
+            "realtime",
+            "pg_catalog",
+            "information_schema",
+            "pg_toast",
+            "pg_toast_temp_3",
+            "pg_temp_3",
+        ] {
+            assert!(!capturable(schema), "{schema}");
+        }
+    }
 
     #[test]
     fn an_enabled_tables_row_reads_its_names_and_how_it_was_enabled() {
