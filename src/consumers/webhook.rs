@@ -33,6 +33,11 @@ const STORE_IDLE_EVERY: Duration = Duration::from_secs(10);
 /// Log rows read at a time at least (batches may be smaller): an endpoint with tiny
 /// batches still passes over other tables' rows quickly.
 const READ_ROWS_MIN: usize = 100;
+/// While a batch fills (it waits up to `batch_wait` for more changes), the log is read
+/// at most this many times in that wait, however often the capture reads rows of the
+/// endpoint's tables (unless it has read enough rows to fill the batch): 100 commits a
+/// second had made 100 reads a second per endpoint.
+const FILL_READS_PER_WAIT: u32 = 10;
 /// Wait between tries while the database is unreachable.
 const DB_RETRY: Duration = Duration::from_secs(1);
 
@@ -229,9 +234,15 @@ impl Endpoint {
         // The cursor as stored (the row's own text, so the compare-and-set matches it).
         let mut stored = def.position.clone();
         let mut last_store = Instant::now();
-        // When the oldest pending change was read (the batch window runs from there).
+        // When the oldest pending change was read (the batch window runs from there),
+        // and the pending changes by the read that took them (how many, when).
         let mut since: Option<Instant> = None;
+        let mut reads: VecDeque<(usize, Instant)> = VecDeque::new();
         let mut failures = u32::try_from(def.failures).unwrap_or(0);
+        let ticks = self.inner.ticks.clone();
+        // What the capture had read of this endpoint's tables, and when, at the last read.
+        let (mut seen, mut rows_then) = (0, 0);
+        let mut read_at = Instant::now();
         loop {
             if self.stop.is_cancelled() {
                 return Next::Stop;
@@ -241,7 +252,9 @@ impl Endpoint {
             }
             let mut more = false;
             if pending.len() < max {
-                self.progress.borrow_and_update();
+                rows_then = *self.progress.borrow_and_update();
+                seen = ticks.of(selection.table_names());
+                read_at = Instant::now();
                 let limit = max.max(READ_ROWS_MIN);
                 let read = log::read(&self.inner.pool, &tail, limit, selection).await;
                 let read = match read {
@@ -255,8 +268,9 @@ impl Endpoint {
                     }
                 };
                 more = read.full;
-                if !read.items.is_empty() && since.is_none() {
-                    since = Some(Instant::now());
+                if !read.items.is_empty() {
+                    reads.push_back((read.items.len(), Instant::now()));
+                    since = since.or(Some(Instant::now()));
                 }
                 pending.extend(read.items);
                 tail = read.tail;
@@ -290,15 +304,44 @@ impl Endpoint {
                 let wake_at = since.map_or(Instant::now() + self.inner.poll, |t| {
                     (t + settings.batch_wait).min(Instant::now() + self.inner.poll)
                 });
-                tokio::select! {
-                    _ = self.stop.cancelled() => return Next::Stop,
-                    r = self.progress.changed() => if r.is_err() {
-                        tokio::time::sleep_until(wake_at).await;
-                    },
-                    _ = tokio::time::sleep_until(wake_at) => {}
-                    r = self.lease.changed() => if r.is_err() {
-                        return Next::Stop;
-                    },
+                // Read again when the capture has read rows of this endpoint's tables (not
+                // after every commit of every table), and while a batch fills, at most
+                // every `FILL_READS_PER_WAIT`th of its wait, unless enough rows may be there
+                // to fill it: each read is a query.
+                let fill_gap = settings.batch_wait / FILL_READS_PER_WAIT;
+                let mut ticked = false;
+                loop {
+                    let at = match ticked {
+                        true => (read_at + fill_gap).min(wake_at),
+                        false => wake_at,
+                    };
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return Next::Stop,
+                        r = self.progress.changed(), if !ticked => match r {
+                            Err(_) => {
+                                tokio::time::sleep_until(wake_at).await;
+                                break;
+                            }
+                            Ok(()) if ticks.of(selection.table_names()) != seen => {
+                                // Rows the capture has read since (of any table: at most
+                                // this many are the endpoint's).
+                                let new = self.progress.borrow().saturating_sub(rows_then);
+                                if since.is_none()
+                                    || read_at.elapsed() >= fill_gap
+                                    || new >= (max - pending.len()) as u64
+                                {
+                                    break;
+                                }
+                                ticked = true;
+                            }
+                            Ok(()) => {}
+                        },
+                        _ = tokio::time::sleep_until(at) => break,
+                        r = self.lease.changed() => match r {
+                            Err(_) => return Next::Stop,
+                            Ok(()) => break,
+                        },
+                    }
                 }
                 continue;
             }
@@ -317,15 +360,17 @@ impl Endpoint {
             {
                 Delivery::Not(next) => return next,
                 Delivery::Sent => {
+                    // Cut by `batch_bytes` (not by `batch_events`, nor holding all).
+                    let cut_by_bytes = n < max && n < pending.len();
                     pending.drain(..n);
                     stored = after.to_string();
                     last_store = Instant::now();
-                    // What is left has waited since `since` too (a batch cut by
-                    // `batch_bytes` leaves changes that were due with it): it goes at
-                    // once when that wait is over, not a whole `batch_wait` later.
-                    if pending.is_empty() {
-                        since = None;
-                    }
+                    // What is left waits from when it was read: what was read with the
+                    // batch is due at once, not a whole `batch_wait` later, and what was
+                    // read after it waits its own. Behind a batch cut by bytes (large
+                    // rows), all that is left is due at once: it would not fit either.
+                    let oldest_left = drain_reads(&mut reads, n);
+                    since = if cut_by_bytes { oldest_left.and(since) } else { oldest_left };
                     let left = pending.len();
                     self.inner.set_local(&self.name, |l| l.pending = left);
                 }
@@ -629,9 +674,46 @@ enum Delivery {
     Not(Next),
 }
 
+/// Takes the first `n` changes off `reads` (how many each read took, and when); when the
+/// oldest change left was read.
+fn drain_reads(reads: &mut VecDeque<(usize, Instant)>, mut n: usize) -> Option<Instant> {
+    while n > 0 {
+        let Some(front) = reads.front_mut() else {
+            break;
+        };
+        if front.0 > n {
+            front.0 -= n;
+            break;
+        }
+        n -= front.0;
+        reads.pop_front();
+    }
+    reads.front().map(|r| r.1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_left_of_a_batch_waits_from_the_read_that_took_it() {
+        let t0 = Instant::now();
+        let (t1, t2) = (
+            t0 + Duration::from_millis(100),
+            t0 + Duration::from_millis(200),
+        );
+        let mut reads = VecDeque::from([(10, t0), (95, t1), (5, t2)]);
+        assert_eq!(
+            drain_reads(&mut reads, 100),
+            Some(t1),
+            "5 of the second read left"
+        );
+        assert_eq!(reads, VecDeque::from([(5, t1), (5, t2)]));
+        assert_eq!(drain_reads(&mut reads, 5), Some(t2));
+        assert_eq!(drain_reads(&mut reads, 5), None);
+        assert!(reads.is_empty());
+        assert_eq!(drain_reads(&mut reads, 3), None, "nothing to take");
+    }
 
     fn def(row: &str, tables: &[(u32, &str)]) -> EndpointDef {
         EndpointDef {

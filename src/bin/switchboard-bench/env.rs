@@ -78,6 +78,12 @@ impl PgCluster {
         Ok(cluster)
     }
 
+    /// The postmaster's pid (the first line of `postmaster.pid`) while it runs.
+    pub fn postmaster(&self) -> Option<u32> {
+        let pidfile = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).ok()?;
+        pidfile.lines().next()?.trim().parse().ok()
+    }
+
     /// `pg_ctl stop -m <mode>` (`fast`: sessions are terminated; `immediate`: a crash,
     /// recovered from the WAL at the next start).
     pub fn stop(&self, mode: &str) -> Result<(), BenchError> {

@@ -16,6 +16,7 @@ mod resume;
 mod rss;
 mod run;
 mod stats;
+mod webhooks;
 mod writeload;
 mod ws;
 
@@ -111,6 +112,8 @@ enum Scenario {
     Chaos(chaos::ChaosArgs),
     /// A reconnect storm of resumable portal customers: gaps replayed from memory vs the log.
     Resume(resume::ResumeArgs),
+    /// Webhook delivery: events/s to a local receiver, insert-to-receipt latency, CPU/event.
+    Webhooks(webhooks::WebhooksArgs),
     /// The null hub (started by fanout and broadcast; can be run by hand).
     Nullhub {
         #[arg(long, default_value = "127.0.0.1:4999")]
@@ -143,6 +146,7 @@ impl Scenario {
             Scenario::Chaos(a) => Some(&a.common),
             Scenario::Resume(a) => Some(&a.common),
             Scenario::Rss(a) => Some(&a.common),
+            Scenario::Webhooks(a) => Some(&a.common),
             Scenario::Nullhub { .. } | Scenario::FloorServe { .. } | Scenario::IdleChild(_) => None,
         }
     }
@@ -167,6 +171,7 @@ async fn main() {
         Scenario::Rss(a) => rss::rss(a).await,
         Scenario::Writeload(a) => writeload::writeload(a).await,
         Scenario::Floor(a) => floor::floor(a).await,
+        Scenario::Webhooks(a) => webhooks::webhooks(a).await,
         Scenario::Chaos(a) => chaos::chaos(a).await,
         Scenario::Resume(a) => resume::resume(a).await,
         Scenario::Nullhub { listen } => nullhub::serve(listen).await,
@@ -187,6 +192,13 @@ pub struct Setup {
     pub hub: env::Hub,
     pub database_url: Option<String>,
     _pg: Option<env::PgCluster>,
+}
+
+impl Setup {
+    /// The pid of the cluster this program started (`None` with `--database-url`).
+    pub fn postmaster(&self) -> Option<u32> {
+        self._pg.as_ref().and_then(|pg| pg.postmaster())
+    }
 }
 
 impl Common {

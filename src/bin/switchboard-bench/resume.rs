@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::env::{http_get_as, Hub};
 use crate::pgload::{self, Write, WriteCounts};
 use crate::run::Clients;
-use crate::stats::{cpu_seconds, histogram, report};
+use crate::stats::{cpu_seconds, histogram, postgres_cpu, postgres_cpu_since, report};
 use crate::ws::{self, JoinSpec, Ws};
 use crate::{BenchError, Common};
 
@@ -166,7 +166,7 @@ async fn storm(a: &ResumeArgs, url: &str, mode: &str, run: &str) -> Result<Value
     }
     tokio::time::sleep(Duration::from_secs_f64(a.gap)).await;
 
-    let (hub_cpu0, pg_cpu0) = (hub.pid.map_or(0.0, cpu_seconds), postgres_cpu());
+    let (hub_cpu0, pg_cpu0) = (hub.pid.map_or(0.0, cpu_seconds), postgres_cpu(None));
     let start = Instant::now();
     let rejoins = (0..a.customers).map(|i| {
         let (token, spec, query) = spec_of(&hub, i);
@@ -193,7 +193,7 @@ async fn storm(a: &ResumeArgs, url: &str, mode: &str, run: &str) -> Result<Value
     let storm = start.elapsed();
     let (hub_cpu, pg_cpu) = (
         hub.pid.map_or(0.0, cpu_seconds) - hub_cpu0,
-        postgres_cpu_since(&pg_cpu0),
+        postgres_cpu_since(&pg_cpu0, None),
     );
     stop_writers.cancel();
     let _ = writers.await;
@@ -276,27 +276,4 @@ async fn status(hub: &Hub) -> Value {
         .ok()
         .and_then(|(_, body)| serde_json::from_str(&body).ok())
         .unwrap_or(Value::Null)
-}
-
-/// CPU seconds so far of every process named `postgres` (the server and its backends).
-fn postgres_cpu() -> HashMap<u32, f64> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return HashMap::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "postgres")
-        })
-        .map(|pid| (pid, cpu_seconds(pid)))
-        .collect()
-}
-
-/// CPU seconds Postgres processes used since `before` (a backend started since counts
-/// whole; one that exited is missed).
-fn postgres_cpu_since(before: &HashMap<u32, f64>) -> f64 {
-    postgres_cpu()
-        .into_iter()
-        .map(|(pid, cpu)| cpu - before.get(&pid).copied().unwrap_or(0.0))
-        .sum()
 }

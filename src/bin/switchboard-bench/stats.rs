@@ -1,6 +1,7 @@
 //! Latency histograms and the report every scenario prints: a one-line summary for people
 //! and one JSON record for scripts.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -180,4 +181,37 @@ pub fn machine_jiffies() -> (u64, u64) {
     // idle and iowait are the 4th and 5th numbers.
     let idle = nums.get(3).copied().unwrap_or(0) + nums.get(4).copied().unwrap_or(0);
     (total - idle, total)
+}
+
+/// CPU seconds so far of every process named `postgres` (the server and its backends),
+/// or, given a postmaster's pid, of that server and its children only (another cluster
+/// on the machine, say a test run's, is left out).
+pub fn postgres_cpu(postmaster: Option<u32>) -> HashMap<u32, f64> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .filter(|pid| postmaster.is_none_or(|p| *pid == p || parent(*pid) == Some(p)))
+        .map(|pid| (pid, cpu_seconds(pid)))
+        .collect()
+}
+
+/// CPU seconds Postgres processes used since `before` (a backend started since counts
+/// whole; one that exited is missed).
+pub fn postgres_cpu_since(before: &HashMap<u32, f64>, postmaster: Option<u32>) -> f64 {
+    postgres_cpu(postmaster)
+        .into_iter()
+        .map(|(pid, cpu)| cpu - before.get(&pid).copied().unwrap_or(0.0))
+        .sum()
+}
+
+/// A process's parent pid, from /proc/<pid>/stat.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
