@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decoded;
 use crate::pgload::connect;
-use crate::stats::{cpu_seconds, machine_jiffies};
+use crate::stats::{cpu_seconds, machine_jiffies, status_kib};
 use crate::{BenchError, Common};
 
 #[derive(Args)]
@@ -170,6 +170,9 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
         let (mut hub_cpu, mut captured_rows, mut busy) = (0.0f64, 0.0f64, 0.0f64);
         let (mut reader_cpu, mut decoded_rows, mut catch_up) = (0.0f64, 0.0f64, 0.0f64);
         let (mut client_cpu, mut confirmed) = (0.0f64, Some(0.0f64));
+        // The reader's voluntary context switches: how often it slept and was woken.
+        let mut client_waits = 0u64;
+        let waits = |id: u32| status_kib(id, "voluntary_ctxt_switches:");
         for round in 0..a.rounds {
             for k in 0..v.tables.len() {
                 let i = (round + k) % v.tables.len();
@@ -177,6 +180,7 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
                 let cpu0 = hub_pid.map(cpu_seconds).unwrap_or(0.0);
                 let reader0 = reader_pid.map(cpu_seconds).unwrap_or(0.0);
                 let client0 = client_id.map(cpu_seconds).unwrap_or(0.0);
+                let waits0 = client_id.map(waits).unwrap_or(0);
                 let j0 = machine_jiffies();
                 let run = rows_per_second(&url, table, a.clients, rows, c.window()).await?;
                 let j1 = machine_jiffies();
@@ -195,6 +199,7 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
                     };
                     reader_cpu += reader_pid.map(cpu_seconds).unwrap_or(0.0) - reader0;
                     client_cpu += client_id.map(cpu_seconds).unwrap_or(0.0) - client0;
+                    client_waits += client_id.map(waits).unwrap_or(0).saturating_sub(waits0);
                     decoded_rows += run.rows as f64;
                 }
                 sums[i] += run.per_second;
@@ -237,7 +242,14 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
                         "reader_client_cpu_us_per_row".into(),
                         json!((us * 10.0).round() / 10.0),
                     );
-                    text += &format!(", reader client {us:.1} CPU µs per row");
+                    let w = client_waits as f64 / decoded_rows.max(1.0);
+                    figures.insert(
+                        "reader_client_wakeups_per_row".into(),
+                        json!((w * 100.0).round() / 100.0),
+                    );
+                    text += &format!(
+                        ", reader client {us:.1} CPU µs per row, woken {w:.2} times per row"
+                    );
                 }
                 text += &format!(
                     ", read all WAL {catch_up:.2} s after the writers stopped (worst round)"
