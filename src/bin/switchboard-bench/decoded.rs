@@ -580,12 +580,16 @@ pub async fn catch_up(
         let end = Lsn::parse(&end)
             .map_err(|e| BenchError::Setup(format!("{end}: {e}")))?
             .as_u64();
-        while started.elapsed() < limit && position.load(Ordering::Relaxed) < end {
+        // A reader that ended (its error is the task's) reads no further.
+        while started.elapsed() < limit
+            && position.load(Ordering::Relaxed) < end
+            && !reader.task.is_finished()
+        {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
     let read = started.elapsed();
-    while started.elapsed() < limit {
+    while started.elapsed() < limit && !reader.task.is_finished() {
         let done: bool = c.query_one(sql, &[&SLOT, &end]).await?.get(0);
         if done {
             break;
