@@ -7,7 +7,13 @@
 //!   connection that Postgres streams to (a walsender), as a hub capturing by logical
 //!   decoding would read; it writes the changes nowhere. `--decoder poll`: SQL reads
 //!   (`pg_logical_slot_get_binary_changes`) that write each change into a log table in
-//!   the same statement, pausing 10 ms after each read.
+//!   the same statement, pausing 10 ms after each read. `--decoder crate`: the same
+//!   walsender stream read in this process with the `pgwire-replication` crate (on trial
+//!   as the hub's reader), on a thread of its own so its CPU can be told apart. It takes
+//!   apart every `pgoutput` row message (the crate passes Relation/Insert/Update/Delete
+//!   on as raw bytes; it parses only Begin, Commit and Message), counts row changes and
+//!   messages, and confirms each transaction's end LSN (and a keepalive's position
+//!   between transactions) through the crate's standby status updates, once a second.
 //! * `wl_message`: a statement trigger that sends the statement's rows as JSON in a
 //!   transactional logical message (`pg_logical_emit_message`) instead of inserting a log
 //!   row; the same reader takes the messages.
@@ -15,7 +21,13 @@
 //! The reader runs through every table's writes, so each pays for its WAL being decoded.
 //! The cluster runs with `wal_level=logical`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use clap::ValueEnum;
+use pgwire_replication::{
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -23,12 +35,24 @@ use crate::pgload::connect;
 use crate::BenchError;
 
 /// How the decoded table's changes are read.
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Decoder {
     /// A walsender streaming to `pg_recvlogical`.
     Stream,
     /// SQL reads of the slot every 10 ms, written into a log table.
     Poll,
+    /// A walsender streaming to this process, read with the `pgwire-replication` crate.
+    Crate,
+}
+
+impl Decoder {
+    pub fn name(self) -> &'static str {
+        match self {
+            Decoder::Stream => "stream",
+            Decoder::Poll => "poll",
+            Decoder::Crate => "crate",
+        }
+    }
 }
 
 /// Server options the cluster needs.
@@ -94,24 +118,67 @@ pub async fn drop_slot(url: &str) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// The reader, until `stop`: the pid of the Postgres process that decodes, and the task
-/// (which returns the number of decoded rows it logged; 0 when streamed).
+/// What a reader read, once stopped.
+#[derive(Default)]
+pub struct Totals {
+    /// Rows written into the log table (`poll`).
+    pub logged: u64,
+    /// Committed transactions, row changes and logical messages decoded (`crate`).
+    pub transactions: u64,
+    pub rows: u64,
+    pub messages: u64,
+}
+
+/// A running reader.
+pub struct Reader {
+    /// The Postgres process that decodes: the walsender, or the polling backend.
+    pub decoding_pid: u32,
+    /// The reader's own process or thread (`/proc/<id>/stat`): `pg_recvlogical`, or the
+    /// thread the crate's reader runs on; none when polled.
+    pub client_id: Option<u32>,
+    /// The end of the last transaction (or keepalive) the reader processed (`crate`).
+    position: Option<Arc<AtomicU64>>,
+    pub task: JoinHandle<Result<Totals, BenchError>>,
+}
+
+/// The reader, until `stop`.
 pub async fn spawn_reader(
     url: &str,
     decoder: Decoder,
     stop: CancellationToken,
-) -> Result<(u32, JoinHandle<Result<u64, BenchError>>), BenchError> {
+) -> Result<Reader, BenchError> {
     match decoder {
         Decoder::Poll => spawn_poller(url, stop).await,
         Decoder::Stream => spawn_stream(url, stop).await,
+        Decoder::Crate => spawn_crate(url, stop).await,
     }
 }
 
-/// `pg_recvlogical` on the slot, until `stop`; the pid of its walsender.
-async fn spawn_stream(
-    url: &str,
-    stop: CancellationToken,
-) -> Result<(u32, JoinHandle<Result<u64, BenchError>>), BenchError> {
+/// The pid of the process holding the slot, once it holds it (up to 10 s).
+async fn slot_holder(url: &str, what: &str) -> Result<u32, BenchError> {
+    let admin = connect(url).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let row = admin
+            .query_opt(
+                "select active_pid from pg_replication_slots where slot_name = $1 and active",
+                &[&SLOT],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok(row.get::<_, i32>(0) as u32);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(BenchError::Setup(format!(
+                "{what} did not start streaming in 10 s"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `pg_recvlogical` on the slot, until `stop`.
+async fn spawn_stream(url: &str, stop: CancellationToken) -> Result<Reader, BenchError> {
     let bin = switchboard::localpg::find_bin(None).map_err(|e| BenchError::Setup(e.to_string()))?;
     let mut child = tokio::process::Command::new(bin.join("pg_recvlogical"))
         .args([
@@ -134,37 +201,22 @@ async fn spawn_stream(
         .args(["-o", "messages=true"])
         .kill_on_drop(true)
         .spawn()?;
-    let admin = connect(url).await?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let pid = loop {
-        let row = admin
-            .query_opt(
-                "select active_pid from pg_replication_slots where slot_name = $1 and active",
-                &[&SLOT],
-            )
-            .await?;
-        if let Some(row) = row {
-            break row.get::<_, i32>(0) as u32;
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(BenchError::Setup(
-                "pg_recvlogical did not start streaming in 10 s".into(),
-            ));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let client_id = child.id();
+    let pid = slot_holder(url, "pg_recvlogical").await?;
     let task = tokio::spawn(async move {
         stop.cancelled().await;
         child.kill().await?;
-        Ok(0)
+        Ok(Totals::default())
     });
-    Ok((pid, task))
+    Ok(Reader {
+        decoding_pid: pid,
+        client_id,
+        position: None,
+        task,
+    })
 }
 
-async fn spawn_poller(
-    url: &str,
-    stop: CancellationToken,
-) -> Result<(u32, JoinHandle<Result<u64, BenchError>>), BenchError> {
+async fn spawn_poller(url: &str, stop: CancellationToken) -> Result<Reader, BenchError> {
     let client = connect(url).await?;
     let pid: i32 = client
         .query_one("select pg_backend_pid()", &[])
@@ -172,41 +224,380 @@ async fn spawn_poller(
         .get(0);
     let read = client.prepare(READ).await?;
     let task = tokio::spawn(async move {
-        let mut logged = 0u64;
+        let mut totals = Totals::default();
         while !stop.is_cancelled() {
-            logged += client.execute(&read, &[]).await?;
+            totals.logged += client.execute(&read, &[]).await?;
             tokio::time::sleep(POLL).await;
         }
-        Ok(logged)
+        Ok(totals)
     });
-    Ok((pid as u32, task))
+    Ok(Reader {
+        decoding_pid: pid as u32,
+        client_id: None,
+        position: None,
+        task,
+    })
 }
 
-/// How long after the writers stopped the reader had read all the WAL written until then
-/// (the walsender's `sent_lsn`, or the slot's confirmed position when polled), up to 60 s.
-pub async fn catch_up(url: &str, decoder: Decoder) -> Result<std::time::Duration, BenchError> {
+/// The `application_name` of the crate's replication connection (how its walsender is
+/// found in `pg_stat_replication`).
+const CRATE_APP: &str = "switchboard-bench-crate";
+
+/// The crate's reader on a thread of its own with a single-threaded runtime, so the
+/// crate's worker task and the decoding below run there and nowhere else: that thread's
+/// CPU is the reader's.
+async fn spawn_crate(url: &str, stop: CancellationToken) -> Result<Reader, BenchError> {
+    let pg: tokio_postgres::Config = url.parse()?;
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => {
+            return Err(BenchError::Setup(
+                "the crate reader needs a TCP host".into(),
+            ))
+        }
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let config = ReplicationConfig::new(
+        host,
+        pg.get_user().unwrap_or("postgres"),
+        password,
+        pg.get_dbname().unwrap_or("postgres"),
+        SLOT,
+        "wl_decoded",
+    )
+    .with_port(port)
+    // As `pg_recvlogical -s 1`.
+    .with_status_interval(std::time::Duration::from_secs(1))
+    .with_application_name(CRATE_APP);
+    let position = Arc::new(AtomicU64::new(0));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let thread = {
+        let position = position.clone();
+        std::thread::Builder::new()
+            .name("crate-reader".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(read_with_crate(config, stop, position, ready_tx))
+            })?
+    };
+    let tid = ready_rx
+        .await
+        .map_err(|_| BenchError::Setup("the crate reader ended before it started".into()));
+    let tid = match tid {
+        Ok(tid) => tid,
+        Err(e) => {
+            // The thread's own error says why.
+            return match thread.join() {
+                Ok(Err(why)) => Err(why),
+                _ => Err(e),
+            };
+        }
+    };
+    // Its walsender, by application name, checked against the slot's holder.
+    let pid = slot_holder(url, "the crate reader").await?;
+    let by_name: Option<i32> = connect(url)
+        .await?
+        .query_opt(
+            "select pid from pg_stat_replication where application_name = $1",
+            &[&CRATE_APP],
+        )
+        .await?
+        .map(|r| r.get(0));
+    if by_name != Some(pid as i32) {
+        return Err(BenchError::Setup(format!(
+            "the slot is held by {pid}, the crate's walsender is {by_name:?}"
+        )));
+    }
+    let task = tokio::task::spawn_blocking(move || {
+        thread
+            .join()
+            .map_err(|_| BenchError::Setup("the crate reader panicked".into()))?
+    });
+    Ok(Reader {
+        decoding_pid: pid,
+        client_id: Some(tid),
+        position: Some(position),
+        task,
+    })
+}
+
+/// Reads the slot until `stop`: decodes every change, counts rows and messages, and
+/// confirms each transaction's end once it is processed (a hub would confirm only after
+/// its own commit of the log rows), and a keepalive's position between transactions.
+async fn read_with_crate(
+    config: ReplicationConfig,
+    stop: CancellationToken,
+    position: Arc<AtomicU64>,
+    ready: tokio::sync::oneshot::Sender<u32>,
+) -> Result<Totals, BenchError> {
+    let crate_err = |e: PgWireError| BenchError::Setup(format!("pgwire-replication: {e}"));
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    let mut client = ReplicationClient::connect(config)
+        .await
+        .map_err(crate_err)?;
+    client.wait_started().await.map_err(crate_err)?;
+    let _ = ready.send(tid);
+    let mut totals = Totals::default();
+    let mut relations = pgoutput::Relations::default();
+    let mut in_transaction = false;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            event = client.recv() => event.map_err(crate_err)?,
+        };
+        let Some(event) = event else { break };
+        match event {
+            ReplicationEvent::Begin { .. } => in_transaction = true,
+            ReplicationEvent::XLogData { data, .. } => {
+                totals.rows += relations.decode(&data).map_err(BenchError::Failed)?;
+            }
+            ReplicationEvent::Message {
+                transactional,
+                prefix,
+                content,
+                ..
+            } => {
+                // The message table's trigger sends transactional messages of JSON.
+                if !transactional || prefix != "switchboard" || content.first() != Some(&b'{') {
+                    return Err(BenchError::Failed(format!(
+                        "unexpected logical message: transactional {transactional}, prefix {prefix:?}"
+                    )));
+                }
+                totals.messages += 1;
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                in_transaction = false;
+                totals.transactions += 1;
+                client.update_applied_lsn(end_lsn);
+                position.fetch_max(end_lsn.as_u64(), Ordering::Relaxed);
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                if !in_transaction {
+                    client.update_applied_lsn(wal_end);
+                    position.fetch_max(wal_end.as_u64(), Ordering::Relaxed);
+                }
+            }
+            ReplicationEvent::StoppedAt { .. } => break,
+        }
+    }
+    client.shutdown().await.map_err(crate_err)?;
+    Ok(totals)
+}
+
+/// `pgoutput` (protocol 1) row messages, which the crate passes on undecoded: each
+/// tuple's columns taken apart and text values checked as UTF-8, what a hub turning them
+/// into JSON would at least do.
+mod pgoutput {
+    use std::collections::HashMap;
+
+    /// Column counts by relation id, from Relation messages.
+    #[derive(Default)]
+    pub struct Relations(HashMap<u32, usize>);
+
+    struct Cursor<'a>(&'a [u8]);
+
+    impl<'a> Cursor<'a> {
+        fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+            if self.0.len() < n {
+                return Err("pgoutput: truncated message".into());
+            }
+            let (head, tail) = self.0.split_at(n);
+            self.0 = tail;
+            Ok(head)
+        }
+        fn u8(&mut self) -> Result<u8, String> {
+            Ok(self.take(1)?[0])
+        }
+        fn u16(&mut self) -> Result<u16, String> {
+            Ok(u16::from_be_bytes(
+                self.take(2)?.try_into().expect("2 bytes"),
+            ))
+        }
+        fn u32(&mut self) -> Result<u32, String> {
+            Ok(u32::from_be_bytes(
+                self.take(4)?.try_into().expect("4 bytes"),
+            ))
+        }
+        fn cstr(&mut self) -> Result<&'a str, String> {
+            let end = self
+                .0
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or("pgoutput: unterminated string")?;
+            let s = std::str::from_utf8(&self.0[..end]).map_err(|e| e.to_string())?;
+            self.0 = &self.0[end + 1..];
+            Ok(s)
+        }
+    }
+
+    impl Relations {
+        /// Decodes one message; the number of row changes in it.
+        pub fn decode(&mut self, data: &[u8]) -> Result<u64, String> {
+            let mut c = Cursor(data);
+            match c.u8()? {
+                b'R' => {
+                    let id = c.u32()?;
+                    c.cstr()?;
+                    c.cstr()?;
+                    c.u8()?;
+                    let columns = c.u16()? as usize;
+                    for _ in 0..columns {
+                        c.u8()?;
+                        c.cstr()?;
+                        c.take(8)?;
+                    }
+                    self.0.insert(id, columns);
+                    Ok(0)
+                }
+                b'I' => {
+                    let columns = self.columns(c.u32()?)?;
+                    expect(&mut c, b'N')?;
+                    tuple(&mut c, columns)?;
+                    Ok(1)
+                }
+                b'U' => {
+                    let columns = self.columns(c.u32()?)?;
+                    let mut kind = c.u8()?;
+                    if kind == b'K' || kind == b'O' {
+                        tuple(&mut c, columns)?;
+                        kind = c.u8()?;
+                    }
+                    if kind != b'N' {
+                        return Err(format!("pgoutput: update without a new tuple ({kind})"));
+                    }
+                    tuple(&mut c, columns)?;
+                    Ok(1)
+                }
+                b'D' => {
+                    let columns = self.columns(c.u32()?)?;
+                    c.u8()?;
+                    tuple(&mut c, columns)?;
+                    Ok(1)
+                }
+                // Truncate, Type, Origin: nothing a row count needs.
+                b'T' | b'Y' | b'O' => Ok(0),
+                tag => Err(format!("pgoutput: unexpected message {:?}", tag as char)),
+            }
+        }
+
+        fn columns(&self, id: u32) -> Result<usize, String> {
+            self.0
+                .get(&id)
+                .copied()
+                .ok_or_else(|| format!("pgoutput: change before relation {id}"))
+        }
+    }
+
+    fn expect(c: &mut Cursor<'_>, tag: u8) -> Result<(), String> {
+        match c.u8()? {
+            t if t == tag => Ok(()),
+            t => Err(format!(
+                "pgoutput: {:?} where {:?} was due",
+                t as char, tag as char
+            )),
+        }
+    }
+
+    fn tuple(c: &mut Cursor<'_>, columns: usize) -> Result<(), String> {
+        let n = c.u16()? as usize;
+        if n != columns {
+            return Err(format!("pgoutput: {n} columns, the relation has {columns}"));
+        }
+        for _ in 0..n {
+            match c.u8()? {
+                b'n' | b'u' => {}
+                b't' => {
+                    let len = c.u32()? as usize;
+                    std::str::from_utf8(c.take(len)?).map_err(|e| e.to_string())?;
+                }
+                b'b' => {
+                    let len = c.u32()? as usize;
+                    c.take(len)?;
+                }
+                k => return Err(format!("pgoutput: column kind {k}")),
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::Relations;
+
+        #[test]
+        fn an_insert_after_its_relation_is_one_row() {
+            let mut r = Relations::default();
+            let mut rel = vec![b'R', 0, 0, 0, 7];
+            rel.extend_from_slice(b"public\0t\0");
+            rel.push(b'f');
+            rel.extend_from_slice(&1u16.to_be_bytes());
+            rel.push(1);
+            rel.extend_from_slice(b"id\0");
+            rel.extend_from_slice(&[0, 0, 0, 20, 255, 255, 255, 255]);
+            assert_eq!(r.decode(&rel), Ok(0));
+            let mut ins = vec![b'I', 0, 0, 0, 7, b'N', 0, 1, b't', 0, 0, 0, 2];
+            ins.extend_from_slice(b"42");
+            assert_eq!(r.decode(&ins), Ok(1));
+            assert!(r.decode(&[b'I', 0, 0, 0, 8, b'N', 0, 0]).is_err());
+        }
+    }
+}
+
+/// How long after the writers stopped the reader had read all the WAL written until then,
+/// up to 60 s: the walsender's `sent_lsn` (`stream`), the slot's confirmed position
+/// (`poll`), or the end of the last transaction or keepalive the reader processed
+/// (`crate`). For `crate` also when the slot's confirmed position got there (the reader's
+/// standby status updates), or `None` if not within 60 s.
+pub async fn catch_up(
+    url: &str,
+    decoder: Decoder,
+    reader: &Reader,
+) -> Result<(std::time::Duration, Option<std::time::Duration>), BenchError> {
     let c = connect(url).await?;
     let started = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(60);
+    let confirmed = "select confirmed_flush_lsn >= $2::text::pg_lsn from pg_replication_slots \
+                     where slot_name = $1";
     let sql = match decoder {
         Decoder::Stream => {
             "select coalesce(max(r.sent_lsn) >= $2::text::pg_lsn, false) from pg_stat_replication r \
              join pg_replication_slots s on s.active_pid = r.pid where s.slot_name = $1"
         }
-        Decoder::Poll => {
-            "select confirmed_flush_lsn >= $2::text::pg_lsn from pg_replication_slots \
-             where slot_name = $1"
-        }
+        Decoder::Poll | Decoder::Crate => confirmed,
     };
     let end: String = c
         .query_one("select pg_current_wal_lsn()::text", &[])
         .await?
         .get(0);
-    while started.elapsed() < std::time::Duration::from_secs(60) {
+    if let (Decoder::Crate, Some(position)) = (decoder, &reader.position) {
+        let end = Lsn::parse(&end)
+            .map_err(|e| BenchError::Setup(format!("{end}: {e}")))?
+            .as_u64();
+        // A reader that ended (its error is the task's) reads no further.
+        while started.elapsed() < limit
+            && position.load(Ordering::Relaxed) < end
+            && !reader.task.is_finished()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    let read = started.elapsed();
+    while started.elapsed() < limit && !reader.task.is_finished() {
         let done: bool = c.query_one(sql, &[&SLOT, &end]).await?.get(0);
         if done {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    Ok(started.elapsed())
+    Ok(match decoder {
+        Decoder::Crate => (read, (started.elapsed() < limit).then(|| started.elapsed())),
+        _ => (started.elapsed(), None),
+    })
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decoded;
 use crate::pgload::connect;
-use crate::stats::{cpu_seconds, machine_jiffies};
+use crate::stats::{cpu_seconds, machine_jiffies, status_kib};
 use crate::{BenchError, Common};
 
 #[derive(Args)]
@@ -156,7 +156,8 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
     } else {
         None
     };
-    let reader_pid = reader.as_ref().map(|r| r.0);
+    let reader_pid = reader.as_ref().map(|r| r.decoding_pid);
+    let client_id = reader.as_ref().and_then(|r| r.client_id);
     let hub_pid = setup.hub.pid;
     let modes = [
         ("single-row transactions", 1usize),
@@ -168,12 +169,18 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
         let mut sums = vec![0.0f64; v.tables.len()];
         let (mut hub_cpu, mut captured_rows, mut busy) = (0.0f64, 0.0f64, 0.0f64);
         let (mut reader_cpu, mut decoded_rows, mut catch_up) = (0.0f64, 0.0f64, 0.0f64);
+        let (mut client_cpu, mut confirmed) = (0.0f64, Some(0.0f64));
+        // The reader's voluntary context switches: how often it slept and was woken.
+        let mut client_waits = 0u64;
+        let waits = |id: u32| status_kib(id, "voluntary_ctxt_switches:");
         for round in 0..a.rounds {
             for k in 0..v.tables.len() {
                 let i = (round + k) % v.tables.len();
                 let table = v.tables[i];
                 let cpu0 = hub_pid.map(cpu_seconds).unwrap_or(0.0);
                 let reader0 = reader_pid.map(cpu_seconds).unwrap_or(0.0);
+                let client0 = client_id.map(cpu_seconds).unwrap_or(0.0);
+                let waits0 = client_id.map(waits).unwrap_or(0);
                 let j0 = machine_jiffies();
                 let run = rows_per_second(&url, table, a.clients, rows, c.window()).await?;
                 let j1 = machine_jiffies();
@@ -183,9 +190,16 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
                     busy += (j1.0 - j0.0) as f64 / ((j1.1 - j0.1).max(1)) as f64;
                 }
                 if i == 2 && a.decoded {
-                    let lag = decoded::catch_up(&url, a.decoder).await?;
+                    let r = reader.as_ref().expect("a reader with --decoded");
+                    let (lag, confirm) = decoded::catch_up(&url, a.decoder, r).await?;
                     catch_up = catch_up.max(lag.as_secs_f64());
+                    confirmed = match (confirmed, confirm) {
+                        (Some(worst), Some(c)) => Some(worst.max(c.as_secs_f64())),
+                        _ => None,
+                    };
                     reader_cpu += reader_pid.map(cpu_seconds).unwrap_or(0.0) - reader0;
+                    client_cpu += client_id.map(cpu_seconds).unwrap_or(0.0) - client0;
+                    client_waits += client_id.map(waits).unwrap_or(0).saturating_sub(waits0);
                     decoded_rows += run.rows as f64;
                 }
                 sums[i] += run.per_second;
@@ -221,10 +235,36 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
                     "decoder_catch_up_s".into(),
                     json!((catch_up * 100.0).round() / 100.0),
                 );
-                format!(
-                    ", decoding process {us:.1} CPU µs per row, \
-                     read all WAL {catch_up:.2} s after the writers stopped (worst round)"
-                )
+                let mut text = format!(", decoding process {us:.1} CPU µs per row");
+                if client_id.is_some() {
+                    let us = client_cpu * 1e6 / decoded_rows.max(1.0);
+                    figures.insert(
+                        "reader_client_cpu_us_per_row".into(),
+                        json!((us * 10.0).round() / 10.0),
+                    );
+                    let w = client_waits as f64 / decoded_rows.max(1.0);
+                    figures.insert(
+                        "reader_client_wakeups_per_row".into(),
+                        json!((w * 100.0).round() / 100.0),
+                    );
+                    text += &format!(
+                        ", reader client {us:.1} CPU µs per row, woken {w:.2} times per row"
+                    );
+                }
+                text += &format!(
+                    ", read all WAL {catch_up:.2} s after the writers stopped (worst round)"
+                );
+                if a.decoder == decoded::Decoder::Crate {
+                    figures.insert(
+                        "slot_confirmed_s".into(),
+                        json!(confirmed.map(|c| (c * 100.0).round() / 100.0)),
+                    );
+                    text += &match confirmed {
+                        Some(c) => format!(", slot confirmed there {c:.2} s after"),
+                        None => ", slot NOT confirmed there within 60 s".into(),
+                    };
+                }
+                text
             } else {
                 String::new()
             };
@@ -254,9 +294,21 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
         );
     }
     stop_reader.cancel();
-    if let Some((_, task)) = reader {
-        let logged = task.await.map_err(|e| BenchError::Setup(e.to_string()))??;
-        results.insert("decoded_log_rows".into(), json!(logged));
+    if let Some(r) = reader {
+        let totals = r
+            .task
+            .await
+            .map_err(|e| BenchError::Setup(e.to_string()))??;
+        results.insert("decoded_log_rows".into(), json!(totals.logged));
+        if a.decoder == decoded::Decoder::Crate {
+            println!(
+                "crate reader: {} transactions, {} row changes, {} logical messages decoded",
+                totals.transactions, totals.rows, totals.messages
+            );
+            results.insert("crate_transactions".into(), json!(totals.transactions));
+            results.insert("crate_rows".into(), json!(totals.rows));
+            results.insert("crate_messages".into(), json!(totals.messages));
+        }
         decoded::drop_slot(&url).await?;
     }
     println!("writeload: {}", lines.join("; "));
@@ -264,11 +316,7 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
     results.insert("partitioned".into(), json!(a.partitioned));
     results.insert("decoded".into(), json!(a.decoded));
     if a.decoded {
-        let decoder = match a.decoder {
-            decoded::Decoder::Stream => "stream",
-            decoded::Decoder::Poll => "poll",
-        };
-        results.insert("decoder".into(), json!(decoder));
+        results.insert("decoder".into(), json!(a.decoder.name()));
     }
     results.insert("clients".into(), json!(a.clients));
     results.insert("seconds_per_run".into(), json!(c.duration));
