@@ -370,7 +370,11 @@ impl Endpoint {
                     // read after it waits its own. Behind a batch cut by bytes (large
                     // rows), all that is left is due at once: it would not fit either.
                     let oldest_left = drain_reads(&mut reads, n);
-                    since = if cut_by_bytes { oldest_left.and(since) } else { oldest_left };
+                    since = if cut_by_bytes {
+                        oldest_left.and(since)
+                    } else {
+                        oldest_left
+                    };
                     let left = pending.len();
                     self.inner.set_local(&self.name, |l| l.pending = left);
                 }

@@ -9,7 +9,8 @@
 //!
 //! The receiver answers 200 at once and checks that every endpoint gets every row once.
 //! The table is captured whatever `--endpoints` is, so `--endpoints 0` measures capture
-//! alone (what each endpoint adds is the difference).
+//! alone (what each endpoint adds is the difference). `BENCH_DEBUG=1` prints each
+//! request's arrival (µs since the epoch) and size, to see how batches form.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

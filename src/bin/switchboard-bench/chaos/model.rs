@@ -48,7 +48,7 @@ pub fn owner_uuid(i: usize) -> String {
 /// Whether user `user` was given access to `owner`'s notes: each even-numbered user
 /// sees the next user's notes.
 pub fn has_access(user: usize, owner: usize, users: usize) -> bool {
-    user % 2 == 0 && owner == (user + 1) % users
+    user.is_multiple_of(2) && owner == (user + 1) % users
 }
 
 /// The `access` rows for `users` users.
