@@ -180,6 +180,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         .await
         .context("loading the demo CRM")?;
 
+    let secret_from_file = config.jwt_secret.is_none();
     let secret = dev_secret(&dir, &config)?;
     config.jwt_secret = Some(secret.clone());
     config.database_url = Some(url.clone());
@@ -212,6 +213,14 @@ pub async fn run(mut config: Config) -> Result<()> {
         );
     }
     println!("  service role {service}");
+    if secret_from_file {
+        // For the CLI beside the hub: `switchboard token` signs with this secret, and
+        // `switchboard webhooks …`, `enable` and `migrate` connect to this database.
+        println!(
+            "  CLI         export SWITCHBOARD_JWT_SECRET=$(cat {}) DATABASE_URL={url}",
+            dir.join("jwt_secret").display()
+        );
+    }
     for (name, id) in CUSTOMERS {
         let t = token(&secret, json!({ "role": "authenticated", "sub": id }))?;
         println!("  customer {name} ({id})\n              {t}");
@@ -219,7 +228,9 @@ pub async fn run(mut config: Config) -> Result<()> {
     println!(
         "\nsupabase-js (a customer's portal):\n\n  \
          import {{ createClient }} from '@supabase/supabase-js'\n  \
-         const supabase = createClient('http://{host}:{port}', '{anon}', {{ accessToken: async () => '<a customer token above>' }})\n  \
+         import WebSocket from 'ws'   // Node 20 has no WebSocket (npm i ws); leave out in browsers\n  \
+         const supabase = createClient('http://{host}:{port}', '{anon}', {{\n    \
+         accessToken: async () => '<a customer token above>', realtime: {{ transport: WebSocket }} }})\n  \
          await supabase.realtime.setAuth()   // send the token with the first join\n  \
          supabase.channel('portal')\n    \
          .on('postgres_changes', {{ event: '*', schema: 'public', table: 'jobs' }}, (p) => console.log(p))\n    \

@@ -391,7 +391,8 @@ async fn single_with_an_empty_topic_is_422() {
 }
 
 /// A body over the request limit (8,000,000 bytes, as Supabase's) gets a JSON answer:
-/// 413 on the batch route, Supabase's payload error on the single route.
+/// 413 on the batch route, Supabase's payload error on the single route; one over axum's
+/// 2 MB on another route gets a JSON 413 too.
 #[tokio::test]
 async fn a_body_over_the_request_limit_gets_a_json_answer() {
     let hub = TestHub::start_default().await;
@@ -409,6 +410,22 @@ async fn a_body_over_the_request_limit_gets_a_json_answer() {
     let (status, text) = post(&hub, path, bearer(&hub), &huge).await;
     assert_eq!(status, 422, "{text}");
     assert!(text.contains("Payload size exceeds tenant limit"), "{text}");
+    // The other routes keep axum's 2 MB limit, and answer past it in JSON too (axum's own
+    // answer is plain text).
+    let over = json!({"from": "x".repeat(2_100_000)});
+    for path in [
+        "/realtime/v1/api/webhooks/crm/replay",
+        "/api/webhooks/crm/pause",
+        "/inspector/api/session",
+    ] {
+        let (status, text) = post(&hub, path, bearer(&hub), &over).await;
+        assert_eq!(status, 413, "{path}: {text}");
+        let body: Value = serde_json::from_str(&text).expect("JSON body");
+        assert_eq!(
+            body["message"], "Request body is larger than 2097152 bytes",
+            "{path}: {body}"
+        );
+    }
 }
 
 /// A `max_broadcast_bytes` above the request limit raises it: such a broadcast goes

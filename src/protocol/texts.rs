@@ -352,6 +352,7 @@ pub enum NotRecovered {
 impl Resumed {
     fn message(self) -> String {
         match self {
+            Resumed::Recovered { count: 1 } => "Resumed: 1 missed change replayed".into(),
             Resumed::Recovered { count } => format!("Resumed: {count} missed changes replayed"),
             Resumed::NotRecovered(why) => match why {
                 NotRecovered::Unknown => "Not resumed: no earlier subscription under this resume key for this topic and bindings; refetch".into(),
@@ -920,6 +921,10 @@ mod tests {
             SystemMessage::Resume(Resumed::Recovered { count: 3 }).payload("room"),
             json!({"extension":"postgres_changes","status":"ok","recovered":true,"count":3,
                    "message":"Resumed: 3 missed changes replayed","channel":"room"})
+        );
+        assert_eq!(
+            SystemMessage::Resume(Resumed::Recovered { count: 1 }).payload("room")["message"],
+            "Resumed: 1 missed change replayed"
         );
         let p = SystemMessage::Resume(Resumed::NotRecovered(NotRecovered::Expired)).payload("room");
         assert_eq!(

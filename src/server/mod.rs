@@ -171,7 +171,29 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
         .method_not_allowed_fallback(wrong_method)
         .merge(open_cors)
         .fallback(|| async { http_error(HttpError::NoRoute) })
+        .layer(axum::middleware::map_response(json_body_limit))
         .with_state(hub)
+}
+
+/// axum's own limit on a request body (the routes that do not raise it).
+const AXUM_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// axum answers a body past its limit with a plain-text 413 (`Failed to buffer the
+/// request body: length limit exceeded`); every error of the hub is JSON.
+async fn json_body_limit(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || !plain {
+        return response;
+    }
+    let message = format!("Request body is larger than {AXUM_BODY_LIMIT} bytes");
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Json(json!({ "message": message })),
+    )
+        .into_response()
 }
 
 pub(crate) async fn wrong_method() -> Response {
