@@ -14,6 +14,10 @@
 //!   on as raw bytes; it parses only Begin, Commit and Message), counts row changes and
 //!   messages, and confirms each transaction's end LSN (and a keepalive's position
 //!   between transactions) through the crate's standby status updates, once a second.
+//!   With `--reader-log` it also writes what it read into a log table shaped as the
+//!   hub's (one row per transaction, up to 100 transactions per insert, at most 5 ms
+//!   after a commit was read) and confirms only after that insert commits: what a hub
+//!   capturing by decoding would add to Postgres's work.
 //! * `wl_message`: a statement trigger that sends the statement's rows as JSON in a
 //!   transactional logical message (`pg_logical_emit_message`) instead of inserting a log
 //!   row; the same reader takes the messages.
@@ -142,15 +146,17 @@ pub struct Reader {
 }
 
 /// The reader, until `stop`.
+/// `log`: the crate's reader writes what it read into a log table before it confirms.
 pub async fn spawn_reader(
     url: &str,
     decoder: Decoder,
+    log: bool,
     stop: CancellationToken,
 ) -> Result<Reader, BenchError> {
     match decoder {
         Decoder::Poll => spawn_poller(url, stop).await,
         Decoder::Stream => spawn_stream(url, stop).await,
-        Decoder::Crate => spawn_crate(url, stop).await,
+        Decoder::Crate => spawn_crate(url, log, stop).await,
     }
 }
 
@@ -246,7 +252,14 @@ const CRATE_APP: &str = "switchboard-bench-crate";
 /// The crate's reader on a thread of its own with a single-threaded runtime, so the
 /// crate's worker task and the decoding below run there and nowhere else: that thread's
 /// CPU is the reader's.
-async fn spawn_crate(url: &str, stop: CancellationToken) -> Result<Reader, BenchError> {
+async fn spawn_crate(url: &str, log: bool, stop: CancellationToken) -> Result<Reader, BenchError> {
+    let log = match log {
+        true => {
+            connect(url).await?.batch_execute(READER_LOG).await?;
+            Some(url.to_owned())
+        }
+        false => None,
+    };
     let pg: tokio_postgres::Config = url.parse()?;
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -283,7 +296,7 @@ async fn spawn_crate(url: &str, stop: CancellationToken) -> Result<Reader, Bench
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                rt.block_on(read_with_crate(config, stop, position, ready_tx))
+                rt.block_on(read_with_crate(config, log, stop, position, ready_tx))
             })?
     };
     let tid = ready_rx
@@ -332,6 +345,7 @@ async fn spawn_crate(url: &str, stop: CancellationToken) -> Result<Reader, Bench
 /// its own commit of the log rows), and a keepalive's position between transactions.
 async fn read_with_crate(
     config: ReplicationConfig,
+    log: Option<String>,
     stop: CancellationToken,
     position: Arc<AtomicU64>,
     ready: tokio::sync::oneshot::Sender<u32>,
@@ -347,9 +361,20 @@ async fn read_with_crate(
     let mut totals = Totals::default();
     let mut relations = pgoutput::Relations::default();
     let mut in_transaction = false;
+    let mut log = match log {
+        Some(url) => Some(LogWriter::connect(&url).await?),
+        None => None,
+    };
     loop {
+        let flush_at = log.as_ref().and_then(LogWriter::due);
         let event = tokio::select! {
             _ = stop.cancelled() => break,
+            _ = sleep_until(flush_at), if flush_at.is_some() => {
+                if let Some(log) = &mut log {
+                    totals.logged += log.flush(&client, &position).await?;
+                }
+                continue;
+            }
             event = client.recv() => event.map_err(crate_err)?,
         };
         let Some(event) = event else { break };
@@ -357,6 +382,9 @@ async fn read_with_crate(
             ReplicationEvent::Begin { .. } => in_transaction = true,
             ReplicationEvent::XLogData { data, .. } => {
                 totals.rows += relations.decode(&data).map_err(BenchError::Failed)?;
+                if let Some(log) = &mut log {
+                    log.add(&data);
+                }
             }
             ReplicationEvent::Message {
                 transactional,
@@ -371,15 +399,29 @@ async fn read_with_crate(
                     )));
                 }
                 totals.messages += 1;
+                if let Some(log) = &mut log {
+                    log.add(&content);
+                }
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 in_transaction = false;
                 totals.transactions += 1;
-                client.update_applied_lsn(end_lsn);
-                position.fetch_max(end_lsn.as_u64(), Ordering::Relaxed);
+                match &mut log {
+                    Some(log) => {
+                        if log.commit(end_lsn) {
+                            totals.logged += log.flush(&client, &position).await?;
+                        }
+                    }
+                    None => {
+                        client.update_applied_lsn(end_lsn);
+                        position.fetch_max(end_lsn.as_u64(), Ordering::Relaxed);
+                    }
+                }
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                if !in_transaction {
+                // With a log, only once everything read is written (nothing is waiting).
+                let idle = log.as_ref().is_none_or(LogWriter::is_empty);
+                if !in_transaction && idle {
                     client.update_applied_lsn(wal_end);
                     position.fetch_max(wal_end.as_u64(), Ordering::Relaxed);
                 }
@@ -389,6 +431,115 @@ async fn read_with_crate(
     }
     client.shutdown().await.map_err(crate_err)?;
     Ok(totals)
+}
+
+/// The log table the crate's reader writes with `--reader-log`, shaped as the hub's
+/// (`realtime.changes`: a key, the transaction, the time, and indexes on both).
+const READER_LOG: &str = "
+create table if not exists wl_reader_log (
+    id bigserial primary key,
+    xid int8 not null,
+    created_at timestamptz not null default now(),
+    payload bytea not null
+);
+create index if not exists wl_reader_log_xid on wl_reader_log (xid);
+create index if not exists wl_reader_log_created_at on wl_reader_log (created_at);
+truncate wl_reader_log;
+";
+
+/// Transactions written at most this long after their commit was read...
+const LOG_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+/// ...or as soon as this many are waiting.
+const LOG_BATCH: usize = 100;
+
+/// What a hub capturing by decoding would do with what it read: write each
+/// transaction's changes as one log row (here the `pgoutput` bytes, about as long as the
+/// JSON), many transactions per insert and commit, and confirm the slot only after that
+/// commit.
+struct LogWriter {
+    client: tokio_postgres::Client,
+    insert: tokio_postgres::Statement,
+    /// The transaction being read.
+    open: Vec<u8>,
+    /// Transactions read and not yet written, and the end of the last.
+    done: Vec<Vec<u8>>,
+    end: Option<Lsn>,
+    since: Option<tokio::time::Instant>,
+    xid: i64,
+}
+
+impl LogWriter {
+    async fn connect(url: &str) -> Result<LogWriter, BenchError> {
+        let client = connect(url).await?;
+        let insert = client
+            .prepare(
+                "insert into wl_reader_log (xid, payload) \
+                 select $1::int8 + g.i, g.p from unnest($2::bytea[]) with ordinality g(p, i)",
+            )
+            .await?;
+        Ok(LogWriter {
+            client,
+            insert,
+            open: Vec::new(),
+            done: Vec::new(),
+            end: None,
+            since: None,
+            xid: 0,
+        })
+    }
+
+    fn add(&mut self, data: &[u8]) {
+        self.open.extend_from_slice(data);
+    }
+
+    /// The transaction ended at `end`; true when the batch is full.
+    fn commit(&mut self, end: Lsn) -> bool {
+        if !self.open.is_empty() {
+            self.done.push(std::mem::take(&mut self.open));
+        }
+        self.end = Some(end);
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+        self.done.len() >= LOG_BATCH
+    }
+
+    fn is_empty(&self) -> bool {
+        self.end.is_none()
+    }
+
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.since.map(|t| t + LOG_WAIT)
+    }
+
+    /// Writes the waiting transactions in one statement and transaction, then confirms
+    /// their end; how many rows it wrote.
+    async fn flush(
+        &mut self,
+        client: &ReplicationClient,
+        position: &AtomicU64,
+    ) -> Result<u64, BenchError> {
+        let Some(end) = self.end.take() else {
+            return Ok(0);
+        };
+        self.since = None;
+        let rows = std::mem::take(&mut self.done);
+        let n = rows.len() as u64;
+        if n > 0 {
+            self.client
+                .execute(&self.insert, &[&self.xid, &rows])
+                .await?;
+            self.xid += n as i64;
+        }
+        client.update_applied_lsn(end);
+        position.fetch_max(end.as_u64(), Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `pgoutput` (protocol 1) row messages, which the crate passes on undecoded: each

@@ -50,6 +50,10 @@ pub struct WriteloadArgs {
     /// With `--decoded`: how the slot is read.
     #[arg(long, value_enum, default_value = "stream")]
     pub decoder: decoded::Decoder,
+    /// With `--decoder crate`: the reader also writes what it read into a log table (as
+    /// a hub would) and confirms the slot only after that commit.
+    #[arg(long)]
+    pub reader_log: bool,
 }
 
 const SCHEMA: &str = r#"
@@ -128,6 +132,11 @@ const DECODED: Variant = Variant {
 
 pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
     let c = &a.common;
+    if a.reader_log && !(a.decoded && a.decoder == decoded::Decoder::Crate) {
+        return Err(BenchError::Setup(
+            "--reader-log needs --decoded --decoder crate".into(),
+        ));
+    }
     let setup = if a.decoded {
         c.setup_durable_with(decoded::SERVER_OPTIONS).await?
     } else {
@@ -152,7 +161,7 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
     let stop_reader = tokio_util::sync::CancellationToken::new();
     let reader = if a.decoded {
         decoded::make_slot(&url).await?;
-        Some(decoded::spawn_reader(&url, a.decoder, stop_reader.clone()).await?)
+        Some(decoded::spawn_reader(&url, a.decoder, a.reader_log, stop_reader.clone()).await?)
     } else {
         None
     };
@@ -302,12 +311,14 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
         results.insert("decoded_log_rows".into(), json!(totals.logged));
         if a.decoder == decoded::Decoder::Crate {
             println!(
-                "crate reader: {} transactions, {} row changes, {} logical messages decoded",
-                totals.transactions, totals.rows, totals.messages
+                "crate reader: {} transactions, {} row changes, {} logical messages decoded; \
+                 {} log rows written",
+                totals.transactions, totals.rows, totals.messages, totals.logged
             );
             results.insert("crate_transactions".into(), json!(totals.transactions));
             results.insert("crate_rows".into(), json!(totals.rows));
             results.insert("crate_messages".into(), json!(totals.messages));
+            results.insert("reader_log".into(), json!(a.reader_log));
         }
         decoded::drop_slot(&url).await?;
     }
