@@ -234,9 +234,8 @@ impl Endpoint {
         // The cursor as stored (the row's own text, so the compare-and-set matches it).
         let mut stored = def.position.clone();
         let mut last_store = Instant::now();
-        // When the oldest pending change was read (the batch window runs from there),
-        // and the pending changes by the read that took them (how many, when).
-        let mut since: Option<Instant> = None;
+        // The pending changes by the read that took them (how many, when): the batch
+        // window runs from the first's time.
         let mut reads: VecDeque<(usize, Instant)> = VecDeque::new();
         let mut failures = u32::try_from(def.failures).unwrap_or(0);
         let ticks = self.inner.ticks.clone();
@@ -270,7 +269,6 @@ impl Endpoint {
                 more = read.full;
                 if !read.items.is_empty() {
                     reads.push_back((read.items.len(), Instant::now()));
-                    since = since.or(Some(Instant::now()));
                 }
                 pending.extend(read.items);
                 tail = read.tail;
@@ -295,6 +293,7 @@ impl Endpoint {
                 let n = pending.len();
                 self.inner.set_local(&self.name, |l| l.pending = n);
             }
+            let since = reads.front().map(|r| r.1);
             let due =
                 pending.len() >= max || since.is_some_and(|t| t.elapsed() >= settings.batch_wait);
             if !due {
@@ -369,12 +368,10 @@ impl Endpoint {
                     // batch is due at once, not a whole `batch_wait` later, and what was
                     // read after it waits its own. Behind a batch cut by bytes (large
                     // rows), all that is left is due at once: it would not fit either.
-                    let oldest_left = drain_reads(&mut reads, n);
-                    since = if cut_by_bytes {
-                        oldest_left.and(since)
-                    } else {
-                        oldest_left
-                    };
+                    drain_reads(&mut reads, n);
+                    if let (true, Some(front)) = (cut_by_bytes, reads.front_mut()) {
+                        front.1 = since.unwrap_or(front.1);
+                    }
                     let left = pending.len();
                     self.inner.set_local(&self.name, |l| l.pending = left);
                 }
@@ -678,9 +675,8 @@ enum Delivery {
     Not(Next),
 }
 
-/// Takes the first `n` changes off `reads` (how many each read took, and when); when the
-/// oldest change left was read.
-fn drain_reads(reads: &mut VecDeque<(usize, Instant)>, mut n: usize) -> Option<Instant> {
+/// Takes the first `n` changes off `reads` (how many each read took, and when).
+fn drain_reads(reads: &mut VecDeque<(usize, Instant)>, mut n: usize) {
     while n > 0 {
         let Some(front) = reads.front_mut() else {
             break;
@@ -692,7 +688,6 @@ fn drain_reads(reads: &mut VecDeque<(usize, Instant)>, mut n: usize) -> Option<I
         n -= front.0;
         reads.pop_front();
     }
-    reads.front().map(|r| r.1)
 }
 
 #[cfg(test)]
@@ -707,16 +702,18 @@ mod tests {
             t0 + Duration::from_millis(200),
         );
         let mut reads = VecDeque::from([(10, t0), (95, t1), (5, t2)]);
+        drain_reads(&mut reads, 100);
         assert_eq!(
-            drain_reads(&mut reads, 100),
-            Some(t1),
+            reads,
+            VecDeque::from([(5, t1), (5, t2)]),
             "5 of the second read left"
         );
-        assert_eq!(reads, VecDeque::from([(5, t1), (5, t2)]));
-        assert_eq!(drain_reads(&mut reads, 5), Some(t2));
-        assert_eq!(drain_reads(&mut reads, 5), None);
+        drain_reads(&mut reads, 5);
+        assert_eq!(reads, VecDeque::from([(5, t2)]));
+        drain_reads(&mut reads, 5);
         assert!(reads.is_empty());
-        assert_eq!(drain_reads(&mut reads, 3), None, "nothing to take");
+        drain_reads(&mut reads, 3);
+        assert!(reads.is_empty(), "nothing to take");
     }
 
     fn def(row: &str, tables: &[(u32, &str)]) -> EndpointDef {

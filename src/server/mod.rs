@@ -135,7 +135,7 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
         .route("/api/changes", get(consumers::changes_feed))
         // Inside the CORS layer, so that it still answers preflights.
         .method_not_allowed_fallback(wrong_method)
-        // Raised for the broadcast routes only (everything else keeps axum's 2 MB).
+        // Raised for the broadcast routes only (everything else keeps `BODY_LIMIT`).
         .layer(DefaultBodyLimit::max(rest::body_limit(
             hub.services.limits.max_broadcast_bytes,
         )))
@@ -171,12 +171,14 @@ pub fn routes(hub: Arc<Hub>, with_metrics: bool) -> HttpRouter {
         .method_not_allowed_fallback(wrong_method)
         .merge(open_cors)
         .fallback(|| async { http_error(HttpError::NoRoute) })
+        // Stated, so that the 413's text names the limit in force (axum's default).
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(json_body_limit))
         .with_state(hub)
 }
 
-/// axum's own limit on a request body (the routes that do not raise it).
-const AXUM_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// The limit on a request body of the routes that do not raise it.
+const BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// axum answers a body past its limit with a plain-text 413 (`Failed to buffer the
 /// request body: length limit exceeded`); every error of the hub is JSON.
@@ -188,7 +190,7 @@ async fn json_body_limit(response: Response) -> Response {
     if response.status() != StatusCode::PAYLOAD_TOO_LARGE || !plain {
         return response;
     }
-    let message = format!("Request body is larger than {AXUM_BODY_LIMIT} bytes");
+    let message = format!("Request body is larger than {BODY_LIMIT} bytes");
     (
         StatusCode::PAYLOAD_TOO_LARGE,
         Json(json!({ "message": message })),

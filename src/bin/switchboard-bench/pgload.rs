@@ -46,6 +46,32 @@ pub async fn connect(url: &str) -> Result<Client, BenchError> {
 }
 
 /// The customer id of portal customer `i`.
+/// Polls `count` (a query of one `int8`) every 50 ms until it reaches `n`; after
+/// `within`, fails saying how many of `n` `what` there were.
+pub async fn wait_for_count(
+    c: &Client,
+    count: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    n: usize,
+    within: Duration,
+    what: &str,
+) -> Result<(), BenchError> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let got: i64 = c.query_one(count, params).await?.get(0);
+        if got as usize >= n {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(BenchError::Failed(format!(
+                "{got} of {n} {what} within {} s",
+                within.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn customer_id(i: usize) -> String {
     format!("00000000-0000-4000-8000-{i:012}")
 }

@@ -248,26 +248,11 @@ async fn recovered(ws: &mut Ws) -> Result<Value, BenchError> {
 /// Waits until the `customers` channels of `run` are parked.
 async fn wait_parked(url: &str, run: &str, customers: usize) -> Result<(), BenchError> {
     let c = pgload::connect(url).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let parked: i64 = c
-            .query_one(
-                "select count(*) from realtime.log_holds where kind = 'resume' \
-                 and (detail->>'parked')::boolean and detail->>'key' like $1",
-                &[&format!("{run}-%")],
-            )
-            .await?
-            .get(0);
-        if parked as usize >= customers {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(BenchError::Failed(format!(
-                "{parked} of {customers} channels parked within 60 s"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let parked = "select count(*) from realtime.log_holds where kind = 'resume' \
+                  and (detail->>'parked')::boolean and detail->>'key' like $1";
+    let key = format!("{run}-%");
+    let within = Duration::from_secs(60);
+    pgload::wait_for_count(&c, parked, &[&key], customers, within, "channels parked").await
 }
 
 async fn status(hub: &Hub) -> Value {

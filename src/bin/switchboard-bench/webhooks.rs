@@ -144,28 +144,27 @@ pub async fn webhooks(a: WebhooksArgs) -> Result<(), BenchError> {
         last: None,
     }));
     let port = start_receiver(got.clone()).await?;
-    for i in 0..a.endpoints {
+    // Endpoints 0.. of the written table, then the idle ones of the quiet table.
+    let tables = std::iter::repeat_n("bench_hooked", a.endpoints)
+        .chain(std::iter::repeat_n("bench_quiet", a.idle_endpoints));
+    for (i, table) in tables.enumerate() {
         sql.execute(
-            "select realtime.create_webhook($1, $2, '{public.bench_hooked}')",
+            "select realtime.create_webhook($1, $2, array[$3::text::regclass])",
             &[
                 &format!("bench{i}"),
                 &format!("http://127.0.0.1:{port}/hook/{i}"),
+                &format!("public.{table}"),
             ],
         )
         .await?;
     }
-    for i in 0..a.idle_endpoints {
-        sql.execute(
-            "select realtime.create_webhook($1, $2, '{public.bench_quiet}')",
-            &[
-                &format!("quiet{i}"),
-                &format!("http://127.0.0.1:{port}/hook/{i}"),
-            ],
-        )
-        .await?;
-    }
-    // Let every endpoint be claimed and loaded before the clock starts.
-    wait_until_delivering(&sql, a.endpoints + a.idle_endpoints).await?;
+    // Every endpoint held by the hub before the clock starts (rows written before would
+    // be delivered all the same, from the cursor `create_webhook` set, but their latency
+    // would include the claim).
+    let held = "select count(*) from realtime.webhook_endpoints where lease_owner is not null";
+    let within = Duration::from_secs(30);
+    let n = a.endpoints + a.idle_endpoints;
+    pgload::wait_for_count(&sql, held, &[], n, within, "webhook endpoints claimed").await?;
 
     let per = a.rows_per_statement.max(1);
     let statements = a.rows.div_ceil(per);
@@ -259,28 +258,4 @@ pub async fn webhooks(a: WebhooksArgs) -> Result<(), BenchError> {
         )));
     }
     Ok(())
-}
-
-/// Waits until the hub holds `n` endpoints (rows written before would be delivered all the
-/// same, from the cursor `create_webhook` set, but their latency would include the claim).
-async fn wait_until_delivering(sql: &tokio_postgres::Client, n: usize) -> Result<(), BenchError> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let held: i64 = sql
-            .query_one(
-                "select count(*) from realtime.webhook_endpoints where lease_owner is not null",
-                &[],
-            )
-            .await?
-            .get(0);
-        if held as usize >= n {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(BenchError::Setup(format!(
-                "{held} of {n} webhook endpoints claimed within 30 s"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
