@@ -61,6 +61,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         81,
         include_str!("../sql/081_capturable_and_unique_fields.sql"),
     ),
+    (82, include_str!("../sql/082_decoded_position.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

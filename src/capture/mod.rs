@@ -9,6 +9,7 @@
 
 mod carried;
 mod cursor;
+pub mod decoding;
 mod maintenance;
 mod reader;
 mod retention;

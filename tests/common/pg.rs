@@ -151,15 +151,31 @@ pub async fn test_db() -> TestDb {
 
 /// A cluster of its own, for tests that stop and start Postgres.
 pub async fn dedicated_cluster() -> Cluster {
-    tokio::task::spawn_blocking(Cluster::start_new)
+    tokio::task::spawn_blocking(|| Cluster::start_new(""))
         .await
         .expect("cluster start task")
+}
+
+/// One cluster per test process with `wal_level=logical`, for tests of logical
+/// decoding; started from the installed binaries even when `DATABASE_URL` is set, as
+/// that server's WAL level is not ours to choose. Commits wait for their WAL to be
+/// flushed: decoding reads only flushed WAL, so a commit returned before its flush could
+/// be missing from a read that follows it.
+pub async fn logical_cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    tokio::task::spawn_blocking(|| {
+        CLUSTER.get_or_init(|| Cluster::start_new(" -c wal_level=logical -c synchronous_commit=on"))
+    })
+    .await
+    .expect("cluster start task")
 }
 
 /// A Postgres cluster under a temp dir; stopped and removed when the test process exits.
 pub struct Cluster {
     dir: PathBuf,
     port: u16,
+    /// Server options beside the usual ones.
+    options: &'static str,
 }
 
 impl Cluster {
@@ -208,7 +224,7 @@ impl Cluster {
         self.dir.join("data")
     }
 
-    fn start_new() -> Cluster {
+    fn start_new(options: &'static str) -> Cluster {
         let (bin, as_postgres) = pg();
         let dir = std::env::temp_dir().join(unique_name("switchboard-pg"));
         std::fs::create_dir_all(&dir).expect("create cluster dir");
@@ -223,6 +239,7 @@ impl Cluster {
             let cluster = Cluster {
                 dir: dir.clone(),
                 port: localpg::free_port().expect("bind port 0"),
+                options,
             };
             if cluster.pg_ctl_start() {
                 return cluster;
@@ -232,7 +249,7 @@ impl Cluster {
     }
 
     fn pg_ctl_start(&self) -> bool {
-        let opts = localpg::server_options(self.port, &self.dir, true, 300);
+        let opts = localpg::server_options(self.port, &self.dir, true, 300) + self.options;
         let log = self.dir.join("postgres.log");
         let log = log.to_str().expect("utf-8 temp path");
         pg_ctl(
@@ -244,7 +261,7 @@ impl Cluster {
 
 fn shared_cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start_new)
+    CLUSTER.get_or_init(|| Cluster::start_new(""))
 }
 
 /// Stops Postgres and removes `dir` once this test process has exited. Never waited
