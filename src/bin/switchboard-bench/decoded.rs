@@ -10,14 +10,16 @@
 //!   the same statement, pausing 10 ms after each read. `--decoder crate`: the same
 //!   walsender stream read in this process with the `pgwire-replication` crate (on trial
 //!   as the hub's reader), on a thread of its own so its CPU can be told apart. It takes
-//!   apart every `pgoutput` row message (the crate passes Relation/Insert/Update/Delete
-//!   on as raw bytes; it parses only Begin, Commit and Message), counts row changes and
-//!   messages, and confirms each transaction's end LSN (and a keepalive's position
+//!   apart every `pgoutput` row message with the hub's decoder (the crate passes
+//!   Relation/Insert/Update/Delete on as raw bytes; it parses only Begin, Commit and
+//!   Message), counts row changes and messages, and confirms each transaction's end LSN (and a keepalive's position
 //!   between transactions) through the crate's standby status updates, once a second.
-//!   With `--reader-log` it also writes what it read into a log table shaped as the
-//!   hub's (one row per transaction, up to 100 transactions per insert, at most 5 ms
-//!   after a commit was read) and confirms only after that insert commits: what a hub
-//!   capturing by decoding would add to Postgres's work.
+//!   With `--reader-log` it also writes what it read into the hub's log, as a hub
+//!   capturing by decoding would (`switchboard::capture::decoding`: `realtime.changes`
+//!   rows with the trigger's JSON, made by `record_in` and `row_to_json`, and the slot's
+//!   position, in one statement, up to 100 transactions at a time and at most 5 ms after
+//!   a commit was read), and confirms only after that write commits. Logical messages are
+//!   counted, not logged.
 //! * `wl_message`: a statement trigger that sends the statement's rows as JSON in a
 //!   transactional logical message (`pg_logical_emit_message`) instead of inserting a log
 //!   row; the same reader takes the messages.
@@ -34,6 +36,8 @@ use pgwire_replication::{
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use switchboard::capture::decoding;
 
 use crate::pgload::connect;
 use crate::BenchError;
@@ -253,13 +257,7 @@ const CRATE_APP: &str = "switchboard-bench-crate";
 /// crate's worker task and the decoding below run there and nowhere else: that thread's
 /// CPU is the reader's.
 async fn spawn_crate(url: &str, log: bool, stop: CancellationToken) -> Result<Reader, BenchError> {
-    let log = match log {
-        true => {
-            connect(url).await?.batch_execute(READER_LOG).await?;
-            Some(url.to_owned())
-        }
-        false => None,
-    };
+    let log = log.then(|| url.to_owned());
     let pg: tokio_postgres::Config = url.parse()?;
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -359,12 +357,11 @@ async fn read_with_crate(
     client.wait_started().await.map_err(crate_err)?;
     let _ = ready.send(tid);
     let mut totals = Totals::default();
-    let mut relations = pgoutput::Relations::default();
-    let mut in_transaction = false;
     let mut log = match log {
         Some(url) => Some(LogWriter::connect(&url).await?),
         None => None,
     };
+    let mut in_transaction = false;
     loop {
         let flush_at = log.as_ref().and_then(LogWriter::due);
         let event = tokio::select! {
@@ -379,11 +376,31 @@ async fn read_with_crate(
         };
         let Some(event) = event else { break };
         match event {
-            ReplicationEvent::Begin { .. } => in_transaction = true,
-            ReplicationEvent::XLogData { data, .. } => {
-                totals.rows += relations.decode(&data).map_err(BenchError::Failed)?;
+            ReplicationEvent::Begin {
+                final_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                in_transaction = true;
                 if let Some(log) = &mut log {
-                    log.add(&data);
+                    log.rows.begin(final_lsn.as_u64(), commit_time_micros);
+                }
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                let message =
+                    decoding::parse(&data).map_err(|e| BenchError::Failed(e.to_string()))?;
+                if matches!(
+                    message,
+                    decoding::Message::Insert { .. }
+                        | decoding::Message::Update { .. }
+                        | decoding::Message::Delete { .. }
+                ) {
+                    totals.rows += 1;
+                }
+                if let Some(log) = &mut log {
+                    log.rows
+                        .apply(message)
+                        .map_err(|e| BenchError::Failed(e.to_string()))?;
                 }
             }
             ReplicationEvent::Message {
@@ -399,9 +416,6 @@ async fn read_with_crate(
                     )));
                 }
                 totals.messages += 1;
-                if let Some(log) = &mut log {
-                    log.add(&content);
-                }
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 in_transaction = false;
@@ -420,7 +434,7 @@ async fn read_with_crate(
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 // With a log, only once everything read is written (nothing is waiting).
-                let idle = log.as_ref().is_none_or(LogWriter::is_empty);
+                let idle = log.as_ref().is_none_or(|l| l.rows.is_empty());
                 if !in_transaction && idle {
                     client.update_applied_lsn(wal_end);
                     position.fetch_max(wal_end.as_u64(), Ordering::Relaxed);
@@ -433,105 +447,71 @@ async fn read_with_crate(
     Ok(totals)
 }
 
-/// The log table the crate's reader writes with `--reader-log`, shaped as the hub's
-/// (`realtime.changes`: a key, the transaction, the time, and indexes on both).
-const READER_LOG: &str = "
-create table if not exists wl_reader_log (
-    id bigserial primary key,
-    xid int8 not null,
-    created_at timestamptz not null default now(),
-    payload bytea not null
-);
-create index if not exists wl_reader_log_xid on wl_reader_log (xid);
-create index if not exists wl_reader_log_created_at on wl_reader_log (created_at);
-truncate wl_reader_log;
-";
-
 /// Transactions written at most this long after their commit was read...
 const LOG_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 /// ...or as soon as this many are waiting.
 const LOG_BATCH: usize = 100;
 
-/// What a hub capturing by decoding would do with what it read: write each
-/// transaction's changes as one log row (here the `pgoutput` bytes, about as long as the
-/// JSON), many transactions per insert and commit, and confirm the slot only after that
-/// commit.
+/// What a hub capturing by decoding would do with what it read: write it into
+/// `realtime.changes`, many transactions per statement, and confirm the slot only after
+/// that statement commits.
 struct LogWriter {
     client: tokio_postgres::Client,
-    insert: tokio_postgres::Statement,
-    /// The transaction being read.
-    open: Vec<u8>,
-    /// Transactions read and not yet written, and the end of the last.
-    done: Vec<Vec<u8>>,
-    end: Option<Lsn>,
+    rows: decoding::LogRows,
+    /// When the first transaction waiting was read.
     since: Option<tokio::time::Instant>,
-    xid: i64,
 }
 
 impl LogWriter {
     async fn connect(url: &str) -> Result<LogWriter, BenchError> {
         let client = connect(url).await?;
-        let insert = client
-            .prepare(
-                "insert into wl_reader_log (xid, payload) \
-                 select $1::int8 + g.i, g.p from unnest($2::bytea[]) with ordinality g(p, i)",
+        // A position left by an earlier slot of that name.
+        client
+            .execute(
+                "delete from realtime.decoded_position where slot_name = $1",
+                &[&SLOT],
             )
             .await?;
         Ok(LogWriter {
             client,
-            insert,
-            open: Vec::new(),
-            done: Vec::new(),
-            end: None,
+            rows: decoding::LogRows::default(),
             since: None,
-            xid: 0,
         })
-    }
-
-    fn add(&mut self, data: &[u8]) {
-        self.open.extend_from_slice(data);
     }
 
     /// The transaction ended at `end`; true when the batch is full.
     fn commit(&mut self, end: Lsn) -> bool {
-        if !self.open.is_empty() {
-            self.done.push(std::mem::take(&mut self.open));
+        self.rows.commit(end.as_u64());
+        if !self.rows.is_empty() {
+            self.since.get_or_insert_with(tokio::time::Instant::now);
         }
-        self.end = Some(end);
-        self.since.get_or_insert_with(tokio::time::Instant::now);
-        self.done.len() >= LOG_BATCH
-    }
-
-    fn is_empty(&self) -> bool {
-        self.end.is_none()
+        self.rows.transactions() >= LOG_BATCH
     }
 
     fn due(&self) -> Option<tokio::time::Instant> {
         self.since.map(|t| t + LOG_WAIT)
     }
 
-    /// Writes the waiting transactions in one statement and transaction, then confirms
-    /// their end; how many rows it wrote.
+    /// Writes the waiting transactions in one statement, then confirms their end; how
+    /// many log rows it wrote.
     async fn flush(
         &mut self,
         client: &ReplicationClient,
         position: &AtomicU64,
     ) -> Result<u64, BenchError> {
-        let Some(end) = self.end.take() else {
-            return Ok(0);
-        };
         self.since = None;
-        let rows = std::mem::take(&mut self.done);
-        let n = rows.len() as u64;
-        if n > 0 {
-            self.client
-                .execute(&self.insert, &[&self.xid, &rows])
-                .await?;
-            self.xid += n as i64;
+        let written = self.rows.write(&self.client, SLOT).await?;
+        if written.dropped > 0 {
+            return Err(BenchError::Failed(format!(
+                "{} changes of a dropped table",
+                written.dropped
+            )));
         }
-        client.update_applied_lsn(end);
-        position.fetch_max(end.as_u64(), Ordering::Relaxed);
-        Ok(n)
+        if let Some(end) = written.end_lsn {
+            client.update_applied_lsn(Lsn::from(end));
+            position.fetch_max(end, Ordering::Relaxed);
+        }
+        Ok(written.log_rows)
     }
 }
 
@@ -539,165 +519,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// `pgoutput` (protocol 1) row messages, which the crate passes on undecoded: each
-/// tuple's columns taken apart and text values checked as UTF-8, what a hub turning them
-/// into JSON would at least do.
-mod pgoutput {
-    use std::collections::HashMap;
-
-    /// Column counts by relation id, from Relation messages.
-    #[derive(Default)]
-    pub struct Relations(HashMap<u32, usize>);
-
-    struct Cursor<'a>(&'a [u8]);
-
-    impl<'a> Cursor<'a> {
-        fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-            if self.0.len() < n {
-                return Err("pgoutput: truncated message".into());
-            }
-            let (head, tail) = self.0.split_at(n);
-            self.0 = tail;
-            Ok(head)
-        }
-        fn u8(&mut self) -> Result<u8, String> {
-            Ok(self.take(1)?[0])
-        }
-        fn u16(&mut self) -> Result<u16, String> {
-            Ok(u16::from_be_bytes(
-                self.take(2)?.try_into().expect("2 bytes"),
-            ))
-        }
-        fn u32(&mut self) -> Result<u32, String> {
-            Ok(u32::from_be_bytes(
-                self.take(4)?.try_into().expect("4 bytes"),
-            ))
-        }
-        fn cstr(&mut self) -> Result<&'a str, String> {
-            let end = self
-                .0
-                .iter()
-                .position(|&b| b == 0)
-                .ok_or("pgoutput: unterminated string")?;
-            let s = std::str::from_utf8(&self.0[..end]).map_err(|e| e.to_string())?;
-            self.0 = &self.0[end + 1..];
-            Ok(s)
-        }
-    }
-
-    impl Relations {
-        /// Decodes one message; the number of row changes in it.
-        pub fn decode(&mut self, data: &[u8]) -> Result<u64, String> {
-            let mut c = Cursor(data);
-            match c.u8()? {
-                b'R' => {
-                    let id = c.u32()?;
-                    c.cstr()?;
-                    c.cstr()?;
-                    c.u8()?;
-                    let columns = c.u16()? as usize;
-                    for _ in 0..columns {
-                        c.u8()?;
-                        c.cstr()?;
-                        c.take(8)?;
-                    }
-                    self.0.insert(id, columns);
-                    Ok(0)
-                }
-                b'I' => {
-                    let columns = self.columns(c.u32()?)?;
-                    expect(&mut c, b'N')?;
-                    tuple(&mut c, columns)?;
-                    Ok(1)
-                }
-                b'U' => {
-                    let columns = self.columns(c.u32()?)?;
-                    let mut kind = c.u8()?;
-                    if kind == b'K' || kind == b'O' {
-                        tuple(&mut c, columns)?;
-                        kind = c.u8()?;
-                    }
-                    if kind != b'N' {
-                        return Err(format!("pgoutput: update without a new tuple ({kind})"));
-                    }
-                    tuple(&mut c, columns)?;
-                    Ok(1)
-                }
-                b'D' => {
-                    let columns = self.columns(c.u32()?)?;
-                    c.u8()?;
-                    tuple(&mut c, columns)?;
-                    Ok(1)
-                }
-                // Truncate, Type, Origin: nothing a row count needs.
-                b'T' | b'Y' | b'O' => Ok(0),
-                tag => Err(format!("pgoutput: unexpected message {:?}", tag as char)),
-            }
-        }
-
-        fn columns(&self, id: u32) -> Result<usize, String> {
-            self.0
-                .get(&id)
-                .copied()
-                .ok_or_else(|| format!("pgoutput: change before relation {id}"))
-        }
-    }
-
-    fn expect(c: &mut Cursor<'_>, tag: u8) -> Result<(), String> {
-        match c.u8()? {
-            t if t == tag => Ok(()),
-            t => Err(format!(
-                "pgoutput: {:?} where {:?} was due",
-                t as char, tag as char
-            )),
-        }
-    }
-
-    fn tuple(c: &mut Cursor<'_>, columns: usize) -> Result<(), String> {
-        let n = c.u16()? as usize;
-        if n != columns {
-            return Err(format!("pgoutput: {n} columns, the relation has {columns}"));
-        }
-        for _ in 0..n {
-            match c.u8()? {
-                b'n' | b'u' => {}
-                b't' => {
-                    let len = c.u32()? as usize;
-                    std::str::from_utf8(c.take(len)?).map_err(|e| e.to_string())?;
-                }
-                b'b' => {
-                    let len = c.u32()? as usize;
-                    c.take(len)?;
-                }
-                k => return Err(format!("pgoutput: column kind {k}")),
-            }
-        }
-        Ok(())
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::Relations;
-
-        #[test]
-        fn an_insert_after_its_relation_is_one_row() {
-            let mut r = Relations::default();
-            let mut rel = vec![b'R', 0, 0, 0, 7];
-            rel.extend_from_slice(b"public\0t\0");
-            rel.push(b'f');
-            rel.extend_from_slice(&1u16.to_be_bytes());
-            rel.push(1);
-            rel.extend_from_slice(b"id\0");
-            rel.extend_from_slice(&[0, 0, 0, 20, 255, 255, 255, 255]);
-            assert_eq!(r.decode(&rel), Ok(0));
-            let mut ins = vec![b'I', 0, 0, 0, 7, b'N', 0, 1, b't', 0, 0, 0, 2];
-            ins.extend_from_slice(b"42");
-            assert_eq!(r.decode(&ins), Ok(1));
-            assert!(r.decode(&[b'I', 0, 0, 0, 8, b'N', 0, 0]).is_err());
-        }
     }
 }
 

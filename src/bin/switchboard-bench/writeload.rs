@@ -50,8 +50,9 @@ pub struct WriteloadArgs {
     /// With `--decoded`: how the slot is read.
     #[arg(long, value_enum, default_value = "stream")]
     pub decoder: decoded::Decoder,
-    /// With `--decoder crate`: the reader also writes what it read into a log table (as
-    /// a hub would) and confirms the slot only after that commit.
+    /// With `--decoder crate`: the reader also writes what it read into the hub's log
+    /// (`realtime.changes`, with the trigger's JSON, as a hub capturing by decoding
+    /// would) and confirms the slot only after that commit.
     #[arg(long)]
     pub reader_log: bool,
 }
