@@ -1,6 +1,7 @@
 //! One endpoint's delivery loop, run while this hub holds its lease: read the log from
 //! the stored cursor, gather a batch (at most `batch_events`, waiting at most
-//! `batch_wait` for it to fill), POST it until a 2xx (backing off between failures,
+//! `batch_wait` for it to fill, counted from its oldest change's read or from the last
+//! batch sent, whichever is sooner, so a change after a quiet spell goes at once), POST it until a 2xx (backing off between failures,
 //! pausing after a run of them), then move the stored cursor past it. One batch at a
 //! time, so the endpoint sees changes in log order. Every database write is fenced by the
 //! lease, and the cursor's by the cursor it replaces (a replay that moved it meanwhile
@@ -237,6 +238,10 @@ impl Endpoint {
         // The pending changes by the read that took them (how many, when): the batch
         // window runs from the first's time.
         let mut reads: VecDeque<(usize, Instant)> = VecDeque::new();
+        // When the last batch was sent. After a quiet spell (nothing sent for a whole
+        // `batch_wait`) a change goes at once: batches still leave at most once per
+        // `batch_wait` under a steady rate, and a lone change is not held back.
+        let mut last_sent: Option<Instant> = None;
         let mut failures = u32::try_from(def.failures).unwrap_or(0);
         let ticks = self.inner.ticks.clone();
         // What the capture had read of this endpoint's tables, and when, at the last read.
@@ -294,14 +299,14 @@ impl Endpoint {
                 self.inner.set_local(&self.name, |l| l.pending = n);
             }
             let since = reads.front().map(|r| r.1);
-            let due =
-                pending.len() >= max || since.is_some_and(|t| t.elapsed() >= settings.batch_wait);
+            let due_at = since.map(|t| batch_due(t, last_sent, settings.batch_wait));
+            let due = pending.len() >= max || due_at.is_some_and(|t| t <= Instant::now());
             if !due {
                 if more {
                     continue;
                 }
-                let wake_at = since.map_or(Instant::now() + self.inner.poll, |t| {
-                    (t + settings.batch_wait).min(Instant::now() + self.inner.poll)
+                let wake_at = due_at.map_or(Instant::now() + self.inner.poll, |t| {
+                    t.min(Instant::now() + self.inner.poll)
                 });
                 // Read again when the capture has read rows of this endpoint's tables (not
                 // after every commit of every table), and while a batch fills, at most
@@ -364,6 +369,7 @@ impl Endpoint {
                     pending.drain(..n);
                     stored = after.to_string();
                     last_store = Instant::now();
+                    last_sent = Some(last_store);
                     // What is left waits from when it was read: what was read with the
                     // batch is due at once, not a whole `batch_wait` later, and what was
                     // read after it waits its own. Behind a batch cut by bytes (large
@@ -676,6 +682,16 @@ enum Delivery {
 }
 
 /// Takes the first `n` changes off `reads` (how many each read took, and when).
+/// When a batch whose oldest change was read at `since` is due: `batch_wait` after
+/// that, or after the last batch was sent if that is sooner (at once after a quiet
+/// spell, or when none was sent yet).
+fn batch_due(since: Instant, last_sent: Option<Instant>, batch_wait: Duration) -> Instant {
+    match last_sent {
+        Some(sent) => (since + batch_wait).min(sent + batch_wait),
+        None => since,
+    }
+}
+
 fn drain_reads(reads: &mut VecDeque<(usize, Instant)>, mut n: usize) {
     while n > 0 {
         let Some(front) = reads.front_mut() else {
@@ -693,6 +709,21 @@ fn drain_reads(reads: &mut VecDeque<(usize, Instant)>, mut n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_after_a_quiet_spell_is_due_at_once_and_otherwise_a_wait_after_the_last() {
+        let wait = Duration::from_secs(1);
+        let now = Instant::now();
+        // None sent yet, or the last a whole wait ago: at once.
+        assert_eq!(batch_due(now, None, wait), now);
+        assert_eq!(batch_due(now, Some(now - wait * 2), wait), now - wait);
+        // The last sent 200 ms ago: a wait after it, before a wait after the read.
+        let sent = now - Duration::from_millis(200);
+        assert_eq!(batch_due(now, Some(sent), wait), sent + wait);
+        // Read long ago (left over from a batch): a wait after that read.
+        let read = now - Duration::from_millis(900);
+        assert_eq!(batch_due(read, Some(now), wait), read + wait);
+    }
 
     #[test]
     fn what_is_left_of_a_batch_waits_from_the_read_that_took_it() {
