@@ -70,6 +70,20 @@ async fn log_after(client: &Client, after: i64) -> Vec<[Option<String>; 5]> {
         .collect()
 }
 
+/// One column of the log rows after id `after`, as text.
+async fn texts_after(client: &Client, column: &str, after: i64) -> Vec<String> {
+    client
+        .query(
+            &format!("select {column}::text from realtime.changes where id > $1 order by id"),
+            &[&after],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 async fn last_id(client: &Client) -> i64 {
     client
         .query_one("select coalesce(max(id), 0) from realtime.changes", &[])
@@ -218,16 +232,7 @@ async fn a_slot_read_again_after_a_restart_logs_nothing_twice() {
     let mut rows = LogRows::resume_after(end);
     let later = log_slot(&client, "s_restart", &mut rows).await;
     assert_eq!((later.log_rows, later.changes), (1, 1));
-    let ops: Vec<String> = client
-        .query(
-            "select op from realtime.changes where id > $1 order by id",
-            &[&mark],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ops = texts_after(&client, "op", mark).await;
     // The decoded rows once, the trigger's delete, the decoded delete once.
     assert_eq!(ops, ["INSERT", "UPDATE", "DELETE", "DELETE"]);
     assert!(later.end_lsn > Some(end));
@@ -265,16 +270,7 @@ async fn changes_written_before_their_table_changed_follow_the_table_as_it_is_no
         (written.log_rows, written.changes, written.dropped),
         (2, 2, 1)
     );
-    let rows: Vec<String> = client
-        .query(
-            "select rows::text from realtime.changes where id > $1 order by id",
-            &[&mark],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let rows = texts_after(&client, "rows", mark).await;
     // Dropped `b` left out; `c`, added after the first row was written, null in it.
     assert_eq!(
         rows,
