@@ -18,8 +18,9 @@
 //!   capturing by decoding would (`switchboard::capture::decoding`: `realtime.changes`
 //!   rows with the trigger's JSON, made by `record_in` and `row_to_json`, and the slot's
 //!   position, in one statement, up to 100 transactions at a time and at most 5 ms after
-//!   a commit was read), and confirms only after that write commits. Logical messages are
-//!   counted, not logged.
+//!   a commit was read), and confirms only after that write commits. The message table's
+//!   logical messages are written as log rows of the JSON they carry, in the same
+//!   transaction.
 //! * `wl_message`: a statement trigger that sends the statement's rows as JSON in a
 //!   transactional logical message (`pg_logical_emit_message`) instead of inserting a log
 //!   row; the same reader takes the messages.
@@ -416,6 +417,10 @@ async fn read_with_crate(
                     )));
                 }
                 totals.messages += 1;
+                if let Some(log) = &mut log {
+                    log.open_messages
+                        .push(String::from_utf8_lossy(&content).into_owned());
+                }
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 in_transaction = false;
@@ -458,9 +463,21 @@ const LOG_BATCH: usize = 100;
 struct LogWriter {
     client: tokio_postgres::Client,
     rows: decoding::LogRows,
+    /// The message table's logical messages (a statement's rows as the trigger's JSON)
+    /// of the transaction being read, and of those read and not yet written.
+    open_messages: Vec<String>,
+    messages: Vec<String>,
+    insert_messages: tokio_postgres::Statement,
     /// When the first transaction waiting was read.
     since: Option<tokio::time::Instant>,
 }
+
+/// The message table's messages as log rows: the JSON the trigger made, as it is.
+const INSERT_MESSAGES: &str = "\
+insert into realtime.changes (schema_name, table_name, op, rows) \
+select j->>'s', j->>'t', j->>'op', j->'rows' \
+from unnest($1::text[]) with ordinality m(t, i), lateral (select m.t::json as j) x \
+order by m.i";
 
 impl LogWriter {
     async fn connect(url: &str) -> Result<LogWriter, BenchError> {
@@ -472,9 +489,13 @@ impl LogWriter {
                 &[&SLOT],
             )
             .await?;
+        let insert_messages = client.prepare(INSERT_MESSAGES).await?;
         Ok(LogWriter {
             client,
             rows: decoding::LogRows::default(),
+            open_messages: Vec::new(),
+            messages: Vec::new(),
+            insert_messages,
             since: None,
         })
     }
@@ -482,6 +503,7 @@ impl LogWriter {
     /// The transaction ended at `end`; true when the batch is full.
     fn commit(&mut self, end: Lsn) -> bool {
         self.rows.commit(end.as_u64());
+        self.messages.append(&mut self.open_messages);
         if !self.rows.is_empty() {
             self.since.get_or_insert_with(tokio::time::Instant::now);
         }
@@ -492,15 +514,33 @@ impl LogWriter {
         self.since.map(|t| t + LOG_WAIT)
     }
 
-    /// Writes the waiting transactions in one statement, then confirms their end; how
-    /// many log rows it wrote.
+    /// Writes the waiting transactions (decoded changes and messages) in one
+    /// transaction, then confirms their end; how many log rows it wrote.
     async fn flush(
         &mut self,
         client: &ReplicationClient,
         position: &AtomicU64,
     ) -> Result<u64, BenchError> {
         self.since = None;
-        let written = self.rows.write(&self.client, SLOT).await?;
+        let messages = std::mem::take(&mut self.messages);
+        // Messages only when there are any: then with the rows and the position in one
+        // transaction, as a hub would (one commit a batch).
+        let mut logged = 0;
+        if !messages.is_empty() {
+            self.client.batch_execute("begin").await?;
+            logged = self
+                .client
+                .execute(&self.insert_messages, &[&messages])
+                .await?;
+        }
+        let written = self.rows.write(&self.client, SLOT).await;
+        if !messages.is_empty() {
+            match &written {
+                Ok(_) => self.client.batch_execute("commit").await?,
+                Err(_) => self.client.batch_execute("rollback").await?,
+            }
+        }
+        let written = written?;
         if written.dropped > 0 {
             return Err(BenchError::Failed(format!(
                 "{} changes of a dropped table",
@@ -511,7 +551,7 @@ impl LogWriter {
             client.update_applied_lsn(Lsn::from(end));
             position.fetch_max(end, Ordering::Relaxed);
         }
-        Ok(written.log_rows)
+        Ok(written.log_rows + logged)
     }
 }
 
