@@ -8,7 +8,10 @@
 //! follows the table's columns as they are when the rows are written, matched by name to
 //! the columns the change was decoded with. A column added since comes out null, as do
 //! generated columns (`pgoutput` in Postgres 15 does not send them); a column dropped
-//! since is left out.
+//! since is left out. A value that no longer parses as its column's type (the type was
+//! changed since) fails the write, and the changes stay waiting: what a reader does
+//! then is not decided yet (the reader is not built). Changes of a table dropped since
+//! are counted in [`Written::dropped`] and not logged.
 //!
 //! Consecutive changes of one table and kind in a transaction make one log row of up to
 //! [`CHUNK_ROWS`] rows, as a statement's rows do under the trigger. The log row's
