@@ -954,3 +954,20 @@ async fn a_batch_stops_at_its_byte_cap_and_a_change_larger_than_the_cap_goes_alo
     assert_eq!(alone.events().len(), 1, "the 50 kB row goes alone");
     assert!(requests.len() >= 3, "{} requests", requests.len());
 }
+
+/// A change after a quiet spell is sent as soon as it is read: with a batch window of ten
+/// minutes it still arrives at once (before, a batch waited the whole window to fill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_after_a_quiet_spell_does_not_wait_for_the_batch_window() {
+    let pg = PgHub::start_with(SETUP, |c| {
+        c.consumers = quick_settings();
+        c.consumers.batch_wait = Duration::from_secs(600);
+    })
+    .await;
+    let rx = Receiver::start(Mode::Ok).await;
+    create(&pg, "crm", &rx.url, "").await;
+    pg.exec("insert into contacts (id, name) values (1, 'Ada')")
+        .await;
+    rx.wait_received(Duration::from_secs(20), 1).await;
+    assert_eq!(ids(&rx.processed_events()), vec![1]);
+}
