@@ -2,24 +2,39 @@
 //! trigger it is to replace: a table both captured by the trigger and published to a
 //! `pgoutput` slot; the slot's changes, written into `realtime.changes` by `LogRows`,
 //! must be the trigger's own log rows, JSON text and all, for every kind of column and
-//! statement. Also: a slot read again after a restart logs nothing twice, and changes
-//! written before their table changed are still logged.
+//! statement. Also: a slot read again after a restart logs nothing twice, changes
+//! written before their table changed are still logged, and the streaming reader logs
+//! every commit once across lost connections and its own restart.
 //!
 //! The cluster runs with `wal_level=logical` (`common::pg::logical_cluster`).
 
 mod common;
 
-use switchboard::capture::decoding::{parse, written_position, LogRows, Written};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard::capture::decoding::{
+    self, parse, written_position, LogRows, ReaderConfig, ReaderStats, Written,
+};
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
 /// A migrated database on the logical cluster, with `ddl` applied, `table` captured by
 /// the trigger and published (replica identity FULL) to a new `pgoutput` slot `slot`.
 async fn database(ddl: &str, table: &str, slot: &str) -> Client {
+    published(ddl, table, slot, true).await.0
+}
+
+/// As `database`, with the trigger only when `trigger`; also the database's URL.
+async fn published(ddl: &str, table: &str, slot: &str, trigger: bool) -> (Client, String) {
     let url = common::pg::logical_cluster().await.create_db().await;
     let client = common::pg::connect(&url).await;
     switchboard::db::migrate(&client).await.unwrap();
     client.batch_execute(ddl).await.unwrap();
-    switchboard::db::enable(&client, table).await.unwrap();
+    if trigger {
+        switchboard::db::enable(&client, table).await.unwrap();
+    }
     client
         .batch_execute(&format!(
             "alter table {table} replica identity full;
@@ -35,7 +50,7 @@ async fn database(ddl: &str, table: &str, slot: &str) -> Client {
         )
         .await
         .unwrap();
-    client
+    (client, url)
 }
 
 /// Everything in `slot` from its start (a peek: the slot is not advanced, as after a
@@ -278,5 +293,118 @@ async fn changes_written_before_their_table_changed_follow_the_table_as_it_is_no
             r#"[{"id":1,"a":"x","c":null}]"#,
             r#"[{"id":2,"a":"z","c":7}]"#
         ]
+    );
+}
+
+/// The pids of the reader's walsenders, once there is one (up to 10 s).
+async fn streaming(admin: &Client) -> Vec<i32> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids: Vec<i32> = admin
+            .query(
+                "select pid from pg_stat_replication where application_name = $1",
+                &[&decoding::APPLICATION_NAME],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !pids.is_empty() {
+            return pids;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader did not stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Once the reader streams, ends its walsender, and waits (up to 10 s) until that has
+/// exited, so it is not taken for the reader streaming again.
+async fn end_walsender(admin: &Client) {
+    for pid in streaming(admin).await {
+        let ended: bool = admin
+            .query_one("select pg_terminate_backend($1, 10000)", &[&pid])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ended, "walsender {pid} did not exit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_logs_every_commit_once_across_lost_connections_and_a_restart() {
+    let (admin, url) = published(
+        "create table t (id int primary key, v text)",
+        "t",
+        "s_reader",
+        false,
+    )
+    .await;
+    let config = ReaderConfig {
+        url: url.clone(),
+        slot: "s_reader".into(),
+        publication: "p".into(),
+        write_wait: Duration::from_millis(5),
+        write_batch: 100,
+    };
+    let stats = Arc::new(ReaderStats::default());
+    let start = || {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(decoding::run(config.clone(), stats.clone(), stop.clone()));
+        (stop, task)
+    };
+    let (mut stop, mut task) = start();
+    let writer = common::pg::connect(&url).await;
+    for i in 1..=600 {
+        writer
+            .execute("insert into t (id, v) values ($1, 'x')", &[&i])
+            .await
+            .unwrap();
+        match i {
+            150 | 450 => end_walsender(&admin).await,
+            300 => {
+                // The reader stopped and started again, as by a hub restart.
+                streaming(&admin).await;
+                stop.cancel();
+                task.await.unwrap();
+                (stop, task) = start();
+            }
+            _ => {}
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (rows, distinct) = loop {
+        let r = admin
+            .query_one(
+                "select count(*), count(distinct (r->>'id')) \
+                 from realtime.changes c, json_array_elements(c.rows) r \
+                 where c.table_name = 't'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (rows, distinct): (i64, i64) = (r.get(0), r.get(1));
+        if rows >= 600 || tokio::time::Instant::now() > deadline {
+            break (rows, distinct);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        (rows, distinct),
+        (600, 600),
+        "each committed row logged once"
+    );
+    // Connected at first, after each ended walsender and after the restart (each only
+    // once the reader streamed again).
+    let sessions = stats.sessions.load(Ordering::Relaxed);
+    assert!(sessions >= 4, "{sessions} sessions");
+    assert_eq!(
+        written_position(&admin, "s_reader").await.unwrap(),
+        Some(stats.written_lsn.load(Ordering::Relaxed))
     );
 }

@@ -259,32 +259,9 @@ const CRATE_APP: &str = "switchboard-bench-crate";
 /// CPU is the reader's.
 async fn spawn_crate(url: &str, log: bool, stop: CancellationToken) -> Result<Reader, BenchError> {
     let log = log.then(|| url.to_owned());
-    let pg: tokio_postgres::Config = url.parse()?;
-    let host = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => {
-            return Err(BenchError::Setup(
-                "the crate reader needs a TCP host".into(),
-            ))
-        }
-    };
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
-    let password = pg
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    let config = ReplicationConfig::new(
-        host,
-        pg.get_user().unwrap_or("postgres"),
-        password,
-        pg.get_dbname().unwrap_or("postgres"),
-        SLOT,
-        "wl_decoded",
-    )
-    .with_port(port)
-    // As `pg_recvlogical -s 1`.
-    .with_status_interval(std::time::Duration::from_secs(1))
-    .with_application_name(CRATE_APP);
+    let config = decoding::replication_config(url, SLOT, "wl_decoded")
+        .map_err(|e| BenchError::Setup(e.to_string()))?
+        .with_application_name(CRATE_APP);
     let position = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let thread = {
