@@ -408,3 +408,87 @@ async fn the_reader_logs_every_commit_once_across_lost_connections_and_a_restart
         Some(stats.written_lsn.load(Ordering::Relaxed))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_reader_of_the_slot_stands_by_and_takes_over() {
+    let (admin, url) = published(
+        "create table t (id int primary key, v text)",
+        "t",
+        "s_standby",
+        false,
+    )
+    .await;
+    let config = ReaderConfig {
+        url: url.clone(),
+        slot: "s_standby".into(),
+        publication: "p".into(),
+        write_wait: Duration::from_millis(5),
+        write_batch: 100,
+    };
+    let (first, second) = (
+        Arc::new(ReaderStats::default()),
+        Arc::new(ReaderStats::default()),
+    );
+    let stop_first = CancellationToken::new();
+    let first_task = tokio::spawn(decoding::run(
+        config.clone(),
+        first.clone(),
+        stop_first.clone(),
+    ));
+    streaming(&admin).await;
+    let stop_second = CancellationToken::new();
+    let second_task = tokio::spawn(decoding::run(
+        config.clone(),
+        second.clone(),
+        stop_second.clone(),
+    ));
+    let writer = common::pg::connect(&url).await;
+    let insert = |from: i32| {
+        let writer = &writer;
+        async move {
+            for i in from..from + 100 {
+                writer
+                    .execute("insert into t (id, v) values ($1, 'x')", &[&i])
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    insert(1).await;
+    // The first stops (as its hub would); the second takes over.
+    stop_first.cancel();
+    first_task.await.unwrap();
+    insert(101).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (rows, distinct) = loop {
+        let r = admin
+            .query_one(
+                "select count(*), count(distinct (r->>'id')) \
+                 from realtime.changes c, json_array_elements(c.rows) r \
+                 where c.table_name = 't'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (rows, distinct): (i64, i64) = (r.get(0), r.get(1));
+        if rows >= 200 || tokio::time::Instant::now() > deadline {
+            break (rows, distinct);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop_second.cancel();
+    second_task.await.unwrap();
+    assert_eq!(
+        (rows, distinct),
+        (200, 200),
+        "each committed row logged once"
+    );
+    assert_eq!(first.sessions.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        second.sessions.load(Ordering::Relaxed),
+        1,
+        "it read only once the first stopped"
+    );
+    assert!(first.log_rows.load(Ordering::Relaxed) > 0);
+    assert!(second.log_rows.load(Ordering::Relaxed) > 0);
+}

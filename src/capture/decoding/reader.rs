@@ -4,8 +4,9 @@
 //! fails it connects again, with backoff, and goes on from the position recorded with its
 //! last write, so nothing is logged twice and nothing committed is skipped.
 //!
-//! One reader per slot: Postgres refuses a second connection to an active slot (55006),
-//! which this reader, too, takes as a reason to wait and try again.
+//! One reader per slot, the slot itself being the lease: Postgres refuses a second
+//! connection to an active slot (55006), and a reader refused so stands by, trying
+//! again every few seconds, until the one reading stops or fails.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -57,6 +58,9 @@ pub async fn run(config: ReaderConfig, stats: Arc<ReaderStats>, stop: Cancellati
         let started = Instant::now();
         match session(&config, &stats, &stop).await {
             Ok(()) => return,
+            Err(e) if e.0.contains("SQLSTATE 55006") => {
+                tracing::debug!(slot = %config.slot, "the slot is read by another reader; standing by");
+            }
             Err(e) => {
                 tracing::warn!(slot = %config.slot, error = %e, "logical decoding reader failed; connecting again");
             }
@@ -99,6 +103,8 @@ async fn session(
     let mut stream = ReplicationClient::connect(replication)
         .await
         .map_err(wire_err)?;
+    // Streaming, or refused (the slot read by another reader, say).
+    stream.wait_started().await.map_err(wire_err)?;
     stats.sessions.fetch_add(1, Ordering::Relaxed);
     let mut in_transaction = false;
     let mut since: Option<Instant> = None;
