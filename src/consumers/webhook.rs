@@ -369,7 +369,11 @@ impl Endpoint {
                     pending.drain(..n);
                     stored = after.to_string();
                     last_store = Instant::now();
-                    last_sent = Some(last_store);
+                    // Behind a batch cut by bytes, what is left goes on as that batch
+                    // would have (due at once): it does not count as a new send.
+                    if !cut_by_bytes {
+                        last_sent = Some(last_store);
+                    }
                     // What is left waits from when it was read: what was read with the
                     // batch is due at once, not a whole `batch_wait` later, and what was
                     // read after it waits its own. Behind a batch cut by bytes (large
@@ -681,7 +685,6 @@ enum Delivery {
     Not(Next),
 }
 
-/// Takes the first `n` changes off `reads` (how many each read took, and when).
 /// When a batch whose oldest change was read at `since` is due: `batch_wait` after
 /// that, or after the last batch was sent if that is sooner (at once after a quiet
 /// spell, or when none was sent yet).
@@ -692,6 +695,7 @@ fn batch_due(since: Instant, last_sent: Option<Instant>, batch_wait: Duration) -
     }
 }
 
+/// Takes the first `n` changes off `reads` (how many each read took, and when).
 fn drain_reads(reads: &mut VecDeque<(usize, Instant)>, mut n: usize) {
     while n > 0 {
         let Some(front) = reads.front_mut() else {

@@ -6,12 +6,14 @@
 //! input functions (`record_in`) and rendered by `row_to_json`, as the trigger renders
 //! its transition rows: the JSON is the trigger's, whatever the column types. The literal
 //! follows the table's columns as they are when the rows are written, matched by name to
-//! the columns the change was decoded with. A column added since comes out null, as do
-//! generated columns (`pgoutput` in Postgres 15 does not send them); a column dropped
-//! since is left out. A value that no longer parses as its column's type (the type was
-//! changed since) fails the write, and the changes stay waiting: what a reader does
-//! then is not decided yet (the reader is not built). Changes of a table dropped since
-//! are counted in [`Written::dropped`] and not logged.
+//! the columns the change was decoded with (looked up at each write). A column added
+//! since comes out null, as do generated columns (`pgoutput` in Postgres 15 does not send
+//! them) and a column renamed since (the trigger would have logged its value); a column
+//! dropped since is left out. A value that no longer parses as its column's type (the
+//! type was changed since) fails the write, and the changes stay waiting: the reader
+//! tries again, with backoff, and logs why. Changes of a table dropped since are counted
+//! in [`Written::dropped`] and not logged. An update that left a large value out needs
+//! the old row to carry it: replica identity FULL.
 //!
 //! Consecutive changes of one table and kind in a transaction make one log row of up to
 //! [`CHUNK_ROWS`] rows, as a statement's rows do under the trigger. The log row's
@@ -82,7 +84,6 @@ pub struct Written {
 #[derive(Default)]
 pub struct LogRows {
     relations: HashMap<u32, Arc<Relation>>,
-    current: HashMap<u32, Current>,
     /// The transaction being decoded: its commit time, and whether it ends at or before
     /// the position already written (a read again after a restart), so is skipped.
     open: Option<(i64, bool)>,
@@ -114,7 +115,6 @@ impl LogRows {
             } => self.begin(final_lsn, commit_time_micros),
             Message::Commit { end_lsn, .. } => self.commit(end_lsn),
             Message::Relation(r) => {
-                self.current.remove(&r.id);
                 self.relations.insert(r.id, Arc::new(r));
             }
             Message::Insert { relation, new } => {
@@ -212,9 +212,9 @@ impl LogRows {
     /// Writes every committed transaction waiting, and records the end of the last as
     /// `slot`'s position, in one statement (so one transaction): after a crash, the slot
     /// is read again from before that position and [`LogRows::resume_after`] skips what
-    /// was written. A table's columns are looked up the first time and after its
-    /// description changes; a write refused as the columns changed meanwhile is tried
-    /// once more with them looked up again.
+    /// was written. The tables' columns are looked up at each write; one refused as they
+    /// changed between that lookup and the write is tried once more, looked up again
+    /// (in autocommit: inside a caller's transaction the first error has aborted it).
     pub async fn write(
         &mut self,
         client: &Client,
@@ -225,8 +225,8 @@ impl LogRows {
         };
         let mut first = true;
         let written = loop {
-            self.look_up(client, first).await?;
-            let batch = self.batch();
+            let current = self.look_up(client).await?;
+            let batch = self.batch(&current);
             let result = client
                 .query_one(
                     WRITE,
@@ -264,43 +264,35 @@ impl LogRows {
         Ok(written)
     }
 
-    /// Looks up the columns of the tables waiting to be written: those not known, or
-    /// all of them when `!only_missing`.
+    /// The columns now of the tables waiting to be written (one catalog query), by
+    /// relation id; a table dropped since is missing.
     async fn look_up(
-        &mut self,
+        &self,
         client: &Client,
-        only_missing: bool,
-    ) -> Result<(), tokio_postgres::Error> {
-        let mut ids: Vec<u32> = self
-            .done
-            .iter()
-            .map(|c| c.relation.id)
-            .filter(|id| !only_missing || !self.current.contains_key(id))
-            .collect();
+    ) -> Result<HashMap<u32, Current>, tokio_postgres::Error> {
+        let mut ids: Vec<u32> = self.done.iter().map(|c| c.relation.id).collect();
         ids.sort_unstable();
         ids.dedup();
         if ids.is_empty() {
-            return Ok(());
+            return Ok(HashMap::new());
         }
-        for id in &ids {
-            self.current.remove(id);
-        }
-        for row in client.query(COLUMNS, &[&ids]).await? {
-            self.current.insert(
-                row.get(0),
-                Current {
+        let rows = client.query(COLUMNS, &[&ids]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let current = Current {
                     reltype: row.get(1),
                     columns: row.get(2),
-                },
-            );
-        }
-        Ok(())
+                };
+                (row.get(0), current)
+            })
+            .collect())
     }
 
-    fn batch(&self) -> Batch {
+    fn batch(&self, current: &HashMap<u32, Current>) -> Batch {
         let mut b = Batch::default();
         for (k, chunk) in self.done.iter().enumerate() {
-            let Some(current) = self.current.get(&chunk.relation.id) else {
+            let Some(current) = current.get(&chunk.relation.id) else {
                 b.dropped += chunk.rows.len() as u64;
                 continue;
             };
@@ -379,8 +371,10 @@ fn fill_unchanged(mut new: Tuple, old: Option<&Tuple>) -> Result<Tuple, DecodeEr
         if *v != Datum::Unchanged {
             continue;
         }
+        // An unchanged value is not null, so a null in the old row is a column the old
+        // row does not carry (a key-only old row, sent when the key changed).
         match old.and_then(|o| o.0.get(i)) {
-            Some(o @ (Datum::Text(_) | Datum::Null)) => *v = o.clone(),
+            Some(o @ Datum::Text(_)) => *v = o.clone(),
             _ => {
                 return Err(DecodeError(
                     "an update left a large value out and the old row lacks it \
@@ -487,11 +481,9 @@ mod tests {
             text("long")
         );
         assert!(fill_unchanged(new.clone(), None).is_err());
+        // A key-only old row (the key changed, replica identity not FULL) lacks it.
         let key_only = Tuple(vec![text("1"), Datum::Null]);
-        assert_eq!(
-            fill_unchanged(new, Some(&key_only)).unwrap().0[1],
-            Datum::Null
-        );
+        assert!(fill_unchanged(new, Some(&key_only)).is_err());
     }
 
     fn begin(rows: &mut LogRows, final_lsn: u64) {
