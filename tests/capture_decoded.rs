@@ -296,26 +296,59 @@ async fn changes_written_before_their_table_changed_follow_the_table_as_it_is_no
     );
 }
 
-/// The pids of the reader's walsenders, once there is one (up to 10 s).
-async fn streaming(admin: &Client) -> Vec<i32> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+/// A reader of `slot` (publication `p`) writing up to 100 transactions at most 5 ms late.
+fn reader_config(url: &str, slot: &str) -> ReaderConfig {
+    ReaderConfig {
+        url: url.to_owned(),
+        slot: slot.to_owned(),
+        publication: "p".into(),
+        write_wait: Duration::from_millis(5),
+        write_batch: 100,
+    }
+}
+
+/// Rows of table `t` in the log, and how many distinct ids they carry, once there are at
+/// least `n` (or after 60 s).
+async fn logged_rows_of_t(admin: &Client, n: i64) -> (i64, i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let pids: Vec<i32> = admin
-            .query(
-                "select pid from pg_stat_replication where application_name = $1",
-                &[&decoding::APPLICATION_NAME],
+        let r = admin
+            .query_one(
+                "select count(*), count(distinct (r->>'id')) \
+                 from realtime.changes c, json_array_elements(c.rows) r \
+                 where c.table_name = 't'",
+                &[],
             )
             .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if !pids.is_empty() {
-            return pids;
+            .unwrap();
+        let (rows, distinct): (i64, i64) = (r.get(0), r.get(1));
+        if rows >= n || tokio::time::Instant::now() > deadline {
+            return (rows, distinct);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The pid of the walsender holding `slot` for a reader, once one does (up to 10 s): a
+/// reader's walsender is listed from its connection on, before it has the slot.
+async fn streaming(admin: &Client, slot: &str) -> i32 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pid = admin
+            .query_opt(
+                "select r.pid from pg_stat_replication r \
+                 join pg_replication_slots s on s.active_pid = r.pid \
+                 where r.application_name = $1 and s.slot_name = $2",
+                &[&decoding::APPLICATION_NAME, &slot],
+            )
+            .await
+            .unwrap();
+        if let Some(pid) = pid {
+            return pid.get(0);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the reader did not stream"
+            "no reader holds {slot}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -323,15 +356,14 @@ async fn streaming(admin: &Client) -> Vec<i32> {
 
 /// Once the reader streams, ends its walsender, and waits (up to 10 s) until that has
 /// exited, so it is not taken for the reader streaming again.
-async fn end_walsender(admin: &Client) {
-    for pid in streaming(admin).await {
-        let ended: bool = admin
-            .query_one("select pg_terminate_backend($1, 10000)", &[&pid])
-            .await
-            .unwrap()
-            .get(0);
-        assert!(ended, "walsender {pid} did not exit");
-    }
+async fn end_walsender(admin: &Client, slot: &str) {
+    let pid = streaming(admin, slot).await;
+    let ended: bool = admin
+        .query_one("select pg_terminate_backend($1, 10000)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended, "walsender {pid} did not exit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,13 +375,7 @@ async fn the_reader_logs_every_commit_once_across_lost_connections_and_a_restart
         false,
     )
     .await;
-    let config = ReaderConfig {
-        url: url.clone(),
-        slot: "s_reader".into(),
-        publication: "p".into(),
-        write_wait: Duration::from_millis(5),
-        write_batch: 100,
-    };
+    let config = reader_config(&url, "s_reader");
     let stats = Arc::new(ReaderStats::default());
     let start = || {
         let stop = CancellationToken::new();
@@ -364,10 +390,10 @@ async fn the_reader_logs_every_commit_once_across_lost_connections_and_a_restart
             .await
             .unwrap();
         match i {
-            150 | 450 => end_walsender(&admin).await,
+            150 | 450 => end_walsender(&admin, "s_reader").await,
             300 => {
                 // The reader stopped and started again, as by a hub restart.
-                streaming(&admin).await;
+                streaming(&admin, "s_reader").await;
                 stop.cancel();
                 task.await.unwrap();
                 (stop, task) = start();
@@ -375,23 +401,7 @@ async fn the_reader_logs_every_commit_once_across_lost_connections_and_a_restart
             _ => {}
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let (rows, distinct) = loop {
-        let r = admin
-            .query_one(
-                "select count(*), count(distinct (r->>'id')) \
-                 from realtime.changes c, json_array_elements(c.rows) r \
-                 where c.table_name = 't'",
-                &[],
-            )
-            .await
-            .unwrap();
-        let (rows, distinct): (i64, i64) = (r.get(0), r.get(1));
-        if rows >= 600 || tokio::time::Instant::now() > deadline {
-            break (rows, distinct);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (rows, distinct) = logged_rows_of_t(&admin, 600).await;
     stop.cancel();
     task.await.unwrap();
     assert_eq!(
@@ -418,13 +428,7 @@ async fn a_second_reader_of_the_slot_stands_by_and_takes_over() {
         false,
     )
     .await;
-    let config = ReaderConfig {
-        url: url.clone(),
-        slot: "s_standby".into(),
-        publication: "p".into(),
-        write_wait: Duration::from_millis(5),
-        write_batch: 100,
-    };
+    let config = reader_config(&url, "s_standby");
     let (first, second) = (
         Arc::new(ReaderStats::default()),
         Arc::new(ReaderStats::default()),
@@ -435,7 +439,7 @@ async fn a_second_reader_of_the_slot_stands_by_and_takes_over() {
         first.clone(),
         stop_first.clone(),
     ));
-    streaming(&admin).await;
+    streaming(&admin, "s_standby").await;
     let stop_second = CancellationToken::new();
     let second_task = tokio::spawn(decoding::run(
         config.clone(),
@@ -459,23 +463,7 @@ async fn a_second_reader_of_the_slot_stands_by_and_takes_over() {
     stop_first.cancel();
     first_task.await.unwrap();
     insert(101).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let (rows, distinct) = loop {
-        let r = admin
-            .query_one(
-                "select count(*), count(distinct (r->>'id')) \
-                 from realtime.changes c, json_array_elements(c.rows) r \
-                 where c.table_name = 't'",
-                &[],
-            )
-            .await
-            .unwrap();
-        let (rows, distinct): (i64, i64) = (r.get(0), r.get(1));
-        if rows >= 200 || tokio::time::Instant::now() > deadline {
-            break (rows, distinct);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (rows, distinct) = logged_rows_of_t(&admin, 200).await;
     stop_second.cancel();
     second_task.await.unwrap();
     assert_eq!(
