@@ -14,13 +14,13 @@
 //!   Relation/Insert/Update/Delete on as raw bytes; it parses only Begin, Commit and
 //!   Message), counts row changes and messages, and confirms each transaction's end LSN (and a keepalive's position
 //!   between transactions) through the crate's standby status updates, once a second.
-//!   With `--reader-log` it also writes what it read into the hub's log, as a hub
-//!   capturing by decoding would (`switchboard::capture::decoding`: `realtime.changes`
-//!   rows with the trigger's JSON, made by `record_in` and `row_to_json`, and the slot's
-//!   position, in one statement, up to 100 transactions at a time and at most 5 ms after
-//!   a commit was read), and confirms only after that write commits. The message table's
-//!   logical messages are written as log rows of the JSON they carry, in the same
-//!   transaction.
+//!   With `--reader-log` the hub's own reader runs on that thread instead
+//!   (`switchboard::capture::decoding::run`): it writes what it reads into the hub's log
+//!   (`realtime.changes` rows with the trigger's JSON, made by `record_in` and
+//!   `row_to_json`, and the slot's position, in one statement, up to 100 transactions at
+//!   a time and at most 5 ms after a commit was read) and confirms only after that write
+//!   commits. It passes logical messages over, so the message table is then neither
+//!   counted nor logged (its logged figures, from d247d5c: BENCHMARKS.md).
 //! * `wl_message`: a statement trigger that sends the statement's rows as JSON in a
 //!   transactional logical message (`pg_logical_emit_message`) instead of inserting a log
 //!   row; the same reader takes the messages.
@@ -28,13 +28,11 @@
 //! The reader runs through every table's writes, so each pays for its WAL being decoded.
 //! The cluster runs with `wal_level=logical`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use clap::ValueEnum;
-use pgwire_replication::{
-    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent,
-};
+use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -132,7 +130,8 @@ pub async fn drop_slot(url: &str) -> Result<(), BenchError> {
 pub struct Totals {
     /// Rows written into the log table (`poll`).
     pub logged: u64,
-    /// Committed transactions, row changes and logical messages decoded (`crate`).
+    /// Committed transactions, row changes and logical messages decoded (`crate`; with
+    /// `--reader-log` only the row changes logged).
     pub transactions: u64,
     pub rows: u64,
     pub messages: u64,
@@ -146,7 +145,7 @@ pub struct Reader {
     /// thread the crate's reader runs on; none when polled.
     pub client_id: Option<u32>,
     /// The end of the last transaction (or keepalive) the reader processed (`crate`).
-    position: Option<Arc<AtomicU64>>,
+    position: Option<Arc<decoding::ReaderStats>>,
     pub task: JoinHandle<Result<Totals, BenchError>>,
 }
 
@@ -258,21 +257,25 @@ const CRATE_APP: &str = "switchboard-bench-crate";
 /// crate's worker task and the decoding below run there and nowhere else: that thread's
 /// CPU is the reader's.
 async fn spawn_crate(url: &str, log: bool, stop: CancellationToken) -> Result<Reader, BenchError> {
-    let log = log.then(|| url.to_owned());
-    let config = decoding::replication_config(url, SLOT, "wl_decoded")
-        .map_err(|e| BenchError::Setup(e.to_string()))?
-        .with_application_name(CRATE_APP);
-    let position = Arc::new(AtomicU64::new(0));
+    let app = match log {
+        true => decoding::APPLICATION_NAME,
+        false => CRATE_APP,
+    };
+    let stats = Arc::new(decoding::ReaderStats::default());
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let thread = {
-        let position = position.clone();
+        let stats = stats.clone();
+        let url = url.to_owned();
         std::thread::Builder::new()
             .name("crate-reader".into())
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                rt.block_on(read_with_crate(config, log, stop, position, ready_tx))
+                match log {
+                    true => rt.block_on(log_with_hub_reader(&url, stats, stop, ready_tx)),
+                    false => rt.block_on(read_with_crate(&url, stop, stats, ready_tx)),
+                }
             })?
     };
     let tid = ready_rx
@@ -294,7 +297,7 @@ async fn spawn_crate(url: &str, log: bool, stop: CancellationToken) -> Result<Re
         .await?
         .query_opt(
             "select pid from pg_stat_replication where application_name = $1",
-            &[&CRATE_APP],
+            &[&app],
         )
         .await?
         .map(|r| r.get(0));
@@ -311,58 +314,47 @@ async fn spawn_crate(url: &str, log: bool, stop: CancellationToken) -> Result<Re
     Ok(Reader {
         decoding_pid: pid,
         client_id: Some(tid),
-        position: Some(position),
+        position: Some(stats),
         task,
     })
 }
 
+/// The thread's id, for its CPU (`/proc/<pid>/task/<tid>`).
+fn thread_id() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
 /// Reads the slot until `stop`: decodes every change, counts rows and messages, and
-/// confirms each transaction's end once it is processed (a hub would confirm only after
-/// its own commit of the log rows), and a keepalive's position between transactions.
+/// confirms each transaction's end once it is processed, and a keepalive's position
+/// between transactions. Nothing is written.
 async fn read_with_crate(
-    config: ReplicationConfig,
-    log: Option<String>,
+    url: &str,
     stop: CancellationToken,
-    position: Arc<AtomicU64>,
+    stats: Arc<decoding::ReaderStats>,
     ready: tokio::sync::oneshot::Sender<u32>,
 ) -> Result<Totals, BenchError> {
     let crate_err = |e: PgWireError| BenchError::Setup(format!("pgwire-replication: {e}"));
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() } as u32;
+    let config = decoding::replication_config(url, SLOT, "wl_decoded")
+        .map_err(|e| BenchError::Setup(e.to_string()))?
+        .with_application_name(CRATE_APP);
     let mut client = ReplicationClient::connect(config)
         .await
         .map_err(crate_err)?;
     client.wait_started().await.map_err(crate_err)?;
-    let _ = ready.send(tid);
+    let _ = ready.send(thread_id());
     let mut totals = Totals::default();
-    let mut log = match log {
-        Some(url) => Some(LogWriter::connect(&url).await?),
-        None => None,
-    };
     let mut in_transaction = false;
     loop {
-        let flush_at = log.as_ref().and_then(LogWriter::due);
         let event = tokio::select! {
             _ = stop.cancelled() => break,
-            _ = sleep_until(flush_at), if flush_at.is_some() => {
-                if let Some(log) = &mut log {
-                    totals.logged += log.flush(&client, &position).await?;
-                }
-                continue;
-            }
             event = client.recv() => event.map_err(crate_err)?,
         };
         let Some(event) = event else { break };
-        match event {
-            ReplicationEvent::Begin {
-                final_lsn,
-                commit_time_micros,
-                ..
-            } => {
+        let applied = match event {
+            ReplicationEvent::Begin { .. } => {
                 in_transaction = true;
-                if let Some(log) = &mut log {
-                    log.rows.begin(final_lsn.as_u64(), commit_time_micros);
-                }
+                None
             }
             ReplicationEvent::XLogData { data, .. } => {
                 let message =
@@ -375,11 +367,7 @@ async fn read_with_crate(
                 ) {
                     totals.rows += 1;
                 }
-                if let Some(log) = &mut log {
-                    log.rows
-                        .apply(message)
-                        .map_err(|e| BenchError::Failed(e.to_string()))?;
-                }
+                None
             }
             ReplicationEvent::Message {
                 transactional,
@@ -394,149 +382,55 @@ async fn read_with_crate(
                     )));
                 }
                 totals.messages += 1;
-                if let Some(log) = &mut log {
-                    log.open_messages
-                        .push(String::from_utf8_lossy(&content).into_owned());
-                }
+                None
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 in_transaction = false;
                 totals.transactions += 1;
-                match &mut log {
-                    Some(log) => {
-                        if log.commit(end_lsn) {
-                            totals.logged += log.flush(&client, &position).await?;
-                        }
-                    }
-                    None => {
-                        client.update_applied_lsn(end_lsn);
-                        position.fetch_max(end_lsn.as_u64(), Ordering::Relaxed);
-                    }
-                }
+                Some(end_lsn)
             }
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
-                // With a log, only once everything read is written (nothing is waiting).
-                let idle = log.as_ref().is_none_or(|l| l.rows.is_empty());
-                if !in_transaction && idle {
-                    client.update_applied_lsn(wal_end);
-                    position.fetch_max(wal_end.as_u64(), Ordering::Relaxed);
-                }
-            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => (!in_transaction).then_some(wal_end),
             ReplicationEvent::StoppedAt { .. } => break,
+        };
+        if let Some(lsn) = applied {
+            client.update_applied_lsn(lsn);
+            stats.applied_lsn.fetch_max(lsn.as_u64(), Ordering::Relaxed);
         }
     }
     client.shutdown().await.map_err(crate_err)?;
     Ok(totals)
 }
 
-/// Transactions written at most this long after their commit was read...
-const LOG_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
-/// ...or as soon as this many are waiting.
-const LOG_BATCH: usize = 100;
-
-/// What a hub capturing by decoding would do with what it read: write it into
-/// `realtime.changes`, many transactions per statement, and confirm the slot only after
-/// that statement commits.
-struct LogWriter {
-    client: tokio_postgres::Client,
-    rows: decoding::LogRows,
-    /// The message table's logical messages (a statement's rows as the trigger's JSON)
-    /// of the transaction being read, and of those read and not yet written.
-    open_messages: Vec<String>,
-    messages: Vec<String>,
-    insert_messages: tokio_postgres::Statement,
-    /// When the first transaction waiting was read.
-    since: Option<tokio::time::Instant>,
-}
-
-/// The message table's messages as log rows: the JSON the trigger made, as it is.
-const INSERT_MESSAGES: &str = "\
-insert into realtime.changes (schema_name, table_name, op, rows) \
-select j->>'s', j->>'t', j->>'op', j->'rows' \
-from unnest($1::text[]) with ordinality m(t, i), lateral (select m.t::json as j) x \
-order by m.i";
-
-impl LogWriter {
-    async fn connect(url: &str) -> Result<LogWriter, BenchError> {
-        let client = connect(url).await?;
-        // A position left by an earlier slot of that name.
-        client
-            .execute(
-                "delete from realtime.decoded_position where slot_name = $1",
-                &[&SLOT],
-            )
-            .await?;
-        let insert_messages = client.prepare(INSERT_MESSAGES).await?;
-        Ok(LogWriter {
-            client,
-            rows: decoding::LogRows::default(),
-            open_messages: Vec::new(),
-            messages: Vec::new(),
-            insert_messages,
-            since: None,
-        })
-    }
-
-    /// The transaction ended at `end`; true when the batch is full.
-    fn commit(&mut self, end: Lsn) -> bool {
-        self.rows.commit(end.as_u64());
-        self.messages.append(&mut self.open_messages);
-        if !self.rows.is_empty() {
-            self.since.get_or_insert_with(tokio::time::Instant::now);
-        }
-        self.rows.transactions() >= LOG_BATCH
-    }
-
-    fn due(&self) -> Option<tokio::time::Instant> {
-        self.since.map(|t| t + LOG_WAIT)
-    }
-
-    /// Writes the waiting transactions (decoded changes and messages) in one
-    /// transaction, then confirms their end; how many log rows it wrote.
-    async fn flush(
-        &mut self,
-        client: &ReplicationClient,
-        position: &AtomicU64,
-    ) -> Result<u64, BenchError> {
-        self.since = None;
-        let messages = std::mem::take(&mut self.messages);
-        // Messages only when there are any: then with the rows and the position in one
-        // transaction, as a hub would (one commit a batch).
-        let mut logged = 0;
-        if !messages.is_empty() {
-            self.client.batch_execute("begin").await?;
-            logged = self
-                .client
-                .execute(&self.insert_messages, &[&messages])
-                .await?;
-        }
-        let written = self.rows.write(&self.client, SLOT).await;
-        if !messages.is_empty() {
-            match &written {
-                Ok(_) => self.client.batch_execute("commit").await?,
-                Err(_) => self.client.batch_execute("rollback").await?,
-            }
-        }
-        let written = written?;
-        if written.dropped > 0 {
-            return Err(BenchError::Failed(format!(
-                "{} changes of a dropped table",
-                written.dropped
-            )));
-        }
-        if let Some(end) = written.end_lsn {
-            client.update_applied_lsn(Lsn::from(end));
-            position.fetch_max(end, Ordering::Relaxed);
-        }
-        Ok(written.log_rows + logged)
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// The hub's own reader on the slot until `stop` (`--reader-log`): what a hub capturing
+/// by decoding would do, writing into `realtime.changes` and confirming after each write.
+async fn log_with_hub_reader(
+    url: &str,
+    stats: Arc<decoding::ReaderStats>,
+    stop: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<u32>,
+) -> Result<Totals, BenchError> {
+    // A position left by an earlier slot of that name.
+    connect(url)
+        .await?
+        .execute(
+            "delete from realtime.decoded_position where slot_name = $1",
+            &[&SLOT],
+        )
+        .await?;
+    let _ = ready.send(thread_id());
+    let config = decoding::ReaderConfig {
+        url: url.to_owned(),
+        slot: SLOT.into(),
+        publication: "wl_decoded".into(),
+        write_wait: std::time::Duration::from_millis(5),
+        write_batch: 100,
+    };
+    decoding::run(config, stats.clone(), stop).await;
+    Ok(Totals {
+        logged: stats.log_rows.load(Ordering::Relaxed),
+        rows: stats.changes.load(Ordering::Relaxed),
+        ..Totals::default()
+    })
 }
 
 /// How long after the writers stopped the reader had read all the WAL written until then,
@@ -571,7 +465,7 @@ pub async fn catch_up(
             .as_u64();
         // A reader that ended (its error is the task's) reads no further.
         while started.elapsed() < limit
-            && position.load(Ordering::Relaxed) < end
+            && position.applied_lsn.load(Ordering::Relaxed) < end
             && !reader.task.is_finished()
         {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

@@ -50,9 +50,9 @@ pub struct WriteloadArgs {
     /// With `--decoded`: how the slot is read.
     #[arg(long, value_enum, default_value = "stream")]
     pub decoder: decoded::Decoder,
-    /// With `--decoder crate`: the reader also writes what it read into the hub's log
-    /// (`realtime.changes`, with the trigger's JSON, as a hub capturing by decoding
-    /// would) and confirms the slot only after that commit.
+    /// With `--decoder crate`: the hub's own reader (`capture::decoding::run`) reads the
+    /// slot instead, writes what it read into the hub's log (`realtime.changes`, with the
+    /// trigger's JSON) and confirms the slot only after that commit.
     #[arg(long)]
     pub reader_log: bool,
 }
@@ -310,12 +310,18 @@ pub async fn writeload(a: WriteloadArgs) -> Result<(), BenchError> {
             .await
             .map_err(|e| BenchError::Setup(e.to_string()))??;
         results.insert("decoded_log_rows".into(), json!(totals.logged));
-        if a.decoder == decoded::Decoder::Crate {
+        if a.decoder == decoded::Decoder::Crate && a.reader_log {
             println!(
-                "crate reader: {} transactions, {} row changes, {} logical messages decoded; \
-                 {} log rows written",
-                totals.transactions, totals.rows, totals.messages, totals.logged
+                "hub reader: {} row changes logged in {} log rows",
+                totals.rows, totals.logged
             );
+        } else if a.decoder == decoded::Decoder::Crate {
+            println!(
+                "crate reader: {} transactions, {} row changes, {} logical messages decoded",
+                totals.transactions, totals.rows, totals.messages
+            );
+        }
+        if a.decoder == decoded::Decoder::Crate {
             results.insert("crate_transactions".into(), json!(totals.transactions));
             results.insert("crate_rows".into(), json!(totals.rows));
             results.insert("crate_messages".into(), json!(totals.messages));

@@ -43,12 +43,16 @@ pub struct ReaderConfig {
 /// What a reader has done, for status and tests.
 #[derive(Debug, Default)]
 pub struct ReaderStats {
-    /// Log rows written.
+    /// Log rows written, and the row changes in them.
     pub log_rows: AtomicU64,
+    pub changes: AtomicU64,
     /// Times it connected (the first included).
     pub sessions: AtomicU64,
     /// The end of the last transaction written (the slot is confirmed up to it).
     pub written_lsn: AtomicU64,
+    /// How far the stream has been read with nothing left to write: `written_lsn`, or a
+    /// keepalive's position past it.
+    pub applied_lsn: AtomicU64,
 }
 
 /// Reads until `stop`, connecting again after every failure.
@@ -148,6 +152,9 @@ async fn session(
                 // Nothing read is waiting: the slot may move past what others wrote.
                 if !in_transaction && rows.is_empty() {
                     stream.update_applied_lsn(wal_end);
+                    stats
+                        .applied_lsn
+                        .fetch_max(wal_end.as_u64(), Ordering::Relaxed);
                 }
                 false
             }
@@ -161,9 +168,11 @@ async fn session(
             match rows.write(&client, &config.slot).await {
                 Ok(w) => {
                     stats.log_rows.fetch_add(w.log_rows, Ordering::Relaxed);
+                    stats.changes.fetch_add(w.changes, Ordering::Relaxed);
                     if let Some(end) = w.end_lsn {
                         stream.update_applied_lsn(Lsn::from(end));
                         stats.written_lsn.fetch_max(end, Ordering::Relaxed);
+                        stats.applied_lsn.fetch_max(end, Ordering::Relaxed);
                     }
                     if w.dropped > 0 {
                         tracing::warn!(slot = %config.slot, changes = w.dropped, "changes of a table dropped since were not logged");
