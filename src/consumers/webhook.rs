@@ -238,9 +238,10 @@ impl Endpoint {
         // The pending changes by the read that took them (how many, when): the batch
         // window runs from the first's time.
         let mut reads: VecDeque<(usize, Instant)> = VecDeque::new();
-        // When the last batch was sent. After a quiet spell (nothing sent for a whole
-        // `batch_wait`) a change goes at once: batches still leave at most once per
-        // `batch_wait` under a steady rate, and a lone change is not held back.
+        // When the last batch that was not full was sent. After a quiet spell (no such
+        // batch for a whole `batch_wait`) a change goes at once: batches that are not
+        // full still leave at most once per `batch_wait` under a steady rate, and a lone
+        // change, or the rest of a backlog, is not held back.
         let mut last_sent: Option<Instant> = None;
         let mut failures = u32::try_from(def.failures).unwrap_or(0);
         let ticks = self.inner.ticks.clone();
@@ -369,9 +370,10 @@ impl Endpoint {
                     pending.drain(..n);
                     stored = after.to_string();
                     last_store = Instant::now();
-                    // Behind a batch cut by bytes, what is left goes on as that batch
-                    // would have (due at once): it does not count as a new send.
-                    if !cut_by_bytes {
+                    // Only a batch sent before it filled counts as a send: behind a full
+                    // batch (by events or by bytes) what is left goes on as that batch
+                    // would have, so the end of a backlog does not wait a window.
+                    if n < max && !cut_by_bytes {
                         last_sent = Some(last_store);
                     }
                     // What is left waits from when it was read: what was read with the
