@@ -175,7 +175,7 @@ settings! {
     webhook_batch_events: usize = 100, env "SWITCHBOARD_WEBHOOK_BATCH_EVENTS";
     /// Most bytes of one webhook request's body: a batch stops growing before it would pass this (a single change larger than this is sent alone).
     webhook_batch_bytes: usize = 4 << 20, env "SWITCHBOARD_WEBHOOK_BATCH_BYTES";
-    /// Milliseconds a webhook batch may wait to fill up: at most this long after its oldest change was read or after the endpoint's last batch that was not full was sent, whichever is sooner (a change after a quiet spell goes at once, and so does a full batch).
+    /// Milliseconds a webhook batch may wait to fill up: at most this long after its oldest change was read or after the endpoint's last batch was sent, whichever is sooner (a change after a quiet spell goes at once).
     webhook_batch_ms: u64 = 1000, env "SWITCHBOARD_WEBHOOK_BATCH_MS";
     /// Milliseconds one webhook request may take before it counts as failed.
     webhook_timeout_ms: u64 = 10_000, env "SWITCHBOARD_WEBHOOK_TIMEOUT_MS";

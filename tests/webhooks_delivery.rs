@@ -972,10 +972,10 @@ async fn a_change_after_a_quiet_spell_does_not_wait_for_the_batch_window() {
     assert_eq!(ids(&rx.processed_events()), vec![1]);
 }
 
-/// The end of a backlog goes as soon as the full batches before it have: full batches do
-/// not count as sends for the batch window. With a window of ten minutes and batches of
-/// ten events, a 25-row statement after a quiet spell arrives whole at once (before, its
-/// last five rows waited the window behind the full batches).
+/// The end of a backlog goes as soon as the full batches before it have. With a window of
+/// ten minutes and batches of ten events, 245 rows written at once (more log rows than a
+/// read of the log takes) arrive whole at once (before, the last five waited the window behind
+/// the full batches).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_end_of_a_backlog_does_not_wait_for_the_batch_window() {
     let pg = PgHub::start_with(SETUP, |c| {
@@ -986,10 +986,16 @@ async fn the_end_of_a_backlog_does_not_wait_for_the_batch_window() {
     .await;
     let rx = Receiver::start(Mode::Ok).await;
     create(&pg, "crm", &rx.url, "").await;
-    pg.exec("insert into contacts (id, name) select g, 'c' || g from generate_series(1, 25) g")
-        .await;
-    rx.wait_processed(Duration::from_secs(20), 25).await;
-    assert_eq!(ids(&rx.processed_events()), (1..=25).collect::<Vec<i64>>());
+    // One transaction of 245 single-row statements: 245 log rows, more than one read of
+    // the log takes (100).
+    pg.exec(
+        "do $$ begin for g in 1..245 loop \
+         insert into contacts (id, name) values (g, 'c' || g); end loop; end $$",
+    )
+    .await;
+    rx.wait_processed(Duration::from_secs(20), 245).await;
+    assert_eq!(ids(&rx.processed_events()), (1..=245).collect::<Vec<i64>>());
     let sizes: Vec<usize> = rx.requests().iter().map(|r| r.events().len()).collect();
-    assert_eq!(sizes, [10, 10, 5]);
+    assert_eq!(sizes.iter().filter(|&&n| n == 10).count(), 24, "{sizes:?}");
+    assert_eq!(sizes.last(), Some(&5), "{sizes:?}");
 }

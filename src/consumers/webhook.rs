@@ -238,11 +238,15 @@ impl Endpoint {
         // The pending changes by the read that took them (how many, when): the batch
         // window runs from the first's time.
         let mut reads: VecDeque<(usize, Instant)> = VecDeque::new();
-        // When the last batch that was not full was sent. After a quiet spell (no such
-        // batch for a whole `batch_wait`) a change goes at once: batches that are not
-        // full still leave at most once per `batch_wait` under a steady rate, and a lone
-        // change, or the rest of a backlog, is not held back.
+        // When the last batch was sent. After a quiet spell (nothing sent for a whole
+        // `batch_wait`) a change goes at once: batches still leave at most once per
+        // `batch_wait` under a steady rate, and a lone change is not held back.
         let mut last_sent: Option<Instant> = None;
+        // A read found more than it could take (the endpoint is behind the log), and the
+        // backlog has not been sent yet: once a read finds the log drained (`drained`),
+        // the end of that backlog goes at once instead of waiting a window behind its
+        // full batches.
+        let (mut behind, mut drained) = (false, true);
         let mut failures = u32::try_from(def.failures).unwrap_or(0);
         let ticks = self.inner.ticks.clone();
         // What the capture had read of this endpoint's tables, and when, at the last read.
@@ -273,6 +277,8 @@ impl Endpoint {
                     }
                 };
                 more = read.full;
+                drained = !more;
+                behind = more || (behind && !(pending.is_empty() && read.items.is_empty()));
                 if !read.items.is_empty() {
                     reads.push_back((read.items.len(), Instant::now()));
                 }
@@ -301,7 +307,9 @@ impl Endpoint {
             }
             let since = reads.front().map(|r| r.1);
             let due_at = since.map(|t| batch_due(t, last_sent, settings.batch_wait));
-            let due = pending.len() >= max || due_at.is_some_and(|t| t <= Instant::now());
+            let due = pending.len() >= max
+                || (behind && drained && !pending.is_empty())
+                || due_at.is_some_and(|t| t <= Instant::now());
             if !due {
                 if more {
                     continue;
@@ -370,12 +378,12 @@ impl Endpoint {
                     pending.drain(..n);
                     stored = after.to_string();
                     last_store = Instant::now();
-                    // Only a batch sent before it filled counts as a send: behind a full
-                    // batch (by events or by bytes) what is left goes on as that batch
-                    // would have, so the end of a backlog does not wait a window.
-                    if n < max && !cut_by_bytes {
+                    // Behind a batch cut by bytes, what is left goes on as that batch
+                    // would have (due at once): it does not count as a new send.
+                    if !cut_by_bytes {
                         last_sent = Some(last_store);
                     }
+                    behind &= !(drained && pending.is_empty());
                     // What is left waits from when it was read: what was read with the
                     // batch is due at once, not a whole `batch_wait` later, and what was
                     // read after it waits its own. Behind a batch cut by bytes (large
