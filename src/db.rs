@@ -62,6 +62,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../sql/081_capturable_and_unique_fields.sql"),
     ),
     (82, include_str!("../sql/082_decoded_position.sql")),
+    (83, include_str!("../sql/083_lost_by_events.sql")),
 ];
 
 /// Advisory lock key serialising migrations of one database ("sbmigrat").

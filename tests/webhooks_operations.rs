@@ -1,8 +1,8 @@
 //! Operating webhook endpoints without losing or hiding anything: a replay never skips
 //! what an endpoint has not received (a null `from` is refused), a batch's `webhook-id`
 //! differs whenever its body does, a rotated secret keeps signing beside the new one for
-//! a while, an endpoint is marked as having lost data only when rows of its own tables
-//! were pruned past it, and listings hide a URL's password.
+//! a while, an endpoint is marked as having lost data only when rows of its own tables,
+//! of the kinds it delivers, were pruned past it, and listings hide a URL's password.
 
 mod common;
 
@@ -336,6 +336,62 @@ async fn only_rows_of_its_own_tables_pruned_past_it_mark_an_endpoint_lost() {
         metrics.contains("switchboard_webhook_lost_data{endpoint=\"still\"} 0"),
         "{metrics}"
     );
+}
+
+/// A paused endpoint of INSERTs alone was marked as having lost data when only DELETEs of
+/// its table were pruned past it: changes it would never have sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_kinds_of_change_it_delivers_pruned_past_it_mark_an_endpoint_lost() {
+    let pg = PgHub::start_with(SETUP, |c| {
+        c.consumers = quick_settings();
+        c.retention = Duration::from_secs(1);
+        c.retention_max = Duration::from_secs(1);
+    })
+    .await;
+    // The row is there before the endpoints: only its DELETE is after their holds.
+    pg.exec("insert into contacts (id, name) values (1, 'gone soon')")
+        .await;
+    pg.exec(
+        "select realtime.create_webhook('inserts', 'http://127.0.0.1:9/down', \
+                                        '{public.contacts}', events => '{INSERT}'); \
+         select realtime.create_webhook('all', 'http://127.0.0.1:9/down', '{public.contacts}'); \
+         select realtime.pause_webhook('inserts'); select realtime.pause_webhook('all')",
+    )
+    .await;
+    pg.exec("delete from contacts where id = 1").await;
+    // The prune that passes both holds marks all's (it delivers DELETEs) in the same
+    // statement as it would mark inserts'.
+    let lost = "select bool_or(e.data_lost_at is not null or h.lost_at is not null) \
+                       filter (where e.name = 'all'), \
+                       bool_or(e.data_lost_at is not null or h.lost_at is not null) \
+                       filter (where e.name = 'inserts') \
+                from realtime.webhook_endpoints e \
+                join realtime.log_holds h on h.kind = 'webhook' and h.holder = e.name";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = pg.sql.query_one(lost, &[]).await.unwrap();
+        let (all, inserts): (bool, bool) = (row.get(0), row.get(1));
+        assert!(!inserts, "an endpoint of INSERTs lost no INSERT");
+        if all {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "all never marked lost"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An INSERT pruned past it does mark it.
+    pg.exec("insert into contacts (id, name) values (2, 'kept only a second')")
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !pg.sql.query_one(lost, &[]).await.unwrap().get::<_, bool>(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "inserts never marked lost"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A URL's password used to be shown in `GET /api/webhooks`, `/api/status`,
