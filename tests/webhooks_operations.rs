@@ -302,35 +302,7 @@ async fn only_rows_of_its_own_tables_pruned_past_it_mark_an_endpoint_lost() {
         .await;
     // The prune that passes both holds marks crm's (its table's row went) in the same
     // statement as it would still's.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let row = pg
-            .sql
-            .query_one(
-                "select bool_or(e.data_lost_at is not null or h.lost_at is not null) \
-                        filter (where e.name = 'crm'), \
-                        bool_or(e.data_lost_at is not null or h.lost_at is not null) \
-                        filter (where e.name = 'still') \
-                 from realtime.webhook_endpoints e \
-                 join realtime.log_holds h on h.kind = 'webhook' and h.holder = e.name",
-                &[],
-            )
-            .await
-            .unwrap();
-        let (crm, still): (bool, bool) = (row.get(0), row.get(1));
-        assert!(
-            !still,
-            "an endpoint with nothing of its tables pruned is not lost"
-        );
-        if crm {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "crm never marked lost"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_marked_lost(&pg, "crm", Some("still")).await;
     let metrics = pg.hub.get("/metrics").await.1;
     assert!(
         metrics.contains("switchboard_webhook_lost_data{endpoint=\"still\"} 0"),
@@ -361,34 +333,42 @@ async fn only_kinds_of_change_it_delivers_pruned_past_it_mark_an_endpoint_lost()
     pg.exec("delete from contacts where id = 1").await;
     // The prune that passes both holds marks all's (it delivers DELETEs) in the same
     // statement as it would mark inserts'.
-    let lost = "select bool_or(e.data_lost_at is not null or h.lost_at is not null) \
-                       filter (where e.name = 'all'), \
-                       bool_or(e.data_lost_at is not null or h.lost_at is not null) \
-                       filter (where e.name = 'inserts') \
-                from realtime.webhook_endpoints e \
-                join realtime.log_holds h on h.kind = 'webhook' and h.holder = e.name";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let row = pg.sql.query_one(lost, &[]).await.unwrap();
-        let (all, inserts): (bool, bool) = (row.get(0), row.get(1));
-        assert!(!inserts, "an endpoint of INSERTs lost no INSERT");
-        if all {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "all never marked lost"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_marked_lost(&pg, "all", Some("inserts")).await;
     // An INSERT pruned past it does mark it.
     pg.exec("insert into contacts (id, name) values (2, 'kept only a second')")
         .await;
+    wait_marked_lost(&pg, "inserts", None).await;
+}
+
+/// Waits until endpoint `lost` is marked as having lost data (its row or its hold), while
+/// `kept` (all the while) is not; fails after 20 s.
+async fn wait_marked_lost(pg: &PgHub, lost: &str, kept: Option<&str>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !pg.sql.query_one(lost, &[]).await.unwrap().get::<_, bool>(1) {
+    loop {
+        let row = pg
+            .sql
+            .query_one(
+                "select coalesce(bool_or(e.data_lost_at is not null or h.lost_at is not null) \
+                                 filter (where e.name = $1), false), \
+                        coalesce(bool_or(e.data_lost_at is not null or h.lost_at is not null) \
+                                 filter (where e.name = $2), false) \
+                 from realtime.webhook_endpoints e \
+                 join realtime.log_holds h on h.kind = 'webhook' and h.holder = e.name",
+                &[&lost, &kept.unwrap_or("")],
+            )
+            .await
+            .unwrap();
+        let (is_lost, kept_lost): (bool, bool) = (row.get(0), row.get(1));
+        assert!(
+            !kept_lost,
+            "{kept:?} is marked lost, though nothing it delivers was pruned"
+        );
+        if is_lost {
+            return;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "inserts never marked lost"
+            "{lost} never marked lost"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

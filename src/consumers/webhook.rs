@@ -242,11 +242,15 @@ impl Endpoint {
         // `batch_wait`) a change goes at once: batches still leave at most once per
         // `batch_wait` under a steady rate, and a lone change is not held back.
         let mut last_sent: Option<Instant> = None;
+        // The last read found more than it could take: more is waiting in the log. (A
+        // turn reads whenever fewer than a batch are pending, so a turn that does not
+        // read has a full batch due and never looks at this.)
+        let mut more = false;
         // A read found more than it could take (the endpoint is behind the log), and the
-        // backlog has not been sent yet: once a read finds the log drained (`drained`),
+        // backlog has not been sent yet: once a read finds the log drained (`!more`),
         // the end of that backlog goes at once instead of waiting a window behind its
         // full batches.
-        let (mut behind, mut drained) = (false, true);
+        let mut behind = false;
         let mut failures = u32::try_from(def.failures).unwrap_or(0);
         let ticks = self.inner.ticks.clone();
         // What the capture had read of this endpoint's tables, and when, at the last read.
@@ -259,7 +263,6 @@ impl Endpoint {
             if self.newer_version(def.version) {
                 return Next::Reload;
             }
-            let mut more = false;
             if pending.len() < max {
                 rows_then = *self.progress.borrow_and_update();
                 seen = ticks.of(selection.table_names());
@@ -277,7 +280,6 @@ impl Endpoint {
                     }
                 };
                 more = read.full;
-                drained = !more;
                 behind = more || (behind && !(pending.is_empty() && read.items.is_empty()));
                 if !read.items.is_empty() {
                     reads.push_back((read.items.len(), Instant::now()));
@@ -308,7 +310,7 @@ impl Endpoint {
             let since = reads.front().map(|r| r.1);
             let due_at = since.map(|t| batch_due(t, last_sent, settings.batch_wait));
             let due = pending.len() >= max
-                || (behind && drained && !pending.is_empty())
+                || (behind && !more && !pending.is_empty())
                 || due_at.is_some_and(|t| t <= Instant::now());
             if !due {
                 if more {
@@ -383,7 +385,7 @@ impl Endpoint {
                     if !cut_by_bytes {
                         last_sent = Some(last_store);
                     }
-                    behind &= !(drained && pending.is_empty());
+                    behind &= more || !pending.is_empty();
                     // What is left waits from when it was read: what was read with the
                     // batch is due at once, not a whole `batch_wait` later, and what was
                     // read after it waits its own. Behind a batch cut by bytes (large

@@ -45,7 +45,6 @@ pub async fn connect(url: &str) -> Result<Client, BenchError> {
     Ok(client)
 }
 
-/// The customer id of portal customer `i`.
 /// Polls `count` (a query of one `int8`) every 50 ms until it reaches `n`; after
 /// `within`, fails saying how many of `n` `what` there were.
 pub async fn wait_for_count(
@@ -72,6 +71,7 @@ pub async fn wait_for_count(
     }
 }
 
+/// The customer id of portal customer `i`.
 pub fn customer_id(i: usize) -> String {
     format!("00000000-0000-4000-8000-{i:012}")
 }
